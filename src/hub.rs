@@ -1,0 +1,973 @@
+//! The hub: per-feed sequenced logs with a bounded replay window, latest-value snapshots, and
+//! fan-out into bounded per-subscriber queues.
+//!
+//! Invariants this module keeps:
+//! - Each event is encoded exactly once, at publish: the SSE frame is built then, and the JSON
+//!   object used by WebSocket frames is a zero-copy slice of it. Subscribers share the bytes.
+//! - Publishing never waits on a subscriber. Queues are bounded; when one is full its price
+//!   data is conflated (only the latest trade and quote per symbol are kept), and if that does
+//!   not free room the subscriber is closed with [`CloseReason::SlowClient`] (code 407).
+//! - Subscribing collects the replay and registers the queue under the feed's lock, so a
+//!   resuming client sees every event after its cursor exactly once, then live events.
+//! - Sequence numbers rise by exactly one per event per feed; a cursor is `<epoch>-<seq>`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::market::{
+    Bar, EventKind, InvalidEvent, MarketEvent, SymbolId, SymbolUniverse, validate_event,
+};
+use crate::metrics::{Metrics, Transport};
+
+/// The public feeds, each with its own sequence and replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feed {
+    Market,
+    News,
+    Alerts,
+}
+
+impl Feed {
+    pub const ALL: [Feed; 3] = [Feed::Market, Feed::News, Feed::Alerts];
+
+    fn index(self) -> usize {
+        match self {
+            Feed::Market => 0,
+            Feed::News => 1,
+            Feed::Alerts => 2,
+        }
+    }
+
+    pub fn of(kind: EventKind) -> Feed {
+        match kind {
+            EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status => {
+                Feed::Market
+            }
+            EventKind::News => Feed::News,
+            EventKind::Alert => Feed::Alerts,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Feed::Market => "market",
+            Feed::News => "news",
+            Feed::Alerts => "alerts",
+        }
+    }
+}
+
+/// A position in a feed's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Cursor, ()> {
+        let (epoch, seq) = text.trim().split_once('-').ok_or(())?;
+        Ok(Cursor {
+            epoch: epoch.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// One published event, encoded once and shared by every subscriber.
+#[derive(Debug)]
+pub struct Entry {
+    pub feed: Feed,
+    pub seq: u64,
+    pub kind: EventKind,
+    /// The symbol of a market event; `None` for `*` statuses, news and alerts.
+    pub symbol: Option<SymbolId>,
+    /// Symbols a news item is tagged with.
+    pub tagged: Box<[SymbolId]>,
+    /// The complete SSE frame: `id:`, `event:`, `data:` and the blank line.
+    pub sse: Bytes,
+    /// The JSON object alone (a slice of `sse`), for WebSocket frames and snapshots.
+    pub json: Bytes,
+}
+
+/// Which symbols a subscription wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SymbolFilter {
+    All,
+    Some(Box<[u64]>),
+}
+
+impl SymbolFilter {
+    pub fn from_ids(ids: impl IntoIterator<Item = SymbolId>) -> SymbolFilter {
+        let mut bits = vec![0u64; crate::market::MAX_SYMBOLS / 64];
+        for id in ids {
+            bits[usize::from(id) / 64] |= 1 << (id % 64);
+        }
+        SymbolFilter::Some(bits.into_boxed_slice())
+    }
+
+    pub fn contains(&self, id: SymbolId) -> bool {
+        match self {
+            SymbolFilter::All => true,
+            SymbolFilter::Some(bits) => bits[usize::from(id) / 64] & (1 << (id % 64)) != 0,
+        }
+    }
+
+    pub fn ids(&self, universe: &SymbolUniverse) -> Vec<SymbolId> {
+        (0..universe.len() as SymbolId)
+            .filter(|id| self.contains(*id))
+            .collect()
+    }
+}
+
+/// What a subscriber receives from a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub symbols: SymbolFilter,
+    /// Bit mask of [`EventKind::bit`]; statuses are always delivered on the market feed.
+    pub kinds: u8,
+}
+
+impl Filter {
+    pub fn everything() -> Filter {
+        Filter {
+            symbols: SymbolFilter::All,
+            kinds: u8::MAX,
+        }
+    }
+
+    pub fn matches(&self, entry: &Entry) -> bool {
+        if entry.kind != EventKind::Status && self.kinds & entry.kind.bit() == 0 {
+            return false;
+        }
+        match (&self.symbols, entry.symbol) {
+            (SymbolFilter::All, _) => true,
+            (filter, Some(id)) => filter.contains(id),
+            (filter, None) => {
+                // News with no tags goes to everyone; tagged news to subscribers of any tag.
+                entry.tagged.is_empty() || entry.tagged.iter().any(|id| filter.contains(*id))
+            }
+        }
+    }
+}
+
+/// Why a subscriber's queue was closed by the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client could not keep up even after conflation (error code 407).
+    SlowClient,
+    /// The server is shutting down; clients should reconnect and resume.
+    Shutdown,
+}
+
+/// One item in a subscriber's queue.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<Entry>),
+    /// Time for a keep-alive (SSE comment or WebSocket ping), from the shared sweep.
+    Heartbeat,
+    /// The last item: write the matching final message and end the connection.
+    Close(CloseReason),
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Delivery>,
+    closed: bool,
+}
+
+/// A bounded queue owned by one client connection; the hub pushes, the connection drains.
+#[derive(Debug)]
+pub struct SubscriberQueue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+    capacity: usize,
+    /// Set when the connection is gone, so the hub drops the registration lazily.
+    gone: AtomicBool,
+    transport: Transport,
+}
+
+impl SubscriberQueue {
+    pub fn new(capacity: usize, transport: Transport) -> Arc<SubscriberQueue> {
+        Arc::new(SubscriberQueue {
+            state: Mutex::new(QueueState::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(2),
+            gone: AtomicBool::new(false),
+            transport,
+        })
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Waits until something was pushed since the last drain.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Moves every queued item into `out` (which the caller reuses, so steady-state draining
+    /// does not allocate).
+    pub fn drain_into(&self, out: &mut VecDeque<Delivery>) {
+        let mut state = self.state.lock();
+        std::mem::swap(&mut state.items, out);
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks the connection as gone; the hub forgets it on its next pass.
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// Pushes an event, conflating or closing when full. Never blocks beyond a short lock.
+    fn push_event(&self, entry: &Arc<Entry>, metrics: &Metrics) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        if state.items.len() >= self.capacity {
+            let removed = conflate(&mut state.items);
+            metrics
+                .conflated
+                .fetch_add(removed as u64, Ordering::Relaxed);
+            if state.items.len() >= self.capacity {
+                let dropped = state.items.len() as u64;
+                state.items.clear();
+                state
+                    .items
+                    .push_back(Delivery::Close(CloseReason::SlowClient));
+                state.closed = true;
+                drop(state);
+                metrics.dropped.fetch_add(dropped, Ordering::Relaxed);
+                metrics
+                    .slow_client_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                self.mark_gone();
+                self.notify.notify_one();
+                return;
+            }
+        }
+        state.items.push_back(Delivery::Event(Arc::clone(entry)));
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Pushes a control item (heartbeat only when idle; close always).
+    pub fn push_control(&self, delivery: Delivery) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        match delivery {
+            Delivery::Heartbeat if !state.items.is_empty() => return,
+            Delivery::Close(_) => state.closed = true,
+            _ => {}
+        }
+        state.items.push_back(delivery);
+        drop(state);
+        self.notify.notify_one();
+    }
+}
+
+/// Keeps only the newest trade and the newest quote per symbol; everything else stays in order.
+/// Returns how many items were removed.
+fn conflate(items: &mut VecDeque<Delivery>) -> usize {
+    let mut seen = vec![0u64; crate::market::MAX_SYMBOLS * 2 / 64];
+    let mut keep = vec![true; items.len()];
+    for (index, item) in items.iter().enumerate().rev() {
+        if let Delivery::Event(entry) = item
+            && let Some(symbol) = entry.symbol
+        {
+            let slot = match entry.kind {
+                EventKind::Trade => usize::from(symbol) * 2,
+                EventKind::Quote => usize::from(symbol) * 2 + 1,
+                _ => continue,
+            };
+            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+            if seen[word] & bit != 0 {
+                keep[index] = false;
+            } else {
+                seen[word] |= bit;
+            }
+        }
+    }
+    let before = items.len();
+    let mut index = 0;
+    items.retain(|_| {
+        let kept = keep[index];
+        index += 1;
+        kept
+    });
+    before - items.len()
+}
+
+struct Registration {
+    queue: Arc<SubscriberQueue>,
+    filter: Filter,
+}
+
+struct FeedState {
+    next_seq: u64,
+    window: VecDeque<Arc<Entry>>,
+    subscribers: Vec<Registration>,
+}
+
+/// Latest values per symbol, for snapshots and per-symbol time checks.
+struct LatestState {
+    trade: Vec<Option<Arc<Entry>>>,
+    quote: Vec<Option<Arc<Entry>>>,
+    bar: Vec<Option<Arc<Entry>>>,
+    last_time: Vec<[Option<DateTime<Utc>>; 3]>,
+    bars: Vec<VecDeque<Bar>>,
+}
+
+/// Limits of the hub, from settings.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub replay_window: usize,
+    pub subscriber_queue_capacity: usize,
+    pub heartbeat_interval: Duration,
+    pub bar_history: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            replay_window: 10_000,
+            subscriber_queue_capacity: 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            bar_history: 1440,
+        }
+    }
+}
+
+/// Why a resume could not continue from the client's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The cursor is from an earlier (or another node's) log.
+    EpochChanged,
+    /// The cursor is older than the retained window.
+    CursorTooOld,
+    /// The cursor is ahead of the log (it was never issued by this log).
+    CursorAhead,
+}
+
+impl ResetReason {
+    pub fn message(self) -> &'static str {
+        match self {
+            ResetReason::EpochChanged => "cursor is from another epoch; fresh snapshot follows",
+            ResetReason::CursorTooOld => {
+                "cursor is older than the replay window; fresh snapshot follows"
+            }
+            ResetReason::CursorAhead => "cursor is ahead of the feed; fresh snapshot follows",
+        }
+    }
+}
+
+/// Current state handed to a new subscriber: what to send before live events.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Events after the client's cursor, in order (empty on a fresh connect or a reset).
+    pub replay: Vec<Arc<Entry>>,
+    /// Set when the client's cursor could not be honoured.
+    pub reset: Option<ResetReason>,
+    /// Latest values (market feed) or recent items (news, alerts) matching the filter; filled
+    /// on a fresh connect with `want_snapshot` and on every reset.
+    pub snapshot: Option<Vec<Arc<Entry>>>,
+    /// The cursor of the newest event in the feed when the subscription was made.
+    pub cursor: Cursor,
+}
+
+/// Accepted event, with its position.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub entry: Arc<Entry>,
+}
+
+/// Why the hub refused an event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
+    #[error("could not encode event: {0}")]
+    Encode(String),
+}
+
+/// The narrow boundary sources publish through. Today the local [`Hub`] implements it; a bus
+/// that relays through Redis to several gateway nodes implements the same trait.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError>;
+}
+
+/// The fan-out hub. Cheap to share behind an `Arc`.
+pub struct Hub {
+    epoch: u64,
+    universe: SymbolUniverse,
+    settings: HubSettings,
+    metrics: Arc<Metrics>,
+    feeds: [Mutex<FeedState>; 3],
+    latest: Mutex<LatestState>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").field("epoch", &self.epoch).finish()
+    }
+}
+
+impl Hub {
+    pub fn new(
+        universe: SymbolUniverse,
+        settings: HubSettings,
+        metrics: Arc<Metrics>,
+        epoch: u64,
+    ) -> Hub {
+        let symbols = universe.len();
+        let feed = || {
+            Mutex::new(FeedState {
+                next_seq: 1,
+                window: VecDeque::new(),
+                subscribers: Vec::new(),
+            })
+        };
+        Hub {
+            epoch,
+            universe,
+            settings,
+            metrics,
+            feeds: [feed(), feed(), feed()],
+            latest: Mutex::new(LatestState {
+                trade: vec![None; symbols],
+                quote: vec![None; symbols],
+                bar: vec![None; symbols],
+                last_time: vec![[None; 3]; symbols],
+                bars: vec![VecDeque::new(); symbols],
+            }),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn universe(&self) -> &SymbolUniverse {
+        &self.universe
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// The cursor of the newest event of a feed (seq 0 when nothing was published yet).
+    pub fn cursor(&self, feed: Feed) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            seq: self.feeds[feed.index()].lock().next_seq - 1,
+        }
+    }
+
+    /// Validates, sequences, encodes once and fans out one event.
+    pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
+        validate_event(&event, &self.universe)?;
+        let kind = event.kind();
+        let feed = Feed::of(kind);
+        let symbol = event.symbol().and_then(|s| self.universe.id(s));
+        let tagged: Box<[SymbolId]> = match &event {
+            MarketEvent::News(news) => news
+                .symbols
+                .iter()
+                .filter_map(|s| self.universe.id(s))
+                .collect(),
+            _ => Box::default(),
+        };
+        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+
+        // Per-symbol time order and latest values. Checked before sequencing so a rejected
+        // event never consumes a sequence number.
+        if let Some(id) = symbol {
+            let slot = match kind {
+                EventKind::Trade => Some(0),
+                EventKind::Quote => Some(1),
+                EventKind::Bar => Some(2),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                let mut latest = self.latest.lock();
+                let time = event.time();
+                let last = &mut latest.last_time[usize::from(id)][slot];
+                if last.is_some_and(|previous| time < previous) {
+                    return Err(InvalidEvent::TimeWentBackwards {
+                        symbol: self.universe.name(id).to_owned(),
+                    }
+                    .into());
+                }
+                *last = Some(time);
+            }
+        }
+
+        let mut state = self.feeds[feed.index()].lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let entry = Arc::new(encode_entry(
+            feed,
+            Cursor {
+                epoch: self.epoch,
+                seq,
+            },
+            kind,
+            symbol,
+            tagged,
+            &json,
+        ));
+        state.window.push_back(Arc::clone(&entry));
+        while state.window.len() > self.settings.replay_window {
+            state.window.pop_front();
+        }
+        if let Some(id) = symbol {
+            let mut latest = self.latest.lock();
+            let index = usize::from(id);
+            match (&event, kind) {
+                (_, EventKind::Trade) => latest.trade[index] = Some(Arc::clone(&entry)),
+                (_, EventKind::Quote) => latest.quote[index] = Some(Arc::clone(&entry)),
+                (MarketEvent::Bar(bar), EventKind::Bar) => {
+                    latest.bar[index] = Some(Arc::clone(&entry));
+                    let history = &mut latest.bars[index];
+                    if history.back().is_some_and(|last| last.time == bar.time) {
+                        history.pop_back();
+                    }
+                    history.push_back(bar.clone());
+                    while history.len() > self.settings.bar_history {
+                        history.pop_front();
+                    }
+                }
+                _ => {}
+            }
+        }
+        let metrics = &self.metrics;
+        state.subscribers.retain(|registration| {
+            if registration.queue.is_gone() {
+                return false;
+            }
+            if registration.filter.matches(&entry) {
+                registration.queue.push_event(&entry, metrics);
+            }
+            true
+        });
+        drop(state);
+        let counter = match feed {
+            Feed::Market => &metrics.published_market,
+            Feed::News => &metrics.published_news,
+            Feed::Alerts => &metrics.published_alerts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(Published { entry })
+    }
+
+    /// Registers `queue` on `feed`, collecting the replay after `resume` (or a reset and a
+    /// snapshot) atomically with the registration.
+    pub fn subscribe(
+        &self,
+        feed: Feed,
+        filter: Filter,
+        resume: Option<Cursor>,
+        want_snapshot: bool,
+        queue: &Arc<SubscriberQueue>,
+    ) -> Subscribed {
+        let mut state = self.feeds[feed.index()].lock();
+        let newest = state.next_seq - 1;
+        let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.seq);
+        let mut replay = Vec::new();
+        let mut reset = None;
+        if let Some(cursor) = resume {
+            if cursor.epoch != self.epoch {
+                reset = Some(ResetReason::EpochChanged);
+            } else if cursor.seq > newest {
+                reset = Some(ResetReason::CursorAhead);
+            } else if cursor.seq + 1 < oldest_retained {
+                reset = Some(ResetReason::CursorTooOld);
+            } else {
+                let skip = (cursor.seq + 1 - oldest_retained) as usize;
+                replay.extend(
+                    state
+                        .window
+                        .iter()
+                        .skip(skip)
+                        .filter(|entry| filter.matches(entry))
+                        .cloned(),
+                );
+            }
+        }
+        let snapshot = if reset.is_some() || (resume.is_none() && want_snapshot) {
+            Some(self.snapshot_locked(feed, &filter, &state))
+        } else {
+            None
+        };
+        state.subscribers.push(Registration {
+            queue: Arc::clone(queue),
+            filter,
+        });
+        drop(state);
+        if reset.is_some() {
+            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics
+            .replayed
+            .fetch_add(replay.len() as u64, Ordering::Relaxed);
+        Subscribed {
+            replay,
+            reset,
+            snapshot,
+            cursor: Cursor {
+                epoch: self.epoch,
+                seq: newest,
+            },
+        }
+    }
+
+    /// Removes a queue's registrations from `feed` now (e.g. a WebSocket unsubscribe).
+    pub fn unsubscribe(&self, feed: Feed, queue: &Arc<SubscriberQueue>) {
+        self.feeds[feed.index()]
+            .lock()
+            .subscribers
+            .retain(|r| !Arc::ptr_eq(&r.queue, queue));
+    }
+
+    fn snapshot_locked(&self, feed: Feed, filter: &Filter, state: &FeedState) -> Vec<Arc<Entry>> {
+        match feed {
+            Feed::Market => {
+                let latest = self.latest.lock();
+                let mut out = Vec::new();
+                for (kind, values) in [
+                    (EventKind::Trade, &latest.trade),
+                    (EventKind::Quote, &latest.quote),
+                    (EventKind::Bar, &latest.bar),
+                ] {
+                    if filter.kinds & kind.bit() == 0 {
+                        continue;
+                    }
+                    out.extend(
+                        values
+                            .iter()
+                            .flatten()
+                            .filter(|e| filter.matches(e))
+                            .cloned(),
+                    );
+                }
+                out
+            }
+            // For news and alerts the "current state" is the most recent items.
+            Feed::News | Feed::Alerts => {
+                let mut recent: Vec<Arc<Entry>> = state
+                    .window
+                    .iter()
+                    .rev()
+                    .filter(|e| filter.matches(e))
+                    .take(20)
+                    .cloned()
+                    .collect();
+                recent.reverse();
+                recent
+            }
+        }
+    }
+
+    /// Latest trade, quote and bar entries for the given symbols (all when `None`).
+    pub fn latest(&self, symbols: Option<&[SymbolId]>) -> Vec<Arc<Entry>> {
+        let filter = Filter {
+            symbols: match symbols {
+                None => SymbolFilter::All,
+                Some(ids) => SymbolFilter::from_ids(ids.iter().copied()),
+            },
+            kinds: u8::MAX,
+        };
+        let state = self.feeds[Feed::Market.index()].lock();
+        self.snapshot_locked(Feed::Market, &filter, &state)
+    }
+
+    /// In-memory one-minute bars of a symbol with `start <= t < end`, oldest first.
+    pub fn bars(
+        &self,
+        symbol: SymbolId,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Vec<Bar> {
+        let latest = self.latest.lock();
+        latest.bars[usize::from(symbol)]
+            .iter()
+            .filter(|b| start.is_none_or(|s| b.time >= s) && end.is_none_or(|e| b.time < e))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of live registrations on a feed (for tests and readiness).
+    pub fn subscriber_count(&self, feed: Feed) -> usize {
+        self.feeds[feed.index()]
+            .lock()
+            .subscribers
+            .iter()
+            .filter(|r| !r.queue.is_gone())
+            .count()
+    }
+
+    /// One pass of the shared heartbeat sweep: idle queues get a heartbeat, dead registrations
+    /// are forgotten. Connections own no timers of their own.
+    pub fn heartbeat_sweep(&self) {
+        for feed in Feed::ALL {
+            let mut state = self.feeds[feed.index()].lock();
+            state.subscribers.retain(|r| {
+                if r.queue.is_gone() {
+                    return false;
+                }
+                r.queue.push_control(Delivery::Heartbeat);
+                true
+            });
+        }
+    }
+
+    /// Tells every subscriber to finish (shutdown); their connections end themselves.
+    pub fn close_all(&self, reason: CloseReason) {
+        for feed in Feed::ALL {
+            let state = self.feeds[feed.index()].lock();
+            for registration in &state.subscribers {
+                registration.queue.push_control(Delivery::Close(reason));
+            }
+        }
+    }
+
+    /// Runs the heartbeat sweep until `shutdown` fires.
+    pub async fn run_heartbeats(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.settings.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => self.heartbeat_sweep(),
+            }
+        }
+    }
+}
+
+impl EventSink for Hub {
+    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
+        self.publish_event(event)
+    }
+}
+
+fn encode_entry(
+    feed: Feed,
+    cursor: Cursor,
+    kind: EventKind,
+    symbol: Option<SymbolId>,
+    tagged: Box<[SymbolId]>,
+    json: &[u8],
+) -> Entry {
+    let name = kind.event_name();
+    let mut frame = BytesMut::with_capacity(json.len() + name.len() + 48);
+    frame.put_slice(b"id: ");
+    let mut number = itoa::Buffer::new();
+    frame.put_slice(number.format(cursor.epoch).as_bytes());
+    frame.put_u8(b'-');
+    frame.put_slice(number.format(cursor.seq).as_bytes());
+    frame.put_slice(b"\nevent: ");
+    frame.put_slice(name.as_bytes());
+    frame.put_slice(b"\ndata: ");
+    let json_start = frame.len();
+    frame.put_slice(json);
+    let json_end = frame.len();
+    frame.put_slice(b"\n\n");
+    let sse = frame.freeze();
+    let json = sse.slice(json_start..json_end);
+    Entry {
+        feed,
+        seq: cursor.seq,
+        kind,
+        symbol,
+        tagged,
+        sse,
+        json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::{Quote, Trade};
+
+    fn hub(window: usize, capacity: usize) -> Hub {
+        Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT"]),
+            HubSettings {
+                replay_window: window,
+                subscriber_queue_capacity: capacity,
+                ..HubSettings::default()
+            },
+            Arc::new(Metrics::default()),
+            7,
+        )
+    }
+
+    fn trade(symbol: &str, id: u64, price: f64) -> MarketEvent {
+        MarketEvent::Trade(Trade {
+            symbol: symbol.into(),
+            id,
+            venue: "SIM".into(),
+            price,
+            size: 100.0,
+            time: DateTime::from_timestamp(1_700_000_000 + id as i64, 0).unwrap_or_default(),
+            conditions: vec![],
+        })
+    }
+
+    fn quote(symbol: &str, second: i64) -> MarketEvent {
+        MarketEvent::Quote(Quote {
+            symbol: symbol.into(),
+            bid_price: 10.0,
+            bid_size: 1.0,
+            bid_venue: String::new(),
+            ask_price: 10.01,
+            ask_size: 1.0,
+            ask_venue: String::new(),
+            time: DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap_or_default(),
+        })
+    }
+
+    fn drain(queue: &SubscriberQueue) -> Vec<Delivery> {
+        let mut out = VecDeque::new();
+        queue.drain_into(&mut out);
+        out.into_iter().collect()
+    }
+
+    #[test]
+    fn sse_frame_is_built_once_with_cursor_and_json_slice() {
+        let hub = hub(10, 10);
+        let published = hub
+            .publish_event(trade("AAPL", 1, 10.0))
+            .expect("valid trade");
+        let text = std::str::from_utf8(&published.entry.sse).unwrap_or_default();
+        assert!(text.starts_with("id: 7-1\nevent: trade\ndata: {\"T\":\"t\""));
+        assert!(text.ends_with("}\n\n"));
+        assert_eq!(published.entry.json.first(), Some(&b'{'));
+        // The JSON is a view into the same allocation, not a copy.
+        let sse_range = published.entry.sse.as_ptr_range();
+        assert!(sse_range.contains(&published.entry.json.as_ptr()));
+    }
+
+    #[test]
+    fn full_queue_conflates_price_data_then_disconnects() {
+        let hub = hub(100, 4);
+        let queue = SubscriberQueue::new(4, Transport::Sse);
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+        for id in 1..=6 {
+            hub.publish_event(trade("AAPL", id, 10.0 + id as f64))
+                .expect("valid");
+        }
+        // Conflation kept the newest AAPL trade only, plus what arrived after.
+        let items = drain(&queue);
+        assert!(items.len() <= 4, "queue stayed bounded: {}", items.len());
+        assert!(hub.metrics().conflated.load(Ordering::Relaxed) >= 3);
+        let last = items.last().expect("an item");
+        assert!(matches!(last, Delivery::Event(e) if e.seq == 6));
+
+        // Distinct symbols and kinds cannot be conflated away: the client is closed.
+        let queue = SubscriberQueue::new(2, Transport::Sse);
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+        hub.publish_event(trade("AAPL", 10, 10.0)).expect("valid");
+        hub.publish_event(quote("AAPL", 11)).expect("valid");
+        hub.publish_event(trade("MSFT", 12, 10.0)).expect("valid");
+        let items = drain(&queue);
+        assert!(matches!(
+            items.as_slice(),
+            [Delivery::Close(CloseReason::SlowClient)]
+        ));
+        assert_eq!(
+            hub.metrics()
+                .slow_client_disconnects
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn time_going_backwards_is_rejected_without_consuming_a_sequence_number() {
+        let hub = hub(10, 10);
+        hub.publish_event(trade("AAPL", 5, 10.0)).expect("valid");
+        let error = hub.publish_event(trade("AAPL", 4, 10.0)).unwrap_err();
+        assert!(matches!(
+            error,
+            PublishError::Invalid(InvalidEvent::TimeWentBackwards { .. })
+        ));
+        let next = hub.publish_event(trade("AAPL", 6, 10.0)).expect("valid");
+        assert_eq!(next.entry.seq, 2);
+    }
+
+    #[test]
+    fn resume_reports_reset_for_foreign_epoch_old_cursor_and_future_cursor() {
+        let hub = hub(3, 10);
+        for id in 1..=6 {
+            hub.publish_event(trade("AAPL", id, 10.0)).expect("valid");
+        }
+        let queue = SubscriberQueue::new(10, Transport::Sse);
+        let check = |cursor: Cursor| {
+            hub.subscribe(
+                Feed::Market,
+                Filter::everything(),
+                Some(cursor),
+                true,
+                &queue,
+            )
+        };
+        assert_eq!(
+            check(Cursor { epoch: 1, seq: 5 }).reset,
+            Some(ResetReason::EpochChanged)
+        );
+        assert_eq!(
+            check(Cursor { epoch: 7, seq: 1 }).reset,
+            Some(ResetReason::CursorTooOld)
+        );
+        assert_eq!(
+            check(Cursor { epoch: 7, seq: 9 }).reset,
+            Some(ResetReason::CursorAhead)
+        );
+        let ok = check(Cursor { epoch: 7, seq: 3 });
+        assert_eq!(ok.reset, None);
+        assert!(ok.snapshot.is_none());
+        let seqs: Vec<u64> = ok.replay.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![4, 5, 6]);
+    }
+}

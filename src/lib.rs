@@ -1,0 +1,22 @@
+//! tickgate: a real-time market-data gateway.
+//!
+//! Code map (see `docs/ARCHITECTURE.md` for the invariants):
+//! - [`market`]: wire shapes of market data, the symbol universe, validation.
+//! - [`ingest`]: sources that publish into the hub (simulator, pollers, replay) and their health.
+//! - [`hub`]: sequenced per-feed logs, replay window, snapshots, fan-out to bounded queues.
+//! - [`transport`]: client transports (`sse` for public feeds).
+//! - [`routes`]: HTTP routes, CORS, health and metrics endpoints.
+//! - [`server`]: builds the application from [`settings`] and runs it until shutdown.
+//! - [`error`]: the API error type and its stable codes.
+//! - [`metrics`]: counters and gauges rendered as Prometheus text.
+
+pub mod error;
+pub mod hub;
+pub mod ingest;
+pub mod market;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod settings;
+pub mod telemetry;
+pub mod transport;

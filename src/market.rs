@@ -1,0 +1,494 @@
+//! Market-data shapes shared by every source and transport (PROTOCOL.md §1), the symbol
+//! universe, and the checks every published tick must pass.
+//!
+//! Prices and sizes in market data are JSON numbers (`f64`), as in the protocol. Producers are
+//! expected to send tick-rounded prices; the validation here rejects NaN, infinities, zero and
+//! negative prices and time going backwards per symbol. The trading engine never computes with
+//! these floats: it converts them to exact decimals at its boundary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A trade print (`"T":"t"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trade {
+    #[serde(rename = "S")]
+    pub symbol: String,
+    /// Trade id, kept exactly as the producer gave it.
+    #[serde(rename = "i")]
+    pub id: u64,
+    #[serde(rename = "x", default)]
+    pub venue: String,
+    #[serde(rename = "p")]
+    pub price: f64,
+    #[serde(rename = "s")]
+    pub size: f64,
+    #[serde(rename = "t")]
+    pub time: DateTime<Utc>,
+    #[serde(rename = "c", default)]
+    pub conditions: Vec<String>,
+}
+
+/// A top-of-book quote (`"T":"q"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quote {
+    #[serde(rename = "S")]
+    pub symbol: String,
+    #[serde(rename = "bp")]
+    pub bid_price: f64,
+    #[serde(rename = "bs")]
+    pub bid_size: f64,
+    #[serde(rename = "bx", default)]
+    pub bid_venue: String,
+    #[serde(rename = "ap")]
+    pub ask_price: f64,
+    #[serde(rename = "as")]
+    pub ask_size: f64,
+    #[serde(rename = "ax", default)]
+    pub ask_venue: String,
+    #[serde(rename = "t")]
+    pub time: DateTime<Utc>,
+}
+
+/// A one-minute bar (`"T":"b"`); `t` is the start of the minute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bar {
+    #[serde(rename = "S")]
+    pub symbol: String,
+    #[serde(rename = "o")]
+    pub open: f64,
+    #[serde(rename = "h")]
+    pub high: f64,
+    #[serde(rename = "l")]
+    pub low: f64,
+    #[serde(rename = "c")]
+    pub close: f64,
+    #[serde(rename = "v")]
+    pub volume: f64,
+    #[serde(rename = "n")]
+    pub trade_count: u64,
+    #[serde(rename = "vw")]
+    pub vwap: f64,
+    #[serde(rename = "t")]
+    pub time: DateTime<Utc>,
+}
+
+/// A status notice for one symbol or for all (`"S":"*"`), e.g. upstream down or session change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(rename = "S")]
+    pub symbol: String,
+    #[serde(rename = "sc")]
+    pub code: String,
+    #[serde(rename = "sm")]
+    pub message: String,
+    #[serde(rename = "t")]
+    pub time: DateTime<Utc>,
+}
+
+/// A news item (`"T":"n"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct News {
+    pub id: u64,
+    pub headline: String,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub symbols: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Severity of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertLevel {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// An announcement or admin notice (`"T":"alert"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: u64,
+    pub level: AlertLevel,
+    pub msg: String,
+    #[serde(rename = "t")]
+    pub time: DateTime<Utc>,
+}
+
+/// Every kind of event the hub carries, tagged by `"T"` exactly as on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "T")]
+pub enum MarketEvent {
+    #[serde(rename = "t")]
+    Trade(Trade),
+    #[serde(rename = "q")]
+    Quote(Quote),
+    #[serde(rename = "b")]
+    Bar(Bar),
+    #[serde(rename = "s")]
+    Status(Status),
+    #[serde(rename = "n")]
+    News(News),
+    #[serde(rename = "alert")]
+    Alert(Alert),
+}
+
+/// The kind of an event; also the SSE `event:` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Trade,
+    Quote,
+    Bar,
+    Status,
+    News,
+    Alert,
+}
+
+impl EventKind {
+    /// The SSE `event:` field for this kind.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            EventKind::Trade => "trade",
+            EventKind::Quote => "quote",
+            EventKind::Bar => "bar",
+            EventKind::Status => "status",
+            EventKind::News => "news",
+            EventKind::Alert => "alert",
+        }
+    }
+
+    /// Bit used in subscription type masks.
+    pub fn bit(self) -> u8 {
+        match self {
+            EventKind::Trade => 1,
+            EventKind::Quote => 2,
+            EventKind::Bar => 4,
+            EventKind::Status => 8,
+            EventKind::News => 16,
+            EventKind::Alert => 32,
+        }
+    }
+
+    /// Parses the plural names used in `types=` filters and WebSocket subscriptions.
+    pub fn from_plural(name: &str) -> Option<EventKind> {
+        match name {
+            "trades" => Some(EventKind::Trade),
+            "quotes" => Some(EventKind::Quote),
+            "bars" => Some(EventKind::Bar),
+            "statuses" => Some(EventKind::Status),
+            "news" => Some(EventKind::News),
+            "alerts" => Some(EventKind::Alert),
+            _ => None,
+        }
+    }
+}
+
+impl MarketEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            MarketEvent::Trade(_) => EventKind::Trade,
+            MarketEvent::Quote(_) => EventKind::Quote,
+            MarketEvent::Bar(_) => EventKind::Bar,
+            MarketEvent::Status(_) => EventKind::Status,
+            MarketEvent::News(_) => EventKind::News,
+            MarketEvent::Alert(_) => EventKind::Alert,
+        }
+    }
+
+    /// The single symbol a market event is about (`None` for news, alerts and `*` statuses).
+    pub fn symbol(&self) -> Option<&str> {
+        match self {
+            MarketEvent::Trade(t) => Some(&t.symbol),
+            MarketEvent::Quote(q) => Some(&q.symbol),
+            MarketEvent::Bar(b) => Some(&b.symbol),
+            MarketEvent::Status(s) if s.symbol != "*" => Some(&s.symbol),
+            _ => None,
+        }
+    }
+
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            MarketEvent::Trade(t) => t.time,
+            MarketEvent::Quote(q) => q.time,
+            MarketEvent::Bar(b) => b.time,
+            MarketEvent::Status(s) => s.time,
+            MarketEvent::News(n) => n.updated_at,
+            MarketEvent::Alert(a) => a.time,
+        }
+    }
+}
+
+/// Index of a symbol in the [`SymbolUniverse`]; used for bitsets and per-symbol arrays.
+pub type SymbolId = u16;
+
+/// Upper bound on the universe; keeps per-symbol state in small fixed arrays.
+pub const MAX_SYMBOLS: usize = 4096;
+
+/// The fixed set of symbols this gateway serves, from configuration.
+#[derive(Debug, Clone)]
+pub struct SymbolUniverse {
+    names: Arc<Vec<String>>,
+    index: Arc<HashMap<String, SymbolId>>,
+}
+
+impl SymbolUniverse {
+    pub fn new<I, S>(symbols: I) -> SymbolUniverse
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut names: Vec<String> = Vec::new();
+        let mut index = HashMap::new();
+        for symbol in symbols {
+            let symbol: String = symbol.into();
+            let symbol = symbol.trim().to_ascii_uppercase();
+            if symbol.is_empty() || index.contains_key(&symbol) || names.len() >= MAX_SYMBOLS {
+                continue;
+            }
+            index.insert(symbol.clone(), names.len() as SymbolId);
+            names.push(symbol);
+        }
+        SymbolUniverse {
+            names: Arc::new(names),
+            index: Arc::new(index),
+        }
+    }
+
+    pub fn id(&self, symbol: &str) -> Option<SymbolId> {
+        self.index.get(symbol).copied()
+    }
+
+    pub fn name(&self, id: SymbolId) -> &str {
+        &self.names[usize::from(id)]
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn contains(&self, symbol: &str) -> bool {
+        self.index.contains_key(symbol)
+    }
+}
+
+/// Why an event was refused by [`validate_event`]. The text is shown to producers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    #[error("unknown symbol {0}")]
+    UnknownSymbol(String),
+    #[error("{field} must be a finite number")]
+    NotFinite { field: &'static str },
+    #[error("{field} must be greater than zero")]
+    NotPositive { field: &'static str },
+    #[error("{field} must not be negative")]
+    Negative { field: &'static str },
+    #[error("bid price {bid} is above ask price {ask}")]
+    CrossedQuote { bid: String, ask: String },
+    #[error("bar high/low do not contain open and close")]
+    BarOutOfRange,
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("time went backwards for {symbol}")]
+    TimeWentBackwards { symbol: String },
+}
+
+impl InvalidEvent {
+    /// Stable short label for metrics.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            InvalidEvent::UnknownSymbol(_) => "unknown_symbol",
+            InvalidEvent::NotFinite { .. } => "not_finite",
+            InvalidEvent::NotPositive { .. } => "not_positive",
+            InvalidEvent::Negative { .. } => "negative",
+            InvalidEvent::CrossedQuote { .. } => "crossed_quote",
+            InvalidEvent::BarOutOfRange => "bar_out_of_range",
+            InvalidEvent::Empty { .. } => "empty",
+            InvalidEvent::TimeWentBackwards { .. } => "time_backwards",
+        }
+    }
+}
+
+fn positive(field: &'static str, value: f64) -> Result<(), InvalidEvent> {
+    if !value.is_finite() {
+        return Err(InvalidEvent::NotFinite { field });
+    }
+    if value <= 0.0 {
+        return Err(InvalidEvent::NotPositive { field });
+    }
+    Ok(())
+}
+
+fn non_negative(field: &'static str, value: f64) -> Result<(), InvalidEvent> {
+    if !value.is_finite() {
+        return Err(InvalidEvent::NotFinite { field });
+    }
+    if value < 0.0 {
+        return Err(InvalidEvent::Negative { field });
+    }
+    Ok(())
+}
+
+/// Checks the content of one event (everything except per-symbol time order, which the hub
+/// checks because it knows the previous time).
+pub fn validate_event(event: &MarketEvent, universe: &SymbolUniverse) -> Result<(), InvalidEvent> {
+    if let Some(symbol) = event.symbol()
+        && !universe.contains(symbol)
+    {
+        return Err(InvalidEvent::UnknownSymbol(symbol.to_owned()));
+    }
+    match event {
+        MarketEvent::Trade(t) => {
+            positive("p", t.price)?;
+            positive("s", t.size)?;
+        }
+        MarketEvent::Quote(q) => {
+            positive("bp", q.bid_price)?;
+            positive("ap", q.ask_price)?;
+            non_negative("bs", q.bid_size)?;
+            non_negative("as", q.ask_size)?;
+            if q.bid_price > q.ask_price {
+                return Err(InvalidEvent::CrossedQuote {
+                    bid: q.bid_price.to_string(),
+                    ask: q.ask_price.to_string(),
+                });
+            }
+        }
+        MarketEvent::Bar(b) => {
+            positive("o", b.open)?;
+            positive("h", b.high)?;
+            positive("l", b.low)?;
+            positive("c", b.close)?;
+            non_negative("v", b.volume)?;
+            non_negative("vw", b.vwap)?;
+            let contains = |x: f64| x <= b.high && x >= b.low;
+            if b.low > b.high || !contains(b.open) || !contains(b.close) {
+                return Err(InvalidEvent::BarOutOfRange);
+            }
+        }
+        MarketEvent::Status(s) => {
+            if s.code.is_empty() {
+                return Err(InvalidEvent::Empty { field: "sc" });
+            }
+            if s.symbol != "*" && !universe.contains(&s.symbol) {
+                return Err(InvalidEvent::UnknownSymbol(s.symbol.clone()));
+            }
+        }
+        MarketEvent::News(n) => {
+            if n.headline.trim().is_empty() {
+                return Err(InvalidEvent::Empty { field: "headline" });
+            }
+            if let Some(unknown) = n.symbols.iter().find(|s| !universe.contains(s)) {
+                return Err(InvalidEvent::UnknownSymbol(unknown.clone()));
+            }
+        }
+        MarketEvent::Alert(a) => {
+            if a.msg.trim().is_empty() {
+                return Err(InvalidEvent::Empty { field: "msg" });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trading session of the (simulated) exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarketSession {
+    Pre,
+    Regular,
+    After,
+    Closed,
+}
+
+impl MarketSession {
+    /// The status code published on the market feed when the session changes.
+    pub fn status_code(self) -> &'static str {
+        match self {
+            MarketSession::Pre => "market_pre",
+            MarketSession::Regular => "market_open",
+            MarketSession::After => "market_after",
+            MarketSession::Closed => "market_closed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn universe() -> SymbolUniverse {
+        SymbolUniverse::new(["AAPL", "MSFT"])
+    }
+
+    #[test]
+    fn trade_serializes_with_protocol_keys() {
+        let trade = MarketEvent::Trade(Trade {
+            symbol: "AAPL".into(),
+            id: 7,
+            venue: "V".into(),
+            price: 126.5,
+            size: 100.0,
+            time: DateTime::parse_from_rfc3339("2026-01-02T14:30:00.123Z")
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default(),
+            conditions: vec!["@".into()],
+        });
+        let json = serde_json::to_string(&trade).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"T":"t","S":"AAPL","i":7,"x":"V","p":126.5,"s":100.0,"t":"2026-01-02T14:30:00.123Z","c":["@"]}"#
+        );
+    }
+
+    #[test]
+    fn validation_rejects_bad_prices_and_unknown_symbols() {
+        let now = Utc::now();
+        let mut trade = Trade {
+            symbol: "AAPL".into(),
+            id: 1,
+            venue: String::new(),
+            price: f64::NAN,
+            size: 1.0,
+            time: now,
+            conditions: vec![],
+        };
+        let u = universe();
+        assert_eq!(
+            validate_event(&MarketEvent::Trade(trade.clone()), &u),
+            Err(InvalidEvent::NotFinite { field: "p" })
+        );
+        trade.price = -1.0;
+        assert_eq!(
+            validate_event(&MarketEvent::Trade(trade.clone()), &u),
+            Err(InvalidEvent::NotPositive { field: "p" })
+        );
+        trade.price = 10.0;
+        trade.symbol = "ZZZZ".into();
+        assert_eq!(
+            validate_event(&MarketEvent::Trade(trade.clone()), &u),
+            Err(InvalidEvent::UnknownSymbol("ZZZZ".into()))
+        );
+        trade.symbol = "MSFT".into();
+        assert_eq!(validate_event(&MarketEvent::Trade(trade), &u), Ok(()));
+    }
+}

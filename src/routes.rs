@@ -1,0 +1,234 @@
+//! HTTP routes: public REST (`/v1/snapshot`, `/v1/symbols`, `/v1/bars`), health, metrics, the
+//! static dashboard, and the JSON error handlers that keep every failure in the API's shape.
+
+use std::collections::HashMap;
+
+use actix_cors::Cors;
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::error::{ApiError, codes};
+use crate::server::AppState;
+
+/// Registers every route. Transport modules add their own.
+pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(state.settings.server.max_body_bytes)
+            .error_handler(crate::error::json_error_handler),
+    )
+    .app_data(web::QueryConfig::default().error_handler(crate::error::query_error_handler))
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics))
+    .route("/v1/symbols", web::get().to(symbols))
+    .route("/v1/snapshot", web::get().to(snapshot))
+    .route("/v1/bars", web::get().to(bars))
+    .configure(crate::transport::sse::configure);
+    let web_root = &state.settings.server.web_root;
+    if web_root.is_dir() {
+        cfg.service(
+            actix_files::Files::new("/", web_root)
+                .index_file("index.html")
+                .use_etag(true)
+                .prefer_utf8(true),
+        );
+    }
+    cfg.default_service(web::to(not_found));
+}
+
+/// CORS for the public API from the configured origin allowlist.
+pub fn cors(state: &AppState) -> Cors {
+    let origins = &state.settings.server.allowed_origins;
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE", "PATCH", "OPTIONS"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(600);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        for origin in origins {
+            cors = cors.allowed_origin(origin);
+        }
+    }
+    cors
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("no such route"))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let sources = state.sources.snapshot();
+    let hub_running = !state.shutdown.is_cancelled();
+    let ready = hub_running && !sources.is_empty() && state.sources.all_serving();
+    let degraded: Vec<&String> = sources
+        .iter()
+        .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
+        .map(|(n, _)| n)
+        .collect();
+    let status = if !ready {
+        "not_ready"
+    } else if degraded.is_empty() {
+        "ready"
+    } else {
+        "degraded"
+    };
+    let body = json!({
+        "status": status,
+        "hub": if hub_running { "running" } else { "stopping" },
+        "sources": sources,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn symbols(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "symbols": state.universe().names() }))
+}
+
+/// Joins JSON objects that are already encoded into a JSON array.
+fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (index, item) in items.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    out
+}
+
+async fn snapshot(
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "symbols") {
+        return Err(ApiError::bad_request(
+            codes::INVALID_PARAMETER,
+            format!("unknown query parameter {unknown:?}; allowed: symbols"),
+        ));
+    }
+    let universe = state.universe();
+    let filter = crate::transport::sse::parse_symbols(
+        query.get("symbols").map(String::as_str),
+        universe,
+        universe.len().max(1),
+        false,
+    )?;
+    let ids = filter.ids(universe);
+    let entries = state.hub.latest(Some(&ids));
+    let cursor = state.hub.cursor(crate::hub::Feed::Market);
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("{{\"cursor\":\"{cursor}\",\"trades\":").as_bytes());
+    use crate::market::EventKind;
+    for (index, kind) in [EventKind::Trade, EventKind::Quote, EventKind::Bar]
+        .into_iter()
+        .enumerate()
+    {
+        if index == 1 {
+            body.extend_from_slice(b",\"quotes\":");
+        } else if index == 2 {
+            body.extend_from_slice(b",\"bars\":");
+        }
+        body.extend_from_slice(&json_array(
+            entries
+                .iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| e.json.as_ref()),
+        ));
+    }
+    body.push(b'}');
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BarsQuery {
+    symbol: Option<String>,
+    timeframe: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|raw| {
+            DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        codes::INVALID_PARAMETER,
+                        format!("{name} must be an RFC 3339 time, e.g. 2026-01-02T14:30:00Z"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+async fn bars(
+    query: web::Query<BarsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let symbol = query
+        .symbol
+        .as_deref()
+        .map(|s| s.trim().to_ascii_uppercase())
+        .ok_or_else(|| ApiError::bad_request(codes::INVALID_PARAMETER, "symbol is required"))?;
+    let id = state.universe().id(&symbol).ok_or_else(|| {
+        ApiError::bad_request(codes::UNKNOWN_SYMBOL, format!("unknown symbol {symbol}"))
+    })?;
+    match query.timeframe.as_deref() {
+        None | Some("1Min") | Some("1m") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                codes::INVALID_PARAMETER,
+                format!("unsupported timeframe {other:?}; supported: 1Min"),
+            ));
+        }
+    }
+    let start = parse_time("start", query.start.as_deref())?;
+    let end = parse_time("end", query.end.as_deref())?;
+    let limit = match query.limit.as_deref() {
+        None => 1000,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_PARAMETER,
+                    "limit must be an integer from 1 to 10000",
+                ));
+            }
+        },
+    };
+    let bars = state.hub.bars(id, start, end, limit);
+    Ok(HttpResponse::build(StatusCode::OK).json(json!({
+        "symbol": symbol,
+        "timeframe": "1Min",
+        "bars": bars,
+        "next_page_token": serde_json::Value::Null,
+    })))
+}

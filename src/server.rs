@@ -1,0 +1,138 @@
+//! Builds the application from settings and runs it: the hub, the sources, the HTTP server on
+//! an already-bound listener, and graceful shutdown driven by one cancellation token.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{CloseReason, Hub, HubSettings};
+use crate::ingest::SourceRegistry;
+use crate::market::SymbolUniverse;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+
+/// Everything request handlers share. Cloned into each worker; all fields are cheap handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub sources: SourceRegistry,
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn universe(&self) -> &SymbolUniverse {
+        self.hub.universe()
+    }
+}
+
+/// Request logging through `tracing` (one line per request at debug level).
+fn tracing_actix() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%r %s %Dms").log_target("tickgate::http")
+}
+
+/// A built, bound, not yet running gateway.
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the state and binds `settings.server.bind` (port 0 picks a free port).
+    pub fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.server.bind)?;
+        Application::build_with_listener(settings, listener)
+    }
+
+    pub fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        let port = listener.local_addr()?.port();
+        let metrics = Arc::new(Metrics::default());
+        let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
+        let epoch = chrono::Utc::now().timestamp_millis().max(1) as u64;
+        let hub = Arc::new(Hub::new(
+            universe,
+            HubSettings {
+                replay_window: settings.hub.replay_window,
+                subscriber_queue_capacity: settings.hub.subscriber_queue_capacity,
+                heartbeat_interval: settings.hub.heartbeat_interval,
+                bar_history: settings.hub.bar_history,
+            },
+            Arc::clone(&metrics),
+            epoch,
+        ));
+        let state = AppState {
+            settings: Arc::new(settings),
+            hub,
+            sources: SourceRegistry::new(Arc::clone(&metrics)),
+            metrics,
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Application {
+            port,
+            listener,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The token that stops the application when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token fires, then lets connections finish within the grace
+    /// period and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let state = self.state;
+        let settings = Arc::clone(&state.settings);
+        let shutdown = state.shutdown.clone();
+
+        tokio::spawn(Arc::clone(&state.hub).run_heartbeats(shutdown.clone()));
+        crate::ingest::spawn_sources(&state);
+
+        let data = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(crate::routes::cors(&data))
+                .wrap(tracing_actix())
+                .app_data(web::Data::new(data.clone()))
+                .configure(|cfg| crate::routes::configure(cfg, &data))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
+        .client_request_timeout(Duration::from_secs(10));
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.listen(self.listener)?.run();
+        let handle = server.handle();
+        let hub = Arc::clone(&state.hub);
+        let grace = settings.server.shutdown_grace;
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: telling clients to reconnect");
+            hub.close_all(CloseReason::Shutdown);
+            // Give open streams a moment to flush their final message before stopping.
+            tokio::time::sleep(Duration::from_millis(100).min(grace)).await;
+            handle.stop(true).await;
+        });
+        server.await?;
+        stopper.abort();
+        Ok(())
+    }
+}

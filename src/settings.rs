@@ -1,0 +1,398 @@
+//! Typed configuration: `config/default.toml`, then an optional extra file (`--config PATH`),
+//! then `TICKGATE__SECTION__KEY` environment variables. Every bad key is reported at once.
+//!
+//! The loader deserializes the merged tree; on a type error it records the error with its
+//! path, removes that key (so its default applies) and tries again, which collects every type
+//! error in one run. Unknown keys are collected with `serde_ignored`. Semantic checks
+//! (`Settings::validate`) add their own messages to the same list.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub market: MarketSettings,
+    pub simulator: SimulatorSettings,
+    pub hub: HubConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Origins allowed by CORS and by the WebSocket `Origin` check. `*` allows any.
+    pub allowed_origins: Vec<String>,
+    /// Directory of the web dashboard served at `/`.
+    pub web_root: PathBuf,
+    /// How long open connections get to finish on SIGINT/SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest accepted HTTP request body.
+    pub max_body_bytes: usize,
+    /// Worker threads for the HTTP server (0 = one per core).
+    pub workers: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: vec![
+                "http://localhost:8080".into(),
+                "http://127.0.0.1:8080".into(),
+            ],
+            web_root: PathBuf::from("web"),
+            shutdown_grace: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MarketSettings {
+    /// The symbol universe served by this gateway.
+    pub symbols: Vec<String>,
+    /// Most symbols one SSE subscription may name.
+    pub max_symbols_per_subscription: usize,
+}
+
+impl Default for MarketSettings {
+    fn default() -> Self {
+        MarketSettings {
+            symbols: [
+                "AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "TSLA", "META", "SPY",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            max_symbols_per_subscription: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SimulatorSettings {
+    pub enabled: bool,
+    /// RNG seed; the same seed gives the same market.
+    pub seed: u64,
+    /// Mean trades per second per symbol (Poisson arrivals).
+    pub trades_per_second: f64,
+    /// Annualized volatility used by the geometric Brownian motion.
+    pub volatility: f64,
+    /// Mean seconds between synthetic news items.
+    #[serde(with = "humantime_serde")]
+    pub news_interval: Duration,
+    /// Keep the simulated market in its regular session around the clock.
+    pub always_open: bool,
+    /// Starting prices by symbol; symbols not listed start at 100.00.
+    pub initial_prices: std::collections::BTreeMap<String, f64>,
+}
+
+impl Default for SimulatorSettings {
+    fn default() -> Self {
+        SimulatorSettings {
+            enabled: true,
+            seed: 42,
+            trades_per_second: 4.0,
+            volatility: 0.35,
+            news_interval: Duration::from_secs(20),
+            always_open: true,
+            initial_prices: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HubConfig {
+    /// Events kept per feed for `Last-Event-ID` resume.
+    pub replay_window: usize,
+    /// Queued events per subscriber before conflation, then disconnect (407).
+    pub subscriber_queue_capacity: usize,
+    /// Interval of the shared heartbeat sweep (SSE comment, WebSocket ping).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Reconnect delay sent to SSE clients in `retry:`.
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
+    /// One-minute bars kept in memory per symbol.
+    pub bar_history: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            replay_window: 10_000,
+            subscriber_queue_capacity: 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(2),
+            bar_history: 1440,
+        }
+    }
+}
+
+/// All problems found in the configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct SettingsError {
+    pub problems: Vec<String>,
+}
+
+impl Settings {
+    /// Loads `config/default.toml` (relative to `config_dir`), an optional extra file and the
+    /// environment (`TICKGATE__SECTION__KEY`).
+    pub fn load(config_dir: &Path, extra_file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Settings::load_from(config_dir, extra_file, &env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        config_dir: &Path,
+        extra_file: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder().add_source(
+            config::File::from(config_dir.join("default.toml"))
+                .format(config::FileFormat::Toml)
+                .required(false),
+        );
+        if let Some(path) = extra_file {
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env_map: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("TICKGATE__"))
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("TICKGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("market.symbols")
+                .with_list_parse_key("server.allowed_origins")
+                .source(Some(env_map)),
+        );
+        let merged = builder.build().map_err(|e| SettingsError {
+            problems: vec![e.to_string()],
+        })?;
+        let tree: serde_json::Value = merged.try_deserialize().map_err(|e| SettingsError {
+            problems: vec![e.to_string()],
+        })?;
+        let settings: Settings = deserialize_collecting(tree)?;
+        let problems = settings.validate();
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(SettingsError { problems })
+        }
+    }
+
+    /// Semantic checks that types alone do not express.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.market.symbols.is_empty() {
+            problems.push("market.symbols: at least one symbol is required".into());
+        }
+        if let Some(bad) = self.market.symbols.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-/".contains(c))
+        }) {
+            problems.push(format!("market.symbols: {bad:?} is not a valid symbol"));
+        }
+        if self.market.max_symbols_per_subscription == 0 {
+            problems.push("market.max_symbols_per_subscription: must be at least 1".into());
+        }
+        if self.hub.replay_window == 0 {
+            problems.push("hub.replay_window: must be at least 1".into());
+        }
+        if self.hub.subscriber_queue_capacity < 2 {
+            problems.push("hub.subscriber_queue_capacity: must be at least 2".into());
+        }
+        if self.hub.heartbeat_interval.is_zero() {
+            problems.push("hub.heartbeat_interval: must be greater than zero".into());
+        }
+        if !(self.simulator.trades_per_second > 0.0 && self.simulator.trades_per_second <= 10_000.0)
+        {
+            problems.push("simulator.trades_per_second: must be in (0, 10000]".into());
+        }
+        if !(self.simulator.volatility >= 0.0 && self.simulator.volatility < 10.0) {
+            problems.push("simulator.volatility: must be in [0, 10)".into());
+        }
+        for (symbol, price) in &self.simulator.initial_prices {
+            if !(price.is_finite() && *price > 0.0) {
+                problems.push(format!(
+                    "simulator.initial_prices.{symbol}: must be a positive price"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Deserializes, collecting every type error and unknown key instead of stopping at the first.
+fn deserialize_collecting<T: serde::de::DeserializeOwned>(
+    mut tree: serde_json::Value,
+) -> Result<T, SettingsError> {
+    let mut problems = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..64 {
+        unknown.clear();
+        let result: Result<T, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(&tree, &mut |path: serde_ignored::Path<'_>| {
+                unknown.push(path.to_string())
+            }),
+        );
+        match result {
+            Ok(value) => {
+                problems.extend(unknown.iter().map(|p| format!("{p}: unknown key")));
+                return if problems.is_empty() {
+                    Ok(value)
+                } else {
+                    Err(SettingsError { problems })
+                };
+            }
+            Err(error) => {
+                let path = error.path().to_string();
+                problems.push(format!("{path}: {}", error.inner()));
+                if !remove_path(&mut tree, error.path()) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(SettingsError { problems })
+}
+
+fn remove_path(tree: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, serde_json::Value::Object(map)) => match map.get_mut(key) {
+                Some(child) => child,
+                None => return false,
+            },
+            (Segment::Seq { index }, serde_json::Value::Array(items)) => {
+                match items.get_mut(*index) {
+                    Some(child) => child,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, serde_json::Value::Object(map)) => map.remove(key).is_some(),
+        (Segment::Seq { index }, serde_json::Value::Array(items)) if *index < items.len() => {
+            items.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_in_one_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "default.toml", "");
+        let extra = write(
+            dir.path(),
+            "extra.toml",
+            "[server]\nbind = \"not an address\"\nshutdown_grace = \"soon\"\ncolour = \"blue\"\n[hub]\nreplay_window = 0\n",
+        );
+        let env = vec![("TICKGATE__SIMULATOR__SEED".to_string(), "abc".to_string())];
+        let error = Settings::load_from(dir.path(), Some(&extra), &env).unwrap_err();
+        let text = error.to_string();
+        for needle in ["server.bind", "server.shutdown_grace", "simulator.seed"] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        // Unknown keys and semantic checks are reported in the same run when types are fine.
+        let extra = write(
+            dir.path(),
+            "extra2.toml",
+            "[server]\ncolour = \"blue\"\n[hub]\nreplay_window = 0\n",
+        );
+        let text = Settings::load_from(dir.path(), Some(&extra), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("server.colour: unknown key"), "{text}");
+    }
+
+    #[test]
+    fn environment_overrides_files_and_parses_lists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "default.toml",
+            "[market]\nsymbols = [\"AAPL\"]\n",
+        );
+        let env = vec![
+            (
+                "TICKGATE__MARKET__SYMBOLS".to_string(),
+                "IBM,ORCL".to_string(),
+            ),
+            ("TICKGATE__HUB__REPLAY_WINDOW".to_string(), "77".to_string()),
+        ];
+        let settings = Settings::load_from(dir.path(), None, &env).expect("valid");
+        assert_eq!(settings.market.symbols, vec!["IBM", "ORCL"]);
+        assert_eq!(settings.hub.replay_window, 77);
+    }
+}

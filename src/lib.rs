@@ -5,6 +5,7 @@
 //! - [`ingest`]: sources that publish into the hub (simulator, pollers, replay) and their health.
 //! - [`hub`]: sequenced per-feed logs, replay window, snapshots, fan-out to bounded queues.
 //! - [`transport`]: client transports (`sse` for public feeds).
+//! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`.
 //! - [`routes`]: HTTP routes, CORS, health and metrics endpoints.
 //! - [`server`]: builds the application from [`settings`] and runs it until shutdown.
 //! - [`error`]: the API error type and its stable codes.
@@ -19,4 +20,5 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod telemetry;
+pub mod trading;
 pub mod transport;

@@ -98,13 +98,31 @@ impl Application {
     /// Runs until the shutdown token fires, then lets connections finish within the grace
     /// period and returns.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        tokio::spawn(Arc::clone(&state.hub).run_heartbeats(state.shutdown.clone()));
+        crate::ingest::spawn_sources(&state);
+        let server = self.start_http()?;
+        let handle = server.handle();
+        let hub = Arc::clone(&state.hub);
+        let grace = state.settings.server.shutdown_grace;
+        let shutdown = state.shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: telling clients to reconnect");
+            hub.close_all(CloseReason::Shutdown);
+            // Give open streams a moment to flush their final message before stopping.
+            tokio::time::sleep(Duration::from_millis(100).min(grace)).await;
+            handle.stop(true).await;
+        });
+        server.await?;
+        stopper.abort();
+        Ok(())
+    }
+
+    /// Builds and starts the HTTP server (synchronously, so the returned future is `Send`).
+    fn start_http(self) -> anyhow::Result<actix_web::dev::Server> {
         let state = self.state;
         let settings = Arc::clone(&state.settings);
-        let shutdown = state.shutdown.clone();
-
-        tokio::spawn(Arc::clone(&state.hub).run_heartbeats(shutdown.clone()));
-        crate::ingest::spawn_sources(&state);
-
         let data = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -119,20 +137,6 @@ impl Application {
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        let server = server.listen(self.listener)?.run();
-        let handle = server.handle();
-        let hub = Arc::clone(&state.hub);
-        let grace = settings.server.shutdown_grace;
-        let stopper = tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tracing::info!("shutting down: telling clients to reconnect");
-            hub.close_all(CloseReason::Shutdown);
-            // Give open streams a moment to flush their final message before stopping.
-            tokio::time::sleep(Duration::from_millis(100).min(grace)).await;
-            handle.stop(true).await;
-        });
-        server.await?;
-        stopper.abort();
-        Ok(())
+        Ok(server.listen(self.listener)?.run())
     }
 }

@@ -21,6 +21,7 @@ pub struct Settings {
     pub market: MarketSettings,
     pub simulator: SimulatorSettings,
     pub hub: HubConfig,
+    pub publish: PublishSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +164,28 @@ impl Default for HubConfig {
             sse_retry: Duration::from_secs(2),
             bar_history: 1440,
         }
+    }
+}
+
+#[derive(Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct PublishSettings {
+    /// Bearer token for `POST /v1/publish`; empty disables the publish API. Never logged.
+    pub admin_token: String,
+}
+
+impl std::fmt::Debug for PublishSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishSettings")
+            .field(
+                "admin_token",
+                &if self.admin_token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
     }
 }
 

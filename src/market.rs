@@ -12,6 +12,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Serializes whole numbers without a fractional part (`100`, not `100.0`), as market-data
+/// users expect for sizes, while keeping prices like `126.5` as they are.
+fn number<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        serializer.serialize_i64(*value as i64)
+    } else {
+        serializer.serialize_f64(*value)
+    }
+}
+
 /// A trade print (`"T":"t"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trade {
@@ -22,9 +32,9 @@ pub struct Trade {
     pub id: u64,
     #[serde(rename = "x", default)]
     pub venue: String,
-    #[serde(rename = "p")]
+    #[serde(rename = "p", serialize_with = "number")]
     pub price: f64,
-    #[serde(rename = "s")]
+    #[serde(rename = "s", serialize_with = "number")]
     pub size: f64,
     #[serde(rename = "t")]
     pub time: DateTime<Utc>,
@@ -37,15 +47,15 @@ pub struct Trade {
 pub struct Quote {
     #[serde(rename = "S")]
     pub symbol: String,
-    #[serde(rename = "bp")]
+    #[serde(rename = "bp", serialize_with = "number")]
     pub bid_price: f64,
-    #[serde(rename = "bs")]
+    #[serde(rename = "bs", serialize_with = "number")]
     pub bid_size: f64,
     #[serde(rename = "bx", default)]
     pub bid_venue: String,
-    #[serde(rename = "ap")]
+    #[serde(rename = "ap", serialize_with = "number")]
     pub ask_price: f64,
-    #[serde(rename = "as")]
+    #[serde(rename = "as", serialize_with = "number")]
     pub ask_size: f64,
     #[serde(rename = "ax", default)]
     pub ask_venue: String,
@@ -58,19 +68,19 @@ pub struct Quote {
 pub struct Bar {
     #[serde(rename = "S")]
     pub symbol: String,
-    #[serde(rename = "o")]
+    #[serde(rename = "o", serialize_with = "number")]
     pub open: f64,
-    #[serde(rename = "h")]
+    #[serde(rename = "h", serialize_with = "number")]
     pub high: f64,
-    #[serde(rename = "l")]
+    #[serde(rename = "l", serialize_with = "number")]
     pub low: f64,
-    #[serde(rename = "c")]
+    #[serde(rename = "c", serialize_with = "number")]
     pub close: f64,
-    #[serde(rename = "v")]
+    #[serde(rename = "v", serialize_with = "number")]
     pub volume: f64,
     #[serde(rename = "n")]
     pub trade_count: u64,
-    #[serde(rename = "vw")]
+    #[serde(rename = "vw", serialize_with = "number")]
     pub vwap: f64,
     #[serde(rename = "t")]
     pub time: DateTime<Utc>,
@@ -456,7 +466,7 @@ mod tests {
         let json = serde_json::to_string(&trade).unwrap_or_default();
         assert_eq!(
             json,
-            r#"{"T":"t","S":"AAPL","i":7,"x":"V","p":126.5,"s":100.0,"t":"2026-01-02T14:30:00.123Z","c":["@"]}"#
+            r#"{"T":"t","S":"AAPL","i":7,"x":"V","p":126.5,"s":100,"t":"2026-01-02T14:30:00.123Z","c":["@"]}"#
         );
     }
 

@@ -8,9 +8,11 @@
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`.
 //! - [`routes`]: HTTP routes, CORS, health and metrics endpoints.
 //! - [`server`]: builds the application from [`settings`] and runs it until shutdown.
+//! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits.
 //! - [`error`]: the API error type and its stable codes.
 //! - [`metrics`]: counters and gauges rendered as Prometheus text.
 
+pub mod auth;
 pub mod error;
 pub mod hub;
 pub mod ingest;

@@ -22,6 +22,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub sources: SourceRegistry,
     pub shutdown: CancellationToken,
+    pub auth: Arc<crate::auth::AuthService>,
 }
 
 impl AppState {
@@ -68,7 +69,9 @@ impl Application {
             Arc::clone(&metrics),
             epoch,
         ));
+        let auth = Arc::new(crate::auth::AuthService::new(&settings.auth)?);
         let state = AppState {
+            auth,
             settings: Arc::new(settings),
             hub,
             sources: SourceRegistry::new(Arc::clone(&metrics)),

@@ -133,10 +133,7 @@ pub enum AuthConfigError {
     #[error("auth.algorithm {0:?} is not supported; use HS256, RS256 or ES256")]
     Algorithm(String),
     #[error("auth.public_key_pem is not a valid {algorithm} public key: {reason}")]
-    PublicKey {
-        algorithm: String,
-        reason: String,
-    },
+    PublicKey { algorithm: String, reason: String },
 }
 
 fn now_unix() -> u64 {
@@ -218,17 +215,17 @@ impl AuthService {
     pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidAlgorithmName
-                | ErrorKind::UnsupportedAlgorithm => AuthError::BadAlgorithm,
-                ErrorKind::InvalidAudience => AuthError::BadAudience,
-                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
-                ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
-                _ => AuthError::Malformed,
-            })?;
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::UnsupportedAlgorithm => AuthError::BadAlgorithm,
+            ErrorKind::InvalidAudience => AuthError::BadAudience,
+            ErrorKind::InvalidIssuer => AuthError::BadIssuer,
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+            _ => AuthError::Malformed,
+        })?;
         if data.claims.sub.is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
@@ -263,7 +260,10 @@ impl AuthService {
         let known = self.users.get(username);
         let hash_text = known.map_or(DUMMY_PASSWORD_HASH, String::as_str);
         let hash = PasswordHash::new(hash_text).map_err(|_| {
-            tracing::error!(user = username, "configured password hash is not a PHC string");
+            tracing::error!(
+                user = username,
+                "configured password hash is not a PHC string"
+            );
             AuthError::Internal
         })?;
         let matches = argon2::Argon2::default()

@@ -428,8 +428,7 @@ impl Settings {
             "HS256" => {
                 // Empty means "a random secret per process" (see `auth::AuthService::new`).
                 if !auth.hs256_secret.is_empty() && auth.hs256_secret.len() < 32 {
-                    problems
-                        .push("auth.hs256_secret: must be at least 32 bytes for HS256".into());
+                    problems.push("auth.hs256_secret: must be at least 32 bytes for HS256".into());
                 }
             }
             "RS256" | "ES256" => {
@@ -479,7 +478,8 @@ impl Settings {
                 "ws.max_message_bytes: must be at least 256 and at most ws.max_frame_bytes".into(),
             );
         }
-        if !(ws.actions_per_second > 0.0 && ws.actions_per_second.is_finite()) || ws.action_burst == 0
+        if !(ws.actions_per_second > 0.0 && ws.actions_per_second.is_finite())
+            || ws.action_burst == 0
         {
             problems.push("ws.actions_per_second and ws.action_burst: must be positive".into());
         }

@@ -119,7 +119,10 @@ impl WsClient {
                 .expect("a frame before the deadline");
             match next {
                 None => return Received::Closed(None),
-                Some(Err(_)) => return Received::Closed(None),
+                Some(Err(error)) => {
+                    eprintln!("websocket error: {error}");
+                    return Received::Closed(None);
+                }
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(&text).expect("frame is JSON");
                     let Value::Array(items) = value else {

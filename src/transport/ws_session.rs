@@ -911,7 +911,8 @@ impl WsSession {
     fn reregister(&mut self, feed: Feed, filter: Option<Filter>, out: &mut Vec<Output>) {
         let slot = feed_slot(feed);
         let cursor = self.deps.hub.cursor(feed);
-        if self.registered[slot] {
+        let was_registered = self.registered[slot];
+        if was_registered {
             self.deps.hub.unsubscribe(feed, &self.queue);
             self.registered[slot] = false;
         }
@@ -924,8 +925,8 @@ impl WsSession {
             .hub
             .subscribe(feed, filter, resume, false, &self.queue);
         self.registered[slot] = true;
-        if self.last_seq[slot] == 0 {
-            // First registration on this feed: only events after now.
+        if !was_registered {
+            // A fresh registration on this feed: only events after now.
             self.last_seq[slot] = cursor.seq;
         }
         let replay: Vec<Delivery> = subscribed.replay.into_iter().map(Delivery::Event).collect();
@@ -1370,5 +1371,394 @@ fn symbol_filter(set: &SymbolSet) -> SymbolFilter {
         SymbolFilter::All
     } else {
         SymbolFilter::from_ids(set.ids.iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::{MarketEvent, SymbolUniverse, Trade};
+    use crate::settings::AuthSettings;
+    use crate::trading::api::{
+        Order, OrderQuery, OrderStatus, OrderType, Portfolio, Side, TimeInForce, TradeEvent,
+        TradeUpdate,
+    };
+    use chrono::Utc;
+    use futures::future::BoxFuture;
+    use parking_lot::Mutex;
+    use rust_decimal::Decimal;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A stand-in exchange: acks every order with a `new` trade update, serves books from
+    /// broadcasts the test drives, and counts portfolio reads.
+    struct FakeTrading {
+        events: broadcast::Sender<UserEvent>,
+        changes: watch::Sender<u64>,
+        books: Mutex<HashMap<String, broadcast::Sender<BookUpdate>>>,
+        portfolio_reads: AtomicU64,
+    }
+
+    impl FakeTrading {
+        fn new() -> Arc<FakeTrading> {
+            Arc::new(FakeTrading {
+                events: broadcast::channel(64).0,
+                changes: watch::channel(0).0,
+                books: Mutex::new(HashMap::new()),
+                portfolio_reads: AtomicU64::new(0),
+            })
+        }
+
+        fn book_sender(&self, symbol: &str) -> broadcast::Sender<BookUpdate> {
+            self.books
+                .lock()
+                .entry(symbol.to_owned())
+                .or_insert_with(|| broadcast::channel(4).0)
+                .clone()
+        }
+    }
+
+    fn order(request: &OrderRequest) -> Order {
+        let now = Utc::now();
+        Order {
+            id: "o-1".into(),
+            client_order_id: request.client_order_id.clone().unwrap_or_default(),
+            symbol: request.symbol.clone().unwrap_or_default(),
+            side: Side::Buy,
+            order_type: OrderType::Market,
+            time_in_force: TimeInForce::Day,
+            qty: Decimal::from(10),
+            filled_qty: Decimal::ZERO,
+            filled_avg_price: None,
+            limit_price: None,
+            stop_price: None,
+            status: OrderStatus::New,
+            created_at: now,
+            updated_at: now,
+            submitted_at: now,
+            filled_at: None,
+            canceled_at: None,
+            expired_at: None,
+            replaced_by: None,
+            replaces: None,
+            commission: Decimal::ZERO,
+        }
+    }
+
+    impl TradingApi for FakeTrading {
+        fn submit(
+            &self,
+            _user: &str,
+            request: OrderRequest,
+        ) -> BoxFuture<'static, Result<Order, OrderError>> {
+            if request.qty.as_deref() == Some("0") {
+                return Box::pin(async { Err(OrderError::invalid("qty must be positive")) });
+            }
+            let order = order(&request);
+            let _ = self
+                .events
+                .send(UserEvent::TradeUpdate(Box::new(TradeUpdate {
+                    event: TradeEvent::New,
+                    execution_id: None,
+                    price: None,
+                    qty: None,
+                    position_qty: None,
+                    timestamp: Utc::now(),
+                    order: order.clone(),
+                })));
+            Box::pin(async move { Ok(order) })
+        }
+
+        fn cancel(&self, _: &str, _: OrderRef) -> BoxFuture<'static, Result<Order, OrderError>> {
+            Box::pin(async { Err(OrderError::new(OrderError::NOT_FOUND, "order not found")) })
+        }
+
+        fn replace(
+            &self,
+            _: &str,
+            _: OrderRef,
+            _: ReplaceRequest,
+        ) -> BoxFuture<'static, Result<Order, OrderError>> {
+            Box::pin(async { Err(OrderError::new(OrderError::NOT_FOUND, "order not found")) })
+        }
+
+        fn portfolio(&self, _: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
+            let reads = self.portfolio_reads.fetch_add(1, Ordering::Relaxed) + 1;
+            Box::pin(async move {
+                Ok(Portfolio {
+                    cash: Decimal::from(reads),
+                    equity: Decimal::from(reads),
+                    long_market_value: Decimal::ZERO,
+                    short_market_value: Decimal::ZERO,
+                    buying_power: Decimal::from(reads),
+                    realized_pl: Decimal::ZERO,
+                    t: Utc::now(),
+                    positions: Vec::new(),
+                })
+            })
+        }
+
+        fn orders(
+            &self,
+            _: &str,
+            _: OrderQuery,
+        ) -> BoxFuture<'static, Result<Vec<Order>, OrderError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn user_events(&self, _: &str) -> broadcast::Receiver<UserEvent> {
+            self.events.subscribe()
+        }
+
+        fn portfolio_changes(&self, _: &str) -> watch::Receiver<u64> {
+            self.changes.subscribe()
+        }
+
+        fn book(
+            &self,
+            symbol: &str,
+        ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
+            let sender = self.book_sender(symbol);
+            let snapshot = BookUpdate {
+                symbol: symbol.to_owned(),
+                snapshot: true,
+                bids: vec![(Decimal::new(10000, 2), Decimal::from(300))],
+                asks: vec![(Decimal::new(10002, 2), Decimal::from(200))],
+                t: Utc::now(),
+            };
+            Ok((snapshot, sender.subscribe()))
+        }
+    }
+
+    fn session_with(trading: Option<Arc<FakeTrading>>) -> (WsSession, Arc<Hub>) {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT"]),
+            crate::hub::HubSettings::default(),
+            Arc::clone(&metrics),
+            7,
+        ));
+        let auth = AuthService::new(&AuthSettings {
+            hs256_secret: "unit-test-secret-of-at-least-32-bytes".into(),
+            ..AuthSettings::default()
+        })
+        .expect("auth");
+        let deps = SessionDeps {
+            hub: Arc::clone(&hub),
+            auth: Arc::new(auth),
+            trading: trading.map(|t| t as Arc<dyn TradingApi>),
+            metrics,
+            limits: SessionLimits {
+                auth_timeout: Duration::from_secs(5),
+                max_message_bytes: 4096,
+                actions_per_second: 100.0,
+                action_burst: 100,
+                portfolio_interval: Duration::from_secs(1),
+                max_symbols: 10,
+                queue_capacity: 64,
+            },
+        };
+        (WsSession::new(deps), hub)
+    }
+
+    fn authenticated(trading: Option<Arc<FakeTrading>>) -> (WsSession, Arc<Hub>) {
+        let (mut session, hub) = session_with(trading);
+        let out = session.start(Some(Ok(Identity {
+            user: "alice".into(),
+        })));
+        assert_eq!(out.len(), 2);
+        (session, hub)
+    }
+
+    fn objects(outputs: &[Output]) -> Vec<Value> {
+        outputs
+            .iter()
+            .filter_map(Output::frame_json)
+            .flat_map(|frame| frame.as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    async fn next_wake_objects(session: &mut WsSession) -> Vec<Value> {
+        let wake = tokio::time::timeout(Duration::from_secs(5), session.wait())
+            .await
+            .expect("a wake-up");
+        objects(&session.on_wake(wake).await)
+    }
+
+    fn trade(id: u64) -> MarketEvent {
+        MarketEvent::Trade(Trade {
+            symbol: "AAPL".into(),
+            id,
+            venue: "V".into(),
+            price: 100.0,
+            size: 1.0,
+            time: chrono::DateTime::from_timestamp(1_700_000_000 + id as i64, 0)
+                .unwrap_or_default(),
+            conditions: vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn the_order_ack_goes_out_before_the_trade_update_the_order_caused() {
+        let trading = FakeTrading::new();
+        let (mut session, _hub) = authenticated(Some(Arc::clone(&trading)));
+        session
+            .on_text(r#"{"action":"subscribe","trade_updates":true}"#)
+            .await;
+        let out = session
+            .on_text(r#"{"action":"order","id":"r1","data":{"symbol":"AAPL","qty":10,"side":"buy","type":"market","time_in_force":"day"}}"#)
+            .await;
+        let acks = objects(&out);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0]["T"], "order_ack");
+        assert_eq!(acks[0]["id"], "r1");
+        assert_eq!(acks[0]["order"]["qty"], "10");
+        let updates = next_wake_objects(&mut session).await;
+        assert_eq!(updates[0]["T"], "trade_update");
+        assert_eq!(updates[0]["event"], "new");
+
+        let out = session
+            .on_text(r#"{"action":"order","id":"r2","data":{"symbol":"AAPL","qty":"0"}}"#)
+            .await;
+        let error = &objects(&out)[0];
+        assert_eq!(error["code"], OrderError::INVALID);
+        assert_eq!(error["id"], "r2");
+        let out = session
+            .on_text(r#"{"action":"order","data":{"symbol":"AAPL","qty":"1","colour":"red"}}"#)
+            .await;
+        assert!(
+            objects(&out)[0]["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("colour")
+        );
+        let out = session
+            .on_text(r#"{"action":"cancel","id":"c","order_id":"nope"}"#)
+            .await;
+        assert_eq!(objects(&out)[0]["code"], OrderError::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn book_seq_rises_by_one_and_lost_deltas_are_replaced_by_a_snapshot() {
+        let trading = FakeTrading::new();
+        let (mut session, _hub) = authenticated(Some(Arc::clone(&trading)));
+        let out = session
+            .on_text(r#"{"action":"subscribe","orderbooks":["AAPL"]}"#)
+            .await;
+        let all = objects(&out);
+        assert_eq!(all[0]["T"], "subscription");
+        assert_eq!(all[1]["T"], "o");
+        assert_eq!(all[1]["seq"], 1);
+        assert_eq!(all[1]["snapshot"], true);
+        assert_eq!(all[1]["b"], json!([["100.00", "300"]]));
+
+        let sender = trading.book_sender("AAPL");
+        let delta = |price: i64| BookUpdate {
+            symbol: "AAPL".into(),
+            snapshot: false,
+            bids: vec![(Decimal::new(price, 2), Decimal::ZERO)],
+            asks: vec![],
+            t: Utc::now(),
+        };
+        sender.send(delta(10000)).expect("a receiver");
+        let got = next_wake_objects(&mut session).await;
+        assert_eq!(got[0]["seq"], 2);
+        assert!(got[0].get("snapshot").is_none());
+
+        // More deltas than the broadcast holds, before the forwarder runs: it lags.
+        for price in 0..10 {
+            sender.send(delta(9000 + price)).expect("a receiver");
+        }
+        let mut seqs = Vec::new();
+        let mut snapshot_seen = false;
+        while !snapshot_seen {
+            for object in next_wake_objects(&mut session).await {
+                seqs.push(object["seq"].as_u64().expect("seq"));
+                snapshot_seen |= object["snapshot"] == true;
+            }
+        }
+        let expected: Vec<u64> = (3..3 + seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "seq stays contiguous across the resnapshot");
+
+        // A resync also sends a snapshot with the next seq.
+        let out = session
+            .on_text(r#"{"action":"resync","orderbooks":["AAPL"]}"#)
+            .await;
+        let object = &objects(&out)[0];
+        assert_eq!(object["snapshot"], true);
+        assert_eq!(object["seq"], seqs.last().copied().unwrap_or(0) + 1);
+        let out = session
+            .on_text(r#"{"action":"resync","orderbooks":["MSFT"]}"#)
+            .await;
+        assert_eq!(objects(&out)[0]["code"], codes::INVALID_SYNTAX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn portfolio_messages_are_throttled_to_the_configured_rate() {
+        let trading = FakeTrading::new();
+        let (mut session, _hub) = authenticated(Some(Arc::clone(&trading)));
+        let out = session
+            .on_text(r#"{"action":"subscribe","portfolio":true}"#)
+            .await;
+        let all = objects(&out);
+        assert_eq!(all[1]["T"], "portfolio");
+        let first_sent = Instant::now();
+        for n in 1..=5 {
+            trading.changes.send_replace(n);
+        }
+        // The change marks it dirty; the message itself waits for the interval.
+        assert!(next_wake_objects(&mut session).await.is_empty());
+        let got = next_wake_objects(&mut session).await;
+        assert_eq!(got[0]["T"], "portfolio");
+        assert!(first_sent.elapsed() >= Duration::from_secs(1));
+        assert_eq!(trading.portfolio_reads.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_never_authenticates_times_out_with_404() {
+        let (mut session, _hub) = session_with(None);
+        session.start(None);
+        let wake = session.wait().await;
+        let out = session.on_wake(wake).await;
+        assert_eq!(objects(&out)[0]["code"], codes::AUTH_TIMEOUT);
+        assert!(matches!(out.last(), Some(Output::Close { .. })));
+        assert!(session.is_closed());
+    }
+
+    #[tokio::test]
+    async fn changing_subscriptions_neither_loses_nor_repeats_market_data() {
+        let (mut session, hub) = authenticated(None);
+        session
+            .on_text(r#"{"action":"subscribe","trades":["AAPL"]}"#)
+            .await;
+        hub.publish_event(trade(1)).expect("valid");
+        hub.publish_event(trade(2)).expect("valid");
+        // Re-registration happens with those two still queued.
+        let out = session
+            .on_text(r#"{"action":"subscribe","quotes":["MSFT"]}"#)
+            .await;
+        let mut ids: Vec<u64> = objects(&out)
+            .iter()
+            .filter(|o| o["T"] == "t")
+            .filter_map(|o| o["i"].as_u64())
+            .collect();
+        hub.publish_event(trade(3)).expect("valid");
+        while ids.len() < 3 {
+            ids.extend(
+                next_wake_objects(&mut session)
+                    .await
+                    .iter()
+                    .filter_map(|o| o["i"].as_u64()),
+            );
+        }
+        assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn trading_streams_without_an_engine_are_refused_with_500() {
+        let (mut session, _hub) = authenticated(None);
+        let out = session
+            .on_text(r#"{"action":"subscribe","portfolio":true}"#)
+            .await;
+        assert_eq!(objects(&out)[0]["code"], codes::INTERNAL);
     }
 }

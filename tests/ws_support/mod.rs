@@ -181,14 +181,12 @@ impl WsClient {
 
     /// Asserts the server closes the connection (after any remaining frames).
     pub async fn expect_closed(&mut self) -> Option<CloseFrame> {
-        loop {
-            if let Some(object) = self.pending.pop_front() {
-                panic!("expected the connection to close, got {object}");
-            }
-            match self.receive(DEADLINE).await {
-                Received::Objects(items) => panic!("expected a close, got {items:?}"),
-                Received::Closed(frame) => return frame,
-            }
+        if let Some(object) = self.pending.pop_front() {
+            panic!("expected the connection to close, got {object}");
+        }
+        match self.receive(DEADLINE).await {
+            Received::Objects(items) => panic!("expected a close, got {items:?}"),
+            Received::Closed(frame) => frame,
         }
     }
 

@@ -460,12 +460,15 @@ async fn ioc_takes_what_is_there_and_cancels_the_rest_while_fok_fills_all_or_not
     assert_eq!(dec(&canceled["order"]["filled_qty"]), top.1);
     assert_eq!(canceled["order"]["status"], "canceled");
 
-    // FOK for more than the whole displayed book: nothing fills.
-    let total: Decimal = trader.book.asks.values().copied().sum();
+    // FOK for one share more than the levels within its limit hold: nothing fills.
+    let top = trader.book.ask_levels()[0];
     let ack = trader
-        .order(json!({"symbol":"AAPL","qty":(total + Decimal::ONE).to_string(),"side":"buy","type":"market","time_in_force":"fok"}))
+        .order(json!({"symbol":"AAPL","qty":(top.1 + Decimal::ONE).to_string(),"side":"buy","type":"limit","time_in_force":"fok","limit_price":top.0.to_string()}))
         .await;
-    let fok = ack["order"]["id"].as_str().expect("id").to_owned();
+    let fok = ack["order"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ack}"))
+        .to_owned();
     let canceled = trader.wait_for_event(&fok, "canceled").await;
     assert_eq!(dec(&canceled["order"]["filled_qty"]), Decimal::ZERO);
     assert!(

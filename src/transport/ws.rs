@@ -157,7 +157,18 @@ impl Connection {
     async fn write(&mut self, outputs: Vec<Output>) -> Result<Option<CloseReason>, ()> {
         for output in outputs {
             match output {
-                Output::Frame(text) => self.socket.text(text).await.map_err(|_| ())?,
+                // A peer that stops reading fills the socket's buffers and this send would wait
+                // forever; past the idle timeout the peer is treated as gone.
+                Output::Frame(text) => {
+                    match tokio::time::timeout(self.idle_timeout, self.socket.text(text)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(()),
+                        Err(_) => {
+                            tracing::debug!("websocket peer stopped reading; closing");
+                            return Err(());
+                        }
+                    }
+                }
                 Output::Close { code, reason } => return Ok(Some(close_reason(code, &reason))),
             }
         }

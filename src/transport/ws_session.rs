@@ -1754,6 +1754,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_whose_queue_overflows_gets_407_and_the_session_ends() {
+        let (mut session, hub) = authenticated(None);
+        session
+            .on_text(r#"{"action":"subscribe","trades":["*"],"bars":["*"]}"#)
+            .await;
+        // Bars are never conflated, so a queue that is not drained overflows.
+        for minute in 0..100i64 {
+            hub.publish_event(MarketEvent::Bar(crate::market::Bar {
+                symbol: if minute % 2 == 0 { "AAPL" } else { "MSFT" }.into(),
+                open: 1.0,
+                high: 1.0,
+                low: 1.0,
+                close: 1.0,
+                volume: 1.0,
+                trade_count: 1,
+                vwap: 1.0,
+                time: chrono::DateTime::from_timestamp(1_700_000_000 + minute * 60, 0)
+                    .unwrap_or_default(),
+            }))
+            .expect("valid bar");
+        }
+        let wake = session.wait().await;
+        let out = session.on_wake(wake).await;
+        assert_eq!(
+            objects(&out).last().map(|o| o["code"].clone()),
+            Some(json!(407))
+        );
+        assert!(
+            matches!(out.last(), Some(Output::Close { code, .. }) if *code == close_codes::POLICY)
+        );
+        assert!(session.is_closed());
+    }
+
+    #[tokio::test]
     async fn trading_streams_without_an_engine_are_refused_with_500() {
         let (mut session, _hub) = authenticated(None);
         let out = session

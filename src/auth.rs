@@ -463,6 +463,41 @@ mod tests {
         assert_eq!(auth.verify_token(&hs512), Err(AuthError::BadAlgorithm));
     }
 
+    /// A P-256 key pair generated for this test only (it protects nothing).
+    const TEST_EC_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgIZfTbdiGYIqhSRx5\nHu3qU+APF1JmHEx2rsObFE3hw5+hRANCAATANLqq+ISKh01lxcaZzKGySI19siUY\nZphW/UToOrJYwRTKX+p2D0mIPhDRC/Z5delUTQOFEvtCsMXrHwvC4ADW\n-----END PRIVATE KEY-----\n";
+    const TEST_EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEwDS6qviEiodNZcXGmcyhskiNfbIl\nGGaYVv1E6DqyWMEUyl/qdg9JiD4Q0Qv2eXXpVE0DhRL7QrDF6x8LwuAA1g==\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key_and_hs256_made_with_it_is_refused() {
+        let auth = AuthService::new(&AuthSettings {
+            algorithm: "ES256".into(),
+            public_key_pem: TEST_EC_PUBLIC_PEM.into(),
+            ..AuthSettings::default()
+        })
+        .expect("auth");
+        let signed = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(60),
+            &EncodingKey::from_ec_pem(TEST_EC_PRIVATE_PEM.as_bytes()).expect("key"),
+        )
+        .expect("sign");
+        assert_eq!(auth.verify_token(&signed).expect("valid").user, "alice");
+        // Algorithm confusion: HMAC keyed with the public key must not pass as ES256.
+        let confused = token_with(claims(60), TEST_EC_PUBLIC_PEM);
+        assert_eq!(auth.verify_token(&confused), Err(AuthError::BadAlgorithm));
+        // No signing key: the built-in issuer is off.
+        assert_eq!(
+            auth.issue_token("demo", "demo-password").unwrap_err(),
+            AuthError::IssuerDisabled
+        );
+        let bad = AuthService::new(&AuthSettings {
+            algorithm: "RS256".into(),
+            public_key_pem: "not a key".into(),
+            ..AuthSettings::default()
+        });
+        assert!(matches!(bad, Err(AuthConfigError::PublicKey { .. })));
+    }
+
     #[test]
     fn tickets_work_once_and_jwts_are_refused_in_urls() {
         let auth = AuthService::new(&settings()).expect("auth");

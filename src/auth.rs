@@ -499,6 +499,20 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_of_the_settings_and_the_service_never_shows_secrets() {
+        let mut settings = settings();
+        settings.users = vec![UserEntry {
+            username: "carol".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        }];
+        let auth = AuthService::new(&settings).expect("auth");
+        for text in [format!("{settings:?}"), format!("{auth:?}")] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(!text.contains("aGFzaGhhc2g"), "{text}");
+        }
+    }
+
+    #[test]
     fn tickets_work_once_and_jwts_are_refused_in_urls() {
         let auth = AuthService::new(&settings()).expect("auth");
         let identity = Identity {

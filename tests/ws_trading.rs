@@ -260,6 +260,10 @@ async fn a_market_buy_walks_several_levels_with_partial_fills_then_a_fill_at_the
         .await;
     assert_eq!(ack["T"], "order_ack", "{ack}");
     let order_id = ack["order"]["id"].as_str().expect("order id").to_owned();
+    assert!(
+        trader.updates_of(&order_id).is_empty(),
+        "a trade update arrived before the order_ack"
+    );
     let fill = trader.wait_for_event(&order_id, "fill").await;
 
     let fills: Vec<&Value> = trader

@@ -450,7 +450,9 @@ pub fn session_at(now: DateTime<Utc>, always_open: bool) -> MarketSession {
     if always_open {
         return MarketSession::Regular;
     }
-    let local = now.naive_utc() + new_york_utc_offset(now);
+    let Some(local) = now.naive_utc().checked_add_signed(new_york_utc_offset(now)) else {
+        return MarketSession::Closed;
+    };
     if matches!(local.weekday(), Weekday::Sat | Weekday::Sun) {
         return MarketSession::Closed;
     }
@@ -470,20 +472,27 @@ pub fn next_session_change(now: DateTime<Utc>, always_open: bool) -> Option<Date
         return None;
     }
     let current = session_at(now, false);
-    let local_date = (now.naive_utc() + new_york_utc_offset(now)).date();
+    let local_date = now
+        .naive_utc()
+        .checked_add_signed(new_york_utc_offset(now))?
+        .date();
     // Sessions only change at these local wall-clock times, and a weekend is at most two and
     // a half days long, so a week of candidates always contains the next change.
     const BOUNDARIES: [(u32, u32); 4] = [(4, 0), (9, 30), (16, 0), (20, 0)];
     for day in 0..8 {
-        let date = local_date + chrono::Days::new(day);
+        let date = local_date.checked_add_days(chrono::Days::new(day))?;
         for (hour, minute) in BOUNDARIES {
             let Some(local) = date.and_hms_opt(hour, minute, 0) else {
                 continue;
             };
             // No boundary falls in the 01:00-03:00 window where the clocks change, so the
             // offset a few hours either side of the boundary is the offset at it.
-            let guess = local.and_utc() + chrono::TimeDelta::hours(5);
-            let candidate = (local - new_york_utc_offset(guess)).and_utc();
+            let guess = local
+                .and_utc()
+                .checked_add_signed(chrono::TimeDelta::hours(5))?;
+            let candidate = local
+                .checked_sub_signed(new_york_utc_offset(guess))?
+                .and_utc();
             if candidate > now && session_at(candidate, false) != current {
                 return Some(candidate);
             }

@@ -1049,6 +1049,18 @@ mod tests {
     }
 
     #[test]
+    fn the_calendar_answers_at_the_ends_of_time_without_panicking() {
+        for time in [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC] {
+            let _ = session_at(time, false);
+            let _ = crate::market::next_session_change(time, false);
+        }
+        assert_eq!(
+            crate::market::next_session_change(DateTime::<Utc>::MAX_UTC, false),
+            None
+        );
+    }
+
+    #[test]
     fn the_first_advance_announces_the_session_and_quotes_every_symbol() {
         let start = at("2026-11-23T15:00:00Z");
         let mut sim = MarketSimulator::new(&settings(false), &names(&["AAPL", "MSFT"]), start);

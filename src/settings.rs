@@ -115,7 +115,10 @@ pub struct SimulatorSettings {
     pub trades_per_second: f64,
     /// Annualized volatility used by the geometric Brownian motion.
     pub volatility: f64,
-    /// Mean seconds between synthetic news items.
+    /// Market seconds of price diffusion per wall-clock second. A year has 252 trading days of
+    /// 6.5 hours, so 1.0 is real-world pace; the default 4.0 makes the demo visibly move.
+    pub time_scale: f64,
+    /// Mean time between synthetic news items (exponentially distributed); zero turns news off.
     #[serde(with = "humantime_serde")]
     pub news_interval: Duration,
     /// Keep the simulated market in its regular session around the clock.
@@ -131,6 +134,7 @@ impl Default for SimulatorSettings {
             seed: 42,
             trades_per_second: 4.0,
             volatility: 0.35,
+            time_scale: 4.0,
             news_interval: Duration::from_secs(20),
             always_open: true,
             initial_prices: std::collections::BTreeMap::new(),
@@ -284,6 +288,9 @@ impl Settings {
         }
         if !(self.simulator.volatility >= 0.0 && self.simulator.volatility < 10.0) {
             problems.push("simulator.volatility: must be in [0, 10)".into());
+        }
+        if !(self.simulator.time_scale > 0.0 && self.simulator.time_scale <= 1_000_000.0) {
+            problems.push("simulator.time_scale: must be in (0, 1000000]".into());
         }
         for (symbol, price) in &self.simulator.initial_prices {
             if !(price.is_finite() && *price > 0.0) {

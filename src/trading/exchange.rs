@@ -233,7 +233,8 @@ pub struct ExchangeTasks {
     engine: Engine,
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    hub: Option<Arc<Hub>>,
+    /// The hub and the queue already registered on its market feed.
+    feed: Option<(Arc<Hub>, Arc<SubscriberQueue>)>,
     queue_capacity: usize,
     shutdown: CancellationToken,
 }
@@ -315,6 +316,12 @@ impl ExchangeHandle {
         let queue_capacity = hub
             .as_ref()
             .map_or(1024, |hub| hub.settings().subscriber_queue_capacity);
+        // Subscribe now rather than in the task, so no event published between building and
+        // the first poll of the task is missed.
+        let feed = hub.map(|hub| {
+            let queue = subscribe_market(&hub, queue_capacity);
+            (hub, queue)
+        });
         (
             ExchangeHandle {
                 commands: sender,
@@ -324,7 +331,7 @@ impl ExchangeHandle {
                 engine,
                 commands: receiver,
                 shared,
-                hub,
+                feed,
                 queue_capacity,
                 shutdown,
             },
@@ -477,13 +484,14 @@ impl ExchangeTasks {
             engine,
             commands,
             shared,
-            hub,
+            feed,
             queue_capacity,
             shutdown,
         } = self;
-        if let Some(hub) = hub {
+        if let Some((hub, queue)) = feed {
             tokio::spawn(ingest(
                 hub,
+                queue,
                 Arc::clone(&shared),
                 queue_capacity,
                 shutdown.clone(),
@@ -599,15 +607,15 @@ fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) {
 /// Follows the hub's market feed (trades, quotes, statuses of every symbol) into the mailbox.
 /// Never blocks the hub: it only parses and conflates. If the hub ever drops this subscriber
 /// as slow, it subscribes again.
-async fn ingest(hub: Arc<Hub>, shared: Arc<Shared>, capacity: usize, shutdown: CancellationToken) {
-    let filter = Filter {
-        symbols: SymbolFilter::All,
-        kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
-    };
+async fn ingest(
+    hub: Arc<Hub>,
+    mut queue: Arc<SubscriberQueue>,
+    shared: Arc<Shared>,
+    capacity: usize,
+    shutdown: CancellationToken,
+) {
     let mut buffer = VecDeque::new();
     'subscription: loop {
-        let queue = SubscriberQueue::new(capacity, Transport::WebSocket);
-        hub.subscribe(Feed::Market, filter.clone(), None, false, &queue);
         loop {
             queue.drain_into(&mut buffer);
             for delivery in buffer.drain(..) {
@@ -631,6 +639,7 @@ async fn ingest(hub: Arc<Hub>, shared: Arc<Shared>, capacity: usize, shutdown: C
                     }
                     Delivery::Close(crate::hub::CloseReason::SlowClient) => {
                         tracing::warn!("exchange fell behind the market feed; resubscribing");
+                        queue = subscribe_market(&hub, capacity);
                         continue 'subscription;
                     }
                 }
@@ -644,4 +653,15 @@ async fn ingest(hub: Arc<Hub>, shared: Arc<Shared>, capacity: usize, shutdown: C
             }
         }
     }
+}
+
+/// Registers a queue for trades, quotes and statuses of every symbol.
+fn subscribe_market(hub: &Hub, capacity: usize) -> Arc<SubscriberQueue> {
+    let filter = Filter {
+        symbols: SymbolFilter::All,
+        kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
+    };
+    let queue = SubscriberQueue::new(capacity, Transport::WebSocket);
+    hub.subscribe(Feed::Market, filter, None, false, &queue);
+    queue
 }

@@ -31,3 +31,6 @@ pub mod exchange;
 pub mod validate;
 
 pub use exchange::{ExchangeHandle, ExchangeTasks, MarketInput};
+
+#[cfg(test)]
+mod engine_tests;

@@ -15,6 +15,9 @@ use super::api::{Position, PositionSide, Side};
 /// cost basis, realized P&L) are exact.
 const DISPLAY_DECIMALS: u32 = 6;
 
+/// Decimal places of a cost basis released by a partial close.
+const BASIS_DECIMALS: u32 = 8;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PositionState {
     /// Signed: negative for a short position.
@@ -116,12 +119,14 @@ impl Account {
         } else {
             let open = position.qty.abs();
             let closing = qty.min(open);
-            // The share of the basis that leaves with the closed shares; whatever rounding the
-            // division does, the same amount leaves the basis and enters realized P&L.
+            // The share of the basis that leaves with the closed shares. It is rounded to a
+            // fixed scale so that every stored figure keeps few decimals and later additions
+            // stay exact (a full-precision quotient would make sums round in the 28th digit);
+            // the same amount leaves the basis and enters realized P&L, so nothing is lost.
             let released = if closing == open {
                 position.cost_basis
             } else {
-                position.cost_basis * closing / open
+                (position.cost_basis * closing / open).round_dp(BASIS_DECIMALS)
             };
             let closing_signed = if signed > Decimal::ZERO {
                 closing

@@ -8,7 +8,7 @@
 //! persist `Outcome::events` before the caller announces `Outcome::announcements`, and
 //! rebuild the engine by applying stored events in order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use rand::SeedableRng;
@@ -164,6 +164,9 @@ struct SymbolMarket {
     open: BTreeMap<u64, String>,
 }
 
+/// Largest trade or quote size taken from market data (bounds arithmetic like the price cap).
+const MAX_MARKET_SIZE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
 /// Decimal places of an order's average fill price.
 const AVG_PRICE_DECIMALS: u32 = 6;
 
@@ -175,6 +178,8 @@ pub struct Engine {
     accounts: BTreeMap<String, Account>,
     orders: HashMap<String, OrderState>,
     markets: BTreeMap<String, SymbolMarket>,
+    /// Users with a non-zero position, by symbol: whose portfolio a price move changes.
+    holders: HashMap<String, BTreeSet<String>>,
     next_seq: u64,
 }
 
@@ -229,6 +234,7 @@ impl Engine {
             accounts: BTreeMap::new(),
             orders: HashMap::new(),
             markets,
+            holders: HashMap::new(),
             next_seq: 1,
         }
     }
@@ -330,6 +336,12 @@ impl Engine {
                     .or_insert_with(|| Account::new(self.settings.starting_cash));
                 let position_qty =
                     account.apply_fill(&order.symbol, order.side, qty, *price, commission);
+                let holders = self.holders.entry(order.symbol.clone()).or_default();
+                if position_qty.is_zero() {
+                    holders.remove(&user);
+                } else {
+                    holders.insert(user.clone());
+                }
                 if let Some(level) = book_level
                     && let Some(market) = self.markets.get_mut(&order.symbol)
                     && let Some(left) = market.book.take(order.side, *level, qty)
@@ -396,11 +408,9 @@ impl Engine {
                     let moved = market.mark != *price;
                     market.mark = *price;
                     market.traded |= *from_trade;
-                    if moved {
-                        for (user, account) in &self.accounts {
-                            if account.positions.contains_key(symbol) {
-                                announce.push(Announcement::Portfolio { user: user.clone() });
-                            }
+                    if moved && let Some(holders) = self.holders.get(symbol) {
+                        for user in holders {
+                            announce.push(Announcement::Portfolio { user: user.clone() });
                         }
                     }
                 }
@@ -472,7 +482,12 @@ impl Engine {
         };
         account.open_orders.remove(&seq);
         let kept = self.settings.closed_orders_kept;
-        while account.order_ids.len() - account.open_orders.len() > kept {
+        while account
+            .order_ids
+            .len()
+            .saturating_sub(account.open_orders.len())
+            > kept
+        {
             let orders = &self.orders;
             let Some(index) = account
                 .order_ids
@@ -618,9 +633,10 @@ impl Engine {
         let Some(market) = self.markets.get(symbol) else {
             return;
         };
-        if bid <= Decimal::ZERO || ask <= Decimal::ZERO || bid > ask {
+        if !self.plausible_price(bid) || !self.plausible_price(ask) || bid > ask {
             return;
         }
+        let sizes = (sizes.0.min(MAX_MARKET_SIZE), sizes.1.min(MAX_MARKET_SIZE));
         if !market.traded {
             let mid = ((bid + ask) / Decimal::TWO).normalize();
             self.commit(
@@ -657,9 +673,10 @@ impl Engine {
         let Some(market) = self.markets.get(symbol) else {
             return;
         };
-        if price <= Decimal::ZERO {
+        if !self.plausible_price(price) {
             return;
         }
+        let size = size.min(MAX_MARKET_SIZE);
         let stale = match (market.book.best_bid(), market.book.best_ask()) {
             (Some(bid), Some(ask)) => price < bid || price > ask,
             _ => true,
@@ -691,6 +708,12 @@ impl Engine {
             );
         }
         self.match_resting(symbol, Some((price, size.max(Decimal::ZERO))), now, out);
+    }
+
+    /// Market prices the engine accepts: positive and within the configured price range, so
+    /// that no product of a price and a quantity can overflow the decimal type.
+    fn plausible_price(&self, price: Decimal) -> bool {
+        price > Decimal::ZERO && price <= self.settings.limits.max_price
     }
 
     // ----- matching -------------------------------------------------------------------------

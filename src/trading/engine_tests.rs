@@ -729,3 +729,16 @@ fn refused_requests_carry_the_protocol_codes() {
         assert_eq!(error.code, code, "{request:?}: {}", error.message);
     }
 }
+
+#[test]
+fn market_data_outside_the_price_range_is_ignored_rather_than_overflowing() {
+    let mut engine = engine();
+    standard_book(&mut engine);
+    submit(&mut engine, order("buy", "market", "10", "day"));
+    let huge = Decimal::MAX / dec!(10);
+    assert!(trade(&mut engine, huge, dec!(1)).is_empty());
+    assert!(quote(&mut engine, huge, huge).is_empty());
+    assert_eq!(engine.mark_price("AAPL"), Some(dec!(100)));
+    let portfolio = engine.portfolio("alice", now());
+    assert_eq!(portfolio.positions[0].current_price, dec!(100));
+}

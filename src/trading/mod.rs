@@ -34,3 +34,5 @@ pub use exchange::{ExchangeHandle, ExchangeTasks, MarketInput};
 
 #[cfg(test)]
 mod engine_tests;
+#[cfg(test)]
+mod proptests;

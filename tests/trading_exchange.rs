@@ -217,3 +217,30 @@ async fn a_market_closed_status_expires_day_orders_but_not_gtc_orders() {
     assert_eq!(open[0].id, gtc.id);
     app.stop().await.expect("clean stop");
 }
+
+#[test]
+fn an_application_built_outside_a_runtime_starts_its_exchange_when_it_runs() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    let app = tickgate::server::Application::build_with_listener(common::test_settings(), listener)
+        .expect("build app");
+    let trading = app.state().trading.clone();
+    let shutdown = app.shutdown_token();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let server = tokio::spawn(app.run_until_stopped());
+        let order = tokio::time::timeout(
+            DEADLINE,
+            trading.submit("alice", limit_buy("1", "50", "day")),
+        )
+        .await
+        .expect("the exchange answers in time")
+        .expect("accepted");
+        assert_eq!(order.status, OrderStatus::New);
+        shutdown.cancel();
+        server.await.expect("server task").expect("clean stop");
+    });
+}

@@ -489,11 +489,10 @@ impl Engine {
             > kept
         {
             let orders = &self.orders;
-            let Some(index) = account
-                .order_ids
-                .iter()
-                .position(|id| orders.get(id).is_none_or(|s| !s.order.status.is_open()))
-            else {
+            // The order closing now is kept, so the command that closed it can return it.
+            let Some(index) = account.order_ids.iter().position(|id| {
+                id != order_id && orders.get(id).is_none_or(|s| !s.order.status.is_open())
+            }) else {
                 break;
             };
             let id = account.order_ids.remove(index);

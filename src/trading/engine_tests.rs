@@ -742,3 +742,28 @@ fn market_data_outside_the_price_range_is_ignored_rather_than_overflowing() {
     let portfolio = engine.portfolio("alice", now());
     assert_eq!(portfolio.positions[0].current_price, dec!(100));
 }
+
+#[test]
+fn old_finished_orders_are_forgotten_beyond_the_history_limit() {
+    let mut engine = engine_with(EngineSettings {
+        closed_orders_kept: 1,
+        ..settings()
+    });
+    standard_book(&mut engine);
+    let (first, _) = submit(&mut engine, limit("buy", "1", "90", "gtc"));
+    let (second, _) = submit(&mut engine, limit("buy", "1", "90", "gtc"));
+    let mut out = Outcome::default();
+    engine
+        .cancel("alice", &OrderRef::Id(second.id.clone()), now(), &mut out)
+        .expect("second canceled");
+    let canceled = engine
+        .cancel("alice", &OrderRef::Id(first.id.clone()), now(), &mut out)
+        .expect("first canceled and returned");
+    assert_eq!(canceled.status, OrderStatus::Canceled);
+    let kept: Vec<String> = engine
+        .orders("alice", OrderQuery::All)
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(kept, vec![first.id]);
+}

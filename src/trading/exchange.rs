@@ -740,4 +740,40 @@ mod tests {
             })
         );
     }
+
+    #[tokio::test]
+    async fn pushed_market_data_is_applied_before_a_later_sync_returns() {
+        let engine = Engine::new(
+            super::super::engine_tests::settings(),
+            crate::market::SymbolUniverse::new(["AAPL", "MSFT"]),
+        );
+        let shutdown = CancellationToken::new();
+        let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 64, 64, shutdown.clone());
+        tasks.spawn();
+        let (before, mut deltas) = handle
+            .book("aapl")
+            .expect("symbols are matched in any case");
+        handle.push_market(MarketInput::Quote {
+            symbol: "AAPL".into(),
+            bid: dec!(42.00),
+            ask: dec!(42.02),
+            bid_size: dec!(300),
+            ask_size: dec!(200),
+        });
+        handle.sync().await.expect("running");
+        let (after, _) = handle.book("AAPL").expect("book");
+        assert_ne!(before.bids, after.bids);
+        assert_eq!(after.bids[0], (dec!(42), dec!(300)));
+        let delta = deltas.try_recv().expect("the refresh was announced");
+        let mut rebuilt = super::super::book::SyntheticBook {
+            bids: before.bids,
+            asks: before.asks,
+        };
+        rebuilt.apply_delta(&delta.bids, &delta.asks);
+        assert_eq!((rebuilt.bids, rebuilt.asks), (after.bids, after.asks));
+        let portfolio = handle.portfolio("nobody").await.expect("portfolio");
+        assert_eq!(portfolio.equity, dec!(100000));
+        shutdown.cancel();
+        tokio::task::yield_now().await;
+    }
 }

@@ -344,7 +344,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout_but_a_responsive_o
 }
 
 #[tokio::test]
-async fn order_actions_without_a_trading_engine_or_with_bad_fields_get_order_level_errors() {
+async fn order_actions_with_unknown_fields_get_order_level_errors() {
     let app = spawn_app_with(ws_settings()).await;
     let mut client = connect_as(&app, "alice").await;
     client

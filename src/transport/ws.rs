@@ -26,10 +26,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stream", web::get().to(stream));
 }
 
-/// The trading engine, when this build has one.
+/// The simulated exchange.
 fn trading(state: &AppState) -> Option<Arc<dyn TradingApi>> {
-    let _ = state;
-    None
+    Some(Arc::clone(&state.trading))
 }
 
 /// Whether a browser page from `origin` may open the socket. No `Origin` header means a

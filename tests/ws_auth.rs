@@ -270,3 +270,29 @@ async fn account_routes_require_a_bearer_token() {
     assert_eq!(response.status().as_u16(), 400);
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn requests_that_cannot_be_upgraded_get_json_http_errors() {
+    let app = spawn_app_with(ws_settings()).await;
+    let plain = reqwest::get(app.url("/v1/stream")).await.expect("request");
+    assert_eq!(plain.status().as_u16(), 400);
+    let body: Value = plain.json().await.expect("json body");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("WebSocket"),
+        "{body}"
+    );
+    match try_connect(&app, "", &[("authorization", "Basic abc")]).await {
+        Err(Error::Http(response)) => assert_eq!(response.status().as_u16(), 401),
+        Err(other) => panic!("expected HTTP 401, got {other}"),
+        Ok(_) => panic!("a malformed Authorization header was upgraded"),
+    }
+    match try_connect(&app, "?token=abc", &[]).await {
+        Err(Error::Http(response)) => assert_eq!(response.status().as_u16(), 400),
+        Err(other) => panic!("expected HTTP 400, got {other}"),
+        Ok(_) => panic!("an unknown query parameter was upgraded"),
+    }
+    app.stop().await.expect("stop");
+}

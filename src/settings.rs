@@ -22,6 +22,7 @@ pub struct Settings {
     pub simulator: SimulatorSettings,
     pub hub: HubConfig,
     pub publish: PublishSettings,
+    pub sources: SourcesSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +190,10 @@ impl std::fmt::Debug for PublishSettings {
     }
 }
 
+pub use crate::ingest::config::{
+    PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
+};
+
 /// All problems found in the configuration, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
@@ -292,6 +297,7 @@ impl Settings {
                 ));
             }
         }
+        problems.extend(self.sources.validate(&self.market.symbols));
         problems
     }
 }

@@ -34,9 +34,27 @@ pub struct SourceContext {
     pub sink: Arc<dyn EventSink>,
     pub registry: SourceRegistry,
     pub metrics: Arc<Metrics>,
+    /// Symbols told `upstream_down` and not yet told `upstream_ok`. Shared by the clones a
+    /// poller loop and its round hold, so recovery is announced before the first new price.
+    owed_recovery: Arc<parking_lot::Mutex<Option<Vec<String>>>>,
 }
 
 impl SourceContext {
+    pub fn new(
+        name: impl Into<String>,
+        sink: Arc<dyn EventSink>,
+        registry: SourceRegistry,
+        metrics: Arc<Metrics>,
+    ) -> SourceContext {
+        SourceContext {
+            name: name.into(),
+            sink,
+            registry,
+            metrics,
+            owed_recovery: Arc::default(),
+        }
+    }
+
     fn labels(&self) -> String {
         format!("source=\"{}\"", escape_label(&self.name))
     }
@@ -48,6 +66,9 @@ impl SourceContext {
 
     /// Publishes one event; a refusal is counted with the hub's reason and never retried.
     pub fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
+        if !matches!(event, MarketEvent::Status(_)) {
+            self.announce_recovery();
+        }
         match self.sink.publish(event) {
             Ok(_) => {
                 self.metrics.add_counter(
@@ -74,8 +95,25 @@ impl SourceContext {
         self.registry.report(&self.name, health);
     }
 
+    /// Tells users of `symbols` that the source is down; [`announce_recovery`] later says it
+    /// is back.
+    ///
+    /// [`announce_recovery`]: SourceContext::announce_recovery
+    pub fn announce_down(&self, symbols: &[String], reason: &str) {
+        self.announce(symbols, "upstream_down", reason);
+        *self.owed_recovery.lock() = Some(symbols.to_vec());
+    }
+
+    /// Sends `upstream_ok` to the symbols told `upstream_down`, once.
+    pub fn announce_recovery(&self) {
+        let owed = self.owed_recovery.lock().take();
+        if let Some(symbols) = owed {
+            self.announce(&symbols, "upstream_ok", "recovered");
+        }
+    }
+
     /// Tells users of each symbol that this source went down or recovered.
-    pub fn announce(&self, symbols: &[String], code: &str, reason: &str) {
+    fn announce(&self, symbols: &[String], code: &str, reason: &str) {
         let message = if reason.is_empty() {
             self.name.clone()
         } else {
@@ -393,7 +431,8 @@ pub async fn run_poller<R: PollRound>(
                     CircuitChange::Recovered => {
                         tracing::info!(source = %context.name, "upstream recovered");
                         context.report(SourceHealth::Up);
-                        context.announce(&symbols, "upstream_ok", "recovered");
+                        // Usually done already, just before the round's first new price.
+                        context.announce_recovery();
                     }
                     CircuitChange::Up => context.report(SourceHealth::Up),
                     _ => {}
@@ -426,7 +465,7 @@ pub async fn run_poller<R: PollRound>(
                         context.report(SourceHealth::Down {
                             reason: reason.clone(),
                         });
-                        context.announce(&symbols, "upstream_down", &failure.to_string());
+                        context.announce_down(&symbols, &failure.to_string());
                     }
                     CircuitChange::Degraded => {
                         context.report(SourceHealth::Degraded { reason });
@@ -635,11 +674,13 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
     if settings.pollers.is_empty() && settings.replays.is_empty() {
         return;
     }
-    let context = |name: &str| SourceContext {
-        name: name.to_owned(),
-        sink: state.hub.clone(),
-        registry: state.sources.clone(),
-        metrics: Arc::clone(&state.metrics),
+    let context = |name: &str| {
+        SourceContext::new(
+            name,
+            state.hub.clone(),
+            state.sources.clone(),
+            Arc::clone(&state.metrics),
+        )
     };
     if state.settings.simulator.enabled {
         tracing::warn!(

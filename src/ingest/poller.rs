@@ -254,11 +254,10 @@ impl FixedRateSchedule {
         skipped
     }
 
-    /// Makes the next poll wait until at least `not_before`; the grid restarts from there.
-    pub fn defer(&mut self, not_before: Instant) {
-        if self.next_due < not_before {
-            self.next_due = not_before;
-        }
+    /// After a failure the retry replaces the grid slot: the next attempt is at `at` (sooner
+    /// than the slot for a short backoff, later under a long one) and the grid restarts there.
+    pub fn retry_at(&mut self, at: Instant) {
+        self.next_due = at;
     }
 }
 
@@ -440,7 +439,7 @@ pub async fn run_poller<R: PollRound>(
             }
             Err(failure) => {
                 let delay = backoff.on_failure(failure.retry_after());
-                schedule.defer(now + delay);
+                schedule.retry_at(now + delay);
                 context.metrics.add_counter(
                     "tickgate_source_failures_total",
                     "Failed poll rounds by source and reason.",

@@ -81,6 +81,9 @@ interval = "1s"
 jitter = "2s"
 failures_before_down = 0
 
+[sources.pollers.symbol_map]
+TSLA = "TSLA.MX"
+
 [[sources.pollers]]
 name = "yahoo"
 provider = "finnhub"
@@ -102,6 +105,7 @@ speed = 0.0
         "sources.pollers[0].symbols: \"DOGE\" is not in market.symbols",
         "sources.pollers[0].jitter: must be shorter than interval",
         "sources.pollers[0].failures_before_down: must be at least 1",
+        "sources.pollers[0].symbol_map: \"TSLA\" is not one of this poller's symbols",
         "sources.pollers[1].name: \"yahoo\" is used by another source",
         "sources.pollers[1]: finnhub needs an API token",
         "sources.pollers[1].symbols: at least one symbol is required",

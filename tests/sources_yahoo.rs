@@ -25,7 +25,8 @@ fn settings_for(upstream: &FakeUpstream, symbols: &[&str]) -> Settings {
         symbols: symbols.iter().map(|s| s.to_string()).collect(),
         interval: Duration::from_millis(200),
         jitter: Duration::ZERO,
-        request_timeout: Duration::from_secs(2),
+        // Generous: a request timing out on a loaded machine would consume a scripted reply.
+        request_timeout: Duration::from_secs(5),
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
         failures_before_down: 3,
@@ -389,5 +390,25 @@ async fn yahoo_timeouts_fail_the_poll_and_slow_replies_within_the_deadline_still
         }
     })
     .await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_symbol_map_polls_the_providers_spelling_and_publishes_the_gateways() {
+    let upstream = FakeUpstream::start().await;
+    upstream.script("/v8/finance/chart/BRK-B", vec![chart("chart_msft_1")]);
+    let mut settings = settings_for(&upstream, &["BRK.B"]);
+    settings.market.symbols.push("BRK.B".into());
+    settings.sources.pollers[0]
+        .symbol_map
+        .insert("BRK.B".into(), "BRK-B".into());
+    let app = spawn_app_with(settings).await;
+    let mut client = market_from_start(&app, "BRK.B").await;
+    let events = read_until(&mut client, DEADLINE, |events| has_trade_at(events, 415.2)).await;
+    assert!(
+        events.iter().all(|e| e.json()["S"] == "BRK.B"),
+        "{events:?}"
+    );
+    assert!(upstream.requests_to("/v8/finance/chart/BRK.B").is_empty());
     app.stop().await.expect("clean stop");
 }

@@ -68,6 +68,8 @@ pub struct PollerSettings {
     pub base_url: String,
     /// Symbols to poll; each must be in `market.symbols`.
     pub symbols: Vec<String>,
+    /// The provider's spelling of a symbol where it differs, e.g. `"BRK.B" = "BRK-B"`.
+    pub symbol_map: std::collections::BTreeMap<String, String>,
     /// Fixed poll period: a poll is due one interval after the previous one was due.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -105,6 +107,7 @@ impl Default for PollerSettings {
             provider: None,
             base_url: String::new(),
             symbols: Vec::new(),
+            symbol_map: std::collections::BTreeMap::new(),
             interval: Duration::from_secs(5),
             jitter: Duration::from_millis(250),
             request_timeout: Duration::from_secs(4),
@@ -127,6 +130,7 @@ impl std::fmt::Debug for PollerSettings {
             .field("provider", &self.provider)
             .field("base_url", &self.base_url)
             .field("symbols", &self.symbols)
+            .field("symbol_map", &self.symbol_map)
             .field("interval", &self.interval)
             .field("jitter", &self.jitter)
             .field("request_timeout", &self.request_timeout)
@@ -285,6 +289,20 @@ impl SourcesSettings {
                     problems.push(format!(
                         "{key}.symbols: {symbol:?} is not in market.symbols"
                     ));
+                }
+            }
+            for (symbol, mapped) in &poller.symbol_map {
+                if !poller
+                    .symbols
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(symbol))
+                {
+                    problems.push(format!(
+                        "{key}.symbol_map: {symbol:?} is not one of this poller's symbols"
+                    ));
+                }
+                if mapped.trim().is_empty() {
+                    problems.push(format!("{key}.symbol_map.{symbol}: must not be empty"));
                 }
             }
             if poller.interval.is_zero() {

@@ -6,6 +6,8 @@
 //! the hub's one-minute bar history cannot hold, so they are used only to recognise the
 //! all-zero quote Finnhub returns for unknown symbols. `d` and `dp` are derived and unused.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -42,6 +44,8 @@ pub struct FinnhubRound {
     request_timeout: std::time::Duration,
     headers: HeaderMap,
     symbols: Vec<String>,
+    /// Gateway symbol -> provider symbol, where they differ.
+    symbol_map: HashMap<String, String>,
     context: SourceContext,
     guard: PriceGuard,
     next_trade_id: u64,
@@ -68,6 +72,11 @@ impl FinnhubRound {
             request_timeout: settings.request_timeout,
             headers,
             symbols,
+            symbol_map: settings
+                .symbol_map
+                .iter()
+                .map(|(k, v)| (k.trim().to_ascii_uppercase(), v.trim().to_owned()))
+                .collect(),
             context,
             guard: PriceGuard::new(settings.max_jump_fraction, settings.jump_confirmations),
             next_trade_id: 1,
@@ -75,10 +84,11 @@ impl FinnhubRound {
     }
 
     async fn poll_symbol(&mut self, symbol: &str) -> Result<(), PollFailure> {
+        let upstream = self.symbol_map.get(symbol).map_or(symbol, String::as_str);
         let request = self
             .client
             .get(format!("{}/api/v1/quote", self.base_url))
-            .query(&[("symbol", symbol)])
+            .query(&[("symbol", upstream)])
             .headers(self.headers.clone())
             .timeout(self.request_timeout);
         let reply = fetch(request).await?;

@@ -109,6 +109,8 @@ pub struct YahooRound {
     base_url: String,
     request_timeout: std::time::Duration,
     symbols: Vec<String>,
+    /// Gateway symbol -> provider symbol, where they differ.
+    symbol_map: HashMap<String, String>,
     context: SourceContext,
     guard: PriceGuard,
     state: HashMap<String, SymbolState>,
@@ -127,6 +129,11 @@ impl YahooRound {
             base_url: settings.effective_base_url(),
             request_timeout: settings.request_timeout,
             symbols,
+            symbol_map: settings
+                .symbol_map
+                .iter()
+                .map(|(k, v)| (k.trim().to_ascii_uppercase(), v.trim().to_owned()))
+                .collect(),
             context,
             guard: PriceGuard::new(settings.max_jump_fraction, settings.jump_confirmations),
             state: HashMap::new(),
@@ -135,8 +142,10 @@ impl YahooRound {
     }
 
     async fn poll_symbol(&mut self, symbol: &str) -> Result<(), PollFailure> {
-        // Yahoo spells share classes with '-', and '/' must not open a new path segment.
-        let path_symbol = symbol.replace('/', "%2F");
+        // Yahoo spells share classes with '-' (map them in `symbol_map`), and a '/' must not
+        // open a new path segment.
+        let upstream = self.symbol_map.get(symbol).map_or(symbol, String::as_str);
+        let path_symbol = upstream.replace('/', "%2F");
         let url = format!("{}/v8/finance/chart/{path_symbol}", self.base_url);
         let request = self
             .client

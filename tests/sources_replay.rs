@@ -224,3 +224,53 @@ async fn playback_follows_recorded_gaps_divided_by_the_speed_without_drift() {
     // double speed.
     assert_eq!(times, vec![0.0, 0.5, 1.5, 1.5, 5.0]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_looping_recording_with_bars_shifts_by_whole_minutes_so_bars_stay_aligned() {
+    let text = [
+        r#"{"T":"b","S":"AAPL","o":1,"h":1,"l":1,"c":1,"v":1,"n":1,"vw":1,"t":"2026-01-02T14:30:00Z"}"#,
+        r#"{"T":"t","S":"AAPL","i":1,"x":"V","p":1.0,"s":1,"t":"2026-01-02T14:30:05Z","c":[]}"#,
+    ]
+    .join("\n");
+    let recording = parse_recording(&text, ReplayFormat::Ndjson);
+    let sink = Arc::new(TimingSink {
+        origin: Instant::now(),
+        seen: Mutex::default(),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let context = SourceContext::new(
+        "tape",
+        Arc::clone(&sink) as Arc<dyn EventSink>,
+        SourceRegistry::new(Arc::clone(&metrics)),
+        metrics,
+    );
+    let settings = ReplaySettings {
+        speed: 50.0,
+        repeat: true,
+        ..ReplaySettings::default()
+    };
+    let shutdown = CancellationToken::new();
+    let played = tokio::time::timeout(
+        Duration::from_millis(2700),
+        play(&recording, &settings, &context, &shutdown),
+    )
+    .await;
+    assert!(played.is_err(), "a looping replay runs until stopped");
+    let seen = sink.seen.lock().expect("lock");
+    let rows: Vec<(u128, String)> = seen
+        .iter()
+        .map(|(at, event)| (at.as_millis(), event.time().to_rfc3339()))
+        .collect();
+    // 5 s recorded + 1 s gap rounds up to one minute: a pass every 1.2 s at speed 50.
+    assert_eq!(
+        rows[..6],
+        [
+            (0, "2026-01-02T14:30:00+00:00".to_owned()),
+            (100, "2026-01-02T14:30:05+00:00".to_owned()),
+            (1200, "2026-01-02T14:31:00+00:00".to_owned()),
+            (1300, "2026-01-02T14:31:05+00:00".to_owned()),
+            (2400, "2026-01-02T14:32:00+00:00".to_owned()),
+            (2500, "2026-01-02T14:32:05+00:00".to_owned()),
+        ]
+    );
+}

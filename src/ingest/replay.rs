@@ -318,7 +318,19 @@ pub async fn play(
     let loop_gap = chrono::Duration::from_std(settings.loop_gap).unwrap_or_default();
     // Each pass is shifted by more than the recording spans, so every time in pass k+1 is
     // later than every time in pass k, for every symbol.
-    let pass_shift = (latest - earliest) + loop_gap.max(chrono::Duration::milliseconds(1));
+    let mut pass_shift = (latest - earliest) + loop_gap.max(chrono::Duration::milliseconds(1));
+    // Bars start on whole minutes; shifting them by anything else would publish bars that
+    // start mid-minute, so a recording with bars loops on a whole-minute shift.
+    let has_bars = recording
+        .records
+        .iter()
+        .any(|r| matches!(r.event, MarketEvent::Bar(_)));
+    if has_bars {
+        let minute = chrono::Duration::minutes(1);
+        let minutes = (pass_shift.num_milliseconds() + minute.num_milliseconds() - 1)
+            / minute.num_milliseconds();
+        pass_shift = minute * minutes.max(1) as i32;
+    }
     let start = Instant::now();
     let mut accepted = 0u64;
     let mut previous_due = start;
@@ -341,7 +353,14 @@ pub async fn play(
             };
             match context.publish(event) {
                 Ok(()) => accepted += 1,
-                Err(error) => tracing::warn!(
+                // Each pass refuses the same lines again: say so loudly only the first time.
+                Err(error) if pass == 0 => tracing::warn!(
+                    source = %context.name,
+                    line = record.line,
+                    %error,
+                    "replay event refused"
+                ),
+                Err(error) => tracing::debug!(
                     source = %context.name,
                     line = record.line,
                     %error,

@@ -309,3 +309,21 @@ async fn published_news_and_alerts_reach_their_feeds() {
     assert_eq!(item["level"], "critical");
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_name_is_case_insensitive() {
+    let app = spawn_app().await;
+    let response = reqwest::Client::new()
+        .post(app.url("/v1/publish"))
+        .header(
+            "authorization",
+            format!("bearer {}", app.state.settings.publish.admin_token),
+        )
+        .header("content-type", "application/json")
+        .body(json!(trade("AAPL", 1, 1.0)).to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    app.stop().await.expect("clean stop");
+}

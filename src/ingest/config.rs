@@ -284,11 +284,15 @@ impl SourcesSettings {
             if poller.symbols.is_empty() {
                 problems.push(format!("{key}.symbols: at least one symbol is required"));
             }
+            let mut seen = BTreeSet::new();
             for symbol in &poller.symbols {
-                if !universe.contains(&symbol.trim().to_ascii_uppercase()) {
+                let normalized = symbol.trim().to_ascii_uppercase();
+                if !universe.contains(&normalized) {
                     problems.push(format!(
                         "{key}.symbols: {symbol:?} is not in market.symbols"
                     ));
+                } else if !seen.insert(normalized) {
+                    problems.push(format!("{key}.symbols: {symbol:?} is listed twice"));
                 }
             }
             for (symbol, mapped) in &poller.symbol_map {

@@ -414,17 +414,17 @@ pub async fn run_poller<R: PollRound>(
             result = round.poll_round() => result,
         };
         let now = Instant::now();
-        let skipped = schedule.advance(now);
-        if skipped > 0 {
-            context.metrics.add_counter(
-                "tickgate_source_skipped_polls_total",
-                "Scheduled polls skipped because the previous poll was still running.",
-                &labels,
-                f64::from(skipped),
-            );
-        }
         match result {
             Ok(()) => {
+                let skipped = schedule.advance(now);
+                if skipped > 0 {
+                    context.metrics.add_counter(
+                        "tickgate_source_skipped_polls_total",
+                        "Scheduled polls skipped because the previous poll was still running.",
+                        &labels,
+                        f64::from(skipped),
+                    );
+                }
                 backoff.reset();
                 match circuit.on_success() {
                     CircuitChange::Recovered => {
@@ -706,6 +706,8 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
     };
     if let Some(client) = client {
         for poller in &settings.pollers {
+            // Registered before any task runs, so `/readyz` never looks ready without them.
+            context(&poller.name).report(SourceHealth::Starting);
             // Symbols were validated against the universe at start-up; this keeps its spelling.
             let symbols: Vec<String> = poller
                 .symbols
@@ -753,6 +755,7 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
         }
     }
     for replay in &settings.replays {
+        context(&replay.name).report(SourceHealth::Starting);
         tokio::spawn(crate::ingest::replay::run(
             replay.clone(),
             context(&replay.name),

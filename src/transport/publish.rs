@@ -64,7 +64,10 @@ pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiE
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <admin token>"))?;
     if constant_time_eq(given.trim().as_bytes(), expected) {
         Ok(())

@@ -179,7 +179,8 @@ fn csv_row_to_event(header: &[String], fields: &[String]) -> Result<MarketEvent,
         header
             .iter()
             .position(|h| h == name)
-            .map(|i| fields[i].trim())
+            .and_then(|i| fields.get(i))
+            .map(|v| v.trim())
             .filter(|v| !v.is_empty())
     };
     let kind = get("T").ok_or("column T is empty")?;
@@ -266,21 +267,26 @@ fn parse_csv(text: &str) -> Recording {
     recording
 }
 
-/// Moves every time of an event forward by `by` (for looped passes).
-pub fn shift_event(event: &MarketEvent, by: chrono::Duration) -> MarketEvent {
+/// Moves every time of an event forward by `by` (for looped passes); `None` when a time would
+/// leave the representable range.
+pub fn shift_event(event: &MarketEvent, by: chrono::Duration) -> Option<MarketEvent> {
+    let shift = |time: &mut DateTime<Utc>| -> Option<()> {
+        *time = time.checked_add_signed(by)?;
+        Some(())
+    };
     let mut event = event.clone();
     match &mut event {
-        MarketEvent::Trade(t) => t.time += by,
-        MarketEvent::Quote(q) => q.time += by,
-        MarketEvent::Bar(b) => b.time += by,
-        MarketEvent::Status(s) => s.time += by,
+        MarketEvent::Trade(t) => shift(&mut t.time)?,
+        MarketEvent::Quote(q) => shift(&mut q.time)?,
+        MarketEvent::Bar(b) => shift(&mut b.time)?,
+        MarketEvent::Status(s) => shift(&mut s.time)?,
         MarketEvent::News(n) => {
-            n.created_at += by;
-            n.updated_at += by;
+            shift(&mut n.created_at)?;
+            shift(&mut n.updated_at)?;
         }
-        MarketEvent::Alert(a) => a.time += by,
+        MarketEvent::Alert(a) => shift(&mut a.time)?,
     }
-    event
+    Some(event)
 }
 
 /// Recorded time span of a recording: (first event's time, earliest, latest).
@@ -318,7 +324,9 @@ pub async fn play(
     let loop_gap = chrono::Duration::from_std(settings.loop_gap).unwrap_or_default();
     // Each pass is shifted by more than the recording spans, so every time in pass k+1 is
     // later than every time in pass k, for every symbol.
-    let mut pass_shift = (latest - earliest) + loop_gap.max(chrono::Duration::milliseconds(1));
+    let mut pass_shift = (latest - earliest)
+        .checked_add(&loop_gap.max(chrono::Duration::milliseconds(1)))
+        .unwrap_or(chrono::Duration::MAX);
     // Bars start on whole minutes; shifting them by anything else would publish bars that
     // start mid-minute, so a recording with bars loops on a whole-minute shift.
     let has_bars = recording
@@ -326,21 +334,31 @@ pub async fn play(
         .iter()
         .any(|r| matches!(r.event, MarketEvent::Bar(_)));
     if has_bars {
-        let minute = chrono::Duration::minutes(1);
-        let minutes = (pass_shift.num_milliseconds() + minute.num_milliseconds() - 1)
-            / minute.num_milliseconds();
-        pass_shift = minute * minutes.max(1) as i32;
+        let minute_ms = chrono::Duration::minutes(1).num_milliseconds();
+        let minutes = (pass_shift.num_milliseconds() + minute_ms - 1) / minute_ms;
+        pass_shift = chrono::Duration::milliseconds(minutes.max(1).saturating_mul(minute_ms));
     }
+    // Far enough to mean "never", near enough not to overflow an `Instant`.
+    let far_future = Duration::from_secs(86_400 * 365 * 30);
     let start = Instant::now();
     let mut accepted = 0u64;
     let mut previous_due = start;
     let mut pass: i32 = 0;
     loop {
-        let shift = pass_shift * pass;
+        let Some(shift) = pass_shift.checked_mul(pass) else {
+            tracing::warn!(source = %context.name, "replay stopped: loop times out of range");
+            return accepted;
+        };
         for record in &recording.records {
-            let recorded_offset = record.event.time() + shift - first;
+            let offset = (record.event.time() - first)
+                .checked_add(&shift)
+                .unwrap_or(chrono::Duration::MAX);
+            let delay = scaled(offset, settings.speed).min(far_future);
             // File order wins: an event recorded earlier than its predecessor plays right after.
-            let due = (start + scaled(recorded_offset, settings.speed)).max(previous_due);
+            let due = start
+                .checked_add(delay)
+                .unwrap_or(previous_due)
+                .max(previous_due);
             previous_due = due;
             tokio::select! {
                 _ = shutdown.cancelled() => return accepted,
@@ -349,7 +367,13 @@ pub async fn play(
             let event = if pass == 0 {
                 record.event.clone()
             } else {
-                shift_event(&record.event, shift)
+                match shift_event(&record.event, shift) {
+                    Some(event) => event,
+                    None => {
+                        tracing::warn!(source = %context.name, line = record.line, "replay stopped: loop times out of range");
+                        return accepted;
+                    }
+                }
             };
             match context.publish(event) {
                 Ok(()) => accepted += 1,

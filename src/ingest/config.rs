@@ -222,6 +222,9 @@ impl ReplaySettings {
     }
 }
 
+/// Longest interval, timeout or backoff a poller accepts.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// Names the gateway itself uses for its built-in sources.
 const RESERVED_NAMES: [&str; 2] = ["simulator", "publish_api"];
 
@@ -309,6 +312,16 @@ impl SourcesSettings {
                     problems.push(format!("{key}.symbol_map.{symbol}: must not be empty"));
                 }
             }
+            for (field, value) in [
+                ("interval", poller.interval),
+                ("request_timeout", poller.request_timeout),
+                ("backoff_max", poller.backoff_max),
+                ("retry_after_max", poller.retry_after_max),
+            ] {
+                if value > MAX_DELAY {
+                    problems.push(format!("{key}.{field}: must be at most 24h"));
+                }
+            }
             if poller.interval.is_zero() {
                 problems.push(format!("{key}.interval: must be greater than zero"));
             }
@@ -345,6 +358,9 @@ impl SourcesSettings {
                     "{key}.path: {} is not a readable file",
                     replay.path.display()
                 ));
+            }
+            if replay.loop_gap > MAX_DELAY {
+                problems.push(format!("{key}.loop_gap: must be at most 24h"));
             }
             if !(replay.speed.is_finite() && replay.speed > 0.0) {
                 problems.push(format!("{key}.speed: must be a positive number"));

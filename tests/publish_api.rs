@@ -157,6 +157,19 @@ async fn a_missing_or_wrong_token_is_refused_with_401_json_and_nothing_is_publis
         assert_eq!(reply["code"], 40110000, "{reply}");
         assert!(reply["message"].is_string());
     }
+    let response = reqwest::Client::new()
+        .post(app.url("/v1/publish"))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"publish\"")
+    );
     // A Basic scheme with the right secret is still not a bearer token.
     let response = reqwest::Client::new()
         .post(app.url("/v1/publish"))

@@ -132,7 +132,17 @@ async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&request, &state)?;
+    if let Err(error) = require_admin(&request, &state) {
+        let mut response = actix_web::ResponseError::error_response(&error);
+        if error.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: tell the client which scheme to use.
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer realm=\"publish\""),
+            );
+        }
+        return Ok(response);
+    }
     let limit = request
         .app_data::<BodyLimit>()
         .map_or(state.settings.server.max_body_bytes, |l| l.0);

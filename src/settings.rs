@@ -23,6 +23,7 @@ pub struct Settings {
     pub hub: HubConfig,
     pub publish: PublishSettings,
     pub trading: TradingSettings,
+    pub sources: SourcesSettings,
     pub auth: AuthSettings,
     pub ws: WsSettings,
 }
@@ -250,6 +251,9 @@ impl Default for TradingSettings {
         }
     }
 }
+pub use crate::ingest::config::{
+    PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
+};
 
 /// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
 #[derive(Clone, Deserialize)]
@@ -481,6 +485,7 @@ impl Settings {
             }
         }
         problems.extend(self.trading.validate());
+        problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.validate_auth_and_ws());
         problems
     }

@@ -130,6 +130,27 @@ export function news(headline, symbols = ['AAPL']) {
   return { T: 'n', id: newsId++, headline, summary: `${headline} (summary)`, author: 'e2e', source: 'tests', url: '', symbols, created_at: now, updated_at: now };
 }
 
+/**
+ * `count` one-minute bars of `symbol` ending `endMinutesAgo` minutes ago, as a random walk
+ * around `price` (for a chart with history in screenshots).
+ */
+export function barHistory(symbol, price, count = 90, endMinutesAgo = 3) {
+  const end = Math.floor(Date.now() / 60000) - endMinutesAgo;
+  const bars = [];
+  let close = price;
+  let seed = 7;
+  const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+  for (let i = count - 1; i >= 0; i--) {
+    const open = close;
+    close = Math.round((open * (1 + (random() - 0.5) * 0.004)) * 100) / 100;
+    const high = Math.round(Math.max(open, close) * (1 + random() * 0.0015) * 100) / 100;
+    const low = Math.round(Math.min(open, close) * (1 - random() * 0.0015) * 100) / 100;
+    const volume = 1000 + Math.floor(random() * 5000);
+    bars.push({ T: 'b', S: symbol, o: open, h: high, l: low, c: close, v: volume, n: 20, vw: Math.round(((high + low + close) / 3) * 100) / 100, t: new Date((end - i) * 60000).toISOString() });
+  }
+  return bars;
+}
+
 /** A tiny static server for a page on another origin. */
 export async function servePage(html) {
   const port = await freePort();

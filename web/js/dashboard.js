@@ -260,14 +260,14 @@ function startFeeds() {
   market.addEventListener('error', (e) => console.warn('market feed:', e.detail));
   market.start();
 
-  const news = new FeedClient(newsUrl(BASE));
+  const news = new FeedClient(newsUrl(BASE), { recent: true });
   news.addEventListener('snapshot', (e) => {
     for (const item of e.detail.news ?? []) addNews(item, { live: false });
   });
   news.addEventListener('news', (e) => addNews(e.detail));
   news.start();
 
-  const alerts = new FeedClient(alertsUrl(BASE));
+  const alerts = new FeedClient(alertsUrl(BASE), { recent: true });
   alerts.addEventListener('snapshot', (e) => {
     const now = Date.now();
     for (const alert of e.detail.alerts ?? []) {

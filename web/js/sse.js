@@ -14,6 +14,7 @@ import { Backoff } from './backoff.js';
 import { ResumeCursor } from './cursor.js';
 
 const DATA_EVENTS = ['trade', 'quote', 'bar', 'status', 'news', 'alert'];
+const FROM_THE_START = '0-0';
 
 /** Joins a base URL (may be '' for same origin) and a path with query parameters. */
 export function feedUrl(base, path, params = {}) {
@@ -51,7 +52,10 @@ export class FeedClient extends EventTarget {
     this.setTimer = options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = options.clearTimeout ?? ((id) => clearTimeout(id));
     this.withCredentials = Boolean(options.withCredentials);
-    this.cursor = new ResumeCursor(options.lastEventId ?? null);
+    // News and alerts feeds send no snapshot on a fresh connect. `recent: true` asks for the
+    // recent items anyway by resuming from the oldest possible cursor: the server cannot
+    // resume from there, says so with a reset snapshot, and that snapshot lists them.
+    this.cursor = new ResumeCursor(options.lastEventId ?? (options.recent ? FROM_THE_START : null));
     this.connection = 'closed';
     this.upstream = 'ok';
     this.source = null;

@@ -137,3 +137,12 @@ test('close stops everything, including a pending reopen', async () => {
   assert.equal(timers.queue.length, 0);
   assert.equal(feed.connection, 'closed');
 });
+
+test('recent: true asks a news feed for its recent items on the first connect', () => {
+  const feed = new FeedClient('/v1/stream/news?symbols=AAPL', { EventSource: FakeEventSource, recent: true });
+  feed.start();
+  assert.equal(FakeEventSource.instances[0].url, '/v1/stream/news?symbols=AAPL&last_event_id=0-0');
+  FakeEventSource.instances[0].deliver('snapshot', { reset: true, cursor: '42-7', news: [] }, '42-7');
+  assert.equal(feed.cursor.id, '42-7');
+  feed.close();
+});

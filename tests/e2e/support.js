@@ -146,9 +146,12 @@ export function barHistory(symbol, price, count = 90, endMinutesAgo = 3) {
     const high = Math.round(Math.max(open, close) * (1 + random() * 0.0015) * 100) / 100;
     const low = Math.round(Math.min(open, close) * (1 - random() * 0.0015) * 100) / 100;
     const volume = 1000 + Math.floor(random() * 5000);
-    bars.push({ T: 'b', S: symbol, o: open, h: high, l: low, c: close, v: volume, n: 20, vw: Math.round(((high + low + close) / 3) * 100) / 100, t: new Date((end - i) * 60000).toISOString() });
+    bars.push({ T: 'b', S: symbol, o: open, h: high, l: low, c: close, v: volume, n: 20, vw: (high + low + close) / 3, t: new Date((end - i) * 60000).toISOString() });
   }
-  return bars;
+  // Shift the walk so it ends at `price`, next to where live trades will be drawn.
+  const shift = price - close;
+  const round = (x) => Math.round((x + shift) * 100) / 100;
+  return bars.map((b) => ({ ...b, o: round(b.o), h: round(b.h), l: round(b.l), c: round(b.c), vw: round(b.vw) }));
 }
 
 /** A tiny static server for a page on another origin. */

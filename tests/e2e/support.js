@@ -73,7 +73,10 @@ export class Gateway {
   async start() {
     const binary = path.join(ROOT, 'target', 'debug', 'tickgate');
     if (!existsSync(binary)) throw new Error(`${binary} is missing: run cargo build first`);
-    this.child = spawn(binary, [], {
+    // TICKGATE_E2E_CONFIG_DIR points the gateway at another config directory (default: the
+    // repository's config/, found from the working directory).
+    const args = process.env.TICKGATE_E2E_CONFIG_DIR ? ['--config-dir', process.env.TICKGATE_E2E_CONFIG_DIR] : [];
+    this.child = spawn(binary, args, {
       cwd: ROOT,
       env: {
         ...process.env,

@@ -5,7 +5,7 @@
 import { FeedClient, alertsUrl, marketUrl, newsUrl } from './sse.js';
 import { TradingClient, TradingError } from './trading.js';
 import { PriceChart } from './chart.js';
-import { formatClock, formatPrice, formatSize, priceDirection, signOf } from './format.js';
+import { formatClock, formatPrice, formatSize, padDecimal, priceDirection, signOf } from './format.js';
 
 const BASE = '';
 const MAX_NEWS = 50;
@@ -323,6 +323,7 @@ function setupLogin() {
 
 function startTrading(client, username) {
   state.trading = client;
+  window.tickgateTrading = client;
   $('#session-user').textContent = `Signed in as ${username}`;
   showTradingPanels(true);
   client.addEventListener('state', (e) => {
@@ -429,7 +430,7 @@ function renderFills() {
   const body = $('#fills tbody');
   body.replaceChildren(
     ...state.fills.map((fill) =>
-      el('tr', { 'data-execution-id': fill.execution_id ?? '' }, cell(formatClock(fill.timestamp)), cell(fill.symbol), cell(fill.side, fill.side === 'buy' ? 'pos' : 'neg'), cell(fill.qty), cell(fill.price), cell(fill.event)),
+      el('tr', { 'data-execution-id': fill.execution_id ?? '' }, cell(formatClock(fill.timestamp)), cell(fill.symbol), cell(fill.side, fill.side === 'buy' ? 'pos' : 'neg'), cell(fill.qty), cell(padDecimal(fill.price)), cell(fill.event)),
     ),
   );
   $('#fills-empty').hidden = state.fills.length > 0;
@@ -449,10 +450,10 @@ function renderPortfolio(portfolio) {
         { 'data-symbol': p.symbol },
         cell(p.symbol),
         cell(p.qty),
-        cell(p.avg_entry_price),
-        cell(p.current_price),
-        cell(p.market_value),
-        cell(p.unrealized_pl, plClass(p.unrealized_pl)),
+        cell(padDecimal(p.avg_entry_price)),
+        cell(padDecimal(p.current_price)),
+        cell(padDecimal(p.market_value)),
+        cell(padDecimal(p.unrealized_pl), plClass(p.unrealized_pl)),
         cell(p.unrealized_plpc === undefined ? '' : `${(Number(p.unrealized_plpc) * 100).toFixed(2)}%`, plClass(p.unrealized_plpc)),
       ),
     ),
@@ -465,14 +466,14 @@ function renderPortfolio(portfolio) {
     ['Buying power', portfolio.buying_power],
     ['Realized P&L', portfolio.realized_pl],
   ].filter(([, v]) => v !== undefined);
-  account.replaceChildren(...rows.flatMap(([name, value]) => [el('dt', { text: name }), el('dd', { text: value, class: name === 'Realized P&L' ? plClass(value) : undefined })]));
+  account.replaceChildren(...rows.flatMap(([name, value]) => [el('dt', { text: name }), el('dd', { text: padDecimal(value), class: name === 'Realized P&L' ? plClass(value) : undefined })]));
 }
 
 function renderBook(book) {
   const bids = book ? book.bidLevels(BOOK_DEPTH) : [];
   const asks = book ? book.askLevels(BOOK_DEPTH) : [];
-  $('#book-bids').replaceChildren(...bids.map(([price, size]) => el('tr', {}, cell(formatSize(size)), cell(price))));
-  $('#book-asks').replaceChildren(...asks.map(([price, size]) => el('tr', {}, cell(price), cell(formatSize(size)))));
+  $('#book-bids').replaceChildren(...bids.map(([price, size]) => el('tr', {}, cell(formatSize(size)), cell(padDecimal(price)))));
+  $('#book-asks').replaceChildren(...asks.map(([price, size]) => el('tr', {}, cell(padDecimal(price)), cell(formatSize(size)))));
   if (book) {
     $('#book').dataset.seq = String(book.seq);
     $('#book-symbol').textContent = book.symbol;

@@ -72,3 +72,16 @@ export function barToCandle(bar) {
   if (time === null) return null;
   return { time, open: Number(bar.o), high: Number(bar.h), low: Number(bar.l), close: Number(bar.c) };
 }
+
+/**
+ * Pads a decimal string to at least `minDecimals` decimals without going through a float
+ * ("226.2" → "226.20", "0" → "0.00"); longer fractions are kept as sent. Non-decimals are
+ * returned unchanged.
+ */
+export function padDecimal(text, minDecimals = 2) {
+  if (text === null || text === undefined) return '';
+  const s = String(text).trim();
+  if (!/^-?\d+(\.\d+)?$/.test(s)) return s;
+  const [whole, fraction = ''] = s.split('.');
+  return `${whole}.${fraction.padEnd(minDecimals, '0')}`;
+}

@@ -34,3 +34,13 @@ test('prices keep their decimals and P&L signs come from decimal strings', () =>
   assert.equal(signOf('0.00'), 0);
   assert.equal(signOf('12'), 1);
 });
+
+test('decimal strings are padded for display without float rounding', async () => {
+  const { padDecimal } = await import('../js/format.js');
+  assert.equal(padDecimal('226.2'), '226.20');
+  assert.equal(padDecimal('0'), '0.00');
+  assert.equal(padDecimal('-7.4'), '-7.40');
+  assert.equal(padDecimal('0.123456'), '0.123456');
+  assert.equal(padDecimal('99999999999999999.1'), '99999999999999999.10');
+  assert.equal(padDecimal('n/a'), 'n/a');
+});

@@ -112,3 +112,50 @@ test('news appears, and after a gateway restart the page shows reconnecting then
     await gateway.stop();
   }
 });
+
+test('the dashboard is usable from the keyboard and switches between light and dark themes', async () => {
+  const gateway = await gatewayFor({ TICKGATE__SIMULATOR__ENABLED: 'true', TICKGATE__SIMULATOR__TRADES_PER_SECOND: '5' });
+  try {
+    const page = await browser.newPage();
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.goto(`${gateway.url}/`);
+    await page.locator('.ticker[data-symbol="AAPL"][aria-pressed="true"]').waitFor();
+
+    // Tab through the page to the MSFT card and select it with Enter.
+    let focused = '';
+    for (let i = 0; i < 30 && focused !== 'MSFT'; i++) {
+      await page.keyboard.press('Tab');
+      focused = await page.evaluate(() => document.activeElement?.dataset?.symbol ?? '');
+    }
+    assert.equal(focused, 'MSFT', 'the MSFT card is reachable with Tab');
+    await page.keyboard.press('Enter');
+    await page.locator('.ticker[data-symbol="MSFT"][aria-pressed="true"]').waitFor();
+    await page.locator('.chart[data-symbol="MSFT"]').waitFor();
+    assert.equal(await page.locator('.chart[data-symbol="AAPL"]').count(), 0, 'plain select replaces the chart');
+    await page.locator('.ticker[data-symbol="NVDA"]').click({ modifiers: ['Shift'] });
+    await page.locator('.chart[data-symbol="NVDA"]').waitFor();
+    assert.equal(await page.locator('.chart').count(), 2, 'shift-select adds a chart');
+
+    const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const light = await background();
+    const toggle = page.locator('#theme-toggle');
+    assert.equal(await toggle.getAttribute('aria-pressed'), 'false');
+    await toggle.focus();
+    await page.keyboard.press('Enter');
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+    assert.equal(await toggle.getAttribute('aria-pressed'), 'true');
+    assert.notEqual(await background(), light);
+    await page.waitForTimeout(1500);
+    await screenshot(page, 'dashboard-dark.png');
+
+    // The choice survives a reload; the system preference applies when nothing was chosen.
+    await page.reload();
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+    await page.evaluate(() => localStorage.removeItem('tickgate-theme'));
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await page.reload();
+    assert.equal(await page.locator('#theme-toggle').getAttribute('aria-pressed'), 'true');
+  } finally {
+    await gateway.stop();
+  }
+});

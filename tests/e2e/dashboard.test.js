@@ -80,6 +80,13 @@ test('card colours follow each move against the previous price and the first pri
     await expect('99.75', null);
     // Other cards are untouched.
     assert.equal(await page.locator('.ticker[data-symbol="AAPL"] .price').textContent(), '—');
+
+    // Upstream status events drive the connection indicator.
+    const status = (sc) => ({ T: 's', S: '*', sc, sm: `test ${sc}`, t: new Date().toISOString() });
+    await gateway.publish(status('upstream_down'));
+    await page.locator('#conn-state[data-state="upstream-down"]', { hasText: 'upstream down' }).waitFor({ timeout: 15000 });
+    await gateway.publish(status('upstream_ok'));
+    await page.locator('#conn-state[data-state="live"]', { hasText: 'live' }).waitFor({ timeout: 15000 });
   } finally {
     await gateway.stop();
   }

@@ -97,3 +97,17 @@ test('a page on an origin outside the allowlist gets neither the component nor t
   assert.equal(opened, 'refused');
   assert.ok(page.consoleMessages.some((m) => /CORS|Access-Control-Allow-Origin/i.test(m)), `CORS errors expected, got ${page.consoleMessages}`);
 });
+
+test('the gateway serves the chart module and the embed script but not the npm install tree', async () => {
+  const chart = await fetch(`${gateway.url}/vendor/lightweight-charts.mjs`);
+  assert.equal(chart.status, 200);
+  assert.match(chart.headers.get('content-type'), /javascript/);
+  assert.match(await chart.text(), /createChart/);
+  const embed = await fetch(`${gateway.url}/embed.js`, { headers: { Origin: allowed.origin } });
+  assert.equal(embed.status, 200);
+  assert.equal(embed.headers.get('access-control-allow-origin'), allowed.origin);
+  for (const hidden of ['/node_modules/lightweight-charts/package.json', '/node_modules/playwright-core/package.json', '/package.json', '/package-lock.json', '/test/fakes.js']) {
+    const response = await fetch(`${gateway.url}${hidden}`);
+    assert.equal(response.status, 404, `${hidden} must not be served`);
+  }
+});

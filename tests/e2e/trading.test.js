@@ -124,6 +124,14 @@ tradingTest('a market order fills, and the position shows with a P&L that moves 
   const first = await pl.textContent();
   await waitFor(async () => (await pl.textContent()) !== first, { timeoutMs: 60000, what: 'the unrealized P&L to change' });
 
+  // A resting order for the picture: a GTC buy well below the market stays open.
+  const last = Number((await page.locator('.ticker[data-symbol="AAPL"] .price').textContent()).replace(/,/g, ''));
+  await page.selectOption('#order-type', 'limit');
+  await page.fill('#order-qty', '5');
+  await page.fill('#order-limit', (Math.floor(last * 0.95 * 100) / 100).toFixed(2));
+  await page.selectOption('#order-tif', 'gtc');
+  await page.click('#order-submit');
+  await page.locator('#open-orders tbody tr').first().waitFor({ timeout: 15000 });
   await gateway.publish(news('Apple unveils new chips at its developer event', ['AAPL'])).catch(() => {});
   await page.waitForTimeout(1000);
   await screenshot(page, 'dashboard-trading.png', { fullPage: true });

@@ -303,14 +303,16 @@ export class TradingClient extends EventTarget {
   /** Adds to the subscription set (kept across reconnects). */
   subscribe(change) {
     this.wanted = mergeSubscription(this.wanted, change, true);
-    if (this.authenticated) this.send({ action: 'subscribe', ...pick(change) });
+    const parts = pick(change);
+    if (this.authenticated && Object.keys(parts).length > 0) this.send({ action: 'subscribe', ...parts });
   }
 
   /** Removes from the subscription set. */
   unsubscribe(change) {
     this.wanted = mergeSubscription(this.wanted, change, false);
     for (const symbol of change.orderbooks ?? []) this.books.delete(symbol);
-    if (this.authenticated) this.send({ action: 'unsubscribe', ...pick(change) });
+    const parts = pick(change);
+    if (this.authenticated && Object.keys(parts).length > 0) this.send({ action: 'unsubscribe', ...parts });
   }
 
   sendSubscription() {

@@ -159,6 +159,15 @@ test('validation messages map to the order field they name', () => {
   assert.equal(errorField({ field: 'side', msg: 'anything' }), 'side');
 });
 
+test('an empty subscription change sends nothing', async () => {
+  const context = setup();
+  const socket = await connected(context);
+  const before = socket.sent.length;
+  context.client.subscribe({ orderbooks: [] });
+  context.client.unsubscribe({});
+  assert.equal(socket.sent.length, before);
+});
+
 test('subscription sets merge additively and subtract on unsubscribe', () => {
   let set = mergeSubscription({}, { orderbooks: ['AAPL', 'MSFT'], portfolio: true }, true);
   set = mergeSubscription(set, { orderbooks: ['MSFT'] }, false);

@@ -137,7 +137,7 @@ export function news(headline, symbols = ['AAPL']) {
  * `count` one-minute bars of `symbol` ending `endMinutesAgo` minutes ago, as a random walk
  * around `price` (for a chart with history in screenshots).
  */
-export function barHistory(symbol, price, count = 90, endMinutesAgo = 3) {
+export function barHistory(symbol, price, count = 90, endMinutesAgo = 1) {
   const end = Math.floor(Date.now() / 60000) - endMinutesAgo;
   const bars = [];
   let close = price;

@@ -23,6 +23,7 @@ pub struct Settings {
     pub hub: HubConfig,
     pub publish: PublishSettings,
     pub trading: TradingSettings,
+    pub sources: SourcesSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +249,9 @@ impl Default for TradingSettings {
         }
     }
 }
+pub use crate::ingest::config::{
+    PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
+};
 
 /// All problems found in the configuration, one per line.
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +360,7 @@ impl Settings {
             }
         }
         problems.extend(self.trading.validate());
+        problems.extend(self.sources.validate(&self.market.symbols));
         problems
     }
 }

@@ -26,6 +26,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The simulated exchange.
     pub trading: Arc<dyn TradingApi>,
+    pub auth: Arc<crate::auth::AuthService>,
 }
 
 impl AppState {
@@ -75,6 +76,8 @@ impl Application {
             Arc::clone(&metrics),
             epoch,
         ));
+        // Before the exchange starts, so a bad [auth] section leaves nothing running.
+        let auth = Arc::new(crate::auth::AuthService::new(&settings.auth)?);
         let shutdown = CancellationToken::new();
         let (exchange, exchange_tasks) =
             ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone());
@@ -88,6 +91,7 @@ impl Application {
             Err(_) => Some(exchange_tasks),
         };
         let state = AppState {
+            auth,
             settings: Arc::new(settings),
             hub,
             sources: SourceRegistry::new(Arc::clone(&metrics)),

@@ -11,7 +11,8 @@ after(() => browser.close());
 async function gatewayFor(env) {
   const port = await freePort();
   const origin = `http://127.0.0.1:${port}`;
-  // The dashboard's own origin must be allowed: Chromium sends Origin on its POSTs.
+  // The dashboard's own origin is listed as in a real deployment (the WebSocket upgrade checks
+  // Origin against the same list).
   return Gateway.start({ port, env: { TICKGATE__SERVER__ALLOWED_ORIGINS: origin, ...env } });
 }
 

@@ -50,6 +50,13 @@ export async function waitFor(check, { timeoutMs = 30000, intervalMs = 100, what
   throw new Error(`timed out waiting for ${what}${lastError ? `: ${lastError.message}` : ''}`);
 }
 
+// Gateways still running when the test process exits (a crash, a timeout) are stopped, so a
+// failed run never leaves a server behind.
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 /**
  * The gateway binary (`target/debug/tickgate`, built by `cargo build` before the tests) with
  * settings from environment overrides. `start()` can be called again after `stop()` on the
@@ -88,6 +95,8 @@ export class Gateway {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const child = this.child;
+    running.add(child);
+    child.on('exit', () => running.delete(child));
     child.stdout.on('data', (d) => (this.log += d));
     child.stderr.on('data', (d) => (this.log += d));
     this.exited = new Promise((resolve) => child.on('exit', resolve));

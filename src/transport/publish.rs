@@ -22,8 +22,24 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.service(
         web::resource("/v1/publish")
             .app_data(BodyLimit(max_body_bytes))
-            .route(web::post().to(publish)),
+            .route(web::post().to(publish))
+            .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// Without this, actix answers another method with an empty 405, outside the API's JSON shape.
+async fn method_not_allowed() -> HttpResponse {
+    let error = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::METHOD_NOT_ALLOWED,
+        "/v1/publish accepts POST only",
+    );
+    let mut response = actix_web::ResponseError::error_response(&error);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("POST"),
+    );
+    response
 }
 
 #[derive(Debug, Serialize)]

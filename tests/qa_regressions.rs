@@ -2,8 +2,11 @@
 //! that was seen over real sockets.
 
 mod common;
+mod ws_support;
 
-use common::spawn_app;
+use common::{spawn_app, spawn_app_with};
+use serde_json::json;
+use ws_support::{DEADLINE, Received, connect_as, ws_settings};
 
 #[tokio::test]
 async fn a_wrong_method_on_the_publish_api_gets_a_json_405() {
@@ -31,4 +34,31 @@ async fn a_wrong_method_on_the_publish_api_gets_a_json_405() {
         );
     }
     app.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_websocket_with_market_data_gets_the_shutdown_status_before_the_restart_close() {
+    let app = spawn_app_with(ws_settings()).await;
+    let mut client = connect_as(&app, "alice").await;
+    client.subscribe(json!({"trades": ["AAPL"]})).await;
+
+    app.shutdown.cancel();
+
+    let mut saw_shutdown = false;
+    loop {
+        match client.receive(DEADLINE).await {
+            Received::Objects(items) => {
+                saw_shutdown |= items
+                    .iter()
+                    .any(|item| item["T"] == "s" && item["S"] == "*" && item["sc"] == "shutdown");
+            }
+            Received::Closed(frame) => {
+                let code = frame.map(|f| u16::from(f.code));
+                assert_eq!(code, Some(1012), "the close says the server restarts");
+                break;
+            }
+        }
+    }
+    assert!(saw_shutdown, "the shutdown status arrives before the close");
+    app.task.await.expect("join").expect("clean shutdown");
 }

@@ -508,6 +508,22 @@ impl WsSession {
         }
     }
 
+    /// The server is stopping. The connection hears the shutdown token before the hub's
+    /// close reaches its queue, so the session flushes what is queued and, when it receives
+    /// market data, ends with the shutdown status itself; then it closes with 1012.
+    pub fn on_shutdown(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.closed {
+            return out;
+        }
+        if self.registered.iter().any(|registered| *registered) {
+            self.deliver(vec![Delivery::Close(CloseReason::Shutdown)], &mut out);
+        } else {
+            self.close(&mut out, close_codes::RESTART, "server restarting");
+        }
+        out
+    }
+
     /// A frame too large to handle (`len` bytes) that was skipped.
     pub fn on_oversize(&mut self, len: usize) -> Vec<Output> {
         vec![error_frame(

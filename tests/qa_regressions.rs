@@ -62,3 +62,28 @@ async fn a_websocket_with_market_data_gets_the_shutdown_status_before_the_restar
     assert!(saw_shutdown, "the shutdown status arrives before the close");
     app.task.await.expect("join").expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_rate_limited_action_gets_its_request_id_back_in_the_408() {
+    let mut settings = ws_settings();
+    settings.ws.action_burst = 1;
+    settings.ws.actions_per_second = 0.01;
+    let app = spawn_app_with(settings).await;
+    let mut client = connect_as(&app, "alice").await;
+    client
+        .send_json(json!({"action": "subscribe", "id": "first", "trades": ["AAPL"]}))
+        .await;
+    client
+        .send_json(json!({"action": "subscribe", "id": "second", "trades": ["MSFT"]}))
+        .await;
+    client
+        .send_json(json!({"action": "subscribe", "id": 3, "trades": ["MSFT"]}))
+        .await;
+    let reply = client.expect("subscription").await;
+    assert_eq!(reply["id"], "first");
+    let error = client.expect_error(408).await;
+    assert_eq!(error["id"], "second", "{error}");
+    let error = client.expect_error(408).await;
+    assert_eq!(error["id"], 3, "{error}");
+    app.stop().await.expect("clean shutdown");
+}

@@ -252,6 +252,20 @@ fn error_object(id: Option<&Value>, code: u32, msg: &str) -> String {
     object.to_string()
 }
 
+/// The `id` of a message the session will not process, so the client still learns which
+/// request was dropped. Only the id is deserialized; oversize or malformed messages give none.
+fn request_id(text: &str, max_message_bytes: usize) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    if text.len() > max_message_bytes {
+        return None;
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    (id.is_string() || id.is_number()).then_some(id)
+}
+
 fn error_frame(id: Option<&Value>, code: u32, msg: &str) -> Output {
     Output::Frame(format!("[{}]", error_object(id, code, msg)))
 }
@@ -564,7 +578,7 @@ impl WsSession {
         }
         if !self.bucket.try_take() {
             return vec![error_frame(
-                None,
+                request_id(text, self.deps.limits.max_message_bytes).as_ref(),
                 codes::RATE_LIMITED,
                 "rate limited: too many actions; slow down",
             )];

@@ -87,3 +87,26 @@ async fn a_rate_limited_action_gets_its_request_id_back_in_the_408() {
     assert_eq!(error["id"], 3, "{error}");
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_resync_that_names_no_book_is_answered_instead_of_ignored() {
+    let app = spawn_app_with(ws_settings()).await;
+    let mut client = connect_as(&app, "alice").await;
+    client
+        .send_json(json!({"action": "resync", "id": "r1", "orderbooks": []}))
+        .await;
+    let error = client.expect_error(400).await;
+    assert_eq!(error["id"], "r1", "{error}");
+    assert!(
+        error["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("orderbooks")),
+        "{error}"
+    );
+    // The session carries on.
+    let reply = client
+        .subscribe(json!({"id": "s1", "trades": ["AAPL"]}))
+        .await;
+    assert_eq!(reply["id"], "s1");
+    app.stop().await.expect("clean shutdown");
+}

@@ -1161,6 +1161,15 @@ impl WsSession {
             .iter()
             .map(|i| self.deps.hub.universe().name(*i).to_owned())
             .collect();
+        // An empty list would produce no frame at all, leaving a client waiting for a reply.
+        if names.is_empty() {
+            out.push(error_frame(
+                id,
+                codes::INVALID_SYNTAX,
+                "orderbooks must name at least one subscribed order book",
+            ));
+            return;
+        }
         if let Some(missing) = names.iter().find(|n| !self.books.contains_key(*n)) {
             out.push(error_frame(
                 id,

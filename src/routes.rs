@@ -177,6 +177,8 @@ struct BarsQuery {
     start: Option<String>,
     end: Option<String>,
     limit: Option<String>,
+    /// The `next_page_token` of the previous page: the start time of its first missing bar.
+    page_token: Option<String>,
 }
 
 fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -229,11 +231,23 @@ async fn bars(
             }
         },
     };
-    let bars = state.hub.bars(id, start, end, limit);
+    let page_start = parse_time("page_token", query.page_token.as_deref())?;
+    let start = start.max(page_start);
+    // One bar more than asked says whether the page was cut short; its start time is where
+    // the next page begins, so a client that follows the token misses nothing.
+    let mut bars = state.hub.bars(id, start, end, limit + 1);
+    let next_page_token = if bars.len() > limit {
+        bars.pop().map(|next| {
+            next.time
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        })
+    } else {
+        None
+    };
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,
         "timeframe": "1Min",
         "bars": bars,
-        "next_page_token": serde_json::Value::Null,
+        "next_page_token": next_page_token,
     })))
 }

@@ -110,3 +110,43 @@ async fn a_resync_that_names_no_book_is_answered_instead_of_ignored() {
     assert_eq!(reply["id"], "s1");
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn bars_cut_short_by_limit_give_a_page_token_that_fetches_the_rest() {
+    let app = spawn_app().await;
+    let bars: Vec<serde_json::Value> = (0..5)
+        .map(|minute| {
+            json!({"T":"b","S":"AAPL","o":10.0,"h":20.0,"l":9.0,"c":10.0 + f64::from(minute),
+                   "v":100,"n":1,"vw":10.0,"t":format!("2026-01-02T14:3{minute}:00Z")})
+        })
+        .collect();
+    let (status, reply) = common::publish(&app, serde_json::Value::Array(bars)).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let client = reqwest::Client::new();
+    let mut closes = Vec::new();
+    let mut url = app.url("/v1/bars?symbol=AAPL&start=2026-01-02T00:00:00Z&limit=2");
+    for _page in 0..10 {
+        let page: serde_json::Value = client
+            .get(&url)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        let bars = page["bars"].as_array().expect("bars array");
+        assert!(bars.len() <= 2, "{page}");
+        closes.extend(bars.iter().map(|b| b["c"].as_f64().expect("close")));
+        match page["next_page_token"].as_str() {
+            Some(token) => {
+                url = app.url(&format!(
+                    "/v1/bars?symbol=AAPL&start=2026-01-02T00:00:00Z&limit=2&page_token={token}"
+                ));
+            }
+            None => break,
+        }
+    }
+    assert_eq!(closes, vec![10.0, 11.0, 12.0, 13.0, 14.0]);
+    app.stop().await.expect("clean shutdown");
+}

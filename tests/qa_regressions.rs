@@ -150,3 +150,20 @@ async fn bars_cut_short_by_limit_give_a_page_token_that_fetches_the_rest() {
     assert_eq!(closes, vec![10.0, 11.0, 12.0, 13.0, 14.0]);
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_published_tick_dated_far_in_the_future_is_refused_and_does_not_lock_the_symbol() {
+    let app = spawn_app().await;
+    let trade = |id: u64, time: String| json!({"T":"t","S":"AAPL","i":id,"x":"FEED","p":10.0,"s":100,"t":time,"c":[]});
+    let (status, reply) = common::publish(&app, trade(1, "2099-12-31T23:59:59Z".to_owned())).await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["rejected"][0]["code"], 42210001, "{reply}");
+    assert_eq!(reply["rejected"][0]["reason"], "time_in_future", "{reply}");
+
+    // A mistyped year must not block every later tick of the symbol.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (status, reply) = common::publish(&app, trade(2, now)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["accepted"], 1, "{reply}");
+    app.stop().await.expect("clean shutdown");
+}

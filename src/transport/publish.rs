@@ -14,6 +14,11 @@ use crate::server::AppState;
 
 pub const SOURCE_NAME: &str = "publish_api";
 
+/// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub
+/// refuses ticks older than a symbol's newest, so one tick from a bad clock or a mistyped
+/// year would otherwise lock that symbol for every source until a restart.
+const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// The largest body `POST /v1/publish` reads, stored on the resource.
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
@@ -202,6 +207,24 @@ async fn publish(
                 continue;
             }
         };
+        if matches!(
+            event,
+            MarketEvent::Trade(_) | MarketEvent::Quote(_) | MarketEvent::Bar(_)
+        ) && event.time() > chrono::Utc::now() + MAX_FUTURE_SKEW
+        {
+            state.metrics.ingest_rejected(SOURCE_NAME, "time_in_future");
+            reply.rejected.push(Rejected {
+                index,
+                code: codes::UNPROCESSABLE,
+                reason: "time_in_future",
+                message: format!(
+                    "t {} is more than {} minutes ahead of the server clock",
+                    event.time().to_rfc3339(),
+                    MAX_FUTURE_SKEW.num_minutes()
+                ),
+            });
+            continue;
+        }
         match state.hub.publish(event) {
             Ok(_) => reply.accepted += 1,
             Err(error) => {

@@ -23,6 +23,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics))
+    // Uptime monitors and load balancers often probe with HEAD, which `web::get()` refuses.
+    .route("/healthz", web::head().to(healthz))
+    .route("/readyz", web::head().to(readyz))
     .route("/v1/symbols", web::get().to(symbols))
     .route("/v1/snapshot", web::get().to(snapshot))
     .route("/v1/bars", web::get().to(bars))

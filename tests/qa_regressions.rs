@@ -167,3 +167,14 @@ async fn a_published_tick_dated_far_in_the_future_is_refused_and_does_not_lock_t
     assert_eq!(reply["accepted"], 1, "{reply}");
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn health_checks_answer_head_requests_as_monitors_send_them() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let response = client.head(app.url(path)).send().await.expect("request");
+        assert_eq!(response.status().as_u16(), 200, "HEAD {path}");
+    }
+    app.stop().await.expect("clean shutdown");
+}

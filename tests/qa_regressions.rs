@@ -178,3 +178,23 @@ async fn health_checks_answer_head_requests_as_monitors_send_them() {
     }
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_producer_cannot_publish_the_servers_own_shutdown_status() {
+    let app = spawn_app().await;
+    let (status, reply) = common::publish(
+        &app,
+        json!({"T":"s","S":"*","sc":"shutdown","sm":"fake","t":"2026-01-02T14:30:00Z"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["rejected"][0]["code"], 42210001, "{reply}");
+    assert_eq!(reply["rejected"][0]["reason"], "reserved_status", "{reply}");
+    let (status, reply) = common::publish(
+        &app,
+        json!({"T":"s","S":"AAPL","sc":"halted","sm":"news pending","t":"2026-01-02T14:30:00Z"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    app.stop().await.expect("clean shutdown");
+}

@@ -207,6 +207,22 @@ async fn publish(
                 continue;
             }
         };
+        // `shutdown` is the server's own last word on a stream: clients reconnect on it, so a
+        // producer must not be able to send it to everyone.
+        if let MarketEvent::Status(status) = &event
+            && status.code == "shutdown"
+        {
+            state
+                .metrics
+                .ingest_rejected(SOURCE_NAME, "reserved_status");
+            reply.rejected.push(Rejected {
+                index,
+                code: codes::UNPROCESSABLE,
+                reason: "reserved_status",
+                message: "sc \"shutdown\" is reserved for the server".to_owned(),
+            });
+            continue;
+        }
         if matches!(
             event,
             MarketEvent::Trade(_) | MarketEvent::Quote(_) | MarketEvent::Bar(_)

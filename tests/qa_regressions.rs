@@ -198,3 +198,28 @@ async fn a_producer_cannot_publish_the_servers_own_shutdown_status() {
     assert_eq!(status, 200, "{reply}");
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn an_auth_token_of_the_wrong_type_is_named_as_such() {
+    let app = spawn_app_with(ws_settings()).await;
+    let mut client = ws_support::connect(&app, "", &[]).await;
+    client.expect_success("connected").await;
+    client
+        .send_json(json!({"action": "auth", "id": 1, "token": 5}))
+        .await;
+    let error = client.expect_error(400).await;
+    assert_eq!(error["id"], 1, "{error}");
+    assert!(
+        error["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("token must be a string")),
+        "{error}"
+    );
+    // The session still accepts a good token afterwards.
+    let token = ws_support::token_for("alice");
+    client
+        .send_json(json!({"action": "auth", "token": token}))
+        .await;
+    client.expect_success("authenticated").await;
+    app.stop().await.expect("clean shutdown");
+}

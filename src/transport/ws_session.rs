@@ -667,13 +667,24 @@ impl WsSession {
             out.push(error_frame(id, refusal.code, &refusal.msg));
             return;
         }
-        let Some(Value::String(token)) = map.get("token") else {
-            out.push(error_frame(
-                id,
-                codes::INVALID_SYNTAX,
-                "token is required: a bearer JWT or a ticket from POST /v1/auth/ticket",
-            ));
-            return;
+        let token = match map.get("token") {
+            Some(Value::String(token)) => token,
+            Some(_) => {
+                out.push(error_frame(
+                    id,
+                    codes::INVALID_SYNTAX,
+                    "token must be a string: a bearer JWT or a ticket from POST /v1/auth/ticket",
+                ));
+                return;
+            }
+            None => {
+                out.push(error_frame(
+                    id,
+                    codes::INVALID_SYNTAX,
+                    "token is required: a bearer JWT or a ticket from POST /v1/auth/ticket",
+                ));
+                return;
+            }
         };
         let result = self.deps.auth.verify_token_or_ticket(token);
         self.finish_auth(id, result, out);

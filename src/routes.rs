@@ -23,6 +23,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics))
+    // Uptime monitors and load balancers often probe with HEAD, which `web::get()` refuses.
+    .route("/healthz", web::head().to(healthz))
+    .route("/readyz", web::head().to(readyz))
     .route("/v1/symbols", web::get().to(symbols))
     .route("/v1/snapshot", web::get().to(snapshot))
     .route("/v1/bars", web::get().to(bars))
@@ -213,6 +216,8 @@ struct BarsQuery {
     start: Option<String>,
     end: Option<String>,
     limit: Option<String>,
+    /// The `next_page_token` of the previous page: the start time of its first missing bar.
+    page_token: Option<String>,
 }
 
 fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -265,11 +270,23 @@ async fn bars(
             }
         },
     };
-    let bars = state.hub.bars(id, start, end, limit);
+    let page_start = parse_time("page_token", query.page_token.as_deref())?;
+    let start = start.max(page_start);
+    // One bar more than asked says whether the page was cut short; its start time is where
+    // the next page begins, so a client that follows the token misses nothing.
+    let mut bars = state.hub.bars(id, start, end, limit + 1);
+    let next_page_token = if bars.len() > limit {
+        bars.pop().map(|next| {
+            next.time
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        })
+    } else {
+        None
+    };
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,
         "timeframe": "1Min",
         "bars": bars,
-        "next_page_token": serde_json::Value::Null,
+        "next_page_token": next_page_token,
     })))
 }

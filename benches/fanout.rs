@@ -13,7 +13,9 @@ use tickgate::metrics::{Metrics, Transport};
 
 fn hub(capacity: usize) -> Hub {
     Hub::new(
-        SymbolUniverse::new(["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "TSLA", "META", "SPY"]),
+        SymbolUniverse::new([
+            "AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "TSLA", "META", "SPY",
+        ]),
         HubSettings {
             replay_window: 10_000,
             subscriber_queue_capacity: capacity,

@@ -116,9 +116,15 @@ pub enum SymbolFilter {
 
 impl SymbolFilter {
     pub fn from_ids(ids: impl IntoIterator<Item = SymbolId>) -> SymbolFilter {
-        let mut bits = vec![0u64; crate::market::MAX_SYMBOLS / 64];
+        // Sized to the highest id asked for, not to MAX_SYMBOLS: every subscription holds one
+        // of these, and a 512-byte bitmap per connection was a tenth of its memory.
+        let mut bits: Vec<u64> = Vec::new();
         for id in ids {
-            bits[usize::from(id) / 64] |= 1 << (id % 64);
+            let word = usize::from(id) / 64;
+            if word >= bits.len() {
+                bits.resize(word + 1, 0);
+            }
+            bits[word] |= 1 << (id % 64);
         }
         SymbolFilter::Some(bits.into_boxed_slice())
     }
@@ -126,7 +132,9 @@ impl SymbolFilter {
     pub fn contains(&self, id: SymbolId) -> bool {
         match self {
             SymbolFilter::All => true,
-            SymbolFilter::Some(bits) => bits[usize::from(id) / 64] & (1 << (id % 64)) != 0,
+            SymbolFilter::Some(bits) => bits
+                .get(usize::from(id) / 64)
+                .is_some_and(|word| word & (1 << (id % 64)) != 0),
         }
     }
 
@@ -871,6 +879,22 @@ mod tests {
         let mut out = VecDeque::new();
         queue.drain_into(&mut out);
         out.into_iter().collect()
+    }
+
+    #[test]
+    fn symbol_filter_is_sized_to_its_highest_id_and_answers_for_any_id() {
+        let filter = SymbolFilter::from_ids([1, 70]);
+        let SymbolFilter::Some(bits) = &filter else {
+            panic!("a list of ids is not All");
+        };
+        assert_eq!(bits.len(), 2);
+        assert!(filter.contains(1) && filter.contains(70));
+        assert!(!filter.contains(0) && !filter.contains(71));
+        assert!(
+            !filter.contains(4095),
+            "ids beyond the bitmap are not contained"
+        );
+        assert!(!SymbolFilter::from_ids([]).contains(0));
     }
 
     #[test]

@@ -278,10 +278,16 @@ struct Report {
     max_ms: f64,
     server_cpu_seconds: Option<f64>,
     server_cpu_us_per_delivery: Option<f64>,
+    /// The kernel's share of the server's CPU time (loopback TCP, epoll).
+    server_system_share: Option<f64>,
     server_rss_before_kib: Option<u64>,
     server_rss_connected_kib: Option<u64>,
     server_rss_max_kib: Option<u64>,
     server_bytes_per_connection: Option<f64>,
+    server_pss_before_kib: Option<u64>,
+    server_pss_connected_kib: Option<u64>,
+    /// PSS growth per connection: what the processes together really hold for one.
+    server_pss_bytes_per_connection: Option<f64>,
 }
 
 async fn run(options: Options) -> Result<bool, String> {
@@ -352,6 +358,7 @@ async fn run(options: Options) -> Result<bool, String> {
     let mut rss_max = connected_sample.map(|s| s.rss_kib);
     let mut publish_report = publish::PublishReport::default();
     let mut cpu_seconds = None;
+    let mut system_share = None;
     let mut delivery_seconds = 0.0;
     if options.idle {
         tokio::time::sleep(options.hold).await;
@@ -408,7 +415,12 @@ async fn run(options: Options) -> Result<bool, String> {
         }
         delivery_seconds = started.elapsed().as_secs_f64();
         if let (Some(a), Some(b)) = (cpu_start, sample()) {
-            cpu_seconds = Some(b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / USER_HZ as f64);
+            let ticks = b.cpu_ticks.saturating_sub(a.cpu_ticks);
+            cpu_seconds = Some(ticks as f64 / USER_HZ as f64);
+            if ticks > 0 {
+                system_share =
+                    Some(b.system_ticks.saturating_sub(a.system_ticks) as f64 / ticks as f64);
+            }
             rss_max = rss_max.max(Some(b.rss_kib));
         }
         sampler.abort();
@@ -468,12 +480,21 @@ async fn run(options: Options) -> Result<bool, String> {
         server_cpu_us_per_delivery: cpu_seconds
             .filter(|_| summary.received > 0)
             .map(|s| s * 1e6 / summary.received as f64),
+        server_system_share: system_share,
         server_rss_before_kib: before.map(|s| s.rss_kib),
         server_rss_connected_kib: connected_sample.map(|s| s.rss_kib),
         server_rss_max_kib: rss_max,
         server_bytes_per_connection: match (before, connected_sample) {
             (Some(a), Some(b)) if connected > 0 => {
                 Some((b.rss_kib as f64 - a.rss_kib as f64) * 1024.0 / connected as f64)
+            }
+            _ => None,
+        },
+        server_pss_before_kib: before.map(|s| s.pss_kib),
+        server_pss_connected_kib: connected_sample.map(|s| s.pss_kib),
+        server_pss_bytes_per_connection: match (before, connected_sample) {
+            (Some(a), Some(b)) if connected > 0 => {
+                Some((b.pss_kib as f64 - a.pss_kib as f64) * 1024.0 / connected as f64)
             }
             _ => None,
         },
@@ -535,9 +556,10 @@ fn print_report(r: &Report) {
             r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
         );
         println!(
-            "server cpu       {} s, {} us per delivery",
+            "server cpu       {} s, {} us per delivery ({} in the kernel)",
             opt(r.server_cpu_seconds, 2),
-            opt(r.server_cpu_us_per_delivery, 3)
+            opt(r.server_cpu_us_per_delivery, 3),
+            opt(r.server_system_share.map(|s| s * 100.0), 0) + "%"
         );
         if let Some(error) = &r.first_subscriber_error {
             println!(
@@ -554,6 +576,14 @@ fn print_report(r: &Report) {
             .map_or("-".into(), |v| v.to_string()),
         r.server_rss_max_kib.map_or("-".into(), |v| v.to_string()),
         opt(r.server_bytes_per_connection, 0)
+    );
+    println!(
+        "server pss KiB   before {}  connected {}  -> {} bytes/connection",
+        r.server_pss_before_kib
+            .map_or("-".into(), |v| v.to_string()),
+        r.server_pss_connected_kib
+            .map_or("-".into(), |v| v.to_string()),
+        opt(r.server_pss_bytes_per_connection, 0)
     );
 }
 

@@ -81,7 +81,12 @@ pub(crate) fn summarize(results: &[SubscriberResult], expected: u64) -> Delivery
 pub(crate) struct ProcSample {
     /// User plus system CPU time in clock ticks (USER_HZ, 100 per second on Linux).
     pub(crate) cpu_ticks: u64,
+    /// The system (kernel) part of `cpu_ticks`.
+    pub(crate) system_ticks: u64,
     pub(crate) rss_kib: u64,
+    /// Proportional set size: shared pages divided among the processes sharing them, so a sum
+    /// over nginx's master and workers counts Nchan's shared memory once. Falls back to RSS.
+    pub(crate) pss_kib: u64,
 }
 
 /// Clock ticks per second in `/proc/<pid>/stat`; fixed at 100 by the Linux user ABI.
@@ -93,9 +98,17 @@ impl ProcSample {
             .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+        let (user, system) = parse_stat_cpu(&stat).ok_or("unexpected /proc/<pid>/stat format")?;
+        let rss_kib = parse_status_rss(&status).ok_or("no VmRSS in /proc/<pid>/status")?;
+        let pss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|rollup| parse_kib_field(&rollup, "Pss:"))
+            .unwrap_or(rss_kib);
         Ok(ProcSample {
-            cpu_ticks: parse_stat_cpu(&stat).ok_or("unexpected /proc/<pid>/stat format")?,
-            rss_kib: parse_status_rss(&status).ok_or("no VmRSS in /proc/<pid>/status")?,
+            cpu_ticks: user + system,
+            system_ticks: system,
+            rss_kib,
+            pss_kib,
         })
     }
 
@@ -105,27 +118,33 @@ impl ProcSample {
         for &pid in pids {
             let sample = ProcSample::read(pid)?;
             total.cpu_ticks += sample.cpu_ticks;
+            total.system_ticks += sample.system_ticks;
             total.rss_kib += sample.rss_kib;
+            total.pss_kib += sample.pss_kib;
         }
         Ok(total)
     }
 }
 
-/// `utime + stime` (fields 14 and 15). The command name in field 2 may hold spaces and
+/// `(utime, stime)` (fields 14 and 15). The command name in field 2 may hold spaces and
 /// parentheses, so fields are counted from the last `)`.
-pub(crate) fn parse_stat_cpu(stat: &str) -> Option<u64> {
+pub(crate) fn parse_stat_cpu(stat: &str) -> Option<(u64, u64)> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // After the name, field 3 (state) is index 0, so field N is index N - 3.
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 pub(crate) fn parse_status_rss(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    parse_kib_field(status, "VmRSS:")
+}
+
+/// The number after `name` on its line, as in `VmRSS:   1234 kB`.
+fn parse_kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
@@ -186,7 +205,7 @@ mod tests {
     #[test]
     fn proc_stat_cpu_is_user_plus_system_even_with_odd_command_names() {
         let stat = "1234 (tick gate) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 1000 200 18446744073709551615";
-        assert_eq!(parse_stat_cpu(stat), Some(300));
+        assert_eq!(parse_stat_cpu(stat), Some((250, 50)));
         assert_eq!(parse_stat_cpu("garbage"), None);
     }
 
@@ -195,11 +214,14 @@ mod tests {
         let status = "Name:\ttickgate\nVmPeak:\t  99 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss(status), Some(12345));
         assert_eq!(parse_status_rss("Name: x\n"), None);
+        let rollup = "00400000-7ffd [rollup]\nRss:  900 kB\nPss:  450 kB\n";
+        assert_eq!(parse_kib_field(rollup, "Pss:"), Some(450));
     }
 
     #[test]
     fn this_process_can_be_sampled() {
         let sample = ProcSample::read(std::process::id()).expect("own /proc entry");
         assert!(sample.rss_kib > 0);
+        assert!(sample.pss_kib > 0 && sample.pss_kib <= sample.rss_kib);
     }
 }

@@ -280,6 +280,8 @@ struct Report {
     server_cpu_us_per_delivery: Option<f64>,
     /// The kernel's share of the server's CPU time (loopback TCP, epoll).
     server_system_share: Option<f64>,
+    /// The load generator's own CPU per delivery, to see whether it was the bottleneck.
+    loadgen_cpu_us_per_delivery: Option<f64>,
     server_rss_before_kib: Option<u64>,
     server_rss_connected_kib: Option<u64>,
     server_rss_max_kib: Option<u64>,
@@ -359,6 +361,7 @@ async fn run(options: Options) -> Result<bool, String> {
     let mut publish_report = publish::PublishReport::default();
     let mut cpu_seconds = None;
     let mut system_share = None;
+    let mut own_cpu_seconds: Option<f64> = None;
     let mut delivery_seconds = 0.0;
     if options.idle {
         tokio::time::sleep(options.hold).await;
@@ -375,6 +378,7 @@ async fn run(options: Options) -> Result<bool, String> {
             options.symbols.clone(),
         );
         let cpu_start = sample();
+        let own_start = ProcSample::read(std::process::id()).ok();
         shared.min_id.store(now_ns(), Ordering::Relaxed);
         let started = Instant::now();
         let sampler = {
@@ -414,6 +418,9 @@ async fn run(options: Options) -> Result<bool, String> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         delivery_seconds = started.elapsed().as_secs_f64();
+        if let (Some(a), Ok(b)) = (own_start, ProcSample::read(std::process::id())) {
+            own_cpu_seconds = Some(b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / USER_HZ as f64);
+        }
         if let (Some(a), Some(b)) = (cpu_start, sample()) {
             let ticks = b.cpu_ticks.saturating_sub(a.cpu_ticks);
             cpu_seconds = Some(ticks as f64 / USER_HZ as f64);
@@ -481,6 +488,9 @@ async fn run(options: Options) -> Result<bool, String> {
             .filter(|_| summary.received > 0)
             .map(|s| s * 1e6 / summary.received as f64),
         server_system_share: system_share,
+        loadgen_cpu_us_per_delivery: own_cpu_seconds
+            .filter(|_| summary.received > 0)
+            .map(|s| s * 1e6 / summary.received as f64),
         server_rss_before_kib: before.map(|s| s.rss_kib),
         server_rss_connected_kib: connected_sample.map(|s| s.rss_kib),
         server_rss_max_kib: rss_max,
@@ -560,6 +570,10 @@ fn print_report(r: &Report) {
             opt(r.server_cpu_seconds, 2),
             opt(r.server_cpu_us_per_delivery, 3),
             opt(r.server_system_share.map(|s| s * 100.0), 0) + "%"
+        );
+        println!(
+            "loadgen cpu      {} us per delivery",
+            opt(r.loadgen_cpu_us_per_delivery, 3)
         );
         if let Some(error) = &r.first_subscriber_error {
             println!(

@@ -345,12 +345,14 @@ impl SseConnection {
         if self.finished {
             return None;
         }
+        // Wait first, then drain: every push leaves a wake-up pending, so this never sleeps
+        // on a non-empty queue, and the poll right after a write costs no lock.
         loop {
+            self.queue.notified().await;
             self.queue.drain_into(&mut self.spare);
             if !self.spare.is_empty() {
                 return Some(self.render());
             }
-            self.queue.notified().await;
         }
     }
 

@@ -385,6 +385,54 @@ mod tests {
     }
 
     #[test]
+    fn chunked_sse_counts_the_same_whatever_the_read_boundaries() {
+        let shared = Shared::new();
+        shared.min_id.store(1, Ordering::Relaxed);
+        // Three events cut into HTTP chunks that end mid-line and mid-`\r\n`.
+        let events = "id: 1-1\nevent: trade\ndata: {\"i\":10}\r\n\r\n: hb\n\n\
+                      event: trade\ndata: [{\"i\":11},{\"i\":12}]\n\n";
+        let mut body = String::new();
+        for piece in [&events[..9], &events[9..40], &events[40..41], &events[41..]] {
+            body.push_str(&format!("{:x}\r\n{piece}\r\n", piece.len()));
+        }
+        body.push_str("0\r\n\r\n");
+        for split in 0..=body.len() {
+            let mut reader = Reader::new(Transport::Sse, true);
+            let mut result = SubscriberResult::default();
+            for part in [&body.as_bytes()[..split], &body.as_bytes()[split..]] {
+                reader
+                    .process(part, &shared, &mut result, &mut Vec::new())
+                    .expect("valid stream");
+            }
+            assert_eq!(result.received, 3, "split at {split}");
+            assert!(reader.finished, "the last chunk ends the stream");
+        }
+    }
+
+    #[test]
+    fn websocket_messages_are_counted_and_pings_answered_with_masked_pongs() {
+        let shared = Shared::new();
+        shared.min_id.store(1, Ordering::Relaxed);
+        let mut reader = Reader::new(Transport::WebSocket, false);
+        let mut result = SubscriberResult::default();
+        let mut pongs = Vec::new();
+        let payload = br#"[{"T":"t","i":5},{"T":"t","i":6}]"#;
+        let mut stream = vec![0x81, payload.len() as u8];
+        stream.extend_from_slice(payload);
+        stream.extend_from_slice(&[0x89, 2, b'h', b'i', 0x88, 0]);
+        reader
+            .process(&stream, &shared, &mut result, &mut pongs)
+            .expect("valid frames");
+        assert_eq!(result.received, 2);
+        assert_eq!(
+            &pongs[..2],
+            &[0x8A, 0x80 | 2],
+            "a masked pong of the ping's payload"
+        );
+        assert!(reader.finished, "a close frame ends the subscriber");
+    }
+
+    #[test]
     fn an_sse_error_event_ends_the_subscriber_with_its_message() {
         let shared = Shared::new();
         let mut reader = Reader::new(Transport::Sse, false);

@@ -22,6 +22,10 @@ pub struct Settings {
     pub simulator: SimulatorSettings,
     pub hub: HubConfig,
     pub publish: PublishSettings,
+    pub trading: TradingSettings,
+    pub sources: SourcesSettings,
+    pub auth: AuthSettings,
+    pub ws: WsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,7 +119,10 @@ pub struct SimulatorSettings {
     pub trades_per_second: f64,
     /// Annualized volatility used by the geometric Brownian motion.
     pub volatility: f64,
-    /// Mean seconds between synthetic news items.
+    /// Market seconds of price diffusion per wall-clock second. A year has 252 trading days of
+    /// 6.5 hours, so 1.0 is real-world pace; the default 4.0 makes the demo visibly move.
+    pub time_scale: f64,
+    /// Mean time between synthetic news items (exponentially distributed); zero turns news off.
     #[serde(with = "humantime_serde")]
     pub news_interval: Duration,
     /// Keep the simulated market in its regular session around the clock.
@@ -131,6 +138,7 @@ impl Default for SimulatorSettings {
             seed: 42,
             trades_per_second: 4.0,
             volatility: 0.35,
+            time_scale: 4.0,
             news_interval: Duration::from_secs(20),
             always_open: true,
             initial_prices: std::collections::BTreeMap::new(),
@@ -186,6 +194,187 @@ impl std::fmt::Debug for PublishSettings {
                 },
             )
             .finish()
+    }
+}
+
+/// The simulated exchange (`[trading]`). Money and prices are exact decimals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TradingSettings {
+    /// Seed of the synthetic order books; the same seed and inputs give the same fills.
+    pub seed: u64,
+    /// Cash of a new account.
+    pub starting_cash: rust_decimal::Decimal,
+    /// Commission charged per filled share (0 = free).
+    pub commission_per_share: rust_decimal::Decimal,
+    /// Allow selling more than the account holds (a short position).
+    pub allow_short: bool,
+    /// Levels per side of each synthetic book.
+    pub book_levels: usize,
+    /// Price grid of the books and of limit and stop prices.
+    pub tick_size: rust_decimal::Decimal,
+    /// Largest quantity of one order.
+    pub max_order_qty: rust_decimal::Decimal,
+    /// Decimal places allowed in an order quantity (0 = whole shares).
+    pub qty_decimals: u32,
+    /// Highest limit or stop price accepted.
+    pub max_price: rust_decimal::Decimal,
+    /// Open orders one account may have at a time.
+    pub max_open_orders: usize,
+    /// Finished orders remembered per account for order listings.
+    pub closed_orders_kept: usize,
+    /// Requests queued to the exchange before callers wait.
+    pub command_queue: usize,
+    /// Book updates buffered per symbol for slow readers before they lag.
+    pub book_channel_capacity: usize,
+    /// Trade updates buffered per user for slow readers before they lag.
+    pub user_channel_capacity: usize,
+}
+
+impl Default for TradingSettings {
+    fn default() -> Self {
+        TradingSettings {
+            seed: 7,
+            starting_cash: rust_decimal::Decimal::from(100_000),
+            commission_per_share: rust_decimal::Decimal::ZERO,
+            allow_short: true,
+            book_levels: 10,
+            tick_size: rust_decimal::Decimal::new(1, 2),
+            max_order_qty: rust_decimal::Decimal::from(1_000_000),
+            qty_decimals: 0,
+            max_price: rust_decimal::Decimal::from(1_000_000),
+            max_open_orders: 500,
+            closed_orders_kept: 1000,
+            command_queue: 1024,
+            book_channel_capacity: 1024,
+            user_channel_capacity: 1024,
+        }
+    }
+}
+pub use crate::ingest::config::{
+    PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
+};
+
+/// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// `HS256` (shared secret, default), `RS256` or `ES256` (public key in PEM).
+    pub algorithm: String,
+    /// Shared secret for HS256; also signs tokens of the built-in issuer. Empty: a random
+    /// secret per process (tokens do not survive a restart). Never logged.
+    pub hs256_secret: String,
+    /// PEM public key for RS256/ES256 tokens from an external issuer.
+    pub public_key_pem: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Lifetime of tokens from `POST /v1/auth/token`.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Lifetime of single-use WebSocket tickets.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// Most simultaneous WebSocket sessions per user (error 406 beyond).
+    pub max_connections_per_user: usize,
+    /// Users of the built-in issuer, with argon2 PHC password hashes.
+    pub users: Vec<UserEntry>,
+}
+
+/// One user of the built-in issuer.
+#[derive(Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct UserEntry {
+    pub username: String,
+    /// An argon2 PHC string (`$argon2id$v=19$...`), never a plain password.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserEntry")
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            algorithm: "HS256".into(),
+            hs256_secret: String::new(),
+            public_key_pem: String::new(),
+            issuer: "tickgate".into(),
+            audience: "tickgate".into(),
+            leeway: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(3600),
+            ticket_ttl: Duration::from_secs(10),
+            max_connections_per_user: 5,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("algorithm", &self.algorithm)
+            .field("hs256_secret", &"<redacted>")
+            .field("public_key_pem", &self.public_key_pem.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("token_ttl", &self.token_ttl)
+            .field("ticket_ttl", &self.ticket_ttl)
+            .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+/// `[ws]`: limits and timers of the authenticated WebSocket at `/v1/stream`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WsSettings {
+    /// Time a client has to authenticate after connecting (error 404, then close).
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Interval of server pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection silent (no frame, no pong) for longer than this is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest client message; a larger one gets error 400 and is skipped. Frames beyond
+    /// `max_frame_bytes` cannot be skipped and close the connection (1009).
+    pub max_message_bytes: usize,
+    /// Hard limit of one incoming frame.
+    pub max_frame_bytes: usize,
+    /// Sustained client actions per second (token bucket refill rate).
+    pub actions_per_second: f64,
+    /// Token bucket size: a burst of this many actions is allowed.
+    pub action_burst: u32,
+    /// Most portfolio messages per second per connection.
+    pub portfolio_max_per_second: f64,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        WsSettings {
+            auth_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            max_message_bytes: 16 * 1024,
+            max_frame_bytes: 1024 * 1024,
+            actions_per_second: 20.0,
+            action_burst: 40,
+            portfolio_max_per_second: 4.0,
+        }
     }
 }
 
@@ -285,11 +474,124 @@ impl Settings {
         if !(self.simulator.volatility >= 0.0 && self.simulator.volatility < 10.0) {
             problems.push("simulator.volatility: must be in [0, 10)".into());
         }
+        if !(self.simulator.time_scale > 0.0 && self.simulator.time_scale <= 1_000_000.0) {
+            problems.push("simulator.time_scale: must be in (0, 1000000]".into());
+        }
         for (symbol, price) in &self.simulator.initial_prices {
             if !(price.is_finite() && *price > 0.0) {
                 problems.push(format!(
                     "simulator.initial_prices.{symbol}: must be a positive price"
                 ));
+            }
+        }
+        problems.extend(self.trading.validate());
+        problems.extend(self.sources.validate(&self.market.symbols));
+        problems.extend(self.validate_auth_and_ws());
+        problems
+    }
+
+    fn validate_auth_and_ws(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let auth = &self.auth;
+        match auth.algorithm.as_str() {
+            "HS256" => {
+                // Empty means "a random secret per process" (see `auth::AuthService::new`).
+                if !auth.hs256_secret.is_empty() && auth.hs256_secret.len() < 32 {
+                    problems.push("auth.hs256_secret: must be at least 32 bytes for HS256".into());
+                }
+            }
+            "RS256" | "ES256" => {
+                if auth.public_key_pem.trim().is_empty() {
+                    problems.push(format!(
+                        "auth.public_key_pem: required for {}",
+                        auth.algorithm
+                    ));
+                }
+            }
+            other => problems.push(format!(
+                "auth.algorithm: {other:?} is not supported; use HS256, RS256 or ES256"
+            )),
+        }
+        if auth.ticket_ttl.is_zero() || auth.ticket_ttl > Duration::from_secs(60) {
+            problems.push("auth.ticket_ttl: must be between 1ms and 60s".into());
+        }
+        if auth.token_ttl.is_zero() {
+            problems.push("auth.token_ttl: must be greater than zero".into());
+        }
+        if auth.max_connections_per_user == 0 {
+            problems.push("auth.max_connections_per_user: must be at least 1".into());
+        }
+        for user in &auth.users {
+            if user.username.is_empty() || !user.password_hash.starts_with("$argon2") {
+                problems.push(format!(
+                    "auth.users: {:?} needs a username and an argon2 PHC password_hash",
+                    user.username
+                ));
+            }
+        }
+        let ws = &self.ws;
+        for (name, value) in [
+            ("ws.auth_timeout", ws.auth_timeout),
+            ("ws.ping_interval", ws.ping_interval),
+            ("ws.idle_timeout", ws.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name}: must be greater than zero"));
+            }
+        }
+        if ws.idle_timeout <= ws.ping_interval {
+            problems.push("ws.idle_timeout: must be longer than ws.ping_interval".into());
+        }
+        if ws.max_message_bytes < 256 || ws.max_frame_bytes < ws.max_message_bytes {
+            problems.push(
+                "ws.max_message_bytes: must be at least 256 and at most ws.max_frame_bytes".into(),
+            );
+        }
+        if !(ws.actions_per_second > 0.0 && ws.actions_per_second.is_finite())
+            || ws.action_burst == 0
+        {
+            problems.push("ws.actions_per_second and ws.action_burst: must be positive".into());
+        }
+        if !(ws.portfolio_max_per_second > 0.0 && ws.portfolio_max_per_second <= 1000.0) {
+            problems.push("ws.portfolio_max_per_second: must be in (0, 1000]".into());
+        }
+        problems
+    }
+}
+
+impl TradingSettings {
+    fn validate(&self) -> Vec<String> {
+        use rust_decimal::Decimal;
+        let mut problems = Vec::new();
+        if self.starting_cash < Decimal::ZERO {
+            problems.push("trading.starting_cash: must not be negative".into());
+        }
+        if self.commission_per_share < Decimal::ZERO {
+            problems.push("trading.commission_per_share: must not be negative".into());
+        }
+        if !(1..=100).contains(&self.book_levels) {
+            problems.push("trading.book_levels: must be between 1 and 100".into());
+        }
+        if self.tick_size <= Decimal::ZERO {
+            problems.push("trading.tick_size: must be greater than zero".into());
+        }
+        if self.max_order_qty <= Decimal::ZERO {
+            problems.push("trading.max_order_qty: must be greater than zero".into());
+        }
+        if self.qty_decimals > 9 {
+            problems.push("trading.qty_decimals: at most 9".into());
+        }
+        if self.max_price <= Decimal::ZERO {
+            problems.push("trading.max_price: must be greater than zero".into());
+        }
+        for (key, value) in [
+            ("max_open_orders", self.max_open_orders),
+            ("command_queue", self.command_queue),
+            ("book_channel_capacity", self.book_channel_capacity),
+            ("user_channel_capacity", self.user_channel_capacity),
+        ] {
+            if value == 0 {
+                problems.push(format!("trading.{key}: must be at least 1"));
             }
         }
         problems

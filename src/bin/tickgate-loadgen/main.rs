@@ -261,6 +261,9 @@ struct Report {
     first_connect_error: Option<String>,
     connect_seconds: f64,
     connects_per_second: f64,
+    /// Server CPU from before the first connect until all were connected and settled, per
+    /// connection: what one subscribe costs the server, whatever the generator's speed.
+    server_cpu_us_per_connect: Option<f64>,
     rate: f64,
     published: u64,
     publish_failures: u64,
@@ -464,6 +467,14 @@ async fn run(options: Options) -> Result<bool, String> {
         first_connect_error,
         connect_seconds,
         connects_per_second: connected as f64 / connect_seconds.max(1e-9),
+        server_cpu_us_per_connect: match (before, connected_sample) {
+            (Some(a), Some(b)) if connected > 0 => Some(
+                b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 * 1e6
+                    / USER_HZ as f64
+                    / connected as f64,
+            ),
+            _ => None,
+        },
         rate: options.rate,
         published: publish_report.accepted,
         publish_failures: publish_report.failed,
@@ -540,8 +551,10 @@ fn print_report(r: &Report) {
         r.subscribers, r.slow_subscribers, r.connected, r.connect_failures
     );
     println!(
-        "connect          {:.2} s, {:.0} connections/s",
-        r.connect_seconds, r.connects_per_second
+        "connect          {:.2} s, {:.0} connections/s, server cpu {} us per connection",
+        r.connect_seconds,
+        r.connects_per_second,
+        opt(r.server_cpu_us_per_connect, 1)
     );
     if let Some(error) = &r.first_connect_error {
         println!("connect error    {error}");

@@ -236,18 +236,21 @@ impl SubscriberQueue {
     /// Waits until something was pushed since the last drain. Meant for the one task that
     /// drains the queue (a second concurrent waiter would not be woken).
     pub async fn notified(&self) {
-        std::future::poll_fn(|cx| {
-            if self.pending.swap(false, Ordering::AcqRel) {
-                return std::task::Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            // A push between the check above and the registration must not be lost.
-            if self.pending.swap(false, Ordering::AcqRel) {
-                return std::task::Poll::Ready(());
-            }
-            std::task::Poll::Pending
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+
+    /// The poll form of [`SubscriberQueue::notified`], for connections that are themselves a
+    /// hand-written stream.
+    pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A push between the check above and the registration must not be lost.
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
     }
 
     /// Wakes the draining task, once per batch: while a wake-up is pending, further pushes

@@ -105,6 +105,9 @@ pub struct Entry {
     pub sse: Bytes,
     /// The JSON object alone (a slice of `sse`), for WebSocket frames and snapshots.
     pub json: Bytes,
+    /// The single-event WebSocket text frame `[<json>]`, built in the same allocation as
+    /// `sse`, so a connection with one pending event sends it without copying or encoding.
+    pub ws: Bytes,
 }
 
 /// Which symbols a subscription wants.
@@ -835,7 +838,7 @@ fn encode_entry(
     json: &[u8],
 ) -> Entry {
     let name = kind.event_name();
-    let mut frame = BytesMut::with_capacity(json.len() + name.len() + 48);
+    let mut frame = BytesMut::with_capacity(2 * json.len() + name.len() + 50);
     frame.put_slice(b"id: ");
     let mut number = itoa::Buffer::new();
     frame.put_slice(number.format(cursor.epoch).as_bytes());
@@ -848,8 +851,14 @@ fn encode_entry(
     frame.put_slice(json);
     let json_end = frame.len();
     frame.put_slice(b"\n\n");
-    let sse = frame.freeze();
-    let json = sse.slice(json_start..json_end);
+    let sse_end = frame.len();
+    frame.put_u8(b'[');
+    frame.put_slice(json);
+    frame.put_u8(b']');
+    let all = frame.freeze();
+    let sse = all.slice(..sse_end);
+    let json = all.slice(json_start..json_end);
+    let ws = all.slice(sse_end..);
     Entry {
         feed,
         seq: cursor.seq,
@@ -858,6 +867,7 @@ fn encode_entry(
         tagged,
         sse,
         json,
+        ws,
     }
 }
 
@@ -964,6 +974,12 @@ mod tests {
         // The JSON is a view into the same allocation, not a copy.
         let sse_range = published.entry.sse.as_ptr_range();
         assert!(sse_range.contains(&published.entry.json.as_ptr()));
+        // The WebSocket frame is the JSON in brackets, built once next to the SSE frame.
+        let mut expected = b"[".to_vec();
+        expected.extend_from_slice(&published.entry.json);
+        expected.push(b']');
+        assert_eq!(published.entry.ws.as_ref(), expected.as_slice());
+        assert_eq!(published.entry.ws.as_ptr(), sse_range.end);
     }
 
     #[test]

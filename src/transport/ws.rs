@@ -8,11 +8,13 @@
 //! `ws.idle_timeout` is closed.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
+use futures::{FutureExt, Sink};
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
@@ -166,22 +168,37 @@ fn close_reason(code: u16, reason: &str) -> CloseReason {
 }
 
 impl Connection {
+    /// Queues one message on the socket. actix-ws forwards frames through a bounded channel,
+    /// so the send is immediate unless the peer stopped reading and the channel filled; only
+    /// then is a deadline armed (the idle timeout), so the hot path sets no timer per frame.
+    /// The hub's bounded subscriber queue caps memory meanwhile (slow-client policy).
+    async fn send(&mut self, message: Message) -> Result<(), ()> {
+        let ready = match std::future::poll_fn(|cx| Pin::new(&mut self.socket).poll_ready(cx))
+            .now_or_never()
+        {
+            Some(ready) => ready,
+            None => {
+                let wait = std::future::poll_fn(|cx| Pin::new(&mut self.socket).poll_ready(cx));
+                match tokio::time::timeout(self.idle_timeout, wait).await {
+                    Ok(ready) => ready,
+                    Err(_) => {
+                        tracing::debug!("websocket peer stopped reading; closing");
+                        return Err(());
+                    }
+                }
+            }
+        };
+        ready.map_err(|_| ())?;
+        Pin::new(&mut self.socket)
+            .start_send(message)
+            .map_err(|_| ())
+    }
+
     /// Writes outputs; returns the close to send if the session ended.
     async fn write(&mut self, outputs: Vec<Output>) -> Result<Option<CloseReason>, ()> {
         for output in outputs {
             match output {
-                // A peer that stops reading fills the socket's buffers and this send would wait
-                // forever; past the idle timeout the peer is treated as gone.
-                Output::Frame(text) => {
-                    match tokio::time::timeout(self.idle_timeout, self.socket.text(text)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Err(()),
-                        Err(_) => {
-                            tracing::debug!("websocket peer stopped reading; closing");
-                            return Err(());
-                        }
-                    }
-                }
+                Output::Frame(text) => self.send(Message::Text(text)).await?,
                 Output::Close { code, reason } => return Ok(Some(close_reason(code, &reason))),
             }
         }

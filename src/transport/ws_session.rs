@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -80,13 +82,18 @@ pub struct SessionDeps {
 /// What the transport must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// One text frame: a JSON array.
-    Frame(String),
+    /// One text frame: a JSON array. Shared bytes, so a single market event goes out as the
+    /// hub's prebuilt `Entry.ws` without a copy.
+    Frame(ByteString),
     /// Send a close frame with this code and reason, then stop.
     Close { code: u16, reason: String },
 }
 
 impl Output {
+    fn frame(text: String) -> Output {
+        Output::Frame(ByteString::from(text))
+    }
+
     pub fn frame_json(&self) -> Option<Value> {
         match self {
             Output::Frame(text) => serde_json::from_str(text).ok(),
@@ -267,11 +274,11 @@ fn request_id(text: &str, max_message_bytes: usize) -> Option<Value> {
 }
 
 fn error_frame(id: Option<&Value>, code: u32, msg: &str) -> Output {
-    Output::Frame(format!("[{}]", error_object(id, code, msg)))
+    Output::frame(format!("[{}]", error_object(id, code, msg)))
 }
 
 fn success_frame(msg: &str) -> Output {
-    Output::Frame(format!("[{}]", json!({"T": "success", "msg": msg})))
+    Output::frame(format!("[{}]", json!({"T": "success", "msg": msg})))
 }
 
 fn decimal_levels(levels: &[(rust_decimal::Decimal, rust_decimal::Decimal)]) -> Value {
@@ -504,7 +511,7 @@ impl WsSession {
                     if let (Some(id), Some(map)) = (id, reply.as_object_mut()) {
                         map.insert("id".into(), id.clone());
                     }
-                    out.push(Output::Frame(format!("[{reply}]")));
+                    out.push(Output::frame(format!("[{reply}]")));
                 }
                 Err(error) => {
                     out.push(error_frame(id, codes::CONNECTION_LIMIT, &error.to_string()));
@@ -921,7 +928,7 @@ impl WsSession {
         if let (Some(id), Some(object)) = (id, reply.as_object_mut()) {
             object.insert("id".into(), id.clone());
         }
-        out.push(Output::Frame(format!("[{reply}]")));
+        out.push(Output::frame(format!("[{reply}]")));
         out.extend(followups);
     }
 
@@ -974,42 +981,71 @@ impl WsSession {
         self.deliver(replay, out);
     }
 
-    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame.
+    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame. One
+    /// wanted event goes out as the hub's prebuilt frame (`Entry.ws`, shared, no copy);
+    /// several are coalesced into one array in one buffer. The drained deque is reused, so
+    /// steady-state delivery allocates nothing per subscriber beyond a batch buffer.
     fn deliver(&mut self, extra: Vec<Delivery>, out: &mut Vec<Output>) {
         let mut items = std::mem::take(&mut self.spare);
         self.queue.drain_into(&mut items);
-        let mut events: Vec<Arc<Entry>> = Vec::new();
+        items.extend(extra);
         let mut close = None;
-        for item in items.drain(..).chain(extra) {
-            match item {
-                Delivery::Event(entry) => events.push(entry),
-                // The session pings on its own timer; the hub's sweep is for SSE.
-                Delivery::Heartbeat => {}
-                Delivery::Close(reason) => close = Some(reason),
-            }
+        // Replays and live items of two feeds may interleave: order events by feed and
+        // sequence (a stable sort, linear on the usual already-sorted batch), controls last.
+        let slice = items.make_contiguous();
+        if slice.len() > 1 {
+            slice.sort_by_key(|item| match item {
+                Delivery::Event(entry) => (feed_slot(entry.feed), entry.seq),
+                _ => (usize::MAX, 0),
+            });
         }
-        self.spare = items;
-        events.sort_by_key(|e| (feed_slot(e.feed), e.seq));
-        let mut frame = String::new();
+        let mut single: Option<Bytes> = None;
+        let mut batch: Option<BytesMut> = None;
         let mut delivered = 0u64;
-        for entry in &events {
+        for item in items.drain(..) {
+            let entry = match item {
+                Delivery::Event(entry) => entry,
+                // Pings come from the connection glue; nothing to write for a heartbeat here.
+                Delivery::Heartbeat => continue,
+                Delivery::Close(reason) => {
+                    close = Some(reason);
+                    continue;
+                }
+            };
             let slot = feed_slot(entry.feed);
             if entry.seq <= self.last_seq[slot] {
                 continue;
             }
             self.last_seq[slot] = entry.seq;
-            if !self.wants(entry) {
+            if !self.wants(&entry) {
                 continue;
             }
-            let Ok(json) = std::str::from_utf8(&entry.json) else {
-                continue;
-            };
-            frame.push(if frame.is_empty() { '[' } else { ',' });
-            frame.push_str(json);
             delivered += 1;
+            if let Some(buffer) = batch.as_mut() {
+                buffer.put_u8(b',');
+                buffer.put_slice(&entry.json);
+            } else if let Some(first) = single.take() {
+                // `first` is `[json]`: reuse it as the batch's opening.
+                let mut buffer = BytesMut::with_capacity(2 * (first.len() + entry.json.len()));
+                buffer.put_slice(&first[..first.len() - 1]);
+                buffer.put_u8(b',');
+                buffer.put_slice(&entry.json);
+                batch = Some(buffer);
+            } else {
+                single = Some(entry.ws.clone());
+            }
         }
-        if !frame.is_empty() {
-            frame.push(']');
+        self.spare = items;
+        let frame = match (single, batch) {
+            (_, Some(mut buffer)) => {
+                buffer.put_u8(b']');
+                Some(buffer.freeze())
+            }
+            (Some(single), None) => Some(single),
+            (None, None) => None,
+        };
+        // The hub encodes with serde_json, so this UTF-8 check (no copy) never fails.
+        if let Some(frame) = frame.and_then(|f| ByteString::try_from(f).ok()) {
             out.push(Output::Frame(frame));
             self.deps.metrics.delivered(Transport::WebSocket, delivered);
         }
@@ -1027,7 +1063,7 @@ impl WsSession {
                     "T": "s", "S": "*", "sc": "shutdown",
                     "sm": "server restarting; reconnect", "t": chrono::Utc::now(),
                 });
-                out.push(Output::Frame(format!("[{status}]")));
+                out.push(Output::frame(format!("[{status}]")));
                 self.close(out, close_codes::RESTART, "server restarting");
             }
             None => {}
@@ -1068,7 +1104,7 @@ impl WsSession {
     ) {
         self.portfolio_last_sent = Some(Instant::now());
         match trading.portfolio(user).await {
-            Ok(portfolio) => out.push(Output::Frame(format!(
+            Ok(portfolio) => out.push(Output::frame(format!(
                 "[{}]",
                 tagged("portfolio", &portfolio)
             ))),
@@ -1120,7 +1156,7 @@ impl WsSession {
                 forwarder,
             },
         );
-        out.push(Output::Frame(format!("[{}]", self.book_object(&snapshot))));
+        out.push(Output::frame(format!("[{}]", self.book_object(&snapshot))));
     }
 
     fn book_object(&mut self, update: &BookUpdate) -> String {
@@ -1242,7 +1278,7 @@ impl WsSession {
                 if let (Some(id), Some(object)) = (id, reply.as_object_mut()) {
                     object.insert("id".into(), id.clone());
                 }
-                out.push(Output::Frame(format!("[{reply}]")));
+                out.push(Output::frame(format!("[{reply}]")));
             }
             Err(error) => out.push(error_frame(id, error.code, &error.message)),
         }
@@ -1327,7 +1363,7 @@ impl WsSession {
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     if !objects.is_empty() {
-                        out.push(Output::Frame(array(&objects)));
+                        out.push(Output::frame(array(&objects)));
                     }
                     out.push(error_frame(
                         None,
@@ -1357,7 +1393,7 @@ impl WsSession {
             }
         }
         if !objects.is_empty() {
-            out.push(Output::Frame(array(&objects)));
+            out.push(Output::frame(array(&objects)));
         }
     }
 
@@ -1384,7 +1420,7 @@ impl WsSession {
             }
         }
         if !objects.is_empty() {
-            out.push(Output::Frame(array(&objects)));
+            out.push(Output::frame(array(&objects)));
         }
         if let Some(trading) = self.deps.trading.clone() {
             for symbol in lagged {

@@ -476,6 +476,9 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     feeds: [Mutex<FeedState>; 3],
     latest: Mutex<LatestState>,
+    /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
+    /// each connection pings and checks its idle deadline without a timer of its own.
+    keepalive: Mutex<Vec<Arc<SubscriberQueue>>>,
 }
 
 impl fmt::Debug for Hub {
@@ -512,6 +515,7 @@ impl Hub {
                 last_time: vec![[None; 3]; symbols],
                 bars: vec![VecDeque::new(); symbols],
             }),
+            keepalive: Mutex::new(Vec::new()),
         }
     }
 
@@ -796,6 +800,37 @@ impl Hub {
                 r.queue.push_control(Delivery::Heartbeat);
                 true
             });
+        }
+    }
+
+    /// Adds a connection's queue to the keep-alive sweep until the queue is marked gone.
+    pub fn keep_alive(&self, queue: &Arc<SubscriberQueue>) {
+        self.keepalive.lock().push(Arc::clone(queue));
+    }
+
+    /// One pass of the keep-alive sweep: a heartbeat to every live keep-alive queue (when idle;
+    /// a busy queue wakes its connection anyway), gone ones forgotten.
+    pub fn keepalive_sweep(&self) {
+        self.keepalive.lock().retain(|queue| {
+            if queue.is_gone() {
+                return false;
+            }
+            queue.push_control(Delivery::Heartbeat);
+            true
+        });
+    }
+
+    /// Runs the keep-alive sweep every `interval` (the WebSocket ping interval) until
+    /// `shutdown` fires.
+    pub async fn run_keepalive(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => self.keepalive_sweep(),
+            }
         }
     }
 

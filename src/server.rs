@@ -143,6 +143,10 @@ impl Application {
         }
         let state = self.state.clone();
         tokio::spawn(Arc::clone(&state.hub).run_heartbeats(state.shutdown.clone()));
+        tokio::spawn(
+            Arc::clone(&state.hub)
+                .run_keepalive(state.settings.ws.ping_interval, state.shutdown.clone()),
+        );
         crate::ingest::spawn_sources(&state);
         let server = self.start_http()?;
         let handle = server.handle();

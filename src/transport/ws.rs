@@ -1,28 +1,33 @@
 //! `GET /v1/stream`: the actix glue of the authenticated WebSocket (PROTOCOL.md §3). It checks
 //! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
-//! one loop per connection that feeds socket frames, session wake-ups and its own ping timer
-//! into [`WsSession`] and writes what the session returns.
+//! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
+//! and writes what the session returns.
 //!
-//! actix-ws neither answers pings nor times out silent peers, so this loop does both: pings go
-//! out every `ws.ping_interval`, and a peer that sent nothing (not even a pong) for
-//! `ws.idle_timeout` is closed.
+//! actix-ws neither answers pings nor times out silent peers, so this loop does both without a
+//! timer of its own: the hub's keep-alive sweep wakes every WebSocket queue once per
+//! `ws.ping_interval`, and on a wake-up with a ping due the loop closes a peer that sent
+//! nothing (not even a pong) for `ws.idle_timeout`, else pings it. Data wake-ups run the same
+//! check, so a busy connection (whose queue the sweep skips) is pinged too.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::{StatusCode, header};
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
 use futures::{FutureExt, Sink};
-use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
 use crate::metrics::Transport;
 use crate::server::AppState;
 use crate::trading::api::TradingApi;
-use crate::transport::ws_session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
+use crate::transport::ws_session::{
+    Output, SessionDeps, SessionLimits, Wake, WsSession, close_codes,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stream", web::get().to(stream));
@@ -131,12 +136,14 @@ async fn stream(
     let connection = Connection {
         session: WsSession::new(deps),
         socket,
-        ping_interval: ws.ping_interval,
+        // A little under the sweep's period, so sweep jitter never skips a ping.
+        ping_every: ws.ping_interval.mul_f64(0.75),
         max_frame_bytes: ws.max_frame_bytes,
         idle_timeout: ws.idle_timeout,
         shutdown: state.shutdown.clone(),
         metrics: Arc::clone(&state.metrics),
     };
+    state.hub.keep_alive(connection.session.queue());
     state.metrics.connection_opened(Transport::WebSocket);
     actix_web::rt::spawn(connection.run(messages, credential));
     Ok(response)
@@ -145,7 +152,7 @@ async fn stream(
 struct Connection {
     session: WsSession,
     socket: actix_ws::Session,
-    ping_interval: std::time::Duration,
+    ping_every: std::time::Duration,
     max_frame_bytes: usize,
     idle_timeout: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -215,10 +222,14 @@ impl Connection {
             Ok(close) => close,
             Err(()) => return self.finish(None).await,
         };
+        // std's clock: tokio's (built with test-util) costs a runtime lookup per read, and
+        // this one is read on every wake-up.
         let mut last_heard = Instant::now();
-        let mut ping =
-            tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ping = last_heard;
+        // One shutdown waiter for the connection's life, not one registered and dropped per
+        // wake-up.
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         while close.is_none() {
             let outputs = tokio::select! {
                 message = messages.recv() => {
@@ -228,7 +239,7 @@ impl Connection {
                         Ok(AggregatedMessage::Text(text)) => self.session.on_text(&text).await,
                         Ok(AggregatedMessage::Binary(_)) => self.session.on_binary(),
                         Ok(AggregatedMessage::Ping(payload)) => {
-                            if self.socket.pong(&payload).await.is_err() {
+                            if self.send(Message::Pong(payload)).await.is_err() {
                                 break;
                             }
                             continue;
@@ -249,18 +260,23 @@ impl Connection {
                         }
                     }
                 }
-                wake = self.session.wait() => self.session.on_wake(wake).await,
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > self.idle_timeout {
-                        close = Some(close_reason(close_codes::GOING_AWAY, "idle timeout"));
-                        break;
+                wake = self.session.wait() => {
+                    if matches!(wake, Wake::Hub) {
+                        let now = Instant::now();
+                        if now.duration_since(last_ping) >= self.ping_every {
+                            if now.duration_since(last_heard) > self.idle_timeout {
+                                close = Some(close_reason(close_codes::GOING_AWAY, "idle timeout"));
+                                break;
+                            }
+                            if self.send(Message::Ping(Bytes::from_static(b"tickgate"))).await.is_err() {
+                                break;
+                            }
+                            last_ping = now;
+                        }
                     }
-                    if self.socket.ping(b"tickgate").await.is_err() {
-                        break;
-                    }
-                    continue;
+                    self.session.on_wake(wake).await
                 }
-                _ = self.shutdown.cancelled() => self.session.on_shutdown(),
+                _ = &mut shutdown => self.session.on_shutdown(),
             };
             match self.write(outputs).await {
                 Ok(next) => close = next,

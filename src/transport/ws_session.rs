@@ -217,8 +217,9 @@ pub struct WsSession {
     books: BTreeMap<String, BookStream>,
     book_seq: HashMap<String, u64>,
     next_generation: u64,
-    book_tx: mpsc::Sender<BookMessage>,
-    book_rx: mpsc::Receiver<BookMessage>,
+    /// Created with the first order-book subscription: an idle market-data connection does
+    /// not carry a channel buffer it never uses.
+    book_channel: Option<(mpsc::Sender<BookMessage>, mpsc::Receiver<BookMessage>)>,
     closed: bool,
 }
 
@@ -434,6 +435,15 @@ async fn portfolio_changed(receiver: &mut Option<watch::Receiver<u64>>) -> bool 
     }
 }
 
+async fn recv_book(
+    channel: &mut Option<(mpsc::Sender<BookMessage>, mpsc::Receiver<BookMessage>)>,
+) -> Option<BookMessage> {
+    match channel {
+        Some((_, receiver)) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -445,7 +455,6 @@ impl WsSession {
     pub fn new(deps: SessionDeps) -> WsSession {
         let queue = SubscriberQueue::new(deps.limits.queue_capacity, Transport::WebSocket);
         let bucket = TokenBucket::new(deps.limits.actions_per_second, deps.limits.action_burst);
-        let (book_tx, book_rx) = mpsc::channel(1024);
         WsSession {
             auth_deadline: Instant::now() + deps.limits.auth_timeout,
             deps,
@@ -464,10 +473,15 @@ impl WsSession {
             books: BTreeMap::new(),
             book_seq: HashMap::new(),
             next_generation: 0,
-            book_tx,
-            book_rx,
+            book_channel: None,
             closed: false,
         }
+    }
+
+    /// The queue the hub (and its keep-alive sweep) pushes into; wake-ups surface as
+    /// [`Wake::Hub`].
+    pub fn queue(&self) -> &Arc<SubscriberQueue> {
+        &self.queue
     }
 
     pub fn is_closed(&self) -> bool {
@@ -1005,7 +1019,8 @@ impl WsSession {
         for item in items.drain(..) {
             let entry = match item {
                 Delivery::Event(entry) => entry,
-                // Pings come from the connection glue; nothing to write for a heartbeat here.
+                // The glue pings on hub wake-ups (the keep-alive sweep guarantees one per ping
+                // interval); a heartbeat itself writes nothing here.
                 Delivery::Heartbeat => continue,
                 Delivery::Close(reason) => {
                     close = Some(reason);
@@ -1129,7 +1144,11 @@ impl WsSession {
         };
         self.next_generation += 1;
         let generation = self.next_generation;
-        let sender = self.book_tx.clone();
+        let sender = self
+            .book_channel
+            .get_or_insert_with(|| mpsc::channel(1024))
+            .0
+            .clone();
         let name = symbol.to_owned();
         let forwarder = tokio::spawn(async move {
             loop {
@@ -1303,7 +1322,7 @@ impl WsSession {
             _ = self.queue.notified() => Wake::Hub,
             event = recv_user_event(&mut self.user_events) => Wake::UserEvent(event),
             ok = portfolio_changed(&mut self.portfolio_changes) => Wake::PortfolioChanged(ok),
-            Some(message) = self.book_rx.recv() => Wake::Book(message),
+            Some(message) = recv_book(&mut self.book_channel) => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
         }
@@ -1416,7 +1435,10 @@ impl WsSession {
                 }
             }
             if objects.len() < 256 {
-                next = self.book_rx.try_recv().ok();
+                next = self
+                    .book_channel
+                    .as_mut()
+                    .and_then(|(_, receiver)| receiver.try_recv().ok());
             }
         }
         if !objects.is_empty() {

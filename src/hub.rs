@@ -1018,6 +1018,23 @@ mod tests {
     }
 
     #[test]
+    fn the_keepalive_sweep_wakes_unsubscribed_queues_and_forgets_gone_ones() {
+        let hub = hub(10, 10);
+        let live = SubscriberQueue::new(10, Transport::WebSocket);
+        let gone = SubscriberQueue::new(10, Transport::WebSocket);
+        hub.keep_alive(&live);
+        hub.keep_alive(&gone);
+        gone.mark_gone();
+        hub.keepalive_sweep();
+        let mut items = VecDeque::new();
+        live.drain_into(&mut items);
+        assert!(matches!(items.pop_front(), Some(Delivery::Heartbeat)));
+        assert!(items.is_empty());
+        assert!(gone.is_empty(), "a gone queue gets nothing");
+        assert_eq!(hub.keepalive.lock().len(), 1, "the gone queue is forgotten");
+    }
+
+    #[test]
     fn full_queue_conflates_price_data_then_disconnects() {
         let hub = hub(100, 4);
         let queue = SubscriberQueue::new(4, Transport::Sse);

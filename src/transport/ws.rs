@@ -220,7 +220,9 @@ impl Connection {
         let start = self.session.start(credential);
         let mut close = match self.write(start).await {
             Ok(close) => close,
-            Err(()) => return self.finish(None).await,
+            // `finish` is boxed (it runs once): inline, its state (a second copy of the
+            // connection) would enlarge every connection's task by about 1 KB.
+            Err(()) => return Box::pin(self.finish(None)).await,
         };
         // std's clock: tokio's (built with test-util) costs a runtime lookup per read, and
         // this one is read on every wake-up.
@@ -283,7 +285,7 @@ impl Connection {
                 Err(()) => break,
             }
         }
-        self.finish(close).await;
+        Box::pin(self.finish(close)).await;
     }
 
     async fn finish(self, close: Option<CloseReason>) {

@@ -6,6 +6,7 @@
 //! - [`hub`]: sequenced per-feed logs, replay window, snapshots, fan-out to bounded queues.
 //! - [`transport`]: client transports (`sse` for public feeds).
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`.
+//! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
 //! - [`routes`]: HTTP routes, CORS, health and metrics endpoints.
 //! - [`server`]: builds the application from [`settings`] and runs it until shutdown.
 //! - [`error`]: the API error type and its stable codes.
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod settings;
+pub mod store;
 pub mod telemetry;
 pub mod trading;
 pub mod transport;

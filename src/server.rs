@@ -22,6 +22,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub sources: SourceRegistry,
     pub shutdown: CancellationToken,
+    /// Durable storage; `None` when `store.enabled` is false.
+    pub store: Option<crate::store::Store>,
 }
 
 impl AppState {
@@ -56,7 +58,15 @@ impl Application {
         let port = listener.local_addr()?.port();
         let metrics = Arc::new(Metrics::default());
         let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
-        let epoch = chrono::Utc::now().timestamp_millis().max(1) as u64;
+        let opened = if settings.store.enabled {
+            Some(crate::store::Store::open(&settings.store)?)
+        } else {
+            None
+        };
+        let epoch = match &opened {
+            Some(opened) => opened.feed_start.epoch,
+            None => chrono::Utc::now().timestamp_millis().max(1) as u64,
+        };
         let hub = Arc::new(Hub::new(
             universe,
             HubSettings {
@@ -68,12 +78,16 @@ impl Application {
             Arc::clone(&metrics),
             epoch,
         ));
+        if let Some(opened) = &opened {
+            opened.feed_start.apply(&hub);
+        }
         let state = AppState {
             settings: Arc::new(settings),
             hub,
             sources: SourceRegistry::new(Arc::clone(&metrics)),
             metrics,
             shutdown: CancellationToken::new(),
+            store: opened.map(|opened| opened.store),
         };
         Ok(Application {
             port,
@@ -101,6 +115,10 @@ impl Application {
         let state = self.state.clone();
         tokio::spawn(Arc::clone(&state.hub).run_heartbeats(state.shutdown.clone()));
         crate::ingest::spawn_sources(&state);
+        let store_tasks = state
+            .store
+            .as_ref()
+            .map(|store| store.spawn_background(&state.hub, state.shutdown.clone()));
         let server = self.start_http()?;
         let handle = server.handle();
         let hub = Arc::clone(&state.hub);
@@ -116,6 +134,9 @@ impl Application {
         });
         server.await?;
         stopper.abort();
+        if let Some(tasks) = store_tasks {
+            tasks.finish(&state.hub).await;
+        }
         Ok(())
     }
 

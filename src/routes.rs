@@ -79,9 +79,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
         .map(|(n, _)| n)
         .collect();
+    let store = state
+        .store
+        .as_ref()
+        .map_or(crate::store::StoreStatus::Disabled, |store| store.status());
+    let store_degraded = matches!(store, crate::store::StoreStatus::Degraded { .. });
     let status = if !ready {
         "not_ready"
-    } else if degraded.is_empty() {
+    } else if degraded.is_empty() && !store_degraded {
         "ready"
     } else {
         "degraded"
@@ -90,6 +95,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "status": status,
         "hub": if hub_running { "running" } else { "stopping" },
         "sources": sources,
+        "store": store,
     });
     if ready {
         HttpResponse::Ok().json(body)
@@ -174,6 +180,26 @@ struct BarsQuery {
     start: Option<String>,
     end: Option<String>,
     limit: Option<String>,
+    page_token: Option<String>,
+}
+
+/// Page tokens are opaque to clients; inside they hold the start time (unix microseconds, hex)
+/// of the next page's first bar.
+fn page_token(next_start: DateTime<Utc>) -> String {
+    format!("b{:x}", next_start.timestamp_micros())
+}
+
+fn parse_page_token(token: &str) -> Result<DateTime<Utc>, ApiError> {
+    token
+        .strip_prefix('b')
+        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                codes::INVALID_PARAMETER,
+                "page_token is not valid; pass next_page_token from a previous response",
+            )
+        })
 }
 
 fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -226,11 +252,51 @@ async fn bars(
             }
         },
     };
-    let bars = state.hub.bars(id, start, end, limit);
+    let start = match query.page_token.as_deref() {
+        None => start,
+        Some(token) => {
+            let resume = parse_page_token(token)?;
+            Some(start.map_or(resume, |s| s.max(resume)))
+        }
+    };
+    // One bar more than asked says whether another page follows.
+    let mut bars = state.hub.bars(id, start, end, limit + 1);
+    if let Some(store) = &state.store {
+        let stored = store
+            .history
+            .bars(crate::store::BarQuery {
+                symbol: symbol.clone(),
+                start,
+                end,
+                limit: limit + 1,
+            })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "bar history query failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::NOT_READY,
+                    "bar history is unavailable right now",
+                )
+            })?;
+        // Both lists are sorted and start at `start`; the in-memory bars are the newest
+        // (they may not be flushed to the store yet), so they win for the same minute.
+        let mut merged: std::collections::BTreeMap<DateTime<Utc>, crate::market::Bar> =
+            stored.into_iter().map(|bar| (bar.time, bar)).collect();
+        merged.extend(bars.into_iter().map(|bar| (bar.time, bar)));
+        bars = merged.into_values().take(limit + 1).collect();
+    }
+    let next_page_token = if bars.len() > limit {
+        let next = page_token(bars[limit].time);
+        bars.truncate(limit);
+        serde_json::Value::String(next)
+    } else {
+        serde_json::Value::Null
+    };
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,
         "timeframe": "1Min",
         "bars": bars,
-        "next_page_token": serde_json::Value::Null,
+        "next_page_token": next_page_token,
     })))
 }

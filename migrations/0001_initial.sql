@@ -10,11 +10,20 @@ CREATE TABLE users (
     updated_at    TEXT NOT NULL
 );
 
+-- The exchange's durable events, in commit order; replayed at start-up to rebuild it. The
+-- body is the event as JSON (see src/trading/persist.rs); the tables below are derived from
+-- the same events in the same transaction, for queries and audits.
+CREATE TABLE exchange_events (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL
+);
+
 CREATE TABLE accounts (
     username     TEXT PRIMARY KEY,
     initial_cash TEXT NOT NULL,
     cash         TEXT NOT NULL,
     realized_pl  TEXT NOT NULL,
+    commissions  TEXT NOT NULL,
     updated_at   TEXT NOT NULL
 );
 
@@ -22,7 +31,8 @@ CREATE TABLE positions (
     username        TEXT NOT NULL,
     symbol          TEXT NOT NULL,
     qty             TEXT NOT NULL,
-    avg_entry_price TEXT NOT NULL,
+    -- Signed: what the open shares cost (negative for a short).
+    cost_basis      TEXT NOT NULL,
     PRIMARY KEY (username, symbol)
 ) WITHOUT ROWID;
 

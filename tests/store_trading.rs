@@ -72,6 +72,7 @@ fn account(cash: Decimal) -> AccountRecord {
         initial_cash: dec!(100000),
         cash,
         realized_pl: Decimal::ZERO,
+        commissions: Decimal::ZERO,
         updated_at: at(5),
     }
 }
@@ -88,6 +89,7 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
     partially.filled_qty = dec!(4);
     partially.filled_avg_price = Some(dec!(126.5));
     let batch = TradingBatch {
+        events: vec![r#"{"e":"first"}"#.into(), r#"{"e":"second"}"#.into()],
         orders: vec![
             StoredOrder {
                 username: "alice".into(),
@@ -104,7 +106,7 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
             username: "alice".into(),
             symbol: "AAPL".into(),
             qty: dec!(4),
-            avg_entry_price: dec!(126.5),
+            cost_basis: dec!(506),
         }],
     };
     store.trading.commit(batch).await.expect("commit");
@@ -112,6 +114,7 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
 
     let store = open(dir.path());
     let state = store.trading.load(10).await.expect("load");
+    assert_eq!(state.events, vec![r#"{"e":"first"}"#, r#"{"e":"second"}"#]);
     assert_eq!(
         state.open_orders,
         vec![StoredOrder {
@@ -205,7 +208,7 @@ async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_u
         username: "alice".into(),
         symbol: "AAPL".into(),
         qty,
-        avg_entry_price: dec!(10),
+        cost_basis: dec!(50),
     };
     let mut batch = TradingBatch {
         positions: vec![position(dec!(5))],

@@ -100,6 +100,7 @@ pub struct AccountRecord {
     pub initial_cash: Decimal,
     pub cash: Decimal,
     pub realized_pl: Decimal,
+    pub commissions: Decimal,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -110,7 +111,8 @@ pub struct PositionRecord {
     pub symbol: String,
     /// Signed: negative for a short position.
     pub qty: Decimal,
-    pub avg_entry_price: Decimal,
+    /// Signed: what the open shares cost (negative: what a short sale brought in).
+    pub cost_basis: Decimal,
 }
 
 /// One execution. Fills are append-only.
@@ -153,10 +155,13 @@ pub struct StoredOrder {
     pub order: Order,
 }
 
-/// Everything one exchange step changed, stored atomically: order rows are upserted with their
-/// full entity, fills appended, accounts and positions overwritten.
+/// Everything one exchange step changed, stored atomically: events appended to the log,
+/// order rows upserted with their full entity, fills appended, accounts and positions
+/// overwritten.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TradingBatch {
+    /// The exchange's events, encoded by the exchange (opaque to the store), in order.
+    pub events: Vec<String>,
     pub orders: Vec<StoredOrder>,
     pub fills: Vec<FillRecord>,
     pub accounts: Vec<AccountRecord>,
@@ -165,7 +170,8 @@ pub struct TradingBatch {
 
 impl TradingBatch {
     pub fn is_empty(&self) -> bool {
-        self.orders.is_empty()
+        self.events.is_empty()
+            && self.orders.is_empty()
             && self.fills.is_empty()
             && self.accounts.is_empty()
             && self.positions.is_empty()
@@ -175,6 +181,8 @@ impl TradingBatch {
 /// What the exchange needs to resume after a restart.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TradingState {
+    /// Every stored exchange event, in commit order: replaying them rebuilds the exchange.
+    pub events: Vec<String>,
     /// Active users (those in the configuration at the last sync).
     pub users: Vec<String>,
     pub accounts: Vec<AccountRecord>,

@@ -410,6 +410,12 @@ fn store_batch(
     batch: &TradingBatch,
 ) -> Result<(), StoreError> {
     let sql = |e| classify(path, e);
+    for event in &batch.events {
+        connection
+            .prepare_cached("INSERT INTO exchange_events (body) VALUES (?1)")
+            .and_then(|mut statement| statement.execute([event]))
+            .map_err(sql)?;
+    }
     for StoredOrder { username, order } in &batch.orders {
         let body = serde_json::to_string(order).map_err(|e| decode_error(path, e))?;
         connection
@@ -464,11 +470,13 @@ fn store_batch(
     for account in &batch.accounts {
         connection
             .prepare_cached(
-                "INSERT INTO accounts (username, initial_cash, cash, realized_pl, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO accounts (username, initial_cash, cash, realized_pl, commissions,
+                                       updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (username) DO UPDATE SET
                      cash = excluded.cash,
                      realized_pl = excluded.realized_pl,
+                     commissions = excluded.commissions,
                      updated_at = excluded.updated_at",
             )
             .and_then(|mut statement| {
@@ -477,6 +485,7 @@ fn store_batch(
                     account.initial_cash.to_string(),
                     account.cash.to_string(),
                     account.realized_pl.to_string(),
+                    account.commissions.to_string(),
                     account.updated_at.to_rfc3339(),
                 ])
             })
@@ -493,18 +502,18 @@ fn store_batch(
         } else {
             connection
                 .prepare_cached(
-                    "INSERT INTO positions (username, symbol, qty, avg_entry_price)
+                    "INSERT INTO positions (username, symbol, qty, cost_basis)
                      VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (username, symbol) DO UPDATE SET
                          qty = excluded.qty,
-                         avg_entry_price = excluded.avg_entry_price",
+                         cost_basis = excluded.cost_basis",
                 )
                 .and_then(|mut statement| {
                     statement.execute(params![
                         position.username,
                         position.symbol,
                         position.qty.to_string(),
-                        position.avg_entry_price.to_string(),
+                        position.cost_basis.to_string(),
                     ])
                 })
                 .map_err(sql)?;
@@ -556,8 +565,8 @@ fn load_state(
         {
             let mut statement = connection
                 .prepare(
-                    "SELECT username, initial_cash, cash, realized_pl, updated_at FROM accounts
-                     ORDER BY username",
+                    "SELECT username, initial_cash, cash, realized_pl, commissions, updated_at
+                     FROM accounts ORDER BY username",
                 )
                 .map_err(sql)?;
             let rows = statement
@@ -568,16 +577,18 @@ fn load_state(
                         row.get::<_, String>(2)?,
                         row.get::<_, String>(3)?,
                         row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
                     ))
                 })
                 .map_err(sql)?;
             for row in rows {
-                let (username, initial, cash, realized, updated) = row.map_err(sql)?;
+                let (username, initial, cash, realized, commissions, updated) = row.map_err(sql)?;
                 accounts.push(AccountRecord {
                     username,
                     initial_cash: parse_decimal(path, &initial)?,
                     cash: parse_decimal(path, &cash)?,
                     realized_pl: parse_decimal(path, &realized)?,
+                    commissions: parse_decimal(path, &commissions)?,
                     updated_at: parse_time(path, &updated)?,
                 });
             }
@@ -586,7 +597,7 @@ fn load_state(
         {
             let mut statement = connection
                 .prepare(
-                    "SELECT username, symbol, qty, avg_entry_price FROM positions
+                    "SELECT username, symbol, qty, cost_basis FROM positions
                      ORDER BY username, symbol",
                 )
                 .map_err(sql)?;
@@ -601,15 +612,24 @@ fn load_state(
                 })
                 .map_err(sql)?;
             for row in rows {
-                let (username, symbol, qty, avg) = row.map_err(sql)?;
+                let (username, symbol, qty, basis) = row.map_err(sql)?;
                 positions.push(PositionRecord {
                     username,
                     symbol,
                     qty: parse_decimal(path, &qty)?,
-                    avg_entry_price: parse_decimal(path, &avg)?,
+                    cost_basis: parse_decimal(path, &basis)?,
                 });
             }
         }
+        let events = {
+            let mut statement = connection
+                .prepare("SELECT body FROM exchange_events ORDER BY seq")
+                .map_err(sql)?;
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(sql)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql)?
+        };
         let open_orders = stored_orders(
             connection,
             path,
@@ -628,6 +648,7 @@ fn load_state(
             params![i64::try_from(closed_per_user).unwrap_or(i64::MAX)],
         )?;
         Ok(TradingState {
+            events,
             users,
             accounts,
             positions,

@@ -243,6 +243,31 @@ impl StoreSettings {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join(&self.file_name)
     }
+
+    /// Semantic checks of `[store]` (only when it is enabled).
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.enabled {
+            return problems;
+        }
+        let name = &self.file_name;
+        if name.is_empty() || name.contains('/') || name.contains('\\') {
+            problems.push("store.file_name: must be a plain file name".into());
+        }
+        if self.bar_batch_size == 0 || self.trading_batch_size == 0 {
+            problems
+                .push("store.bar_batch_size, store.trading_batch_size: must be at least 1".into());
+        }
+        if self.bar_flush_interval.is_zero() || self.prune_interval.is_zero() {
+            problems.push(
+                "store.bar_flush_interval, store.prune_interval: must be greater than zero".into(),
+            );
+        }
+        if self.read_connections == 0 {
+            problems.push("store.read_connections: must be at least 1".into());
+        }
+        problems
+    }
 }
 
 /// All problems found in the configuration, one per line.
@@ -348,26 +373,7 @@ impl Settings {
                 ));
             }
         }
-        if self.store.enabled {
-            let name = &self.store.file_name;
-            if name.is_empty() || name.contains('/') || name.contains('\\') {
-                problems.push("store.file_name: must be a plain file name".into());
-            }
-            if self.store.bar_batch_size == 0 || self.store.trading_batch_size == 0 {
-                problems.push(
-                    "store.bar_batch_size, store.trading_batch_size: must be at least 1".into(),
-                );
-            }
-            if self.store.bar_flush_interval.is_zero() || self.store.prune_interval.is_zero() {
-                problems.push(
-                    "store.bar_flush_interval, store.prune_interval: must be greater than zero"
-                        .into(),
-                );
-            }
-            if self.store.read_connections == 0 {
-                problems.push("store.read_connections: must be at least 1".into());
-            }
-        }
+        problems.extend(self.store.validate());
         problems
     }
 }

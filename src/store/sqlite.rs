@@ -269,16 +269,23 @@ impl SqliteStore {
         F: FnOnce(&Connection, &str) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = Arc::clone(&self.readers);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let connection = pool.take()?;
-                let result = work(&connection, &pool.path_text);
-                pool.give(connection);
-                result
-            })
-            .await
-            .unwrap_or(Err(StoreError::Closed))
-        })
+        let run = move || {
+            let connection = pool.take()?;
+            let result = work(&connection, &pool.path_text);
+            pool.give(connection);
+            result
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Box::pin(async move {
+                runtime
+                    .spawn_blocking(run)
+                    .await
+                    .unwrap_or(Err(StoreError::Closed))
+            }),
+            // Outside a runtime (an application built before its runtime starts) there is no
+            // executor to protect: the read runs where the future is polled.
+            Err(_) => Box::pin(async move { run() }),
+        }
     }
 }
 

@@ -442,6 +442,84 @@ impl MarketSession {
     }
 }
 
+/// The US equity session calendar in New York time: pre-market 04:00-09:30, regular
+/// 09:30-16:00, after hours 16:00-20:00, closed otherwise and all weekend. Exchange holidays
+/// are not modelled. `always_open` keeps the session regular around the clock (demos).
+pub fn session_at(now: DateTime<Utc>, always_open: bool) -> MarketSession {
+    use chrono::{Datelike, Timelike, Weekday};
+    if always_open {
+        return MarketSession::Regular;
+    }
+    let Some(local) = now.naive_utc().checked_add_signed(new_york_utc_offset(now)) else {
+        return MarketSession::Closed;
+    };
+    if matches!(local.weekday(), Weekday::Sat | Weekday::Sun) {
+        return MarketSession::Closed;
+    }
+    let minute = local.hour() * 60 + local.minute();
+    match minute {
+        240..570 => MarketSession::Pre,
+        570..960 => MarketSession::Regular,
+        960..1200 => MarketSession::After,
+        _ => MarketSession::Closed,
+    }
+}
+
+/// The first instant after `now` at which [`session_at`] gives a different session; `None`
+/// when the session never changes (`always_open`).
+pub fn next_session_change(now: DateTime<Utc>, always_open: bool) -> Option<DateTime<Utc>> {
+    if always_open {
+        return None;
+    }
+    let current = session_at(now, false);
+    let local_date = now
+        .naive_utc()
+        .checked_add_signed(new_york_utc_offset(now))?
+        .date();
+    // Sessions only change at these local wall-clock times, and a weekend is at most two and
+    // a half days long, so a week of candidates always contains the next change.
+    const BOUNDARIES: [(u32, u32); 4] = [(4, 0), (9, 30), (16, 0), (20, 0)];
+    for day in 0..8 {
+        let date = local_date.checked_add_days(chrono::Days::new(day))?;
+        for (hour, minute) in BOUNDARIES {
+            let Some(local) = date.and_hms_opt(hour, minute, 0) else {
+                continue;
+            };
+            // No boundary falls in the 01:00-03:00 window where the clocks change, so the
+            // offset a few hours either side of the boundary is the offset at it.
+            let guess = local
+                .and_utc()
+                .checked_add_signed(chrono::TimeDelta::hours(5))?;
+            let candidate = local
+                .checked_sub_signed(new_york_utc_offset(guess))?
+                .and_utc();
+            if candidate > now && session_at(candidate, false) != current {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// New York's offset from UTC at `now`: -4 h during US daylight saving time (from 02:00 local
+/// on the second Sunday of March to 02:00 local on the first Sunday of November), else -5 h.
+pub fn new_york_utc_offset(now: DateTime<Utc>) -> chrono::TimeDelta {
+    use chrono::{Datelike, NaiveDate, Weekday};
+    let year = now.year();
+    let sunday =
+        |month: u32, n: u8| NaiveDate::from_weekday_of_month_opt(year, month, Weekday::Sun, n);
+    let (Some(march), Some(november)) = (sunday(3, 2), sunday(11, 1)) else {
+        return chrono::TimeDelta::hours(-5);
+    };
+    // 02:00 EST is 07:00 UTC; 02:00 EDT is 06:00 UTC.
+    let starts = march.and_hms_opt(7, 0, 0).map(|t| t.and_utc());
+    let ends = november.and_hms_opt(6, 0, 0).map(|t| t.and_utc());
+    match (starts, ends) {
+        (Some(starts), Some(ends)) if now >= starts && now < ends => chrono::TimeDelta::hours(-4),
+        _ => chrono::TimeDelta::hours(-5),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,8 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sources = state.sources.snapshot();
     let hub_running = !state.shutdown.is_cancelled();
-    let ready = hub_running && !sources.is_empty() && state.sources.all_serving();
+    // No registered source is fine: the publish API alone can feed the hub.
+    let ready = hub_running && state.sources.all_serving();
     let degraded: Vec<&String> = sources
         .iter()
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))

@@ -13,6 +13,8 @@ use crate::ingest::SourceRegistry;
 use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
+use crate::trading::ExchangeHandle;
+use crate::trading::api::TradingApi;
 
 /// Everything request handlers share. Cloned into each worker; all fields are cheap handles.
 #[derive(Clone)]
@@ -22,6 +24,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub sources: SourceRegistry,
     pub shutdown: CancellationToken,
+    /// The simulated exchange.
+    pub trading: Arc<dyn TradingApi>,
     /// Durable storage; `None` when `store.enabled` is false.
     pub store: Option<crate::store::Store>,
 }
@@ -42,6 +46,9 @@ pub struct Application {
     port: u16,
     listener: TcpListener,
     state: AppState,
+    /// The exchange's tasks when the application was built outside a runtime; they start
+    /// with `run_until_stopped`.
+    exchange_tasks: Option<crate::trading::ExchangeTasks>,
 }
 
 impl Application {
@@ -81,18 +88,39 @@ impl Application {
         if let Some(opened) = &opened {
             opened.feed_start.apply(&hub);
         }
+        let shutdown = CancellationToken::new();
+        let (exchange, exchange_tasks) = match &opened {
+            None => ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone()),
+            Some(opened) => crate::trading::persist::exchange_with_store(
+                &settings,
+                Arc::clone(&hub),
+                shutdown.clone(),
+                &opened.store,
+            )?,
+        };
+        // Start the exchange now when a runtime is there (tests, the binary), so it follows
+        // the market from the first event; otherwise when the application runs.
+        let exchange_tasks = match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                exchange_tasks.spawn();
+                None
+            }
+            Err(_) => Some(exchange_tasks),
+        };
         let state = AppState {
             settings: Arc::new(settings),
             hub,
             sources: SourceRegistry::new(Arc::clone(&metrics)),
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
+            trading: Arc::new(exchange),
             store: opened.map(|opened| opened.store),
         };
         Ok(Application {
             port,
             listener,
             state,
+            exchange_tasks,
         })
     }
 
@@ -111,7 +139,10 @@ impl Application {
 
     /// Runs until the shutdown token fires, then lets connections finish within the grace
     /// period and returns.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        if let Some(tasks) = self.exchange_tasks.take() {
+            tasks.spawn();
+        }
         let state = self.state.clone();
         tokio::spawn(Arc::clone(&state.hub).run_heartbeats(state.shutdown.clone()));
         crate::ingest::spawn_sources(&state);

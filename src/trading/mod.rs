@@ -1,5 +1,40 @@
-//! The simulated exchange: order validation, per-symbol matching against a synthetic Level 2
-//! book, accounts and positions. No actix, no sockets: transports reach it through
-//! [`api::TradingApi`].
+//! The simulated exchange: order validation, matching against a synthetic Level 2 book per
+//! symbol, accounts and positions. No actix, no sockets: transports reach it through
+//! [`api::TradingApi`], implemented by [`ExchangeHandle`].
+//!
+//! - [`api`]: the shared contract (wire shapes and the trait).
+//! - [`validate`]: request parsing with field-specific errors.
+//! - [`book`]: the synthetic book, its walk and its deltas.
+//! - [`account`]: cash, positions and the exact arithmetic of a fill.
+//! - [`engine`]: the rules; a synchronous state machine.
+//! - [`exchange`]: the actor task, its handle and the market-data ingest.
+//! - [`persist`]: the event log in the store, the rebuild at start-up, the halt on a failed write.
+//!
+//! Invariants:
+//! - One task owns all exchange state, so orders from every user and market data are applied
+//!   in one order; with the same seed and inputs the same fills come out.
+//! - Every state change is an [`engine::ExchangeEvent`] passed through
+//!   [`engine::Engine::commit`]; announcements (trade updates, portfolio bumps, book deltas)
+//!   are returned, not sent, so a store can persist the events of a command before its
+//!   announcements are published.
+//! - Every order transition produces exactly one trade update with the full order.
+//! - A rejected request commits nothing.
+//! - Following the market never makes the hub wait: the ingest task conflates to the newest
+//!   trade and quote per symbol.
+//!
+//! The rules themselves are described in `docs/trading.md`.
 
+pub mod account;
 pub mod api;
+pub mod book;
+pub mod engine;
+pub mod exchange;
+pub mod persist;
+pub mod validate;
+
+pub use exchange::{ExchangeHandle, ExchangeTasks, MarketInput};
+
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod proptests;

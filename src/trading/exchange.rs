@@ -1,0 +1,817 @@
+//! The exchange actor: one task owns the [`Engine`] and processes commands and market data in
+//! arrival order; a cloneable [`ExchangeHandle`] reaches it over a bounded channel and
+//! implements [`TradingApi`].
+//!
+//! Market data comes from the hub through a [`SubscriberQueue`] drained by a separate ingest
+//! task into a mailbox that keeps only the newest trade and quote per symbol, so the hub never
+//! waits on the exchange: when the exchange lags, the newest price wins.
+//!
+//! Book updates go out under the symbol's slot lock, which is also what [`TradingApi::book`]
+//! takes to copy the snapshot and subscribe, so a reader never misses or repeats a delta.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::FromPrimitive;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::api::{
+    BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio, ReplaceRequest,
+    TradingApi, UserEvent,
+};
+use super::book::BookShape;
+use super::engine::{Announcement, Engine, EngineSettings, Outcome};
+use super::validate::OrderLimits;
+use crate::hub::{Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
+use crate::market::{EventKind, MarketEvent, MarketSession};
+use crate::metrics::Transport;
+use crate::settings::Settings;
+
+/// A market input for the engine, already in exact decimals.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarketInput {
+    Trade {
+        symbol: String,
+        price: Decimal,
+        size: Decimal,
+    },
+    Quote {
+        symbol: String,
+        bid: Decimal,
+        ask: Decimal,
+        bid_size: Decimal,
+        ask_size: Decimal,
+    },
+    /// A session status; `market_closed` expires day orders.
+    Status { code: String },
+}
+
+impl MarketInput {
+    /// Converts a hub event; `None` for kinds the exchange ignores or unusable numbers.
+    pub fn from_event(event: &MarketEvent) -> Option<MarketInput> {
+        // Prices travel as floats on the market feed; the shortest decimal that round-trips is
+        // the producer's intended price (126.54, not 126.5399999…).
+        let decimal = |value: f64| Decimal::from_f64(value).map(|d| d.round_dp(8).normalize());
+        match event {
+            MarketEvent::Trade(trade) => Some(MarketInput::Trade {
+                symbol: trade.symbol.clone(),
+                price: decimal(trade.price)?,
+                size: decimal(trade.size)?,
+            }),
+            MarketEvent::Quote(quote) => Some(MarketInput::Quote {
+                symbol: quote.symbol.clone(),
+                bid: decimal(quote.bid_price)?,
+                ask: decimal(quote.ask_price)?,
+                bid_size: decimal(quote.bid_size)?,
+                ask_size: decimal(quote.ask_size)?,
+            }),
+            MarketEvent::Status(status) => Some(MarketInput::Status {
+                code: status.code.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn slot(&self) -> Option<(&str, u8)> {
+        match self {
+            MarketInput::Trade { symbol, .. } => Some((symbol, 0)),
+            MarketInput::Quote { symbol, .. } => Some((symbol, 1)),
+            MarketInput::Status { .. } => None,
+        }
+    }
+}
+
+/// Market inputs waiting for the actor. Trades and quotes conflate per symbol; statuses are
+/// kept (bounded) because a close must not be lost.
+#[derive(Debug, Default)]
+struct Mailbox {
+    pending: Mutex<VecDeque<MarketInput>>,
+    notify: Notify,
+}
+
+/// Statuses kept while the exchange lags; older ones are dropped first.
+const MAX_PENDING_STATUSES: usize = 64;
+
+impl Mailbox {
+    fn push(&self, input: MarketInput) {
+        let mut pending = self.pending.lock();
+        match input.slot() {
+            Some(slot) => pending.retain(|queued| queued.slot() != Some(slot)),
+            None => {
+                let statuses = pending.iter().filter(|q| q.slot().is_none()).count();
+                if statuses >= MAX_PENDING_STATUSES
+                    && let Some(index) = pending.iter().position(|q| q.slot().is_none())
+                {
+                    pending.remove(index);
+                }
+            }
+        }
+        pending.push_back(input);
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> VecDeque<MarketInput> {
+        std::mem::take(&mut *self.pending.lock())
+    }
+}
+
+struct UserChannels {
+    events: broadcast::Sender<UserEvent>,
+    portfolio: watch::Sender<u64>,
+}
+
+struct BookSlot {
+    snapshot: BookUpdate,
+    updates: broadcast::Sender<BookUpdate>,
+}
+
+/// State the handle reads without a round trip to the actor.
+struct Shared {
+    users: Mutex<HashMap<String, UserChannels>>,
+    books: HashMap<String, Mutex<BookSlot>>,
+    user_channel_capacity: usize,
+    mailbox: Mailbox,
+    /// Set when the exchange has a store: every step is stored before it is announced.
+    persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
+}
+
+impl Shared {
+    fn with_user<T>(&self, user: &str, f: impl FnOnce(&UserChannels) -> T) -> T {
+        let mut users = self.users.lock();
+        let channels = users
+            .entry(user.to_owned())
+            .or_insert_with(|| UserChannels {
+                events: broadcast::channel(self.user_channel_capacity).0,
+                portfolio: watch::channel(0).0,
+            });
+        f(channels)
+    }
+
+    /// Publishes announcements in order; portfolio bumps once per user per batch.
+    fn publish(&self, announcements: Vec<Announcement>) {
+        let mut bumped = BTreeSet::new();
+        for announcement in announcements {
+            match announcement {
+                Announcement::User { user, event } => {
+                    if let Some(channels) = self.users.lock().get(&user) {
+                        // No receiver is fine: nobody is watching this user right now.
+                        let _ = channels.events.send(event);
+                    }
+                }
+                Announcement::Portfolio { user } => {
+                    bumped.insert(user);
+                }
+                Announcement::Book { snapshot, delta } => {
+                    if let Some(slot) = self.books.get(&snapshot.symbol) {
+                        let mut slot = slot.lock();
+                        slot.snapshot = snapshot;
+                        let _ = slot.updates.send(delta);
+                    }
+                }
+            }
+        }
+        if !bumped.is_empty() {
+            let users = self.users.lock();
+            for user in bumped {
+                if let Some(channels) = users.get(&user) {
+                    channels.portfolio.send_modify(|count| *count += 1);
+                }
+            }
+        }
+    }
+}
+
+enum Command {
+    Submit {
+        user: String,
+        request: OrderRequest,
+        reply: oneshot::Sender<Result<Order, OrderError>>,
+    },
+    Cancel {
+        user: String,
+        target: OrderRef,
+        reply: oneshot::Sender<Result<Order, OrderError>>,
+    },
+    Replace {
+        user: String,
+        target: OrderRef,
+        patch: ReplaceRequest,
+        reply: oneshot::Sender<Result<Order, OrderError>>,
+    },
+    Portfolio {
+        user: String,
+        reply: oneshot::Sender<Portfolio>,
+    },
+    Orders {
+        user: String,
+        query: OrderQuery,
+        reply: oneshot::Sender<Vec<Order>>,
+    },
+    CloseSession {
+        reply: oneshot::Sender<()>,
+    },
+    /// Runs after every command sent and market input pushed before it.
+    Sync {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The cloneable way in to the exchange.
+#[derive(Clone)]
+pub struct ExchangeHandle {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+/// The exchange's tasks, built but not yet running (so an application can be built outside a
+/// runtime and started later).
+pub struct ExchangeTasks {
+    engine: Engine,
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    /// The hub and the queue already registered on its market feed.
+    feed: Option<(Arc<Hub>, Arc<SubscriberQueue>)>,
+    queue_capacity: usize,
+    shutdown: CancellationToken,
+}
+
+fn unavailable() -> OrderError {
+    OrderError::new(OrderError::INTERNAL, "the exchange is not running")
+}
+
+/// Engine settings from the application's settings.
+pub fn engine_settings(settings: &Settings) -> EngineSettings {
+    let trading = &settings.trading;
+    let tick_decimals = trading.tick_size.normalize().scale();
+    EngineSettings {
+        seed: trading.seed,
+        starting_cash: trading.starting_cash,
+        commission_per_share: trading.commission_per_share,
+        allow_short: trading.allow_short,
+        max_open_orders: trading.max_open_orders,
+        closed_orders_kept: trading.closed_orders_kept,
+        limits: OrderLimits {
+            max_order_qty: trading.max_order_qty,
+            qty_decimals: trading.qty_decimals,
+            tick_size: trading.tick_size,
+            max_price: trading.max_price,
+        },
+        book: BookShape {
+            levels: trading.book_levels,
+            tick_size: trading.tick_size,
+        },
+        initial_prices: settings
+            .simulator
+            .initial_prices
+            .iter()
+            .filter_map(|(symbol, price)| {
+                let price = Decimal::from_f64(*price)?.round_dp(tick_decimals);
+                Some((symbol.to_ascii_uppercase(), price))
+            })
+            .collect(),
+    }
+}
+
+impl ExchangeHandle {
+    /// Builds the exchange for `engine`. With a hub, the exchange follows its market feed.
+    pub fn new(
+        engine: Engine,
+        hub: Option<Arc<Hub>>,
+        command_queue: usize,
+        book_channel_capacity: usize,
+        user_channel_capacity: usize,
+        shutdown: CancellationToken,
+    ) -> (ExchangeHandle, ExchangeTasks) {
+        let now = Utc::now();
+        let books = engine
+            .universe()
+            .names()
+            .iter()
+            .map(|symbol| {
+                let book = engine.book(symbol).cloned().unwrap_or_default();
+                let slot = BookSlot {
+                    snapshot: BookUpdate {
+                        symbol: symbol.clone(),
+                        snapshot: true,
+                        bids: book.bids,
+                        asks: book.asks,
+                        t: now,
+                    },
+                    updates: broadcast::channel(book_channel_capacity.max(1)).0,
+                };
+                (symbol.clone(), Mutex::new(slot))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            users: Mutex::new(HashMap::new()),
+            books,
+            user_channel_capacity: user_channel_capacity.max(1),
+            mailbox: Mailbox::default(),
+            persistence: std::sync::OnceLock::new(),
+        });
+        let (sender, receiver) = mpsc::channel(command_queue.max(1));
+        let queue_capacity = hub
+            .as_ref()
+            .map_or(1024, |hub| hub.settings().subscriber_queue_capacity);
+        // Subscribe now rather than in the task, so no event published between building and
+        // the first poll of the task is missed.
+        let feed = hub.map(|hub| {
+            let queue = subscribe_market(&hub, queue_capacity);
+            (hub, queue)
+        });
+        (
+            ExchangeHandle {
+                commands: sender,
+                shared: Arc::clone(&shared),
+            },
+            ExchangeTasks {
+                engine,
+                commands: receiver,
+                shared,
+                feed,
+                queue_capacity,
+                shutdown,
+            },
+        )
+    }
+
+    /// Builds the exchange from the application's settings, following `hub`.
+    pub fn from_settings(
+        settings: &Settings,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    ) -> (ExchangeHandle, ExchangeTasks) {
+        let engine = Engine::new(engine_settings(settings), hub.universe().clone());
+        ExchangeHandle::new(
+            engine,
+            Some(hub),
+            settings.trading.command_queue,
+            settings.trading.book_channel_capacity,
+            settings.trading.user_channel_capacity,
+            shutdown,
+        )
+    }
+
+    /// Feeds market data directly (tests, replays); the hub feed uses the same mailbox.
+    pub fn push_market(&self, input: MarketInput) {
+        self.shared.mailbox.push(input);
+    }
+
+    /// Expires every open `day` order now, as a `market_closed` status would.
+    pub async fn close_session(&self) -> Result<(), OrderError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::CloseSession { reply })
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())
+    }
+
+    /// Resolves once the exchange has processed everything sent or pushed before this call.
+    pub async fn sync(&self) -> Result<(), OrderError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Sync { reply })
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())
+    }
+
+    fn request<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> BoxFuture<'static, Result<T, OrderError>> {
+        let commands = self.commands.clone();
+        let (reply, answer) = oneshot::channel();
+        let command = make(reply);
+        Box::pin(async move {
+            commands.send(command).await.map_err(|_| unavailable())?;
+            answer.await.map_err(|_| unavailable())
+        })
+    }
+}
+
+impl TradingApi for ExchangeHandle {
+    fn submit(
+        &self,
+        user: &str,
+        request: OrderRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let user = user.to_owned();
+        let future = self.request(|reply| Command::Submit {
+            user,
+            request,
+            reply,
+        });
+        Box::pin(async move { future.await? })
+    }
+
+    fn cancel(
+        &self,
+        user: &str,
+        target: OrderRef,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let user = user.to_owned();
+        let future = self.request(|reply| Command::Cancel {
+            user,
+            target,
+            reply,
+        });
+        Box::pin(async move { future.await? })
+    }
+
+    fn replace(
+        &self,
+        user: &str,
+        target: OrderRef,
+        patch: ReplaceRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let user = user.to_owned();
+        let future = self.request(|reply| Command::Replace {
+            user,
+            target,
+            patch,
+            reply,
+        });
+        Box::pin(async move { future.await? })
+    }
+
+    fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
+        let user = user.to_owned();
+        self.request(|reply| Command::Portfolio { user, reply })
+    }
+
+    fn orders(
+        &self,
+        user: &str,
+        query: OrderQuery,
+    ) -> BoxFuture<'static, Result<Vec<Order>, OrderError>> {
+        let user = user.to_owned();
+        self.request(|reply| Command::Orders { user, query, reply })
+    }
+
+    fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent> {
+        self.shared
+            .with_user(user, |channels| channels.events.subscribe())
+    }
+
+    fn portfolio_changes(&self, user: &str) -> watch::Receiver<u64> {
+        self.shared
+            .with_user(user, |channels| channels.portfolio.subscribe())
+    }
+
+    fn book(
+        &self,
+        symbol: &str,
+    ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
+        let symbol = symbol.trim().to_ascii_uppercase();
+        let slot =
+            self.shared.books.get(&symbol).ok_or_else(|| {
+                OrderError::invalid(format!("symbol: {symbol:?} is not traded here"))
+            })?;
+        let slot = slot.lock();
+        Ok((slot.snapshot.clone(), slot.updates.subscribe()))
+    }
+}
+
+impl ExchangeTasks {
+    /// Stores every step in `persistence` before announcing it (see [`super::persist`]).
+    pub fn with_persistence(self, persistence: Arc<super::persist::Persistence>) -> Self {
+        let _ = self.shared.persistence.set(persistence);
+        self
+    }
+
+    /// Spawns the actor and, with a hub, the ingest task. Needs a Tokio runtime.
+    pub fn spawn(self) {
+        let ExchangeTasks {
+            engine,
+            commands,
+            shared,
+            feed,
+            queue_capacity,
+            shutdown,
+        } = self;
+        if let Some((hub, queue)) = feed {
+            tokio::spawn(ingest(
+                hub,
+                queue,
+                Arc::clone(&shared),
+                queue_capacity,
+                shutdown.clone(),
+            ));
+        }
+        tokio::spawn(run_actor(engine, commands, shared, shutdown));
+    }
+}
+
+async fn run_actor(
+    mut engine: Engine,
+    mut commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                // Market data that arrived first is applied first, so a command sees the
+                // market as of the moment it was received.
+                drain_market(&mut engine, &shared).await;
+                handle_command(&mut engine, &shared, command).await;
+            }
+            _ = shared.mailbox.notify.notified() => drain_market(&mut engine, &shared).await,
+        }
+    }
+}
+
+/// The error for state changes once a failed store write halted trading.
+fn halted(shared: &Shared) -> Option<OrderError> {
+    let persistence = shared.persistence.get()?;
+    persistence
+        .is_halted()
+        .then(super::persist::Persistence::halted_error)
+}
+
+/// Stores the step (with a store), then publishes its announcements. A step that could not be
+/// stored is not announced, and its error replaces the reply.
+async fn settle(engine: &Engine, shared: &Shared, out: Outcome) -> Result<(), OrderError> {
+    if let Some(persistence) = shared.persistence.get() {
+        persistence.store_step(engine, &out).await?;
+    }
+    shared.publish(out.announcements);
+    Ok(())
+}
+
+async fn drain_market(engine: &mut Engine, shared: &Shared) {
+    let pending = shared.mailbox.take();
+    if pending.is_empty() || halted(shared).is_some() {
+        return;
+    }
+    let mut out = Outcome::default();
+    for input in pending {
+        let now = Utc::now();
+        match input {
+            MarketInput::Trade {
+                symbol,
+                price,
+                size,
+            } => engine.on_trade(&symbol, price, size, now, &mut out),
+            MarketInput::Quote {
+                symbol,
+                bid,
+                ask,
+                bid_size,
+                ask_size,
+            } => engine.on_quote(&symbol, bid, ask, (bid_size, ask_size), now, &mut out),
+            MarketInput::Status { code } => {
+                if code == MarketSession::Closed.status_code() {
+                    engine.close_session(now, &mut out);
+                }
+            }
+        }
+    }
+    let _ = settle(engine, shared, out).await;
+}
+
+async fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) {
+    let now = Utc::now();
+    let mut out = Outcome::default();
+    // Each reply is sent after the announcements are published, so a caller that awaits the
+    // reply and then reads its receivers finds every update the command caused.
+    match command {
+        Command::Submit {
+            user,
+            request,
+            reply,
+        } => {
+            let result = match halted(shared) {
+                Some(error) => Err(error),
+                None => engine.submit(&user, &request, now, &mut out),
+            };
+            let stored = settle(engine, shared, out).await;
+            let _ = reply.send(stored.and(result));
+        }
+        Command::Cancel {
+            user,
+            target,
+            reply,
+        } => {
+            let result = match halted(shared) {
+                Some(error) => Err(error),
+                None => engine.cancel(&user, &target, now, &mut out),
+            };
+            let stored = settle(engine, shared, out).await;
+            let _ = reply.send(stored.and(result));
+        }
+        Command::Replace {
+            user,
+            target,
+            patch,
+            reply,
+        } => {
+            let result = match halted(shared) {
+                Some(error) => Err(error),
+                None => engine.replace(&user, &target, &patch, now, &mut out),
+            };
+            let stored = settle(engine, shared, out).await;
+            let _ = reply.send(stored.and(result));
+        }
+        Command::Portfolio { user, reply } => {
+            let _ = reply.send(engine.portfolio(&user, now));
+        }
+        Command::Orders { user, query, reply } => {
+            let _ = reply.send(engine.orders(&user, query));
+        }
+        Command::CloseSession { reply } => {
+            if halted(shared).is_none() {
+                engine.close_session(now, &mut out);
+                let _ = settle(engine, shared, out).await;
+            }
+            let _ = reply.send(());
+        }
+        Command::Sync { reply } => {
+            let _ = reply.send(());
+        }
+    }
+}
+
+/// Follows the hub's market feed (trades, quotes, statuses of every symbol) into the mailbox.
+/// Never blocks the hub: it only parses and conflates. If the hub ever drops this subscriber
+/// as slow, it subscribes again.
+async fn ingest(
+    hub: Arc<Hub>,
+    mut queue: Arc<SubscriberQueue>,
+    shared: Arc<Shared>,
+    capacity: usize,
+    shutdown: CancellationToken,
+) {
+    let mut buffer = VecDeque::new();
+    'subscription: loop {
+        loop {
+            queue.drain_into(&mut buffer);
+            for delivery in buffer.drain(..) {
+                match delivery {
+                    Delivery::Event(entry) => {
+                        match serde_json::from_slice::<MarketEvent>(&entry.json) {
+                            Ok(event) => {
+                                if let Some(input) = MarketInput::from_event(&event) {
+                                    shared.mailbox.push(input);
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "exchange could not read a market event");
+                            }
+                        }
+                    }
+                    Delivery::Heartbeat => {}
+                    Delivery::Close(crate::hub::CloseReason::Shutdown) => {
+                        queue.mark_gone();
+                        return;
+                    }
+                    Delivery::Close(crate::hub::CloseReason::SlowClient) => {
+                        tracing::warn!("exchange fell behind the market feed; resubscribing");
+                        queue = subscribe_market(&hub, capacity);
+                        continue 'subscription;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    queue.mark_gone();
+                    return;
+                }
+                _ = queue.notified() => {}
+            }
+        }
+    }
+}
+
+/// Registers a queue for trades, quotes and statuses of every symbol.
+fn subscribe_market(hub: &Hub, capacity: usize) -> Arc<SubscriberQueue> {
+    let filter = Filter {
+        symbols: SymbolFilter::All,
+        kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
+    };
+    let queue = SubscriberQueue::new(capacity, Transport::WebSocket);
+    hub.subscribe(Feed::Market, filter, None, false, &queue);
+    queue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn trading_settings_load_as_exact_decimals_from_files_and_the_environment() {
+        let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let env = vec![
+            (
+                "TICKGATE__TRADING__COMMISSION_PER_SHARE".to_string(),
+                "0.005".to_string(),
+            ),
+            (
+                "TICKGATE__TRADING__STARTING_CASH".to_string(),
+                "25000.50".to_string(),
+            ),
+        ];
+        let settings = Settings::load_from(&config_dir, None, &env).expect("valid settings");
+        assert_eq!(settings.trading.commission_per_share, dec!(0.005));
+        assert_eq!(settings.trading.starting_cash, dec!(25000.50));
+        assert_eq!(settings.trading.tick_size, dec!(0.01));
+        let engine = engine_settings(&settings);
+        assert_eq!(engine.initial_prices.get("AAPL"), Some(&dec!(227.50)));
+        let bad = vec![("TICKGATE__TRADING__TICK_SIZE".to_string(), "0".to_string())];
+        let error = Settings::load_from(&config_dir, None, &bad).expect_err("zero tick");
+        assert!(error.to_string().contains("trading.tick_size"), "{error}");
+    }
+
+    #[test]
+    fn the_mailbox_keeps_the_newest_trade_and_quote_per_symbol_and_every_status() {
+        let mailbox = Mailbox::default();
+        let trade = |price: Decimal| MarketInput::Trade {
+            symbol: "AAPL".into(),
+            price,
+            size: dec!(1),
+        };
+        mailbox.push(trade(dec!(1)));
+        mailbox.push(MarketInput::Status {
+            code: "market_closed".into(),
+        });
+        mailbox.push(trade(dec!(2)));
+        mailbox.push(MarketInput::Trade {
+            symbol: "MSFT".into(),
+            price: dec!(3),
+            size: dec!(1),
+        });
+        let pending: Vec<MarketInput> = mailbox.take().into_iter().collect();
+        assert_eq!(pending.len(), 3);
+        assert!(matches!(pending[0], MarketInput::Status { .. }));
+        assert_eq!(pending[1], trade(dec!(2)));
+        assert!(mailbox.take().is_empty());
+    }
+
+    #[test]
+    fn float_market_prices_become_the_decimals_the_producer_meant() {
+        let event = MarketEvent::Trade(crate::market::Trade {
+            symbol: "AAPL".into(),
+            id: 1,
+            venue: String::new(),
+            price: 126.54,
+            size: 100.0,
+            time: Utc::now(),
+            conditions: vec![],
+        });
+        assert_eq!(
+            MarketInput::from_event(&event),
+            Some(MarketInput::Trade {
+                symbol: "AAPL".into(),
+                price: dec!(126.54),
+                size: dec!(100),
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn pushed_market_data_is_applied_before_a_later_sync_returns() {
+        let engine = Engine::new(
+            super::super::engine_tests::settings(),
+            crate::market::SymbolUniverse::new(["AAPL", "MSFT"]),
+        );
+        let shutdown = CancellationToken::new();
+        let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 64, 64, shutdown.clone());
+        tasks.spawn();
+        let (before, mut deltas) = handle
+            .book("aapl")
+            .expect("symbols are matched in any case");
+        handle.push_market(MarketInput::Quote {
+            symbol: "AAPL".into(),
+            bid: dec!(42.00),
+            ask: dec!(42.02),
+            bid_size: dec!(300),
+            ask_size: dec!(200),
+        });
+        handle.sync().await.expect("running");
+        let (after, _) = handle.book("AAPL").expect("book");
+        assert_ne!(before.bids, after.bids);
+        assert_eq!(after.bids[0], (dec!(42), dec!(300)));
+        let delta = deltas.try_recv().expect("the refresh was announced");
+        let mut rebuilt = super::super::book::SyntheticBook {
+            bids: before.bids,
+            asks: before.asks,
+        };
+        rebuilt.apply_delta(&delta.bids, &delta.asks);
+        assert_eq!((rebuilt.bids, rebuilt.asks), (after.bids, after.asks));
+        let portfolio = handle.portfolio("nobody").await.expect("portfolio");
+        assert_eq!(portfolio.equity, dec!(100000));
+        shutdown.cancel();
+        tokio::task::yield_now().await;
+    }
+}

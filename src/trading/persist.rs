@@ -1,0 +1,335 @@
+//! Persistence of the exchange: which engine events are stored, the rows they update, the
+//! rebuild of the engine from the store at start-up, and the halt after a failed write.
+//!
+//! The engine's events are the source of truth: replaying the stored ones in order rebuilds
+//! accounts, positions, open orders (with time priority and stop triggers) and recent closed
+//! orders. Market-following events (`MarkMoved`, `BookRefreshed`) are not stored; the next
+//! trade or quote recreates them. Order, fill, account and position rows are derived from the
+//! same step and stored in the same transaction, for queries and audits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use tokio_util::sync::CancellationToken;
+
+use super::api::{Order, OrderError, UserEvent};
+use super::engine::{Announcement, Engine, ExchangeEvent, Outcome};
+use super::exchange::{ExchangeHandle, ExchangeTasks, engine_settings};
+use crate::hub::Hub;
+use crate::settings::Settings;
+use crate::store::{
+    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
+    TradingState, TradingStore,
+};
+
+/// The stored form of an [`ExchangeEvent`]. Field names are part of the file format: add
+/// variants or optional fields, never rename.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "snake_case")]
+enum LoggedEvent {
+    AccountOpened {
+        user: String,
+        cash: Decimal,
+    },
+    OrderAccepted {
+        user: String,
+        order: Box<Order>,
+    },
+    StopTriggered {
+        order_id: String,
+    },
+    OrderFilled {
+        order_id: String,
+        execution_id: String,
+        price: Decimal,
+        qty: Decimal,
+        book_level: Option<Decimal>,
+        at: DateTime<Utc>,
+    },
+    OrderCanceled {
+        order_id: String,
+        at: DateTime<Utc>,
+    },
+    OrderExpired {
+        order_id: String,
+        at: DateTime<Utc>,
+    },
+    OrderReplaced {
+        order_id: String,
+        replaced_by: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// The stored form of an event, or `None` for events the market recreates.
+fn logged(event: &ExchangeEvent) -> Option<LoggedEvent> {
+    Some(match event.clone() {
+        ExchangeEvent::AccountOpened { user, cash } => LoggedEvent::AccountOpened { user, cash },
+        ExchangeEvent::OrderAccepted { user, order } => LoggedEvent::OrderAccepted { user, order },
+        ExchangeEvent::StopTriggered { order_id } => LoggedEvent::StopTriggered { order_id },
+        ExchangeEvent::OrderFilled {
+            order_id,
+            execution_id,
+            price,
+            qty,
+            book_level,
+            at,
+        } => LoggedEvent::OrderFilled {
+            order_id,
+            execution_id,
+            price,
+            qty,
+            book_level,
+            at,
+        },
+        ExchangeEvent::OrderCanceled { order_id, at } => {
+            LoggedEvent::OrderCanceled { order_id, at }
+        }
+        ExchangeEvent::OrderExpired { order_id, at } => LoggedEvent::OrderExpired { order_id, at },
+        ExchangeEvent::OrderReplaced {
+            order_id,
+            replaced_by,
+            at,
+        } => LoggedEvent::OrderReplaced {
+            order_id,
+            replaced_by,
+            at,
+        },
+        ExchangeEvent::MarkMoved { .. } | ExchangeEvent::BookRefreshed { .. } => return None,
+    })
+}
+
+fn restored(event: LoggedEvent) -> ExchangeEvent {
+    match event {
+        LoggedEvent::AccountOpened { user, cash } => ExchangeEvent::AccountOpened { user, cash },
+        LoggedEvent::OrderAccepted { user, order } => ExchangeEvent::OrderAccepted { user, order },
+        LoggedEvent::StopTriggered { order_id } => ExchangeEvent::StopTriggered { order_id },
+        LoggedEvent::OrderFilled {
+            order_id,
+            execution_id,
+            price,
+            qty,
+            book_level,
+            at,
+        } => ExchangeEvent::OrderFilled {
+            order_id,
+            execution_id,
+            price,
+            qty,
+            book_level,
+            at,
+        },
+        LoggedEvent::OrderCanceled { order_id, at } => {
+            ExchangeEvent::OrderCanceled { order_id, at }
+        }
+        LoggedEvent::OrderExpired { order_id, at } => ExchangeEvent::OrderExpired { order_id, at },
+        LoggedEvent::OrderReplaced {
+            order_id,
+            replaced_by,
+            at,
+        } => ExchangeEvent::OrderReplaced {
+            order_id,
+            replaced_by,
+            at,
+        },
+    }
+}
+
+/// Everything one engine step changed, read from the step's events and announcements and
+/// from the engine right after the step.
+pub fn batch_for_step(engine: &Engine, out: &Outcome) -> Result<TradingBatch, StoreError> {
+    let mut batch = TradingBatch::default();
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    for event in &out.events {
+        if let Some(logged) = logged(event) {
+            let text = serde_json::to_string(&logged).map_err(|e| StoreError::Decode {
+                path: "exchange event".into(),
+                detail: e.to_string(),
+            })?;
+            batch.events.push(text);
+        }
+        if let ExchangeEvent::AccountOpened { user, .. } = event {
+            users.insert(user.clone());
+        }
+    }
+    if batch.events.is_empty() {
+        return Ok(batch);
+    }
+    // Every order transition announces exactly one trade update with the full order, so the
+    // announcements name every order and account the step touched, and every fill.
+    let commission_per_share = engine.settings().commission_per_share;
+    let mut orders: BTreeMap<String, StoredOrder> = BTreeMap::new();
+    let mut touched_symbols: BTreeSet<(String, String)> = BTreeSet::new();
+    for announcement in &out.announcements {
+        let Announcement::User {
+            user,
+            event: UserEvent::TradeUpdate(update),
+        } = announcement
+        else {
+            continue;
+        };
+        users.insert(user.clone());
+        if let (Some(execution_id), Some(price), Some(qty)) =
+            (&update.execution_id, update.price, update.qty)
+        {
+            batch.fills.push(FillRecord {
+                execution_id: execution_id.clone(),
+                order_id: update.order.id.clone(),
+                username: user.clone(),
+                symbol: update.order.symbol.clone(),
+                side: update.order.side,
+                qty,
+                price,
+                commission: qty * commission_per_share,
+                timestamp: update.timestamp,
+            });
+            touched_symbols.insert((user.clone(), update.order.symbol.clone()));
+        }
+        orders.insert(
+            update.order.id.clone(),
+            StoredOrder {
+                username: user.clone(),
+                order: update.order.clone(),
+            },
+        );
+    }
+    // The engine's current entity is the step's final state of each order.
+    for stored in orders.values_mut() {
+        if let Ok(order) = engine.order(&stored.order.id) {
+            stored.order = order;
+        }
+    }
+    batch.orders = orders.into_values().collect();
+    let now = Utc::now();
+    for user in &users {
+        let Some(account) = engine.account(user) else {
+            continue;
+        };
+        batch.accounts.push(AccountRecord {
+            username: user.clone(),
+            initial_cash: account.starting_cash,
+            cash: account.cash,
+            realized_pl: account.realized_pl,
+            commissions: account.commissions,
+            updated_at: now,
+        });
+    }
+    for (user, symbol) in touched_symbols {
+        let position = engine
+            .account(&user)
+            .and_then(|account| account.positions.get(&symbol))
+            .cloned()
+            .unwrap_or_default();
+        batch.positions.push(PositionRecord {
+            username: user,
+            symbol,
+            qty: position.qty,
+            cost_basis: position.cost_basis,
+        });
+    }
+    Ok(batch)
+}
+
+/// Rebuilds `engine` by replaying the stored events, then checks the result against the
+/// stored account rows. Returns how many events were replayed.
+pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, StoreError> {
+    for (index, text) in state.events.iter().enumerate() {
+        let event: LoggedEvent = serde_json::from_str(text).map_err(|e| StoreError::Decode {
+            path: "exchange_events".into(),
+            detail: format!("event {}: {e}", index + 1),
+        })?;
+        engine.apply(&restored(event));
+    }
+    for record in &state.accounts {
+        let rebuilt = engine.account(&record.username).map(|a| a.cash);
+        if rebuilt != Some(record.cash) {
+            return Err(StoreError::Decode {
+                path: "exchange_events".into(),
+                detail: format!(
+                    "replaying the events gives {} cash {:?}, the accounts table says {}; the store is inconsistent",
+                    record.username, rebuilt, record.cash
+                ),
+            });
+        }
+    }
+    Ok(state.events.len())
+}
+
+/// The exchange's link to its store. After a failed write the exchange halts: it refuses
+/// further orders, so memory never runs ahead of what is stored.
+pub struct Persistence {
+    store: Arc<dyn TradingStore>,
+    halted: AtomicBool,
+}
+
+impl Persistence {
+    pub fn new(store: Arc<dyn TradingStore>) -> Persistence {
+        Persistence {
+            store,
+            halted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
+    }
+
+    pub fn halted_error() -> OrderError {
+        OrderError::new(
+            OrderError::INTERNAL,
+            "trading is halted: the exchange could not store a change (see /readyz); restart after fixing the store",
+        )
+    }
+
+    /// Stores one step durably; `Err` (and a halt) if it could not be stored.
+    pub async fn store_step(&self, engine: &Engine, out: &Outcome) -> Result<(), OrderError> {
+        if self.is_halted() {
+            return Err(Persistence::halted_error());
+        }
+        let result = match batch_for_step(engine, out) {
+            Ok(batch) if batch.is_empty() => return Ok(()),
+            Ok(batch) => self.store.commit(batch).await,
+            Err(error) => Err(error),
+        };
+        result.map_err(|error| {
+            tracing::error!(%error, "could not store an exchange step; trading halted");
+            self.halted.store(true, Ordering::Relaxed);
+            Persistence::halted_error()
+        })
+    }
+}
+
+/// Builds the exchange rebuilt from `store`, storing every step before it is announced.
+/// Start-up only: it waits for the store's reads.
+pub fn exchange_with_store(
+    settings: &Settings,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    store: &Store,
+) -> Result<(ExchangeHandle, ExchangeTasks), StoreError> {
+    let mut engine = Engine::new(engine_settings(settings), hub.universe().clone());
+    let state =
+        futures::executor::block_on(store.trading.load(settings.trading.closed_orders_kept))?;
+    let replayed = restore(&mut engine, &state)?;
+    tracing::info!(
+        events = replayed,
+        open_orders = state.open_orders.len(),
+        accounts = state.accounts.len(),
+        "exchange rebuilt from the store"
+    );
+    let (handle, tasks) = ExchangeHandle::new(
+        engine,
+        Some(hub),
+        settings.trading.command_queue,
+        settings.trading.book_channel_capacity,
+        settings.trading.user_channel_capacity,
+        shutdown,
+    );
+    let persistence = Persistence::new(Arc::clone(&store.trading));
+    Ok((handle, tasks.with_persistence(Arc::new(persistence))))
+}

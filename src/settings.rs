@@ -23,6 +23,7 @@ pub struct Settings {
     pub hub: HubConfig,
     pub publish: PublishSettings,
     pub trading: TradingSettings,
+    pub sources: SourcesSettings,
     pub store: StoreSettings,
 }
 
@@ -249,6 +250,9 @@ impl Default for TradingSettings {
         }
     }
 }
+pub use crate::ingest::config::{
+    PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
+};
 
 /// Durable storage (`[store]`): orders, accounts, bar history and feed positions in an
 /// embedded SQLite file (see `docs/storage.md`).
@@ -437,6 +441,7 @@ impl Settings {
             }
         }
         problems.extend(self.trading.validate());
+        problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.store.validate());
         problems
     }

@@ -1,7 +1,12 @@
 //! Ingestion: the sources that feed the hub (the embedded simulator by default) and the
 //! registry of their health, which `/readyz`, metrics and status events report.
 
+pub mod config;
+pub mod finnhub;
+pub mod poller;
+pub mod replay;
 pub mod sim;
+pub mod yahoo;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,4 +84,5 @@ pub fn spawn_sources(state: &crate::server::AppState) {
             state.shutdown.clone(),
         ));
     }
+    poller::spawn_upstream_sources(state);
 }

@@ -4,27 +4,35 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::error::{ApiError, codes};
 use crate::hub::{EventSink, PublishError};
-use crate::market::MarketEvent;
+use crate::market::{InvalidEvent, MarketEvent};
 use crate::server::AppState;
 
 pub const SOURCE_NAME: &str = "publish_api";
 
+/// The largest body `POST /v1/publish` reads, stored on the resource.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.service(
         web::resource("/v1/publish")
-            .app_data(web::PayloadConfig::new(max_body_bytes))
+            .app_data(BodyLimit(max_body_bytes))
             .route(web::post().to(publish)),
     );
 }
 
 #[derive(Debug, Serialize)]
 struct Rejected {
+    /// Position of the item in the request (0 for a single object).
     index: usize,
     code: u32,
+    /// Stable short label, the same as in `tickgate_ingest_rejected_total`.
+    reason: &'static str,
     message: String,
 }
 
@@ -56,7 +64,10 @@ pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiE
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <admin token>"))?;
     if constant_time_eq(given.trim().as_bytes(), expected) {
         Ok(())
@@ -65,12 +76,77 @@ pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiE
     }
 }
 
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        codes::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+/// Reads the body up to `limit` bytes. The payload is read by hand (not with the `Bytes`
+/// extractor) so an oversized body gets the API's JSON 413 rather than actix's plain text, and
+/// the caller is authorized before a single body byte is read.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(codes::INVALID_BODY, format!("could not read body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The per-item code and metric label for a refusal by the hub.
+fn refusal(error: &PublishError) -> (u32, &'static str) {
+    match error {
+        PublishError::Invalid(invalid) => (
+            match invalid {
+                InvalidEvent::UnknownSymbol(_) => codes::UNKNOWN_SYMBOL,
+                _ => codes::UNPROCESSABLE,
+            },
+            invalid.reason_label(),
+        ),
+        PublishError::Encode(_) => (codes::INTERNAL, "encode"),
+    }
+}
+
 async fn publish(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&request, &state)?;
+    if let Err(error) = require_admin(&request, &state) {
+        let mut response = actix_web::ResponseError::error_response(&error);
+        if error.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: tell the client which scheme to use.
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer realm=\"publish\""),
+            );
+        }
+        return Ok(response);
+    }
+    let limit = request
+        .app_data::<BodyLimit>()
+        .map_or(state.settings.server.max_body_bytes, |l| l.0);
+    let body = read_body(&request, payload, limit).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(codes::INVALID_BODY, format!("body is not valid JSON: {e}"))
     })?;
@@ -84,11 +160,19 @@ async fn publish(
             ));
         }
     };
+    if items.is_empty() {
+        return Err(ApiError::bad_request(
+            codes::INVALID_BODY,
+            "the array holds no items",
+        ));
+    }
     let mut reply = PublishReply {
         accepted: 0,
         rejected: Vec::new(),
     };
     for (index, item) in items.into_iter().enumerate() {
+        // Producer fields (the trade id `i`, venues, news ids) pass through untouched: the
+        // item is deserialized as is and only checked, never rewritten.
         let event: MarketEvent = match serde_json::from_value(item) {
             Ok(event) => event,
             Err(error) => {
@@ -96,6 +180,7 @@ async fn publish(
                 reply.rejected.push(Rejected {
                     index,
                     code: codes::INVALID_BODY,
+                    reason: "malformed",
                     message: format!("malformed item: {error}"),
                 });
                 continue;
@@ -104,26 +189,26 @@ async fn publish(
         match state.hub.publish(event) {
             Ok(_) => reply.accepted += 1,
             Err(error) => {
-                let (code, label) = match &error {
-                    PublishError::Invalid(invalid) => (
-                        match invalid {
-                            crate::market::InvalidEvent::UnknownSymbol(_) => codes::UNKNOWN_SYMBOL,
-                            _ => codes::UNPROCESSABLE,
-                        },
-                        invalid.reason_label(),
-                    ),
-                    PublishError::Encode(_) => (codes::INTERNAL, "encode"),
-                };
+                let (code, label) = refusal(&error);
                 state.metrics.ingest_rejected(SOURCE_NAME, label);
                 reply.rejected.push(Rejected {
                     index,
                     code,
+                    reason: label,
                     message: error.to_string(),
                 });
             }
         }
     }
-    let status = if reply.accepted == 0 && !reply.rejected.is_empty() {
+    if reply.accepted > 0 {
+        state.metrics.add_counter(
+            "tickgate_ingest_accepted_total",
+            "Items a source published into the hub.",
+            &format!("source=\"{SOURCE_NAME}\""),
+            reply.accepted as f64,
+        );
+    }
+    let status = if reply.accepted == 0 {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK

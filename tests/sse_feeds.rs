@@ -347,9 +347,15 @@ async fn a_client_that_cannot_keep_up_even_after_conflation_is_disconnected_with
     tokio::time::sleep(Duration::from_millis(200)).await;
     // News cannot be conflated; large items fill the socket buffers quickly.
     let total = 2_000u64;
+    // Paced by the healthy client only, as in the conflation test.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = std::sync::Arc::clone(&received);
     let hub = std::sync::Arc::clone(&app.state.hub);
     let producer = tokio::task::spawn_blocking(move || {
         for id in 1..=total {
+            while id > progress.load(std::sync::atomic::Ordering::Acquire) + 8 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
             hub.publish_event(news(id, &[], 16 * 1024))
                 .expect("valid news");
         }
@@ -359,7 +365,14 @@ async fn a_client_that_cannot_keep_up_even_after_conflation_is_disconnected_with
             .await
             .expect("healthy client keeps receiving")
             .expect("stream open");
-        assert_eq!(event.json()["id"], expected);
+        assert_eq!(
+            event.json()["id"],
+            expected,
+            "{}: {}",
+            event.event,
+            event.data
+        );
+        received.store(expected, std::sync::atomic::Ordering::Release);
     }
     producer.await.expect("producer");
     assert_eq!(

@@ -524,7 +524,16 @@ async fn run_actor(
                 // Market data that arrived first is applied first, so a command sees the
                 // market as of the moment it was received.
                 drain_market(&mut engine, &shared).await;
-                handle_command(&mut engine, &shared, command).await;
+                // Commands already queued are handled together and stored in one transaction,
+                // so concurrent users share one fsync instead of waiting for each other's.
+                let mut steps = Vec::new();
+                handle_command(&mut engine, &shared, command, &mut steps);
+                while steps.len() < COMMANDS_PER_COMMIT
+                    && let Ok(command) = commands.try_recv()
+                {
+                    handle_command(&mut engine, &shared, command, &mut steps);
+                }
+                settle(&engine, &shared, steps).await;
             }
             _ = shared.mailbox.notify.notified() => drain_market(&mut engine, &shared).await,
         }
@@ -539,14 +548,43 @@ fn halted(shared: &Shared) -> Option<OrderError> {
         .then(super::persist::Persistence::halted_error)
 }
 
-/// Stores the step (with a store), then publishes its announcements. A step that could not be
-/// stored is not announced, and its error replaces the reply.
-async fn settle(engine: &Engine, shared: &Shared, out: Outcome) -> Result<(), OrderError> {
-    if let Some(persistence) = shared.persistence.get() {
-        persistence.store_step(engine, &out).await?;
+/// Most commands handled before their steps are stored together.
+const COMMANDS_PER_COMMIT: usize = 256;
+
+/// A handled command waiting for its step to be stored: what it announces, how it replies.
+struct Pending {
+    out: Outcome,
+    reply: Box<dyn FnOnce(Result<(), OrderError>) + Send>,
+}
+
+impl Pending {
+    fn new(out: Outcome, reply: impl FnOnce(Result<(), OrderError>) + Send + 'static) -> Self {
+        Pending {
+            out,
+            reply: Box::new(reply),
+        }
     }
-    shared.publish(out.announcements);
-    Ok(())
+}
+
+/// Stores the steps in one transaction (with a store), then publishes each step's
+/// announcements and sends its reply, in order. Nothing of steps that could not be stored is
+/// announced, and the error replaces their replies.
+async fn settle(engine: &Engine, shared: &Shared, steps: Vec<Pending>) {
+    let stored = match shared.persistence.get() {
+        Some(persistence) => {
+            let outs: Vec<&Outcome> = steps.iter().map(|step| &step.out).collect();
+            persistence.store_steps(engine, &outs).await
+        }
+        None => Ok(()),
+    };
+    // Each reply is sent after the announcements are published, so a caller that awaits the
+    // reply and then reads its receivers finds every update the command caused.
+    for step in steps {
+        if stored.is_ok() {
+            shared.publish(step.out.announcements);
+        }
+        (step.reply)(stored.clone());
+    }
 }
 
 async fn drain_market(engine: &mut Engine, shared: &Shared) {
@@ -577,14 +615,18 @@ async fn drain_market(engine: &mut Engine, shared: &Shared) {
             }
         }
     }
-    let _ = settle(engine, shared, out).await;
+    settle(engine, shared, vec![Pending::new(out, |_| {})]).await;
 }
 
-async fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) {
+/// Applies one command to the engine; its reply waits in `steps` until the step is stored.
+fn handle_command(
+    engine: &mut Engine,
+    shared: &Shared,
+    command: Command,
+    steps: &mut Vec<Pending>,
+) {
     let now = Utc::now();
     let mut out = Outcome::default();
-    // Each reply is sent after the announcements are published, so a caller that awaits the
-    // reply and then reads its receivers finds every update the command caused.
     match command {
         Command::Submit {
             user,
@@ -595,8 +637,9 @@ async fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) 
                 Some(error) => Err(error),
                 None => engine.submit(&user, &request, now, &mut out),
             };
-            let stored = settle(engine, shared, out).await;
-            let _ = reply.send(stored.and(result));
+            steps.push(Pending::new(out, move |stored| {
+                let _ = reply.send(stored.and(result));
+            }));
         }
         Command::Cancel {
             user,
@@ -607,8 +650,9 @@ async fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) 
                 Some(error) => Err(error),
                 None => engine.cancel(&user, &target, now, &mut out),
             };
-            let stored = settle(engine, shared, out).await;
-            let _ = reply.send(stored.and(result));
+            steps.push(Pending::new(out, move |stored| {
+                let _ = reply.send(stored.and(result));
+            }));
         }
         Command::Replace {
             user,
@@ -620,24 +664,35 @@ async fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) 
                 Some(error) => Err(error),
                 None => engine.replace(&user, &target, &patch, now, &mut out),
             };
-            let stored = settle(engine, shared, out).await;
-            let _ = reply.send(stored.and(result));
+            steps.push(Pending::new(out, move |stored| {
+                let _ = reply.send(stored.and(result));
+            }));
         }
+        // Answers wait behind the steps before them too, so what they show is stored.
         Command::Portfolio { user, reply } => {
-            let _ = reply.send(engine.portfolio(&user, now));
+            let portfolio = engine.portfolio(&user, now);
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(portfolio);
+            }));
         }
         Command::Orders { user, query, reply } => {
-            let _ = reply.send(engine.orders(&user, query));
+            let orders = engine.orders(&user, query);
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(orders);
+            }));
         }
         Command::CloseSession { reply } => {
             if halted(shared).is_none() {
                 engine.close_session(now, &mut out);
-                let _ = settle(engine, shared, out).await;
             }
-            let _ = reply.send(());
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(());
+            }));
         }
         Command::Sync { reply } => {
-            let _ = reply.send(());
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(());
+            }));
         }
     }
 }

@@ -140,12 +140,12 @@ fn restored(event: LoggedEvent) -> ExchangeEvent {
     }
 }
 
-/// Everything one engine step changed, read from the step's events and announcements and
-/// from the engine right after the step.
-pub fn batch_for_step(engine: &Engine, out: &Outcome) -> Result<TradingBatch, StoreError> {
+/// Everything some engine steps changed, read from their events and announcements and from
+/// the engine right after the last of them.
+pub fn batch_for_steps(engine: &Engine, outs: &[&Outcome]) -> Result<TradingBatch, StoreError> {
     let mut batch = TradingBatch::default();
     let mut users: BTreeSet<String> = BTreeSet::new();
-    for event in &out.events {
+    for event in outs.iter().flat_map(|out| &out.events) {
         if let Some(logged) = logged(event) {
             let text = serde_json::to_string(&logged).map_err(|e| StoreError::Decode {
                 path: "exchange event".into(),
@@ -165,7 +165,7 @@ pub fn batch_for_step(engine: &Engine, out: &Outcome) -> Result<TradingBatch, St
     let commission_per_share = engine.settings().commission_per_share;
     let mut orders: BTreeMap<String, StoredOrder> = BTreeMap::new();
     let mut touched_symbols: BTreeSet<(String, String)> = BTreeSet::new();
-    for announcement in &out.announcements {
+    for announcement in outs.iter().flat_map(|out| &out.announcements) {
         let Announcement::User {
             user,
             event: UserEvent::TradeUpdate(update),
@@ -286,12 +286,12 @@ impl Persistence {
         )
     }
 
-    /// Stores one step durably; `Err` (and a halt) if it could not be stored.
-    pub async fn store_step(&self, engine: &Engine, out: &Outcome) -> Result<(), OrderError> {
+    /// Stores the steps durably and atomically; `Err` (and a halt) if they could not be.
+    pub async fn store_steps(&self, engine: &Engine, outs: &[&Outcome]) -> Result<(), OrderError> {
         if self.is_halted() {
             return Err(Persistence::halted_error());
         }
-        let result = match batch_for_step(engine, out) {
+        let result = match batch_for_steps(engine, outs) {
             Ok(batch) if batch.is_empty() => return Ok(()),
             Ok(batch) => self.store.commit(batch).await,
             Err(error) => Err(error),

@@ -3,6 +3,10 @@
 //! Measured one at a time (every order waits for its own fsync) and with many in flight (the
 //! writer thread group-commits them, one fsync per group).
 //!
+//! A second group measures whole exchange steps through `TradingApi` with the store attached:
+//! each iteration submits a resting limit order and cancels it (two durable steps), from 1 or
+//! 16 concurrent users; the exchange stores all queued commands in one transaction.
+//!
 //! Run: `cargo bench --bench store`. The database lives in a temporary directory on the same
 //! file system as the system temp dir (set TMPDIR to measure another disk).
 
@@ -145,5 +149,89 @@ fn bench_commits(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_commits);
+fn bench_exchange(c: &mut Criterion) {
+    use tickgate::trading::ExchangeHandle;
+    use tickgate::trading::api::{OrderRef, OrderRequest, TradingApi};
+    use tickgate::trading::engine::Engine;
+    use tickgate::trading::exchange::engine_settings;
+    use tickgate::trading::persist::Persistence;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let settings = tickgate::settings::Settings::default();
+    let exchange: Arc<dyn TradingApi> = {
+        let _guard = runtime.enter();
+        let store = Store::open(&StoreSettings {
+            data_dir: dir.path().to_path_buf(),
+            ..StoreSettings::default()
+        })
+        .expect("open store")
+        .store;
+        let universe = tickgate::market::SymbolUniverse::new(settings.market.symbols.clone());
+        let engine = Engine::new(engine_settings(&settings), universe);
+        let (handle, tasks) = ExchangeHandle::new(
+            engine,
+            None,
+            4096,
+            1024,
+            1024,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        tasks
+            .with_persistence(Arc::new(Persistence::new(Arc::clone(&store.trading))))
+            .spawn();
+        Arc::new(handle)
+    };
+    let resting = || OrderRequest {
+        symbol: Some("AAPL".into()),
+        qty: Some("1".into()),
+        side: Some("buy".into()),
+        order_type: Some("limit".into()),
+        time_in_force: Some("gtc".into()),
+        limit_price: Some("1.00".into()),
+        ..OrderRequest::default()
+    };
+    let mut group = c.benchmark_group("exchange_orders");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    // Each iteration is two durable steps: the submit and the cancel.
+    group.throughput(Throughput::Elements(2));
+    for users in [1usize, 16] {
+        group.bench_function(format!("durable_submit_cancel_{users}_users"), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    let mut tasks = Vec::new();
+                    for user in 0..users {
+                        let exchange = Arc::clone(&exchange);
+                        let share =
+                            iters / users as u64 + u64::from((user as u64) < iters % users as u64);
+                        tasks.push(tokio::spawn(async move {
+                            let name = format!("bench{user}");
+                            for _ in 0..share {
+                                let order =
+                                    exchange.submit(&name, resting()).await.expect("submit");
+                                exchange
+                                    .cancel(&name, OrderRef::Id(order.id))
+                                    .await
+                                    .expect("cancel");
+                            }
+                        }));
+                    }
+                    for task in tasks {
+                        task.await.expect("user task");
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_commits, bench_exchange);
 criterion_main!(benches);

@@ -26,7 +26,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     .route("/v1/symbols", web::get().to(symbols))
     .route("/v1/snapshot", web::get().to(snapshot))
     .route("/v1/bars", web::get().to(bars))
-    .configure(crate::transport::sse::configure);
+    .configure(crate::transport::sse::configure)
+    .configure(crate::transport::ws::configure)
+    .configure(crate::transport::account::configure);
     let max_body_bytes = state.settings.server.max_body_bytes;
     cfg.configure(|cfg| crate::transport::publish::configure(cfg, max_body_bytes));
     let web_root = &state.settings.server.web_root;

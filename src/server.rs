@@ -28,6 +28,7 @@ pub struct AppState {
     pub trading: Arc<dyn TradingApi>,
     /// Durable storage; `None` when `store.enabled` is false.
     pub store: Option<crate::store::Store>,
+    pub auth: Arc<crate::auth::AuthService>,
 }
 
 impl AppState {
@@ -88,6 +89,21 @@ impl Application {
         if let Some(opened) = &opened {
             opened.feed_start.apply(&hub);
         }
+        // Before the exchange starts, so a bad [auth] section leaves nothing running.
+        let auth = Arc::new(crate::auth::AuthService::new(&settings.auth)?);
+        if let Some(opened) = &opened {
+            opened.store.sync_users_at_start(
+                settings
+                    .auth
+                    .users
+                    .iter()
+                    .map(|user| crate::store::UserRecord {
+                        username: user.username.clone(),
+                        password_hash: user.password_hash.clone(),
+                    })
+                    .collect(),
+            )?;
+        }
         let shutdown = CancellationToken::new();
         let (exchange, exchange_tasks) = match &opened {
             None => ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone()),
@@ -108,6 +124,7 @@ impl Application {
             Err(_) => Some(exchange_tasks),
         };
         let state = AppState {
+            auth,
             settings: Arc::new(settings),
             hub,
             sources: SourceRegistry::new(Arc::clone(&metrics)),

@@ -24,6 +24,8 @@ pub struct Settings {
     pub publish: PublishSettings,
     pub trading: TradingSettings,
     pub sources: SourcesSettings,
+    pub auth: AuthSettings,
+    pub ws: WsSettings,
     pub store: StoreSettings,
 }
 
@@ -254,6 +256,129 @@ pub use crate::ingest::config::{
     PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
 };
 
+/// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// `HS256` (shared secret, default), `RS256` or `ES256` (public key in PEM).
+    pub algorithm: String,
+    /// Shared secret for HS256; also signs tokens of the built-in issuer. Empty: a random
+    /// secret per process (tokens do not survive a restart). Never logged.
+    pub hs256_secret: String,
+    /// PEM public key for RS256/ES256 tokens from an external issuer.
+    pub public_key_pem: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Lifetime of tokens from `POST /v1/auth/token`.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Lifetime of single-use WebSocket tickets.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// Most simultaneous WebSocket sessions per user (error 406 beyond).
+    pub max_connections_per_user: usize,
+    /// Users of the built-in issuer, with argon2 PHC password hashes.
+    pub users: Vec<UserEntry>,
+}
+
+/// One user of the built-in issuer.
+#[derive(Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct UserEntry {
+    pub username: String,
+    /// An argon2 PHC string (`$argon2id$v=19$...`), never a plain password.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserEntry")
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            algorithm: "HS256".into(),
+            hs256_secret: String::new(),
+            public_key_pem: String::new(),
+            issuer: "tickgate".into(),
+            audience: "tickgate".into(),
+            leeway: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(3600),
+            ticket_ttl: Duration::from_secs(10),
+            max_connections_per_user: 5,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("algorithm", &self.algorithm)
+            .field("hs256_secret", &"<redacted>")
+            .field("public_key_pem", &self.public_key_pem.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("token_ttl", &self.token_ttl)
+            .field("ticket_ttl", &self.ticket_ttl)
+            .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+/// `[ws]`: limits and timers of the authenticated WebSocket at `/v1/stream`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WsSettings {
+    /// Time a client has to authenticate after connecting (error 404, then close).
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Interval of server pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection silent (no frame, no pong) for longer than this is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest client message; a larger one gets error 400 and is skipped. Frames beyond
+    /// `max_frame_bytes` cannot be skipped and close the connection (1009).
+    pub max_message_bytes: usize,
+    /// Hard limit of one incoming frame.
+    pub max_frame_bytes: usize,
+    /// Sustained client actions per second (token bucket refill rate).
+    pub actions_per_second: f64,
+    /// Token bucket size: a burst of this many actions is allowed.
+    pub action_burst: u32,
+    /// Most portfolio messages per second per connection.
+    pub portfolio_max_per_second: f64,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        WsSettings {
+            auth_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            max_message_bytes: 16 * 1024,
+            max_frame_bytes: 1024 * 1024,
+            actions_per_second: 20.0,
+            action_burst: 40,
+            portfolio_max_per_second: 4.0,
+        }
+    }
+}
+
 /// Durable storage (`[store]`): orders, accounts, bar history and feed positions in an
 /// embedded SQLite file (see `docs/storage.md`).
 #[derive(Debug, Clone, Deserialize)]
@@ -442,7 +567,76 @@ impl Settings {
         }
         problems.extend(self.trading.validate());
         problems.extend(self.sources.validate(&self.market.symbols));
+        problems.extend(self.validate_auth_and_ws());
         problems.extend(self.store.validate());
+        problems
+    }
+
+    fn validate_auth_and_ws(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let auth = &self.auth;
+        match auth.algorithm.as_str() {
+            "HS256" => {
+                // Empty means "a random secret per process" (see `auth::AuthService::new`).
+                if !auth.hs256_secret.is_empty() && auth.hs256_secret.len() < 32 {
+                    problems.push("auth.hs256_secret: must be at least 32 bytes for HS256".into());
+                }
+            }
+            "RS256" | "ES256" => {
+                if auth.public_key_pem.trim().is_empty() {
+                    problems.push(format!(
+                        "auth.public_key_pem: required for {}",
+                        auth.algorithm
+                    ));
+                }
+            }
+            other => problems.push(format!(
+                "auth.algorithm: {other:?} is not supported; use HS256, RS256 or ES256"
+            )),
+        }
+        if auth.ticket_ttl.is_zero() || auth.ticket_ttl > Duration::from_secs(60) {
+            problems.push("auth.ticket_ttl: must be between 1ms and 60s".into());
+        }
+        if auth.token_ttl.is_zero() {
+            problems.push("auth.token_ttl: must be greater than zero".into());
+        }
+        if auth.max_connections_per_user == 0 {
+            problems.push("auth.max_connections_per_user: must be at least 1".into());
+        }
+        for user in &auth.users {
+            if user.username.is_empty() || !user.password_hash.starts_with("$argon2") {
+                problems.push(format!(
+                    "auth.users: {:?} needs a username and an argon2 PHC password_hash",
+                    user.username
+                ));
+            }
+        }
+        let ws = &self.ws;
+        for (name, value) in [
+            ("ws.auth_timeout", ws.auth_timeout),
+            ("ws.ping_interval", ws.ping_interval),
+            ("ws.idle_timeout", ws.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name}: must be greater than zero"));
+            }
+        }
+        if ws.idle_timeout <= ws.ping_interval {
+            problems.push("ws.idle_timeout: must be longer than ws.ping_interval".into());
+        }
+        if ws.max_message_bytes < 256 || ws.max_frame_bytes < ws.max_message_bytes {
+            problems.push(
+                "ws.max_message_bytes: must be at least 256 and at most ws.max_frame_bytes".into(),
+            );
+        }
+        if !(ws.actions_per_second > 0.0 && ws.actions_per_second.is_finite())
+            || ws.action_burst == 0
+        {
+            problems.push("ws.actions_per_second and ws.action_burst: must be positive".into());
+        }
+        if !(ws.portfolio_max_per_second > 0.0 && ws.portfolio_max_per_second <= 1000.0) {
+            problems.push("ws.portfolio_max_per_second: must be in (0, 1000]".into());
+        }
         problems
     }
 }

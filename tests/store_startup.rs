@@ -149,3 +149,38 @@ async fn readyz_reports_the_store_state() {
     assert_eq!(body["store"]["state"], "disabled", "{body}");
     let _ = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
 }
+
+#[tokio::test]
+async fn configured_users_and_their_password_hashes_are_synced_into_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = store_settings(dir.path());
+    let configured = settings.auth.users.clone();
+    assert!(!configured.is_empty(), "the default config has a demo user");
+    let app = spawn_app_with(settings.clone()).await;
+    app.stop().await.expect("stop");
+    let connection = rusqlite::Connection::open(dir.path().join("tickgate.db")).expect("open");
+    for user in &configured {
+        let (hash, active): (String, bool) = connection
+            .query_row(
+                "SELECT password_hash, active FROM users WHERE username = ?1",
+                [&user.username],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("user stored");
+        assert_eq!(hash, user.password_hash);
+        assert!(active);
+    }
+    // A user removed from the configuration stays on record, inactive.
+    settings.auth.users.clear();
+    let app = spawn_app_with(settings).await;
+    app.stop().await.expect("stop");
+    let active: i64 = connection
+        .query_row("SELECT COUNT(*) FROM users WHERE active = 1", [], |row| {
+            row.get(0)
+        })
+        .expect("count");
+    let kept: i64 = connection
+        .query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!((active, kept as usize), (0, configured.len()));
+}

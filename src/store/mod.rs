@@ -397,6 +397,15 @@ impl Store {
         Ok(OpenedStore { store, feed_start })
     }
 
+    /// Syncs the configured users (names and password hashes) into the store. Start-up only:
+    /// it waits for the writer thread.
+    pub fn sync_users_at_start(&self, users: Vec<UserRecord>) -> Result<(), StoreError> {
+        let count = users.len();
+        futures::executor::block_on(self.trading.sync_users(users))?;
+        tracing::info!(users = count, "users synced into the store");
+        Ok(())
+    }
+
     /// Starts the bar writer and the pruner. Call [`StoreTasks::finish`] after the HTTP
     /// server has stopped.
     pub fn spawn_background(

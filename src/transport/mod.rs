@@ -1,5 +1,9 @@
-//! Client transports: Server-Sent Events for public feeds (and, later, the authenticated
-//! WebSocket). Only this module and `routes` know about actix.
+//! Client transports: Server-Sent Events for public feeds, the authenticated WebSocket
+//! (`ws` glue around the socket-free `ws_session`), and the auth/account HTTP routes. Only
+//! this module and `routes` know about actix (`ws_session` does not).
 
+pub mod account;
 pub mod publish;
 pub mod sse;
+pub mod ws;
+pub mod ws_session;

@@ -1,0 +1,597 @@
+//! Authentication: JWT verification (HS256 shared secret, or an RS256/ES256 public key), the
+//! built-in token issuer for users listed in config (argon2 password hashes), single-use
+//! WebSocket tickets, and the per-user connection limit. No actix here: transports call in.
+//!
+//! Secrets (the HS256 key, passwords, tokens, tickets) are never logged or echoed back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::settings::AuthSettings;
+
+/// Most tickets outstanding at once; a bound so a token holder cannot grow the map forever.
+const MAX_OUTSTANDING_TICKETS: usize = 100_000;
+
+/// A PHC hash of a random password with the same parameters as real hashes. Unknown users are
+/// checked against it so a login takes as long whether or not the username exists.
+const DUMMY_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$VEEAuXeAej5IT+7N+maDJw$fCYl7xTPyAuYnBNyTqBLyY/Wm9OLSdtVsKoi26MWOFM";
+
+/// Who a verified credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim: the account the session trades for.
+    pub user: String,
+}
+
+/// Why a credential was refused. Messages are safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token algorithm is not accepted")]
+    BadAlgorithm,
+    #[error("token audience is not accepted")]
+    BadAudience,
+    #[error("token issuer is not accepted")]
+    BadIssuer,
+    #[error("token lacks the required claim {0}")]
+    MissingClaim(String),
+    #[error("ticket is unknown, expired or already used")]
+    BadTicket,
+    #[error(
+        "a bearer token cannot be sent in a URL; trade it for a ticket at POST /v1/auth/ticket"
+    )]
+    TokenInUrl,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("the built-in issuer is disabled: tokens come from an external RS256/ES256 issuer")]
+    IssuerDisabled,
+    #[error("connection limit reached: at most {0} sessions per user")]
+    ConnectionLimit(usize),
+    #[error("too many outstanding tickets; try again shortly")]
+    TooManyTickets,
+    #[error("internal error")]
+    Internal,
+}
+
+/// The claims this gateway requires and issues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// A token from the built-in issuer, as returned by `POST /v1/auth/token`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+/// A single-use ticket, as returned by `POST /v1/auth/ticket`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedTicket {
+    pub ticket: String,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug)]
+struct Ticket {
+    user: String,
+    expires: Instant,
+}
+
+/// Verifies tokens and tickets, issues both, and counts sessions per user.
+pub struct AuthService {
+    decoding: DecodingKey,
+    validation: Validation,
+    /// Present for HS256 only: the built-in issuer signs with the shared secret.
+    encoding: Option<EncodingKey>,
+    issuer: String,
+    audience: String,
+    token_ttl: Duration,
+    ticket_ttl: Duration,
+    users: HashMap<String, String>,
+    tickets: Mutex<HashMap<String, Ticket>>,
+    connections: Arc<Mutex<HashMap<String, usize>>>,
+    max_connections_per_user: usize,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService")
+            .field("algorithm", &self.validation.algorithms)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the auth settings could not be turned into keys.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("auth.algorithm {0:?} is not supported; use HS256, RS256 or ES256")]
+    Algorithm(String),
+    #[error("auth.public_key_pem is not a valid {algorithm} public key: {reason}")]
+    PublicKey { algorithm: String, reason: String },
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl AuthService {
+    pub fn new(settings: &AuthSettings) -> Result<AuthService, AuthConfigError> {
+        let (algorithm, decoding, encoding) = match settings.algorithm.as_str() {
+            "HS256" => {
+                let secret = if settings.hs256_secret.is_empty() {
+                    // No secret configured: a random one keeps the embedded default secure;
+                    // tokens simply do not outlive the process.
+                    tracing::warn!(
+                        "auth.hs256_secret is empty: using a random secret for this process"
+                    );
+                    random_hex(32).into_bytes()
+                } else {
+                    settings.hs256_secret.as_bytes().to_vec()
+                };
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(&secret),
+                    Some(EncodingKey::from_secret(&secret)),
+                )
+            }
+            name @ ("RS256" | "ES256") => {
+                let pem = settings.public_key_pem.as_bytes();
+                let (algorithm, key) = if name == "RS256" {
+                    (Algorithm::RS256, DecodingKey::from_rsa_pem(pem))
+                } else {
+                    (Algorithm::ES256, DecodingKey::from_ec_pem(pem))
+                };
+                let key = key.map_err(|e| AuthConfigError::PublicKey {
+                    algorithm: name.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                (algorithm, key, None)
+            }
+            other => return Err(AuthConfigError::Algorithm(other.to_owned())),
+        };
+        // Exactly one accepted algorithm: a token naming another one (including `none`, or
+        // HS256 signed with a public key) is refused before its signature is looked at.
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Ok(AuthService {
+            decoding,
+            validation,
+            encoding,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            token_ttl: settings.token_ttl,
+            ticket_ttl: settings.ticket_ttl,
+            users: settings
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password_hash.clone()))
+                .collect(),
+            tickets: Mutex::new(HashMap::new()),
+            connections: Arc::new(Mutex::new(HashMap::new())),
+            max_connections_per_user: settings.max_connections_per_user,
+        })
+    }
+
+    /// Verifies a bearer JWT: signature, algorithm, issuer, audience, expiry (with leeway).
+    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::UnsupportedAlgorithm => AuthError::BadAlgorithm,
+            ErrorKind::InvalidAudience => AuthError::BadAudience,
+            ErrorKind::InvalidIssuer => AuthError::BadIssuer,
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+            _ => AuthError::Malformed,
+        })?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::MissingClaim("sub".into()));
+        }
+        Ok(Identity {
+            user: data.claims.sub,
+        })
+    }
+
+    /// Verifies what a client sent in an `auth` message: a JWT (it has dots) or a ticket.
+    pub fn verify_token_or_ticket(&self, credential: &str) -> Result<Identity, AuthError> {
+        if looks_like_jwt(credential) {
+            self.verify_token(credential)
+        } else {
+            self.redeem_ticket(credential)
+        }
+    }
+
+    /// Verifies `?ticket=` on the upgrade URL. A JWT there is refused outright, valid or not:
+    /// URLs end up in logs and histories, so only short-lived single-use tickets go there.
+    pub fn verify_url_ticket(&self, ticket: &str) -> Result<Identity, AuthError> {
+        if looks_like_jwt(ticket) {
+            return Err(AuthError::TokenInUrl);
+        }
+        self.redeem_ticket(ticket)
+    }
+
+    /// Issues a token for a configured user. CPU-heavy (argon2): call off the async threads.
+    pub fn issue_token(&self, username: &str, password: &str) -> Result<IssuedToken, AuthError> {
+        let Some(encoding) = &self.encoding else {
+            return Err(AuthError::IssuerDisabled);
+        };
+        let known = self.users.get(username);
+        let hash_text = known.map_or(DUMMY_PASSWORD_HASH, String::as_str);
+        let hash = PasswordHash::new(hash_text).map_err(|_| {
+            tracing::error!(
+                user = username,
+                "configured password hash is not a PHC string"
+            );
+            AuthError::Internal
+        })?;
+        let matches = argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok();
+        if !(matches && known.is_some()) {
+            return Err(AuthError::BadCredentials);
+        }
+        self.sign(username, encoding)
+    }
+
+    /// Signs a token for `user` without a password (tests and tools with the HS256 secret).
+    pub fn mint_token(&self, user: &str) -> Result<String, AuthError> {
+        let encoding = self.encoding.as_ref().ok_or(AuthError::IssuerDisabled)?;
+        Ok(self.sign(user, encoding)?.access_token)
+    }
+
+    fn sign(&self, user: &str, encoding: &EncodingKey) -> Result<IssuedToken, AuthError> {
+        let now = now_unix();
+        let claims = Claims {
+            sub: user.to_owned(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            exp: now + self.token_ttl.as_secs(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, encoding)
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not sign a token");
+                AuthError::Internal
+            })?;
+        Ok(IssuedToken {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: self.token_ttl.as_secs(),
+        })
+    }
+
+    /// Trades a verified identity for a single-use ticket valid for `auth.ticket_ttl`.
+    pub fn issue_ticket(&self, identity: &Identity) -> Result<IssuedTicket, AuthError> {
+        let now = Instant::now();
+        let mut tickets = self.tickets.lock();
+        tickets.retain(|_, t| t.expires > now);
+        if tickets.len() >= MAX_OUTSTANDING_TICKETS {
+            return Err(AuthError::TooManyTickets);
+        }
+        let ticket = random_hex(24);
+        tickets.insert(
+            ticket.clone(),
+            Ticket {
+                user: identity.user.clone(),
+                expires: now + self.ticket_ttl,
+            },
+        );
+        Ok(IssuedTicket {
+            ticket,
+            expires_in_ms: self.ticket_ttl.as_millis() as u64,
+        })
+    }
+
+    /// Redeems a ticket: it is removed whether or not it is still valid, so it works once.
+    pub fn redeem_ticket(&self, ticket: &str) -> Result<Identity, AuthError> {
+        let found = self.tickets.lock().remove(ticket.trim());
+        match found {
+            Some(t) if t.expires > Instant::now() => Ok(Identity { user: t.user }),
+            _ => Err(AuthError::BadTicket),
+        }
+    }
+
+    /// Counts a new session for `user`; the guard gives the slot back when dropped.
+    pub fn acquire_connection(&self, user: &str) -> Result<ConnectionGuard, AuthError> {
+        let mut connections = self.connections.lock();
+        let count = connections.entry(user.to_owned()).or_default();
+        if *count >= self.max_connections_per_user {
+            return Err(AuthError::ConnectionLimit(self.max_connections_per_user));
+        }
+        *count += 1;
+        Ok(ConnectionGuard {
+            connections: Arc::clone(&self.connections),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Sessions currently open for `user`.
+    pub fn connection_count(&self, user: &str) -> usize {
+        self.connections.lock().get(user).copied().unwrap_or(0)
+    }
+}
+
+fn looks_like_jwt(credential: &str) -> bool {
+    credential.trim().matches('.').count() == 2
+}
+
+/// One counted session; dropping it frees the slot.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    connections: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut connections = self.connections.lock();
+        if let Some(count) = connections.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                connections.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Hashes a password into an argon2id PHC string (for adding users to the config).
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt_bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt_bytes);
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|_| AuthError::Internal)?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| AuthError::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::UserEntry;
+
+    const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes!";
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            hs256_secret: SECRET.into(),
+            ticket_ttl: Duration::from_secs(5),
+            max_connections_per_user: 2,
+            ..AuthSettings::default()
+        }
+    }
+
+    fn token_with(claims: serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn claims(exp_offset: i64) -> serde_json::Value {
+        let now = now_unix() as i64;
+        serde_json::json!({"sub":"alice","iss":"tickgate","aud":"tickgate","iat":now,"exp":now + exp_offset})
+    }
+
+    #[test]
+    fn a_valid_token_names_its_user_and_bad_ones_say_why() {
+        let auth = AuthService::new(&settings()).expect("auth");
+        let good = token_with(claims(60), SECRET);
+        assert_eq!(auth.verify_token(&good).expect("valid").user, "alice");
+        let forged = token_with(claims(60), "another-secret-of-at-least-32-bytes!!");
+        assert_eq!(auth.verify_token(&forged), Err(AuthError::BadSignature));
+        // Expired beyond the 30 s leeway.
+        let expired = token_with(claims(-120), SECRET);
+        assert_eq!(auth.verify_token(&expired), Err(AuthError::Expired));
+        // Within the leeway it still passes.
+        let barely = token_with(claims(-5), SECRET);
+        assert!(auth.verify_token(&barely).is_ok());
+        let mut wrong_aud = claims(60);
+        wrong_aud["aud"] = "someone-else".into();
+        assert_eq!(
+            auth.verify_token(&token_with(wrong_aud, SECRET)),
+            Err(AuthError::BadAudience)
+        );
+        let mut wrong_iss = claims(60);
+        wrong_iss["iss"] = "evil".into();
+        assert_eq!(
+            auth.verify_token(&token_with(wrong_iss, SECRET)),
+            Err(AuthError::BadIssuer)
+        );
+        assert_eq!(auth.verify_token("garbage"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn alg_none_and_algorithm_confusion_are_refused() {
+        let auth = AuthService::new(&settings()).expect("auth");
+        let header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+        let good = token_with(claims(60), SECRET);
+        let payload = good.split('.').nth(1).expect("payload");
+        let unsigned = format!("{header}.{payload}.");
+        assert!(auth.verify_token(&unsigned).is_err());
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims(60),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        assert_eq!(auth.verify_token(&hs512), Err(AuthError::BadAlgorithm));
+    }
+
+    /// A P-256 key pair generated for this test only (it protects nothing).
+    const TEST_EC_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgIZfTbdiGYIqhSRx5\nHu3qU+APF1JmHEx2rsObFE3hw5+hRANCAATANLqq+ISKh01lxcaZzKGySI19siUY\nZphW/UToOrJYwRTKX+p2D0mIPhDRC/Z5delUTQOFEvtCsMXrHwvC4ADW\n-----END PRIVATE KEY-----\n";
+    const TEST_EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEwDS6qviEiodNZcXGmcyhskiNfbIl\nGGaYVv1E6DqyWMEUyl/qdg9JiD4Q0Qv2eXXpVE0DhRL7QrDF6x8LwuAA1g==\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key_and_hs256_made_with_it_is_refused() {
+        let auth = AuthService::new(&AuthSettings {
+            algorithm: "ES256".into(),
+            public_key_pem: TEST_EC_PUBLIC_PEM.into(),
+            ..AuthSettings::default()
+        })
+        .expect("auth");
+        let signed = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(60),
+            &EncodingKey::from_ec_pem(TEST_EC_PRIVATE_PEM.as_bytes()).expect("key"),
+        )
+        .expect("sign");
+        assert_eq!(auth.verify_token(&signed).expect("valid").user, "alice");
+        // Algorithm confusion: HMAC keyed with the public key must not pass as ES256.
+        let confused = token_with(claims(60), TEST_EC_PUBLIC_PEM);
+        assert_eq!(auth.verify_token(&confused), Err(AuthError::BadAlgorithm));
+        // No signing key: the built-in issuer is off.
+        assert_eq!(
+            auth.issue_token("demo", "demo-password").unwrap_err(),
+            AuthError::IssuerDisabled
+        );
+        let bad = AuthService::new(&AuthSettings {
+            algorithm: "RS256".into(),
+            public_key_pem: "not a key".into(),
+            ..AuthSettings::default()
+        });
+        assert!(matches!(bad, Err(AuthConfigError::PublicKey { .. })));
+    }
+
+    #[test]
+    fn debug_output_of_the_settings_and_the_service_never_shows_secrets() {
+        let mut settings = settings();
+        settings.users = vec![UserEntry {
+            username: "carol".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        }];
+        let auth = AuthService::new(&settings).expect("auth");
+        for text in [format!("{settings:?}"), format!("{auth:?}")] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(!text.contains("aGFzaGhhc2g"), "{text}");
+        }
+    }
+
+    #[test]
+    fn tickets_work_once_and_jwts_are_refused_in_urls() {
+        let auth = AuthService::new(&settings()).expect("auth");
+        let identity = Identity {
+            user: "alice".into(),
+        };
+        let ticket = auth.issue_ticket(&identity).expect("ticket").ticket;
+        assert_eq!(auth.verify_url_ticket(&ticket), Ok(identity));
+        assert_eq!(auth.verify_url_ticket(&ticket), Err(AuthError::BadTicket));
+        let token = token_with(claims(60), SECRET);
+        assert_eq!(auth.verify_url_ticket(&token), Err(AuthError::TokenInUrl));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tickets_expire_after_their_ttl() {
+        let auth = AuthService::new(&settings()).expect("auth");
+        let identity = Identity {
+            user: "alice".into(),
+        };
+        let ticket = auth.issue_ticket(&identity).expect("ticket").ticket;
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(auth.redeem_ticket(&ticket), Err(AuthError::BadTicket));
+    }
+
+    #[test]
+    fn connection_slots_are_limited_per_user_and_freed_on_drop() {
+        let auth = AuthService::new(&settings()).expect("auth");
+        let first = auth.acquire_connection("alice").expect("slot");
+        let _second = auth.acquire_connection("alice").expect("slot");
+        assert_eq!(
+            auth.acquire_connection("alice").unwrap_err(),
+            AuthError::ConnectionLimit(2)
+        );
+        assert!(auth.acquire_connection("bob").is_ok());
+        drop(first);
+        assert!(auth.acquire_connection("alice").is_ok());
+    }
+
+    #[test]
+    fn the_built_in_issuer_checks_passwords_against_argon2_hashes() {
+        let mut settings = settings();
+        settings.users = vec![UserEntry {
+            username: "carol".into(),
+            password_hash: hash_password("correct horse").expect("hash"),
+        }];
+        let auth = AuthService::new(&settings).expect("auth");
+        let issued = auth.issue_token("carol", "correct horse").expect("token");
+        assert_eq!(
+            auth.verify_token(&issued.access_token).expect("valid").user,
+            "carol"
+        );
+        assert_eq!(
+            auth.issue_token("carol", "wrong").unwrap_err(),
+            AuthError::BadCredentials
+        );
+        assert_eq!(
+            auth.issue_token("mallory", "correct horse").unwrap_err(),
+            AuthError::BadCredentials
+        );
+    }
+
+    #[test]
+    fn the_shipped_demo_user_has_the_documented_password() {
+        let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings =
+            crate::settings::Settings::load_from(&config_dir, None, &[]).expect("defaults load");
+        let auth = AuthService::new(&settings.auth).expect("auth");
+        assert!(auth.issue_token("demo", "demo-password").is_ok());
+        assert_eq!(
+            auth.issue_token("demo", "demo").unwrap_err(),
+            AuthError::BadCredentials
+        );
+    }
+
+    /// Prints a PHC hash for a password: `TICKGATE_HASH_PASSWORD=... cargo test --lib
+    /// auth::tests::print_password_hash -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a tool, not a check"]
+    fn print_password_hash() {
+        let password = std::env::var("TICKGATE_HASH_PASSWORD").unwrap_or_default();
+        println!("{}", hash_password(&password).expect("hash"));
+    }
+}

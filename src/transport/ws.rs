@@ -1,0 +1,256 @@
+//! `GET /v1/stream`: the actix glue of the authenticated WebSocket (PROTOCOL.md §3). It checks
+//! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
+//! one loop per connection that feeds socket frames, session wake-ups and its own ping timer
+//! into [`WsSession`] and writes what the session returns.
+//!
+//! actix-ws neither answers pings nor times out silent peers, so this loop does both: pings go
+//! out every `ws.ping_interval`, and a peer that sent nothing (not even a pong) for
+//! `ws.idle_timeout` is closed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, Identity};
+use crate::error::{ApiError, codes};
+use crate::metrics::Transport;
+use crate::server::AppState;
+use crate::trading::api::TradingApi;
+use crate::transport::ws_session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/stream", web::get().to(stream));
+}
+
+/// The simulated exchange.
+fn trading(state: &AppState) -> Option<Arc<dyn TradingApi>> {
+    Some(Arc::clone(&state.trading))
+}
+
+/// Whether a browser page from `origin` may open the socket. No `Origin` header means a
+/// non-browser client, which cross-site WebSocket hijacking cannot involve.
+fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+}
+
+/// The credential on the upgrade request, if any, verified.
+fn upgrade_credential(
+    request: &HttpRequest,
+    query: &HashMap<String, String>,
+    state: &AppState,
+) -> Result<Option<Result<Identity, AuthError>>, ApiError> {
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "ticket") {
+        return Err(ApiError::bad_request(
+            codes::INVALID_PARAMETER,
+            format!("unknown query parameter {unknown:?}; allowed: ticket"),
+        ));
+    }
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+        return Ok(Some(state.auth.verify_token(token)));
+    }
+    Ok(query
+        .get("ticket")
+        .map(|ticket| state.auth.verify_url_ticket(ticket)))
+}
+
+async fn stream(
+    request: HttpRequest,
+    body: web::Payload,
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !origin_allowed(&request, &state.settings.server.allowed_origins) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            codes::FORBIDDEN,
+            "origin not allowed: add it to server.allowed_origins",
+        ));
+    }
+    let credential = upgrade_credential(&request, &query, &state)?;
+    let (response, socket, messages) = actix_ws::handle(&request, body).map_err(|_| {
+        ApiError::bad_request(
+            codes::BAD_REQUEST,
+            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+        )
+    })?;
+    let ws = &state.settings.ws;
+    let messages = messages
+        .max_frame_size(ws.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(ws.max_frame_bytes);
+    let deps = SessionDeps {
+        hub: Arc::clone(&state.hub),
+        auth: Arc::clone(&state.auth),
+        trading: trading(&state),
+        metrics: Arc::clone(&state.metrics),
+        limits: SessionLimits {
+            auth_timeout: ws.auth_timeout,
+            max_message_bytes: ws.max_message_bytes,
+            actions_per_second: ws.actions_per_second,
+            action_burst: ws.action_burst,
+            portfolio_interval: std::time::Duration::from_secs_f64(
+                1.0 / ws.portfolio_max_per_second,
+            ),
+            max_symbols: state.settings.market.max_symbols_per_subscription,
+            queue_capacity: state.settings.hub.subscriber_queue_capacity,
+        },
+    };
+    let connection = Connection {
+        session: WsSession::new(deps),
+        socket,
+        ping_interval: ws.ping_interval,
+        max_frame_bytes: ws.max_frame_bytes,
+        idle_timeout: ws.idle_timeout,
+        shutdown: state.shutdown.clone(),
+        metrics: Arc::clone(&state.metrics),
+    };
+    state.metrics.connection_opened(Transport::WebSocket);
+    actix_web::rt::spawn(connection.run(messages, credential));
+    Ok(response)
+}
+
+struct Connection {
+    session: WsSession,
+    socket: actix_ws::Session,
+    ping_interval: std::time::Duration,
+    max_frame_bytes: usize,
+    idle_timeout: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+fn close_reason(code: u16, reason: &str) -> CloseReason {
+    let code = match code {
+        close_codes::NORMAL => CloseCode::Normal,
+        close_codes::GOING_AWAY => CloseCode::Away,
+        close_codes::POLICY => CloseCode::Policy,
+        close_codes::TOO_BIG => CloseCode::Size,
+        close_codes::RESTART => CloseCode::Restart,
+        other => CloseCode::Other(other),
+    };
+    CloseReason {
+        code,
+        description: Some(reason.to_owned()),
+    }
+}
+
+impl Connection {
+    /// Writes outputs; returns the close to send if the session ended.
+    async fn write(&mut self, outputs: Vec<Output>) -> Result<Option<CloseReason>, ()> {
+        for output in outputs {
+            match output {
+                // A peer that stops reading fills the socket's buffers and this send would wait
+                // forever; past the idle timeout the peer is treated as gone.
+                Output::Frame(text) => {
+                    match tokio::time::timeout(self.idle_timeout, self.socket.text(text)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(()),
+                        Err(_) => {
+                            tracing::debug!("websocket peer stopped reading; closing");
+                            return Err(());
+                        }
+                    }
+                }
+                Output::Close { code, reason } => return Ok(Some(close_reason(code, &reason))),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run(
+        mut self,
+        mut messages: actix_ws::AggregatedMessageStream,
+        credential: Option<Result<Identity, AuthError>>,
+    ) {
+        let start = self.session.start(credential);
+        let mut close = match self.write(start).await {
+            Ok(close) => close,
+            Err(()) => return self.finish(None).await,
+        };
+        let mut last_heard = Instant::now();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while close.is_none() {
+            let outputs = tokio::select! {
+                message = messages.recv() => {
+                    let Some(message) = message else { break };
+                    last_heard = Instant::now();
+                    match message {
+                        Ok(AggregatedMessage::Text(text)) => self.session.on_text(&text).await,
+                        Ok(AggregatedMessage::Binary(_)) => self.session.on_binary(),
+                        Ok(AggregatedMessage::Ping(payload)) => {
+                            if self.socket.pong(&payload).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Ok(AggregatedMessage::Pong(_)) => continue,
+                        Ok(AggregatedMessage::Close(_)) => {
+                            close = Some(close_reason(close_codes::NORMAL, "bye"));
+                            break;
+                        }
+                        Err(ProtocolError::Overflow) => {
+                            // The rest of an oversize frame cannot be skipped reliably, so
+                            // this one limit ends the connection (smaller ones do not).
+                            self.session.on_frame_overflow(self.max_frame_bytes)
+                        }
+                        Err(error) => {
+                            tracing::debug!(error = %error, "websocket protocol error");
+                            break;
+                        }
+                    }
+                }
+                wake = self.session.wait() => self.session.on_wake(wake).await,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.idle_timeout {
+                        close = Some(close_reason(close_codes::GOING_AWAY, "idle timeout"));
+                        break;
+                    }
+                    if self.socket.ping(b"tickgate").await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                _ = self.shutdown.cancelled() => {
+                    close = Some(close_reason(close_codes::RESTART, "server restarting"));
+                    break;
+                }
+            };
+            match self.write(outputs).await {
+                Ok(next) => close = next,
+                Err(()) => break,
+            }
+        }
+        self.finish(close).await;
+    }
+
+    async fn finish(self, close: Option<CloseReason>) {
+        let Connection {
+            session,
+            socket,
+            metrics,
+            ..
+        } = self;
+        drop(session);
+        let _ = socket.close(close).await;
+        metrics.connection_closed(Transport::WebSocket);
+    }
+}

@@ -184,3 +184,15 @@ async fn configured_users_and_their_password_hashes_are_synced_into_the_store() 
         .expect("count");
     assert_eq!((active, kept as usize), (0, configured.len()));
 }
+
+#[test]
+fn a_second_process_on_the_same_data_directory_is_refused_while_the_first_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = store_settings(dir.path());
+    let first = Store::open(&settings.store).expect("first open");
+    let error = Store::open(&settings.store).unwrap_err();
+    assert!(matches!(error, StoreError::InUse { .. }), "{error}");
+    assert!(error.to_string().contains("data_dir"), "{error}");
+    drop(first);
+    Store::open(&settings.store).expect("free again once the first is gone");
+}

@@ -47,6 +47,10 @@ pub enum StoreError {
         "database file {path} is missing but its write-ahead log {wal} exists, so the file was probably deleted by hand; restore it from a backup (see docs/storage.md) or remove the -wal and -shm files to start empty"
     )]
     MissingWithWal { path: String, wal: String },
+    #[error(
+        "another tickgate process is using the store in {path} (it holds {lock}); stop it, or give this instance its own store.data_dir"
+    )]
+    InUse { path: String, lock: String },
     #[error("cannot open database {path}: {detail}")]
     Open { path: String, detail: String },
     #[error(
@@ -352,6 +356,8 @@ pub struct Store {
     pub feeds: Arc<dyn FeedStateStore>,
     pub health: StoreHealth,
     pub settings: StoreSettings,
+    /// The data directory's lock file, held while this store is in use (see [`Store::open`]).
+    lock: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -374,7 +380,12 @@ impl Store {
     /// decides how the feeds start and records that this run began.
     ///
     /// Start-up only: it waits for the writer thread, so call it before serving.
+    ///
+    /// Two processes on one data directory would each rebuild the exchange and then append
+    /// diverging events, so the directory is locked (`<file_name>.lock`, an advisory lock the
+    /// kernel releases when the process dies) and a second process is refused.
     pub fn open(settings: &StoreSettings) -> Result<OpenedStore, StoreError> {
+        let lock = lock_data_dir(settings)?;
         let backend = Arc::new(sqlite::SqliteStore::open(settings)?);
         let store = Store {
             trading: backend.clone(),
@@ -382,6 +393,7 @@ impl Store {
             feeds: backend.clone(),
             health: backend.health(),
             settings: settings.clone(),
+            lock: Arc::new(Mutex::new(Some(lock))),
         };
         let now_epoch = Utc::now().timestamp_millis().max(1) as u64;
         // Runtime-agnostic executor: the futures only wait on the writer thread's replies.
@@ -435,6 +447,42 @@ impl Store {
     pub fn status(&self) -> StoreStatus {
         self.health.status()
     }
+
+    /// Lets another process (or a restarted application in the same process) open the store.
+    fn release_lock(&self) {
+        self.lock.lock().take();
+    }
+}
+
+/// Takes the data directory's lock without waiting.
+fn lock_data_dir(settings: &StoreSettings) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| StoreError::DataDir {
+        path: settings.data_dir.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let path = settings
+        .data_dir
+        .join(format!("{}.lock", settings.file_name));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: settings.data_dir.display().to_string(),
+            lock: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::Open {
+            path: path.display().to_string(),
+            detail: error.to_string(),
+        }),
+    }
 }
 
 /// The store's background tasks for one run.
@@ -462,6 +510,7 @@ impl StoreTasks {
             Ok(()) => tracing::info!("store closed cleanly"),
             Err(error) => tracing::error!(%error, "could not record a clean shutdown"),
         }
+        self.store.release_lock();
     }
 }
 

@@ -129,7 +129,7 @@ impl Observed {
     }
 }
 
-/// Streams orders for `user` until the connection dies (the kill) or `stop` fires.
+/// Streams orders for `user` until the connection dies (the kill).
 async fn trade(port: u16, user: &'static str, seed: u64, observed: &mut Observed) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut request = format!("ws://127.0.0.1:{port}/v1/stream")
@@ -430,25 +430,12 @@ async fn verify_rebuilt(port: u16, stored: &Stored) {
         let mut stored_open: Vec<String> = stored
             .orders
             .values()
-            .filter(|o| is_open(o["status"].as_str().unwrap_or("")))
-            .filter(|o| {
-                let id = o["id"].as_str().unwrap_or("");
-                stored.orders.contains_key(id)
-                    && open_owner(stored, id).is_some_and(|owner| owner == user)
-            })
+            .filter(|o| is_open(o["status"].as_str().unwrap_or("")) && o["_owner"] == user)
             .map(|o| o["id"].as_str().expect("id").to_owned())
             .collect();
         stored_open.sort();
         assert_eq!(rebuilt_open, stored_open, "{user}: rebuilt open orders");
     }
-}
-
-/// The owner of an order, from the orders table's username column (not in the body).
-fn open_owner(stored: &Stored, id: &str) -> Option<String> {
-    stored
-        .orders
-        .get(id)
-        .and_then(|o| o["_owner"].as_str().map(str::to_owned))
 }
 
 fn write_config(dir: &Path) -> PathBuf {

@@ -939,14 +939,17 @@ impl FeedStateStore for SqliteStore {
     fn record_run_started(&self, epoch: u64) -> BoxFuture<'static, Result<(), StoreError>> {
         let path = self.path_text.clone();
         self.write_future(move |connection| {
-            connection
-                .execute_batch(&format!(
-                    "INSERT INTO meta (key, value) VALUES ('epoch', '{epoch}')
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-                     INSERT INTO meta (key, value) VALUES ('clean_shutdown', '0')
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
-                ))
-                .map_err(|e| classify(&path, e))
+            let sql = |e| classify(&path, e);
+            for (key, value) in [("epoch", epoch.to_string()), ("clean_shutdown", "0".into())] {
+                connection
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        params![key, value],
+                    )
+                    .map_err(sql)?;
+            }
+            Ok(())
         })
     }
 

@@ -67,7 +67,10 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
         let opened = if settings.store.enabled {
-            Some(crate::store::Store::open(&settings.store)?)
+            Some(crate::store::Store::open_with_metrics(
+                &settings.store,
+                Some(Arc::clone(&metrics)),
+            )?)
         } else {
             None
         };

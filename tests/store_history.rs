@@ -131,6 +131,23 @@ async fn bar_history_is_continuous_across_a_restart_and_served_in_pages() {
     // Other symbols are kept apart.
     let (msft, _) = all_pages(&app, "symbol=MSFT").await;
     assert_eq!(msft.len(), 5);
+    // The writer counts bars just after their commit: poll until the count shows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(app.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics.contains("tickgate_store_bars_written_total 30")
+            && metrics.contains("tickgate_store_transactions_total{result=\"ok\"}")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app.stop().await.expect("clean stop");
 }
 

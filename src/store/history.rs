@@ -102,6 +102,7 @@ impl BarWriter {
         while !self.pending.is_empty() {
             let take = self.pending.len().min(self.settings.bar_batch_size.max(1));
             let batch: Vec<Bar> = self.pending.drain(..take).collect();
+            let count = batch.len();
             if let Err(error) = self.history.write_bars(batch.clone()).await {
                 tracing::error!(%error, bars = batch.len(), "could not store bars; will retry");
                 // Put them back in front and try again at the next flush.
@@ -113,6 +114,12 @@ impl BarWriter {
                 }
                 return;
             }
+            self.hub.metrics().add_counter(
+                "tickgate_store_bars_written_total",
+                "One-minute bars written to the store.",
+                "",
+                count as f64,
+            );
         }
     }
 }

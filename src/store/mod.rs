@@ -385,8 +385,16 @@ impl Store {
     /// diverging events, so the directory is locked (`<file_name>.lock`, an advisory lock the
     /// kernel releases when the process dies) and a second process is refused.
     pub fn open(settings: &StoreSettings) -> Result<OpenedStore, StoreError> {
+        Store::open_with_metrics(settings, None)
+    }
+
+    /// Like [`Store::open`], counting store transactions in `metrics`.
+    pub fn open_with_metrics(
+        settings: &StoreSettings,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Result<OpenedStore, StoreError> {
         let lock = lock_data_dir(settings)?;
-        let backend = Arc::new(sqlite::SqliteStore::open(settings)?);
+        let backend = Arc::new(sqlite::SqliteStore::open(settings, metrics)?);
         let store = Store {
             trading: backend.clone(),
             history: backend.clone(),

@@ -29,6 +29,7 @@ use super::{
     UserRecord,
 };
 use crate::market::Bar;
+use crate::metrics::Metrics;
 use crate::settings::StoreSettings;
 use crate::trading::api::{Order, Side};
 
@@ -160,7 +161,10 @@ fn parse_time(path: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
 impl SqliteStore {
     /// Opens (or creates) the database file, checks it, applies migrations and starts the
     /// writer thread. Runs on the calling thread: start-up only.
-    pub fn open(settings: &StoreSettings) -> Result<SqliteStore, StoreError> {
+    pub fn open(
+        settings: &StoreSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<SqliteStore, StoreError> {
         let path = settings.database_path();
         let path_text = path.display().to_string();
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| StoreError::DataDir {
@@ -213,7 +217,16 @@ impl SqliteStore {
         let thread_path = path_text.clone();
         std::thread::Builder::new()
             .name("tickgate-store".into())
-            .spawn(move || run_writer(connection, jobs, max_group, thread_health, thread_path))
+            .spawn(move || {
+                run_writer(
+                    connection,
+                    jobs,
+                    max_group,
+                    thread_health,
+                    thread_path,
+                    metrics,
+                )
+            })
             .map_err(|e| StoreError::Open {
                 path: path_text.clone(),
                 detail: format!("cannot start the writer thread: {e}"),
@@ -347,6 +360,7 @@ fn run_writer(
     max_group: usize,
     health: StoreHealth,
     path: String,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_group);
     while let Ok(first) = jobs.recv() {
@@ -357,7 +371,11 @@ fn run_writer(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let (commit, job_failure) = run_group(&connection, &mut group, &path);
+        if let Some(metrics) = &metrics {
+            record_group(metrics, group.len(), &commit, started.elapsed());
+        }
         match (&commit, job_failure) {
             (Err(error), _) => health.set_degraded(error.to_string()),
             (Ok(()), Some(error)) => health.set_degraded(error.to_string()),
@@ -368,6 +386,34 @@ fn run_writer(
         }
     }
     tracing::debug!(%path, "store writer stopped");
+}
+
+/// Counts one group transaction in `/metrics`.
+fn record_group(
+    metrics: &Metrics,
+    writes: usize,
+    commit: &Result<(), StoreError>,
+    elapsed: Duration,
+) {
+    let result = if commit.is_ok() { "ok" } else { "error" };
+    metrics.add_counter(
+        "tickgate_store_transactions_total",
+        "Store transactions (one fsync each), by outcome.",
+        &format!("result=\"{result}\""),
+        1.0,
+    );
+    metrics.add_counter(
+        "tickgate_store_writes_total",
+        "Writes (trading steps, bar batches, ...) committed in store transactions.",
+        "",
+        writes as f64,
+    );
+    metrics.add_counter(
+        "tickgate_store_transaction_seconds_total",
+        "Time spent in store transactions including the fsync; divide by the transaction count for the mean.",
+        "",
+        elapsed.as_secs_f64(),
+    );
 }
 
 /// Runs one group; returns the commit result and the first job error that means the

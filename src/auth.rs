@@ -585,13 +585,4 @@ mod tests {
             AuthError::BadCredentials
         );
     }
-
-    /// Prints a PHC hash for a password: `TICKGATE_HASH_PASSWORD=... cargo test --lib
-    /// auth::tests::print_password_hash -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a tool, not a check"]
-    fn print_password_hash() {
-        let password = std::env::var("TICKGATE_HASH_PASSWORD").unwrap_or_default();
-        println!("{}", hash_password(&password).expect("hash"));
-    }
 }

@@ -7,6 +7,7 @@ use tickgate::server::Application;
 use tickgate::settings::Settings;
 
 const USAGE: &str = "usage: tickgate [--config PATH] [--config-dir DIR]
+       tickgate hash-password   (reads a password on stdin, prints its argon2 hash for [[auth.users]])
 
 Loads DIR/default.toml (DIR defaults to ./config), then PATH if given, then
 TICKGATE__SECTION__KEY environment variables (e.g. TICKGATE__SERVER__BIND=0.0.0.0:8080).";
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
                     config_dir = PathBuf::from(dir);
                 }
             }
+            "hash-password" => return hash_password(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -58,6 +60,30 @@ fn main() -> ExitCode {
                 error = format!("{error:#}"),
                 "tickgate stopped with an error"
             );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads one line from stdin and prints the PHC string to put in `[[auth.users]]`.
+fn hash_password() -> ExitCode {
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("could not read a password from stdin");
+        return ExitCode::from(2);
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("the password is empty");
+        return ExitCode::from(2);
+    }
+    match tickgate::auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("could not hash the password: {error}");
             ExitCode::FAILURE
         }
     }

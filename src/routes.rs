@@ -33,11 +33,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     cfg.configure(|cfg| crate::transport::publish::configure(cfg, max_body_bytes));
     let web_root = &state.settings.server.web_root;
     if web_root.is_dir() {
+        let chart_module = web_root.join(CHART_MODULE_PATH);
+        cfg.route(
+            "/vendor/lightweight-charts.mjs",
+            web::get().to(move || {
+                let path = chart_module.clone();
+                async move { serve_vendor_file(&path) }
+            }),
+        );
         cfg.service(
             actix_files::Files::new("/", web_root)
                 .index_file("index.html")
                 .use_etag(true)
-                .prefer_utf8(true),
+                .prefer_utf8(true)
+                .path_filter(|path, _| is_public_web_path(path)),
         );
     }
     cfg.default_service(web::to(not_found));
@@ -62,6 +71,33 @@ pub fn cors(state: &AppState) -> Cors {
         }
     }
     cors
+}
+
+/// The chart library's self-contained ES module inside the dashboard's npm install.
+const CHART_MODULE_PATH: &str =
+    "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.mjs";
+
+/// npm's install tree and manifests live under the web root but are not part of the site:
+/// only the one vendored file above is served from `node_modules`.
+fn is_public_web_path(path: &std::path::Path) -> bool {
+    !path.components().any(|c| {
+        matches!(
+            c.as_os_str().to_str(),
+            Some("node_modules" | "package.json" | "package-lock.json" | "test")
+        )
+    })
+}
+
+fn serve_vendor_file(path: &std::path::Path) -> Result<HttpResponse, ApiError> {
+    let body = std::fs::read(path).map_err(|_| {
+        ApiError::not_found(
+            "the chart library is not installed: run scripts/setup (npm ci in web/)",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(body))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

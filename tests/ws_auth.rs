@@ -191,6 +191,11 @@ async fn a_foreign_origin_is_refused_before_the_upgrade() {
     // An allowed origin and no origin at all (a script) both connect.
     let mut client = connect(&app, "", &[("origin", "http://127.0.0.1:8080")]).await;
     client.expect_success("connected").await;
+    // The gateway's own origin is allowed without being listed, so its dashboard works on
+    // any port.
+    let own = format!("http://127.0.0.1:{}", app.port);
+    let mut same_site = connect(&app, "", &[("origin", &own)]).await;
+    same_site.expect_success("connected").await;
     app.stop().await.expect("stop");
 }
 

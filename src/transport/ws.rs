@@ -40,9 +40,23 @@ fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+    let origin = origin.trim_end_matches('/');
+    // The gateway's own pages (same scheme-less host and port as the request) are always
+    // allowed, so the dashboard works on whatever address the gateway is bound to.
+    let same_origin = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        });
+    same_origin
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }
 
 /// The credential on the upgrade request, if any, verified.

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-
 use tokio_util::sync::CancellationToken;
 
 use super::api::{Order, OrderError, UserEvent};
@@ -104,6 +103,8 @@ fn logged(event: &ExchangeEvent) -> Option<LoggedEvent> {
     })
 }
 
+/// The engine event for a stored one. A replayed fill's `book_level` takes its quantity from
+/// the freshly generated book, which is harmless: the next quote regenerates the book.
 fn restored(event: LoggedEvent) -> ExchangeEvent {
     match event {
         LoggedEvent::AccountOpened { user, cash } => ExchangeEvent::AccountOpened { user, cash },

@@ -23,6 +23,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics))
+    // Uptime monitors and load balancers often probe with HEAD, which `web::get()` refuses.
+    .route("/healthz", web::head().to(healthz))
+    .route("/readyz", web::head().to(readyz))
     .route("/v1/symbols", web::get().to(symbols))
     .route("/v1/snapshot", web::get().to(snapshot))
     .route("/v1/bars", web::get().to(bars))
@@ -55,7 +58,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
 /// CORS for the public API from the configured origin allowlist.
 pub fn cors(state: &AppState) -> Cors {
     let origins = &state.settings.server.allowed_origins;
+    // A foreign origin simply gets no CORS headers (the browser then refuses the response);
+    // failing the request instead would give a plain-text error outside the JSON shape.
     let mut cors = Cors::default()
+        .block_on_origin_mismatch(false)
         .allowed_methods(["GET", "POST", "DELETE", "PATCH", "OPTIONS"])
         .allowed_headers([
             header::AUTHORIZATION,
@@ -219,26 +225,8 @@ struct BarsQuery {
     start: Option<String>,
     end: Option<String>,
     limit: Option<String>,
+    /// The `next_page_token` of the previous page: the start time of its first missing bar.
     page_token: Option<String>,
-}
-
-/// Page tokens are opaque to clients; inside they hold the start time (unix microseconds, hex)
-/// of the next page's first bar.
-fn page_token(next_start: DateTime<Utc>) -> String {
-    format!("b{:x}", next_start.timestamp_micros())
-}
-
-fn parse_page_token(token: &str) -> Result<DateTime<Utc>, ApiError> {
-    token
-        .strip_prefix('b')
-        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                codes::INVALID_PARAMETER,
-                "page_token is not valid; pass next_page_token from a previous response",
-            )
-        })
 }
 
 fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -291,14 +279,10 @@ async fn bars(
             }
         },
     };
-    let start = match query.page_token.as_deref() {
-        None => start,
-        Some(token) => {
-            let resume = parse_page_token(token)?;
-            Some(start.map_or(resume, |s| s.max(resume)))
-        }
-    };
-    // One bar more than asked says whether another page follows.
+    let page_start = parse_time("page_token", query.page_token.as_deref())?;
+    let start = start.max(page_start);
+    // One bar more than asked says whether the page was cut short; its start time is where
+    // the next page begins, so a client that follows the token misses nothing.
     let mut bars = state.hub.bars(id, start, end, limit + 1);
     if let Some(store) = &state.store {
         let stored = store
@@ -326,11 +310,12 @@ async fn bars(
         bars = merged.into_values().take(limit + 1).collect();
     }
     let next_page_token = if bars.len() > limit {
-        let next = page_token(bars[limit].time);
-        bars.truncate(limit);
-        serde_json::Value::String(next)
+        bars.pop().map(|next| {
+            next.time
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        })
     } else {
-        serde_json::Value::Null
+        None
     };
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,

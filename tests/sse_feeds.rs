@@ -493,6 +493,24 @@ async fn cors_allows_listed_origins_only() {
             .get("access-control-allow-origin")
             .is_none()
     );
+    assert_eq!(
+        foreign.status().as_u16(),
+        200,
+        "the server answers; the browser refuses"
+    );
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/symbols"))
+        .header("Origin", "http://evil.example")
+        .header("Access-Control-Request-Method", "GET")
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
     app.stop().await.expect("stop");
 }
 

@@ -14,6 +14,11 @@ use crate::server::AppState;
 
 pub const SOURCE_NAME: &str = "publish_api";
 
+/// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub
+/// refuses ticks older than a symbol's newest, so one tick from a bad clock or a mistyped
+/// year would otherwise lock that symbol for every source until a restart.
+const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// The largest body `POST /v1/publish` reads, stored on the resource.
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
@@ -22,8 +27,24 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.service(
         web::resource("/v1/publish")
             .app_data(BodyLimit(max_body_bytes))
-            .route(web::post().to(publish)),
+            .route(web::post().to(publish))
+            .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// Without this, actix answers another method with an empty 405, outside the API's JSON shape.
+async fn method_not_allowed() -> HttpResponse {
+    let error = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::METHOD_NOT_ALLOWED,
+        "/v1/publish accepts POST only",
+    );
+    let mut response = actix_web::ResponseError::error_response(&error);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("POST"),
+    );
+    response
 }
 
 #[derive(Debug, Serialize)]
@@ -186,6 +207,40 @@ async fn publish(
                 continue;
             }
         };
+        // `shutdown` is the server's own last word on a stream: clients reconnect on it, so a
+        // producer must not be able to send it to everyone.
+        if let MarketEvent::Status(status) = &event
+            && status.code == "shutdown"
+        {
+            state
+                .metrics
+                .ingest_rejected(SOURCE_NAME, "reserved_status");
+            reply.rejected.push(Rejected {
+                index,
+                code: codes::UNPROCESSABLE,
+                reason: "reserved_status",
+                message: "sc \"shutdown\" is reserved for the server".to_owned(),
+            });
+            continue;
+        }
+        if matches!(
+            event,
+            MarketEvent::Trade(_) | MarketEvent::Quote(_) | MarketEvent::Bar(_)
+        ) && event.time() > chrono::Utc::now() + MAX_FUTURE_SKEW
+        {
+            state.metrics.ingest_rejected(SOURCE_NAME, "time_in_future");
+            reply.rejected.push(Rejected {
+                index,
+                code: codes::UNPROCESSABLE,
+                reason: "time_in_future",
+                message: format!(
+                    "t {} is more than {} minutes ahead of the server clock",
+                    event.time().to_rfc3339(),
+                    MAX_FUTURE_SKEW.num_minutes()
+                ),
+            });
+            continue;
+        }
         match state.hub.publish(event) {
             Ok(_) => reply.accepted += 1,
             Err(error) => {

@@ -243,10 +243,7 @@ impl Connection {
                     }
                     continue;
                 }
-                _ = self.shutdown.cancelled() => {
-                    close = Some(close_reason(close_codes::RESTART, "server restarting"));
-                    break;
-                }
+                _ = self.shutdown.cancelled() => self.session.on_shutdown(),
             };
             match self.write(outputs).await {
                 Ok(next) => close = next,

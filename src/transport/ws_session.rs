@@ -252,6 +252,20 @@ fn error_object(id: Option<&Value>, code: u32, msg: &str) -> String {
     object.to_string()
 }
 
+/// The `id` of a message the session will not process, so the client still learns which
+/// request was dropped. Only the id is deserialized; oversize or malformed messages give none.
+fn request_id(text: &str, max_message_bytes: usize) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    if text.len() > max_message_bytes {
+        return None;
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    (id.is_string() || id.is_number()).then_some(id)
+}
+
 fn error_frame(id: Option<&Value>, code: u32, msg: &str) -> Output {
     Output::Frame(format!("[{}]", error_object(id, code, msg)))
 }
@@ -508,6 +522,22 @@ impl WsSession {
         }
     }
 
+    /// The server is stopping. The connection hears the shutdown token before the hub's
+    /// close reaches its queue, so the session flushes what is queued and, when it receives
+    /// market data, ends with the shutdown status itself; then it closes with 1012.
+    pub fn on_shutdown(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.closed {
+            return out;
+        }
+        if self.registered.iter().any(|registered| *registered) {
+            self.deliver(vec![Delivery::Close(CloseReason::Shutdown)], &mut out);
+        } else {
+            self.close(&mut out, close_codes::RESTART, "server restarting");
+        }
+        out
+    }
+
     /// A frame too large to handle (`len` bytes) that was skipped.
     pub fn on_oversize(&mut self, len: usize) -> Vec<Output> {
         vec![error_frame(
@@ -548,7 +578,7 @@ impl WsSession {
         }
         if !self.bucket.try_take() {
             return vec![error_frame(
-                None,
+                request_id(text, self.deps.limits.max_message_bytes).as_ref(),
                 codes::RATE_LIMITED,
                 "rate limited: too many actions; slow down",
             )];
@@ -637,13 +667,24 @@ impl WsSession {
             out.push(error_frame(id, refusal.code, &refusal.msg));
             return;
         }
-        let Some(Value::String(token)) = map.get("token") else {
-            out.push(error_frame(
-                id,
-                codes::INVALID_SYNTAX,
-                "token is required: a bearer JWT or a ticket from POST /v1/auth/ticket",
-            ));
-            return;
+        let token = match map.get("token") {
+            Some(Value::String(token)) => token,
+            Some(_) => {
+                out.push(error_frame(
+                    id,
+                    codes::INVALID_SYNTAX,
+                    "token must be a string: a bearer JWT or a ticket from POST /v1/auth/ticket",
+                ));
+                return;
+            }
+            None => {
+                out.push(error_frame(
+                    id,
+                    codes::INVALID_SYNTAX,
+                    "token is required: a bearer JWT or a ticket from POST /v1/auth/ticket",
+                ));
+                return;
+            }
         };
         let result = self.deps.auth.verify_token_or_ticket(token);
         self.finish_auth(id, result, out);
@@ -1131,6 +1172,15 @@ impl WsSession {
             .iter()
             .map(|i| self.deps.hub.universe().name(*i).to_owned())
             .collect();
+        // An empty list would produce no frame at all, leaving a client waiting for a reply.
+        if names.is_empty() {
+            out.push(error_frame(
+                id,
+                codes::INVALID_SYNTAX,
+                "orderbooks must name at least one subscribed order book",
+            ));
+            return;
+        }
         if let Some(missing) = names.iter().find(|n| !self.books.contains_key(*n)) {
             out.push(error_frame(
                 id,

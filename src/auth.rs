@@ -65,6 +65,8 @@ pub enum AuthError {
     ConnectionLimit(usize),
     #[error("too many outstanding tickets; try again shortly")]
     TooManyTickets,
+    #[error("too many login attempts from this address; try again in a minute")]
+    TooManyLogins,
     #[error("internal error")]
     Internal,
 }
@@ -114,6 +116,10 @@ pub struct AuthService {
     tickets: Mutex<HashMap<String, Ticket>>,
     connections: Arc<Mutex<HashMap<String, usize>>>,
     max_connections_per_user: usize,
+    /// Login attempts per client address in the current window, to bound password guessing
+    /// and the argon2 work one client can make the server do.
+    login_attempts: Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+    max_login_attempts_per_minute: u32,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -150,6 +156,26 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl AuthService {
+    /// Counts one login attempt from `client`; refuses once the address has used its
+    /// attempts for the current one-minute window.
+    pub fn check_login_rate(&self, client: std::net::IpAddr) -> Result<(), AuthError> {
+        let now = std::time::Instant::now();
+        let window = Duration::from_secs(60);
+        let mut attempts = self.login_attempts.lock();
+        if attempts.len() > 10_000 {
+            attempts.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let entry = attempts.entry(client).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.max_login_attempts_per_minute {
+            return Err(AuthError::TooManyLogins);
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
     pub fn new(settings: &AuthSettings) -> Result<AuthService, AuthConfigError> {
         let (algorithm, decoding, encoding) = match settings.algorithm.as_str() {
             "HS256" => {
@@ -208,6 +234,8 @@ impl AuthService {
             tickets: Mutex::new(HashMap::new()),
             connections: Arc::new(Mutex::new(HashMap::new())),
             max_connections_per_user: settings.max_connections_per_user,
+            login_attempts: Mutex::new(HashMap::new()),
+            max_login_attempts_per_minute: settings.max_login_attempts_per_minute,
         })
     }
 

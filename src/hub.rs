@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use futures::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::market::{
@@ -116,9 +116,15 @@ pub enum SymbolFilter {
 
 impl SymbolFilter {
     pub fn from_ids(ids: impl IntoIterator<Item = SymbolId>) -> SymbolFilter {
-        let mut bits = vec![0u64; crate::market::MAX_SYMBOLS / 64];
+        // Sized to the highest id asked for, not to MAX_SYMBOLS: every subscription holds one
+        // of these, and a 512-byte bitmap per connection was a tenth of its memory.
+        let mut bits: Vec<u64> = Vec::new();
         for id in ids {
-            bits[usize::from(id) / 64] |= 1 << (id % 64);
+            let word = usize::from(id) / 64;
+            if word >= bits.len() {
+                bits.resize(word + 1, 0);
+            }
+            bits[word] |= 1 << (id % 64);
         }
         SymbolFilter::Some(bits.into_boxed_slice())
     }
@@ -126,7 +132,9 @@ impl SymbolFilter {
     pub fn contains(&self, id: SymbolId) -> bool {
         match self {
             SymbolFilter::All => true,
-            SymbolFilter::Some(bits) => bits[usize::from(id) / 64] & (1 << (id % 64)) != 0,
+            SymbolFilter::Some(bits) => bits
+                .get(usize::from(id) / 64)
+                .is_some_and(|word| word & (1 << (id % 64)) != 0),
         }
     }
 
@@ -197,7 +205,12 @@ struct QueueState {
 #[derive(Debug)]
 pub struct SubscriberQueue {
     state: Mutex<QueueState>,
-    notify: Notify,
+    /// Set by every push, cleared when `notified` returns: a wake-up that arrives while the
+    /// connection is busy is kept, like a `Notify` permit.
+    pending: AtomicBool,
+    /// The one connection task draining this queue. Cheaper than `Notify` per delivery: no
+    /// waiter list and no lock, only an atomic swap of the registered waker.
+    waker: AtomicWaker,
     capacity: usize,
     /// Set when the connection is gone, so the hub drops the registration lazily.
     gone: AtomicBool,
@@ -208,7 +221,8 @@ impl SubscriberQueue {
     pub fn new(capacity: usize, transport: Transport) -> Arc<SubscriberQueue> {
         Arc::new(SubscriberQueue {
             state: Mutex::new(QueueState::default()),
-            notify: Notify::new(),
+            pending: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(2),
             gone: AtomicBool::new(false),
             transport,
@@ -219,9 +233,32 @@ impl SubscriberQueue {
         self.transport
     }
 
-    /// Waits until something was pushed since the last drain.
+    /// Waits until something was pushed since the last drain. Meant for the one task that
+    /// drains the queue (a second concurrent waiter would not be woken).
     pub async fn notified(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+
+    /// The poll form of [`SubscriberQueue::notified`], for connections that are themselves a
+    /// hand-written stream.
+    pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A push between the check above and the registration must not be lost.
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+
+    /// Wakes the draining task, once per batch: while a wake-up is pending, further pushes
+    /// need none (the task drains everything queued when it runs).
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 
     /// Moves every queued item into `out` (which the caller reuses, so steady-state draining
@@ -272,13 +309,13 @@ impl SubscriberQueue {
                     .slow_client_disconnects
                     .fetch_add(1, Ordering::Relaxed);
                 self.mark_gone();
-                self.notify.notify_one();
+                self.wake();
                 return;
             }
         }
         state.items.push_back(Delivery::Event(Arc::clone(entry)));
         drop(state);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Pushes a control item (heartbeat only when idle; close always).
@@ -294,7 +331,7 @@ impl SubscriberQueue {
         }
         state.items.push_back(delivery);
         drop(state);
-        self.notify.notify_one();
+        self.wake();
     }
 }
 
@@ -881,6 +918,47 @@ mod tests {
         let mut out = VecDeque::new();
         queue.drain_into(&mut out);
         out.into_iter().collect()
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_waiting_connection_and_a_push_before_waiting_is_kept() {
+        let hub = Arc::new(hub(10, 10));
+        let queue = SubscriberQueue::new(10, Transport::Sse);
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+        // Pushed before anyone waits: the next wait returns at once.
+        hub.publish_event(trade("AAPL", 1, 10.0)).expect("valid");
+        tokio::time::timeout(Duration::from_secs(5), queue.notified())
+            .await
+            .expect("a kept wake-up");
+        assert_eq!(drain(&queue).len(), 1);
+        // Waiting first: a later push wakes the waiter.
+        let waiter = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.notified().await }
+        });
+        tokio::task::yield_now().await;
+        hub.publish_event(trade("AAPL", 2, 10.0)).expect("valid");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the push")
+            .expect("waiter ran");
+        assert_eq!(drain(&queue).len(), 1);
+    }
+
+    #[test]
+    fn symbol_filter_is_sized_to_its_highest_id_and_answers_for_any_id() {
+        let filter = SymbolFilter::from_ids([1, 70]);
+        let SymbolFilter::Some(bits) = &filter else {
+            panic!("a list of ids is not All");
+        };
+        assert_eq!(bits.len(), 2);
+        assert!(filter.contains(1) && filter.contains(70));
+        assert!(!filter.contains(0) && !filter.contains(71));
+        assert!(
+            !filter.contains(4095),
+            "ids beyond the bitmap are not contained"
+        );
+        assert!(!SymbolFilter::from_ids([]).contains(0));
     }
 
     #[test]

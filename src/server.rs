@@ -37,6 +37,21 @@ impl AppState {
     }
 }
 
+/// Connections each HTTP worker holds at most (see `start_http`).
+const MAX_CONNECTIONS_PER_WORKER: usize = 1_000_000;
+
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`). Bursts of
+/// thousands of new subscribers overflow the default of 128 and stall on SYN retries.
+const LISTEN_BACKLOG: i32 = 65_535;
+
+/// Re-issues `listen` with a longer accept queue; Linux updates the backlog of a socket that
+/// is already listening.
+fn widen_backlog(listener: TcpListener) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::from(listener);
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Request logging through `tracing` (one line per request at debug level).
 fn tracing_actix() -> actix_web::middleware::Logger {
     actix_web::middleware::Logger::new("%r %s %Dms").log_target("tickgate::http")
@@ -205,10 +220,15 @@ impl Application {
         })
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
-        .client_request_timeout(Duration::from_secs(10));
+        .client_request_timeout(Duration::from_secs(10))
+        // Streams are long-lived, so actix's default of 25,600 connections per worker would cap
+        // a one-core gateway far below what it can hold; the file-descriptor limit is the
+        // real bound.
+        .max_connections(MAX_CONNECTIONS_PER_WORKER);
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        Ok(server.listen(self.listener)?.run())
+        let listener = widen_backlog(self.listener)?;
+        Ok(server.listen(listener)?.run())
     }
 }

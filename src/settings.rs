@@ -282,6 +282,8 @@ pub struct AuthSettings {
     pub ticket_ttl: Duration,
     /// Most simultaneous WebSocket sessions per user (error 406 beyond).
     pub max_connections_per_user: usize,
+    /// Most `POST /v1/auth/token` attempts per client address per minute (429 beyond).
+    pub max_login_attempts_per_minute: u32,
     /// Users of the built-in issuer, with argon2 PHC password hashes.
     pub users: Vec<UserEntry>,
 }
@@ -316,6 +318,7 @@ impl Default for AuthSettings {
             token_ttl: Duration::from_secs(3600),
             ticket_ttl: Duration::from_secs(10),
             max_connections_per_user: 5,
+            max_login_attempts_per_minute: 20,
             users: Vec::new(),
         }
     }

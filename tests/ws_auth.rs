@@ -301,3 +301,31 @@ async fn requests_that_cannot_be_upgraded_get_json_http_errors() {
     }
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn password_guessing_is_limited_per_client_address_with_429() {
+    let mut settings = tickgate_settings_with_demo_user();
+    settings.auth.max_login_attempts_per_minute = 3;
+    let app = spawn_app_with(settings).await;
+    let client = reqwest::Client::new();
+    let attempt = |password: &'static str| {
+        client
+            .post(app.url("/v1/auth/token"))
+            .json(&serde_json::json!({"username": "demo", "password": password}))
+            .send()
+    };
+    for _ in 0..3 {
+        let response = attempt("wrong").await.expect("request");
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    let limited = attempt("demo-password").await.expect("request");
+    assert_eq!(limited.status().as_u16(), 429);
+    let body: serde_json::Value = limited.json().await.expect("json");
+    assert_eq!(body["code"], 42910000);
+    app.stop().await.expect("stop");
+}
+
+/// The repository's defaults (which include the demo user) on port 0.
+fn tickgate_settings_with_demo_user() -> tickgate::settings::Settings {
+    common::test_settings()
+}

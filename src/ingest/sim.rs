@@ -791,7 +791,14 @@ pub struct PublishGuard {
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     last_times: HashMap<(String, EventKind), DateTime<Utc>>,
+    /// When a refusal was last logged, and how many were counted but not logged since: a
+    /// persistent problem is logged every few seconds, not several times a second.
+    last_warning: Option<std::time::Instant>,
+    unlogged_refusals: u64,
 }
+
+/// Shortest time between two refusal warnings of the simulator.
+const WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PublishGuard {
     pub fn new(universe: SymbolUniverse, sink: Arc<dyn EventSink>, metrics: Arc<Metrics>) -> Self {
@@ -800,13 +807,31 @@ impl PublishGuard {
             sink,
             metrics,
             last_times: HashMap::new(),
+            last_warning: None,
+            unlogged_refusals: 0,
         }
+    }
+
+    /// Whether to log this refusal now; counts the ones it swallows.
+    fn should_warn(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|last| now.duration_since(last) < WARNING_INTERVAL)
+        {
+            self.unlogged_refusals += 1;
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unlogged_refusals))
     }
 
     /// Publishes `event` if it passes the checks; returns whether the sink accepted it.
     pub fn publish(&mut self, event: MarketEvent) -> bool {
         if let Err(invalid) = self.check(&event) {
-            tracing::warn!(source = SOURCE_NAME, reason = %invalid, "dropped an invalid simulated event");
+            if let Some(since) = self.should_warn() {
+                tracing::warn!(source = SOURCE_NAME, reason = %invalid, refused_since_last_warning = since, "dropped an invalid simulated event");
+            }
             self.metrics
                 .ingest_rejected(SOURCE_NAME, invalid.reason_label());
             return false;
@@ -818,7 +843,9 @@ impl PublishGuard {
                     PublishError::Invalid(invalid) => invalid.reason_label(),
                     PublishError::Encode(_) => "encode",
                 };
-                tracing::warn!(source = SOURCE_NAME, %error, "the hub refused a simulated event");
+                if let Some(since) = self.should_warn() {
+                    tracing::warn!(source = SOURCE_NAME, %error, refused_since_last_warning = since, "the hub refused a simulated event");
+                }
                 self.metrics.ingest_rejected(SOURCE_NAME, reason);
                 false
             }

@@ -32,7 +32,7 @@ fn auth_error(error: AuthError) -> ApiError {
         AuthError::IssuerDisabled => {
             ApiError::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, error.to_string())
         }
-        AuthError::TooManyTickets => ApiError::new(
+        AuthError::TooManyTickets | AuthError::TooManyLogins => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             codes::RATE_LIMITED,
             error.to_string(),
@@ -72,9 +72,13 @@ struct TokenRequest {
 }
 
 async fn token(
+    request: HttpRequest,
     body: web::Json<TokenRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(peer) = request.peer_addr() {
+        state.auth.check_login_rate(peer.ip()).map_err(auth_error)?;
+    }
     let TokenRequest { username, password } = body.into_inner();
     let auth = Arc::clone(&state.auth);
     // argon2 takes tens of milliseconds of CPU: keep it off the connection threads.

@@ -9,6 +9,10 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -235,15 +239,11 @@ fn open_stream(
         finished: false,
         metrics: Arc::clone(&state.metrics),
     };
-    let body = futures::stream::unfold(connection, |mut connection| async move {
-        let chunk = connection.next_chunk().await?;
-        Some((Ok::<Bytes, Infallible>(chunk), connection))
-    });
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
+        .body(connection)
 }
 
 /// `retry:`, then either the snapshot (fresh connect or reset) or the replay.
@@ -337,23 +337,41 @@ struct SseConnection {
     metrics: Arc<Metrics>,
 }
 
-impl SseConnection {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(initial) = self.initial.take() {
-            return Some(initial);
-        }
-        if self.finished {
-            return None;
-        }
-        loop {
-            self.queue.drain_into(&mut self.spare);
-            if !self.spare.is_empty() {
-                return Some(self.render());
-            }
-            self.queue.notified().await;
-        }
+/// The connection is the response body itself: a hand-written stream rather than an async
+/// block, so each delivery costs one poll and no future is built per chunk.
+impl MessageBody for SseConnection {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
     }
 
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(initial) = this.initial.take() {
+            return Poll::Ready(Some(Ok(initial)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        // Wait first, then drain: every push leaves a wake-up pending, so this never sleeps
+        // on a non-empty queue, and the poll right after a write costs no lock.
+        loop {
+            if this.queue.poll_notified(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.queue.drain_into(&mut this.spare);
+            if !this.spare.is_empty() {
+                return Poll::Ready(Some(Ok(this.render())));
+            }
+        }
+    }
+}
+
+impl SseConnection {
     /// Coalesces everything drained into one chunk.
     fn render(&mut self) -> Bytes {
         let mut delivered = 0u64;

@@ -1,0 +1,656 @@
+//! `tickgate-loadgen`: opens N SSE or WebSocket subscribers against any push server, publishes
+//! trades at a fixed rate through its publish URL, and reports deliveries per second, loss,
+//! latency percentiles, connect rate, and the server's CPU per delivery and memory per
+//! connection (from `/proc/<pid>`).
+
+mod client;
+mod http;
+mod publish;
+mod sse;
+mod stats;
+mod ws;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::client::{Shared, Target, Transport, now_ns, run_subscriber};
+use crate::http::Url;
+use crate::publish::Publisher;
+use crate::stats::{DeliverySummary, ProcSample, USER_HZ, summarize};
+
+const USAGE: &str = "usage: tickgate-loadgen [options]
+
+  --mode fanout|idle          fanout: publish and measure delivery (default);
+                              idle: hold connections and measure memory per connection
+  --transport sse|ws          subscriber protocol (default sse)
+  --subscribe-url URL         default http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades
+  --publish-url URL           default http://127.0.0.1:8080/v1/publish (Nchan: http://HOST/pub?id=CHAN)
+  --token TOKEN               publish with Authorization: Bearer TOKEN
+  --header 'Name: value'      extra subscriber request header (repeatable)
+  --ws-message TEXT           WebSocket text message sent after the upgrade (repeatable)
+  --subscribers N             default 100
+  --slow-fraction F           share of subscribers that stop reading after connecting (default 0)
+  --rate MSGS_PER_S           publish rate (default 10)
+  --duration SECS             publishing time (default 10)
+  --symbols A,B               trade symbols, round robin (default AAPL)
+  --settle SECS               wait after connecting before measuring (default 1)
+  --drain SECS                longest wait for deliveries after the last publish (default 5)
+  --hold SECS                 idle mode: how long to hold the connections (default 3)
+  --server-pid PID[,PID..]    sample CPU and memory of these processes (nginx: master and workers)
+  --source-addresses K        spread connections over 127.0.0.2 .. (default 64)
+  --connect-concurrency C     handshakes in flight at once (default 512)
+  --threads T                 runtime worker threads (default: available cores)
+  --label TEXT                name of the run in the report
+  --json FILE                 append the report as one JSON line to FILE
+  --check                     exit 1 on any connect failure or loss among reading subscribers";
+
+#[derive(Debug, Clone)]
+struct Options {
+    idle: bool,
+    transport: Transport,
+    subscribe_url: String,
+    publish_url: String,
+    token: Option<String>,
+    headers: Vec<(String, String)>,
+    ws_messages: Vec<String>,
+    subscribers: usize,
+    slow_fraction: f64,
+    rate: f64,
+    duration: Duration,
+    symbols: Vec<String>,
+    settle: Duration,
+    drain: Duration,
+    hold: Duration,
+    server_pids: Vec<u32>,
+    source_addresses: u32,
+    connect_concurrency: usize,
+    threads: Option<usize>,
+    label: String,
+    json: Option<String>,
+    check: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            idle: false,
+            transport: Transport::Sse,
+            subscribe_url: "http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades".into(),
+            publish_url: "http://127.0.0.1:8080/v1/publish".into(),
+            token: None,
+            headers: Vec::new(),
+            ws_messages: Vec::new(),
+            subscribers: 100,
+            slow_fraction: 0.0,
+            rate: 10.0,
+            duration: Duration::from_secs(10),
+            symbols: vec!["AAPL".into()],
+            settle: Duration::from_secs(1),
+            drain: Duration::from_secs(5),
+            hold: Duration::from_secs(3),
+            server_pids: Vec::new(),
+            source_addresses: 64,
+            connect_concurrency: 512,
+            threads: None,
+            label: String::new(),
+            json: None,
+            check: false,
+        }
+    }
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut args = args.into_iter();
+    let secs = |v: String, name: &str| -> Result<Duration, String> {
+        v.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{name} wants seconds, got {v:?}"))
+    };
+    fn number<T: std::str::FromStr>(v: &str, name: &str) -> Result<T, String> {
+        v.parse()
+            .map_err(|_| format!("{name} wants a number, got {v:?}"))
+    }
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        if flag == "--check" {
+            options.check = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--mode" => {
+                options.idle = match value.as_str() {
+                    "fanout" => false,
+                    "idle" => true,
+                    _ => return Err(format!("--mode is fanout or idle, got {value:?}")),
+                }
+            }
+            "--transport" => {
+                options.transport = match value.as_str() {
+                    "sse" => Transport::Sse,
+                    "ws" | "websocket" => Transport::WebSocket,
+                    _ => return Err(format!("--transport is sse or ws, got {value:?}")),
+                }
+            }
+            "--subscribe-url" => options.subscribe_url = value,
+            "--publish-url" => options.publish_url = value,
+            "--token" => options.token = Some(value),
+            "--header" => {
+                let (name, header_value) = value
+                    .split_once(':')
+                    .ok_or_else(|| format!("--header wants 'Name: value', got {value:?}"))?;
+                options
+                    .headers
+                    .push((name.trim().to_owned(), header_value.trim().to_owned()));
+            }
+            "--ws-message" => options.ws_messages.push(value),
+            "--subscribers" => options.subscribers = number(&value, &flag)?,
+            "--slow-fraction" => {
+                options.slow_fraction = number(&value, &flag)?;
+                if !(0.0..1.0).contains(&options.slow_fraction) {
+                    return Err("--slow-fraction must be in [0, 1)".into());
+                }
+            }
+            "--rate" => {
+                options.rate = number(&value, &flag)?;
+                if !(options.rate > 0.0 && options.rate.is_finite()) {
+                    return Err("--rate must be positive".into());
+                }
+            }
+            "--duration" => options.duration = secs(value, &flag)?,
+            "--symbols" => {
+                options.symbols = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if options.symbols.is_empty() {
+                    return Err("--symbols needs at least one symbol".into());
+                }
+            }
+            "--settle" => options.settle = secs(value, &flag)?,
+            "--drain" => options.drain = secs(value, &flag)?,
+            "--hold" => options.hold = secs(value, &flag)?,
+            "--server-pid" => {
+                options.server_pids = value
+                    .split(',')
+                    .map(|p| number(p.trim(), &flag))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--source-addresses" => {
+                options.source_addresses = number(&value, &flag)?;
+                if !(1..=16_000_000).contains(&options.source_addresses) {
+                    return Err("--source-addresses must be from 1 to 16000000".into());
+                }
+            }
+            "--connect-concurrency" => {
+                options.connect_concurrency = number::<usize>(&value, &flag)?.max(1)
+            }
+            "--threads" => options.threads = Some(number::<usize>(&value, &flag)?.max(1)),
+            "--label" => options.label = value,
+            "--json" => options.json = Some(value),
+            _ => return Err(format!("unknown option {flag:?}")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("{message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = options.threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("could not start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("tickgate-loadgen: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(url: &Url) -> Result<SocketAddr, String> {
+    (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("{} has no IPv4 address", url.host))
+}
+
+/// The figures of one run.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    label: String,
+    mode: &'static str,
+    transport: &'static str,
+    subscribers: usize,
+    slow_subscribers: usize,
+    connected: usize,
+    connect_failures: usize,
+    first_connect_error: Option<String>,
+    connect_seconds: f64,
+    connects_per_second: f64,
+    /// Server CPU from before the first connect until all were connected and settled, per
+    /// connection: what one subscribe costs the server, whatever the generator's speed.
+    server_cpu_us_per_connect: Option<f64>,
+    rate: f64,
+    published: u64,
+    publish_failures: u64,
+    first_publish_error: Option<String>,
+    delivered: u64,
+    deliveries_per_second: f64,
+    lost: u64,
+    subscribers_with_loss: usize,
+    duplicated: u64,
+    subscriber_errors: usize,
+    first_subscriber_error: Option<String>,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    server_cpu_seconds: Option<f64>,
+    server_cpu_us_per_delivery: Option<f64>,
+    /// The kernel's share of the server's CPU time (loopback TCP, epoll).
+    server_system_share: Option<f64>,
+    /// The load generator's own CPU per delivery, to see whether it was the bottleneck.
+    loadgen_cpu_us_per_delivery: Option<f64>,
+    server_rss_before_kib: Option<u64>,
+    server_rss_connected_kib: Option<u64>,
+    server_rss_max_kib: Option<u64>,
+    server_bytes_per_connection: Option<f64>,
+    server_pss_before_kib: Option<u64>,
+    server_pss_connected_kib: Option<u64>,
+    /// PSS growth per connection: what the processes together really hold for one.
+    server_pss_bytes_per_connection: Option<f64>,
+}
+
+async fn run(options: Options) -> Result<bool, String> {
+    let subscribe_url = Url::parse(&options.subscribe_url)?;
+    let address = resolve(&subscribe_url)?;
+    let target = Arc::new(Target {
+        transport: options.transport,
+        address,
+        url: subscribe_url,
+        headers: options.headers.clone(),
+        ws_messages: options.ws_messages.clone(),
+        source_addresses: options.source_addresses,
+        handshake_timeout: Duration::from_secs(30),
+    });
+    let sample = || -> Option<ProcSample> {
+        if options.server_pids.is_empty() {
+            return None;
+        }
+        match ProcSample::read_all(&options.server_pids) {
+            Ok(sample) => Some(sample),
+            Err(error) => {
+                eprintln!("warning: {error}");
+                None
+            }
+        }
+    };
+
+    let before = sample();
+    let shared = Arc::new(Shared::new());
+    let limit = Arc::new(Semaphore::new(options.connect_concurrency));
+    let n = options.subscribers;
+    let slow_every = if options.slow_fraction > 0.0 {
+        Some((1.0 / options.slow_fraction).round().max(1.0) as usize)
+    } else {
+        None
+    };
+    let connect_started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    let mut slow_count = 0;
+    for index in 0..n {
+        let slow = slow_every.is_some_and(|every| index % every == every - 1);
+        slow_count += usize::from(slow);
+        tasks.push(tokio::spawn(run_subscriber(
+            Arc::clone(&target),
+            index,
+            slow,
+            Arc::clone(&shared),
+            Arc::clone(&limit),
+        )));
+    }
+    let connect_deadline = Duration::from_secs(60).max(Duration::from_millis(n as u64));
+    while shared.ready.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < n {
+        if connect_started.elapsed() > connect_deadline {
+            eprintln!("warning: not every subscriber connected within {connect_deadline:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    let connected = shared.ready.load(Ordering::Relaxed);
+    eprintln!(
+        "{connected}/{n} subscribers connected in {connect_seconds:.2} s ({:.0}/s)",
+        connected as f64 / connect_seconds.max(1e-9)
+    );
+    tokio::time::sleep(options.settle).await;
+    let connected_sample = sample();
+
+    let mut rss_max = connected_sample.map(|s| s.rss_kib);
+    let mut publish_report = publish::PublishReport::default();
+    let mut cpu_seconds = None;
+    let mut system_share = None;
+    let mut own_cpu_seconds: Option<f64> = None;
+    let mut delivery_seconds = 0.0;
+    if options.idle {
+        tokio::time::sleep(options.hold).await;
+        if let Some(s) = sample() {
+            rss_max = rss_max.max(Some(s.rss_kib));
+        }
+    } else {
+        let publish_url = Url::parse(&options.publish_url)?;
+        let publish_address = resolve(&publish_url)?;
+        let mut publisher = Publisher::new(
+            publish_url,
+            publish_address,
+            options.token.clone(),
+            options.symbols.clone(),
+        );
+        let cpu_start = sample();
+        let own_start = ProcSample::read(std::process::id()).ok();
+        shared.min_id.store(now_ns(), Ordering::Relaxed);
+        let started = Instant::now();
+        let sampler = {
+            let pids = options.server_pids.clone();
+            tokio::spawn(async move {
+                let mut max = 0;
+                if pids.is_empty() {
+                    return max;
+                }
+                let mut ticker = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    ticker.tick().await;
+                    if let Ok(s) = ProcSample::read_all(&pids) {
+                        max = max.max(s.rss_kib);
+                    }
+                }
+            })
+        };
+        let publish_task = {
+            let rate = options.rate;
+            let duration = options.duration;
+            tokio::spawn(async move { publisher.run(rate, duration).await })
+        };
+        // Max RSS is tracked in the sampler; it is read back by aborting it below.
+        publish_report = publish_task
+            .await
+            .map_err(|e| format!("publisher failed: {e}"))?;
+        let reading = shared
+            .ready
+            .load(Ordering::Relaxed)
+            .saturating_sub(slow_count);
+        let want = publish_report.accepted * reading as u64;
+        let drain_started = Instant::now();
+        while shared.received.load(Ordering::Relaxed) < want
+            && drain_started.elapsed() < options.drain
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        delivery_seconds = started.elapsed().as_secs_f64();
+        if let (Some(a), Ok(b)) = (own_start, ProcSample::read(std::process::id())) {
+            own_cpu_seconds = Some(b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / USER_HZ as f64);
+        }
+        if let (Some(a), Some(b)) = (cpu_start, sample()) {
+            let ticks = b.cpu_ticks.saturating_sub(a.cpu_ticks);
+            cpu_seconds = Some(ticks as f64 / USER_HZ as f64);
+            if ticks > 0 {
+                system_share =
+                    Some(b.system_ticks.saturating_sub(a.system_ticks) as f64 / ticks as f64);
+            }
+            rss_max = rss_max.max(Some(b.rss_kib));
+        }
+        sampler.abort();
+        if let Ok(Ok(max)) = tokio::time::timeout(Duration::from_millis(100), sampler).await {
+            rss_max = rss_max.max(Some(max));
+        }
+    }
+
+    shared.stop.cancel();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        if let Ok(result) = task.await {
+            results.push(result);
+        }
+    }
+    let summary: DeliverySummary = summarize(&results, publish_report.accepted);
+    let first_connect_error = results
+        .iter()
+        .filter(|r| r.received == 0)
+        .find_map(|r| r.error.clone());
+    let first_subscriber_error = results.iter().find_map(|r| r.error.clone());
+    let connect_failures = shared.failed.load(Ordering::Relaxed);
+    let report = Report {
+        label: options.label.clone(),
+        mode: if options.idle { "idle" } else { "fanout" },
+        transport: match options.transport {
+            Transport::Sse => "sse",
+            Transport::WebSocket => "ws",
+        },
+        subscribers: n,
+        slow_subscribers: slow_count,
+        connected,
+        connect_failures,
+        first_connect_error,
+        connect_seconds,
+        connects_per_second: connected as f64 / connect_seconds.max(1e-9),
+        server_cpu_us_per_connect: match (before, connected_sample) {
+            (Some(a), Some(b)) if connected > 0 => Some(
+                b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 * 1e6
+                    / USER_HZ as f64
+                    / connected as f64,
+            ),
+            _ => None,
+        },
+        rate: options.rate,
+        published: publish_report.accepted,
+        publish_failures: publish_report.failed,
+        first_publish_error: publish_report.first_error.clone(),
+        delivered: summary.received,
+        deliveries_per_second: if delivery_seconds > 0.0 {
+            summary.received as f64 / delivery_seconds
+        } else {
+            0.0
+        },
+        lost: summary.lost,
+        subscribers_with_loss: summary.subscribers_with_loss,
+        duplicated: summary.duplicated,
+        subscriber_errors: summary.errors,
+        first_subscriber_error,
+        p50_ms: summary.p50_ms,
+        p99_ms: summary.p99_ms,
+        p999_ms: summary.p999_ms,
+        max_ms: summary.max_ms,
+        server_cpu_seconds: cpu_seconds,
+        server_cpu_us_per_delivery: cpu_seconds
+            .filter(|_| summary.received > 0)
+            .map(|s| s * 1e6 / summary.received as f64),
+        server_system_share: system_share,
+        loadgen_cpu_us_per_delivery: own_cpu_seconds
+            .filter(|_| summary.received > 0)
+            .map(|s| s * 1e6 / summary.received as f64),
+        server_rss_before_kib: before.map(|s| s.rss_kib),
+        server_rss_connected_kib: connected_sample.map(|s| s.rss_kib),
+        server_rss_max_kib: rss_max,
+        server_bytes_per_connection: match (before, connected_sample) {
+            (Some(a), Some(b)) if connected > 0 => {
+                Some((b.rss_kib as f64 - a.rss_kib as f64) * 1024.0 / connected as f64)
+            }
+            _ => None,
+        },
+        server_pss_before_kib: before.map(|s| s.pss_kib),
+        server_pss_connected_kib: connected_sample.map(|s| s.pss_kib),
+        server_pss_bytes_per_connection: match (before, connected_sample) {
+            (Some(a), Some(b)) if connected > 0 => {
+                Some((b.pss_kib as f64 - a.pss_kib as f64) * 1024.0 / connected as f64)
+            }
+            _ => None,
+        },
+    };
+    print_report(&report);
+    if let Some(path) = &options.json {
+        let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {path}: {e}"))?;
+        writeln!(file, "{line}").map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    let healthy = connect_failures == 0
+        && (options.idle
+            || (summary.lost == 0
+                && publish_report.failed == 0
+                && publish_report.accepted > 0
+                && summary.errors == 0));
+    Ok(!options.check || healthy)
+}
+
+fn print_report(r: &Report) {
+    let opt = |v: Option<f64>, digits: usize| match v {
+        Some(v) => format!("{v:.digits$}"),
+        None => "-".into(),
+    };
+    println!("== {} ({} {}) ==", r.label, r.mode, r.transport);
+    println!(
+        "subscribers      {} ({} slow), connected {}, failed {}",
+        r.subscribers, r.slow_subscribers, r.connected, r.connect_failures
+    );
+    println!(
+        "connect          {:.2} s, {:.0} connections/s, server cpu {} us per connection",
+        r.connect_seconds,
+        r.connects_per_second,
+        opt(r.server_cpu_us_per_connect, 1)
+    );
+    if let Some(error) = &r.first_connect_error {
+        println!("connect error    {error}");
+    }
+    if r.mode == "fanout" {
+        println!(
+            "published        {} at {}/s ({} failed{})",
+            r.published,
+            r.rate,
+            r.publish_failures,
+            r.first_publish_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        println!(
+            "delivered        {} ({:.0}/s), lost {} ({} subscribers), duplicated {}",
+            r.delivered, r.deliveries_per_second, r.lost, r.subscribers_with_loss, r.duplicated
+        );
+        println!(
+            "latency ms       p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
+        );
+        println!(
+            "server cpu       {} s, {} us per delivery ({} in the kernel)",
+            opt(r.server_cpu_seconds, 2),
+            opt(r.server_cpu_us_per_delivery, 3),
+            opt(r.server_system_share.map(|s| s * 100.0), 0) + "%"
+        );
+        println!(
+            "loadgen cpu      {} us per delivery",
+            opt(r.loadgen_cpu_us_per_delivery, 3)
+        );
+        if let Some(error) = &r.first_subscriber_error {
+            println!(
+                "subscriber error {error} ({} subscribers)",
+                r.subscriber_errors
+            );
+        }
+    }
+    println!(
+        "server rss KiB   before {}  connected {}  max {}  -> {} bytes/connection",
+        r.server_rss_before_kib
+            .map_or("-".into(), |v| v.to_string()),
+        r.server_rss_connected_kib
+            .map_or("-".into(), |v| v.to_string()),
+        r.server_rss_max_kib.map_or("-".into(), |v| v.to_string()),
+        opt(r.server_bytes_per_connection, 0)
+    );
+    println!(
+        "server pss KiB   before {}  connected {}  -> {} bytes/connection",
+        r.server_pss_before_kib
+            .map_or("-".into(), |v| v.to_string()),
+        r.server_pss_connected_kib
+            .map_or("-".into(), |v| v.to_string()),
+        opt(r.server_pss_bytes_per_connection, 0)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options_parse_with_units_and_lists() {
+        let options = parse_args(args(
+            "--mode idle --transport ws --subscribers 5000 --rate 100 --duration 2.5 \
+             --server-pid 10,11 --header X-A:1 --symbols AAPL,MSFT --check",
+        ))
+        .expect("valid");
+        assert!(options.idle);
+        assert_eq!(options.transport, Transport::WebSocket);
+        assert_eq!(options.subscribers, 5000);
+        assert_eq!(options.duration, Duration::from_millis(2500));
+        assert_eq!(options.server_pids, vec![10, 11]);
+        assert_eq!(options.headers, vec![("X-A".into(), "1".into())]);
+        assert_eq!(options.symbols, vec!["AAPL", "MSFT"]);
+        assert!(options.check);
+    }
+
+    #[test]
+    fn bad_options_are_reported_by_name() {
+        for (line, needle) in [
+            ("--rate 0", "--rate"),
+            ("--subscribers x", "--subscribers"),
+            ("--mode busy", "--mode"),
+            ("--slow-fraction 1.5", "--slow-fraction"),
+            ("--bogus 1", "--bogus"),
+            ("--duration", "--duration"),
+        ] {
+            let error = parse_args(args(line)).expect_err(line);
+            assert!(error.contains(needle), "{line}: {error}");
+        }
+    }
+}

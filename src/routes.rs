@@ -1,8 +1,6 @@
 //! HTTP routes: public REST (`/v1/snapshot`, `/v1/symbols`, `/v1/bars`), health, metrics, the
 //! static dashboard, and the JSON error handlers that keep every failure in the API's shape.
 
-use std::collections::HashMap;
-
 use actix_cors::Cors;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
@@ -173,13 +171,17 @@ fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 async fn snapshot(
-    query: web::Query<HashMap<String, String>>,
+    query: web::Query<Vec<(String, String)>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = crate::transport::sse::unique_params(query.into_inner())?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "symbols") {
         return Err(ApiError::bad_request(
             codes::INVALID_PARAMETER,
-            format!("unknown query parameter {unknown:?}; allowed: symbols"),
+            format!(
+                "unknown query parameter {:?}; allowed: symbols",
+                crate::transport::sse::echo(unknown)
+            ),
         ));
     }
     let universe = state.universe();

@@ -516,8 +516,10 @@ impl Settings {
         let tree: serde_json::Value = merged.try_deserialize().map_err(|e| SettingsError {
             problems: vec![e.to_string()],
         })?;
-        let settings: Settings = deserialize_collecting(tree)?;
-        let problems = settings.validate();
+        // Type errors and unknown keys first, then the semantic checks of whatever did parse
+        // (bad keys fall back to their defaults), so one run lists every problem.
+        let (settings, mut problems): (Settings, Vec<String>) = deserialize_collecting(tree)?;
+        problems.extend(settings.validate());
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -686,7 +688,7 @@ impl TradingSettings {
 /// Deserializes, collecting every type error and unknown key instead of stopping at the first.
 fn deserialize_collecting<T: serde::de::DeserializeOwned>(
     mut tree: serde_json::Value,
-) -> Result<T, SettingsError> {
+) -> Result<(T, Vec<String>), SettingsError> {
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
     for _ in 0..64 {
@@ -699,11 +701,7 @@ fn deserialize_collecting<T: serde::de::DeserializeOwned>(
         match result {
             Ok(value) => {
                 problems.extend(unknown.iter().map(|p| format!("{p}: unknown key")));
-                return if problems.is_empty() {
-                    Ok(value)
-                } else {
-                    Err(SettingsError { problems })
-                };
+                return Ok((value, problems));
             }
             Err(error) => {
                 let path = error.path().to_string();

@@ -543,6 +543,16 @@ impl Hub {
         }
     }
 
+    /// Continues `feed`'s sequence after `last_seq` (a restart that keeps the epoch, see
+    /// `store::FeedStart`), so cursors issued before the restart sort before new ones. Only
+    /// takes effect before the first publish on the feed.
+    pub fn continue_after(&self, feed: Feed, last_seq: u64) {
+        let mut state = self.feeds[feed.index()].lock();
+        if state.next_seq == 1 && state.window.is_empty() {
+            state.next_seq = last_seq.saturating_add(1);
+        }
+    }
+
     /// Validates, sequences, encodes once and fans out one event.
     pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
         validate_event(&event, &self.universe)?;

@@ -7,6 +7,7 @@
 //! - [`transport`]: client transports (`sse` for public feeds, `ws` for the authenticated
 //!   WebSocket with its socket-free `ws_session`, `account` for auth and account HTTP routes).
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`.
+//! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
 //! - [`routes`]: HTTP routes, CORS, health and metrics endpoints.
 //! - [`server`]: builds the application from [`settings`] and runs it until shutdown.
 //! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod settings;
+pub mod store;
 pub mod telemetry;
 pub mod trading;
 pub mod transport;

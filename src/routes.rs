@@ -1,8 +1,6 @@
 //! HTTP routes: public REST (`/v1/snapshot`, `/v1/symbols`, `/v1/bars`), health, metrics, the
 //! static dashboard, and the JSON error handlers that keep every failure in the API's shape.
 
-use std::collections::HashMap;
-
 use actix_cors::Cors;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
@@ -124,9 +122,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
         .map(|(n, _)| n)
         .collect();
+    let store = state
+        .store
+        .as_ref()
+        .map_or(crate::store::StoreStatus::Disabled, |store| store.status());
+    let store_degraded = matches!(store, crate::store::StoreStatus::Degraded { .. });
     let status = if !ready {
         "not_ready"
-    } else if degraded.is_empty() {
+    } else if degraded.is_empty() && !store_degraded {
         "ready"
     } else {
         "degraded"
@@ -135,6 +138,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "status": status,
         "hub": if hub_running { "running" } else { "stopping" },
         "sources": sources,
+        "store": store,
     });
     if ready {
         HttpResponse::Ok().json(body)
@@ -167,13 +171,17 @@ fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 async fn snapshot(
-    query: web::Query<HashMap<String, String>>,
+    query: web::Query<Vec<(String, String)>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = crate::transport::sse::unique_params(query.into_inner())?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "symbols") {
         return Err(ApiError::bad_request(
             codes::INVALID_PARAMETER,
-            format!("unknown query parameter {unknown:?}; allowed: symbols"),
+            format!(
+                "unknown query parameter {:?}; allowed: symbols",
+                crate::transport::sse::echo(unknown)
+            ),
         ));
     }
     let universe = state.universe();
@@ -278,6 +286,31 @@ async fn bars(
     // One bar more than asked says whether the page was cut short; its start time is where
     // the next page begins, so a client that follows the token misses nothing.
     let mut bars = state.hub.bars(id, start, end, limit + 1);
+    if let Some(store) = &state.store {
+        let stored = store
+            .history
+            .bars(crate::store::BarQuery {
+                symbol: symbol.clone(),
+                start,
+                end,
+                limit: limit + 1,
+            })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "bar history query failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::NOT_READY,
+                    "bar history is unavailable right now",
+                )
+            })?;
+        // Both lists are sorted and start at `start`; the in-memory bars are the newest
+        // (they may not be flushed to the store yet), so they win for the same minute.
+        let mut merged: std::collections::BTreeMap<DateTime<Utc>, crate::market::Bar> =
+            stored.into_iter().map(|bar| (bar.time, bar)).collect();
+        merged.extend(bars.into_iter().map(|bar| (bar.time, bar)));
+        bars = merged.into_values().take(limit + 1).collect();
+    }
     let next_page_token = if bars.len() > limit {
         bars.pop().map(|next| {
             next.time

@@ -26,6 +26,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The simulated exchange.
     pub trading: Arc<dyn TradingApi>,
+    /// Durable storage; `None` when `store.enabled` is false.
+    pub store: Option<crate::store::Store>,
     pub auth: Arc<crate::auth::AuthService>,
 }
 
@@ -79,7 +81,18 @@ impl Application {
         let port = listener.local_addr()?.port();
         let metrics = Arc::new(Metrics::default());
         let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
-        let epoch = chrono::Utc::now().timestamp_millis().max(1) as u64;
+        let opened = if settings.store.enabled {
+            Some(crate::store::Store::open_with_metrics(
+                &settings.store,
+                Some(Arc::clone(&metrics)),
+            )?)
+        } else {
+            None
+        };
+        let epoch = match &opened {
+            Some(opened) => opened.feed_start.epoch,
+            None => chrono::Utc::now().timestamp_millis().max(1) as u64,
+        };
         let hub = Arc::new(Hub::new(
             universe,
             HubSettings {
@@ -91,11 +104,34 @@ impl Application {
             Arc::clone(&metrics),
             epoch,
         ));
+        if let Some(opened) = &opened {
+            opened.feed_start.apply(&hub);
+        }
         // Before the exchange starts, so a bad [auth] section leaves nothing running.
         let auth = Arc::new(crate::auth::AuthService::new(&settings.auth)?);
+        if let Some(opened) = &opened {
+            opened.store.sync_users_at_start(
+                settings
+                    .auth
+                    .users
+                    .iter()
+                    .map(|user| crate::store::UserRecord {
+                        username: user.username.clone(),
+                        password_hash: user.password_hash.clone(),
+                    })
+                    .collect(),
+            )?;
+        }
         let shutdown = CancellationToken::new();
-        let (exchange, exchange_tasks) =
-            ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone());
+        let (exchange, exchange_tasks) = match &opened {
+            None => ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone()),
+            Some(opened) => crate::trading::persist::exchange_with_store(
+                &settings,
+                Arc::clone(&hub),
+                shutdown.clone(),
+                &opened.store,
+            )?,
+        };
         // Start the exchange now when a runtime is there (tests, the binary), so it follows
         // the market from the first event; otherwise when the application runs.
         let exchange_tasks = match tokio::runtime::Handle::try_current() {
@@ -113,6 +149,7 @@ impl Application {
             metrics,
             shutdown,
             trading: Arc::new(exchange),
+            store: opened.map(|opened| opened.store),
         };
         Ok(Application {
             port,
@@ -148,6 +185,10 @@ impl Application {
                 .run_keepalive(state.settings.ws.ping_interval, state.shutdown.clone()),
         );
         crate::ingest::spawn_sources(&state);
+        let store_tasks = state
+            .store
+            .as_ref()
+            .map(|store| store.spawn_background(&state.hub, state.shutdown.clone()));
         let server = self.start_http()?;
         let handle = server.handle();
         let hub = Arc::clone(&state.hub);
@@ -163,6 +204,9 @@ impl Application {
         });
         server.await?;
         stopper.abort();
+        if let Some(tasks) = store_tasks {
+            tasks.finish(&state.hub).await;
+        }
         Ok(())
     }
 

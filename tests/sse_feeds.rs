@@ -243,6 +243,33 @@ async fn bad_stream_requests_get_json_4xx_before_any_streaming() {
         assert_eq!(body["code"], code, "{path}: {body}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // A parameter given twice is refused rather than half-honoured.
+    let repeated = client
+        .get(app.url("/v1/stream/market?symbols=AAPL&symbols=MSFT"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(repeated.status().as_u16(), 400);
+    let body: serde_json::Value = repeated.json().await.expect("json");
+    assert_eq!(body["code"], 40010005);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than once"))
+    );
+    // A huge bad symbol is not echoed back in full.
+    let huge = "A".repeat(20_000);
+    let response = client
+        .get(app.url(&format!("/v1/snapshot?symbols={huge}")))
+        .send()
+        .await
+        .expect("request");
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["code"], 40010002);
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.len() < 200),
+        "{body}"
+    );
     let missing = client
         .get(app.url("/v1/nothing"))
         .send()
@@ -438,6 +465,18 @@ async fn idle_streams_get_heartbeat_comments_from_the_shared_sweep() {
         "{:?}",
         client.comments
     );
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_same_symbol_named_twice_counts_once_against_the_limit() {
+    let mut settings = test_settings();
+    settings.market.max_symbols_per_subscription = 1;
+    let app = spawn_app_with(settings).await;
+    let mut client =
+        SseClient::connect(app.port, "/v1/stream/market?symbols=AAPL,aapl,AAPL", &[]).await;
+    assert_eq!(client.status, 200);
+    assert_eq!(first_event(&mut client).await.event, "snapshot");
     app.stop().await.expect("stop");
 }
 

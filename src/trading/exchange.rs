@@ -137,6 +137,8 @@ struct Shared {
     books: HashMap<String, Mutex<BookSlot>>,
     user_channel_capacity: usize,
     mailbox: Mailbox,
+    /// Set when the exchange has a store: every step is stored before it is announced.
+    persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
 }
 
 impl Shared {
@@ -311,6 +313,7 @@ impl ExchangeHandle {
             books,
             user_channel_capacity: user_channel_capacity.max(1),
             mailbox: Mailbox::default(),
+            persistence: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
         let queue_capacity = hub
@@ -478,6 +481,12 @@ impl TradingApi for ExchangeHandle {
 }
 
 impl ExchangeTasks {
+    /// Stores every step in `persistence` before announcing it (see [`super::persist`]).
+    pub fn with_persistence(self, persistence: Arc<super::persist::Persistence>) -> Self {
+        let _ = self.shared.persistence.set(persistence);
+        self
+    }
+
     /// Spawns the actor and, with a hub, the ingest task. Needs a Tokio runtime.
     pub fn spawn(self) {
         let ExchangeTasks {
@@ -514,17 +523,73 @@ async fn run_actor(
                 let Some(command) = command else { return };
                 // Market data that arrived first is applied first, so a command sees the
                 // market as of the moment it was received.
-                drain_market(&mut engine, &shared);
-                handle_command(&mut engine, &shared, command);
+                drain_market(&mut engine, &shared).await;
+                // Commands already queued are handled together and stored in one transaction,
+                // so concurrent users share one fsync instead of waiting for each other's.
+                let mut steps = Vec::new();
+                handle_command(&mut engine, &shared, command, &mut steps);
+                while steps.len() < COMMANDS_PER_COMMIT
+                    && let Ok(command) = commands.try_recv()
+                {
+                    handle_command(&mut engine, &shared, command, &mut steps);
+                }
+                settle(&engine, &shared, steps).await;
             }
-            _ = shared.mailbox.notify.notified() => drain_market(&mut engine, &shared),
+            _ = shared.mailbox.notify.notified() => drain_market(&mut engine, &shared).await,
         }
     }
 }
 
-fn drain_market(engine: &mut Engine, shared: &Shared) {
+/// The error for state changes once a failed store write halted trading.
+fn halted(shared: &Shared) -> Option<OrderError> {
+    let persistence = shared.persistence.get()?;
+    persistence
+        .is_halted()
+        .then(super::persist::Persistence::halted_error)
+}
+
+/// Most commands handled before their steps are stored together.
+const COMMANDS_PER_COMMIT: usize = 256;
+
+/// A handled command waiting for its step to be stored: what it announces, how it replies.
+struct Pending {
+    out: Outcome,
+    reply: Box<dyn FnOnce(Result<(), OrderError>) + Send>,
+}
+
+impl Pending {
+    fn new(out: Outcome, reply: impl FnOnce(Result<(), OrderError>) + Send + 'static) -> Self {
+        Pending {
+            out,
+            reply: Box::new(reply),
+        }
+    }
+}
+
+/// Stores the steps in one transaction (with a store), then publishes each step's
+/// announcements and sends its reply, in order. Nothing of steps that could not be stored is
+/// announced, and the error replaces their replies.
+async fn settle(engine: &Engine, shared: &Shared, steps: Vec<Pending>) {
+    let stored = match shared.persistence.get() {
+        Some(persistence) => {
+            let outs: Vec<&Outcome> = steps.iter().map(|step| &step.out).collect();
+            persistence.store_steps(engine, &outs).await
+        }
+        None => Ok(()),
+    };
+    // Each reply is sent after the announcements are published, so a caller that awaits the
+    // reply and then reads its receivers finds every update the command caused.
+    for step in steps {
+        if stored.is_ok() {
+            shared.publish(step.out.announcements);
+        }
+        (step.reply)(stored.clone());
+    }
+}
+
+async fn drain_market(engine: &mut Engine, shared: &Shared) {
     let pending = shared.mailbox.take();
-    if pending.is_empty() {
+    if pending.is_empty() || halted(shared).is_some() {
         return;
     }
     let mut out = Outcome::default();
@@ -550,32 +615,44 @@ fn drain_market(engine: &mut Engine, shared: &Shared) {
             }
         }
     }
-    shared.publish(out.announcements);
+    settle(engine, shared, vec![Pending::new(out, |_| {})]).await;
 }
 
-fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) {
+/// Applies one command to the engine; its reply waits in `steps` until the step is stored.
+fn handle_command(
+    engine: &mut Engine,
+    shared: &Shared,
+    command: Command,
+    steps: &mut Vec<Pending>,
+) {
     let now = Utc::now();
     let mut out = Outcome::default();
-    // Each reply is sent after the announcements are published, so a caller that awaits the
-    // reply and then reads its receivers finds every update the command caused.
     match command {
         Command::Submit {
             user,
             request,
             reply,
         } => {
-            let result = engine.submit(&user, &request, now, &mut out);
-            shared.publish(out.announcements);
-            let _ = reply.send(result);
+            let result = match halted(shared) {
+                Some(error) => Err(error),
+                None => engine.submit(&user, &request, now, &mut out),
+            };
+            steps.push(Pending::new(out, move |stored| {
+                let _ = reply.send(stored.and(result));
+            }));
         }
         Command::Cancel {
             user,
             target,
             reply,
         } => {
-            let result = engine.cancel(&user, &target, now, &mut out);
-            shared.publish(out.announcements);
-            let _ = reply.send(result);
+            let result = match halted(shared) {
+                Some(error) => Err(error),
+                None => engine.cancel(&user, &target, now, &mut out),
+            };
+            steps.push(Pending::new(out, move |stored| {
+                let _ = reply.send(stored.and(result));
+            }));
         }
         Command::Replace {
             user,
@@ -583,23 +660,39 @@ fn handle_command(engine: &mut Engine, shared: &Shared, command: Command) {
             patch,
             reply,
         } => {
-            let result = engine.replace(&user, &target, &patch, now, &mut out);
-            shared.publish(out.announcements);
-            let _ = reply.send(result);
+            let result = match halted(shared) {
+                Some(error) => Err(error),
+                None => engine.replace(&user, &target, &patch, now, &mut out),
+            };
+            steps.push(Pending::new(out, move |stored| {
+                let _ = reply.send(stored.and(result));
+            }));
         }
+        // Answers wait behind the steps before them too, so what they show is stored.
         Command::Portfolio { user, reply } => {
-            let _ = reply.send(engine.portfolio(&user, now));
+            let portfolio = engine.portfolio(&user, now);
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(portfolio);
+            }));
         }
         Command::Orders { user, query, reply } => {
-            let _ = reply.send(engine.orders(&user, query));
+            let orders = engine.orders(&user, query);
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(orders);
+            }));
         }
         Command::CloseSession { reply } => {
-            engine.close_session(now, &mut out);
-            shared.publish(out.announcements);
-            let _ = reply.send(());
+            if halted(shared).is_none() {
+                engine.close_session(now, &mut out);
+            }
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(());
+            }));
         }
         Command::Sync { reply } => {
-            let _ = reply.send(());
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(());
+            }));
         }
     }
 }

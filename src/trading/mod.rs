@@ -8,6 +8,7 @@
 //! - [`account`]: cash, positions and the exact arithmetic of a fill.
 //! - [`engine`]: the rules; a synchronous state machine.
 //! - [`exchange`]: the actor task, its handle and the market-data ingest.
+//! - [`persist`]: the event log in the store, the rebuild at start-up, the halt on a failed write.
 //!
 //! Invariants:
 //! - One task owns all exchange state, so orders from every user and market data are applied
@@ -28,6 +29,7 @@ pub mod api;
 pub mod book;
 pub mod engine;
 pub mod exchange;
+pub mod persist;
 pub mod validate;
 
 pub use exchange::{ExchangeHandle, ExchangeTasks, MarketInput};

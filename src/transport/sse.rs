@@ -33,7 +33,39 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/stream/alerts", web::get().to(alerts_stream));
 }
 
-type Query = web::Query<HashMap<String, String>>;
+type Query = web::Query<Vec<(String, String)>>;
+
+/// Longest piece of client input quoted back in an error message.
+const ECHO_LIMIT: usize = 32;
+
+/// Quotes client input in an error message, cut to a readable length.
+pub fn echo(input: &str) -> String {
+    if input.chars().count() <= ECHO_LIMIT {
+        input.to_owned()
+    } else {
+        let cut: String = input.chars().take(ECHO_LIMIT).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Turns query pairs into a map, refusing a parameter given twice: silently keeping one of
+/// `symbols=AAPL&symbols=MSFT` would drop data the client asked for.
+pub fn unique_params(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, ApiError> {
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        if map.contains_key(&key) {
+            return Err(ApiError::bad_request(
+                codes::INVALID_PARAMETER,
+                format!(
+                    "query parameter {} is given more than once; use one comma-separated list",
+                    echo(&key)
+                ),
+            ));
+        }
+        map.insert(key, value);
+    }
+    Ok(map)
+}
 
 fn check_params(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     let mut unknown: Vec<&str> = query
@@ -49,7 +81,12 @@ fn check_params(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(),
             codes::INVALID_PARAMETER,
             format!(
                 "unknown query parameter(s): {}; allowed: {}",
-                unknown.join(", "),
+                unknown
+                    .iter()
+                    .take(10)
+                    .map(|k| echo(k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 allowed.join(", ")
             ),
         ))
@@ -73,11 +110,20 @@ pub fn parse_symbols(
             Ok(SymbolFilter::All)
         };
     };
-    let names: Vec<String> = raw
+    let mut names: Vec<String> = Vec::new();
+    for name in raw
         .split(',')
         .map(|s| s.trim().to_ascii_uppercase())
         .filter(|s| !s.is_empty())
-        .collect();
+    {
+        // `AAPL,aapl` is one symbol, counted once against the limit.
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        if names.len() > max_symbols {
+            break;
+        }
+    }
     if names.is_empty() {
         return Err(ApiError::bad_request(
             codes::INVALID_PARAMETER,
@@ -90,10 +136,7 @@ pub fn parse_symbols(
     if names.len() > max_symbols {
         return Err(ApiError::bad_request(
             codes::TOO_MANY_SYMBOLS,
-            format!(
-                "too many symbols: {} requested, at most {max_symbols} per subscription",
-                names.len()
-            ),
+            format!("too many symbols: at most {max_symbols} per subscription"),
         ));
     }
     let mut ids = Vec::with_capacity(names.len());
@@ -107,7 +150,20 @@ pub fn parse_symbols(
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(
             codes::UNKNOWN_SYMBOL,
-            format!("unknown symbol(s): {}", unknown.join(", ")),
+            format!(
+                "unknown symbol(s): {}{}",
+                unknown
+                    .iter()
+                    .take(10)
+                    .map(|s| echo(s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if unknown.len() > 10 {
+                    format!(" and {} more", unknown.len() - 10)
+                } else {
+                    String::new()
+                }
+            ),
         ));
     }
     Ok(SymbolFilter::from_ids(ids))
@@ -166,6 +222,7 @@ async fn market_stream(
     query: Query,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = unique_params(query.into_inner())?;
     check_params(&query, &["symbols", "types", "last_event_id"])?;
     let symbols = parse_symbols(
         query.get("symbols").map(String::as_str),
@@ -183,6 +240,7 @@ async fn news_stream(
     query: Query,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = unique_params(query.into_inner())?;
     check_params(&query, &["symbols", "last_event_id"])?;
     let symbols = parse_symbols(
         query.get("symbols").map(String::as_str),
@@ -202,6 +260,7 @@ async fn alerts_stream(
     query: Query,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = unique_params(query.into_inner())?;
     check_params(&query, &["last_event_id"])?;
     let filter = Filter {
         symbols: SymbolFilter::All,

@@ -41,6 +41,8 @@ pub fn test_settings() -> Settings {
     settings.server.workers = 2;
     settings.server.shutdown_grace = Duration::from_secs(2);
     settings.simulator.enabled = false;
+    // Tests that exercise storage turn it on with their own temporary data directory.
+    settings.store.enabled = false;
     settings.server.web_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     settings
 }

@@ -1,0 +1,159 @@
+//! The schema migrations, versioned as SQL files in `migrations/` and embedded in the binary,
+//! and their application at start-up: all pending migrations run in one transaction that
+//! also records them in `schema_version`, so a failed upgrade leaves the file as it was.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+/// One schema step. Versions rise by one; a released migration is never edited.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration this build knows, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../../migrations/0001_initial.sql"),
+}];
+
+/// The schema version this build writes.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Why migrating failed; the caller adds the file path.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("schema version {found} is newer than {supported}")]
+    Newer { found: u32, supported: u32 },
+    #[error("migration {version} ({name}): {source}")]
+    Step {
+        version: u32,
+        name: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The highest applied version, or 0 for an empty database.
+pub fn current_version(connection: &Connection) -> Result<u32, rusqlite::Error> {
+    let has_table: bool = connection
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            [],
+            |_| Ok(true),
+        )
+        .optional()?
+        .unwrap_or(false);
+    if !has_table {
+        return Ok(0);
+    }
+    connection.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |row| row.get(0),
+    )
+}
+
+/// Applies every pending migration in one immediate transaction; returns the versions applied.
+pub fn migrate(connection: &mut Connection) -> Result<Vec<u32>, MigrateError> {
+    // IMMEDIATE takes the write lock first, so two processes starting on one file cannot both
+    // decide the same migration is pending.
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    transaction.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TEXT NOT NULL
+         )",
+    )?;
+    let current = current_version(&transaction)?;
+    let supported = latest_version();
+    if current > supported {
+        return Err(MigrateError::Newer {
+            found: current,
+            supported,
+        });
+    }
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        transaction
+            .execute_batch(migration.sql)
+            .and_then(|()| {
+                transaction.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![
+                        migration.version,
+                        migration.name,
+                        chrono::Utc::now().to_rfc3339()
+                    ],
+                )
+            })
+            .map_err(|source| MigrateError::Step {
+                version: migration.version,
+                name: migration.name,
+                source,
+            })?;
+        applied.push(migration.version);
+    }
+    transaction.commit()?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_versions_rise_by_one_and_match_the_files_in_the_repository() {
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, index + 1);
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations directory")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let expected: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(files, expected, "every SQL file is embedded, in order");
+    }
+
+    #[test]
+    fn migrating_twice_applies_each_version_once() {
+        let mut connection = Connection::open_in_memory().expect("memory db");
+        assert_eq!(
+            migrate(&mut connection).expect("first"),
+            vec![latest_version()]
+        );
+        assert!(migrate(&mut connection).expect("second").is_empty());
+        assert_eq!(
+            current_version(&connection).expect("version"),
+            latest_version()
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_untouched() {
+        let mut connection = Connection::open_in_memory().expect("memory db");
+        migrate(&mut connection).expect("migrate");
+        connection
+            .execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 'x')",
+                [],
+            )
+            .expect("insert");
+        let error = migrate(&mut connection).unwrap_err();
+        assert!(matches!(error, MigrateError::Newer { found: 99, .. }));
+        assert_eq!(current_version(&connection).expect("version"), 99);
+    }
+}

@@ -1,0 +1,310 @@
+//! The trading store on its own: batches are atomic, commit in call order, round-trip exact
+//! decimals, and the state loaded after a reopen is what was committed.
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+use tickgate::settings::StoreSettings;
+use tickgate::store::{
+    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
+    UserRecord,
+};
+use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
+
+fn settings(dir: &Path) -> StoreSettings {
+    StoreSettings {
+        data_dir: dir.to_path_buf(),
+        ..StoreSettings::default()
+    }
+}
+
+fn at(second: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 2, 14, 30, second)
+        .single()
+        .expect("time")
+}
+
+fn order(id: &str, status: OrderStatus, second: u32) -> Order {
+    Order {
+        id: id.into(),
+        client_order_id: format!("c-{id}"),
+        symbol: "AAPL".into(),
+        side: Side::Buy,
+        order_type: OrderType::Limit,
+        time_in_force: TimeInForce::Gtc,
+        qty: dec!(10),
+        filled_qty: Decimal::ZERO,
+        filled_avg_price: None,
+        limit_price: Some(dec!(126.505)),
+        stop_price: None,
+        status,
+        created_at: at(second),
+        updated_at: at(second),
+        submitted_at: at(second),
+        filled_at: None,
+        canceled_at: None,
+        expired_at: None,
+        replaced_by: None,
+        replaces: None,
+        commission: Decimal::ZERO,
+    }
+}
+
+fn fill(execution_id: &str, order_id: &str, qty: Decimal, price: Decimal) -> FillRecord {
+    FillRecord {
+        execution_id: execution_id.into(),
+        order_id: order_id.into(),
+        username: "alice".into(),
+        symbol: "AAPL".into(),
+        side: Side::Buy,
+        qty,
+        price,
+        commission: dec!(0.005),
+        timestamp: at(5),
+    }
+}
+
+fn account(cash: Decimal) -> AccountRecord {
+    AccountRecord {
+        username: "alice".into(),
+        initial_cash: dec!(100000),
+        cash,
+        realized_pl: Decimal::ZERO,
+        commissions: Decimal::ZERO,
+        updated_at: at(5),
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(&settings(dir)).expect("open store").store
+}
+
+#[tokio::test]
+async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut partially = order("o1", OrderStatus::PartiallyFilled, 1);
+    partially.filled_qty = dec!(4);
+    partially.filled_avg_price = Some(dec!(126.5));
+    let batch = TradingBatch {
+        events: vec![r#"{"e":"first"}"#.into(), r#"{"e":"second"}"#.into()],
+        orders: vec![
+            StoredOrder {
+                username: "alice".into(),
+                order: partially.clone(),
+            },
+            StoredOrder {
+                username: "alice".into(),
+                order: order("o2", OrderStatus::Canceled, 2),
+            },
+        ],
+        fills: vec![fill("x1", "o1", dec!(4), dec!(126.5))],
+        accounts: vec![account(dec!(99493.995))],
+        positions: vec![PositionRecord {
+            username: "alice".into(),
+            symbol: "AAPL".into(),
+            qty: dec!(4),
+            cost_basis: dec!(506),
+        }],
+    };
+    store.trading.commit(batch).await.expect("commit");
+    drop(store);
+
+    let store = open(dir.path());
+    let state = store.trading.load(10).await.expect("load");
+    assert_eq!(state.events, vec![r#"{"e":"first"}"#, r#"{"e":"second"}"#]);
+    assert_eq!(
+        state.open_orders,
+        vec![StoredOrder {
+            username: "alice".into(),
+            order: partially
+        }]
+    );
+    assert_eq!(state.closed_orders.len(), 1);
+    assert_eq!(state.closed_orders[0].order.status, OrderStatus::Canceled);
+    assert_eq!(state.accounts, vec![account(dec!(99493.995))]);
+    assert_eq!(state.positions.len(), 1);
+    assert_eq!(state.positions[0].qty, dec!(4));
+    let fills = store.trading.fills("alice").await.expect("fills");
+    assert_eq!(fills, vec![fill("x1", "o1", dec!(4), dec!(126.5))]);
+    // The books balance: initial cash plus what the fills did equals the stored cash.
+    let implied: Decimal = fills.iter().map(FillRecord::cash_delta).sum();
+    assert_eq!(dec!(100000) + implied, state.accounts[0].cash);
+}
+
+#[tokio::test]
+async fn batches_commit_in_call_order_even_when_awaited_out_of_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut pending = Vec::new();
+    for step in 0..200u32 {
+        let mut o = order("o1", OrderStatus::New, 1);
+        o.filled_qty = Decimal::from(step);
+        pending.push(store.trading.commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: o,
+            }],
+            ..TradingBatch::default()
+        }));
+    }
+    // Await from the last to the first: the queue order, not the await order, decides.
+    while let Some(future) = pending.pop() {
+        future.await.expect("commit");
+    }
+    let state = store.trading.load(0).await.expect("load");
+    assert_eq!(state.open_orders[0].order.filled_qty, dec!(199));
+}
+
+#[tokio::test]
+async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .trading
+        .commit(TradingBatch {
+            fills: vec![fill("x1", "o1", dec!(1), dec!(10))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("first fill");
+    // Queued together, so they share one group transaction.
+    let good = store.trading.commit(TradingBatch {
+        orders: vec![StoredOrder {
+            username: "alice".into(),
+            order: order("o9", OrderStatus::New, 9),
+        }],
+        ..TradingBatch::default()
+    });
+    let bad = store.trading.commit(TradingBatch {
+        orders: vec![StoredOrder {
+            username: "alice".into(),
+            order: order("o3", OrderStatus::New, 3),
+        }],
+        // A duplicate execution id violates the fills key: the whole batch is refused.
+        fills: vec![fill("x1", "o3", dec!(1), dec!(10))],
+        ..TradingBatch::default()
+    });
+    let (good, bad) = tokio::join!(good, bad);
+    good.expect("good batch");
+    assert!(matches!(bad, Err(StoreError::Database { .. })), "{bad:?}");
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["o9"], "o3 was not stored");
+    assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 1);
+}
+
+#[tokio::test]
+async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let position = |qty| PositionRecord {
+        username: "alice".into(),
+        symbol: "AAPL".into(),
+        qty,
+        cost_basis: dec!(50),
+    };
+    let mut batch = TradingBatch {
+        positions: vec![position(dec!(5))],
+        ..TradingBatch::default()
+    };
+    for i in 0..5u32 {
+        batch.orders.push(StoredOrder {
+            username: "alice".into(),
+            order: order(&format!("f{i}"), OrderStatus::Filled, i),
+        });
+    }
+    store.trading.commit(batch).await.expect("commit");
+    store
+        .trading
+        .commit(TradingBatch {
+            positions: vec![position(Decimal::ZERO)],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("close position");
+    let state = store.trading.load(2).await.expect("load");
+    assert!(state.positions.is_empty());
+    let ids: Vec<&str> = state
+        .closed_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["f3", "f4"], "the two most recent, oldest first");
+}
+
+#[tokio::test]
+async fn users_from_config_are_synced_and_removed_users_are_kept_inactive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let user = |name: &str| UserRecord {
+        username: name.into(),
+        password_hash: format!("$argon2id$hash-of-{name}"),
+    };
+    store
+        .trading
+        .sync_users(vec![user("alice"), user("bob")])
+        .await
+        .expect("sync");
+    store
+        .trading
+        .commit(TradingBatch {
+            accounts: vec![account(dec!(100000))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("account");
+    store
+        .trading
+        .sync_users(vec![user("bob")])
+        .await
+        .expect("sync");
+    let state = store.trading.load(0).await.expect("load");
+    assert_eq!(state.users, vec!["bob".to_owned()]);
+    assert_eq!(state.accounts.len(), 1, "alice's account is kept");
+    let hash: String = rusqlite::Connection::open(dir.path().join("tickgate.db"))
+        .expect("open")
+        .query_row(
+            "SELECT password_hash FROM users WHERE username = 'bob'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("bob");
+    assert_eq!(hash, "$argon2id$hash-of-bob");
+}
+
+#[tokio::test]
+async fn concurrent_committers_all_get_durable_replies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path()));
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                store
+                    .trading
+                    .commit(TradingBatch {
+                        orders: vec![StoredOrder {
+                            username: format!("user{worker}"),
+                            order: order(&format!("w{worker}-{i}"), OrderStatus::New, 1),
+                        }],
+                        ..TradingBatch::default()
+                    })
+                    .await
+                    .expect("commit");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let state = store.trading.load(0).await.expect("load");
+    assert_eq!(state.open_orders.len(), 400);
+}

@@ -171,19 +171,10 @@ fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 async fn snapshot(
-    query: web::Query<Vec<(String, String)>>,
+    query: crate::transport::params::RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = crate::transport::sse::unique_params(query.into_inner())?;
-    if let Some(unknown) = query.keys().find(|k| k.as_str() != "symbols") {
-        return Err(ApiError::bad_request(
-            codes::INVALID_PARAMETER,
-            format!(
-                "unknown query parameter {:?}; allowed: symbols",
-                crate::transport::sse::echo(unknown)
-            ),
-        ));
-    }
+    let query = crate::transport::params::query_params(query.into_inner(), &["symbols"])?;
     let universe = state.universe();
     let filter = crate::transport::sse::parse_symbols(
         query.get("symbols").map(String::as_str),

@@ -2,7 +2,6 @@
 //! (built-in issuer), `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer
 //! token, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -13,6 +12,7 @@ use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
 use crate::server::AppState;
 use crate::trading::api::{OrderError, OrderQuery, TradingApi};
+use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))
@@ -44,12 +44,11 @@ fn auth_error(error: AuthError) -> ApiError {
 
 /// Verifies `Authorization: Bearer <jwt>`.
 pub fn bearer_identity(request: &HttpRequest, state: &AppState) -> Result<Identity, ApiError> {
-    let token = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let Bearer::Token(token) = bearer(request) else {
+        return Err(ApiError::unauthorized(
+            "missing Authorization: Bearer <token>",
+        ));
+    };
     state.auth.verify_token(token).map_err(auth_error)
 }
 
@@ -132,16 +131,11 @@ async fn positions(
 
 async fn orders(
     request: HttpRequest,
-    query: web::Query<HashMap<String, String>>,
+    query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = bearer_identity(&request, &state)?;
-    if let Some(unknown) = query.keys().find(|k| k.as_str() != "status") {
-        return Err(ApiError::bad_request(
-            codes::INVALID_PARAMETER,
-            format!("unknown query parameter {unknown:?}; allowed: status"),
-        ));
-    }
+    let query = query_params(query.into_inner(), &["status"])?;
     let which = match query.get("status").map(String::as_str) {
         None | Some("open") => OrderQuery::Open,
         Some("closed") => OrderQuery::Closed,

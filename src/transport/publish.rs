@@ -11,6 +11,7 @@ use crate::error::{ApiError, codes};
 use crate::hub::{EventSink, PublishError};
 use crate::market::{InvalidEvent, MarketEvent};
 use crate::server::AppState;
+use crate::transport::params::{Bearer, bearer};
 
 pub const SOURCE_NAME: &str = "publish_api";
 
@@ -81,16 +82,12 @@ pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiE
             "the publish API is disabled: set publish.admin_token",
         ));
     }
-    let given = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        // The scheme name is case-insensitive (RFC 9110 section 11.1).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <admin token>"))?;
-    if constant_time_eq(given.trim().as_bytes(), expected) {
+    let Bearer::Token(given) = bearer(request) else {
+        return Err(ApiError::unauthorized(
+            "missing Authorization: Bearer <admin token>",
+        ));
+    };
+    if constant_time_eq(given.as_bytes(), expected) {
         Ok(())
     } else {
         Err(ApiError::unauthorized("invalid admin token"))

@@ -33,65 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/stream/alerts", web::get().to(alerts_stream));
 }
 
-type Query = web::Query<Vec<(String, String)>>;
-
-/// Longest piece of client input quoted back in an error message.
-const ECHO_LIMIT: usize = 32;
-
-/// Quotes client input in an error message, cut to a readable length.
-pub fn echo(input: &str) -> String {
-    if input.chars().count() <= ECHO_LIMIT {
-        input.to_owned()
-    } else {
-        let cut: String = input.chars().take(ECHO_LIMIT).collect();
-        format!("{cut}…")
-    }
-}
-
-/// Turns query pairs into a map, refusing a parameter given twice: silently keeping one of
-/// `symbols=AAPL&symbols=MSFT` would drop data the client asked for.
-pub fn unique_params(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, ApiError> {
-    let mut map = HashMap::with_capacity(pairs.len());
-    for (key, value) in pairs {
-        if map.contains_key(&key) {
-            return Err(ApiError::bad_request(
-                codes::INVALID_PARAMETER,
-                format!(
-                    "query parameter {} is given more than once; use one comma-separated list",
-                    echo(&key)
-                ),
-            ));
-        }
-        map.insert(key, value);
-    }
-    Ok(map)
-}
-
-fn check_params(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
-    let mut unknown: Vec<&str> = query
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !allowed.contains(k))
-        .collect();
-    unknown.sort_unstable();
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            codes::INVALID_PARAMETER,
-            format!(
-                "unknown query parameter(s): {}; allowed: {}",
-                unknown
-                    .iter()
-                    .take(10)
-                    .map(|k| echo(k))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                allowed.join(", ")
-            ),
-        ))
-    }
-}
+use crate::transport::params::{RawQuery, echo, query_params};
 
 /// Parses `symbols=AAPL,MSFT` (or `*`). `required` makes an absent list an error.
 pub fn parse_symbols(
@@ -219,11 +161,10 @@ fn resume_cursor(request: &HttpRequest, query: &HashMap<String, String>) -> Opti
 
 async fn market_stream(
     request: HttpRequest,
-    query: Query,
+    query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = unique_params(query.into_inner())?;
-    check_params(&query, &["symbols", "types", "last_event_id"])?;
+    let query = query_params(query.into_inner(), &["symbols", "types", "last_event_id"])?;
     let symbols = parse_symbols(
         query.get("symbols").map(String::as_str),
         state.universe(),
@@ -237,11 +178,10 @@ async fn market_stream(
 
 async fn news_stream(
     request: HttpRequest,
-    query: Query,
+    query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = unique_params(query.into_inner())?;
-    check_params(&query, &["symbols", "last_event_id"])?;
+    let query = query_params(query.into_inner(), &["symbols", "last_event_id"])?;
     let symbols = parse_symbols(
         query.get("symbols").map(String::as_str),
         state.universe(),
@@ -257,11 +197,10 @@ async fn news_stream(
 
 async fn alerts_stream(
     request: HttpRequest,
-    query: Query,
+    query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = unique_params(query.into_inner())?;
-    check_params(&query, &["last_event_id"])?;
+    let query = query_params(query.into_inner(), &["last_event_id"])?;
     let filter = Filter {
         symbols: SymbolFilter::All,
         kinds: EventKind::Alert.bit(),

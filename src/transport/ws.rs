@@ -25,6 +25,7 @@ use crate::error::{ApiError, codes};
 use crate::metrics::Transport;
 use crate::server::AppState;
 use crate::trading::api::TradingApi;
+use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 use crate::transport::ws_session::{
     Output, SessionDeps, SessionLimits, Wake, WsSession, close_codes,
 };
@@ -72,19 +73,14 @@ fn upgrade_credential(
     query: &HashMap<String, String>,
     state: &AppState,
 ) -> Result<Option<Result<Identity, AuthError>>, ApiError> {
-    if let Some(unknown) = query.keys().find(|k| k.as_str() != "ticket") {
-        return Err(ApiError::bad_request(
-            codes::INVALID_PARAMETER,
-            format!("unknown query parameter {unknown:?}; allowed: ticket"),
-        ));
-    }
-    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
-        return Ok(Some(state.auth.verify_token(token)));
+    match bearer(request) {
+        Bearer::Token(token) => return Ok(Some(state.auth.verify_token(token))),
+        Bearer::Malformed => {
+            return Err(ApiError::unauthorized(
+                "Authorization must be \"Bearer <token>\"",
+            ));
+        }
+        Bearer::Absent => {}
     }
     Ok(query
         .get("ticket")
@@ -94,7 +90,7 @@ fn upgrade_credential(
 async fn stream(
     request: HttpRequest,
     body: web::Payload,
-    query: web::Query<HashMap<String, String>>,
+    query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if !origin_allowed(&request, &state.settings.server.allowed_origins) {
@@ -104,6 +100,7 @@ async fn stream(
             "origin not allowed: add it to server.allowed_origins",
         ));
     }
+    let query = query_params(query.into_inner(), &["ticket"])?;
     let credential = upgrade_credential(&request, &query, &state)?;
     let (response, socket, messages) = actix_ws::handle(&request, body).map_err(|_| {
         ApiError::bad_request(

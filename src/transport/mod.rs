@@ -8,3 +8,4 @@ pub mod publish;
 pub mod sse;
 pub mod ws;
 pub mod ws_session;
+pub mod ws_wire;

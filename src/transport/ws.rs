@@ -1,24 +1,21 @@
 //! `GET /v1/stream`: the actix glue of the authenticated WebSocket (PROTOCOL.md §3). It checks
 //! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
 //! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
-//! and writes what the session returns.
+//! and writes what the session returns. The loop runs inside the response body
+//! ([`ws_wire::WsBody`](crate::transport::ws_wire::WsBody)), not in a task of its own.
 //!
-//! actix-ws neither answers pings nor times out silent peers, so this loop does both without a
-//! timer of its own: the hub's keep-alive sweep wakes every WebSocket queue once per
+//! The loop answers pings and times out silent peers without a timer of its own: the hub's keep-alive sweep wakes every WebSocket queue once per
 //! `ws.ping_interval`, and on a wake-up with a ping due the loop closes a peer that sent
 //! nothing (not even a pong) for `ws.idle_timeout`, else pings it. Data wake-ups run the same
 //! check, so a busy connection (whose queue the sweep skips) is pinged too.
 
 use std::collections::HashMap;
-use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::{StatusCode, header};
-use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
-use futures::{FutureExt, Sink};
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
@@ -28,6 +25,9 @@ use crate::trading::api::TradingApi;
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 use crate::transport::ws_session::{
     Output, SessionDeps, SessionLimits, Wake, WsSession, close_codes,
+};
+use crate::transport::ws_wire::{
+    Inbound, Incoming, Outbox, WsBody, put_close, put_ping, put_pong, put_text,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -102,17 +102,16 @@ async fn stream(
     }
     let query = query_params(query.into_inner(), &["ticket"])?;
     let credential = upgrade_credential(&request, &query, &state)?;
-    let (response, socket, messages) = actix_ws::handle(&request, body).map_err(|_| {
+    let response = actix_http::ws::handshake(request.head()).map_err(|_| {
         ApiError::bad_request(
             codes::BAD_REQUEST,
-            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, \
+             Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
         )
     })?;
     let ws = &state.settings.ws;
-    let messages = messages
-        .max_frame_size(ws.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(ws.max_frame_bytes);
+    let inbound = Inbound::new(body.into_inner(), ws.max_frame_bytes);
+    let outbox = Outbox::default();
     let deps = SessionDeps {
         hub: Arc::clone(&state.hub),
         auth: Arc::clone(&state.auth),
@@ -132,168 +131,133 @@ async fn stream(
     };
     let connection = Connection {
         session: WsSession::new(deps),
-        socket,
+        outbox: Rc::clone(&outbox),
         // A little under the sweep's period, so sweep jitter never skips a ping.
         ping_every: ws.ping_interval.mul_f64(0.75),
         max_frame_bytes: ws.max_frame_bytes,
         idle_timeout: ws.idle_timeout,
         shutdown: state.shutdown.clone(),
-        metrics: Arc::clone(&state.metrics),
     };
     state.hub.keep_alive(connection.session.queue());
     state.metrics.connection_opened(Transport::WebSocket);
-    actix_web::rt::spawn(connection.run(messages, credential));
-    Ok(response)
+    let closed = ClosedGuard(Arc::clone(&state.metrics));
+    let body = WsBody::new(outbox, async move {
+        let _closed = closed;
+        connection.run(inbound, credential).await;
+    });
+    let mut response = response;
+    let response = response
+        .message_body(body)
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(HttpResponse::from(response.map_into_boxed_body()))
+}
+
+/// Counts the connection as closed however it ends: a returned loop, or a body dropped by
+/// the dispatcher because the peer went away.
+struct ClosedGuard(Arc<crate::metrics::Metrics>);
+
+impl Drop for ClosedGuard {
+    fn drop(&mut self) {
+        self.0.connection_closed(Transport::WebSocket);
+    }
 }
 
 struct Connection {
     session: WsSession,
-    socket: actix_ws::Session,
+    /// Where finished frames go; the response body hands them to the dispatcher.
+    outbox: Outbox,
     ping_every: std::time::Duration,
     max_frame_bytes: usize,
     idle_timeout: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-fn close_reason(code: u16, reason: &str) -> CloseReason {
-    let code = match code {
-        close_codes::NORMAL => CloseCode::Normal,
-        close_codes::GOING_AWAY => CloseCode::Away,
-        close_codes::POLICY => CloseCode::Policy,
-        close_codes::TOO_BIG => CloseCode::Size,
-        close_codes::RESTART => CloseCode::Restart,
-        other => CloseCode::Other(other),
-    };
-    CloseReason {
-        code,
-        description: Some(reason.to_owned()),
-    }
 }
 
 impl Connection {
-    /// Queues one message on the socket. actix-ws forwards frames through a bounded channel,
-    /// so the send is immediate unless the peer stopped reading and the channel filled; only
-    /// then is a deadline armed (the idle timeout), so the hot path sets no timer per frame.
-    /// The hub's bounded subscriber queue caps memory meanwhile (slow-client policy).
-    async fn send(&mut self, message: Message) -> Result<(), ()> {
-        let ready = match std::future::poll_fn(|cx| Pin::new(&mut self.socket).poll_ready(cx))
-            .now_or_never()
-        {
-            Some(ready) => ready,
-            None => {
-                let wait = std::future::poll_fn(|cx| Pin::new(&mut self.socket).poll_ready(cx));
-                match tokio::time::timeout(self.idle_timeout, wait).await {
-                    Ok(ready) => ready,
-                    Err(_) => {
-                        tracing::debug!("websocket peer stopped reading; closing");
-                        return Err(());
-                    }
-                }
-            }
-        };
-        ready.map_err(|_| ())?;
-        Pin::new(&mut self.socket)
-            .start_send(message)
-            .map_err(|_| ())
-    }
-
-    /// Writes outputs; returns the close to send if the session ended.
-    async fn write(&mut self, outputs: Vec<Output>) -> Result<Option<CloseReason>, ()> {
+    /// Frames the outputs; returns the close to send if the session ended. No await: the
+    /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
+    /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
+    fn write(&self, outputs: impl IntoIterator<Item = Output>) -> Option<(u16, String)> {
+        let mut outbox = self.outbox.borrow_mut();
         for output in outputs {
             match output {
-                Output::Frame(text) => self.send(Message::Text(text)).await?,
-                Output::Close { code, reason } => return Ok(Some(close_reason(code, &reason))),
+                Output::Frame(text) => put_text(&mut outbox, &text),
+                Output::Close { code, reason } => return Some((code, reason)),
             }
         }
-        Ok(None)
+        None
     }
 
-    async fn run(
-        mut self,
-        mut messages: actix_ws::AggregatedMessageStream,
-        credential: Option<Result<Identity, AuthError>>,
-    ) {
+    async fn run(mut self, mut inbound: Inbound, credential: Option<Result<Identity, AuthError>>) {
         let start = self.session.start(credential);
-        let mut close = match self.write(start).await {
-            Ok(close) => close,
-            // `finish` is boxed (it runs once): inline, its state (a second copy of the
-            // connection) would enlarge every connection's task by about 1 KB.
-            Err(()) => return Box::pin(self.finish(None)).await,
-        };
+        let mut close = self.write(start);
         // std's clock: tokio's (built with test-util) costs a runtime lookup per read, and
         // this one is read on every wake-up.
         let mut last_heard = Instant::now();
         let mut last_ping = last_heard;
+        // Market-data deliveries go through this one reused buffer (no allocation per wake-up).
+        let mut spare = Vec::new();
         // One shutdown waiter for the connection's life, not one registered and dropped per
         // wake-up.
         let shutdown = self.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
         while close.is_none() {
             let outputs = tokio::select! {
-                message = messages.recv() => {
-                    let Some(message) = message else { break };
-                    last_heard = Instant::now();
-                    match message {
-                        Ok(AggregatedMessage::Text(text)) => self.session.on_text(&text).await,
-                        Ok(AggregatedMessage::Binary(_)) => self.session.on_binary(),
-                        Ok(AggregatedMessage::Ping(payload)) => {
-                            if self.send(Message::Pong(payload)).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
-                        Ok(AggregatedMessage::Pong(_)) => continue,
-                        Ok(AggregatedMessage::Close(_)) => {
-                            close = Some(close_reason(close_codes::NORMAL, "bye"));
-                            break;
-                        }
-                        Err(ProtocolError::Overflow) => {
-                            // The rest of an oversize frame cannot be skipped reliably, so
-                            // this one limit ends the connection (smaller ones do not).
-                            self.session.on_frame_overflow(self.max_frame_bytes)
-                        }
-                        Err(error) => {
-                            tracing::debug!(error = %error, "websocket protocol error");
-                            break;
-                        }
-                    }
-                }
+                biased;
                 wake = self.session.wait() => {
                     if matches!(wake, Wake::Hub) {
                         let now = Instant::now();
                         if now.duration_since(last_ping) >= self.ping_every {
                             if now.duration_since(last_heard) > self.idle_timeout {
-                                close = Some(close_reason(close_codes::GOING_AWAY, "idle timeout"));
+                                close = Some((close_codes::GOING_AWAY, "idle timeout".to_owned()));
                                 break;
                             }
-                            if self.send(Message::Ping(Bytes::from_static(b"tickgate"))).await.is_err() {
-                                break;
-                            }
+                            put_ping(&mut self.outbox.borrow_mut(), b"tickgate");
                             last_ping = now;
                         }
+                        self.session.on_hub(&mut spare);
+                        close = self.write(spare.drain(..));
+                        continue;
                     }
-                    self.session.on_wake(wake).await
+                    Box::pin(self.session.on_wake(wake)).await
+                }
+                message = inbound.recv() => {
+                    let Some(message) = message else { break };
+                    last_heard = Instant::now();
+                    match message {
+                        // Boxed, like `on_wake` below: the order path's await state is large and
+                        // would otherwise sit in every idle connection's loop.
+                        Incoming::Text(text) => Box::pin(self.session.on_text(&text)).await,
+                        Incoming::Binary => self.session.on_binary(),
+                        Incoming::Ping(payload) => {
+                            put_pong(&mut self.outbox.borrow_mut(), &payload);
+                            continue;
+                        }
+                        Incoming::Pong => continue,
+                        Incoming::Close => {
+                            close = Some((close_codes::NORMAL, "bye".to_owned()));
+                            break;
+                        }
+                        // The rest of an oversize frame cannot be skipped reliably, so this
+                        // one limit ends the connection (smaller ones do not).
+                        Incoming::Overflow => self.session.on_frame_overflow(self.max_frame_bytes),
+                        Incoming::Invalid(error) => {
+                            tracing::debug!(%error, "websocket protocol error");
+                            close = Some((close_codes::PROTOCOL, error));
+                            break;
+                        }
+                    }
                 }
                 _ = &mut shutdown => self.session.on_shutdown(),
             };
-            match self.write(outputs).await {
-                Ok(next) => close = next,
-                Err(()) => break,
-            }
+            close = self.write(outputs);
         }
-        Box::pin(self.finish(close)).await;
-    }
-
-    async fn finish(self, close: Option<CloseReason>) {
+        // The session leaves the hub before the close goes out.
         let Connection {
-            session,
-            socket,
-            metrics,
-            ..
+            session, outbox, ..
         } = self;
         drop(session);
-        let _ = socket.close(close).await;
-        metrics.connection_closed(Transport::WebSocket);
+        if let Some((code, reason)) = close {
+            put_close(&mut outbox.borrow_mut(), code, &reason);
+        }
     }
 }

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -50,6 +49,7 @@ pub mod codes {
 pub mod close_codes {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTART: u16 = 1012;
@@ -82,21 +82,21 @@ pub struct SessionDeps {
 /// What the transport must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// One text frame: a JSON array. Shared bytes, so a single market event goes out as the
-    /// hub's prebuilt `Entry.ws` without a copy.
-    Frame(ByteString),
+    /// One text frame: a JSON array (UTF-8 by construction: serde_json output or the hub's
+    /// prebuilt `Entry.ws`, shared without a copy or a second UTF-8 check).
+    Frame(Bytes),
     /// Send a close frame with this code and reason, then stop.
     Close { code: u16, reason: String },
 }
 
 impl Output {
     fn frame(text: String) -> Output {
-        Output::Frame(ByteString::from(text))
+        Output::Frame(Bytes::from(text))
     }
 
     pub fn frame_json(&self) -> Option<Value> {
         match self {
-            Output::Frame(text) => serde_json::from_str(text).ok(),
+            Output::Frame(text) => serde_json::from_slice(text).ok(),
             Output::Close { .. } => None,
         }
     }
@@ -1059,8 +1059,7 @@ impl WsSession {
             (Some(single), None) => Some(single),
             (None, None) => None,
         };
-        // The hub encodes with serde_json, so this UTF-8 check (no copy) never fails.
-        if let Some(frame) = frame.and_then(|f| ByteString::try_from(f).ok()) {
+        if let Some(frame) = frame {
             out.push(Output::Frame(frame));
             self.deps.metrics.delivered(Transport::WebSocket, delivered);
         }
@@ -1318,13 +1317,24 @@ impl WsSession {
     pub async fn wait(&mut self) -> Wake {
         let auth_deadline = self.identity.is_none().then_some(self.auth_deadline);
         let portfolio_due = self.portfolio_due();
+        // Biased: the hub's queue (market data, the hot path) is checked first, without the
+        // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
+            biased;
             _ = self.queue.notified() => Wake::Hub,
             event = recv_user_event(&mut self.user_events) => Wake::UserEvent(event),
             ok = portfolio_changed(&mut self.portfolio_changes) => Wake::PortfolioChanged(ok),
             Some(message) = recv_book(&mut self.book_channel) => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
+        }
+    }
+
+    /// Delivers what the hub queued ([`Wake::Hub`]) into `out`: the hot path, synchronous
+    /// and into the caller's reused buffer.
+    pub fn on_hub(&mut self, out: &mut Vec<Output>) {
+        if !self.closed {
+            self.deliver(Vec::new(), out);
         }
     }
 

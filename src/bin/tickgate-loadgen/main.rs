@@ -4,6 +4,7 @@
 //! connection (from `/proc/<pid>`).
 
 mod client;
+mod floor;
 mod http;
 mod publish;
 mod sse;
@@ -25,8 +26,15 @@ use crate::stats::{DeliverySummary, ProcSample, USER_HZ, summarize};
 
 const USAGE: &str = "usage: tickgate-loadgen [options]
 
-  --mode fanout|idle          fanout: publish and measure delivery (default);
-                              idle: hold connections and measure memory per connection
+  --mode fanout|idle|floor|sink
+                              fanout: publish and measure delivery (default);
+                              idle: hold connections and measure memory per connection;
+                              floor: write a frame to each of --subscribers connections to a
+                              sink per message and report this process's CPU per write (the
+                              kernel's floor under any server); sink: accept --subscribers
+                              connections on --sink and discard what they send
+  --sink ADDR                 floor and sink modes: the sink's address (default 127.0.0.1:28479)
+  --message-bytes B           floor mode: frame size (default 180, about an SSE trade)
   --transport sse|ws          subscriber protocol (default sse)
   --subscribe-url URL         default http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades
   --publish-url URL           default http://127.0.0.1:8080/v1/publish (Nchan: http://HOST/pub?id=CHAN)
@@ -49,9 +57,19 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
   --json FILE                 append the report as one JSON line to FILE
   --check                     exit 1 on any connect failure or loss among reading subscribers";
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Fanout,
+    Idle,
+    Floor,
+    Sink,
+}
+
 #[derive(Debug, Clone)]
 struct Options {
-    idle: bool,
+    mode: Mode,
+    sink: SocketAddr,
+    message_bytes: usize,
     transport: Transport,
     subscribe_url: String,
     publish_url: String,
@@ -78,7 +96,9 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            idle: false,
+            mode: Mode::Fanout,
+            sink: SocketAddr::from(([127, 0, 0, 1], 28479)),
+            message_bytes: 180,
             transport: Transport::Sse,
             subscribe_url: "http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades".into(),
             publish_url: "http://127.0.0.1:8080/v1/publish".into(),
@@ -129,10 +149,27 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--mode" => {
-                options.idle = match value.as_str() {
-                    "fanout" => false,
-                    "idle" => true,
-                    _ => return Err(format!("--mode is fanout or idle, got {value:?}")),
+                options.mode = match value.as_str() {
+                    "fanout" => Mode::Fanout,
+                    "idle" => Mode::Idle,
+                    "floor" => Mode::Floor,
+                    "sink" => Mode::Sink,
+                    _ => {
+                        return Err(format!(
+                            "--mode is fanout, idle, floor or sink, got {value:?}"
+                        ));
+                    }
+                }
+            }
+            "--sink" => {
+                options.sink = value
+                    .parse()
+                    .map_err(|_| format!("--sink wants IP:PORT, got {value:?}"))?
+            }
+            "--message-bytes" => {
+                options.message_bytes = number(&value, &flag)?;
+                if !(16..=65_536).contains(&options.message_bytes) {
+                    return Err("--message-bytes must be from 16 to 65536".into());
                 }
             }
             "--transport" => {
@@ -218,6 +255,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The floor and the sink are plain threads: no runtime, so the floor's CPU is its writes.
+    match options.mode {
+        Mode::Sink => {
+            return match floor::sink(options.sink, options.subscribers) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tickgate-loadgen: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Mode::Floor => return run_floor(&options),
+        Mode::Fanout | Mode::Idle => {}
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(threads) = options.threads {
@@ -238,6 +289,56 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn append_line(path: &str, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{line}")
+}
+
+fn run_floor(options: &Options) -> ExitCode {
+    let report = match floor::floor(
+        options.sink,
+        options.subscribers,
+        options.rate,
+        options.duration,
+        options.message_bytes,
+        options.label.clone(),
+    ) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("tickgate-loadgen: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("== {} (floor) ==", report.label);
+    println!(
+        "writes           {} ({} connections x {} msg/s, {} bytes each)",
+        report.writes, report.connections, report.rate, report.message_bytes
+    );
+    println!(
+        "floor cpu        {:.3} us per write ({:.0}% in the kernel)",
+        report.cpu_us_per_write,
+        report.system_share * 100.0
+    );
+    if let Some(path) = &options.json {
+        let line = match serde_json::to_string(&report) {
+            Ok(line) => line,
+            Err(error) => {
+                eprintln!("tickgate-loadgen: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(error) = append_line(path, &line) {
+            eprintln!("tickgate-loadgen: cannot write {path}: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn resolve(url: &Url) -> Result<SocketAddr, String> {
@@ -366,7 +467,8 @@ async fn run(options: Options) -> Result<bool, String> {
     let mut system_share = None;
     let mut own_cpu_seconds: Option<f64> = None;
     let mut delivery_seconds = 0.0;
-    if options.idle {
+    let idle = options.mode == Mode::Idle;
+    if idle {
         tokio::time::sleep(options.hold).await;
         if let Some(s) = sample() {
             rss_max = rss_max.max(Some(s.rss_kib));
@@ -455,7 +557,7 @@ async fn run(options: Options) -> Result<bool, String> {
     let connect_failures = shared.failed.load(Ordering::Relaxed);
     let report = Report {
         label: options.label.clone(),
-        mode: if options.idle { "idle" } else { "fanout" },
+        mode: if idle { "idle" } else { "fanout" },
         transport: match options.transport {
             Transport::Sse => "sse",
             Transport::WebSocket => "ws",
@@ -523,16 +625,10 @@ async fn run(options: Options) -> Result<bool, String> {
     print_report(&report);
     if let Some(path) = &options.json {
         let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open {path}: {e}"))?;
-        writeln!(file, "{line}").map_err(|e| format!("cannot write {path}: {e}"))?;
+        append_line(path, &line).map_err(|e| format!("cannot write {path}: {e}"))?;
     }
     let healthy = connect_failures == 0
-        && (options.idle
+        && (idle
             || (summary.lost == 0
                 && publish_report.failed == 0
                 && publish_report.accepted > 0
@@ -629,7 +725,12 @@ mod tests {
              --server-pid 10,11 --header X-A:1 --symbols AAPL,MSFT --check",
         ))
         .expect("valid");
-        assert!(options.idle);
+        assert_eq!(options.mode, Mode::Idle);
+        let floor = parse_args(args("--mode floor --sink 127.0.0.9:7 --message-bytes 200"))
+            .expect("valid floor options");
+        assert_eq!(floor.mode, Mode::Floor);
+        assert_eq!(floor.sink, SocketAddr::from(([127, 0, 0, 9], 7)));
+        assert_eq!(floor.message_bytes, 200);
         assert_eq!(options.transport, Transport::WebSocket);
         assert_eq!(options.subscribers, 5000);
         assert_eq!(options.duration, Duration::from_millis(2500));
@@ -645,6 +746,8 @@ mod tests {
             ("--rate 0", "--rate"),
             ("--subscribers x", "--subscribers"),
             ("--mode busy", "--mode"),
+            ("--mode floor --sink localhost", "--sink"),
+            ("--message-bytes 8", "--message-bytes"),
             ("--slow-fraction 1.5", "--slow-fraction"),
             ("--bogus 1", "--bogus"),
             ("--duration", "--duration"),

@@ -2,12 +2,14 @@
 //! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
 //! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
 //! and writes what the session returns. The loop runs inside the response body
-//! ([`ws_wire::WsBody`](crate::transport::ws_wire::WsBody)), not in a task of its own.
+//! ([`ws_wire::WsBody`](crate::transport::ws_wire::WsBody)), not in a task of its own, and the
+//! body serves market data itself ([`ws_wire::FastPath`](crate::transport::ws_wire::FastPath)).
 //!
-//! The loop answers pings and times out silent peers without a timer of its own: the hub's keep-alive sweep wakes every WebSocket queue once per
-//! `ws.ping_interval`, and on a wake-up with a ping due the loop closes a peer that sent
-//! nothing (not even a pong) for `ws.idle_timeout`, else pings it. Data wake-ups run the same
-//! check, so a busy connection (whose queue the sweep skips) is pinged too.
+//! Pings and the idle timeout need no timer of their own: the hub's keep-alive sweep wakes
+//! every WebSocket queue once per `ws.ping_interval`, and on a wake-up with a ping due the
+//! fast path closes a peer that sent nothing (not even a pong) for `ws.idle_timeout`, else
+//! pings it. Data wake-ups run the same check, so a busy connection (whose queue the sweep
+//! skips) is pinged too.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -23,11 +25,9 @@ use crate::metrics::Transport;
 use crate::server::AppState;
 use crate::trading::api::TradingApi;
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
-use crate::transport::ws_session::{
-    Output, SessionDeps, SessionLimits, Wake, WsSession, close_codes,
-};
+use crate::transport::ws_session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
 use crate::transport::ws_wire::{
-    Inbound, Incoming, Outbox, WsBody, put_close, put_ping, put_pong, put_text,
+    FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -111,7 +111,7 @@ async fn stream(
     })?;
     let ws = &state.settings.ws;
     let inbound = Inbound::new(body.into_inner(), ws.max_frame_bytes);
-    let outbox = Outbox::default();
+    let wire = Wire::new();
     let deps = SessionDeps {
         hub: Arc::clone(&state.hub),
         auth: Arc::clone(&state.auth),
@@ -129,19 +129,23 @@ async fn stream(
             queue_capacity: state.settings.hub.subscriber_queue_capacity,
         },
     };
-    let connection = Connection {
-        session: WsSession::new(deps),
-        outbox: Rc::clone(&outbox),
+    let mut session = WsSession::new(deps);
+    let fast = FastPath::new(
+        session.market(),
         // A little under the sweep's period, so sweep jitter never skips a ping.
-        ping_every: ws.ping_interval.mul_f64(0.75),
+        ws.ping_interval.mul_f64(0.75),
+        ws.idle_timeout,
+    );
+    let connection = Connection {
+        session,
+        wire: Rc::clone(&wire),
         max_frame_bytes: ws.max_frame_bytes,
-        idle_timeout: ws.idle_timeout,
         shutdown: state.shutdown.clone(),
     };
     state.hub.keep_alive(connection.session.queue());
     state.metrics.connection_opened(Transport::WebSocket);
     let closed = ClosedGuard(Arc::clone(&state.metrics));
-    let body = WsBody::new(outbox, async move {
+    let body = WsBody::new(wire, Some(fast), async move {
         let _closed = closed;
         connection.run(inbound, credential).await;
     });
@@ -162,13 +166,13 @@ impl Drop for ClosedGuard {
     }
 }
 
+/// Everything but market data: client frames, trading events, timers, shutdown. Market data
+/// and the pings that ride on hub wake-ups are served by the body (`ws_wire::FastPath`).
 struct Connection {
     session: WsSession,
-    /// Where finished frames go; the response body hands them to the dispatcher.
-    outbox: Outbox,
-    ping_every: std::time::Duration,
+    /// Shared with the body: the outbox, when the client was last heard, the busy flag.
+    wire: Rc<Wire>,
     max_frame_bytes: usize,
-    idle_timeout: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -177,7 +181,7 @@ impl Connection {
     /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
     /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
     fn write(&self, outputs: impl IntoIterator<Item = Output>) -> Option<(u16, String)> {
-        let mut outbox = self.outbox.borrow_mut();
+        let mut outbox = self.wire.outbox.borrow_mut();
         for output in outputs {
             match output {
                 Output::Frame(text) => put_text(&mut outbox, &text),
@@ -190,12 +194,6 @@ impl Connection {
     async fn run(mut self, mut inbound: Inbound, credential: Option<Result<Identity, AuthError>>) {
         let start = self.session.start(credential);
         let mut close = self.write(start);
-        // std's clock: tokio's (built with test-util) costs a runtime lookup per read, and
-        // this one is read on every wake-up.
-        let mut last_heard = Instant::now();
-        let mut last_ping = last_heard;
-        // Market-data deliveries go through this one reused buffer (no allocation per wake-up).
-        let mut spare = Vec::new();
         // One shutdown waiter for the connection's life, not one registered and dropped per
         // wake-up.
         let shutdown = self.shutdown.clone().cancelled_owned();
@@ -204,32 +202,28 @@ impl Connection {
             let outputs = tokio::select! {
                 biased;
                 wake = self.session.wait() => {
-                    if matches!(wake, Wake::Hub) {
-                        let now = Instant::now();
-                        if now.duration_since(last_ping) >= self.ping_every {
-                            if now.duration_since(last_heard) > self.idle_timeout {
-                                close = Some((close_codes::GOING_AWAY, "idle timeout".to_owned()));
-                                break;
-                            }
-                            put_ping(&mut self.outbox.borrow_mut(), b"tickgate");
-                            last_ping = now;
-                        }
-                        self.session.on_hub(&mut spare);
-                        close = self.write(spare.drain(..));
-                        continue;
-                    }
-                    Box::pin(self.session.on_wake(wake)).await
+                    self.wire.busy.set(true);
+                    let outputs = Box::pin(self.session.on_wake(wake)).await;
+                    self.wire.busy.set(false);
+                    outputs
                 }
                 message = inbound.recv() => {
                     let Some(message) = message else { break };
-                    last_heard = Instant::now();
+                    // std's clock: tokio's (built with test-util) costs a runtime lookup.
+                    self.wire.last_heard.set(Instant::now());
                     match message {
-                        // Boxed, like `on_wake` below: the order path's await state is large and
-                        // would otherwise sit in every idle connection's loop.
-                        Incoming::Text(text) => Box::pin(self.session.on_text(&text)).await,
+                        // Boxed, like `on_wake` above: the order path's await state is large
+                        // and would otherwise sit in every idle connection's loop. Market data
+                        // waits meanwhile (`busy`), so replies precede the data they start.
+                        Incoming::Text(text) => {
+                            self.wire.busy.set(true);
+                            let outputs = Box::pin(self.session.on_text(&text)).await;
+                            self.wire.busy.set(false);
+                            outputs
+                        }
                         Incoming::Binary => self.session.on_binary(),
                         Incoming::Ping(payload) => {
-                            put_pong(&mut self.outbox.borrow_mut(), &payload);
+                            put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
                             continue;
                         }
                         Incoming::Pong => continue,
@@ -252,12 +246,10 @@ impl Connection {
             close = self.write(outputs);
         }
         // The session leaves the hub before the close goes out.
-        let Connection {
-            session, outbox, ..
-        } = self;
+        let Connection { session, wire, .. } = self;
         drop(session);
         if let Some((code, reason)) = close {
-            put_close(&mut outbox.borrow_mut(), code, &reason);
+            put_close(&mut wire.outbox.borrow_mut(), code, &reason);
         }
     }
 }

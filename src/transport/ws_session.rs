@@ -12,7 +12,9 @@
 //! - Order-book `seq` rises by exactly one per symbol for the life of the connection; when
 //!   deltas were lost (lag) the client gets a fresh snapshot instead of a gap.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,6 +162,167 @@ struct Subscriptions {
     portfolio: bool,
 }
 
+/// The market-data part of the subscriptions: what [`MarketState::deliver`] filters by.
+#[derive(Debug, Clone, Default)]
+struct MarketSubs {
+    trades: SymbolSet,
+    quotes: SymbolSet,
+    bars: SymbolSet,
+    news: SymbolSet,
+}
+
+impl MarketSubs {
+    fn of(subs: &Subscriptions) -> MarketSubs {
+        MarketSubs {
+            trades: subs.trades.clone(),
+            quotes: subs.quotes.clone(),
+            bars: subs.bars.clone(),
+            news: subs.news.clone(),
+        }
+    }
+
+    /// Whether an entry matches (the hub's filter is a superset).
+    fn wants(&self, entry: &Entry) -> bool {
+        match (entry.kind, entry.symbol) {
+            (EventKind::Trade, Some(id)) => self.trades.contains(id),
+            (EventKind::Quote, Some(id)) => self.quotes.contains(id),
+            (EventKind::Bar, Some(id)) => self.bars.contains(id),
+            (EventKind::Status, Some(id)) => {
+                self.trades.contains(id) || self.quotes.contains(id) || self.bars.contains(id)
+            }
+            (EventKind::Status, None) => {
+                !(self.trades.is_empty() && self.quotes.is_empty() && self.bars.is_empty())
+            }
+            (EventKind::News, _) => {
+                self.news.all
+                    || (!self.news.is_empty()
+                        && (entry.tagged.is_empty()
+                            || entry.tagged.iter().any(|id| self.news.contains(*id))))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What delivering market data needs of a session: its hub queue, the last sequence sent per
+/// feed, and what it subscribed to. It is shared (`Rc<RefCell>`, one connection's thread) so
+/// the transport can serve a hub wake-up straight from the response body, without running the
+/// session's loop; the session borrows it only between awaits, never across one.
+pub struct MarketState {
+    queue: Arc<SubscriberQueue>,
+    spare: VecDeque<Delivery>,
+    last_seq: [u64; 2],
+    wanted: MarketSubs,
+    metrics: Arc<Metrics>,
+}
+
+pub type SharedMarket = Rc<RefCell<MarketState>>;
+
+impl MarketState {
+    pub fn queue(&self) -> &Arc<SubscriberQueue> {
+        &self.queue
+    }
+
+    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame, pushed on
+    /// `out`, and returns the hub's close if one was queued. One wanted event goes out as the
+    /// hub's prebuilt frame (`Entry.ws`, shared, no copy); several are coalesced into one array
+    /// in one buffer. The drained deque is reused, so steady-state delivery allocates nothing
+    /// per subscriber beyond a batch buffer.
+    pub fn deliver(&mut self, extra: Vec<Delivery>, out: &mut Vec<Output>) -> Option<CloseReason> {
+        let mut items = std::mem::take(&mut self.spare);
+        self.queue.drain_into(&mut items);
+        items.extend(extra);
+        let mut close = None;
+        // Replays and live items of two feeds may interleave: order events by feed and
+        // sequence (a stable sort, linear on the usual already-sorted batch), controls last.
+        let slice = items.make_contiguous();
+        if slice.len() > 1 {
+            slice.sort_by_key(|item| match item {
+                Delivery::Event(entry) => (feed_slot(entry.feed), entry.seq),
+                _ => (usize::MAX, 0),
+            });
+        }
+        let mut single: Option<Bytes> = None;
+        let mut batch: Option<BytesMut> = None;
+        let mut delivered = 0u64;
+        for item in items.drain(..) {
+            let entry = match item {
+                Delivery::Event(entry) => entry,
+                // The transport pings on hub wake-ups (the keep-alive sweep guarantees one per
+                // ping interval); a heartbeat itself writes nothing here.
+                Delivery::Heartbeat => continue,
+                Delivery::Close(reason) => {
+                    close = Some(reason);
+                    continue;
+                }
+            };
+            let slot = feed_slot(entry.feed);
+            if entry.seq <= self.last_seq[slot] {
+                continue;
+            }
+            self.last_seq[slot] = entry.seq;
+            if !self.wanted.wants(&entry) {
+                continue;
+            }
+            delivered += 1;
+            if let Some(buffer) = batch.as_mut() {
+                buffer.put_u8(b',');
+                buffer.put_slice(&entry.json);
+            } else if let Some(first) = single.take() {
+                // `first` is `[json]`: reuse it as the batch's opening.
+                let mut buffer = BytesMut::with_capacity(2 * (first.len() + entry.json.len()));
+                buffer.put_slice(&first[..first.len() - 1]);
+                buffer.put_u8(b',');
+                buffer.put_slice(&entry.json);
+                batch = Some(buffer);
+            } else {
+                single = Some(entry.ws.clone());
+            }
+        }
+        self.spare = items;
+        let frame = match (single, batch) {
+            (_, Some(mut buffer)) => {
+                buffer.put_u8(b']');
+                Some(buffer.freeze())
+            }
+            (Some(single), None) => Some(single),
+            (None, None) => None,
+        };
+        if let Some(frame) = frame {
+            out.push(Output::Frame(frame));
+            self.metrics.delivered(Transport::WebSocket, delivered);
+        }
+        close
+    }
+}
+
+/// What a session sends when the hub closes its queue: the last frame, then the close code
+/// and reason.
+pub fn closing(reason: CloseReason) -> (Output, u16, &'static str) {
+    match reason {
+        CloseReason::SlowClient => (
+            error_frame(
+                None,
+                codes::SLOW_CLIENT,
+                "slow client: could not keep up; reconnect and resubscribe",
+            ),
+            close_codes::POLICY,
+            "slow client",
+        ),
+        CloseReason::Shutdown => {
+            let status = json!({
+                "T": "s", "S": "*", "sc": "shutdown",
+                "sm": "server restarting; reconnect", "t": chrono::Utc::now(),
+            });
+            (
+                Output::frame(format!("[{status}]")),
+                close_codes::RESTART,
+                "server restarting",
+            )
+        }
+    }
+}
+
 /// A token bucket over client actions.
 #[derive(Debug)]
 struct TokenBucket {
@@ -205,9 +368,11 @@ pub struct WsSession {
     guard: Option<ConnectionGuard>,
     auth_deadline: Instant,
     queue: Arc<SubscriberQueue>,
-    spare: VecDeque<Delivery>,
+    /// Market-data delivery state, shared with the transport's fast path.
+    market: SharedMarket,
+    /// Whether the transport serves [`Wake::Hub`] itself (see [`WsSession::market`]).
+    hub_in_transport: bool,
     registered: [bool; 2],
-    last_seq: [u64; 2],
     subs: Subscriptions,
     bucket: TokenBucket,
     user_events: Option<broadcast::Receiver<UserEvent>>,
@@ -455,15 +620,22 @@ impl WsSession {
     pub fn new(deps: SessionDeps) -> WsSession {
         let queue = SubscriberQueue::new(deps.limits.queue_capacity, Transport::WebSocket);
         let bucket = TokenBucket::new(deps.limits.actions_per_second, deps.limits.action_burst);
+        let market = Rc::new(RefCell::new(MarketState {
+            queue: Arc::clone(&queue),
+            spare: VecDeque::new(),
+            last_seq: [0; 2],
+            wanted: MarketSubs::default(),
+            metrics: Arc::clone(&deps.metrics),
+        }));
         WsSession {
             auth_deadline: Instant::now() + deps.limits.auth_timeout,
             deps,
             identity: None,
             guard: None,
+            market,
             queue,
-            spare: VecDeque::new(),
+            hub_in_transport: false,
             registered: [false; 2],
-            last_seq: [0; 2],
             subs: Subscriptions::default(),
             bucket,
             user_events: None,
@@ -482,6 +654,14 @@ impl WsSession {
     /// [`Wake::Hub`].
     pub fn queue(&self) -> &Arc<SubscriberQueue> {
         &self.queue
+    }
+
+    /// Hands market-data delivery to the transport: from now on [`WsSession::wait`] no longer
+    /// watches the hub queue, and the caller drains it through the returned state (see
+    /// `ws_wire::WsBody`), pinging on those wake-ups as the loop otherwise would.
+    pub fn market(&mut self) -> SharedMarket {
+        self.hub_in_transport = true;
+        Rc::clone(&self.market)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -871,6 +1051,7 @@ impl WsSession {
             }
         };
         let previous = std::mem::replace(&mut self.subs, next);
+        self.market.borrow_mut().wanted = MarketSubs::of(&self.subs);
         let mut followups = Vec::new();
 
         // Market and news registrations with the hub.
@@ -989,124 +1170,20 @@ impl WsSession {
         self.registered[slot] = true;
         if !was_registered {
             // A fresh registration on this feed: only events after now.
-            self.last_seq[slot] = cursor.seq;
+            self.market.borrow_mut().last_seq[slot] = cursor.seq;
         }
         let replay: Vec<Delivery> = subscribed.replay.into_iter().map(Delivery::Event).collect();
         self.deliver(replay, out);
     }
 
-    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame. One
-    /// wanted event goes out as the hub's prebuilt frame (`Entry.ws`, shared, no copy);
-    /// several are coalesced into one array in one buffer. The drained deque is reused, so
-    /// steady-state delivery allocates nothing per subscriber beyond a batch buffer.
+    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame (see
+    /// [`MarketState::deliver`]); a close from the hub ends the session.
     fn deliver(&mut self, extra: Vec<Delivery>, out: &mut Vec<Output>) {
-        let mut items = std::mem::take(&mut self.spare);
-        self.queue.drain_into(&mut items);
-        items.extend(extra);
-        let mut close = None;
-        // Replays and live items of two feeds may interleave: order events by feed and
-        // sequence (a stable sort, linear on the usual already-sorted batch), controls last.
-        let slice = items.make_contiguous();
-        if slice.len() > 1 {
-            slice.sort_by_key(|item| match item {
-                Delivery::Event(entry) => (feed_slot(entry.feed), entry.seq),
-                _ => (usize::MAX, 0),
-            });
-        }
-        let mut single: Option<Bytes> = None;
-        let mut batch: Option<BytesMut> = None;
-        let mut delivered = 0u64;
-        for item in items.drain(..) {
-            let entry = match item {
-                Delivery::Event(entry) => entry,
-                // The glue pings on hub wake-ups (the keep-alive sweep guarantees one per ping
-                // interval); a heartbeat itself writes nothing here.
-                Delivery::Heartbeat => continue,
-                Delivery::Close(reason) => {
-                    close = Some(reason);
-                    continue;
-                }
-            };
-            let slot = feed_slot(entry.feed);
-            if entry.seq <= self.last_seq[slot] {
-                continue;
-            }
-            self.last_seq[slot] = entry.seq;
-            if !self.wants(&entry) {
-                continue;
-            }
-            delivered += 1;
-            if let Some(buffer) = batch.as_mut() {
-                buffer.put_u8(b',');
-                buffer.put_slice(&entry.json);
-            } else if let Some(first) = single.take() {
-                // `first` is `[json]`: reuse it as the batch's opening.
-                let mut buffer = BytesMut::with_capacity(2 * (first.len() + entry.json.len()));
-                buffer.put_slice(&first[..first.len() - 1]);
-                buffer.put_u8(b',');
-                buffer.put_slice(&entry.json);
-                batch = Some(buffer);
-            } else {
-                single = Some(entry.ws.clone());
-            }
-        }
-        self.spare = items;
-        let frame = match (single, batch) {
-            (_, Some(mut buffer)) => {
-                buffer.put_u8(b']');
-                Some(buffer.freeze())
-            }
-            (Some(single), None) => Some(single),
-            (None, None) => None,
-        };
-        if let Some(frame) = frame {
-            out.push(Output::Frame(frame));
-            self.deps.metrics.delivered(Transport::WebSocket, delivered);
-        }
-        match close {
-            Some(CloseReason::SlowClient) => {
-                out.push(error_frame(
-                    None,
-                    codes::SLOW_CLIENT,
-                    "slow client: could not keep up; reconnect and resubscribe",
-                ));
-                self.close(out, close_codes::POLICY, "slow client");
-            }
-            Some(CloseReason::Shutdown) => {
-                let status = json!({
-                    "T": "s", "S": "*", "sc": "shutdown",
-                    "sm": "server restarting; reconnect", "t": chrono::Utc::now(),
-                });
-                out.push(Output::frame(format!("[{status}]")));
-                self.close(out, close_codes::RESTART, "server restarting");
-            }
-            None => {}
-        }
-    }
-
-    /// Whether an entry matches the current subscriptions (the hub filter is a superset).
-    fn wants(&self, entry: &Entry) -> bool {
-        match (entry.kind, entry.symbol) {
-            (EventKind::Trade, Some(id)) => self.subs.trades.contains(id),
-            (EventKind::Quote, Some(id)) => self.subs.quotes.contains(id),
-            (EventKind::Bar, Some(id)) => self.subs.bars.contains(id),
-            (EventKind::Status, Some(id)) => {
-                self.subs.trades.contains(id)
-                    || self.subs.quotes.contains(id)
-                    || self.subs.bars.contains(id)
-            }
-            (EventKind::Status, None) => {
-                !(self.subs.trades.is_empty()
-                    && self.subs.quotes.is_empty()
-                    && self.subs.bars.is_empty())
-            }
-            (EventKind::News, _) => {
-                self.subs.news.all
-                    || (!self.subs.news.is_empty()
-                        && (entry.tagged.is_empty()
-                            || entry.tagged.iter().any(|id| self.subs.news.contains(*id))))
-            }
-            _ => false,
+        let close = self.market.borrow_mut().deliver(extra, out);
+        if let Some(reason) = close {
+            let (frame, code, why) = closing(reason);
+            out.push(frame);
+            self.close(out, code, why);
         }
     }
 
@@ -1321,20 +1398,12 @@ impl WsSession {
         // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
             biased;
-            _ = self.queue.notified() => Wake::Hub,
+            _ = self.queue.notified(), if !self.hub_in_transport => Wake::Hub,
             event = recv_user_event(&mut self.user_events) => Wake::UserEvent(event),
             ok = portfolio_changed(&mut self.portfolio_changes) => Wake::PortfolioChanged(ok),
             Some(message) = recv_book(&mut self.book_channel) => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
-        }
-    }
-
-    /// Delivers what the hub queued ([`Wake::Hub`]) into `out`: the hot path, synchronous
-    /// and into the caller's reused buffer.
-    pub fn on_hub(&mut self, out: &mut Vec<Output>) {
-        if !self.closed {
-            self.deliver(Vec::new(), out);
         }
     }
 

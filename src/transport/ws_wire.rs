@@ -8,7 +8,7 @@
 //! the loop writes finished frames into a buffer the body hands back as one chunk. A market
 //! event therefore costs one wake-up of the connection's own task and one write.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 // actix-ws's protocol types are actix-http's; the codec and frame writer come from there too.
 use actix_http::ws::{Codec, Frame, OpCode, Parser};
@@ -27,6 +28,8 @@ use bytestring::ByteString;
 use futures::Stream;
 use futures::task::AtomicWaker;
 use tokio_util::codec::Decoder;
+
+use crate::transport::ws_session::{Output, SharedMarket, close_codes, closing};
 
 /// RFC 6455 §5.5: control frames carry at most 125 bytes, so a close reason at most 123.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -228,16 +231,98 @@ pub fn put_close(buf: &mut BytesMut, code: u16, reason: &str) {
     Parser::write_message(buf, payload, OpCode::Close, true, false);
 }
 
-/// Frames the connection's loop has finished and the body has not handed out yet.
-pub type Outbox = Rc<RefCell<BytesMut>>;
+/// What a connection's loop and its response body share (one thread, so `Cell`s).
+pub struct Wire {
+    /// Finished frames the body has not handed to the dispatcher yet.
+    pub outbox: RefCell<BytesMut>,
+    /// When the client was last heard from (any frame), for the idle timeout.
+    pub last_heard: Cell<Instant>,
+    /// Set while the loop is inside a session action (an order, a subscription): market data
+    /// waits meanwhile, so a subscription's reply precedes the data it starts.
+    pub busy: Cell<bool>,
+}
+
+impl Wire {
+    pub fn new() -> Rc<Wire> {
+        Rc::new(Wire {
+            outbox: RefCell::new(BytesMut::new()),
+            last_heard: Cell::new(Instant::now()),
+            busy: Cell::new(false),
+        })
+    }
+}
+
+/// Market data served from the body itself: on a hub wake-up the body drains the session's
+/// queue (see `ws_session::MarketState`) and frames what it wants, without running the
+/// connection's loop. That loop still handles everything else.
+pub struct FastPath {
+    pub market: SharedMarket,
+    /// Ping when this long has passed since the last ping (checked on hub wake-ups; the hub's
+    /// keep-alive sweep guarantees one per ping interval).
+    pub ping_every: Duration,
+    /// Close a client silent for this long.
+    pub idle_timeout: Duration,
+    last_ping: Instant,
+    scratch: Vec<Output>,
+}
+
+impl FastPath {
+    pub fn new(market: SharedMarket, ping_every: Duration, idle_timeout: Duration) -> FastPath {
+        FastPath {
+            market,
+            ping_every,
+            idle_timeout,
+            last_ping: Instant::now(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Serves a pending hub wake-up into the outbox; `true` when the connection must end (the
+    /// closing frames are in the outbox).
+    fn poll(&mut self, cx: &mut Context<'_>, wire: &Wire) -> bool {
+        let mut market = self.market.borrow_mut();
+        if market.queue().poll_notified(cx).is_pending() {
+            return false;
+        }
+        let mut outbox = wire.outbox.borrow_mut();
+        let now = Instant::now();
+        if now.duration_since(self.last_ping) >= self.ping_every {
+            if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
+                put_close(&mut outbox, close_codes::GOING_AWAY, "idle timeout");
+                return true;
+            }
+            put_ping(&mut outbox, b"tickgate");
+            self.last_ping = now;
+        }
+        let close = market.deliver(Vec::new(), &mut self.scratch);
+        for output in self.scratch.drain(..) {
+            if let Output::Frame(frame) = output {
+                put_text(&mut outbox, &frame);
+            }
+        }
+        match close {
+            Some(reason) => {
+                let (last, code, why) = closing(reason);
+                if let Output::Frame(frame) = last {
+                    put_text(&mut outbox, &frame);
+                }
+                put_close(&mut outbox, code, why);
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The response body of an upgraded connection. It owns the connection's loop (`run`), polls
-/// it whenever the dispatcher asks for data and nothing is buffered, and ends after the loop
-/// has returned and its last frames (the close) are out. If the peer goes away, the dispatcher
+/// it whenever something the loop waits on has happened and nothing is buffered, serves
+/// market data itself ([`FastPath`]), and ends after the loop has returned (or the fast path
+/// closed the connection) and the last frames are out. If the peer goes away, the dispatcher
 /// drops the body, and with it the loop.
 pub struct WsBody {
     run: Pin<Box<dyn Future<Output = ()>>>,
-    outbox: Outbox,
+    wire: Rc<Wire>,
+    fast: Option<FastPath>,
     done: bool,
     /// The waker the loop runs with: it records that something the loop waits on happened,
     /// so the dispatcher's other polls (after each chunk, on socket readiness) skip the loop.
@@ -263,13 +348,18 @@ impl Wake for LoopWaker {
 }
 
 impl WsBody {
-    pub fn new(outbox: Outbox, run: impl Future<Output = ()> + 'static) -> WsBody {
+    pub fn new(
+        wire: Rc<Wire>,
+        fast: Option<FastPath>,
+        run: impl Future<Output = ()> + 'static,
+    ) -> WsBody {
         let wake = Arc::new(LoopWaker::default());
         // Runs once before anything can have woken it.
         wake.woken.store(true, Ordering::Relaxed);
         WsBody {
             run: Box::pin(run),
-            outbox,
+            wire,
+            fast,
             done: false,
             waker: Waker::from(Arc::clone(&wake)),
             wake,
@@ -289,10 +379,10 @@ impl MessageBody for WsBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Infallible>>> {
         let this = self.get_mut();
-        // The loop only runs with an empty outbox, so a peer that stops reading (the
-        // dispatcher stops asking) also stops the loop, and what waits meanwhile is bounded by
-        // the hub's subscriber queue.
-        if !this.done && this.outbox.borrow().is_empty() {
+        // Nothing runs while frames wait to be taken, so a peer that stops reading (the
+        // dispatcher stops asking) stops the connection too, and what waits meanwhile is
+        // bounded by the hub's subscriber queue.
+        if !this.done && this.wire.outbox.borrow().is_empty() {
             this.wake.task.register(cx.waker());
             if this.wake.woken.swap(false, Ordering::AcqRel)
                 && this
@@ -303,8 +393,17 @@ impl MessageBody for WsBody {
             {
                 this.done = true;
             }
+            if !this.done
+                && !this.wire.busy.get()
+                && let Some(fast) = this.fast.as_mut()
+                && fast.poll(cx, &this.wire)
+            {
+                // Dropping the loop drops the session: it leaves the hub.
+                this.done = true;
+                this.run = Box::pin(std::future::ready(()));
+            }
         }
-        let mut outbox = this.outbox.borrow_mut();
+        let mut outbox = this.wire.outbox.borrow_mut();
         if !outbox.is_empty() {
             return Poll::Ready(Some(Ok(outbox.split().freeze())));
         }

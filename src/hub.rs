@@ -125,6 +125,8 @@ impl SymbolFilter {
         for id in ids {
             let word = usize::from(id) / 64;
             if word >= bits.len() {
+                // Exact, so `into_boxed_slice` below has nothing to shrink (no reallocation).
+                bits.reserve_exact(word + 1 - bits.len());
                 bits.resize(word + 1, 0);
             }
             bits[word] |= 1 << (id % 64);

@@ -52,9 +52,25 @@ fn widen_backlog(listener: TcpListener) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Request logging through `tracing` (one line per request at debug level).
-fn tracing_actix() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%r %s %Dms").log_target("tickgate::http")
+/// Target of the access log lines.
+const ACCESS_LOG_TARGET: &str = "tickgate::http";
+
+/// Request logging through `tracing` (one line per request at info level, target
+/// `tickgate::http`). When the log filter drops those lines (e.g. `warn`) the logger is left
+/// out of the stack: it would still render the request line, the status and a timestamp for
+/// every request (and wrap every response body) only to throw them away: about 4.5k of the
+/// 53k user-space instructions of opening an SSE stream (docs/benchmarks.md).
+fn tracing_actix() -> actix_web::middleware::Condition<actix_web::middleware::Logger> {
+    // The logger also reports failed responses at debug level under its own target.
+    let enabled = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO)
+        || tracing::enabled!(
+            target: "actix_web::middleware::logger",
+            tracing::Level::DEBUG
+        );
+    actix_web::middleware::Condition::new(
+        enabled,
+        actix_web::middleware::Logger::new("%r %s %Dms").log_target(ACCESS_LOG_TARGET),
+    )
 }
 
 /// A built, bound, not yet running gateway.

@@ -2,6 +2,7 @@
 //! only the allowed names), client input quoted back in errors, and bearer credentials.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -33,16 +34,21 @@ pub fn query_params(
 ) -> Result<HashMap<String, String>, ApiError> {
     let mut map = HashMap::with_capacity(pairs.len());
     for (key, value) in pairs {
-        if map.contains_key(&key) {
-            return Err(ApiError::bad_request(
-                codes::INVALID_PARAMETER,
-                format!(
-                    "query parameter {} is given more than once; use one comma-separated list",
-                    echo(&key)
-                ),
-            ));
+        // One hash per parameter: this runs for every new subscriber.
+        match map.entry(key) {
+            Entry::Occupied(repeated) => {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_PARAMETER,
+                    format!(
+                        "query parameter {} is given more than once; use one comma-separated list",
+                        echo(repeated.key())
+                    ),
+                ));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
         }
-        map.insert(key, value);
     }
     let mut unknown: Vec<&str> = map
         .keys()

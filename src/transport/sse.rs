@@ -5,6 +5,7 @@
 //! the last write goes out as one chunk; a lone event is written as the shared frame itself
 //! (no copy). The connection owns no timer: heartbeats come from the hub's shared sweep.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -26,6 +27,12 @@ use crate::metrics::{Metrics, Transport};
 use crate::server::AppState;
 
 const HEARTBEAT_FRAME: &[u8] = b": hb\n\n";
+
+/// Header names as constants: looking one up or inserting it by `&str` parses the name (and
+/// allocates for names the `http` crate does not know) on every request.
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// Tells nginx-style proxies not to buffer the stream.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stream/market", web::get().to(market_stream))
@@ -52,10 +59,18 @@ pub fn parse_symbols(
             Ok(SymbolFilter::All)
         };
     };
-    let mut names: Vec<String> = Vec::new();
+    // Names already in upper case (the usual request) are borrowed, not copied.
+    let mut names: Vec<Cow<'_, str>> = Vec::new();
     for name in raw
         .split(',')
-        .map(|s| s.trim().to_ascii_uppercase())
+        .map(|s| {
+            let s = s.trim();
+            if s.bytes().any(|b| b.is_ascii_lowercase()) {
+                Cow::Owned(s.to_ascii_uppercase())
+            } else {
+                Cow::Borrowed(s)
+            }
+        })
         .filter(|s| !s.is_empty())
     {
         // `AAPL,aapl` is one symbol, counted once against the limit.
@@ -86,7 +101,7 @@ pub fn parse_symbols(
     for name in &names {
         match universe.id(name) {
             Some(id) => ids.push(id),
-            None => unknown.push(name.as_str()),
+            None => unknown.push(name.as_ref()),
         }
     }
     if !unknown.is_empty() {
@@ -149,7 +164,7 @@ pub fn parse_types(raw: Option<&str>) -> Result<u8, ApiError> {
 fn resume_cursor(request: &HttpRequest, query: &HashMap<String, String>) -> Option<Cursor> {
     let header = request
         .headers()
-        .get("last-event-id")
+        .get(LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let raw = header.or_else(|| query.get("last_event_id").cloned())?;
@@ -237,19 +252,32 @@ fn open_stream(
         finished: false,
         metrics: Arc::clone(&state.metrics),
     };
+    // Static names and values: a `&str` pair would be parsed, validated and copied into a new
+    // allocation for every subscriber.
     HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .insert_header((X_ACCEL_BUFFERING, HeaderValue::from_static("no")))
         .body(connection)
 }
 
-/// `retry:`, then either the snapshot (fresh connect or reset) or the replay.
+/// `retry:`, then either the snapshot (fresh connect or reset) or the replay, written into
+/// one buffer of the right size: this runs once per new subscriber, so it avoids the
+/// intermediate `format!` strings and vectors a frame-by-frame build would allocate.
 fn initial_bytes(feed: Feed, subscribed: &Subscribed, retry_ms: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(1024);
-    out.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+    let snapshot_len = subscribed.snapshot.as_ref().map_or(0, |entries| {
+        SNAPSHOT_FRAME_OVERHEAD + entries.iter().map(|e| e.json.len() + 1).sum::<usize>()
+    });
+    let replay_len: usize = subscribed.replay.iter().map(|e| e.sse.len()).sum();
+    let mut out = BytesMut::with_capacity(32 + snapshot_len + replay_len);
+    out.put_slice(b"retry: ");
+    put_u64(&mut out, retry_ms);
+    out.put_slice(b"\n\n");
     if let Some(snapshot) = &subscribed.snapshot {
-        out.put_slice(&snapshot_frame(feed, subscribed, snapshot));
+        put_snapshot_frame(&mut out, feed, subscribed, snapshot);
     }
     for entry in &subscribed.replay {
         out.put_slice(&entry.sse);
@@ -257,9 +285,29 @@ fn initial_bytes(feed: Feed, subscribed: &Subscribed, retry_ms: u64) -> Bytes {
     out.freeze()
 }
 
+/// Room for everything in a snapshot frame but the entries: the `id:`/`event:` lines, two
+/// cursors, the reset reason and the group names.
+const SNAPSHOT_FRAME_OVERHEAD: usize = 320;
+
+fn put_u64(out: &mut BytesMut, value: u64) {
+    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes a cursor as its `Display` form, `<epoch>-<seq>`.
+fn put_cursor(out: &mut BytesMut, cursor: Cursor) {
+    put_u64(out, cursor.epoch);
+    out.put_u8(b'-');
+    put_u64(out, cursor.seq);
+}
+
 /// `event: snapshot` with `data: {"reset":..,"cursor":..,"trades":[..],"quotes":[..],...}`,
 /// carrying the feed's current cursor as its id so a reconnect resumes after it.
-fn snapshot_frame(feed: Feed, subscribed: &Subscribed, entries: &[Arc<Entry>]) -> Vec<u8> {
+fn put_snapshot_frame(
+    out: &mut BytesMut,
+    feed: Feed,
+    subscribed: &Subscribed,
+    entries: &[Arc<Entry>],
+) {
     let groups: &[(&str, EventKind)] = match feed {
         Feed::Market => &[
             ("trades", EventKind::Trade),
@@ -269,43 +317,40 @@ fn snapshot_frame(feed: Feed, subscribed: &Subscribed, entries: &[Arc<Entry>]) -
         Feed::News => &[("news", EventKind::News)],
         Feed::Alerts => &[("alerts", EventKind::Alert)],
     };
-    let mut data =
-        Vec::with_capacity(256 + entries.iter().map(|e| e.json.len() + 1).sum::<usize>());
-    data.extend_from_slice(b"{\"reset\":");
-    data.extend_from_slice(if subscribed.reset.is_some() {
+    out.put_slice(b"id: ");
+    put_cursor(out, subscribed.cursor);
+    out.put_slice(b"\nevent: snapshot\ndata: {\"reset\":");
+    out.put_slice(if subscribed.reset.is_some() {
         b"true"
     } else {
         b"false"
     });
     if let Some(reason) = subscribed.reset {
-        data.extend_from_slice(b",\"reason\":");
-        data.extend_from_slice(
+        out.put_slice(b",\"reason\":");
+        out.put_slice(
             serde_json::to_string(reason.message())
                 .unwrap_or_default()
                 .as_bytes(),
         );
     }
-    data.extend_from_slice(format!(",\"cursor\":\"{}\"", subscribed.cursor).as_bytes());
+    out.put_slice(b",\"cursor\":\"");
+    put_cursor(out, subscribed.cursor);
+    out.put_u8(b'"');
     for (name, kind) in groups {
-        data.extend_from_slice(format!(",\"{name}\":[").as_bytes());
+        out.put_slice(b",\"");
+        out.put_slice(name.as_bytes());
+        out.put_slice(b"\":[");
         let mut first = true;
         for entry in entries.iter().filter(|e| e.kind == *kind) {
             if !first {
-                data.push(b',');
+                out.put_u8(b',');
             }
             first = false;
-            data.extend_from_slice(&entry.json);
+            out.put_slice(&entry.json);
         }
-        data.push(b']');
+        out.put_u8(b']');
     }
-    data.push(b'}');
-    let mut frame = Vec::with_capacity(data.len() + 64);
-    frame.extend_from_slice(
-        format!("id: {}\nevent: snapshot\ndata: ", subscribed.cursor).as_bytes(),
-    );
-    frame.extend_from_slice(&data);
-    frame.extend_from_slice(b"\n\n");
-    frame
+    out.put_slice(b"}\n\n");
 }
 
 /// The final message for a queue the hub closed.
@@ -421,5 +466,136 @@ impl Drop for SseConnection {
     fn drop(&mut self) {
         self.queue.mark_gone();
         self.metrics.connection_closed(Transport::Sse);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, HubSettings};
+    use crate::market::{MarketEvent, Quote, Trade};
+
+    fn hub() -> Hub {
+        let hub = Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT"]),
+            HubSettings::default(),
+            Arc::new(Metrics::default()),
+            7,
+        );
+        for (n, symbol) in ["AAPL", "MSFT", "AAPL"].into_iter().enumerate() {
+            let time = chrono::DateTime::from_timestamp(1_800_000_000 + n as i64, 0);
+            let trade = MarketEvent::Trade(Trade {
+                symbol: symbol.into(),
+                id: n as u64,
+                venue: String::new(),
+                price: 100.0 + n as f64,
+                size: 1.0,
+                time: time.unwrap_or_default(),
+                conditions: vec![],
+            });
+            hub.publish_event(trade).expect("a valid trade");
+        }
+        let quote = MarketEvent::Quote(Quote {
+            symbol: "AAPL".into(),
+            bid_price: 99.0,
+            bid_size: 1.0,
+            bid_venue: String::new(),
+            ask_price: 101.0,
+            ask_size: 2.0,
+            ask_venue: String::new(),
+            time: chrono::DateTime::from_timestamp(1_800_000_010, 0).unwrap_or_default(),
+        });
+        hub.publish_event(quote).expect("a valid quote");
+        hub
+    }
+
+    /// The frame as it was first written, with `format!`: the one-buffer writer must produce
+    /// exactly these bytes.
+    fn reference_initial_bytes(feed: Feed, subscribed: &Subscribed, retry_ms: u64) -> Vec<u8> {
+        let mut out = format!("retry: {retry_ms}\n\n").into_bytes();
+        if let Some(entries) = &subscribed.snapshot {
+            let mut data = b"{\"reset\":".to_vec();
+            data.extend_from_slice(if subscribed.reset.is_some() {
+                b"true"
+            } else {
+                b"false"
+            });
+            if let Some(reason) = subscribed.reset {
+                data.extend_from_slice(b",\"reason\":");
+                data.extend_from_slice(serde_json::json!(reason.message()).to_string().as_bytes());
+            }
+            data.extend_from_slice(format!(",\"cursor\":\"{}\"", subscribed.cursor).as_bytes());
+            let groups: &[(&str, EventKind)] = match feed {
+                Feed::Market => &[
+                    ("trades", EventKind::Trade),
+                    ("quotes", EventKind::Quote),
+                    ("bars", EventKind::Bar),
+                ],
+                Feed::News => &[("news", EventKind::News)],
+                Feed::Alerts => &[("alerts", EventKind::Alert)],
+            };
+            for (name, kind) in groups {
+                let items: Vec<&[u8]> = entries
+                    .iter()
+                    .filter(|e| e.kind == *kind)
+                    .map(|e| e.json.as_ref())
+                    .collect();
+                data.extend_from_slice(format!(",\"{name}\":[").as_bytes());
+                data.extend_from_slice(&items.join(&b','));
+                data.push(b']');
+            }
+            data.push(b'}');
+            out.extend_from_slice(
+                format!("id: {}\nevent: snapshot\ndata: ", subscribed.cursor).as_bytes(),
+            );
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\n\n");
+        }
+        for entry in &subscribed.replay {
+            out.extend_from_slice(&entry.sse);
+        }
+        out
+    }
+
+    #[test]
+    fn initial_bytes_match_the_reference_frames_for_snapshots_resets_and_replays() {
+        let hub = hub();
+        let everything = || Filter {
+            symbols: SymbolFilter::All,
+            kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Bar.bit(),
+        };
+        let one_symbol = || Filter {
+            symbols: SymbolFilter::from_ids([0]),
+            kinds: EventKind::Trade.bit(),
+        };
+        let cases = [
+            (everything(), None),
+            (one_symbol(), None),
+            // Another epoch: a reset with its reason and a snapshot.
+            (everything(), Some(Cursor { epoch: 1, seq: 1 })),
+            // A cursor in the window: a replay, no snapshot.
+            (one_symbol(), Some(Cursor { epoch: 7, seq: 1 })),
+        ];
+        for (filter, resume) in cases {
+            let queue = SubscriberQueue::new(16, Transport::Sse);
+            let subscribed = hub.subscribe(Feed::Market, filter, resume, true, &queue);
+            let written = initial_bytes(Feed::Market, &subscribed, 2500);
+            let expected = reference_initial_bytes(Feed::Market, &subscribed, 2500);
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&expected),
+                "resume {resume:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn symbol_names_are_matched_in_any_case_and_counted_once() {
+        let universe = SymbolUniverse::new(["AAPL", "MSFT"]);
+        let filter =
+            parse_symbols(Some(" aapl,AAPL ,Msft"), &universe, 2, true).expect("two known symbols");
+        assert_eq!(filter, SymbolFilter::from_ids([0, 1]));
+        let unknown = parse_symbols(Some("AAPL,nope"), &universe, 2, true).unwrap_err();
+        assert!(unknown.message.contains("NOPE"), "{}", unknown.message);
     }
 }

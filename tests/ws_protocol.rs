@@ -355,3 +355,84 @@ async fn order_actions_with_unknown_fields_get_order_level_errors() {
     assert_eq!(error["id"], "c1");
     app.stop().await.expect("stop");
 }
+
+fn news(id: u64, summary_len: usize) -> tickgate::market::MarketEvent {
+    let at = chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0).expect("valid time");
+    tickgate::market::MarketEvent::News(tickgate::market::News {
+        id,
+        headline: format!("headline {id}"),
+        summary: "x".repeat(summary_len),
+        author: "desk".into(),
+        source: "test".into(),
+        url: String::new(),
+        symbols: Vec::new(),
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_407_while_another_gets_every_message() {
+    let mut settings = ws_settings();
+    settings.hub.subscriber_queue_capacity = 16;
+    let app = spawn_app_with(settings).await;
+    let mut stalled = connect_as(&app, "alice").await;
+    stalled.subscribe(json!({"news": ["*"]})).await;
+    let mut healthy = connect_as(&app, "bob").await;
+    healthy.subscribe(json!({"news": ["*"]})).await;
+
+    // News is never conflated; 2,000 items of 16 KiB overflow the stalled client's socket
+    // buffers and then its queue. Publishing is paced by the healthy client.
+    for id in 1..=2_000u64 {
+        app.state
+            .hub
+            .publish_event(news(id, 16 * 1024))
+            .expect("valid news");
+        let item = healthy.next_object(DEADLINE).await;
+        assert_eq!(item["T"], "n", "{item}");
+        assert_eq!(item["id"], id);
+    }
+    assert_eq!(
+        app.state
+            .metrics
+            .slow_client_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // The stalled client finds, after what was buffered, the 407 error and a policy close.
+    let mut last_id = 0;
+    let mut saw_407 = false;
+    let close = loop {
+        match stalled.receive(DEADLINE).await {
+            Received::Objects(items) => {
+                for item in items {
+                    if item["T"] == "n" {
+                        let id = item["id"].as_u64().expect("news id");
+                        assert!(id > last_id, "news in order: {id} after {last_id}");
+                        last_id = id;
+                    } else {
+                        assert_eq!(item["T"], "error", "{item}");
+                        assert_eq!(item["code"], 407, "{item}");
+                        saw_407 = true;
+                    }
+                }
+            }
+            Received::Closed(frame) => break frame,
+        }
+    };
+    assert!(saw_407, "the 407 error precedes the close");
+    let close = close.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(
+        last_id < 2_000,
+        "the stalled client cannot have had everything"
+    );
+    // The server and the healthy client carry on.
+    app.state
+        .hub
+        .publish_event(news(2_001, 10))
+        .expect("valid news");
+    assert_eq!(healthy.next_object(DEADLINE).await["id"], 2_001);
+    app.stop().await.expect("stop");
+}

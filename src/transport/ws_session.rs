@@ -225,10 +225,34 @@ impl MarketState {
 
     /// Turns queued hub deliveries (plus any `extra`) into at most one data frame, pushed on
     /// `out`, and returns the hub's close if one was queued. One wanted event goes out as the
-    /// hub's prebuilt frame (`Entry.ws`, shared, no copy); several are coalesced into one array
-    /// in one buffer. The drained deque is reused, so steady-state delivery allocates nothing
-    /// per subscriber beyond a batch buffer.
+    /// hub's prebuilt frame (`Entry.ws`, shared, no copy).
     pub fn deliver(&mut self, extra: Vec<Delivery>, out: &mut Vec<Output>) -> Option<CloseReason> {
+        let (frame, close) = self.collect(extra);
+        match frame {
+            Some(Pending::One(entry)) => out.push(Output::Frame(entry.ws.clone())),
+            Some(Pending::Many(buffer)) => out.push(Output::Frame(buffer.freeze())),
+            None => {}
+        }
+        close
+    }
+
+    /// [`MarketState::deliver`] for the transport's fast path: the frame's payload is handed
+    /// to `frame` (which copies it behind a frame header), so a single event costs no
+    /// reference count of its own.
+    pub fn deliver_into(&mut self, frame: impl FnOnce(&[u8])) -> Option<CloseReason> {
+        let (pending, close) = self.collect(Vec::new());
+        match pending {
+            Some(Pending::One(entry)) => frame(&entry.ws),
+            Some(Pending::Many(buffer)) => frame(&buffer),
+            None => {}
+        }
+        close
+    }
+
+    /// Drains the queue (plus `extra`): the wanted events, as one event or one coalesced
+    /// array, and the hub's close if one was queued. The drained deque is reused, so
+    /// steady-state delivery allocates nothing per subscriber beyond a batch buffer.
+    fn collect(&mut self, extra: Vec<Delivery>) -> (Option<Pending>, Option<CloseReason>) {
         let mut items = std::mem::take(&mut self.spare);
         self.queue.drain_into(&mut items);
         items.extend(extra);
@@ -242,8 +266,7 @@ impl MarketState {
                 _ => (usize::MAX, 0),
             });
         }
-        let mut single: Option<Bytes> = None;
-        let mut batch: Option<BytesMut> = None;
+        let mut pending: Option<Pending> = None;
         let mut delivered = 0u64;
         for item in items.drain(..) {
             let entry = match item {
@@ -265,35 +288,39 @@ impl MarketState {
                 continue;
             }
             delivered += 1;
-            if let Some(buffer) = batch.as_mut() {
-                buffer.put_u8(b',');
-                buffer.put_slice(&entry.json);
-            } else if let Some(first) = single.take() {
-                // `first` is `[json]`: reuse it as the batch's opening.
-                let mut buffer = BytesMut::with_capacity(2 * (first.len() + entry.json.len()));
-                buffer.put_slice(&first[..first.len() - 1]);
-                buffer.put_u8(b',');
-                buffer.put_slice(&entry.json);
-                batch = Some(buffer);
-            } else {
-                single = Some(entry.ws.clone());
-            }
+            pending = Some(match pending {
+                None => Pending::One(entry),
+                Some(Pending::One(first)) => {
+                    // `first.ws` is `[json]`: its opening starts the batch.
+                    let mut buffer =
+                        BytesMut::with_capacity(2 * (first.ws.len() + entry.json.len()));
+                    buffer.put_slice(&first.ws[..first.ws.len() - 1]);
+                    buffer.put_u8(b',');
+                    buffer.put_slice(&entry.json);
+                    Pending::Many(buffer)
+                }
+                Some(Pending::Many(mut buffer)) => {
+                    buffer.put_u8(b',');
+                    buffer.put_slice(&entry.json);
+                    Pending::Many(buffer)
+                }
+            });
         }
         self.spare = items;
-        let frame = match (single, batch) {
-            (_, Some(mut buffer)) => {
-                buffer.put_u8(b']');
-                Some(buffer.freeze())
-            }
-            (Some(single), None) => Some(single),
-            (None, None) => None,
-        };
-        if let Some(frame) = frame {
-            out.push(Output::Frame(frame));
+        if let Some(Pending::Many(buffer)) = pending.as_mut() {
+            buffer.put_u8(b']');
+        }
+        if pending.is_some() {
             self.metrics.delivered(Transport::WebSocket, delivered);
         }
-        close
+        (pending, close)
     }
+}
+
+/// The data frame a drain produced.
+enum Pending {
+    One(Arc<Entry>),
+    Many(BytesMut),
 }
 
 /// What a session sends when the hub closes its queue: the last frame, then the close code

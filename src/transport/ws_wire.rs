@@ -263,7 +263,6 @@ pub struct FastPath {
     /// Close a client silent for this long.
     pub idle_timeout: Duration,
     last_ping: Instant,
-    scratch: Vec<Output>,
 }
 
 impl FastPath {
@@ -273,7 +272,6 @@ impl FastPath {
             ping_every,
             idle_timeout,
             last_ping: Instant::now(),
-            scratch: Vec::new(),
         }
     }
 
@@ -294,12 +292,7 @@ impl FastPath {
             put_ping(&mut outbox, b"tickgate");
             self.last_ping = now;
         }
-        let close = market.deliver(Vec::new(), &mut self.scratch);
-        for output in self.scratch.drain(..) {
-            if let Output::Frame(frame) = output {
-                put_text(&mut outbox, &frame);
-            }
-        }
+        let close = market.deliver_into(|payload| put_text(&mut outbox, payload));
         match close {
             Some(reason) => {
                 let (last, code, why) = closing(reason);

@@ -245,6 +245,20 @@ impl Application {
         // a one-core gateway far below what it can hold; the file-descriptor limit is the
         // real bound.
         .max_connections(MAX_CONNECTIONS_PER_WORKER);
+        let stalled = settings.server.stalled_peer_timeout;
+        if !stalled.is_zero() {
+            // A stream's response body is not polled while its socket is full, so nothing in
+            // the process notices a peer that stopped reading; the kernel does, and this bounds
+            // how long such a connection (its descriptor and buffers) lives.
+            server = server.on_connect(move |connection, _| {
+                if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+                    && let Err(error) =
+                        socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stalled))
+                {
+                    tracing::debug!(%error, "TCP_USER_TIMEOUT not set");
+                }
+            });
+        }
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }

@@ -45,6 +45,12 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Worker threads for the HTTP server (0 = one per core).
     pub workers: usize,
+    /// How long data sent to a client may stay unacknowledged before the kernel drops the
+    /// connection (`TCP_USER_TIMEOUT`): a peer that stopped reading, or vanished without a
+    /// FIN, holds a socket and its buffers until then. `0s` leaves the kernel's default
+    /// (about 15 minutes of retransmissions, and no limit at all on a zero window).
+    #[serde(with = "humantime_serde")]
+    pub stalled_peer_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -59,6 +65,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
             workers: 0,
+            stalled_peer_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -436,3 +436,23 @@ async fn a_client_that_stops_reading_is_closed_with_407_while_another_gets_every
     assert_eq!(healthy.next_object(DEADLINE).await["id"], 2_001);
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_restart_ends_websocket_sessions_with_a_shutdown_status_and_close_1012() {
+    let app = spawn_app_with(ws_settings()).await;
+    let mut client = connect_as(&app, "alice").await;
+    client.subscribe(json!({"trades": ["AAPL"]})).await;
+    let mut bare = connect_as(&app, "bob").await;
+
+    // Not awaited yet: the server stops while the clients read.
+    app.shutdown.cancel();
+    let (status, _) = client.until("s").await;
+    assert_eq!(status["S"], "*", "{status}");
+    assert_eq!(status["sc"], "shutdown", "{status}");
+    let close = client.expect_closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012, "{close:?}");
+    // A session with no market data gets the close alone.
+    let close = bare.expect_closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012, "{close:?}");
+    app.task.await.expect("server task").expect("clean stop");
+}

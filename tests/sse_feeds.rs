@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{SseClient, SseEvent, publish, spawn_app, spawn_app_with, test_settings};
+use common::{SseClient, SseEvent, news, publish, spawn_app, spawn_app_with, test_settings};
 use serde_json::json;
-use tickgate::market::{Alert, AlertLevel, MarketEvent, News, Trade};
+use tickgate::market::{Alert, AlertLevel, MarketEvent, Trade};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -25,20 +25,6 @@ fn trade(symbol: &str, id: u64, price: f64) -> MarketEvent {
         size: 100.0,
         time: at(id as i64),
         conditions: vec![],
-    })
-}
-
-fn news(id: u64, symbols: &[&str], summary_len: usize) -> MarketEvent {
-    MarketEvent::News(News {
-        id,
-        headline: format!("headline {id}"),
-        summary: "x".repeat(summary_len),
-        author: "desk".into(),
-        source: "test".into(),
-        url: String::new(),
-        symbols: symbols.iter().map(|s| s.to_string()).collect(),
-        created_at: at(id as i64),
-        updated_at: at(id as i64),
     })
 }
 

@@ -9,24 +9,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{SseClient, TestApp, spawn_app_with};
-use tickgate::market::{MarketEvent, News};
+use common::{SseClient, TestApp, news, spawn_app_with};
 use tickgate::settings::Settings;
-
-fn news(id: u64, summary_len: usize) -> MarketEvent {
-    let at = chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0).expect("valid time");
-    MarketEvent::News(News {
-        id,
-        headline: format!("headline {id}"),
-        summary: "x".repeat(summary_len),
-        author: "desk".into(),
-        source: "test".into(),
-        url: String::new(),
-        symbols: Vec::new(),
-        created_at: at,
-        updated_at: at,
-    })
-}
 
 fn stalling_settings() -> Settings {
     let mut settings = ws_support::ws_settings();
@@ -72,7 +56,7 @@ async fn stalls_and_is_dropped(app: &TestApp, mut stalled: TcpStream) {
     for id in 1..=300u64 {
         app.state
             .hub
-            .publish_event(news(id, 16 * 1024))
+            .publish_event(news(id, &[], 16 * 1024))
             .expect("valid news");
         let event = healthy.expect_event(Duration::from_secs(10)).await;
         assert_eq!(event.json()["id"], id, "{}", event.data);
@@ -107,7 +91,7 @@ async fn stalls_and_is_dropped(app: &TestApp, mut stalled: TcpStream) {
     // Everyone else carries on.
     app.state
         .hub
-        .publish_event(news(301, 10))
+        .publish_event(news(301, &[], 10))
         .expect("valid news");
     let event = healthy.expect_event(Duration::from_secs(10)).await;
     assert_eq!(event.json()["id"], 301);

@@ -6,7 +6,7 @@ mod ws_support;
 
 use std::time::Duration;
 
-use common::{publish, spawn_app_with};
+use common::{news, publish, spawn_app_with};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -356,21 +356,6 @@ async fn order_actions_with_unknown_fields_get_order_level_errors() {
     app.stop().await.expect("stop");
 }
 
-fn news(id: u64, summary_len: usize) -> tickgate::market::MarketEvent {
-    let at = chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0).expect("valid time");
-    tickgate::market::MarketEvent::News(tickgate::market::News {
-        id,
-        headline: format!("headline {id}"),
-        summary: "x".repeat(summary_len),
-        author: "desk".into(),
-        source: "test".into(),
-        url: String::new(),
-        symbols: Vec::new(),
-        created_at: at,
-        updated_at: at,
-    })
-}
-
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_with_407_while_another_gets_every_message() {
     let mut settings = ws_settings();
@@ -386,7 +371,7 @@ async fn a_client_that_stops_reading_is_closed_with_407_while_another_gets_every
     for id in 1..=2_000u64 {
         app.state
             .hub
-            .publish_event(news(id, 16 * 1024))
+            .publish_event(news(id, &[], 16 * 1024))
             .expect("valid news");
         let item = healthy.next_object(DEADLINE).await;
         assert_eq!(item["T"], "n", "{item}");
@@ -431,7 +416,7 @@ async fn a_client_that_stops_reading_is_closed_with_407_while_another_gets_every
     // The server and the healthy client carry on.
     app.state
         .hub
-        .publish_event(news(2_001, 10))
+        .publish_event(news(2_001, &[], 10))
         .expect("valid news");
     assert_eq!(healthy.next_object(DEADLINE).await["id"], 2_001);
     app.stop().await.expect("stop");

@@ -34,6 +34,23 @@ impl TestApp {
 
 /// Settings for tests: the repository's defaults, port 0, the simulator off unless a test
 /// turns it on, short heartbeats and grace periods.
+/// A news item, tagged with `symbols`, whose summary is `summary_len` bytes (large ones fill
+/// socket buffers quickly; news is never conflated).
+pub fn news(id: u64, symbols: &[&str], summary_len: usize) -> tickgate::market::MarketEvent {
+    let at = chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0).expect("valid time");
+    tickgate::market::MarketEvent::News(tickgate::market::News {
+        id,
+        headline: format!("headline {id}"),
+        summary: "x".repeat(summary_len),
+        author: "desk".into(),
+        source: "test".into(),
+        url: String::new(),
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        created_at: at,
+        updated_at: at,
+    })
+}
+
 pub fn test_settings() -> Settings {
     let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut settings = Settings::load_from(&config_dir, None, &[]).expect("default settings load");

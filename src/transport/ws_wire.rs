@@ -500,6 +500,51 @@ mod tests {
         assert!(matches!(out.as_slice(), [Incoming::Invalid(_)]), "{out:?}");
     }
 
+    proptest::proptest! {
+        /// However the dispatcher happens to cut the byte stream, the same messages come out:
+        /// text messages whole (fragmented or not), control frames between fragments.
+        #[test]
+        fn any_split_of_the_stream_decodes_to_the_same_messages(
+            messages in proptest::collection::vec(
+                (proptest::string::string_regex("[a-zé0-9 {}\":,]{0,300}").expect("regex"),
+                 1usize..4, proptest::bool::ANY),
+                1..12,
+            ),
+            cuts in proptest::collection::vec(1usize..64, 1..200),
+        ) {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for (text, pieces, ping_inside) in &messages {
+                let raw = text.as_bytes();
+                let size = raw.len().div_ceil(*pieces).max(1);
+                let parts: Vec<&[u8]> = if raw.is_empty() { vec![raw] } else { raw.chunks(size).collect() };
+                for (i, part) in parts.iter().enumerate() {
+                    let first = i == 0;
+                    let last = i + 1 == parts.len();
+                    bytes.extend(masked(if first { 0x1 } else { 0x0 }, last, part));
+                    if *ping_inside && first && !last {
+                        bytes.extend(masked(0x9, true, b"p"));
+                        expected.push(Incoming::Ping(Bytes::from_static(b"p")));
+                    }
+                }
+                expected.push(Incoming::Text(text.as_str().into()));
+            }
+            let mut chunks = Vec::new();
+            let mut rest = bytes.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+                chunks.push(chunk.to_vec());
+                rest = tail;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let decoded = runtime.block_on(all(inbound(chunks, 1 << 20)));
+            proptest::prop_assert_eq!(decoded, expected);
+        }
+    }
+
     #[test]
     fn server_frames_are_unmasked_and_close_reasons_are_cut_on_a_char_boundary() {
         let mut buf = BytesMut::new();

@@ -324,6 +324,18 @@ impl SubscriberQueue {
     }
 
     /// Pushes a control item (heartbeat only when idle; close always).
+    /// A keep-alive tick: pushed even behind queued data, since the connection reads its
+    /// clock only when it drains one.
+    pub fn push_keepalive(&self) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        state.items.push_back(Delivery::Heartbeat);
+        drop(state);
+        self.wake();
+    }
+
     pub fn push_control(&self, delivery: Delivery) {
         let mut state = self.state.lock();
         if state.closed {
@@ -820,14 +832,15 @@ impl Hub {
         self.keepalive.lock().push(Arc::clone(queue));
     }
 
-    /// One pass of the keep-alive sweep: a heartbeat to every live keep-alive queue (when idle;
-    /// a busy queue wakes its connection anyway), gone ones forgotten.
+    /// One pass of the keep-alive sweep: a heartbeat to every live keep-alive queue, busy or
+    /// not (the connection checks its ping clock only when it drains one), gone ones
+    /// forgotten.
     pub fn keepalive_sweep(&self) {
         self.keepalive.lock().retain(|queue| {
             if queue.is_gone() {
                 return false;
             }
-            queue.push_control(Delivery::Heartbeat);
+            queue.push_keepalive();
             true
         });
     }

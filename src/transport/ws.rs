@@ -5,11 +5,10 @@
 //! ([`ws_wire::WsBody`](crate::transport::ws_wire::WsBody)), not in a task of its own, and the
 //! body serves market data itself ([`ws_wire::FastPath`](crate::transport::ws_wire::FastPath)).
 //!
-//! Pings and the idle timeout need no timer of their own: the hub's keep-alive sweep wakes
-//! every WebSocket queue once per `ws.ping_interval`, and on a wake-up with a ping due the
-//! fast path closes a peer that sent nothing (not even a pong) for `ws.idle_timeout`, else
-//! pings it. Data wake-ups run the same check, so a busy connection (whose queue the sweep
-//! skips) is pinged too.
+//! Pings and the idle timeout need no timer of their own: the hub's keep-alive sweep pushes a
+//! tick into every WebSocket queue once per `ws.ping_interval`, busy or not, and when the
+//! fast path drains one with a ping due it closes a peer that sent nothing (not even a pong)
+//! for `ws.idle_timeout`, else pings it. Data deliveries do not read the clock.
 
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -214,6 +214,8 @@ pub struct MarketState {
     last_seq: [u64; 2],
     wanted: MarketSubs,
     metrics: Arc<Metrics>,
+    /// A keep-alive tick was drained since [`MarketState::deliver_into`] last said so.
+    heartbeat: bool,
 }
 
 pub type SharedMarket = Rc<RefCell<MarketState>>;
@@ -239,14 +241,15 @@ impl MarketState {
     /// [`MarketState::deliver`] for the transport's fast path: the frame's payload is handed
     /// to `frame` (which copies it behind a frame header), so a single event costs no
     /// reference count of its own.
-    pub fn deliver_into(&mut self, frame: impl FnOnce(&[u8])) -> Option<CloseReason> {
+    /// Also says whether a keep-alive tick was among what was drained.
+    pub fn deliver_into(&mut self, frame: impl FnOnce(&[u8])) -> (Option<CloseReason>, bool) {
         let (pending, close) = self.collect(Vec::new());
         match pending {
             Some(Pending::One(entry)) => frame(&entry.ws),
             Some(Pending::Many(buffer)) => frame(&buffer),
             None => {}
         }
-        close
+        (close, std::mem::take(&mut self.heartbeat))
     }
 
     /// Drains the queue (plus `extra`): the wanted events, as one event or one coalesced
@@ -271,9 +274,12 @@ impl MarketState {
         for item in items.drain(..) {
             let entry = match item {
                 Delivery::Event(entry) => entry,
-                // The transport pings on hub wake-ups (the keep-alive sweep guarantees one per
-                // ping interval); a heartbeat itself writes nothing here.
-                Delivery::Heartbeat => continue,
+                // A heartbeat writes nothing here; the transport's fast path pings when it
+                // sees one (the keep-alive sweep pushes one per ping interval).
+                Delivery::Heartbeat => {
+                    self.heartbeat = true;
+                    continue;
+                }
                 Delivery::Close(reason) => {
                     close = Some(reason);
                     continue;
@@ -653,6 +659,7 @@ impl WsSession {
             last_seq: [0; 2],
             wanted: MarketSubs::default(),
             metrics: Arc::clone(&deps.metrics),
+            heartbeat: false,
         }));
         WsSession {
             auth_deadline: Instant::now() + deps.limits.auth_timeout,

@@ -257,8 +257,8 @@ impl Wire {
 /// connection's loop. That loop still handles everything else.
 pub struct FastPath {
     pub market: SharedMarket,
-    /// Ping when this long has passed since the last ping (checked on hub wake-ups; the hub's
-    /// keep-alive sweep guarantees one per ping interval).
+    /// Ping when this long has passed since the last ping (checked when a keep-alive tick
+    /// from the hub's sweep is drained: one per ping interval).
     pub ping_every: Duration,
     /// Close a client silent for this long.
     pub idle_timeout: Duration,
@@ -283,16 +283,20 @@ impl FastPath {
             return false;
         }
         let mut outbox = wire.outbox.borrow_mut();
-        let now = Instant::now();
-        if now.duration_since(self.last_ping) >= self.ping_every {
-            if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
-                put_close(&mut outbox, close_codes::GOING_AWAY, "idle timeout");
-                return true;
+        let (close, heartbeat) = market.deliver_into(|payload| put_text(&mut outbox, payload));
+        // The clock is read on keep-alive ticks only (one per ping interval, busy or not),
+        // not on every delivery.
+        if heartbeat && close.is_none() {
+            let now = Instant::now();
+            if now.duration_since(self.last_ping) >= self.ping_every {
+                if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
+                    put_close(&mut outbox, close_codes::GOING_AWAY, "idle timeout");
+                    return true;
+                }
+                put_ping(&mut outbox, b"tickgate");
+                self.last_ping = now;
             }
-            put_ping(&mut outbox, b"tickgate");
-            self.last_ping = now;
         }
-        let close = market.deliver_into(|payload| put_text(&mut outbox, payload));
         match close {
             Some(reason) => {
                 let (last, code, why) = closing(reason);

@@ -108,6 +108,9 @@ pub struct AuthService {
     validation: Validation,
     /// The HS256 secret as a prepared HMAC key, for [`AuthService::verify_hs256`].
     hs256: Option<aws_lc_rs::hmac::Key>,
+    /// The encoded header of the tokens this gateway issues (HS256): a token starting with it
+    /// is known to name HS256 without decoding it again.
+    issued_header: Option<String>,
     /// `auth.leeway` in seconds (also in `validation`).
     leeway: u64,
     /// Present for HS256 only: the built-in issuer signs with the shared secret.
@@ -226,10 +229,12 @@ impl AuthService {
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let issued_header = hs256.as_ref().and_then(|_| issued_hs256_header());
         Ok(AuthService {
             decoding,
             validation,
             hs256,
+            issued_header,
             leeway: settings.leeway.as_secs(),
             encoding,
             issuer: settings.issuer.clone(),
@@ -280,13 +285,15 @@ impl AuthService {
         use base64::Engine;
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-        let header = jsonwebtoken::decode_header(token).map_err(|e| jwt_error(&e))?;
-        if !self.validation.algorithms.contains(&header.alg) {
-            return Err(AuthError::BadAlgorithm);
-        }
-        // `decode_header` succeeded, so there are two dots to split at.
+        // jsonwebtoken splits at the last two dots too; fewer dots is a malformed token.
         let (message, signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
-        let (_, payload) = message.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let (header, payload) = message.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        if self.issued_header.as_deref() != Some(header) {
+            let header = jsonwebtoken::decode_header(token).map_err(|e| jwt_error(&e))?;
+            if !self.validation.algorithms.contains(&header.alg) {
+                return Err(AuthError::BadAlgorithm);
+            }
+        }
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| AuthError::Malformed)?;
@@ -295,7 +302,7 @@ impl AuthService {
         let payload = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| AuthError::Malformed)?;
-        let claims: Hs256Claims =
+        let claims: Hs256Claims<'_> =
             serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
         let now = now_unix();
         if claims.exp < now.saturating_sub(self.leeway) {
@@ -313,7 +320,9 @@ impl AuthService {
         if claims.sub.is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
-        Ok(Identity { user: claims.sub })
+        Ok(Identity {
+            user: claims.sub.into_owned(),
+        })
     }
 
     /// Verifies what a client sent in an `auth` message: a JWT (it has dots) or a ticket.
@@ -435,6 +444,16 @@ impl AuthService {
     }
 }
 
+/// The encoded header `jsonwebtoken::encode` writes for the built-in issuer's tokens, if it
+/// decodes back to HS256 (it does; the check keeps the shortcut in `verify_hs256` exact).
+fn issued_hs256_header() -> Option<String> {
+    use base64::Engine;
+    let json = serde_json::to_vec(&Header::new(Algorithm::HS256)).ok()?;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let decoded = jsonwebtoken::decode_header(format!("{encoded}.e30.")).ok()?;
+    (decoded.alg == Algorithm::HS256).then_some(encoded)
+}
+
 fn jwt_error(error: &jsonwebtoken::errors::Error) -> AuthError {
     match error.kind() {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -454,10 +473,14 @@ fn jwt_error(error: &jsonwebtoken::errors::Error) -> AuthError {
 /// non-negative integer, or a finite non-negative float (rounded); anything else (null, a
 /// string, a negative number) makes the token malformed.
 #[derive(Deserialize)]
-struct Hs256Claims {
-    sub: String,
-    iss: String,
-    aud: String,
+struct Hs256Claims<'a> {
+    // Borrowed from the payload unless they contain escapes (accepts what `String` accepts).
+    #[serde(borrow)]
+    sub: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    iss: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    aud: std::borrow::Cow<'a, str>,
     // Required, as in `Claims`, though nothing reads it.
     #[allow(dead_code)]
     iat: u64,
@@ -603,6 +626,8 @@ mod tests {
     /// the odd ones.
     #[test]
     fn the_hs256_path_agrees_with_jsonwebtoken_on_every_kind_of_token() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let auth = AuthService::new(&settings()).expect("auth");
         let key = auth.hs256.as_ref().expect("an HS256 key");
         let now = now_unix() as i64;
@@ -747,6 +772,34 @@ mod tests {
             ".".to_owned(),
             String::new(),
             "garbage".to_owned(),
+        ]);
+        // The built-in issuer's own header, which skips decoding (see `issued_header`).
+        let minted = auth.mint_token("alice").expect("mint");
+        let issued = auth.issued_header.clone().expect("the issued header");
+        assert!(minted.starts_with(&format!("{issued}.")), "{minted}");
+        for payload in &payloads {
+            let payload = URL_SAFE_NO_PAD.encode(payload);
+            for secret in [SECRET, "another-secret-of-at-least-32-bytes!!"] {
+                let signed = raw_token(r#"{"typ":"JWT","alg":"HS256"}"#, "", secret);
+                let (header, _) = signed.split_once('.').expect("dots");
+                assert_eq!(header, issued);
+                let message = format!("{issued}.{payload}");
+                let key =
+                    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+                let tag = aws_lc_rs::hmac::sign(&key, message.as_bytes());
+                tokens.push(format!(
+                    "{message}.{}",
+                    URL_SAFE_NO_PAD.encode(tag.as_ref())
+                ));
+            }
+        }
+        tokens.extend([
+            minted.clone(),
+            format!("{issued}.{minted}"),
+            issued.clone(),
+            format!("{issued}."),
+            format!("{issued}.."),
+            format!("{issued}x.{}", minted.split_once('.').expect("dots").1),
         ]);
         for token in &tokens {
             assert_eq!(

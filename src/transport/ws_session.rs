@@ -138,17 +138,54 @@ impl SymbolSet {
     fn contains(&self, id: SymbolId) -> bool {
         self.all || self.ids.contains(&id)
     }
+}
 
-    fn names(&self, hub: &Hub) -> Vec<String> {
-        if self.all {
-            vec!["*".into()]
-        } else {
-            self.ids
-                .iter()
-                .map(|id| hub.universe().name(*id).to_owned())
-                .collect()
+/// A [`SymbolSet`] as the JSON array of its names (`["*"]` for all), borrowed from the
+/// universe rather than copied into a `Vec<String>`.
+struct SymbolNames<'a> {
+    set: &'a SymbolSet,
+    hub: &'a Hub,
+}
+
+impl Serialize for SymbolNames<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.set.all {
+            return ["*"].serialize(serializer);
         }
+        let universe = self.hub.universe();
+        serializer.collect_seq(self.set.ids.iter().map(|id| universe.name(*id)))
     }
+}
+
+/// The `subscription` reply: the whole subscription state after a (un)subscribe. The fields
+/// are in the order a `json!` object prints its keys (sorted), which clients have seen so far.
+fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: &Hub) -> Output {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        #[serde(rename = "T")]
+        tag: &'static str,
+        bars: SymbolNames<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        news: SymbolNames<'a>,
+        orderbooks: &'a BTreeSet<String>,
+        portfolio: bool,
+        quotes: SymbolNames<'a>,
+        trade_updates: bool,
+        trades: SymbolNames<'a>,
+    }
+    let names = |set| SymbolNames { set, hub };
+    json_frame(&Reply {
+        tag: "subscription",
+        bars: names(&subs.bars),
+        id,
+        news: names(&subs.news),
+        orderbooks: &subs.orderbooks,
+        portfolio: subs.portfolio,
+        quotes: names(&subs.quotes),
+        trade_updates: subs.trade_updates,
+        trades: names(&subs.trades),
+    })
 }
 
 #[derive(Debug, Clone, Default)]
@@ -476,8 +513,37 @@ fn error_frame(id: Option<&Value>, code: u32, msg: &str) -> Output {
     Output::frame(format!("[{}]", error_object(id, code, msg)))
 }
 
-fn success_frame(msg: &str) -> Output {
-    Output::frame(format!("[{}]", json!({"T": "success", "msg": msg})))
+/// The greeting every connection gets first; constant, so it is not encoded per connection.
+const CONNECTED_FRAME: &[u8] = br#"[{"T":"success","msg":"connected"}]"#;
+
+/// `[{"T":"success","id":...,"msg":...}]`, the keys in the order a `json!` object prints them
+/// (sorted), written straight into the frame instead of through a `Value` and `format!`.
+fn success_frame_with_id(id: Option<&Value>, msg: &str) -> Output {
+    #[derive(Serialize)]
+    struct Success<'a> {
+        #[serde(rename = "T")]
+        tag: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        msg: &'a str,
+    }
+    json_frame(&Success {
+        tag: "success",
+        id,
+        msg,
+    })
+}
+
+/// `[object]` for a reply whose encoding cannot fail (strings, numbers, bools, `Value`s).
+fn json_frame<T: Serialize>(object: &T) -> Output {
+    let mut frame = Vec::with_capacity(128);
+    frame.push(b'[');
+    if let Err(error) = serde_json::to_writer(&mut frame, object) {
+        tracing::error!(%error, "could not encode a server message");
+        return error_frame(None, codes::INTERNAL, "internal error encoding a reply");
+    }
+    frame.push(b']');
+    Output::Frame(Bytes::from(frame))
 }
 
 fn decimal_levels(levels: &[(rust_decimal::Decimal, rust_decimal::Decimal)]) -> Value {
@@ -708,7 +774,7 @@ impl WsSession {
 
     /// The greeting, then (when the upgrade carried a credential) its outcome.
     pub fn start(&mut self, upgrade_auth: Option<Result<Identity, AuthError>>) -> Vec<Output> {
-        let mut out = vec![success_frame("connected")];
+        let mut out = vec![Output::Frame(Bytes::from_static(CONNECTED_FRAME))];
         if let Some(result) = upgrade_auth {
             self.finish_auth(None, result, &mut out);
         }
@@ -735,11 +801,7 @@ impl WsSession {
                     tracing::debug!(user = %identity.user, "websocket authenticated");
                     self.guard = Some(guard);
                     self.identity = Some(identity);
-                    let mut reply = json!({"T": "success", "msg": "authenticated"});
-                    if let (Some(id), Some(map)) = (id, reply.as_object_mut()) {
-                        map.insert("id".into(), id.clone());
-                    }
-                    out.push(Output::frame(format!("[{reply}]")));
+                    out.push(success_frame_with_id(id, "authenticated"));
                 }
                 Err(error) => {
                     out.push(error_frame(id, codes::CONNECTION_LIMIT, &error.to_string()));
@@ -1144,20 +1206,7 @@ impl WsSession {
             }
         }
 
-        let mut reply = json!({
-            "T": "subscription",
-            "trades": self.subs.trades.names(&self.deps.hub),
-            "quotes": self.subs.quotes.names(&self.deps.hub),
-            "bars": self.subs.bars.names(&self.deps.hub),
-            "news": self.subs.news.names(&self.deps.hub),
-            "orderbooks": self.subs.orderbooks.iter().collect::<Vec<_>>(),
-            "trade_updates": self.subs.trade_updates,
-            "portfolio": self.subs.portfolio,
-        });
-        if let (Some(id), Some(object)) = (id, reply.as_object_mut()) {
-            object.insert("id".into(), id.clone());
-        }
-        out.push(Output::frame(format!("[{reply}]")));
+        out.push(subscription_frame(id, &self.subs, &self.deps.hub));
         out.extend(followups);
     }
 
@@ -2015,5 +2064,80 @@ mod tests {
             .on_text(r#"{"action":"subscribe","portfolio":true}"#)
             .await;
         assert_eq!(objects(&out)[0]["code"], codes::INTERNAL);
+    }
+
+    /// The replies written without `json!` are byte for byte what the `json!` objects printed.
+    #[test]
+    fn replies_match_their_json_object_encoding() {
+        let (_, hub) = session_with(None);
+        let old_names = |set: &SymbolSet| -> Vec<String> {
+            if set.all {
+                vec!["*".into()]
+            } else {
+                set.ids
+                    .iter()
+                    .map(|id| hub.universe().name(*id).to_owned())
+                    .collect()
+            }
+        };
+        let frame_text = |output: Output| match output {
+            Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).expect("utf-8"),
+            Output::Close { .. } => panic!("expected a frame"),
+        };
+        let aapl = hub.universe().id("AAPL").expect("AAPL");
+        let msft = hub.universe().id("MSFT").expect("MSFT");
+        let mut subs = Subscriptions::default();
+        let mut states = vec![subs.clone()];
+        subs.trades.ids.insert(aapl);
+        states.push(subs.clone());
+        subs.quotes.ids.extend([aapl, msft]);
+        subs.news.all = true;
+        subs.bars.all = true;
+        subs.bars.ids.insert(msft);
+        subs.orderbooks
+            .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
+        subs.trade_updates = true;
+        states.push(subs.clone());
+        subs.portfolio = true;
+        states.push(subs);
+        let ids = [
+            None,
+            Some(json!(7)),
+            Some(json!(-1.5)),
+            Some(json!("req \"1\" \u{e9}\n")),
+        ];
+        assert_eq!(
+            frame_text(Output::Frame(Bytes::from_static(CONNECTED_FRAME))),
+            format!("[{}]", json!({"T": "success", "msg": "connected"}))
+        );
+        for id in &ids {
+            let mut old = json!({"T": "success", "msg": "authenticated"});
+            if let (Some(id), Some(map)) = (id, old.as_object_mut()) {
+                map.insert("id".into(), id.clone());
+            }
+            assert_eq!(
+                frame_text(success_frame_with_id(id.as_ref(), "authenticated")),
+                format!("[{old}]")
+            );
+            for subs in &states {
+                let mut old = json!({
+                    "T": "subscription",
+                    "trades": old_names(&subs.trades),
+                    "quotes": old_names(&subs.quotes),
+                    "bars": old_names(&subs.bars),
+                    "news": old_names(&subs.news),
+                    "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
+                    "trade_updates": subs.trade_updates,
+                    "portfolio": subs.portfolio,
+                });
+                if let (Some(id), Some(object)) = (id, old.as_object_mut()) {
+                    object.insert("id".into(), id.clone());
+                }
+                assert_eq!(
+                    frame_text(subscription_frame(id.as_ref(), subs, &hub)),
+                    format!("[{old}]")
+                );
+            }
+        }
     }
 }

@@ -1060,6 +1060,25 @@ mod tests {
     }
 
     #[test]
+    fn the_keepalive_tick_is_queued_behind_pending_data_but_a_feed_heartbeat_is_not() {
+        let hub = hub(10, 10);
+        let queue = SubscriberQueue::new(10, Transport::WebSocket);
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+        hub.keep_alive(&queue);
+        hub.publish_event(trade("AAPL", 1, 100.0))
+            .expect("valid trade");
+        // The SSE heartbeat sweep skips a busy queue; the WebSocket keep-alive does not, since
+        // the connection reads its ping clock only when it drains a tick.
+        hub.heartbeat_sweep();
+        hub.keepalive_sweep();
+        let mut items = VecDeque::new();
+        queue.drain_into(&mut items);
+        assert!(matches!(items.pop_front(), Some(Delivery::Event(_))));
+        assert!(matches!(items.pop_front(), Some(Delivery::Heartbeat)));
+        assert!(items.is_empty(), "one tick, no feed heartbeat");
+    }
+
+    #[test]
     fn full_queue_conflates_price_data_then_disconnects() {
         let hub = hub(100, 4);
         let queue = SubscriberQueue::new(4, Transport::Sse);

@@ -244,6 +244,31 @@ async fn market_data_arrives_in_the_sse_shapes_only_for_subscribed_symbols_and_k
     app.stop().await.expect("stop");
 }
 
+/// A hub wake-up that leaves nothing to send (a keep-alive tick with no ping due, a feed
+/// heartbeat, which the WebSocket does not forward) must not cost the connection its next
+/// wake-up: market data published afterwards still arrives.
+#[tokio::test]
+async fn market_data_keeps_flowing_after_wake_ups_that_send_nothing() {
+    let app = spawn_app_with(ws_settings()).await;
+    let mut client = connect_as(&app, "alice").await;
+    client.subscribe(json!({"trades":["AAPL"]})).await;
+    for round in 1..=3u64 {
+        // The default ping interval is 15 s, so neither sweep makes this connection write.
+        app.state.hub.keepalive_sweep();
+        app.state.hub.heartbeat_sweep();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, body) =
+            publish(&app, json!([trade("AAPL", round, 100.0, round as u32)])).await;
+        assert_eq!(status, 200, "{body}");
+        let object = client.next_object(DEADLINE).await;
+        assert_eq!(
+            (object["T"].clone(), object["i"].clone()),
+            (json!("t"), json!(round))
+        );
+    }
+    app.stop().await.expect("stop");
+}
+
 #[tokio::test]
 async fn news_arrives_for_subscribed_tags() {
     let app = spawn_app_with(ws_settings()).await;

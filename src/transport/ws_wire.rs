@@ -275,38 +275,46 @@ impl FastPath {
         }
     }
 
-    /// Serves a pending hub wake-up into the outbox; `true` when the connection must end (the
+    /// Serves pending hub wake-ups into the outbox; `true` when the connection must end (the
     /// closing frames are in the outbox).
+    ///
+    /// Returns only with something in the outbox (the dispatcher takes it and polls again)
+    /// or with the queue's waker registered: a wake-up that leaves nothing to send (a
+    /// keep-alive tick with no ping due, a feed heartbeat, events this session skips) goes
+    /// round again, since a `Ready` from `poll_notified` registers nothing and returning then
+    /// would leave the next push waking no one.
     fn poll(&mut self, cx: &mut Context<'_>, wire: &Wire) -> bool {
         let mut market = self.market.borrow_mut();
-        if market.queue().poll_notified(cx).is_pending() {
-            return false;
-        }
-        let mut outbox = wire.outbox.borrow_mut();
-        let (close, heartbeat) = market.deliver_into(|payload| put_text(&mut outbox, payload));
-        // The clock is read on keep-alive ticks only (one per ping interval, busy or not),
-        // not on every delivery.
-        if heartbeat && close.is_none() {
-            let now = Instant::now();
-            if now.duration_since(self.last_ping) >= self.ping_every {
-                if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
-                    put_close(&mut outbox, close_codes::GOING_AWAY, "idle timeout");
-                    return true;
-                }
-                put_ping(&mut outbox, b"tickgate");
-                self.last_ping = now;
+        loop {
+            if market.queue().poll_notified(cx).is_pending() {
+                return false;
             }
-        }
-        match close {
-            Some(reason) => {
+            let mut outbox = wire.outbox.borrow_mut();
+            let (close, heartbeat) = market.deliver_into(|payload| put_text(&mut outbox, payload));
+            // The clock is read on keep-alive ticks only (one per ping interval, busy or
+            // not), not on every delivery.
+            if heartbeat && close.is_none() {
+                let now = Instant::now();
+                if now.duration_since(self.last_ping) >= self.ping_every {
+                    if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
+                        put_close(&mut outbox, close_codes::GOING_AWAY, "idle timeout");
+                        return true;
+                    }
+                    put_ping(&mut outbox, b"tickgate");
+                    self.last_ping = now;
+                }
+            }
+            if let Some(reason) = close {
                 let (last, code, why) = closing(reason);
                 if let Output::Frame(frame) = last {
                     put_text(&mut outbox, &frame);
                 }
                 put_close(&mut outbox, code, why);
-                true
+                return true;
             }
-            None => false,
+            if !outbox.is_empty() {
+                return false;
+            }
         }
     }
 }

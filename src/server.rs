@@ -241,6 +241,10 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
         .client_request_timeout(Duration::from_secs(10))
+        // Every write is a complete message that should leave at once: with Nagle's algorithm
+        // a small write waits while an earlier one is unacknowledged, and a client that
+        // delays its ACKs turns that into tens of milliseconds.
+        .tcp_nodelay(true)
         // Streams are long-lived, so actix's default of 25,600 connections per worker would cap
         // a one-core gateway far below what it can hold; the file-descriptor limit is the
         // real bound.

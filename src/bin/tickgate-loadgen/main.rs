@@ -194,8 +194,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "--subscribers" => options.subscribers = number(&value, &flag)?,
             "--slow-fraction" => {
                 options.slow_fraction = number(&value, &flag)?;
-                if !(0.0..1.0).contains(&options.slow_fraction) {
-                    return Err("--slow-fraction must be in [0, 1)".into());
+                if !(0.0..=1.0).contains(&options.slow_fraction) {
+                    return Err("--slow-fraction must be in [0, 1]".into());
                 }
             }
             "--rate" => {

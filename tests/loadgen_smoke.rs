@@ -1,26 +1,20 @@
-//! Smoke run of the load generator: a few hundred SSE subscribers against the real gateway
-//! (started in-process on port 0) for a few seconds, asserting that nobody lost a message.
+//! Smoke runs of the load generator: a few hundred SSE or WebSocket subscribers against the
+//! real gateway (started in-process on port 0) for a few seconds, asserting that nobody lost
+//! a message.
 
 mod common;
+mod ws_support;
 
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_few_hundred_sse_subscribers_receive_every_published_trade() {
-    let app = common::spawn_app().await;
+/// Runs the load generator with `args` plus the common ones, returns its JSON report.
+async fn run_loadgen(args: &[&str]) -> serde_json::Value {
     let report = tempfile::NamedTempFile::new().expect("temp file");
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_tickgate-loadgen"))
+            .args(args)
             .args([
-                "--subscribe-url",
-                &app.url("/v1/stream/market?symbols=*&types=trades"),
-                "--publish-url",
-                &app.url("/v1/publish"),
-                "--token",
-                "dev-admin-token",
-                "--subscribers",
-                "300",
                 "--rate",
                 "20",
                 "--duration",
@@ -52,7 +46,61 @@ async fn a_few_hundred_sse_subscribers_receive_every_published_trade() {
         "load generator failed:\n{stdout}\n{stderr}"
     );
     let line = std::fs::read_to_string(report.path()).expect("report written");
-    let report: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON report");
+    serde_json::from_str(line.trim()).expect("JSON report")
+}
+
+/// WebSocket subscribers while the feed heartbeat sweep runs every 200 ms instead of 15 s:
+/// the WebSocket forwards no feed heartbeat, and with no ping due (the ping interval is long
+/// here, so no ping and pong unsticks anything either) each one is a wake-up that sends
+/// nothing, which must not cost anyone a trade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_websocket_subscribers_receive_every_trade_across_feed_heartbeats() {
+    let mut settings = ws_support::ws_settings();
+    settings.auth.max_connections_per_user = 1000;
+    settings.hub.heartbeat_interval = Duration::from_millis(200);
+    settings.ws.ping_interval = Duration::from_secs(60);
+    settings.ws.idle_timeout = Duration::from_secs(120);
+    let app = common::spawn_app_with(settings).await;
+    let bearer = format!("Authorization: Bearer {}", ws_support::token_for("alice"));
+    let report = run_loadgen(&[
+        "--transport",
+        "ws",
+        "--subscribe-url",
+        &app.url("/v1/stream"),
+        "--header",
+        &bearer,
+        "--ws-message",
+        r#"{"action":"subscribe","trades":["AAPL"]}"#,
+        "--publish-url",
+        &app.url("/v1/publish"),
+        "--token",
+        "dev-admin-token",
+        "--subscribers",
+        "100",
+    ])
+    .await;
+    assert_eq!(report["connected"], 100, "{report}");
+    assert_eq!(report["published"], 40, "{report}");
+    assert_eq!(report["delivered"], 100 * 40, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_hundred_sse_subscribers_receive_every_published_trade() {
+    let app = common::spawn_app().await;
+    let report = run_loadgen(&[
+        "--subscribe-url",
+        &app.url("/v1/stream/market?symbols=*&types=trades"),
+        "--publish-url",
+        &app.url("/v1/publish"),
+        "--token",
+        "dev-admin-token",
+        "--subscribers",
+        "300",
+    ])
+    .await;
     assert_eq!(report["connected"], 300, "{report}");
     assert_eq!(report["published"], 40, "{report}");
     assert_eq!(report["delivered"], 300 * 40, "{report}");

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -220,7 +220,20 @@ pub struct SubscriberQueue {
     /// Set when the connection is gone, so the hub drops the registration lazily.
     gone: AtomicBool,
     transport: Transport,
+    /// Which tick of the shared sweeps visits this queue (see [`SWEEP_SLICES`]).
+    slice: u8,
 }
+
+/// The shared heartbeat and keep-alive sweeps visit every connection once per interval, but
+/// in this many ticks, each taking the queues of one slice: a large population is not all
+/// written to in one burst (100,000 idle connections would otherwise be 100,000 writes in a
+/// row, delaying live data on every other connection by as long), and the feed lock is held
+/// for a sixteenth of the pushes. Each queue keeps its slice for life, so it still gets
+/// exactly one heartbeat per interval.
+pub const SWEEP_SLICES: u8 = 16;
+
+/// Hands out slices round-robin, so they stay even however connections come and go.
+static NEXT_SLICE: AtomicUsize = AtomicUsize::new(0);
 
 impl SubscriberQueue {
     pub fn new(capacity: usize, transport: Transport) -> Arc<SubscriberQueue> {
@@ -231,7 +244,13 @@ impl SubscriberQueue {
             capacity: capacity.max(2),
             gone: AtomicBool::new(false),
             transport,
+            slice: (NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % usize::from(SWEEP_SLICES)) as u8,
         })
+    }
+
+    /// The sweep slice this queue belongs to.
+    pub fn slice(&self) -> u8 {
+        self.slice
     }
 
     pub fn transport(&self) -> Transport {
@@ -812,16 +831,24 @@ impl Hub {
             .count()
     }
 
-    /// One pass of the shared heartbeat sweep: idle queues get a heartbeat, dead registrations
-    /// are forgotten. Connections own no timers of their own.
+    /// A full pass of the shared heartbeat sweep: idle queues get a heartbeat, dead
+    /// registrations are forgotten. Connections own no timers of their own.
     pub fn heartbeat_sweep(&self) {
+        self.heartbeat_sweep_slice(None);
+    }
+
+    /// One tick of the heartbeat sweep: the queues of `slice` (all of them for `None`) get a
+    /// heartbeat if idle; dead registrations of every slice are forgotten.
+    pub fn heartbeat_sweep_slice(&self, slice: Option<u8>) {
         for feed in Feed::ALL {
             let mut state = self.feeds[feed.index()].lock();
             state.subscribers.retain(|r| {
                 if r.queue.is_gone() {
                     return false;
                 }
-                r.queue.push_control(Delivery::Heartbeat);
+                if slice.is_none_or(|slice| r.queue.slice == slice) {
+                    r.queue.push_control(Delivery::Heartbeat);
+                }
                 true
             });
         }
@@ -836,27 +863,29 @@ impl Hub {
     /// not (the connection checks its ping clock only when it drains one), gone ones
     /// forgotten.
     pub fn keepalive_sweep(&self) {
+        self.keepalive_sweep_slice(None);
+    }
+
+    /// One tick of the keep-alive sweep: the queues of `slice` (all for `None`).
+    pub fn keepalive_sweep_slice(&self, slice: Option<u8>) {
         self.keepalive.lock().retain(|queue| {
             if queue.is_gone() {
                 return false;
             }
-            queue.push_keepalive();
+            if slice.is_none_or(|slice| queue.slice == slice) {
+                queue.push_keepalive();
+            }
             true
         });
     }
 
-    /// Runs the keep-alive sweep every `interval` (the WebSocket ping interval) until
-    /// `shutdown` fires.
+    /// Runs the keep-alive sweep (every queue once per `interval`, the WebSocket ping
+    /// interval, in [`SWEEP_SLICES`] ticks) until `shutdown` fires.
     pub async fn run_keepalive(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => self.keepalive_sweep(),
-            }
-        }
+        run_sliced(interval, shutdown, |slice| {
+            self.keepalive_sweep_slice(Some(slice))
+        })
+        .await;
     }
 
     /// Tells every subscriber to finish (shutdown); their connections end themselves.
@@ -869,15 +898,32 @@ impl Hub {
         }
     }
 
-    /// Runs the heartbeat sweep until `shutdown` fires.
+    /// Runs the heartbeat sweep (every queue once per heartbeat interval, in
+    /// [`SWEEP_SLICES`] ticks) until `shutdown` fires.
     pub async fn run_heartbeats(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.settings.heartbeat_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => self.heartbeat_sweep(),
+        let interval = self.settings.heartbeat_interval;
+        run_sliced(interval, shutdown, |slice| {
+            self.heartbeat_sweep_slice(Some(slice))
+        })
+        .await;
+    }
+}
+
+/// Calls `tick` with slice 0, 1, … `SWEEP_SLICES - 1`, 0, … every `interval / SWEEP_SLICES`,
+/// starting one tick from now, until `shutdown` fires. A late tick is not made up for in a
+/// burst (the next one is pushed back instead).
+async fn run_sliced(interval: Duration, shutdown: CancellationToken, mut tick: impl FnMut(u8)) {
+    let period = (interval / u32::from(SWEEP_SLICES)).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut slice = 0u8;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                tick(slice);
+                slice = (slice + 1) % SWEEP_SLICES;
             }
         }
     }
@@ -1057,6 +1103,71 @@ mod tests {
         assert!(items.is_empty());
         assert!(gone.is_empty(), "a gone queue gets nothing");
         assert_eq!(hub.keepalive.lock().len(), 1, "the gone queue is forgotten");
+    }
+
+    fn heartbeats(queue: &SubscriberQueue) -> usize {
+        drain(queue)
+            .iter()
+            .filter(|d| matches!(d, Delivery::Heartbeat))
+            .count()
+    }
+
+    #[test]
+    fn a_sweep_tick_reaches_only_its_own_slice_and_a_full_round_reaches_everyone_once() {
+        let hub = hub(10, 10);
+        let queues: Vec<_> = (0..3 * usize::from(SWEEP_SLICES))
+            .map(|_| SubscriberQueue::new(10, Transport::Sse))
+            .collect();
+        for queue in &queues {
+            assert!(queue.slice() < SWEEP_SLICES);
+            hub.subscribe(Feed::Alerts, Filter::everything(), None, false, queue);
+            hub.keep_alive(queue);
+        }
+        let target = queues[0].slice();
+        hub.heartbeat_sweep_slice(Some(target));
+        hub.keepalive_sweep_slice(Some(target));
+        for queue in &queues {
+            let expected = if queue.slice() == target { 2 } else { 0 };
+            assert_eq!(heartbeats(queue), expected, "slice {}", queue.slice());
+        }
+        for slice in 0..SWEEP_SLICES {
+            hub.heartbeat_sweep_slice(Some(slice));
+        }
+        assert!(queues.iter().all(|q| heartbeats(q) == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_running_sweep_spreads_one_interval_over_its_slices() {
+        let settings = HubSettings {
+            heartbeat_interval: Duration::from_millis(1600),
+            ..HubSettings::default()
+        };
+        let hub = Arc::new(Hub::new(
+            SymbolUniverse::new(["AAPL"]),
+            settings,
+            Arc::new(Metrics::default()),
+            7,
+        ));
+        let queues: Vec<_> = (0..4 * usize::from(SWEEP_SLICES))
+            .map(|_| SubscriberQueue::new(10, Transport::Sse))
+            .collect();
+        for queue in &queues {
+            hub.subscribe(Feed::News, Filter::everything(), None, false, queue);
+        }
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&hub).run_heartbeats(shutdown.clone()));
+        // One tick (100 ms): one slice.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let first: Vec<usize> = queues.iter().map(|q| heartbeats(q)).collect();
+        let reached = first.iter().filter(|&&n| n == 1).count();
+        assert!(reached > 0 && reached < queues.len(), "{reached} reached");
+        // The rest of the interval: every other queue, and nobody twice.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for (queue, before) in queues.iter().zip(first) {
+            assert_eq!(before + heartbeats(queue), 1);
+        }
+        shutdown.cancel();
+        task.await.expect("sweep ends on shutdown");
     }
 
     #[test]

@@ -406,6 +406,9 @@ fn conflate(items: &mut VecDeque<Delivery>) -> usize {
 struct Registration {
     queue: Arc<SubscriberQueue>,
     filter: Filter,
+    /// The queue's sweep slice, kept here so a sweep tick passes over the other slices'
+    /// registrations without reaching into their queues (a cache miss each).
+    slice: u8,
 }
 
 struct FeedState {
@@ -511,7 +514,7 @@ pub struct Hub {
     latest: Mutex<LatestState>,
     /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
     /// each connection pings and checks its idle deadline without a timer of its own.
-    keepalive: Mutex<Vec<Arc<SubscriberQueue>>>,
+    keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
 }
 
 impl fmt::Debug for Hub {
@@ -725,6 +728,7 @@ impl Hub {
         state.subscribers.push(Registration {
             queue: Arc::clone(queue),
             filter,
+            slice: queue.slice,
         });
         drop(state);
         if reset.is_some() {
@@ -838,25 +842,35 @@ impl Hub {
     }
 
     /// One tick of the heartbeat sweep: the queues of `slice` (all of them for `None`) get a
-    /// heartbeat if idle; dead registrations of every slice are forgotten.
+    /// heartbeat if idle. Dead registrations are forgotten on the full pass and on slice 0's
+    /// tick, once per round; the other ticks only read their own slice's registrations.
     pub fn heartbeat_sweep_slice(&self, slice: Option<u8>) {
         for feed in Feed::ALL {
             let mut state = self.feeds[feed.index()].lock();
-            state.subscribers.retain(|r| {
-                if r.queue.is_gone() {
-                    return false;
+            match slice {
+                None | Some(0) => state.subscribers.retain(|r| {
+                    if r.queue.is_gone() {
+                        return false;
+                    }
+                    if slice.is_none_or(|slice| r.slice == slice) {
+                        r.queue.push_control(Delivery::Heartbeat);
+                    }
+                    true
+                }),
+                Some(slice) => {
+                    for r in state.subscribers.iter().filter(|r| r.slice == slice) {
+                        if !r.queue.is_gone() {
+                            r.queue.push_control(Delivery::Heartbeat);
+                        }
+                    }
                 }
-                if slice.is_none_or(|slice| r.queue.slice == slice) {
-                    r.queue.push_control(Delivery::Heartbeat);
-                }
-                true
-            });
+            }
         }
     }
 
     /// Adds a connection's queue to the keep-alive sweep until the queue is marked gone.
     pub fn keep_alive(&self, queue: &Arc<SubscriberQueue>) {
-        self.keepalive.lock().push(Arc::clone(queue));
+        self.keepalive.lock().push((queue.slice, Arc::clone(queue)));
     }
 
     /// One pass of the keep-alive sweep: a heartbeat to every live keep-alive queue, busy or
@@ -866,17 +880,28 @@ impl Hub {
         self.keepalive_sweep_slice(None);
     }
 
-    /// One tick of the keep-alive sweep: the queues of `slice` (all for `None`).
+    /// One tick of the keep-alive sweep: the queues of `slice` (all for `None`); gone ones
+    /// are forgotten on the full pass and on slice 0's tick, as in the heartbeat sweep.
     pub fn keepalive_sweep_slice(&self, slice: Option<u8>) {
-        self.keepalive.lock().retain(|queue| {
-            if queue.is_gone() {
-                return false;
+        let mut queues = self.keepalive.lock();
+        match slice {
+            None | Some(0) => queues.retain(|(queue_slice, queue)| {
+                if queue.is_gone() {
+                    return false;
+                }
+                if slice.is_none_or(|slice| *queue_slice == slice) {
+                    queue.push_keepalive();
+                }
+                true
+            }),
+            Some(slice) => {
+                for (_, queue) in queues.iter().filter(|(s, _)| *s == slice) {
+                    if !queue.is_gone() {
+                        queue.push_keepalive();
+                    }
+                }
             }
-            if slice.is_none_or(|slice| queue.slice == slice) {
-                queue.push_keepalive();
-            }
-            true
-        });
+        }
     }
 
     /// Runs the keep-alive sweep (every queue once per `interval`, the WebSocket ping
@@ -1134,6 +1159,37 @@ mod tests {
             hub.heartbeat_sweep_slice(Some(slice));
         }
         assert!(queues.iter().all(|q| heartbeats(q) == 1));
+    }
+
+    #[test]
+    fn gone_registrations_get_nothing_and_are_forgotten_on_slice_zeros_tick() {
+        let hub = hub(10, 10);
+        let queues: Vec<_> = (0..2 * usize::from(SWEEP_SLICES))
+            .map(|_| SubscriberQueue::new(10, Transport::WebSocket))
+            .collect();
+        for queue in &queues {
+            hub.subscribe(Feed::Alerts, Filter::everything(), None, false, queue);
+            hub.keep_alive(queue);
+            queue.mark_gone();
+        }
+        let registered = || {
+            (
+                hub.feeds[Feed::Alerts.index()].lock().subscribers.len(),
+                hub.keepalive.lock().len(),
+            )
+        };
+        for slice in 1..SWEEP_SLICES {
+            hub.heartbeat_sweep_slice(Some(slice));
+            hub.keepalive_sweep_slice(Some(slice));
+        }
+        assert!(
+            queues.iter().all(|q| q.is_empty()),
+            "a gone queue gets nothing"
+        );
+        assert_eq!(registered(), (queues.len(), queues.len()));
+        hub.heartbeat_sweep_slice(Some(0));
+        hub.keepalive_sweep_slice(Some(0));
+        assert_eq!(registered(), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -49,6 +49,15 @@ async fn run_loadgen(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(line.trim()).expect("JSON report")
 }
 
+/// All `subscribers` connected and each got every one of the run's 40 trades, once.
+fn assert_every_trade_delivered(report: &serde_json::Value, subscribers: u64) {
+    assert_eq!(report["connected"], subscribers, "{report}");
+    assert_eq!(report["published"], 40, "{report}");
+    assert_eq!(report["delivered"], subscribers * 40, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+}
+
 /// WebSocket subscribers while the feed heartbeat sweep runs every 200 ms instead of 15 s:
 /// the WebSocket forwards no feed heartbeat, and with no ping due (the ping interval is long
 /// here, so no ping and pong unsticks anything either) each one is a wake-up that sends
@@ -79,11 +88,7 @@ async fn a_hundred_websocket_subscribers_receive_every_trade_across_feed_heartbe
         "100",
     ])
     .await;
-    assert_eq!(report["connected"], 100, "{report}");
-    assert_eq!(report["published"], 40, "{report}");
-    assert_eq!(report["delivered"], 100 * 40, "{report}");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_every_trade_delivered(&report, 100);
     app.stop().await.expect("clean stop");
 }
 
@@ -101,10 +106,6 @@ async fn a_few_hundred_sse_subscribers_receive_every_published_trade() {
         "300",
     ])
     .await;
-    assert_eq!(report["connected"], 300, "{report}");
-    assert_eq!(report["published"], 40, "{report}");
-    assert_eq!(report["delivered"], 300 * 40, "{report}");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_every_trade_delivered(&report, 300);
     app.stop().await.expect("clean stop");
 }

@@ -847,24 +847,12 @@ impl Hub {
     pub fn heartbeat_sweep_slice(&self, slice: Option<u8>) {
         for feed in Feed::ALL {
             let mut state = self.feeds[feed.index()].lock();
-            match slice {
-                None | Some(0) => state.subscribers.retain(|r| {
-                    if r.queue.is_gone() {
-                        return false;
-                    }
-                    if slice.is_none_or(|slice| r.slice == slice) {
-                        r.queue.push_control(Delivery::Heartbeat);
-                    }
-                    true
-                }),
-                Some(slice) => {
-                    for r in state.subscribers.iter().filter(|r| r.slice == slice) {
-                        if !r.queue.is_gone() {
-                            r.queue.push_control(Delivery::Heartbeat);
-                        }
-                    }
-                }
-            }
+            sweep_slice(
+                &mut state.subscribers,
+                slice,
+                |r| (r.slice, &*r.queue),
+                |queue| queue.push_control(Delivery::Heartbeat),
+            );
         }
     }
 
@@ -883,25 +871,12 @@ impl Hub {
     /// One tick of the keep-alive sweep: the queues of `slice` (all for `None`); gone ones
     /// are forgotten on the full pass and on slice 0's tick, as in the heartbeat sweep.
     pub fn keepalive_sweep_slice(&self, slice: Option<u8>) {
-        let mut queues = self.keepalive.lock();
-        match slice {
-            None | Some(0) => queues.retain(|(queue_slice, queue)| {
-                if queue.is_gone() {
-                    return false;
-                }
-                if slice.is_none_or(|slice| *queue_slice == slice) {
-                    queue.push_keepalive();
-                }
-                true
-            }),
-            Some(slice) => {
-                for (_, queue) in queues.iter().filter(|(s, _)| *s == slice) {
-                    if !queue.is_gone() {
-                        queue.push_keepalive();
-                    }
-                }
-            }
-        }
+        sweep_slice(
+            &mut self.keepalive.lock(),
+            slice,
+            |(queue_slice, queue)| (*queue_slice, &**queue),
+            SubscriberQueue::push_keepalive,
+        );
     }
 
     /// Runs the keep-alive sweep (every queue once per `interval`, the WebSocket ping
@@ -931,6 +906,38 @@ impl Hub {
             self.heartbeat_sweep_slice(Some(slice))
         })
         .await;
+    }
+}
+
+/// One tick of a sweep over `entries`, each of which `key` maps to its queue's slice and its
+/// queue: the live queues of `slice` (all of them for `None`) get `push`. Gone entries are
+/// dropped on the full pass and on slice 0's tick, once per round; the other ticks read only
+/// their own slice's queues, since the slice is kept beside the queue pointer.
+fn sweep_slice<T>(
+    entries: &mut Vec<T>,
+    slice: Option<u8>,
+    key: impl Fn(&T) -> (u8, &SubscriberQueue),
+    push: impl Fn(&SubscriberQueue),
+) {
+    match slice {
+        None | Some(0) => entries.retain(|entry| {
+            let (entry_slice, queue) = key(entry);
+            if queue.is_gone() {
+                return false;
+            }
+            if slice.is_none_or(|slice| entry_slice == slice) {
+                push(queue);
+            }
+            true
+        }),
+        Some(slice) => {
+            for entry in entries.iter() {
+                let (entry_slice, queue) = key(entry);
+                if entry_slice == slice && !queue.is_gone() {
+                    push(queue);
+                }
+            }
+        }
     }
 }
 
@@ -1137,17 +1144,23 @@ mod tests {
             .count()
     }
 
-    #[test]
-    fn a_sweep_tick_reaches_only_its_own_slice_and_a_full_round_reaches_everyone_once() {
-        let hub = hub(10, 10);
-        let queues: Vec<_> = (0..3 * usize::from(SWEEP_SLICES))
-            .map(|_| SubscriberQueue::new(10, Transport::Sse))
+    /// `rounds` queues per slice, each on the alerts feed and in the keep-alive sweep.
+    fn swept_queues(hub: &Hub, rounds: usize) -> Vec<Arc<SubscriberQueue>> {
+        let queues: Vec<_> = (0..rounds * usize::from(SWEEP_SLICES))
+            .map(|_| SubscriberQueue::new(10, Transport::WebSocket))
             .collect();
         for queue in &queues {
-            assert!(queue.slice() < SWEEP_SLICES);
             hub.subscribe(Feed::Alerts, Filter::everything(), None, false, queue);
             hub.keep_alive(queue);
         }
+        queues
+    }
+
+    #[test]
+    fn a_sweep_tick_reaches_only_its_own_slice_and_a_full_round_reaches_everyone_once() {
+        let hub = hub(10, 10);
+        let queues = swept_queues(&hub, 3);
+        assert!(queues.iter().all(|queue| queue.slice() < SWEEP_SLICES));
         let target = queues[0].slice();
         hub.heartbeat_sweep_slice(Some(target));
         hub.keepalive_sweep_slice(Some(target));
@@ -1164,12 +1177,8 @@ mod tests {
     #[test]
     fn gone_registrations_get_nothing_and_are_forgotten_on_slice_zeros_tick() {
         let hub = hub(10, 10);
-        let queues: Vec<_> = (0..2 * usize::from(SWEEP_SLICES))
-            .map(|_| SubscriberQueue::new(10, Transport::WebSocket))
-            .collect();
+        let queues = swept_queues(&hub, 2);
         for queue in &queues {
-            hub.subscribe(Feed::Alerts, Filter::everything(), None, false, queue);
-            hub.keep_alive(queue);
             queue.mark_gone();
         }
         let registered = || {

@@ -7,14 +7,19 @@ mod ws_support;
 
 use std::time::Duration;
 
-/// Runs the load generator with `args` plus the common ones, returns its JSON report.
-async fn run_loadgen(args: &[&str]) -> serde_json::Value {
+/// Runs the load generator against `app`'s publish API with `args` (subscribers and how they
+/// subscribe) plus the common ones, returns its JSON report.
+async fn run_loadgen(app: &common::TestApp, args: &[&str]) -> serde_json::Value {
     let report = tempfile::NamedTempFile::new().expect("temp file");
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_tickgate-loadgen"))
             .args(args)
             .args([
+                "--publish-url",
+                &app.url("/v1/publish"),
+                "--token",
+                "dev-admin-token",
                 "--rate",
                 "20",
                 "--duration",
@@ -71,22 +76,21 @@ async fn a_hundred_websocket_subscribers_receive_every_trade_across_feed_heartbe
     settings.ws.idle_timeout = Duration::from_secs(120);
     let app = common::spawn_app_with(settings).await;
     let bearer = format!("Authorization: Bearer {}", ws_support::token_for("alice"));
-    let report = run_loadgen(&[
-        "--transport",
-        "ws",
-        "--subscribe-url",
-        &app.url("/v1/stream"),
-        "--header",
-        &bearer,
-        "--ws-message",
-        r#"{"action":"subscribe","trades":["AAPL"]}"#,
-        "--publish-url",
-        &app.url("/v1/publish"),
-        "--token",
-        "dev-admin-token",
-        "--subscribers",
-        "100",
-    ])
+    let report = run_loadgen(
+        &app,
+        &[
+            "--transport",
+            "ws",
+            "--subscribe-url",
+            &app.url("/v1/stream"),
+            "--header",
+            &bearer,
+            "--ws-message",
+            r#"{"action":"subscribe","trades":["AAPL"]}"#,
+            "--subscribers",
+            "100",
+        ],
+    )
     .await;
     assert_every_trade_delivered(&report, 100);
     app.stop().await.expect("clean stop");
@@ -95,16 +99,15 @@ async fn a_hundred_websocket_subscribers_receive_every_trade_across_feed_heartbe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_hundred_sse_subscribers_receive_every_published_trade() {
     let app = common::spawn_app().await;
-    let report = run_loadgen(&[
-        "--subscribe-url",
-        &app.url("/v1/stream/market?symbols=*&types=trades"),
-        "--publish-url",
-        &app.url("/v1/publish"),
-        "--token",
-        "dev-admin-token",
-        "--subscribers",
-        "300",
-    ])
+    let report = run_loadgen(
+        &app,
+        &[
+            "--subscribe-url",
+            &app.url("/v1/stream/market?symbols=*&types=trades"),
+            "--subscribers",
+            "300",
+        ],
+    )
     .await;
     assert_every_trade_delivered(&report, 300);
     app.stop().await.expect("clean stop");

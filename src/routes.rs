@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::error::{ApiError, codes};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Registers every route. Transport modules add their own.
 pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {

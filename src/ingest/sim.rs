@@ -25,8 +25,7 @@
 //! sequence of `advance` calls give the same events, which is what the tests rely on.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::Arc;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -34,13 +33,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{EventSink, PublishError};
-use crate::ingest::{SourceHealth, SourceRegistry};
+use crate::ingest::SourceHealth;
+use crate::ingest::source::SourceContext;
 use crate::market::{
-    Bar, EventKind, InvalidEvent, MarketEvent, MarketSession, News, Quote, Status, SymbolUniverse,
-    Trade, next_session_change, session_at, validate_event,
+    Bar, MarketEvent, MarketSession, News, Quote, Status, SymbolUniverse, Trade,
+    next_session_change, session_at,
 };
-use crate::metrics::Metrics;
 use crate::settings::SimulatorSettings;
 
 pub const SOURCE_NAME: &str = "simulator";
@@ -783,16 +781,14 @@ fn write_news(
     }
 }
 
-/// Checks every event the simulator is about to publish, as any source must: the content
-/// rules of [`validate_event`] and, per symbol and kind, no time going backwards. Refused
-/// events are dropped and counted in `tickgate_ingest_rejected_total`; nothing panics.
+/// Publishes the simulator's events through its [`SourceContext`] and keeps the log quiet.
+/// The checks are the hub's (content rules and, per symbol and kind, no time going
+/// backwards), run once per event; a refused event is dropped and counted in
+/// `tickgate_ingest_rejected_total` by the context, and a persistent problem is logged every
+/// few seconds, not several times a second. Nothing panics.
 pub struct PublishGuard {
-    universe: SymbolUniverse,
-    sink: Arc<dyn EventSink>,
-    metrics: Arc<Metrics>,
-    last_times: HashMap<(String, EventKind), DateTime<Utc>>,
-    /// When a refusal was last logged, and how many were counted but not logged since: a
-    /// persistent problem is logged every few seconds, not several times a second.
+    context: SourceContext,
+    /// When a refusal was last logged, and how many were counted but not logged since.
     last_warning: Option<std::time::Instant>,
     unlogged_refusals: u64,
 }
@@ -801,12 +797,9 @@ pub struct PublishGuard {
 const WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PublishGuard {
-    pub fn new(universe: SymbolUniverse, sink: Arc<dyn EventSink>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(context: SourceContext) -> Self {
         PublishGuard {
-            universe,
-            sink,
-            metrics,
-            last_times: HashMap::new(),
+            context,
             last_warning: None,
             unlogged_refusals: 0,
         }
@@ -826,61 +819,31 @@ impl PublishGuard {
         Some(std::mem::take(&mut self.unlogged_refusals))
     }
 
-    /// Publishes `event` if it passes the checks; returns whether the sink accepted it.
+    /// Publishes `event`; returns whether the hub accepted it.
     pub fn publish(&mut self, event: MarketEvent) -> bool {
-        if let Err(invalid) = self.check(&event) {
-            if let Some(since) = self.should_warn() {
-                tracing::warn!(source = SOURCE_NAME, reason = %invalid, refused_since_last_warning = since, "dropped an invalid simulated event");
-            }
-            self.metrics
-                .ingest_rejected(SOURCE_NAME, invalid.reason_label());
-            return false;
-        }
-        match self.sink.publish(event) {
-            Ok(_) => true,
+        match self.context.publish(event) {
+            Ok(()) => true,
             Err(error) => {
-                let reason = match &error {
-                    PublishError::Invalid(invalid) => invalid.reason_label(),
-                    PublishError::Encode(_) => "encode",
-                };
                 if let Some(since) = self.should_warn() {
                     tracing::warn!(source = SOURCE_NAME, %error, refused_since_last_warning = since, "the hub refused a simulated event");
                 }
-                self.metrics.ingest_rejected(SOURCE_NAME, reason);
                 false
             }
         }
     }
-
-    fn check(&mut self, event: &MarketEvent) -> Result<(), InvalidEvent> {
-        validate_event(event, &self.universe)?;
-        if let Some(symbol) = event.symbol() {
-            let time = event.time();
-            let key = (symbol.to_owned(), event.kind());
-            if self.last_times.get(&key).is_some_and(|last| time < *last) {
-                return Err(InvalidEvent::TimeWentBackwards {
-                    symbol: symbol.to_owned(),
-                });
-            }
-            self.last_times.insert(key, time);
-        }
-        Ok(())
-    }
 }
 
-/// Runs the simulator in real time until `shutdown` fires, publishing through `sink`.
+/// Runs the simulator in real time until `shutdown` fires, publishing through `context`.
 pub async fn run(
     settings: SimulatorSettings,
     symbols: Vec<String>,
-    sink: Arc<dyn EventSink>,
-    sources: SourceRegistry,
-    metrics: Arc<Metrics>,
+    context: SourceContext,
     shutdown: CancellationToken,
 ) {
     let universe = SymbolUniverse::new(symbols.iter().cloned());
     let mut simulator = MarketSimulator::new(&settings, universe.names(), Utc::now());
-    let mut guard = PublishGuard::new(universe, sink, metrics);
-    sources.report(SOURCE_NAME, SourceHealth::Up);
+    context.report(SourceHealth::Up);
+    let mut guard = PublishGuard::new(context);
     tracing::info!(
         symbols = symbols.len(),
         seed = settings.seed,
@@ -917,8 +880,11 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Published;
+    use crate::hub::{EventSink, PublishError, Published};
+    use crate::market::validate_event;
+    use crate::metrics::Metrics;
     use parking_lot::Mutex;
+    use std::sync::Arc;
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -1268,7 +1234,13 @@ mod tests {
                 1,
             ),
         });
-        let guard = PublishGuard::new(universe, sink.clone(), Arc::clone(&metrics));
+        let context = crate::ingest::source::SourceContext::new(
+            SOURCE_NAME,
+            sink.clone(),
+            crate::ingest::SourceRegistry::new(Arc::clone(&metrics)),
+            Arc::clone(&metrics),
+        );
+        let guard = PublishGuard::new(context);
         (guard, sink, metrics)
     }
 

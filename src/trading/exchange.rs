@@ -9,7 +9,7 @@
 //! Book updates go out under the symbol's slot lock, which is also what [`TradingApi::book`]
 //! takes to copy the snapshot and subscribe, so a reader never misses or repeats a delta.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -29,8 +29,8 @@ use super::engine::{Announcement, Engine, EngineSettings, Outcome};
 use super::validate::OrderLimits;
 use crate::hub::{Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::{EventKind, MarketEvent, MarketSession};
-use crate::metrics::Transport;
-use crate::settings::Settings;
+use crate::settings::TradingSettings;
+use crate::store::{StoreError, TradingStore};
 
 /// A market input for the engine, already in exact decimals.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +237,6 @@ pub struct ExchangeTasks {
     shared: Arc<Shared>,
     /// The hub and the queue already registered on its market feed.
     feed: Option<(Arc<Hub>, Arc<SubscriberQueue>)>,
-    queue_capacity: usize,
     shutdown: CancellationToken,
 }
 
@@ -245,9 +244,11 @@ fn unavailable() -> OrderError {
     OrderError::new(OrderError::INTERNAL, "the exchange is not running")
 }
 
-/// Engine settings from the application's settings.
-pub fn engine_settings(settings: &Settings) -> EngineSettings {
-    let trading = &settings.trading;
+/// Engine settings from the `[trading]` section and the simulator's opening prices.
+pub fn engine_settings(
+    trading: &TradingSettings,
+    prices: &BTreeMap<String, f64>,
+) -> EngineSettings {
     let tick_decimals = trading.tick_size.normalize().scale();
     EngineSettings {
         seed: trading.seed,
@@ -266,9 +267,7 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             levels: trading.book_levels,
             tick_size: trading.tick_size,
         },
-        initial_prices: settings
-            .simulator
-            .initial_prices
+        initial_prices: prices
             .iter()
             .filter_map(|(symbol, price)| {
                 let price = Decimal::from_f64(*price)?.round_dp(tick_decimals);
@@ -276,6 +275,38 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             })
             .collect(),
     }
+}
+
+/// Starts the exchange and returns its handle: builds the engine from `settings` and the
+/// opening `prices`, rebuilds it from `store` when there is one (and from then on stores
+/// every step before announcing it), follows `hub`'s market feed from this moment on, and
+/// spawns its tasks, which end when `shutdown` fires.
+///
+/// Start-up only: with a store it waits for the store's reads. Needs a Tokio runtime.
+pub fn start(
+    settings: &TradingSettings,
+    prices: &BTreeMap<String, f64>,
+    hub: Arc<Hub>,
+    store: Option<Arc<dyn TradingStore>>,
+    shutdown: CancellationToken,
+) -> Result<ExchangeHandle, StoreError> {
+    let mut engine = Engine::new(engine_settings(settings, prices), hub.universe().clone());
+    let persistence = store
+        .map(|store| super::persist::rebuild(&mut engine, store, settings.closed_orders_kept))
+        .transpose()?;
+    let (handle, tasks) = ExchangeHandle::new(
+        engine,
+        Some(hub),
+        settings.command_queue,
+        settings.book_channel_capacity,
+        settings.user_channel_capacity,
+        shutdown,
+    );
+    match persistence {
+        Some(persistence) => tasks.with_persistence(Arc::new(persistence)).spawn(),
+        None => tasks.spawn(),
+    }
+    Ok(handle)
 }
 
 impl ExchangeHandle {
@@ -316,13 +347,10 @@ impl ExchangeHandle {
             persistence: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
-        let queue_capacity = hub
-            .as_ref()
-            .map_or(1024, |hub| hub.settings().subscriber_queue_capacity);
         // Subscribe now rather than in the task, so no event published between building and
         // the first poll of the task is missed.
         let feed = hub.map(|hub| {
-            let queue = subscribe_market(&hub, queue_capacity);
+            let queue = subscribe_market(&hub);
             (hub, queue)
         });
         (
@@ -335,26 +363,8 @@ impl ExchangeHandle {
                 commands: receiver,
                 shared,
                 feed,
-                queue_capacity,
                 shutdown,
             },
-        )
-    }
-
-    /// Builds the exchange from the application's settings, following `hub`.
-    pub fn from_settings(
-        settings: &Settings,
-        hub: Arc<Hub>,
-        shutdown: CancellationToken,
-    ) -> (ExchangeHandle, ExchangeTasks) {
-        let engine = Engine::new(engine_settings(settings), hub.universe().clone());
-        ExchangeHandle::new(
-            engine,
-            Some(hub),
-            settings.trading.command_queue,
-            settings.trading.book_channel_capacity,
-            settings.trading.user_channel_capacity,
-            shutdown,
         )
     }
 
@@ -494,17 +504,10 @@ impl ExchangeTasks {
             commands,
             shared,
             feed,
-            queue_capacity,
             shutdown,
         } = self;
         if let Some((hub, queue)) = feed {
-            tokio::spawn(ingest(
-                hub,
-                queue,
-                Arc::clone(&shared),
-                queue_capacity,
-                shutdown.clone(),
-            ));
+            tokio::spawn(ingest(hub, queue, Arc::clone(&shared), shutdown.clone()));
         }
         tokio::spawn(run_actor(engine, commands, shared, shutdown));
     }
@@ -704,7 +707,6 @@ async fn ingest(
     hub: Arc<Hub>,
     mut queue: Arc<SubscriberQueue>,
     shared: Arc<Shared>,
-    capacity: usize,
     shutdown: CancellationToken,
 ) {
     let mut buffer = VecDeque::new();
@@ -732,7 +734,7 @@ async fn ingest(
                     }
                     Delivery::Close(crate::hub::CloseReason::SlowClient) => {
                         tracing::warn!("exchange fell behind the market feed; resubscribing");
-                        queue = subscribe_market(&hub, capacity);
+                        queue = subscribe_market(&hub);
                         continue 'subscription;
                     }
                 }
@@ -749,12 +751,12 @@ async fn ingest(
 }
 
 /// Registers a queue for trades, quotes and statuses of every symbol.
-fn subscribe_market(hub: &Hub, capacity: usize) -> Arc<SubscriberQueue> {
+fn subscribe_market(hub: &Hub) -> Arc<SubscriberQueue> {
     let filter = Filter {
         symbols: SymbolFilter::All,
         kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
     };
-    let queue = SubscriberQueue::new(capacity, Transport::WebSocket);
+    let queue = hub.new_queue();
     hub.subscribe(Feed::Market, filter, None, false, &queue);
     queue
 }
@@ -762,6 +764,7 @@ fn subscribe_market(hub: &Hub, capacity: usize) -> Arc<SubscriberQueue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Settings;
     use rust_decimal_macros::dec;
 
     #[test]
@@ -781,7 +784,7 @@ mod tests {
         assert_eq!(settings.trading.commission_per_share, dec!(0.005));
         assert_eq!(settings.trading.starting_cash, dec!(25000.50));
         assert_eq!(settings.trading.tick_size, dec!(0.01));
-        let engine = engine_settings(&settings);
+        let engine = engine_settings(&settings.trading, &settings.simulator.initial_prices);
         assert_eq!(engine.initial_prices.get("AAPL"), Some(&dec!(227.50)));
         let bad = vec![("TICKGATE__TRADING__TICK_SIZE".to_string(), "0".to_string())];
         let error = Settings::load_from(&config_dir, None, &bad).expect_err("zero tick");

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::trading::api::{OrderError, OrderQuery, TradingApi};
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 

@@ -8,9 +8,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::error::{ApiError, codes};
-use crate::hub::{EventSink, PublishError};
+use crate::hub::PublishError;
 use crate::market::{InvalidEvent, MarketEvent};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::params::{Bearer, bearer};
 
 pub const SOURCE_NAME: &str = "publish_api";
@@ -184,6 +184,7 @@ async fn publish(
             "the array holds no items",
         ));
     }
+    let source = state.publisher.context(SOURCE_NAME);
     let mut reply = PublishReply {
         accepted: 0,
         rejected: Vec::new(),
@@ -238,11 +239,11 @@ async fn publish(
             });
             continue;
         }
-        match state.hub.publish(event) {
-            Ok(_) => reply.accepted += 1,
+        // The context counts the item as accepted or refused, like any source's.
+        match source.publish(event) {
+            Ok(()) => reply.accepted += 1,
             Err(error) => {
                 let (code, label) = refusal(&error);
-                state.metrics.ingest_rejected(SOURCE_NAME, label);
                 reply.rejected.push(Rejected {
                     index,
                     code,
@@ -251,14 +252,6 @@ async fn publish(
                 });
             }
         }
-    }
-    if reply.accepted > 0 {
-        state.metrics.add_counter(
-            "tickgate_ingest_accepted_total",
-            "Items a source published into the hub.",
-            &format!("source=\"{SOURCE_NAME}\""),
-            reply.accepted as f64,
-        );
     }
     let status = if reply.accepted == 0 {
         StatusCode::UNPROCESSABLE_ENTITY

@@ -19,14 +19,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{ApiError, codes};
-use crate::hub::{
-    CloseReason, Cursor, Delivery, Entry, Feed, Filter, Subscribed, SubscriberQueue, SymbolFilter,
-};
+use crate::hub::entry::{SSE_HEARTBEAT, sse_close, sse_opening};
+use crate::hub::{Cursor, Delivery, Feed, Filter, SubscriberQueue, SymbolFilter};
 use crate::market::{EventKind, SymbolUniverse};
 use crate::metrics::{Metrics, Transport};
-use crate::server::AppState;
-
-const HEARTBEAT_FRAME: &[u8] = b": hb\n\n";
+use crate::state::AppState;
 
 /// Header names as constants: looking one up or inserting it by `&str` parses the name (and
 /// allocates for names the `http` crate does not know) on every request.
@@ -231,11 +228,11 @@ fn open_stream(
     filter: Filter,
 ) -> HttpResponse {
     let resume = resume_cursor(request, query);
-    let queue = SubscriberQueue::new(state.settings.hub.subscriber_queue_capacity, Transport::Sse);
+    let queue = state.hub.new_queue();
     let subscribed = state
         .hub
         .subscribe(feed, filter, resume, feed == Feed::Market, &queue);
-    let initial = initial_bytes(
+    let initial = sse_opening(
         feed,
         &subscribed,
         state.settings.hub.sse_retry.as_millis() as u64,
@@ -262,114 +259,6 @@ fn open_stream(
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
         .insert_header((X_ACCEL_BUFFERING, HeaderValue::from_static("no")))
         .body(connection)
-}
-
-/// `retry:`, then either the snapshot (fresh connect or reset) or the replay, written into
-/// one buffer of the right size: this runs once per new subscriber, so it avoids the
-/// intermediate `format!` strings and vectors a frame-by-frame build would allocate.
-fn initial_bytes(feed: Feed, subscribed: &Subscribed, retry_ms: u64) -> Bytes {
-    let snapshot_len = subscribed.snapshot.as_ref().map_or(0, |entries| {
-        SNAPSHOT_FRAME_OVERHEAD + entries.iter().map(|e| e.json.len() + 1).sum::<usize>()
-    });
-    let replay_len: usize = subscribed.replay.iter().map(|e| e.sse.len()).sum();
-    let mut out = BytesMut::with_capacity(32 + snapshot_len + replay_len);
-    out.put_slice(b"retry: ");
-    put_u64(&mut out, retry_ms);
-    out.put_slice(b"\n\n");
-    if let Some(snapshot) = &subscribed.snapshot {
-        put_snapshot_frame(&mut out, feed, subscribed, snapshot);
-    }
-    for entry in &subscribed.replay {
-        out.put_slice(&entry.sse);
-    }
-    out.freeze()
-}
-
-/// Room for everything in a snapshot frame but the entries: the `id:`/`event:` lines, two
-/// cursors, the reset reason and the group names.
-const SNAPSHOT_FRAME_OVERHEAD: usize = 320;
-
-fn put_u64(out: &mut BytesMut, value: u64) {
-    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-/// Writes a cursor as its `Display` form, `<epoch>-<seq>`.
-fn put_cursor(out: &mut BytesMut, cursor: Cursor) {
-    put_u64(out, cursor.epoch);
-    out.put_u8(b'-');
-    put_u64(out, cursor.seq);
-}
-
-/// `event: snapshot` with `data: {"reset":..,"cursor":..,"trades":[..],"quotes":[..],...}`,
-/// carrying the feed's current cursor as its id so a reconnect resumes after it.
-fn put_snapshot_frame(
-    out: &mut BytesMut,
-    feed: Feed,
-    subscribed: &Subscribed,
-    entries: &[Arc<Entry>],
-) {
-    let groups: &[(&str, EventKind)] = match feed {
-        Feed::Market => &[
-            ("trades", EventKind::Trade),
-            ("quotes", EventKind::Quote),
-            ("bars", EventKind::Bar),
-        ],
-        Feed::News => &[("news", EventKind::News)],
-        Feed::Alerts => &[("alerts", EventKind::Alert)],
-    };
-    out.put_slice(b"id: ");
-    put_cursor(out, subscribed.cursor);
-    out.put_slice(b"\nevent: snapshot\ndata: {\"reset\":");
-    out.put_slice(if subscribed.reset.is_some() {
-        b"true"
-    } else {
-        b"false"
-    });
-    if let Some(reason) = subscribed.reset {
-        out.put_slice(b",\"reason\":");
-        out.put_slice(
-            serde_json::to_string(reason.message())
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-    }
-    out.put_slice(b",\"cursor\":\"");
-    put_cursor(out, subscribed.cursor);
-    out.put_u8(b'"');
-    for (name, kind) in groups {
-        out.put_slice(b",\"");
-        out.put_slice(name.as_bytes());
-        out.put_slice(b"\":[");
-        let mut first = true;
-        for entry in entries.iter().filter(|e| e.kind == *kind) {
-            if !first {
-                out.put_u8(b',');
-            }
-            first = false;
-            out.put_slice(&entry.json);
-        }
-        out.put_u8(b']');
-    }
-    out.put_slice(b"}\n\n");
-}
-
-/// The final message for a queue the hub closed.
-pub fn close_frame(reason: CloseReason) -> Bytes {
-    match reason {
-        CloseReason::SlowClient => Bytes::from_static(
-            b"event: error\ndata: {\"T\":\"error\",\"code\":407,\"msg\":\"slow client: could not keep up; reconnect to resume\"}\n\n",
-        ),
-        CloseReason::Shutdown => {
-            let status = serde_json::json!({
-                "T": "s",
-                "S": "*",
-                "sc": "shutdown",
-                "sm": "server restarting; reconnect to resume",
-                "t": chrono::Utc::now(),
-            });
-            Bytes::from(format!("retry: 1000\nevent: status\ndata: {status}\n\n"))
-        }
-    }
 }
 
 struct SseConnection {
@@ -424,10 +313,10 @@ impl SseConnection {
                     delivered = 1;
                     entry.sse.clone()
                 }
-                Delivery::Heartbeat => Bytes::from_static(HEARTBEAT_FRAME),
+                Delivery::Heartbeat => Bytes::from_static(SSE_HEARTBEAT),
                 Delivery::Close(reason) => {
                     self.finished = true;
-                    close_frame(*reason)
+                    sse_close(*reason)
                 }
             }
         } else {
@@ -446,10 +335,10 @@ impl SseConnection {
                         delivered += 1;
                         out.put_slice(&entry.sse);
                     }
-                    Delivery::Heartbeat => out.put_slice(HEARTBEAT_FRAME),
+                    Delivery::Heartbeat => out.put_slice(SSE_HEARTBEAT),
                     Delivery::Close(reason) => {
                         self.finished = true;
-                        out.put_slice(&close_frame(*reason));
+                        out.put_slice(&sse_close(*reason));
                         break;
                     }
                 }
@@ -472,7 +361,7 @@ impl Drop for SseConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Hub, HubSettings};
+    use crate::hub::{Hub, HubSettings, Subscribed};
     use crate::market::{MarketEvent, Quote, Trade};
 
     fn hub() -> Hub {
@@ -577,9 +466,9 @@ mod tests {
             (one_symbol(), Some(Cursor { epoch: 7, seq: 1 })),
         ];
         for (filter, resume) in cases {
-            let queue = SubscriberQueue::new(16, Transport::Sse);
+            let queue = SubscriberQueue::with_capacity(16);
             let subscribed = hub.subscribe(Feed::Market, filter, resume, true, &queue);
-            let written = initial_bytes(Feed::Market, &subscribed, 2500);
+            let written = sse_opening(Feed::Market, &subscribed, 2500);
             let expected = reference_initial_bytes(Feed::Market, &subscribed, 2500);
             assert_eq!(
                 String::from_utf8_lossy(&written),

@@ -21,7 +21,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
 use crate::metrics::Transport;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::trading::api::TradingApi;
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 use crate::transport::ws_session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
@@ -125,7 +125,6 @@ async fn stream(
                 1.0 / ws.portfolio_max_per_second,
             ),
             max_symbols: state.settings.market.max_symbols_per_subscription,
-            queue_capacity: state.settings.hub.subscriber_queue_capacity,
         },
     };
     let mut session = WsSession::new(deps);

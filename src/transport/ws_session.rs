@@ -68,7 +68,6 @@ pub struct SessionLimits {
     pub portfolio_interval: Duration,
     /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
     pub max_symbols: usize,
-    pub queue_capacity: usize,
 }
 
 /// What a session needs from the rest of the gateway.
@@ -380,10 +379,7 @@ pub fn closing(reason: CloseReason) -> (Output, u16, &'static str) {
             "slow client",
         ),
         CloseReason::Shutdown => {
-            let status = json!({
-                "T": "s", "S": "*", "sc": "shutdown",
-                "sm": "server restarting; reconnect", "t": chrono::Utc::now(),
-            });
+            let status = crate::hub::entry::shutdown_status("server restarting; reconnect");
             (
                 Output::frame(format!("[{status}]")),
                 close_codes::RESTART,
@@ -717,7 +713,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 impl WsSession {
     pub fn new(deps: SessionDeps) -> WsSession {
-        let queue = SubscriberQueue::new(deps.limits.queue_capacity, Transport::WebSocket);
+        let queue = deps.hub.new_queue();
         let bucket = TokenBucket::new(deps.limits.actions_per_second, deps.limits.action_burst);
         let market = Rc::new(RefCell::new(MarketState {
             queue: Arc::clone(&queue),
@@ -1803,7 +1799,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(
             SymbolUniverse::new(["AAPL", "MSFT"]),
-            crate::hub::HubSettings::default(),
+            crate::hub::HubSettings {
+                subscriber_queue_capacity: 64,
+                ..crate::hub::HubSettings::default()
+            },
             Arc::clone(&metrics),
             7,
         ));
@@ -1824,7 +1823,6 @@ mod tests {
                 action_burst: 100,
                 portfolio_interval: Duration::from_secs(1),
                 max_symbols: 10,
-                queue_capacity: 64,
             },
         };
         (WsSession::new(deps), hub)

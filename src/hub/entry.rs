@@ -1,0 +1,190 @@
+//! Encoding, done once per event at publish, and every other SSE frame: an [`Entry`] carries
+//! the event's complete SSE frame, its JSON object (a slice of the frame) and its one-event
+//! WebSocket array, all in one allocation shared by every subscriber. The snapshot frame, the
+//! `retry:` line, the heartbeat comment, the close frames and the shutdown status (the same
+//! object on SSE and WebSocket) are written here too, so every SSE byte has one home.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::queue::CloseReason;
+use super::{Cursor, Feed, Subscribed};
+use crate::market::{EventKind, SymbolId};
+
+/// The SSE keep-alive comment the heartbeat sweep turns into.
+pub const SSE_HEARTBEAT: &[u8] = b": hb\n\n";
+
+/// One published event, encoded once and shared by every subscriber.
+#[derive(Debug)]
+pub struct Entry {
+    pub feed: Feed,
+    pub seq: u64,
+    pub kind: EventKind,
+    /// The symbol of a market event; `None` for `*` statuses, news and alerts.
+    pub symbol: Option<SymbolId>,
+    /// Symbols a news item is tagged with.
+    pub tagged: Box<[SymbolId]>,
+    /// The complete SSE frame: `id:`, `event:`, `data:` and the blank line.
+    pub sse: Bytes,
+    /// The JSON object alone (a slice of `sse`), for WebSocket frames and snapshots.
+    pub json: Bytes,
+    /// The single-event WebSocket text frame `[<json>]`, built in the same allocation as
+    /// `sse`, so a connection with one pending event sends it without copying or encoding.
+    pub ws: Bytes,
+}
+
+pub(super) fn encode_entry(
+    feed: Feed,
+    cursor: Cursor,
+    kind: EventKind,
+    symbol: Option<SymbolId>,
+    tagged: Box<[SymbolId]>,
+    json: &[u8],
+) -> Entry {
+    let name = kind.event_name();
+    let mut frame = BytesMut::with_capacity(2 * json.len() + name.len() + 50);
+    frame.put_slice(b"id: ");
+    put_cursor(&mut frame, cursor);
+    frame.put_slice(b"\nevent: ");
+    frame.put_slice(name.as_bytes());
+    frame.put_slice(b"\ndata: ");
+    let json_start = frame.len();
+    frame.put_slice(json);
+    let json_end = frame.len();
+    frame.put_slice(b"\n\n");
+    let sse_end = frame.len();
+    frame.put_u8(b'[');
+    frame.put_slice(json);
+    frame.put_u8(b']');
+    let all = frame.freeze();
+    let sse = all.slice(..sse_end);
+    let json = all.slice(json_start..json_end);
+    let ws = all.slice(sse_end..);
+    Entry {
+        feed,
+        seq: cursor.seq,
+        kind,
+        symbol,
+        tagged,
+        sse,
+        json,
+        ws,
+    }
+}
+
+/// The `status` object (`sc: "shutdown"`, symbol `*`) that ends every stream when the server
+/// stops: SSE sends it as an event without an id (the cursor does not move), WebSocket as a
+/// one-item array before closing with 1012. `message` says how to come back, which differs by
+/// transport (SSE resumes by itself, a WebSocket client resubscribes).
+pub fn shutdown_status(message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "T": "s",
+        "S": "*",
+        "sc": "shutdown",
+        "sm": message,
+        "t": chrono::Utc::now(),
+    })
+}
+
+/// `retry:`, then either the snapshot (fresh connect or reset) or the replay, written into
+/// one buffer of the right size: this runs once per new subscriber, so it avoids the
+/// intermediate `format!` strings and vectors a frame-by-frame build would allocate.
+pub fn sse_opening(feed: Feed, subscribed: &Subscribed, retry_ms: u64) -> Bytes {
+    let snapshot_len = subscribed.snapshot.as_ref().map_or(0, |entries| {
+        SNAPSHOT_FRAME_OVERHEAD + entries.iter().map(|e| e.json.len() + 1).sum::<usize>()
+    });
+    let replay_len: usize = subscribed.replay.iter().map(|e| e.sse.len()).sum();
+    let mut out = BytesMut::with_capacity(32 + snapshot_len + replay_len);
+    out.put_slice(b"retry: ");
+    put_u64(&mut out, retry_ms);
+    out.put_slice(b"\n\n");
+    if let Some(snapshot) = &subscribed.snapshot {
+        put_snapshot_frame(&mut out, feed, subscribed, snapshot);
+    }
+    for entry in &subscribed.replay {
+        out.put_slice(&entry.sse);
+    }
+    out.freeze()
+}
+
+/// Room for everything in a snapshot frame but the entries: the `id:`/`event:` lines, two
+/// cursors, the reset reason and the group names.
+const SNAPSHOT_FRAME_OVERHEAD: usize = 320;
+
+fn put_u64(out: &mut BytesMut, value: u64) {
+    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes a cursor as its `Display` form, `<epoch>-<seq>`.
+pub(super) fn put_cursor(out: &mut BytesMut, cursor: Cursor) {
+    put_u64(out, cursor.epoch);
+    out.put_u8(b'-');
+    put_u64(out, cursor.seq);
+}
+
+/// `event: snapshot` with `data: {"reset":..,"cursor":..,"trades":[..],"quotes":[..],...}`,
+/// carrying the feed's current cursor as its id so a reconnect resumes after it.
+fn put_snapshot_frame(
+    out: &mut BytesMut,
+    feed: Feed,
+    subscribed: &Subscribed,
+    entries: &[Arc<Entry>],
+) {
+    let groups: &[(&str, EventKind)] = match feed {
+        Feed::Market => &[
+            ("trades", EventKind::Trade),
+            ("quotes", EventKind::Quote),
+            ("bars", EventKind::Bar),
+        ],
+        Feed::News => &[("news", EventKind::News)],
+        Feed::Alerts => &[("alerts", EventKind::Alert)],
+    };
+    out.put_slice(b"id: ");
+    put_cursor(out, subscribed.cursor);
+    out.put_slice(b"\nevent: snapshot\ndata: {\"reset\":");
+    out.put_slice(if subscribed.reset.is_some() {
+        b"true"
+    } else {
+        b"false"
+    });
+    if let Some(reason) = subscribed.reset {
+        out.put_slice(b",\"reason\":");
+        out.put_slice(
+            serde_json::to_string(reason.message())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
+    out.put_slice(b",\"cursor\":\"");
+    put_cursor(out, subscribed.cursor);
+    out.put_u8(b'"');
+    for (name, kind) in groups {
+        out.put_slice(b",\"");
+        out.put_slice(name.as_bytes());
+        out.put_slice(b"\":[");
+        let mut first = true;
+        for entry in entries.iter().filter(|e| e.kind == *kind) {
+            if !first {
+                out.put_u8(b',');
+            }
+            first = false;
+            out.put_slice(&entry.json);
+        }
+        out.put_u8(b']');
+    }
+    out.put_slice(b"}\n\n");
+}
+
+/// The final SSE message for a queue the hub closed.
+pub fn sse_close(reason: CloseReason) -> Bytes {
+    match reason {
+        CloseReason::SlowClient => Bytes::from_static(
+            b"event: error\ndata: {\"T\":\"error\",\"code\":407,\"msg\":\"slow client: could not keep up; reconnect to resume\"}\n\n",
+        ),
+        CloseReason::Shutdown => {
+            let status = shutdown_status("server restarting; reconnect to resume");
+            Bytes::from(format!("retry: 1000\nevent: status\ndata: {status}\n\n"))
+        }
+    }
+}

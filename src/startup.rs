@@ -67,8 +67,8 @@ impl Application {
         Application::build_with_listener(settings, listener)
     }
 
-    /// Builds the state on `listener`. Needs a Tokio runtime: the exchange starts here, so it
-    /// follows the market from the first event.
+    /// Builds the state on `listener`. The exchange starts here, so it follows the market
+    /// from the first event (see `trading::exchange::start` for a build outside a runtime).
     pub fn build_with_listener(
         settings: Settings,
         listener: TcpListener,
@@ -206,7 +206,7 @@ impl Application {
                 .wrap(crate::routes::cors(&data))
                 .wrap(tracing_actix())
                 .app_data(web::Data::new(data.clone()))
-                .configure(|cfg| crate::routes::configure(cfg, &data))
+                .configure(|cfg| crate::routes::configure(cfg, &data, crate::transport::configure))
         })
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))

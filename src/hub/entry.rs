@@ -188,3 +188,125 @@ pub fn sse_close(reason: CloseReason) -> Bytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Filter, Hub, HubSettings, SymbolFilter};
+    use crate::market::{MarketEvent, Quote, SymbolUniverse, Trade};
+    use crate::metrics::Metrics;
+
+    fn hub() -> Hub {
+        let hub = Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT"]),
+            HubSettings::default(),
+            Arc::new(Metrics::default()),
+            7,
+        );
+        for (n, symbol) in ["AAPL", "MSFT", "AAPL"].into_iter().enumerate() {
+            let time = chrono::DateTime::from_timestamp(1_800_000_000 + n as i64, 0);
+            let trade = MarketEvent::Trade(Trade {
+                symbol: symbol.into(),
+                id: n as u64,
+                venue: String::new(),
+                price: 100.0 + n as f64,
+                size: 1.0,
+                time: time.unwrap_or_default(),
+                conditions: vec![],
+            });
+            hub.publish_event(trade).expect("a valid trade");
+        }
+        let quote = MarketEvent::Quote(Quote {
+            symbol: "AAPL".into(),
+            bid_price: 99.0,
+            bid_size: 1.0,
+            bid_venue: String::new(),
+            ask_price: 101.0,
+            ask_size: 2.0,
+            ask_venue: String::new(),
+            time: chrono::DateTime::from_timestamp(1_800_000_010, 0).unwrap_or_default(),
+        });
+        hub.publish_event(quote).expect("a valid quote");
+        hub
+    }
+
+    /// The frame as it was first written, with `format!`: the one-buffer writer must produce
+    /// exactly these bytes.
+    fn reference_initial_bytes(feed: Feed, subscribed: &Subscribed, retry_ms: u64) -> Vec<u8> {
+        let mut out = format!("retry: {retry_ms}\n\n").into_bytes();
+        if let Some(entries) = &subscribed.snapshot {
+            let mut data = b"{\"reset\":".to_vec();
+            data.extend_from_slice(if subscribed.reset.is_some() {
+                b"true"
+            } else {
+                b"false"
+            });
+            if let Some(reason) = subscribed.reset {
+                data.extend_from_slice(b",\"reason\":");
+                data.extend_from_slice(serde_json::json!(reason.message()).to_string().as_bytes());
+            }
+            data.extend_from_slice(format!(",\"cursor\":\"{}\"", subscribed.cursor).as_bytes());
+            let groups: &[(&str, EventKind)] = match feed {
+                Feed::Market => &[
+                    ("trades", EventKind::Trade),
+                    ("quotes", EventKind::Quote),
+                    ("bars", EventKind::Bar),
+                ],
+                Feed::News => &[("news", EventKind::News)],
+                Feed::Alerts => &[("alerts", EventKind::Alert)],
+            };
+            for (name, kind) in groups {
+                let items: Vec<&[u8]> = entries
+                    .iter()
+                    .filter(|e| e.kind == *kind)
+                    .map(|e| e.json.as_ref())
+                    .collect();
+                data.extend_from_slice(format!(",\"{name}\":[").as_bytes());
+                data.extend_from_slice(&items.join(&b','));
+                data.push(b']');
+            }
+            data.push(b'}');
+            out.extend_from_slice(
+                format!("id: {}\nevent: snapshot\ndata: ", subscribed.cursor).as_bytes(),
+            );
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\n\n");
+        }
+        for entry in &subscribed.replay {
+            out.extend_from_slice(&entry.sse);
+        }
+        out
+    }
+
+    #[test]
+    fn initial_bytes_match_the_reference_frames_for_snapshots_resets_and_replays() {
+        let hub = hub();
+        let everything = || Filter {
+            symbols: SymbolFilter::All,
+            kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Bar.bit(),
+        };
+        let one_symbol = || Filter {
+            symbols: SymbolFilter::from_ids([0]),
+            kinds: EventKind::Trade.bit(),
+        };
+        let cases = [
+            (everything(), None),
+            (one_symbol(), None),
+            // Another epoch: a reset with its reason and a snapshot.
+            (everything(), Some(Cursor { epoch: 1, seq: 1 })),
+            // A cursor in the window: a replay, no snapshot.
+            (one_symbol(), Some(Cursor { epoch: 7, seq: 1 })),
+        ];
+        for (filter, resume) in cases {
+            let queue = crate::hub::SubscriberQueue::with_capacity(16);
+            let subscribed = hub.subscribe(Feed::Market, filter, resume, true, &queue);
+            let written = sse_opening(Feed::Market, &subscribed, 2500);
+            let expected = reference_initial_bytes(Feed::Market, &subscribed, 2500);
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&expected),
+                "resume {resume:?}"
+            );
+        }
+    }
+}

@@ -282,14 +282,17 @@ pub fn engine_settings(
 /// every step before announcing it), follows `hub`'s market feed from this moment on, and
 /// spawns its tasks, which end when `shutdown` fires.
 ///
-/// Start-up only: with a store it waits for the store's reads. Needs a Tokio runtime.
+/// The tasks run on the current Tokio runtime. An exchange started outside one (an
+/// application built before its runtime, as some embedders do) gets a one-thread runtime of
+/// its own on a dedicated thread, which ends when `shutdown` fires; either way it follows the
+/// market from this moment. Start-up only: with a store it waits for the store's reads.
 pub fn start(
     settings: &TradingSettings,
     prices: &BTreeMap<String, f64>,
     hub: Arc<Hub>,
     store: Option<Arc<dyn TradingStore>>,
     shutdown: CancellationToken,
-) -> Result<ExchangeHandle, StoreError> {
+) -> Result<ExchangeHandle, StartError> {
     let mut engine = Engine::new(engine_settings(settings, prices), hub.universe().clone());
     let persistence = store
         .map(|store| super::persist::rebuild(&mut engine, store, settings.closed_orders_kept))
@@ -300,13 +303,39 @@ pub fn start(
         settings.command_queue,
         settings.book_channel_capacity,
         settings.user_channel_capacity,
-        shutdown,
+        shutdown.clone(),
     );
-    match persistence {
-        Some(persistence) => tasks.with_persistence(Arc::new(persistence)).spawn(),
-        None => tasks.spawn(),
+    let tasks = match persistence {
+        Some(persistence) => tasks.with_persistence(Arc::new(persistence)),
+        None => tasks,
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tasks.spawn();
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        std::thread::Builder::new()
+            .name("tickgate-exchange".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tasks.spawn();
+                    shutdown.cancelled().await;
+                });
+            })
+            .map_err(StartError::Runtime)?;
     }
     Ok(handle)
+}
+
+/// Why the exchange could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not start the exchange's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl ExchangeHandle {

@@ -21,9 +21,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
 use crate::metrics::Transport;
+use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
 use crate::trading::api::TradingApi;
-use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 use crate::transport::ws_session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
 use crate::transport::ws_wire::{
     FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text,

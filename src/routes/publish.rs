@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::error::{ApiError, codes};
 use crate::hub::PublishError;
 use crate::market::{InvalidEvent, MarketEvent};
+use crate::routes::params::{Bearer, bearer};
 use crate::state::AppState;
-use crate::transport::params::{Bearer, bearer};
 
 pub const SOURCE_NAME: &str = "publish_api";
 

@@ -10,9 +10,9 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
+use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
 use crate::trading::api::{OrderError, OrderQuery, TradingApi};
-use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))

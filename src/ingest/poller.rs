@@ -302,7 +302,7 @@ pub async fn run_poller<R: PollRound>(
         context.metrics.add_counter(
             "tickgate_source_polls_total",
             "Poll rounds started by an upstream source.",
-            &labels,
+            labels,
             1.0,
         );
         let result = tokio::select! {
@@ -317,7 +317,7 @@ pub async fn run_poller<R: PollRound>(
                     context.metrics.add_counter(
                         "tickgate_source_skipped_polls_total",
                         "Scheduled polls skipped because the previous poll was still running.",
-                        &labels,
+                        labels,
                         f64::from(skipped),
                     );
                 }

@@ -211,8 +211,9 @@ pub enum PublishError {
     Encode(String),
 }
 
-/// The narrow boundary sources publish through. Today the local [`Hub`] implements it; a bus
-/// that relays through Redis to several gateway nodes implements the same trait.
+/// What stands behind `ingest::source::Publisher`, the one seam every source publishes
+/// through. Today the local [`Hub`] implements it; a bus that relays through Redis to several
+/// gateway nodes implements the same trait.
 pub trait EventSink: Send + Sync {
     fn publish(&self, event: MarketEvent) -> Result<Published, PublishError>;
 }

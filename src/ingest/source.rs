@@ -56,8 +56,9 @@ impl Publisher {
 #[derive(Clone)]
 pub struct SourceContext {
     pub name: String,
-    pub sink: Arc<dyn EventSink>,
-    pub registry: SourceRegistry,
+    /// Private, so a source can reach the hub only through [`SourceContext::publish`].
+    sink: Arc<dyn EventSink>,
+    registry: SourceRegistry,
     pub metrics: Arc<Metrics>,
     /// `source="<name>"`, rendered once rather than per published event.
     labels: Arc<str>,

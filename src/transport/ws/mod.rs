@@ -1,9 +1,9 @@
-//! `GET /v1/stream`: the actix glue of the authenticated WebSocket (PROTOCOL.md §3). It checks
+//! `GET /v1/stream`: the actix glue of the authenticated WebSocket (docs/websocket.md). It checks
 //! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
 //! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
-//! and writes what the session returns. The loop runs inside the response body
-//! ([`ws_wire::WsBody`](crate::transport::ws_wire::WsBody)), not in a task of its own, and the
-//! body serves market data itself ([`ws_wire::FastPath`](crate::transport::ws_wire::FastPath)).
+//! (`session`, socket-free and clock-free) and writes what the session returns. The loop runs
+//! inside the response body ([`wire::WsBody`]), not in a task of its own, and the body serves
+//! market data itself ([`wire::FastPath`]). Only this module and `wire` know about actix.
 //!
 //! Pings and the idle timeout need no timer of their own: the hub's keep-alive sweep pushes a
 //! tick into every WebSocket queue once per `ws.ping_interval`, busy or not, and when the
@@ -15,27 +15,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::auth::{AuthError, Identity};
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Transport;
 use crate::server::AppState;
-use crate::trading::api::TradingApi;
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
-use crate::transport::ws_session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
-use crate::transport::ws_wire::{
-    FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text,
-};
+
+pub mod session;
+pub mod wire;
+
+use session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
+use wire::{FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stream", web::get().to(stream));
-}
-
-/// The simulated exchange.
-fn trading(state: &AppState) -> Option<Arc<dyn TradingApi>> {
-    Some(Arc::clone(&state.trading))
 }
 
 /// Whether a browser page from `origin` may open the socket. No `Origin` header means a
@@ -94,16 +90,15 @@ async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     if !origin_allowed(&request, &state.settings.server.allowed_origins) {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            codes::FORBIDDEN,
+            ErrorCode::Forbidden,
             "origin not allowed: add it to server.allowed_origins",
         ));
     }
     let query = query_params(query.into_inner(), &["ticket"])?;
     let credential = upgrade_credential(&request, &query, &state)?;
     let response = actix_http::ws::handshake(request.head()).map_err(|_| {
-        ApiError::bad_request(
-            codes::BAD_REQUEST,
+        ApiError::new(
+            ErrorCode::BadRequest,
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, \
              Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
         )
@@ -114,7 +109,7 @@ async fn stream(
     let deps = SessionDeps {
         hub: Arc::clone(&state.hub),
         auth: Arc::clone(&state.auth),
-        trading: trading(&state),
+        trading: Arc::clone(&state.trading),
         metrics: Arc::clone(&state.metrics),
         limits: SessionLimits {
             auth_timeout: ws.auth_timeout,
@@ -165,7 +160,7 @@ impl Drop for ClosedGuard {
 }
 
 /// Everything but market data: client frames, trading events, timers, shutdown. Market data
-/// and the pings that ride on hub wake-ups are served by the body (`ws_wire::FastPath`).
+/// and the pings that ride on hub wake-ups are served by the body (`wire::FastPath`).
 struct Connection {
     session: WsSession,
     /// Shared with the body: the outbox, when the client was last heard, the busy flag.

@@ -1,5 +1,8 @@
 //! The WebSocket wire under the session: reading client frames from the upgraded request's
-//! payload and writing server frames from the response body itself.
+//! payload and writing server frames from the response body itself. Invariants kept here:
+//! frames over `ws.max_frame_bytes` are refused from their header (never buffered); server
+//! frames are never masked and close reasons are cut on a character boundary; a peer that
+//! stops reading stops its connection's loop, leaving the hub's bounded queue to decide.
 //!
 //! actix-ws, which this replaces, hands every outgoing frame through a channel to the HTTP
 //! dispatcher, a second task: two task wake-ups and a channel slot per delivery, plus the
@@ -29,7 +32,7 @@ use futures::Stream;
 use futures::task::AtomicWaker;
 use tokio_util::codec::Decoder;
 
-use crate::transport::ws_session::{Output, SharedMarket, close_codes, closing};
+use super::session::{Output, SharedMarket, close_codes, closing};
 
 /// RFC 6455 §5.5: control frames carry at most 125 bytes, so a close reason at most 123.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -253,7 +256,7 @@ impl Wire {
 }
 
 /// Market data served from the body itself: on a hub wake-up the body drains the session's
-/// queue (see `ws_session::MarketState`) and frames what it wants, without running the
+/// queue (see `session::MarketState`) and frames what it wants, without running the
 /// connection's loop. That loop still handles everything else.
 pub struct FastPath {
     pub market: SharedMarket,

@@ -183,3 +183,92 @@ pub fn query_error_handler(
     )
     .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The rows between the `error-codes` markers of docs/protocol.md: (code, status, name).
+    fn documented_codes() -> Vec<(u32, u16, String)> {
+        let page = include_str!("../docs/protocol.md");
+        let begin = page
+            .find("<!-- error-codes:begin -->")
+            .expect("docs/protocol.md has the error-codes:begin marker");
+        let end = page
+            .find("<!-- error-codes:end -->")
+            .expect("docs/protocol.md has the error-codes:end marker");
+        page[begin..end]
+            .lines()
+            .filter(|line| line.starts_with("| ") && !line.starts_with("| code"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                (
+                    cells[1].parse().expect("a numeric code"),
+                    cells[2].parse().expect("a numeric status"),
+                    cells[3].trim_matches('`').to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_error_code_table_is_the_enum_row_for_row() {
+        let from_enum: Vec<(u32, u16, String)> = ErrorCode::ALL
+            .iter()
+            .map(|code| {
+                (
+                    code.number(),
+                    code.status().as_u16(),
+                    code.name().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(documented_codes(), from_enum);
+    }
+
+    #[test]
+    fn the_websocket_stream_code_table_lists_exactly_the_three_digit_codes() {
+        let page = include_str!("../docs/websocket.md");
+        let section = &page[page.find("## Errors").expect("an Errors section")..];
+        let documented: BTreeSet<u32> = section
+            .lines()
+            .take_while(|line| !line.starts_with("Order-level codes"))
+            .filter_map(|line| line.strip_prefix("| "))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect();
+        let from_enum: BTreeSet<u32> = ErrorCode::ALL
+            .iter()
+            .map(|code| code.number())
+            .filter(|number| *number < 1000)
+            .collect();
+        assert_eq!(documented, from_enum);
+    }
+
+    #[test]
+    fn numbers_and_names_are_unique_except_the_one_documented_alias() {
+        let mut numbers = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for code in ErrorCode::ALL {
+            assert!(names.insert(code.name()), "{code} named twice");
+            if *code != ErrorCode::UnsupportedContentType {
+                assert!(numbers.insert(code.number()), "{code} numbered twice");
+            }
+        }
+        assert_eq!(
+            ErrorCode::UnsupportedContentType.number(),
+            ErrorCode::InvalidBody.number()
+        );
+    }
+
+    #[test]
+    fn an_api_error_is_its_codes_status_and_a_code_message_body() {
+        let error = ApiError::new(ErrorCode::NotReady, "later");
+        assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            serde_json::to_string(&error).expect("serializable"),
+            r#"{"code":50310000,"message":"later"}"#
+        );
+    }
+}

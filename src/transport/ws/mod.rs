@@ -9,6 +9,14 @@
 //! tick into every WebSocket queue once per `ws.ping_interval`, busy or not, and when the
 //! fast path drains one with a ping due it closes a peer that sent nothing (not even a pong)
 //! for `ws.idle_timeout`, else pings it. Data deliveries do not read the clock.
+//!
+//! Invariants kept here: a browser origin not in `server.allowed_origins` (nor the gateway's
+//! own) is refused before the upgrade; while the loop is inside an action, market data waits
+//! (`Wire::busy`), so a reply precedes the data it starts; the session leaves the hub before
+//! the close frame goes out; the connection gauge falls however the connection ends.
+
+pub mod session;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -23,10 +31,6 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Transport;
 use crate::server::AppState;
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
-
-pub mod session;
-pub mod wire;
-
 use session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
 use wire::{FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text};
 

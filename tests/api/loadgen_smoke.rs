@@ -27,9 +27,13 @@ fn loadgen_binary() -> Result<PathBuf, String> {
                 .ok_or_else(|| format!("no profile directory above {}", test_binary.display()))?;
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut build = Command::new(cargo);
-            build
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--package", "tickgate-loadgen", "--bin", "tickgate-loadgen"]);
+            build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+                "build",
+                "--package",
+                "tickgate-loadgen",
+                "--bin",
+                "tickgate-loadgen",
+            ]);
             match profile_dir.file_name().and_then(|name| name.to_str()) {
                 Some("debug") => {}
                 Some("release") => {
@@ -40,14 +44,17 @@ fn loadgen_binary() -> Result<PathBuf, String> {
                 }
                 None => return Err(format!("odd target path {}", profile_dir.display())),
             }
-            let output = build.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+            let output = build
+                .output()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
             if !output.status.success() {
                 return Err(format!(
                     "cargo build of tickgate-loadgen failed:\n{}",
                     String::from_utf8_lossy(&output.stderr)
                 ));
             }
-            let binary = profile_dir.join(format!("tickgate-loadgen{}", std::env::consts::EXE_SUFFIX));
+            let binary =
+                profile_dir.join(format!("tickgate-loadgen{}", std::env::consts::EXE_SUFFIX));
             if binary.is_file() {
                 Ok(binary)
             } else {

@@ -89,8 +89,14 @@ fn the_tidy_rules_name_the_file_and_the_rule_they_catch() {
         "//! Entries.\nuse actix_web::web::Bytes;\nfn f() { crate::transport::sse::frame(); }\n",
     );
     assert_eq!(hub.len(), 2, "{hub:?}");
-    assert!(hub.iter().any(|v| v.rule.contains("`crate::transport`")), "{hub:?}");
-    assert!(hub.iter().any(|v| v.rule.contains("`actix_web`")), "{hub:?}");
+    assert!(
+        hub.iter().any(|v| v.rule.contains("`crate::transport`")),
+        "{hub:?}"
+    );
+    assert!(
+        hub.iter().any(|v| v.rule.contains("`actix_web`")),
+        "{hub:?}"
+    );
 
     let headless = check_file("loadgen/src/stats.rs", "use std::fmt;\n");
     assert_eq!(headless.len(), 1);
@@ -103,8 +109,20 @@ fn the_tidy_rules_name_the_file_and_the_rule_they_catch() {
     assert!(check_file("src/trading/engine.rs", &long).is_empty());
 
     // Comments may mention the upper layers; routes may import the hub and state.
-    assert!(check_file("src/store/mod.rs", "//! Not `crate::state`.\n// crate::routes\n").is_empty());
-    assert!(check_file("src/routes/mod.rs", "//! Routes.\nuse crate::state::AppState;\n").is_empty());
+    assert!(
+        check_file(
+            "src/store/mod.rs",
+            "//! Not `crate::state`.\n// crate::routes\n"
+        )
+        .is_empty()
+    );
+    assert!(
+        check_file(
+            "src/routes/mod.rs",
+            "//! Routes.\nuse crate::state::AppState;\n"
+        )
+        .is_empty()
+    );
 }
 
 fn check_file(relative: &str, text: &str) -> Vec<Violation> {

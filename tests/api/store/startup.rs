@@ -1,6 +1,6 @@
 //! Start-up with a damaged, missing or too-new database: a clear error naming the file and
 //! what to do, a non-zero exit from the binary, and the file left as it was.
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;

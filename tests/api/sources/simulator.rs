@@ -1,7 +1,7 @@
 //! The market simulator: property tests of its invariants on a virtual clock, and the real
 //! gateway streaming simulated trades, quotes and news over SSE.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

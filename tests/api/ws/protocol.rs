@@ -1,8 +1,8 @@
 //! The WebSocket protocol over real sockets: errors that keep the connection, rate limiting,
 //! subscriptions, market data, pings and the idle timeout.
 
-mod common;
-mod ws_support;
+use crate::common;
+use crate::ws_support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The Yahoo chart poller against a real local HTTP server serving chart-shaped fixtures.
 
-mod common;
-mod sources_support;
+use crate::common;
+use crate::sources_support;
 
 use std::time::Duration;
 

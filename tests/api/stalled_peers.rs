@@ -2,8 +2,8 @@
 //! `server.stalled_peer_timeout`, the connection is dropped (the kernel resets it), on both
 //! transports, while the server and other clients carry on.
 
-mod common;
-mod ws_support;
+use crate::common;
+use crate::ws_support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

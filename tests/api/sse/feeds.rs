@@ -1,7 +1,7 @@
 //! The public SSE feeds over real HTTP connections: snapshot, filters, resume, reset, slow
 //! clients, bad requests, heartbeats, CORS and shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `POST /v1/publish`: authorization, one object or an array, per-item reasons, body limit,
 //! and producer fields kept as given.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

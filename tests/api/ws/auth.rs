@@ -1,7 +1,7 @@
 //! Authentication of the WebSocket at `/v1/stream` and the auth HTTP routes, over real sockets.
 
-mod common;
-mod ws_support;
+use crate::common;
+use crate::ws_support;
 
 use std::time::Duration;
 

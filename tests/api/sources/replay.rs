@@ -1,8 +1,8 @@
 //! File replay: a recorded session plays over SSE exactly as its valid rows, in order; speed
 //! and loop timing are checked with paused time.
 
-mod common;
-mod sources_support;
+use crate::common;
+use crate::sources_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

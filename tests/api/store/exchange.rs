@@ -1,6 +1,6 @@
 //! The exchange with a store: rebuilt after a restart with the same cash, positions and open
 //! orders, matching resumes, and a step that cannot be stored is never announced.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! exchange. The market is moved deterministically by publishing quotes and trades through
 //! `POST /v1/publish` (the simulator is off).
 
-mod common;
-mod ws_support;
+use crate::common;
+use crate::ws_support;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -1,7 +1,7 @@
 //! The exchange as the running application wires it: `AppState::trading` follows the hub's
 //! market feed, announces trade updates and book deltas, and expires day orders at the close.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! Regressions found by using the gateway as a front-end team would: each test pins a bug
 //! that was seen over real sockets.
 
-mod common;
-mod ws_support;
+use crate::common;
+use crate::ws_support;
 
 use common::{spawn_app, spawn_app_with};
 use serde_json::json;

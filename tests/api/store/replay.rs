@@ -1,7 +1,7 @@
 //! SSE resume across restarts: after a clean restart the epoch is kept and sequences continue
 //! above the old high-water mark, so a client that saw everything resumes with no reset and
 //! no gap, and any other client gets an explicit reset; after a crash the epoch changes.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

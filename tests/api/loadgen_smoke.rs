@@ -2,18 +2,79 @@
 //! real gateway (started in-process on port 0) for a few seconds, asserting that nobody lost
 //! a message.
 
-mod common;
-mod ws_support;
+use crate::common;
+use crate::ws_support;
 
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The `tickgate-loadgen` binary, built once per test run. It is the `loadgen/` workspace
+/// member, not a binary of this package, so Cargo gives no `CARGO_BIN_EXE_` path for it: this
+/// builds it with the Cargo that runs the tests, in the profile the tests were built with, and
+/// returns its path in the shared target directory (a no-op build when
+/// `cargo test --workspace` has built it already).
+fn loadgen_binary() -> Result<PathBuf, String> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let test_binary = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+            // target/<profile>/deps/api-<hash>
+            let profile_dir = test_binary
+                .parent()
+                .and_then(|deps| deps.parent())
+                .ok_or_else(|| format!("no profile directory above {}", test_binary.display()))?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+                "build",
+                "--package",
+                "tickgate-loadgen",
+                "--bin",
+                "tickgate-loadgen",
+            ]);
+            match profile_dir.file_name().and_then(|name| name.to_str()) {
+                Some("debug") => {}
+                Some("release") => {
+                    build.arg("--release");
+                }
+                Some(other) => {
+                    build.args(["--profile", other]);
+                }
+                None => return Err(format!("odd target path {}", profile_dir.display())),
+            }
+            let output = build
+                .output()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "cargo build of tickgate-loadgen failed:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+            let binary =
+                profile_dir.join(format!("tickgate-loadgen{}", std::env::consts::EXE_SUFFIX));
+            if binary.is_file() {
+                Ok(binary)
+            } else {
+                Err(format!("built, but {} is not there", binary.display()))
+            }
+        })
+        .clone()
+}
 
 /// Runs the load generator against `app`'s publish API with `args` (subscribers and how they
 /// subscribe) plus the common ones, returns its JSON report.
 async fn run_loadgen(app: &common::TestApp, args: &[&str]) -> serde_json::Value {
+    let loadgen = tokio::task::spawn_blocking(loadgen_binary)
+        .await
+        .expect("the build task ran")
+        .unwrap_or_else(|error| panic!("{error}"));
     let report = tempfile::NamedTempFile::new().expect("temp file");
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_tickgate-loadgen"))
+        tokio::process::Command::new(loadgen)
             .args(args)
             .args([
                 "--publish-url",

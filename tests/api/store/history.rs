@@ -1,6 +1,6 @@
 //! Bar history in the store: kept across restarts, served in pages by `GET /v1/bars`, pruned
 //! by retention.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -12,8 +12,8 @@
 //! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits.
 //! - [`state`]: `AppState`, the handles request handlers share (below routes and transports).
 //! - [`routes`]: HTTP routes (market REST, account, publish), CORS, health and metrics.
-//! - [`transport`]: client transports: `sse` for public feeds, `ws` for the authenticated
-//!   WebSocket with its socket-free `ws_session`.
+//! - [`transport`]: client transports (`sse` for public feeds, `ws` for the authenticated
+//!   WebSocket: `ws::wire` and the socket-free `ws::session`).
 //! - [`startup`]: builds the application from [`settings`] and runs it until shutdown.
 //! - [`error`]: the API error type and its stable codes.
 //! - [`metrics`]: counters and gauges rendered as Prometheus text.

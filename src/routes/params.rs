@@ -9,7 +9,7 @@ use std::collections::hash_map::Entry;
 use actix_web::HttpRequest;
 use actix_web::http::header;
 
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::hub::SymbolFilter;
 use crate::market::{EventKind, SymbolUniverse};
 
@@ -41,8 +41,8 @@ pub fn query_params(
         // One hash per parameter: this runs for every new subscriber.
         match map.entry(key) {
             Entry::Occupied(repeated) => {
-                return Err(ApiError::bad_request(
-                    codes::INVALID_PARAMETER,
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
                     format!(
                         "query parameter {} is given more than once; use one comma-separated list",
                         echo(repeated.key())
@@ -63,8 +63,8 @@ pub fn query_params(
         return Ok(map);
     }
     unknown.sort_unstable();
-    Err(ApiError::bad_request(
-        codes::INVALID_PARAMETER,
+    Err(ApiError::new(
+        ErrorCode::InvalidParameter,
         format!(
             "unknown query parameter(s): {}; allowed: {}",
             unknown
@@ -110,8 +110,8 @@ pub fn parse_symbols(
 ) -> Result<SymbolFilter, ApiError> {
     let Some(raw) = raw else {
         return if required {
-            Err(ApiError::bad_request(
-                codes::INVALID_PARAMETER,
+            Err(ApiError::new(
+                ErrorCode::InvalidParameter,
                 "symbols is required (a comma-separated list, or * for all)",
             ))
         } else {
@@ -141,8 +141,8 @@ pub fn parse_symbols(
         }
     }
     if names.is_empty() {
-        return Err(ApiError::bad_request(
-            codes::INVALID_PARAMETER,
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
             "symbols must name at least one symbol, or * for all",
         ));
     }
@@ -150,8 +150,8 @@ pub fn parse_symbols(
         return Ok(SymbolFilter::All);
     }
     if names.len() > max_symbols {
-        return Err(ApiError::bad_request(
-            codes::TOO_MANY_SYMBOLS,
+        return Err(ApiError::new(
+            ErrorCode::TooManySymbols,
             format!("too many symbols: at most {max_symbols} per subscription"),
         ));
     }
@@ -164,8 +164,8 @@ pub fn parse_symbols(
         }
     }
     if !unknown.is_empty() {
-        return Err(ApiError::bad_request(
-            codes::UNKNOWN_SYMBOL,
+        return Err(ApiError::new(
+            ErrorCode::UnknownSymbol,
             format!(
                 "unknown symbol(s): {}{}",
                 unknown
@@ -201,16 +201,16 @@ pub fn parse_types(raw: Option<&str>) -> Result<u8, ApiError> {
                 kind @ (EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status),
             ) => mask |= kind.bit(),
             _ => {
-                return Err(ApiError::bad_request(
-                    codes::UNKNOWN_TYPE,
+                return Err(ApiError::new(
+                    ErrorCode::UnknownType,
                     format!("unknown type {name:?}; use trades, quotes, bars, statuses or *"),
                 ));
             }
         }
     }
     if mask == 0 {
-        return Err(ApiError::bad_request(
-            codes::UNKNOWN_TYPE,
+        return Err(ApiError::new(
+            ErrorCode::UnknownType,
             "types must name at least one of trades, quotes, bars, statuses",
         ));
     }
@@ -235,7 +235,7 @@ mod tests {
         assert!(repeated.message.contains("more than once"));
         let long = "x".repeat(500);
         let unknown = query_params(pairs(&[(&long, "1")]), &["a"]).unwrap_err();
-        assert_eq!(unknown.code, codes::INVALID_PARAMETER);
+        assert_eq!(unknown.code, ErrorCode::InvalidParameter);
         assert!(unknown.message.len() < 120, "{}", unknown.message);
     }
 

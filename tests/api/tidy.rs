@@ -41,7 +41,6 @@ impl fmt::Display for Violation {
 }
 
 #[test]
-#[ignore = "enabled once the structure split lands"]
 fn the_source_tree_keeps_its_layering_headers_and_file_sizes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = rust_files(&root.join("src"));

@@ -78,7 +78,8 @@ fn the_tidy_rules_name_the_file_and_the_rule_they_catch() {
         upward,
         vec![Violation {
             file: "src/ingest/poller.rs".into(),
-            rule: "imports `crate::state` (ingest never imports state, startup, routes, transport)".into(),
+            rule: "imports `crate::state` (ingest never imports state, startup, routes, transport)"
+                .into(),
         }]
     );
 

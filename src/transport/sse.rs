@@ -1,4 +1,4 @@
-//! Public Server-Sent Events feeds (PROTOCOL.md §2): `/v1/stream/market`, `/v1/stream/news`
+//! Public Server-Sent Events feeds (docs/protocol.md, "Server-Sent Events"): `/v1/stream/market`, `/v1/stream/news`
 //! and `/v1/stream/alerts`.
 //!
 //! A connection is a [`SubscriberQueue`] plus a stream that drains it. Everything queued since

@@ -76,6 +76,8 @@ error_codes! {
     RateLimited = 42910000, TOO_MANY_REQUESTS, "rate_limited";
     Internal = 50010000, INTERNAL_SERVER_ERROR, "internal";
     NotReady = 50310000, SERVICE_UNAVAILABLE, "not_ready";
+    /// The server is stopping: the publish API refuses items (retry once it is back).
+    ShuttingDown = 50310001, SERVICE_UNAVAILABLE, "shutting_down";
     // Stream-level WebSocket codes, in `{"T":"error","code":N,"msg":...}` frames.
     InvalidSyntax = 400, BAD_REQUEST, "invalid_syntax";
     NotAuthenticated = 401, UNAUTHORIZED, "not_authenticated";

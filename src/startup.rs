@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{CloseReason, Hub, HubSettings};
+use crate::hub::{Hub, HubSettings};
 use crate::ingest::SourceRegistry;
 use crate::ingest::source::Publisher;
 use crate::market::SymbolUniverse;
@@ -182,8 +182,11 @@ impl Application {
         let shutdown = state.shutdown.clone();
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
-            tracing::info!("shutting down: telling clients to reconnect");
-            hub.close_all(CloseReason::Shutdown);
+            // Sources hear the same token and stop; sealing the hub refuses whatever is still
+            // in flight (a publish API request, a source's last tick), so the head each stream
+            // is told to resume from is the feed's last event.
+            hub.shut_down();
+            tracing::info!("shutting down: publishing stopped, telling clients to reconnect");
             // Give open streams a moment to flush their final message before stopping.
             tokio::time::sleep(Duration::from_millis(100).min(grace)).await;
             handle.stop(true).await;

@@ -74,7 +74,7 @@ pub(super) fn encode_entry(
 }
 
 /// The `status` object (`sc: "shutdown"`, symbol `*`) that ends every stream when the server
-/// stops: SSE sends it as an event without an id (the cursor does not move), WebSocket as a
+/// stops: SSE sends it as an event whose id is the feed's final head, WebSocket as a
 /// one-item array before closing with 1012. `message` says how to come back, which differs by
 /// transport (SSE resumes by itself, a WebSocket client resubscribes).
 pub fn shutdown_status(message: &str) -> serde_json::Value {
@@ -176,15 +176,20 @@ fn put_snapshot_frame(
     out.put_slice(b"}\n\n");
 }
 
-/// The final SSE message for a queue the hub closed.
-pub fn sse_close(reason: CloseReason) -> Bytes {
+/// The final SSE message for a queue the hub closed. `head` is the feed's cursor, final once
+/// the hub is shut down: the shutdown status carries it as its `id`, so a filtered client's
+/// resume cursor moves past events that did not match it and the restart resumes without a
+/// reset (the store continues the sequence after the same head).
+pub fn sse_close(reason: CloseReason, head: Cursor) -> Bytes {
     match reason {
         CloseReason::SlowClient => Bytes::from_static(
             b"event: error\ndata: {\"T\":\"error\",\"code\":407,\"msg\":\"slow client: could not keep up; reconnect to resume\"}\n\n",
         ),
         CloseReason::Shutdown => {
             let status = shutdown_status("server restarting; reconnect to resume");
-            Bytes::from(format!("retry: 1000\nevent: status\ndata: {status}\n\n"))
+            Bytes::from(format!(
+                "retry: 1000\nid: {head}\nevent: status\ndata: {status}\n\n"
+            ))
         }
     }
 }

@@ -119,6 +119,8 @@ struct FeedState {
     next_seq: u64,
     window: VecDeque<Arc<Entry>>,
     subscribers: Vec<Registration>,
+    /// Set by [`Hub::shut_down`]: the feed's head is final and every publish is refused.
+    sealed: bool,
 }
 
 /// Latest values per symbol, for snapshots and per-symbol time checks.
@@ -209,6 +211,10 @@ pub enum PublishError {
     Invalid(#[from] InvalidEvent),
     #[error("could not encode event: {0}")]
     Encode(String),
+    /// The hub is shutting down: its feeds are sealed at the head every stream was told
+    /// to resume from, so nothing more is accepted (see [`Hub::shut_down`]).
+    #[error("the server is shutting down; publish again once it is back")]
+    ShuttingDown,
 }
 
 /// What stands behind `ingest::source::Publisher`, the one seam every source publishes
@@ -250,6 +256,7 @@ impl Hub {
                 next_seq: 1,
                 window: VecDeque::new(),
                 subscribers: Vec::new(),
+                sealed: false,
             })
         };
         Hub {
@@ -348,6 +355,9 @@ impl Hub {
         }
 
         let mut state = self.feeds[feed.index()].lock();
+        if state.sealed {
+            return Err(PublishError::ShuttingDown);
+        }
         let seq = state.next_seq;
         state.next_seq += 1;
         let entry = Arc::new(encode_entry(
@@ -449,6 +459,11 @@ impl Hub {
             filter,
             slice: queue.slice(),
         });
+        if state.sealed {
+            // A client that connects during shutdown gets its replay and then, like everyone
+            // else, the final status with the head, instead of a stream that never ends.
+            queue.push_control(Delivery::Close(CloseReason::Shutdown));
+        }
         drop(state);
         if reset.is_some() {
             self.metrics.resets.fetch_add(1, Ordering::Relaxed);
@@ -554,14 +569,26 @@ impl Hub {
             .count()
     }
 
-    /// Tells every subscriber to finish (shutdown); their connections end themselves.
-    pub fn close_all(&self, reason: CloseReason) {
+    /// Shutdown: seals every feed and tells every subscriber to finish, under the feed's
+    /// lock, so no event can be accepted after a stream was given its final `shutdown`
+    /// status. The feed's head is final from here on: the status carries it as its id
+    /// (see [`entry::sse_close`]), so every client, filtered or not, resumes from it after
+    /// a clean restart (which continues the sequence after the same head).
+    pub fn shut_down(&self) {
         for feed in Feed::ALL {
-            let state = self.feeds[feed.index()].lock();
+            let mut state = self.feeds[feed.index()].lock();
+            state.sealed = true;
             for registration in &state.subscribers {
-                registration.queue.push_control(Delivery::Close(reason));
+                registration
+                    .queue
+                    .push_control(Delivery::Close(CloseReason::Shutdown));
             }
         }
+    }
+
+    /// Whether [`Hub::shut_down`] ran: publishing is refused from then on.
+    pub fn is_shut_down(&self) -> bool {
+        self.feeds[Feed::Market.index()].lock().sealed
     }
 }
 

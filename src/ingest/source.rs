@@ -114,6 +114,7 @@ impl SourceContext {
                 let reason = match &error {
                     PublishError::Invalid(invalid) => invalid.reason_label(),
                     PublishError::Encode(_) => "encode",
+                    PublishError::ShuttingDown => "shutting_down",
                 };
                 self.reject(reason);
                 tracing::debug!(source = %self.name, %error, "event refused by the hub");

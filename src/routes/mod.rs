@@ -125,11 +125,25 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Ready (200) unless something in `not_ready` holds; each reason is a short sentence in the
+/// body's `reasons` list, so a new dependency adds a line here and nothing else changes.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sources = state.sources.snapshot();
     let hub_running = !state.shutdown.is_cancelled();
+    let trading_halted = state.trading.halted();
+    let mut not_ready: Vec<&str> = Vec::new();
+    if !hub_running {
+        not_ready.push("the server is shutting down");
+    }
     // No registered source is fine: the publish API alone can feed the hub.
-    let ready = hub_running && state.sources.all_serving();
+    if !state.sources.all_serving() {
+        not_ready.push("a source is down (see sources)");
+    }
+    if trading_halted {
+        not_ready.push(
+            "trading is halted: the store refuses writes (see store); it resumes by itself once they succeed",
+        );
+    }
     let degraded: Vec<&String> = sources
         .iter()
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
@@ -140,7 +154,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .as_ref()
         .map_or(crate::store::StoreStatus::Disabled, |store| store.status());
     let store_degraded = matches!(store, crate::store::StoreStatus::Degraded { .. });
-    let status = if !ready {
+    let status = if !not_ready.is_empty() {
         "not_ready"
     } else if degraded.is_empty() && !store_degraded {
         "ready"
@@ -149,11 +163,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     let body = json!({
         "status": status,
+        "reasons": not_ready,
         "hub": if hub_running { "running" } else { "stopping" },
+        "trading": if trading_halted { "halted" } else { "running" },
         "sources": sources,
         "store": store,
     });
-    if ready {
+    if not_ready.is_empty() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

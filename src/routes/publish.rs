@@ -136,6 +136,7 @@ fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
             invalid.reason_label(),
         ),
         PublishError::Encode(_) => (ErrorCode::Internal, "encode"),
+        PublishError::ShuttingDown => (ErrorCode::ShuttingDown, "shutting_down"),
     }
 }
 
@@ -154,6 +155,14 @@ async fn publish(
             );
         }
         return Ok(response);
+    }
+    // Once shutdown began the hub is (or is about to be) sealed at the head every stream was
+    // told to resume from; an item accepted now would reach no one.
+    if state.shutdown.is_cancelled() || state.hub.is_shut_down() {
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down; publish again once it is back",
+        ));
     }
     let limit = request
         .app_data::<BodyLimit>()
@@ -250,7 +259,14 @@ async fn publish(
             }
         }
     }
-    let status = if reply.accepted == 0 {
+    let status = if reply.accepted == 0
+        && reply
+            .rejected
+            .iter()
+            .any(|r| r.code == ErrorCode::ShuttingDown)
+    {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if reply.accepted == 0 {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK

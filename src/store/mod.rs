@@ -213,6 +213,9 @@ pub trait TradingStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<TradingState, StoreError>>;
     /// Every fill of one account, in execution order.
     fn fills(&self, username: &str) -> BoxFuture<'static, Result<Vec<FillRecord>, StoreError>>;
+    /// A small durable write that stores nothing of the exchange's: whether the store takes
+    /// writes again after a failure (a full disk freed, a remount), before trading resumes.
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
 }
 
 /// A range of one symbol's one-minute bars: `start <= t < end`, oldest first.

@@ -263,6 +263,12 @@ pub enum OrderQuery {
 /// its `user_events` receiver again, so a session can send `order_ack` before the `new`
 /// trade update by handling one action at a time.
 pub trait TradingApi: Send + Sync + 'static {
+    /// Whether trading is halted (a store failure; it resumes by itself once the store takes
+    /// writes again). `/readyz` is not ready meanwhile.
+    fn halted(&self) -> bool {
+        false
+    }
+
     fn submit(
         &self,
         user: &str,

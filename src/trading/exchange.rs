@@ -495,6 +495,10 @@ impl TradingApi for ExchangeHandle {
         self.request(|reply| Command::Orders { user, query, reply })
     }
 
+    fn halted(&self) -> bool {
+        halted(&self.shared).is_some()
+    }
+
     fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent> {
         self.shared
             .with_user(user, |channels| channels.events.subscribe())
@@ -535,22 +539,97 @@ impl ExchangeTasks {
             feed,
             shutdown,
         } = self;
+        let hub = feed.as_ref().map(|(hub, _)| Arc::clone(hub));
         if let Some((hub, queue)) = feed {
             tokio::spawn(ingest(hub, queue, Arc::clone(&shared), shutdown.clone()));
         }
-        tokio::spawn(run_actor(engine, commands, shared, shutdown));
+        tokio::spawn(run_actor(engine, commands, shared, hub, shutdown));
     }
+}
+
+/// First wait before probing a store that failed, doubled after each failed probe.
+const RECOVERY_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest wait between two probes of a failed store.
+const RECOVERY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Tells the market feed (`S: "*"`) that trading halted or resumed. Without a hub (tests) or
+/// once the hub is shut down there is no one to tell, which is fine.
+fn announce_trading(hub: Option<&Arc<Hub>>, code: &str, message: &str) {
+    if let Some(hub) = hub {
+        let status = MarketEvent::Status(crate::market::Status {
+            symbol: "*".into(),
+            code: code.into(),
+            message: message.into(),
+            time: Utc::now(),
+        });
+        if let Err(error) = hub.publish_event(status) {
+            tracing::debug!(%error, code, "trading status not published");
+        }
+    }
+}
+
+/// Where a halted exchange is in its recovery: when it next probes the store, and the wait
+/// after that if the probe fails.
+struct Recovery {
+    next_probe: tokio::time::Instant,
+    backoff: std::time::Duration,
 }
 
 async fn run_actor(
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
+    hub: Option<Arc<Hub>>,
     shutdown: CancellationToken,
 ) {
+    let mut recovery: Option<Recovery> = None;
     loop {
+        // A failed write halts trading (see `persist`); from then on the store is probed with
+        // backoff, and trading resumes by itself once a probe succeeds.
+        match (&recovery, halted(&shared).is_some()) {
+            (None, true) => {
+                tracing::warn!("trading halted by a store failure; probing the store with backoff");
+                announce_trading(
+                    hub.as_ref(),
+                    "trading_halted",
+                    "trading is halted: the exchange could not store a change; it resumes by itself once the store accepts writes",
+                );
+                recovery = Some(Recovery {
+                    next_probe: tokio::time::Instant::now() + RECOVERY_BACKOFF_INITIAL,
+                    backoff: RECOVERY_BACKOFF_INITIAL,
+                });
+            }
+            (Some(_), false) => recovery = None,
+            _ => {}
+        }
+        let probe = async {
+            match &recovery {
+                Some(recovery) => tokio::time::sleep_until(recovery.next_probe).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = probe => {
+                let Some(persistence) = shared.persistence.get() else { continue };
+                match persistence.recover(&mut engine).await {
+                    Ok(()) => {
+                        recovery = None;
+                        announce_trading(
+                            hub.as_ref(),
+                            "trading_resumed",
+                            "trading resumed: the store accepts writes again",
+                        );
+                    }
+                    Err(error) => {
+                        if let Some(recovery) = &mut recovery {
+                            recovery.backoff = (recovery.backoff * 2).min(RECOVERY_BACKOFF_MAX);
+                            recovery.next_probe = tokio::time::Instant::now() + recovery.backoff;
+                            tracing::warn!(%error, retry_in = ?recovery.backoff, "the store still refuses writes; trading stays halted");
+                        }
+                    }
+                }
+            }
             command = commands.recv() => {
                 let Some(command) = command else { return };
                 // Market data that arrived first is applied first, so a command sees the

@@ -279,8 +279,26 @@ impl Persistence {
     pub fn halted_error() -> OrderError {
         OrderError::new(
             OrderError::INTERNAL,
-            "trading is halted: the exchange could not store a change (see /readyz); restart after fixing the store",
+            "trading is halted: the exchange could not store a change (see /readyz); it resumes by itself once the store accepts writes again",
         )
+    }
+
+    /// Tries to end a halt: a probe write, then the engine rebuilt from what is stored (the
+    /// steps whose write failed were applied in memory but never acknowledged or announced,
+    /// so the stored state is the truth). On success the halt is lifted; on `Err` nothing
+    /// changed and the caller retries later.
+    pub async fn recover(&self, engine: &mut Engine) -> Result<(), StoreError> {
+        self.store.probe().await?;
+        let state = self
+            .store
+            .load(engine.settings().closed_orders_kept)
+            .await?;
+        let mut fresh = Engine::new(engine.settings().clone(), engine.universe().clone());
+        restore(&mut fresh, &state)?;
+        *engine = fresh;
+        self.halted.store(false, Ordering::Relaxed);
+        tracing::info!("the store accepts writes again; exchange rebuilt from it, trading resumed");
+        Ok(())
     }
 
     /// Stores the steps durably and atomically; `Err` (and a halt) if they could not be.

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::ApiError;
 use crate::hub::entry::{SSE_HEARTBEAT, sse_close, sse_opening};
-use crate::hub::{Cursor, Delivery, Feed, Filter, SubscriberQueue, SymbolFilter};
+use crate::hub::{Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::EventKind;
 use crate::metrics::{Metrics, Transport};
 use crate::state::AppState;
@@ -131,6 +131,8 @@ fn open_stream(
         initial: Some(initial),
         finished: false,
         metrics: Arc::clone(&state.metrics),
+        hub: Arc::clone(&state.hub),
+        feed,
     };
     // Static names and values: a `&str` pair would be parsed, validated and copied into a new
     // allocation for every subscriber.
@@ -150,6 +152,9 @@ struct SseConnection {
     initial: Option<Bytes>,
     finished: bool,
     metrics: Arc<Metrics>,
+    /// For the final head the shutdown status carries as its id.
+    hub: Arc<Hub>,
+    feed: Feed,
 }
 
 /// The connection is the response body itself: a hand-written stream rather than an async
@@ -199,7 +204,7 @@ impl SseConnection {
                 Delivery::Heartbeat => Bytes::from_static(SSE_HEARTBEAT),
                 Delivery::Close(reason) => {
                     self.finished = true;
-                    sse_close(*reason)
+                    sse_close(*reason, self.hub.cursor(self.feed))
                 }
             }
         } else {
@@ -221,7 +226,7 @@ impl SseConnection {
                     Delivery::Heartbeat => out.put_slice(SSE_HEARTBEAT),
                     Delivery::Close(reason) => {
                         self.finished = true;
-                        out.put_slice(&sse_close(*reason));
+                        out.put_slice(&sse_close(*reason, self.hub.cursor(self.feed)));
                         break;
                     }
                 }

@@ -31,6 +31,8 @@ mod sources {
 
 mod sse {
     mod feeds;
+    mod restart;
+    mod restart_under_load;
     mod smoke;
 }
 

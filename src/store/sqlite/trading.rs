@@ -338,6 +338,21 @@ impl TradingStore for SqliteStore {
         self.write_future(move |connection| store_batch(connection, &path, &batch))
     }
 
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let path = self.path_text.clone();
+        self.write_future(move |connection| {
+            // A fresh value each time, so the write really reaches the log and its fsync.
+            connection
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('write_probe', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![Utc::now().to_rfc3339()],
+                )
+                .map(|_| ())
+                .map_err(|e| classify(&path, e))
+        })
+    }
+
     fn sync_users(&self, users: Vec<UserRecord>) -> BoxFuture<'static, Result<(), StoreError>> {
         let path = self.path_text.clone();
         self.write_future(move |connection| {

@@ -154,6 +154,13 @@ impl TradingStore for FailingStore {
     fn fills(&self, _user: &str) -> BoxFuture<'static, Result<Vec<FillRecord>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(async {
+            Err(StoreError::DiskFull {
+                path: "test.db".into(),
+            })
+        })
+    }
 }
 
 #[tokio::test]

@@ -39,6 +39,7 @@ mod sse {
 mod store {
     mod crash_recovery;
     mod exchange;
+    mod full_disk;
     mod history;
     mod replay;
     mod startup;

@@ -43,6 +43,15 @@ fn main() -> ExitCode {
         }
     };
     tickgate::telemetry::init(&settings.log);
+    let defaults = config_dir.join("default.toml");
+    if defaults.is_file() {
+        tracing::info!(file = %defaults.display(), "configuration loaded");
+    } else {
+        tracing::info!(
+            "configuration: built-in defaults ({} not found), then --config and TICKGATE__ variables",
+            defaults.display()
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,8 +99,27 @@ fn hash_password() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    let web_root = settings.server.web_root.clone();
+    let data_dir = settings
+        .store
+        .enabled
+        .then(|| settings.store.data_dir.clone());
+    let host = match settings.server.bind.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+    };
     let app = Application::build(settings)?;
-    tracing::info!(port = app.port(), "tickgate listening");
+    let url = format!("http://{host}:{}/", app.port());
+    tracing::info!(
+        port = app.port(),
+        %url,
+        dashboard = if web_root.is_dir() { "from web_root" } else { "built in" },
+        data_dir = data_dir
+            .map(|dir| std::path::absolute(&dir).unwrap_or(dir).display().to_string())
+            .unwrap_or_else(|| "store disabled".to_owned()),
+        "tickgate listening on {url}"
+    );
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -1,4 +1,5 @@
-//! Typed configuration: `config/default.toml`, then an optional extra file (`--config PATH`),
+//! Typed configuration: `config/default.toml` (built into the binary, replaced by the file when
+//! the config directory has one), then an optional extra file (`--config PATH`),
 //! then `TICKGATE__SECTION__KEY` environment variables. Every bad key is reported at once.
 //!
 //! The loader deserializes the merged tree; on a type error it records the error with its
@@ -16,6 +17,32 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// `config/default.toml` as it was at build time: used when the config directory has none.
+pub const BUILT_IN_DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Checks one `server.allowed_origins` entry: `*`, or `scheme://host[:port]` exactly as a
+/// browser sends it in `Origin` (no path, no trailing slash, one origin per entry).
+fn origin_problem(origin: &str) -> Option<String> {
+    if origin == "*" {
+        return None;
+    }
+    let why = if origin.contains(',') || origin.contains(char::is_whitespace) {
+        "holds a comma or a space: give each origin as its own list entry, e.g. [\"https://a.example\", \"https://b.example\"]"
+    } else if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+        "has no scheme: write it as a browser sends it, e.g. \"https://app.example\""
+    } else if origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
+    {
+        "must be scheme://host[:port] with no path and no trailing slash, e.g. \"https://app.example\""
+    } else if !origin.bytes().all(|b| b.is_ascii_graphic()) {
+        "holds characters a browser never sends in Origin"
+    } else {
+        return None;
+    };
+    Some(format!("server.allowed_origins: {origin:?} {why}"))
+}
 
 /// The whole configuration tree.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -495,11 +522,19 @@ impl Settings {
         extra_file: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Settings, SettingsError> {
-        let mut builder = config::Config::builder().add_source(
-            config::File::from(config_dir.join("default.toml"))
-                .format(config::FileFormat::Toml)
-                .required(false),
-        );
+        // The shipped defaults (demo user, publish token, simulator prices) are built in, so
+        // the binary works from any directory; a `default.toml` in the config directory
+        // replaces them.
+        let defaults_file = config_dir.join("default.toml");
+        let mut builder = if defaults_file.is_file() {
+            config::Config::builder()
+                .add_source(config::File::from(defaults_file).format(config::FileFormat::Toml))
+        } else {
+            config::Config::builder().add_source(config::File::from_str(
+                BUILT_IN_DEFAULTS,
+                config::FileFormat::Toml,
+            ))
+        };
         if let Some(path) = extra_file {
             builder = builder.add_source(
                 config::File::from(path.to_path_buf())
@@ -582,6 +617,12 @@ impl Settings {
                 ));
             }
         }
+        problems.extend(
+            self.server
+                .allowed_origins
+                .iter()
+                .filter_map(|origin| origin_problem(origin)),
+        );
         problems.extend(self.trading.validate());
         problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.validate_auth_and_ws());

@@ -63,7 +63,10 @@ pub struct Application {
 impl Application {
     /// Builds the state and binds `settings.server.bind` (port 0 picks a free port).
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.server.bind)?;
+        let address = settings.server.bind;
+        let listener = TcpListener::bind(address).map_err(|error| {
+            anyhow::anyhow!("could not listen on {address} (server.bind): {error}")
+        })?;
         Application::build_with_listener(settings, listener)
     }
 

@@ -1,4 +1,5 @@
-//! Structured logging setup (`tracing`), plain text or JSON by configuration.
+//! Structured logging setup (`tracing`), plain text or JSON by configuration; colour only on
+//! a terminal.
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,8 +9,11 @@ use crate::settings::{LogFormat, LogSettings};
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(settings.filter.clone()));
+    // Colour codes only where someone reads them: a terminal, not a log file or a journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -6,8 +6,10 @@
 //! - [`account`]: token, WebSocket ticket, account, positions and orders.
 //! - [`publish`]: `POST /v1/publish` for external producers (admin token).
 //! - [`params`]: strict query parsing shared by routes and transports.
+//! - [`assets`]: the dashboard built into the binary, served when `server.web_root` is absent.
 
 pub mod account;
+pub mod assets;
 pub mod market;
 pub mod params;
 pub mod publish;
@@ -46,15 +48,17 @@ pub fn configure(
     let max_body_bytes = state.settings.server.max_body_bytes;
     cfg.configure(|cfg| publish::configure(cfg, max_body_bytes));
     let web_root = &state.settings.server.web_root;
+    // The chart library: from the web root's npm install when there is one, else the copy
+    // built into the binary, else a 404 saying how to install it.
+    let chart_module = web_root.join(CHART_MODULE_PATH);
+    cfg.route(
+        "/vendor/lightweight-charts.mjs",
+        web::get().to(move || {
+            let path = chart_module.clone();
+            async move { serve_vendor_file(&path) }
+        }),
+    );
     if web_root.is_dir() {
-        let chart_module = web_root.join(CHART_MODULE_PATH);
-        cfg.route(
-            "/vendor/lightweight-charts.mjs",
-            web::get().to(move || {
-                let path = chart_module.clone();
-                async move { serve_vendor_file(&path) }
-            }),
-        );
         cfg.service(
             actix_files::Files::new("/", web_root)
                 .index_file("index.html")
@@ -62,8 +66,12 @@ pub fn configure(
                 .prefer_utf8(true)
                 .path_filter(|path, _| is_public_web_path(path)),
         );
+        cfg.default_service(web::to(not_found));
+    } else {
+        // No web root here (the binary started from another directory): the dashboard that
+        // was built into it, behind every route; anything else is the JSON 404.
+        cfg.default_service(web::to(assets::serve));
     }
-    cfg.default_service(web::to(not_found));
 }
 
 /// CORS for the public API from the configured origin allowlist.
@@ -106,11 +114,16 @@ fn is_public_web_path(path: &std::path::Path) -> bool {
 }
 
 fn serve_vendor_file(path: &std::path::Path) -> Result<HttpResponse, ApiError> {
-    let body = std::fs::read(path).map_err(|_| {
-        ApiError::not_found(
-            "the chart library is not installed: run scripts/setup (npm ci in web/)",
-        )
-    })?;
+    let body = match std::fs::read(path) {
+        Ok(body) => bytes::Bytes::from(body),
+        Err(_) => assets::chart_module()
+            .map(bytes::Bytes::from_static)
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "the chart library is not installed: run scripts/setup (npm ci in web/), then rebuild to embed it",
+                )
+            })?,
+    };
     Ok(HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))

@@ -51,3 +51,126 @@ fn hash_password_prints_an_argon2_hash_of_the_password_on_stdin() {
     assert!(hash.trim().starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains("correct horse"));
 }
+
+/// Kills the child if the test fails before stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn started_from_an_empty_directory_it_serves_the_dashboard_and_the_demo_login_and_logs_its_url() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .current_dir(dir.path())
+        .env("TICKGATE__SERVER__BIND", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tickgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let running = Running(child);
+    let mut log = String::new();
+    let mut url = None;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("log line");
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(at) = line.find("tickgate listening on http://") {
+            let rest = &line[at + "tickgate listening on ".len()..];
+            url = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    // Keep draining the log so the gateway never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.count());
+    let url = url.unwrap_or_else(|| panic!("no start-up line with the URL in:\n{log}"));
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes when not on a terminal:\n{log}"
+    );
+    assert!(log.contains("built-in defaults"), "{log}");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let page = http.get(&url).send().await.expect("GET /");
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.expect("body").contains("<html"));
+        for path in ["embed.js", "css/dashboard.css", "js/dashboard.js"] {
+            let response = http
+                .get(format!("{url}{path}"))
+                .send()
+                .await
+                .expect("asset");
+            assert_eq!(response.status(), 200, "{path}");
+        }
+        // The chart library is built in when it was installed at build time; otherwise the
+        // 404 says how to get it.
+        let chart = http
+            .get(format!("{url}vendor/lightweight-charts.mjs"))
+            .send()
+            .await
+            .expect("chart");
+        if chart.status() != 200 {
+            assert_eq!(chart.status(), 404);
+            let body: serde_json::Value = chart.json().await.expect("JSON 404");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("scripts/setup"))
+            );
+        }
+        let login = http
+            .post(format!("{url}v1/auth/token"))
+            .json(&serde_json::json!({"username": "demo", "password": "demo-password"}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), 200, "the demo user is built in");
+        let missing = http
+            .get(format!("{url}no/such/page"))
+            .send()
+            .await
+            .expect("404");
+        assert_eq!(missing.status(), 404);
+        let body: serde_json::Value = missing.json().await.expect("JSON 404");
+        assert_eq!(body["code"], 40410000);
+    });
+    drop(running);
+    let _ = drain.join();
+}
+
+#[test]
+fn each_allowed_origins_mistake_exits_2_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (origins, hint) in [
+        (r#"["https://a.example, https://b.example"]"#, "comma"),
+        (r#"["https://a.example/"]"#, "trailing slash"),
+        (r#"["a.example"]"#, "no scheme"),
+    ] {
+        let config = dir.path().join("origins.toml");
+        std::fs::write(&config, format!("[server]\nallowed_origins = {origins}\n"))
+            .expect("config");
+        let output = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+            .current_dir(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env("TICKGATE__SERVER__BIND", "127.0.0.1:0")
+            .env("TICKGATE__STORE__ENABLED", "false")
+            .output()
+            .expect("run tickgate");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{origins}: {stderr}");
+        assert!(
+            stderr.contains("server.allowed_origins") && stderr.contains(hint),
+            "{origins}: {stderr}"
+        );
+    }
+}

@@ -318,8 +318,19 @@ pub enum InvalidEvent {
     BarOutOfRange,
     #[error("{field} must not be empty")]
     Empty { field: &'static str },
-    #[error("time went backwards for {symbol}")]
-    TimeWentBackwards { symbol: String },
+    #[error(
+        "time went backwards for {symbol}: t {given} is before its latest {kind} at {latest} \
+         (from any source, the simulator included); send items with t at or after that, e.g. \
+         the current time, or turn the simulator off (simulator.enabled = false) when you \
+         publish prices for its symbols"
+    )]
+    TimeWentBackwards {
+        symbol: String,
+        /// `trade`, `quote` or `bar`.
+        kind: &'static str,
+        given: String,
+        latest: String,
+    },
 }
 
 impl InvalidEvent {

@@ -53,6 +53,30 @@ fn tracing_actix() -> actix_web::middleware::Condition<actix_web::middleware::Lo
     )
 }
 
+/// Starts the simulator (and the exchange's books) from where the market was when the previous
+/// run stopped, the close of each symbol's newest stored bar, instead of the configured
+/// `simulator.initial_prices`. A store that cannot be read leaves the configured prices.
+fn continue_market(settings: &mut Settings, store: &crate::store::Store) {
+    let symbols = settings.market.symbols.clone();
+    match futures::executor::block_on(store.history.last_closes(symbols)) {
+        Ok(closes) if !closes.is_empty() => {
+            tracing::info!(
+                symbols = closes.len(),
+                "the market continues from the last stored prices"
+            );
+            for (symbol, close) in closes {
+                if close.is_finite() && close > 0.0 {
+                    settings.simulator.initial_prices.insert(symbol, close);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "could not read the last stored prices; the market starts from simulator.initial_prices");
+        }
+    }
+}
+
 /// A built, bound, not yet running gateway.
 pub struct Application {
     port: u16,
@@ -77,6 +101,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
         let port = listener.local_addr()?.port();
+        let mut settings = settings;
         let metrics = Arc::new(Metrics::default());
         let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
         let opened = if settings.store.enabled {
@@ -99,6 +124,7 @@ impl Application {
         ));
         if let Some(opened) = &opened {
             opened.feed_start.apply(&hub);
+            continue_market(&mut settings, &opened.store);
         }
         // Before the exchange starts, so a bad [auth] section leaves nothing running.
         let auth = Arc::new(crate::auth::AuthService::new(&settings.auth)?);
@@ -209,6 +235,7 @@ impl Application {
         let data = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(crate::routes::json_errors())
                 .wrap(crate::routes::cors(&data))
                 .wrap(tracing_actix())
                 .app_data(web::Data::new(data.clone()))

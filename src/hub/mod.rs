@@ -130,6 +130,23 @@ struct LatestState {
     bar: Vec<Option<Arc<Entry>>>,
     last_time: Vec<[Option<DateTime<Utc>>; 3]>,
     bars: Vec<VecDeque<Bar>>,
+    /// The newest status per symbol (`None` for `*`) and family (see [`status_family`]): the
+    /// session, an upstream's health, a halt, trading. Snapshots carry them so a client
+    /// that connects later still knows the market is closed or an upstream is down.
+    statuses: Vec<((Option<SymbolId>, &'static str), Arc<Entry>)>,
+}
+
+/// Groups status codes whose newest value replaces the previous one: `market_open` replaces
+/// `market_closed`, `upstream_ok` replaces `upstream_down`, and so on.
+fn status_family(code: &str) -> &'static str {
+    match code {
+        c if c.starts_with("market_") => "session",
+        c if c.starts_with("upstream_") => "upstream",
+        c if c.starts_with("trading_") => "trading",
+        "halted" | "resumed" => "halt",
+        "stale" => "stale",
+        _ => "other",
+    }
 }
 
 /// Limits of the hub, from the `[hub]` section of the settings.
@@ -271,6 +288,7 @@ impl Hub {
                 bar: vec![None; symbols],
                 last_time: vec![[None; 3]; symbols],
                 bars: vec![VecDeque::new(); symbols],
+                statuses: Vec::new(),
             }),
             keepalive: Mutex::new(Vec::new()),
         }
@@ -344,9 +362,14 @@ impl Hub {
                 let mut latest = self.latest.lock();
                 let time = event.time();
                 let last = &mut latest.last_time[usize::from(id)][slot];
-                if last.is_some_and(|previous| time < previous) {
+                if let Some(previous) = *last
+                    && time < previous
+                {
                     return Err(InvalidEvent::TimeWentBackwards {
                         symbol: self.universe.name(id).to_owned(),
+                        kind: kind.event_name(),
+                        given: time.to_rfc3339(),
+                        latest: previous.to_rfc3339(),
                     }
                     .into());
                 }
@@ -394,6 +417,12 @@ impl Hub {
                 }
                 _ => {}
             }
+        }
+        if let MarketEvent::Status(status) = &event {
+            let key = (symbol, status_family(&status.code));
+            let mut latest = self.latest.lock();
+            latest.statuses.retain(|(k, _)| *k != key);
+            latest.statuses.push((key, Arc::clone(&entry)));
         }
         let metrics = &self.metrics;
         state.subscribers.retain(|registration| {
@@ -511,6 +540,15 @@ impl Hub {
                             .cloned(),
                     );
                 }
+                // Statuses in the order they were published, `*` ones for every filter.
+                let mut statuses: Vec<&Arc<Entry>> = latest
+                    .statuses
+                    .iter()
+                    .map(|(_, entry)| entry)
+                    .filter(|e| filter.matches(e))
+                    .collect();
+                statuses.sort_by_key(|e| e.seq);
+                out.extend(statuses.into_iter().cloned());
                 out
             }
             // For news and alerts the "current state" is the most recent items.

@@ -48,14 +48,23 @@ async fn snapshot(query: RawQuery, state: web::Data<AppState>) -> Result<HttpRes
     let mut body = Vec::new();
     body.extend_from_slice(format!("{{\"cursor\":\"{cursor}\",\"trades\":").as_bytes());
     use crate::market::EventKind;
-    for (index, kind) in [EventKind::Trade, EventKind::Quote, EventKind::Bar]
-        .into_iter()
-        .enumerate()
+    // `statuses`: the newest session, upstream, halt and trading status of the requested
+    // symbols and of `*` (the whole market), oldest first.
+    for (index, kind) in [
+        EventKind::Trade,
+        EventKind::Quote,
+        EventKind::Bar,
+        EventKind::Status,
+    ]
+    .into_iter()
+    .enumerate()
     {
         if index == 1 {
             body.extend_from_slice(b",\"quotes\":");
         } else if index == 2 {
             body.extend_from_slice(b",\"bars\":");
+        } else if index == 3 {
+            body.extend_from_slice(b",\"statuses\":");
         }
         body.extend_from_slice(&json_array(
             entries
@@ -70,8 +79,7 @@ async fn snapshot(query: RawQuery, state: web::Data<AppState>) -> Result<HttpRes
         .body(body))
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct BarsQuery {
     symbol: Option<String>,
     timeframe: Option<String>,
@@ -80,6 +88,10 @@ struct BarsQuery {
     limit: Option<String>,
     /// The `next_page_token` of the previous page: the start time of its first missing bar.
     page_token: Option<String>,
+}
+
+impl BarsQuery {
+    const NAMES: &[&str] = &["symbol", "timeframe", "start", "end", "limit", "page_token"];
 }
 
 fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -97,10 +109,17 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, 
         .transpose()
 }
 
-async fn bars(
-    query: web::Query<BarsQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn bars(query: RawQuery, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Strict names, and empty values (`start=&end=`) count as absent.
+    let query = query_params(query.into_inner(), BarsQuery::NAMES)?;
+    let query = BarsQuery {
+        symbol: query.get("symbol").cloned(),
+        timeframe: query.get("timeframe").cloned(),
+        start: query.get("start").cloned(),
+        end: query.get("end").cloned(),
+        limit: query.get("limit").cloned(),
+        page_token: query.get("page_token").cloned(),
+    };
     let symbol = query
         .symbol
         .as_deref()
@@ -169,7 +188,8 @@ async fn bars(
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,
         "timeframe": "1Min",
-        "bars": bars,
+        // Tagged like every other market object on the wire (`"T":"b"`).
+        "bars": bars.into_iter().map(crate::market::MarketEvent::Bar).collect::<Vec<_>>(),
         "next_page_token": next_page_token,
     })))
 }

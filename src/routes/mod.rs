@@ -74,6 +74,53 @@ pub fn configure(
     }
 }
 
+/// Keeps actix's own refusals in the API's JSON shape: a route asked with a method it does not
+/// take answers `{"code":40510000,...}` (and keeps the `Allow` header) instead of an empty 405.
+/// Refusals inside actix-http's request parser (an over-long or non-ASCII request line or
+/// header) happen before any application code runs and keep actix's plain answer; see
+/// docs/protocol.md.
+pub fn json_errors<B: actix_web::body::MessageBody + 'static>()
+-> actix_web::middleware::ErrorHandlers<B> {
+    actix_web::middleware::ErrorHandlers::new().handler(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        method_not_allowed_json,
+    )
+}
+
+fn method_not_allowed_json<B: actix_web::body::MessageBody>(
+    response: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    // A route that answered 405 itself already wrote the JSON body; actix's own 405s (the
+    // static files service's plain text, a resource's empty body) are rewritten.
+    let is_json = response
+        .response()
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let (request, original) = response.into_parts();
+    let error = ApiError::new(
+        crate::error::ErrorCode::MethodNotAllowed,
+        format!(
+            "{} does not take {}",
+            params::echo(request.path()),
+            request.method()
+        ),
+    );
+    let mut json = actix_web::ResponseError::error_response(&error);
+    if let Some(allow) = original.headers().get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    Ok(ErrorHandlerResponse::Response(
+        actix_web::dev::ServiceResponse::new(request, json).map_into_right_body(),
+    ))
+}
+
 /// CORS for the public API from the configured origin allowlist.
 pub fn cors(state: &AppState) -> Cors {
     let origins = &state.settings.server.allowed_origins;

@@ -31,13 +31,17 @@ pub fn echo(input: &str) -> String {
 
 /// Turns query pairs into a map. A parameter given twice is refused (silently keeping one of
 /// `symbols=AAPL&symbols=MSFT` would drop data the client asked for), and so is any name not
-/// in `allowed`.
+/// in `allowed`. An empty value (`start=&end=`, as forms and URL builders send for unset
+/// fields) is the same as leaving the parameter out.
 pub fn query_params(
     pairs: Vec<(String, String)>,
     allowed: &[&str],
 ) -> Result<HashMap<String, String>, ApiError> {
     let mut map = HashMap::with_capacity(pairs.len());
     for (key, value) in pairs {
+        if value.is_empty() && allowed.contains(&key.as_str()) {
+            continue;
+        }
         // One hash per parameter: this runs for every new subscriber.
         match map.entry(key) {
             Entry::Occupied(repeated) => {

@@ -232,6 +232,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Upserts bars (a bar for the same symbol and minute replaces the earlier one).
     fn write_bars(&self, bars: Vec<Bar>) -> BoxFuture<'static, Result<(), StoreError>>;
     fn bars(&self, query: BarQuery) -> BoxFuture<'static, Result<Vec<Bar>, StoreError>>;
+    /// The close of the newest stored bar of each of `symbols` that has one: where the market
+    /// was when the previous run stopped (the simulator continues from there).
+    fn last_closes(
+        &self,
+        symbols: Vec<String>,
+    ) -> BoxFuture<'static, Result<BTreeMap<String, f64>, StoreError>>;
     /// Deletes up to `max_rows` bars that started before `before`; returns how many went.
     fn prune_bars(
         &self,

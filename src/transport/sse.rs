@@ -42,11 +42,12 @@ use crate::routes::params::{RawQuery, parse_symbols, parse_types, query_params};
 /// does not parse is treated as foreign, which yields an explicit reset rather than an error
 /// (a browser would retry a 4xx forever with the same header).
 fn resume_cursor(request: &HttpRequest, query: &HashMap<String, String>) -> Option<Cursor> {
-    let header = request
-        .headers()
-        .get(LAST_EVENT_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // A header that is not visible ASCII (a mangled or foreign id) is still a cursor this
+    // feed cannot honour: the reset below, not a silent fresh start.
+    let header = request.headers().get(LAST_EVENT_ID).map(|v| {
+        v.to_str()
+            .map_or_else(|_| "not-a-cursor".to_owned(), str::to_owned)
+    });
     let raw = header.or_else(|| query.get("last_event_id").cloned())?;
     if raw.trim().is_empty() {
         return None;

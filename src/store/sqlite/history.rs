@@ -49,6 +49,26 @@ impl HistoryStore for SqliteStore {
         })
     }
 
+    fn last_closes(
+        &self,
+        symbols: Vec<String>,
+    ) -> BoxFuture<'static, Result<std::collections::BTreeMap<String, f64>, StoreError>> {
+        self.read_future(move |connection, path| {
+            let sql = |e| classify(path, e);
+            let mut statement = connection
+                .prepare_cached("SELECT c FROM bars WHERE symbol = ?1 ORDER BY t DESC LIMIT 1")
+                .map_err(sql)?;
+            let mut out = std::collections::BTreeMap::new();
+            for symbol in symbols {
+                let mut rows = statement.query(params![symbol]).map_err(sql)?;
+                if let Some(row) = rows.next().map_err(sql)? {
+                    out.insert(symbol, row.get::<_, f64>(0).map_err(sql)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn bars(&self, query: BarQuery) -> BoxFuture<'static, Result<Vec<Bar>, StoreError>> {
         self.read_future(move |connection, path| {
             let sql = |e| classify(path, e);

@@ -135,7 +135,12 @@ impl WsSession {
             }
         }
         if let Some(value) = map.get("orderbooks") {
-            let change = symbol_list(self.deps.hub.universe(), value, "orderbooks", false)?;
+            // A subscribe names its books (each is a stream of its own); an unsubscribe may
+            // say "*" to drop them all.
+            let change = symbol_list(self.deps.hub.universe(), value, "orderbooks", !add)?;
+            if !add && change.all {
+                next.orderbooks.clear();
+            }
             let names = change
                 .ids
                 .iter()

@@ -125,6 +125,19 @@ async fn read_body(
     Ok(body.freeze())
 }
 
+/// A trade, quote or bar without `t` is dated when it is received. Times must not go
+/// backwards per symbol, whichever source sent the previous tick, so a producer sharing
+/// symbols with the simulator (the default configuration) cannot pick a time by hand that is
+/// safely after the simulator's latest; the server's clock is.
+fn stamp_missing_time(item: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = item
+        && matches!(map.get("T").and_then(|t| t.as_str()), Some("t" | "q" | "b"))
+        && !map.contains_key("t")
+    {
+        map.insert("t".to_owned(), serde_json::json!(chrono::Utc::now()));
+    }
+}
+
 /// The per-item code and metric label for a refusal by the hub.
 fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
     match error {
@@ -195,7 +208,8 @@ async fn publish(
         accepted: 0,
         rejected: Vec::new(),
     };
-    for (index, item) in items.into_iter().enumerate() {
+    for (index, mut item) in items.into_iter().enumerate() {
+        stamp_missing_time(&mut item);
         // Producer fields (the trade id `i`, venues, news ids) pass through untouched: the
         // item is deserialized as is and only checked, never rewritten.
         let event: MarketEvent = match serde_json::from_value(item) {

@@ -128,17 +128,29 @@ fn bar_queue(settings: &StoreSettings) -> Arc<SubscriberQueue> {
     SubscriberQueue::with_capacity(settings.bar_batch_size.saturating_mul(4).max(MIN_BAR_QUEUE))
 }
 
-/// Subscribes to the market feed's bars and stores them in batches until `shutdown`, then
-/// flushes what is left.
-pub async fn run_bar_writer(
+/// Subscribes to the market feed's bars now (so a bar published right after start-up is not
+/// missed while the task waits for its first poll) and returns the task that stores them in
+/// batches until `shutdown`, then flushes what is left.
+pub fn run_bar_writer(
     hub: Arc<Hub>,
     history: Arc<dyn HistoryStore>,
     settings: StoreSettings,
     health: StoreHealth,
     shutdown: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let queue = bar_queue(&settings);
     hub.subscribe(Feed::Market, bar_filter(), None, false, &queue);
+    write_bars(hub, history, settings, health, queue, shutdown)
+}
+
+async fn write_bars(
+    hub: Arc<Hub>,
+    history: Arc<dyn HistoryStore>,
+    settings: StoreSettings,
+    health: StoreHealth,
+    queue: Arc<SubscriberQueue>,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(settings.bar_flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writer = BarWriter {

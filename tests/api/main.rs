@@ -10,6 +10,7 @@ mod sources_support;
 mod ws_support;
 
 mod cli;
+mod documented_examples;
 mod loadgen_smoke;
 mod publish;
 mod qa_regressions;

@@ -174,6 +174,8 @@ function onTrade(trade) {
 function onMarketSnapshot(snapshot) {
   for (const trade of snapshot.trades ?? []) onTrade(trade);
   for (const quote of snapshot.quotes ?? []) setQuote(quote);
+  // A symbol halted before this page connected is shown halted too.
+  for (const status of snapshot.statuses ?? []) onSymbolStatus(status);
 }
 
 function onSymbolStatus(status) {

@@ -35,7 +35,7 @@ export const alertsUrl = (base) => feedUrl(base, '/v1/stream/alerts');
 /**
  * Events (all `CustomEvent`s, payload in `detail`):
  * - `trade`, `quote`, `bar`, `status`, `news`, `alert`: one wire object each.
- * - `snapshot`: the snapshot object (`{reset, reason?, cursor, trades, quotes, bars}` or
+ * - `snapshot`: the snapshot object (`{reset, reason?, cursor, trades, quotes, bars, statuses}` or
  *   `{..., news}`); `reset` additionally when `detail.reset` is true.
  * - `error`: a server `error` event (`{T:"error", code, msg}`) or a fatal HTTP error
  *   (`{code, message, status}`) after which the client stops.

@@ -133,8 +133,11 @@ struct LatestState {
     /// The newest status per symbol (`None` for `*`) and family (see [`status_family`]): the
     /// session, an upstream's health, a halt, trading. Snapshots carry them so a client
     /// that connects later still knows the market is closed or an upstream is down.
-    statuses: Vec<((Option<SymbolId>, &'static str), Arc<Entry>)>,
+    statuses: Vec<(StatusKey, Arc<Entry>)>,
 }
+
+/// Which status a newer one replaces: the same symbol (`None` for `*`) and family.
+type StatusKey = (Option<SymbolId>, &'static str);
 
 /// Groups status codes whose newest value replaces the previous one: `market_open` replaces
 /// `market_closed`, `upstream_ok` replaces `upstream_down`, and so on.

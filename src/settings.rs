@@ -27,17 +27,13 @@ fn origin_problem(origin: &str) -> Option<String> {
     if origin == "*" {
         return None;
     }
+    let rest = origin.split_once("://").map_or("", |(_, rest)| rest);
     let why = if origin.contains(',') || origin.contains(char::is_whitespace) {
         "holds a comma or a space: give each origin as its own list entry, e.g. [\"https://a.example\", \"https://b.example\"]"
     } else if !(origin.starts_with("http://") || origin.starts_with("https://")) {
         "has no scheme: write it as a browser sends it, e.g. \"https://app.example\""
-    } else if origin
-        .split_once("://")
-        .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
-    {
+    } else if rest.is_empty() || rest.contains('/') || !rest.bytes().all(|b| b.is_ascii_graphic()) {
         "must be scheme://host[:port] with no path and no trailing slash, e.g. \"https://app.example\""
-    } else if !origin.bytes().all(|b| b.is_ascii_graphic()) {
-        "holds characters a browser never sends in Origin"
     } else {
         return None;
     };
@@ -617,12 +613,8 @@ impl Settings {
                 ));
             }
         }
-        problems.extend(
-            self.server
-                .allowed_origins
-                .iter()
-                .filter_map(|origin| origin_problem(origin)),
-        );
+        let origins = &self.server.allowed_origins;
+        problems.extend(origins.iter().filter_map(|origin| origin_problem(origin)));
         problems.extend(self.trading.validate());
         problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.validate_auth_and_ws());

@@ -27,8 +27,8 @@ use super::api::{
 use super::book::BookShape;
 use super::engine::{Announcement, Engine, EngineSettings, Outcome};
 use super::validate::OrderLimits;
-use crate::hub::{Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
-use crate::market::{EventKind, MarketEvent, MarketSession};
+use crate::hub::{Hub, SubscriberQueue};
+use crate::market::{MarketEvent, MarketSession};
 use crate::settings::TradingSettings;
 use crate::store::{StoreError, TradingStore};
 
@@ -547,34 +547,6 @@ impl ExchangeTasks {
     }
 }
 
-/// First wait before probing a store that failed, doubled after each failed probe.
-const RECOVERY_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(500);
-/// Longest wait between two probes of a failed store.
-const RECOVERY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Tells the market feed (`S: "*"`) that trading halted or resumed. Without a hub (tests) or
-/// once the hub is shut down there is no one to tell, which is fine.
-fn announce_trading(hub: Option<&Arc<Hub>>, code: &str, message: &str) {
-    if let Some(hub) = hub {
-        let status = MarketEvent::Status(crate::market::Status {
-            symbol: "*".into(),
-            code: code.into(),
-            message: message.into(),
-            time: Utc::now(),
-        });
-        if let Err(error) = hub.publish_event(status) {
-            tracing::debug!(%error, code, "trading status not published");
-        }
-    }
-}
-
-/// Where a halted exchange is in its recovery: when it next probes the store, and the wait
-/// after that if the probe fails.
-struct Recovery {
-    next_probe: tokio::time::Instant,
-    backoff: std::time::Duration,
-}
-
 async fn run_actor(
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
@@ -582,52 +554,16 @@ async fn run_actor(
     hub: Option<Arc<Hub>>,
     shutdown: CancellationToken,
 ) {
-    let mut recovery: Option<Recovery> = None;
+    let mut recovery = super::recovery::Recovery::new(hub);
     loop {
         // A failed write halts trading (see `persist`); from then on the store is probed with
         // backoff, and trading resumes by itself once a probe succeeds.
-        match (&recovery, halted(&shared).is_some()) {
-            (None, true) => {
-                tracing::warn!("trading halted by a store failure; probing the store with backoff");
-                announce_trading(
-                    hub.as_ref(),
-                    "trading_halted",
-                    "trading is halted: the exchange could not store a change; it resumes by itself once the store accepts writes",
-                );
-                recovery = Some(Recovery {
-                    next_probe: tokio::time::Instant::now() + RECOVERY_BACKOFF_INITIAL,
-                    backoff: RECOVERY_BACKOFF_INITIAL,
-                });
-            }
-            (Some(_), false) => recovery = None,
-            _ => {}
-        }
-        let probe = async {
-            match &recovery {
-                Some(recovery) => tokio::time::sleep_until(recovery.next_probe).await,
-                None => std::future::pending().await,
-            }
-        };
+        recovery.observe(halted(&shared).is_some());
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = probe => {
-                let Some(persistence) = shared.persistence.get() else { continue };
-                match persistence.recover(&mut engine).await {
-                    Ok(()) => {
-                        recovery = None;
-                        announce_trading(
-                            hub.as_ref(),
-                            "trading_resumed",
-                            "trading resumed: the store accepts writes again",
-                        );
-                    }
-                    Err(error) => {
-                        if let Some(recovery) = &mut recovery {
-                            recovery.backoff = (recovery.backoff * 2).min(RECOVERY_BACKOFF_MAX);
-                            recovery.next_probe = tokio::time::Instant::now() + recovery.backoff;
-                            tracing::warn!(%error, retry_in = ?recovery.backoff, "the store still refuses writes; trading stays halted");
-                        }
-                    }
+            _ = recovery.due() => {
+                if let Some(persistence) = shared.persistence.get() {
+                    recovery.attempt(persistence, &mut engine).await;
                 }
             }
             command = commands.recv() => {
@@ -808,66 +744,10 @@ fn handle_command(
     }
 }
 
-/// Follows the hub's market feed (trades, quotes, statuses of every symbol) into the mailbox.
-/// Never blocks the hub: it only parses and conflates. If the hub ever drops this subscriber
-/// as slow, it subscribes again.
-async fn ingest(
-    hub: Arc<Hub>,
-    mut queue: Arc<SubscriberQueue>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let mut buffer = VecDeque::new();
-    'subscription: loop {
-        loop {
-            queue.drain_into(&mut buffer);
-            for delivery in buffer.drain(..) {
-                match delivery {
-                    Delivery::Event(entry) => {
-                        match serde_json::from_slice::<MarketEvent>(&entry.json) {
-                            Ok(event) => {
-                                if let Some(input) = MarketInput::from_event(&event) {
-                                    shared.mailbox.push(input);
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "exchange could not read a market event");
-                            }
-                        }
-                    }
-                    Delivery::Heartbeat => {}
-                    Delivery::Close(crate::hub::CloseReason::Shutdown) => {
-                        queue.mark_gone();
-                        return;
-                    }
-                    Delivery::Close(crate::hub::CloseReason::SlowClient) => {
-                        tracing::warn!("exchange fell behind the market feed; resubscribing");
-                        queue = subscribe_market(&hub);
-                        continue 'subscription;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    queue.mark_gone();
-                    return;
-                }
-                _ = queue.notified() => {}
-            }
-        }
-    }
-}
-
-/// Registers a queue for trades, quotes and statuses of every symbol.
-fn subscribe_market(hub: &Hub) -> Arc<SubscriberQueue> {
-    let filter = Filter {
-        symbols: SymbolFilter::All,
-        kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
-    };
-    let queue = hub.new_queue();
-    hub.subscribe(Feed::Market, filter, None, false, &queue);
-    queue
-}
+/// The exchange's follower of the hub's market feed (`ingest`, `subscribe_market`).
+#[path = "market_feed.rs"]
+mod market_feed;
+use market_feed::{ingest, subscribe_market};
 
 #[cfg(test)]
 #[path = "exchange_tests.rs"]

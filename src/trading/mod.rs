@@ -9,6 +9,7 @@
 //! - [`engine`]: the rules; a synchronous state machine.
 //! - [`exchange`]: the actor task, its handle and the market-data ingest.
 //! - [`persist`]: the event log in the store, the rebuild at start-up, the halt on a failed write.
+//! - `recovery`: after a halt, probing the store with backoff and resuming trading by itself.
 //!
 //! Invariants:
 //! - One task owns all exchange state, so orders from every user and market data are applied
@@ -30,6 +31,7 @@ pub mod book;
 pub mod engine;
 pub mod exchange;
 pub mod persist;
+mod recovery;
 pub mod validate;
 
 pub use exchange::{ExchangeHandle, ExchangeTasks, MarketInput};

@@ -174,3 +174,22 @@ fn each_allowed_origins_mistake_exits_2_naming_the_setting() {
         );
     }
 }
+
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .current_dir(dir.path())
+        .env("TICKGATE__SERVER__BIND", &address)
+        .env("TICKGATE__STORE__ENABLED", "false")
+        .output()
+        .expect("run tickgate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&address) && stderr.contains("server.bind"),
+        "{stderr}"
+    );
+}

@@ -545,13 +545,19 @@ async fn shutdown_tells_open_streams_to_reconnect_and_ends_them_promptly() {
     let mut client = SseClient::connect(app.port, "/v1/stream/market?symbols=*", &[]).await;
     first_event(&mut client).await;
     let started = std::time::Instant::now();
+    let head = app
+        .state
+        .hub
+        .cursor(tickgate::hub::Feed::Market)
+        .to_string();
     let stopping = tokio::spawn(app.stop());
     let goodbye = client.expect_event(WAIT).await;
     assert_eq!(goodbye.event, "status");
     assert_eq!(goodbye.json()["sc"], "shutdown");
-    assert!(
-        goodbye.id.is_none(),
-        "the goodbye does not move the resume cursor"
+    assert_eq!(
+        goodbye.id.as_deref(),
+        Some(head.as_str()),
+        "the goodbye carries the feed's final head, where every client resumes"
     );
     let end = tokio::time::timeout(WAIT, client.next_event())
         .await

@@ -234,7 +234,11 @@ async fn a_clean_restart_under_a_steady_publish_resumes_every_client_without_a_r
             let mut id = 0u64;
             while publishing.load(Ordering::SeqCst) {
                 id += 1;
-                let symbol = if id.is_multiple_of(10) { "MSFT" } else { "AAPL" };
+                let symbol = if id.is_multiple_of(10) {
+                    "MSFT"
+                } else {
+                    "AAPL"
+                };
                 let body = json!({"T":"t","S":symbol,"i":id,"x":"T","p":100.0,"s":1,
                                   "t":chrono::Utc::now().to_rfc3339(),"c":["@"]});
                 let reply = http

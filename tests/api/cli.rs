@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn every_bad_setting_is_reported_at_once_and_the_process_exits_2_without_binding() {
@@ -64,7 +65,6 @@ impl Drop for Running {
 
 #[test]
 fn started_from_an_empty_directory_it_serves_the_dashboard_and_the_demo_login_and_logs_its_url() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tickgate"))
         .current_dir(dir.path())
@@ -76,22 +76,7 @@ fn started_from_an_empty_directory_it_serves_the_dashboard_and_the_demo_login_an
         .expect("run tickgate");
     let stderr = child.stderr.take().expect("stderr");
     let running = Running(child);
-    let mut log = String::new();
-    let mut url = None;
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("log line");
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(at) = line.find("tickgate listening on http://") {
-            let rest = &line[at + "tickgate listening on ".len()..];
-            url = rest.split_whitespace().next().map(str::to_owned);
-            break;
-        }
-    }
-    // Keep draining the log so the gateway never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.count());
-    let url = url.unwrap_or_else(|| panic!("no start-up line with the URL in:\n{log}"));
+    let (url, log) = crate::common::url_from_start_line(stderr, Duration::from_secs(30));
     assert!(
         !log.contains('\u{1b}'),
         "no colour codes when not on a terminal:\n{log}"
@@ -144,7 +129,6 @@ fn started_from_an_empty_directory_it_serves_the_dashboard_and_the_demo_login_an
         assert_eq!(body["code"], 40410000);
     });
     drop(running);
-    let _ = drain.join();
 }
 
 #[test]

@@ -7,7 +7,6 @@
 use crate::common;
 use crate::ws_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -51,16 +50,11 @@ fn the_publish_example_in_docs_sources_works_as_written_on_the_default_configura
         .expect("start tickgate");
     let stderr = child.stderr.take().expect("stderr");
     let _running = Running(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let at = line.find("listening on http://")? + "listening on http://".len();
-            line[at..].split('/').next().map(str::to_owned)
-        })
-        .expect("start-up line with the address");
-    std::thread::spawn(move || lines.count());
+    let (url, _) = common::url_from_start_line(stderr, Duration::from_secs(30));
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     // Let the simulator (on by default) publish every symbol first, as it would have by the
     // time someone reads the docs.
     std::thread::sleep(Duration::from_secs(2));

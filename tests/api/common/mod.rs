@@ -284,3 +284,39 @@ pub async fn publish(app: &TestApp, body: serde_json::Value) -> (u16, serde_json
     let json = response.json().await.unwrap_or(serde_json::Value::Null);
     (status, json)
 }
+
+/// Reads a started `tickgate`'s log until its start-up line `tickgate listening on <url>`
+/// and returns the URL and the log so far; the rest of the log is drained in the background
+/// so the gateway never blocks on a full pipe. Panics with the log after `within`.
+pub fn url_from_start_line(
+    stderr: std::process::ChildStderr,
+    within: Duration,
+) -> (String, String) {
+    use std::io::BufRead;
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                // Nobody listens any more; keep draining.
+                continue;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + within;
+    let mut log = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines_rx.recv_timeout(left) else {
+            panic!("no start-up line with the URL within {within:?}; log:\n{log}");
+        };
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(at) = line.find("tickgate listening on http://") {
+            let rest = &line[at + "tickgate listening on ".len()..];
+            if let Some(url) = rest.split_whitespace().next() {
+                return (url.to_owned(), log);
+            }
+        }
+    }
+}

@@ -32,6 +32,7 @@ mod sources {
 
 mod sse {
     mod feeds;
+    mod input_props;
     mod restart;
     mod restart_under_load;
     mod smoke;

@@ -14,6 +14,10 @@ pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        // A log line that cannot be written (the reader of a piped stderr went away) is
+        // dropped: reporting it would go to the same closed stderr, and `eprint!` panics
+        // there, which took the whole server down.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let result = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

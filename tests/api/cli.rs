@@ -177,3 +177,49 @@ fn an_address_in_use_is_named_in_the_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_server_keeps_serving_when_the_reader_of_its_log_goes_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .current_dir(dir.path())
+        .env("TICKGATE__SERVER__BIND", "127.0.0.1:0")
+        .env("TICKGATE__STORE__ENABLED", "false")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tickgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut running = Running(child);
+    // Read up to the start-up line, then close the pipe: every later log line fails to write.
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut url = None;
+    while url.is_none() {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut reader, &mut line).expect("log");
+        assert!(read > 0, "the log ended before the start-up line");
+        if let Some(at) = line.find("listening on http://") {
+            url = line[at + "listening on ".len()..]
+                .split_whitespace()
+                .next()
+                .map(str::to_owned);
+        }
+    }
+    drop(reader);
+    let url = url.expect("url");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        for _ in 0..5 {
+            // Each request writes an access-log line into the closed pipe.
+            let response = reqwest::get(format!("{url}healthz"))
+                .await
+                .expect("still serving");
+            assert_eq!(response.status(), 200);
+        }
+    });
+    assert!(
+        running.0.try_wait().expect("status").is_none(),
+        "still running"
+    );
+}

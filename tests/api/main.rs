@@ -29,6 +29,10 @@ mod sources {
     mod yahoo;
 }
 
+mod security {
+    mod tickets;
+}
+
 mod sse {
     mod feeds;
     mod smoke;

@@ -99,7 +99,9 @@ async fn stream(
         ));
     }
     let query = query_params(query.into_inner(), &["ticket"])?;
-    let credential = upgrade_credential(&request, &query, &state)?;
+    // The handshake is checked before the credential: redeeming a ticket spends it, so a
+    // request that cannot become a WebSocket (a plain GET, a prefetch, a crawler) must be
+    // refused while the ticket is still good.
     let response = actix_http::ws::handshake(request.head()).map_err(|_| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -107,6 +109,7 @@ async fn stream(
              Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
         )
     })?;
+    let credential = upgrade_credential(&request, &query, &state)?;
     let ws = &state.settings.ws;
     let inbound = Inbound::new(body.into_inner(), ws.max_frame_bytes);
     let wire = Wire::new();

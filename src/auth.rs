@@ -16,7 +16,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::settings::AuthSettings;
+use crate::settings::{AuthSettings, subject_problem};
 
 /// Most tickets outstanding at once; a bound so a token holder cannot grow the map forever.
 const MAX_OUTSTANDING_TICKETS: usize = 100_000;
@@ -51,6 +51,10 @@ pub enum AuthError {
     BadIssuer,
     #[error("token lacks the required claim {0}")]
     MissingClaim(String),
+    #[error("token subject {0}")]
+    BadSubject(String),
+    #[error("token subject is not a configured user (auth.users)")]
+    UnknownSubject,
     #[error("ticket is unknown, expired or already used")]
     BadTicket,
     #[error(
@@ -120,6 +124,9 @@ pub struct AuthService {
     token_ttl: Duration,
     ticket_ttl: Duration,
     users: HashMap<String, String>,
+    /// HS256 only (the built-in issuer): a token's subject must be one of `users`, so
+    /// removing a user from the configuration refuses its tokens from the next start on.
+    require_listed_users: bool,
     tickets: Mutex<HashMap<String, Ticket>>,
     connections: Arc<Mutex<HashMap<String, usize>>>,
     max_connections_per_user: usize,
@@ -246,6 +253,7 @@ impl AuthService {
                 .iter()
                 .map(|u| (u.username.clone(), u.password_hash.clone()))
                 .collect(),
+            require_listed_users: settings.algorithm == "HS256" && settings.require_listed_users,
             tickets: Mutex::new(HashMap::new()),
             connections: Arc::new(Mutex::new(HashMap::new())),
             max_connections_per_user: settings.max_connections_per_user,
@@ -254,12 +262,29 @@ impl AuthService {
         })
     }
 
-    /// Verifies a bearer JWT: signature, algorithm, issuer, audience, expiry (with leeway).
+    /// Verifies a bearer JWT: signature, algorithm, issuer, audience, expiry (with leeway),
+    /// then its subject (see [`AuthService::check_subject`]).
     pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
-        match &self.hs256 {
+        let identity = match &self.hs256 {
             Some(key) => self.verify_hs256(key, token.trim()),
             None => self.verify_with_jsonwebtoken(token.trim()),
+        }?;
+        self.check_subject(&identity.user)?;
+        Ok(identity)
+    }
+
+    /// A verified token's subject: well formed (length, characters) for every issuer, and,
+    /// for the built-in issuer, a user in `auth.users`. A signature proves only that this
+    /// gateway (or a holder of its secret) once signed the name, not that the user still
+    /// exists.
+    fn check_subject(&self, subject: &str) -> Result<(), AuthError> {
+        if let Some(problem) = subject_problem(subject) {
+            return Err(AuthError::BadSubject(problem));
         }
+        if self.require_listed_users && !self.users.contains_key(subject) {
+            return Err(AuthError::UnknownSubject);
+        }
+        Ok(())
     }
 
     /// `jsonwebtoken::decode` with the errors clients see.
@@ -395,6 +420,7 @@ impl AuthService {
 
     /// Trades a verified identity for a single-use ticket valid for `auth.ticket_ttl`.
     pub fn issue_ticket(&self, identity: &Identity) -> Result<IssuedTicket, AuthError> {
+        self.check_subject(&identity.user)?;
         let now = Instant::now();
         let mut tickets = self.tickets.lock();
         tickets.retain(|_, t| t.expires > now);

@@ -298,6 +298,9 @@ pub struct AuthSettings {
     pub max_login_attempts_per_minute: u32,
     /// Users of the built-in issuer, with argon2 PHC password hashes.
     pub users: Vec<UserEntry>,
+    /// HS256: a token's `sub` must be one of `users` (a removed user's tokens are refused
+    /// from the next start). Off only when another service signs HS256 tokens too.
+    pub require_listed_users: bool,
 }
 
 /// One user of the built-in issuer.
@@ -307,6 +310,27 @@ pub struct UserEntry {
     pub username: String,
     /// An argon2 PHC string (`$argon2id$v=19$...`), never a plain password.
     pub password_hash: String,
+}
+
+/// Longest accepted account name (a configured username or a token's `sub`), in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 128;
+
+/// Why `name` cannot name an account: empty, over [`MAX_SUBJECT_BYTES`], or holding a
+/// control character (NUL, newline, DEL, …) that would forge log lines. The one rule for
+/// `auth.users` here and for token subjects in `auth`.
+pub fn subject_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("is empty".into())
+    } else if name.len() > MAX_SUBJECT_BYTES {
+        Some(format!(
+            "is {} bytes long, at most {MAX_SUBJECT_BYTES} allowed",
+            name.len()
+        ))
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character".into())
+    } else {
+        None
+    }
 }
 
 impl std::fmt::Debug for UserEntry {
@@ -332,6 +356,7 @@ impl Default for AuthSettings {
             max_connections_per_user: 5,
             max_login_attempts_per_minute: 20,
             users: Vec::new(),
+            require_listed_users: true,
         }
     }
 }
@@ -349,6 +374,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("ticket_ttl", &self.ticket_ttl)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("users", &self.users)
+            .field("require_listed_users", &self.require_listed_users)
             .finish()
     }
 }
@@ -621,9 +647,14 @@ impl Settings {
             problems.push("auth.max_connections_per_user: must be at least 1".into());
         }
         for user in &auth.users {
-            if user.username.is_empty() || !user.password_hash.starts_with("$argon2") {
+            if let Some(problem) = subject_problem(&user.username) {
                 problems.push(format!(
-                    "auth.users: {:?} needs a username and an argon2 PHC password_hash",
+                    "auth.users: username {:?} {problem}",
+                    user.username
+                ));
+            } else if !user.password_hash.starts_with("$argon2") {
+                problems.push(format!(
+                    "auth.users: {:?} needs an argon2 PHC password_hash",
                     user.username
                 ));
             }

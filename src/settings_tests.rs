@@ -163,3 +163,22 @@ fn environment_overrides_files_and_parses_lists() {
     assert_eq!(settings.market.symbols, vec!["IBM", "ORCL"]);
     assert_eq!(settings.hub.replay_window, 77);
 }
+
+#[test]
+fn configured_usernames_follow_the_subject_rule() {
+    let mut settings = Settings::default();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
+    for name in ["", "a\nb", &"x".repeat(MAX_SUBJECT_BYTES + 1), "fine"] {
+        settings.auth.users.push(UserEntry {
+            username: name.into(),
+            password_hash: hash.into(),
+        });
+    }
+    let problems: Vec<String> = settings
+        .validate()
+        .into_iter()
+        .filter(|p| p.starts_with("auth.users"))
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[1].contains("control character"), "{problems:?}");
+}

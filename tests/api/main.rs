@@ -30,6 +30,7 @@ mod sources {
 }
 
 mod security {
+    mod subjects;
     mod tickets;
 }
 

@@ -22,6 +22,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "crash-recovery-test-secret-of-32-bytes-or-more";
 const USERS: [&str; 4] = ["ann", "bob", "cem", "dee"];
+/// Any argon2 PHC string: these users never log in with a password, but the built-in issuer
+/// accepts tokens only for users in `auth.users`.
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$G4k6ZCByHTmXkS9hTHTvNg$FTa5teUHJ36P4XIvkeH8VzON6zzO2UqiZ2xbb0E4Uts";
 const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "NVDA"];
 const ROUNDS: usize = 6;
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -443,11 +446,17 @@ fn write_config(dir: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[auth]\nhs256_secret = \"{SECRET}\"\n\
+            "[auth]\nhs256_secret = \"{SECRET}\"\n{users}\
              [store]\ndata_dir = \"{}\"\n\
              [simulator]\nenabled = false\n\
              [ws]\nactions_per_second = 10000.0\naction_burst = 10000\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            users = USERS
+                .iter()
+                .map(|user| format!(
+                    "[[auth.users]]\nusername = \"{user}\"\npassword_hash = \"{HASH}\"\n"
+                ))
+                .collect::<String>(),
         ),
     )
     .expect("write config");

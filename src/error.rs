@@ -86,6 +86,11 @@ error_codes! {
     ConnectionLimit = 406, TOO_MANY_REQUESTS, "connection_limit";
     SlowClient = 407, TOO_MANY_REQUESTS, "slow_client";
     StreamRateLimited = 408, TOO_MANY_REQUESTS, "stream_rate_limited";
+    // Hardening codes (issue 13), numbered from 430 to stay clear of Alpaca's 409-412.
+    /// Closed: messages kept coming far over the rate limit (`ws.max_dropped_actions`).
+    RateLimitAbuse = 430, TOO_MANY_REQUESTS, "rate_limit_abuse";
+    /// Closed: a fragmented message was not finished within `ws.fragment_timeout`.
+    FragmentTimeout = 431, REQUEST_TIMEOUT, "fragment_timeout";
     /// An internal failure on the stream; also what the exchange answers when it is not
     /// running (an order-level code on both transports, mapped to `Internal` over HTTP).
     StreamInternal = 500, INTERNAL_SERVER_ERROR, "stream_internal";

@@ -9,7 +9,8 @@
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`, started
 //!   by [`trading::exchange::start`].
 //! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
-//! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits.
+//! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits;
+//!   [`subject`]: the rule every account name (username, token subject) follows.
 //! - [`state`]: `AppState`, the handles request handlers share (below routes and transports).
 //! - [`routes`]: HTTP routes (market REST, account, publish), CORS, health and metrics.
 //! - [`transport`]: client transports (`sse` for public feeds, `ws` for the authenticated
@@ -29,6 +30,7 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod subject;
 pub mod telemetry;
 pub mod trading;
 pub mod transport;

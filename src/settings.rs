@@ -267,6 +267,7 @@ impl Default for TradingSettings {
 pub use crate::ingest::config::{
     PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
 };
+pub use crate::subject::{MAX_SUBJECT_BYTES, subject_problem};
 
 /// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
 #[derive(Clone, Deserialize)]
@@ -310,27 +311,6 @@ pub struct UserEntry {
     pub username: String,
     /// An argon2 PHC string (`$argon2id$v=19$...`), never a plain password.
     pub password_hash: String,
-}
-
-/// Longest accepted account name (a configured username or a token's `sub`), in bytes.
-pub const MAX_SUBJECT_BYTES: usize = 128;
-
-/// Why `name` cannot name an account: empty, over [`MAX_SUBJECT_BYTES`], or holding a
-/// control character (NUL, newline, DEL, …) that would forge log lines. The one rule for
-/// `auth.users` here and for token subjects in `auth`.
-pub fn subject_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        Some("is empty".into())
-    } else if name.len() > MAX_SUBJECT_BYTES {
-        Some(format!(
-            "is {} bytes long, at most {MAX_SUBJECT_BYTES} allowed",
-            name.len()
-        ))
-    } else if name.chars().any(char::is_control) {
-        Some("contains a control character".into())
-    } else {
-        None
-    }
 }
 
 impl std::fmt::Debug for UserEntry {
@@ -392,15 +372,23 @@ pub struct WsSettings {
     /// A connection silent (no frame, no pong) for longer than this is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Largest client message; a larger one gets error 400 and is skipped. Frames beyond
-    /// `max_frame_bytes` cannot be skipped and close the connection (1009).
+    /// Largest client message kept; a larger one (up to `max_frame_bytes`) is dropped as it
+    /// streams in, answered with error 400, and the session carries on.
     pub max_message_bytes: usize,
-    /// Hard limit of one incoming frame.
+    /// Largest client message at all (one frame or a fragmented message): beyond it, 1009.
     pub max_frame_bytes: usize,
+    /// Before authentication, the largest message: beyond it, error 400 and close 1009.
+    pub max_preauth_message_bytes: usize,
+    /// Longest a fragmented message may stay unfinished (error 431, close 1008).
+    #[serde(with = "humantime_serde")]
+    pub fragment_timeout: Duration,
     /// Sustained client actions per second (token bucket refill rate).
     pub actions_per_second: f64,
     /// Token bucket size: a burst of this many actions is allowed.
     pub action_burst: u32,
+    /// Dropped messages (over the rate limit, less `actions_per_second` per second) after
+    /// which the session is closed (error 430, close 1008).
+    pub max_dropped_actions: u32,
     /// Most portfolio messages per second per connection.
     pub portfolio_max_per_second: f64,
 }
@@ -413,8 +401,11 @@ impl Default for WsSettings {
             idle_timeout: Duration::from_secs(45),
             max_message_bytes: 16 * 1024,
             max_frame_bytes: 1024 * 1024,
+            max_preauth_message_bytes: 8 * 1024,
+            fragment_timeout: Duration::from_secs(10),
             actions_per_second: 20.0,
             action_burst: 40,
+            max_dropped_actions: 100,
             portfolio_max_per_second: 4.0,
         }
     }
@@ -664,6 +655,7 @@ impl Settings {
             ("ws.auth_timeout", ws.auth_timeout),
             ("ws.ping_interval", ws.ping_interval),
             ("ws.idle_timeout", ws.idle_timeout),
+            ("ws.fragment_timeout", ws.fragment_timeout),
         ] {
             if value.is_zero() {
                 problems.push(format!("{name}: must be greater than zero"));
@@ -672,10 +664,18 @@ impl Settings {
         if ws.idle_timeout <= ws.ping_interval {
             problems.push("ws.idle_timeout: must be longer than ws.ping_interval".into());
         }
-        if ws.max_message_bytes < 256 || ws.max_frame_bytes < ws.max_message_bytes {
+        if ws.max_preauth_message_bytes < 256
+            || ws.max_message_bytes < ws.max_preauth_message_bytes
+            || ws.max_frame_bytes < ws.max_message_bytes
+        {
             problems.push(
-                "ws.max_message_bytes: must be at least 256 and at most ws.max_frame_bytes".into(),
+                "ws.max_preauth_message_bytes, ws.max_message_bytes, ws.max_frame_bytes: must \
+                 grow in that order, the first at least 256"
+                    .into(),
             );
+        }
+        if ws.max_dropped_actions == 0 {
+            problems.push("ws.max_dropped_actions: must be at least 1".into());
         }
         if !(ws.actions_per_second > 0.0 && ws.actions_per_second.is_finite())
             || ws.action_burst == 0

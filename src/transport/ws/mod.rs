@@ -32,7 +32,9 @@ use crate::metrics::Transport;
 use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
 use session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
-use wire::{FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text};
+use wire::{
+    FastPath, Inbound, InboundLimits, Incoming, Wire, WsBody, put_close, put_pong, put_text,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stream", web::get().to(stream));
@@ -111,7 +113,20 @@ async fn stream(
     })?;
     let credential = upgrade_credential(&request, &query, &state)?;
     let ws = &state.settings.ws;
-    let inbound = Inbound::new(body.into_inner(), ws.max_frame_bytes);
+    // Until the session authenticates, a message over the small pre-authentication limit
+    // ends the connection; afterwards larger ones are dropped as they stream in, up to the
+    // frame limit (see `Connection::run`).
+    let preauth = InboundLimits {
+        keep: ws.max_preauth_message_bytes,
+        hard: ws.max_preauth_message_bytes,
+        fragment_timeout: ws.fragment_timeout,
+    };
+    let authenticated = InboundLimits {
+        keep: ws.max_message_bytes,
+        hard: ws.max_frame_bytes,
+        fragment_timeout: ws.fragment_timeout,
+    };
+    let inbound = Inbound::new(body.into_inner(), preauth);
     let wire = Wire::new();
     let deps = SessionDeps {
         hub: Arc::clone(&state.hub),
@@ -123,6 +138,7 @@ async fn stream(
             max_message_bytes: ws.max_message_bytes,
             actions_per_second: ws.actions_per_second,
             action_burst: ws.action_burst,
+            max_dropped_actions: ws.max_dropped_actions,
             portfolio_interval: std::time::Duration::from_secs_f64(
                 1.0 / ws.portfolio_max_per_second,
             ),
@@ -141,7 +157,7 @@ async fn stream(
     let connection = Connection {
         session,
         wire: Rc::clone(&wire),
-        max_frame_bytes: ws.max_frame_bytes,
+        authenticated_limits: authenticated,
         shutdown: state.shutdown.clone(),
         _closed: ClosedGuard(Arc::clone(&state.metrics)),
     };
@@ -154,6 +170,9 @@ async fn stream(
         .map_err(|error| ApiError::internal(&error))?;
     Ok(HttpResponse::from(response.map_into_boxed_body()))
 }
+
+/// Client messages one connection handles before it lets the worker serve others.
+const MESSAGES_PER_TURN: u32 = 16;
 
 /// Counts the connection as closed however it ends: a returned loop, or a body dropped by
 /// the dispatcher because the peer went away.
@@ -171,7 +190,8 @@ struct Connection {
     session: WsSession,
     /// Shared with the body: the outbox, when the client was last heard, the busy flag.
     wire: Rc<Wire>,
-    max_frame_bytes: usize,
+    /// The inbound limits once the session has authenticated.
+    authenticated_limits: InboundLimits,
     shutdown: tokio_util::sync::CancellationToken,
     _closed: ClosedGuard,
 }
@@ -194,11 +214,23 @@ impl Connection {
     async fn run(mut self, mut inbound: Inbound, credential: Option<Result<Identity, AuthError>>) {
         let start = self.session.start(credential);
         let mut close = self.write(start);
+        if self.session.user().is_some() {
+            inbound.set_limits(self.authenticated_limits);
+        }
+        // Client messages handled since the loop last gave the worker back.
+        let mut handled = 0u32;
         // One shutdown waiter for the connection's life, not one registered and dropped per
         // wake-up.
         let shutdown = self.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
         while close.is_none() {
+            // Fairness: a client that keeps its socket full (a flood of small messages) would
+            // otherwise keep this loop, and the worker thread it shares with other
+            // connections, busy for as long as bytes keep arriving.
+            if handled >= MESSAGES_PER_TURN {
+                handled = 0;
+                tokio::task::yield_now().await;
+            }
             let outputs = tokio::select! {
                 biased;
                 wake = self.session.wait() => {
@@ -209,6 +241,7 @@ impl Connection {
                 }
                 message = inbound.recv() => {
                     let Some(message) = message else { break };
+                    handled += 1;
                     // std's clock: tokio's (built with test-util) costs a runtime lookup.
                     self.wire.last_heard.set(Instant::now());
                     match message {
@@ -219,6 +252,11 @@ impl Connection {
                             self.wire.busy.set(true);
                             let outputs = Box::pin(self.session.on_text(&text)).await;
                             self.wire.busy.set(false);
+                            if self.session.user().is_some()
+                                && inbound.limits() != self.authenticated_limits
+                            {
+                                inbound.set_limits(self.authenticated_limits);
+                            }
                             outputs
                         }
                         Incoming::Binary => self.session.on_binary(),
@@ -231,9 +269,9 @@ impl Connection {
                             close = Some((close_codes::NORMAL, "bye".to_owned()));
                             break;
                         }
-                        // The rest of an oversize frame cannot be skipped reliably, so this
-                        // one limit ends the connection (smaller ones do not).
-                        Incoming::Overflow => self.session.on_frame_overflow(self.max_frame_bytes),
+                        Incoming::TooLarge(len) => self.session.on_oversize(len),
+                        Incoming::Overflow(limit) => self.session.on_frame_overflow(limit),
+                        Incoming::FragmentTimeout => self.session.on_fragment_timeout(),
                         Incoming::Invalid(error) => {
                             tracing::debug!(%error, "websocket protocol error");
                             close = Some((close_codes::PROTOCOL, error));

@@ -22,15 +22,13 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 // actix-ws's protocol types are actix-http's; the codec and frame writer come from there too.
-use actix_http::ws::{Codec, Frame, OpCode, Parser};
+use actix_http::ws::{OpCode, Parser};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::Payload;
-use actix_ws::{Item, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures::Stream;
 use futures::task::AtomicWaker;
-use tokio_util::codec::Decoder;
 
 use super::session::{Output, SharedMarket, close_codes, closing};
 
@@ -45,38 +43,94 @@ pub enum Incoming {
     Ping(Bytes),
     Pong,
     Close,
-    /// A frame or a fragmented message over the limit; the rest of it cannot be skipped
-    /// reliably, so the connection ends after saying so.
-    Overflow,
+    /// A message over [`InboundLimits::keep`] but within `hard`: its payload is dropped as
+    /// it streams in (never buffered) and the connection carries on. Carries the size known
+    /// when it was refused (the frame's declared length, or the fragments' total so far).
+    TooLarge(u64),
+    /// A frame or a fragmented message over [`InboundLimits::hard`]: the connection ends
+    /// after saying so (close 1009). Carries the limit.
+    Overflow(usize),
+    /// A fragmented message not finished within [`InboundLimits::fragment_timeout`]: the
+    /// connection ends (close 1008).
+    FragmentTimeout,
     /// A protocol violation (bad opcode, unmasked frame, invalid UTF-8 text, …).
     Invalid(String),
 }
 
-/// Decodes client frames from the request payload and joins fragmented messages.
+/// How much of the client's input a connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Largest message (one frame, or a fragmented message's total) that is buffered and
+    /// delivered. A larger one within `hard` is dropped as it streams ([`Incoming::TooLarge`]).
+    pub keep: usize,
+    /// Largest message at all; beyond it the connection ends ([`Incoming::Overflow`]).
+    pub hard: usize,
+    /// Longest a fragmented message may stay unfinished.
+    pub fragment_timeout: Duration,
+}
+
+/// Where the decoder is between messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// No fragmented message is open.
+    Idle,
+    /// Inside a fragmented message whose parts are kept.
+    Keeping { text: bool },
+    /// Inside a fragmented message over `keep`: the rest of its fragments are dropped.
+    Dropping,
+}
+
+/// A frame header, once all of it (with the masking key) is buffered.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    /// Bytes of the header itself (2 to 14).
+    len: usize,
+    payload_len: u64,
+}
+
+/// Decodes client frames from the request payload and joins fragmented messages, holding at
+/// most `limits.keep` bytes of message plus one read chunk however the client behaves.
 pub struct Inbound {
     payload: Payload,
     buf: BytesMut,
-    codec: Codec,
-    max_bytes: usize,
+    limits: InboundLimits,
+    reading: Reading,
     parts: Vec<Bytes>,
-    parts_len: usize,
-    parts_text: bool,
+    /// Payload bytes of the open fragmented message so far, kept or dropped.
+    message_len: u64,
+    /// Payload bytes of the current (dropped) frame still to arrive and be thrown away.
+    discard: u64,
+    /// When the open fragmented message must be finished; boxed, and only while one is open,
+    /// so an idle connection carries no timer.
+    fragment_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
 }
 
 impl Inbound {
-    /// `max_bytes` limits one frame and one reassembled message alike.
-    pub fn new(payload: Payload, max_bytes: usize) -> Inbound {
+    pub fn new(payload: Payload, limits: InboundLimits) -> Inbound {
         Inbound {
             payload,
             buf: BytesMut::new(),
-            codec: Codec::new().max_size(max_bytes),
-            max_bytes,
+            limits,
+            reading: Reading::Idle,
             parts: Vec::new(),
-            parts_len: 0,
-            parts_text: false,
+            message_len: 0,
+            discard: 0,
+            fragment_deadline: None,
             ended: false,
         }
+    }
+
+    /// Changes the limits from the next frame on (a session that authenticates trades the
+    /// small pre-authentication limit for the full one).
+    pub fn set_limits(&mut self, limits: InboundLimits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> InboundLimits {
+        self.limits
     }
 
     /// The next complete message; `None` once the peer has gone.
@@ -92,6 +146,11 @@ impl Inbound {
             if self.ended {
                 return Poll::Ready(None);
             }
+            if let Some(deadline) = self.fragment_deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Some(self.end(Incoming::FragmentTimeout)));
+            }
             match Pin::new(&mut self.payload).poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) => {
                     if self.buf.is_empty() {
@@ -106,86 +165,173 @@ impl Inbound {
         }
     }
 
-    /// One message from what is buffered, if a whole one is there.
-    fn decode(&mut self) -> Option<Incoming> {
-        loop {
-            // The codec waits for a whole frame before checking its size; the header alone
-            // tells, so an oversize frame is refused before any of it is buffered.
-            if declared_length(&self.buf).is_some_and(|len| len > self.max_bytes as u64) {
-                self.ended = true;
-                self.buf = BytesMut::new();
-                return Some(Incoming::Overflow);
-            }
-            let frame = match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    if self.buf.is_empty() {
-                        // Release the read chunk: it may share the dispatcher's read buffer,
-                        // which would otherwise have to allocate a new one.
-                        self.buf = BytesMut::new();
-                    }
-                    return None;
-                }
-                Err(ProtocolError::Overflow) => {
-                    self.ended = true;
-                    return Some(Incoming::Overflow);
-                }
-                Err(error) => {
-                    self.ended = true;
-                    self.buf = BytesMut::new();
-                    return Some(Incoming::Invalid(error.to_string()));
-                }
-            };
-            let message = match frame {
-                Frame::Text(bytes) => text(bytes),
-                Frame::Binary(_) => Incoming::Binary,
-                Frame::Ping(bytes) => Incoming::Ping(bytes),
-                Frame::Pong(_) => Incoming::Pong,
-                Frame::Close(_) => Incoming::Close,
-                Frame::Continuation(item) => match self.continuation(item) {
-                    Some(message) => message,
-                    None => continue,
-                },
-            };
-            return Some(message);
+    /// Stops decoding and frees what is held; the connection ends after `message`.
+    fn end(&mut self, message: Incoming) -> Incoming {
+        self.ended = true;
+        self.buf = BytesMut::new();
+        self.parts = Vec::new();
+        self.fragment_deadline = None;
+        message
+    }
+
+    /// A fragmented message ends (finished or dropped); its timer goes with it.
+    fn close_message(&mut self) {
+        self.reading = Reading::Idle;
+        self.message_len = 0;
+        self.fragment_deadline = None;
+    }
+
+    fn open_message(&mut self, reading: Reading) {
+        self.reading = reading;
+        if self.fragment_deadline.is_none() {
+            self.fragment_deadline =
+                Some(Box::pin(tokio::time::sleep(self.limits.fragment_timeout)));
         }
     }
 
-    fn continuation(&mut self, item: Item) -> Option<Incoming> {
-        let (bytes, last) = match item {
-            Item::FirstText(bytes) => {
-                self.parts_text = true;
-                (bytes, false)
+    /// One message from what is buffered, if a whole one is there.
+    fn decode(&mut self) -> Option<Incoming> {
+        while !self.ended {
+            if self.discard > 0 {
+                let n = self.discard.min(self.buf.len() as u64);
+                self.buf.advance(n as usize);
+                self.discard -= n;
+                if self.discard > 0 {
+                    // Everything buffered was dropped; give the read chunk back.
+                    self.buf = BytesMut::new();
+                    return None;
+                }
             }
-            Item::FirstBinary(bytes) => {
-                self.parts_text = false;
-                (bytes, false)
+            let Some(header) = parse_header(&self.buf) else {
+                if self.buf.is_empty() {
+                    // Release the read chunk: it may share the dispatcher's read buffer,
+                    // which would otherwise have to allocate a new one.
+                    self.buf = BytesMut::new();
+                }
+                return None;
+            };
+            if let Some(message) = self.check(header) {
+                return Some(message);
             }
-            Item::Continue(bytes) => (bytes, false),
-            Item::Last(bytes) => (bytes, true),
-        };
-        self.parts_len += bytes.len();
-        if self.parts_len > self.max_bytes {
-            self.ended = true;
-            self.parts.clear();
-            return Some(Incoming::Overflow);
+            if self.discard > 0 || self.ended {
+                continue;
+            }
+            if parse_metadata_ok(&self.buf).is_ok()
+                && (self.buf.len() as u64) < header.len as u64 + header.payload_len
+            {
+                // A frame within the limits: wait for the rest of it. (A broken header goes
+                // to Parser at once, which names the problem.)
+                return None;
+            }
+            let (fin, opcode, payload) = match Parser::parse(&mut self.buf, true, usize::MAX) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(error) => return Some(self.end(Incoming::Invalid(error.to_string()))),
+            };
+            let payload = payload.map(BytesMut::freeze).unwrap_or_default();
+            if let Some(message) = self.frame(fin, opcode, payload) {
+                return Some(message);
+            }
         }
-        if !bytes.is_empty() {
-            self.parts.push(bytes);
-        }
-        if !last {
+        None
+    }
+
+    /// Checks a frame from its header alone, before any of its payload is buffered: protocol
+    /// rules that need no payload, then the limits. A frame to drop has its header consumed
+    /// and `discard` set.
+    fn check(&mut self, header: Header) -> Option<Incoming> {
+        let control = header.opcode >= 0x8;
+        if control {
+            if header.payload_len > 125 || !header.fin {
+                // Parser would buffer the whole frame first; the header already tells.
+                return Some(self.end(Incoming::Invalid(format!(
+                    "control frame of {} bytes{}: at most 125 bytes and never fragmented",
+                    header.payload_len,
+                    if header.fin { "" } else { ", fragmented" }
+                ))));
+            }
             return None;
         }
-        self.parts_len = 0;
-        let parts = std::mem::take(&mut self.parts);
-        if !self.parts_text {
-            return Some(Incoming::Binary);
+        match (header.opcode, self.reading) {
+            (0x0, Reading::Idle) => {
+                return Some(self.end(Incoming::Invalid(
+                    "continuation frame without a message to continue".into(),
+                )));
+            }
+            (0x1 | 0x2, Reading::Keeping { .. } | Reading::Dropping) => {
+                return Some(self.end(Incoming::Invalid(
+                    "a new message began before the fragmented one ended".into(),
+                )));
+            }
+            // Reserved opcodes, RSV bits and masking: Parser reports them from the header.
+            _ => {}
         }
-        let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-        for part in parts {
-            joined.extend_from_slice(&part);
+        let total = self.message_len.saturating_add(header.payload_len);
+        if total > self.limits.hard as u64 {
+            return Some(self.end(Incoming::Overflow(self.limits.hard)));
         }
-        Some(text(joined.freeze()))
+        if total <= self.limits.keep as u64 && self.reading != Reading::Dropping {
+            return None;
+        }
+        // Over `keep`: drop this frame's payload as it arrives, and the rest of its message.
+        if parse_metadata_ok(&self.buf).is_err() {
+            // An unmasked or otherwise broken header: let Parser say which.
+            return None;
+        }
+        self.buf.advance(header.len);
+        self.discard = header.payload_len;
+        let newly = self.reading != Reading::Dropping;
+        self.parts.clear();
+        if header.fin {
+            self.close_message();
+        } else {
+            self.message_len = total;
+            self.open_message(Reading::Dropping);
+        }
+        newly.then_some(Incoming::TooLarge(total))
+    }
+
+    /// A whole data or control frame within the limits.
+    fn frame(&mut self, fin: bool, opcode: OpCode, payload: Bytes) -> Option<Incoming> {
+        match opcode {
+            OpCode::Ping => Some(Incoming::Ping(payload)),
+            OpCode::Pong => Some(Incoming::Pong),
+            OpCode::Close => match Parser::try_parse_close_payload(&payload) {
+                Ok(_) => Some(Incoming::Close),
+                Err(error) => Some(self.end(Incoming::Invalid(error.to_string()))),
+            },
+            OpCode::Text if fin => Some(text(payload)),
+            OpCode::Binary if fin => Some(Incoming::Binary),
+            OpCode::Text | OpCode::Binary => {
+                self.message_len = payload.len() as u64;
+                self.parts.push(payload);
+                self.open_message(Reading::Keeping {
+                    text: opcode == OpCode::Text,
+                });
+                None
+            }
+            OpCode::Continue => {
+                self.message_len += payload.len() as u64;
+                if !payload.is_empty() {
+                    self.parts.push(payload);
+                }
+                if !fin {
+                    return None;
+                }
+                let is_text = matches!(self.reading, Reading::Keeping { text: true });
+                self.close_message();
+                let parts = std::mem::take(&mut self.parts);
+                if !is_text {
+                    return Some(Incoming::Binary);
+                }
+                let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for part in parts {
+                    joined.extend_from_slice(&part);
+                }
+                Some(text(joined.freeze()))
+            }
+            OpCode::Bad => Some(self.end(Incoming::Invalid("reserved opcode".into()))),
+        }
     }
 }
 
@@ -196,16 +342,44 @@ fn text(bytes: Bytes) -> Incoming {
     }
 }
 
-/// The payload length a frame header declares, once the header's length bytes are in.
-fn declared_length(buf: &[u8]) -> Option<u64> {
+/// The header at the start of `buf`, once all of it is there (client frames are masked, so
+/// a header is complete with its 4-byte masking key).
+fn parse_header(buf: &[u8]) -> Option<Header> {
+    let first = *buf.first()?;
     let second = *buf.get(1)?;
-    match second & 0x7F {
-        126 => Some(u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]))),
+    let (payload_len, mut len) = match second & 0x7F {
+        126 => (
+            u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+            4,
+        ),
         127 => {
             let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
-            Some(u64::from_be_bytes(bytes))
+            (u64::from_be_bytes(bytes), 10)
         }
-        short => Some(u64::from(short)),
+        short => (u64::from(short), 2),
+    };
+    if second & 0x80 != 0 {
+        len += 4;
+    }
+    (buf.len() >= len).then_some(Header {
+        fin: first & 0x80 != 0,
+        opcode: first & 0x0F,
+        len,
+        payload_len,
+    })
+}
+
+/// Whether Parser would accept the header at the start of `buf` (masking, reserved bits and
+/// opcode), without waiting for the payload: it checks those before the length.
+fn parse_metadata_ok(buf: &[u8]) -> Result<(), ()> {
+    let (first, second) = (buf.first().ok_or(())?, buf.get(1).ok_or(())?);
+    let masked = second & 0x80 != 0;
+    let reserved = first & 0x70 != 0;
+    let known = matches!(first & 0x0F, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA);
+    if masked && !reserved && known {
+        Ok(())
+    } else {
+        Err(())
     }
 }
 
@@ -447,14 +621,27 @@ mod tests {
         frame
     }
 
-    /// An inbound decoder fed `chunks`, as the dispatcher would, then the peer's end.
+    fn limits(keep: usize, hard: usize) -> InboundLimits {
+        InboundLimits {
+            keep,
+            hard,
+            fragment_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// An inbound decoder fed `chunks`, as the dispatcher would, then the peer's end; messages
+    /// over `max` end the connection (the pre-authentication behaviour).
     fn inbound(chunks: Vec<Vec<u8>>, max: usize) -> Inbound {
+        inbound_with(chunks, limits(max, max))
+    }
+
+    fn inbound_with(chunks: Vec<Vec<u8>>, limits: InboundLimits) -> Inbound {
         let (mut sender, payload) = h1::Payload::create(false);
         for chunk in chunks {
             sender.feed_data(Bytes::from(chunk));
         }
         sender.feed_eof();
-        Inbound::new(Payload::from(payload), max)
+        Inbound::new(Payload::from(payload), limits)
     }
 
     async fn all(mut inbound: Inbound) -> Vec<Incoming> {
@@ -491,7 +678,7 @@ mod tests {
         let header = masked(0x1, true, &vec![b'x'; 70_000])[..14].to_vec();
         assert_eq!(
             all(inbound(vec![header], 65_536)).await,
-            vec![Incoming::Overflow]
+            vec![Incoming::Overflow(65_536)]
         );
     }
 
@@ -501,8 +688,85 @@ mod tests {
         bytes.extend(masked(0x0, true, &[b'b'; 600]));
         assert_eq!(
             all(inbound(vec![bytes], 1000)).await,
-            vec![Incoming::Overflow]
+            vec![Incoming::Overflow(1000)]
         );
+    }
+
+    #[actix_web::test]
+    async fn a_message_over_keep_is_dropped_as_it_streams_and_the_next_one_is_read() {
+        let (mut sender, payload) = h1::Payload::create(false);
+        let mut inbound = Inbound::new(Payload::from(payload), limits(100, 100_000));
+        let big = masked(0x1, true, &vec![b'x'; 50_000]);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        for chunk in big.chunks(1000) {
+            sender.feed_data(Bytes::copy_from_slice(chunk));
+            while let Poll::Ready(Some(message)) = inbound.poll_recv(&mut cx) {
+                out.push(message);
+            }
+            // Never more than one read chunk held, however much of the frame has arrived.
+            assert!(
+                inbound.buf.len() <= 1000,
+                "{} bytes held",
+                inbound.buf.len()
+            );
+        }
+        // Then a fragmented message over `keep`: one refusal, its other fragments dropped.
+        let mut more = masked(0x1, false, &[b'a'; 80]);
+        more.extend(masked(0x9, true, b"p"));
+        more.extend(masked(0x0, false, &[b'b'; 80]));
+        more.extend(masked(0x0, true, &[b'c'; 80]));
+        more.extend(masked(0x1, true, b"{\"action\":\"ping\"}"));
+        sender.feed_data(Bytes::from(more));
+        sender.feed_eof();
+        out.extend(all(inbound).await);
+        assert_eq!(
+            out,
+            vec![
+                Incoming::TooLarge(50_000),
+                Incoming::Ping(Bytes::from_static(b"p")),
+                Incoming::TooLarge(160),
+                Incoming::Text("{\"action\":\"ping\"}".into()),
+            ]
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_dropped_fragmented_message_still_counts_toward_the_hard_limit() {
+        let mut bytes = masked(0x1, false, &[b'a'; 600]);
+        bytes.extend(masked(0x0, false, &[b'b'; 600]));
+        bytes.extend(masked(0x0, true, &[b'c'; 600]));
+        assert_eq!(
+            all(inbound_with(vec![bytes], limits(500, 1500))).await,
+            vec![Incoming::TooLarge(600), Incoming::Overflow(1500)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_fragmented_message_times_out() {
+        let (mut sender, payload) = h1::Payload::create(false);
+        let mut inbound = Inbound::new(Payload::from(payload), limits(1000, 1000));
+        sender.feed_data(Bytes::from(masked(0x1, false, b"never finished")));
+        let started = tokio::time::Instant::now();
+        // Pings keep the connection alive but do not extend the message's time.
+        sender.feed_data(Bytes::from(masked(0x9, true, b"p")));
+        assert_eq!(
+            inbound.recv().await,
+            Some(Incoming::Ping(Bytes::from_static(b"p")))
+        );
+        assert_eq!(inbound.recv().await, Some(Incoming::FragmentTimeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(inbound.parts.is_empty());
+        assert_eq!(inbound.recv().await, None);
+        drop(sender);
+    }
+
+    #[actix_web::test]
+    async fn control_frames_over_125_bytes_are_refused_from_their_header() {
+        let header = masked(0x9, true, &[b'p'; 60_000])[..8].to_vec();
+        let out = all(inbound(vec![header], 100_000)).await;
+        assert!(matches!(out.as_slice(), [Incoming::Invalid(_)]), "{out:?}");
     }
 
     #[actix_web::test]
@@ -516,6 +780,52 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever bytes a client sends, in whatever chunks: no panic, the buffered message
+        /// never exceeds `keep` plus one read chunk, and decoding ends (no endless loop).
+        #[test]
+        fn arbitrary_bytes_never_panic_and_never_buffer_more_than_the_limits(
+            frames in proptest::collection::vec(
+                (0u8..16, proptest::bool::ANY, proptest::bool::ANY,
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..400)),
+                0..20,
+            ),
+            garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            chunk in 1usize..300,
+        ) {
+            let mut bytes = Vec::new();
+            for (opcode, fin, mask, payload) in &frames {
+                let mut frame = masked(*opcode, *fin, payload);
+                if !mask {
+                    frame[1] &= 0x7F;
+                }
+                bytes.extend(frame);
+            }
+            bytes.extend(&garbage);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let (mut sender, payload) = h1::Payload::create(false);
+                let mut inbound = Inbound::new(Payload::from(payload), limits(256, 1024));
+                let waker = futures::task::noop_waker();
+                let mut cx = Context::from_waker(&waker);
+                let mut held = 0usize;
+                let mut parts = 0usize;
+                for piece in bytes.chunks(chunk) {
+                    sender.feed_data(Bytes::copy_from_slice(piece));
+                    while let Poll::Ready(Some(_)) = inbound.poll_recv(&mut cx) {}
+                    held = held.max(inbound.buf.len());
+                    parts = parts.max(inbound.parts.iter().map(Bytes::len).sum());
+                }
+                sender.feed_eof();
+                while let Poll::Ready(Some(_)) = inbound.poll_recv(&mut cx) {}
+                proptest::prop_assert!(held <= 256 + 14 + chunk, "held {held}");
+                proptest::prop_assert!(parts <= 256, "parts {parts}");
+                Ok(())
+            })?;
+        }
+
         /// However the dispatcher happens to cut the byte stream, the same messages come out:
         /// text messages whole (fragmented or not), control frames between fragments.
         #[test]
@@ -554,7 +864,10 @@ mod tests {
                 chunks.push(chunk.to_vec());
                 rest = tail;
             }
-            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
             let decoded = runtime.block_on(all(inbound(chunks, 1 << 20)));
             proptest::prop_assert_eq!(decoded, expected);
         }

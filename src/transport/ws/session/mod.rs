@@ -58,7 +58,7 @@ use market::MarketFeeds;
 use orders::TradeUpdates;
 use parse::{Action, request_id};
 use portfolio::PortfolioStream;
-use rate::TokenBucket;
+use rate::{TokenBucket, Verdict};
 use subscriptions::Subscriptions;
 
 /// Limits of one session, from `[ws]` and `[market]` settings.
@@ -68,6 +68,8 @@ pub struct SessionLimits {
     pub max_message_bytes: usize,
     pub actions_per_second: f64,
     pub action_burst: u32,
+    /// Dropped messages beyond the refill after which the session is closed (430).
+    pub max_dropped_actions: u32,
     /// Minimum time between two portfolio messages.
     pub portfolio_interval: Duration,
     /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
@@ -120,7 +122,11 @@ impl WsSession {
         let limits = &deps.limits;
         WsSession {
             auth: AuthState::new(Instant::now() + limits.auth_timeout),
-            rate: TokenBucket::new(limits.actions_per_second, limits.action_burst),
+            rate: TokenBucket::new(
+                limits.actions_per_second,
+                limits.action_burst,
+                limits.max_dropped_actions,
+            ),
             subs: Subscriptions::default(),
             market: MarketFeeds::new(deps.hub.new_queue(), Arc::clone(&deps.metrics)),
             trade_updates: TradeUpdates::default(),
@@ -186,8 +192,8 @@ impl WsSession {
         out
     }
 
-    /// A frame too large to handle (`len` bytes) that was skipped.
-    pub fn on_oversize(&mut self, len: usize) -> Vec<Output> {
+    /// A message too large to handle (`len` bytes, or more) that was skipped.
+    pub fn on_oversize(&mut self, len: u64) -> Vec<Output> {
         vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
@@ -198,15 +204,32 @@ impl WsSession {
         )]
     }
 
-    /// A frame beyond the hard frame limit: the rest of it cannot be skipped, so the session
-    /// ends (close 1009) after saying why.
-    pub fn on_frame_overflow(&mut self, max_frame_bytes: usize) -> Vec<Output> {
+    /// A message beyond the limit that ends the connection (`ws.max_frame_bytes`, or
+    /// `ws.max_preauth_message_bytes` before authentication): the session ends (close 1009)
+    /// after saying why.
+    pub fn on_frame_overflow(&mut self, limit: usize) -> Vec<Output> {
+        let when = if self.auth.is_authenticated() {
+            ""
+        } else {
+            " before authentication"
+        };
         let mut out = vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
-            &format!("message too large: frames over {max_frame_bytes} bytes end the connection"),
+            &format!("message too large: messages over {limit} bytes{when} end the connection"),
         )];
         self.close(&mut out, close_codes::TOO_BIG, "message too large");
+        out
+    }
+
+    /// A fragmented message left unfinished for `ws.fragment_timeout`: the session ends.
+    pub fn on_fragment_timeout(&mut self) -> Vec<Output> {
+        let mut out = vec![error_frame(
+            None,
+            ErrorCode::FragmentTimeout,
+            "fragmented message not finished in time",
+        )];
+        self.close(&mut out, close_codes::POLICY, "fragmented message timeout");
         out
     }
 
@@ -224,15 +247,30 @@ impl WsSession {
         if self.closed {
             return Vec::new();
         }
-        if !self.rate.try_take() {
-            return vec![error_frame(
-                request_id(text, self.deps.limits.max_message_bytes).as_ref(),
-                ErrorCode::StreamRateLimited,
-                "rate limited: too many actions; slow down",
-            )];
+        match self.rate.check() {
+            Verdict::Allow => {}
+            Verdict::DropSilently => return Vec::new(),
+            Verdict::DropAndAnswer => {
+                return vec![error_frame(
+                    request_id(text, self.deps.limits.max_message_bytes).as_ref(),
+                    ErrorCode::StreamRateLimited,
+                    "rate limited: too many actions; this and further messages are dropped \
+                     without reply until you slow down, and a sustained flood closes the \
+                     connection",
+                )];
+            }
+            Verdict::Close => {
+                let mut out = vec![error_frame(
+                    None,
+                    ErrorCode::RateLimitAbuse,
+                    "closed: messages kept coming far over the rate limit",
+                )];
+                self.close(&mut out, close_codes::POLICY, "rate limit exceeded");
+                return out;
+            }
         }
         if text.len() > self.deps.limits.max_message_bytes {
-            return self.on_oversize(text.len());
+            return self.on_oversize(text.len() as u64);
         }
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,

@@ -182,6 +182,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
             max_message_bytes: 4096,
             actions_per_second: 100.0,
             action_burst: 100,
+            max_dropped_actions: 50,
             portfolio_interval: Duration::from_secs(1),
             max_symbols: 10,
         },

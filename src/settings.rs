@@ -56,6 +56,9 @@ pub struct ServerSettings {
     /// (about 15 minutes of retransmissions, and no limit at all on a zero window).
     #[serde(with = "humantime_serde")]
     pub stalled_peer_timeout: Duration,
+    /// Kernel receive buffer (SO_RCVBUF) of each connection; 0 keeps the system's default.
+    /// Bounds the client input actix-http reads ahead of the gateway per connection.
+    pub receive_buffer_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -71,6 +74,7 @@ impl Default for ServerSettings {
             max_body_bytes: 1 << 20,
             workers: 0,
             stalled_peer_timeout: Duration::from_secs(60),
+            receive_buffer_bytes: 16 * 1024,
         }
     }
 }
@@ -664,13 +668,10 @@ impl Settings {
         if ws.idle_timeout <= ws.ping_interval {
             problems.push("ws.idle_timeout: must be longer than ws.ping_interval".into());
         }
-        if ws.max_preauth_message_bytes < 256
-            || ws.max_message_bytes < ws.max_preauth_message_bytes
-            || ws.max_frame_bytes < ws.max_message_bytes
-        {
+        let sizes = [256, ws.max_preauth_message_bytes, ws.max_message_bytes];
+        if !sizes.iter().chain([&ws.max_frame_bytes]).is_sorted() {
             problems.push(
-                "ws.max_preauth_message_bytes, ws.max_message_bytes, ws.max_frame_bytes: must \
-                 grow in that order, the first at least 256"
+                "ws: need 256 <= max_preauth_message_bytes <= max_message_bytes <= max_frame_bytes"
                     .into(),
             );
         }

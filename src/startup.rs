@@ -74,6 +74,14 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
         let port = listener.local_addr()?.port();
+        if settings.server.receive_buffer_bytes > 0 {
+            // Accepted connections inherit it. actix-http reads whatever the kernel holds for
+            // a connection (up to 128 KiB) before the application sees any of it, and after
+            // answering a request it did not read in full it reads and discards for up to a
+            // second; this is what bounds that per connection (docs/deployment.md).
+            socket2::SockRef::from(&listener)
+                .set_recv_buffer_size(settings.server.receive_buffer_bytes)?;
+        }
         let metrics = Arc::new(Metrics::default());
         let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
         let opened = if settings.store.enabled {

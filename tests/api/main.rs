@@ -30,6 +30,8 @@ mod sources {
 }
 
 mod security {
+    mod gateway;
+    mod preauth_memory;
     mod subjects;
     mod tickets;
 }

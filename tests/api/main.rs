@@ -30,6 +30,7 @@ mod sources {
 }
 
 mod security {
+    mod flood;
     mod gateway;
     mod preauth_memory;
     mod subjects;

@@ -73,6 +73,9 @@ error_codes! {
     /// An order that can no longer be canceled or replaced (HTTP and WebSocket).
     NotCancelable = 42210000, UNPROCESSABLE_ENTITY, "not_cancelable";
     Unprocessable = 42210001, UNPROCESSABLE_ENTITY, "unprocessable";
+    /// A published item with a field over its length limit (issue 13; numbered from
+    /// 42210130 to stay clear of other 4221xxxx additions).
+    FieldTooLong = 42210130, UNPROCESSABLE_ENTITY, "field_too_long";
     RateLimited = 42910000, TOO_MANY_REQUESTS, "rate_limited";
     Internal = 50010000, INTERNAL_SERVER_ERROR, "internal";
     NotReady = 50310000, SERVICE_UNAVAILABLE, "not_ready";

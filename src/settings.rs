@@ -168,6 +168,8 @@ impl Default for SimulatorSettings {
 pub struct HubConfig {
     /// Events kept per feed for `Last-Event-ID` resume.
     pub replay_window: usize,
+    /// Bytes each feed's replay window may hold; the oldest events go first.
+    pub replay_window_bytes: usize,
     /// Queued events per subscriber before conflation, then disconnect (407).
     pub subscriber_queue_capacity: usize,
     /// Interval of the shared heartbeat sweep (SSE comment, WebSocket ping).
@@ -184,6 +186,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             replay_window: 10_000,
+            replay_window_bytes: 32 << 20,
             subscriber_queue_capacity: 1024,
             heartbeat_interval: Duration::from_secs(15),
             sse_retry: Duration::from_secs(2),
@@ -577,8 +580,9 @@ impl Settings {
         if self.market.max_symbols_per_subscription == 0 {
             problems.push("market.max_symbols_per_subscription: must be at least 1".into());
         }
-        if self.hub.replay_window == 0 {
-            problems.push("hub.replay_window: must be at least 1".into());
+        if self.hub.replay_window == 0 || self.hub.replay_window_bytes < 1 << 20 {
+            problems
+                .push("hub.replay_window: at least 1 event and replay_window_bytes 1 MiB".into());
         }
         if self.hub.subscriber_queue_capacity < 2 {
             problems.push("hub.subscriber_queue_capacity: must be at least 2".into());

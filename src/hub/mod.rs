@@ -82,6 +82,12 @@ impl Feed {
     }
 }
 
+/// What one entry costs a replay window: the SSE frame and the WebSocket frame (one
+/// allocation holds both; `json` is a slice of the SSE frame).
+fn entry_bytes(entry: &Entry) -> usize {
+    entry.sse.len() + entry.ws.len()
+}
+
 /// A position in a feed's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -118,6 +124,8 @@ struct Registration {
 struct FeedState {
     next_seq: u64,
     window: VecDeque<Arc<Entry>>,
+    /// Bytes the window's entries hold (their shared SSE and WebSocket buffers).
+    window_bytes: usize,
     subscribers: Vec<Registration>,
 }
 
@@ -134,6 +142,9 @@ struct LatestState {
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub replay_window: usize,
+    /// Bytes each feed's replay window may hold; the oldest entries go first (the newest
+    /// one always stays).
+    pub replay_window_bytes: usize,
     /// Items each subscriber queue holds before conflation, then disconnect (407); applied
     /// by [`Hub::new_queue`].
     pub subscriber_queue_capacity: usize,
@@ -145,6 +156,7 @@ impl From<&HubConfig> for HubSettings {
     fn from(config: &HubConfig) -> Self {
         HubSettings {
             replay_window: config.replay_window,
+            replay_window_bytes: config.replay_window_bytes,
             subscriber_queue_capacity: config.subscriber_queue_capacity,
             heartbeat_interval: config.heartbeat_interval,
             bar_history: config.bar_history,
@@ -249,6 +261,7 @@ impl Hub {
             Mutex::new(FeedState {
                 next_seq: 1,
                 window: VecDeque::new(),
+                window_bytes: 0,
                 subscribers: Vec::new(),
             })
         };
@@ -308,6 +321,29 @@ impl Hub {
         }
     }
 
+    /// Evicts the oldest entries until the window is within its count and its byte budget
+    /// (keeping the newest entry whatever its size), and reports both on `/metrics`.
+    fn trim_window(&self, feed: Feed, state: &mut FeedState) {
+        let index = feed.index();
+        while state.window.len() > 1
+            && (state.window.len() > self.settings.replay_window
+                || state.window_bytes > self.settings.replay_window_bytes)
+        {
+            let over_count = state.window.len() > self.settings.replay_window;
+            let Some(oldest) = state.window.pop_front() else {
+                break;
+            };
+            state.window_bytes -= entry_bytes(&oldest);
+            let counter = if over_count {
+                &self.metrics.replay_evicted_count[index]
+            } else {
+                &self.metrics.replay_evicted_budget[index]
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.replay_window_bytes[index].store(state.window_bytes as u64, Ordering::Relaxed);
+    }
+
     /// Validates, sequences, encodes once and fans out one event.
     pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
         validate_event(&event, &self.universe)?;
@@ -361,10 +397,9 @@ impl Hub {
             tagged,
             &json,
         ));
+        state.window_bytes += entry_bytes(&entry);
         state.window.push_back(Arc::clone(&entry));
-        while state.window.len() > self.settings.replay_window {
-            state.window.pop_front();
-        }
+        self.trim_window(feed, &mut state);
         if let Some(id) = symbol {
             let mut latest = self.latest.lock();
             let index = usize::from(id);

@@ -326,3 +326,80 @@ fn resume_reports_reset_for_foreign_epoch_old_cursor_and_future_cursor() {
     let seqs: Vec<u64> = ok.replay.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![4, 5, 6]);
 }
+
+fn big_news(id: u64) -> MarketEvent {
+    MarketEvent::News(crate::market::News {
+        id,
+        headline: "H".repeat(1000),
+        summary: "S".repeat(16_000),
+        author: String::new(),
+        source: String::new(),
+        url: String::new(),
+        symbols: vec!["AAPL".into()],
+        created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        updated_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+    })
+}
+
+#[test]
+fn the_replay_window_is_bounded_in_bytes_too_and_an_evicted_cursor_resets() {
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(
+        SymbolUniverse::new(["AAPL", "MSFT"]),
+        HubSettings {
+            replay_window: 1000,
+            replay_window_bytes: 200_000,
+            ..HubSettings::default()
+        },
+        Arc::clone(&metrics),
+        7,
+    );
+    for id in 1..=40 {
+        hub.publish_event(big_news(id)).expect("valid news");
+    }
+    let held = metrics.replay_window_bytes[1].load(Ordering::Relaxed);
+    assert!(held <= 200_000 && held > 150_000, "{held} bytes held");
+    let evicted = metrics.replay_evicted_budget[1].load(Ordering::Relaxed);
+    assert!(evicted >= 30, "{evicted} evicted by budget");
+    assert_eq!(metrics.replay_evicted_count[1].load(Ordering::Relaxed), 0);
+    let queue = SubscriberQueue::with_capacity(10);
+    let old = hub.subscribe(
+        Feed::News,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 2 }),
+        false,
+        &queue,
+    );
+    assert_eq!(old.reset, Some(ResetReason::CursorTooOld));
+    let recent = hub.subscribe(
+        Feed::News,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 38 }),
+        false,
+        &queue,
+    );
+    assert_eq!(
+        recent.replay.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![39, 40]
+    );
+    // A single entry larger than the whole budget is still kept (the newest always is).
+    let tiny = Hub::new(
+        SymbolUniverse::new(["AAPL"]),
+        HubSettings {
+            replay_window_bytes: 1000,
+            ..HubSettings::default()
+        },
+        Arc::new(Metrics::default()),
+        7,
+    );
+    tiny.publish_event(big_news(1)).expect("valid news");
+    tiny.publish_event(big_news(2)).expect("valid news");
+    let kept = tiny.subscribe(
+        Feed::News,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 1 }),
+        false,
+        &queue,
+    );
+    assert_eq!(kept.replay.len(), 1);
+}

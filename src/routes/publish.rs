@@ -131,6 +131,7 @@ fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
         PublishError::Invalid(invalid) => (
             match invalid {
                 InvalidEvent::UnknownSymbol(_) => ErrorCode::UnknownSymbol,
+                InvalidEvent::TooLong { .. } => ErrorCode::FieldTooLong,
                 _ => ErrorCode::Unprocessable,
             },
             invalid.reason_label(),

@@ -33,6 +33,7 @@ mod security {
     mod flood;
     mod gateway;
     mod preauth_memory;
+    mod publish_limits;
     mod subjects;
     mod tickets;
 }

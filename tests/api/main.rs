@@ -31,6 +31,7 @@ mod sources {
 
 mod security {
     mod flood;
+    mod fuzz;
     mod gateway;
     mod preauth_memory;
     mod publish_limits;

@@ -1,8 +1,11 @@
 //! The WebSocket wire under the session: reading client frames from the upgraded request's
 //! payload and writing server frames from the response body itself. Invariants kept here:
-//! frames over `ws.max_frame_bytes` are refused from their header (never buffered); server
-//! frames are never masked and close reasons are cut on a character boundary; a peer that
-//! stops reading stops its connection's loop, leaving the hub's bounded queue to decide.
+//! sizes are judged from a frame's header, so at most one message within
+//! [`InboundLimits::keep`] (plus one read chunk) is ever held; a larger message is dropped as
+//! it streams in, or ends the connection beyond `hard`; a fragmented message is bounded in
+//! time too; server frames are never masked and close reasons are cut on a character
+//! boundary; a peer that stops reading stops its connection's loop, leaving the hub's
+//! bounded queue to decide.
 //!
 //! actix-ws, which this replaces, hands every outgoing frame through a channel to the HTTP
 //! dispatcher, a second task: two task wake-ups and a channel slot per delivery, plus the

@@ -12,8 +12,10 @@
 //! [`WsSession::on_text`].
 //!
 //! Rules kept here:
-//! - Every client message gets either its effect or a specific `error`; only auth failures,
-//!   auth timeout, the connection limit and a slow client end the session.
+//! - Every client message gets either its effect or a specific `error`, except messages
+//!   dropped by the rate limit after the first of their run; only auth failures, auth
+//!   timeout, the connection limit, a slow client, a sustained flood (430), an unfinished
+//!   fragmented message (431) and a message over the hard size limit end the session.
 //! - One action is handled at a time and its reply is returned before any trading event is
 //!   read again, so an `order_ack` always precedes the trade updates the order caused.
 //! - Market data reuses the hub's encoded JSON (`Entry.json`): frames are concatenations.

@@ -57,6 +57,20 @@ async fn refused_everywhere(app: &TestApp, token: &str, why: &str) {
     late.expect_success("connected").await;
     late.send_json(json!({"action":"auth","token": token}))
         .await;
+    if token.len() > 8000 {
+        // Over the pre-authentication message limit: refused for its size before the
+        // token is even read.
+        let error = late.expect_error(400).await;
+        assert!(
+            error["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("before authentication")
+        );
+        let close = late.expect_closed().await.expect("a close frame");
+        assert_eq!(u16::from(close.code), 1009);
+        return;
+    }
     let error = late.expect_error(402).await;
     assert!(
         error["msg"].as_str().unwrap_or_default().contains(why),

@@ -196,6 +196,13 @@ impl WsSession {
 
     /// A message too large to handle (`len` bytes, or more) that was skipped.
     pub fn on_oversize(&mut self, len: u64) -> Vec<Output> {
+        if let Some(dropped) = self.over_rate(None) {
+            return dropped;
+        }
+        self.oversize_error(len)
+    }
+
+    fn oversize_error(&self, len: u64) -> Vec<Output> {
         vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
@@ -237,6 +244,9 @@ impl WsSession {
 
     /// A binary frame: the protocol is JSON text only.
     pub fn on_binary(&mut self) -> Vec<Output> {
+        if let Some(dropped) = self.over_rate(None) {
+            return dropped;
+        }
         vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
@@ -244,23 +254,22 @@ impl WsSession {
         )]
     }
 
-    /// One client text message.
-    pub async fn on_text(&mut self, text: &str) -> Vec<Output> {
-        if self.closed {
-            return Vec::new();
-        }
+    /// Draws the message from the action budget: `None` to handle it, else what to answer
+    /// instead (the 408 for the first drop of a run, nothing for the rest, the close once
+    /// the flood is sustained). Every client message counts, text or not, so no kind of
+    /// message gets a reply per dropped message.
+    fn over_rate(&mut self, text: Option<&str>) -> Option<Vec<Output>> {
         match self.rate.check() {
-            Verdict::Allow => {}
-            Verdict::DropSilently => return Vec::new(),
-            Verdict::DropAndAnswer => {
-                return vec![error_frame(
-                    request_id(text, self.deps.limits.max_message_bytes).as_ref(),
-                    ErrorCode::StreamRateLimited,
-                    "rate limited: too many actions; this and further messages are dropped \
-                     without reply until you slow down, and a sustained flood closes the \
-                     connection",
-                )];
-            }
+            Verdict::Allow => None,
+            Verdict::DropSilently => Some(Vec::new()),
+            Verdict::DropAndAnswer => Some(vec![error_frame(
+                text.and_then(|text| request_id(text, self.deps.limits.max_message_bytes))
+                    .as_ref(),
+                ErrorCode::StreamRateLimited,
+                "rate limited: too many actions; this and further messages are dropped \
+                 without reply until you slow down, and a sustained flood closes the \
+                 connection",
+            )]),
             Verdict::Close => {
                 let mut out = vec![error_frame(
                     None,
@@ -268,11 +277,21 @@ impl WsSession {
                     "closed: messages kept coming far over the rate limit",
                 )];
                 self.close(&mut out, close_codes::POLICY, "rate limit exceeded");
-                return out;
+                Some(out)
             }
         }
+    }
+
+    /// One client text message.
+    pub async fn on_text(&mut self, text: &str) -> Vec<Output> {
+        if self.closed {
+            return Vec::new();
+        }
+        if let Some(dropped) = self.over_rate(Some(text)) {
+            return dropped;
+        }
         if text.len() > self.deps.limits.max_message_bytes {
-            return self.on_oversize(text.len() as u64);
+            return self.oversize_error(text.len() as u64);
         }
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,

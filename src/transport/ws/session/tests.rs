@@ -488,3 +488,32 @@ fn replies_match_their_json_object_encoding() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_any_kind_of_message_is_answered_once_then_closed_with_430() {
+    let (mut session, _hub) = authenticated(FakeTrading::new());
+    // 100 tokens: binary frames and oversize messages are answered while they last.
+    for n in 0..100 {
+        let out = if n % 2 == 0 {
+            session.on_binary()
+        } else {
+            session.on_oversize(100_000)
+        };
+        assert_eq!(out.len(), 1, "message {n}");
+    }
+    // Then one 408 for the run, silence, and the close once 50 were dropped.
+    let first = session.on_text(r#"{"action":"subscribe","id":"x"}"#).await;
+    assert!(
+        matches!(first.as_slice(), [Output::Frame(frame)] if std::str::from_utf8(frame).is_ok_and(|f| f.contains("408") && f.contains("\"x\""))),
+        "{first:?}"
+    );
+    for n in 0..49 {
+        assert!(session.on_binary().is_empty(), "drop {n} answered");
+    }
+    let last = session.on_oversize(100_000);
+    assert!(
+        matches!(last.as_slice(), [Output::Frame(frame), Output::Close { code: 1008, .. }] if std::str::from_utf8(frame).is_ok_and(|f| f.contains("430"))),
+        "{last:?}"
+    );
+    assert!(session.is_closed());
+}

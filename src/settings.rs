@@ -237,6 +237,13 @@ pub struct TradingSettings {
     pub book_channel_capacity: usize,
     /// Trade updates buffered per user for slow readers before they lag.
     pub user_channel_capacity: usize,
+    /// How long stored trade updates are kept for clients resuming with `since`; older ones
+    /// are pruned and a resume from before them gets a reset.
+    #[serde(with = "humantime_serde")]
+    pub updates_retention: Duration,
+    /// Most trade updates one resume replays; a client further behind gets a reset (the
+    /// current state), which is smaller than the history it missed.
+    pub max_resume_updates: usize,
 }
 
 impl Default for TradingSettings {
@@ -256,6 +263,8 @@ impl Default for TradingSettings {
             command_queue: 1024,
             book_channel_capacity: 1024,
             user_channel_capacity: 1024,
+            updates_retention: Duration::from_secs(7 * 24 * 3600),
+            max_resume_updates: 10_000,
         }
     }
 }
@@ -678,11 +687,15 @@ impl TradingSettings {
         if self.max_price <= Decimal::ZERO {
             problems.push("trading.max_price: must be greater than zero".into());
         }
+        if self.updates_retention.is_zero() {
+            problems.push("trading.updates_retention: must be greater than zero".into());
+        }
         for (key, value) in [
             ("max_open_orders", self.max_open_orders),
             ("command_queue", self.command_queue),
             ("book_channel_capacity", self.book_channel_capacity),
             ("user_channel_capacity", self.user_channel_capacity),
+            ("max_resume_updates", self.max_resume_updates),
         ] {
             if value == 0 {
                 problems.push(format!("trading.{key}: must be at least 1"));

@@ -12,6 +12,9 @@
 //!   thread, reads to `spawn_blocking` with a small pool of read-only connections.
 //! - A feed's cursor epoch changes only when its history really starts afresh (see
 //!   [`FeedStart`] and `docs/storage.md`).
+//! - Every trade update is stored in the same transaction as the order transition that caused
+//!   it, under its per-user `seq` ([`StoredUpdate`]); a `client_order_id` is unique per user
+//!   among the stored orders (a unique index backs the exchange's own check).
 
 pub mod history;
 pub mod migrations;
@@ -29,7 +32,7 @@ use serde::Serialize;
 use crate::hub::{Feed, Hub};
 use crate::market::Bar;
 use crate::settings::StoreSettings;
-use crate::trading::api::{Order, Side};
+use crate::trading::api::{Order, Side, TradeUpdate};
 
 /// Why the store could not do what was asked. Every variant names the database file, and the
 /// start-up ones say what the operator can do about it.
@@ -159,9 +162,17 @@ pub struct StoredOrder {
     pub order: Order,
 }
 
+/// One trade update as sent to the user's sessions, kept for resuming clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUpdate {
+    pub username: String,
+    /// Carries its `seq`, unique per user.
+    pub update: TradeUpdate,
+}
+
 /// Everything one exchange step changed, stored atomically: events appended to the log,
-/// order rows upserted with their full entity, fills appended, accounts and positions
-/// overwritten.
+/// order rows upserted with their full entity, fills and trade updates appended, accounts
+/// and positions overwritten.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TradingBatch {
     /// The exchange's events, encoded by the exchange (opaque to the store), in order.
@@ -170,6 +181,8 @@ pub struct TradingBatch {
     pub fills: Vec<FillRecord>,
     pub accounts: Vec<AccountRecord>,
     pub positions: Vec<PositionRecord>,
+    /// The trade updates the step sends, in order.
+    pub updates: Vec<StoredUpdate>,
 }
 
 impl TradingBatch {
@@ -179,6 +192,7 @@ impl TradingBatch {
             && self.fills.is_empty()
             && self.accounts.is_empty()
             && self.positions.is_empty()
+            && self.updates.is_empty()
     }
 }
 
@@ -195,6 +209,8 @@ pub struct TradingState {
     pub open_orders: Vec<StoredOrder>,
     /// The most recent closed orders of each account (for `GET /v1/orders`), oldest first.
     pub closed_orders: Vec<StoredOrder>,
+    /// The highest stored trade update `seq` of each user who has stored updates.
+    pub update_seqs: BTreeMap<String, u64>,
 }
 
 /// Durable orders and accounts.
@@ -213,6 +229,26 @@ pub trait TradingStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<TradingState, StoreError>>;
     /// Every fill of one account, in execution order.
     fn fills(&self, username: &str) -> BoxFuture<'static, Result<Vec<FillRecord>, StoreError>>;
+    /// The user's stored trade updates with `after < seq <= up_to`, in `seq` order. Updates
+    /// older than the retention may be gone: the caller checks the first `seq`.
+    fn updates_between(
+        &self,
+        username: &str,
+        after: u64,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<TradeUpdate>, StoreError>>;
+    /// The user's stored order with this `client_order_id`, if any.
+    fn order_by_client_id(
+        &self,
+        username: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Option<Order>, StoreError>>;
+    /// Deletes up to `max_rows` trade updates stored before `before`; returns how many went.
+    fn prune_updates(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>>;
 }
 
 /// A range of one symbol's one-minute bars: `start <= t < end`, oldest first.

@@ -505,7 +505,7 @@ fn day_orders_expire_at_the_close_and_gtc_orders_stay() {
 }
 
 #[test]
-fn a_client_order_id_is_unique_among_open_orders_and_generated_when_absent() {
+fn a_client_order_id_is_unique_among_all_orders_of_a_user_and_generated_when_absent() {
     let mut engine = engine();
     standard_book(&mut engine);
     let with_id = |id: &str| OrderRequest {
@@ -514,19 +514,143 @@ fn a_client_order_id_is_unique_among_open_orders_and_generated_when_absent() {
     };
     let (first, _) = submit(&mut engine, with_id("dup"));
     let error = submit_err(&mut engine, with_id("dup"));
-    assert_eq!(error.code, OrderError::INVALID);
+    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
     assert!(
         error
             .message
-            .starts_with("client_order_id: \"dup\" is already used")
+            .starts_with("client_order_id must be unique: \"dup\""),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        error.order.as_deref(),
+        Some(&first),
+        "the reply carries the order"
     );
     let mut out = Outcome::default();
-    engine
-        .cancel("alice", &OrderRef::Id(first.id), now(), &mut out)
+    let canceled = engine
+        .cancel("alice", &OrderRef::Id(first.id.clone()), now(), &mut out)
         .expect("canceled");
-    submit(&mut engine, with_id("dup"));
+    // A finished order keeps its client_order_id: the retry learns it was canceled.
+    let error = submit_err(&mut engine, with_id("dup"));
+    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
+    assert_eq!(error.order.as_deref(), Some(&canceled));
+    assert_eq!(
+        engine.order_id_by_client_id("alice", "dup"),
+        Some(first.id.as_str())
+    );
+    // Other users have their own namespace.
+    let mut out = Outcome::default();
+    engine
+        .submit("bob", &with_id("dup"), now(), &mut out)
+        .expect("bob's own dup");
     let (generated, _) = submit(&mut engine, limit("buy", "1", "90", "gtc"));
     assert!(!generated.client_order_id.is_empty());
+}
+
+#[test]
+fn a_retry_is_recognised_before_buying_power_is_checked() {
+    let mut engine = engine();
+    standard_book(&mut engine);
+    // Everything the account can afford, so an identical second order could not be.
+    let request = OrderRequest {
+        client_order_id: Some("all-in".into()),
+        ..limit("buy", "1000", "90", "gtc")
+    };
+    let (first, _) = submit(&mut engine, request.clone());
+    let error = submit_err(&mut engine, request);
+    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
+    assert_eq!(error.order.map(|o| o.id), Some(first.id));
+}
+
+#[test]
+fn a_replacement_needs_a_client_order_id_of_its_own() {
+    let mut engine = engine();
+    standard_book(&mut engine);
+    let (old, _) = submit(
+        &mut engine,
+        OrderRequest {
+            client_order_id: Some("keep".into()),
+            ..limit("buy", "2", "90", "gtc")
+        },
+    );
+    let mut out = Outcome::default();
+    let error = engine
+        .replace(
+            "alice",
+            &OrderRef::Id(old.id.clone()),
+            &ReplaceRequest {
+                client_order_id: Some("keep".into()),
+                ..ReplaceRequest::default()
+            },
+            now(),
+            &mut out,
+        )
+        .expect_err("the old order still has it");
+    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
+    assert!(out.events.is_empty(), "a refused replace commits nothing");
+    let replacement = engine
+        .replace(
+            "alice",
+            &OrderRef::Id(old.id),
+            &ReplaceRequest::default(),
+            now(),
+            &mut out,
+        )
+        .expect("replaced");
+    assert_ne!(replacement.client_order_id, "keep");
+}
+
+#[test]
+fn every_user_has_one_contiguous_update_sequence_that_a_replay_gives_back() {
+    let mut engine = engine();
+    standard_book(&mut engine);
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut events = Vec::new();
+    let mut record = |out: Outcome, seen: &mut Vec<(String, u64)>| {
+        for announcement in &out.announcements {
+            if let Announcement::User {
+                user,
+                event: UserEvent::TradeUpdate(update),
+            } = announcement
+            {
+                seen.push((user.clone(), update.seq));
+            }
+        }
+        events.extend(out.events);
+    };
+    for user in ["alice", "bob", "alice"] {
+        let mut out = Outcome::default();
+        engine
+            .submit(user, &limit("buy", "5", "90", "gtc"), now(), &mut out)
+            .expect("resting");
+        record(out, &mut seen);
+        let mut out = Outcome::default();
+        engine
+            .submit(user, &order("buy", "market", "3", "day"), now(), &mut out)
+            .expect("market");
+        record(out, &mut seen);
+    }
+    let mut out = Outcome::default();
+    engine.on_trade("AAPL", dec!(89.00), dec!(100000), now(), &mut out);
+    record(out, &mut seen);
+    for user in ["alice", "bob"] {
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, seq)| *seq)
+            .collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "{user}'s updates are numbered 1, 2, 3, ...");
+        assert_eq!(engine.update_seq(user), seqs.len() as u64);
+    }
+    let mut rebuilt = engine_with(settings());
+    for event in &events {
+        rebuilt.apply(event);
+    }
+    assert_eq!(rebuilt.update_seq("alice"), engine.update_seq("alice"));
+    assert_eq!(rebuilt.update_seq("bob"), engine.update_seq("bob"));
+    assert_eq!(rebuilt.update_seq("nobody"), 0);
 }
 
 #[test]

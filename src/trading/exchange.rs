@@ -21,8 +21,8 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{
-    BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio, ReplaceRequest,
-    TradingApi, UserEvent,
+    AccountSnapshot, BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio,
+    ReplaceRequest, ResetReason, Resume, TradeUpdate, TradingApi, UserEvent,
 };
 use super::book::BookShape;
 use super::engine::{Announcement, Engine, EngineSettings, Outcome};
@@ -124,7 +124,13 @@ impl Mailbox {
 struct UserChannels {
     events: broadcast::Sender<UserEvent>,
     portfolio: watch::Sender<u64>,
+    /// Without a store: the user's latest trade updates, for clients that resume.
+    recent: VecDeque<TradeUpdate>,
 }
+
+/// Trade updates kept in memory per user for resuming clients when there is no store (with a
+/// store, resumes read the stored updates).
+const RECENT_UPDATES_WITHOUT_STORE: usize = 256;
 
 struct BookSlot {
     snapshot: BookUpdate,
@@ -146,10 +152,7 @@ impl Shared {
         let mut users = self.users.lock();
         let channels = users
             .entry(user.to_owned())
-            .or_insert_with(|| UserChannels {
-                events: broadcast::channel(self.user_channel_capacity).0,
-                portfolio: watch::channel(0).0,
-            });
+            .or_insert_with(|| UserChannels::new(self.user_channel_capacity));
         f(channels)
     }
 
@@ -159,7 +162,18 @@ impl Shared {
         for announcement in announcements {
             match announcement {
                 Announcement::User { user, event } => {
-                    if let Some(channels) = self.users.lock().get(&user) {
+                    let mut users = self.users.lock();
+                    if self.persistence.get().is_none() {
+                        let channels = users
+                            .entry(user)
+                            .or_insert_with(|| UserChannels::new(self.user_channel_capacity));
+                        let UserEvent::TradeUpdate(update) = &event;
+                        if channels.recent.len() >= RECENT_UPDATES_WITHOUT_STORE {
+                            channels.recent.pop_front();
+                        }
+                        channels.recent.push_back((**update).clone());
+                        let _ = channels.events.send(event);
+                    } else if let Some(channels) = users.get(&user) {
                         // No receiver is fine: nobody is watching this user right now.
                         let _ = channels.events.send(event);
                     }
@@ -187,6 +201,23 @@ impl Shared {
     }
 }
 
+impl UserChannels {
+    fn new(capacity: usize) -> UserChannels {
+        UserChannels {
+            events: broadcast::channel(capacity).0,
+            portfolio: watch::channel(0).0,
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+/// Where a resuming user stands, taken by the actor in one step: the current update sequence
+/// and, when the client is not at it, the state at exactly that sequence.
+struct ResumePoint {
+    seq: u64,
+    state: Option<(Vec<Order>, Portfolio)>,
+}
+
 enum Command {
     Submit {
         user: String,
@@ -212,6 +243,17 @@ enum Command {
         user: String,
         query: OrderQuery,
         reply: oneshot::Sender<Vec<Order>>,
+    },
+    Resume {
+        user: String,
+        since: u64,
+        reply: oneshot::Sender<ResumePoint>,
+    },
+    /// The order, or its id when the engine no longer keeps it (`Ok(Err(id))`).
+    OrderByClientId {
+        user: String,
+        client_order_id: String,
+        reply: oneshot::Sender<Result<Result<Order, String>, OrderError>>,
     },
     CloseSession {
         reply: oneshot::Sender<()>,
@@ -404,12 +446,14 @@ impl TradingApi for ExchangeHandle {
         request: OrderRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
         let user = user.to_owned();
+        let wanted = request.client_order_id.clone();
+        let shared = Arc::clone(&self.shared);
         let future = self.request(|reply| Command::Submit {
-            user,
+            user: user.clone(),
             request,
             reply,
         });
-        Box::pin(async move { future.await? })
+        Box::pin(async move { complete_duplicate(&shared, &user, wanted, future.await?).await })
     }
 
     fn cancel(
@@ -433,13 +477,15 @@ impl TradingApi for ExchangeHandle {
         patch: ReplaceRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
         let user = user.to_owned();
+        let wanted = patch.client_order_id.clone();
+        let shared = Arc::clone(&self.shared);
         let future = self.request(|reply| Command::Replace {
-            user,
+            user: user.clone(),
             target,
             patch,
             reply,
         });
-        Box::pin(async move { future.await? })
+        Box::pin(async move { complete_duplicate(&shared, &user, wanted, future.await?).await })
     }
 
     fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
@@ -461,6 +507,113 @@ impl TradingApi for ExchangeHandle {
             .with_user(user, |channels| channels.events.subscribe())
     }
 
+    fn updates_since(
+        &self,
+        user: &str,
+        since: u64,
+    ) -> BoxFuture<'static, Result<Resume, OrderError>> {
+        let user = user.to_owned();
+        let shared = Arc::clone(&self.shared);
+        let point = self.request(|reply| Command::Resume {
+            user: user.clone(),
+            since,
+            reply,
+        });
+        Box::pin(async move {
+            let point = point.await?;
+            let reset = |reason: ResetReason, point: ResumePoint| {
+                // The actor takes the state whenever `since` is not the current sequence,
+                // which is the only case that can reset.
+                let Some((orders, account)) = point.state else {
+                    return Err(OrderError::new(
+                        OrderError::INTERNAL,
+                        "the exchange gave no state to reset to",
+                    ));
+                };
+                Ok(Resume::Reset(Box::new(AccountSnapshot {
+                    reason,
+                    since,
+                    seq: point.seq,
+                    orders,
+                    account,
+                })))
+            };
+            if since == point.seq {
+                return Ok(Resume::Replay {
+                    seq: point.seq,
+                    updates: Vec::new(),
+                });
+            }
+            if since > point.seq {
+                return reset(ResetReason::Ahead, point);
+            }
+            let missed = point.seq - since;
+            let updates = match shared.persistence.get() {
+                Some(persistence) => {
+                    if missed > persistence.max_resume_updates() as u64 {
+                        return reset(ResetReason::TooOld, point);
+                    }
+                    persistence
+                        .store()
+                        .updates_between(&user, since, point.seq)
+                        .await
+                        .map_err(|error| {
+                            tracing::error!(%error, user, "could not read stored trade updates");
+                            OrderError::new(
+                                OrderError::INTERNAL,
+                                "trade updates could not be read from the store",
+                            )
+                        })?
+                }
+                None => shared.with_user(&user, |channels| {
+                    channels
+                        .recent
+                        .iter()
+                        .filter(|u| u.seq > since && u.seq <= point.seq)
+                        .cloned()
+                        .collect()
+                }),
+            };
+            // Complete and contiguous, or the oldest ones are no longer kept.
+            let contiguous = updates.len() as u64 == missed
+                && updates
+                    .iter()
+                    .zip(since + 1..)
+                    .all(|(update, seq)| update.seq == seq);
+            if contiguous {
+                Ok(Resume::Replay {
+                    seq: point.seq,
+                    updates,
+                })
+            } else {
+                reset(ResetReason::TooOld, point)
+            }
+        })
+    }
+
+    fn order_by_client_id(
+        &self,
+        user: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let user = user.to_owned();
+        let client_order_id = client_order_id.to_owned();
+        let shared = Arc::clone(&self.shared);
+        let future = self.request(|reply| Command::OrderByClientId {
+            user: user.clone(),
+            client_order_id: client_order_id.clone(),
+            reply,
+        });
+        Box::pin(async move {
+            match future.await?? {
+                Ok(order) => Ok(order),
+                Err(id) => stored_order(&shared, &user, &client_order_id)
+                    .await?
+                    .ok_or_else(|| forgotten(&id)),
+            }
+        })
+    }
+
     fn portfolio_changes(&self, user: &str) -> watch::Receiver<u64> {
         self.shared
             .with_user(user, |channels| channels.portfolio.subscribe())
@@ -477,6 +630,57 @@ impl TradingApi for ExchangeHandle {
             })?;
         let slot = slot.lock();
         Ok((slot.snapshot.clone(), slot.updates.subscribe()))
+    }
+}
+
+/// The user's order with this `client_order_id` from the store (`None` without a store).
+async fn stored_order(
+    shared: &Shared,
+    user: &str,
+    client_order_id: &str,
+) -> Result<Option<Order>, OrderError> {
+    let Some(persistence) = shared.persistence.get() else {
+        return Ok(None);
+    };
+    persistence
+        .store()
+        .order_by_client_id(user, client_order_id)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, user, "could not read an order from the store");
+            OrderError::new(
+                OrderError::INTERNAL,
+                "the order could not be read from the store",
+            )
+        })
+}
+
+/// The answer for an order the engine forgot and no store has (store disabled).
+fn forgotten(id: &str) -> OrderError {
+    OrderError::new(
+        OrderError::NOT_FOUND,
+        format!("order {id} is finished and no longer kept (the store is disabled)"),
+    )
+}
+
+/// A duplicate `client_order_id` whose order the engine no longer keeps gets that order from
+/// the store, so the reply always shows the order as it stands.
+async fn complete_duplicate(
+    shared: &Shared,
+    user: &str,
+    wanted: Option<String>,
+    result: Result<Order, OrderError>,
+) -> Result<Order, OrderError> {
+    match (result, wanted) {
+        (Err(mut error), Some(client_order_id))
+            if error.code == OrderError::DUPLICATE_CLIENT_ORDER_ID && error.order.is_none() =>
+        {
+            if let Ok(Some(order)) = stored_order(shared, user, &client_order_id).await {
+                error.order = Some(Box::new(order));
+            }
+            Err(error)
+        }
+        (result, _) => result,
     }
 }
 
@@ -497,6 +701,9 @@ impl ExchangeTasks {
             queue_capacity,
             shutdown,
         } = self;
+        if let Some(persistence) = shared.persistence.get() {
+            tokio::spawn(Arc::clone(persistence).run_update_pruner(shutdown.clone()));
+        }
         if let Some((hub, queue)) = feed {
             tokio::spawn(ingest(
                 hub,
@@ -679,6 +886,34 @@ fn handle_command(
             let orders = engine.orders(&user, query);
             steps.push(Pending::new(out, move |_| {
                 let _ = reply.send(orders);
+            }));
+        }
+        Command::Resume { user, since, reply } => {
+            let seq = engine.update_seq(&user);
+            let state = (since != seq).then(|| {
+                (
+                    engine.orders(&user, OrderQuery::Open),
+                    engine.portfolio(&user, now),
+                )
+            });
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(ResumePoint { seq, state });
+            }));
+        }
+        Command::OrderByClientId {
+            user,
+            client_order_id,
+            reply,
+        } => {
+            let answer = match engine.order_id_by_client_id(&user, &client_order_id) {
+                Some(id) => Ok(engine.order(id).map_err(|_| id.to_owned())),
+                None => Err(OrderError::new(
+                    OrderError::NOT_FOUND,
+                    format!("order with client_order_id {client_order_id:?} not found"),
+                )),
+            };
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(answer);
             }));
         }
         Command::CloseSession { reply } => {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -22,8 +23,8 @@ use super::exchange::{ExchangeHandle, ExchangeTasks, engine_settings};
 use crate::hub::Hub;
 use crate::settings::Settings;
 use crate::store::{
-    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
-    TradingState, TradingStore,
+    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, StoredUpdate,
+    TradingBatch, TradingState, TradingStore,
 };
 
 /// The stored form of an [`ExchangeEvent`]. Field names are part of the file format: add
@@ -175,6 +176,10 @@ pub fn batch_for_steps(engine: &Engine, outs: &[&Outcome]) -> Result<TradingBatc
             continue;
         };
         users.insert(user.clone());
+        batch.updates.push(StoredUpdate {
+            username: user.clone(),
+            update: (**update).clone(),
+        });
         if let (Some(execution_id), Some(price), Some(qty)) =
             (&update.execution_id, update.price, update.qty)
         {
@@ -237,7 +242,12 @@ pub fn batch_for_steps(engine: &Engine, outs: &[&Outcome]) -> Result<TradingBatc
 }
 
 /// Rebuilds `engine` by replaying the stored events, then checks the result against the
-/// stored account rows. Returns how many events were replayed.
+/// stored account rows and trade updates. Returns how many events were replayed.
+///
+/// Replaying gives every user's update sequence back (each order transition is numbered by
+/// [`Engine::apply`]), so the newest stored update of a user must carry exactly the rebuilt
+/// sequence. A user without stored updates (all pruned, or a file written before updates were
+/// stored) only needs a sequence of at least zero.
 pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, StoreError> {
     for (index, text) in state.events.iter().enumerate() {
         let event: LoggedEvent = serde_json::from_str(text).map_err(|e| StoreError::Decode {
@@ -258,6 +268,17 @@ pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, Store
             });
         }
     }
+    for (user, stored) in &state.update_seqs {
+        let rebuilt = engine.update_seq(user);
+        if rebuilt != *stored {
+            return Err(StoreError::Decode {
+                path: "trade_updates".into(),
+                detail: format!(
+                    "replaying the events gives {user} update sequence {rebuilt}, the newest stored update has {stored}; the store is inconsistent"
+                ),
+            });
+        }
+    }
     Ok(state.events.len())
 }
 
@@ -266,18 +287,96 @@ pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, Store
 pub struct Persistence {
     store: Arc<dyn TradingStore>,
     halted: AtomicBool,
+    updates: UpdateLogSettings,
 }
+
+/// How the stored trade updates are kept and replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateLogSettings {
+    /// Stored updates older than this are pruned (`trading.updates_retention`).
+    pub retention: Duration,
+    /// How often the pruner runs (`store.prune_interval`).
+    pub prune_interval: Duration,
+    /// Most updates one resume replays (`trading.max_resume_updates`).
+    pub max_resume_updates: usize,
+}
+
+impl Default for UpdateLogSettings {
+    fn default() -> Self {
+        UpdateLogSettings {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(3600),
+            max_resume_updates: 10_000,
+        }
+    }
+}
+
+/// Rows deleted per prune step, so trading commits queued behind a prune wait little.
+const UPDATE_PRUNE_CHUNK: usize = 5_000;
 
 impl Persistence {
     pub fn new(store: Arc<dyn TradingStore>) -> Persistence {
         Persistence {
             store,
             halted: AtomicBool::new(false),
+            updates: UpdateLogSettings::default(),
+        }
+    }
+
+    pub fn with_update_log(mut self, updates: UpdateLogSettings) -> Persistence {
+        self.updates = updates;
+        self
+    }
+
+    pub fn max_resume_updates(&self) -> usize {
+        self.updates.max_resume_updates
+    }
+
+    /// Deletes stored trade updates older than the retention, every prune interval, until
+    /// `shutdown`.
+    pub async fn run_update_pruner(self: Arc<Self>, shutdown: CancellationToken) {
+        let Ok(retention) = chrono::Duration::from_std(self.updates.retention) else {
+            tracing::info!("trade update retention is unbounded; pruner not started");
+            return;
+        };
+        let mut ticker = tokio::time::interval(self.updates.prune_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let Some(before) = Utc::now().checked_sub_signed(retention) else {
+                continue;
+            };
+            let mut removed = 0u64;
+            loop {
+                match self.store.prune_updates(before, UPDATE_PRUNE_CHUNK).await {
+                    Ok(count) => {
+                        removed += count;
+                        if count < UPDATE_PRUNE_CHUNK as u64 || shutdown.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "pruning trade updates failed");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::info!(removed, %before, "pruned old trade updates");
+            }
         }
     }
 
     pub fn is_halted(&self) -> bool {
         self.halted.load(Ordering::Relaxed)
+    }
+
+    /// The store, for reads (resumes, orders the engine no longer keeps).
+    pub fn store(&self) -> &Arc<dyn TradingStore> {
+        &self.store
     }
 
     pub fn halted_error() -> OrderError {
@@ -331,7 +430,12 @@ pub fn exchange_with_store(
         settings.trading.user_channel_capacity,
         shutdown,
     );
-    let persistence = Persistence::new(Arc::clone(&store.trading));
+    let persistence =
+        Persistence::new(Arc::clone(&store.trading)).with_update_log(UpdateLogSettings {
+            retention: settings.trading.updates_retention,
+            prune_interval: settings.store.prune_interval,
+            max_resume_updates: settings.trading.max_resume_updates,
+        });
     Ok((handle, tasks.with_persistence(Arc::new(persistence))))
 }
 

@@ -1727,6 +1727,7 @@ mod tests {
             let _ = self
                 .events
                 .send(UserEvent::TradeUpdate(Box::new(TradeUpdate {
+                    seq: 1,
                     event: TradeEvent::New,
                     execution_id: None,
                     price: None,
@@ -1777,6 +1778,27 @@ mod tests {
 
         fn user_events(&self, _: &str) -> broadcast::Receiver<UserEvent> {
             self.events.subscribe()
+        }
+
+        fn updates_since(
+            &self,
+            _: &str,
+            since: u64,
+        ) -> BoxFuture<'static, Result<crate::trading::api::Resume, OrderError>> {
+            Box::pin(async move {
+                Ok(crate::trading::api::Resume::Replay {
+                    seq: since,
+                    updates: Vec::new(),
+                })
+            })
+        }
+
+        fn order_by_client_id(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> BoxFuture<'static, Result<Order, OrderError>> {
+            Box::pin(async { Err(OrderError::new(OrderError::NOT_FOUND, "order not found")) })
         }
 
         fn portfolio_changes(&self, _: &str) -> watch::Receiver<u64> {

@@ -150,6 +150,46 @@ mod tests {
     }
 
     #[test]
+    fn version_two_keeps_repeated_client_order_ids_of_version_one_and_refuses_new_ones() {
+        let mut connection = Connection::open_in_memory().expect("memory db");
+        connection
+            .execute_batch(MIGRATIONS[0].sql)
+            .and_then(|()| {
+                connection.execute_batch(
+                    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                                  applied_at TEXT NOT NULL);
+                     INSERT INTO schema_version VALUES (1, 'initial', 'x');",
+                )
+            })
+            .expect("a version 1 file");
+        let insert = |connection: &Connection, id: &str, user: &str, cid: &str| {
+            connection.execute(
+                "INSERT INTO orders (id, username, client_order_id, symbol, status, is_open,
+                                     created_at, updated_at, body)
+                 VALUES (?1, ?2, ?3, 'AAPL', 'canceled', 0, 't', 't', '{}')",
+                rusqlite::params![id, user, cid],
+            )
+        };
+        // Version 1 allowed reusing a client_order_id once the earlier order had finished.
+        for (id, user, cid) in [("o1", "ann", "a"), ("o2", "ann", "a"), ("o3", "bob", "a")] {
+            insert(&connection, id, user, cid).expect("version 1 row");
+        }
+        assert_eq!(migrate(&mut connection).expect("to version 2"), vec![2]);
+        let repeats: Vec<String> = connection
+            .prepare("SELECT id FROM orders WHERE client_order_id_repeat = 1")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| row.get(0))
+                    .and_then(|rows| rows.collect())
+            })
+            .expect("query");
+        assert_eq!(repeats, vec!["o1".to_string()], "the older repeat only");
+        let error = insert(&connection, "o4", "ann", "a").expect_err("unique from now on");
+        assert!(error.to_string().contains("UNIQUE"), "{error}");
+        insert(&connection, "o5", "ann", "b").expect("a fresh id");
+    }
+
+    #[test]
     fn a_newer_schema_is_refused_and_left_untouched() {
         let mut connection = Connection::open_in_memory().expect("memory db");
         migrate(&mut connection).expect("migrate");

@@ -593,7 +593,10 @@ fn a_replacement_needs_a_client_order_id_of_its_own() {
         .replace(
             "alice",
             &OrderRef::Id(old.id),
-            &ReplaceRequest::default(),
+            &ReplaceRequest {
+                qty: Some("1".into()),
+                ..ReplaceRequest::default()
+            },
             now(),
             &mut out,
         )

@@ -653,7 +653,8 @@ mod proptests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// Whatever the exchange did, replaying what was stored step by step rebuilds the
-        /// same accounts and orders, and the stored cash equals the stored fills.
+        /// same accounts, orders and update sequences, the stored cash equals the stored
+        /// fills, and each user's stored updates are contiguous from 1.
         #[test]
         fn replaying_stored_steps_rebuilds_the_same_exchange(
             actions in proptest::collection::vec(action(), 1..60)
@@ -664,6 +665,7 @@ mod proptests {
             let mut events = Vec::new();
             let mut fills = Vec::new();
             let mut accounts = BTreeMap::new();
+            let mut updates: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             let now = Utc::now();
             for action in actions {
                 let mut out = Outcome::default();
@@ -699,17 +701,38 @@ mod proptests {
                 let batch = batch_for_steps(&engine, &[&out]).expect("batch");
                 events.extend(batch.events);
                 fills.extend(batch.fills);
+                for stored in batch.updates {
+                    updates.entry(stored.username).or_default().push(stored.update.seq);
+                }
                 for account in batch.accounts {
                     accounts.insert(account.username.clone(), account);
                 }
             }
+            // Every user's stored updates are numbered 1, 2, 3, ... with no gap or repeat.
+            for (user, seqs) in &updates {
+                let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+                prop_assert_eq!(seqs, &expected, "{}", user);
+                prop_assert_eq!(engine.update_seq(user), seqs.len() as u64);
+            }
+            let update_seqs: BTreeMap<String, u64> = updates
+                .iter()
+                .map(|(user, seqs)| (user.clone(), seqs.len() as u64))
+                .collect();
             let state = TradingState {
                 events,
                 accounts: accounts.values().cloned().collect(),
+                update_seqs,
                 ..TradingState::default()
             };
-            let mut rebuilt = Engine::new(settings, universe);
+            let mut rebuilt = Engine::new(settings.clone(), universe.clone());
             restore(&mut rebuilt, &state).expect("replay agrees with the accounts table");
+            // A store whose newest update does not match the replayed sequence is refused.
+            if let Some((user, seq)) = state.update_seqs.iter().next() {
+                let mut tampered = state.clone();
+                tampered.update_seqs.insert(user.clone(), seq + 1);
+                let mut again = Engine::new(settings, universe);
+                prop_assert!(restore(&mut again, &tampered).is_err());
+            }
             for user in USERS {
                 let original = engine.account(user).map(|a| (a.cash, a.positions.clone()));
                 let copy = rebuilt.account(user).map(|a| (a.cash, a.positions.clone()));

@@ -30,6 +30,10 @@ const DUMMY_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$VEEAuXeAej5IT+
 pub struct Identity {
     /// The `sub` claim: the account the session trades for.
     pub user: String,
+    /// Unix second after which the credential is no longer accepted: the token's `exp` plus
+    /// `auth.leeway` (for a ticket, that of the token that bought it). A WebSocket session
+    /// ends then unless the client sends a fresh token (`docs/websocket.md`).
+    pub valid_until: u64,
 }
 
 /// Why a credential was refused. Messages are safe to show to the client.
@@ -59,6 +63,8 @@ pub enum AuthError {
     TokenInUrl,
     #[error("wrong username or password")]
     BadCredentials,
+    #[error("this user is no longer configured; log in again")]
+    UnknownUser,
     #[error("the built-in issuer is disabled: tokens come from an external RS256/ES256 issuer")]
     IssuerDisabled,
     #[error("connection limit reached: at most {0} sessions per user")]
@@ -100,6 +106,9 @@ pub struct IssuedTicket {
 struct Ticket {
     user: String,
     expires: Instant,
+    /// The buying token's [`Identity::valid_until`]: a session opened with the ticket ends
+    /// when the token would have.
+    valid_until: u64,
 }
 
 /// Verifies tokens and tickets, issues both, and counts sessions per user.
@@ -271,6 +280,7 @@ impl AuthService {
         }
         Ok(Identity {
             user: data.claims.sub,
+            valid_until: data.claims.exp.saturating_add(self.leeway),
         })
     }
 
@@ -322,6 +332,7 @@ impl AuthService {
         }
         Ok(Identity {
             user: claims.sub.into_owned(),
+            valid_until: claims.exp.saturating_add(self.leeway),
         })
     }
 
@@ -366,6 +377,18 @@ impl AuthService {
         self.sign(username, encoding)
     }
 
+    /// A fresh token for the holder of a valid one (`POST /v1/auth/refresh`), so a client can
+    /// keep a session going without keeping the password. Only for users still configured.
+    pub fn refresh_token(&self, identity: &Identity) -> Result<IssuedToken, AuthError> {
+        let Some(encoding) = &self.encoding else {
+            return Err(AuthError::IssuerDisabled);
+        };
+        if !self.users.contains_key(&identity.user) {
+            return Err(AuthError::UnknownUser);
+        }
+        self.sign(&identity.user, encoding)
+    }
+
     /// Signs a token for `user` without a password (tests and tools with the HS256 secret).
     pub fn mint_token(&self, user: &str) -> Result<String, AuthError> {
         let encoding = self.encoding.as_ref().ok_or(AuthError::IssuerDisabled)?;
@@ -407,6 +430,7 @@ impl AuthService {
             Ticket {
                 user: identity.user.clone(),
                 expires: now + self.ticket_ttl,
+                valid_until: identity.valid_until,
             },
         );
         Ok(IssuedTicket {
@@ -419,7 +443,10 @@ impl AuthService {
     pub fn redeem_ticket(&self, ticket: &str) -> Result<Identity, AuthError> {
         let found = self.tickets.lock().remove(ticket.trim());
         match found {
-            Some(t) if t.expires > Instant::now() => Ok(Identity { user: t.user }),
+            Some(t) if t.expires > Instant::now() => Ok(Identity {
+                user: t.user,
+                valid_until: t.valid_until,
+            }),
             _ => Err(AuthError::BadTicket),
         }
     }
@@ -814,7 +841,7 @@ mod tests {
             .map(|token| format!("{:?}", auth.verify_hs256(key, token)))
             .collect();
         for expected in [
-            "Ok(Identity { user: \"alice\" })",
+            "Ok(Identity { user: \"alice\", valid_until: ",
             "Err(Malformed)",
             "Err(BadSignature)",
             "Err(Expired)",
@@ -824,7 +851,10 @@ mod tests {
             "Err(BadIssuer)",
             "Err(MissingClaim(\"sub\"))",
         ] {
-            assert!(outcomes.contains(expected), "{expected} in {outcomes:?}");
+            assert!(
+                outcomes.iter().any(|outcome| outcome.starts_with(expected)),
+                "{expected} in {outcomes:?}"
+            );
         }
     }
 
@@ -899,6 +929,7 @@ mod tests {
         let auth = AuthService::new(&settings()).expect("auth");
         let identity = Identity {
             user: "alice".into(),
+            valid_until: u64::MAX,
         };
         let ticket = auth.issue_ticket(&identity).expect("ticket").ticket;
         assert_eq!(auth.verify_url_ticket(&ticket), Ok(identity));
@@ -907,11 +938,52 @@ mod tests {
         assert_eq!(auth.verify_url_ticket(&token), Err(AuthError::TokenInUrl));
     }
 
+    #[test]
+    fn a_session_may_last_until_exp_plus_leeway_and_a_ticket_carries_its_tokens_limit() {
+        let auth = AuthService::new(&settings()).expect("auth");
+        let claims = claims(60);
+        let exp = claims["exp"].as_u64().expect("exp");
+        let identity = auth
+            .verify_token(&token_with(claims, SECRET))
+            .expect("valid");
+        assert_eq!(
+            identity.valid_until,
+            exp + 30,
+            "exp plus the default leeway"
+        );
+        let ticket = auth.issue_ticket(&identity).expect("ticket").ticket;
+        assert_eq!(auth.redeem_ticket(&ticket), Ok(identity));
+    }
+
+    #[test]
+    fn a_configured_user_refreshes_a_token_and_a_removed_one_cannot() {
+        let mut settings = settings();
+        settings.users = vec![crate::settings::UserEntry {
+            username: "alice".into(),
+            password_hash: DUMMY_PASSWORD_HASH.into(),
+        }];
+        let auth = AuthService::new(&settings).expect("auth");
+        let alice = Identity {
+            user: "alice".into(),
+            valid_until: 0,
+        };
+        let fresh = auth.refresh_token(&alice).expect("refreshed");
+        let verified = auth.verify_token(&fresh.access_token).expect("valid");
+        assert_eq!(verified.user, "alice");
+        assert!(verified.valid_until > now_unix() + 60);
+        let bob = Identity {
+            user: "bob".into(),
+            valid_until: u64::MAX,
+        };
+        assert_eq!(auth.refresh_token(&bob).err(), Some(AuthError::UnknownUser));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn tickets_expire_after_their_ttl() {
         let auth = AuthService::new(&settings()).expect("auth");
         let identity = Identity {
             user: "alice".into(),
+            valid_until: u64::MAX,
         };
         let ticket = auth.issue_ticket(&identity).expect("ticket").ticket;
         tokio::time::advance(Duration::from_secs(6)).await;

@@ -1856,6 +1856,7 @@ mod tests {
         let (mut session, hub) = session_with(trading);
         let out = session.start(Some(Ok(Identity {
             user: "alice".into(),
+            valid_until: u64::MAX,
         })));
         assert_eq!(out.len(), 2);
         (session, hub)

@@ -11,6 +11,12 @@
 //! - Market data reuses the hub's encoded JSON (`Entry.json`): frames are concatenations.
 //! - Order-book `seq` rises by exactly one per symbol for the life of the connection; when
 //!   deltas were lost (lag) the client gets a fresh snapshot instead of a gap.
+//! - Trade updates go out in the user's `seq` order, each at most once per connection, and
+//!   none is skipped: a resume (`"trade_updates":{"since":N}`) registers the live receiver
+//!   before it asks the exchange for what it missed, and a lagging receiver is repaired from
+//!   the store the same way instead of closing the session.
+//! - A session ends when its credential does (`Identity::valid_until`) unless the client
+//!   sent a fresh token in an `auth` message before then.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -30,7 +36,8 @@ use crate::hub::{CloseReason, Delivery, Entry, Feed, Filter, Hub, SubscriberQueu
 use crate::market::{EventKind, SymbolId};
 use crate::metrics::{Metrics, Transport};
 use crate::trading::api::{
-    BookUpdate, OrderError, OrderRef, OrderRequest, ReplaceRequest, TradingApi, UserEvent,
+    AccountSnapshot, BookUpdate, OrderError, OrderRef, OrderRequest, ReplaceRequest, Resume,
+    TradeUpdate, TradingApi, UserEvent,
 };
 
 /// Stream-level error codes (PROTOCOL.md §3).
@@ -44,6 +51,7 @@ pub mod codes {
     pub const CONNECTION_LIMIT: u32 = 406;
     pub const SLOW_CLIENT: u32 = 407;
     pub const RATE_LIMITED: u32 = 408;
+    pub const TOKEN_EXPIRED: u32 = 409;
     pub const INTERNAL: u32 = 500;
 }
 
@@ -55,6 +63,8 @@ pub mod close_codes {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTART: u16 = 1012;
+    /// The session's token expired and no fresh one came in time (application range).
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// Limits of one session, from `[ws]` and `[market]` settings.
@@ -113,6 +123,7 @@ pub enum Wake {
     PortfolioDue,
     Book(BookMessage),
     AuthDeadline,
+    TokenExpired,
 }
 
 /// A book update forwarded from a per-symbol broadcast; `update: None` means deltas were lost.
@@ -197,6 +208,11 @@ struct Subscriptions {
     orderbooks: BTreeSet<String>,
     trade_updates: bool,
     portfolio: bool,
+    /// The `since` of a `"trade_updates":{"since":N}` in the message being handled; taken by
+    /// the subscribe, never kept.
+    resume_since: Option<u64>,
+    /// The message asked for the portfolio (sent at once even if already subscribed).
+    portfolio_requested: bool,
 }
 
 /// The market-data part of the subscriptions: what [`MarketState::deliver`] filters by.
@@ -455,7 +471,50 @@ pub struct WsSession {
     /// Created with the first order-book subscription: an idle market-data connection does
     /// not carry a channel buffer it never uses.
     book_channel: Option<(mpsc::Sender<BookMessage>, mpsc::Receiver<BookMessage>)>,
+    /// The last trade update `seq` this connection sent (or announced as its starting point):
+    /// live updates at or below it were already sent or were part of a replay or reset.
+    trade_seq: u64,
+    /// When the credential stops being valid ([`Identity::valid_until`]); `None`: never.
+    token_deadline: Option<Instant>,
     closed: bool,
+}
+
+/// Replayed trade updates per frame.
+const UPDATES_PER_FRAME: usize = 256;
+
+/// The tokio instant of a unix-seconds validity limit (`None` when it is too far to matter).
+fn deadline_of(valid_until: u64) -> Option<Instant> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let left_ms = u128::from(valid_until)
+        .saturating_mul(1000)
+        .saturating_sub(now_ms);
+    Instant::now().checked_add(Duration::from_millis(u64::try_from(left_ms).ok()?))
+}
+
+/// `{"T":"trade_updates_reset",...}`: the state a resuming client must rebuild from. Open
+/// orders, positions and the account (without positions) at exactly `seq`.
+fn reset_object(snapshot: &AccountSnapshot) -> String {
+    let mut account = serde_json::to_value(&snapshot.account).unwrap_or(Value::Null);
+    if let Some(object) = account.as_object_mut() {
+        object.remove("positions");
+    }
+    json!({
+        "T": "trade_updates_reset",
+        "reason": snapshot.reason,
+        "since": snapshot.since,
+        "seq": snapshot.seq,
+        "orders": snapshot.orders,
+        "positions": snapshot.account.positions,
+        "account": account,
+    })
+    .to_string()
+}
+
+/// `{"T":"trade_updates_live",...}`: everything up to `seq` was sent; live updates follow.
+fn live_object(since: Option<u64>, seq: u64, replayed: usize) -> String {
+    json!({"T": "trade_updates_live", "since": since, "seq": seq, "replayed": replayed}).to_string()
 }
 
 /// `{"T":..., ...fields of inner}` without building an intermediate `Value`.
@@ -511,6 +570,31 @@ fn request_id(text: &str, max_message_bytes: usize) -> Option<Value> {
 
 fn error_frame(id: Option<&Value>, code: u32, msg: &str) -> Output {
     Output::frame(format!("[{}]", error_object(id, code, msg)))
+}
+
+/// An order-level error; a duplicate `client_order_id` (42210001) carries the existing order.
+fn order_error_frame(id: Option<&Value>, error: &OrderError) -> Output {
+    let mut object = json!({"T": "error", "code": error.code, "msg": error.message});
+    if let Some(map) = object.as_object_mut() {
+        if let Some(id) = id {
+            map.insert("id".into(), id.clone());
+        }
+        if let Some(order) = &error.order {
+            map.insert(
+                "order".into(),
+                serde_json::to_value(order).unwrap_or(Value::Null),
+            );
+        }
+    }
+    Output::frame(format!("[{object}]"))
+}
+
+/// Trade updates as frames of at most [`UPDATES_PER_FRAME`] messages.
+fn push_updates(updates: &[TradeUpdate], out: &mut Vec<Output>) {
+    for chunk in updates.chunks(UPDATES_PER_FRAME) {
+        let objects: Vec<String> = chunk.iter().map(|u| tagged("trade_update", u)).collect();
+        out.push(Output::frame(array(&objects)));
+    }
 }
 
 /// The greeting every connection gets first; constant, so it is not encoded per connection.
@@ -746,6 +830,8 @@ impl WsSession {
             book_seq: HashMap::new(),
             next_generation: 0,
             book_channel: None,
+            trade_seq: 0,
+            token_deadline: None,
             closed: false,
         }
     }
@@ -800,6 +886,7 @@ impl WsSession {
                 Ok(guard) => {
                     tracing::debug!(user = %identity.user, "websocket authenticated");
                     self.guard = Some(guard);
+                    self.token_deadline = deadline_of(identity.valid_until);
                     self.identity = Some(identity);
                     out.push(success_frame_with_id(id, "authenticated"));
                 }
@@ -952,14 +1039,6 @@ impl WsSession {
     }
 
     fn auth_action(&mut self, id: Option<&Value>, map: &Map<String, Value>, out: &mut Vec<Output>) {
-        if self.identity.is_some() {
-            out.push(error_frame(
-                id,
-                codes::ALREADY_AUTHENTICATED,
-                "already authenticated",
-            ));
-            return;
-        }
         if let Err(refusal) = check_keys(map, "auth", &["token"]) {
             out.push(error_frame(id, refusal.code, &refusal.msg));
             return;
@@ -984,7 +1063,50 @@ impl WsSession {
             }
         };
         let result = self.deps.auth.verify_token_or_ticket(token);
-        self.finish_auth(id, result, out);
+        match &self.identity {
+            None => self.finish_auth(id, result, out),
+            Some(current) => {
+                let current_user = current.user.clone();
+                self.refresh_auth(id, &current_user, result, out);
+            }
+        }
+    }
+
+    /// A fresh credential for an authenticated session: same user, later limit. A failure
+    /// leaves the session as it was (it still ends at its current limit).
+    fn refresh_auth(
+        &mut self,
+        id: Option<&Value>,
+        current_user: &str,
+        result: Result<Identity, AuthError>,
+        out: &mut Vec<Output>,
+    ) {
+        match result {
+            Ok(identity) if identity.user == current_user => {
+                self.token_deadline = deadline_of(identity.valid_until);
+                let valid_until = identity.valid_until;
+                self.identity = Some(identity);
+                let mut reply = json!({
+                    "T": "success", "msg": "token refreshed", "valid_until": valid_until,
+                });
+                if let (Some(id), Some(object)) = (id, reply.as_object_mut()) {
+                    object.insert("id".into(), id.clone());
+                }
+                out.push(Output::frame(format!("[{reply}]")));
+            }
+            Ok(_) => out.push(error_frame(
+                id,
+                codes::ALREADY_AUTHENTICATED,
+                "already authenticated as another user: a token can only refresh its own user's session",
+            )),
+            Err(error) => out.push(error_frame(
+                id,
+                codes::AUTH_FAILED,
+                &format!(
+                    "token refresh failed: {error}; the session still ends when its current token expires"
+                ),
+            )),
+        }
     }
 
     fn parse_symbol_list(
@@ -1085,8 +1207,29 @@ impl WsSession {
                 }
             }
         }
+        next.resume_since = None;
+        next.portfolio_requested = add && map.get("portfolio") == Some(&Value::Bool(true));
+        if add && let Some(Value::Object(resume)) = map.get("trade_updates") {
+            check_keys(resume, "subscribe trade_updates", &["since"]).map_err(|_| {
+                refuse(
+                    codes::INVALID_SYNTAX,
+                    "trade_updates takes true or {\"since\": <seq>} and nothing else",
+                )
+            })?;
+            let since = resume.get("since").and_then(Value::as_u64).ok_or_else(|| {
+                refuse(
+                    codes::INVALID_SYNTAX,
+                    "trade_updates.since must be the last seq you received: an integer >= 0",
+                )
+            })?;
+            next.trade_updates = true;
+            next.resume_since = Some(since);
+        }
         for key in ["trade_updates", "portfolio"] {
             let Some(value) = map.get(key) else { continue };
+            if key == "trade_updates" && add && value.is_object() {
+                continue;
+            }
             let Value::Bool(flag) = value else {
                 return Err(refuse(
                     codes::INVALID_SYNTAX,
@@ -1167,11 +1310,23 @@ impl WsSession {
         }
 
         let user = self.user().unwrap_or_default().to_owned();
+        let resume_since = self.subs.resume_since.take();
+        let portfolio_requested = std::mem::take(&mut self.subs.portfolio_requested);
         if let Some(trading) = self.deps.trading.clone() {
-            if self.subs.trade_updates && !previous.trade_updates {
-                self.user_events = Some(trading.user_events(&user));
+            if self.subs.trade_updates && (!previous.trade_updates || resume_since.is_some()) {
+                // Live first, then the store: every update is in one or the other.
+                if self.user_events.is_none() {
+                    self.user_events = Some(trading.user_events(&user));
+                }
+                self.start_trade_updates(&trading, &user, resume_since, &mut followups)
+                    .await;
             } else if !self.subs.trade_updates {
                 self.user_events = None;
+            }
+            if self.subs.portfolio && previous.portfolio && portfolio_requested {
+                // Already subscribed, asked again: the full state at once all the same.
+                self.portfolio_dirty = false;
+                self.push_portfolio(&trading, &user, &mut followups).await;
             }
             if self.subs.portfolio && !previous.portfolio {
                 let mut changes = trading.portfolio_changes(&user);
@@ -1208,6 +1363,47 @@ impl WsSession {
 
         out.push(subscription_frame(id, &self.subs, &self.deps.hub));
         out.extend(followups);
+    }
+
+    /// Starts (or restarts) the trade updates after a subscribe: with `since`, everything
+    /// the user missed after it, or a reset; without, only where the sequence stands now.
+    /// Ends with `trade_updates_live`. The live receiver must already be registered.
+    async fn start_trade_updates(
+        &mut self,
+        trading: &Arc<dyn TradingApi>,
+        user: &str,
+        since: Option<u64>,
+        out: &mut Vec<Output>,
+    ) {
+        // Without `since`, "ahead of everything" answers with the current seq alone.
+        let asked = since.unwrap_or(u64::MAX);
+        match trading.updates_since(user, asked).await {
+            Ok(Resume::Replay { seq, updates }) => {
+                let replayed = updates.len();
+                push_updates(&updates, out);
+                self.trade_seq = seq;
+                out.push(Output::frame(format!(
+                    "[{}]",
+                    live_object(since, seq, replayed)
+                )));
+            }
+            Ok(Resume::Reset(snapshot)) => {
+                let seq = snapshot.seq;
+                if since.is_some() {
+                    out.push(Output::frame(format!("[{}]", reset_object(&snapshot))));
+                }
+                self.trade_seq = seq;
+                out.push(Output::frame(format!("[{}]", live_object(since, seq, 0))));
+            }
+            Err(error) => {
+                tracing::error!(%error, user, "trade updates could not be resumed");
+                out.push(error_frame(
+                    None,
+                    codes::INTERNAL,
+                    &format!("trade updates could not be resumed: {}", error.message),
+                ));
+            }
+        }
     }
 
     fn market_filter(&self) -> Option<Filter> {
@@ -1458,7 +1654,7 @@ impl WsSession {
                 }
                 out.push(Output::frame(format!("[{reply}]")));
             }
-            Err(error) => out.push(error_frame(id, error.code, &error.message)),
+            Err(error) => out.push(order_error_frame(id, &error)),
         }
     }
 
@@ -1476,6 +1672,7 @@ impl WsSession {
     /// Cancel-safe: the glue selects on it together with the socket.
     pub async fn wait(&mut self) -> Wake {
         let auth_deadline = self.identity.is_none().then_some(self.auth_deadline);
+        let token_deadline = self.token_deadline;
         let portfolio_due = self.portfolio_due();
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
@@ -1487,6 +1684,7 @@ impl WsSession {
             Some(message) = recv_book(&mut self.book_channel) => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
+            _ = sleep_until_opt(token_deadline) => Wake::TokenExpired,
         }
     }
 
@@ -1508,7 +1706,17 @@ impl WsSession {
                     self.close(&mut out, close_codes::POLICY, "auth timeout");
                 }
             }
-            Wake::UserEvent(first) => self.on_user_events(first, &mut out),
+            Wake::TokenExpired => {
+                if self.token_deadline.is_some_and(|d| d <= Instant::now()) {
+                    out.push(error_frame(
+                        None,
+                        codes::TOKEN_EXPIRED,
+                        "token expired: send {\"action\":\"auth\",\"token\":<fresh token>} before it expires to stay connected",
+                    ));
+                    self.close(&mut out, close_codes::TOKEN_EXPIRED, "token expired");
+                }
+            }
+            Wake::UserEvent(first) => self.on_user_events(first, &mut out).await,
             Wake::PortfolioChanged(ok) => {
                 if ok {
                     self.portfolio_dirty = true;
@@ -1530,38 +1738,33 @@ impl WsSession {
         out
     }
 
-    fn on_user_events(
+    async fn on_user_events(
         &mut self,
         first: Result<UserEvent, broadcast::error::RecvError>,
         out: &mut Vec<Output>,
     ) {
         let mut objects = Vec::new();
+        let mut lagged = false;
         let mut next = Some(first);
         while let Some(result) = next.take() {
             match result {
                 Ok(UserEvent::TradeUpdate(update)) => {
-                    objects.push(tagged("trade_update", update.as_ref()));
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    if !objects.is_empty() {
-                        out.push(Output::frame(array(&objects)));
+                    // At or below the mark: already sent in a replay or covered by a reset.
+                    if update.seq > self.trade_seq {
+                        self.trade_seq = update.seq;
+                        objects.push(tagged("trade_update", update.as_ref()));
                     }
-                    out.push(error_frame(
-                        None,
-                        codes::SLOW_CLIENT,
-                        &format!(
-                            "slow client: {missed} trade updates were dropped; reconnect and read GET /v1/orders"
-                        ),
-                    ));
-                    self.close(out, close_codes::POLICY, "slow client");
-                    return;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    lagged = true;
+                    break;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     self.user_events = None;
                     break;
                 }
             }
-            if objects.len() < 256
+            if objects.len() < UPDATES_PER_FRAME
                 && let Some(receiver) = &mut self.user_events
             {
                 next = match receiver.try_recv() {
@@ -1575,6 +1778,39 @@ impl WsSession {
         }
         if !objects.is_empty() {
             out.push(Output::frame(array(&objects)));
+        }
+        if lagged {
+            self.repair_lag(out).await;
+        }
+    }
+
+    /// The live receiver dropped updates this connection had not read: they are all stored,
+    /// so they are read back after the last one sent, exactly as a resuming client would get
+    /// them (or a reset, when too many were missed). The receiver is already past the gap.
+    async fn repair_lag(&mut self, out: &mut Vec<Output>) {
+        let Some(trading) = self.deps.trading.clone() else {
+            return;
+        };
+        let user = self.user().unwrap_or_default().to_owned();
+        let since = self.trade_seq;
+        match trading.updates_since(&user, since).await {
+            Ok(Resume::Replay { seq, updates }) => {
+                push_updates(&updates, out);
+                self.trade_seq = seq;
+            }
+            Ok(Resume::Reset(snapshot)) => {
+                self.trade_seq = snapshot.seq;
+                out.push(Output::frame(format!("[{}]", reset_object(&snapshot))));
+            }
+            Err(error) => {
+                tracing::error!(%error, user, "trade updates lost by a lagging session");
+                out.push(error_frame(
+                    None,
+                    codes::SLOW_CLIENT,
+                    "slow client: trade updates could not be delivered; reconnect and resume with since",
+                ));
+                self.close(out, close_codes::POLICY, "slow client");
+            }
         }
     }
 
@@ -1785,9 +2021,10 @@ mod tests {
             _: &str,
             since: u64,
         ) -> BoxFuture<'static, Result<crate::trading::api::Resume, OrderError>> {
+            // No history: the sequence stands at 0 ("ahead of everything" is a plain start).
             Box::pin(async move {
                 Ok(crate::trading::api::Resume::Replay {
-                    seq: since,
+                    seq: if since == u64::MAX { 0 } else { since },
                     updates: Vec::new(),
                 })
             })

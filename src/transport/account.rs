@@ -1,6 +1,8 @@
 //! HTTP routes for authentication and the account (PROTOCOL.md §5): `POST /v1/auth/token`
-//! (built-in issuer), `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer
-//! token, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
+//! (built-in issuer), `POST /v1/auth/refresh` (a fresh token for a valid one),
+//! `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer token,
+//! `GET /v1/account`, `GET /v1/positions`, `GET /v1/orders?status=` and
+//! `GET /v1/orders/by-client-id/{client_order_id}`.
 
 use std::sync::Arc;
 
@@ -16,10 +18,15 @@ use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))
+        .route("/v1/auth/refresh", web::post().to(refresh))
         .route("/v1/auth/ticket", web::post().to(ticket))
         .route("/v1/account", web::get().to(account))
         .route("/v1/positions", web::get().to(positions))
-        .route("/v1/orders", web::get().to(orders));
+        .route("/v1/orders", web::get().to(orders))
+        .route(
+            "/v1/orders/by-client-id/{client_order_id}",
+            web::get().to(order_by_client_id),
+        );
 }
 
 /// The simulated exchange.
@@ -55,7 +62,9 @@ pub fn bearer_identity(request: &HttpRequest, state: &AppState) -> Result<Identi
 fn order_error(error: OrderError) -> ApiError {
     let status = match error.code {
         OrderError::NOT_FOUND => StatusCode::NOT_FOUND,
-        OrderError::NOT_CANCELABLE => StatusCode::UNPROCESSABLE_ENTITY,
+        OrderError::NOT_CANCELABLE | OrderError::DUPLICATE_CLIENT_ORDER_ID => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         OrderError::INSUFFICIENT => StatusCode::FORBIDDEN,
         OrderError::INVALID => StatusCode::BAD_REQUEST,
         _ => return ApiError::internal(&error),
@@ -88,6 +97,31 @@ async fn token(
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(issued))
+}
+
+async fn refresh(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = bearer_identity(&request, &state)?;
+    let issued = state.auth.refresh_token(&identity).map_err(auth_error)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(issued))
+}
+
+async fn order_by_client_id(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = bearer_identity(&request, &state)?;
+    let client_order_id = path.into_inner();
+    let order = trading(&state)?
+        .order_by_client_id(&identity.user, &client_order_id)
+        .await
+        .map_err(order_error)?;
+    Ok(HttpResponse::Ok().json(order))
 }
 
 async fn ticket(

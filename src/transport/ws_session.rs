@@ -960,6 +960,13 @@ impl WsSession {
         if self.closed {
             return Vec::new();
         }
+        // A message that arrives with (or after) the expiry is not processed, even if the
+        // timer has not been served yet.
+        if self.token_expired() {
+            let mut out = Vec::new();
+            self.end_expired(&mut out);
+            return out;
+        }
         if !self.bucket.try_take() {
             return vec![error_frame(
                 request_id(text, self.deps.limits.max_message_bytes).as_ref(),
@@ -1070,6 +1077,20 @@ impl WsSession {
                 self.refresh_auth(id, &current_user, result, out);
             }
         }
+    }
+
+    fn token_expired(&self) -> bool {
+        self.token_deadline.is_some_and(|d| d <= Instant::now())
+    }
+
+    /// Ends a session whose credential expired, saying so.
+    fn end_expired(&mut self, out: &mut Vec<Output>) {
+        out.push(error_frame(
+            None,
+            codes::TOKEN_EXPIRED,
+            "token expired: send {\"action\":\"auth\",\"token\":<fresh token>} before it expires to stay connected",
+        ));
+        self.close(out, close_codes::TOKEN_EXPIRED, "token expired");
     }
 
     /// A fresh credential for an authenticated session: same user, later limit. A failure
@@ -1707,13 +1728,8 @@ impl WsSession {
                 }
             }
             Wake::TokenExpired => {
-                if self.token_deadline.is_some_and(|d| d <= Instant::now()) {
-                    out.push(error_frame(
-                        None,
-                        codes::TOKEN_EXPIRED,
-                        "token expired: send {\"action\":\"auth\",\"token\":<fresh token>} before it expires to stay connected",
-                    ));
-                    self.close(&mut out, close_codes::TOKEN_EXPIRED, "token expired");
+                if self.token_expired() {
+                    self.end_expired(&mut out);
                 }
             }
             Wake::UserEvent(first) => self.on_user_events(first, &mut out).await,
@@ -1902,6 +1918,9 @@ mod tests {
         changes: watch::Sender<u64>,
         books: Mutex<HashMap<String, broadcast::Sender<BookUpdate>>>,
         portfolio_reads: AtomicU64,
+        /// Updates sent with [`FakeTrading::announce`], as a store would keep them.
+        log: Mutex<Vec<TradeUpdate>>,
+        submits: AtomicU64,
     }
 
     impl FakeTrading {
@@ -1911,7 +1930,29 @@ mod tests {
                 changes: watch::channel(0).0,
                 books: Mutex::new(HashMap::new()),
                 portfolio_reads: AtomicU64::new(0),
+                log: Mutex::new(Vec::new()),
+                submits: AtomicU64::new(0),
             })
+        }
+
+        /// Stores, then publishes, the user's next trade update.
+        fn announce(&self) -> u64 {
+            let mut log = self.log.lock();
+            let seq = log.len() as u64 + 1;
+            let now = Utc::now();
+            let update = TradeUpdate {
+                seq,
+                event: TradeEvent::New,
+                execution_id: None,
+                price: None,
+                qty: None,
+                position_qty: None,
+                timestamp: now,
+                order: order(&OrderRequest::default()),
+            };
+            log.push(update.clone());
+            let _ = self.events.send(UserEvent::TradeUpdate(Box::new(update)));
+            seq
         }
 
         fn book_sender(&self, symbol: &str) -> broadcast::Sender<BookUpdate> {
@@ -1956,6 +1997,7 @@ mod tests {
             _user: &str,
             request: OrderRequest,
         ) -> BoxFuture<'static, Result<Order, OrderError>> {
+            self.submits.fetch_add(1, Ordering::Relaxed);
             if request.qty.as_deref() == Some("0") {
                 return Box::pin(async { Err(OrderError::invalid("qty must be positive")) });
             }
@@ -2021,11 +2063,13 @@ mod tests {
             _: &str,
             since: u64,
         ) -> BoxFuture<'static, Result<crate::trading::api::Resume, OrderError>> {
-            // No history: the sequence stands at 0 ("ahead of everything" is a plain start).
+            // What `announce` logged; "ahead of everything" is a plain start at the head.
+            let log = self.log.lock().clone();
+            let head = log.len() as u64;
             Box::pin(async move {
                 Ok(crate::trading::api::Resume::Replay {
-                    seq: if since == u64::MAX { 0 } else { since },
-                    updates: Vec::new(),
+                    seq: head,
+                    updates: log.into_iter().filter(|u| u.seq > since).collect(),
                 })
             })
         }
@@ -2125,6 +2169,65 @@ mod tests {
                 .unwrap_or_default(),
             conditions: vec![],
         })
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_receiver_lagged_reads_the_missed_updates_back_each_exactly_once() {
+        let trading = FakeTrading::new();
+        let (mut session, _hub) = authenticated(Some(Arc::clone(&trading)));
+        let out = session
+            .on_text(r#"{"action":"subscribe","trade_updates":true}"#)
+            .await;
+        assert_eq!(objects(&out)[1]["T"], "trade_updates_live");
+        // More than the receiver holds (64) before the session reads any.
+        for _ in 0..100 {
+            trading.announce();
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 100 {
+            for object in next_wake_objects(&mut session).await {
+                assert_eq!(object["T"], "trade_update", "{object}");
+                seen.push(object["seq"].as_u64().expect("seq"));
+            }
+        }
+        assert_eq!(seen, (1..=100).collect::<Vec<_>>());
+        assert!(
+            !session.is_closed(),
+            "a lag is repaired, not a reason to close"
+        );
+        trading.announce();
+        let next = next_wake_objects(&mut session).await;
+        assert_eq!(
+            next.len(),
+            1,
+            "the stale live copies were dropped: {next:?}"
+        );
+        assert_eq!(next[0]["seq"], 101);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_processed_once_the_token_expired_and_the_session_ends_with_4001() {
+        let trading = FakeTrading::new();
+        let (mut session, _hub) = session_with(Some(Arc::clone(&trading)));
+        let valid_until = chrono::Utc::now().timestamp() as u64 + 2;
+        session.start(Some(Ok(Identity {
+            user: "alice".into(),
+            valid_until,
+        })));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let out = session
+            .on_text(r#"{"action":"order","id":"late","data":{"symbol":"AAPL","qty":"1","side":"buy","type":"market","time_in_force":"day"}}"#)
+            .await;
+        assert_eq!(objects(&out)[0]["code"], codes::TOKEN_EXPIRED);
+        assert!(out.contains(&Output::Close {
+            code: close_codes::TOKEN_EXPIRED,
+            reason: "token expired".into(),
+        }));
+        assert_eq!(
+            trading.submits.load(Ordering::Relaxed),
+            0,
+            "the order never left"
+        );
     }
 
     #[tokio::test]

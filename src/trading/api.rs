@@ -10,6 +10,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use crate::error::ErrorCode;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
@@ -216,29 +218,33 @@ pub enum UserEvent {
     TradeUpdate(Box<TradeUpdate>),
 }
 
-/// A refused request, with the PROTOCOL.md order-level code.
+/// A refused request, with its order-level code (docs/websocket.md "Errors").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct OrderError {
-    /// 40010001 invalid order, 40310000 insufficient buying power or quantity, 40410000 order
-    /// not found, 42210000 order not cancelable, 42210001 `client_order_id` already used,
-    /// 500 internal.
-    pub code: u32,
+    /// One of the associated constants below.
+    pub code: ErrorCode,
     pub message: String,
-    /// With 42210001: the order that already has the `client_order_id`, as it stands now, so
+    /// With 42210002: the order that already has the `client_order_id`, as it stands now, so
     /// a client that lost the acknowledgement of its first attempt learns the outcome.
     pub order: Option<Box<Order>>,
 }
 
 impl OrderError {
-    pub const INVALID: u32 = 40010001;
-    pub const INSUFFICIENT: u32 = 40310000;
-    pub const NOT_FOUND: u32 = 40410000;
-    pub const NOT_CANCELABLE: u32 = 42210000;
-    pub const DUPLICATE_CLIENT_ORDER_ID: u32 = 42210001;
-    pub const INTERNAL: u32 = 500;
+    /// 40010001 invalid order.
+    pub const INVALID: ErrorCode = ErrorCode::InvalidOrder;
+    /// 40310000 insufficient buying power or quantity.
+    pub const INSUFFICIENT: ErrorCode = ErrorCode::Insufficient;
+    /// 40410000 order not found.
+    pub const NOT_FOUND: ErrorCode = ErrorCode::NotFound;
+    /// 42210000 order not cancelable.
+    pub const NOT_CANCELABLE: ErrorCode = ErrorCode::NotCancelable;
+    /// 42210002 "client_order_id must be unique"; the error carries the existing order.
+    pub const DUPLICATE_CLIENT_ORDER_ID: ErrorCode = ErrorCode::DuplicateClientOrderId;
+    /// 500 internal (the exchange is not running, the store failed).
+    pub const INTERNAL: ErrorCode = ErrorCode::StreamInternal;
 
-    pub fn new(code: u32, message: impl Into<String>) -> OrderError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OrderError {
         OrderError {
             code,
             message: message.into(),
@@ -246,7 +252,7 @@ impl OrderError {
         }
     }
 
-    /// 42210001 for a `client_order_id` the user already gave `existing_id`; `order` is that
+    /// 42210002 for a `client_order_id` the user already gave `existing_id`; `order` is that
     /// order when the caller has it at hand (see [`OrderError::order`]).
     pub fn duplicate_client_order_id(
         client_order_id: &str,

@@ -925,7 +925,7 @@ impl Engine {
     }
 
     /// The given client order id if no order of the user ever had it, or a fresh one. A
-    /// duplicate is refused with 42210001 carrying the existing order when the engine still
+    /// duplicate is refused with 42210002 carrying the existing order when the engine still
     /// keeps it (the exchange fills it in from the store otherwise).
     fn client_order_id_for(&self, user: &str, wanted: Option<&str>) -> Result<String, OrderError> {
         let Some(wanted) = wanted else {

@@ -40,11 +40,11 @@ pub(super) fn engine_with(settings: EngineSettings) -> Engine {
     Engine::new(settings, SymbolUniverse::new(["AAPL", "MSFT"]))
 }
 
-fn engine() -> Engine {
+pub(super) fn engine() -> Engine {
     engine_with(settings())
 }
 
-fn now() -> DateTime<Utc> {
+pub(super) fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
@@ -64,7 +64,7 @@ fn set_book(engine: &mut Engine, bids: &[(Decimal, Decimal)], asks: &[(Decimal, 
     );
 }
 
-fn standard_book(engine: &mut Engine) {
+pub(super) fn standard_book(engine: &mut Engine) {
     set_book(
         engine,
         &[
@@ -80,7 +80,7 @@ fn standard_book(engine: &mut Engine) {
     );
 }
 
-fn order(side: &str, order_type: &str, qty: &str, tif: &str) -> OrderRequest {
+pub(super) fn order(side: &str, order_type: &str, qty: &str, tif: &str) -> OrderRequest {
     OrderRequest {
         symbol: Some("AAPL".into()),
         qty: Some(qty.into()),
@@ -91,14 +91,14 @@ fn order(side: &str, order_type: &str, qty: &str, tif: &str) -> OrderRequest {
     }
 }
 
-fn limit(side: &str, qty: &str, price: &str, tif: &str) -> OrderRequest {
+pub(super) fn limit(side: &str, qty: &str, price: &str, tif: &str) -> OrderRequest {
     OrderRequest {
         limit_price: Some(price.into()),
         ..order(side, "limit", qty, tif)
     }
 }
 
-fn submit(engine: &mut Engine, request: OrderRequest) -> (Order, Vec<TradeUpdate>) {
+pub(super) fn submit(engine: &mut Engine, request: OrderRequest) -> (Order, Vec<TradeUpdate>) {
     let mut out = Outcome::default();
     let order = engine
         .submit("alice", &request, now(), &mut out)
@@ -106,7 +106,7 @@ fn submit(engine: &mut Engine, request: OrderRequest) -> (Order, Vec<TradeUpdate
     (order, updates(&out))
 }
 
-fn submit_err(engine: &mut Engine, request: OrderRequest) -> OrderError {
+pub(super) fn submit_err(engine: &mut Engine, request: OrderRequest) -> OrderError {
     let mut out = Outcome::default();
     let error = engine
         .submit("alice", &request, now(), &mut out)
@@ -546,114 +546,6 @@ fn a_client_order_id_is_unique_among_all_orders_of_a_user_and_generated_when_abs
         .expect("bob's own dup");
     let (generated, _) = submit(&mut engine, limit("buy", "1", "90", "gtc"));
     assert!(!generated.client_order_id.is_empty());
-}
-
-#[test]
-fn a_retry_is_recognised_before_buying_power_is_checked() {
-    let mut engine = engine();
-    standard_book(&mut engine);
-    // Everything the account can afford, so an identical second order could not be.
-    let request = OrderRequest {
-        client_order_id: Some("all-in".into()),
-        ..limit("buy", "1000", "90", "gtc")
-    };
-    let (first, _) = submit(&mut engine, request.clone());
-    let error = submit_err(&mut engine, request);
-    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
-    assert_eq!(error.order.map(|o| o.id), Some(first.id));
-}
-
-#[test]
-fn a_replacement_needs_a_client_order_id_of_its_own() {
-    let mut engine = engine();
-    standard_book(&mut engine);
-    let (old, _) = submit(
-        &mut engine,
-        OrderRequest {
-            client_order_id: Some("keep".into()),
-            ..limit("buy", "2", "90", "gtc")
-        },
-    );
-    let mut out = Outcome::default();
-    let error = engine
-        .replace(
-            "alice",
-            &OrderRef::Id(old.id.clone()),
-            &ReplaceRequest {
-                client_order_id: Some("keep".into()),
-                ..ReplaceRequest::default()
-            },
-            now(),
-            &mut out,
-        )
-        .expect_err("the old order still has it");
-    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
-    assert!(out.events.is_empty(), "a refused replace commits nothing");
-    let replacement = engine
-        .replace(
-            "alice",
-            &OrderRef::Id(old.id),
-            &ReplaceRequest {
-                qty: Some("1".into()),
-                ..ReplaceRequest::default()
-            },
-            now(),
-            &mut out,
-        )
-        .expect("replaced");
-    assert_ne!(replacement.client_order_id, "keep");
-}
-
-#[test]
-fn every_user_has_one_contiguous_update_sequence_that_a_replay_gives_back() {
-    let mut engine = engine();
-    standard_book(&mut engine);
-    let mut seen: Vec<(String, u64)> = Vec::new();
-    let mut events = Vec::new();
-    let mut record = |out: Outcome, seen: &mut Vec<(String, u64)>| {
-        for announcement in &out.announcements {
-            if let Announcement::User {
-                user,
-                event: UserEvent::TradeUpdate(update),
-            } = announcement
-            {
-                seen.push((user.clone(), update.seq));
-            }
-        }
-        events.extend(out.events);
-    };
-    for user in ["alice", "bob", "alice"] {
-        let mut out = Outcome::default();
-        engine
-            .submit(user, &limit("buy", "5", "90", "gtc"), now(), &mut out)
-            .expect("resting");
-        record(out, &mut seen);
-        let mut out = Outcome::default();
-        engine
-            .submit(user, &order("buy", "market", "3", "day"), now(), &mut out)
-            .expect("market");
-        record(out, &mut seen);
-    }
-    let mut out = Outcome::default();
-    engine.on_trade("AAPL", dec!(89.00), dec!(100000), now(), &mut out);
-    record(out, &mut seen);
-    for user in ["alice", "bob"] {
-        let seqs: Vec<u64> = seen
-            .iter()
-            .filter(|(u, _)| u == user)
-            .map(|(_, seq)| *seq)
-            .collect();
-        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        assert_eq!(seqs, expected, "{user}'s updates are numbered 1, 2, 3, ...");
-        assert_eq!(engine.update_seq(user), seqs.len() as u64);
-    }
-    let mut rebuilt = engine_with(settings());
-    for event in &events {
-        rebuilt.apply(event);
-    }
-    assert_eq!(rebuilt.update_seq("alice"), engine.update_seq("alice"));
-    assert_eq!(rebuilt.update_seq("bob"), engine.update_seq("bob"));
-    assert_eq!(rebuilt.update_seq("nobody"), 0);
 }
 
 #[test]

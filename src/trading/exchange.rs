@@ -21,11 +21,12 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{
-    AccountSnapshot, BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio,
-    ReplaceRequest, ResetReason, Resume, TradeUpdate, TradingApi, UserEvent,
+    BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio, ReplaceRequest,
+    Resume, TradeUpdate, TradingApi, UserEvent,
 };
 use super::book::BookShape;
 use super::engine::{Announcement, Engine, EngineSettings, Outcome};
+use super::resume::{self, ResumePoint};
 use super::validate::OrderLimits;
 use crate::hub::{Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::{EventKind, MarketEvent, MarketSession};
@@ -209,13 +210,6 @@ impl UserChannels {
             recent: VecDeque::new(),
         }
     }
-}
-
-/// Where a resuming user stands, taken by the actor in one step: the current update sequence
-/// and, when the client is not at it, the state at exactly that sequence.
-struct ResumePoint {
-    seq: u64,
-    state: Option<(Vec<Order>, Portfolio)>,
 }
 
 enum Command {
@@ -453,7 +447,9 @@ impl TradingApi for ExchangeHandle {
             request,
             reply,
         });
-        Box::pin(async move { complete_duplicate(&shared, &user, wanted, future.await?).await })
+        Box::pin(async move {
+            resume::complete_duplicate(shared.persistence.get(), &user, wanted, future.await?).await
+        })
     }
 
     fn cancel(
@@ -485,7 +481,9 @@ impl TradingApi for ExchangeHandle {
             patch,
             reply,
         });
-        Box::pin(async move { complete_duplicate(&shared, &user, wanted, future.await?).await })
+        Box::pin(async move {
+            resume::complete_duplicate(shared.persistence.get(), &user, wanted, future.await?).await
+        })
     }
 
     fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
@@ -521,73 +519,18 @@ impl TradingApi for ExchangeHandle {
         });
         Box::pin(async move {
             let point = point.await?;
-            let reset = |reason: ResetReason, point: ResumePoint| {
-                // The actor takes the state whenever `since` is not the current sequence,
-                // which is the only case that can reset.
-                let Some((orders, account)) = point.state else {
-                    return Err(OrderError::new(
-                        OrderError::INTERNAL,
-                        "the exchange gave no state to reset to",
-                    ));
-                };
-                Ok(Resume::Reset(Box::new(AccountSnapshot {
-                    reason,
-                    since,
-                    seq: point.seq,
-                    orders,
-                    account,
-                })))
-            };
-            if since == point.seq {
-                return Ok(Resume::Replay {
-                    seq: point.seq,
-                    updates: Vec::new(),
-                });
-            }
-            if since > point.seq {
-                return reset(ResetReason::Ahead, point);
-            }
-            let missed = point.seq - since;
-            let updates = match shared.persistence.get() {
-                Some(persistence) => {
-                    if missed > persistence.max_resume_updates() as u64 {
-                        return reset(ResetReason::TooOld, point);
-                    }
-                    persistence
-                        .store()
-                        .updates_between(&user, since, point.seq)
-                        .await
-                        .map_err(|error| {
-                            tracing::error!(%error, user, "could not read stored trade updates");
-                            OrderError::new(
-                                OrderError::INTERNAL,
-                                "trade updates could not be read from the store",
-                            )
-                        })?
-                }
-                None => shared.with_user(&user, |channels| {
+            let persistence = shared.persistence.get().cloned();
+            let recent = |after: u64, up_to: u64| {
+                shared.with_user(&user, |channels| {
                     channels
                         .recent
                         .iter()
-                        .filter(|u| u.seq > since && u.seq <= point.seq)
+                        .filter(|u| u.seq > after && u.seq <= up_to)
                         .cloned()
                         .collect()
-                }),
-            };
-            // Complete and contiguous, or the oldest ones are no longer kept.
-            let contiguous = updates.len() as u64 == missed
-                && updates
-                    .iter()
-                    .zip(since + 1..)
-                    .all(|(update, seq)| update.seq == seq);
-            if contiguous {
-                Ok(Resume::Replay {
-                    seq: point.seq,
-                    updates,
                 })
-            } else {
-                reset(ResetReason::TooOld, point)
-            }
+            };
+            resume::answer(&user, since, point, persistence, recent).await
         })
     }
 
@@ -607,9 +550,9 @@ impl TradingApi for ExchangeHandle {
         Box::pin(async move {
             match future.await?? {
                 Ok(order) => Ok(order),
-                Err(id) => stored_order(&shared, &user, &client_order_id)
+                Err(id) => resume::stored_order(shared.persistence.get(), &user, &client_order_id)
                     .await?
-                    .ok_or_else(|| forgotten(&id)),
+                    .ok_or_else(|| resume::forgotten(&id)),
             }
         })
     }
@@ -630,57 +573,6 @@ impl TradingApi for ExchangeHandle {
             })?;
         let slot = slot.lock();
         Ok((slot.snapshot.clone(), slot.updates.subscribe()))
-    }
-}
-
-/// The user's order with this `client_order_id` from the store (`None` without a store).
-async fn stored_order(
-    shared: &Shared,
-    user: &str,
-    client_order_id: &str,
-) -> Result<Option<Order>, OrderError> {
-    let Some(persistence) = shared.persistence.get() else {
-        return Ok(None);
-    };
-    persistence
-        .store()
-        .order_by_client_id(user, client_order_id)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, user, "could not read an order from the store");
-            OrderError::new(
-                OrderError::INTERNAL,
-                "the order could not be read from the store",
-            )
-        })
-}
-
-/// The answer for an order the engine forgot and no store has (store disabled).
-fn forgotten(id: &str) -> OrderError {
-    OrderError::new(
-        OrderError::NOT_FOUND,
-        format!("order {id} is finished and no longer kept (the store is disabled)"),
-    )
-}
-
-/// A duplicate `client_order_id` whose order the engine no longer keeps gets that order from
-/// the store, so the reply always shows the order as it stands.
-async fn complete_duplicate(
-    shared: &Shared,
-    user: &str,
-    wanted: Option<String>,
-    result: Result<Order, OrderError>,
-) -> Result<Order, OrderError> {
-    match (result, wanted) {
-        (Err(mut error), Some(client_order_id))
-            if error.code == OrderError::DUPLICATE_CLIENT_ORDER_ID && error.order.is_none() =>
-        {
-            if let Ok(Some(order)) = stored_order(shared, user, &client_order_id).await {
-                error.order = Some(Box::new(order));
-            }
-            Err(error)
-        }
-        (result, _) => result,
     }
 }
 

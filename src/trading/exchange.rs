@@ -781,15 +781,9 @@ fn handle_command(
             }));
         }
         Command::Resume { user, since, reply } => {
-            let seq = engine.update_seq(&user);
-            let state = (since != seq).then(|| {
-                (
-                    engine.orders(&user, OrderQuery::Open),
-                    engine.portfolio(&user, now),
-                )
-            });
+            let point = ResumePoint::take(engine, &user, since, now);
             steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(ResumePoint { seq, state });
+                let _ = reply.send(point);
             }));
         }
         Command::OrderByClientId {
@@ -797,13 +791,7 @@ fn handle_command(
             client_order_id,
             reply,
         } => {
-            let answer = match engine.order_id_by_client_id(&user, &client_order_id) {
-                Some(id) => Ok(engine.order(id).map_err(|_| id.to_owned())),
-                None => Err(OrderError::new(
-                    OrderError::NOT_FOUND,
-                    format!("order with client_order_id {client_order_id:?} not found"),
-                )),
-            };
+            let answer = resume::kept_order(engine, &user, &client_order_id);
             steps.push(Pending::new(out, move |_| {
                 let _ = reply.send(answer);
             }));

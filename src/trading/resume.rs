@@ -9,7 +9,12 @@
 
 use std::sync::Arc;
 
-use super::api::{AccountSnapshot, Order, OrderError, Portfolio, ResetReason, Resume, TradeUpdate};
+use chrono::{DateTime, Utc};
+
+use super::api::{
+    AccountSnapshot, Order, OrderError, OrderQuery, Portfolio, ResetReason, Resume, TradeUpdate,
+};
+use super::engine::Engine;
 use super::persist::Persistence;
 
 /// Where a resuming user stands, taken by the actor in one step: the current update sequence
@@ -17,6 +22,36 @@ use super::persist::Persistence;
 pub(super) struct ResumePoint {
     pub(super) seq: u64,
     pub(super) state: Option<(Vec<Order>, Portfolio)>,
+}
+
+impl ResumePoint {
+    /// Where `user` stands now; the state only when `since` is not the current sequence.
+    pub(super) fn take(engine: &Engine, user: &str, since: u64, now: DateTime<Utc>) -> ResumePoint {
+        let seq = engine.update_seq(user);
+        let state = (since != seq).then(|| {
+            (
+                engine.orders(user, OrderQuery::Open),
+                engine.portfolio(user, now),
+            )
+        });
+        ResumePoint { seq, state }
+    }
+}
+
+/// The user's order with this `client_order_id` as the engine has it, or its id when the
+/// engine no longer keeps it (`Ok(Err(id))`: read it from the store), or 40410000.
+pub(super) fn kept_order(
+    engine: &Engine,
+    user: &str,
+    client_order_id: &str,
+) -> Result<Result<Order, String>, OrderError> {
+    match engine.order_id_by_client_id(user, client_order_id) {
+        Some(id) => Ok(engine.order(id).map_err(|_| id.to_owned())),
+        None => Err(OrderError::new(
+            OrderError::NOT_FOUND,
+            format!("order with client_order_id {client_order_id:?} not found"),
+        )),
+    }
 }
 
 /// The resume answer for `since` at `point`: from the store with one, else from `recent`

@@ -176,3 +176,143 @@ pub(super) async fn complete_duplicate(
         (result, _) => result,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+    use crate::trading::api::TradeEvent;
+    use rust_decimal::Decimal;
+
+    fn update(seq: u64) -> TradeUpdate {
+        let now = Utc::now();
+        TradeUpdate {
+            seq,
+            event: TradeEvent::New,
+            execution_id: None,
+            price: None,
+            qty: None,
+            position_qty: None,
+            timestamp: now,
+            order: Order {
+                id: format!("o{seq}"),
+                client_order_id: format!("c{seq}"),
+                symbol: "AAPL".into(),
+                side: crate::trading::api::Side::Buy,
+                order_type: crate::trading::api::OrderType::Market,
+                time_in_force: crate::trading::api::TimeInForce::Day,
+                qty: Decimal::ONE,
+                filled_qty: Decimal::ZERO,
+                filled_avg_price: None,
+                limit_price: None,
+                stop_price: None,
+                status: crate::trading::api::OrderStatus::New,
+                created_at: now,
+                updated_at: now,
+                submitted_at: now,
+                filled_at: None,
+                canceled_at: None,
+                expired_at: None,
+                replaced_by: None,
+                replaces: None,
+                commission: Decimal::ZERO,
+            },
+        }
+    }
+
+    fn point(seq: u64) -> ResumePoint {
+        let portfolio = Portfolio {
+            cash: Decimal::ONE_HUNDRED,
+            equity: Decimal::ONE_HUNDRED,
+            long_market_value: Decimal::ZERO,
+            short_market_value: Decimal::ZERO,
+            buying_power: Decimal::ONE_HUNDRED,
+            realized_pl: Decimal::ZERO,
+            t: Utc::now(),
+            positions: Vec::new(),
+        };
+        ResumePoint {
+            seq,
+            state: Some((Vec::new(), portfolio)),
+        }
+    }
+
+    fn held(seqs: &[u64]) -> impl FnOnce(u64, u64) -> Vec<TradeUpdate> + '_ {
+        move |after, up_to| {
+            seqs.iter()
+                .filter(|s| **s > after && **s <= up_to)
+                .map(|s| update(*s))
+                .collect()
+        }
+    }
+
+    fn reason(resume: Resume) -> Option<ResetReason> {
+        match resume {
+            Resume::Reset(snapshot) => Some(snapshot.reason),
+            Resume::Replay { .. } => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_complete_contiguous_run_is_replayed_anything_else_resets() {
+        let replay = answer("u", 2, point(5), None, held(&[1, 2, 3, 4, 5]))
+            .await
+            .expect("answer");
+        match replay {
+            Resume::Replay { seq, updates } => {
+                assert_eq!(seq, 5);
+                assert_eq!(updates.iter().map(|u| u.seq).collect::<Vec<_>>(), [3, 4, 5]);
+            }
+            other => panic!("expected a replay: {other:?}"),
+        }
+        // The oldest ones are gone (a ring that moved on, or pruned rows).
+        let gone = answer("u", 1, point(5), None, held(&[3, 4, 5])).await;
+        assert_eq!(reason(gone.expect("answer")), Some(ResetReason::TooOld));
+        // A hole in the middle is never replayed around.
+        let holed = answer("u", 1, point(5), None, held(&[2, 3, 5])).await;
+        assert_eq!(reason(holed.expect("answer")), Some(ResetReason::TooOld));
+        let ahead = answer("u", 9, point(5), None, held(&[])).await;
+        assert_eq!(reason(ahead.expect("answer")), Some(ResetReason::Ahead));
+        let current = answer("u", 5, point(5), None, held(&[])).await;
+        assert_eq!(
+            reason(current.expect("answer")),
+            None,
+            "up to date: an empty replay"
+        );
+    }
+
+    #[test]
+    fn the_retention_and_the_resume_limit_are_settings_checked_at_load() {
+        let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load_from(&config_dir, None, &[]).expect("defaults");
+        assert_eq!(
+            settings.trading.updates_retention,
+            std::time::Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(settings.trading.max_resume_updates, 10_000);
+        let env = vec![(
+            "TICKGATE__TRADING__UPDATES_RETENTION".to_string(),
+            "36h".to_string(),
+        )];
+        let settings = Settings::load_from(&config_dir, None, &env).expect("from the environment");
+        assert_eq!(
+            settings.trading.updates_retention,
+            std::time::Duration::from_secs(36 * 3600)
+        );
+        let bad = vec![
+            (
+                "TICKGATE__TRADING__UPDATES_RETENTION".to_string(),
+                "0s".to_string(),
+            ),
+            (
+                "TICKGATE__TRADING__MAX_RESUME_UPDATES".to_string(),
+                "0".to_string(),
+            ),
+        ];
+        let error = Settings::load_from(&config_dir, None, &bad)
+            .expect_err("both refused")
+            .to_string();
+        assert!(error.contains("trading.updates_retention"), "{error}");
+        assert!(error.contains("trading.max_resume_updates"), "{error}");
+    }
+}

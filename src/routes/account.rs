@@ -1,6 +1,7 @@
 //! HTTP routes for authentication and the account (docs/websocket.md, "Getting a token" and
-//! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer
-//! token, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
+//! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/ticket`
+//! (single-use WebSocket ticket), and, with a bearer token, `GET /v1/account`,
+//! `GET /v1/positions` and `GET /v1/orders?status=`.
 
 use std::sync::Arc;
 

@@ -2,14 +2,14 @@
 //! arrival order; a cloneable [`ExchangeHandle`] reaches it over a bounded channel and
 //! implements [`TradingApi`].
 //!
-//! Market data comes from the hub through a [`SubscriberQueue`] drained by a separate ingest
-//! task into a mailbox that keeps only the newest trade and quote per symbol, so the hub never
-//! waits on the exchange: when the exchange lags, the newest price wins.
+//! Market data comes from the hub through the intake task (`trading::intake`) into a mailbox
+//! that keeps only the newest trade and quote per symbol, so the hub never waits on the
+//! exchange: when the exchange lags, the newest price wins.
 //!
 //! Book updates go out under the symbol's slot lock, which is also what [`TradingApi::book`]
 //! takes to copy the snapshot and subscribe, so a reader never misses or repeats a delta.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::FromPrimitive;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{
@@ -26,101 +26,14 @@ use super::api::{
 };
 use super::book::BookShape;
 use super::engine::{Announcement, Engine, EngineSettings, Outcome};
+pub use super::intake::MarketInput;
+use super::intake::{Mailbox, ingest, subscribe_market};
 use super::resume::{self, ResumePoint};
 use super::validate::OrderLimits;
-use crate::hub::{Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
-use crate::market::{EventKind, MarketEvent, MarketSession};
-use crate::metrics::Transport;
-use crate::settings::Settings;
-
-/// A market input for the engine, already in exact decimals.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MarketInput {
-    Trade {
-        symbol: String,
-        price: Decimal,
-        size: Decimal,
-    },
-    Quote {
-        symbol: String,
-        bid: Decimal,
-        ask: Decimal,
-        bid_size: Decimal,
-        ask_size: Decimal,
-    },
-    /// A session status; `market_closed` expires day orders.
-    Status { code: String },
-}
-
-impl MarketInput {
-    /// Converts a hub event; `None` for kinds the exchange ignores or unusable numbers.
-    pub fn from_event(event: &MarketEvent) -> Option<MarketInput> {
-        // Prices travel as floats on the market feed; the shortest decimal that round-trips is
-        // the producer's intended price (126.54, not 126.5399999…).
-        let decimal = |value: f64| Decimal::from_f64(value).map(|d| d.round_dp(8).normalize());
-        match event {
-            MarketEvent::Trade(trade) => Some(MarketInput::Trade {
-                symbol: trade.symbol.clone(),
-                price: decimal(trade.price)?,
-                size: decimal(trade.size)?,
-            }),
-            MarketEvent::Quote(quote) => Some(MarketInput::Quote {
-                symbol: quote.symbol.clone(),
-                bid: decimal(quote.bid_price)?,
-                ask: decimal(quote.ask_price)?,
-                bid_size: decimal(quote.bid_size)?,
-                ask_size: decimal(quote.ask_size)?,
-            }),
-            MarketEvent::Status(status) => Some(MarketInput::Status {
-                code: status.code.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    fn slot(&self) -> Option<(&str, u8)> {
-        match self {
-            MarketInput::Trade { symbol, .. } => Some((symbol, 0)),
-            MarketInput::Quote { symbol, .. } => Some((symbol, 1)),
-            MarketInput::Status { .. } => None,
-        }
-    }
-}
-
-/// Market inputs waiting for the actor. Trades and quotes conflate per symbol; statuses are
-/// kept (bounded) because a close must not be lost.
-#[derive(Debug, Default)]
-struct Mailbox {
-    pending: Mutex<VecDeque<MarketInput>>,
-    notify: Notify,
-}
-
-/// Statuses kept while the exchange lags; older ones are dropped first.
-const MAX_PENDING_STATUSES: usize = 64;
-
-impl Mailbox {
-    fn push(&self, input: MarketInput) {
-        let mut pending = self.pending.lock();
-        match input.slot() {
-            Some(slot) => pending.retain(|queued| queued.slot() != Some(slot)),
-            None => {
-                let statuses = pending.iter().filter(|q| q.slot().is_none()).count();
-                if statuses >= MAX_PENDING_STATUSES
-                    && let Some(index) = pending.iter().position(|q| q.slot().is_none())
-                {
-                    pending.remove(index);
-                }
-            }
-        }
-        pending.push_back(input);
-        drop(pending);
-        self.notify.notify_one();
-    }
-
-    fn take(&self) -> VecDeque<MarketInput> {
-        std::mem::take(&mut *self.pending.lock())
-    }
-}
+use crate::hub::{Hub, SubscriberQueue};
+use crate::market::MarketSession;
+use crate::settings::TradingSettings;
+use crate::store::{StoreError, TradingStore};
 
 struct UserChannels {
     events: broadcast::Sender<UserEvent>,
@@ -143,7 +56,7 @@ struct Shared {
     users: Mutex<HashMap<String, UserChannels>>,
     books: HashMap<String, Mutex<BookSlot>>,
     user_channel_capacity: usize,
-    mailbox: Mailbox,
+    mailbox: Arc<Mailbox>,
     /// Set when the exchange has a store: every step is stored before it is announced.
     persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
 }
@@ -273,7 +186,6 @@ pub struct ExchangeTasks {
     shared: Arc<Shared>,
     /// The hub and the queue already registered on its market feed.
     feed: Option<(Arc<Hub>, Arc<SubscriberQueue>)>,
-    queue_capacity: usize,
     shutdown: CancellationToken,
 }
 
@@ -281,9 +193,11 @@ fn unavailable() -> OrderError {
     OrderError::new(OrderError::INTERNAL, "the exchange is not running")
 }
 
-/// Engine settings from the application's settings.
-pub fn engine_settings(settings: &Settings) -> EngineSettings {
-    let trading = &settings.trading;
+/// Engine settings from the `[trading]` section and the simulator's opening prices.
+pub fn engine_settings(
+    trading: &TradingSettings,
+    prices: &BTreeMap<String, f64>,
+) -> EngineSettings {
     let tick_decimals = trading.tick_size.normalize().scale();
     EngineSettings {
         seed: trading.seed,
@@ -302,9 +216,7 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             levels: trading.book_levels,
             tick_size: trading.tick_size,
         },
-        initial_prices: settings
-            .simulator
-            .initial_prices
+        initial_prices: prices
             .iter()
             .filter_map(|(symbol, price)| {
                 let price = Decimal::from_f64(*price)?.round_dp(tick_decimals);
@@ -312,6 +224,73 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             })
             .collect(),
     }
+}
+
+/// Starts the exchange and returns its handle: builds the engine from `settings` and the
+/// opening `prices`, rebuilds it from `store` when there is one (and from then on stores
+/// every step before announcing it), follows `hub`'s market feed from this moment on, and
+/// spawns its tasks, which end when `shutdown` fires.
+///
+/// The tasks run on the current Tokio runtime. An exchange started outside one (an
+/// application built before its runtime, as some embedders do) gets a one-thread runtime of
+/// its own on a dedicated thread, which ends when `shutdown` fires; either way it follows the
+/// market from this moment. Start-up only: with a store it waits for the store's reads.
+pub fn start(
+    settings: &TradingSettings,
+    prices: &BTreeMap<String, f64>,
+    hub: Arc<Hub>,
+    store: Option<Arc<dyn TradingStore>>,
+    shutdown: CancellationToken,
+) -> Result<ExchangeHandle, StartError> {
+    let mut engine = Engine::new(engine_settings(settings, prices), hub.universe().clone());
+    let update_log = super::persist::UpdateLogSettings {
+        retention: settings.updates_retention,
+        prune_interval: std::time::Duration::from_secs(3600).min(settings.updates_retention),
+        max_resume_updates: settings.max_resume_updates,
+    };
+    let persistence = store
+        .map(|store| super::persist::rebuild(&mut engine, store, settings.closed_orders_kept))
+        .transpose()?
+        .map(|persistence| persistence.with_update_log(update_log));
+    let (handle, tasks) = ExchangeHandle::new(
+        engine,
+        Some(hub),
+        settings.command_queue,
+        settings.book_channel_capacity,
+        settings.user_channel_capacity,
+        shutdown.clone(),
+    );
+    let tasks = match persistence {
+        Some(persistence) => tasks.with_persistence(Arc::new(persistence)),
+        None => tasks,
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tasks.spawn();
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        std::thread::Builder::new()
+            .name("tickgate-exchange".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tasks.spawn();
+                    shutdown.cancelled().await;
+                });
+            })
+            .map_err(StartError::Runtime)?;
+    }
+    Ok(handle)
+}
+
+/// Why the exchange could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not start the exchange's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl ExchangeHandle {
@@ -348,17 +327,14 @@ impl ExchangeHandle {
             users: Mutex::new(HashMap::new()),
             books,
             user_channel_capacity: user_channel_capacity.max(1),
-            mailbox: Mailbox::default(),
+            mailbox: Arc::new(Mailbox::default()),
             persistence: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
-        let queue_capacity = hub
-            .as_ref()
-            .map_or(1024, |hub| hub.settings().subscriber_queue_capacity);
         // Subscribe now rather than in the task, so no event published between building and
         // the first poll of the task is missed.
         let feed = hub.map(|hub| {
-            let queue = subscribe_market(&hub, queue_capacity);
+            let queue = subscribe_market(&hub);
             (hub, queue)
         });
         (
@@ -371,26 +347,8 @@ impl ExchangeHandle {
                 commands: receiver,
                 shared,
                 feed,
-                queue_capacity,
                 shutdown,
             },
-        )
-    }
-
-    /// Builds the exchange from the application's settings, following `hub`.
-    pub fn from_settings(
-        settings: &Settings,
-        hub: Arc<Hub>,
-        shutdown: CancellationToken,
-    ) -> (ExchangeHandle, ExchangeTasks) {
-        let engine = Engine::new(engine_settings(settings), hub.universe().clone());
-        ExchangeHandle::new(
-            engine,
-            Some(hub),
-            settings.trading.command_queue,
-            settings.trading.book_channel_capacity,
-            settings.trading.user_channel_capacity,
-            shutdown,
         )
     }
 
@@ -590,7 +548,6 @@ impl ExchangeTasks {
             commands,
             shared,
             feed,
-            queue_capacity,
             shutdown,
         } = self;
         if let Some(persistence) = shared.persistence.get() {
@@ -600,8 +557,7 @@ impl ExchangeTasks {
             tokio::spawn(ingest(
                 hub,
                 queue,
-                Arc::clone(&shared),
-                queue_capacity,
+                Arc::clone(&shared.mailbox),
                 shutdown.clone(),
             ));
         }
@@ -812,176 +768,6 @@ fn handle_command(
     }
 }
 
-/// Follows the hub's market feed (trades, quotes, statuses of every symbol) into the mailbox.
-/// Never blocks the hub: it only parses and conflates. If the hub ever drops this subscriber
-/// as slow, it subscribes again.
-async fn ingest(
-    hub: Arc<Hub>,
-    mut queue: Arc<SubscriberQueue>,
-    shared: Arc<Shared>,
-    capacity: usize,
-    shutdown: CancellationToken,
-) {
-    let mut buffer = VecDeque::new();
-    'subscription: loop {
-        loop {
-            queue.drain_into(&mut buffer);
-            for delivery in buffer.drain(..) {
-                match delivery {
-                    Delivery::Event(entry) => {
-                        match serde_json::from_slice::<MarketEvent>(&entry.json) {
-                            Ok(event) => {
-                                if let Some(input) = MarketInput::from_event(&event) {
-                                    shared.mailbox.push(input);
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "exchange could not read a market event");
-                            }
-                        }
-                    }
-                    Delivery::Heartbeat => {}
-                    Delivery::Close(crate::hub::CloseReason::Shutdown) => {
-                        queue.mark_gone();
-                        return;
-                    }
-                    Delivery::Close(crate::hub::CloseReason::SlowClient) => {
-                        tracing::warn!("exchange fell behind the market feed; resubscribing");
-                        queue = subscribe_market(&hub, capacity);
-                        continue 'subscription;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    queue.mark_gone();
-                    return;
-                }
-                _ = queue.notified() => {}
-            }
-        }
-    }
-}
-
-/// Registers a queue for trades, quotes and statuses of every symbol.
-fn subscribe_market(hub: &Hub, capacity: usize) -> Arc<SubscriberQueue> {
-    let filter = Filter {
-        symbols: SymbolFilter::All,
-        kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
-    };
-    let queue = SubscriberQueue::new(capacity, Transport::WebSocket);
-    hub.subscribe(Feed::Market, filter, None, false, &queue);
-    queue
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rust_decimal_macros::dec;
-
-    #[test]
-    fn trading_settings_load_as_exact_decimals_from_files_and_the_environment() {
-        let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let env = vec![
-            (
-                "TICKGATE__TRADING__COMMISSION_PER_SHARE".to_string(),
-                "0.005".to_string(),
-            ),
-            (
-                "TICKGATE__TRADING__STARTING_CASH".to_string(),
-                "25000.50".to_string(),
-            ),
-        ];
-        let settings = Settings::load_from(&config_dir, None, &env).expect("valid settings");
-        assert_eq!(settings.trading.commission_per_share, dec!(0.005));
-        assert_eq!(settings.trading.starting_cash, dec!(25000.50));
-        assert_eq!(settings.trading.tick_size, dec!(0.01));
-        let engine = engine_settings(&settings);
-        assert_eq!(engine.initial_prices.get("AAPL"), Some(&dec!(227.50)));
-        let bad = vec![("TICKGATE__TRADING__TICK_SIZE".to_string(), "0".to_string())];
-        let error = Settings::load_from(&config_dir, None, &bad).expect_err("zero tick");
-        assert!(error.to_string().contains("trading.tick_size"), "{error}");
-    }
-
-    #[test]
-    fn the_mailbox_keeps_the_newest_trade_and_quote_per_symbol_and_every_status() {
-        let mailbox = Mailbox::default();
-        let trade = |price: Decimal| MarketInput::Trade {
-            symbol: "AAPL".into(),
-            price,
-            size: dec!(1),
-        };
-        mailbox.push(trade(dec!(1)));
-        mailbox.push(MarketInput::Status {
-            code: "market_closed".into(),
-        });
-        mailbox.push(trade(dec!(2)));
-        mailbox.push(MarketInput::Trade {
-            symbol: "MSFT".into(),
-            price: dec!(3),
-            size: dec!(1),
-        });
-        let pending: Vec<MarketInput> = mailbox.take().into_iter().collect();
-        assert_eq!(pending.len(), 3);
-        assert!(matches!(pending[0], MarketInput::Status { .. }));
-        assert_eq!(pending[1], trade(dec!(2)));
-        assert!(mailbox.take().is_empty());
-    }
-
-    #[test]
-    fn float_market_prices_become_the_decimals_the_producer_meant() {
-        let event = MarketEvent::Trade(crate::market::Trade {
-            symbol: "AAPL".into(),
-            id: 1,
-            venue: String::new(),
-            price: 126.54,
-            size: 100.0,
-            time: Utc::now(),
-            conditions: vec![],
-        });
-        assert_eq!(
-            MarketInput::from_event(&event),
-            Some(MarketInput::Trade {
-                symbol: "AAPL".into(),
-                price: dec!(126.54),
-                size: dec!(100),
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn pushed_market_data_is_applied_before_a_later_sync_returns() {
-        let engine = Engine::new(
-            super::super::engine_tests::settings(),
-            crate::market::SymbolUniverse::new(["AAPL", "MSFT"]),
-        );
-        let shutdown = CancellationToken::new();
-        let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 64, 64, shutdown.clone());
-        tasks.spawn();
-        let (before, mut deltas) = handle
-            .book("aapl")
-            .expect("symbols are matched in any case");
-        handle.push_market(MarketInput::Quote {
-            symbol: "AAPL".into(),
-            bid: dec!(42.00),
-            ask: dec!(42.02),
-            bid_size: dec!(300),
-            ask_size: dec!(200),
-        });
-        handle.sync().await.expect("running");
-        let (after, _) = handle.book("AAPL").expect("book");
-        assert_ne!(before.bids, after.bids);
-        assert_eq!(after.bids[0], (dec!(42), dec!(300)));
-        let delta = deltas.try_recv().expect("the refresh was announced");
-        let mut rebuilt = super::super::book::SyntheticBook {
-            bids: before.bids,
-            asks: before.asks,
-        };
-        rebuilt.apply_delta(&delta.bids, &delta.asks);
-        assert_eq!((rebuilt.bids, rebuilt.asks), (after.bids, after.asks));
-        let portfolio = handle.portfolio("nobody").await.expect("portfolio");
-        assert_eq!(portfolio.equity, dec!(100000));
-        shutdown.cancel();
-        tokio::task::yield_now().await;
-    }
-}
+#[path = "exchange_tests.rs"]
+mod tests;

@@ -7,7 +7,7 @@
 //! - [`book`]: the synthetic book, its walk and its deltas.
 //! - [`account`]: cash, positions and the exact arithmetic of a fill.
 //! - [`engine`]: the rules; a synchronous state machine.
-//! - [`exchange`]: the actor task, its handle and the market-data ingest.
+//! - [`exchange`]: the actor task and its handle; `intake`: the market data it follows.
 //! - [`persist`]: the event log in the store, the rebuild at start-up, the halt on a failed write.
 //! - `resume`: what a reconnecting client is told (replay or reset) and the order behind a
 //!   retried `client_order_id`, read from the store off the actor.
@@ -33,6 +33,7 @@ pub mod api;
 pub mod book;
 pub mod engine;
 pub mod exchange;
+mod intake;
 pub mod persist;
 mod resume;
 pub mod validate;

@@ -1,8 +1,8 @@
-//! HTTP routes for authentication and the account (PROTOCOL.md §5): `POST /v1/auth/token`
-//! (built-in issuer), `POST /v1/auth/refresh` (a fresh token for a valid one),
-//! `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer token,
-//! `GET /v1/account`, `GET /v1/positions`, `GET /v1/orders?status=` and
-//! `GET /v1/orders/by-client-id/{client_order_id}`.
+//! HTTP routes for authentication and the account (docs/websocket.md, "Getting a token" and
+//! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/refresh` (a
+//! fresh token for the holder of a valid one), `POST /v1/auth/ticket` (single-use WebSocket
+//! ticket), and, with a bearer token, `GET /v1/account`, `GET /v1/positions`,
+//! `GET /v1/orders?status=` and `GET /v1/orders/by-client-id/{client_order_id}`.
 
 use std::sync::Arc;
 
@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, ErrorCode};
-use crate::server::AppState;
+use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
+use crate::state::AppState;
 use crate::trading::api::{OrderError, OrderQuery, TradingApi};
-use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))

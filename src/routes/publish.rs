@@ -8,10 +8,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::hub::{EventSink, PublishError};
+use crate::hub::PublishError;
 use crate::market::{InvalidEvent, MarketEvent};
-use crate::server::AppState;
-use crate::transport::params::{Bearer, bearer};
+use crate::routes::params::{Bearer, bearer};
+use crate::state::AppState;
 
 pub const SOURCE_NAME: &str = "publish_api";
 
@@ -181,6 +181,7 @@ async fn publish(
             "the array holds no items",
         ));
     }
+    let source = state.publisher.context(SOURCE_NAME);
     let mut reply = PublishReply {
         accepted: 0,
         rejected: Vec::new(),
@@ -235,11 +236,11 @@ async fn publish(
             });
             continue;
         }
-        match state.hub.publish(event) {
-            Ok(_) => reply.accepted += 1,
+        // The context counts the item as accepted or refused, like any source's.
+        match source.publish(event) {
+            Ok(()) => reply.accepted += 1,
             Err(error) => {
                 let (code, label) = refusal(&error);
-                state.metrics.ingest_rejected(SOURCE_NAME, label);
                 reply.rejected.push(Rejected {
                     index,
                     code,
@@ -248,14 +249,6 @@ async fn publish(
                 });
             }
         }
-    }
-    if reply.accepted > 0 {
-        state.metrics.add_counter(
-            "tickgate_ingest_accepted_total",
-            "Items a source published into the hub.",
-            &format!("source=\"{SOURCE_NAME}\""),
-            reply.accepted as f64,
-        );
     }
     let status = if reply.accepted == 0 {
         StatusCode::UNPROCESSABLE_ENTITY

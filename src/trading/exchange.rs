@@ -77,6 +77,8 @@ impl Shared {
             match announcement {
                 Announcement::User { user, event } => {
                     let mut users = self.users.lock();
+                    // Without a store the exchange keeps each user's latest updates itself,
+                    // so a client that was away briefly can still resume (`resume::answer`).
                     if self.persistence.get().is_none() {
                         let channels = users
                             .entry(user)

@@ -184,6 +184,19 @@ async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and
     // A since within reach replays.
     let (replayed, _) = resume(&mut client, head - 1).await;
     assert_eq!(seqs(&replayed), vec![head]);
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "tickgate_trade_update_resets_total{reason=\"ahead\"} 1",
+        "tickgate_trade_update_resets_total{reason=\"too_old\"} 1",
+        "tickgate_trade_updates_replayed_total{cause=\"resume\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     // A malformed since is refused and changes nothing.
     client
         .send_json(json!({"action":"subscribe","trade_updates":{"since":-1}}))

@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::error::ErrorCode;
+use crate::metrics::Metrics;
 use crate::trading::api::{
-    AccountSnapshot, OrderError, Resume, TradeUpdate, TradingApi, UserEvent,
+    AccountSnapshot, OrderError, ResetReason, Resume, TradeUpdate, TradingApi, UserEvent,
 };
 
 use super::WsSession;
@@ -59,6 +60,32 @@ fn reset_object(snapshot: &AccountSnapshot) -> String {
 /// `{"T":"trade_updates_live",...}`: everything up to `seq` was sent; live updates follow.
 fn live_object(since: Option<u64>, seq: u64, replayed: usize) -> String {
     json!({"T": "trade_updates_live", "since": since, "seq": seq, "replayed": replayed}).to_string()
+}
+
+/// Counts replayed updates (`cause`: `resume` or `lag`) in `/metrics`.
+fn count_replayed(metrics: &Metrics, cause: &str, n: usize) {
+    if n > 0 {
+        metrics.add_counter(
+            "tickgate_trade_updates_replayed_total",
+            "Trade updates read back from the store for resuming or lagging sessions.",
+            &format!("cause=\"{cause}\""),
+            n as f64,
+        );
+    }
+}
+
+/// Counts a resume answered with a reset, by reason, in `/metrics`.
+fn count_reset(metrics: &Metrics, snapshot: &AccountSnapshot) {
+    let reason = match snapshot.reason {
+        ResetReason::TooOld => "too_old",
+        ResetReason::Ahead => "ahead",
+    };
+    metrics.add_counter(
+        "tickgate_trade_update_resets_total",
+        "Trade update resumes answered with a reset (the state) instead of a replay.",
+        &format!("reason=\"{reason}\""),
+        1.0,
+    );
 }
 
 /// Trade updates as frames of at most [`MAX_BATCH`] messages.
@@ -116,6 +143,7 @@ impl WsSession {
         match trading.updates_since(user, asked).await {
             Ok(Resume::Replay { seq, updates }) => {
                 let replayed = updates.len();
+                count_replayed(&self.deps.metrics, "resume", replayed);
                 push_updates(&updates, out);
                 self.trade_updates.last_seq = seq;
                 out.push(Output::frame(format!(
@@ -126,6 +154,7 @@ impl WsSession {
             Ok(Resume::Reset(snapshot)) => {
                 let seq = snapshot.seq;
                 if since.is_some() {
+                    count_reset(&self.deps.metrics, &snapshot);
                     out.push(Output::frame(format!("[{}]", reset_object(&snapshot))));
                 }
                 self.trade_updates.last_seq = seq;
@@ -244,10 +273,12 @@ impl WsSession {
         let since = self.trade_updates.last_seq;
         match trading.updates_since(&user, since).await {
             Ok(Resume::Replay { seq, updates }) => {
+                count_replayed(&self.deps.metrics, "lag", updates.len());
                 push_updates(&updates, out);
                 self.trade_updates.last_seq = seq;
             }
             Ok(Resume::Reset(snapshot)) => {
+                count_reset(&self.deps.metrics, &snapshot);
                 self.trade_updates.last_seq = snapshot.seq;
                 out.push(Output::frame(format!("[{}]", reset_object(&snapshot))));
             }

@@ -4,6 +4,8 @@
 //!
 //! Secrets (the HS256 key, passwords, tokens, tickets) are never logged or echoed back.
 
+pub mod api_keys;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

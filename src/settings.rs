@@ -293,6 +293,40 @@ pub struct AuthSettings {
     pub max_login_attempts_per_minute: u32,
     /// Users of the built-in issuer, with argon2 PHC password hashes.
     pub users: Vec<UserEntry>,
+    /// API key pairs defined in configuration (Alpaca's key id and secret; see
+    /// `docs/alpaca.md`). Pairs issued through `POST /v1/api-keys` live in the store.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// The server key of the keyed hash that API key secrets are stored as (32+ bytes). Empty:
+    /// a random key kept in `<store.data_dir>/api_key_hash.key`, or one per process when the
+    /// store is off. Never logged.
+    pub api_key_hash_key: String,
+    /// Most API key pairs one user may hold at once (issued ones; configured ones do not count).
+    pub max_api_keys_per_user: usize,
+}
+
+/// One API key pair from configuration. The secret itself is never in the configuration:
+/// only its SHA-256 digest (print one with `tickgate hash-api-secret`).
+#[derive(Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ApiKeyEntry {
+    pub key_id: String,
+    /// The account the key trades for.
+    pub user: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Accept the pair only from loopback addresses (the demo pair).
+    pub loopback_only: bool,
+}
+
+impl std::fmt::Debug for ApiKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyEntry")
+            .field("key_id", &self.key_id)
+            .field("user", &self.user)
+            .field("secret_sha256", &"<redacted>")
+            .field("loopback_only", &self.loopback_only)
+            .finish()
+    }
 }
 
 /// One user of the built-in issuer.
@@ -327,6 +361,9 @@ impl Default for AuthSettings {
             max_connections_per_user: 5,
             max_login_attempts_per_minute: 20,
             users: Vec::new(),
+            api_keys: Vec::new(),
+            api_key_hash_key: String::new(),
+            max_api_keys_per_user: 10,
         }
     }
 }
@@ -344,6 +381,9 @@ impl std::fmt::Debug for AuthSettings {
             .field("ticket_ttl", &self.ticket_ttl)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("users", &self.users)
+            .field("api_keys", &self.api_keys)
+            .field("api_key_hash_key", &"<redacted>")
+            .field("max_api_keys_per_user", &self.max_api_keys_per_user)
             .finish()
     }
 }
@@ -620,6 +660,35 @@ impl Settings {
                 problems.push(format!(
                     "auth.users: {:?} needs a username and an argon2 PHC password_hash",
                     user.username
+                ));
+            }
+        }
+        if !auth.api_key_hash_key.is_empty() && auth.api_key_hash_key.len() < 32 {
+            problems.push("auth.api_key_hash_key: must be at least 32 bytes".into());
+        }
+        if auth.max_api_keys_per_user == 0 {
+            problems.push("auth.max_api_keys_per_user: must be at least 1".into());
+        }
+        let mut key_ids = std::collections::HashSet::new();
+        for key in &auth.api_keys {
+            if !crate::auth::api_keys::is_valid_key_id(&key.key_id) {
+                problems.push(format!(
+                    "auth.api_keys: key_id {:?} must be 1-64 letters, digits, '-' or '_'",
+                    key.key_id
+                ));
+            } else if !key_ids.insert(key.key_id.as_str()) {
+                problems.push(format!(
+                    "auth.api_keys: key_id {:?} appears twice",
+                    key.key_id
+                ));
+            }
+            if key.user.is_empty() {
+                problems.push(format!("auth.api_keys: {:?} needs a user", key.key_id));
+            }
+            if crate::auth::api_keys::parse_sha256_hex(&key.secret_sha256).is_none() {
+                problems.push(format!(
+                    "auth.api_keys: {:?} needs secret_sha256, the 64-digit hex SHA-256 of the secret",
+                    key.key_id
                 ));
             }
         }

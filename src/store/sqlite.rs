@@ -22,6 +22,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
+mod api_keys;
+
 use super::migrations::{self, MigrateError};
 use super::{
     AccountRecord, BarQuery, FeedStateStore, FillRecord, HistoryStore, PositionRecord,

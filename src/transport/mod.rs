@@ -3,6 +3,7 @@
 //! this module and `routes` know about actix (`ws_session` does not).
 
 pub mod account;
+pub mod alpaca;
 pub mod params;
 pub mod publish;
 pub mod sse;

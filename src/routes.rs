@@ -10,6 +10,10 @@ use serde_json::json;
 use crate::error::{ApiError, codes};
 use crate::server::AppState;
 
+pub mod alpaca;
+pub mod api_keys;
+pub mod orders;
+
 /// Registers every route. Transport modules add their own.
 pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     cfg.app_data(
@@ -29,7 +33,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     .route("/v1/bars", web::get().to(bars))
     .configure(crate::transport::sse::configure)
     .configure(crate::transport::ws::configure)
-    .configure(crate::transport::account::configure);
+    .configure(crate::transport::account::configure)
+    .configure(orders::configure)
+    .configure(api_keys::configure)
+    .configure(alpaca::configure);
     let max_body_bytes = state.settings.server.max_body_bytes;
     cfg.configure(|cfg| crate::transport::publish::configure(cfg, max_body_bytes));
     let web_root = &state.settings.server.web_root;
@@ -222,7 +229,7 @@ struct BarsQuery {
     page_token: Option<String>,
 }
 
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|raw| {
             DateTime::parse_from_rfc3339(raw)
@@ -235,6 +242,53 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, 
                 })
         })
         .transpose()
+}
+
+/// Up to `limit` one-minute bars of one symbol with `start <= t < end`, oldest first, from
+/// memory and the store, and the start time of the next bar when there are more (the
+/// `next_page_token` of both dialects).
+pub async fn bar_page(
+    state: &AppState,
+    id: crate::market::SymbolId,
+    symbol: &str,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    limit: usize,
+) -> Result<(Vec<crate::market::Bar>, Option<DateTime<Utc>>), ApiError> {
+    // One bar more than asked says whether the page was cut short; its start time is where
+    // the next page begins, so a client that follows the token misses nothing.
+    let mut bars = state.hub.bars(id, start, end, limit + 1);
+    if let Some(store) = &state.store {
+        let stored = store
+            .history
+            .bars(crate::store::BarQuery {
+                symbol: symbol.to_owned(),
+                start,
+                end,
+                limit: limit + 1,
+            })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "bar history query failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::NOT_READY,
+                    "bar history is unavailable right now",
+                )
+            })?;
+        // Both lists are sorted and start at `start`; the in-memory bars are the newest
+        // (they may not be flushed to the store yet), so they win for the same minute.
+        let mut merged: std::collections::BTreeMap<DateTime<Utc>, crate::market::Bar> =
+            stored.into_iter().map(|bar| (bar.time, bar)).collect();
+        merged.extend(bars.into_iter().map(|bar| (bar.time, bar)));
+        bars = merged.into_values().take(limit + 1).collect();
+    }
+    let next = if bars.len() > limit {
+        bars.pop().map(|next| next.time)
+    } else {
+        None
+    };
+    Ok((bars, next))
 }
 
 async fn bars(
@@ -273,47 +327,14 @@ async fn bars(
         },
     };
     let page_start = parse_time("page_token", query.page_token.as_deref())?;
-    let start = start.max(page_start);
-    // One bar more than asked says whether the page was cut short; its start time is where
-    // the next page begins, so a client that follows the token misses nothing.
-    let mut bars = state.hub.bars(id, start, end, limit + 1);
-    if let Some(store) = &state.store {
-        let stored = store
-            .history
-            .bars(crate::store::BarQuery {
-                symbol: symbol.clone(),
-                start,
-                end,
-                limit: limit + 1,
-            })
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "bar history query failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::NOT_READY,
-                    "bar history is unavailable right now",
-                )
-            })?;
-        // Both lists are sorted and start at `start`; the in-memory bars are the newest
-        // (they may not be flushed to the store yet), so they win for the same minute.
-        let mut merged: std::collections::BTreeMap<DateTime<Utc>, crate::market::Bar> =
-            stored.into_iter().map(|bar| (bar.time, bar)).collect();
-        merged.extend(bars.into_iter().map(|bar| (bar.time, bar)));
-        bars = merged.into_values().take(limit + 1).collect();
-    }
-    let next_page_token = if bars.len() > limit {
-        bars.pop().map(|next| {
-            next.time
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-        })
-    } else {
-        None
-    };
+    let (bars, next_page_token) =
+        bar_page(&state, id, &symbol, start.max(page_start), end, limit).await?;
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,
         "timeframe": "1Min",
         "bars": bars,
-        "next_page_token": next_page_token,
+        "next_page_token": next_page_token.map(|time| {
+            time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        }),
     })))
 }

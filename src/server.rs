@@ -29,6 +29,8 @@ pub struct AppState {
     /// Durable storage; `None` when `store.enabled` is false.
     pub store: Option<crate::store::Store>,
     pub auth: Arc<crate::auth::AuthService>,
+    /// API key pairs (Alpaca's key id and secret).
+    pub api_keys: Arc<crate::auth::api_keys::ApiKeys>,
 }
 
 impl AppState {
@@ -138,6 +140,13 @@ impl Application {
                     .collect(),
             )?;
         }
+        let api_keys = Arc::new(crate::auth::api_keys::ApiKeys::load(
+            &settings.auth,
+            Some(&settings.store),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.api_keys)),
+        )?);
         let shutdown = CancellationToken::new();
         let (exchange, exchange_tasks) = match &opened {
             None => ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone()),
@@ -159,6 +168,7 @@ impl Application {
         };
         let state = AppState {
             auth,
+            api_keys,
             settings: Arc::new(settings),
             hub,
             sources: SourceRegistry::new(Arc::clone(&metrics)),

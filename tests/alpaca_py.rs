@@ -91,7 +91,10 @@ fn run_program(name: &str) {
     let mut program = Command::new(python)
         .arg(root().join("tests/alpaca").join(name))
         .current_dir(root().join("tests/alpaca"))
-        .env("TICKGATE_HTTP", format!("http://127.0.0.1:{}", gateway.port))
+        .env(
+            "TICKGATE_HTTP",
+            format!("http://127.0.0.1:{}", gateway.port),
+        )
         .env("TICKGATE_WS", format!("ws://127.0.0.1:{}", gateway.port))
         .env("TICKGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("PYTHONUNBUFFERED", "1")

@@ -626,7 +626,7 @@ fn data_object<'a>(
     Ok(data)
 }
 
-fn parse_order_request(map: &Map<String, Value>) -> Result<OrderRequest, OrderError> {
+pub(crate) fn parse_order_request(map: &Map<String, Value>) -> Result<OrderRequest, OrderError> {
     const KEYS: [&str; 8] = [
         "symbol",
         "qty",
@@ -650,7 +650,9 @@ fn parse_order_request(map: &Map<String, Value>) -> Result<OrderRequest, OrderEr
     })
 }
 
-fn parse_replace_request(map: &Map<String, Value>) -> Result<ReplaceRequest, OrderError> {
+pub(crate) fn parse_replace_request(
+    map: &Map<String, Value>,
+) -> Result<ReplaceRequest, OrderError> {
     const KEYS: [&str; 5] = [
         "qty",
         "time_in_force",

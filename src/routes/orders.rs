@@ -1,0 +1,211 @@
+//! REST order entry, once for both dialects: the operations here (submit, find, replace,
+//! cancel, cancel all, list) parse bodies with the WebSocket session's own order parser and
+//! go to the exchange through `TradingApi`, like an `order` action does. tickgate's routes
+//! (`/v1/orders…`) answer with tickgate's order shape; the Alpaca routes (`/v2/orders…`,
+//! `routes::alpaca`) call the same operations and answer with Alpaca's.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, codes};
+use crate::routes::api_keys::identity;
+use crate::server::AppState;
+use crate::trading::api::{Order, OrderError, OrderQuery, OrderRef, TradingApi};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/orders", web::post().to(submit_v1))
+        .route("/v1/orders", web::delete().to(cancel_all_v1))
+        .route("/v1/orders/{id}", web::get().to(get_v1))
+        .route("/v1/orders/{id}", web::patch().to(replace_v1))
+        .route("/v1/orders/{id}", web::delete().to(cancel_v1));
+}
+
+/// The exchange and the user a request trades for.
+pub struct Desk {
+    pub trading: Arc<dyn TradingApi>,
+    pub user: String,
+}
+
+impl Desk {
+    pub fn of(request: &HttpRequest, state: &AppState) -> Result<Desk, ApiError> {
+        let identity = identity(request, state)?;
+        Ok(Desk {
+            trading: Arc::clone(&state.trading),
+            user: identity.user,
+        })
+    }
+
+    /// Places an order from a JSON body with the `order` action's fields.
+    pub async fn submit(&self, body: Map<String, Value>) -> Result<Order, OrderError> {
+        let request = parse_body(body, crate::transport::ws_session::parse_order_request)?;
+        self.trading.submit(&self.user, request).await
+    }
+
+    /// Replaces an open order with the fields of a `replace` action's `data`.
+    pub async fn replace(
+        &self,
+        target: OrderRef,
+        body: Map<String, Value>,
+    ) -> Result<Order, OrderError> {
+        let patch = parse_body(body, crate::transport::ws_session::parse_replace_request)?;
+        self.trading.replace(&self.user, target, patch).await
+    }
+
+    pub async fn cancel(&self, target: OrderRef) -> Result<Order, OrderError> {
+        self.trading.cancel(&self.user, target).await
+    }
+
+    /// One order by id or client order id (an open one wins over finished ones with the same
+    /// client order id), among those the exchange keeps (`trading.closed_orders_kept`).
+    pub async fn find(&self, target: &OrderRef) -> Result<Order, OrderError> {
+        let orders = self.trading.orders(&self.user, OrderQuery::All).await?;
+        let found = match target {
+            OrderRef::Id(id) => orders.into_iter().find(|o| &o.id == id),
+            OrderRef::ClientOrderId(id) => {
+                let mut matching: Vec<Order> = orders
+                    .into_iter()
+                    .filter(|o| &o.client_order_id == id)
+                    .collect();
+                let open = matching.iter().position(|o| o.status.is_open());
+                open.map(|i| matching.swap_remove(i))
+                    .or_else(|| matching.into_iter().next())
+            }
+        };
+        found.ok_or_else(|| OrderError::new(OrderError::NOT_FOUND, "order not found"))
+    }
+
+    pub async fn list(&self, query: OrderQuery) -> Result<Vec<Order>, OrderError> {
+        self.trading.orders(&self.user, query).await
+    }
+
+    /// Cancels every open order; one result per order, in the order they were listed.
+    pub async fn cancel_all(&self) -> Result<Vec<(String, Result<Order, OrderError>)>, OrderError> {
+        let open = self.trading.orders(&self.user, OrderQuery::Open).await?;
+        let mut results = Vec::with_capacity(open.len());
+        for order in open {
+            let result = self.cancel(OrderRef::Id(order.id.clone())).await;
+            results.push((order.id, result));
+        }
+        Ok(results)
+    }
+}
+
+/// Runs the session's parser on a REST body (the parser reads an action's `data`).
+fn parse_body<T>(
+    body: Map<String, Value>,
+    parse: fn(&Map<String, Value>) -> Result<T, OrderError>,
+) -> Result<T, OrderError> {
+    let mut action = Map::with_capacity(1);
+    action.insert("data".into(), Value::Object(body));
+    parse(&action)
+}
+
+/// A JSON object body; anything else is a 400 in the API's shape.
+pub fn object_body(body: web::Bytes) -> Result<Map<String, Value>, ApiError> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request(
+            codes::INVALID_BODY,
+            "the body must be a JSON object",
+        )),
+        Err(error) => Err(ApiError::bad_request(
+            codes::INVALID_BODY,
+            format!("invalid JSON body: {error}"),
+        )),
+    }
+}
+
+/// tickgate's statuses for order errors (PROTOCOL.md §5).
+pub fn order_error(error: OrderError) -> ApiError {
+    let status = match error.code {
+        OrderError::NOT_FOUND => StatusCode::NOT_FOUND,
+        OrderError::NOT_CANCELABLE => StatusCode::UNPROCESSABLE_ENTITY,
+        OrderError::INSUFFICIENT => StatusCode::FORBIDDEN,
+        OrderError::INVALID => StatusCode::BAD_REQUEST,
+        _ => return ApiError::internal(&error),
+    };
+    ApiError::new(status, error.code, error.message)
+}
+
+fn order_json(order: &Order) -> HttpResponse {
+    HttpResponse::Ok().json(order)
+}
+
+async fn submit_v1(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let desk = Desk::of(&request, &state)?;
+    let order = desk.submit(object_body(body)?).await.map_err(order_error)?;
+    Ok(order_json(&order))
+}
+
+async fn get_v1(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let desk = Desk::of(&request, &state)?;
+    let order = desk
+        .find(&OrderRef::Id(path.into_inner()))
+        .await
+        .map_err(order_error)?;
+    Ok(order_json(&order))
+}
+
+async fn replace_v1(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let desk = Desk::of(&request, &state)?;
+    let order = desk
+        .replace(OrderRef::Id(path.into_inner()), object_body(body)?)
+        .await
+        .map_err(order_error)?;
+    Ok(order_json(&order))
+}
+
+async fn cancel_v1(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let desk = Desk::of(&request, &state)?;
+    let order = desk
+        .cancel(OrderRef::Id(path.into_inner()))
+        .await
+        .map_err(order_error)?;
+    Ok(order_json(&order))
+}
+
+async fn cancel_all_v1(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let desk = Desk::of(&request, &state)?;
+    let results = desk.cancel_all().await.map_err(order_error)?;
+    let body: Vec<Value> = results
+        .into_iter()
+        .map(|(id, result)| match result {
+            Ok(order) => serde_json::json!({"id": id, "status": 200, "order": order}),
+            Err(error) => {
+                let api = order_error(error);
+                serde_json::json!({
+                    "id": id,
+                    "status": api.status.as_u16(),
+                    "error": {"code": api.code, "message": api.message},
+                })
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(body))
+}

@@ -55,6 +55,8 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("ticket is unknown, expired or already used")]
     BadTicket,
+    #[error("invalid key id or secret")]
+    BadApiKey,
     #[error(
         "a bearer token cannot be sent in a URL; trade it for a ticket at POST /v1/auth/ticket"
     )]

@@ -108,6 +108,10 @@ pub struct Entry {
     /// The single-event WebSocket text frame `[<json>]`, built in the same allocation as
     /// `sse`, so a connection with one pending event sends it without copying or encoding.
     pub ws: Bytes,
+    /// The single-event MessagePack frame of the Alpaca stream (a one-element array of the
+    /// event's map; the map alone is `msgpack[1..]`). Encoded only while some MessagePack
+    /// client is connected ([`Hub::msgpack_client`]), so it costs nothing otherwise.
+    pub msgpack: Option<Bytes>,
 }
 
 /// Which symbols a subscription wants.
@@ -515,6 +519,19 @@ pub struct Hub {
     /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
     /// each connection pings and checks its idle deadline without a timer of its own.
     keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
+    /// Connected clients that want MessagePack frames (see [`Entry::msgpack`]).
+    msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
+/// them.
+#[derive(Debug)]
+pub struct MsgpackClientGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for MsgpackClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Hub {
@@ -552,7 +569,16 @@ impl Hub {
                 bars: vec![VecDeque::new(); symbols],
             }),
             keepalive: Mutex::new(Vec::new()),
+            msgpack_clients: Arc::default(),
         }
+    }
+
+    /// Registers a MessagePack client: from now on each event's MessagePack frame is encoded
+    /// at publish. An event published just before may lack it; the client encodes that one
+    /// itself.
+    pub fn msgpack_client(&self) -> MsgpackClientGuard {
+        self.msgpack_clients.fetch_add(1, Ordering::Relaxed);
+        MsgpackClientGuard(Arc::clone(&self.msgpack_clients))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -604,6 +630,9 @@ impl Hub {
             _ => Box::default(),
         };
         let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let msgpack = (self.msgpack_clients.load(Ordering::Relaxed) > 0)
+            .then(|| crate::transport::alpaca::msgpack::single_event_frame(&event))
+            .flatten();
 
         // Per-symbol time order and latest values. Checked before sequencing so a rejected
         // event never consumes a sequence number.
@@ -641,6 +670,7 @@ impl Hub {
             symbol,
             tagged,
             &json,
+            msgpack,
         ));
         state.window.push_back(Arc::clone(&entry));
         while state.window.len() > self.settings.replay_window {
@@ -974,6 +1004,7 @@ fn encode_entry(
     symbol: Option<SymbolId>,
     tagged: Box<[SymbolId]>,
     json: &[u8],
+    msgpack: Option<Bytes>,
 ) -> Entry {
     let name = kind.event_name();
     let mut frame = BytesMut::with_capacity(2 * json.len() + name.len() + 50);
@@ -1006,6 +1037,7 @@ fn encode_entry(
         sse,
         json,
         ws,
+        msgpack,
     }
 }
 

@@ -44,6 +44,8 @@ pub mod codes {
     pub const CONNECTION_LIMIT: u32 = 406;
     pub const SLOW_CLIENT: u32 = 407;
     pub const RATE_LIMITED: u32 = 408;
+    /// A channel this server does not offer: reported, skipped, the rest applies.
+    pub const UNKNOWN_CHANNEL: u32 = 410;
     pub const INTERNAL: u32 = 500;
 }
 
@@ -76,9 +78,24 @@ pub struct SessionLimits {
 pub struct SessionDeps {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
+    /// API key pairs, accepted by `auth` as `key` and `secret`.
+    pub api_keys: Arc<crate::auth::api_keys::ApiKeys>,
+    /// The client's address (loopback-only key pairs check it).
+    pub peer: Option<std::net::IpAddr>,
     pub trading: Option<Arc<dyn TradingApi>>,
     pub metrics: Arc<Metrics>,
     pub limits: SessionLimits,
+    /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
+    pub market_encoding: MarketEncoding,
+}
+
+/// How a session frames market data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarketEncoding {
+    /// Text frames of JSON arrays (the hub's `Entry.ws` and `Entry.json`).
+    Json,
+    /// Binary frames of MessagePack arrays (the hub's `Entry.msgpack`).
+    MsgPack,
 }
 
 /// What the transport must do, in order.
@@ -87,6 +104,8 @@ pub enum Output {
     /// One text frame: a JSON array (UTF-8 by construction: serde_json output or the hub's
     /// prebuilt `Entry.ws`, shared without a copy or a second UTF-8 check).
     Frame(Bytes),
+    /// One binary frame: a MessagePack array of market events (`MarketEncoding::MsgPack`).
+    Binary(Bytes),
     /// Send a close frame with this code and reason, then stop.
     Close { code: u16, reason: String },
 }
@@ -99,7 +118,7 @@ impl Output {
     pub fn frame_json(&self) -> Option<Value> {
         match self {
             Output::Frame(text) => serde_json::from_slice(text).ok(),
-            Output::Close { .. } => None,
+            Output::Binary(_) | Output::Close { .. } => None,
         }
     }
 }
@@ -171,6 +190,7 @@ fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: &Hub) -> Ou
         orderbooks: &'a BTreeSet<String>,
         portfolio: bool,
         quotes: SymbolNames<'a>,
+        statuses: SymbolNames<'a>,
         trade_updates: bool,
         trades: SymbolNames<'a>,
     }
@@ -183,6 +203,7 @@ fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: &Hub) -> Ou
         orderbooks: &subs.orderbooks,
         portfolio: subs.portfolio,
         quotes: names(&subs.quotes),
+        statuses: names(&subs.statuses),
         trade_updates: subs.trade_updates,
         trades: names(&subs.trades),
     })
@@ -193,6 +214,8 @@ struct Subscriptions {
     trades: SymbolSet,
     quotes: SymbolSet,
     bars: SymbolSet,
+    /// Statuses of these symbols, besides those of symbols in `trades`, `quotes` or `bars`.
+    statuses: SymbolSet,
     news: SymbolSet,
     orderbooks: BTreeSet<String>,
     trade_updates: bool,
@@ -205,6 +228,7 @@ struct MarketSubs {
     trades: SymbolSet,
     quotes: SymbolSet,
     bars: SymbolSet,
+    statuses: SymbolSet,
     news: SymbolSet,
 }
 
@@ -214,6 +238,7 @@ impl MarketSubs {
             trades: subs.trades.clone(),
             quotes: subs.quotes.clone(),
             bars: subs.bars.clone(),
+            statuses: subs.statuses.clone(),
             news: subs.news.clone(),
         }
     }
@@ -225,10 +250,16 @@ impl MarketSubs {
             (EventKind::Quote, Some(id)) => self.quotes.contains(id),
             (EventKind::Bar, Some(id)) => self.bars.contains(id),
             (EventKind::Status, Some(id)) => {
-                self.trades.contains(id) || self.quotes.contains(id) || self.bars.contains(id)
+                self.trades.contains(id)
+                    || self.quotes.contains(id)
+                    || self.bars.contains(id)
+                    || self.statuses.contains(id)
             }
             (EventKind::Status, None) => {
-                !(self.trades.is_empty() && self.quotes.is_empty() && self.bars.is_empty())
+                !(self.trades.is_empty()
+                    && self.quotes.is_empty()
+                    && self.bars.is_empty()
+                    && self.statuses.is_empty())
             }
             (EventKind::News, _) => {
                 self.news.all
@@ -246,6 +277,9 @@ impl MarketSubs {
 /// the transport can serve a hub wake-up straight from the response body, without running the
 /// session's loop; the session borrows it only between awaits, never across one.
 pub struct MarketState {
+    encoding: MarketEncoding,
+    /// Held while the session frames market data as MessagePack, so the hub encodes it.
+    _msgpack: Option<crate::hub::MsgpackClientGuard>,
     queue: Arc<SubscriberQueue>,
     spare: VecDeque<Delivery>,
     last_seq: [u64; 2],
@@ -270,6 +304,7 @@ impl MarketState {
         match frame {
             Some(Pending::One(entry)) => out.push(Output::Frame(entry.ws.clone())),
             Some(Pending::Many(buffer)) => out.push(Output::Frame(buffer.freeze())),
+            Some(Pending::Packed(frame)) => out.push(Output::Binary(frame)),
             None => {}
         }
         close
@@ -284,6 +319,7 @@ impl MarketState {
         match pending {
             Some(Pending::One(entry)) => frame(&entry.ws),
             Some(Pending::Many(buffer)) => frame(&buffer),
+            Some(Pending::Packed(packed)) => frame(&packed),
             None => {}
         }
         (close, std::mem::take(&mut self.heartbeat))
@@ -307,6 +343,7 @@ impl MarketState {
             });
         }
         let mut pending: Option<Pending> = None;
+        let mut packed: Vec<Arc<Entry>> = Vec::new();
         let mut delivered = 0u64;
         for item in items.drain(..) {
             let entry = match item {
@@ -331,6 +368,10 @@ impl MarketState {
                 continue;
             }
             delivered += 1;
+            if self.encoding == MarketEncoding::MsgPack {
+                packed.push(entry);
+                continue;
+            }
             pending = Some(match pending {
                 None => Pending::One(entry),
                 Some(Pending::One(first)) => {
@@ -347,11 +388,16 @@ impl MarketState {
                     buffer.put_slice(&entry.json);
                     Pending::Many(buffer)
                 }
+                // Only MessagePack sessions pack, and they never reach this match.
+                Some(packed @ Pending::Packed(_)) => packed,
             });
         }
         self.spare = items;
         if let Some(Pending::Many(buffer)) = pending.as_mut() {
             buffer.put_u8(b']');
+        }
+        if !packed.is_empty() {
+            pending = Some(Pending::Packed(msgpack_frame(&packed)));
         }
         if pending.is_some() {
             self.metrics.delivered(Transport::WebSocket, delivered);
@@ -364,6 +410,38 @@ impl MarketState {
 enum Pending {
     One(Arc<Entry>),
     Many(BytesMut),
+    /// A MessagePack frame (`MarketEncoding::MsgPack`).
+    Packed(Bytes),
+}
+
+/// The MessagePack frame of `entries`: the hub's prebuilt frame for a single event, else an
+/// array of their maps. An event published before any MessagePack client connected has no
+/// prebuilt map and is encoded here, from its JSON.
+fn msgpack_frame(entries: &[Arc<Entry>]) -> Bytes {
+    use crate::transport::alpaca::msgpack;
+    if let [entry] = entries
+        && let Some(frame) = &entry.msgpack
+    {
+        return frame.clone();
+    }
+    let mut maps: Vec<std::borrow::Cow<'_, [u8]>> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match &entry.msgpack {
+            Some(frame) => maps.push(std::borrow::Cow::Borrowed(&frame[1..])),
+            None => {
+                let event = serde_json::from_slice::<crate::market::MarketEvent>(&entry.json);
+                if let Some(map) = event.ok().as_ref().and_then(msgpack::encode_event) {
+                    maps.push(std::borrow::Cow::Owned(map));
+                }
+            }
+        }
+    }
+    let mut frame = Vec::with_capacity(maps.iter().map(|m| m.len()).sum::<usize>() + 5);
+    msgpack::put_array_header(&mut frame, maps.len());
+    for map in &maps {
+        frame.extend_from_slice(map);
+    }
+    Bytes::from(frame)
 }
 
 /// What a session sends when the hub closes its queue: the last frame, then the close code
@@ -722,6 +800,9 @@ impl WsSession {
         let queue = SubscriberQueue::new(deps.limits.queue_capacity, Transport::WebSocket);
         let bucket = TokenBucket::new(deps.limits.actions_per_second, deps.limits.action_burst);
         let market = Rc::new(RefCell::new(MarketState {
+            encoding: deps.market_encoding,
+            _msgpack: (deps.market_encoding == MarketEncoding::MsgPack)
+                .then(|| deps.hub.msgpack_client()),
             queue: Arc::clone(&queue),
             spare: VecDeque::new(),
             last_seq: [0; 2],
@@ -962,8 +1043,28 @@ impl WsSession {
             ));
             return;
         }
-        if let Err(refusal) = check_keys(map, "auth", &["token"]) {
+        if let Err(refusal) = check_keys(map, "auth", &["token", "key", "secret"]) {
             out.push(error_frame(id, refusal.code, &refusal.msg));
+            return;
+        }
+        // An API key pair (Alpaca's form) instead of a token.
+        if map.contains_key("key") || map.contains_key("secret") {
+            let (Some(Value::String(key)), Some(Value::String(secret)), None) =
+                (map.get("key"), map.get("secret"), map.get("token"))
+            else {
+                out.push(error_frame(
+                    id,
+                    codes::INVALID_SYNTAX,
+                    "an API key pair needs key and secret as strings, and no token",
+                ));
+                return;
+            };
+            let result = self
+                .deps
+                .api_keys
+                .verify(key, secret, self.deps.peer)
+                .map_err(|_| AuthError::BadApiKey);
+            self.finish_auth(id, result, out);
             return;
         }
         let token = match map.get("token") {
@@ -1038,30 +1139,37 @@ impl WsSession {
     }
 
     /// Builds the subscription set after a subscribe (`add`) or unsubscribe, or refuses it.
+    /// Also returns the channels the message named that this server does not offer: they
+    /// are reported and skipped, and the rest of the message applies.
     fn next_subscriptions(
         &self,
         map: &Map<String, Value>,
         add: bool,
-    ) -> Result<Subscriptions, Refusal> {
-        const KEYS: [&str; 7] = [
+    ) -> Result<(Subscriptions, Vec<String>), Refusal> {
+        const KEYS: [&str; 8] = [
             "trades",
             "quotes",
             "bars",
+            "statuses",
             "news",
             "orderbooks",
             "trade_updates",
             "portfolio",
         ];
-        let action = if add { "subscribe" } else { "unsubscribe" };
-        check_keys(map, action, &KEYS)?;
+        let skipped: Vec<String> = map
+            .keys()
+            .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
         let mut next = self.subs.clone();
-        for key in ["trades", "quotes", "bars", "news"] {
+        for key in ["trades", "quotes", "bars", "statuses", "news"] {
             let Some(value) = map.get(key) else { continue };
             let change = self.parse_symbol_list(value, key, true)?;
             let target = match key {
                 "trades" => &mut next.trades,
                 "quotes" => &mut next.quotes,
                 "bars" => &mut next.bars,
+                "statuses" => &mut next.statuses,
                 _ => &mut next.news,
             };
             if add {
@@ -1106,7 +1214,13 @@ impl WsSession {
             }
         }
         let mut explicit: BTreeSet<SymbolId> = BTreeSet::new();
-        for set in [&next.trades, &next.quotes, &next.bars, &next.news] {
+        for set in [
+            &next.trades,
+            &next.quotes,
+            &next.bars,
+            &next.statuses,
+            &next.news,
+        ] {
             explicit.extend(set.ids.iter().copied());
         }
         explicit.extend(
@@ -1131,7 +1245,7 @@ impl WsSession {
                 "trading streams are not available on this server",
             ));
         }
-        Ok(next)
+        Ok((next, skipped))
     }
 
     async fn subscribe_action(
@@ -1141,13 +1255,23 @@ impl WsSession {
         add: bool,
         out: &mut Vec<Output>,
     ) {
-        let next = match self.next_subscriptions(map, add) {
+        let (next, skipped) = match self.next_subscriptions(map, add) {
             Ok(next) => next,
             Err(refusal) => {
                 out.push(error_frame(id, refusal.code, &refusal.msg));
                 return;
             }
         };
+        if !skipped.is_empty() {
+            out.push(error_frame(
+                id,
+                codes::UNKNOWN_CHANNEL,
+                &format!(
+                    "channel(s) not available, skipped: {}; the others apply",
+                    skipped.join(", ")
+                ),
+            ));
+        }
         let previous = std::mem::replace(&mut self.subs, next);
         self.market.borrow_mut().wanted = MarketSubs::of(&self.subs);
         let mut followups = Vec::new();
@@ -1155,7 +1279,8 @@ impl WsSession {
         // Market and news registrations with the hub.
         let market_changed = previous.trades != self.subs.trades
             || previous.quotes != self.subs.quotes
-            || previous.bars != self.subs.bars;
+            || previous.bars != self.subs.bars
+            || previous.statuses != self.subs.statuses;
         if market_changed {
             let filter = self.market_filter();
             self.reregister(Feed::Market, filter, &mut followups);
@@ -1217,6 +1342,7 @@ impl WsSession {
             (&self.subs.trades, EventKind::Trade),
             (&self.subs.quotes, EventKind::Quote),
             (&self.subs.bars, EventKind::Bar),
+            (&self.subs.statuses, EventKind::Status),
         ];
         let mut kinds = 0u8;
         let mut union = SymbolSet::default();
@@ -1814,9 +1940,21 @@ mod tests {
             ..AuthSettings::default()
         })
         .expect("auth");
+        let keys = AuthSettings {
+            api_keys: vec![crate::settings::ApiKeyEntry {
+                key_id: "k".into(),
+                user: "bob".into(),
+                secret_sha256: crate::auth::api_keys::secret_sha256_hex("s"),
+                loopback_only: true,
+            }],
+            ..AuthSettings::default()
+        };
         let deps = SessionDeps {
             hub: Arc::clone(&hub),
             auth: Arc::new(auth),
+            api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+            peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+            market_encoding: MarketEncoding::Json,
             trading: trading.map(|t| t as Arc<dyn TradingApi>),
             metrics,
             limits: SessionLimits {
@@ -2084,7 +2222,7 @@ mod tests {
         };
         let frame_text = |output: Output| match output {
             Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).expect("utf-8"),
-            Output::Close { .. } => panic!("expected a frame"),
+            Output::Binary(_) | Output::Close { .. } => panic!("expected a frame"),
         };
         let aapl = hub.universe().id("AAPL").expect("AAPL");
         let msft = hub.universe().id("MSFT").expect("MSFT");

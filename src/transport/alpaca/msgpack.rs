@@ -146,6 +146,15 @@ pub fn encode_event(event: &MarketEvent) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A frame holding one event: a one-element array of its map (the hub's `Entry::msgpack`).
+pub fn single_event_frame(event: &MarketEvent) -> Option<bytes::Bytes> {
+    let map = encode_event(event)?;
+    let mut frame = Vec::with_capacity(map.len() + 1);
+    put_array_header(&mut frame, 1);
+    frame.extend_from_slice(&map);
+    Some(bytes::Bytes::from(frame))
+}
+
 /// The header of a frame of `count` messages; the messages' maps follow it.
 pub fn put_array_header(out: &mut Vec<u8>, count: usize) {
     put(encode::write_array_len(out, count as u32).map(drop));

@@ -44,8 +44,6 @@ pub mod codes {
     pub const CONNECTION_LIMIT: u32 = 406;
     pub const SLOW_CLIENT: u32 = 407;
     pub const RATE_LIMITED: u32 = 408;
-    /// A channel this server does not offer: reported, skipped, the rest applies.
-    pub const UNKNOWN_CHANNEL: u32 = 410;
     pub const INTERNAL: u32 = 500;
 }
 
@@ -1265,12 +1263,19 @@ impl WsSession {
         if !skipped.is_empty() {
             out.push(error_frame(
                 id,
-                codes::UNKNOWN_CHANNEL,
+                codes::INVALID_SYNTAX,
                 &format!(
-                    "channel(s) not available, skipped: {}; the others apply",
+                    "unknown channel(s) skipped: {}; the others apply",
                     skipped.join(", ")
                 ),
             ));
+            // Nothing else named: nothing changed, so no subscription reply.
+            if map
+                .keys()
+                .all(|k| COMMON_KEYS.contains(&k.as_str()) || skipped.contains(k))
+            {
+                return;
+            }
         }
         let previous = std::mem::replace(&mut self.subs, next);
         self.market.borrow_mut().wanted = MarketSubs::of(&self.subs);
@@ -2234,6 +2239,7 @@ mod tests {
         subs.news.all = true;
         subs.bars.all = true;
         subs.bars.ids.insert(msft);
+        subs.statuses.ids.insert(aapl);
         subs.orderbooks
             .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
         subs.trade_updates = true;
@@ -2265,6 +2271,7 @@ mod tests {
                     "trades": old_names(&subs.trades),
                     "quotes": old_names(&subs.quotes),
                     "bars": old_names(&subs.bars),
+                    "statuses": old_names(&subs.statuses),
                     "news": old_names(&subs.news),
                     "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
                     "trade_updates": subs.trade_updates,

@@ -97,7 +97,7 @@ check(status.status_code == "halted" and status.status_message == "trading halt"
 
 check(not received["updated"], "updatedBars are not sent")
 check(logs.saw("subscribed to trades: ['AAPL']"), f"subscription reply: {logs.messages}")
-check(logs.saw("updatedBars") and logs.saw("(410)"),
+check(logs.saw("updatedBars") and logs.saw("(400)"),
       f"the unknown channel was reported as an error: {logs.messages}")
 stream.stop()
 thread.join(10)

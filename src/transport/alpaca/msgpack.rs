@@ -351,6 +351,44 @@ mod tests {
     }
 
     #[test]
+    fn the_hub_encodes_messagepack_frames_only_while_a_messagepack_client_exists() {
+        use crate::hub::{Hub, HubSettings};
+        let hub = Hub::new(
+            crate::market::SymbolUniverse::new(["AAPL"]),
+            HubSettings::default(),
+            std::sync::Arc::default(),
+            1,
+        );
+        let trade = |id: u64| {
+            MarketEvent::Trade(Trade {
+                symbol: "AAPL".into(),
+                id,
+                venue: "V".into(),
+                price: 10.0,
+                size: 1.0,
+                time: time() + chrono::TimeDelta::seconds(id as i64),
+                conditions: vec![],
+            })
+        };
+        let published = hub.publish_event(trade(1)).expect("publish");
+        assert!(published.entry.msgpack.is_none(), "no client, no encoding");
+        let guard = hub.msgpack_client();
+        let published = hub.publish_event(trade(2)).expect("publish");
+        let frame = published.entry.msgpack.clone().expect("encoded at publish");
+        let value = decode(&frame);
+        let items = value.as_array().expect("a one-event frame");
+        assert_eq!(items.len(), 1);
+        assert_eq!(field(&items[0], "i").as_u64(), Some(2));
+        assert_eq!(
+            &frame[1..],
+            encode_event(&trade(2)).expect("map").as_slice()
+        );
+        drop(guard);
+        let published = hub.publish_event(trade(3)).expect("publish");
+        assert!(published.entry.msgpack.is_none(), "the last client left");
+    }
+
+    #[test]
     fn alerts_have_no_alpaca_message() {
         let alert = MarketEvent::Alert(crate::market::Alert {
             id: 1,

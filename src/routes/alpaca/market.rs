@@ -168,7 +168,8 @@ async fn bars(
             let (symbol, time) = raw
                 .split_once('|')
                 .ok_or_else(|| bad_parameter("page_token is not one this server gave"))?;
-            let time = crate::routes::parse_time("page_token", Some(time))?;
+            let time = crate::routes::parse_time("page_token", Some(time))?
+                .ok_or_else(|| bad_parameter("page_token is not one this server gave"))?;
             Some((symbol.to_owned(), time))
         }
     };
@@ -177,7 +178,7 @@ async fn bars(
     for (id, symbol) in symbols {
         let from = match &resume {
             Some((at, _)) if symbol < *at => continue,
-            Some((at, time)) if symbol == *at => start.max(time.to_owned().into()),
+            Some((at, time)) if symbol == *at => start.max(Some(*time)),
             _ => start,
         };
         if remaining == 0 {

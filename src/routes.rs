@@ -72,6 +72,8 @@ pub fn cors(state: &AppState) -> Cors {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("apca-api-key-id"),
+            header::HeaderName::from_static("apca-api-secret-key"),
         ])
         .max_age(600);
     if origins.iter().any(|o| o == "*") {

@@ -15,6 +15,7 @@ fn every_bad_setting_is_reported_at_once_and_the_process_exits_2_without_binding
         .env("TICKGATE__HUB__REPLAY_WINDOW", "lots")
         .env("TICKGATE__SIMULATOR__TRADES_PER_SECOND", "-3")
         .env("TICKGATE__SERVER__COLOUR", "blue")
+        .env("TICKGATE__AUTH__API_KEY_HASH_KEY", "too-short")
         .env("TICKGATE__STORE__ENABLED", "false")
         .output()
         .expect("run tickgate");
@@ -24,6 +25,7 @@ fn every_bad_setting_is_reported_at_once_and_the_process_exits_2_without_binding
         "hub.replay_window",
         "server.colour",
         "simulator.trades_per_second",
+        "auth.api_key_hash_key",
     ] {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }

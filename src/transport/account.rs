@@ -1,6 +1,6 @@
 //! HTTP routes for authentication and the account (PROTOCOL.md §5): `POST /v1/auth/token`
 //! (built-in issuer), `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer
-//! token, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
+//! token or an API key pair, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
 
 use std::sync::Arc;
 
@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, codes};
+use crate::routes::orders::order_error;
 use crate::server::AppState;
-use crate::trading::api::{OrderError, OrderQuery, TradingApi};
+use crate::trading::api::{OrderQuery, TradingApi};
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -50,17 +51,6 @@ pub fn bearer_identity(request: &HttpRequest, state: &AppState) -> Result<Identi
         ));
     };
     state.auth.verify_token(token).map_err(auth_error)
-}
-
-fn order_error(error: OrderError) -> ApiError {
-    let status = match error.code {
-        OrderError::NOT_FOUND => StatusCode::NOT_FOUND,
-        OrderError::NOT_CANCELABLE => StatusCode::UNPROCESSABLE_ENTITY,
-        OrderError::INSUFFICIENT => StatusCode::FORBIDDEN,
-        OrderError::INVALID => StatusCode::BAD_REQUEST,
-        _ => return ApiError::internal(&error),
-    };
-    ApiError::new(status, error.code, error.message)
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +95,7 @@ async fn account(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let portfolio = trading(&state)?
         .portfolio(&identity.user)
         .await
@@ -121,7 +111,7 @@ async fn positions(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let portfolio = trading(&state)?
         .portfolio(&identity.user)
         .await
@@ -134,7 +124,7 @@ async fn orders(
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let query = query_params(query.into_inner(), &["status"])?;
     let which = match query.get("status").map(String::as_str) {
         None | Some("open") => OrderQuery::Open,

@@ -338,8 +338,9 @@ impl ApiKeys {
             Some(entry) if entry.user == user => {}
             _ => return Err(ApiKeyError::NotFound(key_id.to_owned())),
         }
-        // Out of memory first: from here on the pair is refused, even if the store write
-        // below fails (it is then refused until restart, and the error says so).
+        // Off the in-memory table first: from here on the pair is refused, even if the store
+        // write below fails (the pair would then come back at a restart; the error says the
+        // revocation did not complete).
         self.keys.write().remove(key_id);
         if let Some(store) = &self.store {
             store

@@ -90,14 +90,12 @@ impl DataDialect {
 
     /// One session frame, rewritten and encoded for the client.
     pub fn outbound(&self, frame: &[u8]) -> WireFrame {
-        let mut objects: Vec<Value> = parse_frame(frame)
+        let objects: Vec<Value> = parse_frame(frame)
             .into_iter()
             .map(|object| self.rewrite(object))
             .collect();
         match self.encoding {
-            Encoding::Json => WireFrame::Text(Bytes::from(
-                Value::Array(std::mem::take(&mut objects)).to_string(),
-            )),
+            Encoding::Json => WireFrame::Text(Bytes::from(Value::Array(objects).to_string())),
             Encoding::MsgPack => {
                 let mut out = Vec::with_capacity(frame.len());
                 msgpack::put_array_header(&mut out, objects.len());

@@ -5,6 +5,11 @@
 //! path, removes that key (so its default applies) and tries again, which collects every type
 //! error in one run. Unknown keys are collected with `serde_ignored`. Semantic checks
 //! (`Settings::validate`) add their own messages to the same list.
+//!
+//! Each default is written once, in the section's `Default` impl. `config/default.toml`
+//! restates them for operators; a unit test keeps the two equal, apart from a short list of
+//! demo keys (the publish token, the demo user, the simulator's starting prices) that the
+//! shipped file sets on purpose.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -305,8 +310,8 @@ pub struct AuthSettings {
 }
 
 /// One API key pair from configuration. The secret itself is never in the configuration:
-/// only its SHA-256 digest (print one with `tickgate hash-api-secret`).
-#[derive(Clone, Deserialize, Default)]
+/// only its SHA-256 digest (print one with `tickgate hash-api-secret`), which `Debug` shows.
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct ApiKeyEntry {
     pub key_id: String,
@@ -316,17 +321,6 @@ pub struct ApiKeyEntry {
     pub secret_sha256: String,
     /// Accept the pair only from loopback addresses (the demo pair).
     pub loopback_only: bool,
-}
-
-impl std::fmt::Debug for ApiKeyEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKeyEntry")
-            .field("key_id", &self.key_id)
-            .field("user", &self.user)
-            .field("secret_sha256", &"<redacted>")
-            .field("loopback_only", &self.loopback_only)
-            .finish()
-    }
 }
 
 /// One user of the built-in issuer.
@@ -663,35 +657,7 @@ impl Settings {
                 ));
             }
         }
-        if !auth.api_key_hash_key.is_empty() && auth.api_key_hash_key.len() < 32 {
-            problems.push("auth.api_key_hash_key: must be at least 32 bytes".into());
-        }
-        if auth.max_api_keys_per_user == 0 {
-            problems.push("auth.max_api_keys_per_user: must be at least 1".into());
-        }
-        let mut key_ids = std::collections::HashSet::new();
-        for key in &auth.api_keys {
-            if !crate::auth::api_keys::is_valid_key_id(&key.key_id) {
-                problems.push(format!(
-                    "auth.api_keys: key_id {:?} must be 1-64 letters, digits, '-' or '_'",
-                    key.key_id
-                ));
-            } else if !key_ids.insert(key.key_id.as_str()) {
-                problems.push(format!(
-                    "auth.api_keys: key_id {:?} appears twice",
-                    key.key_id
-                ));
-            }
-            if key.user.is_empty() {
-                problems.push(format!("auth.api_keys: {:?} needs a user", key.key_id));
-            }
-            if crate::auth::api_keys::parse_sha256_hex(&key.secret_sha256).is_none() {
-                problems.push(format!(
-                    "auth.api_keys: {:?} needs secret_sha256, the 64-digit hex SHA-256 of the secret",
-                    key.key_id
-                ));
-            }
-        }
+        problems.extend(crate::auth::api_keys::check_settings(auth));
         let ws = &self.ws;
         for (name, value) in [
             ("ws.auth_timeout", ws.auth_timeout),
@@ -824,59 +790,5 @@ fn remove_path(tree: &mut serde_json::Value, path: &serde_path_to_error::Path) -
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
-
-    #[test]
-    fn every_bad_key_is_reported_in_one_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "default.toml", "");
-        let extra = write(
-            dir.path(),
-            "extra.toml",
-            "[server]\nbind = \"not an address\"\nshutdown_grace = \"soon\"\ncolour = \"blue\"\n[hub]\nreplay_window = 0\n",
-        );
-        let env = vec![("TICKGATE__SIMULATOR__SEED".to_string(), "abc".to_string())];
-        let error = Settings::load_from(dir.path(), Some(&extra), &env).unwrap_err();
-        let text = error.to_string();
-        for needle in ["server.bind", "server.shutdown_grace", "simulator.seed"] {
-            assert!(text.contains(needle), "{needle} missing from {text}");
-        }
-        // Unknown keys and semantic checks are reported in the same run when types are fine.
-        let extra = write(
-            dir.path(),
-            "extra2.toml",
-            "[server]\ncolour = \"blue\"\n[hub]\nreplay_window = 0\n",
-        );
-        let text = Settings::load_from(dir.path(), Some(&extra), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(text.contains("server.colour: unknown key"), "{text}");
-    }
-
-    #[test]
-    fn environment_overrides_files_and_parses_lists() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write(
-            dir.path(),
-            "default.toml",
-            "[market]\nsymbols = [\"AAPL\"]\n",
-        );
-        let env = vec![
-            (
-                "TICKGATE__MARKET__SYMBOLS".to_string(),
-                "IBM,ORCL".to_string(),
-            ),
-            ("TICKGATE__HUB__REPLAY_WINDOW".to_string(), "77".to_string()),
-        ];
-        let settings = Settings::load_from(dir.path(), None, &env).expect("valid");
-        assert_eq!(settings.market.symbols, vec!["IBM", "ORCL"]);
-        assert_eq!(settings.hub.replay_window, 77);
-    }
-}
+#[path = "settings_tests.rs"]
+mod tests;

@@ -96,6 +96,41 @@ pub fn is_valid_key_id(key_id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The problems of the `[auth]` keys about API key pairs, for the settings check at start-up.
+pub fn check_settings(auth: &AuthSettings) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !auth.api_key_hash_key.is_empty() && auth.api_key_hash_key.len() < 32 {
+        problems.push("auth.api_key_hash_key: must be at least 32 bytes".into());
+    }
+    if auth.max_api_keys_per_user == 0 {
+        problems.push("auth.max_api_keys_per_user: must be at least 1".into());
+    }
+    let mut key_ids = std::collections::HashSet::new();
+    for key in &auth.api_keys {
+        if !is_valid_key_id(&key.key_id) {
+            problems.push(format!(
+                "auth.api_keys: key_id {:?} must be 1-64 letters, digits, '-' or '_'",
+                key.key_id
+            ));
+        } else if !key_ids.insert(key.key_id.as_str()) {
+            problems.push(format!(
+                "auth.api_keys: key_id {:?} appears twice",
+                key.key_id
+            ));
+        }
+        if key.user.is_empty() {
+            problems.push(format!("auth.api_keys: {:?} needs a user", key.key_id));
+        }
+        if parse_sha256_hex(&key.secret_sha256).is_none() {
+            problems.push(format!(
+                "auth.api_keys: {:?} needs secret_sha256, the 64-digit hex SHA-256 of the secret",
+                key.key_id
+            ));
+        }
+    }
+    problems
+}
+
 /// Parses a 64-digit hex SHA-256.
 pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();

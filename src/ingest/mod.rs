@@ -1,11 +1,13 @@
 //! Ingestion: the sources that feed the hub (the embedded simulator by default) and the
-//! registry of their health, which `/readyz`, metrics and status events report.
+//! registry of their health, which `/readyz`, metrics and status events report. Every source
+//! publishes through [`source::SourceContext`]; nothing here knows the HTTP layer.
 
 pub mod config;
 pub mod finnhub;
 pub mod poller;
 pub mod replay;
 pub mod sim;
+pub mod source;
 pub mod yahoo;
 
 use std::collections::BTreeMap;
@@ -14,7 +16,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::source::Publisher;
+use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 
 /// Health of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,19 +77,20 @@ impl SourceRegistry {
     }
 }
 
-/// Starts every configured source as its own task.
-pub fn spawn_sources(state: &crate::server::AppState) {
-    let settings = &state.settings;
+/// Starts every configured source as its own task, each publishing through its own context.
+pub fn spawn_sources(
+    settings: &Settings,
+    publisher: &Publisher,
+    universe: &SymbolUniverse,
+    shutdown: &CancellationToken,
+) {
     if settings.simulator.enabled {
-        let sink: Arc<dyn crate::hub::EventSink> = state.hub.clone();
         tokio::spawn(sim::run(
             settings.simulator.clone(),
-            state.universe().names().to_vec(),
-            sink,
-            state.sources.clone(),
-            Arc::clone(&state.metrics),
-            state.shutdown.clone(),
+            universe.names().to_vec(),
+            publisher.context(sim::SOURCE_NAME),
+            shutdown.clone(),
         ));
     }
-    poller::spawn_upstream_sources(state);
+    poller::spawn_upstream_sources(settings, publisher, universe, shutdown);
 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -18,119 +17,12 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{EventSink, PublishError};
+use crate::ingest::SourceHealth;
 use crate::ingest::config::{PollerSettings, Provider, SourcesSettings};
-use crate::ingest::{SourceHealth, SourceRegistry};
-use crate::market::{MarketEvent, Status};
-use crate::metrics::{Metrics, escape_label};
+use crate::ingest::source::{Publisher, SourceContext};
 
 /// Largest upstream body read; provider replies are a few kilobytes, an outage page a few more.
 pub const MAX_UPSTREAM_BODY_BYTES: usize = 4 << 20;
-
-/// A source's handles to the outside: where events go, where health is reported, and metrics.
-#[derive(Clone)]
-pub struct SourceContext {
-    pub name: String,
-    pub sink: Arc<dyn EventSink>,
-    pub registry: SourceRegistry,
-    pub metrics: Arc<Metrics>,
-    /// Symbols told `upstream_down` and not yet told `upstream_ok`. Shared by the clones a
-    /// poller loop and its round hold, so recovery is announced before the first new price.
-    owed_recovery: Arc<parking_lot::Mutex<Option<Vec<String>>>>,
-}
-
-impl SourceContext {
-    pub fn new(
-        name: impl Into<String>,
-        sink: Arc<dyn EventSink>,
-        registry: SourceRegistry,
-        metrics: Arc<Metrics>,
-    ) -> SourceContext {
-        SourceContext {
-            name: name.into(),
-            sink,
-            registry,
-            metrics,
-            owed_recovery: Arc::default(),
-        }
-    }
-
-    fn labels(&self) -> String {
-        format!("source=\"{}\"", escape_label(&self.name))
-    }
-
-    /// Counts one dropped item of this source.
-    pub fn reject(&self, reason: &str) {
-        self.metrics.ingest_rejected(&self.name, reason);
-    }
-
-    /// Publishes one event; a refusal is counted with the hub's reason and never retried.
-    pub fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
-        if !matches!(event, MarketEvent::Status(_)) {
-            self.announce_recovery();
-        }
-        match self.sink.publish(event) {
-            Ok(_) => {
-                self.metrics.add_counter(
-                    "tickgate_ingest_accepted_total",
-                    "Items a source published into the hub.",
-                    &self.labels(),
-                    1.0,
-                );
-                Ok(())
-            }
-            Err(error) => {
-                let reason = match &error {
-                    PublishError::Invalid(invalid) => invalid.reason_label(),
-                    PublishError::Encode(_) => "encode",
-                };
-                self.reject(reason);
-                tracing::debug!(source = %self.name, %error, "event refused by the hub");
-                Err(error)
-            }
-        }
-    }
-
-    pub fn report(&self, health: SourceHealth) {
-        self.registry.report(&self.name, health);
-    }
-
-    /// Tells users of `symbols` that the source is down; [`announce_recovery`] later says it
-    /// is back.
-    ///
-    /// [`announce_recovery`]: SourceContext::announce_recovery
-    pub fn announce_down(&self, symbols: &[String], reason: &str) {
-        self.announce(symbols, "upstream_down", reason);
-        *self.owed_recovery.lock() = Some(symbols.to_vec());
-    }
-
-    /// Sends `upstream_ok` to the symbols told `upstream_down`, once.
-    pub fn announce_recovery(&self) {
-        let owed = self.owed_recovery.lock().take();
-        if let Some(symbols) = owed {
-            self.announce(&symbols, "upstream_ok", "recovered");
-        }
-    }
-
-    /// Tells users of each symbol that this source went down or recovered.
-    fn announce(&self, symbols: &[String], code: &str, reason: &str) {
-        let message = if reason.is_empty() {
-            self.name.clone()
-        } else {
-            format!("{}: {reason}", self.name)
-        };
-        for symbol in symbols {
-            let status = MarketEvent::Status(Status {
-                symbol: symbol.clone(),
-                code: code.to_owned(),
-                message: message.clone(),
-                time: Utc::now(),
-            });
-            // A refusal is already counted by `publish`; there is nothing else to do with it.
-            let _ = self.publish(status);
-        }
-    }
-}
 
 /// Why one poll round failed. Each failure counts towards backoff and the circuit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -410,7 +302,7 @@ pub async fn run_poller<R: PollRound>(
         context.metrics.add_counter(
             "tickgate_source_polls_total",
             "Poll rounds started by an upstream source.",
-            &labels,
+            labels,
             1.0,
         );
         let result = tokio::select! {
@@ -425,7 +317,7 @@ pub async fn run_poller<R: PollRound>(
                     context.metrics.add_counter(
                         "tickgate_source_skipped_polls_total",
                         "Scheduled polls skipped because the previous poll was still running.",
-                        &labels,
+                        labels,
                         f64::from(skipped),
                     );
                 }
@@ -672,26 +564,23 @@ pub fn resolve_token(settings: &PollerSettings) -> Result<String, PollFailure> {
 }
 
 /// Starts every configured poller and replay (called from `ingest::spawn_sources`).
-pub fn spawn_upstream_sources(state: &crate::server::AppState) {
-    let settings = &state.settings.sources;
+pub fn spawn_upstream_sources(
+    all_settings: &crate::settings::Settings,
+    publisher: &Publisher,
+    universe: &crate::market::SymbolUniverse,
+    shutdown: &CancellationToken,
+) {
+    let settings = &all_settings.sources;
     if settings.pollers.is_empty() && settings.replays.is_empty() {
         return;
     }
-    let context = |name: &str| {
-        SourceContext::new(
-            name,
-            state.hub.clone(),
-            state.sources.clone(),
-            Arc::clone(&state.metrics),
-        )
-    };
-    if state.settings.simulator.enabled {
+    let context = |name: &str| publisher.context(name);
+    if all_settings.simulator.enabled {
         tracing::warn!(
             "the simulator is enabled next to upstream sources: both publish the same symbols, \
              and the hub refuses ticks whose time goes backwards; set simulator.enabled = false"
         );
     }
-    let universe = state.universe();
     let client = if settings.pollers.is_empty() {
         None
     } else {
@@ -721,7 +610,7 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
                 .collect();
             let ctx = context(&poller.name);
             let timing = PollTiming::from_settings(poller);
-            let shutdown = state.shutdown.clone();
+            let shutdown = shutdown.clone();
             match poller.provider {
                 Some(Provider::Yahoo) => {
                     let round = crate::ingest::yahoo::YahooRound::new(
@@ -763,7 +652,7 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
         tokio::spawn(crate::ingest::replay::run(
             replay.clone(),
             context(&replay.name),
-            state.shutdown.clone(),
+            shutdown.clone(),
         ));
     }
 }

@@ -3,13 +3,12 @@
 //! list and revoke their API key pairs: `POST /v1/api-keys`, `GET /v1/api-keys`,
 //! `DELETE /v1/api-keys/{key_id}`.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::auth::Identity;
 use crate::auth::api_keys::ApiKeyError;
-use crate::error::{ApiError, codes};
-use crate::server::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 
 pub const KEY_ID_HEADER: &str = "APCA-API-KEY-ID";
 pub const SECRET_HEADER: &str = "APCA-API-SECRET-KEY";
@@ -31,14 +30,8 @@ pub fn api_key_error(error: ApiKeyError) -> ApiError {
     match error {
         ApiKeyError::Invalid => ApiError::unauthorized(error.to_string()),
         ApiKeyError::NotFound(_) => ApiError::not_found(error.to_string()),
-        ApiKeyError::Configured(_) => {
-            ApiError::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, error.to_string())
-        }
-        ApiKeyError::TooMany(_) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            codes::UNPROCESSABLE,
-            error.to_string(),
-        ),
+        ApiKeyError::Configured(_) => ApiError::new(ErrorCode::Forbidden, error.to_string()),
+        ApiKeyError::TooMany(_) => ApiError::new(ErrorCode::Forbidden, error.to_string()),
         ApiKeyError::Store(cause) => ApiError::internal(&cause),
     }
 }
@@ -59,13 +52,13 @@ pub fn identity(request: &HttpRequest, state: &AppState) -> Result<Identity, Api
         (Some(_), None) | (None, Some(_)) => Err(ApiError::unauthorized(format!(
             "send both {KEY_ID_HEADER} and {SECRET_HEADER}"
         ))),
-        (None, None) => crate::transport::account::bearer_identity(request, state),
+        (None, None) => crate::routes::account::bearer_identity(request, state),
     }
 }
 
 /// Issuing a key needs a bearer token: an API key cannot mint more keys.
 async fn issue(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let identity = crate::transport::account::bearer_identity(&request, &state)?;
+    let identity = crate::routes::account::bearer_identity(&request, &state)?;
     let issued = state
         .api_keys
         .issue(&identity.user)

@@ -1,19 +1,20 @@
-//! REST order entry, once for both dialects: the operations here (submit, find, replace,
-//! cancel, cancel all, list) parse bodies with the WebSocket session's own order parser and
-//! go to the exchange through `TradingApi`, like an `order` action does. tickgate's routes
+//! Order entry over REST, once for every door: the order-body parser (which the WebSocket
+//! session's `order` and `replace` actions use too) and the operations (submit, find, replace,
+//! cancel, cancel all, list) that go to the exchange through `TradingApi`. tickgate's routes
 //! (`/v1/orders…`) answer with tickgate's order shape; the Alpaca routes (`/v2/orders…`,
 //! `routes::alpaca`) call the same operations and answer with Alpaca's.
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::routes::api_keys::identity;
-use crate::server::AppState;
-use crate::trading::api::{Order, OrderError, OrderQuery, OrderRef, TradingApi};
+use crate::state::AppState;
+use crate::trading::api::{
+    Order, OrderError, OrderQuery, OrderRef, OrderRequest, ReplaceRequest, TradingApi,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/orders", web::post().to(submit_v1))
@@ -40,7 +41,7 @@ impl Desk {
 
     /// Places an order from a JSON body with the `order` action's fields.
     pub async fn submit(&self, body: Map<String, Value>) -> Result<Order, OrderError> {
-        let request = parse_body(body, crate::transport::ws_session::parse_order_request)?;
+        let request = parse_body(body, order_request)?;
         self.trading.submit(&self.user, request).await
     }
 
@@ -50,7 +51,7 @@ impl Desk {
         target: OrderRef,
         body: Map<String, Value>,
     ) -> Result<Order, OrderError> {
-        let patch = parse_body(body, crate::transport::ws_session::parse_replace_request)?;
+        let patch = parse_body(body, replace_request)?;
         self.trading.replace(&self.user, target, patch).await
     }
 
@@ -93,7 +94,91 @@ impl Desk {
     }
 }
 
-/// Runs the session's parser on a REST body (the parser reads an action's `data`).
+/// A decimal field of an order: a JSON string or number, kept as text for the engine.
+pub fn decimal_text(data: &Map<String, Value>, key: &str) -> Result<Option<String>, OrderError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(Value::Number(number)) => Ok(Some(number.to_string())),
+        Some(_) => Err(OrderError::invalid(format!(
+            "{key} must be a decimal string such as \"10\" or \"126.50\""
+        ))),
+    }
+}
+
+pub fn string_field(data: &Map<String, Value>, key: &str) -> Result<Option<String>, OrderError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(OrderError::invalid(format!("{key} must be a string"))),
+    }
+}
+
+fn data_object<'a>(
+    map: &'a Map<String, Value>,
+    allowed: &[&str],
+    what: &str,
+) -> Result<&'a Map<String, Value>, OrderError> {
+    let data = match map.get("data") {
+        Some(Value::Object(data)) => data,
+        Some(_) => return Err(OrderError::invalid("data must be an object")),
+        None => return Err(OrderError::invalid(format!("data is required for {what}"))),
+    };
+    if let Some(key) = data.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(OrderError::invalid(format!(
+            "unknown field {key:?} in {what} data; allowed: {}",
+            allowed.join(", ")
+        )));
+    }
+    Ok(data)
+}
+
+/// The `data` of an `order` action (or a REST order body): the fields the exchange takes,
+/// as text, with a field-specific error for anything else.
+pub fn order_request(map: &Map<String, Value>) -> Result<OrderRequest, OrderError> {
+    const KEYS: [&str; 8] = [
+        "symbol",
+        "qty",
+        "side",
+        "type",
+        "time_in_force",
+        "limit_price",
+        "stop_price",
+        "client_order_id",
+    ];
+    let data = data_object(map, &KEYS, "order")?;
+    Ok(OrderRequest {
+        symbol: string_field(data, "symbol")?,
+        qty: decimal_text(data, "qty")?,
+        side: string_field(data, "side")?,
+        order_type: string_field(data, "type")?,
+        time_in_force: string_field(data, "time_in_force")?,
+        limit_price: decimal_text(data, "limit_price")?,
+        stop_price: decimal_text(data, "stop_price")?,
+        client_order_id: string_field(data, "client_order_id")?,
+    })
+}
+
+/// The `data` of a `replace` action (or a REST replace body).
+pub fn replace_request(map: &Map<String, Value>) -> Result<ReplaceRequest, OrderError> {
+    const KEYS: [&str; 5] = [
+        "qty",
+        "time_in_force",
+        "limit_price",
+        "stop_price",
+        "client_order_id",
+    ];
+    let data = data_object(map, &KEYS, "replace")?;
+    Ok(ReplaceRequest {
+        qty: decimal_text(data, "qty")?,
+        time_in_force: string_field(data, "time_in_force")?,
+        limit_price: decimal_text(data, "limit_price")?,
+        stop_price: decimal_text(data, "stop_price")?,
+        client_order_id: string_field(data, "client_order_id")?,
+    })
+}
+
+/// Runs the action parser on a REST body (the parser reads an action's `data`).
 fn parse_body<T>(
     body: Map<String, Value>,
     parse: fn(&Map<String, Value>) -> Result<T, OrderError>,
@@ -110,27 +195,28 @@ pub fn object_body(body: web::Bytes) -> Result<Map<String, Value>, ApiError> {
     }
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request(
-            codes::INVALID_BODY,
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "the body must be a JSON object",
         )),
-        Err(error) => Err(ApiError::bad_request(
-            codes::INVALID_BODY,
+        Err(error) => Err(ApiError::new(
+            ErrorCode::InvalidBody,
             format!("invalid JSON body: {error}"),
         )),
     }
 }
 
-/// tickgate's statuses for order errors (PROTOCOL.md §5).
+/// An order error over tickgate's HTTP routes; the status comes from the one code table.
 pub fn order_error(error: OrderError) -> ApiError {
-    let status = match error.code {
-        OrderError::NOT_FOUND => StatusCode::NOT_FOUND,
-        OrderError::NOT_CANCELABLE => StatusCode::UNPROCESSABLE_ENTITY,
-        OrderError::INSUFFICIENT => StatusCode::FORBIDDEN,
-        OrderError::INVALID => StatusCode::BAD_REQUEST,
-        _ => return ApiError::internal(&error),
-    };
-    ApiError::new(status, error.code, error.message)
+    match error.code {
+        // Their HTTP statuses come from the one table (400, 403, 404, 422).
+        OrderError::INVALID
+        | OrderError::INSUFFICIENT
+        | OrderError::NOT_FOUND
+        | OrderError::NOT_CANCELABLE => ApiError::new(error.code, error.message),
+        // Everything else is the exchange failing: 50010000 over HTTP, the cause logged.
+        _ => ApiError::internal(&error),
+    }
 }
 
 fn order_json(order: &Order) -> HttpResponse {
@@ -201,7 +287,7 @@ async fn cancel_all_v1(
                 let api = order_error(error);
                 serde_json::json!({
                     "id": id,
-                    "status": api.status.as_u16(),
+                    "status": api.status().as_u16(),
                     "error": {"code": api.code, "message": api.message},
                 })
             }

@@ -1,12 +1,14 @@
-//! Client transports: Server-Sent Events for public feeds, the authenticated WebSocket
-//! (`ws` glue around the socket-free `ws_session`), and the auth/account HTTP routes. Only
-//! this module and `routes` know about actix (`ws_session` does not).
+//! Client transports: Server-Sent Events for public feeds and the authenticated WebSocket
+//! (`ws`: actix glue and `ws::wire` around the socket-free `ws::session`), whose connections
+//! may speak an Alpaca dialect (`alpaca`: Alpaca's market-data and trading streams). Only this
+//! module and `routes` know about actix (`ws::session` does not); the REST routes live in
+//! `routes`.
 
-pub mod account;
 pub mod alpaca;
-pub mod params;
-pub mod publish;
 pub mod sse;
 pub mod ws;
-pub mod ws_session;
-pub mod ws_wire;
+
+/// Registers the streaming endpoints (handed to `routes::configure` by `startup`).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    cfg.configure(sse::configure).configure(ws::configure);
+}

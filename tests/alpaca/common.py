@@ -1,4 +1,4 @@
-"""Shared set-up of the alpaca-py programs run against tickgate (see tests/alpaca_py.rs).
+"""Shared set-up of the alpaca-py programs run against tickgate (see tests/api/alpaca/py.rs).
 
 The programs use alpaca-py exactly as a user would, with url_override pointing at tickgate.
 Test data is published through tickgate's own POST /v1/publish with `requests` (installed

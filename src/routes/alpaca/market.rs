@@ -4,16 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::market::{EventKind, SymbolId};
 use crate::routes::api_keys::identity;
-use crate::server::AppState;
-use crate::transport::params::{RawQuery, echo, query_params};
+use crate::routes::params::{RawQuery, echo, query_params};
+use crate::state::AppState;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v2/stocks/bars", web::get().to(bars))
@@ -40,15 +39,15 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 const IGNORED: &[&str] = &["feed", "adjustment", "asof", "currency"];
 
 fn bad_parameter(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(codes::INVALID_PARAMETER, message)
+    ApiError::new(ErrorCode::InvalidParameter, message)
 }
 
 fn symbol_id(state: &AppState, raw: &str) -> Result<(SymbolId, String), ApiError> {
     let symbol = raw.trim().to_ascii_uppercase();
     match state.universe().id(&symbol) {
         Some(id) => Ok((id, symbol)),
-        None => Err(ApiError::bad_request(
-            codes::UNKNOWN_SYMBOL,
+        None => Err(ApiError::new(
+            ErrorCode::UnknownSymbol,
             format!("unknown symbol {}", echo(&symbol)),
         )),
     }
@@ -80,8 +79,7 @@ fn check_timeframe(raw: Option<&String>) -> Result<(), ApiError> {
             "timeframe is required (tickgate has 1Min bars)",
         )),
         Some(other) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            codes::INVALID_PARAMETER,
+            ErrorCode::UnprocessableParameter,
             format!(
                 "timeframe {} is not available; tickgate has 1Min bars",
                 echo(other)
@@ -94,7 +92,7 @@ fn time_param(
     query: &std::collections::HashMap<String, String>,
     name: &str,
 ) -> Result<Option<DateTime<Utc>>, ApiError> {
-    crate::routes::parse_time(name, query.get(name).map(String::as_str))
+    crate::routes::market::parse_time(name, query.get(name).map(String::as_str))
 }
 
 fn limit_param(query: &std::collections::HashMap<String, String>) -> Result<usize, ApiError> {
@@ -168,7 +166,7 @@ async fn bars(
             let (symbol, time) = raw
                 .split_once('|')
                 .ok_or_else(|| bad_parameter("page_token is not one this server gave"))?;
-            let time = crate::routes::parse_time("page_token", Some(time))?
+            let time = crate::routes::market::parse_time("page_token", Some(time))?
                 .ok_or_else(|| bad_parameter("page_token is not one this server gave"))?;
             Some((symbol.to_owned(), time))
         }
@@ -190,7 +188,7 @@ async fn bars(
             break;
         }
         let (page, next) =
-            crate::routes::bar_page(&state, id, &symbol, from, end, remaining).await?;
+            crate::routes::market::bar_page(&state, id, &symbol, from, end, remaining).await?;
         remaining -= page.len();
         if !page.is_empty() {
             out.insert(
@@ -227,7 +225,8 @@ async fn symbol_bars(
     let limit = limit_param(&query)?;
     let page_start = time_param(&query, "page_token")?;
     let (page, next) =
-        crate::routes::bar_page(&state, id, &symbol, start.max(page_start), end, limit).await?;
+        crate::routes::market::bar_page(&state, id, &symbol, start.max(page_start), end, limit)
+            .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "symbol": symbol,
         "bars": page.iter().map(bar_json).collect::<Vec<_>>(),

@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::order_error;
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
+use crate::routes::alpaca::shapes;
 use crate::routes::api_keys::identity;
 use crate::routes::orders::{Desk, object_body};
-use crate::server::AppState;
+use crate::routes::params::{RawQuery, echo, query_params};
+use crate::state::AppState;
 use crate::trading::api::{Order, OrderQuery, OrderRef, Side};
-use crate::transport::alpaca::shapes;
-use crate::transport::params::{RawQuery, echo, query_params};
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v2/orders", web::post().to(submit))
@@ -50,11 +50,7 @@ async fn submit(
 }
 
 fn bad_parameter(message: String) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        codes::INVALID_PARAMETER,
-        message,
-    )
+    ApiError::new(ErrorCode::UnprocessableParameter, message)
 }
 
 fn parse_time(name: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -243,7 +239,7 @@ async fn cancel_all(
                 let api = order_error(error);
                 serde_json::json!({
                     "id": id,
-                    "status": api.status.as_u16(),
+                    "status": api.status().as_u16(),
                     "body": {"code": api.code, "message": api.message},
                 })
             }

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::msgpack;
-use super::shapes;
 use crate::market::MarketEvent;
+use crate::routes::alpaca::shapes;
 use crate::trading::api::TradeUpdate;
 
 /// How an Alpaca market-data connection encodes its messages.
@@ -98,11 +98,11 @@ impl DataDialect {
             Encoding::Json => WireFrame::Text(Bytes::from(Value::Array(objects).to_string())),
             Encoding::MsgPack => {
                 let mut out = Vec::with_capacity(frame.len());
-                msgpack::put_array_header(&mut out, objects.len());
+                crate::hub::msgpack::put_array_header(&mut out, objects.len());
                 for object in &objects {
                     // Market data keeps its Timestamps by going through the event encoder.
                     let event = serde_json::from_value::<MarketEvent>(object.clone()).ok();
-                    match event.as_ref().and_then(msgpack::encode_event) {
+                    match event.as_ref().and_then(crate::hub::msgpack::encode_event) {
                         Some(map) => out.extend_from_slice(&map),
                         None => out.extend(msgpack::encode_value(object)),
                     }

@@ -1,0 +1,259 @@
+//! `POST /v1/publish`: external producers push trades, quotes, bars, news and alerts into the
+//! hub with the admin token. Each item is validated like any other source's; the reply counts
+//! what was accepted and says why each refused item was refused.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::hub::PublishError;
+use crate::market::{InvalidEvent, MarketEvent};
+use crate::routes::params::{Bearer, bearer};
+use crate::state::AppState;
+
+pub const SOURCE_NAME: &str = "publish_api";
+
+/// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub
+/// refuses ticks older than a symbol's newest, so one tick from a bad clock or a mistyped
+/// year would otherwise lock that symbol for every source until a restart.
+const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// The largest body `POST /v1/publish` reads, stored on the resource.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.service(
+        web::resource("/v1/publish")
+            .app_data(BodyLimit(max_body_bytes))
+            .route(web::post().to(publish))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// Without this, actix answers another method with an empty 405, outside the API's JSON shape.
+async fn method_not_allowed() -> HttpResponse {
+    let error = ApiError::new(ErrorCode::MethodNotAllowed, "/v1/publish accepts POST only");
+    let mut response = actix_web::ResponseError::error_response(&error);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("POST"),
+    );
+    response
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    /// Position of the item in the request (0 for a single object).
+    index: usize,
+    code: ErrorCode,
+    /// Stable short label, the same as in `tickgate_ingest_rejected_total`.
+    reason: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PublishReply {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `Authorization: Bearer <admin token>`.
+pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let expected = state.settings.publish.admin_token.as_bytes();
+    if expected.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the publish API is disabled: set publish.admin_token",
+        ));
+    }
+    let Bearer::Token(given) = bearer(request) else {
+        return Err(ApiError::unauthorized(
+            "missing Authorization: Bearer <admin token>",
+        ));
+    };
+    if constant_time_eq(given.as_bytes(), expected) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("invalid admin token"))
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+/// Reads the body up to `limit` bytes. The payload is read by hand (not with the `Bytes`
+/// extractor) so an oversized body gets the API's JSON 413 rather than actix's plain text, and
+/// the caller is authorized before a single body byte is read.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(ErrorCode::InvalidBody, format!("could not read body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The per-item code and metric label for a refusal by the hub.
+fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
+    match error {
+        PublishError::Invalid(invalid) => (
+            match invalid {
+                InvalidEvent::UnknownSymbol(_) => ErrorCode::UnknownSymbol,
+                _ => ErrorCode::Unprocessable,
+            },
+            invalid.reason_label(),
+        ),
+        PublishError::Encode(_) => (ErrorCode::Internal, "encode"),
+    }
+}
+
+async fn publish(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Err(error) = require_admin(&request, &state) {
+        let mut response = actix_web::ResponseError::error_response(&error);
+        if error.code == ErrorCode::Unauthorized {
+            // RFC 6750: tell the client which scheme to use.
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer realm=\"publish\""),
+            );
+        }
+        return Ok(response);
+    }
+    let limit = request
+        .app_data::<BodyLimit>()
+        .map_or(state.settings.server.max_body_bytes, |l| l.0);
+    let body = read_body(&request, payload, limit).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        object @ serde_json::Value::Object(_) => vec![object],
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "body must be a JSON object or an array of objects",
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "the array holds no items",
+        ));
+    }
+    let source = state.publisher.context(SOURCE_NAME);
+    let mut reply = PublishReply {
+        accepted: 0,
+        rejected: Vec::new(),
+    };
+    for (index, item) in items.into_iter().enumerate() {
+        // Producer fields (the trade id `i`, venues, news ids) pass through untouched: the
+        // item is deserialized as is and only checked, never rewritten.
+        let event: MarketEvent = match serde_json::from_value(item) {
+            Ok(event) => event,
+            Err(error) => {
+                state.metrics.ingest_rejected(SOURCE_NAME, "malformed");
+                reply.rejected.push(Rejected {
+                    index,
+                    code: ErrorCode::InvalidBody,
+                    reason: "malformed",
+                    message: format!("malformed item: {error}"),
+                });
+                continue;
+            }
+        };
+        // `shutdown` is the server's own last word on a stream: clients reconnect on it, so a
+        // producer must not be able to send it to everyone.
+        if let MarketEvent::Status(status) = &event
+            && status.code == "shutdown"
+        {
+            state
+                .metrics
+                .ingest_rejected(SOURCE_NAME, "reserved_status");
+            reply.rejected.push(Rejected {
+                index,
+                code: ErrorCode::Unprocessable,
+                reason: "reserved_status",
+                message: "sc \"shutdown\" is reserved for the server".to_owned(),
+            });
+            continue;
+        }
+        if matches!(
+            event,
+            MarketEvent::Trade(_) | MarketEvent::Quote(_) | MarketEvent::Bar(_)
+        ) && event.time() > chrono::Utc::now() + MAX_FUTURE_SKEW
+        {
+            state.metrics.ingest_rejected(SOURCE_NAME, "time_in_future");
+            reply.rejected.push(Rejected {
+                index,
+                code: ErrorCode::Unprocessable,
+                reason: "time_in_future",
+                message: format!(
+                    "t {} is more than {} minutes ahead of the server clock",
+                    event.time().to_rfc3339(),
+                    MAX_FUTURE_SKEW.num_minutes()
+                ),
+            });
+            continue;
+        }
+        // The context counts the item as accepted or refused, like any source's.
+        match source.publish(event) {
+            Ok(()) => reply.accepted += 1,
+            Err(error) => {
+                let (code, label) = refusal(&error);
+                reply.rejected.push(Rejected {
+                    index,
+                    code,
+                    reason: label,
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+    let status = if reply.accepted == 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(reply))
+}

@@ -1,0 +1,250 @@
+//! Builds the application from settings and runs it: the store, the hub, the exchange, the
+//! sources, the HTTP server on an already-bound listener, and graceful shutdown driven by one
+//! cancellation token.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{CloseReason, Hub, HubSettings};
+use crate::ingest::SourceRegistry;
+use crate::ingest::source::Publisher;
+use crate::market::SymbolUniverse;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+/// Connections each HTTP worker holds at most (see `start_http`).
+const MAX_CONNECTIONS_PER_WORKER: usize = 1_000_000;
+
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`). Bursts of
+/// thousands of new subscribers overflow the default of 128 and stall on SYN retries.
+const LISTEN_BACKLOG: i32 = 65_535;
+
+/// Re-issues `listen` with a longer accept queue; Linux updates the backlog of a socket that
+/// is already listening.
+fn widen_backlog(listener: TcpListener) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::from(listener);
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Target of the access log lines.
+const ACCESS_LOG_TARGET: &str = "tickgate::http";
+
+/// Request logging through `tracing` (one line per request at info level, target
+/// `tickgate::http`). When the log filter drops those lines (e.g. `warn`) the logger is left
+/// out of the stack: it would still render the request line, the status and a timestamp for
+/// every request (and wrap every response body) only to throw them away: about 4.5k of the
+/// 53k user-space instructions of opening an SSE stream (docs/benchmarks.md).
+fn tracing_actix() -> actix_web::middleware::Condition<actix_web::middleware::Logger> {
+    // The logger also reports failed responses at debug level under its own target.
+    let enabled = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO)
+        || tracing::enabled!(
+            target: "actix_web::middleware::logger",
+            tracing::Level::DEBUG
+        );
+    actix_web::middleware::Condition::new(
+        enabled,
+        actix_web::middleware::Logger::new("%r %s %Dms").log_target(ACCESS_LOG_TARGET),
+    )
+}
+
+/// A built, bound, not yet running gateway.
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the state and binds `settings.server.bind` (port 0 picks a free port).
+    pub fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.server.bind)?;
+        Application::build_with_listener(settings, listener)
+    }
+
+    /// Builds the state on `listener`. The exchange starts here, so it follows the market
+    /// from the first event (see `trading::exchange::start` for a build outside a runtime).
+    pub fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        let port = listener.local_addr()?.port();
+        let metrics = Arc::new(Metrics::default());
+        let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
+        let opened = if settings.store.enabled {
+            Some(crate::store::Store::open_with_metrics(
+                &settings.store,
+                Some(Arc::clone(&metrics)),
+            )?)
+        } else {
+            None
+        };
+        let epoch = match &opened {
+            Some(opened) => opened.feed_start.epoch,
+            None => chrono::Utc::now().timestamp_millis().max(1) as u64,
+        };
+        let hub = Arc::new(Hub::new(
+            universe,
+            HubSettings::from(&settings.hub),
+            Arc::clone(&metrics),
+            epoch,
+        ));
+        if let Some(opened) = &opened {
+            opened.feed_start.apply(&hub);
+        }
+        // Before the exchange starts, so a bad [auth] section leaves nothing running.
+        let auth = Arc::new(crate::auth::AuthService::new(&settings.auth)?);
+        if let Some(opened) = &opened {
+            opened.store.sync_users_at_start(
+                settings
+                    .auth
+                    .users
+                    .iter()
+                    .map(|user| crate::store::UserRecord {
+                        username: user.username.clone(),
+                        password_hash: user.password_hash.clone(),
+                    })
+                    .collect(),
+            )?;
+        }
+        let api_keys = Arc::new(crate::auth::api_keys::ApiKeys::load(
+            &settings.auth,
+            Some(&settings.store),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.api_keys)),
+        )?);
+        let shutdown = CancellationToken::new();
+        let exchange = crate::trading::exchange::start(
+            &settings.trading,
+            &settings.simulator.initial_prices,
+            Arc::clone(&hub),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.trading)),
+            shutdown.clone(),
+        )?;
+        let sources = SourceRegistry::new(Arc::clone(&metrics));
+        let hub_sink: Arc<dyn crate::hub::EventSink> = hub.clone();
+        let publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
+        let state = AppState {
+            auth,
+            api_keys,
+            settings: Arc::new(settings),
+            hub,
+            sources,
+            publisher,
+            metrics,
+            shutdown,
+            trading: Arc::new(exchange),
+            store: opened.map(|opened| opened.store),
+        };
+        Ok(Application {
+            port,
+            listener,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The token that stops the application when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token fires, then lets connections finish within the grace
+    /// period and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        tokio::spawn(Arc::clone(&state.hub).run_heartbeats(state.shutdown.clone()));
+        tokio::spawn(
+            Arc::clone(&state.hub)
+                .run_keepalive(state.settings.ws.ping_interval, state.shutdown.clone()),
+        );
+        crate::ingest::spawn_sources(
+            &state.settings,
+            &state.publisher,
+            state.universe(),
+            &state.shutdown,
+        );
+        let store_tasks = state
+            .store
+            .as_ref()
+            .map(|store| store.spawn_background(&state.hub, state.shutdown.clone()));
+        let server = self.start_http()?;
+        let handle = server.handle();
+        let hub = Arc::clone(&state.hub);
+        let grace = state.settings.server.shutdown_grace;
+        let shutdown = state.shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: telling clients to reconnect");
+            hub.close_all(CloseReason::Shutdown);
+            // Give open streams a moment to flush their final message before stopping.
+            tokio::time::sleep(Duration::from_millis(100).min(grace)).await;
+            handle.stop(true).await;
+        });
+        server.await?;
+        stopper.abort();
+        if let Some(tasks) = store_tasks {
+            tasks.finish(&state.hub).await;
+        }
+        Ok(())
+    }
+
+    /// Builds and starts the HTTP server (synchronously, so the returned future is `Send`).
+    fn start_http(self) -> anyhow::Result<actix_web::dev::Server> {
+        let state = self.state;
+        let settings = Arc::clone(&state.settings);
+        let data = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(crate::routes::cors(&data))
+                .wrap(tracing_actix())
+                .app_data(web::Data::new(data.clone()))
+                .configure(|cfg| crate::routes::configure(cfg, &data, crate::transport::configure))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
+        .client_request_timeout(Duration::from_secs(10))
+        // Every write is a complete message that should leave at once: with Nagle's algorithm
+        // a small write waits while an earlier one is unacknowledged, and a client that
+        // delays its ACKs turns that into tens of milliseconds.
+        .tcp_nodelay(true)
+        // Streams are long-lived, so actix's default of 25,600 connections per worker would cap
+        // a one-core gateway far below what it can hold; the file-descriptor limit is the
+        // real bound.
+        .max_connections(MAX_CONNECTIONS_PER_WORKER);
+        let stalled = settings.server.stalled_peer_timeout;
+        if !stalled.is_zero() {
+            // A stream's response body is not polled while its socket is full, so nothing in
+            // the process notices a peer that stopped reading; the kernel does, and this bounds
+            // how long such a connection (its descriptor and buffers) lives.
+            server = server.on_connect(move |connection, _| {
+                if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+                    && let Err(error) =
+                        socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stalled))
+                {
+                    tracing::debug!(%error, "TCP_USER_TIMEOUT not set");
+                }
+            });
+        }
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let listener = widen_backlog(self.listener)?;
+        Ok(server.listen(listener)?.run())
+    }
+}

@@ -1,0 +1,286 @@
+//! Shared helpers for integration tests: start the real gateway on port 0, and read SSE over
+//! a real HTTP connection.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use tickgate::settings::Settings;
+use tickgate::startup::Application;
+use tickgate::state::AppState;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub state: AppState,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}
+
+/// Settings for tests: the repository's defaults, port 0, the simulator off unless a test
+/// turns it on, short heartbeats and grace periods.
+/// A news item, tagged with `symbols`, whose summary is `summary_len` bytes (large ones fill
+/// socket buffers quickly; news is never conflated).
+pub fn news(id: u64, symbols: &[&str], summary_len: usize) -> tickgate::market::MarketEvent {
+    let at = chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0).expect("valid time");
+    tickgate::market::MarketEvent::News(tickgate::market::News {
+        id,
+        headline: format!("headline {id}"),
+        summary: "x".repeat(summary_len),
+        author: "desk".into(),
+        source: "test".into(),
+        url: String::new(),
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+pub fn test_settings() -> Settings {
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = Settings::load_from(&config_dir, None, &[]).expect("default settings load");
+    settings.server.bind = "127.0.0.1:0".parse().expect("address");
+    settings.server.workers = 2;
+    settings.server.shutdown_grace = Duration::from_secs(2);
+    settings.simulator.enabled = false;
+    // Tests that exercise storage turn it on with their own temporary data directory.
+    settings.store.enabled = false;
+    settings.server.web_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    settings
+}
+
+/// Starts the real gateway on a free port with the given settings.
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    let app = Application::build_with_listener(settings, listener).expect("build app");
+    let port = app.port();
+    let state = app.state().clone();
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        state,
+        shutdown,
+        task,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings()).await
+}
+
+/// One parsed Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+    pub retry: Option<u64>,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// A minimal SSE client over a raw TCP connection (HTTP/1.1, chunked transfer decoded).
+pub struct SseClient {
+    reader: BufReader<TcpStream>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub comments: Vec<String>,
+    pending: String,
+    chunk_left: usize,
+    chunked: bool,
+}
+
+impl SseClient {
+    /// Sends `GET path` with extra headers and reads the response head.
+    pub async fn connect(port: u16, path: &str, extra_headers: &[(&str, &str)]) -> SseClient {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+        );
+        for (name, value) in extra_headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut reader = BufReader::new(stream);
+        reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).await.expect("status");
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.expect("header");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+        }
+        let chunked = headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+        SseClient {
+            reader,
+            status,
+            headers,
+            comments: Vec::new(),
+            pending: String::new(),
+            chunk_left: 0,
+            chunked,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads the whole body of a non-streaming response (e.g. a 4xx error).
+    pub async fn read_body(&mut self) -> String {
+        let mut body = String::new();
+        while let Some(text) = self.read_some().await {
+            body.push_str(&text);
+        }
+        body
+    }
+
+    /// Reads more body text; `None` at the end of the body.
+    async fn read_some(&mut self) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        if !self.chunked {
+            let mut buf = vec![0u8; 8192];
+            let n = self.reader.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        if self.chunk_left == 0 {
+            let mut size_line = String::new();
+            loop {
+                size_line.clear();
+                let n = self.reader.read_line(&mut size_line).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                if !size_line.trim().is_empty() {
+                    break;
+                }
+            }
+            let size = usize::from_str_radix(size_line.trim(), 16).ok()?;
+            if size == 0 {
+                return None;
+            }
+            self.chunk_left = size;
+        }
+        let mut buf = vec![0u8; self.chunk_left];
+        let n = self.reader.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        self.chunk_left -= n;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// The next event (comments are collected in `comments`); `None` when the stream ends.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut has_data = false;
+                let mut has_retry = false;
+                for line in block.lines() {
+                    if let Some(comment) = line.strip_prefix(':') {
+                        self.comments.push(comment.trim().to_owned());
+                    } else if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "id" => event.id = Some(value.to_owned()),
+                            "event" => event.event = value.to_owned(),
+                            "data" => {
+                                if has_data {
+                                    event.data.push('\n');
+                                }
+                                event.data.push_str(value);
+                                has_data = true;
+                            }
+                            "retry" => {
+                                event.retry = value.parse().ok();
+                                has_retry = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if has_data || has_retry {
+                    if event.event.is_empty() && has_data {
+                        event.event = "message".into();
+                    }
+                    return Some(event);
+                }
+                continue;
+            }
+            let more = self.read_some().await?;
+            self.pending.push_str(&more);
+        }
+    }
+
+    /// Like `next_event` with a deadline; panics on timeout.
+    pub async fn expect_event(&mut self, within: Duration) -> SseEvent {
+        tokio::time::timeout(within, self.next_event())
+            .await
+            .expect("an event before the deadline")
+            .expect("stream still open")
+    }
+}
+
+/// Publishes JSON through the publish API with the default admin token.
+pub async fn publish(app: &TestApp, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(app.url("/v1/publish"))
+        .bearer_auth(&app.state.settings.publish.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .expect("publish request");
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}

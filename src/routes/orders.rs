@@ -208,14 +208,12 @@ pub fn object_body(body: web::Bytes) -> Result<Map<String, Value>, ApiError> {
 
 /// An order error over tickgate's HTTP routes; the status comes from the one code table.
 pub fn order_error(error: OrderError) -> ApiError {
-    match error.code {
-        // Their HTTP statuses come from the one table (400, 403, 404, 422).
-        OrderError::INVALID
-        | OrderError::INSUFFICIENT
-        | OrderError::NOT_FOUND
-        | OrderError::NOT_CANCELABLE => ApiError::new(error.code, error.message),
-        // Everything else is the exchange failing: 50010000 over HTTP, the cause logged.
-        _ => ApiError::internal(&error),
+    // A refusal (400, 403, 404, 422, … from the one table) is the client's to read;
+    // everything else is the exchange failing: 50010000 over HTTP, the cause logged.
+    if error.code.status().is_client_error() {
+        ApiError::new(error.code, error.message)
+    } else {
+        ApiError::internal(&error)
     }
 }
 

@@ -20,10 +20,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Alpaca's statuses for order errors: an order it cannot take is 422, not 400.
 fn order_error(error: OrderError) -> ApiError {
-    let code = match error.code {
-        OrderError::INVALID => ErrorCode::UnprocessableOrder,
-        OrderError::NOT_CANCELABLE | OrderError::INSUFFICIENT | OrderError::NOT_FOUND => error.code,
-        _ => return ApiError::internal(&error),
-    };
-    ApiError::new(code, error.message)
+    match error.code {
+        // Alpaca answers an invalid order (unknown symbol, bad field, a client_order_id an
+        // open order already uses) with 422 and this number.
+        OrderError::INVALID => ApiError::new(ErrorCode::UnprocessableOrder, error.message),
+        // The other refusals keep their code and status (403, 404, 422); failures are 500s.
+        _ => crate::routes::orders::order_error(error),
+    }
 }

@@ -210,72 +210,10 @@ impl std::fmt::Debug for PublishSettings {
     }
 }
 
-/// The simulated exchange (`[trading]`). Money and prices are exact decimals.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct TradingSettings {
-    /// Seed of the synthetic order books; the same seed and inputs give the same fills.
-    pub seed: u64,
-    /// Cash of a new account.
-    pub starting_cash: rust_decimal::Decimal,
-    /// Commission charged per filled share (0 = free).
-    pub commission_per_share: rust_decimal::Decimal,
-    /// Allow selling more than the account holds (a short position).
-    pub allow_short: bool,
-    /// Levels per side of each synthetic book.
-    pub book_levels: usize,
-    /// Price grid of the books and of limit and stop prices.
-    pub tick_size: rust_decimal::Decimal,
-    /// Largest quantity of one order.
-    pub max_order_qty: rust_decimal::Decimal,
-    /// Decimal places allowed in an order quantity (0 = whole shares).
-    pub qty_decimals: u32,
-    /// Highest limit or stop price accepted.
-    pub max_price: rust_decimal::Decimal,
-    /// Open orders one account may have at a time.
-    pub max_open_orders: usize,
-    /// Finished orders remembered per account for order listings.
-    pub closed_orders_kept: usize,
-    /// Requests queued to the exchange before callers wait.
-    pub command_queue: usize,
-    /// Book updates buffered per symbol for slow readers before they lag.
-    pub book_channel_capacity: usize,
-    /// Trade updates buffered per user for slow readers before they lag.
-    pub user_channel_capacity: usize,
-    /// How long stored trade updates are kept for clients resuming with `since`; older ones
-    /// are pruned and a resume from before them gets a reset.
-    #[serde(with = "humantime_serde")]
-    pub updates_retention: Duration,
-    /// Most trade updates one resume replays; a client further behind gets a reset (the
-    /// current state), which is smaller than the history it missed.
-    pub max_resume_updates: usize,
-}
-
-impl Default for TradingSettings {
-    fn default() -> Self {
-        TradingSettings {
-            seed: 7,
-            starting_cash: rust_decimal::Decimal::from(100_000),
-            commission_per_share: rust_decimal::Decimal::ZERO,
-            allow_short: true,
-            book_levels: 10,
-            tick_size: rust_decimal::Decimal::new(1, 2),
-            max_order_qty: rust_decimal::Decimal::from(1_000_000),
-            qty_decimals: 0,
-            max_price: rust_decimal::Decimal::from(1_000_000),
-            max_open_orders: 500,
-            closed_orders_kept: 1000,
-            command_queue: 1024,
-            book_channel_capacity: 1024,
-            user_channel_capacity: 1024,
-            updates_retention: Duration::from_secs(7 * 24 * 3600),
-            max_resume_updates: 10_000,
-        }
-    }
-}
 pub use crate::ingest::config::{
     PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
 };
+pub use crate::trading::config::TradingSettings;
 
 /// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
 #[derive(Clone, Deserialize)]
@@ -307,6 +245,29 @@ pub struct AuthSettings {
     pub max_login_attempts_per_minute: u32,
     /// Users of the built-in issuer, with argon2 PHC password hashes.
     pub users: Vec<UserEntry>,
+    /// API key pairs defined in configuration (Alpaca's key id and secret; see
+    /// `docs/alpaca.md`). Pairs issued through `POST /v1/api-keys` live in the store.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// The server key of the keyed hash that API key secrets are stored as (32+ bytes). Empty:
+    /// a random key kept in `<store.data_dir>/api_key_hash.key`, or one per process when the
+    /// store is off. Never logged.
+    pub api_key_hash_key: String,
+    /// Most API key pairs one user may hold at once (issued ones; configured ones do not count).
+    pub max_api_keys_per_user: usize,
+}
+
+/// One API key pair from configuration. The secret itself is never in the configuration:
+/// only its SHA-256 digest (print one with `tickgate hash-api-secret`), which `Debug` shows.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ApiKeyEntry {
+    pub key_id: String,
+    /// The account the key trades for.
+    pub user: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Accept the pair only from loopback addresses (the demo pair).
+    pub loopback_only: bool,
 }
 
 /// One user of the built-in issuer.
@@ -341,6 +302,9 @@ impl Default for AuthSettings {
             max_connections_per_user: 5,
             max_login_attempts_per_minute: 20,
             users: Vec::new(),
+            api_keys: Vec::new(),
+            api_key_hash_key: String::new(),
+            max_api_keys_per_user: 10,
         }
     }
 }
@@ -358,6 +322,9 @@ impl std::fmt::Debug for AuthSettings {
             .field("ticket_ttl", &self.ticket_ttl)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("users", &self.users)
+            .field("api_keys", &self.api_keys)
+            .field("api_key_hash_key", &"<redacted>")
+            .field("max_api_keys_per_user", &self.max_api_keys_per_user)
             .finish()
     }
 }
@@ -637,6 +604,7 @@ impl Settings {
                 ));
             }
         }
+        problems.extend(crate::auth::api_keys::check_settings(auth));
         let ws = &self.ws;
         for (name, value) in [
             ("ws.auth_timeout", ws.auth_timeout),
@@ -662,49 +630,6 @@ impl Settings {
         }
         if !(ws.portfolio_max_per_second > 0.0 && ws.portfolio_max_per_second <= 1000.0) {
             problems.push("ws.portfolio_max_per_second: must be in (0, 1000]".into());
-        }
-        problems
-    }
-}
-
-impl TradingSettings {
-    fn validate(&self) -> Vec<String> {
-        use rust_decimal::Decimal;
-        let mut problems = Vec::new();
-        if self.starting_cash < Decimal::ZERO {
-            problems.push("trading.starting_cash: must not be negative".into());
-        }
-        if self.commission_per_share < Decimal::ZERO {
-            problems.push("trading.commission_per_share: must not be negative".into());
-        }
-        if !(1..=100).contains(&self.book_levels) {
-            problems.push("trading.book_levels: must be between 1 and 100".into());
-        }
-        if self.tick_size <= Decimal::ZERO {
-            problems.push("trading.tick_size: must be greater than zero".into());
-        }
-        if self.max_order_qty <= Decimal::ZERO {
-            problems.push("trading.max_order_qty: must be greater than zero".into());
-        }
-        if self.qty_decimals > 9 {
-            problems.push("trading.qty_decimals: at most 9".into());
-        }
-        if self.max_price <= Decimal::ZERO {
-            problems.push("trading.max_price: must be greater than zero".into());
-        }
-        if self.updates_retention.is_zero() {
-            problems.push("trading.updates_retention: must be greater than zero".into());
-        }
-        for (key, value) in [
-            ("max_open_orders", self.max_open_orders),
-            ("command_queue", self.command_queue),
-            ("book_channel_capacity", self.book_channel_capacity),
-            ("user_channel_capacity", self.user_channel_capacity),
-            ("max_resume_updates", self.max_resume_updates),
-        ] {
-            if value == 0 {
-                problems.push(format!("trading.{key}: must be at least 1"));
-            }
         }
         problems
     }

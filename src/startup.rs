@@ -112,6 +112,13 @@ impl Application {
                     .collect(),
             )?;
         }
+        let api_keys = Arc::new(crate::auth::api_keys::ApiKeys::load(
+            &settings.auth,
+            Some(&settings.store),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.api_keys)),
+        )?);
         let shutdown = CancellationToken::new();
         let exchange = crate::trading::exchange::start(
             &settings.trading,
@@ -127,6 +134,7 @@ impl Application {
         let publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
         let state = AppState {
             auth,
+            api_keys,
             settings: Arc::new(settings),
             hub,
             sources,

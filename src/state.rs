@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AuthService;
+use crate::auth::api_keys::ApiKeys;
 use crate::hub::Hub;
 use crate::ingest::SourceRegistry;
 use crate::ingest::source::Publisher;
@@ -32,6 +33,8 @@ pub struct AppState {
     /// Durable storage; `None` when `store.enabled` is false.
     pub store: Option<Store>,
     pub auth: Arc<AuthService>,
+    /// API key pairs (Alpaca's key id and secret; docs/alpaca.md).
+    pub api_keys: Arc<ApiKeys>,
 }
 
 impl AppState {

@@ -14,13 +14,15 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`queue`] (subscriber
+//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps); this file holds the feeds, their logs and the
 //! latest values.
 
 pub mod entry;
 pub mod filter;
+pub mod msgpack;
 pub mod queue;
 pub mod sweep;
 
@@ -229,6 +231,19 @@ pub struct Hub {
     /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
     /// each connection pings and checks its idle deadline without a timer of its own.
     keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
+    /// Connected clients that want MessagePack frames (see [`entry::Entry::msgpack`]).
+    msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
+/// them.
+#[derive(Debug)]
+pub struct MsgpackClientGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for MsgpackClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Hub {
@@ -266,7 +281,16 @@ impl Hub {
                 bars: vec![VecDeque::new(); symbols],
             }),
             keepalive: Mutex::new(Vec::new()),
+            msgpack_clients: Arc::default(),
         }
+    }
+
+    /// Registers a MessagePack client: from now on each event's MessagePack frame is encoded
+    /// at publish. An event published just before may lack it; the client encodes that one
+    /// itself.
+    pub fn msgpack_client(&self) -> MsgpackClientGuard {
+        self.msgpack_clients.fetch_add(1, Ordering::Relaxed);
+        MsgpackClientGuard(Arc::clone(&self.msgpack_clients))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -323,6 +347,9 @@ impl Hub {
             _ => Box::default(),
         };
         let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let msgpack = (self.msgpack_clients.load(Ordering::Relaxed) > 0)
+            .then(|| msgpack::single_event_frame(&event))
+            .flatten();
 
         // Per-symbol time order and latest values. Checked before sequencing so a rejected
         // event never consumes a sequence number.
@@ -360,6 +387,7 @@ impl Hub {
             symbol,
             tagged,
             &json,
+            msgpack,
         ));
         state.window.push_back(Arc::clone(&entry));
         while state.window.len() > self.settings.replay_window {

@@ -21,8 +21,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        name: "api_keys",
+        sql: include_str!("../../migrations/0002_api_keys.sql"),
+    },
+    Migration {
+        version: 3,
         name: "trade_updates",
-        sql: include_str!("../../migrations/0002_trade_updates.sql"),
+        sql: include_str!("../../migrations/0003_trade_updates.sql"),
     },
 ];
 
@@ -150,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn version_two_keeps_repeated_client_order_ids_of_version_one_and_refuses_new_ones() {
+    fn version_three_keeps_repeated_client_order_ids_of_older_files_and_refuses_new_ones() {
         let mut connection = Connection::open_in_memory().expect("memory db");
         connection
             .execute_batch(MIGRATIONS[0].sql)
@@ -170,11 +175,11 @@ mod tests {
                 rusqlite::params![id, user, cid],
             )
         };
-        // Version 1 allowed reusing a client_order_id once the earlier order had finished.
+        // Versions 1 and 2 allowed reusing a client_order_id once the earlier order finished.
         for (id, user, cid) in [("o1", "ann", "a"), ("o2", "ann", "a"), ("o3", "bob", "a")] {
             insert(&connection, id, user, cid).expect("version 1 row");
         }
-        assert_eq!(migrate(&mut connection).expect("to version 2"), vec![2]);
+        assert_eq!(migrate(&mut connection).expect("to the latest"), vec![2, 3]);
         let repeats: Vec<String> = connection
             .prepare("SELECT id FROM orders WHERE client_order_id_repeat = 1")
             .and_then(|mut statement| {

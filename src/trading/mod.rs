@@ -5,6 +5,7 @@
 //! - [`api`]: the shared contract (wire shapes and the trait).
 //! - [`validate`]: request parsing with field-specific errors.
 //! - [`book`]: the synthetic book, its walk and its deltas.
+//! - [`config`]: the `[trading]` settings.
 //! - [`account`]: cash, positions and the exact arithmetic of a fill.
 //! - [`engine`]: the rules; a synchronous state machine.
 //! - [`exchange`]: the actor task and its handle; `intake`: the market data it follows.
@@ -31,6 +32,7 @@
 pub mod account;
 pub mod api;
 pub mod book;
+pub mod config;
 pub mod engine;
 pub mod exchange;
 mod intake;

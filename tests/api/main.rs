@@ -16,6 +16,12 @@ mod qa_regressions;
 mod stalled_peers;
 mod tidy;
 
+mod alpaca {
+    mod py;
+    mod rest;
+    mod streams;
+}
+
 mod hub {
     mod props;
 }
@@ -46,6 +52,7 @@ mod store {
 
 mod trading {
     mod exchange;
+    mod rest;
 }
 
 mod ws {

@@ -1,4 +1,4 @@
--- tickgate schema, version 2: private streams that never lose an update.
+-- tickgate schema, version 3: private streams that never lose an update.
 
 -- Every trade update sent to a user, under its per-user sequence, written in the same
 -- transaction as the order transition that caused it. A client that reconnects resumes after

@@ -524,7 +524,13 @@ impl Store {
     }
 }
 
-/// Takes the data directory's lock without waiting.
+/// How long a lock held by someone else is waited for before the store reports it in use.
+/// A process that forks (a test harness, a supervisor starting a child) holds a copy of every
+/// descriptor, the lock's too, for the instant between fork and exec; a short wait rides that
+/// out without letting two gateways share a directory.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(1_000);
+
+/// Takes the data directory's lock, waiting at most [`LOCK_WAIT`] for a holder to let go.
 fn lock_data_dir(settings: &StoreSettings) -> Result<std::fs::File, StoreError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| StoreError::DataDir {
         path: settings.data_dir.display().to_string(),
@@ -542,7 +548,15 @@ fn lock_data_dir(settings: &StoreSettings) -> Result<std::fs::File, StoreError> 
             path: path.display().to_string(),
             detail: e.to_string(),
         })?;
-    match file.try_lock() {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut outcome = file.try_lock();
+    while matches!(outcome, Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        outcome = file.try_lock();
+    }
+    match outcome {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
             path: settings.data_dir.display().to_string(),

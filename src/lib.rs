@@ -7,6 +7,7 @@
 //! - [`transport`]: client transports (`sse` for public feeds, `ws` for the authenticated
 //!   WebSocket with its socket-free `ws_session`, `account` for auth and account HTTP routes).
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`.
+//! - [`cluster`]: multi-node operation on Redis (shared per-feed logs, leases with fencing).
 //! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
 //! - [`routes`]: HTTP routes, CORS, health and metrics endpoints.
 //! - [`server`]: builds the application from [`settings`] and runs it until shutdown.
@@ -15,6 +16,7 @@
 //! - [`metrics`]: counters and gauges rendered as Prometheus text.
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod hub;
 pub mod ingest;

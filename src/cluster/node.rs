@@ -721,7 +721,7 @@ async fn subscription(
             }
             _ = ping.tick() => {
                 // A subscription whose connection silently died would never end by itself.
-                timed(limit, control.ping::<String>()).await?;
+                timed(limit, control.ping::<Value>()).await?;
             }
         }
     }

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -188,6 +188,10 @@ pub enum CloseReason {
     SlowClient,
     /// The server is shutting down; clients should reconnect and resume.
     Shutdown,
+    /// The feed's log started afresh (cluster mode: Redis lost the stream, or this node
+    /// missed events the stream no longer holds). Clients reconnect with their cursor and get
+    /// an explicit reset with a fresh snapshot.
+    Reset,
 }
 
 /// One item in a subscriber's queue.
@@ -496,17 +500,32 @@ pub enum PublishError {
     Invalid(#[from] InvalidEvent),
     #[error("could not encode event: {0}")]
     Encode(String),
+    /// Cluster mode: the shared log did not take the event.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterPublishError),
 }
 
-/// The narrow boundary sources publish through. Today the local [`Hub`] implements it; a bus
-/// that relays through Redis to several gateway nodes implements the same trait.
+impl PublishError {
+    /// The metric label of a refusal.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            PublishError::Invalid(invalid) => invalid.reason_label(),
+            PublishError::Encode(_) => "encode",
+            PublishError::Cluster(error) => error.reason_label(),
+        }
+    }
+}
+
+/// The narrow boundary sources publish through: the local [`Hub`] on a single node, and
+/// `cluster::LeasedSink` (the shared log in Redis, under the source's lease) in a cluster.
 pub trait EventSink: Send + Sync {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError>;
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError>;
 }
 
 /// The fan-out hub. Cheap to share behind an `Arc`.
 pub struct Hub {
-    epoch: u64,
+    /// Fixed for a single node; in cluster mode it follows the shared log's epoch.
+    epoch: AtomicU64,
     universe: SymbolUniverse,
     settings: HubSettings,
     metrics: Arc<Metrics>,
@@ -519,7 +538,7 @@ pub struct Hub {
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hub").field("epoch", &self.epoch).finish()
+        f.debug_struct("Hub").field("epoch", &self.epoch()).finish()
     }
 }
 
@@ -539,7 +558,7 @@ impl Hub {
             })
         };
         Hub {
-            epoch,
+            epoch: AtomicU64::new(epoch),
             universe,
             settings,
             metrics,
@@ -556,7 +575,7 @@ impl Hub {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Relaxed)
     }
 
     pub fn universe(&self) -> &SymbolUniverse {
@@ -573,9 +592,10 @@ impl Hub {
 
     /// The cursor of the newest event of a feed (seq 0 when nothing was published yet).
     pub fn cursor(&self, feed: Feed) -> Cursor {
+        let state = self.feeds[feed.index()].lock();
         Cursor {
-            epoch: self.epoch,
-            seq: self.feeds[feed.index()].lock().next_seq - 1,
+            epoch: self.epoch(),
+            seq: state.next_seq - 1,
         }
     }
 
@@ -592,10 +612,27 @@ impl Hub {
     /// Validates, sequences, encodes once and fans out one event.
     pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
         validate_event(&event, &self.universe)?;
+        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let prepared = self.prepare(&event, true)?;
+        Ok(self.append(event, prepared, &json, None))
+    }
+
+    /// Appends an event the shared log already validated and sequenced (cluster mode): `json`
+    /// is its encoding as published, `seq` its place in `feed`. Per-symbol time order was
+    /// checked where it was sequenced, so it is recorded here but not enforced.
+    pub fn apply_sequenced(&self, seq: u64, json: &[u8]) -> Result<Published, PublishError> {
+        let event: MarketEvent =
+            serde_json::from_slice(json).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let prepared = self.prepare(&event, false)?;
+        Ok(self.append(event, prepared, json, Some(seq)))
+    }
+
+    /// Symbol ids and the per-symbol time check. Checked before sequencing so a rejected
+    /// event never consumes a sequence number.
+    fn prepare(&self, event: &MarketEvent, enforce_time: bool) -> Result<Prepared, PublishError> {
         let kind = event.kind();
-        let feed = Feed::of(kind);
         let symbol = event.symbol().and_then(|s| self.universe.id(s));
-        let tagged: Box<[SymbolId]> = match &event {
+        let tagged: Box<[SymbolId]> = match event {
             MarketEvent::News(news) => news
                 .symbols
                 .iter()
@@ -603,10 +640,6 @@ impl Hub {
                 .collect(),
             _ => Box::default(),
         };
-        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
-
-        // Per-symbol time order and latest values. Checked before sequencing so a rejected
-        // event never consumes a sequence number.
         if let Some(id) = symbol {
             let slot = match kind {
                 EventKind::Trade => Some(0),
@@ -619,52 +652,61 @@ impl Hub {
                 let time = event.time();
                 let last = &mut latest.last_time[usize::from(id)][slot];
                 if last.is_some_and(|previous| time < previous) {
-                    return Err(InvalidEvent::TimeWentBackwards {
-                        symbol: self.universe.name(id).to_owned(),
+                    if enforce_time {
+                        return Err(InvalidEvent::TimeWentBackwards {
+                            symbol: self.universe.name(id).to_owned(),
+                        }
+                        .into());
                     }
-                    .into());
+                } else {
+                    *last = Some(time);
                 }
-                *last = Some(time);
             }
         }
+        Ok(Prepared {
+            kind,
+            symbol,
+            tagged,
+        })
+    }
 
+    /// Sequences (or takes the given sequence), encodes once, keeps and fans out one event.
+    fn append(
+        &self,
+        event: MarketEvent,
+        prepared: Prepared,
+        json: &[u8],
+        given_seq: Option<u64>,
+    ) -> Published {
+        let Prepared {
+            kind,
+            symbol,
+            tagged,
+        } = prepared;
+        let feed = Feed::of(kind);
         let mut state = self.feeds[feed.index()].lock();
-        let seq = state.next_seq;
-        state.next_seq += 1;
+        let seq = match given_seq {
+            Some(seq) => seq,
+            None => state.next_seq,
+        };
+        state.next_seq = seq + 1;
         let entry = Arc::new(encode_entry(
             feed,
             Cursor {
-                epoch: self.epoch,
+                epoch: self.epoch(),
                 seq,
             },
             kind,
             symbol,
             tagged,
-            &json,
+            json,
         ));
         state.window.push_back(Arc::clone(&entry));
         while state.window.len() > self.settings.replay_window {
             state.window.pop_front();
         }
         if let Some(id) = symbol {
-            let mut latest = self.latest.lock();
-            let index = usize::from(id);
-            match (&event, kind) {
-                (_, EventKind::Trade) => latest.trade[index] = Some(Arc::clone(&entry)),
-                (_, EventKind::Quote) => latest.quote[index] = Some(Arc::clone(&entry)),
-                (MarketEvent::Bar(bar), EventKind::Bar) => {
-                    latest.bar[index] = Some(Arc::clone(&entry));
-                    let history = &mut latest.bars[index];
-                    if history.back().is_some_and(|last| last.time == bar.time) {
-                        history.pop_back();
-                    }
-                    history.push_back(bar.clone());
-                    while history.len() > self.settings.bar_history {
-                        history.pop_front();
-                    }
-                }
-                _ => {}
-            }
+            self.record_latest(id, &event, &entry);
         }
         let metrics = &self.metrics;
         state.subscribers.retain(|registration| {
@@ -683,7 +725,99 @@ impl Hub {
             Feed::Alerts => &metrics.published_alerts,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(Published { entry })
+        Published { entry }
+    }
+
+    /// The latest trade, quote or bar of a symbol, and its bar history.
+    fn record_latest(&self, id: SymbolId, event: &MarketEvent, entry: &Arc<Entry>) {
+        let mut latest = self.latest.lock();
+        let index = usize::from(id);
+        match event {
+            MarketEvent::Trade(_) => latest.trade[index] = Some(Arc::clone(entry)),
+            MarketEvent::Quote(_) => latest.quote[index] = Some(Arc::clone(entry)),
+            MarketEvent::Bar(bar) => {
+                latest.bar[index] = Some(Arc::clone(entry));
+                let history = &mut latest.bars[index];
+                if history.back().is_some_and(|last| last.time == bar.time) {
+                    history.pop_back();
+                }
+                history.push_back(bar.clone());
+                while history.len() > self.settings.bar_history {
+                    history.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts `feed`'s log afresh (cluster mode): the epoch becomes `epoch`, the window is
+    /// emptied and the next event gets `next_seq`. With `tell_clients`, every subscriber of
+    /// the feed is closed with [`CloseReason::Reset`]; resuming with its old cursor then gets
+    /// an explicit reset (another epoch, or a cursor older than the emptied window).
+    pub fn reset_feed(&self, feed: Feed, epoch: u64, next_seq: u64, tell_clients: bool) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+        let mut state = self.feeds[feed.index()].lock();
+        state.window.clear();
+        state.next_seq = next_seq.max(1);
+        if tell_clients {
+            for registration in state.subscribers.drain(..) {
+                registration
+                    .queue
+                    .push_control(Delivery::Close(CloseReason::Reset));
+            }
+            drop(state);
+            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Latest values taken from the shared log without their place in the window (cluster
+    /// mode, older than the retained stream): each the JSON of a trade, quote or bar and the
+    /// sequence it was published at.
+    pub fn seed_latest(&self, latest: Vec<(u64, Bytes)>) {
+        let epoch = self.epoch();
+        for (seq, json) in latest {
+            let Ok(event) = serde_json::from_slice::<MarketEvent>(&json) else {
+                continue;
+            };
+            let Ok(prepared) = self.prepare(&event, false) else {
+                continue;
+            };
+            let Some(id) = prepared.symbol else {
+                continue;
+            };
+            let entry = Arc::new(encode_entry(
+                Feed::Market,
+                Cursor { epoch, seq },
+                prepared.kind,
+                prepared.symbol,
+                prepared.tagged,
+                &json,
+            ));
+            self.record_latest(id, &event, &entry);
+        }
+    }
+
+    /// Sends a `status` event that is not part of any feed's log (no id, so no cursor moves)
+    /// to every subscriber of every feed: `sc` is the code, `sm` the message.
+    pub fn notify_status(&self, code: &str, message: &str) {
+        let status = MarketEvent::Status(crate::market::Status {
+            symbol: "*".into(),
+            code: code.into(),
+            message: message.into(),
+            time: Utc::now(),
+        });
+        let Ok(json) = serde_json::to_vec(&status) else {
+            return;
+        };
+        let entry = Arc::new(encode_notice(&json));
+        for feed in Feed::ALL {
+            let state = self.feeds[feed.index()].lock();
+            for registration in &state.subscribers {
+                if !registration.queue.is_gone() {
+                    registration.queue.push_event(&entry, &self.metrics);
+                }
+            }
+        }
     }
 
     /// Registers `queue` on `feed`, collecting the replay after `resume` (or a reset and a
@@ -697,12 +831,13 @@ impl Hub {
         queue: &Arc<SubscriberQueue>,
     ) -> Subscribed {
         let mut state = self.feeds[feed.index()].lock();
+        let epoch = self.epoch();
         let newest = state.next_seq - 1;
         let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.seq);
         let mut replay = Vec::new();
         let mut reset = None;
         if let Some(cursor) = resume {
-            if cursor.epoch != self.epoch {
+            if cursor.epoch != epoch {
                 reset = Some(ResetReason::EpochChanged);
             } else if cursor.seq > newest {
                 reset = Some(ResetReason::CursorAhead);
@@ -741,10 +876,7 @@ impl Hub {
             replay,
             reset,
             snapshot,
-            cursor: Cursor {
-                epoch: self.epoch,
-                seq: newest,
-            },
+            cursor: Cursor { epoch, seq: newest },
         }
     }
 
@@ -962,8 +1094,41 @@ async fn run_sliced(interval: Duration, shutdown: CancellationToken, mut tick: i
 }
 
 impl EventSink for Hub {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
-        self.publish_event(event)
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
+        self.publish_event(event).map(|_| ())
+    }
+}
+
+/// What `prepare` worked out about an event before it is sequenced.
+struct Prepared {
+    kind: EventKind,
+    symbol: Option<SymbolId>,
+    tagged: Box<[SymbolId]>,
+}
+
+/// An event outside every feed's log (a `status` notice): its SSE frame has no `id:` line and
+/// its sequence number is 0, which no feed ever issues.
+fn encode_notice(json: &[u8]) -> Entry {
+    let mut frame = BytesMut::with_capacity(2 * json.len() + 32);
+    frame.put_slice(b"event: status\ndata: ");
+    let json_start = frame.len();
+    frame.put_slice(json);
+    let json_end = frame.len();
+    frame.put_slice(b"\n\n");
+    let sse_end = frame.len();
+    frame.put_u8(b'[');
+    frame.put_slice(json);
+    frame.put_u8(b']');
+    let all = frame.freeze();
+    Entry {
+        feed: Feed::Market,
+        seq: 0,
+        kind: EventKind::Status,
+        symbol: None,
+        tagged: Box::default(),
+        sse: all.slice(..sse_end),
+        json: all.slice(json_start..json_end),
+        ws: all.slice(sse_end..),
     }
 }
 

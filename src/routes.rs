@@ -116,7 +116,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sources = state.sources.snapshot();
     let hub_running = !state.shutdown.is_cancelled();
     // No registered source is fine: the publish API alone can feed the hub.
-    let ready = hub_running && state.sources.all_serving();
+    // In a cluster the node must also be connected to Redis and caught up with the shared log.
+    let cluster = state.cluster.as_ref().map(|node| node.health());
+    let cluster_ok = cluster.as_ref().is_none_or(Result::is_ok);
+    let ready = hub_running && state.sources.all_serving() && cluster_ok;
     let degraded: Vec<&String> = sources
         .iter()
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
@@ -140,6 +143,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "sources": sources,
         "store": store,
     });
+    let mut body = body;
+    if let (Some(node), Some(health)) = (&state.cluster, cluster) {
+        body["cluster"] = match health {
+            Ok(()) => json!({"state": "up", "node": node.node_id()}),
+            Err(reason) => json!({"state": "down", "node": node.node_id(), "reason": reason}),
+        };
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -29,6 +29,8 @@ pub struct AppState {
     /// Durable storage; `None` when `store.enabled` is false.
     pub store: Option<crate::store::Store>,
     pub auth: Arc<crate::auth::AuthService>,
+    /// This node's link to the cluster; `None` on a single node (`cluster.redis_url` empty).
+    pub cluster: Option<crate::cluster::ClusterNode>,
 }
 
 impl AppState {
@@ -139,6 +141,26 @@ impl Application {
             )?;
         }
         let shutdown = CancellationToken::new();
+        // Cluster mode: the node joins before anything follows the hub, so the exchange and
+        // the bar writer see the shared log from its first synchronisation.
+        let cluster = if settings.cluster.enabled() {
+            let config = crate::cluster::ClusterConfig::from_settings(
+                &settings.cluster,
+                settings.hub.replay_window,
+            );
+            tokio::runtime::Handle::try_current().map_err(|_| {
+                anyhow::anyhow!("cluster mode needs the application built inside a tokio runtime")
+            })?;
+            let node = crate::cluster::ClusterNode::new(config, Arc::clone(&metrics))?;
+            tracing::info!(node = node.node_id(), "joining the cluster");
+            node.start(
+                Arc::new(crate::cluster::HubSink::new(Arc::clone(&hub))),
+                shutdown.clone(),
+            );
+            Some(node)
+        } else {
+            None
+        };
         let (exchange, exchange_tasks) = match &opened {
             None => ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone()),
             Some(opened) => crate::trading::persist::exchange_with_store(
@@ -166,6 +188,7 @@ impl Application {
             shutdown,
             trading: Arc::new(exchange),
             store: opened.map(|opened| opened.store),
+            cluster,
         };
         Ok(Application {
             port,

@@ -147,10 +147,17 @@ pub async fn run_leased<F, Fut>(
     F: FnMut(LeaseTicket) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let pause = node.config().renew_interval();
     while let Some(ticket) = hold_lease(&node, &source, &shutdown).await {
         work(ticket.clone()).await;
         // The work may have ended on its own; the lease must not outlive it.
         ticket.mark_lost();
+        // Before competing again: a source that ends at once must not spin on Redis, and a
+        // node that just lost the lease leaves it to the others for a moment.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
     }
 }
 

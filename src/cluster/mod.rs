@@ -6,17 +6,20 @@
 //! - [`merge`]: the pure state machine that merges live messages with stream reads.
 //! - [`node`]: the connection to Redis, the ordered publisher and the subscriber task.
 //! - [`lease`]: leases with fencing tokens, renewed in the background, released on shutdown.
+//! - [`local`]: the hub side (applying the shared log) and the sink leased sources publish to.
 //!
 //! This module knows nothing of HTTP or of the hub's internals: a node hands sequenced events
 //! to a [`SequencedSink`], and the hub side implements it.
 
 pub mod lease;
+pub mod local;
 pub mod merge;
 pub mod node;
 pub mod scripts;
 pub mod wire;
 
-pub use lease::{LeaseTicket, hold_lease};
+pub use lease::{LeaseTicket, hold_lease, run_leased};
+pub use local::{HubSink, LeasedSink};
 pub use node::{ClusterConfig, ClusterError, ClusterNode, ClusterPublishError, FeedRead};
 
 use crate::hub::Feed;

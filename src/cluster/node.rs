@@ -587,14 +587,21 @@ fn publish_outcome(result: redis::RedisResult<Value>) -> Result<(u64, u64), Clus
     }
 }
 
+impl ClusterPublishError {
+    /// The metric label of this refusal.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            ClusterPublishError::Fenced => "fenced",
+            ClusterPublishError::TimeWentBackwards => "time_backwards",
+            ClusterPublishError::Unavailable(_) => "cluster_unavailable",
+            ClusterPublishError::Backlog => "cluster_backlog",
+            ClusterPublishError::Encode(_) => "encode",
+        }
+    }
+}
+
 fn publish_failed(inner: &Inner, job: &Job, error: &ClusterPublishError) {
-    let reason = match error {
-        ClusterPublishError::Fenced => "fenced",
-        ClusterPublishError::TimeWentBackwards => "time_went_backwards",
-        ClusterPublishError::Unavailable(_) => "unavailable",
-        ClusterPublishError::Backlog => "backlog",
-        ClusterPublishError::Encode(_) => "encode",
-    };
+    let reason = error.reason_label();
     inner.metrics.add_counter(
         "tickgate_cluster_publish_failures_total",
         "Events Redis did not accept, by reason.",

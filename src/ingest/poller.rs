@@ -80,11 +80,7 @@ impl SourceContext {
                 Ok(())
             }
             Err(error) => {
-                let reason = match &error {
-                    PublishError::Invalid(invalid) => invalid.reason_label(),
-                    PublishError::Encode(_) => "encode",
-                };
-                self.reject(reason);
+                self.reject(error.reason_label());
                 tracing::debug!(source = %self.name, %error, "event refused by the hub");
                 Err(error)
             }
@@ -708,6 +704,13 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
             }
         }
     };
+    // Each source runs under `ingest::spawn_source`: once here, or (cluster mode) wherever its
+    // lease is held. Its context is built per run, around the sink that run publishes to.
+    let registry = state.sources.clone();
+    let metrics = Arc::clone(&state.metrics);
+    let context_for = move |name: &str, sink: Arc<dyn EventSink>| {
+        SourceContext::new(name, sink, registry.clone(), Arc::clone(&metrics))
+    };
     if let Some(client) = client {
         for poller in &settings.pollers {
             // Registered before any task runs, so `/readyz` never looks ready without them.
@@ -719,52 +722,68 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
                 .map(|s| s.trim().to_ascii_uppercase())
                 .filter(|s| universe.contains(s))
                 .collect();
-            let ctx = context(&poller.name);
             let timing = PollTiming::from_settings(poller);
-            let shutdown = state.shutdown.clone();
-            match poller.provider {
-                Some(Provider::Yahoo) => {
-                    let round = crate::ingest::yahoo::YahooRound::new(
-                        client.clone(),
-                        poller,
-                        symbols.clone(),
-                        ctx.clone(),
-                    );
-                    tokio::spawn(run_poller(ctx, symbols, timing, round, shutdown));
-                }
+            let token = match poller.provider {
                 Some(Provider::Finnhub) => match resolve_token(poller) {
-                    Ok(token) => match crate::ingest::finnhub::FinnhubRound::new(
+                    Ok(token) => Some(token),
+                    Err(failure) => {
+                        tracing::error!(source = %poller.name, %failure, "poller not started");
+                        context(&poller.name).report(SourceHealth::Down {
+                            reason: failure.to_string(),
+                        });
+                        continue;
+                    }
+                },
+                Some(Provider::Yahoo) => None,
+                None => continue,
+            };
+            let poller = poller.clone();
+            let client = client.clone();
+            let context_for = context_for.clone();
+            crate::ingest::spawn_source(state, &poller.name.clone(), move |sink, stop| {
+                let ctx = context_for(&poller.name, sink);
+                match &token {
+                    None => {
+                        let round = crate::ingest::yahoo::YahooRound::new(
+                            client.clone(),
+                            &poller,
+                            symbols.clone(),
+                            ctx.clone(),
+                        );
+                        Box::pin(run_poller(ctx, symbols.clone(), timing.clone(), round, stop))
+                    }
+                    Some(token) => match crate::ingest::finnhub::FinnhubRound::new(
                         client.clone(),
-                        poller,
-                        &token,
+                        &poller,
+                        token,
                         symbols.clone(),
                         ctx.clone(),
                     ) {
                         Ok(round) => {
-                            tokio::spawn(run_poller(ctx, symbols, timing, round, shutdown));
+                            Box::pin(run_poller(ctx, symbols.clone(), timing.clone(), round, stop))
                         }
-                        Err(failure) => ctx.report(SourceHealth::Down {
-                            reason: failure.to_string(),
-                        }),
+                        Err(failure) => {
+                            ctx.report(SourceHealth::Down {
+                                reason: failure.to_string(),
+                            });
+                            Box::pin(async {})
+                        }
                     },
-                    Err(failure) => {
-                        tracing::error!(source = %poller.name, %failure, "poller not started");
-                        ctx.report(SourceHealth::Down {
-                            reason: failure.to_string(),
-                        });
-                    }
-                },
-                None => {}
-            }
+                }
+            });
         }
     }
     for replay in &settings.replays {
         context(&replay.name).report(SourceHealth::Starting);
-        tokio::spawn(crate::ingest::replay::run(
-            replay.clone(),
-            context(&replay.name),
-            state.shutdown.clone(),
-        ));
+        let replay = replay.clone();
+        let context_for = context_for.clone();
+        crate::ingest::spawn_source(state, &replay.name.clone(), move |sink, stop| {
+            Box::pin(crate::ingest::replay::run(
+                replay.clone(),
+                context_for(&replay.name, sink),
+                stop,
+            ))
+        });
     }
 }
 

@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{EventSink, PublishError};
+use crate::hub::{EventSink, Entry};
 use crate::ingest::{SourceHealth, SourceRegistry};
 use crate::market::{
     Bar, EventKind, InvalidEvent, MarketEvent, MarketSession, News, Quote, Status, SymbolUniverse,
@@ -243,6 +243,11 @@ impl MarketSimulator {
             next_trade_id: 1,
             next_news_id: 1,
         }
+    }
+
+    /// Numbers trades after `last_trade_id` (a simulator taking over from another node's).
+    pub fn continue_trade_ids_after(&mut self, last_trade_id: u64) {
+        self.next_trade_id = self.next_trade_id.max(last_trade_id.saturating_add(1));
     }
 
     /// How far the virtual clock has been advanced.
@@ -839,10 +844,7 @@ impl PublishGuard {
         match self.sink.publish(event) {
             Ok(_) => true,
             Err(error) => {
-                let reason = match &error {
-                    PublishError::Invalid(invalid) => invalid.reason_label(),
-                    PublishError::Encode(_) => "encode",
-                };
+                let reason = error.reason_label();
                 if let Some(since) = self.should_warn() {
                     tracing::warn!(source = SOURCE_NAME, %error, refused_since_last_warning = since, "the hub refused a simulated event");
                 }
@@ -868,6 +870,29 @@ impl PublishGuard {
     }
 }
 
+/// Where a simulator continues when it takes over from another node's (cluster mode): the
+/// last published trade price per symbol and the highest trade id, read from the feed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    pub prices: std::collections::BTreeMap<String, f64>,
+    pub last_trade_id: u64,
+}
+
+impl Resume {
+    /// From the hub's latest values (trades; quotes and bars are ignored).
+    pub fn from_latest(latest: &[Arc<Entry>]) -> Resume {
+        let mut resume = Resume::default();
+        for entry in latest {
+            if let Ok(MarketEvent::Trade(trade)) = serde_json::from_slice::<MarketEvent>(&entry.json)
+            {
+                resume.last_trade_id = resume.last_trade_id.max(trade.id);
+                resume.prices.insert(trade.symbol, trade.price);
+            }
+        }
+        resume
+    }
+}
+
 /// Runs the simulator in real time until `shutdown` fires, publishing through `sink`.
 pub async fn run(
     settings: SimulatorSettings,
@@ -877,8 +902,40 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    run_resumed(
+        settings,
+        symbols,
+        Resume::default(),
+        sink,
+        sources,
+        metrics,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`run`], starting from `resume`'s prices (over the configured initial prices) and trade
+/// ids.
+pub async fn run_resumed(
+    mut settings: SimulatorSettings,
+    symbols: Vec<String>,
+    resume: Resume,
+    sink: Arc<dyn EventSink>,
+    sources: SourceRegistry,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let universe = SymbolUniverse::new(symbols.iter().cloned());
+    if !resume.prices.is_empty() {
+        tracing::info!(
+            symbols = resume.prices.len(),
+            last_trade_id = resume.last_trade_id,
+            "simulator continues from the feed's last prices"
+        );
+    }
+    settings.initial_prices.extend(resume.prices);
     let mut simulator = MarketSimulator::new(&settings, universe.names(), Utc::now());
+    simulator.continue_trade_ids_after(resume.last_trade_id);
     let mut guard = PublishGuard::new(universe, sink, metrics);
     sources.report(SOURCE_NAME, SourceHealth::Up);
     tracing::info!(
@@ -917,7 +974,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Published;
+    use crate::hub::PublishError;
     use parking_lot::Mutex;
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -1249,7 +1306,7 @@ mod tests {
     }
 
     impl EventSink for RecordingSink {
-        fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
+        fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
             let published = self.hub.publish(event.clone())?;
             self.events.lock().push(event);
             Ok(published)

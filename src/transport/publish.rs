@@ -7,6 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::cluster::ClusterPublishError;
 use crate::error::{ApiError, codes};
 use crate::hub::{EventSink, PublishError};
 use crate::market::{InvalidEvent, MarketEvent};
@@ -14,6 +15,10 @@ use crate::server::AppState;
 use crate::transport::params::{Bearer, bearer};
 
 pub const SOURCE_NAME: &str = "publish_api";
+
+/// Status codes only the server sends: clients act on them (reconnect, expect a reset), so a
+/// producer must not be able to send them to everyone.
+const RESERVED_STATUS_CODES: &[&str] = &["shutdown", "reset", "cluster_down", "cluster_ok"];
 
 /// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub
 /// refuses ticks older than a symbol's newest, so one tick from a bad clock or a mistyped
@@ -142,6 +147,29 @@ fn refusal(error: &PublishError) -> (u32, &'static str) {
             invalid.reason_label(),
         ),
         PublishError::Encode(_) => (codes::INTERNAL, "encode"),
+        PublishError::Cluster(cluster) => (
+            match cluster {
+                ClusterPublishError::TimeWentBackwards => codes::UNPROCESSABLE,
+                ClusterPublishError::Unavailable(_) | ClusterPublishError::Backlog => {
+                    codes::NOT_READY
+                }
+                ClusterPublishError::Fenced | ClusterPublishError::Encode(_) => codes::INTERNAL,
+            },
+            cluster.reason_label(),
+        ),
+    }
+}
+
+/// Publishes one item: into the local hub, or (cluster mode) through the shared log's publish
+/// script, which sequences it for every node and checks time order across them.
+async fn publish_one(state: &AppState, event: MarketEvent) -> Result<(), PublishError> {
+    match &state.cluster {
+        None => state.hub.publish(event),
+        Some(node) => {
+            crate::market::validate_event(&event, state.universe())?;
+            node.publish(&event, None).await?;
+            Ok(())
+        }
     }
 }
 
@@ -207,7 +235,7 @@ async fn publish(
         // `shutdown` is the server's own last word on a stream: clients reconnect on it, so a
         // producer must not be able to send it to everyone.
         if let MarketEvent::Status(status) = &event
-            && status.code == "shutdown"
+            && RESERVED_STATUS_CODES.contains(&status.code.as_str())
         {
             state
                 .metrics
@@ -216,7 +244,7 @@ async fn publish(
                 index,
                 code: codes::UNPROCESSABLE,
                 reason: "reserved_status",
-                message: "sc \"shutdown\" is reserved for the server".to_owned(),
+                message: format!("sc {:?} is reserved for the server", status.code),
             });
             continue;
         }
@@ -238,8 +266,8 @@ async fn publish(
             });
             continue;
         }
-        match state.hub.publish(event) {
-            Ok(_) => reply.accepted += 1,
+        match publish_one(&state, event).await {
+            Ok(()) => reply.accepted += 1,
             Err(error) => {
                 let (code, label) = refusal(&error);
                 state.metrics.ingest_rejected(SOURCE_NAME, label);

@@ -369,6 +369,16 @@ pub fn close_frame(reason: CloseReason) -> Bytes {
             });
             Bytes::from(format!("retry: 1000\nevent: status\ndata: {status}\n\n"))
         }
+        CloseReason::Reset => {
+            let status = serde_json::json!({
+                "T": "s",
+                "S": "*",
+                "sc": "reset",
+                "sm": "the feed was reset; reconnect for a fresh snapshot",
+                "t": chrono::Utc::now(),
+            });
+            Bytes::from(format!("retry: 100\nevent: status\ndata: {status}\n\n"))
+        }
     }
 }
 

@@ -323,10 +323,13 @@ impl MarketState {
                 }
             };
             let slot = feed_slot(entry.feed);
-            if entry.seq <= self.last_seq[slot] {
-                continue;
+            // Sequence 0 is a notice outside every log (a cluster status): never a duplicate.
+            if entry.seq != 0 {
+                if entry.seq <= self.last_seq[slot] {
+                    continue;
+                }
+                self.last_seq[slot] = entry.seq;
             }
-            self.last_seq[slot] = entry.seq;
             if !self.wanted.wants(&entry) {
                 continue;
             }
@@ -388,6 +391,18 @@ pub fn closing(reason: CloseReason) -> (Output, u16, &'static str) {
                 Output::frame(format!("[{status}]")),
                 close_codes::RESTART,
                 "server restarting",
+            )
+        }
+        CloseReason::Reset => {
+            let status = json!({
+                "T": "s", "S": "*", "sc": "reset",
+                "sm": "the feed was reset; reconnect and subscribe again for a fresh snapshot",
+                "t": chrono::Utc::now(),
+            });
+            (
+                Output::frame(format!("[{status}]")),
+                close_codes::RESTART,
+                "feed reset",
             )
         }
     }

@@ -22,7 +22,20 @@ impl Node {
     /// Starts a node with the simulator on (it runs only while this node holds its lease),
     /// no store, and `extra` settings as `TICKGATE__…` variables.
     pub fn spawn(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Node {
+        Node::spawn_with_config(redis, id, extra, "")
+    }
+
+    /// [`Node::spawn`] with `toml` as the `--config` file (for what variables cannot say, such
+    /// as the simulator's initial prices by symbol).
+    pub fn spawn_with_config(
+        redis: &RedisServer,
+        id: &str,
+        extra: &[(&str, &str)],
+        toml: &str,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let config_file = dir.path().join("node.toml");
+        std::fs::write(&config_file, toml).expect("write the node's configuration");
         let port = free_port();
         let log = dir.path().join("tickgate.log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -31,6 +44,8 @@ impl Node {
         command
             .arg("--config-dir")
             .arg(&config_dir)
+            .arg("--config")
+            .arg(&config_file)
             .env_remove("RUST_LOG")
             .env("TICKGATE__SERVER__BIND", format!("127.0.0.1:{port}"))
             .env("TICKGATE__SERVER__WORKERS", "1")

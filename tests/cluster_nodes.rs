@@ -140,7 +140,12 @@ async fn killing_the_simulator_node_hands_it_over_within_the_bound_and_prices_co
     let redis = RedisServer::start();
     // The first node's seed prices are far from the others': a node that restarted the
     // simulator from its own seed instead of the feed would show at once.
-    let a = Node::spawn_with_config(&redis, "node-a", &[], "[simulator.initial_prices]\nAAPL = 100.0\n");
+    let a = Node::spawn_with_config(
+        &redis,
+        "node-a",
+        &[],
+        "[simulator.initial_prices]\nAAPL = 100.0\n",
+    );
     a.wait_ready().await;
     let mut a = a;
     assert_eq!(holder(&[&a], "simulator", Duration::from_secs(5)).await, 0);
@@ -159,8 +164,14 @@ async fn killing_the_simulator_node_hands_it_over_within_the_bound_and_prices_co
     let takeover = killed.elapsed();
     // Lease time to live plus one renewal interval, plus the polling of this test.
     let bound = LEASE_TTL + LEASE_TTL / 3 + Duration::from_millis(300);
-    assert!(takeover <= bound, "takeover took {takeover:?} (bound {bound:?})");
-    assert!(!([&b, &c][1 - taker]).holds("simulator").await, "one holder");
+    assert!(
+        takeover <= bound,
+        "takeover took {takeover:?} (bound {bound:?})"
+    );
+    assert!(
+        !([&b, &c][1 - taker]).holds("simulator").await,
+        "one holder"
+    );
 
     let is_aapl_trade = |e: &SseEvent| e.event == "trade" && e.data.contains("\"S\":\"AAPL\"");
     let after_b = collect_until(&mut on_b, Duration::from_secs(20), |events| {
@@ -176,12 +187,12 @@ async fn killing_the_simulator_node_hands_it_over_within_the_bound_and_prices_co
     })
     .await;
     assert_contiguous(&all_c, "node c");
-    let start = all_c
-        .iter()
-        .position(|e| e.id == all_b[0].id)
-        .unwrap_or(0);
+    let start = all_c.iter().position(|e| e.id == all_b[0].id).unwrap_or(0);
     all_c.drain(..start);
-    assert_eq!(same(&all_b[..all_c.len().min(all_b.len())]), same(&all_c[..all_c.len().min(all_b.len())]));
+    assert_eq!(
+        same(&all_b[..all_c.len().min(all_b.len())]),
+        same(&all_c[..all_c.len().min(all_b.len())])
+    );
     let ids: HashSet<_> = all_b.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), all_b.len(), "no duplicate events");
     // Every AAPL trade, before and after the takeover, is near 100, never back at 300.
@@ -215,7 +226,10 @@ async fn a_node_paused_past_its_lease_publishes_nothing_when_it_resumes() {
     // A wakes up believing for a moment that it still runs the simulator.
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.holds("simulator").await {
-        assert!(Instant::now() < deadline, "node a never noticed its lost lease");
+        assert!(
+            Instant::now() < deadline,
+            "node a never noticed its lost lease"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = collect_until(&mut on_b, Duration::from_secs(10), |e| e.len() >= 40).await;
@@ -231,7 +245,11 @@ async fn a_node_paused_past_its_lease_publishes_nothing_when_it_resumes() {
         .map(|e| e.json()["i"].as_u64().expect("a trade id"))
         .collect();
     let unique: HashSet<_> = trade_ids.iter().collect();
-    assert_eq!(unique.len(), trade_ids.len(), "no trade from the paused node: {trade_ids:?}");
+    assert_eq!(
+        unique.len(),
+        trade_ids.len(),
+        "no trade from the paused node: {trade_ids:?}"
+    );
     assert!(b.holds("simulator").await);
     let fenced = a
         .metric("tickgate_cluster_publish_failures_total{reason=\"fenced\"}")
@@ -255,8 +273,11 @@ async fn a_redis_restart_without_persistence_is_an_explicit_reset_then_live_data
     // The open stream says the cluster went away, then that the feed was reset, and ends.
     let mut statuses = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while let Ok(Some(event)) =
-        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), client.next_event()).await
+    while let Ok(Some(event)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        client.next_event(),
+    )
+    .await
     {
         if event.event == "status" {
             statuses.push(event.json()["sc"].as_str().unwrap_or("").to_owned());
@@ -265,7 +286,10 @@ async fn a_redis_restart_without_persistence_is_an_explicit_reset_then_live_data
             break;
         }
     }
-    assert!(statuses.contains(&"reset".to_owned()), "statuses: {statuses:?}");
+    assert!(
+        statuses.contains(&"reset".to_owned()),
+        "statuses: {statuses:?}"
+    );
     let (ready, body) = a.get("/readyz").await.expect("node a answers");
     let _ = (ready, body);
     // Resuming with the old cursor is an explicit reset with a fresh snapshot.
@@ -289,7 +313,9 @@ async fn while_redis_is_down_readyz_says_why_and_streams_get_cluster_down_then_o
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut saw_down = false;
     while Instant::now() < deadline && !saw_down {
-        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(200), client.next_event()).await {
+        if let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(200), client.next_event()).await
+        {
             saw_down = event.event == "status" && event.json()["sc"] == "cluster_down";
             if saw_down {
                 assert!(event.id.is_none(), "a notice does not move the cursor");
@@ -305,7 +331,9 @@ async fn while_redis_is_down_readyz_says_why_and_streams_get_cluster_down_then_o
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut after = Vec::new();
     while Instant::now() < deadline && (!saw_ok || after.len() < 3) {
-        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(200), client.next_event()).await {
+        if let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(200), client.next_event()).await
+        {
             if event.event == "status" && event.json()["sc"] == "cluster_ok" {
                 saw_ok = true;
             } else if event.id.is_some() {
@@ -316,7 +344,10 @@ async fn while_redis_is_down_readyz_says_why_and_streams_get_cluster_down_then_o
     assert!(saw_ok, "a cluster_ok status");
     let mut all = before;
     all.extend(after);
-    assert_contiguous(&all, "with the append-only file the log continues, no reset");
+    assert_contiguous(
+        &all,
+        "with the append-only file the log continues, no reset",
+    );
     a.wait_ready().await;
 }
 
@@ -333,7 +364,9 @@ async fn a_killed_subscriber_connection_is_repaired_and_clients_see_no_hole() {
         seen.push(collect_until(client, Duration::from_secs(10), |e| e.len() >= 3).await);
     }
     for _ in 0..3 {
-        redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).expect("redis-cli");
+        redis
+            .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .expect("redis-cli");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for (client, events) in clients.iter_mut().zip(&mut seen) {
@@ -457,4 +490,83 @@ async fn through_nginx_round_robin_a_reconnecting_client_misses_nothing() {
         .expect("the witness saw the first event");
     witnessed.drain(..start);
     assert_eq!(same(&moved), same(&witnessed));
+}
+
+async fn publish_to(node: &Node, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(node.url("/v1/publish"))
+        .bearer_auth("dev-admin-token")
+        .json(&body)
+        .send()
+        .await
+        .expect("publish request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Waits until `path` answers the same body on every node; returns it.
+async fn same_everywhere(nodes: &[&Node], path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut bodies = Vec::new();
+        for node in nodes {
+            bodies.push(
+                node.get(path)
+                    .await
+                    .map(|(_, body)| body)
+                    .unwrap_or_default(),
+            );
+        }
+        if bodies.windows(2).all(|pair| pair[0] == pair[1]) {
+            return bodies.swap_remove(0);
+        }
+        assert!(Instant::now() < deadline, "{path} differs: {bodies:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them() {
+    let redis = RedisServer::start();
+    let quiet = [("TICKGATE__SIMULATOR__ENABLED", "false")];
+    let a = Node::spawn(&redis, "node-a", &quiet);
+    let b = Node::spawn(&redis, "node-b", &quiet);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let trade = |price: f64, time: &str| serde_json::json!({"T":"t","S":"AAPL","i":1,"x":"V","p":price,"s":100,"t":time,"c":[]});
+    let (status, reply) = publish_to(&a, trade(101.5, "2026-01-02T14:30:05Z")).await;
+    assert_eq!(
+        (status, reply["accepted"].as_u64()),
+        (200, Some(1)),
+        "{reply}"
+    );
+    // Older than what node A published: refused on node B, with the single-node reason.
+    let (status, reply) = publish_to(&b, trade(101.0, "2026-01-02T14:30:04Z")).await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["rejected"][0]["reason"], "time_backwards");
+    let bar = serde_json::json!({"T":"b","S":"MSFT","o":1.6,"h":2.0,"l":1.5,"c":1.8,"v":10,"n":1,"vw":1.7,"t":"2026-01-02T14:30:00Z"});
+    let (status, reply) = publish_to(
+        &b,
+        serde_json::json!([bar, trade(102.0, "2026-01-02T14:30:06Z")]),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["accepted"].as_u64()),
+        (200, Some(2)),
+        "{reply}"
+    );
+
+    let snapshot = same_everywhere(&[&a, &b], "/v1/snapshot").await;
+    assert!(snapshot.contains("102"), "{snapshot}");
+    let bars_path = "/v1/bars?symbol=MSFT&start=2026-01-02T00:00:00Z";
+    let bars = same_everywhere(&[&a, &b], bars_path).await;
+    assert!(bars.contains("\"c\":1.8"), "{bars}");
+    // A node that joins later has the same latest values and bars.
+    let late = Node::spawn(&redis, "node-late", &quiet);
+    late.wait_ready().await;
+    assert_eq!(
+        same_everywhere(&[&a, &late], "/v1/snapshot").await,
+        snapshot
+    );
+    assert_eq!(same_everywhere(&[&a, &late], bars_path).await, bars);
 }

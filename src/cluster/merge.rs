@@ -167,9 +167,7 @@ impl FeedMerge {
 
     /// Applies held messages that now follow the log; drops stale ones.
     fn drain_buffer(&mut self, out: &mut Vec<Action>) -> Option<u64> {
-        let Some(current) = self.epoch else {
-            return None;
-        };
+        let current = self.epoch?;
         let mut foreign_epoch = false;
         while let Some((seq, (epoch, payload))) = self.buffer.pop_first() {
             if epoch != current {

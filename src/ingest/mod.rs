@@ -22,8 +22,12 @@ use crate::metrics::Metrics;
 pub enum SourceHealth {
     Starting,
     Up,
-    Degraded { reason: String },
-    Down { reason: String },
+    Degraded {
+        reason: String,
+    },
+    Down {
+        reason: String,
+    },
     /// Cluster mode: another node holds this source's lease and runs it; this node takes it
     /// over if that node goes away.
     Standby,

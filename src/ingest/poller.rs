@@ -750,7 +750,13 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
                             symbols.clone(),
                             ctx.clone(),
                         );
-                        Box::pin(run_poller(ctx, symbols.clone(), timing.clone(), round, stop))
+                        Box::pin(run_poller(
+                            ctx,
+                            symbols.clone(),
+                            timing.clone(),
+                            round,
+                            stop,
+                        ))
                     }
                     Some(token) => match crate::ingest::finnhub::FinnhubRound::new(
                         client.clone(),
@@ -759,9 +765,13 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
                         symbols.clone(),
                         ctx.clone(),
                     ) {
-                        Ok(round) => {
-                            Box::pin(run_poller(ctx, symbols.clone(), timing.clone(), round, stop))
-                        }
+                        Ok(round) => Box::pin(run_poller(
+                            ctx,
+                            symbols.clone(),
+                            timing.clone(),
+                            round,
+                            stop,
+                        )),
                         Err(failure) => {
                             ctx.report(SourceHealth::Down {
                                 reason: failure.to_string(),

@@ -501,6 +501,49 @@ async fn a_redis_restart_without_persistence_resets_every_node_under_a_new_epoch
 }
 
 #[tokio::test]
+async fn a_log_that_went_back_in_time_gets_a_new_epoch_instead_of_reissuing_numbers() {
+    let redis = RedisServer::start();
+    let a = start_node(&redis, "a", 100);
+    synced(&a).await;
+    let mut epoch = 0;
+    for id in 1..=5 {
+        epoch = a
+            .node
+            .publish(&trade("AAPL", id, id as i64), None)
+            .await
+            .expect("published")
+            .0;
+    }
+    a.sink
+        .wait_for("five events", |sink| sink.market_applied().len() == 5)
+        .await;
+    // What a Redis restored from an older append-only file looks like: the last two are gone.
+    redis
+        .cli(&["HSET", "tickgate:feed:market:meta", "s", "3"])
+        .expect("redis-cli");
+    redis
+        .cli(&["XTRIM", "tickgate:feed:market:stream", "MAXLEN", "3"])
+        .expect("redis-cli");
+    redis
+        .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .expect("redis-cli");
+    a.sink
+        .wait_for("a reset under a new epoch", |sink| {
+            sink.resets(Feed::Market)
+                .iter()
+                .any(|r| matches!(r, Record::Reset { epoch: e, initial: false, .. } if *e != epoch))
+        })
+        .await;
+    let (new_epoch, seq) = a
+        .node
+        .publish(&trade("AAPL", 6, 6), None)
+        .await
+        .expect("published");
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(seq, 1, "the new log starts afresh");
+}
+
+#[tokio::test]
 async fn a_redis_restart_with_the_append_only_file_continues_without_a_reset() {
     let mut redis = RedisServer::start_persistent();
     let a = start_node(&redis, "a", 100);

@@ -304,7 +304,7 @@ impl ClusterNode {
         from: u64,
         with_latest: bool,
     ) -> Result<FeedRead, ClusterError> {
-        self.inner.read(feed, from, with_latest).await
+        self.inner.read(feed, from, with_latest, None).await
     }
 
     /// A clone of the command connection, for leases.
@@ -357,6 +357,7 @@ impl Inner {
         feed: Feed,
         from: u64,
         with_latest: bool,
+        applied: Option<(u64, u64)>,
     ) -> Result<FeedRead, ClusterError> {
         let mut command = redis::cmd("EVAL");
         command
@@ -368,7 +369,9 @@ impl Inner {
             .arg(wire::latest_key())
             .arg(new_epoch())
             .arg(from)
-            .arg(if with_latest { "1" } else { "0" });
+            .arg(if with_latest { "1" } else { "0" })
+            .arg(applied.map_or(0, |(_, last)| last))
+            .arg(applied.map_or(String::new(), |(epoch, _)| epoch.to_string()));
         let mut connection = self.commands.clone();
         let value: Value = timed(
             self.config.response_timeout(),
@@ -745,7 +748,9 @@ async fn repair(
     let mut actions = Vec::new();
     loop {
         let with_latest = feed == Feed::Market;
-        let read = inner.read(feed, from, with_latest).await?;
+        let read = inner
+            .read(feed, from, with_latest, merge.position())
+            .await?;
         let epoch = read.read.epoch;
         let was = merge.position();
         let next = merge.stream(read.read, &mut actions);

@@ -52,12 +52,23 @@ return {{epoch, seq}}
 }
 
 /// Reads a feed's log from a sequence number on. KEYS[4] latest-values hash; ARGV[2] first
-/// sequence wanted, ARGV[3] `1` to include the latest values. Returns
-/// `{epoch, top, entries, latest}`, all from one instant.
+/// sequence wanted, ARGV[3] `1` to include the latest values, ARGV[4] and ARGV[5] the
+/// newest sequence the reader already applied and its epoch (`0` and empty: none). Returns `{epoch, top, entries, latest}`, all from one instant.
+///
+/// A log whose newest sequence is below what a reader applied went back in time (Redis came
+/// back from a snapshot or an append-only file older than what it had served, or a replica
+/// that lagged was promoted): its numbers would be issued again for other events. The epoch
+/// is then replaced, so every node and client sees an explicit reset instead.
 pub fn read_source() -> String {
     format!(
         r"
 {ENSURE_LOG}
+if epoch == ARGV[5] and tonumber(redis.call('HGET', KEYS[2], 's')) < tonumber(ARGV[4]) then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
+end
 local top = redis.call('HGET', KEYS[2], 's')
 local entries = redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', '+')
 local latest = {{}}

@@ -810,10 +810,12 @@ impl Hub {
             return;
         };
         let entry = Arc::new(encode_notice(&json));
+        // A WebSocket session's one queue is registered on each feed it follows: once each.
+        let mut told = std::collections::HashSet::new();
         for feed in Feed::ALL {
             let state = self.feeds[feed.index()].lock();
             for registration in &state.subscribers {
-                if !registration.queue.is_gone() {
+                if !registration.queue.is_gone() && told.insert(Arc::as_ptr(&registration.queue)) {
                     registration.queue.push_event(&entry, &self.metrics);
                 }
             }
@@ -1523,7 +1525,11 @@ mod tests {
                 queue
             })
             .collect();
+        let both = SubscriberQueue::new(10, Transport::WebSocket);
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &both);
+        hub.subscribe(Feed::News, Filter::everything(), None, false, &both);
         hub.notify_status("cluster_down", "redis unreachable");
+        assert_eq!(drain(&both).len(), 1, "one notice per queue, not per feed");
         for queue in &queues {
             let items = drain(queue);
             let [Delivery::Event(entry)] = items.as_slice() else {

@@ -570,3 +570,20 @@ async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them
     );
     assert_eq!(same_everywhere(&[&a, &late], bars_path).await, bars);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_releases_its_leases_at_once() {
+    let redis = RedisServer::start();
+    let a = Node::spawn(&redis, "node-a", &[]);
+    a.wait_ready().await;
+    assert_eq!(holder(&[&a], "simulator", Duration::from_secs(5)).await, 0);
+    let b = Node::spawn(&redis, "node-b", &[]);
+    b.wait_ready().await;
+    a.signal("TERM");
+    let stopped = Instant::now();
+    let _ = holder(&[&b], "simulator", LEASE_TTL * 2).await;
+    // Released, not expired: the next try of node b (every third of the time to live) wins,
+    // sooner than the lease could have run out (at least two thirds of it after a renewal).
+    let took = stopped.elapsed();
+    assert!(took < LEASE_TTL * 2 / 3, "took over after {took:?}");
+}

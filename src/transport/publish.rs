@@ -216,6 +216,8 @@ async fn publish(
         accepted: 0,
         rejected: Vec::new(),
     };
+    let state: &AppState = &state;
+    let mut publishing = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         // Producer fields (the trade id `i`, venues, news ids) pass through untouched: the
         // item is deserialized as is and only checked, never rewritten.
@@ -266,7 +268,12 @@ async fn publish(
             });
             continue;
         }
-        match publish_one(&state, event).await {
+        publishing.push(async move { (index, publish_one(state, event).await) });
+    }
+    // Polled in order, so items are published in request order; in a cluster they share
+    // round trips to Redis instead of waiting for one each.
+    for (index, outcome) in futures_util::future::join_all(publishing).await {
+        match outcome {
             Ok(()) => reply.accepted += 1,
             Err(error) => {
                 let (code, label) = refusal(&error);
@@ -280,6 +287,7 @@ async fn publish(
             }
         }
     }
+    reply.rejected.sort_by_key(|rejected| rejected.index);
     if reply.accepted > 0 {
         state.metrics.add_counter(
             "tickgate_ingest_accepted_total",

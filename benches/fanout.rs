@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use tickgate::hub::{Delivery, Feed, Filter, Hub, HubSettings, SubscriberQueue};
 use tickgate::market::{MarketEvent, SymbolUniverse, Trade};
 use tickgate::metrics::{Metrics, Transport};
-use tickgate::transport::ws_wire::put_text;
+use tickgate::transport::ws::wire::put_text;
 
 fn hub(capacity: usize) -> Hub {
     Hub::new(

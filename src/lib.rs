@@ -5,7 +5,7 @@
 //! - [`ingest`]: sources that publish into the hub (simulator, pollers, replay) and their health.
 //! - [`hub`]: sequenced per-feed logs, replay window, snapshots, fan-out to bounded queues.
 //! - [`transport`]: client transports (`sse` for public feeds, `ws` for the authenticated
-//!   WebSocket with its socket-free `ws_session`, `account` for auth and account HTTP routes).
+//!   WebSocket with its socket-free `ws::session`, `account` for auth and account HTTP routes).
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`.
 //! - [`cluster`]: multi-node operation on Redis (shared per-feed logs, leases with fencing).
 //! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).

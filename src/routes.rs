@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::server::AppState;
 
 /// Registers every route. Transport modules add their own.
@@ -238,8 +238,8 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, 
             DateTime::parse_from_rfc3339(raw)
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|_| {
-                    ApiError::bad_request(
-                        codes::INVALID_PARAMETER,
+                    ApiError::new(
+                        ErrorCode::InvalidParameter,
                         format!("{name} must be an RFC 3339 time, e.g. 2026-01-02T14:30:00Z"),
                     )
                 })
@@ -255,15 +255,15 @@ async fn bars(
         .symbol
         .as_deref()
         .map(|s| s.trim().to_ascii_uppercase())
-        .ok_or_else(|| ApiError::bad_request(codes::INVALID_PARAMETER, "symbol is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidParameter, "symbol is required"))?;
     let id = state.universe().id(&symbol).ok_or_else(|| {
-        ApiError::bad_request(codes::UNKNOWN_SYMBOL, format!("unknown symbol {symbol}"))
+        ApiError::new(ErrorCode::UnknownSymbol, format!("unknown symbol {symbol}"))
     })?;
     match query.timeframe.as_deref() {
         None | Some("1Min") | Some("1m") => {}
         Some(other) => {
-            return Err(ApiError::bad_request(
-                codes::INVALID_PARAMETER,
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
                 format!("unsupported timeframe {other:?}; supported: 1Min"),
             ));
         }
@@ -275,8 +275,8 @@ async fn bars(
         Some(raw) => match raw.parse::<usize>() {
             Ok(n) if (1..=10_000).contains(&n) => n,
             _ => {
-                return Err(ApiError::bad_request(
-                    codes::INVALID_PARAMETER,
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
                     "limit must be an integer from 1 to 10000",
                 ));
             }
@@ -299,11 +299,7 @@ async fn bars(
             .await
             .map_err(|error| {
                 tracing::error!(%error, "bar history query failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::NOT_READY,
-                    "bar history is unavailable right now",
-                )
+                ApiError::new(ErrorCode::NotReady, "bar history is unavailable right now")
             })?;
         // Both lists are sorted and start at `start`; the in-memory bars are the newest
         // (they may not be flushed to the store yet), so they win for the same minute.

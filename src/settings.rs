@@ -5,6 +5,11 @@
 //! path, removes that key (so its default applies) and tries again, which collects every type
 //! error in one run. Unknown keys are collected with `serde_ignored`. Semantic checks
 //! (`Settings::validate`) add their own messages to the same list.
+//!
+//! Each default is written once, in the section's `Default` impl. `config/default.toml`
+//! restates them for operators; a unit test keeps the two equal, apart from a short list of
+//! demo keys (the publish token, the demo user, the simulator's starting prices) that the
+//! shipped file sets on purpose.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -838,59 +843,5 @@ fn remove_path(tree: &mut serde_json::Value, path: &serde_path_to_error::Path) -
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
-
-    #[test]
-    fn every_bad_key_is_reported_in_one_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "default.toml", "");
-        let extra = write(
-            dir.path(),
-            "extra.toml",
-            "[server]\nbind = \"not an address\"\nshutdown_grace = \"soon\"\ncolour = \"blue\"\n[hub]\nreplay_window = 0\n",
-        );
-        let env = vec![("TICKGATE__SIMULATOR__SEED".to_string(), "abc".to_string())];
-        let error = Settings::load_from(dir.path(), Some(&extra), &env).unwrap_err();
-        let text = error.to_string();
-        for needle in ["server.bind", "server.shutdown_grace", "simulator.seed"] {
-            assert!(text.contains(needle), "{needle} missing from {text}");
-        }
-        // Unknown keys and semantic checks are reported in the same run when types are fine.
-        let extra = write(
-            dir.path(),
-            "extra2.toml",
-            "[server]\ncolour = \"blue\"\n[hub]\nreplay_window = 0\n",
-        );
-        let text = Settings::load_from(dir.path(), Some(&extra), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(text.contains("server.colour: unknown key"), "{text}");
-    }
-
-    #[test]
-    fn environment_overrides_files_and_parses_lists() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write(
-            dir.path(),
-            "default.toml",
-            "[market]\nsymbols = [\"AAPL\"]\n",
-        );
-        let env = vec![
-            (
-                "TICKGATE__MARKET__SYMBOLS".to_string(),
-                "IBM,ORCL".to_string(),
-            ),
-            ("TICKGATE__HUB__REPLAY_WINDOW".to_string(), "77".to_string()),
-        ];
-        let settings = Settings::load_from(dir.path(), None, &env).expect("valid");
-        assert_eq!(settings.market.symbols, vec!["IBM", "ORCL"]);
-        assert_eq!(settings.hub.replay_window, 77);
-    }
-}
+#[path = "settings_tests.rs"]
+mod tests;

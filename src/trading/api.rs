@@ -10,6 +10,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use crate::error::ErrorCode;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
@@ -212,24 +214,28 @@ pub enum UserEvent {
     TradeUpdate(Box<TradeUpdate>),
 }
 
-/// A refused request, with the PROTOCOL.md order-level code.
+/// A refused request, with its order-level code (docs/websocket.md "Errors").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct OrderError {
-    /// 40010001 invalid order, 40310000 insufficient buying power or quantity, 40410000 order
-    /// not found, 42210000 order not cancelable, 500 internal.
-    pub code: u32,
+    /// One of the associated constants below.
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl OrderError {
-    pub const INVALID: u32 = 40010001;
-    pub const INSUFFICIENT: u32 = 40310000;
-    pub const NOT_FOUND: u32 = 40410000;
-    pub const NOT_CANCELABLE: u32 = 42210000;
-    pub const INTERNAL: u32 = 500;
+    /// 40010001 invalid order.
+    pub const INVALID: ErrorCode = ErrorCode::InvalidOrder;
+    /// 40310000 insufficient buying power or quantity.
+    pub const INSUFFICIENT: ErrorCode = ErrorCode::Insufficient;
+    /// 40410000 order not found.
+    pub const NOT_FOUND: ErrorCode = ErrorCode::NotFound;
+    /// 42210000 order not cancelable.
+    pub const NOT_CANCELABLE: ErrorCode = ErrorCode::NotCancelable;
+    /// 500 internal (the exchange is not running, the store failed).
+    pub const INTERNAL: ErrorCode = ErrorCode::StreamInternal;
 
-    pub fn new(code: u32, message: impl Into<String>) -> OrderError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OrderError {
         OrderError {
             code,
             message: message.into(),

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::server::AppState;
 use crate::trading::api::{OrderError, OrderQuery, TradingApi};
 use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
@@ -29,14 +28,10 @@ fn trading(state: &AppState) -> Result<Arc<dyn TradingApi>, ApiError> {
 
 fn auth_error(error: AuthError) -> ApiError {
     match error {
-        AuthError::IssuerDisabled => {
-            ApiError::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, error.to_string())
+        AuthError::IssuerDisabled => ApiError::new(ErrorCode::Forbidden, error.to_string()),
+        AuthError::TooManyTickets | AuthError::TooManyLogins => {
+            ApiError::new(ErrorCode::RateLimited, error.to_string())
         }
-        AuthError::TooManyTickets | AuthError::TooManyLogins => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            codes::RATE_LIMITED,
-            error.to_string(),
-        ),
         AuthError::Internal => ApiError::internal(&"authentication failed internally"),
         other => ApiError::unauthorized(other.to_string()),
     }
@@ -53,14 +48,15 @@ pub fn bearer_identity(request: &HttpRequest, state: &AppState) -> Result<Identi
 }
 
 fn order_error(error: OrderError) -> ApiError {
-    let status = match error.code {
-        OrderError::NOT_FOUND => StatusCode::NOT_FOUND,
-        OrderError::NOT_CANCELABLE => StatusCode::UNPROCESSABLE_ENTITY,
-        OrderError::INSUFFICIENT => StatusCode::FORBIDDEN,
-        OrderError::INVALID => StatusCode::BAD_REQUEST,
-        _ => return ApiError::internal(&error),
-    };
-    ApiError::new(status, error.code, error.message)
+    match error.code {
+        // Their HTTP statuses come from the one table (400, 403, 404, 422).
+        OrderError::INVALID
+        | OrderError::INSUFFICIENT
+        | OrderError::NOT_FOUND
+        | OrderError::NOT_CANCELABLE => ApiError::new(error.code, error.message),
+        // Everything else is the exchange failing: 50010000 over HTTP, the cause logged.
+        _ => ApiError::internal(&error),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,8 +137,8 @@ async fn orders(
         Some("closed") => OrderQuery::Closed,
         Some("all") => OrderQuery::All,
         Some(other) => {
-            return Err(ApiError::bad_request(
-                codes::INVALID_PARAMETER,
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
                 format!("status must be open, closed or all, not {other:?}"),
             ));
         }

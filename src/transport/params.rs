@@ -7,7 +7,7 @@ use std::collections::hash_map::Entry;
 use actix_web::HttpRequest;
 use actix_web::http::header;
 
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 
 /// The raw query extractor: pairs in order, so repeated names can be detected.
 pub type RawQuery = actix_web::web::Query<Vec<(String, String)>>;
@@ -37,8 +37,8 @@ pub fn query_params(
         // One hash per parameter: this runs for every new subscriber.
         match map.entry(key) {
             Entry::Occupied(repeated) => {
-                return Err(ApiError::bad_request(
-                    codes::INVALID_PARAMETER,
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
                     format!(
                         "query parameter {} is given more than once; use one comma-separated list",
                         echo(repeated.key())
@@ -59,8 +59,8 @@ pub fn query_params(
         return Ok(map);
     }
     unknown.sort_unstable();
-    Err(ApiError::bad_request(
-        codes::INVALID_PARAMETER,
+    Err(ApiError::new(
+        ErrorCode::InvalidParameter,
         format!(
             "unknown query parameter(s): {}; allowed: {}",
             unknown
@@ -115,7 +115,7 @@ mod tests {
         assert!(repeated.message.contains("more than once"));
         let long = "x".repeat(500);
         let unknown = query_params(pairs(&[(&long, "1")]), &["a"]).unwrap_err();
-        assert_eq!(unknown.code, codes::INVALID_PARAMETER);
+        assert_eq!(unknown.code, ErrorCode::InvalidParameter);
         assert!(unknown.message.len() < 120, "{}", unknown.message);
     }
 

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::cluster::ClusterPublishError;
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::hub::{EventSink, PublishError};
 use crate::market::{InvalidEvent, MarketEvent};
 use crate::server::AppState;
@@ -40,11 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
 
 /// Without this, actix answers another method with an empty 405, outside the API's JSON shape.
 async fn method_not_allowed() -> HttpResponse {
-    let error = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        codes::METHOD_NOT_ALLOWED,
-        "/v1/publish accepts POST only",
-    );
+    let error = ApiError::new(ErrorCode::MethodNotAllowed, "/v1/publish accepts POST only");
     let mut response = actix_web::ResponseError::error_response(&error);
     response.headers_mut().insert(
         actix_web::http::header::ALLOW,
@@ -57,7 +53,7 @@ async fn method_not_allowed() -> HttpResponse {
 struct Rejected {
     /// Position of the item in the request (0 for a single object).
     index: usize,
-    code: u32,
+    code: ErrorCode,
     /// Stable short label, the same as in `tickgate_ingest_rejected_total`.
     reason: &'static str,
     message: String,
@@ -82,8 +78,7 @@ pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiE
     let expected = state.settings.publish.admin_token.as_bytes();
     if expected.is_empty() {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            codes::FORBIDDEN,
+            ErrorCode::Forbidden,
             "the publish API is disabled: set publish.admin_token",
         ));
     }
@@ -101,8 +96,7 @@ pub fn require_admin(request: &HttpRequest, state: &AppState) -> Result<(), ApiE
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        codes::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
         format!("request body is larger than {limit} bytes"),
     )
 }
@@ -126,7 +120,7 @@ async fn read_body(
     let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(codes::INVALID_BODY, format!("could not read body: {e}"))
+            ApiError::new(ErrorCode::InvalidBody, format!("could not read body: {e}"))
         })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
@@ -137,23 +131,23 @@ async fn read_body(
 }
 
 /// The per-item code and metric label for a refusal by the hub.
-fn refusal(error: &PublishError) -> (u32, &'static str) {
+fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
     match error {
         PublishError::Invalid(invalid) => (
             match invalid {
-                InvalidEvent::UnknownSymbol(_) => codes::UNKNOWN_SYMBOL,
-                _ => codes::UNPROCESSABLE,
+                InvalidEvent::UnknownSymbol(_) => ErrorCode::UnknownSymbol,
+                _ => ErrorCode::Unprocessable,
             },
             invalid.reason_label(),
         ),
-        PublishError::Encode(_) => (codes::INTERNAL, "encode"),
+        PublishError::Encode(_) => (ErrorCode::Internal, "encode"),
         PublishError::Cluster(cluster) => (
             match cluster {
-                ClusterPublishError::TimeWentBackwards => codes::UNPROCESSABLE,
+                ClusterPublishError::TimeWentBackwards => ErrorCode::Unprocessable,
                 ClusterPublishError::Unavailable(_) | ClusterPublishError::Backlog => {
-                    codes::NOT_READY
+                    ErrorCode::NotReady
                 }
-                ClusterPublishError::Fenced | ClusterPublishError::Encode(_) => codes::INTERNAL,
+                ClusterPublishError::Fenced | ClusterPublishError::Encode(_) => ErrorCode::Internal,
             },
             cluster.reason_label(),
         ),
@@ -180,7 +174,7 @@ async fn publish(
 ) -> Result<HttpResponse, ApiError> {
     if let Err(error) = require_admin(&request, &state) {
         let mut response = actix_web::ResponseError::error_response(&error);
-        if error.status == StatusCode::UNAUTHORIZED {
+        if error.code == ErrorCode::Unauthorized {
             // RFC 6750: tell the client which scheme to use.
             response.headers_mut().insert(
                 actix_web::http::header::WWW_AUTHENTICATE,
@@ -194,21 +188,24 @@ async fn publish(
         .map_or(state.settings.server.max_body_bytes, |l| l.0);
     let body = read_body(&request, payload, limit).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(codes::INVALID_BODY, format!("body is not valid JSON: {e}"))
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("body is not valid JSON: {e}"),
+        )
     })?;
     let items = match value {
         serde_json::Value::Array(items) => items,
         object @ serde_json::Value::Object(_) => vec![object],
         _ => {
-            return Err(ApiError::bad_request(
-                codes::INVALID_BODY,
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
                 "body must be a JSON object or an array of objects",
             ));
         }
     };
     if items.is_empty() {
-        return Err(ApiError::bad_request(
-            codes::INVALID_BODY,
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "the array holds no items",
         ));
     }
@@ -227,7 +224,7 @@ async fn publish(
                 state.metrics.ingest_rejected(SOURCE_NAME, "malformed");
                 reply.rejected.push(Rejected {
                     index,
-                    code: codes::INVALID_BODY,
+                    code: ErrorCode::InvalidBody,
                     reason: "malformed",
                     message: format!("malformed item: {error}"),
                 });
@@ -244,7 +241,7 @@ async fn publish(
                 .ingest_rejected(SOURCE_NAME, "reserved_status");
             reply.rejected.push(Rejected {
                 index,
-                code: codes::UNPROCESSABLE,
+                code: ErrorCode::Unprocessable,
                 reason: "reserved_status",
                 message: format!("sc {:?} is reserved for the server", status.code),
             });
@@ -258,7 +255,7 @@ async fn publish(
             state.metrics.ingest_rejected(SOURCE_NAME, "time_in_future");
             reply.rejected.push(Rejected {
                 index,
-                code: codes::UNPROCESSABLE,
+                code: ErrorCode::Unprocessable,
                 reason: "time_in_future",
                 message: format!(
                     "t {} is more than {} minutes ahead of the server clock",

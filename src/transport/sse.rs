@@ -18,7 +18,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{ApiError, codes};
+use crate::error::{ApiError, ErrorCode};
 use crate::hub::{
     CloseReason, Cursor, Delivery, Entry, Feed, Filter, Subscribed, SubscriberQueue, SymbolFilter,
 };
@@ -51,8 +51,8 @@ pub fn parse_symbols(
 ) -> Result<SymbolFilter, ApiError> {
     let Some(raw) = raw else {
         return if required {
-            Err(ApiError::bad_request(
-                codes::INVALID_PARAMETER,
+            Err(ApiError::new(
+                ErrorCode::InvalidParameter,
                 "symbols is required (a comma-separated list, or * for all)",
             ))
         } else {
@@ -82,8 +82,8 @@ pub fn parse_symbols(
         }
     }
     if names.is_empty() {
-        return Err(ApiError::bad_request(
-            codes::INVALID_PARAMETER,
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
             "symbols must name at least one symbol, or * for all",
         ));
     }
@@ -91,8 +91,8 @@ pub fn parse_symbols(
         return Ok(SymbolFilter::All);
     }
     if names.len() > max_symbols {
-        return Err(ApiError::bad_request(
-            codes::TOO_MANY_SYMBOLS,
+        return Err(ApiError::new(
+            ErrorCode::TooManySymbols,
             format!("too many symbols: at most {max_symbols} per subscription"),
         ));
     }
@@ -105,8 +105,8 @@ pub fn parse_symbols(
         }
     }
     if !unknown.is_empty() {
-        return Err(ApiError::bad_request(
-            codes::UNKNOWN_SYMBOL,
+        return Err(ApiError::new(
+            ErrorCode::UnknownSymbol,
             format!(
                 "unknown symbol(s): {}{}",
                 unknown
@@ -142,16 +142,16 @@ pub fn parse_types(raw: Option<&str>) -> Result<u8, ApiError> {
                 kind @ (EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status),
             ) => mask |= kind.bit(),
             _ => {
-                return Err(ApiError::bad_request(
-                    codes::UNKNOWN_TYPE,
+                return Err(ApiError::new(
+                    ErrorCode::UnknownType,
                     format!("unknown type {name:?}; use trades, quotes, bars, statuses or *"),
                 ));
             }
         }
     }
     if mask == 0 {
-        return Err(ApiError::bad_request(
-            codes::UNKNOWN_TYPE,
+        return Err(ApiError::new(
+            ErrorCode::UnknownType,
             "types must name at least one of trades, quotes, bars, statuses",
         ));
     }

@@ -1,0 +1,253 @@
+//! `GET /v1/stream`: the actix glue of the authenticated WebSocket (docs/websocket.md). It checks
+//! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
+//! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
+//! (`session`, socket-free and clock-free) and writes what the session returns. The loop runs
+//! inside the response body ([`wire::WsBody`]), not in a task of its own, and the body serves
+//! market data itself ([`wire::FastPath`]). Only this module and `wire` know about actix.
+//!
+//! Pings and the idle timeout need no timer of their own: the hub's keep-alive sweep pushes a
+//! tick into every WebSocket queue once per `ws.ping_interval`, busy or not, and when the
+//! fast path drains one with a ping due it closes a peer that sent nothing (not even a pong)
+//! for `ws.idle_timeout`, else pings it. Data deliveries do not read the clock.
+//!
+//! Invariants kept here: a browser origin not in `server.allowed_origins` (nor the gateway's
+//! own) is refused before the upgrade; while the loop is inside an action, market data waits
+//! (`Wire::busy`), so a reply precedes the data it starts; the session leaves the hub before
+//! the close frame goes out; the connection gauge falls however the connection ends.
+
+pub mod session;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::auth::{AuthError, Identity};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Transport;
+use crate::server::AppState;
+use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
+use session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
+use wire::{FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/stream", web::get().to(stream));
+}
+
+/// Whether a browser page from `origin` may open the socket. No `Origin` header means a
+/// non-browser client, which cross-site WebSocket hijacking cannot involve.
+fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    // The gateway's own pages (same scheme-less host and port as the request) are always
+    // allowed, so the dashboard works on whatever address the gateway is bound to.
+    let same_origin = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        });
+    same_origin
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+/// The credential on the upgrade request, if any, verified.
+fn upgrade_credential(
+    request: &HttpRequest,
+    query: &HashMap<String, String>,
+    state: &AppState,
+) -> Result<Option<Result<Identity, AuthError>>, ApiError> {
+    match bearer(request) {
+        Bearer::Token(token) => return Ok(Some(state.auth.verify_token(token))),
+        Bearer::Malformed => {
+            return Err(ApiError::unauthorized(
+                "Authorization must be \"Bearer <token>\"",
+            ));
+        }
+        Bearer::Absent => {}
+    }
+    Ok(query
+        .get("ticket")
+        .map(|ticket| state.auth.verify_url_ticket(ticket)))
+}
+
+async fn stream(
+    request: HttpRequest,
+    body: web::Payload,
+    query: RawQuery,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !origin_allowed(&request, &state.settings.server.allowed_origins) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "origin not allowed: add it to server.allowed_origins",
+        ));
+    }
+    let query = query_params(query.into_inner(), &["ticket"])?;
+    let credential = upgrade_credential(&request, &query, &state)?;
+    let response = actix_http::ws::handshake(request.head()).map_err(|_| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, \
+             Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
+        )
+    })?;
+    let ws = &state.settings.ws;
+    let inbound = Inbound::new(body.into_inner(), ws.max_frame_bytes);
+    let wire = Wire::new();
+    let deps = SessionDeps {
+        hub: Arc::clone(&state.hub),
+        auth: Arc::clone(&state.auth),
+        trading: Arc::clone(&state.trading),
+        metrics: Arc::clone(&state.metrics),
+        limits: SessionLimits {
+            auth_timeout: ws.auth_timeout,
+            max_message_bytes: ws.max_message_bytes,
+            actions_per_second: ws.actions_per_second,
+            action_burst: ws.action_burst,
+            portfolio_interval: std::time::Duration::from_secs_f64(
+                1.0 / ws.portfolio_max_per_second,
+            ),
+            max_symbols: state.settings.market.max_symbols_per_subscription,
+            queue_capacity: state.settings.hub.subscriber_queue_capacity,
+        },
+    };
+    let mut session = WsSession::new(deps);
+    let fast = FastPath::new(
+        session.market(),
+        // A little under the sweep's period, so sweep jitter never skips a ping.
+        ws.ping_interval.mul_f64(0.75),
+        ws.idle_timeout,
+    );
+    state.hub.keep_alive(session.queue());
+    state.metrics.connection_opened(Transport::WebSocket);
+    let connection = Connection {
+        session,
+        wire: Rc::clone(&wire),
+        max_frame_bytes: ws.max_frame_bytes,
+        shutdown: state.shutdown.clone(),
+        _closed: ClosedGuard(Arc::clone(&state.metrics)),
+    };
+    // The loop's future itself, not wrapped in an `async move` block: a wrapper would keep
+    // its own copy of everything it moves into the loop (about 1 KB per connection).
+    let body = WsBody::new(wire, Some(fast), connection.run(inbound, credential));
+    let mut response = response;
+    let response = response
+        .message_body(body)
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(HttpResponse::from(response.map_into_boxed_body()))
+}
+
+/// Counts the connection as closed however it ends: a returned loop, or a body dropped by
+/// the dispatcher because the peer went away.
+struct ClosedGuard(Arc<crate::metrics::Metrics>);
+
+impl Drop for ClosedGuard {
+    fn drop(&mut self) {
+        self.0.connection_closed(Transport::WebSocket);
+    }
+}
+
+/// Everything but market data: client frames, trading events, timers, shutdown. Market data
+/// and the pings that ride on hub wake-ups are served by the body (`wire::FastPath`).
+struct Connection {
+    session: WsSession,
+    /// Shared with the body: the outbox, when the client was last heard, the busy flag.
+    wire: Rc<Wire>,
+    max_frame_bytes: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+    _closed: ClosedGuard,
+}
+
+impl Connection {
+    /// Frames the outputs; returns the close to send if the session ended. No await: the
+    /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
+    /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
+    fn write(&self, outputs: impl IntoIterator<Item = Output>) -> Option<(u16, String)> {
+        let mut outbox = self.wire.outbox.borrow_mut();
+        for output in outputs {
+            match output {
+                Output::Frame(text) => put_text(&mut outbox, &text),
+                Output::Close { code, reason } => return Some((code, reason)),
+            }
+        }
+        None
+    }
+
+    async fn run(mut self, mut inbound: Inbound, credential: Option<Result<Identity, AuthError>>) {
+        let start = self.session.start(credential);
+        let mut close = self.write(start);
+        // One shutdown waiter for the connection's life, not one registered and dropped per
+        // wake-up.
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
+        while close.is_none() {
+            let outputs = tokio::select! {
+                biased;
+                wake = self.session.wait() => {
+                    self.wire.busy.set(true);
+                    let outputs = Box::pin(self.session.on_wake(wake)).await;
+                    self.wire.busy.set(false);
+                    outputs
+                }
+                message = inbound.recv() => {
+                    let Some(message) = message else { break };
+                    // std's clock: tokio's (built with test-util) costs a runtime lookup.
+                    self.wire.last_heard.set(Instant::now());
+                    match message {
+                        // Boxed, like `on_wake` above: the order path's await state is large
+                        // and would otherwise sit in every idle connection's loop. Market data
+                        // waits meanwhile (`busy`), so replies precede the data they start.
+                        Incoming::Text(text) => {
+                            self.wire.busy.set(true);
+                            let outputs = Box::pin(self.session.on_text(&text)).await;
+                            self.wire.busy.set(false);
+                            outputs
+                        }
+                        Incoming::Binary => self.session.on_binary(),
+                        Incoming::Ping(payload) => {
+                            put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
+                            continue;
+                        }
+                        Incoming::Pong => continue,
+                        Incoming::Close => {
+                            close = Some((close_codes::NORMAL, "bye".to_owned()));
+                            break;
+                        }
+                        // The rest of an oversize frame cannot be skipped reliably, so this
+                        // one limit ends the connection (smaller ones do not).
+                        Incoming::Overflow => self.session.on_frame_overflow(self.max_frame_bytes),
+                        Incoming::Invalid(error) => {
+                            tracing::debug!(%error, "websocket protocol error");
+                            close = Some((close_codes::PROTOCOL, error));
+                            break;
+                        }
+                    }
+                }
+                _ = &mut shutdown => self.session.on_shutdown(),
+            };
+            close = self.write(outputs);
+        }
+        // The session leaves the hub before the close goes out.
+        let Connection { session, wire, .. } = self;
+        drop(session);
+        if let Some((code, reason)) = close {
+            put_close(&mut wire.outbox.borrow_mut(), code, &reason);
+        }
+    }
+}

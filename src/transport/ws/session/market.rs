@@ -1,0 +1,340 @@
+//! Market data of one session: what it receives from the hub and how. [`MarketState`] (the
+//! hub queue, the last sequence sent per feed, the market-data subscriptions) is shared with
+//! the transport's fast path, which drains the queue from the response body; the session
+//! borrows it only between awaits, never across one. Invariants kept here:
+//! - Market data reuses the hub's encoded JSON (`Entry.json`, `Entry.ws`): frames are
+//!   concatenations, and one event goes out as the hub's own frame without a copy.
+//! - Changing a subscription neither loses nor repeats an event: a new registration resumes
+//!   from the feed cursor taken before the old one was removed, and events are delivered in
+//!   feed-sequence order with anything at or below the last sequence sent skipped.
+//! - A close queued by the hub (slow client, shutdown) ends the session after its last frame.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::hub::{CloseReason, Delivery, Entry, Feed, Filter, SubscriberQueue, SymbolFilter};
+use crate::market::EventKind;
+use crate::metrics::{Metrics, Transport};
+
+use super::WsSession;
+use super::frames::{Output, closing};
+use super::subscriptions::{Subscriptions, SymbolSet};
+
+/// The market-data part of the subscriptions: what [`MarketState::deliver`] filters by.
+#[derive(Debug, Clone, Default)]
+pub(super) struct MarketSubs {
+    trades: SymbolSet,
+    quotes: SymbolSet,
+    bars: SymbolSet,
+    news: SymbolSet,
+}
+
+impl MarketSubs {
+    pub(super) fn of(subs: &Subscriptions) -> MarketSubs {
+        MarketSubs {
+            trades: subs.trades.clone(),
+            quotes: subs.quotes.clone(),
+            bars: subs.bars.clone(),
+            news: subs.news.clone(),
+        }
+    }
+
+    /// Whether an entry matches (the hub's filter is a superset).
+    fn wants(&self, entry: &Entry) -> bool {
+        match (entry.kind, entry.symbol) {
+            (EventKind::Trade, Some(id)) => self.trades.contains(id),
+            (EventKind::Quote, Some(id)) => self.quotes.contains(id),
+            (EventKind::Bar, Some(id)) => self.bars.contains(id),
+            (EventKind::Status, Some(id)) => {
+                self.trades.contains(id) || self.quotes.contains(id) || self.bars.contains(id)
+            }
+            (EventKind::Status, None) => {
+                !(self.trades.is_empty() && self.quotes.is_empty() && self.bars.is_empty())
+            }
+            (EventKind::News, _) => {
+                self.news.all
+                    || (!self.news.is_empty()
+                        && (entry.tagged.is_empty()
+                            || entry.tagged.iter().any(|id| self.news.contains(*id))))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What delivering market data needs of a session: its hub queue, the last sequence sent per
+/// feed, and what it subscribed to. It is shared (`Rc<RefCell>`, one connection's thread) so
+/// the transport can serve a hub wake-up straight from the response body, without running the
+/// session's loop; the session borrows it only between awaits, never across one.
+pub struct MarketState {
+    queue: Arc<SubscriberQueue>,
+    spare: VecDeque<Delivery>,
+    last_seq: [u64; 2],
+    pub(super) wanted: MarketSubs,
+    metrics: Arc<Metrics>,
+    /// A keep-alive tick was drained since [`MarketState::deliver_into`] last said so.
+    heartbeat: bool,
+}
+
+pub type SharedMarket = Rc<RefCell<MarketState>>;
+
+impl MarketState {
+    fn new(queue: Arc<SubscriberQueue>, metrics: Arc<Metrics>) -> MarketState {
+        MarketState {
+            queue,
+            spare: VecDeque::new(),
+            last_seq: [0; 2],
+            wanted: MarketSubs::default(),
+            metrics,
+            heartbeat: false,
+        }
+    }
+
+    pub fn queue(&self) -> &Arc<SubscriberQueue> {
+        &self.queue
+    }
+
+    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame, pushed on
+    /// `out`, and returns the hub's close if one was queued. One wanted event goes out as the
+    /// hub's prebuilt frame (`Entry.ws`, shared, no copy).
+    pub fn deliver(&mut self, extra: Vec<Delivery>, out: &mut Vec<Output>) -> Option<CloseReason> {
+        let (frame, close) = self.collect(extra);
+        match frame {
+            Some(Pending::One(entry)) => out.push(Output::Frame(entry.ws.clone())),
+            Some(Pending::Many(buffer)) => out.push(Output::Frame(buffer.freeze())),
+            None => {}
+        }
+        close
+    }
+
+    /// [`MarketState::deliver`] for the transport's fast path: the frame's payload is handed
+    /// to `frame` (which copies it behind a frame header), so a single event costs no
+    /// reference count of its own.
+    /// Also says whether a keep-alive tick was among what was drained.
+    pub fn deliver_into(&mut self, frame: impl FnOnce(&[u8])) -> (Option<CloseReason>, bool) {
+        let (pending, close) = self.collect(Vec::new());
+        match pending {
+            Some(Pending::One(entry)) => frame(&entry.ws),
+            Some(Pending::Many(buffer)) => frame(&buffer),
+            None => {}
+        }
+        (close, std::mem::take(&mut self.heartbeat))
+    }
+
+    /// Drains the queue (plus `extra`): the wanted events, as one event or one coalesced
+    /// array, and the hub's close if one was queued. The drained deque is reused, so
+    /// steady-state delivery allocates nothing per subscriber beyond a batch buffer.
+    fn collect(&mut self, extra: Vec<Delivery>) -> (Option<Pending>, Option<CloseReason>) {
+        let mut items = std::mem::take(&mut self.spare);
+        self.queue.drain_into(&mut items);
+        items.extend(extra);
+        let mut close = None;
+        // Replays and live items of two feeds may interleave: order events by feed and
+        // sequence (a stable sort, linear on the usual already-sorted batch), controls last.
+        let slice = items.make_contiguous();
+        if slice.len() > 1 {
+            slice.sort_by_key(|item| match item {
+                Delivery::Event(entry) => (feed_slot(entry.feed), entry.seq),
+                _ => (usize::MAX, 0),
+            });
+        }
+        let mut pending: Option<Pending> = None;
+        let mut delivered = 0u64;
+        for item in items.drain(..) {
+            let entry = match item {
+                Delivery::Event(entry) => entry,
+                // A heartbeat writes nothing here; the transport's fast path pings when it
+                // sees one (the keep-alive sweep pushes one per ping interval).
+                Delivery::Heartbeat => {
+                    self.heartbeat = true;
+                    continue;
+                }
+                Delivery::Close(reason) => {
+                    close = Some(reason);
+                    continue;
+                }
+            };
+            let slot = feed_slot(entry.feed);
+            // Sequence 0 is a notice outside every log (a cluster status): never a duplicate.
+            if entry.seq != 0 {
+                if entry.seq <= self.last_seq[slot] {
+                    continue;
+                }
+                self.last_seq[slot] = entry.seq;
+            }
+            if !self.wanted.wants(&entry) {
+                continue;
+            }
+            delivered += 1;
+            pending = Some(match pending {
+                None => Pending::One(entry),
+                Some(Pending::One(first)) => {
+                    // `first.ws` is `[json]`: its opening starts the batch.
+                    let mut buffer =
+                        BytesMut::with_capacity(2 * (first.ws.len() + entry.json.len()));
+                    buffer.put_slice(&first.ws[..first.ws.len() - 1]);
+                    buffer.put_u8(b',');
+                    buffer.put_slice(&entry.json);
+                    Pending::Many(buffer)
+                }
+                Some(Pending::Many(mut buffer)) => {
+                    buffer.put_u8(b',');
+                    buffer.put_slice(&entry.json);
+                    Pending::Many(buffer)
+                }
+            });
+        }
+        self.spare = items;
+        if let Some(Pending::Many(buffer)) = pending.as_mut() {
+            buffer.put_u8(b']');
+        }
+        if pending.is_some() {
+            self.metrics.delivered(Transport::WebSocket, delivered);
+        }
+        (pending, close)
+    }
+}
+
+/// The data frame a drain produced.
+enum Pending {
+    One(Arc<Entry>),
+    Many(BytesMut),
+}
+
+/// The session's side of market data: its hub queue, the state shared with the transport, and
+/// which feeds it is registered on.
+pub(super) struct MarketFeeds {
+    pub(super) queue: Arc<SubscriberQueue>,
+    /// Market-data delivery state, shared with the transport's fast path.
+    pub(super) shared: SharedMarket,
+    /// Whether the transport serves hub wake-ups itself (see `WsSession::market`).
+    pub(super) in_transport: bool,
+    /// Registered on [`Feed::Market`] (slot 0) and [`Feed::News`] (slot 1).
+    registered: [bool; 2],
+}
+
+impl MarketFeeds {
+    pub(super) fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> MarketFeeds {
+        let queue = SubscriberQueue::new(queue_capacity, Transport::WebSocket);
+        let shared = Rc::new(RefCell::new(MarketState::new(Arc::clone(&queue), metrics)));
+        MarketFeeds {
+            queue,
+            shared,
+            in_transport: false,
+            registered: [false; 2],
+        }
+    }
+
+    pub(super) fn any_registered(&self) -> bool {
+        self.registered.iter().any(|registered| *registered)
+    }
+
+    /// The feeds this session is registered on, to leave when it ends.
+    pub(super) fn registered_feeds(&self) -> impl Iterator<Item = Feed> + '_ {
+        [Feed::Market, Feed::News]
+            .into_iter()
+            .filter(|feed| self.registered[feed_slot(*feed)])
+    }
+}
+
+impl WsSession {
+    /// Re-registers with the hub on the feeds whose subscriptions changed.
+    pub(super) fn update_market_registrations(
+        &mut self,
+        previous: &Subscriptions,
+        out: &mut Vec<Output>,
+    ) {
+        self.market.shared.borrow_mut().wanted = MarketSubs::of(&self.subs);
+        let market_changed = previous.trades != self.subs.trades
+            || previous.quotes != self.subs.quotes
+            || previous.bars != self.subs.bars;
+        if market_changed {
+            let filter = self.market_filter();
+            self.reregister(Feed::Market, filter, out);
+        }
+        if previous.news != self.subs.news {
+            let filter = (!self.subs.news.is_empty()).then(|| Filter {
+                symbols: symbol_filter(&self.subs.news),
+                kinds: EventKind::News.bit(),
+            });
+            self.reregister(Feed::News, filter, out);
+        }
+    }
+
+    fn market_filter(&self) -> Option<Filter> {
+        let sets = [
+            (&self.subs.trades, EventKind::Trade),
+            (&self.subs.quotes, EventKind::Quote),
+            (&self.subs.bars, EventKind::Bar),
+        ];
+        let mut kinds = 0u8;
+        let mut union = SymbolSet::default();
+        for (set, kind) in sets {
+            if !set.is_empty() {
+                kinds |= kind.bit();
+                union.all |= set.all;
+                union.ids.extend(set.ids.iter().copied());
+            }
+        }
+        (kinds != 0).then(|| Filter {
+            symbols: symbol_filter(&union),
+            kinds,
+        })
+    }
+
+    /// Replaces this session's registration on `feed` without a gap or a duplicate: the new
+    /// registration resumes from the feed's cursor taken before the old one was removed, and
+    /// everything queued is merged in sequence order (see `deliver`).
+    fn reregister(&mut self, feed: Feed, filter: Option<Filter>, out: &mut Vec<Output>) {
+        let slot = feed_slot(feed);
+        let hub = &self.deps.hub;
+        let cursor = hub.cursor(feed);
+        let was_registered = self.market.registered[slot];
+        if was_registered {
+            hub.unsubscribe(feed, &self.market.queue);
+            self.market.registered[slot] = false;
+        }
+        let Some(filter) = filter else {
+            return;
+        };
+        let resume = (cursor.seq > 0).then_some(cursor);
+        let subscribed = hub.subscribe(feed, filter, resume, false, &self.market.queue);
+        self.market.registered[slot] = true;
+        if !was_registered {
+            // A fresh registration on this feed: only events after now.
+            self.market.shared.borrow_mut().last_seq[slot] = cursor.seq;
+        }
+        let replay: Vec<Delivery> = subscribed.replay.into_iter().map(Delivery::Event).collect();
+        self.deliver(replay, out);
+    }
+
+    /// Turns queued hub deliveries (plus any `extra`) into at most one data frame (see
+    /// [`MarketState::deliver`]); a close from the hub ends the session.
+    pub(super) fn deliver(&mut self, extra: Vec<Delivery>, out: &mut Vec<Output>) {
+        let close = self.market.shared.borrow_mut().deliver(extra, out);
+        if let Some(reason) = close {
+            let (frame, code, why) = closing(reason);
+            out.push(frame);
+            self.close(out, code, why);
+        }
+    }
+}
+
+pub(super) fn feed_slot(feed: Feed) -> usize {
+    match feed {
+        Feed::News => 1,
+        _ => 0,
+    }
+}
+
+fn symbol_filter(set: &SymbolSet) -> SymbolFilter {
+    if set.all {
+        SymbolFilter::All
+    } else {
+        SymbolFilter::from_ids(set.ids.iter().copied())
+    }
+}

@@ -1,0 +1,352 @@
+//! The authenticated WebSocket session (docs/websocket.md) as a state machine without sockets
+//! and without a clock of its own: inputs are client text messages, hub deliveries, trading
+//! events and timers (tokio's, so tests pause time); outputs are the text frames (each a JSON
+//! array of `T`-tagged objects) and the close the transport must send. `transport::ws` is the
+//! thin actix glue around it; tests drive it directly.
+//!
+//! [`WsSession`] owns one part per concern, each in its own file: `auth` (who the session is),
+//! `rate` (the action budget), `subscriptions` (what it asked for), `market` (hub data, shared
+//! with the transport's fast path), `orders` (actions and trade updates), `portfolio`, and
+//! `books`. `parse` reads client messages and `frames` writes replies. A new action is a
+//! variant of `parse::Action` plus a handler in its concern's file, dispatched in
+//! [`WsSession::on_text`].
+//!
+//! Rules kept here:
+//! - Every client message gets either its effect or a specific `error`; only auth failures,
+//!   auth timeout, the connection limit and a slow client end the session.
+//! - One action is handled at a time and its reply is returned before any trading event is
+//!   read again, so an `order_ack` always precedes the trade updates the order caused.
+//! - Market data reuses the hub's encoded JSON (`Entry.json`): frames are concatenations.
+//! - Order-book `seq` rises by exactly one per symbol for the life of the connection; when
+//!   deltas were lost (lag) the client gets a fresh snapshot instead of a gap.
+
+mod auth;
+mod books;
+mod frames;
+mod market;
+mod orders;
+mod parse;
+mod portfolio;
+mod rate;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, AuthService, Identity};
+use crate::error::ErrorCode;
+use crate::hub::{CloseReason, Delivery, Hub, SubscriberQueue};
+use crate::metrics::Metrics;
+use crate::trading::api::{TradingApi, UserEvent};
+
+pub use books::BookMessage;
+pub use frames::{Output, close_codes, closing};
+pub use market::{MarketState, SharedMarket};
+
+use auth::AuthState;
+use books::Books;
+use frames::{CONNECTED_FRAME, error_frame};
+use market::MarketFeeds;
+use orders::TradeUpdates;
+use parse::{Action, request_id};
+use portfolio::PortfolioStream;
+use rate::TokenBucket;
+use subscriptions::Subscriptions;
+
+/// Limits of one session, from `[ws]` and `[market]` settings.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub auth_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub actions_per_second: f64,
+    pub action_burst: u32,
+    /// Minimum time between two portfolio messages.
+    pub portfolio_interval: Duration,
+    /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
+    pub max_symbols: usize,
+    pub queue_capacity: usize,
+}
+
+/// What a session needs from the rest of the gateway.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<AuthService>,
+    pub trading: Arc<dyn TradingApi>,
+    pub metrics: Arc<Metrics>,
+    pub limits: SessionLimits,
+}
+
+/// Something the session was woken for; pass it back to [`WsSession::on_wake`].
+#[derive(Debug)]
+pub enum Wake {
+    Hub,
+    UserEvent(Result<UserEvent, broadcast::error::RecvError>),
+    PortfolioChanged(bool),
+    PortfolioDue,
+    Book(BookMessage),
+    AuthDeadline,
+}
+
+/// One client connection's state: one part per concern.
+pub struct WsSession {
+    deps: SessionDeps,
+    auth: AuthState,
+    rate: TokenBucket,
+    subs: Subscriptions,
+    market: MarketFeeds,
+    trade_updates: TradeUpdates,
+    portfolio: PortfolioStream,
+    books: Books,
+    closed: bool,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl WsSession {
+    pub fn new(deps: SessionDeps) -> WsSession {
+        let limits = &deps.limits;
+        WsSession {
+            auth: AuthState::new(Instant::now() + limits.auth_timeout),
+            rate: TokenBucket::new(limits.actions_per_second, limits.action_burst),
+            subs: Subscriptions::default(),
+            market: MarketFeeds::new(limits.queue_capacity, Arc::clone(&deps.metrics)),
+            trade_updates: TradeUpdates::default(),
+            portfolio: PortfolioStream::new(limits.portfolio_interval),
+            books: Books::default(),
+            closed: false,
+            deps,
+        }
+    }
+
+    /// The queue the hub (and its keep-alive sweep) pushes into; wake-ups surface as
+    /// [`Wake::Hub`].
+    pub fn queue(&self) -> &Arc<SubscriberQueue> {
+        &self.market.queue
+    }
+
+    /// Hands market-data delivery to the transport: from now on [`WsSession::wait`] no longer
+    /// watches the hub queue, and the caller drains it through the returned state (see
+    /// `wire::WsBody`), pinging on those wake-ups as the loop otherwise would.
+    pub fn market(&mut self) -> SharedMarket {
+        self.market.in_transport = true;
+        Rc::clone(&self.market.shared)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.auth.user()
+    }
+
+    /// The greeting, then (when the upgrade carried a credential) its outcome.
+    pub fn start(&mut self, upgrade_auth: Option<Result<Identity, AuthError>>) -> Vec<Output> {
+        let mut out = vec![Output::Frame(Bytes::from_static(CONNECTED_FRAME))];
+        if let Some(result) = upgrade_auth {
+            self.finish_auth(None, result, &mut out);
+        }
+        out
+    }
+
+    fn close(&mut self, out: &mut Vec<Output>, code: u16, reason: &str) {
+        self.closed = true;
+        out.push(Output::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// The server is stopping. The connection hears the shutdown token before the hub's
+    /// close reaches its queue, so the session flushes what is queued and, when it receives
+    /// market data, ends with the shutdown status itself; then it closes with 1012.
+    pub fn on_shutdown(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.closed {
+            return out;
+        }
+        if self.market.any_registered() {
+            self.deliver(vec![Delivery::Close(CloseReason::Shutdown)], &mut out);
+        } else {
+            self.close(&mut out, close_codes::RESTART, "server restarting");
+        }
+        out
+    }
+
+    /// A frame too large to handle (`len` bytes) that was skipped.
+    pub fn on_oversize(&mut self, len: usize) -> Vec<Output> {
+        vec![error_frame(
+            None,
+            ErrorCode::InvalidSyntax,
+            &format!(
+                "message too large: {len} bytes, at most {} allowed",
+                self.deps.limits.max_message_bytes
+            ),
+        )]
+    }
+
+    /// A frame beyond the hard frame limit: the rest of it cannot be skipped, so the session
+    /// ends (close 1009) after saying why.
+    pub fn on_frame_overflow(&mut self, max_frame_bytes: usize) -> Vec<Output> {
+        let mut out = vec![error_frame(
+            None,
+            ErrorCode::InvalidSyntax,
+            &format!("message too large: frames over {max_frame_bytes} bytes end the connection"),
+        )];
+        self.close(&mut out, close_codes::TOO_BIG, "message too large");
+        out
+    }
+
+    /// A binary frame: the protocol is JSON text only.
+    pub fn on_binary(&mut self) -> Vec<Output> {
+        vec![error_frame(
+            None,
+            ErrorCode::InvalidSyntax,
+            "binary frames are not supported: send JSON text frames",
+        )]
+    }
+
+    /// One client text message.
+    pub async fn on_text(&mut self, text: &str) -> Vec<Output> {
+        if self.closed {
+            return Vec::new();
+        }
+        if !self.rate.try_take() {
+            return vec![error_frame(
+                request_id(text, self.deps.limits.max_message_bytes).as_ref(),
+                ErrorCode::StreamRateLimited,
+                "rate limited: too many actions; slow down",
+            )];
+        }
+        if text.len() > self.deps.limits.max_message_bytes {
+            return self.on_oversize(text.len());
+        }
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(error) => {
+                return vec![error_frame(
+                    None,
+                    ErrorCode::InvalidSyntax,
+                    &format!("invalid JSON: {error}"),
+                )];
+            }
+        };
+        let Value::Object(map) = value else {
+            return vec![error_frame(
+                None,
+                ErrorCode::InvalidSyntax,
+                "a message must be a JSON object with an \"action\"",
+            )];
+        };
+        let id = map.get("id").cloned();
+        if let Some(bad) = &id
+            && !(bad.is_string() || bad.is_number())
+        {
+            return vec![error_frame(
+                None,
+                ErrorCode::InvalidSyntax,
+                "id must be a string or a number",
+            )];
+        }
+        let id = id.as_ref();
+        let action = match map.get("action") {
+            Some(Value::String(action)) => Action::parse(action),
+            Some(_) => {
+                return vec![error_frame(
+                    id,
+                    ErrorCode::InvalidSyntax,
+                    "action must be a string",
+                )];
+            }
+            None => {
+                return vec![error_frame(
+                    id,
+                    ErrorCode::InvalidSyntax,
+                    "action is required",
+                )];
+            }
+        };
+        let action = match action {
+            Ok(action) => action,
+            Err(refusal) => return vec![error_frame(id, refusal.code, &refusal.msg)],
+        };
+        let mut out = Vec::new();
+        if action.needs_identity() && !self.auth.is_authenticated() {
+            out.push(error_frame(
+                id,
+                ErrorCode::NotAuthenticated,
+                "not authenticated: send {\"action\":\"auth\",\"token\":...} first",
+            ));
+            return out;
+        }
+        match action {
+            Action::Auth => self.auth_action(id, &map, &mut out),
+            Action::Subscribe => self.subscribe_action(id, &map, true, &mut out).await,
+            Action::Unsubscribe => self.subscribe_action(id, &map, false, &mut out).await,
+            Action::Resync => self.resync_action(id, &map, &mut out),
+            Action::Order | Action::Cancel | Action::Replace => {
+                self.order_action(action, id, &map, &mut out).await;
+            }
+        }
+        out
+    }
+
+    /// Waits for the next thing the session must react to besides client messages.
+    /// Cancel-safe: the glue selects on it together with the socket.
+    pub async fn wait(&mut self) -> Wake {
+        let auth_deadline = self.auth.pending_deadline();
+        let portfolio_due = self.portfolio.due();
+        // Biased: the hub's queue (market data, the hot path) is checked first, without the
+        // random start that costs a thread-local RNG draw per wake-up.
+        tokio::select! {
+            biased;
+            _ = self.market.queue.notified(), if !self.market.in_transport => Wake::Hub,
+            event = self.trade_updates.recv() => Wake::UserEvent(event),
+            ok = self.portfolio.changed() => Wake::PortfolioChanged(ok),
+            Some(message) = self.books.recv() => Wake::Book(message),
+            _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
+            _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
+        }
+    }
+
+    /// Reacts to what [`WsSession::wait`] returned.
+    pub async fn on_wake(&mut self, wake: Wake) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.closed {
+            return out;
+        }
+        match wake {
+            Wake::Hub => self.deliver(Vec::new(), &mut out),
+            Wake::AuthDeadline => self.on_auth_deadline(&mut out),
+            Wake::UserEvent(first) => self.on_user_events(first, &mut out),
+            Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
+            Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
+            Wake::Book(first) => self.on_book_messages(first, &mut out),
+        }
+        out
+    }
+}
+
+impl Drop for WsSession {
+    fn drop(&mut self) {
+        self.market.queue.mark_gone();
+        for feed in self.market.registered_feeds() {
+            self.deps.hub.unsubscribe(feed, &self.market.queue);
+        }
+        // The book forwarders stop when `books` drops.
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading client messages: the action names, the keys each action accepts, symbol lists, and
+//! the `data` of order actions. Invariants kept here: an unknown key is refused with a message
+//! that lists the allowed ones (never ignored); symbols are trimmed and upper-cased before they
+//! are looked up; decimals stay text until the engine parses them (money is never a float).
+
+use serde_json::{Map, Value};
+
+use crate::error::ErrorCode;
+use crate::market::SymbolUniverse;
+use crate::trading::api::{OrderError, OrderRef, OrderRequest, ReplaceRequest};
+
+use super::subscriptions::SymbolSet;
+
+/// What a client message asks for. A new action is a variant here, its name in
+/// [`Action::parse`], and a handler in the file of its concern, called from
+/// `WsSession::on_text` (whose `match` is exhaustive, so the compiler points there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    Auth,
+    Subscribe,
+    Unsubscribe,
+    Resync,
+    Order,
+    Cancel,
+    Replace,
+}
+
+impl Action {
+    pub(super) fn parse(name: &str) -> Result<Action, Refusal> {
+        Ok(match name {
+            "auth" => Action::Auth,
+            "subscribe" => Action::Subscribe,
+            "unsubscribe" => Action::Unsubscribe,
+            "resync" => Action::Resync,
+            "order" => Action::Order,
+            "cancel" => Action::Cancel,
+            "replace" => Action::Replace,
+            other => {
+                return Err(refuse(
+                    ErrorCode::InvalidSyntax,
+                    format!(
+                        "unknown action {other:?}; use auth, subscribe, unsubscribe, resync, order, cancel or replace"
+                    ),
+                ));
+            }
+        })
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Action::Auth => "auth",
+            Action::Subscribe => "subscribe",
+            Action::Unsubscribe => "unsubscribe",
+            Action::Resync => "resync",
+            Action::Order => "order",
+            Action::Cancel => "cancel",
+            Action::Replace => "replace",
+        }
+    }
+
+    /// Whether the action needs an authenticated session.
+    pub(super) fn needs_identity(self) -> bool {
+        match self {
+            Action::Auth => false,
+            Action::Subscribe
+            | Action::Unsubscribe
+            | Action::Resync
+            | Action::Order
+            | Action::Cancel
+            | Action::Replace => true,
+        }
+    }
+}
+
+/// A client message that could not be acted on: its reply code and message.
+pub(super) struct Refusal {
+    pub(super) code: ErrorCode,
+    pub(super) msg: String,
+}
+
+pub(super) fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        msg: msg.into(),
+    }
+}
+
+/// The `id` of a message the session will not process, so the client still learns which
+/// request was dropped. Only the id is deserialized; oversize or malformed messages give none.
+pub(super) fn request_id(text: &str, max_message_bytes: usize) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    if text.len() > max_message_bytes {
+        return None;
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    (id.is_string() || id.is_number()).then_some(id)
+}
+
+/// Keys every action accepts besides its own.
+const COMMON_KEYS: [&str; 2] = ["action", "id"];
+
+pub(super) fn check_keys(
+    map: &Map<String, Value>,
+    action: &str,
+    allowed: &[&str],
+) -> Result<(), Refusal> {
+    if let Some(key) = map
+        .keys()
+        .find(|k| !COMMON_KEYS.contains(&k.as_str()) && !allowed.contains(&k.as_str()))
+    {
+        return Err(refuse(
+            ErrorCode::InvalidSyntax,
+            format!(
+                "unknown field {key:?} for action {action:?}; allowed: {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON array of symbol names (`"*"` for all when `allow_all`), every one known.
+pub(super) fn symbol_list(
+    universe: &SymbolUniverse,
+    value: &Value,
+    key: &str,
+    allow_all: bool,
+) -> Result<SymbolSet, Refusal> {
+    let Value::Array(items) = value else {
+        return Err(refuse(
+            ErrorCode::InvalidSyntax,
+            format!("{key} must be an array of symbols"),
+        ));
+    };
+    let mut set = SymbolSet::default();
+    let mut unknown = Vec::new();
+    for item in items {
+        let Value::String(name) = item else {
+            return Err(refuse(
+                ErrorCode::InvalidSyntax,
+                format!("{key} must contain only symbol strings"),
+            ));
+        };
+        let name = name.trim().to_ascii_uppercase();
+        if name == "*" {
+            if !allow_all {
+                return Err(refuse(
+                    ErrorCode::InvalidSyntax,
+                    format!("{key} does not accept \"*\": name the symbols"),
+                ));
+            }
+            set.all = true;
+            continue;
+        }
+        match universe.id(&name) {
+            Some(id) => {
+                set.ids.insert(id);
+            }
+            None => unknown.push(name),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(refuse(
+            ErrorCode::InvalidSyntax,
+            format!("unknown symbol(s) in {key}: {}", unknown.join(", ")),
+        ));
+    }
+    Ok(set)
+}
+
+/// A decimal field of an order: a JSON string or number, kept as text for the engine.
+fn decimal_text(data: &Map<String, Value>, key: &str) -> Result<Option<String>, OrderError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(Value::Number(number)) => Ok(Some(number.to_string())),
+        Some(_) => Err(OrderError::invalid(format!(
+            "{key} must be a decimal string such as \"10\" or \"126.50\""
+        ))),
+    }
+}
+
+fn string_field(data: &Map<String, Value>, key: &str) -> Result<Option<String>, OrderError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(OrderError::invalid(format!("{key} must be a string"))),
+    }
+}
+
+fn data_object<'a>(
+    map: &'a Map<String, Value>,
+    allowed: &[&str],
+    what: &str,
+) -> Result<&'a Map<String, Value>, OrderError> {
+    let data = match map.get("data") {
+        Some(Value::Object(data)) => data,
+        Some(_) => return Err(OrderError::invalid("data must be an object")),
+        None => return Err(OrderError::invalid(format!("data is required for {what}"))),
+    };
+    if let Some(key) = data.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(OrderError::invalid(format!(
+            "unknown field {key:?} in {what} data; allowed: {}",
+            allowed.join(", ")
+        )));
+    }
+    Ok(data)
+}
+
+pub(super) fn order_request(map: &Map<String, Value>) -> Result<OrderRequest, OrderError> {
+    const KEYS: [&str; 8] = [
+        "symbol",
+        "qty",
+        "side",
+        "type",
+        "time_in_force",
+        "limit_price",
+        "stop_price",
+        "client_order_id",
+    ];
+    let data = data_object(map, &KEYS, "order")?;
+    Ok(OrderRequest {
+        symbol: string_field(data, "symbol")?,
+        qty: decimal_text(data, "qty")?,
+        side: string_field(data, "side")?,
+        order_type: string_field(data, "type")?,
+        time_in_force: string_field(data, "time_in_force")?,
+        limit_price: decimal_text(data, "limit_price")?,
+        stop_price: decimal_text(data, "stop_price")?,
+        client_order_id: string_field(data, "client_order_id")?,
+    })
+}
+
+pub(super) fn replace_request(map: &Map<String, Value>) -> Result<ReplaceRequest, OrderError> {
+    const KEYS: [&str; 5] = [
+        "qty",
+        "time_in_force",
+        "limit_price",
+        "stop_price",
+        "client_order_id",
+    ];
+    let data = data_object(map, &KEYS, "replace")?;
+    Ok(ReplaceRequest {
+        qty: decimal_text(data, "qty")?,
+        time_in_force: string_field(data, "time_in_force")?,
+        limit_price: decimal_text(data, "limit_price")?,
+        stop_price: decimal_text(data, "stop_price")?,
+        client_order_id: string_field(data, "client_order_id")?,
+    })
+}
+
+pub(super) fn target(map: &Map<String, Value>) -> Result<OrderRef, OrderError> {
+    let order_id = string_field(map, "order_id")?;
+    let client_order_id = string_field(map, "client_order_id")?;
+    match (order_id, client_order_id) {
+        (Some(id), None) if !id.is_empty() => Ok(OrderRef::Id(id)),
+        (None, Some(id)) if !id.is_empty() => Ok(OrderRef::ClientOrderId(id)),
+        (Some(_), Some(_)) => Err(OrderError::invalid(
+            "give either order_id or client_order_id, not both",
+        )),
+        _ => Err(OrderError::invalid(
+            "order_id or client_order_id is required",
+        )),
+    }
+}

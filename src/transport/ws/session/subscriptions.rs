@@ -1,0 +1,217 @@
+//! Subscriptions: what a session asked for (`subscribe`, `unsubscribe`) and the `subscription`
+//! reply that shows the whole state after each change. Invariants kept here: a change is
+//! checked whole before any of it applies (a refused message changes nothing); at most
+//! `market.max_symbols_per_subscription` distinct explicit symbols over all streams (error
+//! 405 beyond); in an unsubscribe, `true` stops a stream and `false` changes nothing. The
+//! streams a change starts or stops are handed to their owners (`market`, `orders`,
+//! `portfolio`, `books`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::ErrorCode;
+use crate::hub::Hub;
+use crate::market::SymbolId;
+
+use super::WsSession;
+use super::frames::{Output, error_frame, json_frame};
+use super::parse::{Refusal, check_keys, refuse, symbol_list};
+
+/// A set of symbols, or all of them (`"*"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct SymbolSet {
+    pub(super) all: bool,
+    pub(super) ids: BTreeSet<SymbolId>,
+}
+
+impl SymbolSet {
+    pub(super) fn is_empty(&self) -> bool {
+        !self.all && self.ids.is_empty()
+    }
+
+    pub(super) fn contains(&self, id: SymbolId) -> bool {
+        self.all || self.ids.contains(&id)
+    }
+}
+
+/// A [`SymbolSet`] as the JSON array of its names (`["*"]` for all), borrowed from the
+/// universe rather than copied into a `Vec<String>`.
+struct SymbolNames<'a> {
+    set: &'a SymbolSet,
+    hub: &'a Hub,
+}
+
+impl Serialize for SymbolNames<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.set.all {
+            return ["*"].serialize(serializer);
+        }
+        let universe = self.hub.universe();
+        serializer.collect_seq(self.set.ids.iter().map(|id| universe.name(*id)))
+    }
+}
+
+/// The `subscription` reply: the whole subscription state after a (un)subscribe. The fields
+/// are in the order a `json!` object prints its keys (sorted), which clients have seen so far.
+pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: &Hub) -> Output {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        #[serde(rename = "T")]
+        tag: &'static str,
+        bars: SymbolNames<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        news: SymbolNames<'a>,
+        orderbooks: &'a BTreeSet<String>,
+        portfolio: bool,
+        quotes: SymbolNames<'a>,
+        trade_updates: bool,
+        trades: SymbolNames<'a>,
+    }
+    let names = |set| SymbolNames { set, hub };
+    json_frame(&Reply {
+        tag: "subscription",
+        bars: names(&subs.bars),
+        id,
+        news: names(&subs.news),
+        orderbooks: &subs.orderbooks,
+        portfolio: subs.portfolio,
+        quotes: names(&subs.quotes),
+        trade_updates: subs.trade_updates,
+        trades: names(&subs.trades),
+    })
+}
+
+/// What a session is subscribed to, as the `subscription` reply shows it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Subscriptions {
+    pub(super) trades: SymbolSet,
+    pub(super) quotes: SymbolSet,
+    pub(super) bars: SymbolSet,
+    pub(super) news: SymbolSet,
+    pub(super) orderbooks: BTreeSet<String>,
+    pub(super) trade_updates: bool,
+    pub(super) portfolio: bool,
+}
+
+impl WsSession {
+    /// Builds the subscription set after a subscribe (`add`) or unsubscribe, or refuses it.
+    fn next_subscriptions(
+        &self,
+        map: &Map<String, Value>,
+        add: bool,
+    ) -> Result<Subscriptions, Refusal> {
+        const KEYS: [&str; 7] = [
+            "trades",
+            "quotes",
+            "bars",
+            "news",
+            "orderbooks",
+            "trade_updates",
+            "portfolio",
+        ];
+        let action = if add { "subscribe" } else { "unsubscribe" };
+        check_keys(map, action, &KEYS)?;
+        let mut next = self.subs.clone();
+        for key in ["trades", "quotes", "bars", "news"] {
+            let Some(value) = map.get(key) else { continue };
+            let change = symbol_list(self.deps.hub.universe(), value, key, true)?;
+            let target = match key {
+                "trades" => &mut next.trades,
+                "quotes" => &mut next.quotes,
+                "bars" => &mut next.bars,
+                _ => &mut next.news,
+            };
+            if add {
+                target.all |= change.all;
+                target.ids.extend(change.ids);
+            } else if change.all {
+                *target = SymbolSet::default();
+            } else {
+                target.ids.retain(|id| !change.ids.contains(id));
+            }
+        }
+        if let Some(value) = map.get("orderbooks") {
+            let change = symbol_list(self.deps.hub.universe(), value, "orderbooks", false)?;
+            let names = change
+                .ids
+                .iter()
+                .map(|id| self.deps.hub.universe().name(*id).to_owned());
+            if add {
+                next.orderbooks.extend(names);
+            } else {
+                for name in names {
+                    next.orderbooks.remove(&name);
+                }
+            }
+        }
+        for key in ["trade_updates", "portfolio"] {
+            let Some(value) = map.get(key) else { continue };
+            let Value::Bool(flag) = value else {
+                return Err(refuse(
+                    ErrorCode::InvalidSyntax,
+                    format!("{key} must be true or false"),
+                ));
+            };
+            let target = if key == "trade_updates" {
+                &mut next.trade_updates
+            } else {
+                &mut next.portfolio
+            };
+            // In an unsubscribe, `true` means "stop this stream"; `false` changes nothing.
+            if *flag {
+                *target = add;
+            }
+        }
+        let mut explicit: BTreeSet<SymbolId> = BTreeSet::new();
+        for set in [&next.trades, &next.quotes, &next.bars, &next.news] {
+            explicit.extend(set.ids.iter().copied());
+        }
+        explicit.extend(
+            next.orderbooks
+                .iter()
+                .filter_map(|name| self.deps.hub.universe().id(name)),
+        );
+        if explicit.len() > self.deps.limits.max_symbols {
+            return Err(refuse(
+                ErrorCode::SymbolLimit,
+                format!(
+                    "symbol limit exceeded: {} symbols requested, at most {}",
+                    explicit.len(),
+                    self.deps.limits.max_symbols
+                ),
+            ));
+        }
+        Ok(next)
+    }
+
+    pub(super) async fn subscribe_action(
+        &mut self,
+        id: Option<&Value>,
+        map: &Map<String, Value>,
+        add: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let next = match self.next_subscriptions(map, add) {
+            Ok(next) => next,
+            Err(refusal) => {
+                out.push(error_frame(id, refusal.code, &refusal.msg));
+                return;
+            }
+        };
+        let previous = std::mem::replace(&mut self.subs, next);
+        let mut followups = Vec::new();
+        self.update_market_registrations(&previous, &mut followups);
+        let trading = Arc::clone(&self.deps.trading);
+        let user = self.auth.user().unwrap_or_default().to_owned();
+        self.update_trade_updates(&previous, trading.as_ref(), &user);
+        self.update_portfolio(&previous, &trading, &user, &mut followups)
+            .await;
+        self.update_books(trading.as_ref(), &mut followups);
+        out.push(subscription_frame(id, &self.subs, &self.deps.hub));
+        out.extend(followups);
+    }
+}

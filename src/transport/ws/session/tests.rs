@@ -1,0 +1,487 @@
+//! Unit tests of the socket-free session: driven directly, with a stand-in exchange.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::frames::{CONNECTED_FRAME, success_frame_with_id};
+use super::subscriptions::{SymbolSet, subscription_frame};
+use super::*;
+use crate::market::{MarketEvent, SymbolUniverse, Trade};
+use crate::settings::AuthSettings;
+use crate::trading::api::{
+    BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, OrderStatus, OrderType,
+    Portfolio, ReplaceRequest, Side, TimeInForce, TradeEvent, TradeUpdate,
+};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A stand-in exchange: acks every order with a `new` trade update, serves books from
+/// broadcasts the test drives, and counts portfolio reads.
+struct FakeTrading {
+    events: broadcast::Sender<UserEvent>,
+    changes: watch::Sender<u64>,
+    books: Mutex<HashMap<String, broadcast::Sender<BookUpdate>>>,
+    portfolio_reads: AtomicU64,
+}
+
+impl FakeTrading {
+    fn new() -> Arc<FakeTrading> {
+        Arc::new(FakeTrading {
+            events: broadcast::channel(64).0,
+            changes: watch::channel(0).0,
+            books: Mutex::new(HashMap::new()),
+            portfolio_reads: AtomicU64::new(0),
+        })
+    }
+
+    fn book_sender(&self, symbol: &str) -> broadcast::Sender<BookUpdate> {
+        self.books
+            .lock()
+            .entry(symbol.to_owned())
+            .or_insert_with(|| broadcast::channel(4).0)
+            .clone()
+    }
+}
+
+fn order(request: &OrderRequest) -> Order {
+    let now = Utc::now();
+    Order {
+        id: "o-1".into(),
+        client_order_id: request.client_order_id.clone().unwrap_or_default(),
+        symbol: request.symbol.clone().unwrap_or_default(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        time_in_force: TimeInForce::Day,
+        qty: Decimal::from(10),
+        filled_qty: Decimal::ZERO,
+        filled_avg_price: None,
+        limit_price: None,
+        stop_price: None,
+        status: OrderStatus::New,
+        created_at: now,
+        updated_at: now,
+        submitted_at: now,
+        filled_at: None,
+        canceled_at: None,
+        expired_at: None,
+        replaced_by: None,
+        replaces: None,
+        commission: Decimal::ZERO,
+    }
+}
+
+impl TradingApi for FakeTrading {
+    fn submit(
+        &self,
+        _user: &str,
+        request: OrderRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        if request.qty.as_deref() == Some("0") {
+            return Box::pin(async { Err(OrderError::invalid("qty must be positive")) });
+        }
+        let order = order(&request);
+        let _ = self
+            .events
+            .send(UserEvent::TradeUpdate(Box::new(TradeUpdate {
+                event: TradeEvent::New,
+                execution_id: None,
+                price: None,
+                qty: None,
+                position_qty: None,
+                timestamp: Utc::now(),
+                order: order.clone(),
+            })));
+        Box::pin(async move { Ok(order) })
+    }
+
+    fn cancel(&self, _: &str, _: OrderRef) -> BoxFuture<'static, Result<Order, OrderError>> {
+        Box::pin(async { Err(OrderError::new(OrderError::NOT_FOUND, "order not found")) })
+    }
+
+    fn replace(
+        &self,
+        _: &str,
+        _: OrderRef,
+        _: ReplaceRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        Box::pin(async { Err(OrderError::new(OrderError::NOT_FOUND, "order not found")) })
+    }
+
+    fn portfolio(&self, _: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
+        let reads = self.portfolio_reads.fetch_add(1, Ordering::Relaxed) + 1;
+        Box::pin(async move {
+            Ok(Portfolio {
+                cash: Decimal::from(reads),
+                equity: Decimal::from(reads),
+                long_market_value: Decimal::ZERO,
+                short_market_value: Decimal::ZERO,
+                buying_power: Decimal::from(reads),
+                realized_pl: Decimal::ZERO,
+                t: Utc::now(),
+                positions: Vec::new(),
+            })
+        })
+    }
+
+    fn orders(&self, _: &str, _: OrderQuery) -> BoxFuture<'static, Result<Vec<Order>, OrderError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn user_events(&self, _: &str) -> broadcast::Receiver<UserEvent> {
+        self.events.subscribe()
+    }
+
+    fn portfolio_changes(&self, _: &str) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn book(
+        &self,
+        symbol: &str,
+    ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
+        let sender = self.book_sender(symbol);
+        let snapshot = BookUpdate {
+            symbol: symbol.to_owned(),
+            snapshot: true,
+            bids: vec![(Decimal::new(10000, 2), Decimal::from(300))],
+            asks: vec![(Decimal::new(10002, 2), Decimal::from(200))],
+            t: Utc::now(),
+        };
+        Ok((snapshot, sender.subscribe()))
+    }
+}
+
+fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(
+        SymbolUniverse::new(["AAPL", "MSFT"]),
+        crate::hub::HubSettings::default(),
+        Arc::clone(&metrics),
+        7,
+    ));
+    let auth = AuthService::new(&AuthSettings {
+        hs256_secret: "unit-test-secret-of-at-least-32-bytes".into(),
+        ..AuthSettings::default()
+    })
+    .expect("auth");
+    let deps = SessionDeps {
+        hub: Arc::clone(&hub),
+        auth: Arc::new(auth),
+        trading,
+        metrics,
+        limits: SessionLimits {
+            auth_timeout: Duration::from_secs(5),
+            max_message_bytes: 4096,
+            actions_per_second: 100.0,
+            action_burst: 100,
+            portfolio_interval: Duration::from_secs(1),
+            max_symbols: 10,
+            queue_capacity: 64,
+        },
+    };
+    (WsSession::new(deps), hub)
+}
+
+fn authenticated(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
+    let (mut session, hub) = session_with(trading);
+    let out = session.start(Some(Ok(Identity {
+        user: "alice".into(),
+    })));
+    assert_eq!(out.len(), 2);
+    (session, hub)
+}
+
+fn objects(outputs: &[Output]) -> Vec<Value> {
+    outputs
+        .iter()
+        .filter_map(Output::frame_json)
+        .flat_map(|frame| frame.as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+async fn next_wake_objects(session: &mut WsSession) -> Vec<Value> {
+    let wake = tokio::time::timeout(Duration::from_secs(5), session.wait())
+        .await
+        .expect("a wake-up");
+    objects(&session.on_wake(wake).await)
+}
+
+fn trade(id: u64) -> MarketEvent {
+    MarketEvent::Trade(Trade {
+        symbol: "AAPL".into(),
+        id,
+        venue: "V".into(),
+        price: 100.0,
+        size: 1.0,
+        time: chrono::DateTime::from_timestamp(1_700_000_000 + id as i64, 0).unwrap_or_default(),
+        conditions: vec![],
+    })
+}
+
+#[tokio::test]
+async fn the_order_ack_goes_out_before_the_trade_update_the_order_caused() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = authenticated(Arc::clone(&trading));
+    session
+        .on_text(r#"{"action":"subscribe","trade_updates":true}"#)
+        .await;
+    let out = session
+        .on_text(r#"{"action":"order","id":"r1","data":{"symbol":"AAPL","qty":10,"side":"buy","type":"market","time_in_force":"day"}}"#)
+        .await;
+    let acks = objects(&out);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0]["T"], "order_ack");
+    assert_eq!(acks[0]["id"], "r1");
+    assert_eq!(acks[0]["order"]["qty"], "10");
+    let updates = next_wake_objects(&mut session).await;
+    assert_eq!(updates[0]["T"], "trade_update");
+    assert_eq!(updates[0]["event"], "new");
+
+    let out = session
+        .on_text(r#"{"action":"order","id":"r2","data":{"symbol":"AAPL","qty":"0"}}"#)
+        .await;
+    let error = &objects(&out)[0];
+    assert_eq!(error["code"], OrderError::INVALID.number());
+    assert_eq!(error["id"], "r2");
+    let out = session
+        .on_text(r#"{"action":"order","data":{"symbol":"AAPL","qty":"1","colour":"red"}}"#)
+        .await;
+    assert!(
+        objects(&out)[0]["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("colour")
+    );
+    let out = session
+        .on_text(r#"{"action":"cancel","id":"c","order_id":"nope"}"#)
+        .await;
+    assert_eq!(objects(&out)[0]["code"], OrderError::NOT_FOUND.number());
+}
+
+#[tokio::test]
+async fn book_seq_rises_by_one_and_lost_deltas_are_replaced_by_a_snapshot() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = authenticated(Arc::clone(&trading));
+    let out = session
+        .on_text(r#"{"action":"subscribe","orderbooks":["AAPL"]}"#)
+        .await;
+    let all = objects(&out);
+    assert_eq!(all[0]["T"], "subscription");
+    assert_eq!(all[1]["T"], "o");
+    assert_eq!(all[1]["seq"], 1);
+    assert_eq!(all[1]["snapshot"], true);
+    assert_eq!(all[1]["b"], json!([["100.00", "300"]]));
+
+    let sender = trading.book_sender("AAPL");
+    let delta = |price: i64| BookUpdate {
+        symbol: "AAPL".into(),
+        snapshot: false,
+        bids: vec![(Decimal::new(price, 2), Decimal::ZERO)],
+        asks: vec![],
+        t: Utc::now(),
+    };
+    sender.send(delta(10000)).expect("a receiver");
+    let got = next_wake_objects(&mut session).await;
+    assert_eq!(got[0]["seq"], 2);
+    assert!(got[0].get("snapshot").is_none());
+
+    // More deltas than the broadcast holds, before the forwarder runs: it lags.
+    for price in 0..10 {
+        sender.send(delta(9000 + price)).expect("a receiver");
+    }
+    let mut seqs = Vec::new();
+    let mut snapshot_seen = false;
+    while !snapshot_seen {
+        for object in next_wake_objects(&mut session).await {
+            seqs.push(object["seq"].as_u64().expect("seq"));
+            snapshot_seen |= object["snapshot"] == true;
+        }
+    }
+    let expected: Vec<u64> = (3..3 + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "seq stays contiguous across the resnapshot");
+
+    // A resync also sends a snapshot with the next seq.
+    let out = session
+        .on_text(r#"{"action":"resync","orderbooks":["AAPL"]}"#)
+        .await;
+    let object = &objects(&out)[0];
+    assert_eq!(object["snapshot"], true);
+    assert_eq!(object["seq"], seqs.last().copied().unwrap_or(0) + 1);
+    let out = session
+        .on_text(r#"{"action":"resync","orderbooks":["MSFT"]}"#)
+        .await;
+    assert_eq!(objects(&out)[0]["code"], ErrorCode::InvalidSyntax.number());
+}
+
+#[tokio::test(start_paused = true)]
+async fn portfolio_messages_are_throttled_to_the_configured_rate() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = authenticated(Arc::clone(&trading));
+    let out = session
+        .on_text(r#"{"action":"subscribe","portfolio":true}"#)
+        .await;
+    let all = objects(&out);
+    assert_eq!(all[1]["T"], "portfolio");
+    let first_sent = Instant::now();
+    for n in 1..=5 {
+        trading.changes.send_replace(n);
+    }
+    // The change marks it dirty; the message itself waits for the interval.
+    assert!(next_wake_objects(&mut session).await.is_empty());
+    let got = next_wake_objects(&mut session).await;
+    assert_eq!(got[0]["T"], "portfolio");
+    assert!(first_sent.elapsed() >= Duration::from_secs(1));
+    assert_eq!(trading.portfolio_reads.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_never_authenticates_times_out_with_404() {
+    let (mut session, _hub) = session_with(FakeTrading::new());
+    session.start(None);
+    let wake = session.wait().await;
+    let out = session.on_wake(wake).await;
+    assert_eq!(objects(&out)[0]["code"], ErrorCode::AuthTimeout.number());
+    assert!(matches!(out.last(), Some(Output::Close { .. })));
+    assert!(session.is_closed());
+}
+
+#[tokio::test]
+async fn changing_subscriptions_neither_loses_nor_repeats_market_data() {
+    let (mut session, hub) = authenticated(FakeTrading::new());
+    session
+        .on_text(r#"{"action":"subscribe","trades":["AAPL"]}"#)
+        .await;
+    hub.publish_event(trade(1)).expect("valid");
+    hub.publish_event(trade(2)).expect("valid");
+    // Re-registration happens with those two still queued.
+    let out = session
+        .on_text(r#"{"action":"subscribe","quotes":["MSFT"]}"#)
+        .await;
+    let mut ids: Vec<u64> = objects(&out)
+        .iter()
+        .filter(|o| o["T"] == "t")
+        .filter_map(|o| o["i"].as_u64())
+        .collect();
+    hub.publish_event(trade(3)).expect("valid");
+    while ids.len() < 3 {
+        ids.extend(
+            next_wake_objects(&mut session)
+                .await
+                .iter()
+                .filter_map(|o| o["i"].as_u64()),
+        );
+    }
+    assert_eq!(ids, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_client_whose_queue_overflows_gets_407_and_the_session_ends() {
+    let (mut session, hub) = authenticated(FakeTrading::new());
+    session
+        .on_text(r#"{"action":"subscribe","trades":["*"],"bars":["*"]}"#)
+        .await;
+    // Bars are never conflated, so a queue that is not drained overflows.
+    for minute in 0..100i64 {
+        hub.publish_event(MarketEvent::Bar(crate::market::Bar {
+            symbol: if minute % 2 == 0 { "AAPL" } else { "MSFT" }.into(),
+            open: 1.0,
+            high: 1.0,
+            low: 1.0,
+            close: 1.0,
+            volume: 1.0,
+            trade_count: 1,
+            vwap: 1.0,
+            time: chrono::DateTime::from_timestamp(1_700_000_000 + minute * 60, 0)
+                .unwrap_or_default(),
+        }))
+        .expect("valid bar");
+    }
+    let wake = session.wait().await;
+    let out = session.on_wake(wake).await;
+    assert_eq!(
+        objects(&out).last().map(|o| o["code"].clone()),
+        Some(json!(407))
+    );
+    assert!(matches!(out.last(), Some(Output::Close { code, .. }) if *code == close_codes::POLICY));
+    assert!(session.is_closed());
+}
+
+/// The replies written without `json!` are byte for byte what the `json!` objects printed.
+#[test]
+fn replies_match_their_json_object_encoding() {
+    let (_, hub) = session_with(FakeTrading::new());
+    let old_names = |set: &SymbolSet| -> Vec<String> {
+        if set.all {
+            vec!["*".into()]
+        } else {
+            set.ids
+                .iter()
+                .map(|id| hub.universe().name(*id).to_owned())
+                .collect()
+        }
+    };
+    let frame_text = |output: Output| match output {
+        Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).expect("utf-8"),
+        Output::Close { .. } => panic!("expected a frame"),
+    };
+    let aapl = hub.universe().id("AAPL").expect("AAPL");
+    let msft = hub.universe().id("MSFT").expect("MSFT");
+    let mut subs = Subscriptions::default();
+    let mut states = vec![subs.clone()];
+    subs.trades.ids.insert(aapl);
+    states.push(subs.clone());
+    subs.quotes.ids.extend([aapl, msft]);
+    subs.news.all = true;
+    subs.bars.all = true;
+    subs.bars.ids.insert(msft);
+    subs.orderbooks
+        .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
+    subs.trade_updates = true;
+    states.push(subs.clone());
+    subs.portfolio = true;
+    states.push(subs);
+    let ids = [
+        None,
+        Some(json!(7)),
+        Some(json!(-1.5)),
+        Some(json!("req \"1\" \u{e9}\n")),
+    ];
+    assert_eq!(
+        frame_text(Output::Frame(Bytes::from_static(CONNECTED_FRAME))),
+        format!("[{}]", json!({"T": "success", "msg": "connected"}))
+    );
+    for id in &ids {
+        let mut old = json!({"T": "success", "msg": "authenticated"});
+        if let (Some(id), Some(map)) = (id, old.as_object_mut()) {
+            map.insert("id".into(), id.clone());
+        }
+        assert_eq!(
+            frame_text(success_frame_with_id(id.as_ref(), "authenticated")),
+            format!("[{old}]")
+        );
+        for subs in &states {
+            let mut old = json!({
+                "T": "subscription",
+                "trades": old_names(&subs.trades),
+                "quotes": old_names(&subs.quotes),
+                "bars": old_names(&subs.bars),
+                "news": old_names(&subs.news),
+                "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
+                "trade_updates": subs.trade_updates,
+                "portfolio": subs.portfolio,
+            });
+            if let (Some(id), Some(object)) = (id, old.as_object_mut()) {
+                object.insert("id".into(), id.clone());
+            }
+            assert_eq!(
+                frame_text(subscription_frame(id.as_ref(), subs, &hub)),
+                format!("[{old}]")
+            );
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! Multi-node operation on Redis: one shared log per feed, exactly one active instance of each
 //! source, and every node applying every event in order to its local hub.
 //!
+//! - [`settings`]: the `[cluster]` section.
 //! - [`scripts`]: the Lua scripts that make publishing, reading and leasing atomic in Redis.
 //! - [`wire`]: key names and the encoding of events in the stream and on pub/sub.
 //! - [`merge`]: the pure state machine that merges live messages with stream reads.
-//! - [`node`]: the connection to Redis, the ordered publisher and the subscriber task.
+//! - [`node`]: the node's connection to Redis and its API (publish, read, health); its tasks
+//!   are the ordered publisher (`publisher`) and the subscriber with repair (`subscriber`).
 //! - [`lease`]: leases with fencing tokens, renewed in the background, released on shutdown.
 //! - [`local`]: the hub side (applying the shared log) and the sink leased sources publish to.
 //!
@@ -15,7 +17,10 @@ pub mod lease;
 pub mod local;
 pub mod merge;
 pub mod node;
+mod publisher;
 pub mod scripts;
+pub mod settings;
+mod subscriber;
 pub mod wire;
 
 pub use lease::{LeaseTicket, hold_lease, run_leased};

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -19,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::LeaseTicket;
-use super::merge::{Action, FeedMerge, StreamRead};
+use super::merge::StreamRead;
 use super::{SequencedSink, scripts, wire};
 use crate::hub::Feed;
 use crate::market::MarketEvent;
@@ -69,7 +68,7 @@ impl ClusterConfig {
     }
 
     /// How long one Redis round trip may take before the node counts Redis as unreachable.
-    fn response_timeout(&self) -> Duration {
+    pub(super) fn response_timeout(&self) -> Duration {
         self.renew_interval().min(Duration::from_secs(1))
     }
 }
@@ -128,20 +127,20 @@ pub struct FeedRead {
 }
 
 /// One event on its way to the publish script.
-struct Job {
-    feed: Feed,
-    json: Bytes,
-    latest_field: Option<String>,
-    time_key: String,
-    lease: Option<LeaseTicket>,
-    reply: Option<oneshot::Sender<Result<(u64, u64), ClusterPublishError>>>,
+pub(super) struct Job {
+    pub(super) feed: Feed,
+    pub(super) json: Bytes,
+    pub(super) latest_field: Option<String>,
+    pub(super) time_key: String,
+    pub(super) lease: Option<LeaseTicket>,
+    pub(super) reply: Option<oneshot::Sender<Result<(u64, u64), ClusterPublishError>>>,
 }
 
 /// Events queued for Redis per node before `submit` reports a backlog.
 const PUBLISH_QUEUE: usize = 8192;
 
 /// Events sent to Redis in one pipelined round trip at most.
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 
 /// A node of the cluster. Cheap to clone.
 #[derive(Clone)]
@@ -149,15 +148,15 @@ pub struct ClusterNode {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: ClusterConfig,
-    client: redis::Client,
-    commands: ConnectionManager,
-    jobs: mpsc::Sender<Job>,
-    queued: Mutex<Option<mpsc::Receiver<Job>>>,
-    metrics: Arc<Metrics>,
-    publish_script: String,
-    read_script: String,
+pub(super) struct Inner {
+    pub(super) config: ClusterConfig,
+    pub(super) client: redis::Client,
+    pub(super) commands: ConnectionManager,
+    pub(super) jobs: mpsc::Sender<Job>,
+    pub(super) queued: Mutex<Option<mpsc::Receiver<Job>>>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) publish_script: String,
+    pub(super) read_script: String,
     health: Mutex<Health>,
 }
 
@@ -245,18 +244,22 @@ impl ClusterNode {
             0.0,
         );
         if let Some(queued) = self.inner.queued.lock().take() {
-            tokio::spawn(run_publisher(
+            tokio::spawn(super::publisher::run_publisher(
                 Arc::clone(&self.inner),
                 queued,
                 shutdown.clone(),
             ));
         }
-        tokio::spawn(run_health_check(
+        tokio::spawn(super::subscriber::run_health_check(
             Arc::clone(&self.inner),
             Arc::clone(&sink),
             shutdown.clone(),
         ));
-        tokio::spawn(run_subscriber(Arc::clone(&self.inner), sink, shutdown));
+        tokio::spawn(super::subscriber::run_subscriber(
+            Arc::clone(&self.inner),
+            sink,
+            shutdown,
+        ));
     }
 
     /// Queues an event for the publish script without waiting (sources). Events of one node
@@ -320,7 +323,7 @@ impl ClusterNode {
     }
 }
 
-async fn timed<T>(
+pub(super) async fn timed<T>(
     limit: Duration,
     future: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, ClusterError> {
@@ -347,12 +350,12 @@ fn job(
     })
 }
 
-fn new_epoch() -> u64 {
+pub(super) fn new_epoch() -> u64 {
     chrono::Utc::now().timestamp_millis().max(1) as u64
 }
 
 impl Inner {
-    async fn read(
+    pub(super) async fn read(
         &self,
         feed: Feed,
         from: u64,
@@ -381,7 +384,7 @@ impl Inner {
         parse_read(value)
     }
 
-    fn set_synced(&self, synced: bool, reason: &str, sink: &dyn SequencedSink) {
+    pub(super) fn set_synced(&self, synced: bool, reason: &str, sink: &dyn SequencedSink) {
         let mut health = self.health.lock();
         health.synced = synced;
         if !synced {
@@ -390,7 +393,7 @@ impl Inner {
         self.report(&mut health, sink);
     }
 
-    fn set_command_result(&self, failure: Option<String>, sink: &dyn SequencedSink) {
+    pub(super) fn set_command_result(&self, failure: Option<String>, sink: &dyn SequencedSink) {
         let mut health = self.health.lock();
         if let Some(reason) = &failure {
             health.reason = reason.clone();
@@ -484,339 +487,4 @@ fn parse_read(value: Value) -> Result<FeedRead, ClusterError> {
         },
         latest,
     })
-}
-
-/// Sends queued events to Redis in order, in pipelined batches, and answers each.
-async fn run_publisher(
-    inner: Arc<Inner>,
-    mut queued: mpsc::Receiver<Job>,
-    shutdown: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            received = queued.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
-                    return;
-                }
-            }
-        }
-        publish_batch(&inner, &mut batch).await;
-    }
-}
-
-async fn publish_batch(inner: &Inner, batch: &mut Vec<Job>) {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    let epoch = new_epoch();
-    let window = inner.config.replay_window;
-    for job in batch.iter() {
-        let lease_key = match &job.lease {
-            Some(ticket) => wire::lease_key(ticket.source()),
-            None => wire::epoch_key(),
-        };
-        pipe.cmd("EVAL")
-            .arg(&inner.publish_script)
-            .arg(5)
-            .arg(wire::epoch_key())
-            .arg(wire::meta_key(job.feed))
-            .arg(wire::stream_key(job.feed))
-            .arg(wire::latest_key())
-            .arg(lease_key)
-            .arg(epoch)
-            .arg(window)
-            .arg(wire::channel(job.feed))
-            .arg(job.lease.as_ref().map_or("", |ticket| ticket.value()))
-            .arg(job.latest_field.as_deref().unwrap_or(""))
-            .arg(&job.time_key)
-            .arg(job.json.as_ref());
-    }
-    let mut connection = inner.commands.clone();
-    let started = tokio::time::Instant::now();
-    let results: Result<Vec<redis::RedisResult<Value>>, ClusterError> = timed(
-        inner.config.response_timeout(),
-        pipe.query_async(&mut connection),
-    )
-    .await;
-    let elapsed = started.elapsed();
-    match results {
-        Ok(results) if results.len() == batch.len() => {
-            inner.metrics.set_gauge(
-                "tickgate_cluster_publish_seconds",
-                "Round trip of the last batch of events sent to Redis.",
-                "",
-                elapsed.as_secs_f64(),
-            );
-            for (job, result) in batch.drain(..).zip(results) {
-                let outcome = publish_outcome(result);
-                if let Err(error) = &outcome {
-                    publish_failed(inner, &job, error);
-                }
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(outcome);
-                }
-            }
-        }
-        other => {
-            let reason = match other {
-                Err(error) => error.to_string(),
-                Ok(_) => "redis answered a different number of results".into(),
-            };
-            for job in batch.drain(..) {
-                let error = ClusterPublishError::Unavailable(reason.clone());
-                publish_failed(inner, &job, &error);
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(error));
-                }
-            }
-        }
-    }
-}
-
-fn publish_outcome(result: redis::RedisResult<Value>) -> Result<(u64, u64), ClusterPublishError> {
-    match result {
-        Ok(value) => {
-            let (epoch, seq): (u64, u64) = redis::from_redis_value(value)
-                .map_err(|error| ClusterPublishError::Unavailable(error.to_string()))?;
-            Ok((epoch, seq))
-        }
-        Err(error) => Err(match error.code() {
-            Some("FENCED") => ClusterPublishError::Fenced,
-            Some("BACKWARDS") => ClusterPublishError::TimeWentBackwards,
-            _ => ClusterPublishError::Unavailable(error.to_string()),
-        }),
-    }
-}
-
-impl ClusterPublishError {
-    /// The metric label of this refusal.
-    pub fn reason_label(&self) -> &'static str {
-        match self {
-            ClusterPublishError::Fenced => "fenced",
-            ClusterPublishError::TimeWentBackwards => "time_backwards",
-            ClusterPublishError::Unavailable(_) => "cluster_unavailable",
-            ClusterPublishError::Backlog => "cluster_backlog",
-            ClusterPublishError::Encode(_) => "encode",
-        }
-    }
-}
-
-fn publish_failed(inner: &Inner, job: &Job, error: &ClusterPublishError) {
-    let reason = error.reason_label();
-    inner.metrics.add_counter(
-        "tickgate_cluster_publish_failures_total",
-        "Events Redis did not accept, by reason.",
-        &format!("reason=\"{reason}\""),
-        1.0,
-    );
-    if let (ClusterPublishError::Fenced, Some(ticket)) = (error, &job.lease) {
-        tracing::warn!(
-            source = ticket.source(),
-            "publish refused: the lease was lost"
-        );
-        ticket.mark_lost();
-    }
-}
-
-/// Pings Redis on the command connection: the round-trip gauge, and "down" when it fails.
-async fn run_health_check(
-    inner: Arc<Inner>,
-    sink: Arc<dyn SequencedSink>,
-    shutdown: CancellationToken,
-) {
-    let mut ticker =
-        tokio::time::interval(inner.config.renew_interval().min(Duration::from_secs(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let mut connection = inner.commands.clone();
-        let started = tokio::time::Instant::now();
-        let result: Result<String, ClusterError> = timed(
-            inner.config.response_timeout(),
-            redis::cmd("PING").query_async(&mut connection),
-        )
-        .await;
-        match result {
-            Ok(_) => {
-                inner.metrics.set_gauge(
-                    "tickgate_cluster_redis_rtt_seconds",
-                    "Round trip of the last health ping to Redis.",
-                    "",
-                    started.elapsed().as_secs_f64(),
-                );
-                inner.set_command_result(None, &*sink);
-            }
-            Err(error) => {
-                inner.set_command_result(Some(format!("redis unreachable: {error}")), &*sink);
-            }
-        }
-    }
-}
-
-/// Keeps the local logs equal to the shared ones, reconnecting until shutdown.
-async fn run_subscriber(
-    inner: Arc<Inner>,
-    sink: Arc<dyn SequencedSink>,
-    shutdown: CancellationToken,
-) {
-    let mut merges: [FeedMerge; 3] = Default::default();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let reason = match subscription(&inner, &*sink, &mut merges, &shutdown).await {
-            Ok(()) => return,
-            Err(error) => error.to_string(),
-        };
-        inner.set_synced(false, &format!("redis subscription lost: {reason}"), &*sink);
-        inner.metrics.add_counter(
-            "tickgate_cluster_reconnects_total",
-            "Times the subscription to Redis was lost and set up again.",
-            "",
-            1.0,
-        );
-        tracing::debug!(%reason, "redis subscription lost; reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-}
-
-/// One subscription's life: subscribe, repair every feed, then merge live messages.
-async fn subscription(
-    inner: &Inner,
-    sink: &dyn SequencedSink,
-    merges: &mut [FeedMerge; 3],
-    shutdown: &CancellationToken,
-) -> Result<(), ClusterError> {
-    let limit = inner.config.response_timeout();
-    let pubsub = timed(limit, inner.client.get_async_pubsub()).await?;
-    let (mut control, mut messages) = pubsub.split();
-    let channels: Vec<String> = Feed::ALL.iter().map(|feed| wire::channel(*feed)).collect();
-    timed(limit, control.subscribe(&channels)).await?;
-    for feed in Feed::ALL {
-        let merge = &mut merges[feed_index(feed)];
-        let from = merge.resubscribed();
-        repair(inner, sink, feed, merge, from).await?;
-    }
-    inner.set_synced(true, "", sink);
-    let mut ping = tokio::time::interval(inner.config.renew_interval().min(Duration::from_secs(1)));
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut actions = Vec::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = messages.next() => {
-                let Some(message) = message else {
-                    return Err(ClusterError::Reply("the subscription connection closed".into()));
-                };
-                let Some(feed) = wire::feed_of_channel(message.get_channel_name()) else {
-                    continue;
-                };
-                let Some((epoch, seq, json)) = wire::decode_message(message.get_payload_bytes()) else {
-                    tracing::warn!(channel = message.get_channel_name(), "undecodable cluster message ignored");
-                    continue;
-                };
-                let merge = &mut merges[feed_index(feed)];
-                let repair_from = merge.live(epoch, seq, json, &mut actions);
-                carry_out(sink, feed, epoch, &mut actions, &[]);
-                if let Some(from) = repair_from {
-                    repair(inner, sink, feed, merge, from).await?;
-                }
-            }
-            _ = ping.tick() => {
-                // A subscription whose connection silently died would never end by itself.
-                timed(limit, control.ping::<Value>()).await?;
-            }
-        }
-    }
-}
-
-/// Reads `feed` from `from` until the merge has no hole left, applying as it goes.
-async fn repair(
-    inner: &Inner,
-    sink: &dyn SequencedSink,
-    feed: Feed,
-    merge: &mut FeedMerge,
-    mut from: u64,
-) -> Result<(), ClusterError> {
-    let mut actions = Vec::new();
-    loop {
-        let with_latest = feed == Feed::Market;
-        let read = inner
-            .read(feed, from, with_latest, merge.position())
-            .await?;
-        let epoch = read.read.epoch;
-        let was = merge.position();
-        let next = merge.stream(read.read, &mut actions);
-        let applied = actions
-            .iter()
-            .filter(|action| matches!(action, Action::Apply { .. }))
-            .count();
-        if was.is_some() {
-            inner.metrics.add_counter(
-                "tickgate_cluster_repairs_total",
-                "Reads of a feed's stream to fill a gap or catch up after a reconnect.",
-                &format!("feed=\"{}\"", feed.name()),
-                1.0,
-            );
-            inner.metrics.add_counter(
-                "tickgate_cluster_repaired_events_total",
-                "Events a node took from the stream rather than from pub/sub (repair size).",
-                &format!("feed=\"{}\"", feed.name()),
-                applied as f64,
-            );
-        }
-        carry_out(sink, feed, epoch, &mut actions, &read.latest);
-        match next {
-            Some(again) => from = again,
-            None => return Ok(()),
-        }
-    }
-}
-
-/// Hands merged actions to the sink. After a reset of the market feed, latest values older
-/// than the new start are seeded first, so snapshots cover symbols with no recent event.
-fn carry_out(
-    sink: &dyn SequencedSink,
-    feed: Feed,
-    epoch: u64,
-    actions: &mut Vec<Action>,
-    latest: &[(u64, Bytes)],
-) {
-    let mut epoch = epoch;
-    for action in actions.drain(..) {
-        match action {
-            Action::Reset {
-                epoch: new_epoch,
-                next_seq,
-                initial,
-            } => {
-                epoch = new_epoch;
-                sink.reset(feed, new_epoch, next_seq, initial);
-                if feed == Feed::Market && !latest.is_empty() {
-                    let older = latest
-                        .iter()
-                        .filter(|(seq, _)| *seq < next_seq)
-                        .cloned()
-                        .collect();
-                    sink.seed_latest(new_epoch, older);
-                }
-            }
-            Action::Apply { seq, payload } => sink.apply(feed, epoch, seq, payload),
-        }
-    }
-}
-
-fn feed_index(feed: Feed) -> usize {
-    match feed {
-        Feed::Market => 0,
-        Feed::News => 1,
-        Feed::Alerts => 2,
-    }
 }

@@ -84,3 +84,52 @@ impl ClusterSettings {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, crate::settings::SettingsError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("default.toml"), "").expect("write");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(dir.path(), None, &env)
+    }
+
+    #[test]
+    fn the_cluster_section_comes_from_the_environment_and_is_off_by_default() {
+        let single = load(&[]).expect("valid");
+        assert!(!single.cluster.enabled());
+        assert_eq!(single.cluster.lease_ttl, Duration::from_secs(5));
+        let node = load(&[
+            ("TICKGATE__CLUSTER__REDIS_URL", "redis://:secret@127.0.0.1:6390/2"),
+            ("TICKGATE__CLUSTER__NODE_ID", "edge-1"),
+            ("TICKGATE__CLUSTER__LEASE_TTL", "2s"),
+        ])
+        .expect("valid");
+        assert!(node.cluster.enabled());
+        assert_eq!(node.cluster.node_id, "edge-1");
+        assert_eq!(node.cluster.lease_ttl, Duration::from_secs(2));
+        let printed = format!("{:?}", node.cluster);
+        assert!(!printed.contains("secret"), "the URL is never printed: {printed}");
+    }
+
+    #[test]
+    fn a_bad_url_node_id_and_lease_ttl_are_all_reported_without_the_url() {
+        let error = load(&[
+            ("TICKGATE__CLUSTER__REDIS_URL", "http://:secret@example/"),
+            ("TICKGATE__CLUSTER__NODE_ID", "a:b"),
+            ("TICKGATE__CLUSTER__LEASE_TTL", "10ms"),
+        ])
+        .expect_err("invalid");
+        let text = error.to_string();
+        assert!(text.contains("cluster.redis_url"), "{text}");
+        assert!(text.contains("cluster.node_id"), "{text}");
+        assert!(text.contains("cluster.lease_ttl"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

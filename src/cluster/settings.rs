@@ -106,7 +106,10 @@ mod tests {
         assert!(!single.cluster.enabled());
         assert_eq!(single.cluster.lease_ttl, Duration::from_secs(5));
         let node = load(&[
-            ("TICKGATE__CLUSTER__REDIS_URL", "redis://:secret@127.0.0.1:6390/2"),
+            (
+                "TICKGATE__CLUSTER__REDIS_URL",
+                "redis://:secret@127.0.0.1:6390/2",
+            ),
             ("TICKGATE__CLUSTER__NODE_ID", "edge-1"),
             ("TICKGATE__CLUSTER__LEASE_TTL", "2s"),
         ])
@@ -115,7 +118,10 @@ mod tests {
         assert_eq!(node.cluster.node_id, "edge-1");
         assert_eq!(node.cluster.lease_ttl, Duration::from_secs(2));
         let printed = format!("{:?}", node.cluster);
-        assert!(!printed.contains("secret"), "the URL is never printed: {printed}");
+        assert!(
+            !printed.contains("secret"),
+            "the URL is never printed: {printed}"
+        );
     }
 
     #[test]

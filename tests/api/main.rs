@@ -23,6 +23,7 @@ mod tidy;
 mod cluster {
     mod engine;
     mod nodes;
+    mod ws_notices;
 }
 
 mod hub {

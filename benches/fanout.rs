@@ -9,7 +9,7 @@ use chrono::DateTime;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tickgate::hub::{Delivery, Feed, Filter, Hub, HubSettings, SubscriberQueue};
 use tickgate::market::{MarketEvent, SymbolUniverse, Trade};
-use tickgate::metrics::{Metrics, Transport};
+use tickgate::metrics::Metrics;
 use tickgate::transport::ws::wire::put_text;
 
 fn hub(capacity: usize) -> Hub {
@@ -71,7 +71,7 @@ fn fanout(c: &mut Criterion) {
         let hub = hub(1024);
         let queues: Vec<Arc<SubscriberQueue>> = (0..subscribers)
             .map(|_| {
-                let queue = SubscriberQueue::new(1024, Transport::Sse);
+                let queue = SubscriberQueue::with_capacity(1024);
                 hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
                 queue
             })

@@ -172,7 +172,10 @@ fn bench_exchange(c: &mut Criterion) {
         .expect("open store")
         .store;
         let universe = tickgate::market::SymbolUniverse::new(settings.market.symbols.clone());
-        let engine = Engine::new(engine_settings(&settings), universe);
+        let engine = Engine::new(
+            engine_settings(&settings.trading, &settings.simulator.initial_prices),
+            universe,
+        );
         let (handle, tasks) = ExchangeHandle::new(
             engine,
             None,

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tickgate::server::Application;
 use tickgate::settings::Settings;
+use tickgate::startup::Application;
 
 const USAGE: &str = "usage: tickgate [--config PATH] [--config-dir DIR]
        tickgate hash-password   (reads a password on stdin, prints its argon2 hash for [[auth.users]])

@@ -1,4 +1,4 @@
-//! Market-data shapes shared by every source and transport (PROTOCOL.md §1), the symbol
+//! Market-data shapes shared by every source and transport (docs/protocol.md, "Data shapes"), the symbol
 //! universe, and the checks every published tick must pass.
 //!
 //! Prices and sizes in market data are JSON numbers (`f64`), as in the protocol. Producers are

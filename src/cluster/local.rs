@@ -62,12 +62,14 @@ impl SequencedSink for HubSink {
     }
 }
 
-/// Where a source publishes while this node holds its lease: checked here as the hub would
-/// (content), then sequenced by the publish script, which also checks time order and the
-/// lease. Never waits on Redis: events are queued in order for the node's publisher.
+/// Where a source publishes on a cluster node: checked here as the hub would (content), then
+/// sequenced by the publish script, which also checks time order and, for a source running
+/// under a lease, that the lease is still this node's. Never waits on Redis: events are
+/// queued in order for the node's publisher.
 pub struct LeasedSink {
     node: ClusterNode,
-    ticket: LeaseTicket,
+    /// `None` for what publishes from every node without a lease (the publish API).
+    ticket: Option<LeaseTicket>,
     universe: SymbolUniverse,
 }
 
@@ -75,7 +77,16 @@ impl LeasedSink {
     pub fn new(node: ClusterNode, ticket: LeaseTicket, universe: SymbolUniverse) -> LeasedSink {
         LeasedSink {
             node,
-            ticket,
+            ticket: Some(ticket),
+            universe,
+        }
+    }
+
+    /// A sink for publishers that need no lease (they run on every node).
+    pub fn unleased(node: ClusterNode, universe: SymbolUniverse) -> LeasedSink {
+        LeasedSink {
+            node,
+            ticket: None,
             universe,
         }
     }
@@ -84,10 +95,10 @@ impl LeasedSink {
 impl EventSink for LeasedSink {
     fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
         validate_event(&event, &self.universe)?;
-        if self.ticket.is_lost() {
+        if self.ticket.as_ref().is_some_and(LeaseTicket::is_lost) {
             return Err(crate::cluster::ClusterPublishError::Fenced.into());
         }
-        self.node.submit(&event, Some(&self.ticket))?;
+        self.node.submit(&event, self.ticket.as_ref())?;
         Ok(())
     }
 }

@@ -310,6 +310,13 @@ impl ClusterNode {
         self.inner.read(feed, from, with_latest, None).await
     }
 
+    /// The latest trade, quote and bar per symbol in the shared log, with their sequences.
+    pub async fn latest_values(&self) -> Result<Vec<(u64, Bytes)>, ClusterError> {
+        // A start past any sequence: the stream part of the read is empty.
+        let read = self.inner.read(Feed::Market, u64::MAX, true, None).await?;
+        Ok(read.latest)
+    }
+
     /// A clone of the command connection, for leases.
     pub(super) fn commands(&self) -> ConnectionManager {
         self.inner.commands.clone()

@@ -13,9 +13,8 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use crate::ingest::config::PollerSettings;
-use crate::ingest::poller::{
-    HttpReply, PollFailure, PollRound, PriceCheck, PriceGuard, SourceContext, fetch,
-};
+use crate::ingest::poller::{HttpReply, PollFailure, PollRound, PriceCheck, PriceGuard, fetch};
+use crate::ingest::source::SourceContext;
 use crate::market::{MarketEvent, Trade};
 
 /// The quote object. Every field is optional: unknown symbols come back as zeros and nulls.

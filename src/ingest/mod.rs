@@ -1,11 +1,13 @@
 //! Ingestion: the sources that feed the hub (the embedded simulator by default) and the
-//! registry of their health, which `/readyz`, metrics and status events report.
+//! registry of their health, which `/readyz`, metrics and status events report. Every source
+//! publishes through [`source::SourceContext`]; nothing here knows the HTTP layer.
 
 pub mod config;
 pub mod finnhub;
 pub mod poller;
 pub mod replay;
 pub mod sim;
+pub mod source;
 pub mod yahoo;
 
 use std::collections::BTreeMap;
@@ -14,7 +16,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::source::Publisher;
+use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 
 /// Health of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,81 +87,25 @@ impl SourceRegistry {
     }
 }
 
-/// Starts every configured source as its own task.
-pub fn spawn_sources(state: &crate::server::AppState) {
-    let settings = &state.settings;
+/// Starts every configured source as its own task, each publishing through its own context.
+pub fn spawn_sources(
+    settings: &Settings,
+    publisher: &Publisher,
+    universe: &SymbolUniverse,
+    shutdown: &CancellationToken,
+) {
     if settings.simulator.enabled {
         let simulator = settings.simulator.clone();
-        let symbols = state.universe().names().to_vec();
-        let registry = state.sources.clone();
-        let metrics = Arc::clone(&state.metrics);
-        let hub = Arc::clone(&state.hub);
-        spawn_source(state, sim::SOURCE_NAME, move |sink, stop| {
-            // In a cluster a node taking the simulator over continues from the last prices
-            // and trade id in the shared log (its hub follows it), not from its seed.
-            let resume = sim::Resume::from_latest(&hub.latest(None));
-            Box::pin(sim::run_resumed(
-                simulator.clone(),
-                symbols.clone(),
-                resume,
-                sink,
-                registry.clone(),
-                Arc::clone(&metrics),
-                stop,
-            ))
+        let symbols = universe.names().to_vec();
+        publisher.spawn_source(sim::SOURCE_NAME, shutdown, move |context, stop| {
+            let (simulator, symbols) = (simulator.clone(), symbols.clone());
+            Box::pin(async move {
+                // A node taking the simulator over continues from the last prices and trade
+                // id in the shared log, not from its seed (nothing to read on a single node).
+                let resume = sim::Resume::from_latest(context.latest_published().await);
+                sim::run_resumed(simulator, symbols, resume, context, stop).await;
+            })
         });
     }
-    poller::spawn_upstream_sources(state);
-}
-
-/// What runs one source: given where to publish and when to stop, the source's future.
-pub type SourceFactory = Box<
-    dyn FnMut(
-            Arc<dyn crate::hub::EventSink>,
-            tokio_util::sync::CancellationToken,
-        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send,
->;
-
-/// Starts the source `name`: on a single node once, publishing into the hub; in a cluster
-/// whenever this node holds the source's lease, publishing through the shared log under it,
-/// and stopped when the lease is lost (another node then runs it).
-pub fn spawn_source<F>(state: &crate::server::AppState, name: &str, factory: F)
-where
-    F: FnMut(
-            Arc<dyn crate::hub::EventSink>,
-            tokio_util::sync::CancellationToken,
-        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send
-        + 'static,
-{
-    let mut factory: SourceFactory = Box::new(factory);
-    let Some(node) = state.cluster.clone() else {
-        let sink: Arc<dyn crate::hub::EventSink> = state.hub.clone();
-        tokio::spawn(factory(sink, state.shutdown.clone()));
-        return;
-    };
-    let registry = state.sources.clone();
-    let universe = state.universe().clone();
-    let name = name.to_owned();
-    registry.report(&name, SourceHealth::Standby);
-    tokio::spawn(crate::cluster::run_leased(
-        node.clone(),
-        name.clone(),
-        state.shutdown.clone(),
-        move |ticket| {
-            let sink: Arc<dyn crate::hub::EventSink> = Arc::new(crate::cluster::LeasedSink::new(
-                node.clone(),
-                ticket.clone(),
-                universe.clone(),
-            ));
-            let run = factory(sink, ticket.lost().clone());
-            let registry = registry.clone();
-            let name = name.clone();
-            async move {
-                run.await;
-                registry.report(&name, SourceHealth::Standby);
-            }
-        },
-    ));
+    poller::spawn_upstream_sources(settings, publisher, universe, shutdown);
 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -18,115 +17,12 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{EventSink, PublishError};
+use crate::ingest::SourceHealth;
 use crate::ingest::config::{PollerSettings, Provider, SourcesSettings};
-use crate::ingest::{SourceHealth, SourceRegistry};
-use crate::market::{MarketEvent, Status};
-use crate::metrics::{Metrics, escape_label};
+use crate::ingest::source::{Publisher, SourceContext};
 
 /// Largest upstream body read; provider replies are a few kilobytes, an outage page a few more.
 pub const MAX_UPSTREAM_BODY_BYTES: usize = 4 << 20;
-
-/// A source's handles to the outside: where events go, where health is reported, and metrics.
-#[derive(Clone)]
-pub struct SourceContext {
-    pub name: String,
-    pub sink: Arc<dyn EventSink>,
-    pub registry: SourceRegistry,
-    pub metrics: Arc<Metrics>,
-    /// Symbols told `upstream_down` and not yet told `upstream_ok`. Shared by the clones a
-    /// poller loop and its round hold, so recovery is announced before the first new price.
-    owed_recovery: Arc<parking_lot::Mutex<Option<Vec<String>>>>,
-}
-
-impl SourceContext {
-    pub fn new(
-        name: impl Into<String>,
-        sink: Arc<dyn EventSink>,
-        registry: SourceRegistry,
-        metrics: Arc<Metrics>,
-    ) -> SourceContext {
-        SourceContext {
-            name: name.into(),
-            sink,
-            registry,
-            metrics,
-            owed_recovery: Arc::default(),
-        }
-    }
-
-    fn labels(&self) -> String {
-        format!("source=\"{}\"", escape_label(&self.name))
-    }
-
-    /// Counts one dropped item of this source.
-    pub fn reject(&self, reason: &str) {
-        self.metrics.ingest_rejected(&self.name, reason);
-    }
-
-    /// Publishes one event; a refusal is counted with the hub's reason and never retried.
-    pub fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
-        if !matches!(event, MarketEvent::Status(_)) {
-            self.announce_recovery();
-        }
-        match self.sink.publish(event) {
-            Ok(_) => {
-                self.metrics.add_counter(
-                    "tickgate_ingest_accepted_total",
-                    "Items a source published into the hub.",
-                    &self.labels(),
-                    1.0,
-                );
-                Ok(())
-            }
-            Err(error) => {
-                self.reject(error.reason_label());
-                tracing::debug!(source = %self.name, %error, "event refused by the hub");
-                Err(error)
-            }
-        }
-    }
-
-    pub fn report(&self, health: SourceHealth) {
-        self.registry.report(&self.name, health);
-    }
-
-    /// Tells users of `symbols` that the source is down; [`announce_recovery`] later says it
-    /// is back.
-    ///
-    /// [`announce_recovery`]: SourceContext::announce_recovery
-    pub fn announce_down(&self, symbols: &[String], reason: &str) {
-        self.announce(symbols, "upstream_down", reason);
-        *self.owed_recovery.lock() = Some(symbols.to_vec());
-    }
-
-    /// Sends `upstream_ok` to the symbols told `upstream_down`, once.
-    pub fn announce_recovery(&self) {
-        let owed = self.owed_recovery.lock().take();
-        if let Some(symbols) = owed {
-            self.announce(&symbols, "upstream_ok", "recovered");
-        }
-    }
-
-    /// Tells users of each symbol that this source went down or recovered.
-    fn announce(&self, symbols: &[String], code: &str, reason: &str) {
-        let message = if reason.is_empty() {
-            self.name.clone()
-        } else {
-            format!("{}: {reason}", self.name)
-        };
-        for symbol in symbols {
-            let status = MarketEvent::Status(Status {
-                symbol: symbol.clone(),
-                code: code.to_owned(),
-                message: message.clone(),
-                time: Utc::now(),
-            });
-            // A refusal is already counted by `publish`; there is nothing else to do with it.
-            let _ = self.publish(status);
-        }
-    }
-}
 
 /// Why one poll round failed. Each failure counts towards backoff and the circuit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -406,7 +302,7 @@ pub async fn run_poller<R: PollRound>(
         context.metrics.add_counter(
             "tickgate_source_polls_total",
             "Poll rounds started by an upstream source.",
-            &labels,
+            labels,
             1.0,
         );
         let result = tokio::select! {
@@ -421,7 +317,7 @@ pub async fn run_poller<R: PollRound>(
                     context.metrics.add_counter(
                         "tickgate_source_skipped_polls_total",
                         "Scheduled polls skipped because the previous poll was still running.",
-                        &labels,
+                        labels,
                         f64::from(skipped),
                     );
                 }
@@ -668,26 +564,23 @@ pub fn resolve_token(settings: &PollerSettings) -> Result<String, PollFailure> {
 }
 
 /// Starts every configured poller and replay (called from `ingest::spawn_sources`).
-pub fn spawn_upstream_sources(state: &crate::server::AppState) {
-    let settings = &state.settings.sources;
+pub fn spawn_upstream_sources(
+    all_settings: &crate::settings::Settings,
+    publisher: &Publisher,
+    universe: &crate::market::SymbolUniverse,
+    shutdown: &CancellationToken,
+) {
+    let settings = &all_settings.sources;
     if settings.pollers.is_empty() && settings.replays.is_empty() {
         return;
     }
-    let context = |name: &str| {
-        SourceContext::new(
-            name,
-            state.hub.clone(),
-            state.sources.clone(),
-            Arc::clone(&state.metrics),
-        )
-    };
-    if state.settings.simulator.enabled {
+    let context = |name: &str| publisher.context(name);
+    if all_settings.simulator.enabled {
         tracing::warn!(
             "the simulator is enabled next to upstream sources: both publish the same symbols, \
              and the hub refuses ticks whose time goes backwards; set simulator.enabled = false"
         );
     }
-    let universe = state.universe();
     let client = if settings.pollers.is_empty() {
         None
     } else {
@@ -704,13 +597,8 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
             }
         }
     };
-    // Each source runs under `ingest::spawn_source`: once here, or (cluster mode) wherever its
-    // lease is held. Its context is built per run, around the sink that run publishes to.
-    let registry = state.sources.clone();
-    let metrics = Arc::clone(&state.metrics);
-    let context_for = move |name: &str, sink: Arc<dyn EventSink>| {
-        SourceContext::new(name, sink, registry.clone(), Arc::clone(&metrics))
-    };
+    // Each source runs under `Publisher::spawn_source`: once here, or (cluster mode) wherever
+    // its lease is held, with a context made for that run.
     if let Some(client) = client {
         for poller in &settings.pollers {
             // Registered before any task runs, so `/readyz` never looks ready without them.
@@ -739,9 +627,8 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
             };
             let poller = poller.clone();
             let client = client.clone();
-            let context_for = context_for.clone();
-            crate::ingest::spawn_source(state, &poller.name.clone(), move |sink, stop| {
-                let ctx = context_for(&poller.name, sink);
+            publisher.spawn_source(&poller.name.clone(), shutdown, move |ctx, stop| {
+                let (symbols, timing) = (symbols.clone(), timing.clone());
                 match &token {
                     None => {
                         let round = crate::ingest::yahoo::YahooRound::new(
@@ -750,13 +637,7 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
                             symbols.clone(),
                             ctx.clone(),
                         );
-                        Box::pin(run_poller(
-                            ctx,
-                            symbols.clone(),
-                            timing.clone(),
-                            round,
-                            stop,
-                        ))
+                        Box::pin(run_poller(ctx, symbols, timing, round, stop))
                     }
                     Some(token) => match crate::ingest::finnhub::FinnhubRound::new(
                         client.clone(),
@@ -765,13 +646,7 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
                         symbols.clone(),
                         ctx.clone(),
                     ) {
-                        Ok(round) => Box::pin(run_poller(
-                            ctx,
-                            symbols.clone(),
-                            timing.clone(),
-                            round,
-                            stop,
-                        )),
+                        Ok(round) => Box::pin(run_poller(ctx, symbols, timing, round, stop)),
                         Err(failure) => {
                             ctx.report(SourceHealth::Down {
                                 reason: failure.to_string(),
@@ -786,13 +661,8 @@ pub fn spawn_upstream_sources(state: &crate::server::AppState) {
     for replay in &settings.replays {
         context(&replay.name).report(SourceHealth::Starting);
         let replay = replay.clone();
-        let context_for = context_for.clone();
-        crate::ingest::spawn_source(state, &replay.name.clone(), move |sink, stop| {
-            Box::pin(crate::ingest::replay::run(
-                replay.clone(),
-                context_for(&replay.name, sink),
-                stop,
-            ))
+        publisher.spawn_source(&replay.name.clone(), shutdown, move |ctx, stop| {
+            Box::pin(crate::ingest::replay::run(replay.clone(), ctx, stop))
         });
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ingest::SourceHealth;
 use crate::ingest::config::{ReplayFormat, ReplaySettings};
-use crate::ingest::poller::SourceContext;
+use crate::ingest::source::SourceContext;
 use crate::market::MarketEvent;
 
 /// One playable line of a recording.

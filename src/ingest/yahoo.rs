@@ -13,9 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::ingest::config::PollerSettings;
-use crate::ingest::poller::{
-    HttpReply, PollFailure, PollRound, PriceCheck, PriceGuard, SourceContext, fetch,
-};
+use crate::ingest::poller::{HttpReply, PollFailure, PollRound, PriceCheck, PriceGuard, fetch};
+use crate::ingest::source::SourceContext;
 use crate::market::{Bar, MarketEvent, Trade};
 
 #[derive(Debug, Deserialize)]

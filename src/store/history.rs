@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use super::{HistoryStore, StoreHealth};
 use crate::hub::{CloseReason, Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::{Bar, EventKind, MarketEvent};
-use crate::metrics::Transport;
 use crate::settings::StoreSettings;
 
 /// Bars kept in memory while the database refuses writes (e.g. a full disk); beyond this the
@@ -43,10 +42,6 @@ struct BarWriter {
 }
 
 impl BarWriter {
-    fn queue_capacity(&self) -> usize {
-        self.settings.bar_batch_size.saturating_mul(4).max(1024)
-    }
-
     fn take_entry(&mut self, entry: &crate::hub::Entry) {
         // Sequence 0 is a notice outside the log (a cluster status), not a position.
         if entry.seq == 0 {
@@ -86,7 +81,7 @@ impl BarWriter {
 
     fn resubscribe(&mut self) {
         self.queue.mark_gone();
-        self.queue = SubscriberQueue::new(self.queue_capacity(), Transport::Sse);
+        self.queue = bar_queue(&self.settings);
         let resume = self.last_seq.map(|seq| Cursor {
             epoch: self.hub.cursor(Feed::Market).epoch,
             seq,
@@ -133,6 +128,15 @@ impl BarWriter {
     }
 }
 
+/// Fewest bars the writer's queue holds, whatever the batch size.
+const MIN_BAR_QUEUE: usize = 1024;
+
+/// The bar writer's own queue: room for four batches, so a flush in progress does not make
+/// the hub drop it as a slow subscriber.
+fn bar_queue(settings: &StoreSettings) -> Arc<SubscriberQueue> {
+    SubscriberQueue::with_capacity(settings.bar_batch_size.saturating_mul(4).max(MIN_BAR_QUEUE))
+}
+
 /// Subscribes to the market feed's bars and stores them in batches until `shutdown`, then
 /// flushes what is left.
 pub async fn run_bar_writer(
@@ -142,8 +146,7 @@ pub async fn run_bar_writer(
     health: StoreHealth,
     shutdown: CancellationToken,
 ) {
-    let capacity = settings.bar_batch_size.saturating_mul(4).max(1024);
-    let queue = SubscriberQueue::new(capacity, Transport::Sse);
+    let queue = bar_queue(&settings);
     hub.subscribe(Feed::Market, bar_filter(), None, false, &queue);
     let mut ticker = tokio::time::interval(settings.bar_flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

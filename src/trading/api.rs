@@ -1,5 +1,5 @@
 //! The boundary between the simulated exchange and the transports (WebSocket, HTTP): wire
-//! shapes of orders, trade updates, portfolios and book messages (PROTOCOL.md §3-§4), and the
+//! shapes of orders, trade updates, portfolios and book messages (docs/websocket.md, "Actions" and "Server messages"), and the
 //! [`TradingApi`] trait the exchange implements.
 //!
 //! Money, prices and quantities are `rust_decimal::Decimal`, serialized as strings.
@@ -82,7 +82,7 @@ pub struct OrderRequest {
     pub client_order_id: Option<String>,
 }
 
-/// Fields a replace may change (PROTOCOL.md §3 `replace`), unparsed like [`OrderRequest`].
+/// Fields a replace may change (docs/websocket.md, "Actions": `replace`), unparsed like [`OrderRequest`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplaceRequest {
     pub qty: Option<String>,

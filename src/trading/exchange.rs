@@ -9,7 +9,7 @@
 //! Book updates go out under the symbol's slot lock, which is also what [`TradingApi::book`]
 //! takes to copy the snapshot and subscribe, so a reader never misses or repeats a delta.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -29,8 +29,8 @@ use super::engine::{Announcement, Engine, EngineSettings, Outcome};
 use super::validate::OrderLimits;
 use crate::hub::{Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::{EventKind, MarketEvent, MarketSession};
-use crate::metrics::Transport;
-use crate::settings::Settings;
+use crate::settings::TradingSettings;
+use crate::store::{StoreError, TradingStore};
 
 /// A market input for the engine, already in exact decimals.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +237,6 @@ pub struct ExchangeTasks {
     shared: Arc<Shared>,
     /// The hub and the queue already registered on its market feed.
     feed: Option<(Arc<Hub>, Arc<SubscriberQueue>)>,
-    queue_capacity: usize,
     shutdown: CancellationToken,
 }
 
@@ -245,9 +244,11 @@ fn unavailable() -> OrderError {
     OrderError::new(OrderError::INTERNAL, "the exchange is not running")
 }
 
-/// Engine settings from the application's settings.
-pub fn engine_settings(settings: &Settings) -> EngineSettings {
-    let trading = &settings.trading;
+/// Engine settings from the `[trading]` section and the simulator's opening prices.
+pub fn engine_settings(
+    trading: &TradingSettings,
+    prices: &BTreeMap<String, f64>,
+) -> EngineSettings {
     let tick_decimals = trading.tick_size.normalize().scale();
     EngineSettings {
         seed: trading.seed,
@@ -266,9 +267,7 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             levels: trading.book_levels,
             tick_size: trading.tick_size,
         },
-        initial_prices: settings
-            .simulator
-            .initial_prices
+        initial_prices: prices
             .iter()
             .filter_map(|(symbol, price)| {
                 let price = Decimal::from_f64(*price)?.round_dp(tick_decimals);
@@ -276,6 +275,67 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             })
             .collect(),
     }
+}
+
+/// Starts the exchange and returns its handle: builds the engine from `settings` and the
+/// opening `prices`, rebuilds it from `store` when there is one (and from then on stores
+/// every step before announcing it), follows `hub`'s market feed from this moment on, and
+/// spawns its tasks, which end when `shutdown` fires.
+///
+/// The tasks run on the current Tokio runtime. An exchange started outside one (an
+/// application built before its runtime, as some embedders do) gets a one-thread runtime of
+/// its own on a dedicated thread, which ends when `shutdown` fires; either way it follows the
+/// market from this moment. Start-up only: with a store it waits for the store's reads.
+pub fn start(
+    settings: &TradingSettings,
+    prices: &BTreeMap<String, f64>,
+    hub: Arc<Hub>,
+    store: Option<Arc<dyn TradingStore>>,
+    shutdown: CancellationToken,
+) -> Result<ExchangeHandle, StartError> {
+    let mut engine = Engine::new(engine_settings(settings, prices), hub.universe().clone());
+    let persistence = store
+        .map(|store| super::persist::rebuild(&mut engine, store, settings.closed_orders_kept))
+        .transpose()?;
+    let (handle, tasks) = ExchangeHandle::new(
+        engine,
+        Some(hub),
+        settings.command_queue,
+        settings.book_channel_capacity,
+        settings.user_channel_capacity,
+        shutdown.clone(),
+    );
+    let tasks = match persistence {
+        Some(persistence) => tasks.with_persistence(Arc::new(persistence)),
+        None => tasks,
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tasks.spawn();
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        std::thread::Builder::new()
+            .name("tickgate-exchange".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tasks.spawn();
+                    shutdown.cancelled().await;
+                });
+            })
+            .map_err(StartError::Runtime)?;
+    }
+    Ok(handle)
+}
+
+/// Why the exchange could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not start the exchange's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl ExchangeHandle {
@@ -316,13 +376,10 @@ impl ExchangeHandle {
             persistence: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
-        let queue_capacity = hub
-            .as_ref()
-            .map_or(1024, |hub| hub.settings().subscriber_queue_capacity);
         // Subscribe now rather than in the task, so no event published between building and
         // the first poll of the task is missed.
         let feed = hub.map(|hub| {
-            let queue = subscribe_market(&hub, queue_capacity);
+            let queue = subscribe_market(&hub);
             (hub, queue)
         });
         (
@@ -335,26 +392,8 @@ impl ExchangeHandle {
                 commands: receiver,
                 shared,
                 feed,
-                queue_capacity,
                 shutdown,
             },
-        )
-    }
-
-    /// Builds the exchange from the application's settings, following `hub`.
-    pub fn from_settings(
-        settings: &Settings,
-        hub: Arc<Hub>,
-        shutdown: CancellationToken,
-    ) -> (ExchangeHandle, ExchangeTasks) {
-        let engine = Engine::new(engine_settings(settings), hub.universe().clone());
-        ExchangeHandle::new(
-            engine,
-            Some(hub),
-            settings.trading.command_queue,
-            settings.trading.book_channel_capacity,
-            settings.trading.user_channel_capacity,
-            shutdown,
         )
     }
 
@@ -494,17 +533,10 @@ impl ExchangeTasks {
             commands,
             shared,
             feed,
-            queue_capacity,
             shutdown,
         } = self;
         if let Some((hub, queue)) = feed {
-            tokio::spawn(ingest(
-                hub,
-                queue,
-                Arc::clone(&shared),
-                queue_capacity,
-                shutdown.clone(),
-            ));
+            tokio::spawn(ingest(hub, queue, Arc::clone(&shared), shutdown.clone()));
         }
         tokio::spawn(run_actor(engine, commands, shared, shutdown));
     }
@@ -704,7 +736,6 @@ async fn ingest(
     hub: Arc<Hub>,
     mut queue: Arc<SubscriberQueue>,
     shared: Arc<Shared>,
-    capacity: usize,
     shutdown: CancellationToken,
 ) {
     let mut buffer = VecDeque::new();
@@ -732,12 +763,12 @@ async fn ingest(
                     }
                     Delivery::Close(crate::hub::CloseReason::Reset) => {
                         tracing::info!("the market feed was reset; following the new log");
-                        queue = subscribe_market(&hub, capacity);
+                        queue = subscribe_market(&hub);
                         continue 'subscription;
                     }
                     Delivery::Close(crate::hub::CloseReason::SlowClient) => {
                         tracing::warn!("exchange fell behind the market feed; resubscribing");
-                        queue = subscribe_market(&hub, capacity);
+                        queue = subscribe_market(&hub);
                         continue 'subscription;
                     }
                 }
@@ -754,124 +785,16 @@ async fn ingest(
 }
 
 /// Registers a queue for trades, quotes and statuses of every symbol.
-fn subscribe_market(hub: &Hub, capacity: usize) -> Arc<SubscriberQueue> {
+fn subscribe_market(hub: &Hub) -> Arc<SubscriberQueue> {
     let filter = Filter {
         symbols: SymbolFilter::All,
         kinds: EventKind::Trade.bit() | EventKind::Quote.bit() | EventKind::Status.bit(),
     };
-    let queue = SubscriberQueue::new(capacity, Transport::WebSocket);
+    let queue = hub.new_queue();
     hub.subscribe(Feed::Market, filter, None, false, &queue);
     queue
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rust_decimal_macros::dec;
-
-    #[test]
-    fn trading_settings_load_as_exact_decimals_from_files_and_the_environment() {
-        let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let env = vec![
-            (
-                "TICKGATE__TRADING__COMMISSION_PER_SHARE".to_string(),
-                "0.005".to_string(),
-            ),
-            (
-                "TICKGATE__TRADING__STARTING_CASH".to_string(),
-                "25000.50".to_string(),
-            ),
-        ];
-        let settings = Settings::load_from(&config_dir, None, &env).expect("valid settings");
-        assert_eq!(settings.trading.commission_per_share, dec!(0.005));
-        assert_eq!(settings.trading.starting_cash, dec!(25000.50));
-        assert_eq!(settings.trading.tick_size, dec!(0.01));
-        let engine = engine_settings(&settings);
-        assert_eq!(engine.initial_prices.get("AAPL"), Some(&dec!(227.50)));
-        let bad = vec![("TICKGATE__TRADING__TICK_SIZE".to_string(), "0".to_string())];
-        let error = Settings::load_from(&config_dir, None, &bad).expect_err("zero tick");
-        assert!(error.to_string().contains("trading.tick_size"), "{error}");
-    }
-
-    #[test]
-    fn the_mailbox_keeps_the_newest_trade_and_quote_per_symbol_and_every_status() {
-        let mailbox = Mailbox::default();
-        let trade = |price: Decimal| MarketInput::Trade {
-            symbol: "AAPL".into(),
-            price,
-            size: dec!(1),
-        };
-        mailbox.push(trade(dec!(1)));
-        mailbox.push(MarketInput::Status {
-            code: "market_closed".into(),
-        });
-        mailbox.push(trade(dec!(2)));
-        mailbox.push(MarketInput::Trade {
-            symbol: "MSFT".into(),
-            price: dec!(3),
-            size: dec!(1),
-        });
-        let pending: Vec<MarketInput> = mailbox.take().into_iter().collect();
-        assert_eq!(pending.len(), 3);
-        assert!(matches!(pending[0], MarketInput::Status { .. }));
-        assert_eq!(pending[1], trade(dec!(2)));
-        assert!(mailbox.take().is_empty());
-    }
-
-    #[test]
-    fn float_market_prices_become_the_decimals_the_producer_meant() {
-        let event = MarketEvent::Trade(crate::market::Trade {
-            symbol: "AAPL".into(),
-            id: 1,
-            venue: String::new(),
-            price: 126.54,
-            size: 100.0,
-            time: Utc::now(),
-            conditions: vec![],
-        });
-        assert_eq!(
-            MarketInput::from_event(&event),
-            Some(MarketInput::Trade {
-                symbol: "AAPL".into(),
-                price: dec!(126.54),
-                size: dec!(100),
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn pushed_market_data_is_applied_before_a_later_sync_returns() {
-        let engine = Engine::new(
-            super::super::engine_tests::settings(),
-            crate::market::SymbolUniverse::new(["AAPL", "MSFT"]),
-        );
-        let shutdown = CancellationToken::new();
-        let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 64, 64, shutdown.clone());
-        tasks.spawn();
-        let (before, mut deltas) = handle
-            .book("aapl")
-            .expect("symbols are matched in any case");
-        handle.push_market(MarketInput::Quote {
-            symbol: "AAPL".into(),
-            bid: dec!(42.00),
-            ask: dec!(42.02),
-            bid_size: dec!(300),
-            ask_size: dec!(200),
-        });
-        handle.sync().await.expect("running");
-        let (after, _) = handle.book("AAPL").expect("book");
-        assert_ne!(before.bids, after.bids);
-        assert_eq!(after.bids[0], (dec!(42), dec!(300)));
-        let delta = deltas.try_recv().expect("the refresh was announced");
-        let mut rebuilt = super::super::book::SyntheticBook {
-            bids: before.bids,
-            asks: before.asks,
-        };
-        rebuilt.apply_delta(&delta.bids, &delta.asks);
-        assert_eq!((rebuilt.bids, rebuilt.asks), (after.bids, after.asks));
-        let portfolio = handle.portfolio("nobody").await.expect("portfolio");
-        assert_eq!(portfolio.equity, dec!(100000));
-        shutdown.cancel();
-        tokio::task::yield_now().await;
-    }
-}
+#[path = "exchange_tests.rs"]
+mod tests;

@@ -14,16 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::api::{Order, OrderError, UserEvent};
 use super::engine::{Announcement, Engine, ExchangeEvent, Outcome};
-use super::exchange::{ExchangeHandle, ExchangeTasks, engine_settings};
-use crate::hub::Hub;
-use crate::settings::Settings;
 use crate::store::{
-    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
-    TradingState, TradingStore,
+    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, TradingBatch, TradingState,
+    TradingStore,
 };
 
 /// The stored form of an [`ExchangeEvent`]. Field names are part of the file format: add
@@ -305,34 +301,23 @@ impl Persistence {
     }
 }
 
-/// Builds the exchange rebuilt from `store`, storing every step before it is announced.
-/// Start-up only: it waits for the store's reads.
-pub fn exchange_with_store(
-    settings: &Settings,
-    hub: Arc<Hub>,
-    shutdown: CancellationToken,
-    store: &Store,
-) -> Result<(ExchangeHandle, ExchangeTasks), StoreError> {
-    let mut engine = Engine::new(engine_settings(settings), hub.universe().clone());
-    let state =
-        futures::executor::block_on(store.trading.load(settings.trading.closed_orders_kept))?;
-    let replayed = restore(&mut engine, &state)?;
+/// Rebuilds `engine` from `store` (the last `closed_orders_kept` closed orders per user) and
+/// returns the link through which the exchange stores every later step. Start-up only: it
+/// waits for the store's reads.
+pub fn rebuild(
+    engine: &mut Engine,
+    store: Arc<dyn TradingStore>,
+    closed_orders_kept: usize,
+) -> Result<Persistence, StoreError> {
+    let state = futures::executor::block_on(store.load(closed_orders_kept))?;
+    let replayed = restore(engine, &state)?;
     tracing::info!(
         events = replayed,
         open_orders = state.open_orders.len(),
         accounts = state.accounts.len(),
         "exchange rebuilt from the store"
     );
-    let (handle, tasks) = ExchangeHandle::new(
-        engine,
-        Some(hub),
-        settings.trading.command_queue,
-        settings.trading.book_channel_capacity,
-        settings.trading.user_channel_capacity,
-        shutdown,
-    );
-    let persistence = Persistence::new(Arc::clone(&store.trading));
-    Ok((handle, tasks.with_persistence(Arc::new(persistence))))
+    Ok(Persistence::new(store))
 }
 
 #[cfg(test)]
@@ -340,6 +325,14 @@ mod tests {
     use super::*;
     use crate::market::SymbolUniverse;
     use crate::trading::api::{OrderQuery, OrderRef, OrderRequest, ReplaceRequest};
+
+    pub(super) fn settings_for_tests() -> crate::trading::engine::EngineSettings {
+        let settings = crate::settings::Settings::default();
+        crate::trading::exchange::engine_settings(
+            &settings.trading,
+            &settings.simulator.initial_prices,
+        )
+    }
     use rust_decimal_macros::dec;
 
     fn request(side: &str, order_type: &str, qty: &str, price: Option<&str>) -> OrderRequest {
@@ -356,7 +349,7 @@ mod tests {
     }
 
     fn new_engine() -> Engine {
-        let mut settings = engine_settings(&Settings::default());
+        let mut settings = settings_for_tests();
         settings.commission_per_share = dec!(0.005);
         Engine::new(settings, SymbolUniverse::new(["AAPL", "MSFT"]))
     }
@@ -500,6 +493,7 @@ mod tests {
 
 #[cfg(test)]
 mod proptests {
+    use super::tests::settings_for_tests;
     use super::*;
     use crate::market::SymbolUniverse;
     use crate::trading::api::{OrderQuery, OrderRef, OrderRequest};
@@ -554,7 +548,7 @@ mod proptests {
         fn replaying_stored_steps_rebuilds_the_same_exchange(
             actions in proptest::collection::vec(action(), 1..60)
         ) {
-            let settings = engine_settings(&Settings::default());
+            let settings = settings_for_tests();
             let universe = SymbolUniverse::new(["AAPL"]);
             let mut engine = Engine::new(settings.clone(), universe.clone());
             let mut events = Vec::new();

@@ -1,10 +1,11 @@
-//! Client transports: Server-Sent Events for public feeds, the authenticated WebSocket
-//! (`ws`: actix glue and `ws::wire` around the socket-free `ws::session`), and the
-//! auth/account HTTP routes. Only this module and `routes` know about actix (`ws::session`
-//! does not).
+//! Client transports: Server-Sent Events for public feeds and the authenticated WebSocket
+//! (`ws`: actix glue and `ws::wire` around the socket-free `ws::session`). Only this module
+//! and `routes` know about actix (`ws::session` does not); the REST routes live in `routes`.
 
-pub mod account;
-pub mod params;
-pub mod publish;
 pub mod sse;
 pub mod ws;
+
+/// Registers the streaming endpoints (handed to `routes::configure` by `startup`).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    cfg.configure(sse::configure).configure(ws::configure);
+}

@@ -29,8 +29,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Transport;
-use crate::server::AppState;
-use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
+use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
+use crate::state::AppState;
 use session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
 use wire::{FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text};
 
@@ -124,7 +124,6 @@ async fn stream(
                 1.0 / ws.portfolio_max_per_second,
             ),
             max_symbols: state.settings.market.max_symbols_per_subscription,
-            queue_capacity: state.settings.hub.subscriber_queue_capacity,
         },
     };
     let mut session = WsSession::new(deps);

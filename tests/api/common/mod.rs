@@ -6,8 +6,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use tickgate::server::{AppState, Application};
 use tickgate::settings::Settings;
+use tickgate::startup::Application;
+use tickgate::state::AppState;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

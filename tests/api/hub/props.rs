@@ -10,7 +10,7 @@ use tickgate::hub::{
     Cursor, Delivery, Feed, Filter, Hub, HubSettings, SubscriberQueue, SymbolFilter,
 };
 use tickgate::market::{EventKind, MarketEvent, SymbolUniverse, Trade};
-use tickgate::metrics::{Metrics, Transport};
+use tickgate::metrics::Metrics;
 
 const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "SPY"];
 
@@ -55,7 +55,7 @@ proptest! {
             symbols: SymbolFilter::from_ids(wanted.iter().map(|i| *i as u16)),
             kinds: EventKind::Trade.bit(),
         };
-        let queue = SubscriberQueue::new(10_000, Transport::Sse);
+        let queue = SubscriberQueue::with_capacity(10_000);
         let subscribed = hub.subscribe(Feed::Market, filter, Some(Cursor { epoch: 3, seq: cursor_seq }), true, &queue);
         for symbol in &after {
             n += 1;

@@ -12,8 +12,8 @@ use sources_support::{
     eventually, fixture_path, market_from_start, metric_value, metrics_text, read_until,
 };
 use tickgate::hub::{EventSink, PublishError};
-use tickgate::ingest::poller::SourceContext;
 use tickgate::ingest::replay::{parse_recording, play};
+use tickgate::ingest::source::SourceContext;
 use tickgate::ingest::{SourceHealth, SourceRegistry};
 use tickgate::market::MarketEvent;
 use tickgate::metrics::Metrics;

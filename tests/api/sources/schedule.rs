@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tickgate::hub::{EventSink, PublishError};
-use tickgate::ingest::poller::{PollFailure, PollRound, PollTiming, SourceContext, run_poller};
+use tickgate::ingest::poller::{PollFailure, PollRound, PollTiming, run_poller};
+use tickgate::ingest::source::SourceContext;
 use tickgate::ingest::{SourceHealth, SourceRegistry};
 use tickgate::market::MarketEvent;
 use tickgate::metrics::Metrics;

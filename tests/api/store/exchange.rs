@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::market::{MarketEvent, Trade};
-use tickgate::server::AppState;
 use tickgate::settings::Settings;
+use tickgate::state::AppState;
 use tickgate::store::{
     FillRecord, StoreError, TradingBatch, TradingState, TradingStore, UserRecord,
 };
@@ -160,7 +160,10 @@ impl TradingStore for FailingStore {
 async fn a_step_that_cannot_be_stored_is_refused_never_announced_and_halts_trading() {
     let settings = common::test_settings();
     let universe = tickgate::market::SymbolUniverse::new(["AAPL"]);
-    let engine = Engine::new(engine_settings(&settings), universe);
+    let engine = Engine::new(
+        engine_settings(&settings.trading, &settings.simulator.initial_prices),
+        universe,
+    );
     let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 16, 16, CancellationToken::new());
     tasks
         .with_persistence(Arc::new(Persistence::new(Arc::new(FailingStore))))

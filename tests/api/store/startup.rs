@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{spawn_app_with, test_settings};
-use tickgate::server::Application;
 use tickgate::settings::Settings;
+use tickgate::startup::Application;
 use tickgate::store::{Store, StoreError};
 
 fn store_settings(dir: &Path) -> Settings {

@@ -9,7 +9,7 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::market::{MarketEvent, Quote, Status, Trade};
-use tickgate::server::AppState;
+use tickgate::state::AppState;
 use tickgate::trading::api::{OrderQuery, OrderRequest, OrderStatus, TradeEvent, UserEvent};
 use tickgate::trading::book::SyntheticBook;
 use tokio::sync::broadcast;
@@ -221,8 +221,9 @@ async fn a_market_closed_status_expires_day_orders_but_not_gtc_orders() {
 #[test]
 fn an_application_built_outside_a_runtime_starts_its_exchange_when_it_runs() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let app = tickgate::server::Application::build_with_listener(common::test_settings(), listener)
-        .expect("build app");
+    let app =
+        tickgate::startup::Application::build_with_listener(common::test_settings(), listener)
+            .expect("build app");
     let trading = app.state().trading.clone();
     let shutdown = app.shutdown_token();
     let runtime = tokio::runtime::Builder::new_multi_thread()

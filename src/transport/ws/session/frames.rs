@@ -58,10 +58,7 @@ pub fn closing(reason: CloseReason) -> (Output, u16, &'static str) {
             "slow client",
         ),
         CloseReason::Shutdown => {
-            let status = json!({
-                "T": "s", "S": "*", "sc": "shutdown",
-                "sm": "server restarting; reconnect", "t": chrono::Utc::now(),
-            });
+            let status = crate::hub::entry::shutdown_status("server restarting; reconnect");
             (
                 Output::frame(format!("[{status}]")),
                 close_codes::RESTART,

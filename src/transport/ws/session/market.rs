@@ -218,8 +218,8 @@ pub(super) struct MarketFeeds {
 }
 
 impl MarketFeeds {
-    pub(super) fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> MarketFeeds {
-        let queue = SubscriberQueue::new(queue_capacity, Transport::WebSocket);
+    /// Feeds served through `queue` (from `Hub::new_queue`, which sizes it).
+    pub(super) fn new(queue: Arc<SubscriberQueue>, metrics: Arc<Metrics>) -> MarketFeeds {
         let shared = Rc::new(RefCell::new(MarketState::new(Arc::clone(&queue), metrics)));
         MarketFeeds {
             queue,

@@ -72,7 +72,6 @@ pub struct SessionLimits {
     pub portfolio_interval: Duration,
     /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
     pub max_symbols: usize,
-    pub queue_capacity: usize,
 }
 
 /// What a session needs from the rest of the gateway.
@@ -123,7 +122,7 @@ impl WsSession {
             auth: AuthState::new(Instant::now() + limits.auth_timeout),
             rate: TokenBucket::new(limits.actions_per_second, limits.action_burst),
             subs: Subscriptions::default(),
-            market: MarketFeeds::new(limits.queue_capacity, Arc::clone(&deps.metrics)),
+            market: MarketFeeds::new(deps.hub.new_queue(), Arc::clone(&deps.metrics)),
             trade_updates: TradeUpdates::default(),
             portfolio: PortfolioStream::new(limits.portfolio_interval),
             books: Books::default(),

@@ -160,7 +160,10 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(
         SymbolUniverse::new(["AAPL", "MSFT"]),
-        crate::hub::HubSettings::default(),
+        crate::hub::HubSettings {
+            subscriber_queue_capacity: 64,
+            ..crate::hub::HubSettings::default()
+        },
         Arc::clone(&metrics),
         7,
     ));
@@ -181,7 +184,6 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
             action_burst: 100,
             portfolio_interval: Duration::from_secs(1),
             max_symbols: 10,
-            queue_capacity: 64,
         },
     };
     (WsSession::new(deps), hub)

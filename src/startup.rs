@@ -1,5 +1,6 @@
-//! Builds the application from settings and runs it: the hub, the sources, the HTTP server on
-//! an already-bound listener, and graceful shutdown driven by one cancellation token.
+//! Builds the application from settings and runs it: the store, the hub, the exchange, the
+//! sources, the HTTP server on an already-bound listener, and graceful shutdown driven by one
+//! cancellation token.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,34 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{CloseReason, Hub, HubSettings};
 use crate::ingest::SourceRegistry;
+use crate::ingest::source::Publisher;
 use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::trading::ExchangeHandle;
-use crate::trading::api::TradingApi;
-
-/// Everything request handlers share. Cloned into each worker; all fields are cheap handles.
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
-    pub sources: SourceRegistry,
-    pub shutdown: CancellationToken,
-    /// The simulated exchange.
-    pub trading: Arc<dyn TradingApi>,
-    /// Durable storage; `None` when `store.enabled` is false.
-    pub store: Option<crate::store::Store>,
-    pub auth: Arc<crate::auth::AuthService>,
-    /// This node's link to the cluster; `None` on a single node (`cluster.redis_url` empty).
-    pub cluster: Option<crate::cluster::ClusterNode>,
-}
-
-impl AppState {
-    pub fn universe(&self) -> &SymbolUniverse {
-        self.hub.universe()
-    }
-}
+use crate::state::AppState;
 
 /// Connections each HTTP worker holds at most (see `start_http`).
 const MAX_CONNECTIONS_PER_WORKER: usize = 1_000_000;
@@ -80,9 +58,6 @@ pub struct Application {
     port: u16,
     listener: TcpListener,
     state: AppState,
-    /// The exchange's tasks when the application was built outside a runtime; they start
-    /// with `run_until_stopped`.
-    exchange_tasks: Option<crate::trading::ExchangeTasks>,
 }
 
 impl Application {
@@ -92,6 +67,8 @@ impl Application {
         Application::build_with_listener(settings, listener)
     }
 
+    /// Builds the state on `listener`. The exchange starts here, so it follows the market
+    /// from the first event (see `trading::exchange::start` for a build outside a runtime).
     pub fn build_with_listener(
         settings: Settings,
         listener: TcpListener,
@@ -113,12 +90,7 @@ impl Application {
         };
         let hub = Arc::new(Hub::new(
             universe,
-            HubSettings {
-                replay_window: settings.hub.replay_window,
-                subscriber_queue_capacity: settings.hub.subscriber_queue_capacity,
-                heartbeat_interval: settings.hub.heartbeat_interval,
-                bar_history: settings.hub.bar_history,
-            },
+            HubSettings::from(&settings.hub),
             Arc::clone(&metrics),
             epoch,
         ));
@@ -161,29 +133,27 @@ impl Application {
         } else {
             None
         };
-        let (exchange, exchange_tasks) = match &opened {
-            None => ExchangeHandle::from_settings(&settings, Arc::clone(&hub), shutdown.clone()),
-            Some(opened) => crate::trading::persist::exchange_with_store(
-                &settings,
-                Arc::clone(&hub),
-                shutdown.clone(),
-                &opened.store,
-            )?,
-        };
-        // Start the exchange now when a runtime is there (tests, the binary), so it follows
-        // the market from the first event; otherwise when the application runs.
-        let exchange_tasks = match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                exchange_tasks.spawn();
-                None
-            }
-            Err(_) => Some(exchange_tasks),
-        };
+        let exchange = crate::trading::exchange::start(
+            &settings.trading,
+            &settings.simulator.initial_prices,
+            Arc::clone(&hub),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.trading)),
+            shutdown.clone(),
+        )?;
+        let sources = SourceRegistry::new(Arc::clone(&metrics));
+        let hub_sink: Arc<dyn crate::hub::EventSink> = hub.clone();
+        let mut publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
+        if let Some(node) = &cluster {
+            publisher = publisher.with_cluster(node.clone(), hub.universe().clone());
+        }
         let state = AppState {
             auth,
             settings: Arc::new(settings),
             hub,
-            sources: SourceRegistry::new(Arc::clone(&metrics)),
+            sources,
+            publisher,
             metrics,
             shutdown,
             trading: Arc::new(exchange),
@@ -194,7 +164,6 @@ impl Application {
             port,
             listener,
             state,
-            exchange_tasks,
         })
     }
 
@@ -213,17 +182,19 @@ impl Application {
 
     /// Runs until the shutdown token fires, then lets connections finish within the grace
     /// period and returns.
-    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        if let Some(tasks) = self.exchange_tasks.take() {
-            tasks.spawn();
-        }
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let state = self.state.clone();
         tokio::spawn(Arc::clone(&state.hub).run_heartbeats(state.shutdown.clone()));
         tokio::spawn(
             Arc::clone(&state.hub)
                 .run_keepalive(state.settings.ws.ping_interval, state.shutdown.clone()),
         );
-        crate::ingest::spawn_sources(&state);
+        crate::ingest::spawn_sources(
+            &state.settings,
+            &state.publisher,
+            state.universe(),
+            &state.shutdown,
+        );
         let store_tasks = state
             .store
             .as_ref()
@@ -259,7 +230,7 @@ impl Application {
                 .wrap(crate::routes::cors(&data))
                 .wrap(tracing_actix())
                 .app_data(web::Data::new(data.clone()))
-                .configure(|cfg| crate::routes::configure(cfg, &data))
+                .configure(|cfg| crate::routes::configure(cfg, &data, crate::transport::configure))
         })
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))

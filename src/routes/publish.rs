@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::cluster::ClusterPublishError;
 use crate::error::{ApiError, ErrorCode};
-use crate::hub::{EventSink, PublishError};
+use crate::hub::PublishError;
 use crate::market::{InvalidEvent, MarketEvent};
-use crate::server::AppState;
-use crate::transport::params::{Bearer, bearer};
+use crate::routes::params::{Bearer, bearer};
+use crate::state::AppState;
 
 pub const SOURCE_NAME: &str = "publish_api";
 
@@ -154,19 +154,6 @@ fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
     }
 }
 
-/// Publishes one item: into the local hub, or (cluster mode) through the shared log's publish
-/// script, which sequences it for every node and checks time order across them.
-async fn publish_one(state: &AppState, event: MarketEvent) -> Result<(), PublishError> {
-    match &state.cluster {
-        None => state.hub.publish(event),
-        Some(node) => {
-            crate::market::validate_event(&event, state.universe())?;
-            node.publish(&event, None).await?;
-            Ok(())
-        }
-    }
-}
-
 async fn publish(
     request: HttpRequest,
     payload: web::Payload,
@@ -209,11 +196,12 @@ async fn publish(
             "the array holds no items",
         ));
     }
+    let source = state.publisher.context(SOURCE_NAME);
     let mut reply = PublishReply {
         accepted: 0,
         rejected: Vec::new(),
     };
-    let state: &AppState = &state;
+    let source = &source;
     let mut publishing = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         // Producer fields (the trade id `i`, venues, news ids) pass through untouched: the
@@ -231,8 +219,8 @@ async fn publish(
                 continue;
             }
         };
-        // `shutdown` is the server's own last word on a stream: clients reconnect on it, so a
-        // producer must not be able to send it to everyone.
+        // `shutdown` and the cluster's statuses are the server's own words on a stream:
+        // clients act on them, so a producer must not be able to send them to everyone.
         if let MarketEvent::Status(status) = &event
             && RESERVED_STATUS_CODES.contains(&status.code.as_str())
         {
@@ -265,16 +253,16 @@ async fn publish(
             });
             continue;
         }
-        publishing.push(async move { (index, publish_one(state, event).await) });
+        // The context counts the item as accepted or refused, like any source's. In a
+        // cluster it waits for the publish script's answer; the futures are polled in order,
+        // so items are published in request order and share round trips to Redis.
+        publishing.push(async move { (index, source.publish_confirmed(event).await) });
     }
-    // Polled in order, so items are published in request order; in a cluster they share
-    // round trips to Redis instead of waiting for one each.
     for (index, outcome) in futures_util::future::join_all(publishing).await {
         match outcome {
             Ok(()) => reply.accepted += 1,
             Err(error) => {
                 let (code, label) = refusal(&error);
-                state.metrics.ingest_rejected(SOURCE_NAME, label);
                 reply.rejected.push(Rejected {
                     index,
                     code,
@@ -285,14 +273,6 @@ async fn publish(
         }
     }
     reply.rejected.sort_by_key(|rejected| rejected.index);
-    if reply.accepted > 0 {
-        state.metrics.add_counter(
-            "tickgate_ingest_accepted_total",
-            "Items a source published into the hub.",
-            &format!("source=\"{SOURCE_NAME}\""),
-            reply.accepted as f64,
-        );
-    }
     let status = if reply.accepted == 0 {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {

@@ -1,6 +1,7 @@
-//! HTTP routes for authentication and the account (PROTOCOL.md §5): `POST /v1/auth/token`
-//! (built-in issuer), `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer
-//! token, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
+//! HTTP routes for authentication and the account (docs/websocket.md, "Getting a token" and
+//! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/ticket`
+//! (single-use WebSocket ticket), and, with a bearer token, `GET /v1/account`,
+//! `GET /v1/positions` and `GET /v1/orders?status=`.
 
 use std::sync::Arc;
 
@@ -9,9 +10,9 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, ErrorCode};
-use crate::server::AppState;
+use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
+use crate::state::AppState;
 use crate::trading::api::{OrderError, OrderQuery, TradingApi};
-use crate::transport::params::{Bearer, RawQuery, bearer, query_params};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))

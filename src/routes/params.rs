@@ -1,6 +1,8 @@
-//! Request details every HTTP route reads the same way: query parameters (each at most once,
-//! only the allowed names), client input quoted back in errors, and bearer credentials.
+//! Request details every HTTP route and stream reads the same way: query parameters (each at
+//! most once, only the allowed names), symbol and type lists, client input quoted back in
+//! errors, and bearer credentials.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
@@ -8,6 +10,8 @@ use actix_web::HttpRequest;
 use actix_web::http::header;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::hub::SymbolFilter;
+use crate::market::{EventKind, SymbolUniverse};
 
 /// The raw query extractor: pairs in order, so repeated names can be detected.
 pub type RawQuery = actix_web::web::Query<Vec<(String, String)>>;
@@ -97,6 +101,122 @@ pub fn bearer(request: &HttpRequest) -> Bearer<'_> {
         .map_or(Bearer::Malformed, |(_, token)| Bearer::Token(token.trim()))
 }
 
+/// Parses `symbols=AAPL,MSFT` (or `*`). `required` makes an absent list an error.
+pub fn parse_symbols(
+    raw: Option<&str>,
+    universe: &SymbolUniverse,
+    max_symbols: usize,
+    required: bool,
+) -> Result<SymbolFilter, ApiError> {
+    let Some(raw) = raw else {
+        return if required {
+            Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "symbols is required (a comma-separated list, or * for all)",
+            ))
+        } else {
+            Ok(SymbolFilter::All)
+        };
+    };
+    // Names already in upper case (the usual request) are borrowed, not copied.
+    let mut names: Vec<Cow<'_, str>> = Vec::new();
+    for name in raw
+        .split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s.bytes().any(|b| b.is_ascii_lowercase()) {
+                Cow::Owned(s.to_ascii_uppercase())
+            } else {
+                Cow::Borrowed(s)
+            }
+        })
+        .filter(|s| !s.is_empty())
+    {
+        // `AAPL,aapl` is one symbol, counted once against the limit.
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        if names.len() > max_symbols {
+            break;
+        }
+    }
+    if names.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "symbols must name at least one symbol, or * for all",
+        ));
+    }
+    if names.iter().any(|s| s == "*") {
+        return Ok(SymbolFilter::All);
+    }
+    if names.len() > max_symbols {
+        return Err(ApiError::new(
+            ErrorCode::TooManySymbols,
+            format!("too many symbols: at most {max_symbols} per subscription"),
+        ));
+    }
+    let mut ids = Vec::with_capacity(names.len());
+    let mut unknown = Vec::new();
+    for name in &names {
+        match universe.id(name) {
+            Some(id) => ids.push(id),
+            None => unknown.push(name.as_ref()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::UnknownSymbol,
+            format!(
+                "unknown symbol(s): {}{}",
+                unknown
+                    .iter()
+                    .take(10)
+                    .map(|s| echo(s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if unknown.len() > 10 {
+                    format!(" and {} more", unknown.len() - 10)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    Ok(SymbolFilter::from_ids(ids))
+}
+
+/// Parses `types=trades,quotes,bars` into a kind mask (all market kinds when absent).
+pub fn parse_types(raw: Option<&str>) -> Result<u8, ApiError> {
+    let market_kinds = [EventKind::Trade, EventKind::Quote, EventKind::Bar];
+    let Some(raw) = raw else {
+        return Ok(market_kinds.iter().fold(0, |m, k| m | k.bit()));
+    };
+    let mut mask = 0u8;
+    for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if name == "*" {
+            return Ok(market_kinds.iter().fold(0, |m, k| m | k.bit()));
+        }
+        match EventKind::from_plural(name) {
+            Some(
+                kind @ (EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status),
+            ) => mask |= kind.bit(),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown type {name:?}; use trades, quotes, bars, statuses or *"),
+                ));
+            }
+        }
+    }
+    if mask == 0 {
+        return Err(ApiError::new(
+            ErrorCode::UnknownType,
+            "types must name at least one of trades, quotes, bars, statuses",
+        ));
+    }
+    Ok(mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +253,15 @@ mod tests {
         assert_eq!(bearer(&request(Some("bearer abc"))), Bearer::Token("abc"));
         assert_eq!(bearer(&request(Some("Basic abc"))), Bearer::Malformed);
         assert_eq!(bearer(&request(Some("Bearer "))), Bearer::Malformed);
+    }
+
+    #[test]
+    fn symbol_names_are_matched_in_any_case_and_counted_once() {
+        let universe = SymbolUniverse::new(["AAPL", "MSFT"]);
+        let filter =
+            parse_symbols(Some(" aapl,AAPL ,Msft"), &universe, 2, true).expect("two known symbols");
+        assert_eq!(filter, SymbolFilter::from_ids([0, 1]));
+        let unknown = parse_symbols(Some("AAPL,nope"), &universe, 2, true).unwrap_err();
+        assert!(unknown.message.contains("NOPE"), "{}", unknown.message);
     }
 }

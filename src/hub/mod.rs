@@ -1,0 +1,630 @@
+//! The hub: per-feed sequenced logs with a bounded replay window, latest-value snapshots, and
+//! fan-out into bounded per-subscriber queues.
+//!
+//! Invariants this module keeps:
+//! - Each event is encoded exactly once, at publish: the SSE frame is built then, and the JSON
+//!   object used by WebSocket frames is a zero-copy slice of it. Subscribers share the bytes.
+//! - Publishing never waits on a subscriber. Queues are bounded; when one is full its price
+//!   data is conflated (only the latest trade and quote per symbol are kept), and if that does
+//!   not free room the subscriber is closed with [`CloseReason::SlowClient`] (code 407).
+//! - Subscribing collects the replay and registers the queue under the feed's lock, so a
+//!   resuming client sees every event after its cursor exactly once, then live events.
+//! - Sequence numbers rise by exactly one per event per feed; a cursor is `<epoch>-<seq>`.
+//! - The hub validates every event, once, whoever publishes it; sources only forward.
+//! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
+//!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
+//!
+//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`queue`] (subscriber
+//! queues and the slow-client policy), [`filter`] (what a subscription wants), [`sweep`] (the
+//! shared heartbeat and keep-alive sweeps), [`sequenced`] (what a cluster node does to the
+//! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
+//! and the latest values.
+
+pub mod entry;
+pub mod filter;
+pub mod queue;
+mod sequenced;
+pub mod sweep;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+
+use crate::market::{
+    Bar, EventKind, InvalidEvent, MarketEvent, SymbolId, SymbolUniverse, validate_event,
+};
+use crate::metrics::Metrics;
+use crate::settings::HubConfig;
+
+pub use entry::Entry;
+use entry::encode_entry;
+pub use filter::{Filter, SymbolFilter};
+pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
+
+/// The public feeds, each with its own sequence and replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feed {
+    Market,
+    News,
+    Alerts,
+}
+
+impl Feed {
+    pub const ALL: [Feed; 3] = [Feed::Market, Feed::News, Feed::Alerts];
+
+    fn index(self) -> usize {
+        match self {
+            Feed::Market => 0,
+            Feed::News => 1,
+            Feed::Alerts => 2,
+        }
+    }
+
+    pub fn of(kind: EventKind) -> Feed {
+        match kind {
+            EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status => {
+                Feed::Market
+            }
+            EventKind::News => Feed::News,
+            EventKind::Alert => Feed::Alerts,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Feed::Market => "market",
+            Feed::News => "news",
+            Feed::Alerts => "alerts",
+        }
+    }
+}
+
+/// A position in a feed's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Cursor, ()> {
+        let (epoch, seq) = text.trim().split_once('-').ok_or(())?;
+        Ok(Cursor {
+            epoch: epoch.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+struct Registration {
+    queue: Arc<SubscriberQueue>,
+    filter: Filter,
+    /// The queue's sweep slice, kept here so a sweep tick passes over the other slices'
+    /// registrations without reaching into their queues (a cache miss each).
+    slice: u8,
+}
+
+struct FeedState {
+    next_seq: u64,
+    window: VecDeque<Arc<Entry>>,
+    subscribers: Vec<Registration>,
+}
+
+/// Latest values per symbol, for snapshots and per-symbol time checks.
+struct LatestState {
+    trade: Vec<Option<Arc<Entry>>>,
+    quote: Vec<Option<Arc<Entry>>>,
+    bar: Vec<Option<Arc<Entry>>>,
+    last_time: Vec<[Option<DateTime<Utc>>; 3]>,
+    bars: Vec<VecDeque<Bar>>,
+}
+
+/// Limits of the hub, from the `[hub]` section of the settings.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub replay_window: usize,
+    /// Items each subscriber queue holds before conflation, then disconnect (407); applied
+    /// by [`Hub::new_queue`].
+    pub subscriber_queue_capacity: usize,
+    pub heartbeat_interval: Duration,
+    pub bar_history: usize,
+}
+
+impl From<&HubConfig> for HubSettings {
+    fn from(config: &HubConfig) -> Self {
+        HubSettings {
+            replay_window: config.replay_window,
+            subscriber_queue_capacity: config.subscriber_queue_capacity,
+            heartbeat_interval: config.heartbeat_interval,
+            bar_history: config.bar_history,
+        }
+    }
+}
+
+/// The defaults of the settings' `[hub]` section (one place for the numbers).
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings::from(&HubConfig::default())
+    }
+}
+
+/// Why a resume could not continue from the client's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The cursor is from an earlier (or another node's) log.
+    EpochChanged,
+    /// The cursor is older than the retained window.
+    CursorTooOld,
+    /// The cursor is ahead of the log (it was never issued by this log).
+    CursorAhead,
+}
+
+impl ResetReason {
+    pub fn message(self) -> &'static str {
+        match self {
+            ResetReason::EpochChanged => "cursor is from another epoch; fresh snapshot follows",
+            ResetReason::CursorTooOld => {
+                "cursor is older than the replay window; fresh snapshot follows"
+            }
+            ResetReason::CursorAhead => "cursor is ahead of the feed; fresh snapshot follows",
+        }
+    }
+}
+
+/// Current state handed to a new subscriber: what to send before live events.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Events after the client's cursor, in order (empty on a fresh connect or a reset).
+    pub replay: Vec<Arc<Entry>>,
+    /// Set when the client's cursor could not be honoured.
+    pub reset: Option<ResetReason>,
+    /// Latest values (market feed) or recent items (news, alerts) matching the filter; filled
+    /// on a fresh connect with `want_snapshot` and on every reset.
+    pub snapshot: Option<Vec<Arc<Entry>>>,
+    /// The cursor of the newest event in the feed when the subscription was made.
+    pub cursor: Cursor,
+}
+
+/// Accepted event, with its position.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub entry: Arc<Entry>,
+}
+
+/// Why the hub refused an event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
+    #[error("could not encode event: {0}")]
+    Encode(String),
+    /// Cluster mode: the shared log did not take the event.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterPublishError),
+}
+
+impl PublishError {
+    /// The metric label of a refusal.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            PublishError::Invalid(invalid) => invalid.reason_label(),
+            PublishError::Encode(_) => "encode",
+            PublishError::Cluster(error) => error.reason_label(),
+        }
+    }
+}
+
+/// What stands behind `ingest::source::Publisher`, the one seam every source publishes
+/// through: the local [`Hub`] on a single node, and `cluster::LeasedSink` (the shared log in
+/// Redis, under the source's lease) on a cluster node.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError>;
+}
+
+/// The fan-out hub. Cheap to share behind an `Arc`.
+pub struct Hub {
+    /// Fixed for a single node; in cluster mode it follows the shared log's epoch.
+    epoch: AtomicU64,
+    universe: SymbolUniverse,
+    settings: HubSettings,
+    metrics: Arc<Metrics>,
+    feeds: [Mutex<FeedState>; 3],
+    latest: Mutex<LatestState>,
+    /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
+    /// each connection pings and checks its idle deadline without a timer of its own.
+    keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").field("epoch", &self.epoch()).finish()
+    }
+}
+
+impl Hub {
+    pub fn new(
+        universe: SymbolUniverse,
+        settings: HubSettings,
+        metrics: Arc<Metrics>,
+        epoch: u64,
+    ) -> Hub {
+        let symbols = universe.len();
+        let feed = || {
+            Mutex::new(FeedState {
+                next_seq: 1,
+                window: VecDeque::new(),
+                subscribers: Vec::new(),
+            })
+        };
+        Hub {
+            epoch: AtomicU64::new(epoch),
+            universe,
+            settings,
+            metrics,
+            feeds: [feed(), feed(), feed()],
+            latest: Mutex::new(LatestState {
+                trade: vec![None; symbols],
+                quote: vec![None; symbols],
+                bar: vec![None; symbols],
+                last_time: vec![[None; 3]; symbols],
+                bars: vec![VecDeque::new(); symbols],
+            }),
+            keepalive: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    pub fn universe(&self) -> &SymbolUniverse {
+        &self.universe
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// A queue for one more subscriber, holding `hub.subscriber_queue_capacity` items.
+    pub fn new_queue(&self) -> Arc<SubscriberQueue> {
+        SubscriberQueue::with_capacity(self.settings.subscriber_queue_capacity)
+    }
+
+    /// The cursor of the newest event of a feed (seq 0 when nothing was published yet).
+    pub fn cursor(&self, feed: Feed) -> Cursor {
+        let state = self.feeds[feed.index()].lock();
+        Cursor {
+            epoch: self.epoch(),
+            seq: state.next_seq - 1,
+        }
+    }
+
+    /// Continues `feed`'s sequence after `last_seq` (a restart that keeps the epoch, see
+    /// `store::FeedStart`), so cursors issued before the restart sort before new ones. Only
+    /// takes effect before the first publish on the feed.
+    pub fn continue_after(&self, feed: Feed, last_seq: u64) {
+        let mut state = self.feeds[feed.index()].lock();
+        if state.next_seq == 1 && state.window.is_empty() {
+            state.next_seq = last_seq.saturating_add(1);
+        }
+    }
+
+    /// Validates, sequences, encodes once and fans out one event.
+    pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
+        validate_event(&event, &self.universe)?;
+        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let prepared = self.prepare(&event, true)?;
+        Ok(self.append(event, prepared, &json, None))
+    }
+
+    /// Symbol ids and the per-symbol time check (enforced, or only recorded for events the
+    /// shared log already checked). Checked before sequencing so a rejected event never
+    /// consumes a sequence number.
+    fn prepare(&self, event: &MarketEvent, enforce_time: bool) -> Result<Prepared, PublishError> {
+        let kind = event.kind();
+        let symbol = event.symbol().and_then(|s| self.universe.id(s));
+        let tagged: Box<[SymbolId]> = match event {
+            MarketEvent::News(news) => news
+                .symbols
+                .iter()
+                .filter_map(|s| self.universe.id(s))
+                .collect(),
+            _ => Box::default(),
+        };
+        if let Some(id) = symbol {
+            let slot = match kind {
+                EventKind::Trade => Some(0),
+                EventKind::Quote => Some(1),
+                EventKind::Bar => Some(2),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                let mut latest = self.latest.lock();
+                let time = event.time();
+                let last = &mut latest.last_time[usize::from(id)][slot];
+                if last.is_some_and(|previous| time < previous) {
+                    if enforce_time {
+                        return Err(InvalidEvent::TimeWentBackwards {
+                            symbol: self.universe.name(id).to_owned(),
+                        }
+                        .into());
+                    }
+                } else {
+                    *last = Some(time);
+                }
+            }
+        }
+        Ok(Prepared {
+            kind,
+            symbol,
+            tagged,
+        })
+    }
+
+    /// Sequences (or takes the given sequence), encodes once, keeps and fans out one event.
+    fn append(
+        &self,
+        event: MarketEvent,
+        prepared: Prepared,
+        json: &[u8],
+        given_seq: Option<u64>,
+    ) -> Published {
+        let Prepared {
+            kind,
+            symbol,
+            tagged,
+        } = prepared;
+        let feed = Feed::of(kind);
+        let mut state = self.feeds[feed.index()].lock();
+        let seq = given_seq.unwrap_or(state.next_seq);
+        state.next_seq = seq + 1;
+        let entry = Arc::new(encode_entry(
+            feed,
+            Cursor {
+                epoch: self.epoch(),
+                seq,
+            },
+            kind,
+            symbol,
+            tagged,
+            json,
+        ));
+        state.window.push_back(Arc::clone(&entry));
+        while state.window.len() > self.settings.replay_window {
+            state.window.pop_front();
+        }
+        if let Some(id) = symbol {
+            self.record_latest(id, &event, &entry);
+        }
+        let metrics = &self.metrics;
+        state.subscribers.retain(|registration| {
+            if registration.queue.is_gone() {
+                return false;
+            }
+            if registration.filter.matches(&entry) {
+                registration.queue.push_event(&entry, metrics);
+            }
+            true
+        });
+        drop(state);
+        let counter = match feed {
+            Feed::Market => &metrics.published_market,
+            Feed::News => &metrics.published_news,
+            Feed::Alerts => &metrics.published_alerts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Published { entry }
+    }
+
+    /// The latest trade, quote or bar of a symbol, and its bar history.
+    fn record_latest(&self, id: SymbolId, event: &MarketEvent, entry: &Arc<Entry>) {
+        let mut latest = self.latest.lock();
+        let index = usize::from(id);
+        match event {
+            MarketEvent::Trade(_) => latest.trade[index] = Some(Arc::clone(entry)),
+            MarketEvent::Quote(_) => latest.quote[index] = Some(Arc::clone(entry)),
+            MarketEvent::Bar(bar) => {
+                latest.bar[index] = Some(Arc::clone(entry));
+                let history = &mut latest.bars[index];
+                if history.back().is_some_and(|last| last.time == bar.time) {
+                    history.pop_back();
+                }
+                history.push_back(bar.clone());
+                while history.len() > self.settings.bar_history {
+                    history.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Registers `queue` on `feed`, collecting the replay after `resume` (or a reset and a
+    /// snapshot) atomically with the registration.
+    pub fn subscribe(
+        &self,
+        feed: Feed,
+        filter: Filter,
+        resume: Option<Cursor>,
+        want_snapshot: bool,
+        queue: &Arc<SubscriberQueue>,
+    ) -> Subscribed {
+        let mut state = self.feeds[feed.index()].lock();
+        let epoch = self.epoch();
+        let newest = state.next_seq - 1;
+        let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.seq);
+        let mut replay = Vec::new();
+        let mut reset = None;
+        if let Some(cursor) = resume {
+            if cursor.epoch != epoch {
+                reset = Some(ResetReason::EpochChanged);
+            } else if cursor.seq > newest {
+                reset = Some(ResetReason::CursorAhead);
+            } else if cursor.seq + 1 < oldest_retained {
+                reset = Some(ResetReason::CursorTooOld);
+            } else {
+                let skip = (cursor.seq + 1 - oldest_retained) as usize;
+                replay.extend(
+                    state
+                        .window
+                        .iter()
+                        .skip(skip)
+                        .filter(|entry| filter.matches(entry))
+                        .cloned(),
+                );
+            }
+        }
+        let snapshot = if reset.is_some() || (resume.is_none() && want_snapshot) {
+            Some(self.snapshot_locked(feed, &filter, &state))
+        } else {
+            None
+        };
+        state.subscribers.push(Registration {
+            queue: Arc::clone(queue),
+            filter,
+            slice: queue.slice(),
+        });
+        drop(state);
+        if reset.is_some() {
+            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics
+            .replayed
+            .fetch_add(replay.len() as u64, Ordering::Relaxed);
+        Subscribed {
+            replay,
+            reset,
+            snapshot,
+            cursor: Cursor { epoch, seq: newest },
+        }
+    }
+
+    /// Removes a queue's registrations from `feed` now (e.g. a WebSocket unsubscribe).
+    pub fn unsubscribe(&self, feed: Feed, queue: &Arc<SubscriberQueue>) {
+        self.feeds[feed.index()]
+            .lock()
+            .subscribers
+            .retain(|r| !Arc::ptr_eq(&r.queue, queue));
+    }
+
+    fn snapshot_locked(&self, feed: Feed, filter: &Filter, state: &FeedState) -> Vec<Arc<Entry>> {
+        match feed {
+            Feed::Market => {
+                let latest = self.latest.lock();
+                let mut out = Vec::new();
+                for (kind, values) in [
+                    (EventKind::Trade, &latest.trade),
+                    (EventKind::Quote, &latest.quote),
+                    (EventKind::Bar, &latest.bar),
+                ] {
+                    if filter.kinds & kind.bit() == 0 {
+                        continue;
+                    }
+                    out.extend(
+                        values
+                            .iter()
+                            .flatten()
+                            .filter(|e| filter.matches(e))
+                            .cloned(),
+                    );
+                }
+                out
+            }
+            // For news and alerts the "current state" is the most recent items.
+            Feed::News | Feed::Alerts => {
+                let mut recent: Vec<Arc<Entry>> = state
+                    .window
+                    .iter()
+                    .rev()
+                    .filter(|e| filter.matches(e))
+                    .take(20)
+                    .cloned()
+                    .collect();
+                recent.reverse();
+                recent
+            }
+        }
+    }
+
+    /// Latest trade, quote and bar entries for the given symbols (all when `None`).
+    pub fn latest(&self, symbols: Option<&[SymbolId]>) -> Vec<Arc<Entry>> {
+        let filter = Filter {
+            symbols: match symbols {
+                None => SymbolFilter::All,
+                Some(ids) => SymbolFilter::from_ids(ids.iter().copied()),
+            },
+            kinds: u8::MAX,
+        };
+        let state = self.feeds[Feed::Market.index()].lock();
+        self.snapshot_locked(Feed::Market, &filter, &state)
+    }
+
+    /// In-memory one-minute bars of a symbol with `start <= t < end`, oldest first.
+    pub fn bars(
+        &self,
+        symbol: SymbolId,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Vec<Bar> {
+        let latest = self.latest.lock();
+        latest.bars[usize::from(symbol)]
+            .iter()
+            .filter(|b| start.is_none_or(|s| b.time >= s) && end.is_none_or(|e| b.time < e))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of live registrations on a feed (for tests and readiness).
+    pub fn subscriber_count(&self, feed: Feed) -> usize {
+        self.feeds[feed.index()]
+            .lock()
+            .subscribers
+            .iter()
+            .filter(|r| !r.queue.is_gone())
+            .count()
+    }
+
+    /// Tells every subscriber to finish (shutdown); their connections end themselves.
+    pub fn close_all(&self, reason: CloseReason) {
+        for feed in Feed::ALL {
+            let state = self.feeds[feed.index()].lock();
+            for registration in &state.subscribers {
+                registration.queue.push_control(Delivery::Close(reason));
+            }
+        }
+    }
+}
+
+impl EventSink for Hub {
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
+        self.publish_event(event).map(|_| ())
+    }
+}
+
+/// What `prepare` worked out about an event before it is sequenced.
+struct Prepared {
+    kind: EventKind,
+    symbol: Option<SymbolId>,
+    tagged: Box<[SymbolId]>,
+}
+
+#[cfg(test)]
+mod tests;

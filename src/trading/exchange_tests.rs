@@ -1,0 +1,111 @@
+//! Unit tests of the exchange actor: settings, the mailbox, the ingest of market data.
+
+use super::*;
+use crate::settings::Settings;
+use rust_decimal_macros::dec;
+
+#[test]
+fn trading_settings_load_as_exact_decimals_from_files_and_the_environment() {
+    let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let env = vec![
+        (
+            "TICKGATE__TRADING__COMMISSION_PER_SHARE".to_string(),
+            "0.005".to_string(),
+        ),
+        (
+            "TICKGATE__TRADING__STARTING_CASH".to_string(),
+            "25000.50".to_string(),
+        ),
+    ];
+    let settings = Settings::load_from(&config_dir, None, &env).expect("valid settings");
+    assert_eq!(settings.trading.commission_per_share, dec!(0.005));
+    assert_eq!(settings.trading.starting_cash, dec!(25000.50));
+    assert_eq!(settings.trading.tick_size, dec!(0.01));
+    let engine = engine_settings(&settings.trading, &settings.simulator.initial_prices);
+    assert_eq!(engine.initial_prices.get("AAPL"), Some(&dec!(227.50)));
+    let bad = vec![("TICKGATE__TRADING__TICK_SIZE".to_string(), "0".to_string())];
+    let error = Settings::load_from(&config_dir, None, &bad).expect_err("zero tick");
+    assert!(error.to_string().contains("trading.tick_size"), "{error}");
+}
+
+#[test]
+fn the_mailbox_keeps_the_newest_trade_and_quote_per_symbol_and_every_status() {
+    let mailbox = Mailbox::default();
+    let trade = |price: Decimal| MarketInput::Trade {
+        symbol: "AAPL".into(),
+        price,
+        size: dec!(1),
+    };
+    mailbox.push(trade(dec!(1)));
+    mailbox.push(MarketInput::Status {
+        code: "market_closed".into(),
+    });
+    mailbox.push(trade(dec!(2)));
+    mailbox.push(MarketInput::Trade {
+        symbol: "MSFT".into(),
+        price: dec!(3),
+        size: dec!(1),
+    });
+    let pending: Vec<MarketInput> = mailbox.take().into_iter().collect();
+    assert_eq!(pending.len(), 3);
+    assert!(matches!(pending[0], MarketInput::Status { .. }));
+    assert_eq!(pending[1], trade(dec!(2)));
+    assert!(mailbox.take().is_empty());
+}
+
+#[test]
+fn float_market_prices_become_the_decimals_the_producer_meant() {
+    let event = MarketEvent::Trade(crate::market::Trade {
+        symbol: "AAPL".into(),
+        id: 1,
+        venue: String::new(),
+        price: 126.54,
+        size: 100.0,
+        time: Utc::now(),
+        conditions: vec![],
+    });
+    assert_eq!(
+        MarketInput::from_event(&event),
+        Some(MarketInput::Trade {
+            symbol: "AAPL".into(),
+            price: dec!(126.54),
+            size: dec!(100),
+        })
+    );
+}
+
+#[tokio::test]
+async fn pushed_market_data_is_applied_before_a_later_sync_returns() {
+    let engine = Engine::new(
+        crate::trading::engine_tests::settings(),
+        crate::market::SymbolUniverse::new(["AAPL", "MSFT"]),
+    );
+    let shutdown = CancellationToken::new();
+    let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 64, 64, shutdown.clone());
+    tasks.spawn();
+    let (before, mut deltas) = handle
+        .book("aapl")
+        .expect("symbols are matched in any case");
+    handle.push_market(MarketInput::Quote {
+        symbol: "AAPL".into(),
+        bid: dec!(42.00),
+        ask: dec!(42.02),
+        bid_size: dec!(300),
+        ask_size: dec!(200),
+    });
+    handle.sync().await.expect("running");
+    let (after, _) = handle.book("AAPL").expect("book");
+    assert_ne!(before.bids, after.bids);
+    assert_eq!(after.bids[0], (dec!(42), dec!(300)));
+    let delta = deltas.try_recv().expect("the refresh was announced");
+    let mut rebuilt = super::super::book::SyntheticBook {
+        bids: before.bids,
+        asks: before.asks,
+    };
+    rebuilt.apply_delta(&delta.bids, &delta.asks);
+    assert_eq!((rebuilt.bids, rebuilt.asks), (after.bids, after.asks));
+    let portfolio = handle.portfolio("nobody").await.expect("portfolio");
+    assert_eq!(portfolio.equity, dec!(100000));
+    shutdown.cancel();
+    tokio::task::yield_now().await;
+}

@@ -545,7 +545,18 @@ async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them
     let redis = RedisServer::start();
     let quiet = [("TICKGATE__SIMULATOR__ENABLED", "false")];
     let a = Node::spawn(&redis, "node-a", &quiet);
-    let b = Node::spawn(&redis, "node-b", &quiet);
+    // Node b keeps bar history in its own store, fed from the shared log.
+    let data = tempfile::tempdir().expect("temporary directory");
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let b = Node::spawn(
+        &redis,
+        "node-b",
+        &[
+            ("TICKGATE__SIMULATOR__ENABLED", "false"),
+            ("TICKGATE__STORE__ENABLED", "true"),
+            ("TICKGATE__STORE__DATA_DIR", &data_dir),
+        ],
+    );
     a.wait_ready().await;
     b.wait_ready().await;
     let trade = |price: f64, time: &str| serde_json::json!({"T":"t","S":"AAPL","i":1,"x":"V","p":price,"s":100,"t":time,"c":[]});
@@ -576,6 +587,17 @@ async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them
     let bars_path = "/v1/bars?symbol=MSFT&start=2026-01-02T00:00:00Z";
     let bars = same_everywhere(&[&a, &b], bars_path).await;
     assert!(bars.contains("\"c\":1.8"), "{bars}");
+    // The bar reached node b's store too (written within store.bar_flush_interval).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b
+        .metric("tickgate_store_bars_written_total")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "node b stored no bar");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A node that joins later has the same latest values and bars.
     let late = Node::spawn(&redis, "node-late", &quiet);
     late.wait_ready().await;

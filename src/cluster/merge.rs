@@ -50,6 +50,8 @@ pub struct FeedMerge {
     buffer: BTreeMap<u64, (u64, Bytes)>,
     /// A repair read was asked for and has not been merged yet.
     repairing: bool,
+    /// Where the outstanding read starts.
+    asked_from: u64,
 }
 
 impl FeedMerge {
@@ -80,7 +82,8 @@ impl FeedMerge {
     /// from the stream. Returns where that read starts.
     pub fn resubscribed(&mut self) -> u64 {
         self.repairing = true;
-        self.repair_from()
+        self.asked_from = self.repair_from();
+        self.asked_from
     }
 
     /// One live message. Returns `Some(from)` when a repair read starting at `from` is needed
@@ -121,6 +124,12 @@ impl FeedMerge {
     /// Merges a read of the stream. Returns `Some(from)` when held messages still leave a hole
     /// (another repair is needed).
     pub fn stream(&mut self, read: StreamRead, out: &mut Vec<Action>) -> Option<u64> {
+        if self.epoch.is_some_and(|epoch| epoch != read.epoch) && self.asked_from > 1 {
+            // A new log, read from where the old one stopped: its beginning is missing from
+            // this read. Read it from its start instead.
+            self.asked_from = 0;
+            return Some(0);
+        }
         self.repairing = false;
         let first_new = read
             .entries
@@ -205,7 +214,8 @@ impl FeedMerge {
             return None;
         }
         self.repairing = true;
-        Some(self.repair_from())
+        self.asked_from = self.repair_from();
+        Some(self.asked_from)
     }
 }
 
@@ -300,7 +310,10 @@ mod tests {
         out.clear();
         assert_eq!(merge.live(2, 3, bytes(3), &mut out), Some(3));
         assert!(out.is_empty(), "nothing applied from an unconfirmed epoch");
-        merge.stream(read(2, 3, 1..=3), &mut out);
+        // The read from 3 shows a new log: its start is missing, so it is read again from 0.
+        assert_eq!(merge.stream(read(2, 3, 3..=3), &mut out), Some(0));
+        assert!(out.is_empty());
+        assert_eq!(merge.stream(read(2, 3, 1..=3), &mut out), None);
         assert_eq!(
             out[0],
             Action::Reset {
@@ -479,6 +492,20 @@ mod tests {
             }
             check(&log)?;
             prop_assert_eq!(merge.position(), Some((world.epoch, world.top)), "caught up");
+            // Nothing the stream still holds was skipped, whatever resets happened before.
+            let applied_now: std::collections::HashSet<u64> = log
+                .iter()
+                .rev()
+                .take_while(|action| !matches!(action, Action::Reset { epoch, .. } if *epoch != world.epoch))
+                .filter_map(|action| match action {
+                    Action::Apply { seq, .. } => Some(*seq),
+                    Action::Reset { .. } => None,
+                })
+                .collect();
+            let oldest = world.top.saturating_sub(world.window) + 1;
+            for seq in oldest..=world.top {
+                prop_assert!(applied_now.contains(&seq), "retained {} was skipped", seq);
+            }
             if !trimmed_or_lost {
                 // Nothing was ever beyond the stream's reach: one initial reset, no other.
                 let resets = log.iter().filter(|a| matches!(a, Action::Reset { .. })).count();

@@ -121,6 +121,7 @@ async fn subscription(
                 carry_out(sink, feed, epoch, &mut actions, &[]);
                 if let Some(from) = repair_from {
                     repair(inner, sink, feed, merge, from).await?;
+                    align_epochs(inner, sink, merges, feed).await?;
                 }
             }
             _ = ping.tick() => {
@@ -129,6 +130,28 @@ async fn subscription(
             }
         }
     }
+}
+
+/// After `changed` moved to another epoch, the other feeds follow at once (the epoch is one
+/// for all feeds): each is read again, which resets it under the new epoch. Without this a
+/// quiet feed would keep the old epoch until its next event.
+async fn align_epochs(
+    inner: &Inner,
+    sink: &dyn SequencedSink,
+    merges: &mut [FeedMerge; 3],
+    changed: Feed,
+) -> Result<(), ClusterError> {
+    let epoch = merges[feed_index(changed)]
+        .position()
+        .map(|(epoch, _)| epoch);
+    for feed in Feed::ALL {
+        let merge = &mut merges[feed_index(feed)];
+        if feed != changed && merge.position().map(|(epoch, _)| epoch) != epoch {
+            let from = merge.resubscribed();
+            repair(inner, sink, feed, merge, from).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads `feed` from `from` until the merge has no hole left, applying as it goes.

@@ -542,6 +542,39 @@ async fn a_log_that_went_back_in_time_gets_a_new_epoch_instead_of_reissuing_numb
 }
 
 #[tokio::test]
+async fn a_new_epoch_seen_on_one_feed_moves_every_feed_to_it() {
+    let redis = RedisServer::start();
+    let a = start_node(&redis, "a", 100);
+    synced(&a).await;
+    a.node
+        .publish(&trade("AAPL", 1, 1), None)
+        .await
+        .expect("published");
+    // What another node's epoch change looks like from here: the next market event comes
+    // under epoch 999, and the quiet news feed must follow without waiting for news.
+    redis
+        .cli(&["SET", "tickgate:epoch", "999"])
+        .expect("redis-cli");
+    let (epoch, seq) = a
+        .node
+        .publish(&trade("AAPL", 2, 2), None)
+        .await
+        .expect("published");
+    assert_eq!((epoch, seq), (999, 1));
+    a.sink
+        .wait_for("the news feed under the new epoch", |sink| {
+            sink.has(&Record::Reset {
+                feed: Feed::News,
+                epoch: 999,
+                next_seq: 1,
+                initial: false,
+            })
+        })
+        .await;
+    assert!(a.sink.market_applied().contains(&(999, 1)));
+}
+
+#[tokio::test]
 async fn a_redis_restart_with_the_append_only_file_continues_without_a_reset() {
     let mut redis = RedisServer::start_persistent();
     let a = start_node(&redis, "a", 100);

@@ -4,6 +4,8 @@
 //!
 //! Secrets (the HS256 key, passwords, tokens, tickets) are never logged or echoed back.
 
+pub mod api_keys;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,6 +55,8 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("ticket is unknown, expired or already used")]
     BadTicket,
+    #[error("invalid key id or secret")]
+    BadApiKey,
     #[error(
         "a bearer token cannot be sent in a URL; trade it for a ticket at POST /v1/auth/ticket"
     )]

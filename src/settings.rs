@@ -301,6 +301,29 @@ pub struct AuthSettings {
     pub max_login_attempts_per_minute: u32,
     /// Users of the built-in issuer, with argon2 PHC password hashes.
     pub users: Vec<UserEntry>,
+    /// API key pairs defined in configuration (Alpaca's key id and secret; see
+    /// `docs/alpaca.md`). Pairs issued through `POST /v1/api-keys` live in the store.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// The server key of the keyed hash that API key secrets are stored as (32+ bytes). Empty:
+    /// a random key kept in `<store.data_dir>/api_key_hash.key`, or one per process when the
+    /// store is off. Never logged.
+    pub api_key_hash_key: String,
+    /// Most API key pairs one user may hold at once (issued ones; configured ones do not count).
+    pub max_api_keys_per_user: usize,
+}
+
+/// One API key pair from configuration. The secret itself is never in the configuration:
+/// only its SHA-256 digest (print one with `tickgate hash-api-secret`), which `Debug` shows.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ApiKeyEntry {
+    pub key_id: String,
+    /// The account the key trades for.
+    pub user: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Accept the pair only from loopback addresses (the demo pair).
+    pub loopback_only: bool,
 }
 
 /// One user of the built-in issuer.
@@ -335,6 +358,9 @@ impl Default for AuthSettings {
             max_connections_per_user: 5,
             max_login_attempts_per_minute: 20,
             users: Vec::new(),
+            api_keys: Vec::new(),
+            api_key_hash_key: String::new(),
+            max_api_keys_per_user: 10,
         }
     }
 }
@@ -352,6 +378,9 @@ impl std::fmt::Debug for AuthSettings {
             .field("ticket_ttl", &self.ticket_ttl)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("users", &self.users)
+            .field("api_keys", &self.api_keys)
+            .field("api_key_hash_key", &"<redacted>")
+            .field("max_api_keys_per_user", &self.max_api_keys_per_user)
             .finish()
     }
 }
@@ -632,6 +661,7 @@ impl Settings {
                 ));
             }
         }
+        problems.extend(crate::auth::api_keys::check_settings(auth));
         let ws = &self.ws;
         for (name, value) in [
             ("ws.auth_timeout", ws.auth_timeout),

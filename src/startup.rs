@@ -112,6 +112,13 @@ impl Application {
                     .collect(),
             )?;
         }
+        let api_keys = Arc::new(crate::auth::api_keys::ApiKeys::load(
+            &settings.auth,
+            Some(&settings.store),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.api_keys)),
+        )?);
         let shutdown = CancellationToken::new();
         // Cluster mode: the node joins before anything follows the hub, so the exchange and
         // the bar writer see the shared log from its first synchronisation.
@@ -150,6 +157,7 @@ impl Application {
         }
         let state = AppState {
             auth,
+            api_keys,
             settings: Arc::new(settings),
             hub,
             sources,

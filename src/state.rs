@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AuthService;
+use crate::auth::api_keys::ApiKeys;
 use crate::cluster::ClusterNode;
 use crate::hub::Hub;
 use crate::ingest::SourceRegistry;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// This node's link to the cluster; `None` on a single node (`cluster.redis_url` empty).
     pub cluster: Option<ClusterNode>,
+    /// API key pairs (Alpaca's key id and secret; docs/alpaca.md).
+    pub api_keys: Arc<ApiKeys>,
 }
 
 impl AppState {

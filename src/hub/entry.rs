@@ -32,6 +32,10 @@ pub struct Entry {
     /// The single-event WebSocket text frame `[<json>]`, built in the same allocation as
     /// `sse`, so a connection with one pending event sends it without copying or encoding.
     pub ws: Bytes,
+    /// The single-event MessagePack frame of the Alpaca stream (a one-element array of the
+    /// event's map; the map alone is `msgpack[1..]`, see [`super::msgpack`]). Encoded only
+    /// while some MessagePack client is connected ([`super::Hub::msgpack_client`]).
+    pub msgpack: Option<Bytes>,
 }
 
 pub(super) fn encode_entry(
@@ -41,6 +45,7 @@ pub(super) fn encode_entry(
     symbol: Option<SymbolId>,
     tagged: Box<[SymbolId]>,
     json: &[u8],
+    msgpack: Option<Bytes>,
 ) -> Entry {
     let name = kind.event_name();
     let mut frame = BytesMut::with_capacity(2 * json.len() + name.len() + 50);
@@ -70,6 +75,7 @@ pub(super) fn encode_entry(
         sse,
         json,
         ws,
+        msgpack,
     }
 }
 
@@ -228,6 +234,7 @@ pub(super) fn encode_notice(json: &[u8]) -> Entry {
         sse: all.slice(..sse_end),
         json: all.slice(json_start..json_end),
         ws: all.slice(sse_end..),
+        msgpack: None,
     }
 }
 

@@ -14,7 +14,8 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`queue`] (subscriber
+//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps), [`sequenced`] (what a cluster node does to the
 //! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
@@ -22,6 +23,7 @@
 
 pub mod entry;
 pub mod filter;
+pub mod msgpack;
 pub mod queue;
 mod sequenced;
 pub mod sweep;
@@ -246,6 +248,19 @@ pub struct Hub {
     /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
     /// each connection pings and checks its idle deadline without a timer of its own.
     keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
+    /// Connected clients that want MessagePack frames (see [`entry::Entry::msgpack`]).
+    msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
+/// them.
+#[derive(Debug)]
+pub struct MsgpackClientGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for MsgpackClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Hub {
@@ -283,7 +298,16 @@ impl Hub {
                 bars: vec![VecDeque::new(); symbols],
             }),
             keepalive: Mutex::new(Vec::new()),
+            msgpack_clients: Arc::default(),
         }
+    }
+
+    /// Registers a MessagePack client: from now on each event's MessagePack frame is encoded
+    /// at publish. An event published just before may lack it; the client encodes that one
+    /// itself.
+    pub fn msgpack_client(&self) -> MsgpackClientGuard {
+        self.msgpack_clients.fetch_add(1, Ordering::Relaxed);
+        MsgpackClientGuard(Arc::clone(&self.msgpack_clients))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -392,6 +416,9 @@ impl Hub {
             tagged,
         } = prepared;
         let feed = Feed::of(kind);
+        let msgpack = (self.msgpack_clients.load(Ordering::Relaxed) > 0)
+            .then(|| msgpack::single_event_frame(&event))
+            .flatten();
         let mut state = self.feeds[feed.index()].lock();
         let seq = given_seq.unwrap_or(state.next_seq);
         state.next_seq = seq + 1;
@@ -405,6 +432,7 @@ impl Hub {
             symbol,
             tagged,
             json,
+            msgpack,
         ));
         state.window.push_back(Arc::clone(&entry));
         while state.window.len() > self.settings.replay_window {

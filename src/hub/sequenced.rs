@@ -67,6 +67,8 @@ impl Hub {
                 prepared.symbol,
                 prepared.tagged,
                 &json,
+                // Latest values reach clients only inside snapshots, which are JSON.
+                None,
             ));
             self.record_latest(id, &event, &entry);
         }

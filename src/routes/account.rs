@@ -1,7 +1,7 @@
 //! HTTP routes for authentication and the account (docs/websocket.md, "Getting a token" and
 //! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/ticket`
-//! (single-use WebSocket ticket), and, with a bearer token, `GET /v1/account`,
-//! `GET /v1/positions` and `GET /v1/orders?status=`.
+//! (single-use WebSocket ticket), and, with a bearer token or an API key pair,
+//! `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
 
 use std::sync::Arc;
 
@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, ErrorCode};
+use crate::routes::orders::order_error;
 use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
-use crate::trading::api::{OrderError, OrderQuery, TradingApi};
+use crate::trading::api::{OrderQuery, TradingApi};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))
@@ -46,18 +47,6 @@ pub fn bearer_identity(request: &HttpRequest, state: &AppState) -> Result<Identi
         ));
     };
     state.auth.verify_token(token).map_err(auth_error)
-}
-
-fn order_error(error: OrderError) -> ApiError {
-    match error.code {
-        // Their HTTP statuses come from the one table (400, 403, 404, 422).
-        OrderError::INVALID
-        | OrderError::INSUFFICIENT
-        | OrderError::NOT_FOUND
-        | OrderError::NOT_CANCELABLE => ApiError::new(error.code, error.message),
-        // Everything else is the exchange failing: 50010000 over HTTP, the cause logged.
-        _ => ApiError::internal(&error),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,7 +91,7 @@ async fn account(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let portfolio = trading(&state)?
         .portfolio(&identity.user)
         .await
@@ -118,7 +107,7 @@ async fn positions(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let portfolio = trading(&state)?
         .portfolio(&identity.user)
         .await
@@ -131,7 +120,7 @@ async fn orders(
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let query = query_params(query.into_inner(), &["status"])?;
     let which = match query.get("status").map(String::as_str) {
         None | Some("open") => OrderQuery::Open,

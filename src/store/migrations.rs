@@ -13,11 +13,18 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "api_keys",
+        sql: include_str!("../../migrations/0002_api_keys.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> u32 {
@@ -133,7 +140,7 @@ mod tests {
         let mut connection = Connection::open_in_memory().expect("memory db");
         assert_eq!(
             migrate(&mut connection).expect("first"),
-            vec![latest_version()]
+            (1..=latest_version()).collect::<Vec<_>>()
         );
         assert!(migrate(&mut connection).expect("second").is_empty());
         assert_eq!(

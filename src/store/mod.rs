@@ -348,12 +348,37 @@ impl StoreHealth {
     }
 }
 
-/// The store as the application holds it: one backend behind all three interfaces.
+/// One API key pair as stored: the keyed hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub username: String,
+    /// Lower-case hex of the keyed hash (see `auth::api_keys`).
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Durable API key pairs issued through the API.
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Stores a new pair; resolves once it is durable.
+    fn insert_api_key(&self, record: ApiKeyRecord) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Marks a pair revoked; `Ok(false)` when no active pair has that id.
+    fn revoke_api_key(
+        &self,
+        key_id: &str,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Every pair that is not revoked.
+    fn active_api_keys(&self) -> BoxFuture<'static, Result<Vec<ApiKeyRecord>, StoreError>>;
+}
+
+/// The store as the application holds it: one backend behind all four interfaces.
 #[derive(Clone)]
 pub struct Store {
     pub trading: Arc<dyn TradingStore>,
     pub history: Arc<dyn HistoryStore>,
     pub feeds: Arc<dyn FeedStateStore>,
+    pub api_keys: Arc<dyn ApiKeyStore>,
     pub health: StoreHealth,
     pub settings: StoreSettings,
     /// The data directory's lock file, held while this store is in use (see [`Store::open`]).
@@ -399,6 +424,7 @@ impl Store {
             trading: backend.clone(),
             history: backend.clone(),
             feeds: backend.clone(),
+            api_keys: backend.clone(),
             health: backend.health(),
             settings: settings.clone(),
             lock: Arc::new(Mutex::new(Some(lock))),

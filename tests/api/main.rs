@@ -20,6 +20,12 @@ mod qa_regressions;
 mod stalled_peers;
 mod tidy;
 
+mod alpaca {
+    mod py;
+    mod rest;
+    mod streams;
+}
+
 mod cluster {
     mod engine;
     mod nodes;
@@ -55,6 +61,7 @@ mod store {
 
 mod trading {
     mod exchange;
+    mod rest;
 }
 
 mod ws {

@@ -41,7 +41,7 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(ByteString),
-    Binary,
+    Binary(Bytes),
     Ping(Bytes),
     Pong,
     Close,
@@ -138,7 +138,7 @@ impl Inbound {
             };
             let message = match frame {
                 Frame::Text(bytes) => text(bytes),
-                Frame::Binary(_) => Incoming::Binary,
+                Frame::Binary(bytes) => Incoming::Binary(bytes),
                 Frame::Ping(bytes) => Incoming::Ping(bytes),
                 Frame::Pong(_) => Incoming::Pong,
                 Frame::Close(_) => Incoming::Close,
@@ -178,12 +178,12 @@ impl Inbound {
         }
         self.parts_len = 0;
         let parts = std::mem::take(&mut self.parts);
-        if !self.parts_text {
-            return Some(Incoming::Binary);
-        }
         let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
         for part in parts {
             joined.extend_from_slice(&part);
+        }
+        if !self.parts_text {
+            return Some(Incoming::Binary(joined.freeze()));
         }
         Some(text(joined.freeze()))
     }
@@ -212,6 +212,10 @@ fn declared_length(buf: &[u8]) -> Option<u64> {
 /// Server-to-client frames (never masked), written into the connection's outgoing buffer.
 pub fn put_text(buf: &mut BytesMut, payload: &[u8]) {
     Parser::write_message(buf, payload, OpCode::Text, true, false);
+}
+
+pub fn put_binary(buf: &mut BytesMut, payload: &[u8]) {
+    Parser::write_message(buf, payload, OpCode::Binary, true, false);
 }
 
 pub fn put_ping(buf: &mut BytesMut, payload: &[u8]) {
@@ -266,15 +270,23 @@ pub struct FastPath {
     /// Close a client silent for this long.
     pub idle_timeout: Duration,
     last_ping: Instant,
+    /// Market data goes out in binary frames (MessagePack), not text.
+    binary: bool,
 }
 
 impl FastPath {
-    pub fn new(market: SharedMarket, ping_every: Duration, idle_timeout: Duration) -> FastPath {
+    pub fn new(
+        market: SharedMarket,
+        ping_every: Duration,
+        idle_timeout: Duration,
+        binary: bool,
+    ) -> FastPath {
         FastPath {
             market,
             ping_every,
             idle_timeout,
             last_ping: Instant::now(),
+            binary,
         }
     }
 
@@ -293,7 +305,14 @@ impl FastPath {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();
-            let (close, heartbeat) = market.deliver_into(|payload| put_text(&mut outbox, payload));
+            let binary = self.binary;
+            let (close, heartbeat) = market.deliver_into(|payload| {
+                if binary {
+                    put_binary(&mut outbox, payload);
+                } else {
+                    put_text(&mut outbox, payload);
+                }
+            });
             // The clock is read on keep-alive ticks only (one per ping interval, busy or
             // not), not on every delivery.
             if heartbeat && close.is_none() {

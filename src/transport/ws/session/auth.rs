@@ -1,4 +1,5 @@
-//! Authentication of a session: the credential on the upgrade request or the `auth` action,
+//! Authentication of a session: the credential on the upgrade request or the `auth` action
+//! (a token, a ticket or an API key pair),
 //! the per-user connection limit, and the auth deadline. Invariants kept here: until it is
 //! authenticated a session answers every other action with 401; a failed credential (402),
 //! the connection limit (406) and the deadline passing (404) end the session with close
@@ -81,7 +82,7 @@ impl WsSession {
         }
     }
 
-    /// `auth` with a bearer JWT or a ticket.
+    /// `auth` with a bearer JWT, a ticket, or an API key pair (`key` and `secret`).
     pub(super) fn auth_action(
         &mut self,
         id: Option<&Value>,
@@ -96,8 +97,28 @@ impl WsSession {
             ));
             return;
         }
-        if let Err(refusal) = check_keys(map, "auth", &["token"]) {
+        if let Err(refusal) = check_keys(map, "auth", &["token", "key", "secret"]) {
             out.push(error_frame(id, refusal.code, &refusal.msg));
+            return;
+        }
+        // An API key pair (Alpaca's form) instead of a token.
+        if map.contains_key("key") || map.contains_key("secret") {
+            let (Some(Value::String(key)), Some(Value::String(secret)), None) =
+                (map.get("key"), map.get("secret"), map.get("token"))
+            else {
+                out.push(error_frame(
+                    id,
+                    ErrorCode::InvalidSyntax,
+                    "an API key pair needs key and secret as strings, and no token",
+                ));
+                return;
+            };
+            let result = self
+                .deps
+                .api_keys
+                .verify(key, secret, self.deps.peer)
+                .map_err(|_| AuthError::BadApiKey);
+            self.finish_auth(id, result, out);
             return;
         }
         let token = match map.get("token") {

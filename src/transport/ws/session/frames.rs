@@ -27,6 +27,8 @@ pub enum Output {
     /// One text frame: a JSON array (UTF-8 by construction: serde_json output or the hub's
     /// prebuilt `Entry.ws`, shared without a copy or a second UTF-8 check).
     Frame(Bytes),
+    /// One binary frame: a MessagePack array of market events (`MarketEncoding::MsgPack`).
+    Binary(Bytes),
     /// Send a close frame with this code and reason, then stop.
     Close { code: u16, reason: String },
 }
@@ -39,7 +41,7 @@ impl Output {
     pub fn frame_json(&self) -> Option<Value> {
         match self {
             Output::Frame(text) => serde_json::from_slice(text).ok(),
-            Output::Close { .. } => None,
+            Output::Binary(_) | Output::Close { .. } => None,
         }
     }
 }

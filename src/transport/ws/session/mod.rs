@@ -41,6 +41,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::auth::api_keys::ApiKeys;
 use crate::auth::{AuthError, AuthService, Identity};
 use crate::error::ErrorCode;
 use crate::hub::{CloseReason, Delivery, Hub, SubscriberQueue};
@@ -49,7 +50,7 @@ use crate::trading::api::{TradingApi, UserEvent};
 
 pub use books::BookMessage;
 pub use frames::{Output, close_codes, closing};
-pub use market::{MarketState, SharedMarket};
+pub use market::{MarketEncoding, MarketState, SharedMarket};
 
 use auth::AuthState;
 use books::Books;
@@ -79,9 +80,15 @@ pub struct SessionLimits {
 pub struct SessionDeps {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
+    /// API key pairs, accepted by `auth` as `key` and `secret`.
+    pub api_keys: Arc<ApiKeys>,
+    /// The client's address (loopback-only key pairs check it).
+    pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
     pub limits: SessionLimits,
+    /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
+    pub market_encoding: MarketEncoding,
 }
 
 /// Something the session was woken for; pass it back to [`WsSession::on_wake`].
@@ -122,7 +129,13 @@ impl WsSession {
             auth: AuthState::new(Instant::now() + limits.auth_timeout),
             rate: TokenBucket::new(limits.actions_per_second, limits.action_burst),
             subs: Subscriptions::default(),
-            market: MarketFeeds::new(deps.hub.new_queue(), Arc::clone(&deps.metrics)),
+            market: MarketFeeds::new(
+                deps.hub.new_queue(),
+                Arc::clone(&deps.metrics),
+                deps.market_encoding,
+                (deps.market_encoding == MarketEncoding::MsgPack)
+                    .then(|| deps.hub.msgpack_client()),
+            ),
             trade_updates: TradeUpdates::default(),
             portfolio: PortfolioStream::new(limits.portfolio_interval),
             books: Books::default(),

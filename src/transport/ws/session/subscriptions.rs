@@ -1,6 +1,7 @@
 //! Subscriptions: what a session asked for (`subscribe`, `unsubscribe`) and the `subscription`
 //! reply that shows the whole state after each change. Invariants kept here: a change is
-//! checked whole before any of it applies (a refused message changes nothing); at most
+//! checked whole before any of it applies (a refused message changes nothing); a channel the
+//! server does not offer is reported (400) and skipped, the rest applies; at most
 //! `market.max_symbols_per_subscription` distinct explicit symbols over all streams (error
 //! 405 beyond); in an unsubscribe, `true` stops a stream and `false` changes nothing. The
 //! streams a change starts or stops are handed to their owners (`market`, `orders`,
@@ -18,7 +19,7 @@ use crate::market::SymbolId;
 
 use super::WsSession;
 use super::frames::{Output, error_frame, json_frame};
-use super::parse::{Refusal, check_keys, refuse, symbol_list};
+use super::parse::{COMMON_KEYS, Refusal, refuse, symbol_list};
 
 /// A set of symbols, or all of them (`"*"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +69,7 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
         orderbooks: &'a BTreeSet<String>,
         portfolio: bool,
         quotes: SymbolNames<'a>,
+        statuses: SymbolNames<'a>,
         trade_updates: bool,
         trades: SymbolNames<'a>,
     }
@@ -80,6 +82,7 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
         orderbooks: &subs.orderbooks,
         portfolio: subs.portfolio,
         quotes: names(&subs.quotes),
+        statuses: names(&subs.statuses),
         trade_updates: subs.trade_updates,
         trades: names(&subs.trades),
     })
@@ -91,6 +94,8 @@ pub(super) struct Subscriptions {
     pub(super) trades: SymbolSet,
     pub(super) quotes: SymbolSet,
     pub(super) bars: SymbolSet,
+    /// Statuses of these symbols, besides those of symbols in `trades`, `quotes` or `bars`.
+    pub(super) statuses: SymbolSet,
     pub(super) news: SymbolSet,
     pub(super) orderbooks: BTreeSet<String>,
     pub(super) trade_updates: bool,
@@ -99,30 +104,37 @@ pub(super) struct Subscriptions {
 
 impl WsSession {
     /// Builds the subscription set after a subscribe (`add`) or unsubscribe, or refuses it.
+    /// Also returns the channels the message named that this server does not offer: they are
+    /// reported and skipped, and the rest of the message applies.
     fn next_subscriptions(
         &self,
         map: &Map<String, Value>,
         add: bool,
-    ) -> Result<Subscriptions, Refusal> {
-        const KEYS: [&str; 7] = [
+    ) -> Result<(Subscriptions, Vec<String>), Refusal> {
+        const KEYS: [&str; 8] = [
             "trades",
             "quotes",
             "bars",
+            "statuses",
             "news",
             "orderbooks",
             "trade_updates",
             "portfolio",
         ];
-        let action = if add { "subscribe" } else { "unsubscribe" };
-        check_keys(map, action, &KEYS)?;
+        let skipped: Vec<String> = map
+            .keys()
+            .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
         let mut next = self.subs.clone();
-        for key in ["trades", "quotes", "bars", "news"] {
+        for key in ["trades", "quotes", "bars", "statuses", "news"] {
             let Some(value) = map.get(key) else { continue };
             let change = symbol_list(self.deps.hub.universe(), value, key, true)?;
             let target = match key {
                 "trades" => &mut next.trades,
                 "quotes" => &mut next.quotes,
                 "bars" => &mut next.bars,
+                "statuses" => &mut next.statuses,
                 _ => &mut next.news,
             };
             if add {
@@ -167,7 +179,13 @@ impl WsSession {
             }
         }
         let mut explicit: BTreeSet<SymbolId> = BTreeSet::new();
-        for set in [&next.trades, &next.quotes, &next.bars, &next.news] {
+        for set in [
+            &next.trades,
+            &next.quotes,
+            &next.bars,
+            &next.statuses,
+            &next.news,
+        ] {
             explicit.extend(set.ids.iter().copied());
         }
         explicit.extend(
@@ -185,7 +203,7 @@ impl WsSession {
                 ),
             ));
         }
-        Ok(next)
+        Ok((next, skipped))
     }
 
     pub(super) async fn subscribe_action(
@@ -195,13 +213,30 @@ impl WsSession {
         add: bool,
         out: &mut Vec<Output>,
     ) {
-        let next = match self.next_subscriptions(map, add) {
+        let (next, skipped) = match self.next_subscriptions(map, add) {
             Ok(next) => next,
             Err(refusal) => {
                 out.push(error_frame(id, refusal.code, &refusal.msg));
                 return;
             }
         };
+        if !skipped.is_empty() {
+            out.push(error_frame(
+                id,
+                ErrorCode::InvalidSyntax,
+                &format!(
+                    "unknown channel(s) skipped: {}; the others apply",
+                    skipped.join(", ")
+                ),
+            ));
+            // Nothing else named: nothing changed, so no subscription reply.
+            if map
+                .keys()
+                .all(|k| COMMON_KEYS.contains(&k.as_str()) || skipped.contains(k))
+            {
+                return;
+            }
+        }
         let previous = std::mem::replace(&mut self.subs, next);
         let mut followups = Vec::new();
         self.update_market_registrations(&previous, &mut followups);

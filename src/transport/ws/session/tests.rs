@@ -172,9 +172,21 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
         ..AuthSettings::default()
     })
     .expect("auth");
+    let keys = AuthSettings {
+        api_keys: vec![crate::settings::ApiKeyEntry {
+            key_id: "k".into(),
+            user: "bob".into(),
+            secret_sha256: crate::auth::api_keys::secret_sha256_hex("s"),
+            loopback_only: true,
+        }],
+        ..AuthSettings::default()
+    };
     let deps = SessionDeps {
         hub: Arc::clone(&hub),
         auth: Arc::new(auth),
+        api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+        peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        market_encoding: super::MarketEncoding::Json,
         trading,
         metrics,
         limits: SessionLimits {
@@ -429,7 +441,7 @@ fn replies_match_their_json_object_encoding() {
     };
     let frame_text = |output: Output| match output {
         Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).expect("utf-8"),
-        Output::Close { .. } => panic!("expected a frame"),
+        Output::Binary(_) | Output::Close { .. } => panic!("expected a frame"),
     };
     let aapl = hub.universe().id("AAPL").expect("AAPL");
     let msft = hub.universe().id("MSFT").expect("MSFT");
@@ -441,6 +453,7 @@ fn replies_match_their_json_object_encoding() {
     subs.news.all = true;
     subs.bars.all = true;
     subs.bars.ids.insert(msft);
+    subs.statuses.ids.insert(aapl);
     subs.orderbooks
         .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
     subs.trade_updates = true;
@@ -472,6 +485,7 @@ fn replies_match_their_json_object_encoding() {
                 "trades": old_names(&subs.trades),
                 "quotes": old_names(&subs.quotes),
                 "bars": old_names(&subs.bars),
+                "statuses": old_names(&subs.statuses),
                 "news": old_names(&subs.news),
                 "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
                 "trade_updates": subs.trade_updates,

@@ -189,6 +189,19 @@ async fn repair(
                 applied as f64,
             );
         }
+        let resets = actions
+            .iter()
+            .filter(|action| matches!(action, Action::Reset { initial: false, .. }))
+            .count();
+        if resets > 0 {
+            inner.metrics.add_counter(
+                "tickgate_cluster_resets_total",
+                "Times a feed's local log had to start afresh (new epoch, or a hole the stream \
+                 no longer held); its clients got an explicit reset.",
+                &format!("feed=\"{}\"", feed.name()),
+                resets as f64,
+            );
+        }
         carry_out(sink, feed, epoch, &mut actions, &read.latest);
         match next {
             Some(again) => from = again,

@@ -34,14 +34,12 @@ impl Hub {
         let mut state = self.feeds[feed.index()].lock();
         state.window.clear();
         state.next_seq = next_seq.max(1);
-        if tell_clients && !state.subscribers.is_empty() {
+        if tell_clients {
             for registration in state.subscribers.drain(..) {
                 registration
                     .queue
                     .push_control(Delivery::Close(CloseReason::Reset));
             }
-            drop(state);
-            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -452,6 +452,12 @@ async fn a_hole_trimmed_out_of_the_stream_is_an_explicit_reset_in_the_same_epoch
             applied,
             vec![(epoch, 1), (epoch, 9), (epoch, 10), (epoch, 11)]
         );
+        assert!(
+            node.metrics
+                .render()
+                .contains("tickgate_cluster_resets_total{feed=\"market\"} 1"),
+            "the reset is counted"
+        );
     }
 }
 

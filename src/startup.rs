@@ -225,6 +225,11 @@ impl Application {
         if let Some(tasks) = store_tasks {
             tasks.finish(&state.hub).await;
         }
+        // Before the process ends: another node takes the sources over at once instead of
+        // waiting for the leases to expire.
+        if let Some(node) = &state.cluster {
+            node.release_leases().await;
+        }
         Ok(())
     }
 

@@ -123,6 +123,7 @@ pub async fn hold_lease(
                     "lease taken"
                 );
                 set_held(node, source, true);
+                node.hold(&ticket);
                 tokio::spawn(keep_renewed(node.clone(), ticket.clone(), shutdown.clone()));
                 return Some(ticket);
             }
@@ -197,6 +198,7 @@ async fn keep_renewed(node: ClusterNode, ticket: LeaseTicket, shutdown: Cancella
         }
     }
     ticket.mark_lost();
+    node.forget(&ticket);
     set_held(&node, ticket.source(), false);
 }
 

@@ -156,6 +156,8 @@ pub(super) struct Inner {
     pub(super) queued: Mutex<Option<mpsc::Receiver<Job>>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) publish_script: String,
+    /// Leases this node holds now, released together on shutdown.
+    pub(super) held: Mutex<Vec<LeaseTicket>>,
     pub(super) read_script: String,
     health: Mutex<Health>,
 }
@@ -201,6 +203,7 @@ impl ClusterNode {
                 queued: Mutex::new(Some(queued)),
                 metrics,
                 publish_script: scripts::publish_source(),
+                held: Mutex::new(Vec::new()),
                 read_script: scripts::read_source(),
                 health: Mutex::new(Health {
                     synced: false,
@@ -308,6 +311,29 @@ impl ClusterNode {
         with_latest: bool,
     ) -> Result<FeedRead, ClusterError> {
         self.inner.read(feed, from, with_latest, None).await
+    }
+
+    /// Gives up every lease this node holds (clean shutdown), waiting for Redis to confirm
+    /// each (bounded by the response timeout).
+    pub async fn release_leases(&self) {
+        let held: Vec<LeaseTicket> = std::mem::take(&mut *self.inner.held.lock());
+        for ticket in held {
+            ticket.mark_lost();
+            super::lease::release(self, &ticket).await;
+        }
+    }
+
+    /// Records a lease this node now holds (see [`ClusterNode::release_leases`]).
+    pub(super) fn hold(&self, ticket: &LeaseTicket) {
+        self.inner.held.lock().push(ticket.clone());
+    }
+
+    /// Forgets a lease this node no longer holds.
+    pub(super) fn forget(&self, ticket: &LeaseTicket) {
+        self.inner
+            .held
+            .lock()
+            .retain(|held| held.value() != ticket.value());
     }
 
     /// The latest trade, quote and bar per symbol in the shared log, with their sequences.

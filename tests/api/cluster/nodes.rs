@@ -616,6 +616,15 @@ async fn a_node_stopped_cleanly_releases_its_leases_at_once() {
     assert_eq!(holder(&[&a], "simulator", Duration::from_secs(5)).await, 0);
     let b = Node::spawn(&redis, "node-b", &[]);
     b.wait_ready().await;
+    // Ready without running the simulator: another node does.
+    let (status, body) = b.get("/readyz").await.expect("node b answers");
+    assert_eq!(status, 200);
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        readiness["sources"]["simulator"]["state"], "standby",
+        "{body}"
+    );
+    assert_eq!(readiness["cluster"]["state"], "up", "{body}");
     a.signal("TERM");
     let status = a
         .wait_exit(Duration::from_secs(10))

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::cluster::settings::ClusterSettings;
+
 /// The whole configuration tree.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
@@ -32,6 +34,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub ws: WsSettings,
     pub store: StoreSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -562,6 +565,7 @@ impl Settings {
         problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.validate_auth_and_ws());
         problems.extend(self.store.validate());
+        problems.extend(self.cluster.validate());
         problems
     }
 

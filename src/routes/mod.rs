@@ -141,7 +141,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sources = state.sources.snapshot();
     let hub_running = !state.shutdown.is_cancelled();
     // No registered source is fine: the publish API alone can feed the hub.
-    let ready = hub_running && state.sources.all_serving();
+    // In a cluster the node must also be connected to Redis and caught up with the shared log.
+    let cluster = state.cluster.as_ref().map(|node| node.health());
+    let cluster_ok = cluster.as_ref().is_none_or(Result::is_ok);
+    let ready = hub_running && state.sources.all_serving() && cluster_ok;
     let degraded: Vec<&String> = sources
         .iter()
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
@@ -159,12 +162,18 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "degraded"
     };
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "hub": if hub_running { "running" } else { "stopping" },
         "sources": sources,
         "store": store,
     });
+    if let (Some(node), Some(health)) = (&state.cluster, cluster) {
+        body["cluster"] = match health {
+            Ok(()) => json!({"state": "up", "node": node.node_id()}),
+            Err(reason) => json!({"state": "down", "node": node.node_id(), "reason": reason}),
+        };
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

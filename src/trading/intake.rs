@@ -136,6 +136,11 @@ pub(super) async fn ingest(
                         queue.mark_gone();
                         return;
                     }
+                    Delivery::Close(crate::hub::CloseReason::Reset) => {
+                        tracing::info!("the market feed was reset; following the new log");
+                        queue = subscribe_market(&hub);
+                        continue 'subscription;
+                    }
                     Delivery::Close(crate::hub::CloseReason::SlowClient) => {
                         tracing::warn!("exchange fell behind the market feed; resubscribing");
                         queue = subscribe_market(&hub);

@@ -69,6 +69,18 @@ pub fn closing(reason: CloseReason) -> (Output, u16, &'static str) {
                 "server restarting",
             )
         }
+        CloseReason::Reset => {
+            let status = json!({
+                "T": "s", "S": "*", "sc": "reset",
+                "sm": "the feed was reset; reconnect and subscribe again for a fresh snapshot",
+                "t": chrono::Utc::now(),
+            });
+            (
+                Output::frame(format!("[{status}]")),
+                close_codes::RESTART,
+                "feed reset",
+            )
+        }
     }
 }
 

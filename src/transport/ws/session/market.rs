@@ -193,10 +193,13 @@ impl MarketState {
                 }
             };
             let slot = feed_slot(entry.feed);
-            if entry.seq <= self.last_seq[slot] {
-                continue;
+            // Sequence 0 is a notice outside every log (a cluster status): never a duplicate.
+            if entry.seq != 0 {
+                if entry.seq <= self.last_seq[slot] {
+                    continue;
+                }
+                self.last_seq[slot] = entry.seq;
             }
-            self.last_seq[slot] = entry.seq;
             if !self.wanted.wants(&entry) {
                 continue;
             }

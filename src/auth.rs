@@ -4,6 +4,8 @@
 //!
 //! Secrets (the HS256 key, passwords, tokens, tickets) are never logged or echoed back.
 
+pub mod api_keys;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +32,10 @@ const DUMMY_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$VEEAuXeAej5IT+
 pub struct Identity {
     /// The `sub` claim: the account the session trades for.
     pub user: String,
+    /// Unix second after which the credential is no longer accepted: the token's `exp` plus
+    /// `auth.leeway` (for a ticket, that of the token that bought it). A WebSocket session
+    /// ends then unless the client sends a fresh token (`docs/websocket.md`).
+    pub valid_until: u64,
 }
 
 /// Why a credential was refused. Messages are safe to show to the client.
@@ -57,12 +63,16 @@ pub enum AuthError {
     UnknownSubject,
     #[error("ticket is unknown, expired or already used")]
     BadTicket,
+    #[error("invalid key id or secret")]
+    BadApiKey,
     #[error(
         "a bearer token cannot be sent in a URL; trade it for a ticket at POST /v1/auth/ticket"
     )]
     TokenInUrl,
     #[error("wrong username or password")]
     BadCredentials,
+    #[error("this user is no longer configured; log in again")]
+    UnknownUser,
     #[error("the built-in issuer is disabled: tokens come from an external RS256/ES256 issuer")]
     IssuerDisabled,
     #[error("connection limit reached: at most {0} sessions per user")]
@@ -104,6 +114,9 @@ pub struct IssuedTicket {
 struct Ticket {
     user: String,
     expires: Instant,
+    /// The buying token's [`Identity::valid_until`]: a session opened with the ticket ends
+    /// when the token would have.
+    valid_until: u64,
 }
 
 /// Verifies tokens and tickets, issues both, and counts sessions per user.
@@ -296,6 +309,7 @@ impl AuthService {
         }
         Ok(Identity {
             user: data.claims.sub,
+            valid_until: data.claims.exp.saturating_add(self.leeway),
         })
     }
 
@@ -347,6 +361,7 @@ impl AuthService {
         }
         Ok(Identity {
             user: claims.sub.into_owned(),
+            valid_until: claims.exp.saturating_add(self.leeway),
         })
     }
 
@@ -391,6 +406,18 @@ impl AuthService {
         self.sign(username, encoding)
     }
 
+    /// A fresh token for the holder of a valid one (`POST /v1/auth/refresh`), so a client can
+    /// keep a session going without keeping the password. Only for users still configured.
+    pub fn refresh_token(&self, identity: &Identity) -> Result<IssuedToken, AuthError> {
+        let Some(encoding) = &self.encoding else {
+            return Err(AuthError::IssuerDisabled);
+        };
+        if !self.users.contains_key(&identity.user) {
+            return Err(AuthError::UnknownUser);
+        }
+        self.sign(&identity.user, encoding)
+    }
+
     /// Signs a token for `user` without a password (tests and tools with the HS256 secret).
     pub fn mint_token(&self, user: &str) -> Result<String, AuthError> {
         let encoding = self.encoding.as_ref().ok_or(AuthError::IssuerDisabled)?;
@@ -433,6 +460,7 @@ impl AuthService {
             Ticket {
                 user: identity.user.clone(),
                 expires: now + self.ticket_ttl,
+                valid_until: identity.valid_until,
             },
         );
         Ok(IssuedTicket {
@@ -445,7 +473,10 @@ impl AuthService {
     pub fn redeem_ticket(&self, ticket: &str) -> Result<Identity, AuthError> {
         let found = self.tickets.lock().remove(ticket.trim());
         match found {
-            Some(t) if t.expires > Instant::now() => Ok(Identity { user: t.user }),
+            Some(t) if t.expires > Instant::now() => Ok(Identity {
+                user: t.user,
+                valid_until: t.valid_until,
+            }),
             _ => Err(AuthError::BadTicket),
         }
     }

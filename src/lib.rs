@@ -8,6 +8,8 @@
 //!   ([`hub::entry`]), bounded subscriber queues, the shared sweeps.
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`, started
 //!   by [`trading::exchange::start`].
+//! - [`cluster`]: multi-node operation on Redis (one shared log per feed, leases with fencing
+//!   tokens); below `state`, it reaches the hub only through `cluster::SequencedSink`.
 //! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
 //! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits;
 //!   [`subject`]: the rule every account name (username, token subject) follows.
@@ -20,6 +22,7 @@
 //! - [`metrics`]: counters and gauges rendered as Prometheus text.
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod hub;
 pub mod ingest;

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::cluster::settings::ClusterSettings;
+
 /// The whole configuration tree.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
@@ -32,6 +34,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub ws: WsSettings,
     pub store: StoreSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,64 +220,11 @@ impl std::fmt::Debug for PublishSettings {
     }
 }
 
-/// The simulated exchange (`[trading]`). Money and prices are exact decimals.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct TradingSettings {
-    /// Seed of the synthetic order books; the same seed and inputs give the same fills.
-    pub seed: u64,
-    /// Cash of a new account.
-    pub starting_cash: rust_decimal::Decimal,
-    /// Commission charged per filled share (0 = free).
-    pub commission_per_share: rust_decimal::Decimal,
-    /// Allow selling more than the account holds (a short position).
-    pub allow_short: bool,
-    /// Levels per side of each synthetic book.
-    pub book_levels: usize,
-    /// Price grid of the books and of limit and stop prices.
-    pub tick_size: rust_decimal::Decimal,
-    /// Largest quantity of one order.
-    pub max_order_qty: rust_decimal::Decimal,
-    /// Decimal places allowed in an order quantity (0 = whole shares).
-    pub qty_decimals: u32,
-    /// Highest limit or stop price accepted.
-    pub max_price: rust_decimal::Decimal,
-    /// Open orders one account may have at a time.
-    pub max_open_orders: usize,
-    /// Finished orders remembered per account for order listings.
-    pub closed_orders_kept: usize,
-    /// Requests queued to the exchange before callers wait.
-    pub command_queue: usize,
-    /// Book updates buffered per symbol for slow readers before they lag.
-    pub book_channel_capacity: usize,
-    /// Trade updates buffered per user for slow readers before they lag.
-    pub user_channel_capacity: usize,
-}
-
-impl Default for TradingSettings {
-    fn default() -> Self {
-        TradingSettings {
-            seed: 7,
-            starting_cash: rust_decimal::Decimal::from(100_000),
-            commission_per_share: rust_decimal::Decimal::ZERO,
-            allow_short: true,
-            book_levels: 10,
-            tick_size: rust_decimal::Decimal::new(1, 2),
-            max_order_qty: rust_decimal::Decimal::from(1_000_000),
-            qty_decimals: 0,
-            max_price: rust_decimal::Decimal::from(1_000_000),
-            max_open_orders: 500,
-            closed_orders_kept: 1000,
-            command_queue: 1024,
-            book_channel_capacity: 1024,
-            user_channel_capacity: 1024,
-        }
-    }
-}
 pub use crate::ingest::config::{
     PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
 };
 pub use crate::subject::{MAX_SUBJECT_BYTES, subject_problem};
+pub use crate::trading::config::TradingSettings;
 
 /// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
 #[derive(Clone, Deserialize)]
@@ -309,6 +259,29 @@ pub struct AuthSettings {
     /// HS256: a token's `sub` must be one of `users` (a removed user's tokens are refused
     /// from the next start). Off only when another service signs HS256 tokens too.
     pub require_listed_users: bool,
+    /// API key pairs defined in configuration (Alpaca's key id and secret; see
+    /// `docs/alpaca.md`). Pairs issued through `POST /v1/api-keys` live in the store.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// The server key of the keyed hash that API key secrets are stored as (32+ bytes). Empty:
+    /// a random key kept in `<store.data_dir>/api_key_hash.key`, or one per process when the
+    /// store is off. Never logged.
+    pub api_key_hash_key: String,
+    /// Most API key pairs one user may hold at once (issued ones; configured ones do not count).
+    pub max_api_keys_per_user: usize,
+}
+
+/// One API key pair from configuration. The secret itself is never in the configuration:
+/// only its SHA-256 digest (print one with `tickgate hash-api-secret`), which `Debug` shows.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ApiKeyEntry {
+    pub key_id: String,
+    /// The account the key trades for.
+    pub user: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Accept the pair only from loopback addresses (the demo pair).
+    pub loopback_only: bool,
 }
 
 /// One user of the built-in issuer.
@@ -344,6 +317,9 @@ impl Default for AuthSettings {
             max_login_attempts_per_minute: 20,
             users: Vec::new(),
             require_listed_users: true,
+            api_keys: Vec::new(),
+            api_key_hash_key: String::new(),
+            max_api_keys_per_user: 10,
         }
     }
 }
@@ -362,6 +338,9 @@ impl std::fmt::Debug for AuthSettings {
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("users", &self.users)
             .field("require_listed_users", &self.require_listed_users)
+            .field("api_keys", &self.api_keys)
+            .field("api_key_hash_key", &"<redacted>")
+            .field("max_api_keys_per_user", &self.max_api_keys_per_user)
             .finish()
     }
 }
@@ -611,6 +590,7 @@ impl Settings {
         problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.validate_auth_and_ws());
         problems.extend(self.store.validate());
+        problems.extend(self.cluster.validate());
         problems
     }
 
@@ -658,6 +638,7 @@ impl Settings {
                 ));
             }
         }
+        problems.extend(crate::auth::api_keys::check_settings(auth));
         let ws = &self.ws;
         for (name, value) in [
             ("ws.auth_timeout", ws.auth_timeout),
@@ -689,45 +670,6 @@ impl Settings {
         }
         if !(ws.portfolio_max_per_second > 0.0 && ws.portfolio_max_per_second <= 1000.0) {
             problems.push("ws.portfolio_max_per_second: must be in (0, 1000]".into());
-        }
-        problems
-    }
-}
-
-impl TradingSettings {
-    fn validate(&self) -> Vec<String> {
-        use rust_decimal::Decimal;
-        let mut problems = Vec::new();
-        if self.starting_cash < Decimal::ZERO {
-            problems.push("trading.starting_cash: must not be negative".into());
-        }
-        if self.commission_per_share < Decimal::ZERO {
-            problems.push("trading.commission_per_share: must not be negative".into());
-        }
-        if !(1..=100).contains(&self.book_levels) {
-            problems.push("trading.book_levels: must be between 1 and 100".into());
-        }
-        if self.tick_size <= Decimal::ZERO {
-            problems.push("trading.tick_size: must be greater than zero".into());
-        }
-        if self.max_order_qty <= Decimal::ZERO {
-            problems.push("trading.max_order_qty: must be greater than zero".into());
-        }
-        if self.qty_decimals > 9 {
-            problems.push("trading.qty_decimals: at most 9".into());
-        }
-        if self.max_price <= Decimal::ZERO {
-            problems.push("trading.max_price: must be greater than zero".into());
-        }
-        for (key, value) in [
-            ("max_open_orders", self.max_open_orders),
-            ("command_queue", self.command_queue),
-            ("book_channel_capacity", self.book_channel_capacity),
-            ("user_channel_capacity", self.user_channel_capacity),
-        ] {
-            if value == 0 {
-                problems.push(format!("trading.{key}: must be at least 1"));
-            }
         }
         problems
     }

@@ -50,6 +50,11 @@ const DEMO_KEYS: &[(&str, &str)] = &[
         "the shipped file has the demo user (demo / demo-password); in code there are no users",
     ),
     (
+        "auth.api_keys",
+        "the shipped file has the demo key pair (demo-key / demo-secret, loopback only); in \
+         code there are none",
+    ),
+    (
         "simulator.initial_prices",
         "the shipped file starts the demo symbols near real prices; in code every symbol \
          starts at 100.00",

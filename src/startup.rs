@@ -120,7 +120,34 @@ impl Application {
                     .collect(),
             )?;
         }
+        let api_keys = Arc::new(crate::auth::api_keys::ApiKeys::load(
+            &settings.auth,
+            Some(&settings.store),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.api_keys)),
+        )?);
         let shutdown = CancellationToken::new();
+        // Cluster mode: the node joins before anything follows the hub, so the exchange and
+        // the bar writer see the shared log from its first synchronisation.
+        let cluster = if settings.cluster.enabled() {
+            let config = crate::cluster::ClusterConfig::from_settings(
+                &settings.cluster,
+                settings.hub.replay_window,
+            );
+            tokio::runtime::Handle::try_current().map_err(|_| {
+                anyhow::anyhow!("cluster mode needs the application built inside a tokio runtime")
+            })?;
+            let node = crate::cluster::ClusterNode::new(config, Arc::clone(&metrics))?;
+            tracing::info!(node = node.node_id(), "joining the cluster");
+            node.start(
+                Arc::new(crate::cluster::HubSink::new(Arc::clone(&hub))),
+                shutdown.clone(),
+            );
+            Some(node)
+        } else {
+            None
+        };
         let exchange = crate::trading::exchange::start(
             &settings.trading,
             &settings.simulator.initial_prices,
@@ -132,9 +159,13 @@ impl Application {
         )?;
         let sources = SourceRegistry::new(Arc::clone(&metrics));
         let hub_sink: Arc<dyn crate::hub::EventSink> = hub.clone();
-        let publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
+        let mut publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
+        if let Some(node) = &cluster {
+            publisher = publisher.with_cluster(node.clone(), hub.universe().clone());
+        }
         let state = AppState {
             auth,
+            api_keys,
             settings: Arc::new(settings),
             hub,
             sources,
@@ -143,6 +174,7 @@ impl Application {
             shutdown,
             trading: Arc::new(exchange),
             store: opened.map(|opened| opened.store),
+            cluster,
         };
         Ok(Application {
             port,
@@ -200,6 +232,11 @@ impl Application {
         stopper.abort();
         if let Some(tasks) = store_tasks {
             tasks.finish(&state.hub).await;
+        }
+        // Before the process ends: another node takes the sources over at once instead of
+        // waiting for the leases to expire.
+        if let Some(node) = &state.cluster {
+            node.release_leases().await;
         }
         Ok(())
     }

@@ -14,20 +14,24 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`queue`] (subscriber
+//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`filter`] (what a subscription wants), [`sweep`] (the
-//! shared heartbeat and keep-alive sweeps); this file holds the feeds, their logs and the
-//! latest values.
+//! shared heartbeat and keep-alive sweeps), [`sequenced`] (what a cluster node does to the
+//! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
+//! and the latest values.
 
 pub mod entry;
 pub mod filter;
+pub mod msgpack;
 pub mod queue;
+mod sequenced;
 pub mod sweep;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -83,9 +87,10 @@ impl Feed {
 }
 
 /// What one entry costs a replay window: the SSE frame and the WebSocket frame (one
-/// allocation holds both; `json` is a slice of the SSE frame).
+/// allocation holds both; `json` is a slice of the SSE frame), and the MessagePack frame
+/// when Alpaca clients are connected.
 fn entry_bytes(entry: &Entry) -> usize {
-    entry.sse.len() + entry.ws.len()
+    entry.sse.len() + entry.ws.len() + entry.msgpack.as_ref().map_or(0, |m| m.len())
 }
 
 /// A position in a feed's log.
@@ -221,18 +226,33 @@ pub enum PublishError {
     Invalid(#[from] InvalidEvent),
     #[error("could not encode event: {0}")]
     Encode(String),
+    /// Cluster mode: the shared log did not take the event.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterPublishError),
+}
+
+impl PublishError {
+    /// The metric label of a refusal.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            PublishError::Invalid(invalid) => invalid.reason_label(),
+            PublishError::Encode(_) => "encode",
+            PublishError::Cluster(error) => error.reason_label(),
+        }
+    }
 }
 
 /// What stands behind `ingest::source::Publisher`, the one seam every source publishes
-/// through. Today the local [`Hub`] implements it; a bus that relays through Redis to several
-/// gateway nodes implements the same trait.
+/// through: the local [`Hub`] on a single node, and `cluster::LeasedSink` (the shared log in
+/// Redis, under the source's lease) on a cluster node.
 pub trait EventSink: Send + Sync {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError>;
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError>;
 }
 
 /// The fan-out hub. Cheap to share behind an `Arc`.
 pub struct Hub {
-    epoch: u64,
+    /// Fixed for a single node; in cluster mode it follows the shared log's epoch.
+    epoch: AtomicU64,
     universe: SymbolUniverse,
     settings: HubSettings,
     metrics: Arc<Metrics>,
@@ -241,11 +261,24 @@ pub struct Hub {
     /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
     /// each connection pings and checks its idle deadline without a timer of its own.
     keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
+    /// Connected clients that want MessagePack frames (see [`entry::Entry::msgpack`]).
+    msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
+/// them.
+#[derive(Debug)]
+pub struct MsgpackClientGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for MsgpackClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hub").field("epoch", &self.epoch).finish()
+        f.debug_struct("Hub").field("epoch", &self.epoch()).finish()
     }
 }
 
@@ -266,7 +299,7 @@ impl Hub {
             })
         };
         Hub {
-            epoch,
+            epoch: AtomicU64::new(epoch),
             universe,
             settings,
             metrics,
@@ -279,11 +312,20 @@ impl Hub {
                 bars: vec![VecDeque::new(); symbols],
             }),
             keepalive: Mutex::new(Vec::new()),
+            msgpack_clients: Arc::default(),
         }
     }
 
+    /// Registers a MessagePack client: from now on each event's MessagePack frame is encoded
+    /// at publish. An event published just before may lack it; the client encodes that one
+    /// itself.
+    pub fn msgpack_client(&self) -> MsgpackClientGuard {
+        self.msgpack_clients.fetch_add(1, Ordering::Relaxed);
+        MsgpackClientGuard(Arc::clone(&self.msgpack_clients))
+    }
+
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Relaxed)
     }
 
     pub fn universe(&self) -> &SymbolUniverse {
@@ -305,9 +347,10 @@ impl Hub {
 
     /// The cursor of the newest event of a feed (seq 0 when nothing was published yet).
     pub fn cursor(&self, feed: Feed) -> Cursor {
+        let state = self.feeds[feed.index()].lock();
         Cursor {
-            epoch: self.epoch,
-            seq: self.feeds[feed.index()].lock().next_seq - 1,
+            epoch: self.epoch(),
+            seq: state.next_seq - 1,
         }
     }
 
@@ -347,10 +390,18 @@ impl Hub {
     /// Validates, sequences, encodes once and fans out one event.
     pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
         validate_event(&event, &self.universe)?;
+        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let prepared = self.prepare(&event, true)?;
+        Ok(self.append(event, prepared, &json, None))
+    }
+
+    /// Symbol ids and the per-symbol time check (enforced, or only recorded for events the
+    /// shared log already checked). Checked before sequencing so a rejected event never
+    /// consumes a sequence number.
+    fn prepare(&self, event: &MarketEvent, enforce_time: bool) -> Result<Prepared, PublishError> {
         let kind = event.kind();
-        let feed = Feed::of(kind);
         let symbol = event.symbol().and_then(|s| self.universe.id(s));
-        let tagged: Box<[SymbolId]> = match &event {
+        let tagged: Box<[SymbolId]> = match event {
             MarketEvent::News(news) => news
                 .symbols
                 .iter()
@@ -358,10 +409,6 @@ impl Hub {
                 .collect(),
             _ => Box::default(),
         };
-        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
-
-        // Per-symbol time order and latest values. Checked before sequencing so a rejected
-        // event never consumes a sequence number.
         if let Some(id) = symbol {
             let slot = match kind {
                 EventKind::Trade => Some(0),
@@ -374,51 +421,61 @@ impl Hub {
                 let time = event.time();
                 let last = &mut latest.last_time[usize::from(id)][slot];
                 if last.is_some_and(|previous| time < previous) {
-                    return Err(InvalidEvent::TimeWentBackwards {
-                        symbol: self.universe.name(id).to_owned(),
+                    if enforce_time {
+                        return Err(InvalidEvent::TimeWentBackwards {
+                            symbol: self.universe.name(id).to_owned(),
+                        }
+                        .into());
                     }
-                    .into());
+                } else {
+                    *last = Some(time);
                 }
-                *last = Some(time);
             }
         }
+        Ok(Prepared {
+            kind,
+            symbol,
+            tagged,
+        })
+    }
 
+    /// Sequences (or takes the given sequence), encodes once, keeps and fans out one event.
+    fn append(
+        &self,
+        event: MarketEvent,
+        prepared: Prepared,
+        json: &[u8],
+        given_seq: Option<u64>,
+    ) -> Published {
+        let Prepared {
+            kind,
+            symbol,
+            tagged,
+        } = prepared;
+        let feed = Feed::of(kind);
+        let msgpack = (self.msgpack_clients.load(Ordering::Relaxed) > 0)
+            .then(|| msgpack::single_event_frame(&event))
+            .flatten();
         let mut state = self.feeds[feed.index()].lock();
-        let seq = state.next_seq;
-        state.next_seq += 1;
+        let seq = given_seq.unwrap_or(state.next_seq);
+        state.next_seq = seq + 1;
         let entry = Arc::new(encode_entry(
             feed,
             Cursor {
-                epoch: self.epoch,
+                epoch: self.epoch(),
                 seq,
             },
             kind,
             symbol,
             tagged,
-            &json,
+            json,
+            msgpack,
         ));
         state.window_bytes += entry_bytes(&entry);
         state.window.push_back(Arc::clone(&entry));
         self.trim_window(feed, &mut state);
         if let Some(id) = symbol {
-            let mut latest = self.latest.lock();
-            let index = usize::from(id);
-            match (&event, kind) {
-                (_, EventKind::Trade) => latest.trade[index] = Some(Arc::clone(&entry)),
-                (_, EventKind::Quote) => latest.quote[index] = Some(Arc::clone(&entry)),
-                (MarketEvent::Bar(bar), EventKind::Bar) => {
-                    latest.bar[index] = Some(Arc::clone(&entry));
-                    let history = &mut latest.bars[index];
-                    if history.back().is_some_and(|last| last.time == bar.time) {
-                        history.pop_back();
-                    }
-                    history.push_back(bar.clone());
-                    while history.len() > self.settings.bar_history {
-                        history.pop_front();
-                    }
-                }
-                _ => {}
-            }
+            self.record_latest(id, &event, &entry);
         }
         let metrics = &self.metrics;
         state.subscribers.retain(|registration| {
@@ -437,7 +494,29 @@ impl Hub {
             Feed::Alerts => &metrics.published_alerts,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(Published { entry })
+        Published { entry }
+    }
+
+    /// The latest trade, quote or bar of a symbol, and its bar history.
+    fn record_latest(&self, id: SymbolId, event: &MarketEvent, entry: &Arc<Entry>) {
+        let mut latest = self.latest.lock();
+        let index = usize::from(id);
+        match event {
+            MarketEvent::Trade(_) => latest.trade[index] = Some(Arc::clone(entry)),
+            MarketEvent::Quote(_) => latest.quote[index] = Some(Arc::clone(entry)),
+            MarketEvent::Bar(bar) => {
+                latest.bar[index] = Some(Arc::clone(entry));
+                let history = &mut latest.bars[index];
+                if history.back().is_some_and(|last| last.time == bar.time) {
+                    history.pop_back();
+                }
+                history.push_back(bar.clone());
+                while history.len() > self.settings.bar_history {
+                    history.pop_front();
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Registers `queue` on `feed`, collecting the replay after `resume` (or a reset and a
@@ -451,12 +530,13 @@ impl Hub {
         queue: &Arc<SubscriberQueue>,
     ) -> Subscribed {
         let mut state = self.feeds[feed.index()].lock();
+        let epoch = self.epoch();
         let newest = state.next_seq - 1;
         let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.seq);
         let mut replay = Vec::new();
         let mut reset = None;
         if let Some(cursor) = resume {
-            if cursor.epoch != self.epoch {
+            if cursor.epoch != epoch {
                 reset = Some(ResetReason::EpochChanged);
             } else if cursor.seq > newest {
                 reset = Some(ResetReason::CursorAhead);
@@ -495,10 +575,7 @@ impl Hub {
             replay,
             reset,
             snapshot,
-            cursor: Cursor {
-                epoch: self.epoch,
-                seq: newest,
-            },
+            cursor: Cursor { epoch, seq: newest },
         }
     }
 
@@ -601,9 +678,16 @@ impl Hub {
 }
 
 impl EventSink for Hub {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
-        self.publish_event(event)
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
+        self.publish_event(event).map(|_| ())
     }
+}
+
+/// What `prepare` worked out about an event before it is sequenced.
+struct Prepared {
+    kind: EventKind,
+    symbol: Option<SymbolId>,
+    tagged: Box<[SymbolId]>,
 }
 
 #[cfg(test)]

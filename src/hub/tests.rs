@@ -403,3 +403,89 @@ fn the_replay_window_is_bounded_in_bytes_too_and_an_evicted_cursor_resets() {
     );
     assert_eq!(kept.replay.len(), 1);
 }
+
+#[test]
+fn sequenced_events_keep_their_given_numbers_and_the_publishers_bytes() {
+    let hub = hub(10, 10);
+    let queue = SubscriberQueue::with_capacity(10);
+    hub.reset_feed(Feed::Market, 9, 41, false);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+    let json = serde_json::to_vec(&trade("AAPL", 5, 10.0)).unwrap_or_default();
+    let applied = hub.apply_sequenced(41, &json).expect("applied");
+    assert_eq!(applied.entry.json.as_ref(), json.as_slice());
+    assert!(applied.entry.sse.starts_with(b"id: 9-41\n"));
+    // Time order was checked where the event was sequenced: an older one still applies.
+    let older = serde_json::to_vec(&trade("AAPL", 4, 10.0)).unwrap_or_default();
+    assert_eq!(
+        hub.apply_sequenced(42, &older).expect("applied").entry.seq,
+        42
+    );
+    assert_eq!(hub.cursor(Feed::Market), Cursor { epoch: 9, seq: 42 });
+    assert_eq!(drain(&queue).len(), 2);
+    assert!(hub.apply_sequenced(43, b"not json").is_err());
+}
+
+#[test]
+fn a_reset_closes_subscribers_and_their_old_cursor_then_gets_an_explicit_reset() {
+    let hub = hub(10, 10);
+    for id in 1..=3 {
+        hub.publish_event(trade("AAPL", id, 10.0)).expect("valid");
+    }
+    let queue = SubscriberQueue::with_capacity(10);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+    // The same epoch, but the log continues at 20: 4..=19 were never seen here.
+    hub.reset_feed(Feed::Market, 7, 20, true);
+    assert!(matches!(
+        drain(&queue).as_slice(),
+        [Delivery::Close(CloseReason::Reset)]
+    ));
+    assert_eq!(hub.subscriber_count(Feed::Market), 0);
+    let again = SubscriberQueue::with_capacity(10);
+    let resumed = hub.subscribe(
+        Feed::Market,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 3 }),
+        true,
+        &again,
+    );
+    assert_eq!(resumed.reset, Some(ResetReason::CursorTooOld));
+    // Latest values survive a reset: the snapshot still has the last trade.
+    assert_eq!(resumed.snapshot.map(|s| s.len()), Some(1));
+    // A client that had everything up to 19 (from another node) resumes without a reset.
+    let caught_up = hub.subscribe(
+        Feed::Market,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 19 }),
+        false,
+        &again,
+    );
+    assert_eq!(caught_up.reset, None);
+}
+
+#[test]
+fn a_status_notice_reaches_every_feed_without_an_id_or_a_sequence_number() {
+    let hub = hub(10, 10);
+    let queues: Vec<_> = Feed::ALL
+        .iter()
+        .map(|feed| {
+            let queue = SubscriberQueue::with_capacity(10);
+            hub.subscribe(*feed, Filter::everything(), None, false, &queue);
+            queue
+        })
+        .collect();
+    let both = SubscriberQueue::with_capacity(10);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &both);
+    hub.subscribe(Feed::News, Filter::everything(), None, false, &both);
+    hub.notify_status("cluster_down", "redis unreachable");
+    assert_eq!(drain(&both).len(), 1, "one notice per queue, not per feed");
+    for queue in &queues {
+        let items = drain(queue);
+        let [Delivery::Event(entry)] = items.as_slice() else {
+            panic!("one notice: {items:?}");
+        };
+        assert_eq!(entry.seq, 0);
+        assert!(entry.sse.starts_with(b"event: status\ndata: {"));
+        assert!(std::str::from_utf8(&entry.json).is_ok_and(|j| j.contains("cluster_down")));
+    }
+    assert_eq!(hub.cursor(Feed::Market).seq, 0, "no cursor moved");
+}

@@ -6,9 +6,16 @@
 //! - [`account`]: token, WebSocket ticket, account, positions and orders.
 //! - [`publish`]: `POST /v1/publish` for external producers (admin token).
 //! - [`params`]: strict query parsing shared by routes and transports.
+//! - [`orders`]: REST order entry (`/v1/orders…`), one implementation for tickgate's routes,
+//!   Alpaca's and the WebSocket's order parsing.
+//! - [`api_keys`]: who a request is from (bearer token or API key pair) and `/v1/api-keys`.
+//! - [`alpaca`]: Alpaca's REST API (`/v2/…`, docs/alpaca.md) and its JSON shapes.
 
 pub mod account;
+pub mod alpaca;
+pub mod api_keys;
 pub mod market;
+pub mod orders;
 pub mod params;
 pub mod publish;
 
@@ -42,7 +49,10 @@ pub fn configure(
     .route("/readyz", web::head().to(readyz))
     .configure(market::configure)
     .configure(transports)
-    .configure(account::configure);
+    .configure(account::configure)
+    .configure(orders::configure)
+    .configure(api_keys::configure)
+    .configure(alpaca::configure);
     let max_body_bytes = state.settings.server.max_body_bytes;
     cfg.configure(|cfg| publish::configure(cfg, max_body_bytes));
     let web_root = &state.settings.server.web_root;
@@ -78,6 +88,8 @@ pub fn cors(state: &AppState) -> Cors {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("apca-api-key-id"),
+            header::HeaderName::from_static("apca-api-secret-key"),
         ])
         .max_age(600);
     if origins.iter().any(|o| o == "*") {
@@ -129,7 +141,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sources = state.sources.snapshot();
     let hub_running = !state.shutdown.is_cancelled();
     // No registered source is fine: the publish API alone can feed the hub.
-    let ready = hub_running && state.sources.all_serving();
+    // In a cluster the node must also be connected to Redis and caught up with the shared log.
+    let cluster = state.cluster.as_ref().map(|node| node.health());
+    let cluster_ok = cluster.as_ref().is_none_or(Result::is_ok);
+    let ready = hub_running && state.sources.all_serving() && cluster_ok;
     let degraded: Vec<&String> = sources
         .iter()
         .filter(|(_, h)| matches!(h, crate::ingest::SourceHealth::Degraded { .. }))
@@ -147,12 +162,18 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "degraded"
     };
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "hub": if hub_running { "running" } else { "stopping" },
         "sources": sources,
         "store": store,
     });
+    if let (Some(node), Some(health)) = (&state.cluster, cluster) {
+        body["cluster"] = match health {
+            Ok(()) => json!({"state": "up", "node": node.node_id()}),
+            Err(reason) => json!({"state": "down", "node": node.node_id(), "reason": reason}),
+        };
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

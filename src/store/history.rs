@@ -43,6 +43,10 @@ struct BarWriter {
 
 impl BarWriter {
     fn take_entry(&mut self, entry: &crate::hub::Entry) {
+        // Sequence 0 is a notice outside the log (a cluster status), not a position.
+        if entry.seq == 0 {
+            return;
+        }
         self.last_seq = Some(entry.seq);
         if entry.kind != EventKind::Bar {
             return;
@@ -63,6 +67,11 @@ impl BarWriter {
                 Delivery::Event(entry) => self.take_entry(&entry),
                 Delivery::Heartbeat | Delivery::Close(CloseReason::Shutdown) => {}
                 Delivery::Close(CloseReason::SlowClient) => closed_slow = true,
+                Delivery::Close(CloseReason::Reset) => {
+                    // The log started afresh (cluster mode): follow the new one from its start.
+                    self.last_seq = None;
+                    closed_slow = true;
+                }
             }
         }
         if closed_slow {

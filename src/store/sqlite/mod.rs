@@ -23,6 +23,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
+mod api_keys;
 mod feeds;
 mod history;
 mod trading;

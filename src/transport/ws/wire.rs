@@ -42,7 +42,7 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(ByteString),
-    Binary,
+    Binary(Bytes),
     Ping(Bytes),
     Pong,
     Close,
@@ -304,7 +304,7 @@ impl Inbound {
                 Err(error) => Some(self.end(Incoming::Invalid(error.to_string()))),
             },
             OpCode::Text if fin => Some(text(payload)),
-            OpCode::Binary if fin => Some(Incoming::Binary),
+            OpCode::Binary if fin => Some(Incoming::Binary(payload)),
             OpCode::Text | OpCode::Binary => {
                 self.message_len = payload.len() as u64;
                 self.parts.push(payload);
@@ -324,12 +324,12 @@ impl Inbound {
                 let is_text = matches!(self.reading, Reading::Keeping { text: true });
                 self.close_message();
                 let parts = std::mem::take(&mut self.parts);
-                if !is_text {
-                    return Some(Incoming::Binary);
-                }
                 let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
                 for part in parts {
                     joined.extend_from_slice(&part);
+                }
+                if !is_text {
+                    return Some(Incoming::Binary(joined.freeze()));
                 }
                 Some(text(joined.freeze()))
             }
@@ -391,6 +391,10 @@ pub fn put_text(buf: &mut BytesMut, payload: &[u8]) {
     Parser::write_message(buf, payload, OpCode::Text, true, false);
 }
 
+pub fn put_binary(buf: &mut BytesMut, payload: &[u8]) {
+    Parser::write_message(buf, payload, OpCode::Binary, true, false);
+}
+
 pub fn put_ping(buf: &mut BytesMut, payload: &[u8]) {
     Parser::write_message(buf, payload, OpCode::Ping, true, false);
 }
@@ -443,15 +447,23 @@ pub struct FastPath {
     /// Close a client silent for this long.
     pub idle_timeout: Duration,
     last_ping: Instant,
+    /// Market data goes out in binary frames (MessagePack), not text.
+    binary: bool,
 }
 
 impl FastPath {
-    pub fn new(market: SharedMarket, ping_every: Duration, idle_timeout: Duration) -> FastPath {
+    pub fn new(
+        market: SharedMarket,
+        ping_every: Duration,
+        idle_timeout: Duration,
+        binary: bool,
+    ) -> FastPath {
         FastPath {
             market,
             ping_every,
             idle_timeout,
             last_ping: Instant::now(),
+            binary,
         }
     }
 
@@ -470,7 +482,14 @@ impl FastPath {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();
-            let (close, heartbeat) = market.deliver_into(|payload| put_text(&mut outbox, payload));
+            let binary = self.binary;
+            let (close, heartbeat) = market.deliver_into(|payload| {
+                if binary {
+                    put_binary(&mut outbox, payload);
+                } else {
+                    put_text(&mut outbox, payload);
+                }
+            });
             // The clock is read on keep-alive ticks only (one per ping interval, busy or
             // not), not on every delivery.
             if heartbeat && close.is_none() {

@@ -19,7 +19,7 @@ pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The users tests mint tokens for; the built-in issuer refuses subjects not in `auth.users`.
-pub const TEST_USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+pub const TEST_USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "rita", "sam", "ula", "vic"];
 
 /// Test settings with a fixed HS256 secret, so tests can mint their own tokens for
 /// [`TEST_USERS`] (listed in `auth.users` with the demo user's password hash).

@@ -14,13 +14,18 @@
 //! Rules kept here:
 //! - Every client message gets either its effect or a specific `error`, except messages
 //!   dropped by the rate limit after the first of their run; only auth failures, auth
-//!   timeout, the connection limit, a slow client, a sustained flood (430), an unfinished
-//!   fragmented message (431) and a message over the hard size limit end the session.
+//!   timeout, the connection limit, token expiry, a slow client, a sustained flood (430), an
+//!   unfinished fragmented message (431) and a message over the hard size limit end the
+//!   session.
 //! - One action is handled at a time and its reply is returned before any trading event is
 //!   read again, so an `order_ack` always precedes the trade updates the order caused.
 //! - Market data reuses the hub's encoded JSON (`Entry.json`): frames are concatenations.
 //! - Order-book `seq` rises by exactly one per symbol for the life of the connection; when
 //!   deltas were lost (lag) the client gets a fresh snapshot instead of a gap.
+//! - Trade updates go out in the user's `seq` order, each at most once per connection, none
+//!   skipped (resume with `since`, lag repaired from the store; see `orders`).
+//! - A session ends when its credential does unless the client refreshed it in place (see
+//!   `auth`).
 
 mod auth;
 mod books;
@@ -43,6 +48,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::auth::api_keys::ApiKeys;
 use crate::auth::{AuthError, AuthService, Identity};
 use crate::error::ErrorCode;
 use crate::hub::{CloseReason, Delivery, Hub, SubscriberQueue};
@@ -51,7 +57,7 @@ use crate::trading::api::{TradingApi, UserEvent};
 
 pub use books::BookMessage;
 pub use frames::{Output, close_codes, closing};
-pub use market::{MarketState, SharedMarket};
+pub use market::{MarketEncoding, MarketState, SharedMarket};
 
 use auth::AuthState;
 use books::Books;
@@ -83,9 +89,15 @@ pub struct SessionLimits {
 pub struct SessionDeps {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
+    /// API key pairs, accepted by `auth` as `key` and `secret`.
+    pub api_keys: Arc<ApiKeys>,
+    /// The client's address (loopback-only key pairs check it).
+    pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
     pub limits: SessionLimits,
+    /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
+    pub market_encoding: MarketEncoding,
 }
 
 /// Something the session was woken for; pass it back to [`WsSession::on_wake`].
@@ -97,6 +109,7 @@ pub enum Wake {
     PortfolioDue,
     Book(BookMessage),
     AuthDeadline,
+    TokenExpired,
 }
 
 /// One client connection's state: one part per concern.
@@ -130,7 +143,13 @@ impl WsSession {
                 limits.max_dropped_actions,
             ),
             subs: Subscriptions::default(),
-            market: MarketFeeds::new(deps.hub.new_queue(), Arc::clone(&deps.metrics)),
+            market: MarketFeeds::new(
+                deps.hub.new_queue(),
+                Arc::clone(&deps.metrics),
+                deps.market_encoding,
+                (deps.market_encoding == MarketEncoding::MsgPack)
+                    .then(|| deps.hub.msgpack_client()),
+            ),
             trade_updates: TradeUpdates::default(),
             portfolio: PortfolioStream::new(limits.portfolio_interval),
             books: Books::default(),
@@ -258,7 +277,7 @@ impl WsSession {
     /// instead (the 408 for the first drop of a run, nothing for the rest, the close once
     /// the flood is sustained). Every client message counts, text or not, so no kind of
     /// message gets a reply per dropped message.
-    fn over_rate(&mut self, text: Option<&str>) -> Option<Vec<Output>> {
+    pub fn over_rate(&mut self, text: Option<&str>) -> Option<Vec<Output>> {
         match self.rate.check() {
             Verdict::Allow => None,
             Verdict::DropSilently => Some(Vec::new()),
@@ -286,6 +305,13 @@ impl WsSession {
     pub async fn on_text(&mut self, text: &str) -> Vec<Output> {
         if self.closed {
             return Vec::new();
+        }
+        // A message that arrives with (or after) the expiry is not processed, even if the
+        // timer has not been served yet.
+        if self.auth.token_expired() {
+            let mut out = Vec::new();
+            self.end_expired(&mut out);
+            return out;
         }
         if let Some(dropped) = self.over_rate(Some(text)) {
             return dropped;
@@ -367,6 +393,7 @@ impl WsSession {
     /// Cancel-safe: the glue selects on it together with the socket.
     pub async fn wait(&mut self) -> Wake {
         let auth_deadline = self.auth.pending_deadline();
+        let token_deadline = self.auth.token_deadline();
         let portfolio_due = self.portfolio.due();
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
@@ -378,6 +405,7 @@ impl WsSession {
             Some(message) = self.books.recv() => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
+            _ = sleep_until_opt(token_deadline) => Wake::TokenExpired,
         }
     }
 
@@ -390,7 +418,12 @@ impl WsSession {
         match wake {
             Wake::Hub => self.deliver(Vec::new(), &mut out),
             Wake::AuthDeadline => self.on_auth_deadline(&mut out),
-            Wake::UserEvent(first) => self.on_user_events(first, &mut out),
+            Wake::TokenExpired => {
+                if self.auth.token_expired() {
+                    self.end_expired(&mut out);
+                }
+            }
+            Wake::UserEvent(first) => self.on_user_events(first, &mut out).await,
             Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
             Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
             Wake::Book(first) => self.on_book_messages(first, &mut out),

@@ -129,75 +129,6 @@ impl Default for MarketSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct SimulatorSettings {
-    pub enabled: bool,
-    /// RNG seed; the same seed gives the same market.
-    pub seed: u64,
-    /// Mean trades per second per symbol (Poisson arrivals).
-    pub trades_per_second: f64,
-    /// Annualized volatility used by the geometric Brownian motion.
-    pub volatility: f64,
-    /// Market seconds of price diffusion per wall-clock second. A year has 252 trading days of
-    /// 6.5 hours, so 1.0 is real-world pace; the default 4.0 makes the demo visibly move.
-    pub time_scale: f64,
-    /// Mean time between synthetic news items (exponentially distributed); zero turns news off.
-    #[serde(with = "humantime_serde")]
-    pub news_interval: Duration,
-    /// Keep the simulated market in its regular session around the clock.
-    pub always_open: bool,
-    /// Starting prices by symbol; symbols not listed start at 100.00.
-    pub initial_prices: std::collections::BTreeMap<String, f64>,
-}
-
-impl Default for SimulatorSettings {
-    fn default() -> Self {
-        SimulatorSettings {
-            enabled: true,
-            seed: 42,
-            trades_per_second: 4.0,
-            volatility: 0.35,
-            time_scale: 4.0,
-            news_interval: Duration::from_secs(20),
-            always_open: true,
-            initial_prices: std::collections::BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct HubConfig {
-    /// Events kept per feed for `Last-Event-ID` resume.
-    pub replay_window: usize,
-    /// Bytes each feed's replay window may hold; the oldest events go first.
-    pub replay_window_bytes: usize,
-    /// Queued events per subscriber before conflation, then disconnect (407).
-    pub subscriber_queue_capacity: usize,
-    /// Interval of the shared heartbeat sweep (SSE comment, WebSocket ping).
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// Reconnect delay sent to SSE clients in `retry:`.
-    #[serde(with = "humantime_serde")]
-    pub sse_retry: Duration,
-    /// One-minute bars kept in memory per symbol.
-    pub bar_history: usize,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        HubConfig {
-            replay_window: 10_000,
-            replay_window_bytes: 32 << 20,
-            subscriber_queue_capacity: 1024,
-            heartbeat_interval: Duration::from_secs(15),
-            sse_retry: Duration::from_secs(2),
-            bar_history: 1440,
-        }
-    }
-}
-
 #[derive(Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct PublishSettings {
@@ -220,9 +151,12 @@ impl std::fmt::Debug for PublishSettings {
     }
 }
 
+pub use crate::hub::HubConfig;
 pub use crate::ingest::config::{
     PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
 };
+pub use crate::ingest::sim::SimulatorSettings;
+pub use crate::store::StoreSettings;
 pub use crate::subject::{MAX_SUBJECT_BYTES, subject_problem};
 pub use crate::trading::config::TradingSettings;
 
@@ -394,86 +328,6 @@ impl Default for WsSettings {
             max_dropped_actions: 100,
             portfolio_max_per_second: 4.0,
         }
-    }
-}
-
-/// Durable storage (`[store]`): orders, accounts, bar history and feed positions in an
-/// embedded SQLite file (see `docs/storage.md`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct StoreSettings {
-    /// Off: nothing is persisted; bars come from memory and every start is a fresh history.
-    pub enabled: bool,
-    /// Directory holding the database file; created if missing.
-    pub data_dir: PathBuf,
-    /// Database file name inside `data_dir`.
-    pub file_name: String,
-    /// Whether a missing database file may be created. Set to false in production so an
-    /// unmounted or wiped volume is an error at start-up instead of a silent fresh start.
-    pub create_if_missing: bool,
-    /// One-minute bars older than this are pruned.
-    #[serde(with = "humantime_serde")]
-    pub bar_retention: Duration,
-    /// How often the pruner runs.
-    #[serde(with = "humantime_serde")]
-    pub prune_interval: Duration,
-    /// Bars written per transaction at most.
-    pub bar_batch_size: usize,
-    /// Longest a received bar waits before it is written.
-    #[serde(with = "humantime_serde")]
-    pub bar_flush_interval: Duration,
-    /// Most queued trading writes committed together in one transaction (group commit).
-    pub trading_batch_size: usize,
-    /// Read-only connections serving history queries next to the single writer.
-    pub read_connections: usize,
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        StoreSettings {
-            enabled: true,
-            data_dir: PathBuf::from("data"),
-            file_name: "tickgate.db".into(),
-            create_if_missing: true,
-            bar_retention: Duration::from_secs(30 * 24 * 3600),
-            prune_interval: Duration::from_secs(3600),
-            bar_batch_size: 500,
-            bar_flush_interval: Duration::from_secs(1),
-            trading_batch_size: 256,
-            read_connections: 2,
-        }
-    }
-}
-
-impl StoreSettings {
-    /// The database file: `data_dir/file_name`.
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join(&self.file_name)
-    }
-
-    /// Semantic checks of `[store]` (only when it is enabled).
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !self.enabled {
-            return problems;
-        }
-        let name = &self.file_name;
-        if name.is_empty() || name.contains('/') || name.contains('\\') {
-            problems.push("store.file_name: must be a plain file name".into());
-        }
-        if self.bar_batch_size == 0 || self.trading_batch_size == 0 {
-            problems
-                .push("store.bar_batch_size, store.trading_batch_size: must be at least 1".into());
-        }
-        if self.bar_flush_interval.is_zero() || self.prune_interval.is_zero() {
-            problems.push(
-                "store.bar_flush_interval, store.prune_interval: must be greater than zero".into(),
-            );
-        }
-        if self.read_connections == 0 {
-            problems.push("store.read_connections: must be at least 1".into());
-        }
-        problems
     }
 }
 

@@ -206,7 +206,8 @@ impl Application {
                 .run_keepalive(state.settings.ws.ping_interval, state.shutdown.clone()),
         );
         crate::ingest::spawn_sources(
-            &state.settings,
+            &state.settings.simulator,
+            &state.settings.sources,
             &state.publisher,
             state.universe(),
             &state.shutdown,

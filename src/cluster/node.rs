@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::lease::LeaseTicket;
 use super::merge::StreamRead;
 use super::{SequencedSink, scripts, wire};
+use crate::cluster::settings::ClusterSettings;
 use crate::hub::Feed;
 use crate::market::MarketEvent;
 use crate::metrics::Metrics;
-use crate::settings::ClusterSettings;
 
 /// What a node needs to know to join the cluster.
 #[derive(Clone)]

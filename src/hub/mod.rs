@@ -26,6 +26,7 @@ pub mod filter;
 pub mod msgpack;
 pub mod queue;
 mod sequenced;
+mod settings;
 pub mod sweep;
 
 use std::collections::VecDeque;
@@ -41,12 +42,12 @@ use crate::market::{
     Bar, EventKind, InvalidEvent, MarketEvent, SymbolId, SymbolUniverse, validate_event,
 };
 use crate::metrics::Metrics;
-use crate::settings::HubConfig;
 
 pub use entry::Entry;
 use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
+pub use settings::HubConfig;
 
 /// The public feeds, each with its own sequence and replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

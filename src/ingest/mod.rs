@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use crate::ingest::source::Publisher;
 use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
-use crate::settings::Settings;
 
 /// Health of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,13 +88,14 @@ impl SourceRegistry {
 
 /// Starts every configured source as its own task, each publishing through its own context.
 pub fn spawn_sources(
-    settings: &Settings,
+    simulator: &sim::SimulatorSettings,
+    sources: &config::SourcesSettings,
     publisher: &Publisher,
     universe: &SymbolUniverse,
     shutdown: &CancellationToken,
 ) {
-    if settings.simulator.enabled {
-        let simulator = settings.simulator.clone();
+    if simulator.enabled {
+        let simulator = simulator.clone();
         let symbols = universe.names().to_vec();
         publisher.spawn_source(sim::SOURCE_NAME, shutdown, move |context, stop| {
             let (simulator, symbols) = (simulator.clone(), symbols.clone());
@@ -107,5 +107,5 @@ pub fn spawn_sources(
             })
         });
     }
-    poller::spawn_upstream_sources(settings, publisher, universe, shutdown);
+    poller::spawn_upstream_sources(sources, simulator.enabled, publisher, universe, shutdown);
 }

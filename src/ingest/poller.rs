@@ -565,17 +565,17 @@ pub fn resolve_token(settings: &PollerSettings) -> Result<String, PollFailure> {
 
 /// Starts every configured poller and replay (called from `ingest::spawn_sources`).
 pub fn spawn_upstream_sources(
-    all_settings: &crate::settings::Settings,
+    settings: &super::config::SourcesSettings,
+    simulator_enabled: bool,
     publisher: &Publisher,
     universe: &crate::market::SymbolUniverse,
     shutdown: &CancellationToken,
 ) {
-    let settings = &all_settings.sources;
     if settings.pollers.is_empty() && settings.replays.is_empty() {
         return;
     }
     let context = |name: &str| publisher.context(name);
-    if all_settings.simulator.enabled {
+    if simulator_enabled {
         tracing::warn!(
             "the simulator is enabled next to upstream sources: both publish the same symbols, \
              and the hub refuses ticks whose time goes backwards; set simulator.enabled = false"

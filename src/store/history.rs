@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{HistoryStore, StoreHealth};
 use crate::hub::{CloseReason, Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::{Bar, EventKind, MarketEvent};
-use crate::settings::StoreSettings;
+use crate::store::StoreSettings;
 
 /// Bars kept in memory while the database refuses writes (e.g. a full disk); beyond this the
 /// oldest are dropped with an error in the log.

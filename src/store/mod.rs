@@ -18,7 +18,10 @@
 
 pub mod history;
 pub mod migrations;
+mod settings;
 pub mod sqlite;
+
+pub use settings::StoreSettings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +34,6 @@ use serde::Serialize;
 
 use crate::hub::{Feed, Hub};
 use crate::market::Bar;
-use crate::settings::StoreSettings;
 use crate::trading::api::{Order, Side, TradeUpdate};
 
 /// Why the store could not do what was asked. Every variant names the database file, and the

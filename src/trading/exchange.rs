@@ -32,8 +32,8 @@ use super::resume::{self, ResumePoint};
 use super::validate::OrderLimits;
 use crate::hub::{Hub, SubscriberQueue};
 use crate::market::MarketSession;
-use crate::settings::TradingSettings;
 use crate::store::{StoreError, TradingStore};
+use crate::trading::config::TradingSettings;
 
 struct UserChannels {
     events: broadcast::Sender<UserEvent>,

@@ -4,10 +4,10 @@
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use super::SimulatorSettings;
 use crate::ingest::SourceHealth;
 use crate::ingest::source::SourceContext;
 use crate::market::{MarketEvent, SymbolUniverse};
-use crate::settings::SimulatorSettings;
 
 use super::{MAX_CATCH_UP, MAX_WAKE_INTERVAL, MIN_WAKE_INTERVAL, MarketSimulator, SOURCE_NAME};
 

@@ -38,13 +38,14 @@ use rand::{Rng, SeedableRng};
 use crate::market::{
     Bar, MarketEvent, MarketSession, News, Quote, Status, Trade, next_session_change, session_at,
 };
-use crate::settings::SimulatorSettings;
 
 mod actor;
 mod news;
+mod settings;
 
 pub use actor::{PublishGuard, Resume, run, run_resumed};
 use news::{company_name, write_news};
+pub use settings::SimulatorSettings;
 
 pub const SOURCE_NAME: &str = "simulator";
 

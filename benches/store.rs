@@ -20,9 +20,12 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::settings::StoreSettings;
 use tickgate::store::{
-    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
+    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, StoredUpdate,
+    TradingBatch,
 };
-use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
+use tickgate::trading::api::{
+    Order, OrderStatus, OrderType, Side, TimeInForce, TradeEvent, TradeUpdate,
+};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -31,35 +34,55 @@ fn order_batch() -> TradingBatch {
     let now = Utc::now();
     let username = format!("user{}", n % 16);
     let id = format!("order-{n}");
+    let order = Order {
+        id: id.clone(),
+        client_order_id: format!("c-{n}"),
+        symbol: "AAPL".into(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        time_in_force: TimeInForce::Day,
+        qty: dec!(10),
+        filled_qty: dec!(10),
+        filled_avg_price: Some(dec!(227.51)),
+        limit_price: None,
+        stop_price: None,
+        status: OrderStatus::Filled,
+        created_at: now,
+        updated_at: now,
+        submitted_at: now,
+        filled_at: Some(now),
+        canceled_at: None,
+        expired_at: None,
+        replaced_by: None,
+        replaces: None,
+        commission: Decimal::ZERO,
+    };
+    // A filled market order sends two trade updates (new, fill); both are stored.
+    let updates = [TradeEvent::New, TradeEvent::Fill]
+        .into_iter()
+        .zip(1..)
+        .map(|(event, k)| StoredUpdate {
+            username: username.clone(),
+            update: TradeUpdate {
+                seq: 2 * n + k,
+                event,
+                execution_id: None,
+                price: None,
+                qty: None,
+                position_qty: None,
+                timestamp: now,
+                order: order.clone(),
+            },
+        })
+        .collect();
     TradingBatch {
+        updates,
         events: vec![format!(
             "{{\"e\":\"order_filled\",\"order_id\":\"order-{n}\"}}"
         )],
         orders: vec![StoredOrder {
             username: username.clone(),
-            order: Order {
-                id: id.clone(),
-                client_order_id: format!("c-{n}"),
-                symbol: "AAPL".into(),
-                side: Side::Buy,
-                order_type: OrderType::Market,
-                time_in_force: TimeInForce::Day,
-                qty: dec!(10),
-                filled_qty: dec!(10),
-                filled_avg_price: Some(dec!(227.51)),
-                limit_price: None,
-                stop_price: None,
-                status: OrderStatus::Filled,
-                created_at: now,
-                updated_at: now,
-                submitted_at: now,
-                filled_at: Some(now),
-                canceled_at: None,
-                expired_at: None,
-                replaced_by: None,
-                replaces: None,
-                commission: Decimal::ZERO,
-            },
+            order: order.clone(),
         }],
         fills: vec![FillRecord {
             execution_id: format!("exec-{n}"),

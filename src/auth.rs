@@ -4,6 +4,8 @@
 //!
 //! Secrets (the HS256 key, passwords, tokens, tickets) are never logged or echoed back.
 
+pub mod api_keys;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +18,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::settings::AuthSettings;
+use crate::settings::{AuthSettings, subject_problem};
 
 /// Most tickets outstanding at once; a bound so a token holder cannot grow the map forever.
 const MAX_OUTSTANDING_TICKETS: usize = 100_000;
@@ -30,6 +32,10 @@ const DUMMY_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$VEEAuXeAej5IT+
 pub struct Identity {
     /// The `sub` claim: the account the session trades for.
     pub user: String,
+    /// Unix second after which the credential is no longer accepted: the token's `exp` plus
+    /// `auth.leeway` (for a ticket, that of the token that bought it). A WebSocket session
+    /// ends then unless the client sends a fresh token (`docs/websocket.md`).
+    pub valid_until: u64,
 }
 
 /// Why a credential was refused. Messages are safe to show to the client.
@@ -51,14 +57,22 @@ pub enum AuthError {
     BadIssuer,
     #[error("token lacks the required claim {0}")]
     MissingClaim(String),
+    #[error("token subject {0}")]
+    BadSubject(String),
+    #[error("token subject is not a configured user (auth.users)")]
+    UnknownSubject,
     #[error("ticket is unknown, expired or already used")]
     BadTicket,
+    #[error("invalid key id or secret")]
+    BadApiKey,
     #[error(
         "a bearer token cannot be sent in a URL; trade it for a ticket at POST /v1/auth/ticket"
     )]
     TokenInUrl,
     #[error("wrong username or password")]
     BadCredentials,
+    #[error("this user is no longer configured; log in again")]
+    UnknownUser,
     #[error("the built-in issuer is disabled: tokens come from an external RS256/ES256 issuer")]
     IssuerDisabled,
     #[error("connection limit reached: at most {0} sessions per user")]
@@ -100,6 +114,9 @@ pub struct IssuedTicket {
 struct Ticket {
     user: String,
     expires: Instant,
+    /// The buying token's [`Identity::valid_until`]: a session opened with the ticket ends
+    /// when the token would have.
+    valid_until: u64,
 }
 
 /// Verifies tokens and tickets, issues both, and counts sessions per user.
@@ -120,6 +137,9 @@ pub struct AuthService {
     token_ttl: Duration,
     ticket_ttl: Duration,
     users: HashMap<String, String>,
+    /// HS256 only (the built-in issuer): a token's subject must be one of `users`, so
+    /// removing a user from the configuration refuses its tokens from the next start on.
+    require_listed_users: bool,
     tickets: Mutex<HashMap<String, Ticket>>,
     connections: Arc<Mutex<HashMap<String, usize>>>,
     max_connections_per_user: usize,
@@ -246,6 +266,7 @@ impl AuthService {
                 .iter()
                 .map(|u| (u.username.clone(), u.password_hash.clone()))
                 .collect(),
+            require_listed_users: settings.algorithm == "HS256" && settings.require_listed_users,
             tickets: Mutex::new(HashMap::new()),
             connections: Arc::new(Mutex::new(HashMap::new())),
             max_connections_per_user: settings.max_connections_per_user,
@@ -254,12 +275,29 @@ impl AuthService {
         })
     }
 
-    /// Verifies a bearer JWT: signature, algorithm, issuer, audience, expiry (with leeway).
+    /// Verifies a bearer JWT: signature, algorithm, issuer, audience, expiry (with leeway),
+    /// then its subject (see [`AuthService::check_subject`]).
     pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
-        match &self.hs256 {
+        let identity = match &self.hs256 {
             Some(key) => self.verify_hs256(key, token.trim()),
             None => self.verify_with_jsonwebtoken(token.trim()),
+        }?;
+        self.check_subject(&identity.user)?;
+        Ok(identity)
+    }
+
+    /// A verified token's subject: well formed (length, characters) for every issuer, and,
+    /// for the built-in issuer, a user in `auth.users`. A signature proves only that this
+    /// gateway (or a holder of its secret) once signed the name, not that the user still
+    /// exists.
+    fn check_subject(&self, subject: &str) -> Result<(), AuthError> {
+        if let Some(problem) = subject_problem(subject) {
+            return Err(AuthError::BadSubject(problem));
         }
+        if self.require_listed_users && !self.users.contains_key(subject) {
+            return Err(AuthError::UnknownSubject);
+        }
+        Ok(())
     }
 
     /// `jsonwebtoken::decode` with the errors clients see.
@@ -271,6 +309,7 @@ impl AuthService {
         }
         Ok(Identity {
             user: data.claims.sub,
+            valid_until: data.claims.exp.saturating_add(self.leeway),
         })
     }
 
@@ -322,6 +361,7 @@ impl AuthService {
         }
         Ok(Identity {
             user: claims.sub.into_owned(),
+            valid_until: claims.exp.saturating_add(self.leeway),
         })
     }
 
@@ -366,6 +406,18 @@ impl AuthService {
         self.sign(username, encoding)
     }
 
+    /// A fresh token for the holder of a valid one (`POST /v1/auth/refresh`), so a client can
+    /// keep a session going without keeping the password. Only for users still configured.
+    pub fn refresh_token(&self, identity: &Identity) -> Result<IssuedToken, AuthError> {
+        let Some(encoding) = &self.encoding else {
+            return Err(AuthError::IssuerDisabled);
+        };
+        if !self.users.contains_key(&identity.user) {
+            return Err(AuthError::UnknownUser);
+        }
+        self.sign(&identity.user, encoding)
+    }
+
     /// Signs a token for `user` without a password (tests and tools with the HS256 secret).
     pub fn mint_token(&self, user: &str) -> Result<String, AuthError> {
         let encoding = self.encoding.as_ref().ok_or(AuthError::IssuerDisabled)?;
@@ -395,6 +447,7 @@ impl AuthService {
 
     /// Trades a verified identity for a single-use ticket valid for `auth.ticket_ttl`.
     pub fn issue_ticket(&self, identity: &Identity) -> Result<IssuedTicket, AuthError> {
+        self.check_subject(&identity.user)?;
         let now = Instant::now();
         let mut tickets = self.tickets.lock();
         tickets.retain(|_, t| t.expires > now);
@@ -407,6 +460,7 @@ impl AuthService {
             Ticket {
                 user: identity.user.clone(),
                 expires: now + self.ticket_ttl,
+                valid_until: identity.valid_until,
             },
         );
         Ok(IssuedTicket {
@@ -419,7 +473,10 @@ impl AuthService {
     pub fn redeem_ticket(&self, ticket: &str) -> Result<Identity, AuthError> {
         let found = self.tickets.lock().remove(ticket.trim());
         match found {
-            Some(t) if t.expires > Instant::now() => Ok(Identity { user: t.user }),
+            Some(t) if t.expires > Instant::now() => Ok(Identity {
+                user: t.user,
+                valid_until: t.valid_until,
+            }),
             _ => Err(AuthError::BadTicket),
         }
     }

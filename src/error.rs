@@ -54,10 +54,16 @@ error_codes! {
     BadRequest = 40010000, BAD_REQUEST, "bad_request";
     /// An order, cancel or replace refused by validation (HTTP and WebSocket).
     InvalidOrder = 40010001, BAD_REQUEST, "invalid_order";
+    /// Alpaca's status for an invalid order (its `/v2` routes): the number of `InvalidOrder`,
+    /// answered with 422 as Alpaca does.
+    UnprocessableOrder = 40010001, UNPROCESSABLE_ENTITY, "unprocessable_order";
     UnknownSymbol = 40010002, BAD_REQUEST, "unknown_symbol";
     TooManySymbols = 40010003, BAD_REQUEST, "too_many_symbols";
     UnknownType = 40010004, BAD_REQUEST, "unknown_type";
     InvalidParameter = 40010005, BAD_REQUEST, "invalid_parameter";
+    /// A query parameter Alpaca's trading routes refuse, or a bar timeframe tickgate does not
+    /// have: the number of `InvalidParameter`, answered with 422 as Alpaca does.
+    UnprocessableParameter = 40010005, UNPROCESSABLE_ENTITY, "unprocessable_parameter";
     InvalidBody = 40010006, BAD_REQUEST, "invalid_body";
     /// A body sent with another `Content-Type` than JSON. It shares its number with
     /// `InvalidBody` (clients have always seen 40010006 here) but answers 415.
@@ -73,6 +79,12 @@ error_codes! {
     /// An order that can no longer be canceled or replaced (HTTP and WebSocket).
     NotCancelable = 42210000, UNPROCESSABLE_ENTITY, "not_cancelable";
     Unprocessable = 42210001, UNPROCESSABLE_ENTITY, "unprocessable";
+    /// An order (or replace) naming a `client_order_id` the user already gave another order;
+    /// the WebSocket error carries that order (HTTP and WebSocket).
+    DuplicateClientOrderId = 42210002, UNPROCESSABLE_ENTITY, "client_order_id_not_unique";
+    /// A published item with a field over its length limit (issue 13; numbered from
+    /// 42210130 to stay clear of other 4221xxxx additions).
+    FieldTooLong = 42210130, UNPROCESSABLE_ENTITY, "field_too_long";
     RateLimited = 42910000, TOO_MANY_REQUESTS, "rate_limited";
     Internal = 50010000, INTERNAL_SERVER_ERROR, "internal";
     NotReady = 50310000, SERVICE_UNAVAILABLE, "not_ready";
@@ -88,6 +100,13 @@ error_codes! {
     ConnectionLimit = 406, TOO_MANY_REQUESTS, "connection_limit";
     SlowClient = 407, TOO_MANY_REQUESTS, "slow_client";
     StreamRateLimited = 408, TOO_MANY_REQUESTS, "stream_rate_limited";
+    /// The session's token expired before a fresh one arrived; the close code is 4001.
+    TokenExpired = 409, UNAUTHORIZED, "token_expired";
+    // Hardening codes (issue 13), numbered from 430 to stay clear of Alpaca's 409-412.
+    /// Closed: messages kept coming far over the rate limit (`ws.max_dropped_actions`).
+    RateLimitAbuse = 430, TOO_MANY_REQUESTS, "rate_limit_abuse";
+    /// Closed: a fragmented message was not finished within `ws.fragment_timeout`.
+    FragmentTimeout = 431, REQUEST_TIMEOUT, "fragment_timeout";
     /// An internal failure on the stream; also what the exchange answers when it is not
     /// running (an order-level code on both transports, mapped to `Internal` over HTTP).
     StreamInternal = 500, INTERNAL_SERVER_ERROR, "stream_internal";
@@ -249,19 +268,29 @@ mod tests {
     }
 
     #[test]
-    fn numbers_and_names_are_unique_except_the_one_documented_alias() {
+    fn numbers_and_names_are_unique_except_the_documented_aliases() {
+        // The same number answered with another status: a body of the wrong type, and the
+        // statuses Alpaca's routes use for invalid orders and parameters.
+        let aliases = [
+            (ErrorCode::UnsupportedContentType, ErrorCode::InvalidBody),
+            (ErrorCode::UnprocessableOrder, ErrorCode::InvalidOrder),
+            (
+                ErrorCode::UnprocessableParameter,
+                ErrorCode::InvalidParameter,
+            ),
+        ];
         let mut numbers = BTreeSet::new();
         let mut names = BTreeSet::new();
         for code in ErrorCode::ALL {
             assert!(names.insert(code.name()), "{code} named twice");
-            if *code != ErrorCode::UnsupportedContentType {
+            if !aliases.iter().any(|(alias, _)| alias == code) {
                 assert!(numbers.insert(code.number()), "{code} numbered twice");
             }
         }
-        assert_eq!(
-            ErrorCode::UnsupportedContentType.number(),
-            ErrorCode::InvalidBody.number()
-        );
+        for (alias, original) in aliases {
+            assert_eq!(alias.number(), original.number());
+            assert_ne!(alias.status(), original.status());
+        }
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!   ([`hub::entry`]), bounded subscriber queues, the shared sweeps.
 //! - [`trading`]: the simulated exchange (orders, book, accounts) behind `TradingApi`, started
 //!   by [`trading::exchange::start`].
+//! - [`cluster`]: multi-node operation on Redis (one shared log per feed, leases with fencing
+//!   tokens); below `state`, it reaches the hub only through `cluster::SequencedSink`.
 //! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
-//! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits.
+//! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits;
+//!   [`subject`]: the rule every account name (username, token subject) follows.
 //! - [`state`]: `AppState`, the handles request handlers share (below routes and transports).
 //! - [`routes`]: HTTP routes (market REST, account, publish), CORS, health and metrics.
 //! - [`transport`]: client transports (`sse` for public feeds, `ws` for the authenticated
@@ -19,6 +22,7 @@
 //! - [`metrics`]: counters and gauges rendered as Prometheus text.
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod hub;
 pub mod ingest;
@@ -29,6 +33,7 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod subject;
 pub mod telemetry;
 pub mod trading;
 pub mod transport;

@@ -8,6 +8,7 @@ use tickgate::startup::Application;
 
 const USAGE: &str = "usage: tickgate [--config PATH] [--config-dir DIR]
        tickgate hash-password   (reads a password on stdin, prints its argon2 hash for [[auth.users]])
+       tickgate hash-api-secret (reads an API key secret on stdin, prints its secret_sha256 for [[auth.api_keys]])
 
 Loads DIR/default.toml (DIR defaults to ./config), then PATH if given, then
 TICKGATE__SECTION__KEY environment variables (e.g. TICKGATE__SERVER__BIND=0.0.0.0:8080).";
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
                 }
             }
             "hash-password" => return hash_password(),
+            "hash-api-secret" => return hash_api_secret(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -96,6 +98,22 @@ fn hash_password() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads one line from stdin and prints the `secret_sha256` to put in `[[auth.api_keys]]`.
+fn hash_api_secret() -> ExitCode {
+    let mut secret = String::new();
+    if std::io::stdin().read_line(&mut secret).is_err() {
+        eprintln!("could not read a secret from stdin");
+        return ExitCode::from(2);
+    }
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    if secret.len() < 8 {
+        eprintln!("the secret is shorter than 8 characters");
+        return ExitCode::from(2);
+    }
+    println!("{}", tickgate::auth::api_keys::secret_sha256_hex(secret));
+    ExitCode::SUCCESS
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {

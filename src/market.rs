@@ -331,6 +331,62 @@ pub enum InvalidEvent {
         given: String,
         latest: String,
     },
+    #[error("{field} is too long: {len} {unit}, at most {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+        unit: &'static str,
+    },
+}
+
+/// Per-field limits of published items (docs/sources.md "Limits"), so that an item costs the
+/// replay window, the latest values and every subscriber queue a bounded amount however it
+/// arrives. Text limits are in bytes of UTF-8, list limits in entries.
+pub mod limits {
+    /// Venue codes (`x`, `bx`, `ax`).
+    pub const VENUE_BYTES: usize = 16;
+    /// Trade conditions (`c`): entries, and bytes of each.
+    pub const CONDITIONS: usize = 16;
+    pub const CONDITION_BYTES: usize = 8;
+    /// Status code (`sc`) and message (`sm`).
+    pub const STATUS_CODE_BYTES: usize = 64;
+    pub const STATUS_MESSAGE_BYTES: usize = 1024;
+    /// News.
+    pub const HEADLINE_BYTES: usize = 1024;
+    pub const SUMMARY_BYTES: usize = 16 * 1024;
+    pub const AUTHOR_BYTES: usize = 256;
+    pub const SOURCE_BYTES: usize = 256;
+    pub const URL_BYTES: usize = 2048;
+    pub const NEWS_SYMBOLS: usize = 64;
+    /// Alert message (`msg`).
+    pub const ALERT_BYTES: usize = 4096;
+}
+
+fn at_most(field: &'static str, len: usize, max: usize) -> Result<(), InvalidEvent> {
+    too_long(field, len, max, "bytes")
+}
+
+fn at_most_entries(field: &'static str, len: usize, max: usize) -> Result<(), InvalidEvent> {
+    too_long(field, len, max, "entries")
+}
+
+fn too_long(
+    field: &'static str,
+    len: usize,
+    max: usize,
+    unit: &'static str,
+) -> Result<(), InvalidEvent> {
+    if len > max {
+        Err(InvalidEvent::TooLong {
+            field,
+            len,
+            max,
+            unit,
+        })
+    } else {
+        Ok(())
+    }
 }
 
 impl InvalidEvent {
@@ -345,6 +401,7 @@ impl InvalidEvent {
             InvalidEvent::BarOutOfRange => "bar_out_of_range",
             InvalidEvent::Empty { .. } => "empty",
             InvalidEvent::TimeWentBackwards { .. } => "time_backwards",
+            InvalidEvent::TooLong { .. } => "too_long",
         }
     }
 }
@@ -381,12 +438,19 @@ pub fn validate_event(event: &MarketEvent, universe: &SymbolUniverse) -> Result<
         MarketEvent::Trade(t) => {
             positive("p", t.price)?;
             positive("s", t.size)?;
+            at_most("x", t.venue.len(), limits::VENUE_BYTES)?;
+            at_most_entries("c", t.conditions.len(), limits::CONDITIONS)?;
+            for condition in &t.conditions {
+                at_most("c[]", condition.len(), limits::CONDITION_BYTES)?;
+            }
         }
         MarketEvent::Quote(q) => {
             positive("bp", q.bid_price)?;
             positive("ap", q.ask_price)?;
             non_negative("bs", q.bid_size)?;
             non_negative("as", q.ask_size)?;
+            at_most("bx", q.bid_venue.len(), limits::VENUE_BYTES)?;
+            at_most("ax", q.ask_venue.len(), limits::VENUE_BYTES)?;
             if q.bid_price > q.ask_price {
                 return Err(InvalidEvent::CrossedQuote {
                     bid: q.bid_price.to_string(),
@@ -410,6 +474,8 @@ pub fn validate_event(event: &MarketEvent, universe: &SymbolUniverse) -> Result<
             if s.code.is_empty() {
                 return Err(InvalidEvent::Empty { field: "sc" });
             }
+            at_most("sc", s.code.len(), limits::STATUS_CODE_BYTES)?;
+            at_most("sm", s.message.len(), limits::STATUS_MESSAGE_BYTES)?;
             if s.symbol != "*" && !universe.contains(&s.symbol) {
                 return Err(InvalidEvent::UnknownSymbol(s.symbol.clone()));
             }
@@ -418,6 +484,12 @@ pub fn validate_event(event: &MarketEvent, universe: &SymbolUniverse) -> Result<
             if n.headline.trim().is_empty() {
                 return Err(InvalidEvent::Empty { field: "headline" });
             }
+            at_most("headline", n.headline.len(), limits::HEADLINE_BYTES)?;
+            at_most("summary", n.summary.len(), limits::SUMMARY_BYTES)?;
+            at_most("author", n.author.len(), limits::AUTHOR_BYTES)?;
+            at_most("source", n.source.len(), limits::SOURCE_BYTES)?;
+            at_most("url", n.url.len(), limits::URL_BYTES)?;
+            at_most_entries("symbols", n.symbols.len(), limits::NEWS_SYMBOLS)?;
             if let Some(unknown) = n.symbols.iter().find(|s| !universe.contains(s)) {
                 return Err(InvalidEvent::UnknownSymbol(unknown.clone()));
             }
@@ -426,6 +498,7 @@ pub fn validate_event(event: &MarketEvent, universe: &SymbolUniverse) -> Result<
             if a.msg.trim().is_empty() {
                 return Err(InvalidEvent::Empty { field: "msg" });
             }
+            at_most("msg", a.msg.len(), limits::ALERT_BYTES)?;
         }
     }
     Ok(())
@@ -556,6 +629,79 @@ mod tests {
         assert_eq!(
             json,
             r#"{"T":"t","S":"AAPL","i":7,"x":"V","p":126.5,"s":100,"t":"2026-01-02T14:30:00.123Z","c":["@"]}"#
+        );
+    }
+
+    #[test]
+    fn every_free_text_field_and_list_of_a_published_item_has_a_limit() {
+        let universe = SymbolUniverse::new(["AAPL"]);
+        let time = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let news = |headline: usize, summary: usize, symbols: usize| {
+            MarketEvent::News(News {
+                id: 1,
+                headline: "h".repeat(headline),
+                summary: "s".repeat(summary),
+                author: String::new(),
+                source: String::new(),
+                url: String::new(),
+                symbols: vec!["AAPL".into(); symbols],
+                created_at: time,
+                updated_at: time,
+            })
+        };
+        let limit_of = |event: &MarketEvent| match validate_event(event, &universe) {
+            Err(InvalidEvent::TooLong { field, max, .. }) => Some((field, max)),
+            _ => None,
+        };
+        assert!(
+            validate_event(
+                &news(
+                    limits::HEADLINE_BYTES,
+                    limits::SUMMARY_BYTES,
+                    limits::NEWS_SYMBOLS
+                ),
+                &universe
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            limit_of(&news(1_000_000, 0, 1)),
+            Some(("headline", limits::HEADLINE_BYTES))
+        );
+        assert_eq!(
+            limit_of(&news(1, limits::SUMMARY_BYTES + 1, 1)),
+            Some(("summary", limits::SUMMARY_BYTES))
+        );
+        assert_eq!(
+            limit_of(&news(1, 0, limits::NEWS_SYMBOLS + 1)),
+            Some(("symbols", limits::NEWS_SYMBOLS))
+        );
+        let alert = MarketEvent::Alert(Alert {
+            id: 1,
+            level: AlertLevel::Info,
+            msg: "m".repeat(limits::ALERT_BYTES + 1),
+            time,
+        });
+        assert_eq!(limit_of(&alert), Some(("msg", limits::ALERT_BYTES)));
+        let trade = MarketEvent::Trade(Trade {
+            symbol: "AAPL".into(),
+            id: 1,
+            venue: "V".into(),
+            price: 1.0,
+            size: 1.0,
+            time,
+            conditions: vec!["@".into(); limits::CONDITIONS + 1],
+        });
+        assert_eq!(limit_of(&trade), Some(("c", limits::CONDITIONS)));
+        let status = MarketEvent::Status(Status {
+            symbol: "*".into(),
+            code: "halt".into(),
+            message: "x".repeat(limits::STATUS_MESSAGE_BYTES + 1),
+            time,
+        });
+        assert_eq!(
+            limit_of(&status),
+            Some(("sm", limits::STATUS_MESSAGE_BYTES))
         );
     }
 

@@ -25,6 +25,9 @@ impl Transport {
     }
 }
 
+/// Feed labels, in the order of the per-feed arrays in [`Metrics`].
+pub const FEED_LABELS: [&str; 3] = ["market", "news", "alerts"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub sse_connections: AtomicI64,
@@ -41,6 +44,11 @@ pub struct Metrics {
     pub slow_client_disconnects: AtomicU64,
     pub replayed: AtomicU64,
     pub resets: AtomicU64,
+    /// Per feed (market, news, alerts, the order of [`FEED_LABELS`]): bytes held by the
+    /// replay window, and entries evicted to keep it within its byte budget or its count.
+    pub replay_window_bytes: [AtomicU64; 3],
+    pub replay_evicted_budget: [AtomicU64; 3],
+    pub replay_evicted_count: [AtomicU64; 3],
     /// Rejected ingest items keyed by (source, reason).
     ingest_rejected: Mutex<BTreeMap<(String, String), u64>>,
     /// Extra gauges/counters registered by other modules: name -> (help, kind, value by labels).
@@ -224,6 +232,33 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 load(counter)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tickgate_replay_window_bytes Bytes held by each feed's replay window (budget: hub.replay_window_bytes).\n# TYPE tickgate_replay_window_bytes gauge"
+        );
+        for (feed, bytes) in FEED_LABELS.iter().zip(&self.replay_window_bytes) {
+            let _ = writeln!(
+                out,
+                "tickgate_replay_window_bytes{{feed=\"{feed}\"}} {}",
+                load(bytes)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tickgate_replay_window_evictions_total Entries dropped from a replay window, by feed and by which bound (count or bytes) made room.\n# TYPE tickgate_replay_window_evictions_total counter"
+        );
+        for (index, feed) in FEED_LABELS.iter().enumerate() {
+            for (reason, counter) in [
+                ("count", &self.replay_evicted_count[index]),
+                ("budget", &self.replay_evicted_budget[index]),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tickgate_replay_window_evictions_total{{feed=\"{feed}\",reason=\"{reason}\"}} {}",
+                    load(counter)
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::cluster::settings::ClusterSettings;
+
 /// `config/default.toml` as it was at build time: used when the config directory has none.
 pub const BUILT_IN_DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -55,6 +57,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub ws: WsSettings,
     pub store: StoreSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +82,9 @@ pub struct ServerSettings {
     /// (about 15 minutes of retransmissions, and no limit at all on a zero window).
     #[serde(with = "humantime_serde")]
     pub stalled_peer_timeout: Duration,
+    /// Kernel receive buffer (SO_RCVBUF) of each connection; 0 keeps the system's default.
+    /// Bounds the client input actix-http reads ahead of the gateway per connection.
+    pub receive_buffer_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -94,6 +100,7 @@ impl Default for ServerSettings {
             max_body_bytes: 1 << 20,
             workers: 0,
             stalled_peer_timeout: Duration::from_secs(60),
+            receive_buffer_bytes: 16 * 1024,
         }
     }
 }
@@ -145,72 +152,6 @@ impl Default for MarketSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct SimulatorSettings {
-    pub enabled: bool,
-    /// RNG seed; the same seed gives the same market.
-    pub seed: u64,
-    /// Mean trades per second per symbol (Poisson arrivals).
-    pub trades_per_second: f64,
-    /// Annualized volatility used by the geometric Brownian motion.
-    pub volatility: f64,
-    /// Market seconds of price diffusion per wall-clock second. A year has 252 trading days of
-    /// 6.5 hours, so 1.0 is real-world pace; the default 4.0 makes the demo visibly move.
-    pub time_scale: f64,
-    /// Mean time between synthetic news items (exponentially distributed); zero turns news off.
-    #[serde(with = "humantime_serde")]
-    pub news_interval: Duration,
-    /// Keep the simulated market in its regular session around the clock.
-    pub always_open: bool,
-    /// Starting prices by symbol; symbols not listed start at 100.00.
-    pub initial_prices: std::collections::BTreeMap<String, f64>,
-}
-
-impl Default for SimulatorSettings {
-    fn default() -> Self {
-        SimulatorSettings {
-            enabled: true,
-            seed: 42,
-            trades_per_second: 4.0,
-            volatility: 0.35,
-            time_scale: 4.0,
-            news_interval: Duration::from_secs(20),
-            always_open: true,
-            initial_prices: std::collections::BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct HubConfig {
-    /// Events kept per feed for `Last-Event-ID` resume.
-    pub replay_window: usize,
-    /// Queued events per subscriber before conflation, then disconnect (407).
-    pub subscriber_queue_capacity: usize,
-    /// Interval of the shared heartbeat sweep (SSE comment, WebSocket ping).
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// Reconnect delay sent to SSE clients in `retry:`.
-    #[serde(with = "humantime_serde")]
-    pub sse_retry: Duration,
-    /// One-minute bars kept in memory per symbol.
-    pub bar_history: usize,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        HubConfig {
-            replay_window: 10_000,
-            subscriber_queue_capacity: 1024,
-            heartbeat_interval: Duration::from_secs(15),
-            sse_retry: Duration::from_secs(2),
-            bar_history: 1440,
-        }
-    }
-}
-
 #[derive(Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct PublishSettings {
@@ -233,63 +174,14 @@ impl std::fmt::Debug for PublishSettings {
     }
 }
 
-/// The simulated exchange (`[trading]`). Money and prices are exact decimals.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct TradingSettings {
-    /// Seed of the synthetic order books; the same seed and inputs give the same fills.
-    pub seed: u64,
-    /// Cash of a new account.
-    pub starting_cash: rust_decimal::Decimal,
-    /// Commission charged per filled share (0 = free).
-    pub commission_per_share: rust_decimal::Decimal,
-    /// Allow selling more than the account holds (a short position).
-    pub allow_short: bool,
-    /// Levels per side of each synthetic book.
-    pub book_levels: usize,
-    /// Price grid of the books and of limit and stop prices.
-    pub tick_size: rust_decimal::Decimal,
-    /// Largest quantity of one order.
-    pub max_order_qty: rust_decimal::Decimal,
-    /// Decimal places allowed in an order quantity (0 = whole shares).
-    pub qty_decimals: u32,
-    /// Highest limit or stop price accepted.
-    pub max_price: rust_decimal::Decimal,
-    /// Open orders one account may have at a time.
-    pub max_open_orders: usize,
-    /// Finished orders remembered per account for order listings.
-    pub closed_orders_kept: usize,
-    /// Requests queued to the exchange before callers wait.
-    pub command_queue: usize,
-    /// Book updates buffered per symbol for slow readers before they lag.
-    pub book_channel_capacity: usize,
-    /// Trade updates buffered per user for slow readers before they lag.
-    pub user_channel_capacity: usize,
-}
-
-impl Default for TradingSettings {
-    fn default() -> Self {
-        TradingSettings {
-            seed: 7,
-            starting_cash: rust_decimal::Decimal::from(100_000),
-            commission_per_share: rust_decimal::Decimal::ZERO,
-            allow_short: true,
-            book_levels: 10,
-            tick_size: rust_decimal::Decimal::new(1, 2),
-            max_order_qty: rust_decimal::Decimal::from(1_000_000),
-            qty_decimals: 0,
-            max_price: rust_decimal::Decimal::from(1_000_000),
-            max_open_orders: 500,
-            closed_orders_kept: 1000,
-            command_queue: 1024,
-            book_channel_capacity: 1024,
-            user_channel_capacity: 1024,
-        }
-    }
-}
+pub use crate::hub::HubConfig;
 pub use crate::ingest::config::{
     PollerSettings, Provider, ReplayFormat, ReplaySettings, SourcesSettings,
 };
+pub use crate::ingest::sim::SimulatorSettings;
+pub use crate::store::StoreSettings;
+pub use crate::subject::{MAX_SUBJECT_BYTES, subject_problem};
+pub use crate::trading::config::TradingSettings;
 
 /// `[auth]`: how bearer tokens are verified, the built-in issuer's users, tickets, limits.
 #[derive(Clone, Deserialize)]
@@ -321,6 +213,32 @@ pub struct AuthSettings {
     pub max_login_attempts_per_minute: u32,
     /// Users of the built-in issuer, with argon2 PHC password hashes.
     pub users: Vec<UserEntry>,
+    /// HS256: a token's `sub` must be one of `users` (a removed user's tokens are refused
+    /// from the next start). Off only when another service signs HS256 tokens too.
+    pub require_listed_users: bool,
+    /// API key pairs defined in configuration (Alpaca's key id and secret; see
+    /// `docs/alpaca.md`). Pairs issued through `POST /v1/api-keys` live in the store.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// The server key of the keyed hash that API key secrets are stored as (32+ bytes). Empty:
+    /// a random key kept in `<store.data_dir>/api_key_hash.key`, or one per process when the
+    /// store is off. Never logged.
+    pub api_key_hash_key: String,
+    /// Most API key pairs one user may hold at once (issued ones; configured ones do not count).
+    pub max_api_keys_per_user: usize,
+}
+
+/// One API key pair from configuration. The secret itself is never in the configuration:
+/// only its SHA-256 digest (print one with `tickgate hash-api-secret`), which `Debug` shows.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ApiKeyEntry {
+    pub key_id: String,
+    /// The account the key trades for.
+    pub user: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Accept the pair only from loopback addresses (the demo pair).
+    pub loopback_only: bool,
 }
 
 /// One user of the built-in issuer.
@@ -355,6 +273,10 @@ impl Default for AuthSettings {
             max_connections_per_user: 5,
             max_login_attempts_per_minute: 20,
             users: Vec::new(),
+            require_listed_users: true,
+            api_keys: Vec::new(),
+            api_key_hash_key: String::new(),
+            max_api_keys_per_user: 10,
         }
     }
 }
@@ -372,6 +294,10 @@ impl std::fmt::Debug for AuthSettings {
             .field("ticket_ttl", &self.ticket_ttl)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("users", &self.users)
+            .field("require_listed_users", &self.require_listed_users)
+            .field("api_keys", &self.api_keys)
+            .field("api_key_hash_key", &"<redacted>")
+            .field("max_api_keys_per_user", &self.max_api_keys_per_user)
             .finish()
     }
 }
@@ -389,15 +315,23 @@ pub struct WsSettings {
     /// A connection silent (no frame, no pong) for longer than this is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Largest client message; a larger one gets error 400 and is skipped. Frames beyond
-    /// `max_frame_bytes` cannot be skipped and close the connection (1009).
+    /// Largest client message kept; a larger one (up to `max_frame_bytes`) is dropped as it
+    /// streams in, answered with error 400, and the session carries on.
     pub max_message_bytes: usize,
-    /// Hard limit of one incoming frame.
+    /// Largest client message at all (one frame or a fragmented message): beyond it, 1009.
     pub max_frame_bytes: usize,
+    /// Before authentication, the largest message: beyond it, error 400 and close 1009.
+    pub max_preauth_message_bytes: usize,
+    /// Longest a fragmented message may stay unfinished (error 431, close 1008).
+    #[serde(with = "humantime_serde")]
+    pub fragment_timeout: Duration,
     /// Sustained client actions per second (token bucket refill rate).
     pub actions_per_second: f64,
     /// Token bucket size: a burst of this many actions is allowed.
     pub action_burst: u32,
+    /// Dropped messages (over the rate limit, less `actions_per_second` per second) after
+    /// which the session is closed (error 430, close 1008).
+    pub max_dropped_actions: u32,
     /// Most portfolio messages per second per connection.
     pub portfolio_max_per_second: f64,
 }
@@ -410,90 +344,13 @@ impl Default for WsSettings {
             idle_timeout: Duration::from_secs(45),
             max_message_bytes: 16 * 1024,
             max_frame_bytes: 1024 * 1024,
+            max_preauth_message_bytes: 8 * 1024,
+            fragment_timeout: Duration::from_secs(10),
             actions_per_second: 20.0,
             action_burst: 40,
+            max_dropped_actions: 100,
             portfolio_max_per_second: 4.0,
         }
-    }
-}
-
-/// Durable storage (`[store]`): orders, accounts, bar history and feed positions in an
-/// embedded SQLite file (see `docs/storage.md`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct StoreSettings {
-    /// Off: nothing is persisted; bars come from memory and every start is a fresh history.
-    pub enabled: bool,
-    /// Directory holding the database file; created if missing.
-    pub data_dir: PathBuf,
-    /// Database file name inside `data_dir`.
-    pub file_name: String,
-    /// Whether a missing database file may be created. Set to false in production so an
-    /// unmounted or wiped volume is an error at start-up instead of a silent fresh start.
-    pub create_if_missing: bool,
-    /// One-minute bars older than this are pruned.
-    #[serde(with = "humantime_serde")]
-    pub bar_retention: Duration,
-    /// How often the pruner runs.
-    #[serde(with = "humantime_serde")]
-    pub prune_interval: Duration,
-    /// Bars written per transaction at most.
-    pub bar_batch_size: usize,
-    /// Longest a received bar waits before it is written.
-    #[serde(with = "humantime_serde")]
-    pub bar_flush_interval: Duration,
-    /// Most queued trading writes committed together in one transaction (group commit).
-    pub trading_batch_size: usize,
-    /// Read-only connections serving history queries next to the single writer.
-    pub read_connections: usize,
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        StoreSettings {
-            enabled: true,
-            data_dir: PathBuf::from("data"),
-            file_name: "tickgate.db".into(),
-            create_if_missing: true,
-            bar_retention: Duration::from_secs(30 * 24 * 3600),
-            prune_interval: Duration::from_secs(3600),
-            bar_batch_size: 500,
-            bar_flush_interval: Duration::from_secs(1),
-            trading_batch_size: 256,
-            read_connections: 2,
-        }
-    }
-}
-
-impl StoreSettings {
-    /// The database file: `data_dir/file_name`.
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join(&self.file_name)
-    }
-
-    /// Semantic checks of `[store]` (only when it is enabled).
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !self.enabled {
-            return problems;
-        }
-        let name = &self.file_name;
-        if name.is_empty() || name.contains('/') || name.contains('\\') {
-            problems.push("store.file_name: must be a plain file name".into());
-        }
-        if self.bar_batch_size == 0 || self.trading_batch_size == 0 {
-            problems
-                .push("store.bar_batch_size, store.trading_batch_size: must be at least 1".into());
-        }
-        if self.bar_flush_interval.is_zero() || self.prune_interval.is_zero() {
-            problems.push(
-                "store.bar_flush_interval, store.prune_interval: must be greater than zero".into(),
-            );
-        }
-        if self.read_connections == 0 {
-            problems.push("store.read_connections: must be at least 1".into());
-        }
-        problems
     }
 }
 
@@ -587,8 +444,9 @@ impl Settings {
         if self.market.max_symbols_per_subscription == 0 {
             problems.push("market.max_symbols_per_subscription: must be at least 1".into());
         }
-        if self.hub.replay_window == 0 {
-            problems.push("hub.replay_window: must be at least 1".into());
+        if self.hub.replay_window == 0 || self.hub.replay_window_bytes < 1 << 20 {
+            problems
+                .push("hub.replay_window: at least 1 event and replay_window_bytes 1 MiB".into());
         }
         if self.hub.subscriber_queue_capacity < 2 {
             problems.push("hub.subscriber_queue_capacity: must be at least 2".into());
@@ -619,6 +477,7 @@ impl Settings {
         problems.extend(self.sources.validate(&self.market.symbols));
         problems.extend(self.validate_auth_and_ws());
         problems.extend(self.store.validate());
+        problems.extend(self.cluster.validate());
         problems
     }
 
@@ -654,18 +513,25 @@ impl Settings {
             problems.push("auth.max_connections_per_user: must be at least 1".into());
         }
         for user in &auth.users {
-            if user.username.is_empty() || !user.password_hash.starts_with("$argon2") {
+            if let Some(problem) = subject_problem(&user.username) {
                 problems.push(format!(
-                    "auth.users: {:?} needs a username and an argon2 PHC password_hash",
+                    "auth.users: username {:?} {problem}",
+                    user.username
+                ));
+            } else if !user.password_hash.starts_with("$argon2") {
+                problems.push(format!(
+                    "auth.users: {:?} needs an argon2 PHC password_hash",
                     user.username
                 ));
             }
         }
+        problems.extend(crate::auth::api_keys::check_settings(auth));
         let ws = &self.ws;
         for (name, value) in [
             ("ws.auth_timeout", ws.auth_timeout),
             ("ws.ping_interval", ws.ping_interval),
             ("ws.idle_timeout", ws.idle_timeout),
+            ("ws.fragment_timeout", ws.fragment_timeout),
         ] {
             if value.is_zero() {
                 problems.push(format!("{name}: must be greater than zero"));
@@ -674,10 +540,15 @@ impl Settings {
         if ws.idle_timeout <= ws.ping_interval {
             problems.push("ws.idle_timeout: must be longer than ws.ping_interval".into());
         }
-        if ws.max_message_bytes < 256 || ws.max_frame_bytes < ws.max_message_bytes {
+        let sizes = [256, ws.max_preauth_message_bytes, ws.max_message_bytes];
+        if !sizes.iter().chain([&ws.max_frame_bytes]).is_sorted() {
             problems.push(
-                "ws.max_message_bytes: must be at least 256 and at most ws.max_frame_bytes".into(),
+                "ws: need 256 <= max_preauth_message_bytes <= max_message_bytes <= max_frame_bytes"
+                    .into(),
             );
+        }
+        if ws.max_dropped_actions == 0 {
+            problems.push("ws.max_dropped_actions: must be at least 1".into());
         }
         if !(ws.actions_per_second > 0.0 && ws.actions_per_second.is_finite())
             || ws.action_burst == 0
@@ -686,45 +557,6 @@ impl Settings {
         }
         if !(ws.portfolio_max_per_second > 0.0 && ws.portfolio_max_per_second <= 1000.0) {
             problems.push("ws.portfolio_max_per_second: must be in (0, 1000]".into());
-        }
-        problems
-    }
-}
-
-impl TradingSettings {
-    fn validate(&self) -> Vec<String> {
-        use rust_decimal::Decimal;
-        let mut problems = Vec::new();
-        if self.starting_cash < Decimal::ZERO {
-            problems.push("trading.starting_cash: must not be negative".into());
-        }
-        if self.commission_per_share < Decimal::ZERO {
-            problems.push("trading.commission_per_share: must not be negative".into());
-        }
-        if !(1..=100).contains(&self.book_levels) {
-            problems.push("trading.book_levels: must be between 1 and 100".into());
-        }
-        if self.tick_size <= Decimal::ZERO {
-            problems.push("trading.tick_size: must be greater than zero".into());
-        }
-        if self.max_order_qty <= Decimal::ZERO {
-            problems.push("trading.max_order_qty: must be greater than zero".into());
-        }
-        if self.qty_decimals > 9 {
-            problems.push("trading.qty_decimals: at most 9".into());
-        }
-        if self.max_price <= Decimal::ZERO {
-            problems.push("trading.max_price: must be greater than zero".into());
-        }
-        for (key, value) in [
-            ("max_open_orders", self.max_open_orders),
-            ("command_queue", self.command_queue),
-            ("book_channel_capacity", self.book_channel_capacity),
-            ("user_channel_capacity", self.user_channel_capacity),
-        ] {
-            if value == 0 {
-                problems.push(format!("trading.{key}: must be at least 1"));
-            }
         }
         problems
     }

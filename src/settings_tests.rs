@@ -50,6 +50,11 @@ const DEMO_KEYS: &[(&str, &str)] = &[
         "the shipped file has the demo user (demo / demo-password); in code there are no users",
     ),
     (
+        "auth.api_keys",
+        "the shipped file has the demo key pair (demo-key / demo-secret, loopback only); in \
+         code there are none",
+    ),
+    (
         "simulator.initial_prices",
         "the shipped file starts the demo symbols near real prices; in code every symbol \
          starts at 100.00",
@@ -162,4 +167,23 @@ fn environment_overrides_files_and_parses_lists() {
     let settings = Settings::load_from(dir.path(), None, &env).expect("valid");
     assert_eq!(settings.market.symbols, vec!["IBM", "ORCL"]);
     assert_eq!(settings.hub.replay_window, 77);
+}
+
+#[test]
+fn configured_usernames_follow_the_subject_rule() {
+    let mut settings = Settings::default();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
+    for name in ["", "a\nb", &"x".repeat(MAX_SUBJECT_BYTES + 1), "fine"] {
+        settings.auth.users.push(UserEntry {
+            username: name.into(),
+            password_hash: hash.into(),
+        });
+    }
+    let problems: Vec<String> = settings
+        .validate()
+        .into_iter()
+        .filter(|p| p.starts_with("auth.users"))
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[1].contains("control character"), "{problems:?}");
 }

@@ -102,6 +102,14 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let port = listener.local_addr()?.port();
         let mut settings = settings;
+        if settings.server.receive_buffer_bytes > 0 {
+            // Accepted connections inherit it. actix-http reads whatever the kernel holds for
+            // a connection (up to 128 KiB) before the application sees any of it, and after
+            // answering a request it did not read in full it reads and discards for up to a
+            // second; this is what bounds that per connection (docs/deployment.md).
+            socket2::SockRef::from(&listener)
+                .set_recv_buffer_size(settings.server.receive_buffer_bytes)?;
+        }
         let metrics = Arc::new(Metrics::default());
         let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
         let opened = if settings.store.enabled {
@@ -141,7 +149,34 @@ impl Application {
                     .collect(),
             )?;
         }
+        let api_keys = Arc::new(crate::auth::api_keys::ApiKeys::load(
+            &settings.auth,
+            Some(&settings.store),
+            opened
+                .as_ref()
+                .map(|opened| Arc::clone(&opened.store.api_keys)),
+        )?);
         let shutdown = CancellationToken::new();
+        // Cluster mode: the node joins before anything follows the hub, so the exchange and
+        // the bar writer see the shared log from its first synchronisation.
+        let cluster = if settings.cluster.enabled() {
+            let config = crate::cluster::ClusterConfig::from_settings(
+                &settings.cluster,
+                settings.hub.replay_window,
+            );
+            tokio::runtime::Handle::try_current().map_err(|_| {
+                anyhow::anyhow!("cluster mode needs the application built inside a tokio runtime")
+            })?;
+            let node = crate::cluster::ClusterNode::new(config, Arc::clone(&metrics))?;
+            tracing::info!(node = node.node_id(), "joining the cluster");
+            node.start(
+                Arc::new(crate::cluster::HubSink::new(Arc::clone(&hub))),
+                shutdown.clone(),
+            );
+            Some(node)
+        } else {
+            None
+        };
         let exchange = crate::trading::exchange::start(
             &settings.trading,
             &settings.simulator.initial_prices,
@@ -153,9 +188,13 @@ impl Application {
         )?;
         let sources = SourceRegistry::new(Arc::clone(&metrics));
         let hub_sink: Arc<dyn crate::hub::EventSink> = hub.clone();
-        let publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
+        let mut publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
+        if let Some(node) = &cluster {
+            publisher = publisher.with_cluster(node.clone(), hub.universe().clone());
+        }
         let state = AppState {
             auth,
+            api_keys,
             settings: Arc::new(settings),
             hub,
             sources,
@@ -164,6 +203,7 @@ impl Application {
             shutdown,
             trading: Arc::new(exchange),
             store: opened.map(|opened| opened.store),
+            cluster,
         };
         Ok(Application {
             port,
@@ -195,7 +235,8 @@ impl Application {
                 .run_keepalive(state.settings.ws.ping_interval, state.shutdown.clone()),
         );
         crate::ingest::spawn_sources(
-            &state.settings,
+            &state.settings.simulator,
+            &state.settings.sources,
             &state.publisher,
             state.universe(),
             &state.shutdown,
@@ -224,6 +265,11 @@ impl Application {
         stopper.abort();
         if let Some(tasks) = store_tasks {
             tasks.finish(&state.hub).await;
+        }
+        // Before the process ends: another node takes the sources over at once instead of
+        // waiting for the leases to expire.
+        if let Some(node) = &state.cluster {
+            node.release_leases().await;
         }
         Ok(())
     }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AuthService;
+use crate::auth::api_keys::ApiKeys;
+use crate::cluster::ClusterNode;
 use crate::hub::Hub;
 use crate::ingest::SourceRegistry;
 use crate::ingest::source::Publisher;
@@ -32,6 +34,10 @@ pub struct AppState {
     /// Durable storage; `None` when `store.enabled` is false.
     pub store: Option<Store>,
     pub auth: Arc<AuthService>,
+    /// This node's link to the cluster; `None` on a single node (`cluster.redis_url` empty).
+    pub cluster: Option<ClusterNode>,
+    /// API key pairs (Alpaca's key id and secret; docs/alpaca.md).
+    pub api_keys: Arc<ApiKeys>,
 }
 
 impl AppState {

@@ -32,6 +32,10 @@ pub struct Entry {
     /// The single-event WebSocket text frame `[<json>]`, built in the same allocation as
     /// `sse`, so a connection with one pending event sends it without copying or encoding.
     pub ws: Bytes,
+    /// The single-event MessagePack frame of the Alpaca stream (a one-element array of the
+    /// event's map; the map alone is `msgpack[1..]`, see [`super::msgpack`]). Encoded only
+    /// while some MessagePack client is connected ([`super::Hub::msgpack_client`]).
+    pub msgpack: Option<Bytes>,
 }
 
 pub(super) fn encode_entry(
@@ -41,6 +45,7 @@ pub(super) fn encode_entry(
     symbol: Option<SymbolId>,
     tagged: Box<[SymbolId]>,
     json: &[u8],
+    msgpack: Option<Bytes>,
 ) -> Entry {
     let name = kind.event_name();
     let mut frame = BytesMut::with_capacity(2 * json.len() + name.len() + 50);
@@ -70,6 +75,7 @@ pub(super) fn encode_entry(
         sse,
         json,
         ws,
+        msgpack,
     }
 }
 
@@ -192,6 +198,49 @@ pub fn sse_close(reason: CloseReason, head: Cursor) -> Bytes {
                 "retry: 1000\nid: {head}\nevent: status\ndata: {status}\n\n"
             ))
         }
+        CloseReason::Reset => {
+            let status = reset_status("the feed was reset; reconnect for a fresh snapshot");
+            Bytes::from(format!("retry: 100\nevent: status\ndata: {status}\n\n"))
+        }
+    }
+}
+
+/// The `status` object (`sc: "reset"`) that ends a stream whose feed started a new log
+/// (cluster mode), without an id like the shutdown status.
+pub fn reset_status(message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "T": "s",
+        "S": "*",
+        "sc": "reset",
+        "sm": message,
+        "t": chrono::Utc::now(),
+    })
+}
+
+/// An event outside every feed's log (a `status` notice): its SSE frame has no `id:` line and
+/// its sequence number is 0, which no feed ever issues.
+pub(super) fn encode_notice(json: &[u8]) -> Entry {
+    let mut frame = BytesMut::with_capacity(2 * json.len() + 32);
+    frame.put_slice(b"event: status\ndata: ");
+    let json_start = frame.len();
+    frame.put_slice(json);
+    let json_end = frame.len();
+    frame.put_slice(b"\n\n");
+    let sse_end = frame.len();
+    frame.put_u8(b'[');
+    frame.put_slice(json);
+    frame.put_u8(b']');
+    let all = frame.freeze();
+    Entry {
+        feed: Feed::Market,
+        seq: 0,
+        kind: EventKind::Status,
+        symbol: None,
+        tagged: Box::default(),
+        sse: all.slice(..sse_end),
+        json: all.slice(json_start..json_end),
+        ws: all.slice(sse_end..),
+        msgpack: None,
     }
 }
 

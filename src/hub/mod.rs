@@ -14,20 +14,25 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`queue`] (subscriber
+//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`filter`] (what a subscription wants), [`sweep`] (the
-//! shared heartbeat and keep-alive sweeps); this file holds the feeds, their logs and the
-//! latest values.
+//! shared heartbeat and keep-alive sweeps), [`sequenced`] (what a cluster node does to the
+//! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
+//! and the latest values.
 
 pub mod entry;
 pub mod filter;
+pub mod msgpack;
 pub mod queue;
+mod sequenced;
+mod settings;
 pub mod sweep;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -37,12 +42,12 @@ use crate::market::{
     Bar, EventKind, InvalidEvent, MarketEvent, SymbolId, SymbolUniverse, validate_event,
 };
 use crate::metrics::Metrics;
-use crate::settings::HubConfig;
 
 pub use entry::Entry;
 use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
+pub use settings::HubConfig;
 
 /// The public feeds, each with its own sequence and replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +87,13 @@ impl Feed {
     }
 }
 
+/// What one entry costs a replay window: the SSE frame and the WebSocket frame (one
+/// allocation holds both; `json` is a slice of the SSE frame), and the MessagePack frame
+/// when Alpaca clients are connected.
+fn entry_bytes(entry: &Entry) -> usize {
+    entry.sse.len() + entry.ws.len() + entry.msgpack.as_ref().map_or(0, |m| m.len())
+}
+
 /// A position in a feed's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -118,6 +130,8 @@ struct Registration {
 struct FeedState {
     next_seq: u64,
     window: VecDeque<Arc<Entry>>,
+    /// Bytes the window's entries hold (their shared SSE and WebSocket buffers).
+    window_bytes: usize,
     subscribers: Vec<Registration>,
     /// Set by [`Hub::shut_down`]: the feed's head is final and every publish is refused.
     sealed: bool,
@@ -156,6 +170,9 @@ fn status_family(code: &str) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub replay_window: usize,
+    /// Bytes each feed's replay window may hold; the oldest entries go first (the newest
+    /// one always stays).
+    pub replay_window_bytes: usize,
     /// Items each subscriber queue holds before conflation, then disconnect (407); applied
     /// by [`Hub::new_queue`].
     pub subscriber_queue_capacity: usize,
@@ -167,6 +184,7 @@ impl From<&HubConfig> for HubSettings {
     fn from(config: &HubConfig) -> Self {
         HubSettings {
             replay_window: config.replay_window,
+            replay_window_bytes: config.replay_window_bytes,
             subscriber_queue_capacity: config.subscriber_queue_capacity,
             heartbeat_interval: config.heartbeat_interval,
             bar_history: config.bar_history,
@@ -235,18 +253,40 @@ pub enum PublishError {
     /// to resume from, so nothing more is accepted (see [`Hub::shut_down`]).
     #[error("the server is shutting down; publish again once it is back")]
     ShuttingDown,
+    /// Cluster mode: the shared log did not take the event.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterPublishError),
+}
+
+impl PublishError {
+    /// The metric label of a refusal.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            PublishError::Invalid(invalid) => invalid.reason_label(),
+            PublishError::Encode(_) => "encode",
+            PublishError::ShuttingDown => "shutting_down",
+            PublishError::Cluster(error) => error.reason_label(),
+        }
+    }
 }
 
 /// What stands behind `ingest::source::Publisher`, the one seam every source publishes
-/// through. Today the local [`Hub`] implements it; a bus that relays through Redis to several
-/// gateway nodes implements the same trait.
+/// through: the local [`Hub`] on a single node, and `cluster::LeasedSink` (the shared log in
+/// Redis, under the source's lease) on a cluster node.
 pub trait EventSink: Send + Sync {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError>;
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError>;
+
+    /// Whether shutdown sealed the local hub: publishing is refused with
+    /// [`PublishError::ShuttingDown`] from then on, in cluster mode too.
+    fn is_sealed(&self) -> bool {
+        false
+    }
 }
 
 /// The fan-out hub. Cheap to share behind an `Arc`.
 pub struct Hub {
-    epoch: u64,
+    /// Fixed for a single node; in cluster mode it follows the shared log's epoch.
+    epoch: AtomicU64,
     universe: SymbolUniverse,
     settings: HubSettings,
     metrics: Arc<Metrics>,
@@ -255,11 +295,26 @@ pub struct Hub {
     /// WebSocket queues swept by `run_keepalive` whether or not they subscribe to a feed, so
     /// each connection pings and checks its idle deadline without a timer of its own.
     keepalive: Mutex<Vec<(u8, Arc<SubscriberQueue>)>>,
+    /// Connected clients that want MessagePack frames (see [`entry::Entry::msgpack`]).
+    msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Cluster mode: the shared log sequences every feed (see [`Hub::follow_shared_log`]).
+    clustered: std::sync::atomic::AtomicBool,
+}
+
+/// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
+/// them.
+#[derive(Debug)]
+pub struct MsgpackClientGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for MsgpackClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hub").field("epoch", &self.epoch).finish()
+        f.debug_struct("Hub").field("epoch", &self.epoch()).finish()
     }
 }
 
@@ -275,12 +330,13 @@ impl Hub {
             Mutex::new(FeedState {
                 next_seq: 1,
                 window: VecDeque::new(),
+                window_bytes: 0,
                 subscribers: Vec::new(),
                 sealed: false,
             })
         };
         Hub {
-            epoch,
+            epoch: AtomicU64::new(epoch),
             universe,
             settings,
             metrics,
@@ -294,11 +350,21 @@ impl Hub {
                 statuses: Vec::new(),
             }),
             keepalive: Mutex::new(Vec::new()),
+            msgpack_clients: Arc::default(),
+            clustered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
+    /// Registers a MessagePack client: from now on each event's MessagePack frame is encoded
+    /// at publish. An event published just before may lack it; the client encodes that one
+    /// itself.
+    pub fn msgpack_client(&self) -> MsgpackClientGuard {
+        self.msgpack_clients.fetch_add(1, Ordering::Relaxed);
+        MsgpackClientGuard(Arc::clone(&self.msgpack_clients))
+    }
+
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Relaxed)
     }
 
     pub fn universe(&self) -> &SymbolUniverse {
@@ -320,9 +386,10 @@ impl Hub {
 
     /// The cursor of the newest event of a feed (seq 0 when nothing was published yet).
     pub fn cursor(&self, feed: Feed) -> Cursor {
+        let state = self.feeds[feed.index()].lock();
         Cursor {
-            epoch: self.epoch,
-            seq: self.feeds[feed.index()].lock().next_seq - 1,
+            epoch: self.epoch(),
+            seq: state.next_seq - 1,
         }
     }
 
@@ -336,13 +403,44 @@ impl Hub {
         }
     }
 
+    /// Evicts the oldest entries until the window is within its count and its byte budget
+    /// (keeping the newest entry whatever its size), and reports both on `/metrics`.
+    fn trim_window(&self, feed: Feed, state: &mut FeedState) {
+        let index = feed.index();
+        while state.window.len() > 1
+            && (state.window.len() > self.settings.replay_window
+                || state.window_bytes > self.settings.replay_window_bytes)
+        {
+            let over_count = state.window.len() > self.settings.replay_window;
+            let Some(oldest) = state.window.pop_front() else {
+                break;
+            };
+            state.window_bytes -= entry_bytes(&oldest);
+            let counter = if over_count {
+                &self.metrics.replay_evicted_count[index]
+            } else {
+                &self.metrics.replay_evicted_budget[index]
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.replay_window_bytes[index].store(state.window_bytes as u64, Ordering::Relaxed);
+    }
+
     /// Validates, sequences, encodes once and fans out one event.
     pub fn publish_event(&self, event: MarketEvent) -> Result<Published, PublishError> {
         validate_event(&event, &self.universe)?;
+        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let prepared = self.prepare(&event, true)?;
+        self.append(event, prepared, &json, None)
+    }
+
+    /// Symbol ids and the per-symbol time check (enforced, or only recorded for events the
+    /// shared log already checked). Checked before sequencing so a rejected event never
+    /// consumes a sequence number.
+    fn prepare(&self, event: &MarketEvent, enforce_time: bool) -> Result<Prepared, PublishError> {
         let kind = event.kind();
-        let feed = Feed::of(kind);
         let symbol = event.symbol().and_then(|s| self.universe.id(s));
-        let tagged: Box<[SymbolId]> = match &event {
+        let tagged: Box<[SymbolId]> = match event {
             MarketEvent::News(news) => news
                 .symbols
                 .iter()
@@ -350,10 +448,6 @@ impl Hub {
                 .collect(),
             _ => Box::default(),
         };
-        let json = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
-
-        // Per-symbol time order and latest values. Checked before sequencing so a rejected
-        // event never consumes a sequence number.
         if let Some(id) = symbol {
             let slot = match kind {
                 EventKind::Trade => Some(0),
@@ -368,58 +462,67 @@ impl Hub {
                 if let Some(previous) = *last
                     && time < previous
                 {
-                    return Err(InvalidEvent::TimeWentBackwards {
-                        symbol: self.universe.name(id).to_owned(),
-                        kind: kind.event_name(),
-                        given: time.to_rfc3339(),
-                        latest: previous.to_rfc3339(),
+                    if enforce_time {
+                        return Err(InvalidEvent::TimeWentBackwards {
+                            symbol: self.universe.name(id).to_owned(),
+                            kind: kind.event_name(),
+                            given: time.to_rfc3339(),
+                            latest: previous.to_rfc3339(),
+                        }
+                        .into());
                     }
-                    .into());
+                } else {
+                    *last = Some(time);
                 }
-                *last = Some(time);
             }
         }
+        Ok(Prepared {
+            kind,
+            symbol,
+            tagged,
+        })
+    }
 
+    /// Sequences (or takes the given sequence), encodes once, keeps and fans out one event.
+    fn append(
+        &self,
+        event: MarketEvent,
+        prepared: Prepared,
+        json: &[u8],
+        given_seq: Option<u64>,
+    ) -> Result<Published, PublishError> {
+        let Prepared {
+            kind,
+            symbol,
+            tagged,
+        } = prepared;
+        let feed = Feed::of(kind);
+        let msgpack = (self.msgpack_clients.load(Ordering::Relaxed) > 0)
+            .then(|| msgpack::single_event_frame(&event))
+            .flatten();
         let mut state = self.feeds[feed.index()].lock();
         if state.sealed {
             return Err(PublishError::ShuttingDown);
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
+        let seq = given_seq.unwrap_or(state.next_seq);
+        state.next_seq = seq + 1;
         let entry = Arc::new(encode_entry(
             feed,
             Cursor {
-                epoch: self.epoch,
+                epoch: self.epoch(),
                 seq,
             },
             kind,
             symbol,
             tagged,
-            &json,
+            json,
+            msgpack,
         ));
+        state.window_bytes += entry_bytes(&entry);
         state.window.push_back(Arc::clone(&entry));
-        while state.window.len() > self.settings.replay_window {
-            state.window.pop_front();
-        }
+        self.trim_window(feed, &mut state);
         if let Some(id) = symbol {
-            let mut latest = self.latest.lock();
-            let index = usize::from(id);
-            match (&event, kind) {
-                (_, EventKind::Trade) => latest.trade[index] = Some(Arc::clone(&entry)),
-                (_, EventKind::Quote) => latest.quote[index] = Some(Arc::clone(&entry)),
-                (MarketEvent::Bar(bar), EventKind::Bar) => {
-                    latest.bar[index] = Some(Arc::clone(&entry));
-                    let history = &mut latest.bars[index];
-                    if history.back().is_some_and(|last| last.time == bar.time) {
-                        history.pop_back();
-                    }
-                    history.push_back(bar.clone());
-                    while history.len() > self.settings.bar_history {
-                        history.pop_front();
-                    }
-                }
-                _ => {}
-            }
+            self.record_latest(id, &event, &entry);
         }
         if let MarketEvent::Status(status) = &event {
             let key = (symbol, status_family(&status.code));
@@ -447,6 +550,28 @@ impl Hub {
         Ok(Published { entry })
     }
 
+    /// The latest trade, quote or bar of a symbol, and its bar history.
+    fn record_latest(&self, id: SymbolId, event: &MarketEvent, entry: &Arc<Entry>) {
+        let mut latest = self.latest.lock();
+        let index = usize::from(id);
+        match event {
+            MarketEvent::Trade(_) => latest.trade[index] = Some(Arc::clone(entry)),
+            MarketEvent::Quote(_) => latest.quote[index] = Some(Arc::clone(entry)),
+            MarketEvent::Bar(bar) => {
+                latest.bar[index] = Some(Arc::clone(entry));
+                let history = &mut latest.bars[index];
+                if history.back().is_some_and(|last| last.time == bar.time) {
+                    history.pop_back();
+                }
+                history.push_back(bar.clone());
+                while history.len() > self.settings.bar_history {
+                    history.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Registers `queue` on `feed`, collecting the replay after `resume` (or a reset and a
     /// snapshot) atomically with the registration.
     pub fn subscribe(
@@ -458,12 +583,13 @@ impl Hub {
         queue: &Arc<SubscriberQueue>,
     ) -> Subscribed {
         let mut state = self.feeds[feed.index()].lock();
+        let epoch = self.epoch();
         let newest = state.next_seq - 1;
         let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.seq);
         let mut replay = Vec::new();
         let mut reset = None;
         if let Some(cursor) = resume {
-            if cursor.epoch != self.epoch {
+            if cursor.epoch != epoch {
                 reset = Some(ResetReason::EpochChanged);
             } else if cursor.seq > newest {
                 reset = Some(ResetReason::CursorAhead);
@@ -507,10 +633,7 @@ impl Hub {
             replay,
             reset,
             snapshot,
-            cursor: Cursor {
-                epoch: self.epoch,
-                seq: newest,
-            },
+            cursor: Cursor { epoch, seq: newest },
         }
     }
 
@@ -634,9 +757,20 @@ impl Hub {
 }
 
 impl EventSink for Hub {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
-        self.publish_event(event)
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
+        self.publish_event(event).map(|_| ())
     }
+
+    fn is_sealed(&self) -> bool {
+        self.is_shut_down()
+    }
+}
+
+/// What `prepare` worked out about an event before it is sequenced.
+struct Prepared {
+    kind: EventKind,
+    symbol: Option<SymbolId>,
+    tagged: Box<[SymbolId]>,
 }
 
 #[cfg(test)]

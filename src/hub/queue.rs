@@ -26,6 +26,10 @@ pub enum CloseReason {
     SlowClient,
     /// The server is shutting down; clients should reconnect and resume.
     Shutdown,
+    /// The feed's log started afresh (cluster mode: Redis lost the stream, or this node
+    /// missed events the stream no longer holds). Clients reconnect with their cursor and get
+    /// an explicit reset with a fresh snapshot.
+    Reset,
 }
 
 /// One item in a subscriber's queue.

@@ -326,3 +326,192 @@ fn resume_reports_reset_for_foreign_epoch_old_cursor_and_future_cursor() {
     let seqs: Vec<u64> = ok.replay.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![4, 5, 6]);
 }
+
+fn big_news(id: u64) -> MarketEvent {
+    MarketEvent::News(crate::market::News {
+        id,
+        headline: "H".repeat(1000),
+        summary: "S".repeat(16_000),
+        author: String::new(),
+        source: String::new(),
+        url: String::new(),
+        symbols: vec!["AAPL".into()],
+        created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        updated_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+    })
+}
+
+#[test]
+fn the_replay_window_is_bounded_in_bytes_too_and_an_evicted_cursor_resets() {
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(
+        SymbolUniverse::new(["AAPL", "MSFT"]),
+        HubSettings {
+            replay_window: 1000,
+            replay_window_bytes: 200_000,
+            ..HubSettings::default()
+        },
+        Arc::clone(&metrics),
+        7,
+    );
+    for id in 1..=40 {
+        hub.publish_event(big_news(id)).expect("valid news");
+    }
+    let held = metrics.replay_window_bytes[1].load(Ordering::Relaxed);
+    assert!(held <= 200_000 && held > 150_000, "{held} bytes held");
+    let evicted = metrics.replay_evicted_budget[1].load(Ordering::Relaxed);
+    assert!(evicted >= 30, "{evicted} evicted by budget");
+    assert_eq!(metrics.replay_evicted_count[1].load(Ordering::Relaxed), 0);
+    let queue = SubscriberQueue::with_capacity(10);
+    let old = hub.subscribe(
+        Feed::News,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 2 }),
+        false,
+        &queue,
+    );
+    assert_eq!(old.reset, Some(ResetReason::CursorTooOld));
+    let recent = hub.subscribe(
+        Feed::News,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 38 }),
+        false,
+        &queue,
+    );
+    assert_eq!(
+        recent.replay.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![39, 40]
+    );
+    // A single entry larger than the whole budget is still kept (the newest always is).
+    let tiny = Hub::new(
+        SymbolUniverse::new(["AAPL"]),
+        HubSettings {
+            replay_window_bytes: 1000,
+            ..HubSettings::default()
+        },
+        Arc::new(Metrics::default()),
+        7,
+    );
+    tiny.publish_event(big_news(1)).expect("valid news");
+    tiny.publish_event(big_news(2)).expect("valid news");
+    let kept = tiny.subscribe(
+        Feed::News,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 1 }),
+        false,
+        &queue,
+    );
+    assert_eq!(kept.replay.len(), 1);
+}
+
+#[test]
+fn sequenced_events_keep_their_given_numbers_and_the_publishers_bytes() {
+    let hub = hub(10, 10);
+    let queue = SubscriberQueue::with_capacity(10);
+    hub.reset_feed(Feed::Market, 9, 41, false);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+    let json = serde_json::to_vec(&trade("AAPL", 5, 10.0)).unwrap_or_default();
+    let applied = hub.apply_sequenced(41, &json).expect("applied");
+    assert_eq!(applied.entry.json.as_ref(), json.as_slice());
+    assert!(applied.entry.sse.starts_with(b"id: 9-41\n"));
+    // Time order was checked where the event was sequenced: an older one still applies.
+    let older = serde_json::to_vec(&trade("AAPL", 4, 10.0)).unwrap_or_default();
+    assert_eq!(
+        hub.apply_sequenced(42, &older).expect("applied").entry.seq,
+        42
+    );
+    assert_eq!(hub.cursor(Feed::Market), Cursor { epoch: 9, seq: 42 });
+    assert_eq!(drain(&queue).len(), 2);
+    assert!(hub.apply_sequenced(43, b"not json").is_err());
+}
+
+#[test]
+fn a_reset_closes_subscribers_and_their_old_cursor_then_gets_an_explicit_reset() {
+    let hub = hub(10, 10);
+    for id in 1..=3 {
+        hub.publish_event(trade("AAPL", id, 10.0)).expect("valid");
+    }
+    let queue = SubscriberQueue::with_capacity(10);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+    // The same epoch, but the log continues at 20: 4..=19 were never seen here.
+    hub.reset_feed(Feed::Market, 7, 20, true);
+    assert!(matches!(
+        drain(&queue).as_slice(),
+        [Delivery::Close(CloseReason::Reset)]
+    ));
+    assert_eq!(hub.subscriber_count(Feed::Market), 0);
+    let again = SubscriberQueue::with_capacity(10);
+    let resumed = hub.subscribe(
+        Feed::Market,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 3 }),
+        true,
+        &again,
+    );
+    assert_eq!(resumed.reset, Some(ResetReason::CursorTooOld));
+    // Latest values survive a reset: the snapshot still has the last trade.
+    assert_eq!(resumed.snapshot.map(|s| s.len()), Some(1));
+    // A client that had everything up to 19 (from another node) resumes without a reset.
+    let caught_up = hub.subscribe(
+        Feed::Market,
+        Filter::everything(),
+        Some(Cursor { epoch: 7, seq: 19 }),
+        false,
+        &again,
+    );
+    assert_eq!(caught_up.reset, None);
+}
+
+#[test]
+fn a_status_notice_reaches_every_feed_without_an_id_or_a_sequence_number() {
+    let hub = hub(10, 10);
+    let queues: Vec<_> = Feed::ALL
+        .iter()
+        .map(|feed| {
+            let queue = SubscriberQueue::with_capacity(10);
+            hub.subscribe(*feed, Filter::everything(), None, false, &queue);
+            queue
+        })
+        .collect();
+    let both = SubscriberQueue::with_capacity(10);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &both);
+    hub.subscribe(Feed::News, Filter::everything(), None, false, &both);
+    hub.notify_status("cluster_down", "redis unreachable");
+    assert_eq!(drain(&both).len(), 1, "one notice per queue, not per feed");
+    for queue in &queues {
+        let items = drain(queue);
+        let [Delivery::Event(entry)] = items.as_slice() else {
+            panic!("one notice: {items:?}");
+        };
+        assert_eq!(entry.seq, 0);
+        assert!(entry.sse.starts_with(b"event: status\ndata: {"));
+        assert!(std::str::from_utf8(&entry.json).is_ok_and(|j| j.contains("cluster_down")));
+    }
+    assert_eq!(hub.cursor(Feed::Market).seq, 0, "no cursor moved");
+}
+
+#[test]
+fn a_sealed_hub_refuses_sequenced_events_too_and_sends_no_notice_after_the_final_status() {
+    let hub = hub(10, 10);
+    hub.publish_event(trade("AAPL", 1, 10.0)).expect("valid");
+    let queue = SubscriberQueue::with_capacity(10);
+    hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+    hub.shut_down();
+    let json = serde_json::to_vec(&trade("AAPL", 2, 10.0)).unwrap_or_default();
+    assert!(matches!(
+        hub.apply_sequenced(2, &json),
+        Err(PublishError::ShuttingDown)
+    ));
+    assert!(matches!(
+        hub.publish_event(trade("AAPL", 3, 10.0)),
+        Err(PublishError::ShuttingDown)
+    ));
+    assert!(EventSink::is_sealed(&hub));
+    assert_eq!(PublishError::ShuttingDown.reason_label(), "shutting_down");
+    hub.notify_status("cluster_down", "lost Redis");
+    assert!(matches!(
+        drain(&queue).as_slice(),
+        [Delivery::Close(CloseReason::Shutdown)]
+    ));
+    assert_eq!(hub.cursor(Feed::Market).seq, 1);
+}

@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use crate::ingest::source::Publisher;
 use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
-use crate::settings::Settings;
 
 /// Health of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,13 +28,23 @@ use crate::settings::Settings;
 pub enum SourceHealth {
     Starting,
     Up,
-    Degraded { reason: String },
-    Down { reason: String },
+    Degraded {
+        reason: String,
+    },
+    Down {
+        reason: String,
+    },
+    /// Cluster mode: another node holds this source's lease and runs it; this node takes it
+    /// over if that node goes away.
+    Standby,
 }
 
 impl SourceHealth {
     pub fn is_serving(&self) -> bool {
-        matches!(self, SourceHealth::Up | SourceHealth::Degraded { .. })
+        matches!(
+            self,
+            SourceHealth::Up | SourceHealth::Degraded { .. } | SourceHealth::Standby
+        )
     }
 }
 
@@ -79,18 +88,24 @@ impl SourceRegistry {
 
 /// Starts every configured source as its own task, each publishing through its own context.
 pub fn spawn_sources(
-    settings: &Settings,
+    simulator: &sim::SimulatorSettings,
+    sources: &config::SourcesSettings,
     publisher: &Publisher,
     universe: &SymbolUniverse,
     shutdown: &CancellationToken,
 ) {
-    if settings.simulator.enabled {
-        tokio::spawn(sim::run(
-            settings.simulator.clone(),
-            universe.names().to_vec(),
-            publisher.context(sim::SOURCE_NAME),
-            shutdown.clone(),
-        ));
+    if simulator.enabled {
+        let simulator = simulator.clone();
+        let symbols = universe.names().to_vec();
+        publisher.spawn_source(sim::SOURCE_NAME, shutdown, move |context, stop| {
+            let (simulator, symbols) = (simulator.clone(), symbols.clone());
+            Box::pin(async move {
+                // A node taking the simulator over continues from the last prices and trade
+                // id in the shared log, not from its seed (nothing to read on a single node).
+                let resume = sim::Resume::from_latest(context.latest_published().await);
+                sim::run_resumed(simulator, symbols, resume, context, stop).await;
+            })
+        });
     }
-    poller::spawn_upstream_sources(settings, publisher, universe, shutdown);
+    poller::spawn_upstream_sources(sources, simulator.enabled, publisher, universe, shutdown);
 }

@@ -565,17 +565,17 @@ pub fn resolve_token(settings: &PollerSettings) -> Result<String, PollFailure> {
 
 /// Starts every configured poller and replay (called from `ingest::spawn_sources`).
 pub fn spawn_upstream_sources(
-    all_settings: &crate::settings::Settings,
+    settings: &super::config::SourcesSettings,
+    simulator_enabled: bool,
     publisher: &Publisher,
     universe: &crate::market::SymbolUniverse,
     shutdown: &CancellationToken,
 ) {
-    let settings = &all_settings.sources;
     if settings.pollers.is_empty() && settings.replays.is_empty() {
         return;
     }
     let context = |name: &str| publisher.context(name);
-    if all_settings.simulator.enabled {
+    if simulator_enabled {
         tracing::warn!(
             "the simulator is enabled next to upstream sources: both publish the same symbols, \
              and the hub refuses ticks whose time goes backwards; set simulator.enabled = false"
@@ -597,6 +597,8 @@ pub fn spawn_upstream_sources(
             }
         }
     };
+    // Each source runs under `Publisher::spawn_source`: once here, or (cluster mode) wherever
+    // its lease is held, with a context made for that run.
     if let Some(client) = client {
         for poller in &settings.pollers {
             // Registered before any task runs, so `/readyz` never looks ready without them.
@@ -608,52 +610,60 @@ pub fn spawn_upstream_sources(
                 .map(|s| s.trim().to_ascii_uppercase())
                 .filter(|s| universe.contains(s))
                 .collect();
-            let ctx = context(&poller.name);
             let timing = PollTiming::from_settings(poller);
-            let shutdown = shutdown.clone();
-            match poller.provider {
-                Some(Provider::Yahoo) => {
-                    let round = crate::ingest::yahoo::YahooRound::new(
-                        client.clone(),
-                        poller,
-                        symbols.clone(),
-                        ctx.clone(),
-                    );
-                    tokio::spawn(run_poller(ctx, symbols, timing, round, shutdown));
-                }
+            let token = match poller.provider {
                 Some(Provider::Finnhub) => match resolve_token(poller) {
-                    Ok(token) => match crate::ingest::finnhub::FinnhubRound::new(
+                    Ok(token) => Some(token),
+                    Err(failure) => {
+                        tracing::error!(source = %poller.name, %failure, "poller not started");
+                        context(&poller.name).report(SourceHealth::Down {
+                            reason: failure.to_string(),
+                        });
+                        continue;
+                    }
+                },
+                Some(Provider::Yahoo) => None,
+                None => continue,
+            };
+            let poller = poller.clone();
+            let client = client.clone();
+            publisher.spawn_source(&poller.name.clone(), shutdown, move |ctx, stop| {
+                let (symbols, timing) = (symbols.clone(), timing.clone());
+                match &token {
+                    None => {
+                        let round = crate::ingest::yahoo::YahooRound::new(
+                            client.clone(),
+                            &poller,
+                            symbols.clone(),
+                            ctx.clone(),
+                        );
+                        Box::pin(run_poller(ctx, symbols, timing, round, stop))
+                    }
+                    Some(token) => match crate::ingest::finnhub::FinnhubRound::new(
                         client.clone(),
-                        poller,
-                        &token,
+                        &poller,
+                        token,
                         symbols.clone(),
                         ctx.clone(),
                     ) {
-                        Ok(round) => {
-                            tokio::spawn(run_poller(ctx, symbols, timing, round, shutdown));
+                        Ok(round) => Box::pin(run_poller(ctx, symbols, timing, round, stop)),
+                        Err(failure) => {
+                            ctx.report(SourceHealth::Down {
+                                reason: failure.to_string(),
+                            });
+                            Box::pin(async {})
                         }
-                        Err(failure) => ctx.report(SourceHealth::Down {
-                            reason: failure.to_string(),
-                        }),
                     },
-                    Err(failure) => {
-                        tracing::error!(source = %poller.name, %failure, "poller not started");
-                        ctx.report(SourceHealth::Down {
-                            reason: failure.to_string(),
-                        });
-                    }
-                },
-                None => {}
-            }
+                }
+            });
         }
     }
     for replay in &settings.replays {
         context(&replay.name).report(SourceHealth::Starting);
-        tokio::spawn(crate::ingest::replay::run(
-            replay.clone(),
-            context(&replay.name),
-            shutdown.clone(),
-        ));
+        let replay = replay.clone();
+        publisher.spawn_source(&replay.name.clone(), shutdown, move |ctx, stop| {
+            Box::pin(crate::ingest::replay::run(replay.clone(), ctx, stop))
+        });
     }
 }
 

@@ -3,19 +3,26 @@
 //!
 //! Invariants this module keeps:
 //! - Nothing in `ingest/` reaches the hub, the registry or metrics except through here, so
-//!   swapping what stands behind [`Publisher`] (today the local hub; with a cluster, a
-//!   Redis-backed publisher) changes no source.
+//!   swapping what stands behind [`Publisher`] (the local hub, or on a cluster node the shared
+//!   log in Redis under the source's lease) changes no source.
+//! - On a cluster node a source runs only while this node holds its lease
+//!   ([`Publisher::spawn_source`]); its context then publishes through the publish script with
+//!   the lease's fencing value, and the source is stopped when the lease is lost.
 //! - Validation is the hub's: a context forwards each event once and counts the hub's verdict
 //!   (`tickgate_ingest_accepted_total`, `tickgate_ingest_rejected_total` by reason).
 //! - Publishing never waits: it takes short, non-async locks only.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{ClusterNode, LeasedSink};
 use crate::hub::{EventSink, PublishError};
 use crate::ingest::{SourceHealth, SourceRegistry};
-use crate::market::{MarketEvent, Status};
+use crate::market::{MarketEvent, Status, SymbolUniverse};
 use crate::metrics::{Metrics, escape_label};
 
 /// Makes the [`SourceContext`] of each source. Holds the one sink all of them publish into.
@@ -24,7 +31,12 @@ pub struct Publisher {
     sink: Arc<dyn EventSink>,
     registry: SourceRegistry,
     metrics: Arc<Metrics>,
+    /// Cluster mode: the node whose leases decide where each source runs.
+    cluster: Option<(ClusterNode, SymbolUniverse)>,
 }
+
+/// What runs one source: given its context and when to stop, the source's future.
+pub type SourceRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Publisher {
     pub fn new(sink: Arc<dyn EventSink>, registry: SourceRegistry, metrics: Arc<Metrics>) -> Self {
@@ -32,17 +44,82 @@ impl Publisher {
             sink,
             registry,
             metrics,
+            cluster: None,
         }
     }
 
-    /// The context of the source called `name`.
+    /// Cluster mode: sources run under leases of `node` and publish through the shared log
+    /// (checked against `universe` first, as the hub would).
+    pub fn with_cluster(mut self, node: ClusterNode, universe: SymbolUniverse) -> Publisher {
+        self.cluster = Some((node, universe));
+        self
+    }
+
+    /// Starts the source `name`: on a single node once, publishing into the hub; on a cluster
+    /// node whenever it holds the source's lease, publishing under it, stopped when the lease
+    /// is lost (another node runs it then; this one reports it on `standby`).
+    pub fn spawn_source<F>(&self, name: &str, shutdown: &CancellationToken, mut run: F)
+    where
+        F: FnMut(SourceContext, CancellationToken) -> SourceRun + Send + 'static,
+    {
+        let Some((node, universe)) = self.cluster.clone() else {
+            tokio::spawn(run(self.context(name), shutdown.clone()));
+            return;
+        };
+        let (registry, metrics) = (self.registry.clone(), Arc::clone(&self.metrics));
+        let local = Arc::clone(&self.sink);
+        let name = name.to_owned();
+        registry.report(&name, SourceHealth::Standby);
+        tokio::spawn(crate::cluster::run_leased(
+            node.clone(),
+            name.clone(),
+            shutdown.clone(),
+            move |ticket| {
+                let sink = LeasedSink::new(
+                    node.clone(),
+                    ticket.clone(),
+                    universe.clone(),
+                    Arc::clone(&local),
+                );
+                let mut context = SourceContext::new(
+                    &name,
+                    Arc::new(sink),
+                    registry.clone(),
+                    Arc::clone(&metrics),
+                );
+                context.cluster = Some(node.clone());
+                let running = run(context, ticket.lost().clone());
+                let (registry, name) = (registry.clone(), name.clone());
+                async move {
+                    running.await;
+                    registry.report(&name, SourceHealth::Standby);
+                }
+            },
+        ));
+    }
+
+    /// The context of the source called `name`. On a cluster node it publishes through the
+    /// shared log without a lease: for what runs on every node (the publish API); sources
+    /// that must run once use [`Publisher::spawn_source`].
     pub fn context(&self, name: &str) -> SourceContext {
-        SourceContext::new(
+        let Some((node, universe)) = &self.cluster else {
+            return SourceContext::new(
+                name,
+                Arc::clone(&self.sink),
+                self.registry.clone(),
+                Arc::clone(&self.metrics),
+            );
+        };
+        let sink = LeasedSink::unleased(node.clone(), universe.clone(), Arc::clone(&self.sink));
+        let mut context = SourceContext::new(
             name,
-            Arc::clone(&self.sink),
+            Arc::new(sink),
             self.registry.clone(),
             Arc::clone(&self.metrics),
-        )
+        );
+        context.cluster = Some(node.clone());
+        context.universe = Some(universe.clone());
+        context
     }
 
     /// Health of every source, as `/readyz` reports it.
@@ -65,6 +142,11 @@ pub struct SourceContext {
     /// Symbols told `upstream_down` and not yet told `upstream_ok`. Shared by the clones a
     /// poller loop and its round hold, so recovery is announced before the first new price.
     owed_recovery: Arc<parking_lot::Mutex<Option<Vec<String>>>>,
+    /// Cluster mode: where [`SourceContext::latest_published`] reads the shared log.
+    cluster: Option<ClusterNode>,
+    /// Cluster mode, unleased contexts: what [`SourceContext::publish_confirmed`] checks
+    /// events against before sending them.
+    universe: Option<SymbolUniverse>,
 }
 
 impl SourceContext {
@@ -82,6 +164,64 @@ impl SourceContext {
             registry,
             metrics,
             owed_recovery: Arc::default(),
+            cluster: None,
+            universe: None,
+        }
+    }
+
+    /// Publishes one event and, on a cluster node, waits for the shared log's answer (the
+    /// publish API reports each item's fate). The same as [`SourceContext::publish`] on a
+    /// single node, where the answer is immediate.
+    pub async fn publish_confirmed(&self, event: MarketEvent) -> Result<(), PublishError> {
+        let (Some(node), Some(universe)) = (&self.cluster, &self.universe) else {
+            return self.publish(event);
+        };
+        let outcome = match crate::market::validate_event(&event, universe) {
+            // A sealed hub (shutdown) takes nothing more, from here or from the shared log.
+            Ok(()) if self.sink.is_sealed() => Err(PublishError::ShuttingDown),
+            Ok(()) => node
+                .publish(&event, None)
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
+            Err(invalid) => Err(PublishError::from(invalid)),
+        };
+        self.count(&outcome);
+        outcome
+    }
+
+    /// Counts an item as accepted or refused, with the refusal's reason.
+    fn count(&self, outcome: &Result<(), PublishError>) {
+        match outcome {
+            Ok(()) => self.metrics.add_counter(
+                "tickgate_ingest_accepted_total",
+                "Items a source published into the hub.",
+                &self.labels,
+                1.0,
+            ),
+            Err(error) => {
+                self.reject(error.reason_label());
+                tracing::debug!(source = %self.name, %error, "event refused");
+            }
+        }
+    }
+
+    /// The latest trade, quote and bar per symbol as last published by anyone, read back from
+    /// the shared log (cluster mode: what a source taking over continues from). Empty on a
+    /// single node, where a source starts from its own configuration as always.
+    pub async fn latest_published(&self) -> Vec<MarketEvent> {
+        let Some(node) = &self.cluster else {
+            return Vec::new();
+        };
+        match node.latest_values().await {
+            Ok(values) => values
+                .iter()
+                .filter_map(|(_, json)| serde_json::from_slice(json).ok())
+                .collect(),
+            Err(error) => {
+                tracing::warn!(source = %self.name, %error, "could not read the latest values back");
+                Vec::new()
+            }
         }
     }
 
@@ -100,27 +240,9 @@ impl SourceContext {
         if !matches!(event, MarketEvent::Status(_)) {
             self.announce_recovery();
         }
-        match self.sink.publish(event) {
-            Ok(_) => {
-                self.metrics.add_counter(
-                    "tickgate_ingest_accepted_total",
-                    "Items a source published into the hub.",
-                    &self.labels,
-                    1.0,
-                );
-                Ok(())
-            }
-            Err(error) => {
-                let reason = match &error {
-                    PublishError::Invalid(invalid) => invalid.reason_label(),
-                    PublishError::Encode(_) => "encode",
-                    PublishError::ShuttingDown => "shutting_down",
-                };
-                self.reject(reason);
-                tracing::debug!(source = %self.name, %error, "event refused by the hub");
-                Err(error)
-            }
-        }
+        let outcome = self.sink.publish(event);
+        self.count(&outcome);
+        outcome
     }
 
     pub fn report(&self, health: SourceHealth) {

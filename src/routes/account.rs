@@ -1,6 +1,9 @@
 //! HTTP routes for authentication and the account (docs/websocket.md, "Getting a token" and
-//! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/ticket` (single-use WebSocket ticket), and, with a bearer
-//! token, `GET /v1/account`, `GET /v1/positions` and `GET /v1/orders?status=`.
+//! "HTTP companions"): `POST /v1/auth/token` (built-in issuer), `POST /v1/auth/refresh` (a
+//! fresh token for the holder of a valid one), `POST /v1/auth/ticket` (single-use WebSocket
+//! ticket), and, with a bearer token or an API key pair, `GET /v1/account`,
+//! `GET /v1/positions`, `GET /v1/orders?status=` and
+//! `GET /v1/orders/by-client-id/{client_order_id}`.
 
 use std::sync::Arc;
 
@@ -9,16 +12,22 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, ErrorCode};
+use crate::routes::orders::order_error;
 use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
-use crate::trading::api::{OrderError, OrderQuery, TradingApi};
+use crate::trading::api::{OrderQuery, TradingApi};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/token", web::post().to(token))
+        .route("/v1/auth/refresh", web::post().to(refresh))
         .route("/v1/auth/ticket", web::post().to(ticket))
         .route("/v1/account", web::get().to(account))
         .route("/v1/positions", web::get().to(positions))
-        .route("/v1/orders", web::get().to(orders));
+        .route("/v1/orders", web::get().to(orders))
+        .route(
+            "/v1/orders/by-client-id/{client_order_id}",
+            web::get().to(order_by_client_id),
+        );
 }
 
 /// The simulated exchange.
@@ -45,18 +54,6 @@ pub fn bearer_identity(request: &HttpRequest, state: &AppState) -> Result<Identi
         ));
     };
     state.auth.verify_token(token).map_err(auth_error)
-}
-
-fn order_error(error: OrderError) -> ApiError {
-    match error.code {
-        // Their HTTP statuses come from the one table (400, 403, 404, 422).
-        OrderError::INVALID
-        | OrderError::INSUFFICIENT
-        | OrderError::NOT_FOUND
-        | OrderError::NOT_CANCELABLE => ApiError::new(error.code, error.message),
-        // Everything else is the exchange failing: 50010000 over HTTP, the cause logged.
-        _ => ApiError::internal(&error),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +83,31 @@ async fn token(
         .json(issued))
 }
 
+async fn refresh(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = bearer_identity(&request, &state)?;
+    let issued = state.auth.refresh_token(&identity).map_err(auth_error)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(issued))
+}
+
+async fn order_by_client_id(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
+    let client_order_id = path.into_inner();
+    let order = trading(&state)?
+        .order_by_client_id(&identity.user, &client_order_id)
+        .await
+        .map_err(order_error)?;
+    Ok(HttpResponse::Ok().json(order))
+}
+
 async fn ticket(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -101,7 +123,7 @@ async fn account(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let portfolio = trading(&state)?
         .portfolio(&identity.user)
         .await
@@ -117,7 +139,7 @@ async fn positions(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let portfolio = trading(&state)?
         .portfolio(&identity.user)
         .await
@@ -130,7 +152,7 @@ async fn orders(
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = bearer_identity(&request, &state)?;
+    let identity = crate::routes::api_keys::identity(&request, &state)?;
     let query = query_params(query.into_inner(), &["status"])?;
     let which = match query.get("status").map(String::as_str) {
         None | Some("open") => OrderQuery::Open,

@@ -94,7 +94,7 @@ impl BarsQuery {
     const NAMES: &[&str] = &["symbol", "timeframe", "start", "end", "limit", "page_token"];
 }
 
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|raw| {
             DateTime::parse_from_rfc3339(raw)
@@ -107,6 +107,49 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, 
                 })
         })
         .transpose()
+}
+
+/// Up to `limit` one-minute bars of one symbol with `start <= t < end`, oldest first, from
+/// memory and the store, and the start time of the next bar when there are more (the
+/// `next_page_token` of `/v1/bars` and of Alpaca's bar routes).
+pub async fn bar_page(
+    state: &AppState,
+    id: crate::market::SymbolId,
+    symbol: &str,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    limit: usize,
+) -> Result<(Vec<crate::market::Bar>, Option<DateTime<Utc>>), ApiError> {
+    // One bar more than asked says whether the page was cut short; its start time is where
+    // the next page begins, so a client that follows the token misses nothing.
+    let mut bars = state.hub.bars(id, start, end, limit + 1);
+    if let Some(store) = &state.store {
+        let stored = store
+            .history
+            .bars(crate::store::BarQuery {
+                symbol: symbol.to_owned(),
+                start,
+                end,
+                limit: limit + 1,
+            })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "bar history query failed");
+                ApiError::new(ErrorCode::NotReady, "bar history is unavailable right now")
+            })?;
+        // Both lists are sorted and start at `start`; the in-memory bars are the newest
+        // (they may not be flushed to the store yet), so they win for the same minute.
+        let mut merged: std::collections::BTreeMap<DateTime<Utc>, crate::market::Bar> =
+            stored.into_iter().map(|bar| (bar.time, bar)).collect();
+        merged.extend(bars.into_iter().map(|bar| (bar.time, bar)));
+        bars = merged.into_values().take(limit + 1).collect();
+    }
+    let next = if bars.len() > limit {
+        bars.pop().map(|next| next.time)
+    } else {
+        None
+    };
+    Ok((bars, next))
 }
 
 async fn bars(query: RawQuery, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -152,44 +195,15 @@ async fn bars(query: RawQuery, state: web::Data<AppState>) -> Result<HttpRespons
         },
     };
     let page_start = parse_time("page_token", query.page_token.as_deref())?;
-    let start = start.max(page_start);
-    // One bar more than asked says whether the page was cut short; its start time is where
-    // the next page begins, so a client that follows the token misses nothing.
-    let mut bars = state.hub.bars(id, start, end, limit + 1);
-    if let Some(store) = &state.store {
-        let stored = store
-            .history
-            .bars(crate::store::BarQuery {
-                symbol: symbol.clone(),
-                start,
-                end,
-                limit: limit + 1,
-            })
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "bar history query failed");
-                ApiError::new(ErrorCode::NotReady, "bar history is unavailable right now")
-            })?;
-        // Both lists are sorted and start at `start`; the in-memory bars are the newest
-        // (they may not be flushed to the store yet), so they win for the same minute.
-        let mut merged: std::collections::BTreeMap<DateTime<Utc>, crate::market::Bar> =
-            stored.into_iter().map(|bar| (bar.time, bar)).collect();
-        merged.extend(bars.into_iter().map(|bar| (bar.time, bar)));
-        bars = merged.into_values().take(limit + 1).collect();
-    }
-    let next_page_token = if bars.len() > limit {
-        bars.pop().map(|next| {
-            next.time
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-        })
-    } else {
-        None
-    };
+    let (bars, next_page_token) =
+        bar_page(&state, id, &symbol, start.max(page_start), end, limit).await?;
     Ok(HttpResponse::build(StatusCode::OK).json(json!({
         "symbol": symbol,
         "timeframe": "1Min",
         // Tagged like every other market object on the wire (`"T":"b"`).
         "bars": bars.into_iter().map(crate::market::MarketEvent::Bar).collect::<Vec<_>>(),
-        "next_page_token": next_page_token,
+        "next_page_token": next_page_token.map(|time| {
+            time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        }),
     })))
 }

@@ -6,11 +6,18 @@
 //! - [`account`]: token, WebSocket ticket, account, positions and orders.
 //! - [`publish`]: `POST /v1/publish` for external producers (admin token).
 //! - [`params`]: strict query parsing shared by routes and transports.
+//! - [`orders`]: REST order entry (`/v1/orders…`), one implementation for tickgate's routes,
+//!   Alpaca's and the WebSocket's order parsing.
+//! - [`api_keys`]: who a request is from (bearer token or API key pair) and `/v1/api-keys`.
+//! - [`alpaca`]: Alpaca's REST API (`/v2/…`, docs/alpaca.md) and its JSON shapes.
 //! - [`assets`]: the dashboard built into the binary, served when `server.web_root` is absent.
 
 pub mod account;
+pub mod alpaca;
+pub mod api_keys;
 pub mod assets;
 pub mod market;
+pub mod orders;
 pub mod params;
 pub mod publish;
 
@@ -44,7 +51,10 @@ pub fn configure(
     .route("/readyz", web::head().to(readyz))
     .configure(market::configure)
     .configure(transports)
-    .configure(account::configure);
+    .configure(account::configure)
+    .configure(orders::configure)
+    .configure(api_keys::configure)
+    .configure(alpaca::configure);
     let max_body_bytes = state.settings.server.max_body_bytes;
     cfg.configure(|cfg| publish::configure(cfg, max_body_bytes));
     let web_root = &state.settings.server.web_root;
@@ -133,6 +143,8 @@ pub fn cors(state: &AppState) -> Cors {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("apca-api-key-id"),
+            header::HeaderName::from_static("apca-api-secret-key"),
         ])
         .max_age(600);
     if origins.iter().any(|o| o == "*") {
@@ -191,18 +203,26 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let sources = state.sources.snapshot();
     let hub_running = !state.shutdown.is_cancelled();
     let trading_halted = state.trading.halted();
-    let mut not_ready: Vec<&str> = Vec::new();
+    let mut not_ready: Vec<String> = Vec::new();
     if !hub_running {
-        not_ready.push("the server is shutting down");
+        not_ready.push("the server is shutting down".to_owned());
     }
     // No registered source is fine: the publish API alone can feed the hub.
     if !state.sources.all_serving() {
-        not_ready.push("a source is down (see sources)");
+        not_ready.push("a source is down (see sources)".to_owned());
     }
     if trading_halted {
         not_ready.push(
-            "trading is halted: the store refuses writes (see store); it resumes by itself once they succeed",
+            "trading is halted: the store refuses writes (see store); it resumes by itself once they succeed"
+                .to_owned(),
         );
+    }
+    // In a cluster the node must also be connected to Redis and caught up with the shared log.
+    let cluster = state.cluster.as_ref().map(|node| node.health());
+    if let Some(Err(reason)) = &cluster {
+        not_ready.push(format!(
+            "the cluster is unavailable: {reason} (see cluster)"
+        ));
     }
     let degraded: Vec<&String> = sources
         .iter()
@@ -221,7 +241,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "degraded"
     };
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "reasons": not_ready,
         "hub": if hub_running { "running" } else { "stopping" },
@@ -229,6 +249,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "sources": sources,
         "store": store,
     });
+    if let (Some(node), Some(health)) = (&state.cluster, cluster) {
+        body["cluster"] = match health {
+            Ok(()) => json!({"state": "up", "node": node.node_id()}),
+            Err(reason) => json!({"state": "down", "node": node.node_id(), "reason": reason}),
+        };
+    }
     if not_ready.is_empty() {
         HttpResponse::Ok().json(body)
     } else {

@@ -7,6 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::cluster::ClusterPublishError;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::PublishError;
 use crate::market::{InvalidEvent, MarketEvent};
@@ -14,6 +15,10 @@ use crate::routes::params::{Bearer, bearer};
 use crate::state::AppState;
 
 pub const SOURCE_NAME: &str = "publish_api";
+
+/// Status codes only the server sends: clients act on them (reconnect, expect a reset), so a
+/// producer must not be able to send them to everyone.
+const RESERVED_STATUS_CODES: &[&str] = &["shutdown", "reset", "cluster_down", "cluster_ok"];
 
 /// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub
 /// refuses ticks older than a symbol's newest, so one tick from a bad clock or a mistyped
@@ -144,12 +149,23 @@ fn refusal(error: &PublishError) -> (ErrorCode, &'static str) {
         PublishError::Invalid(invalid) => (
             match invalid {
                 InvalidEvent::UnknownSymbol(_) => ErrorCode::UnknownSymbol,
+                InvalidEvent::TooLong { .. } => ErrorCode::FieldTooLong,
                 _ => ErrorCode::Unprocessable,
             },
             invalid.reason_label(),
         ),
         PublishError::Encode(_) => (ErrorCode::Internal, "encode"),
         PublishError::ShuttingDown => (ErrorCode::ShuttingDown, "shutting_down"),
+        PublishError::Cluster(cluster) => (
+            match cluster {
+                ClusterPublishError::TimeWentBackwards => ErrorCode::Unprocessable,
+                ClusterPublishError::Unavailable(_) | ClusterPublishError::Backlog => {
+                    ErrorCode::NotReady
+                }
+                ClusterPublishError::Fenced | ClusterPublishError::Encode(_) => ErrorCode::Internal,
+            },
+            cluster.reason_label(),
+        ),
     }
 }
 
@@ -208,6 +224,8 @@ async fn publish(
         accepted: 0,
         rejected: Vec::new(),
     };
+    let source = &source;
+    let mut publishing = Vec::new();
     for (index, mut item) in items.into_iter().enumerate() {
         stamp_missing_time(&mut item);
         // Producer fields (the trade id `i`, venues, news ids) pass through untouched: the
@@ -225,10 +243,10 @@ async fn publish(
                 continue;
             }
         };
-        // `shutdown` is the server's own last word on a stream: clients reconnect on it, so a
-        // producer must not be able to send it to everyone.
+        // `shutdown` and the cluster's statuses are the server's own words on a stream:
+        // clients act on them, so a producer must not be able to send them to everyone.
         if let MarketEvent::Status(status) = &event
-            && status.code == "shutdown"
+            && RESERVED_STATUS_CODES.contains(&status.code.as_str())
         {
             state
                 .metrics
@@ -237,7 +255,7 @@ async fn publish(
                 index,
                 code: ErrorCode::Unprocessable,
                 reason: "reserved_status",
-                message: "sc \"shutdown\" is reserved for the server".to_owned(),
+                message: format!("sc {:?} is reserved for the server", status.code),
             });
             continue;
         }
@@ -259,8 +277,13 @@ async fn publish(
             });
             continue;
         }
-        // The context counts the item as accepted or refused, like any source's.
-        match source.publish(event) {
+        // The context counts the item as accepted or refused, like any source's. In a
+        // cluster it waits for the publish script's answer; the futures are polled in order,
+        // so items are published in request order and share round trips to Redis.
+        publishing.push(async move { (index, source.publish_confirmed(event).await) });
+    }
+    for (index, outcome) in futures_util::future::join_all(publishing).await {
+        match outcome {
             Ok(()) => reply.accepted += 1,
             Err(error) => {
                 let (code, label) = refusal(&error);
@@ -273,6 +296,7 @@ async fn publish(
             }
         }
     }
+    reply.rejected.sort_by_key(|rejected| rejected.index);
     let status = if reply.accepted == 0
         && reply
             .rejected

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{HistoryStore, StoreHealth};
 use crate::hub::{CloseReason, Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::{Bar, EventKind, MarketEvent};
-use crate::settings::StoreSettings;
+use crate::store::StoreSettings;
 
 /// Bars kept in memory while the database refuses writes (e.g. a full disk); beyond this the
 /// oldest are dropped with an error in the log.
@@ -43,6 +43,10 @@ struct BarWriter {
 
 impl BarWriter {
     fn take_entry(&mut self, entry: &crate::hub::Entry) {
+        // Sequence 0 is a notice outside the log (a cluster status), not a position.
+        if entry.seq == 0 {
+            return;
+        }
         self.last_seq = Some(entry.seq);
         if entry.kind != EventKind::Bar {
             return;
@@ -63,6 +67,11 @@ impl BarWriter {
                 Delivery::Event(entry) => self.take_entry(&entry),
                 Delivery::Heartbeat | Delivery::Close(CloseReason::Shutdown) => {}
                 Delivery::Close(CloseReason::SlowClient) => closed_slow = true,
+                Delivery::Close(CloseReason::Reset) => {
+                    // The log started afresh (cluster mode): follow the new one from its start.
+                    self.last_seq = None;
+                    closed_slow = true;
+                }
             }
         }
         if closed_slow {

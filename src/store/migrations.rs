@@ -13,11 +13,23 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "api_keys",
+        sql: include_str!("../../migrations/0002_api_keys.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "trade_updates",
+        sql: include_str!("../../migrations/0003_trade_updates.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> u32 {
@@ -133,13 +145,53 @@ mod tests {
         let mut connection = Connection::open_in_memory().expect("memory db");
         assert_eq!(
             migrate(&mut connection).expect("first"),
-            vec![latest_version()]
+            (1..=latest_version()).collect::<Vec<_>>()
         );
         assert!(migrate(&mut connection).expect("second").is_empty());
         assert_eq!(
             current_version(&connection).expect("version"),
             latest_version()
         );
+    }
+
+    #[test]
+    fn version_three_keeps_repeated_client_order_ids_of_older_files_and_refuses_new_ones() {
+        let mut connection = Connection::open_in_memory().expect("memory db");
+        connection
+            .execute_batch(MIGRATIONS[0].sql)
+            .and_then(|()| {
+                connection.execute_batch(
+                    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                                  applied_at TEXT NOT NULL);
+                     INSERT INTO schema_version VALUES (1, 'initial', 'x');",
+                )
+            })
+            .expect("a version 1 file");
+        let insert = |connection: &Connection, id: &str, user: &str, cid: &str| {
+            connection.execute(
+                "INSERT INTO orders (id, username, client_order_id, symbol, status, is_open,
+                                     created_at, updated_at, body)
+                 VALUES (?1, ?2, ?3, 'AAPL', 'canceled', 0, 't', 't', '{}')",
+                rusqlite::params![id, user, cid],
+            )
+        };
+        // Versions 1 and 2 allowed reusing a client_order_id once the earlier order finished.
+        for (id, user, cid) in [("o1", "ann", "a"), ("o2", "ann", "a"), ("o3", "bob", "a")] {
+            insert(&connection, id, user, cid).expect("version 1 row");
+        }
+        assert_eq!(migrate(&mut connection).expect("to the latest"), vec![2, 3]);
+        let repeats: Vec<String> = connection
+            .prepare("SELECT id FROM orders WHERE client_order_id_repeat = 1")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| row.get(0))
+                    .and_then(|rows| rows.collect())
+            })
+            .expect("query");
+        assert_eq!(repeats, vec!["o1".to_string()], "the older repeat only");
+        let error = insert(&connection, "o4", "ann", "a").expect_err("unique from now on");
+        assert!(error.to_string().contains("UNIQUE"), "{error}");
+        insert(&connection, "o5", "ann", "b").expect("a fresh id");
     }
 
     #[test]

@@ -12,10 +12,16 @@
 //!   thread, reads to `spawn_blocking` with a small pool of read-only connections.
 //! - A feed's cursor epoch changes only when its history really starts afresh (see
 //!   [`FeedStart`] and `docs/storage.md`).
+//! - Every trade update is stored in the same transaction as the order transition that caused
+//!   it, under its per-user `seq` ([`StoredUpdate`]); a `client_order_id` is unique per user
+//!   among the stored orders (a unique index backs the exchange's own check).
 
 pub mod history;
 pub mod migrations;
+mod settings;
 pub mod sqlite;
+
+pub use settings::StoreSettings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,8 +34,7 @@ use serde::Serialize;
 
 use crate::hub::{Feed, Hub};
 use crate::market::Bar;
-use crate::settings::StoreSettings;
-use crate::trading::api::{Order, Side};
+use crate::trading::api::{Order, Side, TradeUpdate};
 
 /// Why the store could not do what was asked. Every variant names the database file, and the
 /// start-up ones say what the operator can do about it.
@@ -159,9 +164,17 @@ pub struct StoredOrder {
     pub order: Order,
 }
 
+/// One trade update as sent to the user's sessions, kept for resuming clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUpdate {
+    pub username: String,
+    /// Carries its `seq`, unique per user.
+    pub update: TradeUpdate,
+}
+
 /// Everything one exchange step changed, stored atomically: events appended to the log,
-/// order rows upserted with their full entity, fills appended, accounts and positions
-/// overwritten.
+/// order rows upserted with their full entity, fills and trade updates appended, accounts
+/// and positions overwritten.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TradingBatch {
     /// The exchange's events, encoded by the exchange (opaque to the store), in order.
@@ -170,6 +183,8 @@ pub struct TradingBatch {
     pub fills: Vec<FillRecord>,
     pub accounts: Vec<AccountRecord>,
     pub positions: Vec<PositionRecord>,
+    /// The trade updates the step sends, in order.
+    pub updates: Vec<StoredUpdate>,
 }
 
 impl TradingBatch {
@@ -179,6 +194,7 @@ impl TradingBatch {
             && self.fills.is_empty()
             && self.accounts.is_empty()
             && self.positions.is_empty()
+            && self.updates.is_empty()
     }
 }
 
@@ -195,6 +211,8 @@ pub struct TradingState {
     pub open_orders: Vec<StoredOrder>,
     /// The most recent closed orders of each account (for `GET /v1/orders`), oldest first.
     pub closed_orders: Vec<StoredOrder>,
+    /// The highest stored trade update `seq` of each user who has stored updates.
+    pub update_seqs: BTreeMap<String, u64>,
 }
 
 /// Durable orders and accounts.
@@ -216,6 +234,26 @@ pub trait TradingStore: Send + Sync + 'static {
     /// A small durable write that stores nothing of the exchange's: whether the store takes
     /// writes again after a failure (a full disk freed, a remount), before trading resumes.
     fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// The user's stored trade updates with `after < seq <= up_to`, in `seq` order. Updates
+    /// older than the retention may be gone: the caller checks the first `seq`.
+    fn updates_between(
+        &self,
+        username: &str,
+        after: u64,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<TradeUpdate>, StoreError>>;
+    /// The user's stored order with this `client_order_id`, if any.
+    fn order_by_client_id(
+        &self,
+        username: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Option<Order>, StoreError>>;
+    /// Deletes up to `max_rows` trade updates stored before `before`; returns how many went.
+    fn prune_updates(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>>;
 }
 
 /// A range of one symbol's one-minute bars: `start <= t < end`, oldest first.
@@ -357,12 +395,37 @@ impl StoreHealth {
     }
 }
 
-/// The store as the application holds it: one backend behind all three interfaces.
+/// One API key pair as stored: the keyed hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub username: String,
+    /// Lower-case hex of the keyed hash (see `auth::api_keys`).
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Durable API key pairs issued through the API.
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Stores a new pair; resolves once it is durable.
+    fn insert_api_key(&self, record: ApiKeyRecord) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Marks a pair revoked; `Ok(false)` when no active pair has that id.
+    fn revoke_api_key(
+        &self,
+        key_id: &str,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Every pair that is not revoked.
+    fn active_api_keys(&self) -> BoxFuture<'static, Result<Vec<ApiKeyRecord>, StoreError>>;
+}
+
+/// The store as the application holds it: one backend behind all four interfaces.
 #[derive(Clone)]
 pub struct Store {
     pub trading: Arc<dyn TradingStore>,
     pub history: Arc<dyn HistoryStore>,
     pub feeds: Arc<dyn FeedStateStore>,
+    pub api_keys: Arc<dyn ApiKeyStore>,
     pub health: StoreHealth,
     pub settings: StoreSettings,
     /// The data directory's lock file, held while this store is in use (see [`Store::open`]).
@@ -408,6 +471,7 @@ impl Store {
             trading: backend.clone(),
             history: backend.clone(),
             feeds: backend.clone(),
+            api_keys: backend.clone(),
             health: backend.health(),
             settings: settings.clone(),
             lock: Arc::new(Mutex::new(Some(lock))),
@@ -471,7 +535,13 @@ impl Store {
     }
 }
 
-/// Takes the data directory's lock without waiting.
+/// How long a lock held by someone else is waited for before the store reports it in use.
+/// A process that forks (a test harness, a supervisor starting a child) holds a copy of every
+/// descriptor, the lock's too, for the instant between fork and exec; a short wait rides that
+/// out without letting two gateways share a directory.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(1_000);
+
+/// Takes the data directory's lock, waiting at most [`LOCK_WAIT`] for a holder to let go.
 fn lock_data_dir(settings: &StoreSettings) -> Result<std::fs::File, StoreError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| StoreError::DataDir {
         path: settings.data_dir.display().to_string(),
@@ -489,7 +559,15 @@ fn lock_data_dir(settings: &StoreSettings) -> Result<std::fs::File, StoreError> 
             path: path.display().to_string(),
             detail: e.to_string(),
         })?;
-    match file.try_lock() {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut outcome = file.try_lock();
+    while matches!(outcome, Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        outcome = file.try_lock();
+    }
+    match outcome {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
             path: settings.data_dir.display().to_string(),

@@ -100,7 +100,7 @@ pub enum OrderRef {
 }
 
 /// The full order entity, sent in acks, trade updates and `GET /v1/orders`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: String,
     pub client_order_id: String,
@@ -145,6 +145,10 @@ pub enum TradeEvent {
 /// `{"T":"trade_update",...}`: exactly one per order transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TradeUpdate {
+    /// The user's update sequence: 1 for the first update of the account, then rising by
+    /// exactly one per update. Stored with the update before it is sent, so a client can
+    /// resume after the last `seq` it saw (`docs/websocket.md`, "Resuming trade updates").
+    pub seq: u64,
     pub event: TradeEvent,
     /// Set on fills.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,6 +225,9 @@ pub struct OrderError {
     /// One of the associated constants below.
     pub code: ErrorCode,
     pub message: String,
+    /// With 42210002: the order that already has the `client_order_id`, as it stands now, so
+    /// a client that lost the acknowledgement of its first attempt learns the outcome.
+    pub order: Option<Box<Order>>,
 }
 
 impl OrderError {
@@ -232,6 +239,8 @@ impl OrderError {
     pub const NOT_FOUND: ErrorCode = ErrorCode::NotFound;
     /// 42210000 order not cancelable.
     pub const NOT_CANCELABLE: ErrorCode = ErrorCode::NotCancelable;
+    /// 42210002 "client_order_id must be unique"; the error carries the existing order.
+    pub const DUPLICATE_CLIENT_ORDER_ID: ErrorCode = ErrorCode::DuplicateClientOrderId;
     /// 500 internal (the exchange is not running, the store failed).
     pub const INTERNAL: ErrorCode = ErrorCode::StreamInternal;
 
@@ -239,12 +248,67 @@ impl OrderError {
         OrderError {
             code,
             message: message.into(),
+            order: None,
+        }
+    }
+
+    /// 42210002 for a `client_order_id` the user already gave `existing_id`; `order` is that
+    /// order when the caller has it at hand (see [`OrderError::order`]).
+    pub fn duplicate_client_order_id(
+        client_order_id: &str,
+        existing_id: &str,
+        order: Option<Order>,
+    ) -> OrderError {
+        OrderError {
+            code: OrderError::DUPLICATE_CLIENT_ORDER_ID,
+            message: format!(
+                "client_order_id must be unique: {client_order_id:?} already names order {existing_id}"
+            ),
+            order: order.map(Box::new),
         }
     }
 
     pub fn invalid(message: impl Into<String>) -> OrderError {
         OrderError::new(OrderError::INVALID, message)
     }
+}
+
+/// What a client that resumes trade updates after `since` gets (see
+/// [`TradingApi::updates_since`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Every update after `since`, in order (empty when the client is up to date). The last
+    /// one (or `since`, when empty) is the user's current sequence `seq`.
+    Replay { seq: u64, updates: Vec<TradeUpdate> },
+    /// The updates after `since` cannot be given: the client must rebuild from this state,
+    /// which is exactly the state after update `seq`.
+    Reset(Box<AccountSnapshot>),
+}
+
+/// Why a resume had to reset instead of replaying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetReason {
+    /// Updates after `since` are no longer kept (`trading.updates_retention`), or there are
+    /// more of them than one resume replays (`trading.max_resume_updates`).
+    TooOld,
+    /// `since` is beyond the user's sequence (another server's numbers, or a client bug).
+    Ahead,
+}
+
+/// A user's whole trading state at one point of their update sequence: what a client needs
+/// to start over.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountSnapshot {
+    pub reason: ResetReason,
+    /// The `since` the client asked for.
+    pub since: u64,
+    /// The sequence this state corresponds to: the next update has `seq + 1`.
+    pub seq: u64,
+    /// Open orders, newest first.
+    pub orders: Vec<Order>,
+    /// Cash, equity, buying power and positions.
+    pub account: Portfolio,
 }
 
 /// Which orders `orders()` lists.
@@ -291,6 +355,22 @@ pub trait TradingApi: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<Order>, OrderError>>;
     /// Trade updates for this user's orders, in transition order.
     fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent>;
+    /// Everything after update `since` of this user, or a reset with the current state.
+    /// Subscribe with [`TradingApi::user_events`] *before* calling this: every update is then
+    /// either in the answer or in the receiver (or both; drop those with `seq` at or below the
+    /// answer's `seq`), never in neither.
+    fn updates_since(
+        &self,
+        user: &str,
+        since: u64,
+    ) -> BoxFuture<'static, Result<Resume, OrderError>>;
+    /// The user's order with this `client_order_id` as it stands now (from the store when the
+    /// exchange no longer keeps it in memory); 40410000 when there is none.
+    fn order_by_client_id(
+        &self,
+        user: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Order, OrderError>>;
     /// A counter bumped whenever this user's portfolio value may have changed (fills, cash,
     /// or a price move of a held symbol). Sessions throttle on it.
     fn portfolio_changes(&self, user: &str) -> watch::Receiver<u64>;

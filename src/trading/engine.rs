@@ -181,6 +181,20 @@ pub struct Engine {
     /// Users with a non-zero position, by symbol: whose portfolio a price move changes.
     holders: HashMap<String, BTreeSet<String>>,
     next_seq: u64,
+    /// Each user's last trade update sequence. Derived by [`Engine::apply`] like everything
+    /// else, so replaying the stored events gives every update its original number back.
+    update_seqs: HashMap<String, u64>,
+    /// Every `client_order_id` each user has given an order, with that order's id. Kept for
+    /// orders the engine has forgotten too, so a retry of a long-finished order is still
+    /// recognised (its body is then read from the store).
+    client_order_ids: HashMap<String, HashMap<String, String>>,
+}
+
+/// The next update sequence of `user` (a free function so it borrows only the map).
+fn next_update_seq(update_seqs: &mut HashMap<String, u64>, user: &str) -> u64 {
+    let seq = update_seqs.entry(user.to_owned()).or_insert(0);
+    *seq += 1;
+    *seq
 }
 
 fn status_name(status: OrderStatus) -> &'static str {
@@ -236,6 +250,8 @@ impl Engine {
             markets,
             holders: HashMap::new(),
             next_seq: 1,
+            update_seqs: HashMap::new(),
+            client_order_ids: HashMap::new(),
         }
     }
 
@@ -278,6 +294,10 @@ impl Engine {
                     .or_insert_with(|| Account::new(self.settings.starting_cash));
                 account.order_ids.push(id.clone());
                 account.open_orders.insert(seq, id.clone());
+                self.client_order_ids
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(order.client_order_id.clone(), id.clone());
                 self.orders.insert(
                     id,
                     OrderState {
@@ -288,7 +308,8 @@ impl Engine {
                         filled_notional: Decimal::ZERO,
                     },
                 );
-                announce.push(trade_update(user, TradeEvent::New, order));
+                let update_seq = next_update_seq(&mut self.update_seqs, user);
+                announce.push(trade_update(user, update_seq, TradeEvent::New, order));
                 announce.push(Announcement::Portfolio { user: user.clone() });
             }
             ExchangeEvent::StopTriggered { order_id } => {
@@ -366,6 +387,7 @@ impl Engine {
                 announce.push(Announcement::User {
                     user: user.clone(),
                     event: UserEvent::TradeUpdate(Box::new(TradeUpdate {
+                        seq: next_update_seq(&mut self.update_seqs, &user),
                         event,
                         execution_id: Some(execution_id.clone()),
                         price: Some(*price),
@@ -462,7 +484,8 @@ impl Engine {
         };
         let user = state.user.clone();
         let seq = state.seq;
-        announce.push(trade_update(&user, event, &state.order));
+        let update_seq = next_update_seq(&mut self.update_seqs, &user);
+        announce.push(trade_update(&user, update_seq, event, &state.order));
         announce.push(Announcement::Portfolio { user });
         self.close_order(order_id, seq);
     }
@@ -526,9 +549,10 @@ impl Engine {
         out: &mut Outcome,
     ) -> Result<Order, OrderError> {
         let terms = validate_order(request, &self.universe, &self.settings.limits)?;
+        // Before the limits: a retry of an order that went through must learn so, not be told
+        // that the order it already placed used up its buying power.
+        let client_order_id = self.client_order_id_for(user, terms.client_order_id.as_deref())?;
         self.check_open_order_limit(user)?;
-        let client_order_id =
-            self.client_order_id_for(user, terms.client_order_id.as_deref(), None)?;
         self.check_affordable(user, &terms, None)?;
         self.ensure_account(user, out);
         let order = new_order(&terms, client_order_id, None, now);
@@ -580,8 +604,7 @@ impl Engine {
             None => return Err(not_found(target)),
         };
         let terms = validate_replace(patch, &old_terms, remaining, &self.settings.limits)?;
-        let client_order_id =
-            self.client_order_id_for(user, terms.client_order_id.as_deref(), Some(&old_id))?;
+        let client_order_id = self.client_order_id_for(user, terms.client_order_id.as_deref())?;
         self.check_affordable(user, &terms, Some(&old_id))?;
         let order = new_order(&terms, client_order_id, Some(old_id.clone()), now);
         let id = order.id.clone();
@@ -901,33 +924,21 @@ impl Engine {
         Ok(())
     }
 
-    /// The given client order id if no other open order of the user uses it, or a fresh one.
-    fn client_order_id_for(
-        &self,
-        user: &str,
-        wanted: Option<&str>,
-        replacing: Option<&str>,
-    ) -> Result<String, OrderError> {
+    /// The given client order id if no order of the user ever had it, or a fresh one. A
+    /// duplicate is refused with 42210002 carrying the existing order when the engine still
+    /// keeps it (the exchange fills it in from the store otherwise).
+    fn client_order_id_for(&self, user: &str, wanted: Option<&str>) -> Result<String, OrderError> {
         let Some(wanted) = wanted else {
             return Ok(Uuid::new_v4().to_string());
         };
-        if let Some(account) = self.accounts.get(user) {
-            for id in account.open_orders.values() {
-                if Some(id.as_str()) == replacing {
-                    continue;
-                }
-                if self
-                    .orders
-                    .get(id)
-                    .is_some_and(|s| s.order.client_order_id == wanted)
-                {
-                    return Err(OrderError::invalid(format!(
-                        "client_order_id: {wanted:?} is already used by open order {id}"
-                    )));
-                }
-            }
+        match self.order_id_by_client_id(user, wanted) {
+            Some(id) => Err(OrderError::duplicate_client_order_id(
+                wanted,
+                id,
+                self.order(id).ok(),
+            )),
+            None => Ok(wanted.to_owned()),
         }
-        Ok(wanted.to_owned())
     }
 
     fn find_order(&self, user: &str, target: &OrderRef) -> Result<String, OrderError> {
@@ -1219,6 +1230,20 @@ impl Engine {
         self.markets.get(symbol).map(|m| m.mark)
     }
 
+    /// The user's last trade update sequence (0 before the first update).
+    pub fn update_seq(&self, user: &str) -> u64 {
+        self.update_seqs.get(user).copied().unwrap_or(0)
+    }
+
+    /// The id of the user's order with this `client_order_id`, even if the engine no longer
+    /// keeps the order itself.
+    pub fn order_id_by_client_id(&self, user: &str, client_order_id: &str) -> Option<&str> {
+        self.client_order_ids
+            .get(user)
+            .and_then(|ids| ids.get(client_order_id))
+            .map(String::as_str)
+    }
+
     /// Every order the engine still holds, for invariant checks in tests.
     pub fn all_orders(&self) -> impl Iterator<Item = &Order> {
         self.orders.values().map(|s| &s.order)
@@ -1264,10 +1289,11 @@ fn new_order(
     }
 }
 
-fn trade_update(user: &str, event: TradeEvent, order: &Order) -> Announcement {
+fn trade_update(user: &str, seq: u64, event: TradeEvent, order: &Order) -> Announcement {
     Announcement::User {
         user: user.to_owned(),
         event: UserEvent::TradeUpdate(Box::new(TradeUpdate {
+            seq,
             event,
             execution_id: None,
             price: None,

@@ -40,11 +40,11 @@ pub(super) fn engine_with(settings: EngineSettings) -> Engine {
     Engine::new(settings, SymbolUniverse::new(["AAPL", "MSFT"]))
 }
 
-fn engine() -> Engine {
+pub(super) fn engine() -> Engine {
     engine_with(settings())
 }
 
-fn now() -> DateTime<Utc> {
+pub(super) fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
@@ -64,7 +64,7 @@ fn set_book(engine: &mut Engine, bids: &[(Decimal, Decimal)], asks: &[(Decimal, 
     );
 }
 
-fn standard_book(engine: &mut Engine) {
+pub(super) fn standard_book(engine: &mut Engine) {
     set_book(
         engine,
         &[
@@ -80,7 +80,7 @@ fn standard_book(engine: &mut Engine) {
     );
 }
 
-fn order(side: &str, order_type: &str, qty: &str, tif: &str) -> OrderRequest {
+pub(super) fn order(side: &str, order_type: &str, qty: &str, tif: &str) -> OrderRequest {
     OrderRequest {
         symbol: Some("AAPL".into()),
         qty: Some(qty.into()),
@@ -91,14 +91,14 @@ fn order(side: &str, order_type: &str, qty: &str, tif: &str) -> OrderRequest {
     }
 }
 
-fn limit(side: &str, qty: &str, price: &str, tif: &str) -> OrderRequest {
+pub(super) fn limit(side: &str, qty: &str, price: &str, tif: &str) -> OrderRequest {
     OrderRequest {
         limit_price: Some(price.into()),
         ..order(side, "limit", qty, tif)
     }
 }
 
-fn submit(engine: &mut Engine, request: OrderRequest) -> (Order, Vec<TradeUpdate>) {
+pub(super) fn submit(engine: &mut Engine, request: OrderRequest) -> (Order, Vec<TradeUpdate>) {
     let mut out = Outcome::default();
     let order = engine
         .submit("alice", &request, now(), &mut out)
@@ -106,7 +106,7 @@ fn submit(engine: &mut Engine, request: OrderRequest) -> (Order, Vec<TradeUpdate
     (order, updates(&out))
 }
 
-fn submit_err(engine: &mut Engine, request: OrderRequest) -> OrderError {
+pub(super) fn submit_err(engine: &mut Engine, request: OrderRequest) -> OrderError {
     let mut out = Outcome::default();
     let error = engine
         .submit("alice", &request, now(), &mut out)
@@ -505,7 +505,7 @@ fn day_orders_expire_at_the_close_and_gtc_orders_stay() {
 }
 
 #[test]
-fn a_client_order_id_is_unique_among_open_orders_and_generated_when_absent() {
+fn a_client_order_id_is_unique_among_all_orders_of_a_user_and_generated_when_absent() {
     let mut engine = engine();
     standard_book(&mut engine);
     let with_id = |id: &str| OrderRequest {
@@ -514,17 +514,36 @@ fn a_client_order_id_is_unique_among_open_orders_and_generated_when_absent() {
     };
     let (first, _) = submit(&mut engine, with_id("dup"));
     let error = submit_err(&mut engine, with_id("dup"));
-    assert_eq!(error.code, OrderError::INVALID);
+    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
     assert!(
         error
             .message
-            .starts_with("client_order_id: \"dup\" is already used")
+            .starts_with("client_order_id must be unique: \"dup\""),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        error.order.as_deref(),
+        Some(&first),
+        "the reply carries the order"
     );
     let mut out = Outcome::default();
-    engine
-        .cancel("alice", &OrderRef::Id(first.id), now(), &mut out)
+    let canceled = engine
+        .cancel("alice", &OrderRef::Id(first.id.clone()), now(), &mut out)
         .expect("canceled");
-    submit(&mut engine, with_id("dup"));
+    // A finished order keeps its client_order_id: the retry learns it was canceled.
+    let error = submit_err(&mut engine, with_id("dup"));
+    assert_eq!(error.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
+    assert_eq!(error.order.as_deref(), Some(&canceled));
+    assert_eq!(
+        engine.order_id_by_client_id("alice", "dup"),
+        Some(first.id.as_str())
+    );
+    // Other users have their own namespace.
+    let mut out = Outcome::default();
+    engine
+        .submit("bob", &with_id("dup"), now(), &mut out)
+        .expect("bob's own dup");
     let (generated, _) = submit(&mut engine, limit("buy", "1", "90", "gtc"));
     assert!(!generated.client_order_id.is_empty());
 }

@@ -2,9 +2,9 @@
 //! arrival order; a cloneable [`ExchangeHandle`] reaches it over a bounded channel and
 //! implements [`TradingApi`].
 //!
-//! Market data comes from the hub through a [`SubscriberQueue`] drained by a separate ingest
-//! task into a mailbox that keeps only the newest trade and quote per symbol, so the hub never
-//! waits on the exchange: when the exchange lags, the newest price wins.
+//! Market data comes from the hub through the intake task (`trading::intake`) into a mailbox
+//! that keeps only the newest trade and quote per symbol, so the hub never waits on the
+//! exchange: when the exchange lags, the newest price wins.
 //!
 //! Book updates go out under the symbol's slot lock, which is also what [`TradingApi::book`]
 //! takes to copy the snapshot and subscribe, so a reader never misses or repeats a delta.
@@ -17,114 +17,34 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::FromPrimitive;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{
     BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio, ReplaceRequest,
-    TradingApi, UserEvent,
+    Resume, TradeUpdate, TradingApi, UserEvent,
 };
 use super::book::BookShape;
 use super::engine::{Announcement, Engine, EngineSettings, Outcome};
+pub use super::intake::MarketInput;
+use super::intake::{Mailbox, ingest, subscribe_market};
+use super::resume::{self, ResumePoint};
 use super::validate::OrderLimits;
 use crate::hub::{Hub, SubscriberQueue};
-use crate::market::{MarketEvent, MarketSession};
-use crate::settings::TradingSettings;
+use crate::market::MarketSession;
 use crate::store::{StoreError, TradingStore};
-
-/// A market input for the engine, already in exact decimals.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MarketInput {
-    Trade {
-        symbol: String,
-        price: Decimal,
-        size: Decimal,
-    },
-    Quote {
-        symbol: String,
-        bid: Decimal,
-        ask: Decimal,
-        bid_size: Decimal,
-        ask_size: Decimal,
-    },
-    /// A session status; `market_closed` expires day orders.
-    Status { code: String },
-}
-
-impl MarketInput {
-    /// Converts a hub event; `None` for kinds the exchange ignores or unusable numbers.
-    pub fn from_event(event: &MarketEvent) -> Option<MarketInput> {
-        // Prices travel as floats on the market feed; the shortest decimal that round-trips is
-        // the producer's intended price (126.54, not 126.5399999…).
-        let decimal = |value: f64| Decimal::from_f64(value).map(|d| d.round_dp(8).normalize());
-        match event {
-            MarketEvent::Trade(trade) => Some(MarketInput::Trade {
-                symbol: trade.symbol.clone(),
-                price: decimal(trade.price)?,
-                size: decimal(trade.size)?,
-            }),
-            MarketEvent::Quote(quote) => Some(MarketInput::Quote {
-                symbol: quote.symbol.clone(),
-                bid: decimal(quote.bid_price)?,
-                ask: decimal(quote.ask_price)?,
-                bid_size: decimal(quote.bid_size)?,
-                ask_size: decimal(quote.ask_size)?,
-            }),
-            MarketEvent::Status(status) => Some(MarketInput::Status {
-                code: status.code.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    fn slot(&self) -> Option<(&str, u8)> {
-        match self {
-            MarketInput::Trade { symbol, .. } => Some((symbol, 0)),
-            MarketInput::Quote { symbol, .. } => Some((symbol, 1)),
-            MarketInput::Status { .. } => None,
-        }
-    }
-}
-
-/// Market inputs waiting for the actor. Trades and quotes conflate per symbol; statuses are
-/// kept (bounded) because a close must not be lost.
-#[derive(Debug, Default)]
-struct Mailbox {
-    pending: Mutex<VecDeque<MarketInput>>,
-    notify: Notify,
-}
-
-/// Statuses kept while the exchange lags; older ones are dropped first.
-const MAX_PENDING_STATUSES: usize = 64;
-
-impl Mailbox {
-    fn push(&self, input: MarketInput) {
-        let mut pending = self.pending.lock();
-        match input.slot() {
-            Some(slot) => pending.retain(|queued| queued.slot() != Some(slot)),
-            None => {
-                let statuses = pending.iter().filter(|q| q.slot().is_none()).count();
-                if statuses >= MAX_PENDING_STATUSES
-                    && let Some(index) = pending.iter().position(|q| q.slot().is_none())
-                {
-                    pending.remove(index);
-                }
-            }
-        }
-        pending.push_back(input);
-        drop(pending);
-        self.notify.notify_one();
-    }
-
-    fn take(&self) -> VecDeque<MarketInput> {
-        std::mem::take(&mut *self.pending.lock())
-    }
-}
+use crate::trading::config::TradingSettings;
 
 struct UserChannels {
     events: broadcast::Sender<UserEvent>,
     portfolio: watch::Sender<u64>,
+    /// Without a store: the user's latest trade updates, for clients that resume.
+    recent: VecDeque<TradeUpdate>,
 }
+
+/// Trade updates kept in memory per user for resuming clients when there is no store (with a
+/// store, resumes read the stored updates).
+const RECENT_UPDATES_WITHOUT_STORE: usize = 256;
 
 struct BookSlot {
     snapshot: BookUpdate,
@@ -136,7 +56,7 @@ struct Shared {
     users: Mutex<HashMap<String, UserChannels>>,
     books: HashMap<String, Mutex<BookSlot>>,
     user_channel_capacity: usize,
-    mailbox: Mailbox,
+    mailbox: Arc<Mailbox>,
     /// Set when the exchange has a store: every step is stored before it is announced.
     persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
 }
@@ -146,10 +66,7 @@ impl Shared {
         let mut users = self.users.lock();
         let channels = users
             .entry(user.to_owned())
-            .or_insert_with(|| UserChannels {
-                events: broadcast::channel(self.user_channel_capacity).0,
-                portfolio: watch::channel(0).0,
-            });
+            .or_insert_with(|| UserChannels::new(self.user_channel_capacity));
         f(channels)
     }
 
@@ -159,7 +76,20 @@ impl Shared {
         for announcement in announcements {
             match announcement {
                 Announcement::User { user, event } => {
-                    if let Some(channels) = self.users.lock().get(&user) {
+                    let mut users = self.users.lock();
+                    // Without a store the exchange keeps each user's latest updates itself,
+                    // so a client that was away briefly can still resume (`resume::answer`).
+                    if self.persistence.get().is_none() {
+                        let channels = users
+                            .entry(user)
+                            .or_insert_with(|| UserChannels::new(self.user_channel_capacity));
+                        let UserEvent::TradeUpdate(update) = &event;
+                        if channels.recent.len() >= RECENT_UPDATES_WITHOUT_STORE {
+                            channels.recent.pop_front();
+                        }
+                        channels.recent.push_back((**update).clone());
+                        let _ = channels.events.send(event);
+                    } else if let Some(channels) = users.get(&user) {
                         // No receiver is fine: nobody is watching this user right now.
                         let _ = channels.events.send(event);
                     }
@@ -183,6 +113,16 @@ impl Shared {
                     channels.portfolio.send_modify(|count| *count += 1);
                 }
             }
+        }
+    }
+}
+
+impl UserChannels {
+    fn new(capacity: usize) -> UserChannels {
+        UserChannels {
+            events: broadcast::channel(capacity).0,
+            portfolio: watch::channel(0).0,
+            recent: VecDeque::new(),
         }
     }
 }
@@ -212,6 +152,17 @@ enum Command {
         user: String,
         query: OrderQuery,
         reply: oneshot::Sender<Vec<Order>>,
+    },
+    Resume {
+        user: String,
+        since: u64,
+        reply: oneshot::Sender<ResumePoint>,
+    },
+    /// The order, or its id when the engine no longer keeps it (`Ok(Err(id))`).
+    OrderByClientId {
+        user: String,
+        client_order_id: String,
+        reply: oneshot::Sender<Result<Result<Order, String>, OrderError>>,
     },
     CloseSession {
         reply: oneshot::Sender<()>,
@@ -294,9 +245,15 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<ExchangeHandle, StartError> {
     let mut engine = Engine::new(engine_settings(settings, prices), hub.universe().clone());
+    let update_log = super::persist::UpdateLogSettings {
+        retention: settings.updates_retention,
+        prune_interval: std::time::Duration::from_secs(3600).min(settings.updates_retention),
+        max_resume_updates: settings.max_resume_updates,
+    };
     let persistence = store
         .map(|store| super::persist::rebuild(&mut engine, store, settings.closed_orders_kept))
-        .transpose()?;
+        .transpose()?
+        .map(|persistence| persistence.with_update_log(update_log));
     let (handle, tasks) = ExchangeHandle::new(
         engine,
         Some(hub),
@@ -372,7 +329,7 @@ impl ExchangeHandle {
             users: Mutex::new(HashMap::new()),
             books,
             user_channel_capacity: user_channel_capacity.max(1),
-            mailbox: Mailbox::default(),
+            mailbox: Arc::new(Mailbox::default()),
             persistence: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
@@ -443,12 +400,16 @@ impl TradingApi for ExchangeHandle {
         request: OrderRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
         let user = user.to_owned();
+        let wanted = request.client_order_id.clone();
+        let shared = Arc::clone(&self.shared);
         let future = self.request(|reply| Command::Submit {
-            user,
+            user: user.clone(),
             request,
             reply,
         });
-        Box::pin(async move { future.await? })
+        Box::pin(async move {
+            resume::complete_duplicate(shared.persistence.get(), &user, wanted, future.await?).await
+        })
     }
 
     fn cancel(
@@ -472,13 +433,17 @@ impl TradingApi for ExchangeHandle {
         patch: ReplaceRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
         let user = user.to_owned();
+        let wanted = patch.client_order_id.clone();
+        let shared = Arc::clone(&self.shared);
         let future = self.request(|reply| Command::Replace {
-            user,
+            user: user.clone(),
             target,
             patch,
             reply,
         });
-        Box::pin(async move { future.await? })
+        Box::pin(async move {
+            resume::complete_duplicate(shared.persistence.get(), &user, wanted, future.await?).await
+        })
     }
 
     fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
@@ -502,6 +467,58 @@ impl TradingApi for ExchangeHandle {
     fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent> {
         self.shared
             .with_user(user, |channels| channels.events.subscribe())
+    }
+
+    fn updates_since(
+        &self,
+        user: &str,
+        since: u64,
+    ) -> BoxFuture<'static, Result<Resume, OrderError>> {
+        let user = user.to_owned();
+        let shared = Arc::clone(&self.shared);
+        let point = self.request(|reply| Command::Resume {
+            user: user.clone(),
+            since,
+            reply,
+        });
+        Box::pin(async move {
+            let point = point.await?;
+            let persistence = shared.persistence.get().cloned();
+            let recent = |after: u64, up_to: u64| {
+                shared.with_user(&user, |channels| {
+                    channels
+                        .recent
+                        .iter()
+                        .filter(|u| u.seq > after && u.seq <= up_to)
+                        .cloned()
+                        .collect()
+                })
+            };
+            resume::answer(&user, since, point, persistence, recent).await
+        })
+    }
+
+    fn order_by_client_id(
+        &self,
+        user: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let user = user.to_owned();
+        let client_order_id = client_order_id.to_owned();
+        let shared = Arc::clone(&self.shared);
+        let future = self.request(|reply| Command::OrderByClientId {
+            user: user.clone(),
+            client_order_id: client_order_id.clone(),
+            reply,
+        });
+        Box::pin(async move {
+            match future.await?? {
+                Ok(order) => Ok(order),
+                Err(id) => resume::stored_order(shared.persistence.get(), &user, &client_order_id)
+                    .await?
+                    .ok_or_else(|| resume::forgotten(&id)),
+            }
+        })
     }
 
     fn portfolio_changes(&self, user: &str) -> watch::Receiver<u64> {
@@ -540,8 +557,16 @@ impl ExchangeTasks {
             shutdown,
         } = self;
         let hub = feed.as_ref().map(|(hub, _)| Arc::clone(hub));
+        if let Some(persistence) = shared.persistence.get() {
+            tokio::spawn(Arc::clone(persistence).run_update_pruner(shutdown.clone()));
+        }
         if let Some((hub, queue)) = feed {
-            tokio::spawn(ingest(hub, queue, Arc::clone(&shared), shutdown.clone()));
+            tokio::spawn(ingest(
+                hub,
+                queue,
+                Arc::clone(&shared.mailbox),
+                shutdown.clone(),
+            ));
         }
         tokio::spawn(run_actor(engine, commands, shared, hub, shutdown));
     }
@@ -728,6 +753,22 @@ fn handle_command(
                 let _ = reply.send(orders);
             }));
         }
+        Command::Resume { user, since, reply } => {
+            let point = ResumePoint::take(engine, &user, since, now);
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(point);
+            }));
+        }
+        Command::OrderByClientId {
+            user,
+            client_order_id,
+            reply,
+        } => {
+            let answer = resume::kept_order(engine, &user, &client_order_id);
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(answer);
+            }));
+        }
         Command::CloseSession { reply } => {
             if halted(shared).is_none() {
                 engine.close_session(now, &mut out);
@@ -743,11 +784,6 @@ fn handle_command(
         }
     }
 }
-
-/// The exchange's follower of the hub's market feed (`ingest`, `subscribe_market`).
-#[path = "market_feed.rs"]
-mod market_feed;
-use market_feed::{ingest, subscribe_market};
 
 #[cfg(test)]
 #[path = "exchange_tests.rs"]

@@ -1,4 +1,4 @@
-//! Unit tests of the exchange actor: settings, the mailbox, the ingest of market data.
+//! Unit tests of the exchange actor: settings and the market data it applies.
 
 use super::*;
 use crate::settings::Settings;
@@ -26,52 +26,6 @@ fn trading_settings_load_as_exact_decimals_from_files_and_the_environment() {
     let bad = vec![("TICKGATE__TRADING__TICK_SIZE".to_string(), "0".to_string())];
     let error = Settings::load_from(&config_dir, None, &bad).expect_err("zero tick");
     assert!(error.to_string().contains("trading.tick_size"), "{error}");
-}
-
-#[test]
-fn the_mailbox_keeps_the_newest_trade_and_quote_per_symbol_and_every_status() {
-    let mailbox = Mailbox::default();
-    let trade = |price: Decimal| MarketInput::Trade {
-        symbol: "AAPL".into(),
-        price,
-        size: dec!(1),
-    };
-    mailbox.push(trade(dec!(1)));
-    mailbox.push(MarketInput::Status {
-        code: "market_closed".into(),
-    });
-    mailbox.push(trade(dec!(2)));
-    mailbox.push(MarketInput::Trade {
-        symbol: "MSFT".into(),
-        price: dec!(3),
-        size: dec!(1),
-    });
-    let pending: Vec<MarketInput> = mailbox.take().into_iter().collect();
-    assert_eq!(pending.len(), 3);
-    assert!(matches!(pending[0], MarketInput::Status { .. }));
-    assert_eq!(pending[1], trade(dec!(2)));
-    assert!(mailbox.take().is_empty());
-}
-
-#[test]
-fn float_market_prices_become_the_decimals_the_producer_meant() {
-    let event = MarketEvent::Trade(crate::market::Trade {
-        symbol: "AAPL".into(),
-        id: 1,
-        venue: String::new(),
-        price: 126.54,
-        size: 100.0,
-        time: Utc::now(),
-        conditions: vec![],
-    });
-    assert_eq!(
-        MarketInput::from_event(&event),
-        Some(MarketInput::Trade {
-            symbol: "AAPL".into(),
-            price: dec!(126.54),
-            size: dec!(100),
-        })
-    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -18,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::api::{Order, OrderError, UserEvent};
 use super::engine::{Announcement, Engine, ExchangeEvent, Outcome};
 use crate::store::{
-    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, TradingBatch, TradingState,
-    TradingStore,
+    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate, TradingBatch,
+    TradingState, TradingStore,
 };
 
 /// The stored form of an [`ExchangeEvent`]. Field names are part of the file format: add
@@ -171,6 +172,10 @@ pub fn batch_for_steps(engine: &Engine, outs: &[&Outcome]) -> Result<TradingBatc
             continue;
         };
         users.insert(user.clone());
+        batch.updates.push(StoredUpdate {
+            username: user.clone(),
+            update: (**update).clone(),
+        });
         if let (Some(execution_id), Some(price), Some(qty)) =
             (&update.execution_id, update.price, update.qty)
         {
@@ -233,7 +238,12 @@ pub fn batch_for_steps(engine: &Engine, outs: &[&Outcome]) -> Result<TradingBatc
 }
 
 /// Rebuilds `engine` by replaying the stored events, then checks the result against the
-/// stored account rows. Returns how many events were replayed.
+/// stored account rows and trade updates. Returns how many events were replayed.
+///
+/// Replaying gives every user's update sequence back (each order transition is numbered by
+/// [`Engine::apply`]), so the newest stored update of a user must carry exactly the rebuilt
+/// sequence. A user without stored updates (all pruned, or a file written before updates were
+/// stored) only needs a sequence of at least zero.
 pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, StoreError> {
     for (index, text) in state.events.iter().enumerate() {
         let event: LoggedEvent = serde_json::from_str(text).map_err(|e| StoreError::Decode {
@@ -254,6 +264,17 @@ pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, Store
             });
         }
     }
+    for (user, stored) in &state.update_seqs {
+        let rebuilt = engine.update_seq(user);
+        if rebuilt != *stored {
+            return Err(StoreError::Decode {
+                path: "trade_updates".into(),
+                detail: format!(
+                    "replaying the events gives {user} update sequence {rebuilt}, the newest stored update has {stored}; the store is inconsistent"
+                ),
+            });
+        }
+    }
     Ok(state.events.len())
 }
 
@@ -262,18 +283,96 @@ pub fn restore(engine: &mut Engine, state: &TradingState) -> Result<usize, Store
 pub struct Persistence {
     store: Arc<dyn TradingStore>,
     halted: AtomicBool,
+    updates: UpdateLogSettings,
 }
+
+/// How the stored trade updates are kept and replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateLogSettings {
+    /// Stored updates older than this are pruned (`trading.updates_retention`).
+    pub retention: Duration,
+    /// How often the pruner runs (hourly, or as often as the retention if that is shorter).
+    pub prune_interval: Duration,
+    /// Most updates one resume replays (`trading.max_resume_updates`).
+    pub max_resume_updates: usize,
+}
+
+impl Default for UpdateLogSettings {
+    fn default() -> Self {
+        UpdateLogSettings {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(3600),
+            max_resume_updates: 10_000,
+        }
+    }
+}
+
+/// Rows deleted per prune step, so trading commits queued behind a prune wait little.
+const UPDATE_PRUNE_CHUNK: usize = 5_000;
 
 impl Persistence {
     pub fn new(store: Arc<dyn TradingStore>) -> Persistence {
         Persistence {
             store,
             halted: AtomicBool::new(false),
+            updates: UpdateLogSettings::default(),
+        }
+    }
+
+    pub fn with_update_log(mut self, updates: UpdateLogSettings) -> Persistence {
+        self.updates = updates;
+        self
+    }
+
+    pub fn max_resume_updates(&self) -> usize {
+        self.updates.max_resume_updates
+    }
+
+    /// Deletes stored trade updates older than the retention, every prune interval, until
+    /// `shutdown`.
+    pub async fn run_update_pruner(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let Ok(retention) = chrono::Duration::from_std(self.updates.retention) else {
+            tracing::info!("trade update retention is unbounded; pruner not started");
+            return;
+        };
+        let mut ticker = tokio::time::interval(self.updates.prune_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let Some(before) = Utc::now().checked_sub_signed(retention) else {
+                continue;
+            };
+            let mut removed = 0u64;
+            loop {
+                match self.store.prune_updates(before, UPDATE_PRUNE_CHUNK).await {
+                    Ok(count) => {
+                        removed += count;
+                        if count < UPDATE_PRUNE_CHUNK as u64 || shutdown.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "pruning trade updates failed");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::info!(removed, %before, "pruned old trade updates");
+            }
         }
     }
 
     pub fn is_halted(&self) -> bool {
         self.halted.load(Ordering::Relaxed)
+    }
+
+    /// The store, for reads (resumes, orders the engine no longer keeps).
+    pub fn store(&self) -> &Arc<dyn TradingStore> {
+        &self.store
     }
 
     pub fn halted_error() -> OrderError {
@@ -561,7 +660,8 @@ mod proptests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// Whatever the exchange did, replaying what was stored step by step rebuilds the
-        /// same accounts and orders, and the stored cash equals the stored fills.
+        /// same accounts, orders and update sequences, the stored cash equals the stored
+        /// fills, and each user's stored updates are contiguous from 1.
         #[test]
         fn replaying_stored_steps_rebuilds_the_same_exchange(
             actions in proptest::collection::vec(action(), 1..60)
@@ -572,6 +672,7 @@ mod proptests {
             let mut events = Vec::new();
             let mut fills = Vec::new();
             let mut accounts = BTreeMap::new();
+            let mut updates: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             let now = Utc::now();
             for action in actions {
                 let mut out = Outcome::default();
@@ -607,17 +708,38 @@ mod proptests {
                 let batch = batch_for_steps(&engine, &[&out]).expect("batch");
                 events.extend(batch.events);
                 fills.extend(batch.fills);
+                for stored in batch.updates {
+                    updates.entry(stored.username).or_default().push(stored.update.seq);
+                }
                 for account in batch.accounts {
                     accounts.insert(account.username.clone(), account);
                 }
             }
+            // Every user's stored updates are numbered 1, 2, 3, ... with no gap or repeat.
+            for (user, seqs) in &updates {
+                let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+                prop_assert_eq!(seqs, &expected, "{}", user);
+                prop_assert_eq!(engine.update_seq(user), seqs.len() as u64);
+            }
+            let update_seqs: BTreeMap<String, u64> = updates
+                .iter()
+                .map(|(user, seqs)| (user.clone(), seqs.len() as u64))
+                .collect();
             let state = TradingState {
                 events,
                 accounts: accounts.values().cloned().collect(),
+                update_seqs,
                 ..TradingState::default()
             };
-            let mut rebuilt = Engine::new(settings, universe);
+            let mut rebuilt = Engine::new(settings.clone(), universe.clone());
             restore(&mut rebuilt, &state).expect("replay agrees with the accounts table");
+            // A store whose newest update does not match the replayed sequence is refused.
+            if let Some((user, seq)) = state.update_seqs.iter().next() {
+                let mut tampered = state.clone();
+                tampered.update_seqs.insert(user.clone(), seq + 1);
+                let mut again = Engine::new(settings, universe);
+                prop_assert!(restore(&mut again, &tampered).is_err());
+            }
             for user in USERS {
                 let original = engine.account(user).map(|a| (a.cash, a.positions.clone()));
                 let copy = rebuilt.account(user).map(|a| (a.cash, a.positions.clone()));

@@ -80,8 +80,14 @@ impl Recovery {
 
     /// A status for the whole market (`S: "*"`). Without a hub (tests) or once the hub is
     /// shut down nobody is listening, which is fine.
+    /// On a cluster node the shared log numbers every feed, so the node's own halt goes out
+    /// as a notice without an id (and is not in snapshots).
     fn announce(&self, code: &str, message: &str) {
         let Some(hub) = &self.hub else { return };
+        if hub.follows_shared_log() {
+            hub.notify_status(code, message);
+            return;
+        }
         let status = MarketEvent::Status(Status {
             symbol: "*".into(),
             code: code.into(),

@@ -12,7 +12,7 @@ use crate::market::SymbolUniverse;
 /// Longest accepted `client_order_id`, as in the usual trading APIs.
 pub const MAX_CLIENT_ORDER_ID_LEN: usize = 128;
 
-/// Limits that validation enforces, from [`crate::settings::TradingSettings`].
+/// Limits that validation enforces, from [`crate::trading::config::TradingSettings`].
 #[derive(Debug, Clone)]
 pub struct OrderLimits {
     pub max_order_qty: Decimal,

@@ -1,7 +1,10 @@
 //! Client transports: Server-Sent Events for public feeds and the authenticated WebSocket
-//! (`ws`: actix glue and `ws::wire` around the socket-free `ws::session`). Only this module
-//! and `routes` know about actix (`ws::session` does not); the REST routes live in `routes`.
+//! (`ws`: actix glue and `ws::wire` around the socket-free `ws::session`), whose connections
+//! may speak an Alpaca dialect (`alpaca`: Alpaca's market-data and trading streams). Only this
+//! module and `routes` know about actix (`ws::session` does not); the REST routes live in
+//! `routes`.
 
+pub mod alpaca;
 pub mod sse;
 pub mod ws;
 

@@ -1,5 +1,5 @@
 //! The `tickgate` binary's start-up contract: bad configuration is reported completely and
-//! stops the process before it binds; `hash-password` prints a usable hash.
+//! stops the process before it binds; `hash-password` and `hash-api-secret` print usable hashes.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -16,6 +16,7 @@ fn every_bad_setting_is_reported_at_once_and_the_process_exits_2_without_binding
         .env("TICKGATE__HUB__REPLAY_WINDOW", "lots")
         .env("TICKGATE__SIMULATOR__TRADES_PER_SECOND", "-3")
         .env("TICKGATE__SERVER__COLOUR", "blue")
+        .env("TICKGATE__AUTH__API_KEY_HASH_KEY", "too-short")
         .env("TICKGATE__STORE__ENABLED", "false")
         .output()
         .expect("run tickgate");
@@ -25,6 +26,7 @@ fn every_bad_setting_is_reported_at_once_and_the_process_exits_2_without_binding
         "hub.replay_window",
         "server.colour",
         "simulator.trades_per_second",
+        "auth.api_key_hash_key",
     ] {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }
@@ -221,5 +223,28 @@ fn the_server_keeps_serving_when_the_reader_of_its_log_goes_away() {
     assert!(
         running.0.try_wait().expect("status").is_none(),
         "still running"
+    );
+}
+
+#[test]
+fn hash_api_secret_prints_the_sha256_that_api_keys_in_the_configuration_take() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .arg("hash-api-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run tickgate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"demo-secret\n")
+        .expect("write secret");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    // The digest config/default.toml ships for the demo pair.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25bf"
     );
 }

@@ -3,9 +3,13 @@
 //! local upstreams), so tests share no state and run in parallel.
 //!
 //! Shared set-up: `common` (the app on port 0, the SSE client, typed requests), `ws_support`
-//! (WebSocket clients and logins), `sources_support` (fake upstream HTTP servers, fixtures).
+//! (WebSocket clients and logins), `sources_support` (fake upstream HTTP servers, fixtures),
+//! `redis_support` (a real `redis-server` on a free port) and `cluster_support` (gateway
+//! processes joined to it).
 
+mod cluster_support;
 mod common;
+mod redis_support;
 mod sources_support;
 mod ws_support;
 
@@ -16,6 +20,18 @@ mod publish;
 mod qa_regressions;
 mod stalled_peers;
 mod tidy;
+
+mod alpaca {
+    mod py;
+    mod rest;
+    mod streams;
+}
+
+mod cluster {
+    mod engine;
+    mod nodes;
+    mod ws_notices;
+}
 
 mod hub {
     mod props;
@@ -28,6 +44,16 @@ mod sources {
     mod settings;
     mod simulator;
     mod yahoo;
+}
+
+mod security {
+    mod flood;
+    mod fuzz;
+    mod gateway;
+    mod preauth_memory;
+    mod publish_limits;
+    mod subjects;
+    mod tickets;
 }
 
 mod sse {
@@ -46,14 +72,17 @@ mod store {
     mod replay;
     mod startup;
     mod trading;
+    mod updates;
 }
 
 mod trading {
     mod exchange;
+    mod rest;
 }
 
 mod ws {
     mod auth;
     mod protocol;
+    mod resume;
     mod trading;
 }

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("hub", UPPER_LAYERS),
     ("trading", UPPER_LAYERS),
     ("store", UPPER_LAYERS),
+    ("cluster", UPPER_LAYERS),
 ];
 
 /// The application shell: wiring, shared state, HTTP routes and wire transports.

@@ -335,7 +335,9 @@ function startTrading(client, username) {
   });
   client.addEventListener('authenticated', () => loadOpenOrders(client));
   client.addEventListener('order_ack', (e) => upsertOrder(e.detail.order));
+  // Updates missed while disconnected are replayed first, so fills from then show up too.
   client.addEventListener('trade_update', (e) => onTradeUpdate(e.detail));
+  client.addEventListener('trade_updates_reset', (e) => onTradeUpdatesReset(e.detail));
   client.addEventListener('portfolio', (e) => renderPortfolio(e.detail));
   client.addEventListener('book', (e) => {
     if (e.detail.symbol === state.primary) renderBook(e.detail.book);
@@ -382,6 +384,15 @@ function onTradeUpdate(update) {
     state.fills.length = Math.min(state.fills.length, MAX_FILLS);
     renderFills();
   }
+}
+
+/** The server could not replay what was missed: start over from the state it sent. */
+function onTradeUpdatesReset(reset) {
+  state.orders.clear();
+  for (const order of reset.orders ?? []) upsertOrder(order);
+  renderOrders();
+  renderPortfolio({ ...(reset.account ?? {}), positions: reset.positions ?? [] });
+  $('#order-result').textContent = 'Some order updates from while you were away are no longer kept; orders and positions are current, earlier fills may be missing.';
 }
 
 function cell(text, className) {

@@ -40,7 +40,8 @@ export const alertsUrl = (base) => feedUrl(base, '/v1/stream/alerts');
  * - `error`: a server `error` event (`{T:"error", code, msg}`) or a fatal HTTP error
  *   (`{code, message, status}`) after which the client stops.
  * - `state`: `{connection, upstream}`; connection is `connecting`, `live`, `reconnecting` or
- *   `closed`; upstream is `ok` or `down` (from `upstream_down`/`upstream_ok` status events).
+ *   `closed`; upstream is `ok` or `down` (from `upstream_down`/`upstream_ok` status events, and
+ *   on a cluster from `cluster_down`/`cluster_ok`: the node lost Redis and is back).
  */
 export class FeedClient extends EventTarget {
   constructor(url, options = {}) {
@@ -185,9 +186,11 @@ export class FeedClient extends EventTarget {
 
   onStatus(status) {
     if (status.S !== '*' && status.S !== undefined) return;
-    if (status.sc === 'upstream_down') this.setUpstream('down');
-    else if (status.sc === 'upstream_ok') this.setUpstream('ok');
-    else if (status.sc === 'shutdown') this.setState('reconnecting');
+    if (status.sc === 'upstream_down' || status.sc === 'cluster_down') this.setUpstream('down');
+    else if (status.sc === 'upstream_ok' || status.sc === 'cluster_ok') this.setUpstream('ok');
+    // `reset` (cluster: the feed's log started afresh) ends the stream like `shutdown`; the
+    // reconnect gets a reset snapshot.
+    else if (status.sc === 'shutdown' || status.sc === 'reset') this.setState('reconnecting');
   }
 
   setState(connection) {

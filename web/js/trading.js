@@ -7,6 +7,12 @@
 // jitter (1 s doubling to 30 s) and, once authenticated again, sends the whole subscription
 // set it had, so callers subscribe once. Order books are checked for `seq` gaps; a gap asks the
 // server for a fresh snapshot with `{"action":"resync","orderbooks":[symbol]}`.
+//
+// Trade updates carry a per-user `seq`. The client remembers the last one it passed on and
+// resubscribes with `{"trade_updates":{"since":lastSeq}}` after a reconnect, so orders and
+// fills that happened while it was away arrive first, each exactly once. Before the token
+// expires it fetches a fresh one (`POST /v1/auth/refresh`, or `options.tokenProvider`) and
+// hands it to the open session with `{"action":"auth","token":...}`, which keeps it open.
 
 import { Backoff } from './backoff.js';
 import { OrderBook } from './book.js';
@@ -75,7 +81,13 @@ export class TradingError extends Error {
  * Events (`CustomEvent`, payload in `detail`):
  * - `state`: `{state}`: `disconnected`, `connecting`, `live`, `reconnecting`, `closed`.
  * - `authenticated`, `subscription` (the server's full set), `order_ack`, `trade_update`,
- *   `portfolio`: the wire objects.
+ *   `portfolio`: the wire objects. `trade_update`s come once each, in `seq` order, including
+ *   those replayed after a reconnect.
+ * - `trade_updates_reset`: the server could not replay (`reason` `too_old` or `ahead`);
+ *   `orders`, `positions`, `account` are the state to rebuild from.
+ * - `trade_updates_live`: `{since, seq, replayed}` after each (re)subscription.
+ * - `trade_updates_gap`: `{expected, got}` when an update was skipped; a replay was requested.
+ * - `token`: `{expires_in}` after the token was refreshed (and sent to the open session).
  * - `book`: `{symbol, book}` with an up-to-date `OrderBook` after every applied message.
  * - `resync`: `{symbol, expected, got}` when a gap was seen and a resync was requested.
  * - `error`: stream-level errors (`{T:"error", code, msg}`) and request errors nobody awaited.
@@ -103,6 +115,14 @@ export class TradingClient extends EventTarget {
     this.timer = null;
     this.stopped = true;
     this.authenticated = false;
+    // The last trade update `seq` passed on (null: none yet). Survives reconnects.
+    this.lastSeq = Number.isInteger(options.lastSeq) ? options.lastSeq : null;
+    this.resuming = false;
+    this.tokenProvider = options.tokenProvider ?? null;
+    this.refreshTimer = null;
+    this.tokenExpiresAt = null;
+    this.now = options.now ?? (() => Date.now());
+    if (Number.isFinite(options.expiresIn)) this.setTokenLifetime(options.expiresIn);
   }
 
   /** Logs in with the built-in issuer; keeps the token in memory only. */
@@ -117,6 +137,66 @@ export class TradingClient extends EventTarget {
       throw new TradingError({ code: body.code ?? response.status, message: body.message ?? 'login failed' });
     }
     this.token = body.access_token;
+    this.setTokenLifetime(body.expires_in);
+    return body;
+  }
+
+  /**
+   * Schedules the token refresh: a fifth of the lifetime before expiry, at most a minute
+   * before (a 3 s token is refreshed after 2.4 s, a one-hour token after 59 minutes).
+   */
+  setTokenLifetime(expiresInSeconds) {
+    if (this.refreshTimer !== null) this.clearTimer(this.refreshTimer);
+    this.refreshTimer = null;
+    if (!Number.isFinite(expiresInSeconds) || expiresInSeconds <= 0) return;
+    const lifetimeMs = expiresInSeconds * 1000;
+    this.tokenExpiresAt = this.now() + lifetimeMs;
+    const leadMs = Math.min(60000, lifetimeMs / 5);
+    this.refreshTimer = this.setTimer(() => {
+      this.refreshTimer = null;
+      this.refreshToken().catch(() => {});
+    }, lifetimeMs - leadMs);
+  }
+
+  /**
+   * Fetches a fresh token and, when a session is open, sends it in place. Resolves with the
+   * token response; on failure retries a few times while the old token is still valid, then
+   * fires `auth_required` (the server will close the session at expiry).
+   */
+  async refreshToken() {
+    let body;
+    try {
+      if (this.tokenProvider) {
+        body = await this.tokenProvider(this.token);
+      } else {
+        const response = await this.fetchImpl(`${this.base}/v1/auth/refresh`, {
+          method: 'POST',
+          headers: { Authorization: `Bearer ${this.token}` },
+        });
+        body = await response.json().catch(() => ({}));
+        if (!response.ok) {
+          const error = new TradingError({ code: body.code ?? response.status, message: body.message ?? 'refresh refused' });
+          error.status = response.status;
+          throw error;
+        }
+      }
+      if (!body?.access_token) throw new TradingError({ code: 500, message: 'no token in the refresh answer' });
+    } catch (error) {
+      const left = (this.tokenExpiresAt ?? 0) - this.now();
+      if (error.status === 401 || error.status === 403 || left <= 1000) {
+        this.emit('auth_required', { code: error.code, msg: error.message });
+      } else {
+        this.refreshTimer = this.setTimer(() => {
+          this.refreshTimer = null;
+          this.refreshToken().catch(() => {});
+        }, Math.min(5000, left / 2));
+      }
+      throw error;
+    }
+    this.token = body.access_token;
+    this.setTokenLifetime(body.expires_in);
+    if (this.authenticated) this.send({ action: 'auth', token: this.token });
+    this.emit('token', { expires_in: body.expires_in });
     return body;
   }
 
@@ -155,6 +235,8 @@ export class TradingClient extends EventTarget {
     this.stopped = true;
     if (this.timer !== null) this.clearTimer(this.timer);
     this.timer = null;
+    if (this.refreshTimer !== null) this.clearTimer(this.refreshTimer);
+    this.refreshTimer = null;
     const socket = this.socket;
     this.socket = null;
     if (socket) {
@@ -202,6 +284,7 @@ export class TradingClient extends EventTarget {
       if (socket !== this.socket) return;
       this.socket = null;
       this.authenticated = false;
+      this.resuming = false;
       this.failPending('connection lost');
       for (const book of this.books.values()) book.stale = true;
       if (!this.stopped) this.scheduleReconnect();
@@ -258,7 +341,19 @@ export class TradingClient extends EventTarget {
         this.emit('order_ack', message);
         break;
       case 'trade_update':
-        this.emit('trade_update', message);
+        this.onTradeUpdate(message);
+        break;
+      case 'trade_updates_reset':
+        // The server could not replay what was missed: this is the state to start over from.
+        this.lastSeq = message.seq;
+        this.resuming = false;
+        this.emit('trade_updates_reset', message);
+        break;
+      case 'trade_updates_live':
+        // Everything up to `seq` was sent (or was in the reset); live updates follow.
+        if (this.lastSeq === null || this.lastSeq < message.seq) this.lastSeq = message.seq;
+        this.resuming = false;
+        this.emit('trade_updates_live', message);
         break;
       case 'portfolio':
         this.emit('portfolio', message);
@@ -282,6 +377,24 @@ export class TradingClient extends EventTarget {
         this.emit('message', message);
     }
     if (request) this.settle(message.id, message, null);
+  }
+
+  /** Passes each update on once, in `seq` order; a gap asks the server to replay it. */
+  onTradeUpdate(message) {
+    const seq = message.seq;
+    if (Number.isInteger(seq) && this.lastSeq !== null) {
+      if (seq <= this.lastSeq) return;
+      if (seq > this.lastSeq + 1) {
+        if (!this.resuming) {
+          this.resuming = true;
+          this.send({ action: 'subscribe', trade_updates: { since: this.lastSeq } });
+          this.emit('trade_updates_gap', { expected: this.lastSeq + 1, got: seq });
+        }
+        return;
+      }
+    }
+    if (Number.isInteger(seq)) this.lastSeq = seq;
+    this.emit('trade_update', message);
   }
 
   onBook(message) {
@@ -317,6 +430,7 @@ export class TradingClient extends EventTarget {
 
   sendSubscription() {
     const set = pick(this.wanted);
+    if (set.trade_updates && this.lastSeq !== null) set.trade_updates = { since: this.lastSeq };
     if (Object.keys(set).length > 0) this.send({ action: 'subscribe', ...set });
   }
 

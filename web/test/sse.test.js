@@ -79,6 +79,20 @@ test('upstream status events set upstream down and back to ok', () => {
   assert.deepEqual(upstream.slice(-2), ['down', 'ok']);
 });
 
+test('cluster statuses set upstream down and ok, and a reset reconnects', () => {
+  const { feed, seen } = client({ url: '/v1/stream/market?symbols=*' });
+  feed.start();
+  const source = FakeEventSource.instances[0];
+  source.open();
+  source.deliver('status', { T: 's', S: '*', sc: 'cluster_down', sm: 'x', t: 'now' });
+  source.deliver('status', { T: 's', S: '*', sc: 'cluster_ok', sm: 'x', t: 'now' });
+  const upstream = seen.filter(([t]) => t === 'state').map(([, d]) => d.upstream);
+  assert.deepEqual(upstream.slice(-2), ['down', 'ok']);
+  source.deliver('status', { T: 's', S: '*', sc: 'reset', sm: 'x', t: 'now' });
+  const states = seen.filter(([t]) => t === 'state').map(([, d]) => d.connection);
+  assert.equal(states.at(-1), 'reconnecting');
+});
+
 test('a server error event (407 slow client) is surfaced with its code', () => {
   const { feed, seen } = client();
   feed.start();

@@ -8,13 +8,20 @@ beforeEach(() => {
   FakeWebSocket.instances = [];
 });
 
-function setup({ ticketStatus = 200 } = {}) {
+function setup({ ticketStatus = 200, expiresIn, refreshStatus = 200 } = {}) {
   const timers = new ManualTimers();
   const calls = [];
   let tickets = 0;
+  let refreshes = 0;
   const fetch = async (url, init) => {
     calls.push([url, init]);
-    if (url.endsWith('/v1/auth/token')) return jsonResponse(200, { access_token: 'jwt-1', token_type: 'bearer', expires_in: 3600 });
+    // Without `expiresIn` the token has no lifetime, so no refresh timer joins the queue.
+    if (url.endsWith('/v1/auth/token')) return jsonResponse(200, { access_token: 'jwt-1', token_type: 'bearer', expires_in: expiresIn });
+    if (url.endsWith('/v1/auth/refresh')) {
+      if (refreshStatus !== 200) return jsonResponse(refreshStatus, { code: 40100000, message: 'token has expired' });
+      refreshes += 1;
+      return jsonResponse(200, { access_token: `jwt-r${refreshes}`, token_type: 'Bearer', expires_in: expiresIn });
+    }
     if (url.endsWith('/v1/auth/ticket')) {
       if (ticketStatus !== 200) return jsonResponse(ticketStatus, { code: 40100000, message: 'token has expired' });
       tickets += 1;
@@ -31,7 +38,7 @@ function setup({ ticketStatus = 200 } = {}) {
     clearTimeout: timers.clearTimeout,
   });
   const seen = [];
-  for (const type of ['state', 'book', 'resync', 'portfolio', 'error', 'auth_required', 'trade_update']) {
+  for (const type of ['state', 'book', 'resync', 'portfolio', 'error', 'auth_required', 'trade_update', 'trade_updates_reset', 'trade_updates_gap', 'token']) {
     client.addEventListener(type, (event) => seen.push([type, event.detail]));
   }
   return { client, timers, calls, seen };
@@ -172,4 +179,81 @@ test('subscription sets merge additively and subtract on unsubscribe', () => {
   let set = mergeSubscription({}, { orderbooks: ['AAPL', 'MSFT'], portfolio: true }, true);
   set = mergeSubscription(set, { orderbooks: ['MSFT'] }, false);
   assert.deepEqual(set, { trade_updates: false, portfolio: true, orderbooks: ['AAPL'], trades: [], quotes: [] });
+});
+
+const update = (seq, event = 'fill') => ({ T: 'trade_update', seq, event, order: { id: `o${seq}` } });
+const passed = (seen) => seen.filter(([type]) => type === 'trade_update').map(([, detail]) => detail.seq);
+
+test('after a reconnect trade updates resume after the last seq, each passed on exactly once', async () => {
+  const context = setup();
+  const socket = await connected(context);
+  context.client.subscribe({ trade_updates: true });
+  assert.deepEqual(socket.sent.at(-1), { action: 'subscribe', trade_updates: true });
+  socket.receive({ T: 'trade_updates_live', since: null, seq: 0, replayed: 0 }, update(1), update(2));
+  socket.drop();
+  context.timers.runNext();
+  await settle();
+  const again = FakeWebSocket.instances.at(-1);
+  again.open();
+  again.receive({ T: 'success', msg: 'authenticated' });
+  assert.deepEqual(again.sent.at(-1), { action: 'subscribe', trade_updates: { since: 2 } });
+  // An overlapping replay (2 again) is dropped; the missed 3 and 4 pass, then live 5.
+  again.receive(update(2), update(3), update(4), { T: 'trade_updates_live', since: 2, seq: 4, replayed: 2 }, update(5));
+  assert.deepEqual(passed(context.seen), [1, 2, 3, 4, 5]);
+  assert.equal(context.client.lastSeq, 5);
+});
+
+test('a client that saw no update yet resumes from the seq the server announced', async () => {
+  const context = setup();
+  const socket = await connected(context);
+  context.client.subscribe({ trade_updates: true });
+  socket.receive({ T: 'trade_updates_live', since: null, seq: 41, replayed: 0 });
+  socket.drop();
+  context.timers.runNext();
+  await settle();
+  const again = FakeWebSocket.instances.at(-1);
+  again.open();
+  again.receive({ T: 'success', msg: 'authenticated' });
+  assert.deepEqual(again.sent.at(-1), { action: 'subscribe', trade_updates: { since: 41 } });
+});
+
+test('a skipped seq asks for a replay once and a reset replaces the position in the sequence', async () => {
+  const context = setup();
+  const socket = await connected(context);
+  context.client.subscribe({ trade_updates: true });
+  socket.receive(update(1), update(3), update(4));
+  assert.deepEqual(passed(context.seen), [1]);
+  const replays = socket.sent.filter((f) => f.trade_updates?.since !== undefined);
+  assert.deepEqual(replays, [{ action: 'subscribe', trade_updates: { since: 1 } }], 'one request for the gap');
+  assert.deepEqual(context.seen.find(([type]) => type === 'trade_updates_gap')[1], { expected: 2, got: 3 });
+  socket.receive(update(2), update(3), update(4));
+  assert.deepEqual(passed(context.seen), [1, 2, 3, 4]);
+  socket.receive({ T: 'trade_updates_reset', reason: 'too_old', since: 4, seq: 90, orders: [], positions: [], account: {} });
+  assert.equal(context.client.lastSeq, 90);
+  socket.receive(update(90), update(91));
+  assert.deepEqual(passed(context.seen), [1, 2, 3, 4, 91]);
+});
+
+test('the token is refreshed before it expires and handed to the open session in place', async () => {
+  const context = setup({ expiresIn: 3 });
+  const socket = await connected(context);
+  assert.deepEqual(context.timers.delays(), [2400], 'a fifth of the lifetime before expiry');
+  context.timers.runNext();
+  await settle();
+  const [url, init] = context.calls.at(-1);
+  assert.equal(url, 'http://gw:8080/v1/auth/refresh');
+  assert.equal(init.headers.Authorization, 'Bearer jwt-1');
+  assert.equal(context.client.token, 'jwt-r1');
+  assert.deepEqual(socket.sent.at(-1), { action: 'auth', token: 'jwt-r1' });
+  assert.deepEqual(context.timers.delays(), [2400], 'the next refresh is scheduled');
+  assert.equal(FakeWebSocket.instances.length, 1, 'no reconnect');
+});
+
+test('a refused refresh asks for a new login', async () => {
+  const context = setup({ expiresIn: 3, refreshStatus: 401 });
+  await connected(context);
+  context.timers.runNext();
+  await settle();
+  assert.ok(context.seen.some(([type]) => type === 'auth_required'));
+  assert.equal(context.client.token, 'jwt-1');
 });

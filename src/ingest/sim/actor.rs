@@ -4,10 +4,10 @@
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use super::SimulatorSettings;
 use crate::ingest::SourceHealth;
 use crate::ingest::source::SourceContext;
 use crate::market::{MarketEvent, SymbolUniverse};
-use crate::settings::SimulatorSettings;
 
 use super::{MAX_CATCH_UP, MAX_WAKE_INTERVAL, MIN_WAKE_INTERVAL, MarketSimulator, SOURCE_NAME};
 
@@ -63,6 +63,28 @@ impl PublishGuard {
     }
 }
 
+/// Where a simulator continues when it takes over from another node's (cluster mode): the
+/// last published trade price per symbol and the highest trade id, read from the feed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    pub prices: std::collections::BTreeMap<String, f64>,
+    pub last_trade_id: u64,
+}
+
+impl Resume {
+    /// From the latest values published (trades; quotes and bars are ignored).
+    pub fn from_latest(latest: Vec<MarketEvent>) -> Resume {
+        let mut resume = Resume::default();
+        for event in latest {
+            if let MarketEvent::Trade(trade) = event {
+                resume.last_trade_id = resume.last_trade_id.max(trade.id);
+                resume.prices.insert(trade.symbol, trade.price);
+            }
+        }
+        resume
+    }
+}
+
 /// Runs the simulator in real time until `shutdown` fires, publishing through `context`.
 pub async fn run(
     settings: SimulatorSettings,
@@ -70,8 +92,29 @@ pub async fn run(
     context: SourceContext,
     shutdown: CancellationToken,
 ) {
+    run_resumed(settings, symbols, Resume::default(), context, shutdown).await;
+}
+
+/// [`run`], starting from `resume`'s prices (over the configured initial prices) and trade
+/// ids.
+pub async fn run_resumed(
+    mut settings: SimulatorSettings,
+    symbols: Vec<String>,
+    resume: Resume,
+    context: SourceContext,
+    shutdown: CancellationToken,
+) {
     let universe = SymbolUniverse::new(symbols.iter().cloned());
+    if !resume.prices.is_empty() {
+        tracing::info!(
+            symbols = resume.prices.len(),
+            last_trade_id = resume.last_trade_id,
+            "simulator continues from the feed's last prices"
+        );
+    }
+    settings.initial_prices.extend(resume.prices);
     let mut simulator = MarketSimulator::new(&settings, universe.names(), Utc::now());
+    simulator.continue_trade_ids_after(resume.last_trade_id);
     context.report(SourceHealth::Up);
     let mut guard = PublishGuard::new(context);
     tracing::info!(

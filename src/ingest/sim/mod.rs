@@ -38,13 +38,14 @@ use rand::{Rng, SeedableRng};
 use crate::market::{
     Bar, MarketEvent, MarketSession, News, Quote, Status, Trade, next_session_change, session_at,
 };
-use crate::settings::SimulatorSettings;
 
 mod actor;
 mod news;
+mod settings;
 
-pub use actor::{PublishGuard, run};
+pub use actor::{PublishGuard, Resume, run, run_resumed};
 use news::{company_name, write_news};
+pub use settings::SimulatorSettings;
 
 pub const SOURCE_NAME: &str = "simulator";
 
@@ -246,6 +247,11 @@ impl MarketSimulator {
             next_trade_id: 1,
             next_news_id: 1,
         }
+    }
+
+    /// Numbers trades after `last_trade_id` (a simulator taking over from another node's).
+    pub fn continue_trade_ids_after(&mut self, last_trade_id: u64) {
+        self.next_trade_id = self.next_trade_id.max(last_trade_id.saturating_add(1));
     }
 
     /// How far the virtual clock has been advanced.

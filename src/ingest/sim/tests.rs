@@ -1,7 +1,7 @@
 //! Unit tests of the simulator: the New York calendar, the model, the publish guard.
 
 use super::*;
-use crate::hub::{EventSink, PublishError, Published};
+use crate::hub::{EventSink, PublishError};
 use crate::market::{SymbolUniverse, validate_event};
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
@@ -336,10 +336,10 @@ struct RecordingSink {
 }
 
 impl EventSink for RecordingSink {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
-        let published = self.hub.publish(event.clone())?;
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
+        self.hub.publish(event.clone())?;
         self.events.lock().push(event);
-        Ok(published)
+        Ok(())
     }
 }
 
@@ -429,4 +429,42 @@ fn extreme_volatility_keeps_prices_positive_and_finite() {
         assert_eq!(validate_event(event, &universe), Ok(()), "{event:?}");
     }
     assert!(trades(&events).len() > 1000);
+}
+
+#[test]
+fn a_takeover_resumes_from_the_last_trade_prices_and_ids_of_the_feed() {
+    let at = |second| DateTime::from_timestamp(1_800_000_000 + second, 0).unwrap_or_default();
+    let trade = |symbol: &str, id, price| {
+        MarketEvent::Trade(crate::market::Trade {
+            symbol: symbol.into(),
+            id,
+            venue: "SIM".into(),
+            price,
+            size: 1.0,
+            time: at(id as i64),
+            conditions: vec![],
+        })
+    };
+    let resume = Resume::from_latest(vec![trade("AAPL", 41, 101.25), trade("MSFT", 7, 12.5)]);
+    assert_eq!(resume.last_trade_id, 41);
+    assert_eq!(resume.prices.get("AAPL"), Some(&101.25));
+    let settings = SimulatorSettings {
+        initial_prices: resume.prices.clone(),
+        always_open: true,
+        ..SimulatorSettings::default()
+    };
+    let mut sim = MarketSimulator::new(&settings, &["AAPL".to_string()], at(0));
+    sim.continue_trade_ids_after(resume.last_trade_id);
+    let events = sim.advance(at(60));
+    let first = events.iter().find_map(|event| match event {
+        MarketEvent::Trade(trade) => Some(trade.clone()),
+        _ => None,
+    });
+    let first = first.expect("a trade within a minute");
+    assert_eq!(first.id, 42, "ids continue after the feed's");
+    assert!(
+        (first.price - 101.25).abs() < 5.0,
+        "near the last price: {}",
+        first.price
+    );
 }

@@ -23,6 +23,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
+mod api_keys;
 mod feeds;
 mod history;
 mod trading;
@@ -31,7 +32,7 @@ mod writer;
 use super::migrations::{self, MigrateError};
 use super::{StoreError, StoreHealth};
 use crate::metrics::Metrics;
-use crate::settings::StoreSettings;
+use crate::store::StoreSettings;
 use writer::{Job, WriteJob, open_writer, run_writer};
 
 /// How long a connection waits for another process's lock before failing.

@@ -1,15 +1,19 @@
 //! [`TradingStore`] on SQLite: a batch of exchange steps (events, orders, fills, accounts,
-//! positions) in one savepoint, the start-up load that rebuilds the exchange, and fills.
+//! positions, trade updates) in one savepoint, the start-up load that rebuilds the exchange,
+//! fills, the stored trade updates a resuming client reads, the order behind a
+//! `client_order_id`, and the pruning of old updates.
 
-use chrono::Utc;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{
-    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, TradingBatch, TradingState,
-    TradingStore, UserRecord,
+    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate, TradingBatch,
+    TradingState, TradingStore, UserRecord,
 };
-use crate::trading::api::{Order, Side};
+use crate::trading::api::{Order, Side, TradeUpdate};
 
 use super::{SqliteStore, classify, decode_error, enum_text, parse_decimal, parse_time};
 
@@ -49,6 +53,25 @@ fn store_batch(
                     order.status.is_open(),
                     order.created_at.to_rfc3339(),
                     order.updated_at.to_rfc3339(),
+                    body,
+                ])
+            })
+            .map_err(sql)?;
+    }
+    let stored_at = Utc::now().timestamp_micros();
+    for StoredUpdate { username, update } in &batch.updates {
+        let body = serde_json::to_string(update).map_err(|e| decode_error(path, e))?;
+        connection
+            .prepare_cached(
+                "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    username,
+                    i64::try_from(update.seq).unwrap_or(i64::MAX),
+                    update.order.id,
+                    stored_at,
                     body,
                 ])
             })
@@ -256,6 +279,21 @@ fn load_state(
              WHERE k <= ?1 ORDER BY created_at, r",
             params![i64::try_from(closed_per_user).unwrap_or(i64::MAX)],
         )?;
+        let mut update_seqs = BTreeMap::new();
+        {
+            let mut statement = connection
+                .prepare("SELECT username, MAX(seq) FROM trade_updates GROUP BY username")
+                .map_err(sql)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .map_err(sql)?;
+            for row in rows {
+                let (username, seq) = row.map_err(sql)?;
+                update_seqs.insert(username, u64::try_from(seq).unwrap_or(0));
+            }
+        }
         Ok(TradingState {
             events,
             users,
@@ -263,6 +301,7 @@ fn load_state(
             positions,
             open_orders,
             closed_orders,
+            update_seqs,
         })
     })();
     let _ = connection.execute_batch("COMMIT");
@@ -392,5 +431,85 @@ impl TradingStore for SqliteStore {
     fn fills(&self, username: &str) -> BoxFuture<'static, Result<Vec<FillRecord>, StoreError>> {
         let username = username.to_owned();
         self.read_future(move |connection, path| load_fills(connection, path, &username))
+    }
+
+    fn updates_between(
+        &self,
+        username: &str,
+        after: u64,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<TradeUpdate>, StoreError>> {
+        let username = username.to_owned();
+        self.read_future(move |connection, path| {
+            let sql = |e| classify(path, e);
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT body FROM trade_updates
+                     WHERE username = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+                )
+                .map_err(sql)?;
+            let rows = statement
+                .query_map(
+                    params![
+                        username,
+                        i64::try_from(after).unwrap_or(i64::MAX),
+                        i64::try_from(up_to).unwrap_or(i64::MAX),
+                    ],
+                    |row| row.get::<_, String>(0),
+                )
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let body = row.map_err(sql)?;
+                out.push(serde_json::from_str(&body).map_err(|e| decode_error(path, e))?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn order_by_client_id(
+        &self,
+        username: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Option<Order>, StoreError>> {
+        let username = username.to_owned();
+        let client_order_id = client_order_id.to_owned();
+        self.read_future(move |connection, path| {
+            // The unique one, or (in a file migrated from version 1) the most recent repeat.
+            let body: Option<String> = connection
+                .prepare_cached(
+                    "SELECT body FROM orders WHERE username = ?1 AND client_order_id = ?2
+                     ORDER BY client_order_id_repeat, rowid DESC LIMIT 1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![username, client_order_id], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(|e| classify(path, e))?;
+            body.map(|body| serde_json::from_str(&body).map_err(|e| decode_error(path, e)))
+                .transpose()
+        })
+    }
+
+    fn prune_updates(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let path = self.path_text.clone();
+        self.write_future(move |connection| {
+            connection
+                .execute(
+                    "DELETE FROM trade_updates WHERE (username, seq) IN
+                         (SELECT username, seq FROM trade_updates WHERE stored_at < ?1 LIMIT ?2)",
+                    params![
+                        before.timestamp_micros(),
+                        i64::try_from(max_rows).unwrap_or(i64::MAX)
+                    ],
+                )
+                .map(|n| n as u64)
+                .map_err(|e| classify(&path, e))
+        })
     }
 }

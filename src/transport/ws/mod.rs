@@ -1,4 +1,6 @@
-//! `GET /v1/stream`: the actix glue of the authenticated WebSocket (docs/websocket.md). It checks
+//! `GET /v1/stream`: the actix glue of the authenticated WebSocket (docs/websocket.md), and
+//! Alpaca's streams on the same session (`GET /v2/{iex,sip,test}` and `GET /stream`, with a
+//! dialect from `transport::alpaca` in front; docs/alpaca.md). It checks
 //! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
 //! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
 //! (`session`, socket-free and clock-free) and writes what the session returns. The loop runs
@@ -31,11 +33,36 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Transport;
 use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
-use session::{Output, SessionDeps, SessionLimits, WsSession, close_codes};
-use wire::{FastPath, Inbound, Incoming, Wire, WsBody, put_close, put_pong, put_text};
+use crate::transport::alpaca::stream::{DataDialect, Encoding, TradingDialect, WireFrame};
+use session::{MarketEncoding, Output, SessionDeps, SessionLimits, WsSession, close_codes};
+use wire::{
+    FastPath, Inbound, InboundLimits, Incoming, Wire, WsBody, put_binary, put_close, put_pong,
+    put_text,
+};
+
+fn put_wire_frame(outbox: &mut bytes::BytesMut, frame: WireFrame) {
+    match frame {
+        WireFrame::Text(text) => put_text(outbox, &text),
+        WireFrame::Binary(bytes) => put_binary(outbox, &bytes),
+    }
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/stream", web::get().to(stream));
+    cfg.route("/v1/stream", web::get().to(stream))
+        .route("/stream", web::get().to(alpaca_trading_stream))
+        // Every stock feed name Alpaca has serves the same tickgate market.
+        .route("/v2/iex", web::get().to(alpaca_data_stream))
+        .route("/v2/sip", web::get().to(alpaca_data_stream))
+        .route("/v2/test", web::get().to(alpaca_data_stream));
+}
+
+/// What a connection speaks: tickgate's protocol, or an Alpaca dialect of it
+/// (`transport::alpaca::stream`).
+#[derive(Debug, Clone, Copy)]
+enum Dialect {
+    Native,
+    AlpacaData(DataDialect),
+    AlpacaTrading(TradingDialect),
 }
 
 /// Whether a browser page from `origin` may open the socket. No `Origin` header means a
@@ -86,33 +113,156 @@ fn upgrade_credential(
         .map(|ticket| state.auth.verify_url_ticket(ticket)))
 }
 
+fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if origin_allowed(request, &state.settings.server.allowed_origins) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "origin not allowed: add it to server.allowed_origins",
+        ))
+    }
+}
+
 async fn stream(
     request: HttpRequest,
     body: web::Payload,
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !origin_allowed(&request, &state.settings.server.allowed_origins) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "origin not allowed: add it to server.allowed_origins",
-        ));
-    }
+    check_origin(&request, &state)?;
     let query = query_params(query.into_inner(), &["ticket"])?;
+    // The handshake is checked before the credential: redeeming a ticket spends it, so a
+    // request that cannot become a WebSocket (a plain GET, a prefetch, a crawler) must be
+    // refused while the ticket is still good.
+    let response = handshake(&request)?;
     let credential = upgrade_credential(&request, &query, &state)?;
-    let response = actix_http::ws::handshake(request.head()).map_err(|_| {
+    serve(request, body, &state, response, credential, Dialect::Native)
+}
+
+/// The upgrade response, if `request` is a WebSocket upgrade at all.
+fn handshake(request: &HttpRequest) -> Result<actix_http::ResponseBuilder, ApiError> {
+    actix_http::ws::handshake(request.head()).map_err(|_| {
         ApiError::new(
             ErrorCode::BadRequest,
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, \
              Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
         )
-    })?;
+    })
+}
+
+/// An API key pair on the upgrade request (`APCA-API-KEY-ID`/`APCA-API-SECRET-KEY`), which
+/// Alpaca's streams accept instead of an auth message.
+fn upgrade_api_key(request: &HttpRequest, state: &AppState) -> Option<Result<Identity, AuthError>> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let (key, secret) = (
+        header(crate::routes::api_keys::KEY_ID_HEADER)?,
+        header(crate::routes::api_keys::SECRET_HEADER)?,
+    );
+    let peer = request.peer_addr().map(|address| address.ip());
+    Some(
+        state
+            .api_keys
+            .verify(key, secret, peer)
+            .map_err(|_| AuthError::BadApiKey),
+    )
+}
+
+/// `GET /v2/{iex,sip,test}`: Alpaca's stock data stream. MessagePack unless the upgrade says
+/// `Content-Type: application/json`.
+async fn alpaca_data_stream(
+    request: HttpRequest,
+    body: web::Payload,
+    query: RawQuery,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&request, &state)?;
+    query_params(query.into_inner(), &[])?;
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().starts_with("application/json"));
+    let encoding = if json {
+        Encoding::Json
+    } else {
+        Encoding::MsgPack
+    };
+    let response = handshake(&request)?;
+    let credential = upgrade_api_key(&request, &state);
+    serve(
+        request,
+        body,
+        &state,
+        response,
+        credential,
+        Dialect::AlpacaData(DataDialect { encoding }),
+    )
+}
+
+/// `GET /stream`: Alpaca's trading stream (trade updates), JSON.
+async fn alpaca_trading_stream(
+    request: HttpRequest,
+    body: web::Payload,
+    query: RawQuery,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&request, &state)?;
+    query_params(query.into_inner(), &[])?;
+    let response = handshake(&request)?;
+    let credential = upgrade_api_key(&request, &state);
+    serve(
+        request,
+        body,
+        &state,
+        response,
+        credential,
+        Dialect::AlpacaTrading(TradingDialect),
+    )
+}
+
+/// Upgrades and runs one connection in `dialect`.
+fn serve(
+    request: HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+    response: actix_http::ResponseBuilder,
+    credential: Option<Result<Identity, AuthError>>,
+    dialect: Dialect,
+) -> Result<HttpResponse, ApiError> {
     let ws = &state.settings.ws;
-    let inbound = Inbound::new(body.into_inner(), ws.max_frame_bytes);
+    // Until the session authenticates, a message over the small pre-authentication limit
+    // ends the connection; afterwards larger ones are dropped as they stream in, up to the
+    // frame limit (see `Connection::run`).
+    let preauth = InboundLimits {
+        keep: ws.max_preauth_message_bytes,
+        hard: ws.max_preauth_message_bytes,
+        fragment_timeout: ws.fragment_timeout,
+    };
+    let authenticated = InboundLimits {
+        keep: ws.max_message_bytes,
+        hard: ws.max_frame_bytes,
+        fragment_timeout: ws.fragment_timeout,
+    };
+    let inbound = Inbound::new(body.into_inner(), preauth);
     let wire = Wire::new();
+    let market_encoding = match dialect {
+        Dialect::AlpacaData(DataDialect {
+            encoding: Encoding::MsgPack,
+        }) => MarketEncoding::MsgPack,
+        _ => MarketEncoding::Json,
+    };
     let deps = SessionDeps {
         hub: Arc::clone(&state.hub),
         auth: Arc::clone(&state.auth),
+        api_keys: Arc::clone(&state.api_keys),
+        peer: request.peer_addr().map(|address| address.ip()),
+        market_encoding,
         trading: Arc::clone(&state.trading),
         metrics: Arc::clone(&state.metrics),
         limits: SessionLimits {
@@ -120,6 +270,7 @@ async fn stream(
             max_message_bytes: ws.max_message_bytes,
             actions_per_second: ws.actions_per_second,
             action_burst: ws.action_burst,
+            max_dropped_actions: ws.max_dropped_actions,
             portfolio_interval: std::time::Duration::from_secs_f64(
                 1.0 / ws.portfolio_max_per_second,
             ),
@@ -132,13 +283,15 @@ async fn stream(
         // A little under the sweep's period, so sweep jitter never skips a ping.
         ws.ping_interval.mul_f64(0.75),
         ws.idle_timeout,
+        market_encoding == MarketEncoding::MsgPack,
     );
     state.hub.keep_alive(session.queue());
     state.metrics.connection_opened(Transport::WebSocket);
     let connection = Connection {
         session,
+        dialect,
         wire: Rc::clone(&wire),
-        max_frame_bytes: ws.max_frame_bytes,
+        authenticated_limits: authenticated,
         shutdown: state.shutdown.clone(),
         _closed: ClosedGuard(Arc::clone(&state.metrics)),
     };
@@ -151,6 +304,9 @@ async fn stream(
         .map_err(|error| ApiError::internal(&error))?;
     Ok(HttpResponse::from(response.map_into_boxed_body()))
 }
+
+/// Client messages one connection handles before it lets the worker serve others.
+const MESSAGES_PER_TURN: u32 = 16;
 
 /// Counts the connection as closed however it ends: a returned loop, or a body dropped by
 /// the dispatcher because the peer went away.
@@ -166,9 +322,11 @@ impl Drop for ClosedGuard {
 /// and the pings that ride on hub wake-ups are served by the body (`wire::FastPath`).
 struct Connection {
     session: WsSession,
+    dialect: Dialect,
     /// Shared with the body: the outbox, when the client was last heard, the busy flag.
     wire: Rc<Wire>,
-    max_frame_bytes: usize,
+    /// The inbound limits once the session has authenticated.
+    authenticated_limits: InboundLimits,
     shutdown: tokio_util::sync::CancellationToken,
     _closed: ClosedGuard,
 }
@@ -180,22 +338,99 @@ impl Connection {
     fn write(&self, outputs: impl IntoIterator<Item = Output>) -> Option<(u16, String)> {
         let mut outbox = self.wire.outbox.borrow_mut();
         for output in outputs {
-            match output {
-                Output::Frame(text) => put_text(&mut outbox, &text),
-                Output::Close { code, reason } => return Some((code, reason)),
+            match (output, self.dialect) {
+                (Output::Frame(text), Dialect::Native) => put_text(&mut outbox, &text),
+                (Output::Frame(text), Dialect::AlpacaData(dialect)) => {
+                    put_wire_frame(&mut outbox, dialect.outbound(&text));
+                }
+                (Output::Frame(text), Dialect::AlpacaTrading(dialect)) => {
+                    for frame in dialect.outbound(&text) {
+                        put_wire_frame(&mut outbox, frame);
+                    }
+                }
+                (Output::Binary(bytes), _) => put_binary(&mut outbox, &bytes),
+                (Output::Close { code, reason }, _) => return Some((code, reason)),
             }
         }
         None
     }
 
+    /// A client message, through the dialect: the session's action text, or the reply to a
+    /// message the dialect refused.
+    fn inbound<'a>(
+        &self,
+        message: &'a [u8],
+        binary: bool,
+    ) -> Result<std::borrow::Cow<'a, str>, Vec<Output>> {
+        let refused = |code: u32, message: &str| {
+            let object = serde_json::json!([{"T": "error", "code": code, "msg": message}]);
+            vec![Output::Frame(object.to_string().into())]
+        };
+        match self.dialect {
+            // Text frames are UTF-8 (checked by the wire); binary ones never get here.
+            Dialect::Native | Dialect::AlpacaData(_) if !binary => {
+                Ok(String::from_utf8_lossy(message))
+            }
+            Dialect::Native => Err(Vec::new()),
+            Dialect::AlpacaData(dialect) => dialect
+                .inbound_binary(message)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|r| refused(r.code, &r.message)),
+            Dialect::AlpacaTrading(dialect) => dialect
+                .inbound(message)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|r| {
+                    let mut outbox = self.wire.outbox.borrow_mut();
+                    put_wire_frame(&mut outbox, dialect.refused(&r));
+                    Vec::new()
+                }),
+        }
+    }
+
+    async fn on_message(&mut self, message: &[u8], binary: bool) -> Vec<Output> {
+        if binary && matches!(self.dialect, Dialect::Native) {
+            return self.session.on_binary();
+        }
+        match self.inbound(message, binary) {
+            Ok(text) => {
+                self.wire.busy.set(true);
+                let outputs = Box::pin(self.session.on_text(&text)).await;
+                self.wire.busy.set(false);
+                outputs
+            }
+            // A message the dialect refused still draws from the action budget, so a flood
+            // of them gets no reply per message either.
+            Err(reply) => self.session.over_rate(None).unwrap_or(reply),
+        }
+    }
+
+    /// Once the session has authenticated, the inbound limits become the full ones.
+    fn raise_limits(&self, inbound: &mut Inbound) {
+        if self.session.user().is_some() && inbound.limits() != self.authenticated_limits {
+            inbound.set_limits(self.authenticated_limits);
+        }
+    }
+
     async fn run(mut self, mut inbound: Inbound, credential: Option<Result<Identity, AuthError>>) {
         let start = self.session.start(credential);
         let mut close = self.write(start);
+        if self.session.user().is_some() {
+            inbound.set_limits(self.authenticated_limits);
+        }
+        // Client messages handled since the loop last gave the worker back.
+        let mut handled = 0u32;
         // One shutdown waiter for the connection's life, not one registered and dropped per
         // wake-up.
         let shutdown = self.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
         while close.is_none() {
+            // Fairness: a client that keeps its socket full (a flood of small messages) would
+            // otherwise keep this loop, and the worker thread it shares with other
+            // connections, busy for as long as bytes keep arriving.
+            if handled >= MESSAGES_PER_TURN {
+                handled = 0;
+                tokio::task::yield_now().await;
+            }
             let outputs = tokio::select! {
                 biased;
                 wake = self.session.wait() => {
@@ -206,6 +441,7 @@ impl Connection {
                 }
                 message = inbound.recv() => {
                     let Some(message) = message else { break };
+                    handled += 1;
                     // std's clock: tokio's (built with test-util) costs a runtime lookup.
                     self.wire.last_heard.set(Instant::now());
                     match message {
@@ -213,12 +449,15 @@ impl Connection {
                         // and would otherwise sit in every idle connection's loop. Market data
                         // waits meanwhile (`busy`), so replies precede the data they start.
                         Incoming::Text(text) => {
-                            self.wire.busy.set(true);
-                            let outputs = Box::pin(self.session.on_text(&text)).await;
-                            self.wire.busy.set(false);
+                            let outputs = self.on_message(text.as_bytes(), false).await;
+                            self.raise_limits(&mut inbound);
                             outputs
                         }
-                        Incoming::Binary => self.session.on_binary(),
+                        Incoming::Binary(bytes) => {
+                            let outputs = self.on_message(&bytes, true).await;
+                            self.raise_limits(&mut inbound);
+                            outputs
+                        }
                         Incoming::Ping(payload) => {
                             put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
                             continue;
@@ -228,9 +467,9 @@ impl Connection {
                             close = Some((close_codes::NORMAL, "bye".to_owned()));
                             break;
                         }
-                        // The rest of an oversize frame cannot be skipped reliably, so this
-                        // one limit ends the connection (smaller ones do not).
-                        Incoming::Overflow => self.session.on_frame_overflow(self.max_frame_bytes),
+                        Incoming::TooLarge(len) => self.session.on_oversize(len),
+                        Incoming::Overflow(limit) => self.session.on_frame_overflow(limit),
+                        Incoming::FragmentTimeout => self.session.on_fragment_timeout(),
                         Incoming::Invalid(error) => {
                             tracing::debug!(%error, "websocket protocol error");
                             close = Some((close_codes::PROTOCOL, error));

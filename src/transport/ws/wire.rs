@@ -1,8 +1,11 @@
 //! The WebSocket wire under the session: reading client frames from the upgraded request's
 //! payload and writing server frames from the response body itself. Invariants kept here:
-//! frames over `ws.max_frame_bytes` are refused from their header (never buffered); server
-//! frames are never masked and close reasons are cut on a character boundary; a peer that
-//! stops reading stops its connection's loop, leaving the hub's bounded queue to decide.
+//! sizes are judged from a frame's header, so at most one message within
+//! [`InboundLimits::keep`] (plus one read chunk) is ever held; a larger message is dropped as
+//! it streams in, or ends the connection beyond `hard`; a fragmented message is bounded in
+//! time too; server frames are never masked and close reasons are cut on a character
+//! boundary; a peer that stops reading stops its connection's loop, leaving the hub's
+//! bounded queue to decide.
 //!
 //! actix-ws, which this replaces, hands every outgoing frame through a channel to the HTTP
 //! dispatcher, a second task: two task wake-ups and a channel slot per delivery, plus the
@@ -22,15 +25,13 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 // actix-ws's protocol types are actix-http's; the codec and frame writer come from there too.
-use actix_http::ws::{Codec, Frame, OpCode, Parser};
+use actix_http::ws::{OpCode, Parser};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::Payload;
-use actix_ws::{Item, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures::Stream;
 use futures::task::AtomicWaker;
-use tokio_util::codec::Decoder;
 
 use super::session::{Output, SharedMarket, close_codes, closing};
 
@@ -41,42 +42,98 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(ByteString),
-    Binary,
+    Binary(Bytes),
     Ping(Bytes),
     Pong,
     Close,
-    /// A frame or a fragmented message over the limit; the rest of it cannot be skipped
-    /// reliably, so the connection ends after saying so.
-    Overflow,
+    /// A message over [`InboundLimits::keep`] but within `hard`: its payload is dropped as
+    /// it streams in (never buffered) and the connection carries on. Carries the size known
+    /// when it was refused (the frame's declared length, or the fragments' total so far).
+    TooLarge(u64),
+    /// A frame or a fragmented message over [`InboundLimits::hard`]: the connection ends
+    /// after saying so (close 1009). Carries the limit.
+    Overflow(usize),
+    /// A fragmented message not finished within [`InboundLimits::fragment_timeout`]: the
+    /// connection ends (close 1008).
+    FragmentTimeout,
     /// A protocol violation (bad opcode, unmasked frame, invalid UTF-8 text, …).
     Invalid(String),
 }
 
-/// Decodes client frames from the request payload and joins fragmented messages.
+/// How much of the client's input a connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Largest message (one frame, or a fragmented message's total) that is buffered and
+    /// delivered. A larger one within `hard` is dropped as it streams ([`Incoming::TooLarge`]).
+    pub keep: usize,
+    /// Largest message at all; beyond it the connection ends ([`Incoming::Overflow`]).
+    pub hard: usize,
+    /// Longest a fragmented message may stay unfinished.
+    pub fragment_timeout: Duration,
+}
+
+/// Where the decoder is between messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// No fragmented message is open.
+    Idle,
+    /// Inside a fragmented message whose parts are kept.
+    Keeping { text: bool },
+    /// Inside a fragmented message over `keep`: the rest of its fragments are dropped.
+    Dropping,
+}
+
+/// A frame header, once all of it (with the masking key) is buffered.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    /// Bytes of the header itself (2 to 14).
+    len: usize,
+    payload_len: u64,
+}
+
+/// Decodes client frames from the request payload and joins fragmented messages, holding at
+/// most `limits.keep` bytes of message plus one read chunk however the client behaves.
 pub struct Inbound {
     payload: Payload,
     buf: BytesMut,
-    codec: Codec,
-    max_bytes: usize,
+    limits: InboundLimits,
+    reading: Reading,
     parts: Vec<Bytes>,
-    parts_len: usize,
-    parts_text: bool,
+    /// Payload bytes of the open fragmented message so far, kept or dropped.
+    message_len: u64,
+    /// Payload bytes of the current (dropped) frame still to arrive and be thrown away.
+    discard: u64,
+    /// When the open fragmented message must be finished; boxed, and only while one is open,
+    /// so an idle connection carries no timer.
+    fragment_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
 }
 
 impl Inbound {
-    /// `max_bytes` limits one frame and one reassembled message alike.
-    pub fn new(payload: Payload, max_bytes: usize) -> Inbound {
+    pub fn new(payload: Payload, limits: InboundLimits) -> Inbound {
         Inbound {
             payload,
             buf: BytesMut::new(),
-            codec: Codec::new().max_size(max_bytes),
-            max_bytes,
+            limits,
+            reading: Reading::Idle,
             parts: Vec::new(),
-            parts_len: 0,
-            parts_text: false,
+            message_len: 0,
+            discard: 0,
+            fragment_deadline: None,
             ended: false,
         }
+    }
+
+    /// Changes the limits from the next frame on (a session that authenticates trades the
+    /// small pre-authentication limit for the full one).
+    pub fn set_limits(&mut self, limits: InboundLimits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> InboundLimits {
+        self.limits
     }
 
     /// The next complete message; `None` once the peer has gone.
@@ -92,6 +149,11 @@ impl Inbound {
             if self.ended {
                 return Poll::Ready(None);
             }
+            if let Some(deadline) = self.fragment_deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Some(self.end(Incoming::FragmentTimeout)));
+            }
             match Pin::new(&mut self.payload).poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) => {
                     if self.buf.is_empty() {
@@ -106,86 +168,173 @@ impl Inbound {
         }
     }
 
-    /// One message from what is buffered, if a whole one is there.
-    fn decode(&mut self) -> Option<Incoming> {
-        loop {
-            // The codec waits for a whole frame before checking its size; the header alone
-            // tells, so an oversize frame is refused before any of it is buffered.
-            if declared_length(&self.buf).is_some_and(|len| len > self.max_bytes as u64) {
-                self.ended = true;
-                self.buf = BytesMut::new();
-                return Some(Incoming::Overflow);
-            }
-            let frame = match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    if self.buf.is_empty() {
-                        // Release the read chunk: it may share the dispatcher's read buffer,
-                        // which would otherwise have to allocate a new one.
-                        self.buf = BytesMut::new();
-                    }
-                    return None;
-                }
-                Err(ProtocolError::Overflow) => {
-                    self.ended = true;
-                    return Some(Incoming::Overflow);
-                }
-                Err(error) => {
-                    self.ended = true;
-                    self.buf = BytesMut::new();
-                    return Some(Incoming::Invalid(error.to_string()));
-                }
-            };
-            let message = match frame {
-                Frame::Text(bytes) => text(bytes),
-                Frame::Binary(_) => Incoming::Binary,
-                Frame::Ping(bytes) => Incoming::Ping(bytes),
-                Frame::Pong(_) => Incoming::Pong,
-                Frame::Close(_) => Incoming::Close,
-                Frame::Continuation(item) => match self.continuation(item) {
-                    Some(message) => message,
-                    None => continue,
-                },
-            };
-            return Some(message);
+    /// Stops decoding and frees what is held; the connection ends after `message`.
+    fn end(&mut self, message: Incoming) -> Incoming {
+        self.ended = true;
+        self.buf = BytesMut::new();
+        self.parts = Vec::new();
+        self.fragment_deadline = None;
+        message
+    }
+
+    /// A fragmented message ends (finished or dropped); its timer goes with it.
+    fn close_message(&mut self) {
+        self.reading = Reading::Idle;
+        self.message_len = 0;
+        self.fragment_deadline = None;
+    }
+
+    fn open_message(&mut self, reading: Reading) {
+        self.reading = reading;
+        if self.fragment_deadline.is_none() {
+            self.fragment_deadline =
+                Some(Box::pin(tokio::time::sleep(self.limits.fragment_timeout)));
         }
     }
 
-    fn continuation(&mut self, item: Item) -> Option<Incoming> {
-        let (bytes, last) = match item {
-            Item::FirstText(bytes) => {
-                self.parts_text = true;
-                (bytes, false)
+    /// One message from what is buffered, if a whole one is there.
+    fn decode(&mut self) -> Option<Incoming> {
+        while !self.ended {
+            if self.discard > 0 {
+                let n = self.discard.min(self.buf.len() as u64);
+                self.buf.advance(n as usize);
+                self.discard -= n;
+                if self.discard > 0 {
+                    // Everything buffered was dropped; give the read chunk back.
+                    self.buf = BytesMut::new();
+                    return None;
+                }
             }
-            Item::FirstBinary(bytes) => {
-                self.parts_text = false;
-                (bytes, false)
+            let Some(header) = parse_header(&self.buf) else {
+                if self.buf.is_empty() {
+                    // Release the read chunk: it may share the dispatcher's read buffer,
+                    // which would otherwise have to allocate a new one.
+                    self.buf = BytesMut::new();
+                }
+                return None;
+            };
+            if let Some(message) = self.check(header) {
+                return Some(message);
             }
-            Item::Continue(bytes) => (bytes, false),
-            Item::Last(bytes) => (bytes, true),
-        };
-        self.parts_len += bytes.len();
-        if self.parts_len > self.max_bytes {
-            self.ended = true;
-            self.parts.clear();
-            return Some(Incoming::Overflow);
+            if self.discard > 0 || self.ended {
+                continue;
+            }
+            if parse_metadata_ok(&self.buf).is_ok()
+                && (self.buf.len() as u64) < header.len as u64 + header.payload_len
+            {
+                // A frame within the limits: wait for the rest of it. (A broken header goes
+                // to Parser at once, which names the problem.)
+                return None;
+            }
+            let (fin, opcode, payload) = match Parser::parse(&mut self.buf, true, usize::MAX) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(error) => return Some(self.end(Incoming::Invalid(error.to_string()))),
+            };
+            let payload = payload.map(BytesMut::freeze).unwrap_or_default();
+            if let Some(message) = self.frame(fin, opcode, payload) {
+                return Some(message);
+            }
         }
-        if !bytes.is_empty() {
-            self.parts.push(bytes);
-        }
-        if !last {
+        None
+    }
+
+    /// Checks a frame from its header alone, before any of its payload is buffered: protocol
+    /// rules that need no payload, then the limits. A frame to drop has its header consumed
+    /// and `discard` set.
+    fn check(&mut self, header: Header) -> Option<Incoming> {
+        let control = header.opcode >= 0x8;
+        if control {
+            if header.payload_len > 125 || !header.fin {
+                // Parser would buffer the whole frame first; the header already tells.
+                return Some(self.end(Incoming::Invalid(format!(
+                    "control frame of {} bytes{}: at most 125 bytes and never fragmented",
+                    header.payload_len,
+                    if header.fin { "" } else { ", fragmented" }
+                ))));
+            }
             return None;
         }
-        self.parts_len = 0;
-        let parts = std::mem::take(&mut self.parts);
-        if !self.parts_text {
-            return Some(Incoming::Binary);
+        match (header.opcode, self.reading) {
+            (0x0, Reading::Idle) => {
+                return Some(self.end(Incoming::Invalid(
+                    "continuation frame without a message to continue".into(),
+                )));
+            }
+            (0x1 | 0x2, Reading::Keeping { .. } | Reading::Dropping) => {
+                return Some(self.end(Incoming::Invalid(
+                    "a new message began before the fragmented one ended".into(),
+                )));
+            }
+            // Reserved opcodes, RSV bits and masking: Parser reports them from the header.
+            _ => {}
         }
-        let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-        for part in parts {
-            joined.extend_from_slice(&part);
+        let total = self.message_len.saturating_add(header.payload_len);
+        if total > self.limits.hard as u64 {
+            return Some(self.end(Incoming::Overflow(self.limits.hard)));
         }
-        Some(text(joined.freeze()))
+        if total <= self.limits.keep as u64 && self.reading != Reading::Dropping {
+            return None;
+        }
+        // Over `keep`: drop this frame's payload as it arrives, and the rest of its message.
+        if parse_metadata_ok(&self.buf).is_err() {
+            // An unmasked or otherwise broken header: let Parser say which.
+            return None;
+        }
+        self.buf.advance(header.len);
+        self.discard = header.payload_len;
+        let newly = self.reading != Reading::Dropping;
+        self.parts.clear();
+        if header.fin {
+            self.close_message();
+        } else {
+            self.message_len = total;
+            self.open_message(Reading::Dropping);
+        }
+        newly.then_some(Incoming::TooLarge(total))
+    }
+
+    /// A whole data or control frame within the limits.
+    fn frame(&mut self, fin: bool, opcode: OpCode, payload: Bytes) -> Option<Incoming> {
+        match opcode {
+            OpCode::Ping => Some(Incoming::Ping(payload)),
+            OpCode::Pong => Some(Incoming::Pong),
+            OpCode::Close => match Parser::try_parse_close_payload(&payload) {
+                Ok(_) => Some(Incoming::Close),
+                Err(error) => Some(self.end(Incoming::Invalid(error.to_string()))),
+            },
+            OpCode::Text if fin => Some(text(payload)),
+            OpCode::Binary if fin => Some(Incoming::Binary(payload)),
+            OpCode::Text | OpCode::Binary => {
+                self.message_len = payload.len() as u64;
+                self.parts.push(payload);
+                self.open_message(Reading::Keeping {
+                    text: opcode == OpCode::Text,
+                });
+                None
+            }
+            OpCode::Continue => {
+                self.message_len += payload.len() as u64;
+                if !payload.is_empty() {
+                    self.parts.push(payload);
+                }
+                if !fin {
+                    return None;
+                }
+                let is_text = matches!(self.reading, Reading::Keeping { text: true });
+                self.close_message();
+                let parts = std::mem::take(&mut self.parts);
+                let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for part in parts {
+                    joined.extend_from_slice(&part);
+                }
+                if !is_text {
+                    return Some(Incoming::Binary(joined.freeze()));
+                }
+                Some(text(joined.freeze()))
+            }
+            OpCode::Bad => Some(self.end(Incoming::Invalid("reserved opcode".into()))),
+        }
     }
 }
 
@@ -196,22 +345,54 @@ fn text(bytes: Bytes) -> Incoming {
     }
 }
 
-/// The payload length a frame header declares, once the header's length bytes are in.
-fn declared_length(buf: &[u8]) -> Option<u64> {
+/// The header at the start of `buf`, once all of it is there (client frames are masked, so
+/// a header is complete with its 4-byte masking key).
+fn parse_header(buf: &[u8]) -> Option<Header> {
+    let first = *buf.first()?;
     let second = *buf.get(1)?;
-    match second & 0x7F {
-        126 => Some(u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]))),
+    let (payload_len, mut len) = match second & 0x7F {
+        126 => (
+            u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+            4,
+        ),
         127 => {
             let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
-            Some(u64::from_be_bytes(bytes))
+            (u64::from_be_bytes(bytes), 10)
         }
-        short => Some(u64::from(short)),
+        short => (u64::from(short), 2),
+    };
+    if second & 0x80 != 0 {
+        len += 4;
+    }
+    (buf.len() >= len).then_some(Header {
+        fin: first & 0x80 != 0,
+        opcode: first & 0x0F,
+        len,
+        payload_len,
+    })
+}
+
+/// Whether Parser would accept the header at the start of `buf` (masking, reserved bits and
+/// opcode), without waiting for the payload: it checks those before the length.
+fn parse_metadata_ok(buf: &[u8]) -> Result<(), ()> {
+    let (first, second) = (buf.first().ok_or(())?, buf.get(1).ok_or(())?);
+    let masked = second & 0x80 != 0;
+    let reserved = first & 0x70 != 0;
+    let known = matches!(first & 0x0F, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA);
+    if masked && !reserved && known {
+        Ok(())
+    } else {
+        Err(())
     }
 }
 
 /// Server-to-client frames (never masked), written into the connection's outgoing buffer.
 pub fn put_text(buf: &mut BytesMut, payload: &[u8]) {
     Parser::write_message(buf, payload, OpCode::Text, true, false);
+}
+
+pub fn put_binary(buf: &mut BytesMut, payload: &[u8]) {
+    Parser::write_message(buf, payload, OpCode::Binary, true, false);
 }
 
 pub fn put_ping(buf: &mut BytesMut, payload: &[u8]) {
@@ -266,15 +447,23 @@ pub struct FastPath {
     /// Close a client silent for this long.
     pub idle_timeout: Duration,
     last_ping: Instant,
+    /// Market data goes out in binary frames (MessagePack), not text.
+    binary: bool,
 }
 
 impl FastPath {
-    pub fn new(market: SharedMarket, ping_every: Duration, idle_timeout: Duration) -> FastPath {
+    pub fn new(
+        market: SharedMarket,
+        ping_every: Duration,
+        idle_timeout: Duration,
+        binary: bool,
+    ) -> FastPath {
         FastPath {
             market,
             ping_every,
             idle_timeout,
             last_ping: Instant::now(),
+            binary,
         }
     }
 
@@ -293,7 +482,14 @@ impl FastPath {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();
-            let (close, heartbeat) = market.deliver_into(|payload| put_text(&mut outbox, payload));
+            let binary = self.binary;
+            let (close, heartbeat) = market.deliver_into(|payload| {
+                if binary {
+                    put_binary(&mut outbox, payload);
+                } else {
+                    put_text(&mut outbox, payload);
+                }
+            });
             // The clock is read on keep-alive ticks only (one per ping interval, busy or
             // not), not on every delivery.
             if heartbeat && close.is_none() {
@@ -424,153 +620,5 @@ impl MessageBody for WsBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_http::h1;
-
-    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        let mask = [1u8, 2, 3, 4];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
-    }
-
-    /// An inbound decoder fed `chunks`, as the dispatcher would, then the peer's end.
-    fn inbound(chunks: Vec<Vec<u8>>, max: usize) -> Inbound {
-        let (mut sender, payload) = h1::Payload::create(false);
-        for chunk in chunks {
-            sender.feed_data(Bytes::from(chunk));
-        }
-        sender.feed_eof();
-        Inbound::new(Payload::from(payload), max)
-    }
-
-    async fn all(mut inbound: Inbound) -> Vec<Incoming> {
-        let mut out = Vec::new();
-        while let Some(message) = inbound.recv().await {
-            out.push(message);
-        }
-        out
-    }
-
-    #[actix_web::test]
-    async fn frames_split_across_reads_and_fragments_are_joined() {
-        let mut bytes = masked(0x1, true, b"{\"action\":\"ping\"}");
-        bytes.extend(masked(0x1, false, b"hel"));
-        bytes.extend(masked(0x9, true, b"p")); // a ping between fragments
-        bytes.extend(masked(0x0, false, "lo wö".as_bytes()));
-        bytes.extend(masked(0x0, true, b"rld"));
-        bytes.extend(masked(0x8, true, &1000u16.to_be_bytes()));
-        let chunks = bytes.chunks(5).map(<[u8]>::to_vec).collect();
-        assert_eq!(
-            all(inbound(chunks, 1024)).await,
-            vec![
-                Incoming::Text("{\"action\":\"ping\"}".into()),
-                Incoming::Ping(Bytes::from_static(b"p")),
-                Incoming::Text("hello wörld".into()),
-                Incoming::Close,
-            ]
-        );
-    }
-
-    #[actix_web::test]
-    async fn an_oversize_frame_is_refused_from_its_header() {
-        // Only the header of a 10 MB frame arrives: no waiting for (or buffering) the rest.
-        let header = masked(0x1, true, &vec![b'x'; 70_000])[..14].to_vec();
-        assert_eq!(
-            all(inbound(vec![header], 65_536)).await,
-            vec![Incoming::Overflow]
-        );
-    }
-
-    #[actix_web::test]
-    async fn fragments_over_the_limit_overflow() {
-        let mut bytes = masked(0x1, false, &[b'a'; 600]);
-        bytes.extend(masked(0x0, true, &[b'b'; 600]));
-        assert_eq!(
-            all(inbound(vec![bytes], 1000)).await,
-            vec![Incoming::Overflow]
-        );
-    }
-
-    #[actix_web::test]
-    async fn unmasked_and_non_utf8_frames_are_protocol_errors() {
-        let mut unmasked = BytesMut::new();
-        put_text(&mut unmasked, b"hi");
-        let out = all(inbound(vec![unmasked.to_vec()], 1024)).await;
-        assert!(matches!(out.as_slice(), [Incoming::Invalid(_)]), "{out:?}");
-        let out = all(inbound(vec![masked(0x1, true, &[0xff, 0xfe])], 1024)).await;
-        assert!(matches!(out.as_slice(), [Incoming::Invalid(_)]), "{out:?}");
-    }
-
-    proptest::proptest! {
-        /// However the dispatcher happens to cut the byte stream, the same messages come out:
-        /// text messages whole (fragmented or not), control frames between fragments.
-        #[test]
-        fn any_split_of_the_stream_decodes_to_the_same_messages(
-            messages in proptest::collection::vec(
-                (proptest::string::string_regex("[a-zé0-9 {}\":,]{0,300}").expect("regex"),
-                 1usize..4, proptest::bool::ANY),
-                1..12,
-            ),
-            cuts in proptest::collection::vec(1usize..64, 1..200),
-        ) {
-            let mut bytes = Vec::new();
-            let mut expected = Vec::new();
-            for (text, pieces, ping_inside) in &messages {
-                let raw = text.as_bytes();
-                let size = raw.len().div_ceil(*pieces).max(1);
-                let parts: Vec<&[u8]> = if raw.is_empty() { vec![raw] } else { raw.chunks(size).collect() };
-                for (i, part) in parts.iter().enumerate() {
-                    let first = i == 0;
-                    let last = i + 1 == parts.len();
-                    bytes.extend(masked(if first { 0x1 } else { 0x0 }, last, part));
-                    if *ping_inside && first && !last {
-                        bytes.extend(masked(0x9, true, b"p"));
-                        expected.push(Incoming::Ping(Bytes::from_static(b"p")));
-                    }
-                }
-                expected.push(Incoming::Text(text.as_str().into()));
-            }
-            let mut chunks = Vec::new();
-            let mut rest = bytes.as_slice();
-            for cut in cuts.iter().cycle() {
-                if rest.is_empty() {
-                    break;
-                }
-                let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
-                chunks.push(chunk.to_vec());
-                rest = tail;
-            }
-            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-            let decoded = runtime.block_on(all(inbound(chunks, 1 << 20)));
-            proptest::prop_assert_eq!(decoded, expected);
-        }
-    }
-
-    #[test]
-    fn server_frames_are_unmasked_and_close_reasons_are_cut_on_a_char_boundary() {
-        let mut buf = BytesMut::new();
-        put_text(&mut buf, &[b'a'; 200]);
-        assert_eq!(&buf[..4], &[0x81, 126, 0, 200]);
-        buf.clear();
-        put_close(&mut buf, 1008, &"é".repeat(100));
-        assert_eq!(buf[0], 0x88);
-        let len = usize::from(buf[1]);
-        assert!(len <= 125);
-        assert_eq!(&buf[2..4], &1008u16.to_be_bytes());
-        assert!(std::str::from_utf8(&buf[4..]).is_ok());
-    }
-}
+#[path = "wire_tests.rs"]
+mod tests;

@@ -11,7 +11,7 @@ use common::{SseEvent, spawn_app_with, test_settings};
 use sources_support::{
     eventually, fixture_path, market_from_start, metric_value, metrics_text, read_until,
 };
-use tickgate::hub::{EventSink, PublishError, Published};
+use tickgate::hub::{EventSink, PublishError};
 use tickgate::ingest::replay::{parse_recording, play};
 use tickgate::ingest::source::SourceContext;
 use tickgate::ingest::{SourceHealth, SourceRegistry};
@@ -181,7 +181,7 @@ struct TimingSink {
 }
 
 impl EventSink for TimingSink {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
         self.seen
             .lock()
             .expect("lock")

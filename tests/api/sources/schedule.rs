@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tickgate::hub::{EventSink, PublishError, Published};
+use tickgate::hub::{EventSink, PublishError};
 use tickgate::ingest::poller::{PollFailure, PollRound, PollTiming, run_poller};
 use tickgate::ingest::source::SourceContext;
 use tickgate::ingest::{SourceHealth, SourceRegistry};
@@ -47,7 +47,7 @@ struct RecordingSink {
 }
 
 impl EventSink for RecordingSink {
-    fn publish(&self, event: MarketEvent) -> Result<Published, PublishError> {
+    fn publish(&self, event: MarketEvent) -> Result<(), PublishError> {
         let origin = self
             .origin
             .lock()
@@ -57,7 +57,7 @@ impl EventSink for RecordingSink {
             .lock()
             .expect("lock")
             .push((origin.elapsed(), event));
-        // The hub's `Published` cannot be built outside it; refuse with a harmless error the
+        // Refuse with a harmless error the
         // loop counts, after recording. Status publishing ignores the result.
         Err(PublishError::Encode("recorded".into()))
     }

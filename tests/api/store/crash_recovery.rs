@@ -1,7 +1,10 @@
 //! Crash recovery of the real binary: several users stream orders over the WebSocket, the
 //! gateway is killed with SIGKILL at random moments, restarted on the same data directory, and
 //! every order and fill acknowledged to a client must still be there with the same state,
-//! with each account's cash and positions equal to what its stored fills imply.
+//! with each account's cash and positions equal to what its stored fills imply. Trade updates
+//! keep their per-user `seq`: the stored ones are contiguous, every update a client saw is
+//! stored under the same `seq` with the same content, and a client that resumes each round
+//! with `since` (the last `seq` it saw) gets every update exactly once, in order.
 //!
 //! The seed of each run is printed; set `CRASH_SEED` to replay one.
 
@@ -22,6 +25,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "crash-recovery-test-secret-of-32-bytes-or-more";
 const USERS: [&str; 4] = ["ann", "bob", "cem", "dee"];
+/// Any argon2 PHC string: these users never log in with a password, but the built-in issuer
+/// accepts tokens only for users in `auth.users`.
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$G4k6ZCByHTmXkS9hTHTvNg$FTa5teUHJ36P4XIvkeH8VzON6zzO2UqiZ2xbb0E4Uts";
 const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "NVDA"];
 const ROUNDS: usize = 6;
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -100,6 +106,8 @@ struct Observed {
     orders: HashMap<String, Value>,
     /// execution id -> (order id, qty, price)
     fills: HashMap<String, (String, Decimal, Decimal)>,
+    /// Every trade update in the order it arrived, by `seq` (the object without its `T`).
+    updates: Vec<(u64, Value)>,
 }
 
 impl Observed {
@@ -112,6 +120,12 @@ impl Observed {
         match item["T"].as_str() {
             Some("order_ack") => self.note_order(&item["order"]),
             Some("trade_update") => {
+                let seq = item["seq"].as_u64().expect("a trade update has a seq");
+                let mut body = item.clone();
+                if let Some(object) = body.as_object_mut() {
+                    object.remove("T");
+                }
+                self.updates.push((seq, body));
                 self.note_order(&item["order"]);
                 if let Some(execution_id) = item["execution_id"].as_str() {
                     self.fills.insert(
@@ -129,8 +143,9 @@ impl Observed {
     }
 }
 
-/// Streams orders for `user` until the connection dies (the kill).
-async fn trade(port: u16, user: &'static str, seed: u64, observed: &mut Observed) {
+/// Streams orders for `user` until the connection dies (the kill), after resuming its trade
+/// updates from `since`.
+async fn trade(port: u16, user: &'static str, seed: u64, since: u64, observed: &mut Observed) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut request = format!("ws://127.0.0.1:{port}/v1/stream")
         .into_client_request()
@@ -144,7 +159,7 @@ async fn trade(port: u16, user: &'static str, seed: u64, observed: &mut Observed
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
         return;
     };
-    let subscribe = json!({"action":"subscribe","trade_updates":true}).to_string();
+    let subscribe = json!({"action":"subscribe","trade_updates":{"since": since}}).to_string();
     if socket.send(Message::text(subscribe)).await.is_err() {
         return;
     }
@@ -209,6 +224,8 @@ async fn trade(port: u16, user: &'static str, seed: u64, observed: &mut Observed
 
 /// The stored view of the data directory, read while the gateway is down.
 struct Stored {
+    /// user -> seq -> the stored update
+    updates: BTreeMap<String, BTreeMap<u64, Value>>,
     orders: HashMap<String, Value>,
     fills: HashMap<String, (String, String, Decimal, Decimal, Decimal, String)>,
     cash: HashMap<String, (Decimal, Decimal)>,
@@ -301,11 +318,60 @@ fn read_store(db: &Path) -> Stored {
         let (user, symbol, qty) = row.expect("row");
         positions.insert((user, symbol), Decimal::from_str(&qty).expect("qty"));
     }
+    let mut updates: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
+    let mut statement = connection
+        .prepare("SELECT username, seq, body FROM trade_updates")
+        .expect("trade updates");
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .expect("query");
+    for row in rows {
+        let (user, seq, body) = row.expect("row");
+        updates.entry(user).or_default().insert(
+            u64::try_from(seq).expect("seq"),
+            serde_json::from_str(&body).expect("update json"),
+        );
+    }
     Stored {
+        updates,
         orders,
         fills,
         cash,
         positions,
+    }
+}
+
+/// Each user's stored updates are numbered 1, 2, 3, ... and every update a client saw is
+/// stored under its `seq`, unchanged; the client saw each `seq` once, in order, from 1.
+fn verify_sequences(stored: &Stored, observed: &HashMap<&str, Observed>) {
+    for (user, updates) in &stored.updates {
+        let seqs: Vec<u64> = updates.keys().copied().collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(
+            seqs, expected,
+            "{user}: stored update sequence is contiguous"
+        );
+    }
+    for (user, seen) in observed {
+        let stored_updates = stored.updates.get(*user);
+        for (seq, body) in &seen.updates {
+            let kept = stored_updates
+                .and_then(|updates| updates.get(seq))
+                .unwrap_or_else(|| panic!("{user}: update {seq} was sent but is not stored"));
+            assert_eq!(kept, body, "{user}: update {seq} is stored as it was sent");
+        }
+        let seqs: Vec<u64> = seen.updates.iter().map(|(seq, _)| *seq).collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(
+            seqs, expected,
+            "{user}: over all rounds the client saw every update once, in order"
+        );
     }
 }
 
@@ -443,11 +509,17 @@ fn write_config(dir: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[auth]\nhs256_secret = \"{SECRET}\"\n\
+            "[auth]\nhs256_secret = \"{SECRET}\"\n{users}\
              [store]\ndata_dir = \"{}\"\n\
              [simulator]\nenabled = false\n\
              [ws]\nactions_per_second = 10000.0\naction_burst = 10000\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            users = USERS
+                .iter()
+                .map(|user| format!(
+                    "[[auth.users]]\nusername = \"{user}\"\npassword_hash = \"{HASH}\"\n"
+                ))
+                .collect::<String>(),
         ),
     )
     .expect("write config");
@@ -478,9 +550,10 @@ async fn acknowledged_orders_and_fills_survive_sigkill_and_the_books_balance() {
         let mut clients = Vec::new();
         for user in USERS {
             let client_seed = rng.random::<u64>();
+            let since = last_seq(&observed, user);
             clients.push(tokio::spawn(async move {
                 let mut seen = Observed::default();
-                trade(port, user, client_seed, &mut seen).await;
+                trade(port, user, client_seed, since, &mut seen).await;
                 (user, seen)
             }));
         }
@@ -497,9 +570,11 @@ async fn acknowledged_orders_and_fills_survive_sigkill_and_the_books_balance() {
             let total = observed.get_mut(user).expect("user");
             total.orders.extend(seen.orders);
             total.fills.extend(seen.fills);
+            total.updates.extend(seen.updates);
         }
         let stored = read_store(&db);
         verify_store(&stored, &observed);
+        verify_sequences(&stored, &observed);
         eprintln!(
             "round {round}: killed after {kill_after:?}; {} orders and {} fills stored",
             stored.orders.len(),
@@ -510,11 +585,73 @@ async fn acknowledged_orders_and_fills_survive_sigkill_and_the_books_balance() {
         acknowledged > 20,
         "the test exercised the exchange ({acknowledged} acks)"
     );
-    // A last start shows the final state was rebuilt, then a clean stop.
+    // A last start shows the final state was rebuilt, and every client catches up: after a
+    // resume it has seen exactly what is stored.
     let mut gateway = start_gateway(&config);
-    verify_rebuilt(gateway.port, &with_owners(&db, read_store(&db))).await;
+    let stored = with_owners(&db, read_store(&db));
+    verify_rebuilt(gateway.port, &stored).await;
+    for user in USERS {
+        let since = last_seq(&observed, user);
+        let caught_up = catch_up(gateway.port, user, since).await;
+        observed
+            .get_mut(user)
+            .expect("user")
+            .updates
+            .extend(caught_up);
+    }
+    verify_sequences(&stored, &observed);
+    for user in USERS {
+        let seen = observed[user].updates.len();
+        let kept = stored.updates.get(user).map_or(0, BTreeMap::len);
+        assert_eq!(
+            seen, kept,
+            "{user}: after catching up the client has every update"
+        );
+    }
     gateway.child.kill().expect("kill");
     gateway.child.wait().expect("reap");
+}
+
+fn last_seq(observed: &HashMap<&str, Observed>, user: &str) -> u64 {
+    observed
+        .get(user)
+        .and_then(|seen| seen.updates.last())
+        .map_or(0, |(seq, _)| *seq)
+}
+
+/// Resumes `user`'s trade updates after `since` and returns the replayed ones.
+async fn catch_up(port: u16, user: &str, since: u64) -> Vec<(u64, Value)> {
+    let mut request = format!("ws://127.0.0.1:{port}/v1/stream")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token_for(user))
+            .parse()
+            .expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    let subscribe = json!({"action":"subscribe","trade_updates":{"since": since}}).to_string();
+    socket.send(Message::text(subscribe)).await.expect("send");
+    let mut seen = Observed::default();
+    loop {
+        let frame = match tokio::time::timeout(DEADLINE, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("{user}: the resume did not finish: {other:?}"),
+        };
+        let items: Vec<Value> = serde_json::from_str(&frame).expect("frame");
+        for item in &items {
+            assert_ne!(item["T"], "trade_updates_reset", "{user}: {item}");
+            seen.note_frame(item);
+            if item["T"] == "trade_updates_live" {
+                assert_eq!(item["replayed"], seen.updates.len(), "{item}");
+                return seen.updates;
+            }
+        }
+    }
 }
 
 /// Adds each order's owner (the `username` column) to its body as `_owner`.

@@ -161,6 +161,28 @@ impl TradingStore for FailingStore {
             })
         })
     }
+    fn updates_between(
+        &self,
+        _user: &str,
+        _after: u64,
+        _up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<tickgate::trading::api::TradeUpdate>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn order_by_client_id(
+        &self,
+        _user: &str,
+        _client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Option<tickgate::trading::api::Order>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn prune_updates(
+        &self,
+        _before: chrono::DateTime<chrono::Utc>,
+        _max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 #[tokio::test]

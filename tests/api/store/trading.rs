@@ -108,6 +108,7 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
             qty: dec!(4),
             cost_basis: dec!(506),
         }],
+        updates: Vec::new(),
     };
     store.trading.commit(batch).await.expect("commit");
     drop(store);

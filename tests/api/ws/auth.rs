@@ -27,12 +27,19 @@ async fn a_bearer_header_on_the_upgrade_authenticates_the_session() {
     let mut client = connect(&app, "", &[("authorization", &bearer)]).await;
     client.expect_success("connected").await;
     client.expect_success("authenticated").await;
-    // Authenticating again is refused but the session carries on.
+    // Another user's token is refused but the session carries on; the same user's token
+    // refreshes the session in place.
     client
-        .send_json(json!({"action":"auth","id":"again","token": token_for("alice")}))
+        .send_json(json!({"action":"auth","id":"again","token": token_for("bob")}))
         .await;
     let error = client.expect_error(403).await;
     assert_eq!(error["id"], "again");
+    client
+        .send_json(json!({"action":"auth","id":"fresh","token": token_for("alice")}))
+        .await;
+    let refreshed = client.expect("success").await;
+    assert_eq!(refreshed["msg"], "token refreshed");
+    assert_eq!(refreshed["id"], "fresh");
     let reply = client.subscribe(json!({"trades":["AAPL"]})).await;
     assert_eq!(reply["trades"], json!(["AAPL"]));
     app.stop().await.expect("stop");

@@ -126,8 +126,10 @@ async fn a_flood_of_actions_is_rate_limited_and_later_actions_succeed_again() {
     }
     let mut limited = 0;
     let mut answered = 0;
-    for _ in 0..60 {
-        let object = client.next_object(DEADLINE).await;
+    // Everything the server says about the flood, until it falls silent.
+    while let Ok(object) =
+        tokio::time::timeout(Duration::from_millis(700), client.next_object(DEADLINE)).await
+    {
         match object["T"].as_str() {
             Some("error") => {
                 assert_eq!(object["code"], 408, "{object}");
@@ -137,8 +139,14 @@ async fn a_flood_of_actions_is_rate_limited_and_later_actions_succeed_again() {
             other => panic!("unexpected {other:?}: {object}"),
         }
     }
-    assert!(limited >= 30, "only {limited} of 60 were limited");
     assert!(answered >= 10, "the burst was not honoured: {answered}");
+    assert!(answered < 20, "the rate limit was not applied: {answered}");
+    // Only the first drop of a run is answered (a token regained mid-flood starts a new run);
+    // the rest are dropped without a reply frame each.
+    assert!(
+        (1..=4).contains(&limited),
+        "{limited} rate-limit errors for one flood"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let reply = client.subscribe(json!({"quotes":["MSFT"]})).await;
     assert_eq!(reply["quotes"], json!(["MSFT"]));

@@ -18,10 +18,26 @@ use crate::common::TestApp;
 pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Test settings with a fixed HS256 secret, so tests can mint their own tokens.
+/// The users tests mint tokens for; the built-in issuer refuses subjects not in `auth.users`.
+pub const TEST_USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "rita", "sam", "ula", "vic"];
+
+/// Test settings with a fixed HS256 secret, so tests can mint their own tokens for
+/// [`TEST_USERS`] (listed in `auth.users` with the demo user's password hash).
 pub fn ws_settings() -> Settings {
     let mut settings = crate::common::test_settings();
     settings.auth.hs256_secret = SECRET.into();
+    let hash = settings
+        .auth
+        .users
+        .first()
+        .map(|demo| demo.password_hash.clone())
+        .expect("the default config has a demo user");
+    for user in TEST_USERS {
+        settings.auth.users.push(tickgate::settings::UserEntry {
+            username: user.into(),
+            password_hash: hash.clone(),
+        });
+    }
     settings
 }
 

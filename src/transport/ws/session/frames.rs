@@ -19,6 +19,8 @@ pub mod close_codes {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTART: u16 = 1012;
+    /// The session's token expired and no fresh one came in time (application range).
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// What the transport must do, in order.
@@ -27,6 +29,8 @@ pub enum Output {
     /// One text frame: a JSON array (UTF-8 by construction: serde_json output or the hub's
     /// prebuilt `Entry.ws`, shared without a copy or a second UTF-8 check).
     Frame(Bytes),
+    /// One binary frame: a MessagePack array of market events (`MarketEncoding::MsgPack`).
+    Binary(Bytes),
     /// Send a close frame with this code and reason, then stop.
     Close { code: u16, reason: String },
 }
@@ -39,7 +43,7 @@ impl Output {
     pub fn frame_json(&self) -> Option<Value> {
         match self {
             Output::Frame(text) => serde_json::from_slice(text).ok(),
-            Output::Close { .. } => None,
+            Output::Binary(_) | Output::Close { .. } => None,
         }
     }
 }
@@ -63,6 +67,18 @@ pub fn closing(reason: CloseReason) -> (Output, u16, &'static str) {
                 Output::frame(format!("[{status}]")),
                 close_codes::RESTART,
                 "server restarting",
+            )
+        }
+        CloseReason::Reset => {
+            let status = json!({
+                "T": "s", "S": "*", "sc": "reset",
+                "sm": "the feed was reset; reconnect and subscribe again for a fresh snapshot",
+                "t": chrono::Utc::now(),
+            });
+            (
+                Output::frame(format!("[{status}]")),
+                close_codes::RESTART,
+                "feed reset",
             )
         }
     }
@@ -112,6 +128,26 @@ fn error_object(id: Option<&Value>, code: ErrorCode, msg: &str) -> String {
 /// `[{"T":"error","code":...,"id":...,"msg":...}]`.
 pub(super) fn error_frame(id: Option<&Value>, code: ErrorCode, msg: &str) -> Output {
     Output::frame(format!("[{}]", error_object(id, code, msg)))
+}
+
+/// An order-level error; a duplicate `client_order_id` (42210002) carries the existing order.
+pub(super) fn order_error_frame(
+    id: Option<&Value>,
+    error: &crate::trading::api::OrderError,
+) -> Output {
+    let mut object = json!({"T": "error", "code": error.code.number(), "msg": error.message});
+    if let Some(map) = object.as_object_mut() {
+        if let Some(id) = id {
+            map.insert("id".into(), id.clone());
+        }
+        if let Some(order) = &error.order {
+            map.insert(
+                "order".into(),
+                serde_json::to_value(order).unwrap_or(Value::Null),
+            );
+        }
+    }
+    Output::frame(format!("[{object}]"))
 }
 
 /// The greeting every connection gets first; constant, so it is not encoded per connection.

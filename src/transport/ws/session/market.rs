@@ -8,15 +8,19 @@
 //!   from the feed cursor taken before the old one was removed, and events are delivered in
 //!   feed-sequence order with anything at or below the last sequence sent skipped.
 //! - A close queued by the hub (slow client, shutdown) ends the session after its last frame.
+//! - A MessagePack session (the Alpaca stream) gets the same events as binary frames: the
+//!   hub's prebuilt `Entry.msgpack` for one event, an array of their maps for several.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::hub::{CloseReason, Delivery, Entry, Feed, Filter, SubscriberQueue, SymbolFilter};
+use crate::hub::{
+    CloseReason, Delivery, Entry, Feed, Filter, MsgpackClientGuard, SubscriberQueue, SymbolFilter,
+};
 use crate::market::EventKind;
 use crate::metrics::{Metrics, Transport};
 
@@ -24,12 +28,22 @@ use super::WsSession;
 use super::frames::{Output, closing};
 use super::subscriptions::{Subscriptions, SymbolSet};
 
+/// How a session frames market data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarketEncoding {
+    /// Text frames of JSON arrays (the hub's `Entry.ws` and `Entry.json`).
+    Json,
+    /// Binary frames of MessagePack arrays (the hub's `Entry.msgpack`; Alpaca's stream).
+    MsgPack,
+}
+
 /// The market-data part of the subscriptions: what [`MarketState::deliver`] filters by.
 #[derive(Debug, Clone, Default)]
 pub(super) struct MarketSubs {
     trades: SymbolSet,
     quotes: SymbolSet,
     bars: SymbolSet,
+    statuses: SymbolSet,
     news: SymbolSet,
 }
 
@@ -39,6 +53,7 @@ impl MarketSubs {
             trades: subs.trades.clone(),
             quotes: subs.quotes.clone(),
             bars: subs.bars.clone(),
+            statuses: subs.statuses.clone(),
             news: subs.news.clone(),
         }
     }
@@ -50,10 +65,16 @@ impl MarketSubs {
             (EventKind::Quote, Some(id)) => self.quotes.contains(id),
             (EventKind::Bar, Some(id)) => self.bars.contains(id),
             (EventKind::Status, Some(id)) => {
-                self.trades.contains(id) || self.quotes.contains(id) || self.bars.contains(id)
+                self.trades.contains(id)
+                    || self.quotes.contains(id)
+                    || self.bars.contains(id)
+                    || self.statuses.contains(id)
             }
             (EventKind::Status, None) => {
-                !(self.trades.is_empty() && self.quotes.is_empty() && self.bars.is_empty())
+                !(self.trades.is_empty()
+                    && self.quotes.is_empty()
+                    && self.bars.is_empty()
+                    && self.statuses.is_empty())
             }
             (EventKind::News, _) => {
                 self.news.all
@@ -71,6 +92,9 @@ impl MarketSubs {
 /// the transport can serve a hub wake-up straight from the response body, without running the
 /// session's loop; the session borrows it only between awaits, never across one.
 pub struct MarketState {
+    encoding: MarketEncoding,
+    /// Held while the session frames market data as MessagePack, so the hub encodes it.
+    _msgpack: Option<MsgpackClientGuard>,
     queue: Arc<SubscriberQueue>,
     spare: VecDeque<Delivery>,
     last_seq: [u64; 2],
@@ -83,8 +107,15 @@ pub struct MarketState {
 pub type SharedMarket = Rc<RefCell<MarketState>>;
 
 impl MarketState {
-    fn new(queue: Arc<SubscriberQueue>, metrics: Arc<Metrics>) -> MarketState {
+    fn new(
+        queue: Arc<SubscriberQueue>,
+        metrics: Arc<Metrics>,
+        encoding: MarketEncoding,
+        msgpack: Option<MsgpackClientGuard>,
+    ) -> MarketState {
         MarketState {
+            encoding,
+            _msgpack: msgpack,
             queue,
             spare: VecDeque::new(),
             last_seq: [0; 2],
@@ -106,6 +137,7 @@ impl MarketState {
         match frame {
             Some(Pending::One(entry)) => out.push(Output::Frame(entry.ws.clone())),
             Some(Pending::Many(buffer)) => out.push(Output::Frame(buffer.freeze())),
+            Some(Pending::Packed(frame)) => out.push(Output::Binary(frame)),
             None => {}
         }
         close
@@ -120,6 +152,7 @@ impl MarketState {
         match pending {
             Some(Pending::One(entry)) => frame(&entry.ws),
             Some(Pending::Many(buffer)) => frame(&buffer),
+            Some(Pending::Packed(packed)) => frame(&packed),
             None => {}
         }
         (close, std::mem::take(&mut self.heartbeat))
@@ -143,6 +176,7 @@ impl MarketState {
             });
         }
         let mut pending: Option<Pending> = None;
+        let mut packed: Vec<Arc<Entry>> = Vec::new();
         let mut delivered = 0u64;
         for item in items.drain(..) {
             let entry = match item {
@@ -159,14 +193,21 @@ impl MarketState {
                 }
             };
             let slot = feed_slot(entry.feed);
-            if entry.seq <= self.last_seq[slot] {
-                continue;
+            // Sequence 0 is a notice outside every log (a cluster status): never a duplicate.
+            if entry.seq != 0 {
+                if entry.seq <= self.last_seq[slot] {
+                    continue;
+                }
+                self.last_seq[slot] = entry.seq;
             }
-            self.last_seq[slot] = entry.seq;
             if !self.wanted.wants(&entry) {
                 continue;
             }
             delivered += 1;
+            if self.encoding == MarketEncoding::MsgPack {
+                packed.push(entry);
+                continue;
+            }
             pending = Some(match pending {
                 None => Pending::One(entry),
                 Some(Pending::One(first)) => {
@@ -183,11 +224,16 @@ impl MarketState {
                     buffer.put_slice(&entry.json);
                     Pending::Many(buffer)
                 }
+                // Only MessagePack sessions pack, and they never reach this match.
+                Some(packed @ Pending::Packed(_)) => packed,
             });
         }
         self.spare = items;
         if let Some(Pending::Many(buffer)) = pending.as_mut() {
             buffer.put_u8(b']');
+        }
+        if !packed.is_empty() {
+            pending = Some(Pending::Packed(msgpack_frame(&packed)));
         }
         if pending.is_some() {
             self.metrics.delivered(Transport::WebSocket, delivered);
@@ -200,6 +246,38 @@ impl MarketState {
 enum Pending {
     One(Arc<Entry>),
     Many(BytesMut),
+    /// A MessagePack frame ([`MarketEncoding::MsgPack`]).
+    Packed(Bytes),
+}
+
+/// The MessagePack frame of `entries`: the hub's prebuilt frame for a single event, else an
+/// array of their maps. An event published before any MessagePack client connected has no
+/// prebuilt map and is encoded here, from its JSON.
+fn msgpack_frame(entries: &[Arc<Entry>]) -> Bytes {
+    use crate::hub::msgpack;
+    if let [entry] = entries
+        && let Some(frame) = &entry.msgpack
+    {
+        return frame.clone();
+    }
+    let mut maps: Vec<std::borrow::Cow<'_, [u8]>> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match &entry.msgpack {
+            Some(frame) => maps.push(std::borrow::Cow::Borrowed(&frame[1..])),
+            None => {
+                let event = serde_json::from_slice::<crate::market::MarketEvent>(&entry.json);
+                if let Some(map) = event.ok().as_ref().and_then(msgpack::encode_event) {
+                    maps.push(std::borrow::Cow::Owned(map));
+                }
+            }
+        }
+    }
+    let mut frame = Vec::with_capacity(maps.iter().map(|m| m.len()).sum::<usize>() + 5);
+    msgpack::put_array_header(&mut frame, maps.len());
+    for map in &maps {
+        frame.extend_from_slice(map);
+    }
+    Bytes::from(frame)
 }
 
 /// The session's side of market data: its hub queue, the state shared with the transport, and
@@ -216,8 +294,18 @@ pub(super) struct MarketFeeds {
 
 impl MarketFeeds {
     /// Feeds served through `queue` (from `Hub::new_queue`, which sizes it).
-    pub(super) fn new(queue: Arc<SubscriberQueue>, metrics: Arc<Metrics>) -> MarketFeeds {
-        let shared = Rc::new(RefCell::new(MarketState::new(Arc::clone(&queue), metrics)));
+    pub(super) fn new(
+        queue: Arc<SubscriberQueue>,
+        metrics: Arc<Metrics>,
+        encoding: MarketEncoding,
+        msgpack: Option<MsgpackClientGuard>,
+    ) -> MarketFeeds {
+        let shared = Rc::new(RefCell::new(MarketState::new(
+            Arc::clone(&queue),
+            metrics,
+            encoding,
+            msgpack,
+        )));
         MarketFeeds {
             queue,
             shared,
@@ -248,7 +336,8 @@ impl WsSession {
         self.market.shared.borrow_mut().wanted = MarketSubs::of(&self.subs);
         let market_changed = previous.trades != self.subs.trades
             || previous.quotes != self.subs.quotes
-            || previous.bars != self.subs.bars;
+            || previous.bars != self.subs.bars
+            || previous.statuses != self.subs.statuses;
         if market_changed {
             let filter = self.market_filter();
             self.reregister(Feed::Market, filter, out);
@@ -267,6 +356,7 @@ impl WsSession {
             (&self.subs.trades, EventKind::Trade),
             (&self.subs.quotes, EventKind::Quote),
             (&self.subs.bars, EventKind::Bar),
+            (&self.subs.statuses, EventKind::Status),
         ];
         let mut kinds = 0u8;
         let mut union = SymbolSet::default();

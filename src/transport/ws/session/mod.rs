@@ -12,13 +12,20 @@
 //! [`WsSession::on_text`].
 //!
 //! Rules kept here:
-//! - Every client message gets either its effect or a specific `error`; only auth failures,
-//!   auth timeout, the connection limit and a slow client end the session.
+//! - Every client message gets either its effect or a specific `error`, except messages
+//!   dropped by the rate limit after the first of their run; only auth failures, auth
+//!   timeout, the connection limit, token expiry, a slow client, a sustained flood (430), an
+//!   unfinished fragmented message (431) and a message over the hard size limit end the
+//!   session.
 //! - One action is handled at a time and its reply is returned before any trading event is
 //!   read again, so an `order_ack` always precedes the trade updates the order caused.
 //! - Market data reuses the hub's encoded JSON (`Entry.json`): frames are concatenations.
 //! - Order-book `seq` rises by exactly one per symbol for the life of the connection; when
 //!   deltas were lost (lag) the client gets a fresh snapshot instead of a gap.
+//! - Trade updates go out in the user's `seq` order, each at most once per connection, none
+//!   skipped (resume with `since`, lag repaired from the store; see `orders`).
+//! - A session ends when its credential does unless the client refreshed it in place (see
+//!   `auth`).
 
 mod auth;
 mod books;
@@ -41,6 +48,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::auth::api_keys::ApiKeys;
 use crate::auth::{AuthError, AuthService, Identity};
 use crate::error::ErrorCode;
 use crate::hub::{CloseReason, Delivery, Hub, SubscriberQueue};
@@ -49,7 +57,7 @@ use crate::trading::api::{TradingApi, UserEvent};
 
 pub use books::BookMessage;
 pub use frames::{Output, close_codes, closing};
-pub use market::{MarketState, SharedMarket};
+pub use market::{MarketEncoding, MarketState, SharedMarket};
 
 use auth::AuthState;
 use books::Books;
@@ -58,7 +66,7 @@ use market::MarketFeeds;
 use orders::TradeUpdates;
 use parse::{Action, request_id};
 use portfolio::PortfolioStream;
-use rate::TokenBucket;
+use rate::{TokenBucket, Verdict};
 use subscriptions::Subscriptions;
 
 /// Limits of one session, from `[ws]` and `[market]` settings.
@@ -68,6 +76,8 @@ pub struct SessionLimits {
     pub max_message_bytes: usize,
     pub actions_per_second: f64,
     pub action_burst: u32,
+    /// Dropped messages beyond the refill after which the session is closed (430).
+    pub max_dropped_actions: u32,
     /// Minimum time between two portfolio messages.
     pub portfolio_interval: Duration,
     /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
@@ -79,9 +89,15 @@ pub struct SessionLimits {
 pub struct SessionDeps {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
+    /// API key pairs, accepted by `auth` as `key` and `secret`.
+    pub api_keys: Arc<ApiKeys>,
+    /// The client's address (loopback-only key pairs check it).
+    pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
     pub limits: SessionLimits,
+    /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
+    pub market_encoding: MarketEncoding,
 }
 
 /// Something the session was woken for; pass it back to [`WsSession::on_wake`].
@@ -93,6 +109,7 @@ pub enum Wake {
     PortfolioDue,
     Book(BookMessage),
     AuthDeadline,
+    TokenExpired,
 }
 
 /// One client connection's state: one part per concern.
@@ -120,9 +137,19 @@ impl WsSession {
         let limits = &deps.limits;
         WsSession {
             auth: AuthState::new(Instant::now() + limits.auth_timeout),
-            rate: TokenBucket::new(limits.actions_per_second, limits.action_burst),
+            rate: TokenBucket::new(
+                limits.actions_per_second,
+                limits.action_burst,
+                limits.max_dropped_actions,
+            ),
             subs: Subscriptions::default(),
-            market: MarketFeeds::new(deps.hub.new_queue(), Arc::clone(&deps.metrics)),
+            market: MarketFeeds::new(
+                deps.hub.new_queue(),
+                Arc::clone(&deps.metrics),
+                deps.market_encoding,
+                (deps.market_encoding == MarketEncoding::MsgPack)
+                    .then(|| deps.hub.msgpack_client()),
+            ),
             trade_updates: TradeUpdates::default(),
             portfolio: PortfolioStream::new(limits.portfolio_interval),
             books: Books::default(),
@@ -186,8 +213,15 @@ impl WsSession {
         out
     }
 
-    /// A frame too large to handle (`len` bytes) that was skipped.
-    pub fn on_oversize(&mut self, len: usize) -> Vec<Output> {
+    /// A message too large to handle (`len` bytes, or more) that was skipped.
+    pub fn on_oversize(&mut self, len: u64) -> Vec<Output> {
+        if let Some(dropped) = self.over_rate(None) {
+            return dropped;
+        }
+        self.oversize_error(len)
+    }
+
+    fn oversize_error(&self, len: u64) -> Vec<Output> {
         vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
@@ -198,20 +232,40 @@ impl WsSession {
         )]
     }
 
-    /// A frame beyond the hard frame limit: the rest of it cannot be skipped, so the session
-    /// ends (close 1009) after saying why.
-    pub fn on_frame_overflow(&mut self, max_frame_bytes: usize) -> Vec<Output> {
+    /// A message beyond the limit that ends the connection (`ws.max_frame_bytes`, or
+    /// `ws.max_preauth_message_bytes` before authentication): the session ends (close 1009)
+    /// after saying why.
+    pub fn on_frame_overflow(&mut self, limit: usize) -> Vec<Output> {
+        let when = if self.auth.is_authenticated() {
+            ""
+        } else {
+            " before authentication"
+        };
         let mut out = vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
-            &format!("message too large: frames over {max_frame_bytes} bytes end the connection"),
+            &format!("message too large: messages over {limit} bytes{when} end the connection"),
         )];
         self.close(&mut out, close_codes::TOO_BIG, "message too large");
         out
     }
 
+    /// A fragmented message left unfinished for `ws.fragment_timeout`: the session ends.
+    pub fn on_fragment_timeout(&mut self) -> Vec<Output> {
+        let mut out = vec![error_frame(
+            None,
+            ErrorCode::FragmentTimeout,
+            "fragmented message not finished in time",
+        )];
+        self.close(&mut out, close_codes::POLICY, "fragmented message timeout");
+        out
+    }
+
     /// A binary frame: the protocol is JSON text only.
     pub fn on_binary(&mut self) -> Vec<Output> {
+        if let Some(dropped) = self.over_rate(None) {
+            return dropped;
+        }
         vec![error_frame(
             None,
             ErrorCode::InvalidSyntax,
@@ -219,20 +273,51 @@ impl WsSession {
         )]
     }
 
+    /// Draws the message from the action budget: `None` to handle it, else what to answer
+    /// instead (the 408 for the first drop of a run, nothing for the rest, the close once
+    /// the flood is sustained). Every client message counts, text or not, so no kind of
+    /// message gets a reply per dropped message.
+    pub fn over_rate(&mut self, text: Option<&str>) -> Option<Vec<Output>> {
+        match self.rate.check() {
+            Verdict::Allow => None,
+            Verdict::DropSilently => Some(Vec::new()),
+            Verdict::DropAndAnswer => Some(vec![error_frame(
+                text.and_then(|text| request_id(text, self.deps.limits.max_message_bytes))
+                    .as_ref(),
+                ErrorCode::StreamRateLimited,
+                "rate limited: too many actions; this and further messages are dropped \
+                 without reply until you slow down, and a sustained flood closes the \
+                 connection",
+            )]),
+            Verdict::Close => {
+                let mut out = vec![error_frame(
+                    None,
+                    ErrorCode::RateLimitAbuse,
+                    "closed: messages kept coming far over the rate limit",
+                )];
+                self.close(&mut out, close_codes::POLICY, "rate limit exceeded");
+                Some(out)
+            }
+        }
+    }
+
     /// One client text message.
     pub async fn on_text(&mut self, text: &str) -> Vec<Output> {
         if self.closed {
             return Vec::new();
         }
-        if !self.rate.try_take() {
-            return vec![error_frame(
-                request_id(text, self.deps.limits.max_message_bytes).as_ref(),
-                ErrorCode::StreamRateLimited,
-                "rate limited: too many actions; slow down",
-            )];
+        // A message that arrives with (or after) the expiry is not processed, even if the
+        // timer has not been served yet.
+        if self.auth.token_expired() {
+            let mut out = Vec::new();
+            self.end_expired(&mut out);
+            return out;
+        }
+        if let Some(dropped) = self.over_rate(Some(text)) {
+            return dropped;
         }
         if text.len() > self.deps.limits.max_message_bytes {
-            return self.on_oversize(text.len());
+            return self.oversize_error(text.len() as u64);
         }
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,
@@ -308,6 +393,7 @@ impl WsSession {
     /// Cancel-safe: the glue selects on it together with the socket.
     pub async fn wait(&mut self) -> Wake {
         let auth_deadline = self.auth.pending_deadline();
+        let token_deadline = self.auth.token_deadline();
         let portfolio_due = self.portfolio.due();
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
@@ -319,6 +405,7 @@ impl WsSession {
             Some(message) = self.books.recv() => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
+            _ = sleep_until_opt(token_deadline) => Wake::TokenExpired,
         }
     }
 
@@ -331,7 +418,12 @@ impl WsSession {
         match wake {
             Wake::Hub => self.deliver(Vec::new(), &mut out),
             Wake::AuthDeadline => self.on_auth_deadline(&mut out),
-            Wake::UserEvent(first) => self.on_user_events(first, &mut out),
+            Wake::TokenExpired => {
+                if self.auth.token_expired() {
+                    self.end_expired(&mut out);
+                }
+            }
+            Wake::UserEvent(first) => self.on_user_events(first, &mut out).await,
             Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
             Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
             Wake::Book(first) => self.on_book_messages(first, &mut out),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ErrorCode;
 use crate::market::SymbolUniverse;
-use crate::trading::api::{OrderError, OrderRef, OrderRequest, ReplaceRequest};
+use crate::trading::api::{OrderError, OrderRef};
 
 use super::subscriptions::SymbolSet;
 
@@ -100,7 +100,7 @@ pub(super) fn request_id(text: &str, max_message_bytes: usize) -> Option<Value> 
 }
 
 /// Keys every action accepts besides its own.
-const COMMON_KEYS: [&str; 2] = ["action", "id"];
+pub(super) const COMMON_KEYS: [&str; 2] = ["action", "id"];
 
 pub(super) fn check_keys(
     map: &Map<String, Value>,
@@ -171,86 +171,8 @@ pub(super) fn symbol_list(
     Ok(set)
 }
 
-/// A decimal field of an order: a JSON string or number, kept as text for the engine.
-fn decimal_text(data: &Map<String, Value>, key: &str) -> Result<Option<String>, OrderError> {
-    match data.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(Value::Number(number)) => Ok(Some(number.to_string())),
-        Some(_) => Err(OrderError::invalid(format!(
-            "{key} must be a decimal string such as \"10\" or \"126.50\""
-        ))),
-    }
-}
-
-fn string_field(data: &Map<String, Value>, key: &str) -> Result<Option<String>, OrderError> {
-    match data.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(OrderError::invalid(format!("{key} must be a string"))),
-    }
-}
-
-fn data_object<'a>(
-    map: &'a Map<String, Value>,
-    allowed: &[&str],
-    what: &str,
-) -> Result<&'a Map<String, Value>, OrderError> {
-    let data = match map.get("data") {
-        Some(Value::Object(data)) => data,
-        Some(_) => return Err(OrderError::invalid("data must be an object")),
-        None => return Err(OrderError::invalid(format!("data is required for {what}"))),
-    };
-    if let Some(key) = data.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(OrderError::invalid(format!(
-            "unknown field {key:?} in {what} data; allowed: {}",
-            allowed.join(", ")
-        )));
-    }
-    Ok(data)
-}
-
-pub(super) fn order_request(map: &Map<String, Value>) -> Result<OrderRequest, OrderError> {
-    const KEYS: [&str; 8] = [
-        "symbol",
-        "qty",
-        "side",
-        "type",
-        "time_in_force",
-        "limit_price",
-        "stop_price",
-        "client_order_id",
-    ];
-    let data = data_object(map, &KEYS, "order")?;
-    Ok(OrderRequest {
-        symbol: string_field(data, "symbol")?,
-        qty: decimal_text(data, "qty")?,
-        side: string_field(data, "side")?,
-        order_type: string_field(data, "type")?,
-        time_in_force: string_field(data, "time_in_force")?,
-        limit_price: decimal_text(data, "limit_price")?,
-        stop_price: decimal_text(data, "stop_price")?,
-        client_order_id: string_field(data, "client_order_id")?,
-    })
-}
-
-pub(super) fn replace_request(map: &Map<String, Value>) -> Result<ReplaceRequest, OrderError> {
-    const KEYS: [&str; 5] = [
-        "qty",
-        "time_in_force",
-        "limit_price",
-        "stop_price",
-        "client_order_id",
-    ];
-    let data = data_object(map, &KEYS, "replace")?;
-    Ok(ReplaceRequest {
-        qty: decimal_text(data, "qty")?,
-        time_in_force: string_field(data, "time_in_force")?,
-        limit_price: decimal_text(data, "limit_price")?,
-        stop_price: decimal_text(data, "stop_price")?,
-        client_order_id: string_field(data, "client_order_id")?,
-    })
-}
+// Order bodies are parsed once for every door (this session, `/v1/orders`, `/v2/orders`).
+pub(super) use crate::routes::orders::{order_request, replace_request, string_field};
 
 pub(super) fn target(map: &Map<String, Value>) -> Result<OrderRef, OrderError> {
     let order_id = string_field(map, "order_id")?;

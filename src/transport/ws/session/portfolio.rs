@@ -1,5 +1,6 @@
-//! The `portfolio` stream: the user's cash, equity and positions, sent when subscribing and
-//! then whenever the exchange reports a change. Invariant kept here: at most one portfolio
+//! The `portfolio` stream: the user's cash, equity and positions, sent on every subscribe that
+//! asks for it (also when already subscribed: a client that resubscribes has the state at
+//! once) and then whenever the exchange reports a change. Invariant kept here: at most one portfolio
 //! message per `ws.portfolio_max_per_second` interval; changes in between only mark the
 //! portfolio dirty, and one message carries them all when the interval has passed.
 
@@ -68,16 +69,20 @@ impl PortfolioStream {
 }
 
 impl WsSession {
-    /// Starts or stops the portfolio stream after a subscription change; a new subscription
-    /// gets the current portfolio at once.
+    /// Starts or stops the portfolio stream after a subscription change; a new subscription,
+    /// or a repeated one (`requested`), gets the current portfolio at once.
     pub(super) async fn update_portfolio(
         &mut self,
         previous: &Subscriptions,
+        requested: bool,
         trading: &Arc<dyn TradingApi>,
         user: &str,
         out: &mut Vec<Output>,
     ) {
-        if self.subs.portfolio && !previous.portfolio {
+        if self.subs.portfolio && previous.portfolio && requested {
+            self.portfolio.dirty = false;
+            self.push_portfolio(trading, user, out).await;
+        } else if self.subs.portfolio && !previous.portfolio {
             let mut changes = trading.portfolio_changes(user);
             changes.borrow_and_update();
             self.portfolio.changes = Some(changes);

@@ -1,6 +1,7 @@
 //! Subscriptions: what a session asked for (`subscribe`, `unsubscribe`) and the `subscription`
 //! reply that shows the whole state after each change. Invariants kept here: a change is
-//! checked whole before any of it applies (a refused message changes nothing); at most
+//! checked whole before any of it applies (a refused message changes nothing); a channel the
+//! server does not offer is reported (400) and skipped, the rest applies; at most
 //! `market.max_symbols_per_subscription` distinct explicit symbols over all streams (error
 //! 405 beyond); in an unsubscribe, `true` stops a stream and `false` changes nothing. The
 //! streams a change starts or stops are handed to their owners (`market`, `orders`,
@@ -18,7 +19,7 @@ use crate::market::SymbolId;
 
 use super::WsSession;
 use super::frames::{Output, error_frame, json_frame};
-use super::parse::{Refusal, check_keys, refuse, symbol_list};
+use super::parse::{COMMON_KEYS, Refusal, refuse, symbol_list};
 
 /// A set of symbols, or all of them (`"*"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +69,7 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
         orderbooks: &'a BTreeSet<String>,
         portfolio: bool,
         quotes: SymbolNames<'a>,
+        statuses: SymbolNames<'a>,
         trade_updates: bool,
         trades: SymbolNames<'a>,
     }
@@ -80,6 +82,7 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
         orderbooks: &subs.orderbooks,
         portfolio: subs.portfolio,
         quotes: names(&subs.quotes),
+        statuses: names(&subs.statuses),
         trade_updates: subs.trade_updates,
         trades: names(&subs.trades),
     })
@@ -91,38 +94,52 @@ pub(super) struct Subscriptions {
     pub(super) trades: SymbolSet,
     pub(super) quotes: SymbolSet,
     pub(super) bars: SymbolSet,
+    /// Statuses of these symbols, besides those of symbols in `trades`, `quotes` or `bars`.
+    pub(super) statuses: SymbolSet,
     pub(super) news: SymbolSet,
     pub(super) orderbooks: BTreeSet<String>,
     pub(super) trade_updates: bool,
     pub(super) portfolio: bool,
+    /// The `since` of a `"trade_updates":{"since":N}` in the message being handled; taken by
+    /// the subscribe, never kept.
+    pub(super) resume_since: Option<u64>,
+    /// The message asked for the portfolio (sent at once even if already subscribed).
+    pub(super) portfolio_requested: bool,
 }
 
 impl WsSession {
     /// Builds the subscription set after a subscribe (`add`) or unsubscribe, or refuses it.
+    /// Also returns the channels the message named that this server does not offer: they are
+    /// reported and skipped, and the rest of the message applies.
     fn next_subscriptions(
         &self,
         map: &Map<String, Value>,
         add: bool,
-    ) -> Result<Subscriptions, Refusal> {
-        const KEYS: [&str; 7] = [
+    ) -> Result<(Subscriptions, Vec<String>), Refusal> {
+        const KEYS: [&str; 8] = [
             "trades",
             "quotes",
             "bars",
+            "statuses",
             "news",
             "orderbooks",
             "trade_updates",
             "portfolio",
         ];
-        let action = if add { "subscribe" } else { "unsubscribe" };
-        check_keys(map, action, &KEYS)?;
+        let skipped: Vec<String> = map
+            .keys()
+            .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
         let mut next = self.subs.clone();
-        for key in ["trades", "quotes", "bars", "news"] {
+        for key in ["trades", "quotes", "bars", "statuses", "news"] {
             let Some(value) = map.get(key) else { continue };
             let change = symbol_list(self.deps.hub.universe(), value, key, true)?;
             let target = match key {
                 "trades" => &mut next.trades,
                 "quotes" => &mut next.quotes,
                 "bars" => &mut next.bars,
+                "statuses" => &mut next.statuses,
                 _ => &mut next.news,
             };
             if add {
@@ -153,8 +170,29 @@ impl WsSession {
                 }
             }
         }
+        next.resume_since = None;
+        next.portfolio_requested = add && map.get("portfolio") == Some(&Value::Bool(true));
+        if add && let Some(Value::Object(resume)) = map.get("trade_updates") {
+            if resume.keys().any(|key| key != "since") {
+                return Err(refuse(
+                    ErrorCode::InvalidSyntax,
+                    "trade_updates takes true or {\"since\": <seq>} and nothing else",
+                ));
+            }
+            let since = resume.get("since").and_then(Value::as_u64).ok_or_else(|| {
+                refuse(
+                    ErrorCode::InvalidSyntax,
+                    "trade_updates.since must be the last seq you received: an integer >= 0",
+                )
+            })?;
+            next.trade_updates = true;
+            next.resume_since = Some(since);
+        }
         for key in ["trade_updates", "portfolio"] {
             let Some(value) = map.get(key) else { continue };
+            if key == "trade_updates" && add && value.is_object() {
+                continue;
+            }
             let Value::Bool(flag) = value else {
                 return Err(refuse(
                     ErrorCode::InvalidSyntax,
@@ -172,7 +210,13 @@ impl WsSession {
             }
         }
         let mut explicit: BTreeSet<SymbolId> = BTreeSet::new();
-        for set in [&next.trades, &next.quotes, &next.bars, &next.news] {
+        for set in [
+            &next.trades,
+            &next.quotes,
+            &next.bars,
+            &next.statuses,
+            &next.news,
+        ] {
             explicit.extend(set.ids.iter().copied());
         }
         explicit.extend(
@@ -190,7 +234,7 @@ impl WsSession {
                 ),
             ));
         }
-        Ok(next)
+        Ok((next, skipped))
     }
 
     pub(super) async fn subscribe_action(
@@ -200,21 +244,47 @@ impl WsSession {
         add: bool,
         out: &mut Vec<Output>,
     ) {
-        let next = match self.next_subscriptions(map, add) {
+        let (next, skipped) = match self.next_subscriptions(map, add) {
             Ok(next) => next,
             Err(refusal) => {
                 out.push(error_frame(id, refusal.code, &refusal.msg));
                 return;
             }
         };
+        if !skipped.is_empty() {
+            out.push(error_frame(
+                id,
+                ErrorCode::InvalidSyntax,
+                &format!(
+                    "unknown channel(s) skipped: {}; the others apply",
+                    skipped.join(", ")
+                ),
+            ));
+            // Nothing else named: nothing changed, so no subscription reply.
+            if map
+                .keys()
+                .all(|k| COMMON_KEYS.contains(&k.as_str()) || skipped.contains(k))
+            {
+                return;
+            }
+        }
         let previous = std::mem::replace(&mut self.subs, next);
         let mut followups = Vec::new();
         self.update_market_registrations(&previous, &mut followups);
         let trading = Arc::clone(&self.deps.trading);
         let user = self.auth.user().unwrap_or_default().to_owned();
-        self.update_trade_updates(&previous, trading.as_ref(), &user);
-        self.update_portfolio(&previous, &trading, &user, &mut followups)
+        let since = self.subs.resume_since.take();
+        let portfolio_requested = std::mem::take(&mut self.subs.portfolio_requested);
+        self.update_trade_updates(&previous, &trading, &user, since, &mut followups)
             .await;
+        self.update_portfolio(
+            &previous,
+            portfolio_requested,
+            &trading,
+            &user,
+            &mut followups,
+        )
+        .await;
         self.update_books(trading.as_ref(), &mut followups);
         out.push(subscription_frame(id, &self.subs, &self.deps.hub));
         out.extend(followups);

@@ -27,6 +27,9 @@ struct FakeTrading {
     changes: watch::Sender<u64>,
     books: Mutex<HashMap<String, broadcast::Sender<BookUpdate>>>,
     portfolio_reads: AtomicU64,
+    /// Updates sent with [`FakeTrading::announce`], as a store would keep them.
+    log: Mutex<Vec<TradeUpdate>>,
+    submits: AtomicU64,
 }
 
 impl FakeTrading {
@@ -36,7 +39,28 @@ impl FakeTrading {
             changes: watch::channel(0).0,
             books: Mutex::new(HashMap::new()),
             portfolio_reads: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+            submits: AtomicU64::new(0),
         })
+    }
+
+    /// Stores, then publishes, the user's next trade update.
+    fn announce(&self) -> u64 {
+        let mut log = self.log.lock();
+        let seq = log.len() as u64 + 1;
+        let update = TradeUpdate {
+            seq,
+            event: TradeEvent::New,
+            execution_id: None,
+            price: None,
+            qty: None,
+            position_qty: None,
+            timestamp: Utc::now(),
+            order: order(&OrderRequest::default()),
+        };
+        log.push(update.clone());
+        let _ = self.events.send(UserEvent::TradeUpdate(Box::new(update)));
+        seq
     }
 
     fn book_sender(&self, symbol: &str) -> broadcast::Sender<BookUpdate> {
@@ -81,6 +105,7 @@ impl TradingApi for FakeTrading {
         _user: &str,
         request: OrderRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.submits.fetch_add(1, Ordering::Relaxed);
         if request.qty.as_deref() == Some("0") {
             return Box::pin(async { Err(OrderError::invalid("qty must be positive")) });
         }
@@ -88,6 +113,7 @@ impl TradingApi for FakeTrading {
         let _ = self
             .events
             .send(UserEvent::TradeUpdate(Box::new(TradeUpdate {
+                seq: 1,
                 event: TradeEvent::New,
                 execution_id: None,
                 price: None,
@@ -136,6 +162,30 @@ impl TradingApi for FakeTrading {
         self.events.subscribe()
     }
 
+    fn updates_since(
+        &self,
+        _: &str,
+        since: u64,
+    ) -> BoxFuture<'static, Result<crate::trading::api::Resume, OrderError>> {
+        // What `announce` logged; "ahead of everything" is a plain start at the head.
+        let log = self.log.lock().clone();
+        let head = log.len() as u64;
+        Box::pin(async move {
+            Ok(crate::trading::api::Resume::Replay {
+                seq: head,
+                updates: log.into_iter().filter(|u| u.seq > since).collect(),
+            })
+        })
+    }
+
+    fn order_by_client_id(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        Box::pin(async { Err(OrderError::new(OrderError::NOT_FOUND, "order not found")) })
+    }
+
     fn portfolio_changes(&self, _: &str) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -172,9 +222,21 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
         ..AuthSettings::default()
     })
     .expect("auth");
+    let keys = AuthSettings {
+        api_keys: vec![crate::settings::ApiKeyEntry {
+            key_id: "k".into(),
+            user: "bob".into(),
+            secret_sha256: crate::auth::api_keys::secret_sha256_hex("s"),
+            loopback_only: true,
+        }],
+        ..AuthSettings::default()
+    };
     let deps = SessionDeps {
         hub: Arc::clone(&hub),
         auth: Arc::new(auth),
+        api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+        peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        market_encoding: super::MarketEncoding::Json,
         trading,
         metrics,
         limits: SessionLimits {
@@ -182,6 +244,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
             max_message_bytes: 4096,
             actions_per_second: 100.0,
             action_burst: 100,
+            max_dropped_actions: 50,
             portfolio_interval: Duration::from_secs(1),
             max_symbols: 10,
         },
@@ -193,6 +256,7 @@ fn authenticated(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
     let (mut session, hub) = session_with(trading);
     let out = session.start(Some(Ok(Identity {
         user: "alice".into(),
+        valid_until: u64::MAX,
     })));
     assert_eq!(out.len(), 2);
     (session, hub)
@@ -223,6 +287,138 @@ fn trade(id: u64) -> MarketEvent {
         time: chrono::DateTime::from_timestamp(1_700_000_000 + id as i64, 0).unwrap_or_default(),
         conditions: vec![],
     })
+}
+
+#[tokio::test]
+async fn a_session_whose_receiver_lagged_reads_the_missed_updates_back_each_exactly_once() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = authenticated(Arc::clone(&trading));
+    let out = session
+        .on_text(r#"{"action":"subscribe","trade_updates":true}"#)
+        .await;
+    assert_eq!(objects(&out)[1]["T"], "trade_updates_live");
+    // More than the receiver holds (64) before the session reads any.
+    for _ in 0..100 {
+        trading.announce();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        for object in next_wake_objects(&mut session).await {
+            assert_eq!(object["T"], "trade_update", "{object}");
+            seen.push(object["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<_>>());
+    assert!(
+        !session.is_closed(),
+        "a lag is repaired, not a reason to close"
+    );
+    trading.announce();
+    let next = next_wake_objects(&mut session).await;
+    assert_eq!(
+        next.len(),
+        1,
+        "the stale live copies were dropped: {next:?}"
+    );
+    assert_eq!(next[0]["seq"], 101);
+}
+
+#[tokio::test]
+async fn a_resume_replays_after_since_then_announces_the_live_point() {
+    let trading = FakeTrading::new();
+    for _ in 0..5 {
+        trading.announce();
+    }
+    let (mut session, _hub) = authenticated(Arc::clone(&trading));
+    let out = objects(
+        &session
+            .on_text(r#"{"action":"subscribe","trade_updates":{"since":3}}"#)
+            .await,
+    );
+    let tags: Vec<&str> = out.iter().map(|o| o["T"].as_str().unwrap_or("")).collect();
+    assert_eq!(
+        tags,
+        vec![
+            "subscription",
+            "trade_update",
+            "trade_update",
+            "trade_updates_live"
+        ]
+    );
+    assert_eq!(
+        (out[1]["seq"].as_u64(), out[2]["seq"].as_u64()),
+        (Some(4), Some(5))
+    );
+    assert_eq!(
+        out[3],
+        json!({"T":"trade_updates_live","since":3,"seq":5,"replayed":2})
+    );
+    assert_eq!(out[0]["trade_updates"], true);
+    for bad in [
+        r#"{"since":"3"}"#,
+        r#"{"since":-1}"#,
+        r#"{"since":1,"x":2}"#,
+        "{}",
+    ] {
+        let out = session
+            .on_text(&format!(
+                r#"{{"action":"subscribe","trade_updates":{bad}}}"#
+            ))
+            .await;
+        assert_eq!(objects(&out)[0]["code"], 400, "{bad}");
+    }
+    let out = session
+        .on_text(r#"{"action":"unsubscribe","trade_updates":{"since":1}}"#)
+        .await;
+    assert_eq!(
+        objects(&out)[0]["code"],
+        400,
+        "an unsubscribe takes a boolean"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_processed_once_the_token_expired_and_the_session_ends_with_4001() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = session_with(Arc::clone(&trading));
+    let valid_until = chrono::Utc::now().timestamp() as u64 + 2;
+    session.start(Some(Ok(Identity {
+        user: "alice".into(),
+        valid_until,
+    })));
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let out = session
+        .on_text(r#"{"action":"order","id":"late","data":{"symbol":"AAPL","qty":"1","side":"buy","type":"market","time_in_force":"day"}}"#)
+        .await;
+    assert_eq!(objects(&out)[0]["code"], 409);
+    assert!(out.contains(&Output::Close {
+        code: close_codes::TOKEN_EXPIRED,
+        reason: "token expired".into(),
+    }));
+    assert_eq!(
+        trading.submits.load(Ordering::Relaxed),
+        0,
+        "the order never left"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_expiry_timer_closes_an_idle_session_by_itself() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = session_with(Arc::clone(&trading));
+    let now = chrono::Utc::now().timestamp() as u64;
+    session.start(Some(Ok(Identity {
+        user: "alice".into(),
+        valid_until: now + 3,
+    })));
+    // The wait wakes for the expiry by itself.
+    let wake = tokio::time::timeout(Duration::from_secs(10), session.wait())
+        .await
+        .expect("the expiry wakes the session");
+    assert!(matches!(wake, Wake::TokenExpired));
+    let out = session.on_wake(wake).await;
+    assert_eq!(objects(&out)[0]["code"], 409);
+    assert!(session.is_closed());
 }
 
 #[tokio::test]
@@ -429,7 +625,7 @@ fn replies_match_their_json_object_encoding() {
     };
     let frame_text = |output: Output| match output {
         Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).expect("utf-8"),
-        Output::Close { .. } => panic!("expected a frame"),
+        Output::Binary(_) | Output::Close { .. } => panic!("expected a frame"),
     };
     let aapl = hub.universe().id("AAPL").expect("AAPL");
     let msft = hub.universe().id("MSFT").expect("MSFT");
@@ -441,6 +637,7 @@ fn replies_match_their_json_object_encoding() {
     subs.news.all = true;
     subs.bars.all = true;
     subs.bars.ids.insert(msft);
+    subs.statuses.ids.insert(aapl);
     subs.orderbooks
         .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
     subs.trade_updates = true;
@@ -472,6 +669,7 @@ fn replies_match_their_json_object_encoding() {
                 "trades": old_names(&subs.trades),
                 "quotes": old_names(&subs.quotes),
                 "bars": old_names(&subs.bars),
+                "statuses": old_names(&subs.statuses),
                 "news": old_names(&subs.news),
                 "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
                 "trade_updates": subs.trade_updates,
@@ -486,4 +684,33 @@ fn replies_match_their_json_object_encoding() {
             );
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_any_kind_of_message_is_answered_once_then_closed_with_430() {
+    let (mut session, _hub) = authenticated(FakeTrading::new());
+    // 100 tokens: binary frames and oversize messages are answered while they last.
+    for n in 0..100 {
+        let out = if n % 2 == 0 {
+            session.on_binary()
+        } else {
+            session.on_oversize(100_000)
+        };
+        assert_eq!(out.len(), 1, "message {n}");
+    }
+    // Then one 408 for the run, silence, and the close once 50 were dropped.
+    let first = session.on_text(r#"{"action":"subscribe","id":"x"}"#).await;
+    assert!(
+        matches!(first.as_slice(), [Output::Frame(frame)] if std::str::from_utf8(frame).is_ok_and(|f| f.contains("408") && f.contains("\"x\""))),
+        "{first:?}"
+    );
+    for n in 0..49 {
+        assert!(session.on_binary().is_empty(), "drop {n} answered");
+    }
+    let last = session.on_oversize(100_000);
+    assert!(
+        matches!(last.as_slice(), [Output::Frame(frame), Output::Close { code: 1008, .. }] if std::str::from_utf8(frame).is_ok_and(|f| f.contains("430"))),
+        "{last:?}"
+    );
+    assert!(session.is_closed());
 }

@@ -1,0 +1,141 @@
+//! `[cluster]`: whether this gateway is one node of a cluster, and how it takes part.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Multi-node operation on Redis (`[cluster]`, see `docs/deployment.md`). An empty
+/// `redis_url` is a single node, exactly as without this section.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// `redis://[:password@]host:port[/db]`; empty: single node. Never logged (it may hold a
+    /// password).
+    pub redis_url: String,
+    /// This node's name in leases and logs; empty: derived from the host name and the pid.
+    pub node_id: String,
+    /// How long a source's lease lasts without renewal: the bound on how long a dead node's
+    /// sources stay silent before another node takes them over. Renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            redis_url: String::new(),
+            node_id: String::new(),
+            lease_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field(
+                "redis_url",
+                &if self.redis_url.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("node_id", &self.node_id)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+impl ClusterSettings {
+    /// Whether this gateway runs as one node of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+
+    /// Semantic checks of `[cluster]` (only when it is enabled).
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.enabled() {
+            return problems;
+        }
+        if let Err(error) = redis::Client::open(self.redis_url.as_str()) {
+            // The URL itself is not repeated: it may hold a password.
+            problems.push(format!(
+                "cluster.redis_url: not a Redis URL ({:?})",
+                error.kind()
+            ));
+        }
+        if self.node_id.len() > 64
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(
+                "cluster.node_id: at most 64 letters, digits, '-', '_' or '.' (empty: derived)"
+                    .into(),
+            );
+        }
+        if self.lease_ttl < Duration::from_millis(300) || self.lease_ttl > Duration::from_secs(3600)
+        {
+            problems.push("cluster.lease_ttl: must be between 300ms and 1h".into());
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, crate::settings::SettingsError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("default.toml"), "").expect("write");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(dir.path(), None, &env)
+    }
+
+    #[test]
+    fn the_cluster_section_comes_from_the_environment_and_is_off_by_default() {
+        let single = load(&[]).expect("valid");
+        assert!(!single.cluster.enabled());
+        assert_eq!(single.cluster.lease_ttl, Duration::from_secs(5));
+        let node = load(&[
+            (
+                "TICKGATE__CLUSTER__REDIS_URL",
+                "redis://:secret@127.0.0.1:6390/2",
+            ),
+            ("TICKGATE__CLUSTER__NODE_ID", "edge-1"),
+            ("TICKGATE__CLUSTER__LEASE_TTL", "2s"),
+        ])
+        .expect("valid");
+        assert!(node.cluster.enabled());
+        assert_eq!(node.cluster.node_id, "edge-1");
+        assert_eq!(node.cluster.lease_ttl, Duration::from_secs(2));
+        let printed = format!("{:?}", node.cluster);
+        assert!(
+            !printed.contains("secret"),
+            "the URL is never printed: {printed}"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_node_id_and_lease_ttl_are_all_reported_without_the_url() {
+        let error = load(&[
+            ("TICKGATE__CLUSTER__REDIS_URL", "http://:secret@example/"),
+            ("TICKGATE__CLUSTER__NODE_ID", "a:b"),
+            ("TICKGATE__CLUSTER__LEASE_TTL", "10ms"),
+        ])
+        .expect_err("invalid");
+        let text = error.to_string();
+        assert!(text.contains("cluster.redis_url"), "{text}");
+        assert!(text.contains("cluster.node_id"), "{text}");
+        assert!(text.contains("cluster.lease_ttl"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

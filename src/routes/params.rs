@@ -39,9 +39,6 @@ pub fn query_params(
 ) -> Result<HashMap<String, String>, ApiError> {
     let mut map = HashMap::with_capacity(pairs.len());
     for (key, value) in pairs {
-        if value.is_empty() && allowed.contains(&key.as_str()) {
-            continue;
-        }
         // One hash per parameter: this runs for every new subscriber.
         match map.entry(key) {
             Entry::Occupied(repeated) => {
@@ -64,6 +61,8 @@ pub fn query_params(
         .filter(|k| !allowed.contains(k))
         .collect();
     if unknown.is_empty() {
+        // Dropped only now, so `start=&start=x` is still a repeat.
+        map.retain(|_, value| !value.is_empty());
         return Ok(map);
     }
     unknown.sort_unstable();

@@ -683,6 +683,8 @@ struct OrdersReport {
     first_error: Option<String>,
     orders: u64,
     refused: u64,
+    /// Acknowledged orders by the status their `order_ack` gave.
+    statuses: std::collections::BTreeMap<String, u64>,
     seconds: f64,
     orders_per_second: f64,
     p50_ms: f64,
@@ -756,6 +758,7 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         first_error: summary.first_error.clone(),
         orders: summary.acked,
         refused: summary.refused,
+        statuses: summary.statuses.clone(),
         seconds,
         orders_per_second: summary.acked as f64 / seconds.max(1e-9),
         p50_ms: summary.p50_ms,
@@ -787,6 +790,7 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         "orders           {} acked, {} refused, {:.0}/s over {:.1} s",
         report.orders, report.refused, report.orders_per_second, report.seconds
     );
+    println!("ack statuses     {:?}", report.statuses);
     println!(
         "order -> ack ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
         report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms

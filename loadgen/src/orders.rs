@@ -3,6 +3,7 @@
 //! positions stay flat; limit orders rest far below the market and are cancelled after their
 //! acknowledgement (the cancel is not timed), so no user reaches the open-order limit.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub(crate) struct UserResult {
     pub(crate) refused: u64,
     pub(crate) latencies_us: Vec<u32>,
     pub(crate) error: Option<String>,
+    /// How many acknowledged orders had each status (`filled`, `new`, ...).
+    pub(crate) statuses: BTreeMap<String, u64>,
 }
 
 /// All users together.
@@ -54,6 +57,7 @@ pub(crate) struct OrderSummary {
     pub(crate) p99_ms: f64,
     pub(crate) p999_ms: f64,
     pub(crate) max_ms: f64,
+    pub(crate) statuses: BTreeMap<String, u64>,
 }
 
 pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
@@ -68,9 +72,13 @@ pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
         p99_ms: 0.0,
         p999_ms: 0.0,
         max_ms: 0.0,
+        statuses: BTreeMap::new(),
     };
     for result in results {
         summary.acked += result.acked;
+        for (status, count) in &result.statuses {
+            *summary.statuses.entry(status.clone()).or_default() += count;
+        }
         summary.refused += result.refused;
         if let Some(error) = &result.error {
             summary.failed_users += 1;
@@ -169,8 +177,9 @@ pub(crate) async fn run_user(
         let message = serde_json::json!({"action": "order", "id": request_id, "data": data});
         let sent = Instant::now();
         match session.call(&message.to_string(), request_id).await {
-            Ok(Reply::Ack(order_id)) => {
+            Ok(Reply::Ack(order_id, status)) => {
                 result.acked += 1;
+                *result.statuses.entry(status).or_default() += 1;
                 result
                     .latencies_us
                     .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
@@ -201,8 +210,8 @@ pub(crate) async fn run_user(
 }
 
 enum Reply {
-    /// `order_ack`, with the order's id.
-    Ack(String),
+    /// `order_ack`, with the order's id and status.
+    Ack(String, String),
     /// An `error` answering the request.
     Refused(String),
 }
@@ -335,8 +344,10 @@ fn reply_for(bytes: &[u8], id: u64) -> Result<Option<Reply>, String> {
         }
         match item["T"].as_str() {
             Some("order_ack") => {
-                let order_id = item["order"]["id"].as_str().unwrap_or_default().to_owned();
-                return Ok(Some(Reply::Ack(order_id)));
+                let order = &item["order"];
+                let order_id = order["id"].as_str().unwrap_or_default().to_owned();
+                let status = order["status"].as_str().unwrap_or("unknown").to_owned();
+                return Ok(Some(Reply::Ack(order_id, status)));
             }
             Some("error") => return Ok(Some(Reply::Refused(item.to_string()))),
             _ => {}
@@ -351,8 +362,10 @@ mod tests {
 
     #[test]
     fn replies_are_matched_by_request_id() {
-        let ack = br#"[{"T":"t","S":"AAPL"},{"T":"order_ack","id":7,"order":{"id":"o-1"}}]"#;
-        assert!(matches!(reply_for(ack, 7), Ok(Some(Reply::Ack(id))) if id == "o-1"));
+        let ack = br#"[{"T":"t","S":"AAPL"},{"T":"order_ack","id":7,"order":{"id":"o-1","status":"filled"}}]"#;
+        assert!(
+            matches!(reply_for(ack, 7), Ok(Some(Reply::Ack(id, status))) if id == "o-1" && status == "filled")
+        );
         assert!(matches!(reply_for(ack, 8), Ok(None)));
         let refused = br#"[{"T":"error","id":"9","code":40310000,"msg":"no"}]"#;
         assert!(matches!(reply_for(refused, 9), Ok(Some(Reply::Refused(_)))));
@@ -365,6 +378,7 @@ mod tests {
             UserResult {
                 acked: 2,
                 latencies_us: vec![1000, 3000],
+                statuses: BTreeMap::from([("filled".to_owned(), 2)]),
                 ..UserResult::default()
             },
             UserResult {
@@ -375,6 +389,7 @@ mod tests {
         let summary = summarize(&results);
         assert_eq!(summary.acked, 2);
         assert_eq!(summary.failed_users, 1);
+        assert_eq!(summary.statuses.get("filled"), Some(&2));
         assert_eq!(summary.first_error.as_deref(), Some("read failed"));
         assert!(summary.p50_ms >= 0.999 && summary.max_ms <= 3.01);
     }

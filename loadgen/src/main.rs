@@ -6,6 +6,7 @@
 mod client;
 mod floor;
 mod http;
+mod orders;
 mod publish;
 mod sse;
 mod stats;
@@ -26,9 +27,12 @@ use crate::stats::{DeliverySummary, ProcSample, USER_HZ, summarize};
 
 const USAGE: &str = "usage: tickgate-loadgen [options]
 
-  --mode fanout|idle|floor|sink
+  --mode fanout|idle|floor|sink|orders
                               fanout: publish and measure delivery (default);
                               idle: hold connections and measure memory per connection;
+                              orders: --users users, one WebSocket session each (at
+                              --subscribe-url, e.g. http://HOST/v1/stream), each sending one
+                              order at a time for --duration; measures send -> order_ack;
                               floor: write a frame to each of --subscribers connections to a
                               sink per message and report this process's CPU per write (the
                               kernel's floor under any server); sink: accept --subscribers
@@ -36,6 +40,13 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
   --sink ADDR                 floor and sink modes: the sink's address (default 127.0.0.1:28479)
   --message-bytes B           floor mode: frame size (default 180, about an SSE trade)
   --transport sse|ws          subscriber protocol (default sse)
+  --users N                   orders mode: how many users (default 16), logged in as
+                              <user-prefix><i> (i from 0) with --password
+  --user-prefix TEXT          orders mode (default bench)
+  --password TEXT             orders mode (default demo-password)
+  --order-type market|limit   orders mode: market orders alternate buy and sell and fill;
+                              limit orders rest far below the market and are then cancelled
+                              (the cancel is not timed) (default market)
   --subscribe-url URL         default http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades
   --publish-url URL           default http://127.0.0.1:8080/v1/publish (Nchan: http://HOST/pub?id=CHAN)
   --token TOKEN               publish with Authorization: Bearer TOKEN
@@ -63,6 +74,7 @@ enum Mode {
     Idle,
     Floor,
     Sink,
+    Orders,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +103,10 @@ struct Options {
     label: String,
     json: Option<String>,
     check: bool,
+    users: usize,
+    user_prefix: String,
+    password: String,
+    order_type: orders::OrderType,
 }
 
 impl Default for Options {
@@ -120,6 +136,10 @@ impl Default for Options {
             label: String::new(),
             json: None,
             check: false,
+            users: 16,
+            user_prefix: "bench".into(),
+            password: "demo-password".into(),
+            order_type: orders::OrderType::Market,
         }
     }
 }
@@ -154,9 +174,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                     "idle" => Mode::Idle,
                     "floor" => Mode::Floor,
                     "sink" => Mode::Sink,
+                    "orders" => Mode::Orders,
                     _ => {
                         return Err(format!(
-                            "--mode is fanout, idle, floor or sink, got {value:?}"
+                            "--mode is fanout, idle, floor, sink or orders, got {value:?}"
                         ));
                     }
                 }
@@ -235,6 +256,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                 options.connect_concurrency = number::<usize>(&value, &flag)?.max(1)
             }
             "--threads" => options.threads = Some(number::<usize>(&value, &flag)?.max(1)),
+            "--users" => options.users = number::<usize>(&value, &flag)?.max(1),
+            "--user-prefix" => options.user_prefix = value,
+            "--password" => options.password = value,
+            "--order-type" => {
+                options.order_type = match value.as_str() {
+                    "market" => orders::OrderType::Market,
+                    "limit" => orders::OrderType::Limit,
+                    _ => return Err(format!("--order-type is market or limit, got {value:?}")),
+                }
+            }
             "--label" => options.label = value,
             "--json" => options.json = Some(value),
             _ => return Err(format!("unknown option {flag:?}")),
@@ -267,7 +298,7 @@ fn main() -> ExitCode {
             };
         }
         Mode::Floor => return run_floor(&options),
-        Mode::Fanout | Mode::Idle => {}
+        Mode::Fanout | Mode::Idle | Mode::Orders => {}
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -281,7 +312,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(options)) {
+    let outcome = if options.mode == Mode::Orders {
+        runtime.block_on(run_orders(options))
+    } else {
+        runtime.block_on(run(options))
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -636,6 +672,141 @@ async fn run(options: Options) -> Result<bool, String> {
     Ok(!options.check || healthy)
 }
 
+/// The figures of an orders run.
+#[derive(Debug, serde::Serialize)]
+struct OrdersReport {
+    label: String,
+    mode: &'static str,
+    order_type: &'static str,
+    users: usize,
+    failed_users: usize,
+    first_error: Option<String>,
+    orders: u64,
+    refused: u64,
+    /// Acknowledged orders by the status their `order_ack` gave.
+    statuses: std::collections::BTreeMap<String, u64>,
+    seconds: f64,
+    orders_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    server_cpu_seconds: Option<f64>,
+    server_cpu_us_per_order: Option<f64>,
+    loadgen_cpu_us_per_order: Option<f64>,
+}
+
+async fn run_orders(options: Options) -> Result<bool, String> {
+    let stream_url = Url::parse(&options.subscribe_url)?;
+    let address = resolve(&stream_url)?;
+    let plan = Arc::new(orders::OrderPlan {
+        stream_url,
+        address,
+        user_prefix: options.user_prefix.clone(),
+        password: options.password.clone(),
+        symbol: options.symbols[0].clone(),
+        order_type: options.order_type,
+        duration: options.duration,
+    });
+    let mut tokens = Vec::with_capacity(options.users);
+    for index in 0..options.users {
+        tokens.push(orders::login(&plan, index).await?);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(options.users + 1));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(index, token)| {
+            tokio::spawn(orders::run_user(
+                Arc::clone(&plan),
+                index,
+                token,
+                Arc::clone(&start),
+            ))
+        })
+        .collect();
+    start.wait().await;
+    let sample = || ProcSample::read_all(&options.server_pids).ok();
+    let server_start = (!options.server_pids.is_empty()).then(sample).flatten();
+    let own_start = ProcSample::read(std::process::id()).ok();
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.map_err(|e| format!("user task failed: {e}"))?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let server_end = (!options.server_pids.is_empty()).then(sample).flatten();
+    let own_end = ProcSample::read(std::process::id()).ok();
+    let summary = orders::summarize(&results);
+    let per_order = |a: Option<ProcSample>, b: Option<ProcSample>| match (a, b) {
+        (Some(a), Some(b)) if summary.acked > 0 => Some(
+            b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 * 1e6
+                / USER_HZ as f64
+                / summary.acked as f64,
+        ),
+        _ => None,
+    };
+    let report = OrdersReport {
+        label: options.label.clone(),
+        mode: "orders",
+        order_type: match options.order_type {
+            orders::OrderType::Market => "market",
+            orders::OrderType::Limit => "limit",
+        },
+        users: options.users,
+        failed_users: summary.failed_users,
+        first_error: summary.first_error.clone(),
+        orders: summary.acked,
+        refused: summary.refused,
+        statuses: summary.statuses.clone(),
+        seconds,
+        orders_per_second: summary.acked as f64 / seconds.max(1e-9),
+        p50_ms: summary.p50_ms,
+        p99_ms: summary.p99_ms,
+        p999_ms: summary.p999_ms,
+        max_ms: summary.max_ms,
+        server_cpu_seconds: match (server_start, server_end) {
+            (Some(a), Some(b)) => {
+                Some(b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / USER_HZ as f64)
+            }
+            _ => None,
+        },
+        server_cpu_us_per_order: per_order(server_start, server_end),
+        loadgen_cpu_us_per_order: per_order(own_start, own_end),
+    };
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+    println!("== {} (orders {}) ==", report.label, report.order_type);
+    println!(
+        "users            {} ({} failed{})",
+        report.users,
+        report.failed_users,
+        report
+            .first_error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "orders           {} acked, {} refused, {:.0}/s over {:.1} s",
+        report.orders, report.refused, report.orders_per_second, report.seconds
+    );
+    println!("ack statuses     {:?}", report.statuses);
+    println!(
+        "order -> ack ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms
+    );
+    println!(
+        "cpu per order    server {} us, loadgen {} us",
+        opt(report.server_cpu_us_per_order),
+        opt(report.loadgen_cpu_us_per_order)
+    );
+    if let Some(path) = &options.json {
+        let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+        append_line(path, &line).map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    Ok(!options.check || (summary.failed_users == 0 && summary.refused == 0 && summary.acked > 0))
+}
+
 fn print_report(r: &Report) {
     let opt = |v: Option<f64>, digits: usize| match v {
         Some(v) => format!("{v:.digits$}"),
@@ -738,6 +909,15 @@ mod tests {
         assert_eq!(options.headers, vec![("X-A".into(), "1".into())]);
         assert_eq!(options.symbols, vec!["AAPL", "MSFT"]);
         assert!(options.check);
+        let order_options = parse_args(args(
+            "--mode orders --users 4 --user-prefix u --password pw --order-type limit",
+        ))
+        .expect("valid orders options");
+        assert_eq!(order_options.mode, Mode::Orders);
+        assert_eq!(order_options.users, 4);
+        assert_eq!(order_options.user_prefix, "u");
+        assert_eq!(order_options.password, "pw");
+        assert_eq!(order_options.order_type, orders::OrderType::Limit);
     }
 
     #[test]
@@ -751,6 +931,8 @@ mod tests {
             ("--slow-fraction 1.5", "--slow-fraction"),
             ("--bogus 1", "--bogus"),
             ("--duration", "--duration"),
+            ("--order-type stop", "--order-type"),
+            ("--users x", "--users"),
         ] {
             let error = parse_args(args(line)).expect_err(line);
             assert!(error.contains(needle), "{line}: {error}");

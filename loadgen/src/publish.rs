@@ -128,7 +128,7 @@ impl Publisher {
 }
 
 /// Reads one complete response (Content-Length or chunked) from a keep-alive connection.
-async fn read_response(stream: &mut TcpStream) -> Result<(u16, Vec<u8>), String> {
+pub(crate) async fn read_response(stream: &mut TcpStream) -> Result<(u16, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head = loop {

@@ -1,0 +1,396 @@
+//! The order mode: N users, each on its own WebSocket session, each sending one order at a
+//! time (closed loop) and timing send → `order_ack`. Market orders alternate buy and sell so
+//! positions stay flat; limit orders rest far below the market and are cancelled after their
+//! acknowledgement (the cancel is not timed), so no user reaches the open-order limit.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::http::{Url, parse_head, request};
+use crate::publish::read_response;
+use crate::ws::{FrameDecoder, OPCODE_PONG, OPCODE_TEXT, WsEvent, client_frame};
+
+/// Market orders that fill at once, or limit orders that rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OrderType {
+    Market,
+    Limit,
+}
+
+/// What every user connects to and how it orders.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderPlan {
+    pub(crate) stream_url: Url,
+    pub(crate) address: SocketAddr,
+    pub(crate) user_prefix: String,
+    pub(crate) password: String,
+    pub(crate) symbol: String,
+    pub(crate) order_type: OrderType,
+    pub(crate) duration: Duration,
+}
+
+/// What one user did.
+#[derive(Debug, Default)]
+pub(crate) struct UserResult {
+    pub(crate) acked: u64,
+    /// Orders answered with an error instead of an `order_ack`.
+    pub(crate) refused: u64,
+    pub(crate) latencies_us: Vec<u32>,
+    pub(crate) error: Option<String>,
+    /// How many acknowledged orders had each status (`filled`, `new`, ...).
+    pub(crate) statuses: BTreeMap<String, u64>,
+}
+
+/// All users together.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OrderSummary {
+    pub(crate) acked: u64,
+    pub(crate) refused: u64,
+    pub(crate) failed_users: usize,
+    pub(crate) first_error: Option<String>,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) statuses: BTreeMap<String, u64>,
+}
+
+pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("constant histogram bounds are valid");
+    let mut summary = OrderSummary {
+        acked: 0,
+        refused: 0,
+        failed_users: 0,
+        first_error: None,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        p999_ms: 0.0,
+        max_ms: 0.0,
+        statuses: BTreeMap::new(),
+    };
+    for result in results {
+        summary.acked += result.acked;
+        for (status, count) in &result.statuses {
+            *summary.statuses.entry(status.clone()).or_default() += count;
+        }
+        summary.refused += result.refused;
+        if let Some(error) = &result.error {
+            summary.failed_users += 1;
+            summary.first_error.get_or_insert_with(|| error.clone());
+        }
+        for &latency in &result.latencies_us {
+            histogram.saturating_record(u64::from(latency.max(1)));
+        }
+    }
+    if !histogram.is_empty() {
+        let ms = |us: u64| us as f64 / 1000.0;
+        summary.p50_ms = ms(histogram.value_at_quantile(0.50));
+        summary.p99_ms = ms(histogram.value_at_quantile(0.99));
+        summary.p999_ms = ms(histogram.value_at_quantile(0.999));
+        summary.max_ms = ms(histogram.max());
+    }
+    summary
+}
+
+/// Logs user `index` in (`<prefix><index>`) and returns its access token.
+pub(crate) async fn login(plan: &OrderPlan, index: usize) -> Result<String, String> {
+    let url = Url {
+        host: plan.stream_url.host.clone(),
+        port: plan.stream_url.port,
+        path: "/v1/auth/token".into(),
+    };
+    let body = serde_json::json!({
+        "username": format!("{}{index}", plan.user_prefix),
+        "password": plan.password,
+    })
+    .to_string();
+    let mut stream = TcpStream::connect(plan.address)
+        .await
+        .map_err(|e| format!("login connect failed: {e}"))?;
+    let raw = request(
+        "POST",
+        &url,
+        &[("Connection", "close")],
+        Some(("application/json", body.as_bytes())),
+    );
+    stream
+        .write_all(&raw)
+        .await
+        .map_err(|e| format!("login write failed: {e}"))?;
+    let (status, body) = read_response(&mut stream).await?;
+    if status != 200 {
+        return Err(format!(
+            "login answered {status}: {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("login reply is not JSON: {e}"))?;
+    value["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "login reply has no access_token".into())
+}
+
+/// One user's session: opens the WebSocket, waits for `start`, then orders until the plan's
+/// duration has passed.
+pub(crate) async fn run_user(
+    plan: std::sync::Arc<OrderPlan>,
+    index: usize,
+    token: String,
+    start: std::sync::Arc<tokio::sync::Barrier>,
+) -> UserResult {
+    let mut result = UserResult::default();
+    let mut session = match Session::open(&plan, index, &token).await {
+        Ok(session) => session,
+        Err(error) => {
+            result.error = Some(error);
+            start.wait().await;
+            return result;
+        }
+    };
+    start.wait().await;
+    let started = Instant::now();
+    let mut request_id: u64 = 0;
+    while started.elapsed() < plan.duration {
+        request_id += 1;
+        let buy = request_id % 2 == 1;
+        let data = match plan.order_type {
+            OrderType::Market => serde_json::json!({
+                "symbol": plan.symbol, "qty": "1", "side": if buy { "buy" } else { "sell" },
+                "type": "market", "time_in_force": "day",
+            }),
+            OrderType::Limit => serde_json::json!({
+                "symbol": plan.symbol, "qty": "1", "side": "buy",
+                "type": "limit", "limit_price": "1.00", "time_in_force": "day",
+            }),
+        };
+        let message = serde_json::json!({"action": "order", "id": request_id, "data": data});
+        let sent = Instant::now();
+        match session.call(&message.to_string(), request_id).await {
+            Ok(Reply::Ack(order_id, status)) => {
+                result.acked += 1;
+                *result.statuses.entry(status).or_default() += 1;
+                result
+                    .latencies_us
+                    .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if plan.order_type == OrderType::Limit {
+                    request_id += 1;
+                    let cancel = serde_json::json!({
+                        "action": "cancel", "id": request_id, "order_id": order_id,
+                    });
+                    if let Err(error) = session.call(&cancel.to_string(), request_id).await {
+                        result.error = Some(error);
+                        break;
+                    }
+                }
+            }
+            Ok(Reply::Refused(text)) => {
+                result.refused += 1;
+                if result.error.is_none() && result.refused == 1 {
+                    eprintln!("user {index}: order refused: {text}");
+                }
+            }
+            Err(error) => {
+                result.error = Some(error);
+                break;
+            }
+        }
+    }
+    result
+}
+
+enum Reply {
+    /// `order_ack`, with the order's id and status.
+    Ack(String, String),
+    /// An `error` answering the request.
+    Refused(String),
+}
+
+struct Session {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    buffer: Vec<u8>,
+    mask_seed: u32,
+}
+
+impl Session {
+    async fn open(plan: &OrderPlan, index: usize, token: &str) -> Result<Session, String> {
+        let mut stream = TcpStream::connect(plan.address)
+            .await
+            .map_err(|e| format!("connect failed: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("set_nodelay: {e}"))?;
+        let authorization = format!("Bearer {token}");
+        let upgrade = crate::ws::upgrade_request(
+            &plan.stream_url,
+            &[("Authorization", authorization.as_str())],
+            index as u64,
+        );
+        stream
+            .write_all(&upgrade)
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        let mut buf = Vec::with_capacity(1024);
+        let head = loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read failed: {e}"))?;
+            if n == 0 {
+                return Err("server closed the connection during the handshake".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(head) = parse_head(&buf).map_err(|e| e.to_string())? {
+                break head;
+            }
+        };
+        if head.status != 101 {
+            return Err(format!("upgrade answered {}", head.status));
+        }
+        let mut decoder = FrameDecoder::default();
+        decoder
+            .feed(&buf[head.head_len..], &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        Ok(Session {
+            stream,
+            decoder,
+            buffer: vec![0u8; 16 * 1024],
+            mask_seed: index as u32,
+        })
+    }
+
+    /// Sends one action and reads until the reply that names `id` arrives.
+    async fn call(&mut self, message: &str, id: u64) -> Result<Reply, String> {
+        self.mask_seed = self
+            .mask_seed
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        self.stream
+            .write_all(&client_frame(
+                OPCODE_TEXT,
+                message.as_bytes(),
+                self.mask_seed.to_le_bytes(),
+            ))
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        loop {
+            let n = self
+                .stream
+                .read(&mut self.buffer)
+                .await
+                .map_err(|e| format!("read failed: {e}"))?;
+            if n == 0 {
+                return Err("server closed the connection".into());
+            }
+            let mut reply = None;
+            let mut pongs = Vec::new();
+            let mut bad = None;
+            self.decoder
+                .feed(&self.buffer[..n], &mut |event| match event {
+                    WsEvent::Message(bytes) => {
+                        if reply.is_none() {
+                            match reply_for(bytes, id) {
+                                Ok(found) => reply = found,
+                                Err(error) => bad = Some(error),
+                            }
+                        }
+                    }
+                    WsEvent::Ping(payload) => {
+                        pongs.extend_from_slice(&client_frame(OPCODE_PONG, payload, [1, 2, 3, 4]))
+                    }
+                    WsEvent::Close => bad = Some("server closed the session".into()),
+                })
+                .map_err(|e| e.to_string())?;
+            if !pongs.is_empty() {
+                self.stream
+                    .write_all(&pongs)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+            }
+            if let Some(reply) = reply {
+                return Ok(reply);
+            }
+            if let Some(error) = bad {
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// The reply to request `id` in one server message (a JSON array of `T`-tagged objects).
+fn reply_for(bytes: &[u8], id: u64) -> Result<Option<Reply>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("server message is not JSON: {e}"))?;
+    let Some(items) = value.as_array() else {
+        return Err("server message is not an array".into());
+    };
+    for item in items {
+        let answers = item["id"].as_u64() == Some(id)
+            || item["id"].as_str().and_then(|s| s.parse().ok()) == Some(id);
+        if !answers {
+            continue;
+        }
+        match item["T"].as_str() {
+            Some("order_ack") => {
+                let order = &item["order"];
+                let order_id = order["id"].as_str().unwrap_or_default().to_owned();
+                let status = order["status"].as_str().unwrap_or("unknown").to_owned();
+                return Ok(Some(Reply::Ack(order_id, status)));
+            }
+            Some("error") => return Ok(Some(Reply::Refused(item.to_string()))),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_matched_by_request_id() {
+        let ack = br#"[{"T":"t","S":"AAPL"},{"T":"order_ack","id":7,"order":{"id":"o-1","status":"filled"}}]"#;
+        assert!(
+            matches!(reply_for(ack, 7), Ok(Some(Reply::Ack(id, status))) if id == "o-1" && status == "filled")
+        );
+        assert!(matches!(reply_for(ack, 8), Ok(None)));
+        let refused = br#"[{"T":"error","id":"9","code":40310000,"msg":"no"}]"#;
+        assert!(matches!(reply_for(refused, 9), Ok(Some(Reply::Refused(_)))));
+        assert!(reply_for(b"{}", 1).is_err());
+    }
+
+    #[test]
+    fn the_summary_counts_every_user() {
+        let results = [
+            UserResult {
+                acked: 2,
+                latencies_us: vec![1000, 3000],
+                statuses: BTreeMap::from([("filled".to_owned(), 2)]),
+                ..UserResult::default()
+            },
+            UserResult {
+                error: Some("read failed".into()),
+                ..UserResult::default()
+            },
+        ];
+        let summary = summarize(&results);
+        assert_eq!(summary.acked, 2);
+        assert_eq!(summary.failed_users, 1);
+        assert_eq!(summary.statuses.get("filled"), Some(&2));
+        assert_eq!(summary.first_error.as_deref(), Some("read failed"));
+        assert!(summary.p50_ms >= 0.999 && summary.max_ms <= 3.01);
+    }
+}

@@ -78,9 +78,7 @@ async fn token(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(auth_error)?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(issued))
+    Ok(crate::routes::credential(HttpResponse::Ok(), issued))
 }
 
 async fn refresh(
@@ -89,9 +87,7 @@ async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     let identity = bearer_identity(&request, &state)?;
     let issued = state.auth.refresh_token(&identity).map_err(auth_error)?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(issued))
+    Ok(crate::routes::credential(HttpResponse::Ok(), issued))
 }
 
 async fn order_by_client_id(
@@ -114,9 +110,7 @@ async fn ticket(
 ) -> Result<HttpResponse, ApiError> {
     let identity = bearer_identity(&request, &state)?;
     let issued = state.auth.issue_ticket(&identity).map_err(auth_error)?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(issued))
+    Ok(crate::routes::credential(HttpResponse::Ok(), issued))
 }
 
 async fn account(

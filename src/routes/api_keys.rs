@@ -64,9 +64,7 @@ async fn issue(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         .issue(&identity.user)
         .await
         .map_err(api_key_error)?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(issued))
+    Ok(crate::routes::credential(HttpResponse::Created(), issued))
 }
 
 async fn list(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -131,6 +131,17 @@ fn method_not_allowed_json<B: actix_web::body::MessageBody>(
     ))
 }
 
+/// A response carrying a credential (a token, a ticket, a new API secret): JSON that no
+/// cache, shared or private, may keep.
+pub fn credential(
+    mut response: actix_web::HttpResponseBuilder,
+    body: impl serde::Serialize,
+) -> HttpResponse {
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body)
+}
+
 /// CORS for the public API from the configured origin allowlist.
 pub fn cors(state: &AppState) -> Cors {
     let origins = &state.settings.server.allowed_origins;

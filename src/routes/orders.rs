@@ -55,6 +55,11 @@ impl Desk {
         self.trading.replace(&self.user, target, patch).await
     }
 
+    /// The user's account and positions, marked to market.
+    pub async fn portfolio(&self) -> Result<crate::trading::api::Portfolio, OrderError> {
+        self.trading.portfolio(&self.user).await
+    }
+
     pub async fn cancel(&self, target: OrderRef) -> Result<Order, OrderError> {
         self.trading.cancel(&self.user, target).await
     }

@@ -253,11 +253,7 @@ async fn account(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let desk = Desk::of(&request, &state)?;
-    let portfolio = desk
-        .trading
-        .portfolio(&desk.user)
-        .await
-        .map_err(order_error)?;
+    let portfolio = desk.portfolio().await.map_err(order_error)?;
     Ok(HttpResponse::Ok().json(shapes::account(
         &desk.user,
         &portfolio,
@@ -270,11 +266,7 @@ async fn positions(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let desk = Desk::of(&request, &state)?;
-    let portfolio = desk
-        .trading
-        .portfolio(&desk.user)
-        .await
-        .map_err(order_error)?;
+    let portfolio = desk.portfolio().await.map_err(order_error)?;
     let body: Vec<Value> = portfolio.positions.iter().map(shapes::position).collect();
     Ok(HttpResponse::Ok().json(body))
 }
@@ -287,11 +279,7 @@ async fn position(
 ) -> Result<HttpResponse, ApiError> {
     let desk = Desk::of(&request, &state)?;
     let wanted = path.into_inner();
-    let portfolio = desk
-        .trading
-        .portfolio(&desk.user)
-        .await
-        .map_err(order_error)?;
+    let portfolio = desk.portfolio().await.map_err(order_error)?;
     let found = portfolio.positions.iter().find(|p| {
         p.symbol.eq_ignore_ascii_case(&wanted)
             || shapes::asset_id(&p.symbol).to_string() == wanted.to_ascii_lowercase()

@@ -50,7 +50,7 @@ use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
 pub use settings::HubConfig;
-pub use throttle::{InvalidMaxRate, MaxRate, Throttle};
+pub use throttle::{InvalidMaxRate, MaxRate, Pacer, Throttle};
 
 /// The public feeds, each with its own sequence and replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

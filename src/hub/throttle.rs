@@ -21,10 +21,13 @@
 //!   delivered or replaced by a newer one of its symbol and kind that was.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::Feed;
 use super::entry::Entry;
@@ -284,6 +287,67 @@ impl Throttle {
         let steps = offset.div_ceil(step);
         let nanos = u64::try_from(steps * step).unwrap_or(u64::MAX);
         self.origin + Duration::from_nanos(nanos)
+    }
+}
+
+/// A [`Throttle`] with the timer that ends its windows, for a connection that polls: the
+/// connection drains its queue into [`Pacer::throttle`], releases, calls [`Pacer::rearm`], and
+/// polls [`Pacer::poll_due`] beside its queue. Only throttled connections carry one.
+#[derive(Debug)]
+pub struct Pacer {
+    pub throttle: Throttle,
+    /// Boxed once and reset after, so a release costs no allocation.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Pacer {
+    pub fn new(throttle: Throttle) -> Pacer {
+        Pacer {
+            throttle,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Ready once when the next window end armed by [`Pacer::rearm`] has come; pending (with
+    /// the waker registered) before, and pending with nothing registered when nothing is held.
+    pub fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            return Poll::Pending;
+        }
+        let Some(timer) = self.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            self.armed = false;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Points the timer at the throttle's next window end (or disarms it when nothing is
+    /// held). Call after every release; poll [`Pacer::poll_due`] after it to register.
+    pub fn rearm(&mut self) {
+        match self.throttle.next_release() {
+            Some(due) => {
+                match self.timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(due),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                }
+                self.armed = true;
+            }
+            None => self.armed = false,
+        }
+    }
+
+    /// When the timer will fire, if armed.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.armed {
+            self.timer.as_ref().map(|timer| timer.deadline())
+        } else {
+            None
+        }
     }
 }
 

@@ -62,6 +62,7 @@ mod sse {
     mod restart;
     mod restart_under_load;
     mod smoke;
+    mod throttled;
 }
 
 mod store {

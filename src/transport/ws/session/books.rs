@@ -8,8 +8,14 @@
 //!   mixes deltas from before its snapshot into what follows.
 //! - An idle market-data connection carries no book channel: it is created with the first
 //!   order-book subscription.
+//! - With a `max_rate` each book sends at most one delta per window: the deltas of the window
+//!   merged ([`MergedDelta`], each level at its latest size, zero for removed), which applied
+//!   to the book the client holds gives exactly the book after the newest of them. A quiet
+//!   book's first delta goes out at once; snapshots are never held, and a new snapshot drops
+//!   the merged deltas it already contains.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
@@ -17,7 +23,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::error::ErrorCode;
-use crate::trading::api::{BookUpdate, TradingApi};
+use crate::hub::MaxRate;
+use crate::trading::api::{BookLevels, BookUpdate, TradingApi};
 
 use super::WsSession;
 use super::frames::{Output, array, error_frame};
@@ -51,6 +58,46 @@ pub(super) struct Books {
     seq: HashMap<String, u64>,
     next_generation: u64,
     channel: Option<BookChannel>,
+    /// The `max_rate` of order books, and each throttled book's window and merged deltas.
+    rate: Option<MaxRate>,
+    paced: HashMap<String, BookPace>,
+}
+
+/// The deltas of one book over a window, merged: each level at its latest size (zero when
+/// removed). Deltas carry absolute sizes, so applying the merge equals applying them in turn.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct MergedDelta {
+    bids: BTreeMap<rust_decimal::Decimal, rust_decimal::Decimal>,
+    asks: BTreeMap<rust_decimal::Decimal, rust_decimal::Decimal>,
+    t: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl MergedDelta {
+    pub(super) fn add(&mut self, update: &BookUpdate) {
+        self.bids.extend(update.bids.iter().copied());
+        self.asks.extend(update.asks.iter().copied());
+        self.t = Some(update.t);
+    }
+
+    /// The merged delta of `symbol`, each side best first as the exchange sends them.
+    pub(super) fn into_update(self, symbol: &str) -> BookUpdate {
+        let bids: BookLevels = self.bids.into_iter().rev().collect();
+        let asks: BookLevels = self.asks.into_iter().collect();
+        BookUpdate {
+            symbol: symbol.to_owned(),
+            snapshot: false,
+            bids,
+            asks,
+            t: self.t.unwrap_or_default(),
+        }
+    }
+}
+
+/// One throttled book: when its window ends, and what waits for it.
+#[derive(Debug)]
+struct BookPace {
+    open_at: tokio::time::Instant,
+    pending: Option<MergedDelta>,
 }
 
 impl Books {
@@ -80,6 +127,65 @@ impl Books {
             map.insert("snapshot".into(), Value::Bool(true));
         }
         object.to_string()
+    }
+}
+
+impl Books {
+    /// Sets or removes the order-book `max_rate`; removing it sends what waits at the next
+    /// release.
+    pub(super) fn set_rate(&mut self, rate: Option<MaxRate>) {
+        self.rate = rate;
+        if rate.is_none() {
+            for pace in self.paced.values_mut() {
+                pace.open_at = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    /// When the next throttled book's window ends with a merged delta waiting.
+    pub(super) fn next_release(&self) -> Option<tokio::time::Instant> {
+        self.paced
+            .values()
+            .filter(|pace| pace.pending.is_some())
+            .map(|pace| pace.open_at)
+            .min()
+    }
+
+    /// Takes a delta of a current book stream: returns it to send now, or merges it into the
+    /// book's window and returns `None`.
+    fn pace(&mut self, update: BookUpdate, now: tokio::time::Instant) -> Option<BookUpdate> {
+        let interval = self.rate?.interval();
+        let pace = self
+            .paced
+            .entry(update.symbol.clone())
+            .or_insert_with(|| BookPace {
+                open_at: now,
+                pending: None,
+            });
+        if pace.open_at <= now && pace.pending.is_none() {
+            pace.open_at = now + interval;
+            return Some(update);
+        }
+        pace.pending
+            .get_or_insert_with(MergedDelta::default)
+            .add(&update);
+        None
+    }
+
+    /// The merged deltas whose window has ended, each starting a new window.
+    fn release_due(&mut self, now: tokio::time::Instant) -> Vec<BookUpdate> {
+        let interval = self.rate.map_or(Duration::ZERO, MaxRate::interval);
+        let mut out = Vec::new();
+        for (symbol, pace) in &mut self.paced {
+            if pace.open_at <= now
+                && let Some(merged) = pace.pending.take()
+            {
+                pace.open_at = now + interval;
+                out.push(merged.into_update(symbol));
+            }
+        }
+        out.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        out
     }
 }
 
@@ -114,6 +220,7 @@ impl WsSession {
             if let Some(stream) = self.books.streams.remove(&symbol) {
                 stream.forwarder.abort();
             }
+            self.books.paced.remove(&symbol);
         }
         let added: Vec<String> = self
             .subs
@@ -140,6 +247,10 @@ impl WsSession {
                 return;
             }
         };
+        // The snapshot already holds whatever merged deltas were waiting.
+        if let Some(pace) = self.books.paced.get_mut(symbol) {
+            pace.pending = None;
+        }
         self.books.next_generation += 1;
         let generation = self.books.next_generation;
         let sender = self
@@ -235,6 +346,7 @@ impl WsSession {
     /// Frames `first` and whatever else is already forwarded (up to [`MAX_BATCH`]); a book
     /// whose deltas were lost is reopened with a snapshot.
     pub(super) fn on_book_messages(&mut self, first: BookMessage, out: &mut Vec<Output>) {
+        let now = tokio::time::Instant::now();
         let mut objects = Vec::new();
         let mut lagged = Vec::new();
         let mut next = Some(first);
@@ -245,8 +357,18 @@ impl WsSession {
                 .get(&message.symbol)
                 .is_some_and(|b| b.generation == message.generation);
             if current {
-                match &message.update {
-                    Some(update) => objects.push(self.books.object(update)),
+                match message.update {
+                    Some(update) => {
+                        if self.books.rate.is_none() || update.snapshot {
+                            // A snapshot replaces whatever merged deltas were waiting.
+                            if let Some(pace) = self.books.paced.get_mut(&update.symbol) {
+                                pace.pending = None;
+                            }
+                            objects.push(self.books.object(&update));
+                        } else if let Some(update) = self.books.pace(update, now) {
+                            objects.push(self.books.object(&update));
+                        }
+                    }
                     None => lagged.push(message.symbol.clone()),
                 }
             }
@@ -261,6 +383,7 @@ impl WsSession {
         if !objects.is_empty() {
             out.push(Output::frame(array(&objects)));
         }
+        self.on_books_due(out);
         let trading = std::sync::Arc::clone(&self.deps.trading);
         for symbol in lagged {
             // Deltas were lost: a fresh snapshot replaces the gap.
@@ -268,3 +391,19 @@ impl WsSession {
         }
     }
 }
+
+impl WsSession {
+    /// Sends the merged deltas of throttled books whose window has ended.
+    pub(super) fn on_books_due(&mut self, out: &mut Vec<Output>) {
+        let due = self.books.release_due(tokio::time::Instant::now());
+        if due.is_empty() {
+            return;
+        }
+        let objects: Vec<String> = due.iter().map(|update| self.books.object(update)).collect();
+        out.push(Output::frame(array(&objects)));
+    }
+}
+
+#[cfg(test)]
+#[path = "books_tests.rs"]
+mod tests;

@@ -85,5 +85,6 @@ mod ws {
     mod auth;
     mod protocol;
     mod resume;
+    mod throttled;
     mod trading;
 }

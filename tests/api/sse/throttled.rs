@@ -148,7 +148,9 @@ async fn a_burst_reaches_a_throttled_client_as_its_newest_trade_with_every_bar_a
     );
     // Nothing is held any more: the client's id is the feed's head, so a resume replays
     // nothing it has not seen.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // (Reading on for a moment takes in the id-only block that may end the last write.)
+    let more = tokio::time::timeout(Duration::from_millis(1500), client.next_event()).await;
+    assert!(more.is_err(), "nothing more to deliver: {more:?}");
     assert_eq!(
         client.last_id.as_deref(),
         Some(app.state.hub.cursor(Feed::Market).to_string().as_str())

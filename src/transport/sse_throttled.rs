@@ -123,7 +123,7 @@ impl ThrottledSse {
             out.put_slice(&sse_close(reason, self.hub.cursor(self.feed)));
         }
         self.metrics.delivered(Transport::Sse, count as u64);
-        self.metrics.conflated.fetch_add(
+        self.metrics.throttled.fetch_add(
             self.pacer.throttle.take_replaced(),
             std::sync::atomic::Ordering::Relaxed,
         );

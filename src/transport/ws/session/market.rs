@@ -270,7 +270,7 @@ impl MarketState {
                 pacer.rearm();
             }
             self.metrics
-                .conflated
+                .throttled
                 .fetch_add(pacer.throttle.take_replaced(), Ordering::Relaxed);
         }
         for entry in released.drain(..) {

@@ -110,6 +110,9 @@ pub struct Throttle {
     slots: HashMap<SymbolId, SymbolSlot>,
     /// Symbols holding something, to release when their window ends.
     waiting: Vec<SymbolId>,
+    /// The earliest window end among `waiting`, so a drain between window ends (the usual
+    /// case for a busy subscription) releases without visiting every held symbol.
+    earliest: Option<Instant>,
     /// Entries that go out with the next release whatever the windows say.
     ready: Vec<Arc<Entry>>,
     /// The highest sequence of the market feed taken in.
@@ -130,6 +133,7 @@ impl Throttle {
             origin: now,
             slots: HashMap::new(),
             waiting: Vec::new(),
+            earliest: None,
             ready: Vec::new(),
             seen: cursor,
             replaced: 0,
@@ -185,6 +189,8 @@ impl Throttle {
                 if !slot.waiting {
                     slot.waiting = true;
                     self.waiting.push(symbol);
+                    let open_at = slot.open_at;
+                    self.earliest = Some(self.earliest.map_or(open_at, |e| e.min(open_at)));
                 }
             }
             // Bars and statuses wait only behind a trade or quote of their own symbol.
@@ -200,6 +206,11 @@ impl Throttle {
     pub fn release(&mut self, now: Instant, out: &mut Vec<Arc<Entry>>) {
         let start = out.len();
         out.append(&mut self.ready);
+        if self.earliest.is_none_or(|earliest| earliest > now) {
+            out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+            return;
+        }
+        let mut earliest: Option<Instant> = None;
         let mut index = 0;
         while index < self.waiting.len() {
             let symbol = self.waiting[index];
@@ -208,6 +219,9 @@ impl Throttle {
                 .get(&symbol)
                 .is_none_or(|slot| slot.open_at <= now);
             if !due {
+                if let Some(slot) = self.slots.get(&symbol) {
+                    earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
+                }
                 index += 1;
                 continue;
             }
@@ -226,6 +240,7 @@ impl Throttle {
                 }
             }
         }
+        self.earliest = earliest;
         out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
     }
 
@@ -234,6 +249,7 @@ impl Throttle {
     pub fn release_all(&mut self, out: &mut Vec<Arc<Entry>>) {
         let start = out.len();
         out.append(&mut self.ready);
+        self.earliest = None;
         for symbol in self.waiting.drain(..) {
             if let Some(slot) = self.slots.get_mut(&symbol) {
                 slot.waiting = false;
@@ -250,11 +266,7 @@ impl Throttle {
         if !self.ready.is_empty() {
             return Some(self.origin);
         }
-        self.waiting
-            .iter()
-            .filter_map(|symbol| self.slots.get(symbol))
-            .map(|slot| slot.open_at)
-            .min()
+        self.earliest
     }
 
     /// The market-feed sequence a client may resume after: everything at or below it was

@@ -230,3 +230,101 @@ impl Drop for ThrottledSse {
         self.metrics.connection_closed(Transport::Sse);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Filter, HubSettings};
+    use crate::market::{MarketEvent, SymbolUniverse, Trade};
+    use std::task::Waker;
+    use std::time::Duration;
+
+    fn trade(symbol: &str, id: u64) -> MarketEvent {
+        MarketEvent::Trade(Trade {
+            symbol: symbol.into(),
+            id,
+            venue: "V".into(),
+            price: 10.0,
+            size: 1.0,
+            time: chrono::DateTime::from_timestamp(1_700_000_000 + id as i64, 0)
+                .unwrap_or_default(),
+            conditions: vec![],
+        })
+    }
+
+    fn poll(body: &mut ThrottledSse) -> Option<String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(body).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Poll::Ready(_) => Some("<end>".into()),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_lose_their_id_until_the_resume_point_moves_and_a_close_flushes_what_is_held() {
+        let hub = Arc::new(Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT"]),
+            HubSettings::default(),
+            Arc::new(Metrics::default()),
+            7,
+        ));
+        let queue = hub.new_queue();
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+        let rate = MaxRate::new(2).expect("valid");
+        let mut body = ThrottledSse::new(
+            Arc::clone(&queue),
+            rate,
+            Bytes::from_static(b"retry: 1\n\n"),
+            Vec::new(),
+            0,
+            Arc::clone(hub.metrics()),
+            Arc::clone(&hub),
+            Feed::Market,
+        );
+        assert_eq!(poll(&mut body).as_deref(), Some("retry: 1\n\n"));
+        assert_eq!(poll(&mut body), None);
+        hub.publish_event(trade("AAPL", 1)).expect("valid");
+        let first = poll(&mut body).expect("the first trade at once");
+        assert!(first.starts_with("id: 7-1\nevent: trade\n"), "{first}");
+        // AAPL's window runs for half a second; MSFT is quiet.
+        hub.publish_event(trade("AAPL", 2)).expect("valid");
+        hub.publish_event(trade("AAPL", 3)).expect("valid");
+        hub.publish_event(trade("MSFT", 4)).expect("valid");
+        let msft = poll(&mut body).expect("MSFT at once");
+        assert!(
+            msft.starts_with("event: trade\n") && msft.contains("\"MSFT\""),
+            "{msft}"
+        );
+        // Trade 2 was replaced by the held trade 3, so the resume point may pass 2 but not 3.
+        assert!(msft.ends_with("\n\nid: 7-2\n\n"), "{msft}");
+        assert_eq!(poll(&mut body), None);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert_eq!(poll(&mut body), None, "the window has not ended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let released = poll(&mut body).expect("the window ended");
+        assert!(
+            released.starts_with("event: trade\n") && released.contains("\"i\":3"),
+            "{released}"
+        );
+        assert!(!released.contains("\"i\":2"), "trade 2 was replaced");
+        assert!(released.ends_with("\nid: 7-4\n\n"), "{released}");
+        // A close sends what is held first, then the shutdown status with the head as its id.
+        hub.publish_event(trade("AAPL", 5)).expect("valid");
+        assert_eq!(poll(&mut body), None, "held: AAPL's window runs again");
+        hub.shut_down();
+        let last = poll(&mut body).expect("the close");
+        let trade_at = last.find("\"i\":5").expect("trade 5 flushed");
+        let status_at = last
+            .find("id: 7-5\nevent: status")
+            .expect("shutdown status");
+        assert!(trade_at < status_at, "{last}");
+        assert_eq!(poll(&mut body).as_deref(), Some("<end>"));
+        assert_eq!(
+            hub.metrics()
+                .throttled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -58,7 +58,14 @@ pub(super) struct Books {
     seq: HashMap<String, u64>,
     next_generation: u64,
     channel: Option<BookChannel>,
-    /// The `max_rate` of order books, and each throttled book's window and merged deltas.
+    /// Throttled books (`max_rate`); boxed, so a session without one carries a pointer.
+    pacing: Option<Box<BookPacing>>,
+}
+
+/// The order-book `max_rate` (`None` once removed, until what it held went out) and each
+/// throttled book's window and merged deltas.
+#[derive(Debug, Default)]
+struct BookPacing {
     rate: Option<MaxRate>,
     paced: HashMap<String, BookPace>,
 }
@@ -134,17 +141,41 @@ impl Books {
     /// Sets or removes the order-book `max_rate`; removing it sends what waits at the next
     /// release.
     pub(super) fn set_rate(&mut self, rate: Option<MaxRate>) {
-        self.rate = rate;
-        if rate.is_none() {
-            for pace in self.paced.values_mut() {
-                pace.open_at = tokio::time::Instant::now();
+        match (rate, self.pacing.as_mut()) {
+            (Some(_), _) => self.pacing.get_or_insert_with(Box::default).rate = rate,
+            (None, Some(pacing)) => {
+                pacing.rate = None;
+                let now = tokio::time::Instant::now();
+                for pace in pacing.paced.values_mut() {
+                    pace.open_at = now;
+                }
             }
+            (None, None) => {}
+        }
+    }
+
+    fn throttled(&self) -> bool {
+        self.pacing
+            .as_ref()
+            .is_some_and(|pacing| pacing.rate.is_some())
+    }
+
+    /// Forgets the merged deltas waiting for `symbol` (a snapshot holds them already).
+    fn drop_pending(&mut self, symbol: &str) {
+        if let Some(pace) = self
+            .pacing
+            .as_mut()
+            .and_then(|pacing| pacing.paced.get_mut(symbol))
+        {
+            pace.pending = None;
         }
     }
 
     /// When the next throttled book's window ends with a merged delta waiting.
     pub(super) fn next_release(&self) -> Option<tokio::time::Instant> {
-        self.paced
+        self.pacing
+            .as_ref()?
+            .paced
             .values()
             .filter(|pace| pace.pending.is_some())
             .map(|pace| pace.open_at)
@@ -154,8 +185,13 @@ impl Books {
     /// Takes a delta of a current book stream: returns it to send now, or merges it into the
     /// book's window and returns `None`.
     fn pace(&mut self, update: BookUpdate, now: tokio::time::Instant) -> Option<BookUpdate> {
-        let interval = self.rate?.interval();
-        let pace = self
+        let Some(pacing) = self.pacing.as_mut() else {
+            return Some(update);
+        };
+        let Some(rate) = pacing.rate else {
+            return Some(update);
+        };
+        let pace = pacing
             .paced
             .entry(update.symbol.clone())
             .or_insert_with(|| BookPace {
@@ -163,7 +199,7 @@ impl Books {
                 pending: None,
             });
         if pace.open_at <= now && pace.pending.is_none() {
-            pace.open_at = now + interval;
+            pace.open_at = now + rate.interval();
             return Some(update);
         }
         pace.pending
@@ -174,15 +210,22 @@ impl Books {
 
     /// The merged deltas whose window has ended, each starting a new window.
     fn release_due(&mut self, now: tokio::time::Instant) -> Vec<BookUpdate> {
-        let interval = self.rate.map_or(Duration::ZERO, MaxRate::interval);
+        let Some(pacing) = self.pacing.as_mut() else {
+            return Vec::new();
+        };
+        let interval = pacing.rate.map_or(Duration::ZERO, MaxRate::interval);
         let mut out = Vec::new();
-        for (symbol, pace) in &mut self.paced {
+        for (symbol, pace) in &mut pacing.paced {
             if pace.open_at <= now
                 && let Some(merged) = pace.pending.take()
             {
                 pace.open_at = now + interval;
                 out.push(merged.into_update(symbol));
             }
+        }
+        if pacing.rate.is_none() && pacing.paced.values().all(|pace| pace.pending.is_none()) {
+            // The rate was removed and what it held is out.
+            self.pacing = None;
         }
         out.sort_by(|a, b| a.symbol.cmp(&b.symbol));
         out
@@ -220,7 +263,9 @@ impl WsSession {
             if let Some(stream) = self.books.streams.remove(&symbol) {
                 stream.forwarder.abort();
             }
-            self.books.paced.remove(&symbol);
+            if let Some(pacing) = self.books.pacing.as_mut() {
+                pacing.paced.remove(&symbol);
+            }
         }
         let added: Vec<String> = self
             .subs
@@ -248,9 +293,7 @@ impl WsSession {
             }
         };
         // The snapshot already holds whatever merged deltas were waiting.
-        if let Some(pace) = self.books.paced.get_mut(symbol) {
-            pace.pending = None;
-        }
+        self.books.drop_pending(symbol);
         self.books.next_generation += 1;
         let generation = self.books.next_generation;
         let sender = self
@@ -359,11 +402,9 @@ impl WsSession {
             if current {
                 match message.update {
                     Some(update) => {
-                        if self.books.rate.is_none() || update.snapshot {
+                        if !self.books.throttled() || update.snapshot {
                             // A snapshot replaces whatever merged deltas were waiting.
-                            if let Some(pace) = self.books.paced.get_mut(&update.symbol) {
-                                pace.pending = None;
-                            }
+                            self.books.drop_pending(&update.symbol);
                             objects.push(self.books.object(&update));
                         } else if let Some(update) = self.books.pace(update, now) {
                             objects.push(self.books.object(&update));

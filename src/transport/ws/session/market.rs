@@ -106,9 +106,15 @@ pub struct MarketState {
     metrics: Arc<Metrics>,
     /// A keep-alive tick was drained since [`MarketState::deliver_into`] last said so.
     heartbeat: bool,
-    /// The throttle of a `max_rate` subscription, with its timer.
-    pacer: Option<Box<Pacer>>,
-    /// What the throttle released (or held when its rate was removed), to frame next.
+    /// The throttle of a `max_rate` subscription; boxed, so an unthrottled session carries
+    /// one pointer for it.
+    throttle: Option<Box<MarketThrottle>>,
+}
+
+/// A session's `max_rate` state: the throttle with its timer (`None` once the rate was
+/// removed) and what it released, or held when its rate was removed, to frame next.
+struct MarketThrottle {
+    pacer: Option<Pacer>,
     released: Vec<Arc<Entry>>,
 }
 
@@ -130,8 +136,7 @@ impl MarketState {
             wanted: MarketSubs::default(),
             metrics,
             heartbeat: false,
-            pacer: None,
-            released: Vec::new(),
+            throttle: None,
         }
     }
 
@@ -144,8 +149,9 @@ impl MarketState {
     /// polled, so the one still pending has its waker registered.
     pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         let due = self
-            .pacer
+            .throttle
             .as_mut()
+            .and_then(|throttle| throttle.pacer.as_mut())
             .is_some_and(|pacer| pacer.poll_due(cx).is_ready());
         if self.queue.poll_notified(cx).is_ready() || due {
             return std::task::Poll::Ready(());
@@ -156,21 +162,31 @@ impl MarketState {
     /// When the throttle's next window ends, if it holds anything (for the session's own
     /// loop, when the transport does not serve market data).
     pub(super) fn next_release(&self) -> Option<tokio::time::Instant> {
-        self.pacer.as_ref().and_then(|pacer| pacer.deadline())
+        self.throttle
+            .as_ref()
+            .and_then(|throttle| throttle.pacer.as_ref())
+            .and_then(Pacer::deadline)
     }
 
     /// Sets or removes the market-data `max_rate`. Removing it hands what the throttle held
     /// to the next delivery.
     pub(super) fn set_max_rate(&mut self, rate: Option<MaxRate>) {
-        match (rate, self.pacer.as_mut()) {
-            (Some(rate), Some(pacer)) => pacer.throttle.set_rate(rate),
+        let new_pacer = |rate| Pacer::new(Throttle::new(rate, tokio::time::Instant::now(), 0));
+        match (rate, self.throttle.as_mut()) {
+            (Some(rate), Some(throttle)) => match throttle.pacer.as_mut() {
+                Some(pacer) => pacer.throttle.set_rate(rate),
+                None => throttle.pacer = Some(new_pacer(rate)),
+            },
             (Some(rate), None) => {
-                let now = tokio::time::Instant::now();
-                self.pacer = Some(Box::new(Pacer::new(Throttle::new(rate, now, 0))));
+                self.throttle = Some(Box::new(MarketThrottle {
+                    pacer: Some(new_pacer(rate)),
+                    released: Vec::new(),
+                }));
             }
-            (None, Some(pacer)) => {
-                pacer.throttle.release_all(&mut self.released);
-                self.pacer = None;
+            (None, Some(throttle)) => {
+                if let Some(mut pacer) = throttle.pacer.take() {
+                    pacer.throttle.release_all(&mut throttle.released);
+                }
             }
             (None, None) => {}
         }
@@ -223,10 +239,12 @@ impl MarketState {
             });
         }
         let mut batch = Batch::default();
+        let encoding = self.encoding;
         // What a throttle held when its rate was removed: older than anything drained now.
-        let mut released = std::mem::take(&mut self.released);
-        for entry in released.drain(..) {
-            batch.add(entry, self.encoding);
+        if let Some(throttle) = self.throttle.as_mut() {
+            for entry in throttle.released.drain(..) {
+                batch.add(entry, encoding);
+            }
         }
         for item in items.drain(..) {
             let entry = match item {
@@ -253,30 +271,36 @@ impl MarketState {
             if !self.wanted.wants(&entry) {
                 continue;
             }
-            match self.pacer.as_mut() {
+            match self.throttle.as_mut().and_then(|t| t.pacer.as_mut()) {
                 Some(pacer) => pacer.throttle.take(entry),
-                None => batch.add(entry, self.encoding),
+                None => batch.add(entry, encoding),
             }
         }
         self.spare = items;
-        if let Some(pacer) = self.pacer.as_mut() {
-            if close.is_some() {
-                // The session ends: what the throttle held goes out before the close.
-                pacer.throttle.release_all(&mut released);
-            } else {
-                pacer
-                    .throttle
-                    .release(tokio::time::Instant::now(), &mut released);
-                pacer.rearm();
+        if let Some(throttle) = self.throttle.as_mut() {
+            let MarketThrottle { pacer, released } = &mut **throttle;
+            if let Some(pacer) = pacer.as_mut() {
+                if close.is_some() {
+                    // The session ends: what the throttle held goes out before the close.
+                    pacer.throttle.release_all(released);
+                } else {
+                    pacer
+                        .throttle
+                        .release(tokio::time::Instant::now(), released);
+                    pacer.rearm();
+                }
+                self.metrics
+                    .throttled
+                    .fetch_add(pacer.throttle.take_replaced(), Ordering::Relaxed);
             }
-            self.metrics
-                .throttled
-                .fetch_add(pacer.throttle.take_replaced(), Ordering::Relaxed);
+            for entry in released.drain(..) {
+                batch.add(entry, encoding);
+            }
+            if pacer.is_none() {
+                // The rate was removed and what it held is framed: back to one pointer.
+                self.throttle = None;
+            }
         }
-        for entry in released.drain(..) {
-            batch.add(entry, self.encoding);
-        }
-        self.released = released;
         let (pending, delivered) = batch.finish();
         if pending.is_some() {
             self.metrics.delivered(Transport::WebSocket, delivered);

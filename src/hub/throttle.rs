@@ -37,6 +37,9 @@ use crate::market::{EventKind, SymbolId};
 /// window, the resolution of the timers that end windows.
 pub const MAX_RATE_LIMIT: u16 = 1000;
 
+/// How often a throttle drops the slots of symbols whose window has ended.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// A valid `max_rate`: updates per second per symbol, 1 to [`MAX_RATE_LIMIT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxRate(u16);
@@ -113,6 +116,10 @@ pub struct Throttle {
     /// The earliest window end among `waiting`, so a drain between window ends (the usual
     /// case for a busy subscription) releases without visiting every held symbol.
     earliest: Option<Instant>,
+    /// When slots of symbols gone quiet are next dropped (a quiet symbol needs no slot: a
+    /// missing one is an ended window), so a `*` subscription does not keep one per symbol
+    /// it ever heard of.
+    next_sweep: Instant,
     /// Entries that go out with the next release whatever the windows say.
     ready: Vec<Arc<Entry>>,
     /// The highest sequence of the market feed taken in.
@@ -134,6 +141,7 @@ impl Throttle {
             slots: HashMap::new(),
             waiting: Vec::new(),
             earliest: None,
+            next_sweep: now + SWEEP_EVERY,
             ready: Vec::new(),
             seen: cursor,
             replaced: 0,
@@ -241,6 +249,11 @@ impl Throttle {
             }
         }
         self.earliest = earliest;
+        if now >= self.next_sweep {
+            self.slots
+                .retain(|_, slot| slot.waiting || slot.open_at > now);
+            self.next_sweep = now + SWEEP_EVERY;
+        }
         out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
     }
 

@@ -324,3 +324,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn slots_of_symbols_gone_quiet_are_dropped_and_a_dropped_slot_counts_as_quiet() {
+    let start = Instant::now();
+    let mut throttle = Throttle::new(rate(10), start, 0);
+    let mut out = Vec::new();
+    for symbol in 0..50 {
+        throttle.take(entry(u64::from(symbol) + 1, EventKind::Trade, Some(symbol)));
+    }
+    throttle.release(start, &mut out);
+    assert_eq!(out.len(), 50);
+    assert_eq!(throttle.slots.len(), 50);
+    // Long after: symbol 7 trades again; the sweep drops every other slot.
+    let later = start + Duration::from_secs(11);
+    out.clear();
+    throttle.take(entry(100, EventKind::Trade, Some(7)));
+    throttle.release(later, &mut out);
+    assert_eq!(seqs(&out), [100], "quiet, so at once");
+    assert_eq!(
+        throttle.slots.len(),
+        1,
+        "only symbol 7's running window is kept"
+    );
+    out.clear();
+    throttle.take(entry(101, EventKind::Trade, Some(8)));
+    throttle.release(later, &mut out);
+    assert_eq!(seqs(&out), [101], "a dropped slot is a quiet symbol");
+}

@@ -184,7 +184,10 @@ mod tests {
         for (id, user, cid) in [("o1", "ann", "a"), ("o2", "ann", "a"), ("o3", "bob", "a")] {
             insert(&connection, id, user, cid).expect("version 1 row");
         }
-        assert_eq!(migrate(&mut connection).expect("to the latest"), vec![2, 3, 4]);
+        assert_eq!(
+            migrate(&mut connection).expect("to the latest"),
+            vec![2, 3, 4]
+        );
         let repeats: Vec<String> = connection
             .prepare("SELECT id FROM orders WHERE client_order_id_repeat = 1")
             .and_then(|mut statement| {
@@ -220,12 +223,22 @@ mod tests {
                 .expect("a version 3 file");
         }
         // Version 3 rows: bob's first update was stored before ann's second.
-        for (user, seq, stored_at) in [("ann", 1, 100), ("bob", 1, 150), ("ann", 2, 200), ("bob", 2, 300)] {
+        for (user, seq, stored_at) in [
+            ("ann", 1, 100),
+            ("bob", 1, 150),
+            ("ann", 2, 200),
+            ("bob", 2, 300),
+        ] {
             connection
                 .execute(
                     "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
                      VALUES (?1, ?2, 'o', ?3, ?4)",
-                    rusqlite::params![user, seq, stored_at, format!("{{\"seq\":{seq},\"u\":\"{user}\"}}")],
+                    rusqlite::params![
+                        user,
+                        seq,
+                        stored_at,
+                        format!("{{\"seq\":{seq},\"u\":\"{user}\"}}")
+                    ],
                 )
                 .expect("version 3 update");
         }
@@ -234,17 +247,28 @@ mod tests {
             .prepare("SELECT username, seq, stored_at, body FROM trade_updates ORDER BY rowid")
             .and_then(|mut statement| {
                 statement
-                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+                    .query_map([], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
                     .and_then(|rows| rows.collect())
             })
             .expect("rows");
-        let expected: Vec<(String, i64, i64, String)> =
-            [("ann", 1, 100), ("bob", 1, 150), ("ann", 2, 200), ("bob", 2, 300)]
-                .into_iter()
-                .map(|(user, seq, at)| {
-                    (user.to_owned(), seq, at, format!("{{\"seq\":{seq},\"u\":\"{user}\"}}"))
-                })
-                .collect();
+        let expected: Vec<(String, i64, i64, String)> = [
+            ("ann", 1, 100),
+            ("bob", 1, 150),
+            ("ann", 2, 200),
+            ("bob", 2, 300),
+        ]
+        .into_iter()
+        .map(|(user, seq, at)| {
+            (
+                user.to_owned(),
+                seq,
+                at,
+                format!("{{\"seq\":{seq},\"u\":\"{user}\"}}"),
+            )
+        })
+        .collect();
         assert_eq!(rows, expected, "every row and body kept, oldest first");
         let time_index: Option<String> = connection
             .query_row(

@@ -368,9 +368,7 @@ async fn pruning_deletes_the_oldest_updates_first_and_never_leaves_a_hole_in_a_u
     // Stored more than an hour ago, except bob 2 and bob 3: as if the clock had stepped back
     // before alice 3 was stored.
     let connection = rusqlite::Connection::open(&database).expect("open the store");
-    connection
-        .busy_timeout(DEADLINE)
-        .expect("busy timeout");
+    connection.busy_timeout(DEADLINE).expect("busy timeout");
     let two_hours_ago = (Utc::now() - chrono::Duration::hours(2)).timestamp_micros();
     connection
         .execute(
@@ -394,7 +392,14 @@ async fn pruning_deletes_the_oldest_updates_first_and_never_leaves_a_hole_in_a_u
     };
     assert_eq!(
         stored(&connection),
-        names(&[("alice", 1), ("bob", 1), ("alice", 2), ("bob", 2), ("alice", 3), ("bob", 3)]),
+        names(&[
+            ("alice", 1),
+            ("bob", 1),
+            ("alice", 2),
+            ("bob", 2),
+            ("alice", 3),
+            ("bob", 3)
+        ]),
         "stored in commit order"
     );
 

@@ -63,14 +63,13 @@ fn store_batch(
         let body = serde_json::to_string(update).map_err(|e| decode_error(path, e))?;
         connection
             .prepare_cached(
-                "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO trade_updates (username, seq, stored_at, body)
+                 VALUES (?1, ?2, ?3, ?4)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
                     username,
                     i64::try_from(update.seq).unwrap_or(i64::MAX),
-                    update.order.id,
                     stored_at,
                     body,
                 ])
@@ -499,10 +498,18 @@ impl TradingStore for SqliteStore {
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
         let path = self.path_text.clone();
         self.write_future(move |connection| {
+            // Rows are appended in commit order, so the oldest are the lowest rowids: delete
+            // from the start of the table up to the first row that is still kept, within the
+            // first `max_rows` rows. Always a prefix, so no user's kept updates get a hole,
+            // even if the clock once went backwards.
             connection
                 .execute(
-                    "DELETE FROM trade_updates WHERE (username, seq) IN
-                         (SELECT username, seq FROM trade_updates WHERE stored_at < ?1 LIMIT ?2)",
+                    "DELETE FROM trade_updates WHERE rowid < (
+                         SELECT COALESCE(
+                             MIN(CASE WHEN stored_at >= ?1 THEN rowid END),
+                             MAX(rowid) + 1)
+                         FROM (SELECT rowid, stored_at FROM trade_updates
+                               ORDER BY rowid LIMIT ?2))",
                     params![
                         before.timestamp_micros(),
                         i64::try_from(max_rows).unwrap_or(i64::MAX)

@@ -348,3 +348,88 @@ async fn the_store_itself_refuses_a_second_order_with_the_same_client_order_id()
     assert_eq!(stored.map(|o| o.id), Some(first.id));
     let _ = tokio::time::timeout(DEADLINE, app.stop()).await;
 }
+
+#[tokio::test]
+async fn pruning_deletes_the_oldest_updates_first_and_never_leaves_a_hole_in_a_users_sequence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = store_settings(dir.path());
+    let database = settings.store.database_path();
+    let app = common::spawn_app_with(settings).await;
+    let trading = app.state.trading.clone();
+    // One resting order each, taken in turns: alice 1, bob 1, alice 2, bob 2, alice 3, bob 3.
+    for _ in 0..3 {
+        for user in ["alice", "bob"] {
+            trading
+                .submit(user, order("1", "buy", "limit", Some("50.00")))
+                .await
+                .expect("resting limit");
+        }
+    }
+    // Stored more than an hour ago, except bob 2 and bob 3: as if the clock had stepped back
+    // before alice 3 was stored.
+    let connection = rusqlite::Connection::open(&database).expect("open the store");
+    connection.busy_timeout(DEADLINE).expect("busy timeout");
+    let two_hours_ago = (Utc::now() - chrono::Duration::hours(2)).timestamp_micros();
+    connection
+        .execute(
+            "UPDATE trade_updates SET stored_at = ?1
+             WHERE NOT (username = 'bob' AND seq >= 2)",
+            [two_hours_ago],
+        )
+        .expect("age the rows");
+    let stored = |connection: &rusqlite::Connection| -> Vec<(String, u64)> {
+        connection
+            .prepare("SELECT username, seq FROM trade_updates ORDER BY rowid")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .and_then(|rows| rows.collect())
+            })
+            .expect("rows")
+    };
+    let names = |rows: &[(&str, u64)]| -> Vec<(String, u64)> {
+        rows.iter().map(|(u, s)| ((*u).to_owned(), *s)).collect()
+    };
+    assert_eq!(
+        stored(&connection),
+        names(&[
+            ("alice", 1),
+            ("bob", 1),
+            ("alice", 2),
+            ("bob", 2),
+            ("alice", 3),
+            ("bob", 3)
+        ]),
+        "stored in commit order"
+    );
+
+    let store = app.state.store.clone().expect("store");
+    let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
+    let mut removed = Vec::new();
+    for _ in 0..3 {
+        removed.push(
+            store
+                .trading
+                .prune_updates(an_hour_ago, 2)
+                .await
+                .expect("prune"),
+        );
+    }
+    // A full chunk, then the old rows before bob 2, then nothing: alice 3 is old but stored
+    // after bob 2, so it waits for its turn rather than leaving alice a gap later on.
+    assert_eq!(removed, vec![2, 1, 0]);
+    assert_eq!(
+        stored(&connection),
+        names(&[("bob", 2), ("alice", 3), ("bob", 3)])
+    );
+
+    let (seq, updates) = replay(&trading, "bob", 1).await;
+    assert_eq!((seq, seqs(&updates)), (3, vec![2, 3]));
+    let (seq, updates) = replay(&trading, "alice", 2).await;
+    assert_eq!((seq, seqs(&updates)), (3, vec![3]));
+    match trading.updates_since("alice", 1).await.expect("resume") {
+        Resume::Reset(snapshot) => assert_eq!(snapshot.reason, ResetReason::TooOld),
+        Resume::Replay { .. } => panic!("alice 2 is pruned: a replay from 1 would have a hole"),
+    }
+    let _ = tokio::time::timeout(DEADLINE, app.stop()).await;
+}

@@ -73,6 +73,7 @@ mod store {
     mod exchange;
     mod full_disk;
     mod history;
+    mod postgres;
     mod replay;
     mod startup;
     mod trading;

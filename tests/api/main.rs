@@ -69,6 +69,7 @@ mod sse {
 }
 
 mod store {
+    mod api_keys;
     mod crash_recovery;
     mod exchange;
     mod full_disk;

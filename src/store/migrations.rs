@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "trade_updates_append",
         sql: include_str!("../../migrations/0004_trade_updates_append.sql"),
     },
+    Migration {
+        version: 5,
+        name: "fences_commands",
+        sql: include_str!("../../migrations/0005_fences_commands.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "trade_updates",
         sql: include_str!("../../migrations/0003_trade_updates.sql"),
     },
+    Migration {
+        version: 4,
+        name: "fences_commands",
+        sql: include_str!("../../migrations/0004_fences_commands.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -179,7 +184,10 @@ mod tests {
         for (id, user, cid) in [("o1", "ann", "a"), ("o2", "ann", "a"), ("o3", "bob", "a")] {
             insert(&connection, id, user, cid).expect("version 1 row");
         }
-        assert_eq!(migrate(&mut connection).expect("to the latest"), vec![2, 3]);
+        assert_eq!(
+            migrate(&mut connection).expect("to the latest"),
+            (2..=latest_version()).collect::<Vec<_>>()
+        );
         let repeats: Vec<String> = connection
             .prepare("SELECT id FROM orders WHERE client_order_id_repeat = 1")
             .and_then(|mut statement| {

@@ -15,6 +15,9 @@
 //! - Every trade update is stored in the same transaction as the order transition that caused
 //!   it, under its per-user `seq` ([`StoredUpdate`]); a `client_order_id` is unique per user
 //!   among the stored orders (a unique index backs the exchange's own check).
+//! - A batch with a [`Fence`] commits only if its token is not older than the newest token
+//!   recorded for that fence, checked and recorded in the batch's own transaction; the replies
+//!   of the commands a batch executed ([`CommandRecord`]) are stored in that transaction too.
 
 pub mod history;
 pub mod migrations;
@@ -83,6 +86,14 @@ pub enum StoreError {
     Database { path: String, detail: String },
     #[error("stored data in {path} could not be read back: {detail}")]
     Decode { path: String, detail: String },
+    #[error(
+        "fenced: the batch carries token {token} for {name:?} but the store has already seen token {current}; a newer holder of that lease writes now, so nothing of the batch was stored"
+    )]
+    Fenced {
+        name: String,
+        token: u64,
+        current: u64,
+    },
     #[error("the store is shut down")]
     Closed,
 }
@@ -172,6 +183,25 @@ pub struct StoredUpdate {
     pub update: TradeUpdate,
 }
 
+/// A fencing token carried by a batch: the batch commits only if no batch with a larger token
+/// for the same `name` (a lease) has committed before it. The token is recorded in the same
+/// transaction, so a former lease holder that resumes after a newer holder wrote is refused
+/// ([`StoreError::Fenced`]) and stores nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub token: u64,
+}
+
+/// The reply to one command (by its id, as the command stream names it), stored with the batch
+/// that executed it: a command delivered again is answered from here instead of running twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub id: String,
+    /// The reply as the exchange encoded it (opaque to the store).
+    pub reply: String,
+}
+
 /// Everything one exchange step changed, stored atomically: events appended to the log,
 /// order rows upserted with their full entity, fills and trade updates appended, accounts
 /// and positions overwritten.
@@ -185,6 +215,12 @@ pub struct TradingBatch {
     pub positions: Vec<PositionRecord>,
     /// The trade updates the step sends, in order.
     pub updates: Vec<StoredUpdate>,
+    /// When set, the whole batch is refused with [`StoreError::Fenced`] unless its token is at
+    /// least the largest one recorded for the fence's name (which it then becomes).
+    pub fence: Option<Fence>,
+    /// Replies of the commands the batch executed. An id already stored fails the batch: a
+    /// command is never recorded as executed twice.
+    pub commands: Vec<CommandRecord>,
 }
 
 impl TradingBatch {
@@ -195,6 +231,8 @@ impl TradingBatch {
             && self.accounts.is_empty()
             && self.positions.is_empty()
             && self.updates.is_empty()
+            && self.fence.is_none()
+            && self.commands.is_empty()
     }
 }
 
@@ -250,6 +288,17 @@ pub trait TradingStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Option<Order>, StoreError>>;
     /// Deletes up to `max_rows` trade updates stored before `before`; returns how many went.
     fn prune_updates(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// The largest token recorded for the fence `name`, if a fenced batch ever committed.
+    fn fence_token(&self, name: &str) -> BoxFuture<'static, Result<Option<u64>, StoreError>>;
+    /// The stored reply of the command `id`, if a batch that executed it committed (and it has
+    /// not been pruned yet).
+    fn command_reply(&self, id: &str) -> BoxFuture<'static, Result<Option<String>, StoreError>>;
+    /// Deletes up to `max_rows` command replies stored before `before`; returns how many went.
+    fn prune_commands(
         &self,
         before: DateTime<Utc>,
         max_rows: usize,

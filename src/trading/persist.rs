@@ -363,6 +363,26 @@ impl Persistence {
             if removed > 0 {
                 tracing::info!(removed, %before, "pruned old trade updates");
             }
+            // Command replies (cluster trading) share the retention: a command is not
+            // delivered again long after it ran.
+            let mut removed = 0u64;
+            loop {
+                match self.store.prune_commands(before, UPDATE_PRUNE_CHUNK).await {
+                    Ok(count) => {
+                        removed += count;
+                        if count < UPDATE_PRUNE_CHUNK as u64 || shutdown.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "pruning command replies failed");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::info!(removed, %before, "pruned old command replies");
+            }
         }
     }
 

@@ -183,6 +183,19 @@ impl TradingStore for FailingStore {
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
         Box::pin(async { Ok(0) })
     }
+    fn fence_token(&self, _name: &str) -> BoxFuture<'static, Result<Option<u64>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn command_reply(&self, _id: &str) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn prune_commands(
+        &self,
+        _before: chrono::DateTime<chrono::Utc>,
+        _max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 #[tokio::test]

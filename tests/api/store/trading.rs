@@ -8,8 +8,8 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::settings::StoreSettings;
 use tickgate::store::{
-    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
-    UserRecord,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, Store, StoreError,
+    StoredOrder, TradingBatch, UserRecord,
 };
 use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
 
@@ -108,7 +108,7 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
             qty: dec!(4),
             cost_basis: dec!(506),
         }],
-        updates: Vec::new(),
+        ..TradingBatch::default()
     };
     store.trading.commit(batch).await.expect("commit");
     drop(store);
@@ -308,4 +308,214 @@ async fn concurrent_committers_all_get_durable_replies() {
     }
     let state = store.trading.load(0).await.expect("load");
     assert_eq!(state.open_orders.len(), 400);
+}
+
+fn fenced(token: u64, order_id: &str, command_id: &str) -> TradingBatch {
+    TradingBatch {
+        orders: vec![StoredOrder {
+            username: "alice".into(),
+            order: order(order_id, OrderStatus::New, 1),
+        }],
+        fills: vec![fill(&format!("x-{order_id}"), order_id, dec!(1), dec!(10))],
+        commands: vec![CommandRecord {
+            id: command_id.into(),
+            reply: format!(r#"{{"ack":"{order_id}"}}"#),
+        }],
+        fence: Some(Fence {
+            name: "exchange".into(),
+            token,
+        }),
+        ..TradingBatch::default()
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        None
+    );
+    store
+        .trading
+        .commit(fenced(7, "o1", "cmd-1"))
+        .await
+        .expect("first holder");
+    store
+        .trading
+        .commit(fenced(8, "o2", "cmd-2"))
+        .await
+        .expect("the new holder");
+    let refused = store.trading.commit(fenced(7, "o3", "cmd-3")).await;
+    assert_eq!(
+        refused,
+        Err(StoreError::Fenced {
+            name: "exchange".into(),
+            token: 7,
+            current: 8
+        })
+    );
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        Some(8)
+    );
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["o1", "o2"],
+        "nothing of the fenced batch: {ids:?}"
+    );
+    assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 2);
+    assert_eq!(
+        store.trading.command_reply("cmd-3").await.expect("read"),
+        None
+    );
+    // The same token again is the same holder: it keeps writing.
+    store
+        .trading
+        .commit(fenced(8, "o4", "cmd-4"))
+        .await
+        .expect("same token");
+    // A fence on another name is independent.
+    let mut other = fenced(1, "o5", "cmd-5");
+    other.fence = Some(Fence {
+        name: "other".into(),
+        token: 1,
+    });
+    store.trading.commit(other).await.expect("other fence");
+}
+
+#[tokio::test]
+async fn a_fenced_batch_queued_with_good_ones_is_refused_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .trading
+        .commit(fenced(5, "o1", "cmd-1"))
+        .await
+        .expect("first");
+    // Queued together, so they share one group transaction where the writer groups them.
+    let stale = store.trading.commit(fenced(4, "o2", "cmd-2"));
+    let fresh = store.trading.commit(fenced(6, "o3", "cmd-3"));
+    let (stale, fresh) = tokio::join!(stale, fresh);
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    fresh.expect("the newer token");
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["o1", "o3"]);
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        Some(6)
+    );
+}
+
+#[tokio::test]
+async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store
+        .trading
+        .commit(TradingBatch {
+            commands: vec![
+                CommandRecord {
+                    id: "1733400000000-0".into(),
+                    reply: r#"{"ok":true,"order":"o1"}"#.into(),
+                },
+                CommandRecord {
+                    id: "1733400000000-1".into(),
+                    reply: r#"{"error":"insufficient_buying_power"}"#.into(),
+                },
+            ],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("commit");
+    assert_eq!(
+        store
+            .trading
+            .command_reply("1733400000000-0")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(r#"{"ok":true,"order":"o1"}"#)
+    );
+    assert_eq!(
+        store
+            .trading
+            .command_reply("1733400000000-1")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(r#"{"error":"insufficient_buying_power"}"#)
+    );
+    assert_eq!(
+        store.trading.command_reply("nope").await.expect("read"),
+        None
+    );
+    // Recording the same command again means it ran twice: the batch is refused whole.
+    let again = store
+        .trading
+        .commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: order("o2", OrderStatus::New, 2),
+            }],
+            commands: vec![CommandRecord {
+                id: "1733400000000-0".into(),
+                reply: "second".into(),
+            }],
+            ..TradingBatch::default()
+        })
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Database { .. })),
+        "{again:?}"
+    );
+    assert!(
+        store
+            .trading
+            .load(0)
+            .await
+            .expect("load")
+            .open_orders
+            .is_empty()
+    );
+    // Replies stored before the cut-off are pruned, in bounded chunks.
+    let before = store
+        .trading
+        .prune_commands(Utc::now() - chrono::Duration::hours(1), 10)
+        .await
+        .expect("prune nothing");
+    assert_eq!(before, 0);
+    let later = Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(
+        store.trading.prune_commands(later, 1).await.expect("prune"),
+        1
+    );
+    assert_eq!(
+        store
+            .trading
+            .prune_commands(later, 10)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        store
+            .trading
+            .command_reply("1733400000000-0")
+            .await
+            .expect("read"),
+        None
+    );
 }

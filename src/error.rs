@@ -126,7 +126,10 @@ impl Serialize for ErrorCode {
 impl ErrorCode {
     /// The code with this [`ErrorCode::name`] (names are unique; numbers are not).
     pub fn from_name(name: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.iter().copied().find(|code| code.name() == name)
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|code| code.name() == name)
     }
 }
 

@@ -1,4 +1,28 @@
-async fn run_actor(
+//! The exchange actor's loop: commands and market data applied to the [`Engine`] in arrival
+//! order, the steps of the commands already queued stored together (with the store), then
+//! announced and answered in order.
+//!
+//! On a cluster node a command may carry the id it has in the shared command stream; its reply
+//! is then stored in the same batch as its effects (`store::CommandRecord`), so a command
+//! delivered again after a failover is answered from the store instead of running twice.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::api::OrderError;
+use super::command::TradingReply;
+use super::engine::{Engine, Outcome};
+use super::exchange::{Command, Shared};
+use super::intake::MarketInput;
+use super::resume::{self, ResumePoint};
+use crate::hub::Hub;
+use crate::market::MarketSession;
+use crate::store::CommandRecord;
+
+pub(super) async fn run_actor(
     mut engine: Engine,
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
@@ -39,7 +63,7 @@ async fn run_actor(
 }
 
 /// The error for state changes once a failed store write halted trading.
-fn halted(shared: &Shared) -> Option<OrderError> {
+pub(super) fn halted(shared: &Shared) -> Option<OrderError> {
     let persistence = shared.persistence.get()?;
     persistence
         .is_halted()
@@ -52,6 +76,8 @@ const COMMANDS_PER_COMMIT: usize = 256;
 /// A handled command waiting for its step to be stored: what it announces, how it replies.
 struct Pending {
     out: Outcome,
+    /// The command's id and reply, stored with its effects (cluster trading).
+    record: Option<CommandRecord>,
     reply: Box<dyn FnOnce(Result<(), OrderError>) + Send>,
 }
 
@@ -59,7 +85,28 @@ impl Pending {
     fn new(out: Outcome, reply: impl FnOnce(Result<(), OrderError>) + Send + 'static) -> Self {
         Pending {
             out,
+            record: None,
             reply: Box::new(reply),
+        }
+    }
+
+    /// A state change: its reply is recorded under the command's id when it has one.
+    fn change(
+        out: Outcome,
+        record: Option<String>,
+        result: Result<super::api::Order, OrderError>,
+        reply: tokio::sync::oneshot::Sender<Result<super::api::Order, OrderError>>,
+    ) -> Self {
+        let record = record.map(|id| CommandRecord {
+            id,
+            reply: TradingReply::of_order(&result).encode(),
+        });
+        Pending {
+            out,
+            record,
+            reply: Box::new(move |stored: Result<(), OrderError>| {
+                let _ = reply.send(stored.and(result));
+            }),
         }
     }
 }
@@ -71,14 +118,25 @@ async fn settle(engine: &Engine, shared: &Shared, steps: Vec<Pending>) {
     let stored = match shared.persistence.get() {
         Some(persistence) => {
             let outs: Vec<&Outcome> = steps.iter().map(|step| &step.out).collect();
-            persistence.store_steps(engine, &outs).await
+            let records = steps
+                .iter()
+                .filter_map(|step| step.record.clone())
+                .collect();
+            persistence.store_steps(engine, &outs, records).await
         }
         None => Ok(()),
     };
+    // A fenced exchange (its lease taken over) announces nothing, even what it stored before
+    // it learnt of that: the new exchange owns every announcement from now on, and nodes
+    // repair gaps from the store.
+    let announce = shared
+        .persistence
+        .get()
+        .is_none_or(|persistence| persistence.may_announce());
     // Each reply is sent after the announcements are published, so a caller that awaits the
     // reply and then reads its receivers finds every update the command caused.
     for step in steps {
-        if stored.is_ok() {
+        if stored.is_ok() && announce {
             shared.publish(step.out.announcements);
         }
         (step.reply)(stored.clone());
@@ -129,42 +187,39 @@ fn handle_command(
         Command::Submit {
             user,
             request,
+            record,
             reply,
         } => {
             let result = match halted(shared) {
                 Some(error) => Err(error),
                 None => engine.submit(&user, &request, now, &mut out),
             };
-            steps.push(Pending::new(out, move |stored| {
-                let _ = reply.send(stored.and(result));
-            }));
+            steps.push(Pending::change(out, record, result, reply));
         }
         Command::Cancel {
             user,
             target,
+            record,
             reply,
         } => {
             let result = match halted(shared) {
                 Some(error) => Err(error),
                 None => engine.cancel(&user, &target, now, &mut out),
             };
-            steps.push(Pending::new(out, move |stored| {
-                let _ = reply.send(stored.and(result));
-            }));
+            steps.push(Pending::change(out, record, result, reply));
         }
         Command::Replace {
             user,
             target,
             patch,
+            record,
             reply,
         } => {
             let result = match halted(shared) {
                 Some(error) => Err(error),
                 None => engine.replace(&user, &target, &patch, now, &mut out),
             };
-            steps.push(Pending::new(out, move |stored| {
-                let _ = reply.send(stored.and(result));
-            }));
+            steps.push(Pending::change(out, record, result, reply));
         }
         // Answers wait behind the steps before them too, so what they show is stored.
         Command::Portfolio { user, reply } => {
@@ -210,4 +265,3 @@ fn handle_command(
         }
     }
 }
-

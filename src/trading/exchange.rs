@@ -25,13 +25,12 @@ use super::api::{
     Resume, TradeUpdate, TradingApi, UserEvent,
 };
 use super::book::BookShape;
-use super::engine::{Announcement, Engine, EngineSettings, Outcome};
+use super::engine::{Announcement, Engine, EngineSettings};
 pub use super::intake::MarketInput;
 use super::intake::{Mailbox, ingest, subscribe_market};
 use super::resume::{self, ResumePoint};
 use super::validate::OrderLimits;
 use crate::hub::{Hub, SubscriberQueue};
-use crate::market::MarketSession;
 use crate::store::{StoreError, TradingStore};
 use crate::trading::config::TradingSettings;
 
@@ -52,13 +51,21 @@ struct BookSlot {
 }
 
 /// State the handle reads without a round trip to the actor.
-struct Shared {
+pub(super) struct Shared {
     users: Mutex<HashMap<String, UserChannels>>,
     books: HashMap<String, Mutex<BookSlot>>,
     user_channel_capacity: usize,
-    mailbox: Arc<Mailbox>,
+    pub(super) mailbox: Arc<Mailbox>,
     /// Set when the exchange has a store: every step is stored before it is announced.
-    persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
+    pub(super) persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
+    /// Set on a cluster's exchange node: every announcement also goes to the other nodes.
+    outlet: std::sync::OnceLock<Arc<dyn AnnouncementOutlet>>,
+}
+
+/// Where a cluster's exchange hands its announcements (after they are stored, in order) so
+/// that every node can deliver them to its own sessions.
+pub trait AnnouncementOutlet: Send + Sync + 'static {
+    fn announce(&self, announcements: &[Announcement]);
 }
 
 impl Shared {
@@ -71,7 +78,10 @@ impl Shared {
     }
 
     /// Publishes announcements in order; portfolio bumps once per user per batch.
-    fn publish(&self, announcements: Vec<Announcement>) {
+    pub(super) fn publish(&self, announcements: Vec<Announcement>) {
+        if let Some(outlet) = self.outlet.get() {
+            outlet.announce(&announcements);
+        }
         let mut bumped = BTreeSet::new();
         for announcement in announcements {
             match announcement {
@@ -127,21 +137,25 @@ impl UserChannels {
     }
 }
 
-enum Command {
+pub(super) enum Command {
     Submit {
         user: String,
         request: OrderRequest,
+        /// The command's id in the cluster's command stream: its reply is stored with it.
+        record: Option<String>,
         reply: oneshot::Sender<Result<Order, OrderError>>,
     },
     Cancel {
         user: String,
         target: OrderRef,
+        record: Option<String>,
         reply: oneshot::Sender<Result<Order, OrderError>>,
     },
     Replace {
         user: String,
         target: OrderRef,
         patch: ReplaceRequest,
+        record: Option<String>,
         reply: oneshot::Sender<Result<Order, OrderError>>,
     },
     Portfolio {
@@ -331,6 +345,7 @@ impl ExchangeHandle {
             user_channel_capacity: user_channel_capacity.max(1),
             mailbox: Arc::new(Mailbox::default()),
             persistence: std::sync::OnceLock::new(),
+            outlet: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
         // Subscribe now rather than in the task, so no event published between building and
@@ -393,9 +408,12 @@ impl ExchangeHandle {
     }
 }
 
-impl TradingApi for ExchangeHandle {
-    fn submit(
+/// State changes with an optional command id (cluster trading): the reply is stored under the
+/// id in the same batch as the change's effects (see `trading::command`).
+impl ExchangeHandle {
+    pub fn submit_with(
         &self,
+        record: Option<String>,
         user: &str,
         request: OrderRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
@@ -405,6 +423,7 @@ impl TradingApi for ExchangeHandle {
         let future = self.request(|reply| Command::Submit {
             user: user.clone(),
             request,
+            record,
             reply,
         });
         Box::pin(async move {
@@ -412,8 +431,9 @@ impl TradingApi for ExchangeHandle {
         })
     }
 
-    fn cancel(
+    pub fn cancel_with(
         &self,
+        record: Option<String>,
         user: &str,
         target: OrderRef,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
@@ -421,13 +441,15 @@ impl TradingApi for ExchangeHandle {
         let future = self.request(|reply| Command::Cancel {
             user,
             target,
+            record,
             reply,
         });
         Box::pin(async move { future.await? })
     }
 
-    fn replace(
+    pub fn replace_with(
         &self,
+        record: Option<String>,
         user: &str,
         target: OrderRef,
         patch: ReplaceRequest,
@@ -439,11 +461,39 @@ impl TradingApi for ExchangeHandle {
             user: user.clone(),
             target,
             patch,
+            record,
             reply,
         });
         Box::pin(async move {
             resume::complete_duplicate(shared.persistence.get(), &user, wanted, future.await?).await
         })
+    }
+}
+
+impl TradingApi for ExchangeHandle {
+    fn submit(
+        &self,
+        user: &str,
+        request: OrderRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.submit_with(None, user, request)
+    }
+
+    fn cancel(
+        &self,
+        user: &str,
+        target: OrderRef,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.cancel_with(None, user, target)
+    }
+
+    fn replace(
+        &self,
+        user: &str,
+        target: OrderRef,
+        patch: ReplaceRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.replace_with(None, user, target, patch)
     }
 
     fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
@@ -461,7 +511,7 @@ impl TradingApi for ExchangeHandle {
     }
 
     fn halted(&self) -> bool {
-        halted(&self.shared).is_some()
+        super::actor::halted(&self.shared).is_some()
     }
 
     fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent> {
@@ -541,6 +591,12 @@ impl TradingApi for ExchangeHandle {
 }
 
 impl ExchangeTasks {
+    /// Hands every announcement to `outlet` too (a cluster's exchange node).
+    pub fn with_outlet(self, outlet: Arc<dyn AnnouncementOutlet>) -> Self {
+        let _ = self.shared.outlet.set(outlet);
+        self
+    }
+
     /// Stores every step in `persistence` before announcing it (see [`super::persist`]).
     pub fn with_persistence(self, persistence: Arc<super::persist::Persistence>) -> Self {
         let _ = self.shared.persistence.set(persistence);
@@ -568,7 +624,9 @@ impl ExchangeTasks {
                 shutdown.clone(),
             ));
         }
-        tokio::spawn(run_actor(engine, commands, shared, hub, shutdown));
+        tokio::spawn(super::actor::run_actor(
+            engine, commands, shared, hub, shutdown,
+        ));
     }
 }
 

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::api::{Order, OrderError, UserEvent};
 use super::engine::{Announcement, Engine, ExchangeEvent, Outcome};
 use crate::store::{
-    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate, TradingBatch,
-    TradingState, TradingStore,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder,
+    StoredUpdate, TradingBatch, TradingState, TradingStore,
 };
 
 /// The stored form of an [`ExchangeEvent`]. Field names are part of the file format: add
@@ -284,6 +284,16 @@ pub struct Persistence {
     store: Arc<dyn TradingStore>,
     halted: AtomicBool,
     updates: UpdateLogSettings,
+    /// On a cluster's exchange node: the lease it runs under.
+    lease: Option<LeaseFence>,
+}
+
+/// An exchange running under a lease (cluster trading): every batch it stores carries
+/// `fence`, and `stop` fires when the lease is lost or the store refused the fence.
+#[derive(Debug, Clone)]
+pub struct LeaseFence {
+    pub fence: Fence,
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// How the stored trade updates are kept and replayed.
@@ -316,7 +326,22 @@ impl Persistence {
             store,
             halted: AtomicBool::new(false),
             updates: UpdateLogSettings::default(),
+            lease: None,
         }
+    }
+
+    /// Stores every batch with the lease's fence (see [`LeaseFence`]).
+    pub fn with_lease(mut self, lease: LeaseFence) -> Persistence {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Whether announcing is still allowed: always without a lease, and under a lease only
+    /// while it is held (a fenced or expired exchange publishes nothing).
+    pub fn may_announce(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|lease| !lease.stop.is_cancelled())
     }
 
     pub fn with_update_log(mut self, updates: UpdateLogSettings) -> Persistence {
@@ -421,21 +446,70 @@ impl Persistence {
     }
 
     /// Stores the steps durably and atomically; `Err` (and a halt) if they could not be.
-    pub async fn store_steps(&self, engine: &Engine, outs: &[&Outcome]) -> Result<(), OrderError> {
+    pub async fn store_steps(
+        &self,
+        engine: &Engine,
+        outs: &[&Outcome],
+        commands: Vec<CommandRecord>,
+    ) -> Result<(), OrderError> {
         if self.is_halted() {
             return Err(Persistence::halted_error());
         }
+        if let Some(lease) = &self.lease
+            && lease.stop.is_cancelled()
+        {
+            return Err(crate::trading::command::exchange_unavailable());
+        }
         let result = match batch_for_steps(engine, outs) {
-            Ok(batch) if batch.is_empty() => return Ok(()),
-            Ok(batch) => self.store.commit(batch).await,
+            Ok(mut batch) => {
+                batch.commands = commands;
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                // Only a batch with something in it carries the fence: one of nothing would
+                // be a write on every market tick.
+                batch.fence = self.lease.as_ref().map(|lease| lease.fence.clone());
+                self.store.commit(batch).await
+            }
             Err(error) => Err(error),
         };
+        if let (Err(StoreError::Fenced { token, current, .. }), Some(lease)) =
+            (&result, &self.lease)
+        {
+            // A newer exchange writes now: this one stops at once, announces nothing more,
+            // and is not halted (there is nothing to recover; the lease is gone).
+            tracing::warn!(
+                token,
+                current,
+                "the store refused a batch of a former exchange (fenced); exchange stopped"
+            );
+            lease.stop.cancel();
+            return Err(crate::trading::command::exchange_unavailable());
+        }
         result.map_err(|error| {
             tracing::error!(%error, "could not store an exchange step; trading halted");
             self.halted.store(true, Ordering::Relaxed);
             Persistence::halted_error()
         })
     }
+}
+
+/// [`rebuild`] without blocking: for an exchange that starts while the node runs (a cluster
+/// node taking the exchange's lease).
+pub async fn rebuild_async(
+    engine: &mut Engine,
+    store: Arc<dyn TradingStore>,
+    closed_orders_kept: usize,
+) -> Result<Persistence, StoreError> {
+    let state = store.load(closed_orders_kept).await?;
+    let replayed = restore(engine, &state)?;
+    tracing::info!(
+        events = replayed,
+        open_orders = state.open_orders.len(),
+        accounts = state.accounts.len(),
+        "exchange rebuilt from the store"
+    );
+    Ok(Persistence::new(store))
 }
 
 /// Rebuilds `engine` from `store` (the last `closed_orders_kept` closed orders per user) and

@@ -30,6 +30,7 @@ mod alpaca {
 mod cluster {
     mod engine;
     mod nodes;
+    mod trading;
     mod ws_notices;
 }
 

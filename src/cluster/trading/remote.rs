@@ -194,8 +194,21 @@ impl TradingApi for RemoteExchange {
         user: &str,
         since: u64,
     ) -> BoxFuture<'static, Result<Resume, OrderError>> {
+        let store = Arc::clone(&self.shared.store);
         let reply = self.call(user, TradingRequest::UpdatesSince { since });
-        Box::pin(async move { reply.await?.into_resume() })
+        let user = user.to_owned();
+        Box::pin(async move {
+            match reply.await {
+                Ok(reply) => reply.into_resume(),
+                // Without an exchange the stored updates still answer a resume (they are the
+                // truth; anything newer arrives live once the exchange is back). A reset needs
+                // the exchange's state, so that case waits for it.
+                Err(error) if error.code == OrderError::EXCHANGE_UNAVAILABLE => {
+                    stored_resume(&*store, &user, since).await.ok_or(error)
+                }
+                Err(error) => Err(error),
+            }
+        })
     }
 
     fn order_by_client_id(
@@ -244,4 +257,25 @@ impl TradingApi for RemoteExchange {
         let slot = slot.lock();
         Ok((slot.snapshot.clone(), slot.updates.subscribe()))
     }
+}
+
+/// Updates most replayed from the store alone (without the exchange).
+const STORED_RESUME_LIMIT: usize = 10_000;
+
+/// A replay of `user`'s stored updates after `since`, when they continue `since` without a
+/// gap; `None` when only the exchange can answer (a gap, too many, or the store failed).
+async fn stored_resume(store: &dyn TradingStore, user: &str, since: u64) -> Option<Resume> {
+    let updates = store.updates_between(user, since, u64::MAX).await.ok()?;
+    if updates.len() > STORED_RESUME_LIMIT {
+        return None;
+    }
+    let contiguous = updates
+        .iter()
+        .enumerate()
+        .all(|(index, update)| update.seq == since + 1 + index as u64);
+    if !contiguous {
+        return None;
+    }
+    let seq = updates.last().map_or(since, |update| update.seq);
+    Some(Resume::Replay { seq, updates })
 }

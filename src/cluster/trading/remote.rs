@@ -195,11 +195,26 @@ impl TradingApi for RemoteExchange {
         since: u64,
     ) -> BoxFuture<'static, Result<Resume, OrderError>> {
         let store = Arc::clone(&self.shared.store);
+        let shared = Arc::clone(&self.shared);
         let reply = self.call(user, TradingRequest::UpdatesSince { since });
         let user = user.to_owned();
         Box::pin(async move {
             match reply.await {
-                Ok(reply) => reply.into_resume(),
+                Ok(reply) => {
+                    let resume = reply.into_resume()?;
+                    // The mirror now knows where the user stands, so a live update lost after
+                    // this point shows as a gap and is repaired from the store.
+                    let seq = match &resume {
+                        Resume::Replay { seq, .. } => *seq,
+                        Resume::Reset(snapshot) => snapshot.seq,
+                    };
+                    shared.with_user(&user, |mirror| {
+                        if mirror.last_seq.is_none() {
+                            mirror.last_seq = Some(seq);
+                        }
+                    });
+                    Ok(resume)
+                }
                 // Without an exchange the stored updates still answer a resume (they are the
                 // truth; anything newer arrives live once the exchange is back). A reset needs
                 // the exchange's state, so that case waits for it.

@@ -21,10 +21,11 @@
 
 pub mod history;
 pub mod migrations;
+pub mod postgres;
 mod settings;
 pub mod sqlite;
 
-pub use settings::StoreSettings;
+pub use settings::{StoreBackend, StoreSettings};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -477,6 +478,8 @@ pub struct Store {
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub health: StoreHealth,
     pub settings: StoreSettings,
+    /// The SQLite file's path, or `postgresql://host:port/database` (no credentials).
+    location: String,
     /// The data directory's lock file, held while this store is in use (see [`Store::open`]).
     lock: Arc<Mutex<Option<std::fs::File>>>,
 }
@@ -484,7 +487,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.settings.database_path())
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
@@ -497,8 +500,9 @@ pub struct OpenedStore {
 }
 
 impl Store {
-    /// Opens the SQLite store (creating the directory and file, applying migrations), then
-    /// decides how the feeds start and records that this run began.
+    /// Opens the configured backend (SQLite: creating the directory and file; PostgreSQL:
+    /// connecting) and applies its migrations, then decides how the feeds start and records
+    /// that this run began.
     ///
     /// Start-up only: it waits for the writer thread, so call it before serving.
     ///
@@ -514,16 +518,36 @@ impl Store {
         settings: &StoreSettings,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Result<OpenedStore, StoreError> {
-        let lock = lock_data_dir(settings)?;
-        let backend = Arc::new(sqlite::SqliteStore::open(settings, metrics)?);
-        let store = Store {
-            trading: backend.clone(),
-            history: backend.clone(),
-            feeds: backend.clone(),
-            api_keys: backend.clone(),
-            health: backend.health(),
-            settings: settings.clone(),
-            lock: Arc::new(Mutex::new(Some(lock))),
+        let store = match settings.backend {
+            StoreBackend::Sqlite => {
+                let lock = lock_data_dir(settings)?;
+                let backend = Arc::new(sqlite::SqliteStore::open(settings, metrics)?);
+                Store {
+                    trading: backend.clone(),
+                    history: backend.clone(),
+                    feeds: backend.clone(),
+                    api_keys: backend.clone(),
+                    health: backend.health(),
+                    location: settings.database_path().display().to_string(),
+                    settings: settings.clone(),
+                    lock: Arc::new(Mutex::new(Some(lock))),
+                }
+            }
+            // No data-directory lock: several nodes share the database, and the exchange lease
+            // (with its fencing token on every batch) keeps a single writer of trading state.
+            StoreBackend::Postgres => {
+                let backend = Arc::new(postgres::PostgresStore::open(settings, metrics)?);
+                Store {
+                    trading: backend.clone(),
+                    history: backend.clone(),
+                    feeds: backend.clone(),
+                    api_keys: backend.clone(),
+                    health: backend.health(),
+                    location: backend.target().to_owned(),
+                    settings: settings.clone(),
+                    lock: Arc::new(Mutex::new(None)),
+                }
+            }
         };
         let now_epoch = Utc::now().timestamp_millis().max(1) as u64;
         // Runtime-agnostic executor: the futures only wait on the writer thread's replies.
@@ -531,7 +555,7 @@ impl Store {
         let feed_start = FeedStart::decide(recorded.as_ref(), now_epoch);
         futures::executor::block_on(store.feeds.record_run_started(feed_start.epoch))?;
         tracing::info!(
-            path = %settings.database_path().display(),
+            database = %store.location,
             epoch = feed_start.epoch,
             reason = feed_start.reason,
             "store opened"

@@ -33,6 +33,7 @@ use super::migrations::{self, MigrateError};
 use super::{StoreError, StoreHealth};
 use crate::metrics::Metrics;
 use crate::store::StoreSettings;
+pub(in crate::store) use writer::record_group;
 use writer::{Job, WriteJob, open_writer, run_writer};
 
 /// How long a connection waits for another process's lock before failing.

@@ -143,8 +143,9 @@ pub(super) fn run_writer(
     tracing::debug!(%path, "store writer stopped");
 }
 
-/// Counts one group transaction in `/metrics`.
-fn record_group(
+/// Counts one group transaction in `/metrics` (the PostgreSQL writer counts its groups the
+/// same way).
+pub(in crate::store) fn record_group(
     metrics: &Metrics,
     writes: usize,
     commit: &Result<(), StoreError>,

@@ -75,13 +75,14 @@ pub(super) fn read_new(consumer: &str, count: usize, block_ms: u64) -> redis::Cm
     cmd
 }
 
-/// `XAUTOCLAIM` of every pending command (of any consumer) from `cursor` on, to `consumer`.
-pub(super) fn claim(consumer: &str, cursor: &str, count: usize) -> redis::Cmd {
+/// `XAUTOCLAIM` of the pending commands (of any consumer) idle for `min_idle_ms` at least,
+/// from `cursor` on, to `consumer`.
+pub(super) fn claim(consumer: &str, min_idle_ms: u64, cursor: &str, count: usize) -> redis::Cmd {
     let mut cmd = redis::cmd("XAUTOCLAIM");
     cmd.arg(commands_key())
         .arg(GROUP)
         .arg(consumer)
-        .arg(0)
+        .arg(min_idle_ms)
         .arg(cursor)
         .arg("COUNT")
         .arg(count);

@@ -142,36 +142,11 @@ async fn consume(
         return Err(error);
     }
     let consumer = node.node_id().to_owned();
-    let mut cursor = "0-0".to_owned();
-    loop {
-        if ticket.is_lost() {
-            return Ok(());
-        }
-        let value: Value = node
-            .timed(stream::claim(&consumer, &cursor, READ_COUNT).query_async(&mut connection))
-            .await?;
-        let (next, entries) = stream::claim_reply(&value)?;
-        if !entries.is_empty() {
-            tracing::info!(
-                commands = entries.len(),
-                "took over commands a former exchange left pending"
-            );
-        }
-        run_entries(
-            context,
-            exchange,
-            relay,
-            ticket,
-            &mut connection,
-            entries,
-            true,
-        )
-        .await?;
-        if next == "0-0" {
-            break;
-        }
-        cursor = next;
-    }
+    take_over(context, exchange, relay, ticket, &mut connection, 0).await?;
+    // Commands another consumer read but never acknowledged (a former exchange that woke up
+    // after this one's take-over and was then fenced) are taken over again now and then.
+    let reclaim_every = node.config().lease_ttl;
+    let mut last_reclaim = tokio::time::Instant::now();
     let block = (limit / 2).max(Duration::from_millis(20));
     loop {
         let read = stream::read_new(&consumer, READ_COUNT, block.as_millis() as u64);
@@ -180,6 +155,11 @@ async fn consume(
             value = super::super::node::timed(block + limit, read.query_async(&mut connection)) => value?,
         };
         let entries = stream::read_reply(&value)?;
+        if last_reclaim.elapsed() >= reclaim_every {
+            last_reclaim = tokio::time::Instant::now();
+            let min_idle = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
+            take_over(context, exchange, relay, ticket, &mut connection, min_idle).await?;
+        }
         run_entries(
             context,
             exchange,
@@ -190,6 +170,43 @@ async fn consume(
             false,
         )
         .await?;
+    }
+}
+
+/// Claims every command pending (idle for `min_idle_ms` at least) for any consumer and runs
+/// it as a re-delivery: its stored reply, if any, answers it.
+async fn take_over(
+    context: &ExchangeContext,
+    exchange: &ExchangeHandle,
+    relay: &Relay,
+    ticket: &LeaseTicket,
+    connection: &mut redis::aio::MultiplexedConnection,
+    min_idle_ms: u64,
+) -> Result<(), ClusterError> {
+    let consumer = context.node.node_id().to_owned();
+    let mut cursor = "0-0".to_owned();
+    loop {
+        if ticket.is_lost() {
+            return Ok(());
+        }
+        let value: Value = context
+            .node
+            .timed(
+                stream::claim(&consumer, min_idle_ms, &cursor, READ_COUNT).query_async(connection),
+            )
+            .await?;
+        let (next, entries) = stream::claim_reply(&value)?;
+        if !entries.is_empty() {
+            tracing::info!(
+                commands = entries.len(),
+                "took over commands another consumer left pending"
+            );
+        }
+        run_entries(context, exchange, relay, ticket, connection, entries, true).await?;
+        if next == "0-0" {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 

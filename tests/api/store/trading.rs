@@ -1,24 +1,18 @@
-//! The trading store on its own: batches are atomic, commit in call order, round-trip exact
-//! decimals, and the state loaded after a reopen is what was committed.
-use std::path::Path;
+//! The trading store on its own, on both backends: batches are atomic, commit in call order,
+//! round-trip exact decimals, are refused whole when fenced, and the state loaded after a
+//! reopen is what was committed.
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
-use tickgate::settings::StoreSettings;
 use tickgate::store::{
-    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, Store, StoreError,
-    StoredOrder, TradingBatch, UserRecord,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder,
+    TradingBatch, UserRecord,
 };
-use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
 
-fn settings(dir: &Path) -> StoreSettings {
-    StoreSettings {
-        data_dir: dir.to_path_buf(),
-        ..StoreSettings::default()
-    }
-}
+use crate::store_support::{Backend, StoreFixture};
+use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
 
 fn at(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 2, 14, 30, second)
@@ -77,14 +71,9 @@ fn account(cash: Decimal) -> AccountRecord {
     }
 }
 
-fn open(dir: &Path) -> Store {
-    Store::open(&settings(dir)).expect("open store").store
-}
-
-#[tokio::test]
-async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let mut partially = order("o1", OrderStatus::PartiallyFilled, 1);
     partially.filled_qty = dec!(4);
     partially.filled_avg_price = Some(dec!(126.5));
@@ -113,7 +102,7 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
     store.trading.commit(batch).await.expect("commit");
     drop(store);
 
-    let store = open(dir.path());
+    let store = fixture.open();
     let state = store.trading.load(10).await.expect("load");
     assert_eq!(state.events, vec![r#"{"e":"first"}"#, r#"{"e":"second"}"#]);
     assert_eq!(
@@ -135,10 +124,9 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
     assert_eq!(dec!(100000) + implied, state.accounts[0].cash);
 }
 
-#[tokio::test]
-async fn batches_commit_in_call_order_even_when_awaited_out_of_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn batches_commit_in_call_order_even_when_awaited_out_of_order(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let mut pending = Vec::new();
     for step in 0..200u32 {
         let mut o = order("o1", OrderStatus::New, 1);
@@ -159,10 +147,9 @@ async fn batches_commit_in_call_order_even_when_awaited_out_of_order() {
     assert_eq!(state.open_orders[0].order.filled_qty, dec!(199));
 }
 
-#[tokio::test]
-async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     store
         .trading
         .commit(TradingBatch {
@@ -201,10 +188,11 @@ async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept
     assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 1);
 }
 
-#[tokio::test]
-async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let position = |qty| PositionRecord {
         username: "alice".into(),
         symbol: "AAPL".into(),
@@ -240,10 +228,9 @@ async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_u
     assert_eq!(ids, vec!["f3", "f4"], "the two most recent, oldest first");
 }
 
-#[tokio::test]
-async fn users_from_config_are_synced_and_removed_users_are_kept_inactive() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn users_from_config_are_synced_and_removed_users_are_kept_inactive(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let user = |name: &str| UserRecord {
         username: name.into(),
         password_hash: format!("$argon2id$hash-of-{name}"),
@@ -269,21 +256,13 @@ async fn users_from_config_are_synced_and_removed_users_are_kept_inactive() {
     let state = store.trading.load(0).await.expect("load");
     assert_eq!(state.users, vec!["bob".to_owned()]);
     assert_eq!(state.accounts.len(), 1, "alice's account is kept");
-    let hash: String = rusqlite::Connection::open(dir.path().join("tickgate.db"))
-        .expect("open")
-        .query_row(
-            "SELECT password_hash FROM users WHERE username = 'bob'",
-            [],
-            |row| row.get(0),
-        )
-        .expect("bob");
+    let hash = fixture.query_text("SELECT password_hash FROM users WHERE username = 'bob'");
     assert_eq!(hash, "$argon2id$hash-of-bob");
 }
 
-#[tokio::test]
-async fn concurrent_committers_all_get_durable_replies() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(open(dir.path()));
+async fn concurrent_committers_all_get_durable_replies(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = Arc::new(fixture.open());
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let store = Arc::clone(&store);
@@ -329,10 +308,11 @@ fn fenced(token: u64, order_id: &str, command_id: &str) -> TradingBatch {
     }
 }
 
-#[tokio::test]
-async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     assert_eq!(
         store.trading.fence_token("exchange").await.expect("read"),
         None
@@ -391,10 +371,9 @@ async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_noth
     store.trading.commit(other).await.expect("other fence");
 }
 
-#[tokio::test]
-async fn a_fenced_batch_queued_with_good_ones_is_refused_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn a_fenced_batch_queued_with_good_ones_is_refused_alone(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     store
         .trading
         .commit(fenced(5, "o1", "cmd-1"))
@@ -419,10 +398,9 @@ async fn a_fenced_batch_queued_with_good_ones_is_refused_alone() {
     );
 }
 
-#[tokio::test]
-async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     store
         .trading
         .commit(TradingBatch {
@@ -519,3 +497,15 @@ async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age
         None
     );
 }
+
+on_both_backends!(
+    committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen,
+    batches_commit_in_call_order_even_when_awaited_out_of_order,
+    a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept,
+    a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user,
+    users_from_config_are_synced_and_removed_users_are_kept_inactive,
+    concurrent_committers_all_get_durable_replies,
+    a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing,
+    a_fenced_batch_queued_with_good_ones_is_refused_alone,
+    command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age,
+);

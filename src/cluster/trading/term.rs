@@ -54,8 +54,21 @@ pub(super) async fn run_term(context: Arc<ExchangeContext>, ticket: LeaseTicket)
                 "",
                 1.0,
             );
-            if let Err(error) = consume(&context, &exchange, &relay, &ticket).await {
-                tracing::warn!(%error, "the exchange's command stream failed; lease given up");
+            // A failed Redis call (a timeout, a dropped connection) does not end the term:
+            // the lease decides that. Reading starts again with a take-over, so commands read
+            // but not acknowledged before the failure are answered from their stored replies.
+            let pause = context.node.config().renew_interval();
+            while !ticket.is_lost() {
+                match consume(&context, &exchange, &relay, &ticket).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "the exchange's command stream failed; reading again");
+                        tokio::select! {
+                            _ = ticket.lost().cancelled() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
             }
         }
         Err(error) => {

@@ -1,15 +1,17 @@
 //! Durable state behind a small interface: orders, fills, accounts and positions
 //! ([`TradingStore`]), one-minute bar history ([`HistoryStore`]) and where the public feeds'
-//! sequences stand ([`FeedStateStore`]). SQLite ([`sqlite`]) is the embedded default; the
-//! traits are shaped so a PostgreSQL implementation can follow (whole-batch commits, no
-//! connection handles or SQL types in signatures).
+//! sequences stand ([`FeedStateStore`]). SQLite ([`sqlite`]) is the embedded default;
+//! PostgreSQL ([`postgres`], `store.backend = "postgres"`) is the database a cluster's nodes
+//! share. The traits have whole-batch commits and no connection handles or SQL types in
+//! their signatures, so both backends implement them alike.
 //!
 //! Invariants:
 //! - A [`TradingBatch`] is queued when [`TradingStore::commit`] is called, so batches commit in
 //!   call order, and the returned future resolves only once the batch is durable (fsynced).
 //!   The exchange acknowledges and announces a transition only after that.
-//! - No database call runs on the async executor's threads: writes go to one dedicated writer
-//!   thread, reads to `spawn_blocking` with a small pool of read-only connections.
+//! - No database call blocks the async executor's threads: SQLite writes go to one dedicated
+//!   writer thread and its reads to `spawn_blocking`; PostgreSQL's connections run on a small
+//!   runtime of the store's own, writes through one writer task.
 //! - A feed's cursor epoch changes only when its history really starts afresh (see
 //!   [`FeedStart`] and `docs/storage.md`).
 //! - Every trade update is stored in the same transaction as the order transition that caused

@@ -71,6 +71,7 @@ mod sse {
 }
 
 mod store {
+    mod api_keys;
     mod crash_recovery;
     mod exchange;
     mod full_disk;

@@ -311,3 +311,29 @@ fn wait_on<T: Send + 'static>(
     let task = runtime.spawn(future);
     futures::executor::block_on(task).unwrap_or(Err(StoreError::Closed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_without_connecting_and_described_without_credentials() {
+        assert!(check_url("postgres://u:p@db.internal:6543/tickgate").is_ok());
+        assert!(check_url("host=127.0.0.1 port=5433 dbname=tickgate user=u").is_ok());
+        let no_host = check_url("postgres:///tickgate").expect_err("no host");
+        assert!(no_host.contains("host"), "{no_host}");
+        assert!(check_url("mysql://u:p@h/db").is_err());
+        let config = tokio_postgres::Config::from_str("postgres://u:secret@db.internal:6543/tick")
+            .expect("parses");
+        assert_eq!(describe(&config), "postgresql://db.internal:6543/tick");
+        let config = tokio_postgres::Config::from_str("postgres://u@10.0.0.6").expect("parses");
+        assert_eq!(describe(&config), "postgresql://10.0.0.6:5432/u");
+    }
+
+    #[test]
+    fn a_value_too_large_for_bigint_is_an_error_not_a_wrapped_number() {
+        assert_eq!(to_bigint("db", "token", 7), Ok(7));
+        let error = to_bigint("db", "token", u64::MAX).expect_err("too large");
+        assert!(error.to_string().contains("BIGINT"), "{error}");
+    }
+}

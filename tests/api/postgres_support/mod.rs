@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,11 +26,11 @@ static SHARED: Mutex<Weak<PostgresServer>> = Mutex::new(Weak::new());
 pub struct PostgresServer {
     pub port: u16,
     /// The postmaster's PID (its `postmaster.pid`, not `runuser`'s).
-    pid: u32,
+    pid: AtomicU32,
     runner: Mutex<Option<Child>>,
     data: PathBuf,
     dir: tempfile::TempDir,
-    next_database: std::sync::atomic::AtomicU32,
+    next_database: AtomicU32,
 }
 
 /// Whether this process is root, so the server must run as the `postgres` user.
@@ -70,7 +71,8 @@ impl PostgresServer {
         server
     }
 
-    /// A server of its own (for tests that stop or restart it).
+    /// A server of its own (for tests that stop or restart it): wrap it in an `Arc` for
+    /// [`PostgresServer::database`].
     pub fn start() -> PostgresServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         if running_as_root() {
@@ -102,13 +104,26 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let port = free_port();
+        let server = PostgresServer {
+            port: free_port(),
+            pid: AtomicU32::new(0),
+            runner: Mutex::new(None),
+            data,
+            dir,
+            next_database: AtomicU32::new(0),
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts `postgres` on the data directory and waits until it answers.
+    fn launch(&self) {
         let runner = server_command("postgres")
             .arg("-D")
-            .arg(&data)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .arg(&self.data)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-k")
-            .arg(dir.path())
+            .arg(self.dir.path())
             // fsync off: the tests never survive a power loss, only process kills, which
             // PostgreSQL survives without fsync (the data is in the kernel's page cache).
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
@@ -117,16 +132,15 @@ impl PostgresServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("postgres runs");
-        let mut server = PostgresServer {
-            port,
-            pid: 0,
-            runner: Mutex::new(Some(runner)),
-            data,
-            dir,
-            next_database: std::sync::atomic::AtomicU32::new(0),
-        };
-        server.pid = server.wait_ready();
-        server
+        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner);
+        let pid = self.wait_ready();
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Stops the server and starts it again on the same port and data (a database restart).
+    pub fn restart(&self) {
+        self.stop();
+        self.launch();
     }
 
     /// Waits until the server answers; returns the postmaster's PID.
@@ -194,9 +208,7 @@ impl PostgresServer {
 
     /// A new, empty database on this server for one test.
     pub fn database(self: &Arc<Self>) -> TestDatabase {
-        let n = self
-            .next_database
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.next_database.fetch_add(1, Ordering::Relaxed);
         let name = format!("t{}_{n}", std::process::id());
         self.psql("postgres", &format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
@@ -211,7 +223,7 @@ impl PostgresServer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pid.load(Ordering::Relaxed)
     }
 
     /// Stops the server: SIGTERM to the postmaster (a fast shutdown), then SIGKILL if it is
@@ -221,7 +233,7 @@ impl PostgresServer {
             return;
         };
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -231,7 +243,7 @@ impl PostgresServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = Command::new("kill")
-            .args(["-KILL", &self.pid.to_string()])
+            .args(["-KILL", &self.pid().to_string()])
             .status();
         let _ = runner.kill();
         let _ = runner.wait();

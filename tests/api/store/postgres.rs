@@ -1,7 +1,8 @@
 //! What only the PostgreSQL backend has to show: the gateway binary keeps its trading state
 //! in the database across restarts (with a fresh data directory each time), the schema is
 //! version-checked, a former lease holder on another connection is fenced, and an unreachable
-//! database is a clear start-up error that never shows the password.
+//! database is a clear start-up error that never shows the password, and a database restart
+//! halts trading until it is back, then trading resumes by itself.
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -354,4 +355,107 @@ fn an_unreachable_database_fails_at_start_naming_it_but_never_the_password() {
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+async fn readyz(port: u16) -> (u16, Value) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .expect("readyz");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads the market stream until a status with code `code` arrives.
+async fn expect_status(client: &mut crate::common::SseClient, code: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = client.expect_event(Duration::from_secs(30)).await;
+        if event.event == "status" && event.json()["sc"] == code {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {code} status");
+    }
+}
+
+fn limit_order(limit: &str) -> tickgate::trading::api::OrderRequest {
+    tickgate::trading::api::OrderRequest {
+        symbol: Some("AAPL".into()),
+        qty: Some("1".into()),
+        side: Some("buy".into()),
+        order_type: Some("limit".into()),
+        time_in_force: Some("gtc".into()),
+        limit_price: Some(limit.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_database_restart_halts_trading_and_trading_resumes_by_itself_when_it_is_back() {
+    use tickgate::trading::api::OrderQuery;
+    // A server of its own: this test stops it.
+    let server = std::sync::Arc::new(crate::postgres_support::PostgresServer::start());
+    let database = server.database();
+    let mut settings = crate::common::test_settings();
+    settings.store.enabled = true;
+    settings.store.backend = StoreBackend::Postgres;
+    settings.store.postgres_url = database.url();
+    let data = tempfile::tempdir().expect("tempdir");
+    settings.store.data_dir = data.path().to_path_buf();
+    let app = crate::common::spawn_app_with(settings).await;
+    let mut feed =
+        crate::common::SseClient::connect(app.port, "/v1/stream/market?symbols=AAPL", &[]).await;
+    let trading = &app.state.trading;
+    let before = trading
+        .submit("alice", limit_order("1.00"))
+        .await
+        .expect("stored");
+    assert_eq!(readyz(app.port).await.0, 200);
+
+    server.stop();
+    let refused = trading
+        .submit("alice", limit_order("2.00"))
+        .await
+        .expect_err("nothing can be stored");
+    assert!(refused.message.contains("halted"), "{}", refused.message);
+    expect_status(&mut feed, "trading_halted").await;
+    let (status, body) = readyz(app.port).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["trading"], "halted", "{body}");
+    assert_eq!(body["store"]["state"], "degraded", "{body}");
+
+    server.restart();
+    expect_status(&mut feed, "trading_resumed").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(app.port).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = trading
+        .submit("alice", limit_order("3.00"))
+        .await
+        .expect("trading resumed");
+    let open = trading
+        .orders("alice", OrderQuery::Open)
+        .await
+        .expect("orders");
+    let limits: Vec<String> = open
+        .iter()
+        .filter_map(|o| o.limit_price.map(|p| p.to_string()))
+        .collect();
+    assert!(open.iter().any(|o| o.id == before.id), "{open:?}");
+    assert!(open.iter().any(|o| o.id == after.id), "{open:?}");
+    assert!(
+        !limits.contains(&"2.00".to_owned()),
+        "never stored: {limits:?}"
+    );
+    assert_eq!(
+        database.psql("SELECT count(*) FROM orders WHERE is_open"),
+        "2",
+        "what the database holds agrees"
+    );
+    app.stop().await.expect("stop");
 }

@@ -222,3 +222,7 @@ async fn repair(shared: &Shared, user: &str, after: u64, up_to: u64) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "listen_tests.rs"]
+mod tests;

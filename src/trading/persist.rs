@@ -320,6 +320,36 @@ impl Default for UpdateLogSettings {
 /// Rows deleted per prune step, so trading commits queued behind a prune wait little.
 const UPDATE_PRUNE_CHUNK: usize = 5_000;
 
+/// Runs `prune` (which deletes up to a chunk of rows stored before `before`) until a chunk
+/// comes back short, a step fails, or `shutdown` fires.
+async fn prune_in_chunks<F>(
+    what: &str,
+    before: DateTime<Utc>,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut prune: F,
+) where
+    F: FnMut(usize) -> futures::future::BoxFuture<'static, Result<u64, crate::store::StoreError>>,
+{
+    let mut removed = 0u64;
+    loop {
+        match prune(UPDATE_PRUNE_CHUNK).await {
+            Ok(count) => {
+                removed += count;
+                if count < UPDATE_PRUNE_CHUNK as u64 || shutdown.is_cancelled() {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, what, "pruning failed");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, what, %before, "pruned old rows");
+    }
+}
+
 impl Persistence {
     pub fn new(store: Arc<dyn TradingStore>) -> Persistence {
         Persistence {
@@ -353,8 +383,8 @@ impl Persistence {
         self.updates.max_resume_updates
     }
 
-    /// Deletes stored trade updates older than the retention, every prune interval, until
-    /// `shutdown`.
+    /// Deletes stored trade updates and command replies older than the retention, every prune
+    /// interval, until `shutdown`.
     pub async fn run_update_pruner(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let Ok(retention) = chrono::Duration::from_std(self.updates.retention) else {
             tracing::info!("trade update retention is unbounded; pruner not started");
@@ -370,44 +400,17 @@ impl Persistence {
             let Some(before) = Utc::now().checked_sub_signed(retention) else {
                 continue;
             };
-            let mut removed = 0u64;
-            loop {
-                match self.store.prune_updates(before, UPDATE_PRUNE_CHUNK).await {
-                    Ok(count) => {
-                        removed += count;
-                        if count < UPDATE_PRUNE_CHUNK as u64 || shutdown.is_cancelled() {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "pruning trade updates failed");
-                        break;
-                    }
-                }
-            }
-            if removed > 0 {
-                tracing::info!(removed, %before, "pruned old trade updates");
-            }
+            let store = &self.store;
+            prune_in_chunks("trade updates", before, &shutdown, |chunk| {
+                store.prune_updates(before, chunk)
+            })
+            .await;
             // Command replies (cluster trading) share the retention: a command is not
             // delivered again long after it ran.
-            let mut removed = 0u64;
-            loop {
-                match self.store.prune_commands(before, UPDATE_PRUNE_CHUNK).await {
-                    Ok(count) => {
-                        removed += count;
-                        if count < UPDATE_PRUNE_CHUNK as u64 || shutdown.is_cancelled() {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "pruning command replies failed");
-                        break;
-                    }
-                }
-            }
-            if removed > 0 {
-                tracing::info!(removed, %before, "pruned old command replies");
-            }
+            prune_in_chunks("command replies", before, &shutdown, |chunk| {
+                store.prune_commands(before, chunk)
+            })
+            .await;
         }
     }
 

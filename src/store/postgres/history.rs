@@ -12,10 +12,13 @@ use crate::store::{BarQuery, HistoryStore, StoreError};
 use super::{PostgresStore, classify, decode_error, work};
 
 impl HistoryStore for PostgresStore {
-    fn write_bars(&self, bars: Vec<Bar>) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn write_bars(&self, mut bars: Vec<Bar>) -> BoxFuture<'static, Result<(), StoreError>> {
         if bars.is_empty() {
             return Box::pin(async { Ok(()) });
         }
+        // In a cluster every node records the same bars into the shared database; upserting
+        // in one key order everywhere keeps two nodes' transactions from deadlocking.
+        bars.sort_by(|a, b| (&a.symbol, a.time).cmp(&(&b.symbol, b.time)));
         let target = self.target.clone();
         self.write_future(work(move |client| {
             Box::pin(async move {

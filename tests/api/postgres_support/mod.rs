@@ -1,6 +1,6 @@
 //! A real PostgreSQL server for tests (Debian's `postgresql` package, from `scripts/setup`):
 //! `initdb` into a temporary directory, `postgres` on a free loopback port with its socket in
-//! that directory, stopped by PID (SIGTERM, then SIGKILL) when the last test using it is done.
+//! that directory, stopped by PID (SIGINT, a fast shutdown, then SIGKILL) when the last test using it is done.
 //! Each test gets a database of its own ([`TestDatabase`]), so one server serves many tests
 //! running in parallel.
 //!
@@ -129,7 +129,7 @@ impl PostgresServer {
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("postgres runs");
         *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner);
@@ -141,6 +141,19 @@ impl PostgresServer {
     pub fn restart(&self) {
         self.stop();
         self.launch();
+    }
+
+    /// The server's log (appended to across restarts), read when it fails to start.
+    fn log_file(&self) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .map_or_else(|_| Stdio::null(), Stdio::from)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     /// Waits until the server answers; returns the postmaster's PID.
@@ -166,11 +179,15 @@ impl PostgresServer {
                 .as_mut()
                 && let Ok(Some(status)) = runner.try_wait()
             {
-                panic!("postgres exited at start-up: {status}");
+                panic!("postgres exited at start-up: {status}\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("postgres on port {} did not start", self.port);
+        panic!(
+            "postgres on port {} did not start\n{}",
+            self.port,
+            self.log_text()
+        );
     }
 
     /// Runs one SQL command with `psql` as the superuser; its output or its error.
@@ -226,14 +243,15 @@ impl PostgresServer {
         self.pid.load(Ordering::Relaxed)
     }
 
-    /// Stops the server: SIGTERM to the postmaster (a fast shutdown), then SIGKILL if it is
-    /// still there after a while.
+    /// Stops the server: SIGINT to the postmaster (PostgreSQL's "fast" shutdown: clients are
+    /// disconnected, open transactions rolled back; SIGTERM would wait for every client to
+    /// leave), then SIGKILL if it is still there after a while.
     pub fn stop(&self) {
         let Some(mut runner) = self.runner.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-INT", &self.pid().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -93,8 +93,10 @@ pub enum ExchangeEvent {
     },
 }
 
-/// What subscribers should hear about, in order.
-#[derive(Debug, Clone, PartialEq)]
+/// What subscribers should hear about, in order. Serializable: a cluster's exchange sends
+/// them to every node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "a", rename_all = "snake_case")]
 pub enum Announcement {
     User {
         user: String,

@@ -34,6 +34,8 @@ mod alpaca {
 mod cluster {
     mod engine;
     mod nodes;
+    mod trading;
+    mod trading_nodes;
     mod ws_notices;
 }
 

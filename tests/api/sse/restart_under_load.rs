@@ -226,9 +226,13 @@ async fn a_clean_restart_under_a_steady_publish_resumes_every_client_without_a_r
 
     // A steady producer: ten trades a second, every tenth for MSFT, until told to stop.
     let publishing = Arc::new(AtomicBool::new(true));
+    // Acknowledged so far: the test paces itself on this, not on the clock, so a slow machine
+    // still publishes enough on each side of the restart.
+    let acked = Arc::new(AtomicUsize::new(0));
     let producer = {
         let http = http.clone();
         let publishing = Arc::clone(&publishing);
+        let acked = Arc::clone(&acked);
         tokio::spawn(async move {
             let mut acknowledged: Vec<(u64, &'static str)> = Vec::new();
             let mut id = 0u64;
@@ -254,18 +258,20 @@ async fn a_clean_restart_under_a_steady_publish_resumes_every_client_without_a_r
                     && reply["accepted"] == 1
                 {
                     acknowledged.push((id, symbol));
+                    acked.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             acknowledged
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(&acked, 20, "acknowledged before the restart").await;
     stop_gateway(gateway).await;
     let gateway = start_gateway(&config);
     wait_healthy(&http, port).await;
     wait_for(&opened, 2 * clients, "reconnections").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_restart = acked.load(Ordering::SeqCst) + 20;
+    wait_for(&acked, after_restart, "acknowledged after the restart").await;
     publishing.store(false, Ordering::SeqCst);
     let acknowledged = producer.await.expect("producer");
     stop.store(true, Ordering::SeqCst);

@@ -6,8 +6,8 @@
 //!   fresh snapshot instead of a gap.
 //! - Messages of a replaced book stream (an older generation) are ignored, so a resync never
 //!   mixes deltas from before its snapshot into what follows.
-//! - An idle market-data connection carries no book channel: it is created with the first
-//!   order-book subscription.
+//! - An idle market-data connection carries no book state at all (`WsSession::books` is
+//!   `None`): it is created with the first order-book subscription and kept from then on.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -54,6 +54,11 @@ pub(super) struct Books {
 }
 
 impl Books {
+    /// Whether any book was ever subscribed (the channel stays for the session's life).
+    pub(super) fn is_open(&self) -> bool {
+        self.channel.is_some()
+    }
+
     /// The next forwarded message; pending while no book was ever subscribed. Cancel-safe.
     pub(super) async fn recv(&mut self) -> Option<BookMessage> {
         match &mut self.channel {
@@ -101,25 +106,36 @@ fn decimal_levels(levels: &[(Decimal, Decimal)]) -> Value {
 }
 
 impl WsSession {
+    /// The session's book state, created with the first use.
+    fn books_mut(&mut self) -> &mut Books {
+        self.books.get_or_insert_with(Box::default)
+    }
+
     /// Opens the books that were added to the subscriptions and closes the removed ones.
     pub(super) fn update_books(&mut self, trading: &dyn TradingApi, out: &mut Vec<Output>) {
+        if self.books.is_none() && self.subs.orderbooks.is_empty() {
+            return;
+        }
+        let wanted = &self.subs.orderbooks;
         let removed: Vec<String> = self
             .books
-            .streams
-            .keys()
-            .filter(|s| !self.subs.orderbooks.contains(*s))
+            .as_deref()
+            .into_iter()
+            .flat_map(|books| books.streams.keys())
+            .filter(|s| !wanted.contains(*s))
             .cloned()
             .collect();
         for symbol in removed {
-            if let Some(stream) = self.books.streams.remove(&symbol) {
+            if let Some(stream) = self.books_mut().streams.remove(&symbol) {
                 stream.forwarder.abort();
             }
         }
+        let books = self.books.as_deref();
         let added: Vec<String> = self
             .subs
             .orderbooks
             .iter()
-            .filter(|s| !self.books.streams.contains_key(*s))
+            .filter(|s| books.is_none_or(|books| !books.streams.contains_key(*s)))
             .cloned()
             .collect();
         for symbol in added {
@@ -129,7 +145,7 @@ impl WsSession {
 
     /// (Re)opens the book of `symbol`: a snapshot now, then its deltas through a forwarder.
     fn open_book(&mut self, trading: &dyn TradingApi, symbol: &str, out: &mut Vec<Output>) {
-        if let Some(old) = self.books.streams.remove(symbol) {
+        if let Some(old) = self.books_mut().streams.remove(symbol) {
             old.forwarder.abort();
         }
         let (snapshot, mut receiver) = match trading.book(symbol) {
@@ -140,10 +156,10 @@ impl WsSession {
                 return;
             }
         };
-        self.books.next_generation += 1;
-        let generation = self.books.next_generation;
-        let sender = self
-            .books
+        let books = self.books_mut();
+        books.next_generation += 1;
+        let generation = books.next_generation;
+        let sender = books
             .channel
             .get_or_insert_with(|| mpsc::channel(CHANNEL_CAPACITY))
             .0
@@ -167,14 +183,15 @@ impl WsSession {
                 }
             }
         });
-        self.books.streams.insert(
+        let books = self.books_mut();
+        books.streams.insert(
             symbol.to_owned(),
             BookStream {
                 generation,
                 forwarder,
             },
         );
-        out.push(Output::frame(format!("[{}]", self.books.object(&snapshot))));
+        out.push(Output::frame(format!("[{}]", books.object(&snapshot))));
     }
 
     /// `resync`: a fresh snapshot of each named (subscribed) book.
@@ -218,7 +235,11 @@ impl WsSession {
             ));
             return;
         }
-        if let Some(missing) = names.iter().find(|n| !self.books.streams.contains_key(*n)) {
+        let books = self.books.as_deref();
+        if let Some(missing) = names
+            .iter()
+            .find(|n| books.is_none_or(|books| !books.streams.contains_key(*n)))
+        {
             out.push(error_frame(
                 id,
                 ErrorCode::InvalidSyntax,
@@ -240,19 +261,19 @@ impl WsSession {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             let current = self
-                .books
+                .books_mut()
                 .streams
                 .get(&message.symbol)
                 .is_some_and(|b| b.generation == message.generation);
             if current {
                 match &message.update {
-                    Some(update) => objects.push(self.books.object(update)),
+                    Some(update) => objects.push(self.books_mut().object(update)),
                     None => lagged.push(message.symbol.clone()),
                 }
             }
             if objects.len() < MAX_BATCH {
                 next = self
-                    .books
+                    .books_mut()
                     .channel
                     .as_mut()
                     .and_then(|(_, receiver)| receiver.try_recv().ok());

@@ -204,7 +204,8 @@ async fn open(target: &Target, index: usize) -> Result<(TcpStream, Leftover), St
             let url = match (&target.market, &follow) {
                 (Some(plan), Some(follow)) => {
                     let mut url = target.url.clone();
-                    url.path.push(if url.path.contains('?') { '&' } else { '?' });
+                    url.path
+                        .push(if url.path.contains('?') { '&' } else { '?' });
                     url.path.push_str(&plan.sse_query(follow));
                     url
                 }

@@ -612,12 +612,7 @@ async fn run(options: Options) -> Result<bool, String> {
             options.symbols.clone(),
         );
         let mut batch_publisher = target.market.clone().map(|plan| {
-            market::BatchPublisher::new(
-                publish_url,
-                publish_address,
-                options.token.clone(),
-                plan,
-            )
+            market::BatchPublisher::new(publish_url, publish_address, options.token.clone(), plan)
         });
         let cpu_start = sample();
         let own_start = ProcSample::read(std::process::id()).ok();
@@ -678,9 +673,9 @@ async fn run(options: Options) -> Result<bool, String> {
             _ => publish_report.accepted * reading as u64,
         };
         let quiet_for = Duration::from_millis(500)
-            + options
-                .max_rate
-                .map_or(Duration::ZERO, |rate| Duration::from_secs_f64(2.0 / f64::from(rate)));
+            + options.max_rate.map_or(Duration::ZERO, |rate| {
+                Duration::from_secs_f64(2.0 / f64::from(rate))
+            });
         let drain_started = Instant::now();
         let mut last_count = shared.received.load(Ordering::Relaxed);
         let mut last_change = Instant::now();

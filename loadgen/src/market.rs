@@ -283,7 +283,12 @@ impl BatchPublisher {
         (body, trades)
     }
 
-    pub(crate) async fn run(&mut self, rate: f64, batch: usize, duration: Duration) -> MarketPublished {
+    pub(crate) async fn run(
+        &mut self,
+        rate: f64,
+        batch: usize,
+        duration: Duration,
+    ) -> MarketPublished {
         let mut report = MarketPublished {
             accepted: vec![0; self.plan.symbols],
             last_id: vec![0; self.plan.symbols],
@@ -300,7 +305,7 @@ impl BatchPublisher {
             let (body, trades) = self.batch_body(batch);
             report.posts += 1;
             match self.post(&body).await {
-                Ok(rejected) => {
+                Ok((rejected, reason)) => {
                     for (index, (symbol, id)) in trades.into_iter().enumerate() {
                         if rejected.binary_search(&index).is_err() {
                             report.accepted[symbol] += 1;
@@ -309,9 +314,9 @@ impl BatchPublisher {
                     }
                     if !rejected.is_empty() {
                         report.failed += rejected.len() as u64;
-                        report
-                            .first_error
-                            .get_or_insert_with(|| format!("{} trades refused", rejected.len()));
+                        report.first_error.get_or_insert_with(|| {
+                            format!("{} trades refused, the first: {reason}", rejected.len())
+                        });
                     }
                 }
                 Err(error) => {
@@ -325,8 +330,9 @@ impl BatchPublisher {
         report
     }
 
-    /// POSTs one batch; the indexes of refused trades, ascending.
-    async fn post(&mut self, body: &str) -> Result<Vec<usize>, String> {
+    /// POSTs one batch; the indexes of refused trades, ascending, and the first refusal's
+    /// message.
+    async fn post(&mut self, body: &str) -> Result<(Vec<usize>, String), String> {
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
@@ -359,9 +365,9 @@ impl BatchPublisher {
     }
 }
 
-/// The refused items of a publish reply (`{"accepted":N,"rejected":[{"index":I,...}]}`);
-/// an error for a status that refused the whole request.
-pub(crate) fn refused_indexes(status: u16, reply: &[u8]) -> Result<Vec<usize>, String> {
+/// The refused items of a publish reply (`{"accepted":N,"rejected":[{"index":I,...}]}`)
+/// and the first one's message; an error for a status that refused the whole request.
+pub(crate) fn refused_indexes(status: u16, reply: &[u8]) -> Result<(Vec<usize>, String), String> {
     let text = || {
         String::from_utf8_lossy(reply)
             .chars()
@@ -372,8 +378,12 @@ pub(crate) fn refused_indexes(status: u16, reply: &[u8]) -> Result<Vec<usize>, S
     if !(200..300).contains(&status) && status != 422 {
         return Err(format!("publish answered {status}: {}", text()));
     }
-    let value: serde_json::Value = serde_json::from_slice(reply)
-        .map_err(|_| format!("publish answered {status} with a body that is not JSON: {}", text()))?;
+    let value: serde_json::Value = serde_json::from_slice(reply).map_err(|_| {
+        format!(
+            "publish answered {status} with a body that is not JSON: {}",
+            text()
+        )
+    })?;
     let mut refused: Vec<usize> = value["rejected"]
         .as_array()
         .map(|items| {
@@ -388,7 +398,11 @@ pub(crate) fn refused_indexes(status: u16, reply: &[u8]) -> Result<Vec<usize>, S
         return Err(format!("publish answered 422: {}", text()));
     }
     refused.sort_unstable();
-    Ok(refused)
+    let reason = value["rejected"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((refused, reason))
 }
 
 /// The market figures of a run's report.
@@ -442,7 +456,10 @@ pub(crate) fn summarize_market(
         summary.expected += published.expected(&follow);
         let mut lost_here = false;
         for symbol in 0..plan.symbols {
-            let got = result.per_symbol.get(symbol).map_or(0, |s| u64::from(s.count));
+            let got = result
+                .per_symbol
+                .get(symbol)
+                .map_or(0, |s| u64::from(s.count));
             let last = result.per_symbol.get(symbol).map_or(0, |s| s.last_id);
             if !follow.contains(symbol) {
                 summary.unwanted += got;
@@ -526,7 +543,10 @@ mod tests {
         );
         let plain: serde_json::Value =
             serde_json::from_str(&plan(None).ws_message(&Follow::All)).expect("JSON");
-        assert_eq!(plain, serde_json::json!({"action":"subscribe","trades":["*"]}));
+        assert_eq!(
+            plain,
+            serde_json::json!({"action":"subscribe","trades":["*"]})
+        );
     }
 
     #[test]
@@ -553,12 +573,8 @@ mod tests {
     #[test]
     fn batch_trades_parse_as_tickgate_trades_and_their_ids_name_their_symbol() {
         let url = Url::parse("http://127.0.0.1:1/v1/publish").expect("url");
-        let mut publisher = BatchPublisher::new(
-            url,
-            "127.0.0.1:1".parse().expect("addr"),
-            None,
-            plan(None),
-        );
+        let mut publisher =
+            BatchPublisher::new(url, "127.0.0.1:1".parse().expect("addr"), None, plan(None));
         let (body, trades) = publisher.batch_body(300);
         let items: Vec<tickgate::market::MarketEvent> =
             serde_json::from_str(&body).expect("an array of tickgate trades");
@@ -577,7 +593,10 @@ mod tests {
                 .filter(|(s, _)| *s == symbol)
                 .map(|(_, id)| *id)
                 .collect();
-            assert!(of.windows(2).all(|w| w[0] < w[1]), "symbol {symbol}: {of:?}");
+            assert!(
+                of.windows(2).all(|w| w[0] < w[1]),
+                "symbol {symbol}: {of:?}"
+            );
         }
         // The id stays within a microsecond of the send time.
         let now = now_ns();
@@ -588,14 +607,14 @@ mod tests {
     fn refused_items_are_read_from_the_reply_and_whole_refusals_are_errors() {
         assert_eq!(
             refused_indexes(200, br#"{"accepted":3,"rejected":[]}"#),
-            Ok(vec![])
+            Ok((vec![], String::new()))
         );
         assert_eq!(
             refused_indexes(
                 200,
-                br#"{"accepted":1,"rejected":[{"index":2,"code":1},{"index":0,"code":1}]}"#
+                br#"{"accepted":1,"rejected":[{"index":2,"message":"late"},{"index":0}]}"#
             ),
-            Ok(vec![0, 2])
+            Ok((vec![0, 2], "late".to_owned()))
         );
         assert!(refused_indexes(401, b"{}").is_err());
         assert!(refused_indexes(422, br#"{"accepted":0,"rejected":[]}"#).is_err());
@@ -625,7 +644,9 @@ mod tests {
             panic!("no subscriber follows everything at all_fraction 0");
         };
         let (a, b) = (symbols[0], symbols[1]);
-        let other = (0..4).find(|s| !follow.contains(*s)).expect("an unfollowed symbol");
+        let other = (0..4)
+            .find(|s| !follow.contains(*s))
+            .expect("an unfollowed symbol");
         let published = MarketPublished {
             accepted: vec![10; 4],
             last_id: (0..4).map(|s| 1000 + s as u64).collect(),
@@ -638,7 +659,10 @@ mod tests {
         };
         let summary = summarize_market(std::slice::from_ref(&complete), &plan, &published);
         assert_eq!(summary.expected, 20);
-        assert_eq!((summary.missing, summary.stale, summary.unwanted), (0, 0, 0));
+        assert_eq!(
+            (summary.missing, summary.stale, summary.unwanted),
+            (0, 0, 0)
+        );
         assert_eq!(summary.subscribers_with_loss, 0);
 
         // Three trades of `b` missing, its newest among them, and one unfollowed delivery.
@@ -648,7 +672,10 @@ mod tests {
             ..SubscriberResult::default()
         };
         let summary = summarize_market(&[lossy.clone()], &plan, &published);
-        assert_eq!((summary.missing, summary.stale, summary.unwanted), (3, 1, 1));
+        assert_eq!(
+            (summary.missing, summary.stale, summary.unwanted),
+            (3, 1, 1)
+        );
         assert_eq!(summary.subscribers_with_loss, 1);
 
         // Throttled: fewer deliveries are fine as long as the newest trade arrived.

@@ -671,7 +671,7 @@ mod tests {
             per_symbol: seen(&[(a, 10, 1000 + a as u64), (b, 7, 5), (other, 1, 9)]),
             ..SubscriberResult::default()
         };
-        let summary = summarize_market(&[lossy.clone()], &plan, &published);
+        let summary = summarize_market(std::slice::from_ref(&lossy), &plan, &published);
         assert_eq!(
             (summary.missing, summary.stale, summary.unwanted),
             (3, 1, 1)

@@ -62,6 +62,7 @@ mod sse {
     mod restart;
     mod restart_under_load;
     mod smoke;
+    mod throttled;
 }
 
 mod store {
@@ -84,5 +85,6 @@ mod ws {
     mod auth;
     mod protocol;
     mod resume;
+    mod throttled;
     mod trading;
 }

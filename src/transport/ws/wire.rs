@@ -478,7 +478,7 @@ impl FastPath {
     fn poll(&mut self, cx: &mut Context<'_>, wire: &Wire) -> bool {
         let mut market = self.market.borrow_mut();
         loop {
-            if market.queue().poll_notified(cx).is_pending() {
+            if market.poll_ready(cx).is_pending() {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();

@@ -108,6 +108,8 @@ pub enum Wake {
     PortfolioChanged(bool),
     PortfolioDue,
     Book(BookMessage),
+    /// A throttled order book's window ended with merged deltas waiting.
+    BooksDue,
     AuthDeadline,
     TokenExpired,
 }
@@ -121,15 +123,16 @@ pub struct WsSession {
     market: MarketFeeds,
     trade_updates: TradeUpdates,
     portfolio: PortfolioStream,
-    /// `None` until the first order-book subscription (see `books`).
-    books: Option<Box<Books>>,
+    books: Books,
     closed: bool,
 }
 
 /// The session's timers, all served by one sleep (see [`WsSession::wait`]).
 #[derive(Debug, Clone, Copy)]
 enum Timer {
+    MarketDue,
     PortfolioDue,
+    BooksDue,
     AuthDeadline,
     TokenExpired,
 }
@@ -137,7 +140,9 @@ enum Timer {
 impl Timer {
     fn wake(self) -> Wake {
         match self {
+            Timer::MarketDue => Wake::Hub,
             Timer::PortfolioDue => Wake::PortfolioDue,
+            Timer::BooksDue => Wake::BooksDue,
             Timer::AuthDeadline => Wake::AuthDeadline,
             Timer::TokenExpired => Wake::TokenExpired,
         }
@@ -161,19 +166,13 @@ async fn sleep_until_timer(timer: Option<(Instant, Timer)>) -> Wake {
 async fn trading_wake(
     trade_updates: &mut TradeUpdates,
     portfolio: &mut PortfolioStream,
-    books: Option<&mut Books>,
+    books: &mut Books,
 ) -> Wake {
-    let books = async {
-        match books {
-            Some(books) => books.recv().await,
-            None => None,
-        }
-    };
     tokio::select! {
         biased;
         event = trade_updates.recv() => Wake::UserEvent(event),
         ok = portfolio.changed() => Wake::PortfolioChanged(ok),
-        Some(message) = books => Wake::Book(message),
+        Some(message) = books.recv() => Wake::Book(message),
         else => std::future::pending().await,
     }
 }
@@ -208,7 +207,7 @@ impl WsSession {
             ),
             trade_updates: TradeUpdates::default(),
             portfolio: PortfolioStream::new(limits.portfolio_interval),
-            books: None,
+            books: Books::default(),
             closed: false,
             deps,
         }
@@ -445,12 +444,19 @@ impl WsSession {
         out
     }
 
-    /// The earliest of the session's deadlines (portfolio message due, authentication
-    /// deadline, token expiry) and which it is; on a tie the first in that order, as the
-    /// others come due again on the next wait.
+    /// The earliest of the session's deadlines (throttled market data or book deltas due,
+    /// portfolio message due, authentication deadline, token expiry) and which it is; on a
+    /// tie the first in the order below, as the others come due again on the next wait.
     fn next_timer(&self) -> Option<(Instant, Timer)> {
+        // Throttled market data waiting for its window, when the loop serves the hub queue
+        // itself (the transport's fast path watches its own otherwise).
+        let market_due = (!self.market.in_transport)
+            .then(|| self.market.shared.borrow().next_release())
+            .flatten();
         [
+            (market_due, Timer::MarketDue),
             (self.portfolio.due(), Timer::PortfolioDue),
+            (self.books.next_release(), Timer::BooksDue),
             (self.auth.pending_deadline(), Timer::AuthDeadline),
             (self.auth.token_deadline(), Timer::TokenExpired),
         ]
@@ -468,16 +474,15 @@ impl WsSession {
     /// boxed future while one is open (`size_of` pinned in the tests).
     pub async fn wait(&mut self) -> Wake {
         let timer = self.next_timer();
-        let trading = (self.trade_updates.is_open()
-            || self.portfolio.is_open()
-            || self.books.as_ref().is_some_and(|books| books.is_open()))
-        .then(|| {
-            Box::pin(trading_wake(
-                &mut self.trade_updates,
-                &mut self.portfolio,
-                self.books.as_deref_mut(),
-            ))
-        });
+        let trading =
+            (self.trade_updates.is_open() || self.portfolio.is_open() || self.books.is_open())
+                .then(|| {
+                    Box::pin(trading_wake(
+                        &mut self.trade_updates,
+                        &mut self.portfolio,
+                        &mut self.books,
+                    ))
+                });
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
@@ -506,6 +511,7 @@ impl WsSession {
             Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
             Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
             Wake::Book(first) => self.on_book_messages(first, &mut out),
+            Wake::BooksDue => self.on_books_due(&mut out),
         }
         out
     }

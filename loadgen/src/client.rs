@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{ChunkedDecoder, Url, parse_head};
+use crate::market::{MarketPlan, symbol_of};
 use crate::sse::{SseParser, scan_trade_ids};
-use crate::stats::SubscriberResult;
+use crate::stats::{SubscriberResult, SymbolSeen};
 use crate::ws::{FrameDecoder, OPCODE_PONG, OPCODE_TEXT, WsEvent, client_frame};
 
 /// Bytes read per `read` call. Small, because an idle run holds 100k of these.
@@ -39,6 +40,9 @@ pub(crate) struct Target {
     /// How many loopback source addresses to spread connections over (127.0.0.2 upwards).
     pub(crate) source_addresses: u32,
     pub(crate) handshake_timeout: Duration,
+    /// Market runs: each subscriber's own subscription (added to the SSE query, or sent as
+    /// a subscribe action after the WebSocket upgrade) and its per-symbol counts.
+    pub(crate) market: Option<MarketPlan>,
 }
 
 impl Target {
@@ -103,7 +107,12 @@ pub(crate) async fn run_subscriber(
     connect_limit: Arc<Semaphore>,
 ) -> SubscriberResult {
     let mut result = SubscriberResult {
+        index,
         slow,
+        per_symbol: target
+            .market
+            .as_ref()
+            .map_or_else(Vec::new, |plan| vec![SymbolSeen::default(); plan.symbols]),
         ..SubscriberResult::default()
     };
     let permit = connect_limit.acquire_owned().await;
@@ -187,11 +196,22 @@ async fn open(target: &Target, index: usize) -> Result<(TcpStream, Leftover), St
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
+    let follow = target.market.as_ref().map(|plan| plan.follow(index));
     let request = match target.transport {
         Transport::Sse => {
             let mut all = vec![("Accept", "text/event-stream")];
             all.extend_from_slice(&headers);
-            crate::http::request("GET", &target.url, &all, None)
+            let url = match (&target.market, &follow) {
+                (Some(plan), Some(follow)) => {
+                    let mut url = target.url.clone();
+                    url.path
+                        .push(if url.path.contains('?') { '&' } else { '?' });
+                    url.path.push_str(&plan.sse_query(follow));
+                    url
+                }
+                _ => target.url.clone(),
+            };
+            crate::http::request("GET", &url, &all, None)
         }
         Transport::WebSocket => crate::ws::upgrade_request(&target.url, &headers, index as u64),
     };
@@ -227,7 +247,11 @@ async fn open(target: &Target, index: usize) -> Result<(TcpStream, Leftover), St
         ));
     }
     if target.transport == Transport::WebSocket {
-        for (n, message) in target.ws_messages.iter().enumerate() {
+        let own = match (&target.market, &follow) {
+            (Some(plan), Some(follow)) => Some(plan.ws_message(follow)),
+            _ => None,
+        };
+        for (n, message) in target.ws_messages.iter().chain(own.as_ref()).enumerate() {
             let mask = ((index as u32) ^ (n as u32).rotate_left(16)).to_le_bytes();
             stream
                 .write_all(&client_frame(OPCODE_TEXT, message.as_bytes(), mask))
@@ -283,6 +307,10 @@ impl Reader {
             scan_trade_ids(data, |id| {
                 if id >= min_id {
                     counted += 1;
+                    if let Some(seen) = result.per_symbol.get_mut(symbol_of(id)) {
+                        seen.count += 1;
+                        seen.last_id = seen.last_id.max(id);
+                    }
                     let latency_us = now.saturating_sub(id) / 1000;
                     result
                         .latencies_us
@@ -349,6 +377,7 @@ mod tests {
             ws_messages: vec![],
             source_addresses: 300,
             handshake_timeout: Duration::from_secs(1),
+            market: None,
         };
         assert_eq!(target.source_for(0), Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(target.source_for(299), Ipv4Addr::new(127, 0, 1, 45));

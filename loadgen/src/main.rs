@@ -6,6 +6,7 @@
 mod client;
 mod floor;
 mod http;
+mod market;
 mod orders;
 mod publish;
 mod sse;
@@ -27,8 +28,13 @@ use crate::stats::{DeliverySummary, ProcSample, USER_HZ, summarize};
 
 const USAGE: &str = "usage: tickgate-loadgen [options]
 
-  --mode fanout|idle|floor|sink|orders
+  --mode fanout|idle|floor|sink|orders|market
                               fanout: publish and measure delivery (default);
+                              market: a --universe of symbols S000.., each subscriber
+                              following --follow random ones (--all-fraction of them
+                              everything), --rate trades/s published in POSTs of --batch
+                              with a Zipf(--skew) symbol mix (tickgate only: the server's
+                              market.symbols must be the universe, see --print-universe);
                               idle: hold connections and measure memory per connection;
                               orders: --users users, one WebSocket session each (at
                               --subscribe-url, e.g. http://HOST/v1/stream), each sending one
@@ -37,6 +43,14 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
                               sink per message and report this process's CPU per write (the
                               kernel's floor under any server); sink: accept --subscribers
                               connections on --sink and discard what they send
+  --universe N                market mode: symbols in the universe (default 500, at most 1024)
+  --follow K                  market mode: symbols per subscriber (default 20)
+  --all-fraction F            market mode: share of subscribers following * (default 0.05)
+  --batch B                   market mode: trades per publish request (default 200)
+  --skew S                    market mode: Zipf exponent of the symbol mix (default 1.0)
+  --seed N                    market mode: what subscribers follow and publish (default 7)
+  --max-rate N                market mode: ask for max_rate=N on every subscription
+  --print-universe            print the universe's symbols comma-separated and exit
   --sink ADDR                 floor and sink modes: the sink's address (default 127.0.0.1:28479)
   --message-bytes B           floor mode: frame size (default 180, about an SSE trade)
   --transport sse|ws          subscriber protocol (default sse)
@@ -75,6 +89,7 @@ enum Mode {
     Floor,
     Sink,
     Orders,
+    Market,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +122,14 @@ struct Options {
     user_prefix: String,
     password: String,
     order_type: orders::OrderType,
+    universe: usize,
+    follow: usize,
+    all_fraction: f64,
+    batch: usize,
+    skew: f64,
+    seed: u64,
+    max_rate: Option<u32>,
+    print_universe: bool,
 }
 
 impl Default for Options {
@@ -140,6 +163,14 @@ impl Default for Options {
             user_prefix: "bench".into(),
             password: "demo-password".into(),
             order_type: orders::OrderType::Market,
+            universe: 500,
+            follow: 20,
+            all_fraction: 0.05,
+            batch: 200,
+            skew: 1.0,
+            seed: 7,
+            max_rate: None,
+            print_universe: false,
         }
     }
 }
@@ -166,6 +197,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             options.check = true;
             continue;
         }
+        if flag == "--print-universe" {
+            options.print_universe = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--mode" => {
@@ -175,9 +210,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                     "floor" => Mode::Floor,
                     "sink" => Mode::Sink,
                     "orders" => Mode::Orders,
+                    "market" => Mode::Market,
                     _ => {
                         return Err(format!(
-                            "--mode is fanout, idle, floor, sink or orders, got {value:?}"
+                            "--mode is fanout, idle, floor, sink, orders or market, got {value:?}"
                         ));
                     }
                 }
@@ -266,6 +302,42 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                     _ => return Err(format!("--order-type is market or limit, got {value:?}")),
                 }
             }
+            "--universe" => {
+                options.universe = number(&value, &flag)?;
+                if !(1..=market::MAX_SYMBOLS).contains(&options.universe) {
+                    return Err(format!(
+                        "--universe must be from 1 to {}",
+                        market::MAX_SYMBOLS
+                    ));
+                }
+            }
+            "--follow" => options.follow = number::<usize>(&value, &flag)?.max(1),
+            "--all-fraction" => {
+                options.all_fraction = number(&value, &flag)?;
+                if !(0.0..=1.0).contains(&options.all_fraction) {
+                    return Err("--all-fraction must be in [0, 1]".into());
+                }
+            }
+            "--batch" => {
+                options.batch = number(&value, &flag)?;
+                if options.batch == 0 {
+                    return Err("--batch must be at least 1".into());
+                }
+            }
+            "--skew" => {
+                options.skew = number(&value, &flag)?;
+                if !(0.0..=4.0).contains(&options.skew) {
+                    return Err("--skew must be from 0 to 4".into());
+                }
+            }
+            "--seed" => options.seed = number(&value, &flag)?,
+            "--max-rate" => {
+                let rate: u32 = number(&value, &flag)?;
+                if rate == 0 {
+                    return Err("--max-rate must be at least 1".into());
+                }
+                options.max_rate = Some(rate);
+            }
             "--label" => options.label = value,
             "--json" => options.json = Some(value),
             _ => return Err(format!("unknown option {flag:?}")),
@@ -286,6 +358,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if options.print_universe {
+        println!("{}", market::universe_list(options.universe));
+        return ExitCode::SUCCESS;
+    }
     // The floor and the sink are plain threads: no runtime, so the floor's CPU is its writes.
     match options.mode {
         Mode::Sink => {
@@ -298,7 +374,7 @@ fn main() -> ExitCode {
             };
         }
         Mode::Floor => return run_floor(&options),
-        Mode::Fanout | Mode::Idle | Mode::Orders => {}
+        Mode::Fanout | Mode::Idle | Mode::Orders | Mode::Market => {}
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -377,6 +453,17 @@ fn run_floor(options: &Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn market_plan(options: &Options) -> market::MarketPlan {
+    market::MarketPlan {
+        symbols: options.universe,
+        per_subscriber: options.follow,
+        all_fraction: options.all_fraction,
+        skew: options.skew,
+        seed: options.seed,
+        max_rate: options.max_rate,
+    }
+}
+
 fn resolve(url: &Url) -> Result<SocketAddr, String> {
     (url.host.as_str(), url.port)
         .to_socket_addrs()
@@ -430,6 +517,9 @@ struct Report {
     server_pss_connected_kib: Option<u64>,
     /// PSS growth per connection: what the processes together really hold for one.
     server_pss_bytes_per_connection: Option<f64>,
+    /// Market runs: the plan and its per-symbol accounting.
+    #[serde(flatten)]
+    market: Option<market::MarketFigures>,
 }
 
 async fn run(options: Options) -> Result<bool, String> {
@@ -443,6 +533,7 @@ async fn run(options: Options) -> Result<bool, String> {
         ws_messages: options.ws_messages.clone(),
         source_addresses: options.source_addresses,
         handshake_timeout: Duration::from_secs(30),
+        market: (options.mode == Mode::Market).then(|| market_plan(&options)),
     });
     let sample = || -> Option<ProcSample> {
         if options.server_pids.is_empty() {
@@ -466,11 +557,12 @@ async fn run(options: Options) -> Result<bool, String> {
     } else {
         None
     };
+    let is_slow = |index: usize| slow_every.is_some_and(|every| index % every == every - 1);
     let connect_started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     let mut slow_count = 0;
     for index in 0..n {
-        let slow = slow_every.is_some_and(|every| index % every == every - 1);
+        let slow = is_slow(index);
         slow_count += usize::from(slow);
         tasks.push(tokio::spawn(run_subscriber(
             Arc::clone(&target),
@@ -499,6 +591,7 @@ async fn run(options: Options) -> Result<bool, String> {
 
     let mut rss_max = connected_sample.map(|s| s.rss_kib);
     let mut publish_report = publish::PublishReport::default();
+    let mut market_published: Option<market::MarketPublished> = None;
     let mut cpu_seconds = None;
     let mut system_share = None;
     let mut own_cpu_seconds: Option<f64> = None;
@@ -513,11 +606,14 @@ async fn run(options: Options) -> Result<bool, String> {
         let publish_url = Url::parse(&options.publish_url)?;
         let publish_address = resolve(&publish_url)?;
         let mut publisher = Publisher::new(
-            publish_url,
+            publish_url.clone(),
             publish_address,
             options.token.clone(),
             options.symbols.clone(),
         );
+        let mut batch_publisher = target.market.clone().map(|plan| {
+            market::BatchPublisher::new(publish_url, publish_address, options.token.clone(), plan)
+        });
         let cpu_start = sample();
         let own_start = ProcSample::read(std::process::id()).ok();
         shared.min_id.store(now_ns(), Ordering::Relaxed);
@@ -541,22 +637,59 @@ async fn run(options: Options) -> Result<bool, String> {
         let publish_task = {
             let rate = options.rate;
             let duration = options.duration;
-            tokio::spawn(async move { publisher.run(rate, duration).await })
+            let batch = options.batch;
+            tokio::spawn(async move {
+                match batch_publisher.as_mut() {
+                    Some(batch_publisher) => {
+                        let published = batch_publisher.run(rate, batch, duration).await;
+                        let report = publish::PublishReport {
+                            accepted: published.total_accepted(),
+                            failed: published.failed,
+                            first_error: published.first_error.clone(),
+                            elapsed: published.elapsed,
+                        };
+                        (report, Some(published))
+                    }
+                    None => (publisher.run(rate, duration).await, None),
+                }
+            })
         };
         // Max RSS is tracked in the sampler; it is read back by aborting it below.
-        publish_report = publish_task
+        (publish_report, market_published) = publish_task
             .await
             .map_err(|e| format!("publisher failed: {e}"))?;
         let reading = shared
             .ready
             .load(Ordering::Relaxed)
             .saturating_sub(slow_count);
-        let want = publish_report.accepted * reading as u64;
+        let want = match (&target.market, &market_published) {
+            // Every reading subscriber's own expectation (what it follows).
+            (Some(plan), Some(published)) if plan.max_rate.is_none() => (0..n)
+                .filter(|index| !is_slow(*index))
+                .map(|index| published.expected(&plan.follow(index)))
+                .sum(),
+            // Throttled: fewer deliveries by design, so wait for them to stop coming.
+            (Some(_), Some(_)) => u64::MAX,
+            _ => publish_report.accepted * reading as u64,
+        };
+        let quiet_for = Duration::from_millis(500)
+            + options.max_rate.map_or(Duration::ZERO, |rate| {
+                Duration::from_secs_f64(2.0 / f64::from(rate))
+            });
         let drain_started = Instant::now();
+        let mut last_count = shared.received.load(Ordering::Relaxed);
+        let mut last_change = Instant::now();
         while shared.received.load(Ordering::Relaxed) < want
             && drain_started.elapsed() < options.drain
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
+            let count = shared.received.load(Ordering::Relaxed);
+            if count != last_count {
+                last_count = count;
+                last_change = Instant::now();
+            } else if want == u64::MAX && last_change.elapsed() >= quiet_for {
+                break;
+            }
         }
         delivery_seconds = started.elapsed().as_secs_f64();
         if let (Some(a), Ok(b)) = (own_start, ProcSample::read(std::process::id())) {
@@ -584,7 +717,37 @@ async fn run(options: Options) -> Result<bool, String> {
             results.push(result);
         }
     }
-    let summary: DeliverySummary = summarize(&results, publish_report.accepted);
+    let mut summary: DeliverySummary = summarize(&results, publish_report.accepted);
+    let market_figures = match (&target.market, &market_published) {
+        (Some(plan), Some(published)) => {
+            let counted = market::summarize_market(&results, plan, published);
+            // Loss is what a subscriber should have had: every trade of what it follows, or
+            // with max_rate the newest of each (fewer deliveries are the point there).
+            summary.lost = if plan.max_rate.is_some() {
+                counted.stale
+            } else {
+                counted.missing
+            };
+            summary.duplicated = counted.duplicated;
+            summary.subscribers_with_loss = counted.subscribers_with_loss;
+            Some(market::MarketFigures {
+                universe: plan.symbols,
+                follow: plan.per_subscriber,
+                all_fraction: plan.all_fraction,
+                batch: options.batch,
+                skew: plan.skew,
+                max_rate: plan.max_rate,
+                posts: published.posts,
+                published_per_second: published.total_accepted() as f64
+                    / published.elapsed.as_secs_f64().max(1e-9),
+                expected_deliveries: counted.expected,
+                missing: counted.missing,
+                stale: counted.stale,
+                unwanted: counted.unwanted,
+            })
+        }
+        _ => None,
+    };
     let first_connect_error = results
         .iter()
         .filter(|r| r.received == 0)
@@ -593,7 +756,11 @@ async fn run(options: Options) -> Result<bool, String> {
     let connect_failures = shared.failed.load(Ordering::Relaxed);
     let report = Report {
         label: options.label.clone(),
-        mode: if idle { "idle" } else { "fanout" },
+        mode: match options.mode {
+            Mode::Idle => "idle",
+            Mode::Market => "market",
+            _ => "fanout",
+        },
         transport: match options.transport {
             Transport::Sse => "sse",
             Transport::WebSocket => "ws",
@@ -657,6 +824,7 @@ async fn run(options: Options) -> Result<bool, String> {
             }
             _ => None,
         },
+        market: market_figures,
     };
     print_report(&report);
     if let Some(path) = &options.json {
@@ -664,6 +832,7 @@ async fn run(options: Options) -> Result<bool, String> {
         append_line(path, &line).map_err(|e| format!("cannot write {path}: {e}"))?;
     }
     let healthy = connect_failures == 0
+        && report.market.as_ref().is_none_or(|m| m.unwanted == 0)
         && (idle
             || (summary.lost == 0
                 && publish_report.failed == 0
@@ -826,7 +995,23 @@ fn print_report(r: &Report) {
     if let Some(error) = &r.first_connect_error {
         println!("connect error    {error}");
     }
-    if r.mode == "fanout" {
+    if let Some(m) = &r.market {
+        println!(
+            "market           {} symbols, {} each ({:.0}% all), batches of {}, skew {}, max_rate {}",
+            m.universe,
+            m.follow,
+            m.all_fraction * 100.0,
+            m.batch,
+            m.skew,
+            m.max_rate.map_or("-".into(), |rate| rate.to_string())
+        );
+        println!(
+            "market delivery  {} posts, {:.0} trades/s published; expected {} without max_rate, \
+             missing {}, stale {}, unwanted {}",
+            m.posts, m.published_per_second, m.expected_deliveries, m.missing, m.stale, m.unwanted
+        );
+    }
+    if r.mode != "idle" {
         println!(
             "published        {} at {}/s ({} failed{})",
             r.published,

@@ -6,6 +6,8 @@ use hdrhistogram::Histogram;
 /// What one subscriber saw.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SubscriberResult {
+    /// The subscriber's position in the run (what it follows in a market run).
+    pub(crate) index: usize,
     /// Messages of this run received (send time at or after the run's start).
     pub(crate) received: u64,
     /// One-way latencies in microseconds.
@@ -14,6 +16,16 @@ pub(crate) struct SubscriberResult {
     pub(crate) error: Option<String>,
     /// Whether this subscriber was told to stop reading (slow-consumer runs).
     pub(crate) slow: bool,
+    /// Market runs: what arrived per symbol index (empty otherwise).
+    pub(crate) per_symbol: Vec<SymbolSeen>,
+}
+
+/// Deliveries of one symbol to one subscriber (market runs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SymbolSeen {
+    pub(crate) count: u32,
+    /// The highest trade id received.
+    pub(crate) last_id: u64,
 }
 
 /// Loss and latency over all healthy subscribers.

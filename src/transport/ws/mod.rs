@@ -21,6 +21,7 @@ pub mod session;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -249,7 +250,7 @@ fn serve(
         hard: ws.max_frame_bytes,
         fragment_timeout: ws.fragment_timeout,
     };
-    let inbound = Inbound::new(body.into_inner(), preauth);
+    let mut inbound = Inbound::new(body.into_inner(), preauth);
     let wire = Wire::new();
     let market_encoding = match dialect {
         Dialect::AlpacaData(DataDialect {
@@ -287,7 +288,7 @@ fn serve(
     );
     state.hub.keep_alive(session.queue());
     state.metrics.connection_opened(Transport::WebSocket);
-    let connection = Connection {
+    let mut connection = Connection {
         session,
         dialect,
         wire: Rc::clone(&wire),
@@ -295,9 +296,10 @@ fn serve(
         shutdown: state.shutdown.clone(),
         _closed: ClosedGuard(Arc::clone(&state.metrics)),
     };
+    let close = connection.start(&mut inbound, credential);
     // The loop's future itself, not wrapped in an `async move` block: a wrapper would keep
     // its own copy of everything it moves into the loop (about 1 KB per connection).
-    let body = WsBody::new(wire, Some(fast), connection.run(inbound, credential));
+    let body = WsBody::new(wire, Some(fast), connection.run(inbound, close));
     let mut response = response;
     let response = response
         .message_body(body)
@@ -411,81 +413,200 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut inbound: Inbound, credential: Option<Result<Identity, AuthError>>) {
+    /// Greets the client and applies the upgrade's credential. Synchronous, and called
+    /// before the loop's future is built, so the credential is not kept in that future for
+    /// the connection's life. Returns the close to send if the session ended already.
+    fn start(
+        &mut self,
+        inbound: &mut Inbound,
+        credential: Option<Result<Identity, AuthError>>,
+    ) -> Option<(u16, String)> {
         let start = self.session.start(credential);
-        let mut close = self.write(start);
+        let close = self.write(start);
         if self.session.user().is_some() {
             inbound.set_limits(self.authenticated_limits);
         }
-        // Client messages handled since the loop last gave the worker back.
-        let mut handled = 0u32;
-        // One shutdown waiter for the connection's life, not one registered and dropped per
-        // wake-up.
-        let shutdown = self.shutdown.clone().cancelled_owned();
-        tokio::pin!(shutdown);
-        while close.is_none() {
-            // Fairness: a client that keeps its socket full (a flood of small messages) would
-            // otherwise keep this loop, and the worker thread it shares with other
-            // connections, busy for as long as bytes keep arriving.
-            if handled >= MESSAGES_PER_TURN {
-                handled = 0;
-                tokio::task::yield_now().await;
-            }
-            let outputs = tokio::select! {
-                biased;
-                wake = self.session.wait() => {
-                    self.wire.busy.set(true);
-                    let outputs = Box::pin(self.session.on_wake(wake)).await;
-                    self.wire.busy.set(false);
-                    outputs
+        close
+    }
+
+    /// The connection's loop. Its future is what every connection holds while idle (boxed
+    /// in the response body), so its state is kept small (the size is pinned in the tests):
+    /// - an `async move` block in a plain function, not an `async fn`: an `async fn` moves
+    ///   its arguments from the future's captured state into locals of its own, and both
+    ///   stay in the state, so the connection and its inbound decoder would be held twice
+    ///   (rust-lang/rust#62958; 900 bytes per connection here);
+    /// - the select only says what happened and is over before anything is handled, so the
+    ///   waiting futures and the handling's own await state share bytes instead of adding up.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice in the future (see above)"
+    )]
+    fn run(
+        mut self,
+        mut inbound: Inbound,
+        mut close: Option<(u16, String)>,
+    ) -> impl Future<Output = ()> + 'static {
+        async move {
+            // Client messages handled since the loop last gave the worker back.
+            let mut handled = 0u32;
+            // One shutdown waiter for the connection's life, not one registered and dropped per
+            // wake-up.
+            let shutdown = self.shutdown.clone().cancelled_owned();
+            tokio::pin!(shutdown);
+            while close.is_none() {
+                // Fairness: a client that keeps its socket full (a flood of small messages) would
+                // otherwise keep this loop, and the worker thread it shares with other
+                // connections, busy for as long as bytes keep arriving.
+                if handled >= MESSAGES_PER_TURN {
+                    handled = 0;
+                    tokio::task::yield_now().await;
                 }
-                message = inbound.recv() => {
-                    let Some(message) = message else { break };
-                    handled += 1;
-                    // std's clock: tokio's (built with test-util) costs a runtime lookup.
-                    self.wire.last_heard.set(Instant::now());
-                    match message {
-                        // Boxed, like `on_wake` above: the order path's await state is large
-                        // and would otherwise sit in every idle connection's loop. Market data
-                        // waits meanwhile (`busy`), so replies precede the data they start.
-                        Incoming::Text(text) => {
-                            let outputs = self.on_message(text.as_bytes(), false).await;
-                            self.raise_limits(&mut inbound);
-                            outputs
-                        }
-                        Incoming::Binary(bytes) => {
-                            let outputs = self.on_message(&bytes, true).await;
-                            self.raise_limits(&mut inbound);
-                            outputs
-                        }
-                        Incoming::Ping(payload) => {
-                            put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
-                            continue;
-                        }
-                        Incoming::Pong => continue,
-                        Incoming::Close => {
-                            close = Some((close_codes::NORMAL, "bye".to_owned()));
-                            break;
-                        }
-                        Incoming::TooLarge(len) => self.session.on_oversize(len),
-                        Incoming::Overflow(limit) => self.session.on_frame_overflow(limit),
-                        Incoming::FragmentTimeout => self.session.on_fragment_timeout(),
-                        Incoming::Invalid(error) => {
-                            tracing::debug!(%error, "websocket protocol error");
-                            close = Some((close_codes::PROTOCOL, error));
-                            break;
+                let event = tokio::select! {
+                    biased;
+                    wake = self.session.wait() => Event::Wake(wake),
+                    message = inbound.recv() => Event::Message(message),
+                    _ = &mut shutdown => Event::Shutdown,
+                };
+                let outputs = match event {
+                    Event::Wake(wake) => {
+                        self.wire.busy.set(true);
+                        let outputs = Box::pin(self.session.on_wake(wake)).await;
+                        self.wire.busy.set(false);
+                        outputs
+                    }
+                    Event::Message(None) => break,
+                    Event::Message(Some(message)) => {
+                        handled += 1;
+                        // std's clock: tokio's (built with test-util) costs a runtime lookup.
+                        self.wire.last_heard.set(Instant::now());
+                        match message {
+                            // Boxed, like `on_wake` above: the order path's await state is large
+                            // and would otherwise sit in every idle connection's loop. Market data
+                            // waits meanwhile (`busy`), so replies precede the data they start.
+                            Incoming::Text(text) => {
+                                let outputs =
+                                    Box::pin(self.on_message(text.as_bytes(), false)).await;
+                                self.raise_limits(&mut inbound);
+                                outputs
+                            }
+                            Incoming::Binary(bytes) => {
+                                let outputs = Box::pin(self.on_message(&bytes, true)).await;
+                                self.raise_limits(&mut inbound);
+                                outputs
+                            }
+                            Incoming::Ping(payload) => {
+                                put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
+                                continue;
+                            }
+                            Incoming::Pong => continue,
+                            Incoming::Close => {
+                                close = Some((close_codes::NORMAL, "bye".to_owned()));
+                                break;
+                            }
+                            Incoming::TooLarge(len) => self.session.on_oversize(len),
+                            Incoming::Overflow(limit) => self.session.on_frame_overflow(limit),
+                            Incoming::FragmentTimeout => self.session.on_fragment_timeout(),
+                            Incoming::Invalid(error) => {
+                                tracing::debug!(%error, "websocket protocol error");
+                                close = Some((close_codes::PROTOCOL, error));
+                                break;
+                            }
                         }
                     }
-                }
-                _ = &mut shutdown => self.session.on_shutdown(),
-            };
-            close = self.write(outputs);
+                    Event::Shutdown => self.session.on_shutdown(),
+                };
+                close = self.write(outputs);
+            }
+            // The session leaves the hub before the close goes out.
+            let Connection { session, wire, .. } = self;
+            drop(session);
+            if let Some((code, reason)) = close {
+                put_close(&mut wire.outbox.borrow_mut(), code, &reason);
+            }
         }
-        // The session leaves the hub before the close goes out.
-        let Connection { session, wire, .. } = self;
-        drop(session);
-        if let Some((code, reason)) = close {
-            put_close(&mut wire.outbox.borrow_mut(), code, &reason);
-        }
+    }
+}
+
+/// What the connection's loop woke up for.
+enum Event {
+    Wake(session::Wake),
+    /// A client message, or `None` once the peer has gone.
+    Message(Option<Incoming>),
+    Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{size_of, size_of_val};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// What every idle WebSocket holds besides actix-http's own connection state, pinned so
+    /// it does not creep back (issue 17: idle WebSocket memory at or below SSE's). The loop's
+    /// future is boxed once in the response body, so its size is heap per connection (the
+    /// session is part of it); the market state is shared with the body through an `Rc`.
+    ///
+    /// Budgets, in the test profile: before issue 17 the loop was about 3,000 bytes (a
+    /// 720-byte `wait` with three sleeps and three receivers' futures, and the connection
+    /// held twice by the `async fn`); now 1,520 with a 728-byte session and a 240-byte wait.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_more_state_than_its_budget() {
+        let (mut session, _hub) = session::tests::authenticated_session();
+        let market = session.market();
+        let wait = session.wait();
+        let wait_bytes = size_of_val(&wait);
+        drop(wait);
+        let session_bytes = size_of_val(&session);
+        let limits = InboundLimits {
+            keep: 1024,
+            hard: 4096,
+            fragment_timeout: Duration::from_secs(1),
+        };
+        let metrics = Arc::new(Metrics::default());
+        metrics.connection_opened(Transport::WebSocket);
+        let wire = Wire::new();
+        let connection = Connection {
+            session,
+            dialect: Dialect::Native,
+            wire: Rc::clone(&wire),
+            authenticated_limits: limits,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            _closed: ClosedGuard(metrics),
+        };
+        let run = connection.run(Inbound::new(actix_web::dev::Payload::None, limits), None);
+        let run_bytes = size_of_val(&run);
+        let fast = FastPath::new(
+            market,
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            false,
+        );
+        let body = WsBody::new(wire, Some(fast), run);
+        let body_bytes = size_of_val(&body);
+        eprintln!(
+            "session {session_bytes} B, its wait {wait_bytes} B, connection loop {run_bytes} B, \
+             body {body_bytes} B, market state {} B, wire {} B, inbound {} B",
+            size_of::<session::MarketState>(),
+            size_of::<Wire>(),
+            size_of::<Inbound>(),
+        );
+        assert!(
+            session_bytes <= 736,
+            "session {session_bytes} B, budget 736"
+        );
+        assert!(wait_bytes <= 256, "wait {wait_bytes} B, budget 256");
+        assert!(
+            run_bytes <= 1_536,
+            "connection loop {run_bytes} B, budget 1,536 (the session plus {} B)",
+            run_bytes.saturating_sub(session_bytes)
+        );
+        assert!(body_bytes <= 128, "body {body_bytes} B, budget 128");
+        assert!(
+            size_of::<session::MarketState>() <= 256,
+            "market state {} B, budget 256",
+            size_of::<session::MarketState>()
+        );
     }
 }

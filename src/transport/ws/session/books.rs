@@ -108,6 +108,11 @@ struct BookPace {
 }
 
 impl Books {
+    /// Whether any book was ever subscribed (the channel stays for the session's life).
+    pub(super) fn is_open(&self) -> bool {
+        self.channel.is_some()
+    }
+
     /// The next forwarded message; pending while no book was ever subscribed. Cancel-safe.
     pub(super) async fn recv(&mut self) -> Option<BookMessage> {
         match &mut self.channel {

@@ -37,7 +37,7 @@ mod portfolio;
 mod rate;
 mod subscriptions;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -127,9 +127,62 @@ pub struct WsSession {
     closed: bool,
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// The session's timers, all served by one sleep (see [`WsSession::wait`]).
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    MarketDue,
+    PortfolioDue,
+    BooksDue,
+    AuthDeadline,
+    TokenExpired,
+}
+
+impl Timer {
+    fn wake(self) -> Wake {
+        match self {
+            Timer::MarketDue => Wake::Hub,
+            Timer::PortfolioDue => Wake::PortfolioDue,
+            Timer::BooksDue => Wake::BooksDue,
+            Timer::AuthDeadline => Wake::AuthDeadline,
+            Timer::TokenExpired => Wake::TokenExpired,
+        }
+    }
+}
+
+/// Sleeps until the timer's deadline; pending forever without one.
+async fn sleep_until_timer(timer: Option<(Instant, Timer)>) -> Wake {
+    match timer {
+        Some((deadline, timer)) => {
+            tokio::time::sleep_until(deadline).await;
+            timer.wake()
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits on the trading streams (trade updates, portfolio changes, order books). Boxed by
+/// the caller and only while one of them is open, so a market-data session's waiting state
+/// holds a pointer instead of three receivers' futures.
+async fn trading_wake(
+    trade_updates: &mut TradeUpdates,
+    portfolio: &mut PortfolioStream,
+    books: &mut Books,
+) -> Wake {
+    tokio::select! {
+        biased;
+        event = trade_updates.recv() => Wake::UserEvent(event),
+        ok = portfolio.changed() => Wake::PortfolioChanged(ok),
+        Some(message) = books.recv() => Wake::Book(message),
+        else => std::future::pending().await,
+    }
+}
+
+/// The boxed future, or pending forever.
+async fn boxed_or_pending<F: std::future::Future>(
+    future: Option<std::pin::Pin<Box<F>>>,
+) -> F::Output {
+    match future {
+        Some(future) => future.await,
         None => std::future::pending().await,
     }
 }
@@ -391,29 +444,52 @@ impl WsSession {
         out
     }
 
-    /// Waits for the next thing the session must react to besides client messages.
-    /// Cancel-safe: the glue selects on it together with the socket.
-    pub async fn wait(&mut self) -> Wake {
-        let auth_deadline = self.auth.pending_deadline();
-        let token_deadline = self.auth.token_deadline();
-        let portfolio_due = self.portfolio.due();
-        let books_due = self.books.next_release();
+    /// The earliest of the session's deadlines (throttled market data or book deltas due,
+    /// portfolio message due, authentication deadline, token expiry) and which it is; on a
+    /// tie the first in the order below, as the others come due again on the next wait.
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        // Throttled market data waiting for its window, when the loop serves the hub queue
+        // itself (the transport's fast path watches its own otherwise).
         let market_due = (!self.market.in_transport)
             .then(|| self.market.shared.borrow().next_release())
             .flatten();
+        [
+            (market_due, Timer::MarketDue),
+            (self.portfolio.due(), Timer::PortfolioDue),
+            (self.books.next_release(), Timer::BooksDue),
+            (self.auth.pending_deadline(), Timer::AuthDeadline),
+            (self.auth.token_deadline(), Timer::TokenExpired),
+        ]
+        .into_iter()
+        .filter_map(|(deadline, timer)| deadline.map(|deadline| (deadline, timer)))
+        .min_by_key(|(deadline, _)| *deadline)
+    }
+
+    /// Waits for the next thing the session must react to besides client messages.
+    /// Cancel-safe: the glue selects on it together with the socket.
+    ///
+    /// This future is what an idle connection holds while it waits (inside the connection's
+    /// loop, boxed in its response body), so it is kept small: one sleep for the nearest
+    /// deadline rather than one per timer, and the trading streams' receivers only as a
+    /// boxed future while one is open (`size_of` pinned in the tests).
+    pub async fn wait(&mut self) -> Wake {
+        let timer = self.next_timer();
+        let trading =
+            (self.trade_updates.is_open() || self.portfolio.is_open() || self.books.is_open())
+                .then(|| {
+                    Box::pin(trading_wake(
+                        &mut self.trade_updates,
+                        &mut self.portfolio,
+                        &mut self.books,
+                    ))
+                });
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
             biased;
             _ = self.market.queue.notified(), if !self.market.in_transport => Wake::Hub,
-            _ = sleep_until_opt(market_due), if market_due.is_some() => Wake::Hub,
-            event = self.trade_updates.recv() => Wake::UserEvent(event),
-            ok = self.portfolio.changed() => Wake::PortfolioChanged(ok),
-            Some(message) = self.books.recv() => Wake::Book(message),
-            _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
-            _ = sleep_until_opt(books_due), if books_due.is_some() => Wake::BooksDue,
-            _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
-            _ = sleep_until_opt(token_deadline) => Wake::TokenExpired,
+            wake = boxed_or_pending(trading) => wake,
+            wake = sleep_until_timer(timer) => wake,
         }
     }
 

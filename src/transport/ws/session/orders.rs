@@ -98,6 +98,11 @@ fn push_updates(updates: &[TradeUpdate], out: &mut Vec<Output>) {
 
 impl TradeUpdates {
     /// The next trade update; pending while not subscribed. Cancel-safe.
+    /// Whether the session follows the user's trade updates.
+    pub(super) fn is_open(&self) -> bool {
+        self.receiver.is_some()
+    }
+
     pub(super) async fn recv(&mut self) -> Result<UserEvent, broadcast::error::RecvError> {
         match &mut self.receiver {
             Some(receiver) => receiver.recv().await,

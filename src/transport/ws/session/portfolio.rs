@@ -38,6 +38,11 @@ impl PortfolioStream {
         }
     }
 
+    /// Whether the session follows the exchange's portfolio changes.
+    pub(super) fn is_open(&self) -> bool {
+        self.changes.is_some()
+    }
+
     /// Waits for a change: `true` for one, `false` when the exchange dropped the stream.
     /// Pending while not subscribed. Cancel-safe.
     pub(super) async fn changed(&mut self) -> bool {

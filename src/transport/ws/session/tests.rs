@@ -252,6 +252,11 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
     (WsSession::new(deps), hub)
 }
 
+/// An authenticated session with a stand-in exchange, for the transport's tests.
+pub(in crate::transport::ws) fn authenticated_session() -> (WsSession, Arc<Hub>) {
+    authenticated(FakeTrading::new())
+}
+
 fn authenticated(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
     let (mut session, hub) = session_with(trading);
     let out = session.start(Some(Ok(Identity {

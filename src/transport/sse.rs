@@ -3,7 +3,8 @@
 //!
 //! A connection is a [`SubscriberQueue`] plus a stream that drains it. Everything queued since
 //! the last write goes out as one chunk; a lone event is written as the shared frame itself
-//! (no copy). The connection owns no timer: heartbeats come from the hub's shared sweep.
+//! (no copy). Heartbeats come from the hub's shared sweep; the only timer a connection may
+//! own is its coalescing window's ([`Coalescer`]), once it receives events quickly.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::ApiError;
 use crate::hub::entry::{SSE_HEARTBEAT, sse_close, sse_opening};
-use crate::hub::{Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
+use crate::hub::{Coalescer, Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
 use crate::market::EventKind;
 use crate::metrics::{Metrics, Transport};
 use crate::state::AppState;
@@ -127,6 +128,7 @@ fn open_stream(
     );
     state.metrics.connection_opened(Transport::Sse);
     let connection = SseConnection {
+        coalescer: state.hub.new_coalescer(),
         queue,
         spare: VecDeque::new(),
         initial: Some(initial),
@@ -149,6 +151,8 @@ fn open_stream(
 
 struct SseConnection {
     queue: Arc<SubscriberQueue>,
+    /// Decides when to drain: at once, or at the end of a coalescing window.
+    coalescer: Coalescer,
     spare: VecDeque<Delivery>,
     initial: Option<Bytes>,
     finished: bool,
@@ -179,14 +183,17 @@ impl MessageBody for SseConnection {
             return Poll::Ready(None);
         }
         // Wait first, then drain: every push leaves a wake-up pending, so this never sleeps
-        // on a non-empty queue, and the poll right after a write costs no lock.
+        // on a non-empty queue, and the poll right after a write costs no lock. A connection
+        // receiving events quickly waits out its coalescing window before draining.
         loop {
-            if this.queue.poll_notified(cx).is_pending() {
+            if this.coalescer.poll_ready(&this.queue, cx).is_pending() {
                 return Poll::Pending;
             }
             this.queue.drain_into(&mut this.spare);
             if !this.spare.is_empty() {
-                return Poll::Ready(Some(Ok(this.render())));
+                let chunk = this.render();
+                this.coalescer.wrote(&this.queue);
+                return Poll::Ready(Some(Ok(chunk)));
             }
         }
     }

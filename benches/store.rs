@@ -109,6 +109,7 @@ fn order_batch() -> TradingBatch {
             qty: dec!(10),
             cost_basis: dec!(2275.1),
         }],
+        ..TradingBatch::default()
     }
 }
 

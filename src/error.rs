@@ -90,6 +90,10 @@ error_codes! {
     NotReady = 50310000, SERVICE_UNAVAILABLE, "not_ready";
     /// The server is stopping: the publish API refuses items (retry once it is back).
     ShuttingDown = 50310001, SERVICE_UNAVAILABLE, "shutting_down";
+    /// Cluster trading: no exchange answered an order, cancel, replace or read in time (it is
+    /// failing over to another node). Retry; an order retried with the same
+    /// `client_order_id` never executes twice (HTTP and WebSocket).
+    ExchangeUnavailable = 50310002, SERVICE_UNAVAILABLE, "exchange_unavailable";
     // Stream-level WebSocket codes, in `{"T":"error","code":N,"msg":...}` frames.
     InvalidSyntax = 400, BAD_REQUEST, "invalid_syntax";
     NotAuthenticated = 401, UNAUTHORIZED, "not_authenticated";
@@ -116,6 +120,16 @@ error_codes! {
 impl Serialize for ErrorCode {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u32(self.number())
+    }
+}
+
+impl ErrorCode {
+    /// The code with this [`ErrorCode::name`] (names are unique; numbers are not).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|code| code.name() == name)
     }
 }
 

@@ -10,7 +10,8 @@
 //!   by [`trading::exchange::start`].
 //! - [`cluster`]: multi-node operation on Redis (one shared log per feed, leases with fencing
 //!   tokens); below `state`, it reaches the hub only through `cluster::SequencedSink`.
-//! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default).
+//! - [`store`]: durable orders, accounts, bar history and feed positions (SQLite by default,
+//!   PostgreSQL for a cluster).
 //! - [`auth`]: JWT verification, the built-in token issuer, WebSocket tickets, session limits;
 //!   [`subject`]: the rule every account name (username, token subject) follows.
 //! - [`state`]: `AppState`, the handles request handlers share (below routes and transports).

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub delivered_sse: AtomicU64,
     pub delivered_ws: AtomicU64,
     pub conflated: AtomicU64,
+    /// Trades and quotes a `max_rate` subscriber's throttle replaced with a newer one of
+    /// their symbol before they went out (what the client asked not to get, not a loss).
+    pub throttled: AtomicU64,
     pub dropped: AtomicU64,
     pub slow_client_disconnects: AtomicU64,
     pub replayed: AtomicU64,
@@ -205,6 +208,11 @@ impl Metrics {
                 "tickgate_messages_conflated_total",
                 "Queued price events replaced by a newer one for a slow client.",
                 &self.conflated,
+            ),
+            (
+                "tickgate_messages_throttled_total",
+                "Trades and quotes a max_rate subscriber's throttle replaced by a newer one.",
+                &self.throttled,
             ),
             (
                 "tickgate_messages_dropped_total",

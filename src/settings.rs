@@ -483,7 +483,25 @@ impl Settings {
         problems.extend(self.validate_auth_and_ws());
         problems.extend(self.store.validate());
         problems.extend(self.cluster.validate());
+        problems.extend(self.cluster_trading_problem());
         problems
+    }
+
+    /// Cluster mode trades through one exchange whose state every node reads, so its store
+    /// must be shared: a SQLite file belongs to one process. Without a store (`store.enabled =
+    /// false`) nothing is durable and each node keeps its own in-memory exchange, which stays
+    /// allowed for tests and demos of the feeds.
+    fn cluster_trading_problem(&self) -> Option<String> {
+        (self.cluster.enabled()
+            && self.store.enabled
+            && self.store.backend != crate::store::StoreBackend::Postgres)
+            .then(|| {
+                "store.backend: cluster mode (cluster.redis_url is set) with trading needs \
+                 store.backend = \"postgres\" and store.postgres_url, the database every node's \
+                 exchange shares; a SQLite file belongs to one process (see docs/deployment.md, \
+                 or set store.enabled = false for a cluster without durable trading)"
+                    .to_owned()
+            })
     }
 
     fn validate_auth_and_ws(&self) -> Vec<String> {

@@ -177,15 +177,40 @@ impl Application {
         } else {
             None
         };
-        let exchange = crate::trading::exchange::start(
-            &settings.trading,
-            &settings.simulator.initial_prices,
-            Arc::clone(&hub),
-            opened
-                .as_ref()
-                .map(|opened| Arc::clone(&opened.store.trading)),
-            shutdown.clone(),
-        )?;
+        let trading: Arc<dyn crate::trading::api::TradingApi> = match (&cluster, &opened) {
+            // Cluster trading: one exchange for all nodes, on whichever holds its lease, with
+            // its state in the shared store; every node reaches it over Redis.
+            (Some(node), Some(opened)) => {
+                let status_hub = Arc::clone(&hub);
+                let status: crate::cluster::trading::TradingStatus =
+                    Arc::new(move |available: bool, message: &str| {
+                        let code = if available {
+                            "trading_available"
+                        } else {
+                            "trading_unavailable"
+                        };
+                        status_hub.notify_status(code, message);
+                    });
+                Arc::new(crate::cluster::trading::start(
+                    node,
+                    &settings.trading,
+                    &settings.simulator.initial_prices,
+                    Arc::clone(&hub),
+                    Arc::clone(&opened.store.trading),
+                    status,
+                    shutdown.clone(),
+                ))
+            }
+            _ => Arc::new(crate::trading::exchange::start(
+                &settings.trading,
+                &settings.simulator.initial_prices,
+                Arc::clone(&hub),
+                opened
+                    .as_ref()
+                    .map(|opened| Arc::clone(&opened.store.trading)),
+                shutdown.clone(),
+            )?),
+        };
         let sources = SourceRegistry::new(Arc::clone(&metrics));
         let hub_sink: Arc<dyn crate::hub::EventSink> = hub.clone();
         let mut publisher = Publisher::new(hub_sink, sources.clone(), Arc::clone(&metrics));
@@ -201,7 +226,7 @@ impl Application {
             publisher,
             metrics,
             shutdown,
-            trading: Arc::new(exchange),
+            trading,
             store: opened.map(|opened| opened.store),
             cluster,
         };

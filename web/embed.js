@@ -32,7 +32,7 @@ const BASE_STYLE = `
 `;
 
 class TickgateTicker extends HTMLElement {
-  static observedAttributes = ['symbols', 'gateway'];
+  static observedAttributes = ['symbols', 'gateway', 'max-rate'];
 
   constructor() {
     super();
@@ -97,7 +97,11 @@ class TickgateTicker extends HTMLElement {
   start() {
     const symbols = symbolsOf(this);
     if (symbols.length === 0) return;
-    const feed = new FeedClient(marketUrl(gatewayOf(this), { symbols, types: 'trades' }));
+    // `max-rate`: the newest price per symbol at most that often a second (server-side
+    // `max_rate`); absent or not a whole number from 1 to 1000: every trade.
+    const rate = Number(this.getAttribute('max-rate'));
+    const maxRate = Number.isInteger(rate) && rate >= 1 && rate <= 1000 ? rate : undefined;
+    const feed = new FeedClient(marketUrl(gatewayOf(this), { symbols, types: 'trades', maxRate }));
     feed.addEventListener('snapshot', (e) => {
       for (const trade of e.detail.trades ?? []) this.update(trade);
     });

@@ -200,7 +200,18 @@ fn load_hash_key(auth: &AuthSettings, store: Option<&StoreSettings>) -> std::io:
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let mut key = [0u8; 32];
             rand::rng().fill_bytes(&mut key);
-            write_private(&path, &hex(&key))?;
+            // With the PostgreSQL store nothing else creates the data directory.
+            std::fs::create_dir_all(&store.data_dir)
+                .and_then(|()| write_private(&path, &hex(&key)))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            if store.backend == crate::store::StoreBackend::Postgres {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the API key hash key was created in this node's data directory; nodes that \
+                     share the PostgreSQL store need the same auth.api_key_hash_key to accept \
+                     each other's issued API keys"
+                );
+            }
             Ok(key.to_vec())
         }
         Err(error) => Err(error),

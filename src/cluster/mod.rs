@@ -9,6 +9,8 @@
 //!   are the ordered publisher (`publisher`) and the subscriber with repair (`subscriber`).
 //! - [`lease`]: leases with fencing tokens, renewed in the background, released on shutdown.
 //! - [`local`]: the hub side (applying the shared log) and the sink leased sources publish to.
+//! - [`trading`]: cluster trading: the exchange under a lease, commands over a Redis stream,
+//!   private updates to every node.
 //!
 //! This module knows nothing of HTTP or of the hub's internals: a node hands sequenced events
 //! to a [`SequencedSink`], and the hub side implements it.
@@ -21,6 +23,7 @@ mod publisher;
 pub mod scripts;
 pub mod settings;
 mod subscriber;
+pub mod trading;
 pub mod wire;
 
 pub use lease::{LeaseTicket, hold_lease, run_leased};

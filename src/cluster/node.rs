@@ -343,6 +343,11 @@ impl ClusterNode {
         Ok(read.latest)
     }
 
+    /// The Redis client, for connections of their own (subscriptions, blocking reads).
+    pub(super) fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
     /// A clone of the command connection, for leases.
     pub(super) fn commands(&self) -> ConnectionManager {
         self.inner.commands.clone()

@@ -112,6 +112,11 @@ mod tests {
             ),
             ("TICKGATE__CLUSTER__NODE_ID", "edge-1"),
             ("TICKGATE__CLUSTER__LEASE_TTL", "2s"),
+            ("TICKGATE__STORE__BACKEND", "postgres"),
+            (
+                "TICKGATE__STORE__POSTGRES_URL",
+                "postgres://tickgate:secret@127.0.0.1:5432/tickgate",
+            ),
         ])
         .expect("valid");
         assert!(node.cluster.enabled());
@@ -137,5 +142,59 @@ mod tests {
         assert!(text.contains("cluster.node_id"), "{text}");
         assert!(text.contains("cluster.lease_ttl"), "{text}");
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn cluster_mode_with_a_sqlite_store_is_refused_naming_the_backend_setting() {
+        let error = load(&[("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/")])
+            .expect_err("a SQLite file cannot be shared by the nodes");
+        let text = error.to_string();
+        assert!(text.contains("store.backend"), "{text}");
+        assert!(text.contains("postgres"), "{text}");
+        // Without a store each node keeps its in-memory exchange, as before.
+        load(&[
+            ("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/"),
+            ("TICKGATE__STORE__ENABLED", "false"),
+        ])
+        .expect("no durable trading, no shared store needed");
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_a_valid_url_and_never_prints_it() {
+        let missing = load(&[("TICKGATE__STORE__BACKEND", "postgres")]).expect_err("no URL");
+        assert!(
+            missing.to_string().contains("store.postgres_url"),
+            "{missing}"
+        );
+        let bad = load(&[
+            ("TICKGATE__STORE__BACKEND", "postgres"),
+            (
+                "TICKGATE__STORE__POSTGRES_URL",
+                "postgres://u:secret@host:notaport/db",
+            ),
+        ])
+        .expect_err("bad URL");
+        let text = bad.to_string();
+        assert!(text.contains("store.postgres_url"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        let unused = load(&[(
+            "TICKGATE__STORE__POSTGRES_URL",
+            "postgres://u:secret@127.0.0.1/db",
+        )])
+        .expect_err("a URL the sqlite backend would ignore");
+        assert!(unused.to_string().contains("store.backend"), "{unused}");
+        let unknown = load(&[("TICKGATE__STORE__BACKEND", "mysql")]).expect_err("unknown");
+        assert!(unknown.to_string().contains("store.backend"), "{unknown}");
+        let good = load(&[
+            ("TICKGATE__STORE__BACKEND", "postgres"),
+            (
+                "TICKGATE__STORE__POSTGRES_URL",
+                "postgres://tickgate:secret@127.0.0.1:5432/tickgate",
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(good.store.backend, crate::store::StoreBackend::Postgres);
+        let printed = format!("{:?}", good.store);
+        assert!(!printed.contains("secret"), "{printed}");
     }
 }

@@ -18,7 +18,8 @@
 //! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`coalesce`] (the coalescing window: a busy connection's
 //! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the
-//! shared heartbeat and keep-alive sweeps), [`sequenced`] (what a cluster node does to the
+//! shared heartbeat and keep-alive sweeps), [`throttle`] (conflation for `max_rate`
+//! subscribers), [`sequenced`] (what a cluster node does to the
 //! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
 //! and the latest values.
 
@@ -30,6 +31,7 @@ pub mod queue;
 mod sequenced;
 mod settings;
 pub mod sweep;
+pub mod throttle;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -51,6 +53,7 @@ use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
 pub use settings::HubConfig;
+pub use throttle::{InvalidMaxRate, MaxRate, Pacer, Throttle};
 
 /// The public feeds, each with its own sequence and replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

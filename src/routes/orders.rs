@@ -214,9 +214,10 @@ pub fn object_body(body: web::Bytes) -> Result<Map<String, Value>, ApiError> {
 
 /// An order error over tickgate's HTTP routes; the status comes from the one code table.
 pub fn order_error(error: OrderError) -> ApiError {
-    // A refusal (400, 403, 404, 422, … from the one table) is the client's to read;
-    // everything else is the exchange failing: 50010000 over HTTP, the cause logged.
-    if error.code.status().is_client_error() {
+    // A refusal (400, 403, 404, 422, … from the one table) is the client's to read, and so
+    // is 50310002 (a cluster's exchange is failing over: retry); everything else is the
+    // exchange failing: 50010000 over HTTP, the cause logged.
+    if error.code.status().is_client_error() || error.code == OrderError::EXCHANGE_UNAVAILABLE {
         ApiError::new(error.code, error.message)
     } else {
         ApiError::internal(&error)
@@ -298,4 +299,21 @@ async fn cancel_all_v1(
         })
         .collect();
     Ok(HttpResponse::Ok().json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn exchange_unavailable_reaches_http_clients_as_503_with_its_code_and_failures_stay_generic() {
+        let retry = order_error(crate::trading::command::exchange_unavailable());
+        assert_eq!(retry.code, ErrorCode::ExchangeUnavailable);
+        assert_eq!(retry.status().as_u16(), 503);
+        assert!(retry.message.contains("retry"));
+        let failure = order_error(OrderError::new(OrderError::INTERNAL, "disk on fire"));
+        assert_eq!(failure.code, ErrorCode::Internal);
+        assert_eq!(failure.message, "internal error");
+    }
 }

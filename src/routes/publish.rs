@@ -18,7 +18,14 @@ pub const SOURCE_NAME: &str = "publish_api";
 
 /// Status codes only the server sends: clients act on them (reconnect, expect a reset), so a
 /// producer must not be able to send them to everyone.
-const RESERVED_STATUS_CODES: &[&str] = &["shutdown", "reset", "cluster_down", "cluster_ok"];
+const RESERVED_STATUS_CODES: &[&str] = &[
+    "shutdown",
+    "reset",
+    "cluster_down",
+    "cluster_ok",
+    "trading_unavailable",
+    "trading_available",
+];
 
 /// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub
 /// refuses ticks older than a symbol's newest, so one tick from a bad clock or a mistyped

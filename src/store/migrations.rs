@@ -29,6 +29,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "trade_updates",
         sql: include_str!("../../migrations/0003_trade_updates.sql"),
     },
+    Migration {
+        version: 4,
+        name: "trade_updates_append",
+        sql: include_str!("../../migrations/0004_trade_updates_append.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "fences_commands",
+        sql: include_str!("../../migrations/0005_fences_commands.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -179,7 +189,10 @@ mod tests {
         for (id, user, cid) in [("o1", "ann", "a"), ("o2", "ann", "a"), ("o3", "bob", "a")] {
             insert(&connection, id, user, cid).expect("version 1 row");
         }
-        assert_eq!(migrate(&mut connection).expect("to the latest"), vec![2, 3]);
+        assert_eq!(
+            migrate(&mut connection).expect("to the latest"),
+            (2..=latest_version()).collect::<Vec<_>>()
+        );
         let repeats: Vec<String> = connection
             .prepare("SELECT id FROM orders WHERE client_order_id_repeat = 1")
             .and_then(|mut statement| {
@@ -192,6 +205,95 @@ mod tests {
         let error = insert(&connection, "o4", "ann", "a").expect_err("unique from now on");
         assert!(error.to_string().contains("UNIQUE"), "{error}");
         insert(&connection, "o5", "ann", "b").expect("a fresh id");
+    }
+
+    #[test]
+    fn the_append_migration_keeps_every_stored_update_in_commit_order_and_a_unique_seq() {
+        let mut connection = Connection::open_in_memory().expect("memory db");
+        connection
+            .execute_batch(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                              applied_at TEXT NOT NULL);",
+            )
+            .expect("version table");
+        for migration in MIGRATIONS.iter().filter(|m| m.version <= 3) {
+            connection
+                .execute_batch(migration.sql)
+                .and_then(|()| {
+                    connection.execute(
+                        "INSERT INTO schema_version VALUES (?1, ?2, 'x')",
+                        rusqlite::params![migration.version, migration.name],
+                    )
+                })
+                .expect("a version 3 file");
+        }
+        // Version 3 rows: bob's first update was stored before ann's second.
+        for (user, seq, stored_at) in [
+            ("ann", 1, 100),
+            ("bob", 1, 150),
+            ("ann", 2, 200),
+            ("bob", 2, 300),
+        ] {
+            connection
+                .execute(
+                    "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
+                     VALUES (?1, ?2, 'o', ?3, ?4)",
+                    rusqlite::params![
+                        user,
+                        seq,
+                        stored_at,
+                        format!("{{\"seq\":{seq},\"u\":\"{user}\"}}")
+                    ],
+                )
+                .expect("version 3 update");
+        }
+        assert_eq!(
+            migrate(&mut connection).expect("to the latest"),
+            (4..=latest_version()).collect::<Vec<_>>()
+        );
+        let rows: Vec<(String, i64, i64, String)> = connection
+            .prepare("SELECT username, seq, stored_at, body FROM trade_updates ORDER BY rowid")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
+                    .and_then(|rows| rows.collect())
+            })
+            .expect("rows");
+        let expected: Vec<(String, i64, i64, String)> = [
+            ("ann", 1, 100),
+            ("bob", 1, 150),
+            ("ann", 2, 200),
+            ("bob", 2, 300),
+        ]
+        .into_iter()
+        .map(|(user, seq, at)| {
+            (
+                user.to_owned(),
+                seq,
+                at,
+                format!("{{\"seq\":{seq},\"u\":\"{user}\"}}"),
+            )
+        })
+        .collect();
+        assert_eq!(rows, expected, "every row and body kept, oldest first");
+        let time_index: Option<String> = connection
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE name = 'trade_updates_by_time'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .expect("query");
+        assert_eq!(time_index, None, "pruning no longer needs a time index");
+        let error = connection
+            .execute(
+                "INSERT INTO trade_updates (username, seq, stored_at, body) VALUES ('ann', 2, 400, '{}')",
+                [],
+            )
+            .expect_err("(username, seq) stays unique");
+        assert!(error.to_string().contains("UNIQUE"), "{error}");
     }
 
     #[test]

@@ -1,27 +1,33 @@
 //! Durable state behind a small interface: orders, fills, accounts and positions
 //! ([`TradingStore`]), one-minute bar history ([`HistoryStore`]) and where the public feeds'
-//! sequences stand ([`FeedStateStore`]). SQLite ([`sqlite`]) is the embedded default; the
-//! traits are shaped so a PostgreSQL implementation can follow (whole-batch commits, no
-//! connection handles or SQL types in signatures).
+//! sequences stand ([`FeedStateStore`]). SQLite ([`sqlite`]) is the embedded default;
+//! PostgreSQL ([`postgres`], `store.backend = "postgres"`) is the database a cluster's nodes
+//! share. The traits have whole-batch commits and no connection handles or SQL types in
+//! their signatures, so both backends implement them alike.
 //!
 //! Invariants:
 //! - A [`TradingBatch`] is queued when [`TradingStore::commit`] is called, so batches commit in
 //!   call order, and the returned future resolves only once the batch is durable (fsynced).
 //!   The exchange acknowledges and announces a transition only after that.
-//! - No database call runs on the async executor's threads: writes go to one dedicated writer
-//!   thread, reads to `spawn_blocking` with a small pool of read-only connections.
+//! - No database call blocks the async executor's threads: SQLite writes go to one dedicated
+//!   writer thread and its reads to `spawn_blocking`; PostgreSQL's connections run on a small
+//!   runtime of the store's own, writes through one writer task.
 //! - A feed's cursor epoch changes only when its history really starts afresh (see
 //!   [`FeedStart`] and `docs/storage.md`).
 //! - Every trade update is stored in the same transaction as the order transition that caused
 //!   it, under its per-user `seq` ([`StoredUpdate`]); a `client_order_id` is unique per user
 //!   among the stored orders (a unique index backs the exchange's own check).
+//! - A batch with a [`Fence`] commits only if its token is not older than the newest token
+//!   recorded for that fence, checked and recorded in the batch's own transaction; the replies
+//!   of the commands a batch executed ([`CommandRecord`]) are stored in that transaction too.
 
 pub mod history;
 pub mod migrations;
+pub mod postgres;
 mod settings;
 pub mod sqlite;
 
-pub use settings::StoreSettings;
+pub use settings::{StoreBackend, StoreSettings};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,6 +89,14 @@ pub enum StoreError {
     Database { path: String, detail: String },
     #[error("stored data in {path} could not be read back: {detail}")]
     Decode { path: String, detail: String },
+    #[error(
+        "fenced: the batch carries token {token} for {name:?} but the store has already seen token {current}; a newer holder of that lease writes now, so nothing of the batch was stored"
+    )]
+    Fenced {
+        name: String,
+        token: u64,
+        current: u64,
+    },
     #[error("the store is shut down")]
     Closed,
 }
@@ -172,6 +186,25 @@ pub struct StoredUpdate {
     pub update: TradeUpdate,
 }
 
+/// A fencing token carried by a batch: the batch commits only if no batch with a larger token
+/// for the same `name` (a lease) has committed before it. The token is recorded in the same
+/// transaction, so a former lease holder that resumes after a newer holder wrote is refused
+/// ([`StoreError::Fenced`]) and stores nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub token: u64,
+}
+
+/// The reply to one command (by its id, as the command stream names it), stored with the batch
+/// that executed it: a command delivered again is answered from here instead of running twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub id: String,
+    /// The reply as the exchange encoded it (opaque to the store).
+    pub reply: String,
+}
+
 /// Everything one exchange step changed, stored atomically: events appended to the log,
 /// order rows upserted with their full entity, fills and trade updates appended, accounts
 /// and positions overwritten.
@@ -185,6 +218,12 @@ pub struct TradingBatch {
     pub positions: Vec<PositionRecord>,
     /// The trade updates the step sends, in order.
     pub updates: Vec<StoredUpdate>,
+    /// When set, the whole batch is refused with [`StoreError::Fenced`] unless its token is at
+    /// least the largest one recorded for the fence's name (which it then becomes).
+    pub fence: Option<Fence>,
+    /// Replies of the commands the batch executed. An id already stored fails the batch: a
+    /// command is never recorded as executed twice.
+    pub commands: Vec<CommandRecord>,
 }
 
 impl TradingBatch {
@@ -195,6 +234,8 @@ impl TradingBatch {
             && self.accounts.is_empty()
             && self.positions.is_empty()
             && self.updates.is_empty()
+            && self.fence.is_none()
+            && self.commands.is_empty()
     }
 }
 
@@ -250,6 +291,17 @@ pub trait TradingStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Option<Order>, StoreError>>;
     /// Deletes up to `max_rows` trade updates stored before `before`; returns how many went.
     fn prune_updates(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// The largest token recorded for the fence `name`, if a fenced batch ever committed.
+    fn fence_token(&self, name: &str) -> BoxFuture<'static, Result<Option<u64>, StoreError>>;
+    /// The stored reply of the command `id`, if a batch that executed it committed (and it has
+    /// not been pruned yet).
+    fn command_reply(&self, id: &str) -> BoxFuture<'static, Result<Option<String>, StoreError>>;
+    /// Deletes up to `max_rows` command replies stored before `before`; returns how many went.
+    fn prune_commands(
         &self,
         before: DateTime<Utc>,
         max_rows: usize,
@@ -428,6 +480,8 @@ pub struct Store {
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub health: StoreHealth,
     pub settings: StoreSettings,
+    /// The SQLite file's path, or `postgresql://host:port/database` (no credentials).
+    location: String,
     /// The data directory's lock file, held while this store is in use (see [`Store::open`]).
     lock: Arc<Mutex<Option<std::fs::File>>>,
 }
@@ -435,7 +489,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.settings.database_path())
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
@@ -448,8 +502,9 @@ pub struct OpenedStore {
 }
 
 impl Store {
-    /// Opens the SQLite store (creating the directory and file, applying migrations), then
-    /// decides how the feeds start and records that this run began.
+    /// Opens the configured backend (SQLite: creating the directory and file; PostgreSQL:
+    /// connecting) and applies its migrations, then decides how the feeds start and records
+    /// that this run began.
     ///
     /// Start-up only: it waits for the writer thread, so call it before serving.
     ///
@@ -465,16 +520,36 @@ impl Store {
         settings: &StoreSettings,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Result<OpenedStore, StoreError> {
-        let lock = lock_data_dir(settings)?;
-        let backend = Arc::new(sqlite::SqliteStore::open(settings, metrics)?);
-        let store = Store {
-            trading: backend.clone(),
-            history: backend.clone(),
-            feeds: backend.clone(),
-            api_keys: backend.clone(),
-            health: backend.health(),
-            settings: settings.clone(),
-            lock: Arc::new(Mutex::new(Some(lock))),
+        let store = match settings.backend {
+            StoreBackend::Sqlite => {
+                let lock = lock_data_dir(settings)?;
+                let backend = Arc::new(sqlite::SqliteStore::open(settings, metrics)?);
+                Store {
+                    trading: backend.clone(),
+                    history: backend.clone(),
+                    feeds: backend.clone(),
+                    api_keys: backend.clone(),
+                    health: backend.health(),
+                    location: settings.database_path().display().to_string(),
+                    settings: settings.clone(),
+                    lock: Arc::new(Mutex::new(Some(lock))),
+                }
+            }
+            // No data-directory lock: several nodes share the database, and the exchange lease
+            // (with its fencing token on every batch) keeps a single writer of trading state.
+            StoreBackend::Postgres => {
+                let backend = Arc::new(postgres::PostgresStore::open(settings, metrics)?);
+                Store {
+                    trading: backend.clone(),
+                    history: backend.clone(),
+                    feeds: backend.clone(),
+                    api_keys: backend.clone(),
+                    health: backend.health(),
+                    location: backend.target().to_owned(),
+                    settings: settings.clone(),
+                    lock: Arc::new(Mutex::new(None)),
+                }
+            }
         };
         let now_epoch = Utc::now().timestamp_millis().max(1) as u64;
         // Runtime-agnostic executor: the futures only wait on the writer thread's replies.
@@ -482,7 +557,7 @@ impl Store {
         let feed_start = FeedStart::decide(recorded.as_ref(), now_epoch);
         futures::executor::block_on(store.feeds.record_run_started(feed_start.epoch))?;
         tracing::info!(
-            path = %settings.database_path().display(),
+            database = %store.location,
             epoch = feed_start.epoch,
             reason = feed_start.reason,
             "store opened"

@@ -6,13 +6,29 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// An embedded SQLite file in `data_dir` (one gateway process).
+    Sqlite,
+    /// A PostgreSQL server at `postgres_url`, which several gateway nodes can share.
+    Postgres,
+}
+
 /// Durable storage (`[store]`): orders, accounts, bar history and feed positions in an
-/// embedded SQLite file (see `docs/storage.md`).
-#[derive(Debug, Clone, Deserialize)]
+/// embedded SQLite file or a PostgreSQL database (see `docs/storage.md` and
+/// `docs/deployment.md`).
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct StoreSettings {
     /// Off: nothing is persisted; bars come from memory and every start is a fresh history.
     pub enabled: bool,
+    /// `sqlite` (the default) or `postgres`.
+    pub backend: StoreBackend,
+    /// `postgres://user:password@host:port/database` for `backend = "postgres"`. Never logged
+    /// (it may hold a password).
+    pub postgres_url: String,
     /// Directory holding the database file; created if missing.
     pub data_dir: PathBuf,
     /// Database file name inside `data_dir`.
@@ -41,6 +57,8 @@ impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             enabled: true,
+            backend: StoreBackend::Sqlite,
+            postgres_url: String::new(),
             data_dir: PathBuf::from("data"),
             file_name: "tickgate.db".into(),
             create_if_missing: true,
@@ -51,6 +69,32 @@ impl Default for StoreSettings {
             trading_batch_size: 256,
             read_connections: 2,
         }
+    }
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("enabled", &self.enabled)
+            .field("backend", &self.backend)
+            .field(
+                "postgres_url",
+                &if self.postgres_url.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("data_dir", &self.data_dir)
+            .field("file_name", &self.file_name)
+            .field("create_if_missing", &self.create_if_missing)
+            .field("bar_retention", &self.bar_retention)
+            .field("prune_interval", &self.prune_interval)
+            .field("bar_batch_size", &self.bar_batch_size)
+            .field("bar_flush_interval", &self.bar_flush_interval)
+            .field("trading_batch_size", &self.trading_batch_size)
+            .field("read_connections", &self.read_connections)
+            .finish()
     }
 }
 
@@ -81,6 +125,23 @@ impl StoreSettings {
         }
         if self.read_connections == 0 {
             problems.push("store.read_connections: must be at least 1".into());
+        }
+        match self.backend {
+            StoreBackend::Postgres if self.postgres_url.is_empty() => problems.push(
+                "store.postgres_url: required with store.backend = \"postgres\" \
+                 (postgres://user:password@host:port/database)"
+                    .into(),
+            ),
+            StoreBackend::Postgres => {
+                if let Err(problem) = crate::store::postgres::check_url(&self.postgres_url) {
+                    problems.push(format!("store.postgres_url: {problem}"));
+                }
+            }
+            StoreBackend::Sqlite if !self.postgres_url.is_empty() => problems.push(
+                "store.postgres_url: set, but store.backend is \"sqlite\"; set store.backend = \"postgres\" to use it, or remove it"
+                    .into(),
+            ),
+            StoreBackend::Sqlite => {}
         }
         problems
     }

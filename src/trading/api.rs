@@ -93,7 +93,8 @@ pub struct ReplaceRequest {
 }
 
 /// Which order a cancel or replace targets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", content = "value", rename_all = "snake_case")]
 pub enum OrderRef {
     Id(String),
     ClientOrderId(String),
@@ -203,7 +204,7 @@ pub type BookLevels = Vec<(Decimal, Decimal)>;
 
 /// A book snapshot or delta for one symbol. `seq` is assigned per connection by the
 /// transport, so it is not part of this type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookUpdate {
     pub symbol: String,
     pub snapshot: bool,
@@ -213,7 +214,7 @@ pub struct BookUpdate {
 }
 
 /// Events for one user's sessions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
     TradeUpdate(Box<TradeUpdate>),
 }
@@ -243,6 +244,8 @@ impl OrderError {
     pub const DUPLICATE_CLIENT_ORDER_ID: ErrorCode = ErrorCode::DuplicateClientOrderId;
     /// 500 internal (the exchange is not running, the store failed).
     pub const INTERNAL: ErrorCode = ErrorCode::StreamInternal;
+    /// 50310002 no exchange answered in time (cluster trading, during a failover): retry.
+    pub const EXCHANGE_UNAVAILABLE: ErrorCode = ErrorCode::ExchangeUnavailable;
 
     pub fn new(code: ErrorCode, message: impl Into<String>) -> OrderError {
         OrderError {
@@ -275,7 +278,7 @@ impl OrderError {
 
 /// What a client that resumes trade updates after `since` gets (see
 /// [`TradingApi::updates_since`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Resume {
     /// Every update after `since`, in order (empty when the client is up to date). The last
     /// one (or `since`, when empty) is the user's current sequence `seq`.
@@ -298,7 +301,7 @@ pub enum ResetReason {
 
 /// A user's whole trading state at one point of their update sequence: what a client needs
 /// to start over.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountSnapshot {
     pub reason: ResetReason,
     /// The `since` the client asked for.
@@ -312,7 +315,8 @@ pub struct AccountSnapshot {
 }
 
 /// Which orders `orders()` lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OrderQuery {
     Open,
     Closed,

@@ -93,8 +93,10 @@ pub enum ExchangeEvent {
     },
 }
 
-/// What subscribers should hear about, in order.
-#[derive(Debug, Clone, PartialEq)]
+/// What subscribers should hear about, in order. Serializable: a cluster's exchange sends
+/// them to every node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "a", rename_all = "snake_case")]
 pub enum Announcement {
     User {
         user: String,
@@ -786,7 +788,7 @@ impl Engine {
             self.commit(
                 ExchangeEvent::OrderFilled {
                     order_id: order_id.to_owned(),
-                    execution_id: Uuid::new_v4().to_string(),
+                    execution_id: Uuid::now_v7().to_string(),
                     price,
                     qty,
                     book_level: Some(price),
@@ -874,7 +876,7 @@ impl Engine {
                 self.commit(
                     ExchangeEvent::OrderFilled {
                         order_id: order_id.clone(),
-                        execution_id: Uuid::new_v4().to_string(),
+                        execution_id: Uuid::now_v7().to_string(),
                         price: limit,
                         qty,
                         book_level: Some(level),
@@ -895,7 +897,7 @@ impl Engine {
                     self.commit(
                         ExchangeEvent::OrderFilled {
                             order_id: order_id.clone(),
-                            execution_id: Uuid::new_v4().to_string(),
+                            execution_id: Uuid::now_v7().to_string(),
                             price: limit,
                             qty,
                             book_level: None,
@@ -929,7 +931,7 @@ impl Engine {
     /// keeps it (the exchange fills it in from the store otherwise).
     fn client_order_id_for(&self, user: &str, wanted: Option<&str>) -> Result<String, OrderError> {
         let Some(wanted) = wanted else {
-            return Ok(Uuid::new_v4().to_string());
+            return Ok(Uuid::now_v7().to_string());
         };
         match self.order_id_by_client_id(user, wanted) {
             Some(id) => Err(OrderError::duplicate_client_order_id(
@@ -1265,7 +1267,7 @@ fn new_order(
     now: DateTime<Utc>,
 ) -> Order {
     Order {
-        id: Uuid::new_v4().to_string(),
+        id: Uuid::now_v7().to_string(),
         client_order_id,
         symbol: terms.symbol.clone(),
         side: terms.side,

@@ -25,13 +25,12 @@ use super::api::{
     Resume, TradeUpdate, TradingApi, UserEvent,
 };
 use super::book::BookShape;
-use super::engine::{Announcement, Engine, EngineSettings, Outcome};
+use super::engine::{Announcement, Engine, EngineSettings};
 pub use super::intake::MarketInput;
 use super::intake::{Mailbox, ingest, subscribe_market};
 use super::resume::{self, ResumePoint};
 use super::validate::OrderLimits;
 use crate::hub::{Hub, SubscriberQueue};
-use crate::market::MarketSession;
 use crate::store::{StoreError, TradingStore};
 use crate::trading::config::TradingSettings;
 
@@ -52,13 +51,21 @@ struct BookSlot {
 }
 
 /// State the handle reads without a round trip to the actor.
-struct Shared {
+pub(super) struct Shared {
     users: Mutex<HashMap<String, UserChannels>>,
     books: HashMap<String, Mutex<BookSlot>>,
     user_channel_capacity: usize,
-    mailbox: Arc<Mailbox>,
+    pub(super) mailbox: Arc<Mailbox>,
     /// Set when the exchange has a store: every step is stored before it is announced.
-    persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
+    pub(super) persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
+    /// Set on a cluster's exchange node: every announcement also goes to the other nodes.
+    outlet: std::sync::OnceLock<Arc<dyn AnnouncementOutlet>>,
+}
+
+/// Where a cluster's exchange hands its announcements (after they are stored, in order) so
+/// that every node can deliver them to its own sessions.
+pub trait AnnouncementOutlet: Send + Sync + 'static {
+    fn announce(&self, announcements: &[Announcement]);
 }
 
 impl Shared {
@@ -71,7 +78,10 @@ impl Shared {
     }
 
     /// Publishes announcements in order; portfolio bumps once per user per batch.
-    fn publish(&self, announcements: Vec<Announcement>) {
+    pub(super) fn publish(&self, announcements: Vec<Announcement>) {
+        if let Some(outlet) = self.outlet.get() {
+            outlet.announce(&announcements);
+        }
         let mut bumped = BTreeSet::new();
         for announcement in announcements {
             match announcement {
@@ -127,21 +137,25 @@ impl UserChannels {
     }
 }
 
-enum Command {
+pub(super) enum Command {
     Submit {
         user: String,
         request: OrderRequest,
+        /// The command's id in the cluster's command stream: its reply is stored with it.
+        record: Option<String>,
         reply: oneshot::Sender<Result<Order, OrderError>>,
     },
     Cancel {
         user: String,
         target: OrderRef,
+        record: Option<String>,
         reply: oneshot::Sender<Result<Order, OrderError>>,
     },
     Replace {
         user: String,
         target: OrderRef,
         patch: ReplaceRequest,
+        record: Option<String>,
         reply: oneshot::Sender<Result<Order, OrderError>>,
     },
     Portfolio {
@@ -331,6 +345,7 @@ impl ExchangeHandle {
             user_channel_capacity: user_channel_capacity.max(1),
             mailbox: Arc::new(Mailbox::default()),
             persistence: std::sync::OnceLock::new(),
+            outlet: std::sync::OnceLock::new(),
         });
         let (sender, receiver) = mpsc::channel(command_queue.max(1));
         // Subscribe now rather than in the task, so no event published between building and
@@ -393,9 +408,12 @@ impl ExchangeHandle {
     }
 }
 
-impl TradingApi for ExchangeHandle {
-    fn submit(
+/// State changes with an optional command id (cluster trading): the reply is stored under the
+/// id in the same batch as the change's effects (see `trading::command`).
+impl ExchangeHandle {
+    pub fn submit_with(
         &self,
+        record: Option<String>,
         user: &str,
         request: OrderRequest,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
@@ -405,6 +423,7 @@ impl TradingApi for ExchangeHandle {
         let future = self.request(|reply| Command::Submit {
             user: user.clone(),
             request,
+            record,
             reply,
         });
         Box::pin(async move {
@@ -412,8 +431,9 @@ impl TradingApi for ExchangeHandle {
         })
     }
 
-    fn cancel(
+    pub fn cancel_with(
         &self,
+        record: Option<String>,
         user: &str,
         target: OrderRef,
     ) -> BoxFuture<'static, Result<Order, OrderError>> {
@@ -421,13 +441,15 @@ impl TradingApi for ExchangeHandle {
         let future = self.request(|reply| Command::Cancel {
             user,
             target,
+            record,
             reply,
         });
         Box::pin(async move { future.await? })
     }
 
-    fn replace(
+    pub fn replace_with(
         &self,
+        record: Option<String>,
         user: &str,
         target: OrderRef,
         patch: ReplaceRequest,
@@ -439,11 +461,39 @@ impl TradingApi for ExchangeHandle {
             user: user.clone(),
             target,
             patch,
+            record,
             reply,
         });
         Box::pin(async move {
             resume::complete_duplicate(shared.persistence.get(), &user, wanted, future.await?).await
         })
+    }
+}
+
+impl TradingApi for ExchangeHandle {
+    fn submit(
+        &self,
+        user: &str,
+        request: OrderRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.submit_with(None, user, request)
+    }
+
+    fn cancel(
+        &self,
+        user: &str,
+        target: OrderRef,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.cancel_with(None, user, target)
+    }
+
+    fn replace(
+        &self,
+        user: &str,
+        target: OrderRef,
+        patch: ReplaceRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        self.replace_with(None, user, target, patch)
     }
 
     fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
@@ -461,7 +511,7 @@ impl TradingApi for ExchangeHandle {
     }
 
     fn halted(&self) -> bool {
-        halted(&self.shared).is_some()
+        super::actor::halted(&self.shared).is_some()
     }
 
     fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent> {
@@ -541,6 +591,12 @@ impl TradingApi for ExchangeHandle {
 }
 
 impl ExchangeTasks {
+    /// Hands every announcement to `outlet` too (a cluster's exchange node).
+    pub fn with_outlet(self, outlet: Arc<dyn AnnouncementOutlet>) -> Self {
+        let _ = self.shared.outlet.set(outlet);
+        self
+    }
+
     /// Stores every step in `persistence` before announcing it (see [`super::persist`]).
     pub fn with_persistence(self, persistence: Arc<super::persist::Persistence>) -> Self {
         let _ = self.shared.persistence.set(persistence);
@@ -568,220 +624,9 @@ impl ExchangeTasks {
                 shutdown.clone(),
             ));
         }
-        tokio::spawn(run_actor(engine, commands, shared, hub, shutdown));
-    }
-}
-
-async fn run_actor(
-    mut engine: Engine,
-    mut commands: mpsc::Receiver<Command>,
-    shared: Arc<Shared>,
-    hub: Option<Arc<Hub>>,
-    shutdown: CancellationToken,
-) {
-    let mut recovery = super::recovery::Recovery::new(hub);
-    loop {
-        // A failed write halts trading (see `persist`); from then on the store is probed with
-        // backoff, and trading resumes by itself once a probe succeeds.
-        recovery.observe(halted(&shared).is_some());
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = recovery.due() => {
-                if let Some(persistence) = shared.persistence.get() {
-                    recovery.attempt(persistence, &mut engine).await;
-                }
-            }
-            command = commands.recv() => {
-                let Some(command) = command else { return };
-                // Market data that arrived first is applied first, so a command sees the
-                // market as of the moment it was received.
-                drain_market(&mut engine, &shared).await;
-                // Commands already queued are handled together and stored in one transaction,
-                // so concurrent users share one fsync instead of waiting for each other's.
-                let mut steps = Vec::new();
-                handle_command(&mut engine, &shared, command, &mut steps);
-                while steps.len() < COMMANDS_PER_COMMIT
-                    && let Ok(command) = commands.try_recv()
-                {
-                    handle_command(&mut engine, &shared, command, &mut steps);
-                }
-                settle(&engine, &shared, steps).await;
-            }
-            _ = shared.mailbox.notify.notified() => drain_market(&mut engine, &shared).await,
-        }
-    }
-}
-
-/// The error for state changes once a failed store write halted trading.
-fn halted(shared: &Shared) -> Option<OrderError> {
-    let persistence = shared.persistence.get()?;
-    persistence
-        .is_halted()
-        .then(super::persist::Persistence::halted_error)
-}
-
-/// Most commands handled before their steps are stored together.
-const COMMANDS_PER_COMMIT: usize = 256;
-
-/// A handled command waiting for its step to be stored: what it announces, how it replies.
-struct Pending {
-    out: Outcome,
-    reply: Box<dyn FnOnce(Result<(), OrderError>) + Send>,
-}
-
-impl Pending {
-    fn new(out: Outcome, reply: impl FnOnce(Result<(), OrderError>) + Send + 'static) -> Self {
-        Pending {
-            out,
-            reply: Box::new(reply),
-        }
-    }
-}
-
-/// Stores the steps in one transaction (with a store), then publishes each step's
-/// announcements and sends its reply, in order. Nothing of steps that could not be stored is
-/// announced, and the error replaces their replies.
-async fn settle(engine: &Engine, shared: &Shared, steps: Vec<Pending>) {
-    let stored = match shared.persistence.get() {
-        Some(persistence) => {
-            let outs: Vec<&Outcome> = steps.iter().map(|step| &step.out).collect();
-            persistence.store_steps(engine, &outs).await
-        }
-        None => Ok(()),
-    };
-    // Each reply is sent after the announcements are published, so a caller that awaits the
-    // reply and then reads its receivers finds every update the command caused.
-    for step in steps {
-        if stored.is_ok() {
-            shared.publish(step.out.announcements);
-        }
-        (step.reply)(stored.clone());
-    }
-}
-
-async fn drain_market(engine: &mut Engine, shared: &Shared) {
-    let pending = shared.mailbox.take();
-    if pending.is_empty() || halted(shared).is_some() {
-        return;
-    }
-    let mut out = Outcome::default();
-    for input in pending {
-        let now = Utc::now();
-        match input {
-            MarketInput::Trade {
-                symbol,
-                price,
-                size,
-            } => engine.on_trade(&symbol, price, size, now, &mut out),
-            MarketInput::Quote {
-                symbol,
-                bid,
-                ask,
-                bid_size,
-                ask_size,
-            } => engine.on_quote(&symbol, bid, ask, (bid_size, ask_size), now, &mut out),
-            MarketInput::Status { code } => {
-                if code == MarketSession::Closed.status_code() {
-                    engine.close_session(now, &mut out);
-                }
-            }
-        }
-    }
-    settle(engine, shared, vec![Pending::new(out, |_| {})]).await;
-}
-
-/// Applies one command to the engine; its reply waits in `steps` until the step is stored.
-fn handle_command(
-    engine: &mut Engine,
-    shared: &Shared,
-    command: Command,
-    steps: &mut Vec<Pending>,
-) {
-    let now = Utc::now();
-    let mut out = Outcome::default();
-    match command {
-        Command::Submit {
-            user,
-            request,
-            reply,
-        } => {
-            let result = match halted(shared) {
-                Some(error) => Err(error),
-                None => engine.submit(&user, &request, now, &mut out),
-            };
-            steps.push(Pending::new(out, move |stored| {
-                let _ = reply.send(stored.and(result));
-            }));
-        }
-        Command::Cancel {
-            user,
-            target,
-            reply,
-        } => {
-            let result = match halted(shared) {
-                Some(error) => Err(error),
-                None => engine.cancel(&user, &target, now, &mut out),
-            };
-            steps.push(Pending::new(out, move |stored| {
-                let _ = reply.send(stored.and(result));
-            }));
-        }
-        Command::Replace {
-            user,
-            target,
-            patch,
-            reply,
-        } => {
-            let result = match halted(shared) {
-                Some(error) => Err(error),
-                None => engine.replace(&user, &target, &patch, now, &mut out),
-            };
-            steps.push(Pending::new(out, move |stored| {
-                let _ = reply.send(stored.and(result));
-            }));
-        }
-        // Answers wait behind the steps before them too, so what they show is stored.
-        Command::Portfolio { user, reply } => {
-            let portfolio = engine.portfolio(&user, now);
-            steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(portfolio);
-            }));
-        }
-        Command::Orders { user, query, reply } => {
-            let orders = engine.orders(&user, query);
-            steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(orders);
-            }));
-        }
-        Command::Resume { user, since, reply } => {
-            let point = ResumePoint::take(engine, &user, since, now);
-            steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(point);
-            }));
-        }
-        Command::OrderByClientId {
-            user,
-            client_order_id,
-            reply,
-        } => {
-            let answer = resume::kept_order(engine, &user, &client_order_id);
-            steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(answer);
-            }));
-        }
-        Command::CloseSession { reply } => {
-            if halted(shared).is_none() {
-                engine.close_session(now, &mut out);
-            }
-            steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(());
-            }));
-        }
-        Command::Sync { reply } => {
-            steps.push(Pending::new(out, move |_| {
-                let _ = reply.send(());
-            }));
-        }
+        tokio::spawn(super::actor::run_actor(
+            engine, commands, shared, hub, shutdown,
+        ));
     }
 }
 

@@ -8,7 +8,10 @@
 //! - [`config`]: the `[trading]` settings.
 //! - [`account`]: cash, positions and the exact arithmetic of a fill.
 //! - [`engine`]: the rules; a synchronous state machine.
-//! - [`exchange`]: the actor task and its handle; `intake`: the market data it follows.
+//! - [`exchange`]: the actor's handle and start-up; `actor`: its loop; `intake`: the market
+//!   data it follows.
+//! - [`command`]: commands and replies between the nodes of a cluster, and the rule that runs
+//!   each exactly once.
 //! - [`persist`]: the event log in the store, the rebuild at start-up, the halt on a failed write.
 //! - `recovery`: after a halt, probing the store with backoff and resuming trading by itself.
 //! - `resume`: what a reconnecting client is told (replay or reset) and the order behind a
@@ -31,8 +34,10 @@
 //! The rules themselves are described in `docs/trading.md`.
 
 pub mod account;
+mod actor;
 pub mod api;
 pub mod book;
+pub mod command;
 pub mod config;
 pub mod engine;
 pub mod exchange;
@@ -42,7 +47,7 @@ mod recovery;
 mod resume;
 pub mod validate;
 
-pub use exchange::{ExchangeHandle, ExchangeTasks, MarketInput};
+pub use exchange::{AnnouncementOutlet, ExchangeHandle, ExchangeTasks, MarketInput};
 
 #[cfg(test)]
 mod engine_tests;

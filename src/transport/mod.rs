@@ -6,6 +6,7 @@
 
 pub mod alpaca;
 pub mod sse;
+mod sse_throttled;
 pub mod ws;
 
 /// Registers the streaming endpoints (handed to `routes::configure` by `startup`).

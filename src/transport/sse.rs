@@ -18,9 +18,12 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::ApiError;
+use super::sse_throttled::ThrottledSse;
+use crate::error::{ApiError, ErrorCode};
 use crate::hub::entry::{SSE_HEARTBEAT, sse_close, sse_opening};
-use crate::hub::{Coalescer, Cursor, Delivery, Feed, Filter, Hub, SubscriberQueue, SymbolFilter};
+use crate::hub::{
+    Coalescer, Cursor, Delivery, Feed, Filter, Hub, MaxRate, SubscriberQueue, SymbolFilter,
+};
 use crate::market::EventKind;
 use crate::metrics::{Metrics, Transport};
 use crate::state::AppState;
@@ -61,7 +64,15 @@ async fn market_stream(
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query_params(query.into_inner(), &["symbols", "types", "last_event_id"])?;
+    let query = query_params(
+        query.into_inner(),
+        &["symbols", "types", "last_event_id", "max_rate"],
+    )?;
+    let max_rate = query
+        .get("max_rate")
+        .map(|raw| MaxRate::parse(raw))
+        .transpose()
+        .map_err(|invalid| ApiError::new(ErrorCode::InvalidParameter, invalid.to_string()))?;
     let symbols = parse_symbols(
         query.get("symbols").map(String::as_str),
         state.universe(),
@@ -70,7 +81,14 @@ async fn market_stream(
     )?;
     let kinds = parse_types(query.get("types").map(String::as_str))?;
     let filter = Filter { symbols, kinds };
-    Ok(open_stream(&request, &query, &state, Feed::Market, filter))
+    Ok(open_stream(
+        &request,
+        &query,
+        &state,
+        Feed::Market,
+        filter,
+        max_rate,
+    ))
 }
 
 async fn news_stream(
@@ -89,7 +107,14 @@ async fn news_stream(
         symbols,
         kinds: EventKind::News.bit(),
     };
-    Ok(open_stream(&request, &query, &state, Feed::News, filter))
+    Ok(open_stream(
+        &request,
+        &query,
+        &state,
+        Feed::News,
+        filter,
+        None,
+    ))
 }
 
 async fn alerts_stream(
@@ -102,7 +127,14 @@ async fn alerts_stream(
         symbols: SymbolFilter::All,
         kinds: EventKind::Alert.bit(),
     };
-    Ok(open_stream(&request, &query, &state, Feed::Alerts, filter))
+    Ok(open_stream(
+        &request,
+        &query,
+        &state,
+        Feed::Alerts,
+        filter,
+        None,
+    ))
 }
 
 fn open_stream(
@@ -111,12 +143,18 @@ fn open_stream(
     state: &AppState,
     feed: Feed,
     filter: Filter,
+    max_rate: Option<MaxRate>,
 ) -> HttpResponse {
     let resume = resume_cursor(request, query);
     let queue = state.hub.new_queue();
-    let subscribed = state
+    let mut subscribed = state
         .hub
         .subscribe(feed, filter, resume, feed == Feed::Market, &queue);
+    // A throttled stream sends its replay through the throttle, not in the opening.
+    let replay = match max_rate {
+        Some(_) => std::mem::take(&mut subscribed.replay),
+        None => Vec::new(),
+    };
     let initial = sse_opening(
         feed,
         &subscribed,
@@ -127,6 +165,36 @@ fn open_stream(
         subscribed.replay.len() as u64 + u64::from(subscribed.snapshot.is_some()),
     );
     state.metrics.connection_opened(Transport::Sse);
+    let response = || {
+        // Static names and values: a `&str` pair would be parsed, validated and copied into a
+        // new allocation for every subscriber.
+        let mut response = HttpResponse::Ok();
+        response
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ))
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .insert_header((X_ACCEL_BUFFERING, HeaderValue::from_static("no")));
+        response
+    };
+    if let Some(rate) = max_rate {
+        // The client holds the snapshot's cursor, or the one it resumed from.
+        let cursor = match (&subscribed.snapshot, resume) {
+            (None, Some(resume)) => resume.seq,
+            _ => subscribed.cursor.seq,
+        };
+        return response().body(ThrottledSse::new(
+            queue,
+            rate,
+            initial,
+            replay,
+            cursor,
+            Arc::clone(&state.metrics),
+            Arc::clone(&state.hub),
+            feed,
+        ));
+    }
     let connection = SseConnection {
         coalescer: state.hub.new_coalescer(),
         queue,
@@ -137,16 +205,7 @@ fn open_stream(
         hub: Arc::clone(&state.hub),
         feed,
     };
-    // Static names and values: a `&str` pair would be parsed, validated and copied into a new
-    // allocation for every subscriber.
-    HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        ))
-        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
-        .insert_header((X_ACCEL_BUFFERING, HeaderValue::from_static("no")))
-        .body(connection)
+    response().body(connection)
 }
 
 struct SseConnection {

@@ -35,6 +35,27 @@ fn every_bad_setting_is_reported_at_once_and_the_process_exits_2_without_binding
 }
 
 #[test]
+fn cluster_mode_with_a_sqlite_store_exits_2_saying_that_cluster_trading_needs_postgres() {
+    let port = crate::redis_support::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .current_dir(dir.path())
+        .env("TICKGATE__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:1/")
+        .output()
+        .expect("run tickgate");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("store.backend"), "{stderr}");
+    assert!(stderr.contains("postgres"), "{stderr}");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before the store was opened"
+    );
+}
+
+#[test]
 fn hash_password_prints_an_argon2_hash_of_the_password_on_stdin() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tickgate"))
         .arg("hash-password")

@@ -4,13 +4,17 @@
 //!
 //! Shared set-up: `common` (the app on port 0, the SSE client, typed requests), `ws_support`
 //! (WebSocket clients and logins), `sources_support` (fake upstream HTTP servers, fixtures),
-//! `redis_support` (a real `redis-server` on a free port) and `cluster_support` (gateway
-//! processes joined to it).
+//! `redis_support` (a real `redis-server` on a free port), `postgres_support` (a real
+//! PostgreSQL server, a database per test) and `cluster_support` (gateway processes joined to
+//! it).
 
 mod cluster_support;
 mod common;
+mod postgres_support;
 mod redis_support;
 mod sources_support;
+#[macro_use]
+mod store_support;
 mod ws_support;
 
 mod cli;
@@ -30,6 +34,8 @@ mod alpaca {
 mod cluster {
     mod engine;
     mod nodes;
+    mod trading;
+    mod trading_nodes;
     mod ws_notices;
 }
 
@@ -62,13 +68,16 @@ mod sse {
     mod restart;
     mod restart_under_load;
     mod smoke;
+    mod throttled;
 }
 
 mod store {
+    mod api_keys;
     mod crash_recovery;
     mod exchange;
     mod full_disk;
     mod history;
+    mod postgres;
     mod replay;
     mod startup;
     mod trading;
@@ -84,5 +93,6 @@ mod ws {
     mod auth;
     mod protocol;
     mod resume;
+    mod throttled;
     mod trading;
 }

@@ -11,6 +11,12 @@ const BASE = '';
 const MAX_NEWS = 50;
 const MAX_FILLS = 50;
 const BOOK_DEPTH = 10;
+// Throttles (server-side `max_rate`): the newest trade and quote of each symbol at most this
+// often a second. A candle that forms from throttled trades can miss a print's extreme until
+// the minute's bar (never throttled) replaces it.
+const MARKET_MAX_RATE = 10;
+// Merged order-book deltas at most this often a second.
+const BOOK_MAX_RATE = 5;
 const ALERT_MAX_AGE_MS = 15 * 60 * 1000;
 const OPEN_STATUSES = new Set(['accepted', 'new', 'partially_filled', 'pending_cancel', 'pending_replace']);
 
@@ -252,7 +258,10 @@ function showAlert(alert) {
 // ---- feeds ------------------------------------------------------------------------------
 
 function startFeeds() {
-  const market = new FeedClient(marketUrl(BASE, { symbols: '*' }));
+  // A dashboard repaints a few times a second at most: ask for the newest value of each
+  // symbol up to MARKET_MAX_RATE times a second instead of every trade (bars and statuses
+  // always come whole).
+  const market = new FeedClient(marketUrl(BASE, { symbols: '*', maxRate: MARKET_MAX_RATE }));
   market.addEventListener('snapshot', (e) => onMarketSnapshot(e.detail));
   market.addEventListener('trade', (e) => onTrade(e.detail));
   market.addEventListener('quote', (e) => setQuote(e.detail));
@@ -299,7 +308,7 @@ function setupLogin() {
     error.textContent = '';
     const username = $('#login-user').value.trim();
     const password = $('#login-password').value;
-    const client = new TradingClient({ base: BASE });
+    const client = new TradingClient({ base: BASE, bookMaxRate: BOOK_MAX_RATE });
     try {
       await client.login(username, password);
     } catch (failure) {

@@ -9,6 +9,8 @@
 // browser gives up for good (the EventSource is CLOSED), reopens the feed itself with
 // exponential backoff, carrying the cursor in `?last_event_id=`. A 4xx on that path is a
 // request the server will never accept (unknown symbol, say): it is reported, not retried.
+// A market feed opened with `maxRate` is throttled by the server: its ids are resume points,
+// so the duplicate filter is off for it.
 
 import { Backoff } from './backoff.js';
 import { ResumeCursor } from './cursor.js';
@@ -27,8 +29,13 @@ export function feedUrl(base, path, params = {}) {
   return `${String(base ?? '').replace(/\/$/, '')}${path}${text ? `?${text}` : ''}`;
 }
 
-export const marketUrl = (base, { symbols = '*', types } = {}) =>
-  feedUrl(base, '/v1/stream/market', { symbols, types });
+export const marketUrl = (base, { symbols = '*', types, maxRate } = {}) =>
+  feedUrl(base, '/v1/stream/market', { symbols, types, max_rate: maxRate });
+
+/** Whether a feed URL asks for a throttled stream (`max_rate`, PROTOCOL.md "Throttled streams"). */
+export function isThrottled(url) {
+  return /[?&]max_rate=[^&]/.test(String(url));
+}
 export const newsUrl = (base, { symbols } = {}) => feedUrl(base, '/v1/stream/news', { symbols });
 export const alertsUrl = (base) => feedUrl(base, '/v1/stream/alerts');
 
@@ -57,6 +64,10 @@ export class FeedClient extends EventTarget {
     // recent items anyway by resuming from the oldest possible cursor: the server cannot
     // resume from there, says so with a reset snapshot, and that snapshot lists them.
     this.cursor = new ResumeCursor(options.lastEventId ?? (options.recent ? FROM_THE_START : null));
+    // On a throttled stream an id is a resume point shared by several events, not an event's
+    // own sequence, so it cannot tell a duplicate: every event is passed on (a repeat after
+    // a resume is a trade or quote already shown, the newest value winning anyway).
+    this.throttled = isThrottled(url);
     this.connection = 'closed';
     this.upstream = 'ok';
     this.source = null;
@@ -166,7 +177,7 @@ export class FeedClient extends EventTarget {
 
   onData(source, name, event) {
     if (source !== this.source) return;
-    if (this.cursor.observe(event.lastEventId) === 'duplicate') return;
+    if (this.cursor.observe(event.lastEventId) === 'duplicate' && !this.throttled) return;
     const payload = parseJson(event.data);
     if (!payload) return;
     if (name === 'status') this.onStatus(payload);

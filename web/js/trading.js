@@ -109,6 +109,9 @@ export class TradingClient extends EventTarget {
     this.state = 'disconnected';
     this.socket = null;
     this.wanted = mergeSubscription({}, {}, true);
+    // `max_rate` for order books (docs/websocket.md "Throttled subscriptions"): the server
+    // then sends merged deltas at most this often per book. Null: every delta.
+    this.bookMaxRate = Number.isInteger(options.bookMaxRate) ? options.bookMaxRate : null;
     this.books = new Map();
     this.pending = new Map();
     this.nextId = 1;
@@ -417,7 +420,19 @@ export class TradingClient extends EventTarget {
   subscribe(change) {
     this.wanted = mergeSubscription(this.wanted, change, true);
     const parts = pick(change);
-    if (this.authenticated && Object.keys(parts).length > 0) this.send({ action: 'subscribe', ...parts });
+    if (this.authenticated) this.sendSubscribe(parts);
+  }
+
+  /** Sends a subscribe; order books go in a message of their own when they have a rate, since
+   * a `max_rate` applies to every kind of channel its message names. */
+  sendSubscribe(parts) {
+    const { orderbooks, ...rest } = parts;
+    if (orderbooks && this.bookMaxRate !== null) {
+      this.send({ action: 'subscribe', orderbooks, max_rate: this.bookMaxRate });
+      if (Object.keys(rest).length > 0) this.send({ action: 'subscribe', ...rest });
+      return;
+    }
+    if (Object.keys(parts).length > 0) this.send({ action: 'subscribe', ...parts });
   }
 
   /** Removes from the subscription set. */
@@ -431,7 +446,7 @@ export class TradingClient extends EventTarget {
   sendSubscription() {
     const set = pick(this.wanted);
     if (set.trade_updates && this.lastSeq !== null) set.trade_updates = { since: this.lastSeq };
-    if (Object.keys(set).length > 0) this.send({ action: 'subscribe', ...set });
+    this.sendSubscribe(set);
   }
 
   /** Submits an order; resolves with the `order_ack` message, rejects with a TradingError. */

@@ -160,3 +160,23 @@ test('recent: true asks a news feed for its recent items on the first connect', 
   assert.equal(feed.cursor.id, '42-7');
   feed.close();
 });
+
+test('a throttled market feed asks for max_rate and passes on events that share an id', () => {
+  assert.equal(marketUrl('', { symbols: 'AAPL', maxRate: 10 }), '/v1/stream/market?symbols=AAPL&max_rate=10');
+  const { feed, seen } = client({ url: marketUrl('', { symbols: '*', maxRate: 5 }) });
+  assert.equal(feed.throttled, true);
+  feed.start();
+  const source = FakeEventSource.instances[0];
+  source.open();
+  // Held events leave in another order than their sequence, so ids are resume points: two
+  // trades under one id are both new, and the cursor never moves back.
+  source.deliver('trade', { S: 'MSFT', i: 1 }, '5-7');
+  source.deliver('trade', { S: 'AAPL', i: 2 }, '5-7');
+  source.deliver('trade', { S: 'AAPL', i: 3 }, '5-9');
+  source.deliver('trade', { S: 'MSFT', i: 4 }, '5-9');
+  assert.deepEqual(seen.filter(([t]) => t === 'trade').map(([, d]) => d.i), [1, 2, 3, 4]);
+  assert.equal(feed.cursor.id, '5-9');
+  // An unthrottled feed still drops a replayed duplicate.
+  const plain = client({ url: marketUrl('', { symbols: '*' }) });
+  assert.equal(plain.feed.throttled, false);
+});

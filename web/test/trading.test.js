@@ -8,7 +8,7 @@ beforeEach(() => {
   FakeWebSocket.instances = [];
 });
 
-function setup({ ticketStatus = 200, expiresIn, refreshStatus = 200 } = {}) {
+function setup({ ticketStatus = 200, expiresIn, refreshStatus = 200, bookMaxRate } = {}) {
   const timers = new ManualTimers();
   const calls = [];
   let tickets = 0;
@@ -36,6 +36,7 @@ function setup({ ticketStatus = 200, expiresIn, refreshStatus = 200 } = {}) {
     backoff: new Backoff({ random: () => 1 }),
     setTimeout: timers.setTimeout,
     clearTimeout: timers.clearTimeout,
+    bookMaxRate,
   });
   const seen = [];
   for (const type of ['state', 'book', 'resync', 'portfolio', 'error', 'auth_required', 'trade_update', 'trade_updates_reset', 'trade_updates_gap', 'token']) {
@@ -256,4 +257,24 @@ test('a refused refresh asks for a new login', async () => {
   await settle();
   assert.ok(context.seen.some(([type]) => type === 'auth_required'));
   assert.equal(context.client.token, 'jwt-1');
+});
+
+test('with a book rate, order books are subscribed in a message of their own carrying max_rate', async () => {
+  const context = setup({ bookMaxRate: 5 });
+  const socket = await connected(context);
+  context.client.subscribe({ trade_updates: true, orderbooks: ['AAPL'] });
+  assert.deepEqual(socket.sent.slice(1), [
+    { action: 'subscribe', orderbooks: ['AAPL'], max_rate: 5 },
+    { action: 'subscribe', trade_updates: true },
+  ]);
+  socket.drop();
+  context.timers.runNext();
+  await settle();
+  const again = FakeWebSocket.instances.at(-1);
+  again.open();
+  again.receive({ T: 'success', msg: 'authenticated' });
+  assert.deepEqual(again.sent.slice(1), [
+    { action: 'subscribe', orderbooks: ['AAPL'], max_rate: 5 },
+    { action: 'subscribe', trade_updates: true },
+  ]);
 });

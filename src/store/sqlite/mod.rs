@@ -33,7 +33,8 @@ use super::migrations::{self, MigrateError};
 use super::{StoreError, StoreHealth};
 use crate::metrics::Metrics;
 use crate::store::StoreSettings;
-use writer::{Job, WriteJob, open_writer, run_writer};
+pub(in crate::store) use writer::record_group;
+use writer::{Job, WriteJob, open_writer, prepare_for_group_commit, run_writer};
 
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,6 +171,7 @@ impl SqliteStore {
             }
             Err(MigrateError::Sqlite(error)) => return Err(classify(&path_text, error)),
         }
+        prepare_for_group_commit(&connection, &path_text)?;
         let health = StoreHealth::default();
         let (writer, jobs) = mpsc::channel::<Box<dyn WriteJob>>();
         let max_group = settings.trading_batch_size.max(1);

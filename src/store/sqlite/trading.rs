@@ -10,12 +10,45 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{
-    AccountRecord, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate, TradingBatch,
-    TradingState, TradingStore, UserRecord,
+    AccountRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate,
+    TradingBatch, TradingState, TradingStore, UserRecord,
 };
 use crate::trading::api::{Order, Side, TradeUpdate};
 
 use super::{SqliteStore, classify, decode_error, enum_text, parse_decimal, parse_time};
+
+/// Checks the batch's fence and records its token, inside the batch's savepoint: a refused
+/// batch returns [`StoreError::Fenced`] before anything of it is written.
+fn check_fence(connection: &Connection, path: &str, fence: &Fence) -> Result<(), StoreError> {
+    let sql = |e| classify(path, e);
+    let token = i64::try_from(fence.token).map_err(|_| StoreError::Database {
+        path: path.into(),
+        detail: format!("fencing token {} is out of range", fence.token),
+    })?;
+    let current: Option<i64> = connection
+        .prepare_cached("SELECT token FROM fences WHERE name = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([&fence.name], |row| row.get(0))
+                .optional()
+        })
+        .map_err(sql)?;
+    match current {
+        Some(current) if current > token => Err(StoreError::Fenced {
+            name: fence.name.clone(),
+            token: fence.token,
+            current: u64::try_from(current).unwrap_or(0),
+        }),
+        _ => connection
+            .prepare_cached(
+                "INSERT INTO fences (name, token) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET token = excluded.token",
+            )
+            .and_then(|mut statement| statement.execute(params![fence.name, token]))
+            .map(|_| ())
+            .map_err(sql),
+    }
+}
 
 fn store_batch(
     connection: &Connection,
@@ -23,6 +56,20 @@ fn store_batch(
     batch: &TradingBatch,
 ) -> Result<(), StoreError> {
     let sql = |e| classify(path, e);
+    if let Some(fence) = &batch.fence {
+        check_fence(connection, path, fence)?;
+    }
+    let stored_at = Utc::now().timestamp_micros();
+    for command in &batch.commands {
+        connection
+            .prepare_cached(
+                "INSERT INTO command_replies (id, reply, stored_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![command.id, command.reply, stored_at])
+            })
+            .map_err(sql)?;
+    }
     for event in &batch.events {
         connection
             .prepare_cached("INSERT INTO exchange_events (body) VALUES (?1)")
@@ -58,19 +105,17 @@ fn store_batch(
             })
             .map_err(sql)?;
     }
-    let stored_at = Utc::now().timestamp_micros();
     for StoredUpdate { username, update } in &batch.updates {
         let body = serde_json::to_string(update).map_err(|e| decode_error(path, e))?;
         connection
             .prepare_cached(
-                "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO trade_updates (username, seq, stored_at, body)
+                 VALUES (?1, ?2, ?3, ?4)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
                     username,
                     i64::try_from(update.seq).unwrap_or(i64::MAX),
-                    update.order.id,
                     stored_at,
                     body,
                 ])
@@ -499,10 +544,60 @@ impl TradingStore for SqliteStore {
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
         let path = self.path_text.clone();
         self.write_future(move |connection| {
+            // Rows are appended in commit order, so the oldest are the lowest rowids: delete
+            // from the start of the table up to the first row that is still kept, within the
+            // first `max_rows` rows. Always a prefix, so no user's kept updates get a hole,
+            // even if the clock once went backwards.
             connection
                 .execute(
-                    "DELETE FROM trade_updates WHERE (username, seq) IN
-                         (SELECT username, seq FROM trade_updates WHERE stored_at < ?1 LIMIT ?2)",
+                    "DELETE FROM trade_updates WHERE rowid < (
+                         SELECT COALESCE(
+                             MIN(CASE WHEN stored_at >= ?1 THEN rowid END),
+                             MAX(rowid) + 1)
+                         FROM (SELECT rowid, stored_at FROM trade_updates
+                               ORDER BY rowid LIMIT ?2))",
+                    params![
+                        before.timestamp_micros(),
+                        i64::try_from(max_rows).unwrap_or(i64::MAX)
+                    ],
+                )
+                .map(|n| n as u64)
+                .map_err(|e| classify(&path, e))
+        })
+    }
+
+    fn fence_token(&self, name: &str) -> BoxFuture<'static, Result<Option<u64>, StoreError>> {
+        let name = name.to_owned();
+        self.read_future(move |connection, path| {
+            let token: Option<i64> = connection
+                .prepare_cached("SELECT token FROM fences WHERE name = ?1")
+                .and_then(|mut statement| statement.query_row([&name], |row| row.get(0)).optional())
+                .map_err(|e| classify(path, e))?;
+            Ok(token.map(|token| u64::try_from(token).unwrap_or(0)))
+        })
+    }
+
+    fn command_reply(&self, id: &str) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+        let id = id.to_owned();
+        self.read_future(move |connection, path| {
+            connection
+                .prepare_cached("SELECT reply FROM command_replies WHERE id = ?1")
+                .and_then(|mut statement| statement.query_row([&id], |row| row.get(0)).optional())
+                .map_err(|e| classify(path, e))
+        })
+    }
+
+    fn prune_commands(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let path = self.path_text.clone();
+        self.write_future(move |connection| {
+            connection
+                .execute(
+                    "DELETE FROM command_replies WHERE id IN
+                         (SELECT id FROM command_replies WHERE stored_at < ?1 LIMIT ?2)",
                     params![
                         before.timestamp_micros(),
                         i64::try_from(max_rows).unwrap_or(i64::MAX)

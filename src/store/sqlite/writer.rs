@@ -106,6 +106,24 @@ pub(super) fn open_writer(path: &Path, path_text: &str) -> Result<Connection, St
     Ok(connection)
 }
 
+/// Readies the writer connection for group commit, once migrations are done (they may sort
+/// more than fits in memory, so they keep the default).
+///
+/// Every write job runs in its own savepoint, and SQLite keeps the pre-image of each page a
+/// savepoint changes in a sub-journal. By default that spills to a temporary file past
+/// 64 KiB, which a group of trading steps passes: one extra `pwrite` per page, the largest
+/// single cost in the profile of a busy writer (docs/perf/2026-12-06-order-sequences-cost.md).
+/// In memory it is a copy. It holds at most one group's changed pages and is never read after
+/// a crash (the WAL, not the sub-journal, makes commits durable).
+pub(super) fn prepare_for_group_commit(
+    connection: &Connection,
+    path_text: &str,
+) -> Result<(), StoreError> {
+    connection
+        .pragma_update(None, "temp_store", "MEMORY")
+        .map_err(|e| classify(path_text, e))
+}
+
 /// The writer thread: takes the next job, gathers whatever else is queued (up to
 /// `max_group`), runs them in one transaction with a savepoint each, commits once (one
 /// fsync) and then replies to all of them.
@@ -143,8 +161,9 @@ pub(super) fn run_writer(
     tracing::debug!(%path, "store writer stopped");
 }
 
-/// Counts one group transaction in `/metrics`.
-fn record_group(
+/// Counts one group transaction in `/metrics` (the PostgreSQL writer counts its groups the
+/// same way).
+pub(in crate::store) fn record_group(
     metrics: &Metrics,
     writes: usize,
     commit: &Result<(), StoreError>,

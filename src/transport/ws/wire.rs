@@ -483,7 +483,10 @@ impl FastPath {
     fn poll(&mut self, cx: &mut Context<'_>, wire: &Wire) -> bool {
         let mut market = self.market.borrow_mut();
         loop {
-            if self.coalescer.poll_ready(market.queue(), cx).is_pending() {
+            // The throttle's window is polled beside the coalescer (both register their
+            // wakers); a throttled release goes out when due, held window or not.
+            let throttle_due = market.poll_throttle_due(cx);
+            if self.coalescer.poll_ready(market.queue(), cx).is_pending() && !throttle_due {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();

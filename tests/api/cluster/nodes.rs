@@ -545,9 +545,12 @@ async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them
     let redis = RedisServer::start();
     let quiet = [("TICKGATE__SIMULATOR__ENABLED", "false")];
     let a = Node::spawn(&redis, "node-a", &quiet);
-    // Node b keeps bar history in its own store, fed from the shared log.
+    // Node b keeps bar history in a store, fed from the shared log. A cluster node's store is
+    // PostgreSQL (cluster mode refuses a SQLite store).
     let data = tempfile::tempdir().expect("temporary directory");
     let data_dir = data.path().to_string_lossy().into_owned();
+    let database = crate::postgres_support::TestDatabase::create();
+    let database_url = database.url();
     let b = Node::spawn(
         &redis,
         "node-b",
@@ -555,6 +558,8 @@ async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them
             ("TICKGATE__SIMULATOR__ENABLED", "false"),
             ("TICKGATE__STORE__ENABLED", "true"),
             ("TICKGATE__STORE__DATA_DIR", &data_dir),
+            ("TICKGATE__STORE__BACKEND", "postgres"),
+            ("TICKGATE__STORE__POSTGRES_URL", &database_url),
         ],
     );
     a.wait_ready().await;
@@ -598,6 +603,11 @@ async fn the_publish_api_works_on_every_node_with_time_order_checked_across_them
         assert!(Instant::now() < deadline, "node b stored no bar");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        database.psql("SELECT c FROM bars WHERE symbol = 'MSFT'"),
+        "1.8",
+        "in node b's database"
+    );
     // A node that joins later has the same latest values and bars.
     let late = Node::spawn(&redis, "node-late", &quiet);
     late.wait_ready().await;

@@ -107,6 +107,9 @@ pub struct SseClient {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub comments: Vec<String>,
+    /// The last `id:` seen in any block, as a browser's EventSource keeps it (an id-only
+    /// block, which dispatches no event, moves it too).
+    pub last_id: Option<String>,
     pending: String,
     chunk_left: usize,
     chunked: bool,
@@ -158,6 +161,7 @@ impl SseClient {
             status,
             headers,
             comments: Vec::new(),
+            last_id: None,
             pending: String::new(),
             chunk_left: 0,
             chunked,
@@ -232,7 +236,10 @@ impl SseClient {
                     } else if let Some((field, value)) = line.split_once(':') {
                         let value = value.strip_prefix(' ').unwrap_or(value);
                         match field {
-                            "id" => event.id = Some(value.to_owned()),
+                            "id" => {
+                                event.id = Some(value.to_owned());
+                                self.last_id = Some(value.to_owned());
+                            }
                             "event" => event.event = value.to_owned(),
                             "data" => {
                                 if has_data {

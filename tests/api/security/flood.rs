@@ -1,8 +1,9 @@
 //! Issue 13 item 2, against the real binary with one worker thread (so the flooder and the
 //! bystander share it): a session that floods actions over the rate limit is answered once,
 //! then dropped silently, then closed with error 430 and close code 1008, and a bystander's
-//! market data keeps its latency meanwhile (p99 under 20 ms, a generous bound; the measured
-//! figures are in docs/benchmarks.md).
+//! market data keeps its latency meanwhile (p99 under four times the same run's quiet p99, at
+//! least 50 ms: a bound that a busy shared machine does not trip but a stalled worker does;
+//! the measured figures are in docs/benchmarks.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -230,9 +231,12 @@ async fn a_flooding_session_is_closed_and_a_bystanders_p99_stays_low() {
         flooded.len(),
         outcomes.len()
     );
+    // Relative to the same run's quiet phase, so a busy machine (which slows both phases)
+    // does not fail it, while a flood that stalls the shared worker (hundreds of ms) does.
+    let bound = (percentile(&quiet, 0.99) * 4).max(Duration::from_millis(50));
     assert!(
-        percentile(&flooded, 0.99) < Duration::from_millis(20),
-        "bystander p99 during the flood: {:?}",
+        percentile(&flooded, 0.99) < bound,
+        "bystander p99 during the flood: {:?}, bound {bound:?}",
         percentile(&flooded, 0.99)
     );
 }

@@ -6,7 +6,8 @@
 //! stored under the same `seq` with the same content, and a client that resumes each round
 //! with `since` (the last `seq` it saw) gets every update exactly once, in order.
 //!
-//! The seed of each run is printed; set `CRASH_SEED` to replay one.
+//! It runs on both store backends (SQLite, and PostgreSQL on a server the test starts). The
+//! seed of each run is printed; set `CRASH_SEED` to replay one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -22,6 +23,8 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::postgres_support::TestDatabase;
 
 const SECRET: &str = "crash-recovery-test-secret-of-32-bytes-or-more";
 const USERS: [&str; 4] = ["ann", "bob", "cem", "dee"];
@@ -232,110 +235,117 @@ struct Stored {
     positions: BTreeMap<(String, String), Decimal>,
 }
 
-fn read_store(db: &Path) -> Stored {
-    let connection = rusqlite::Connection::open(db).expect("open the store");
+/// The store the gateway writes, read around it (while it is down, or after a SIGKILL).
+enum StoreAt {
+    Sqlite(PathBuf),
+    Postgres(TestDatabase),
+}
+
+impl StoreAt {
+    /// Every row of `sql`, each column as text.
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        match self {
+            StoreAt::Sqlite(db) => {
+                let connection = rusqlite::Connection::open(db).expect("open the store");
+                let mut statement = connection.prepare(sql).expect("prepare");
+                let columns = statement.column_count();
+                let rows = statement
+                    .query_map([], |row| {
+                        (0..columns)
+                            .map(|i| {
+                                Ok(match row.get_ref(i)? {
+                                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                                    rusqlite::types::ValueRef::Text(t) => {
+                                        String::from_utf8_lossy(t).into_owned()
+                                    }
+                                    other => format!("{other:?}"),
+                                })
+                            })
+                            .collect::<Result<Vec<String>, rusqlite::Error>>()
+                    })
+                    .expect("query");
+                rows.map(|row| row.expect("row")).collect()
+            }
+            // psql prints every column as text; the unit separator never occurs in the data.
+            StoreAt::Postgres(database) => {
+                let output = Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-p", &database.server.port.to_string()])
+                    .args(["-U", "postgres", "-d", &database.name])
+                    .args([
+                        "-X",
+                        "-q",
+                        "-A",
+                        "-t",
+                        "-F",
+                        "\u{1f}",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                    ])
+                    .args(["-c", sql])
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("psql runs");
+                assert!(
+                    output.status.success(),
+                    "{sql}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .map(|line| line.split('\u{1f}').map(str::to_owned).collect())
+                    .collect()
+            }
+        }
+    }
+}
+
+fn read_store(store: &StoreAt) -> Stored {
     let mut orders = HashMap::new();
-    let mut statement = connection
-        .prepare("SELECT id, body FROM orders")
-        .expect("orders");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })
-        .expect("query");
-    for row in rows {
-        let (id, body) = row.expect("row");
-        orders.insert(id, serde_json::from_str(&body).expect("order json"));
+    for row in store.rows("SELECT id, body FROM orders") {
+        orders.insert(
+            row[0].clone(),
+            serde_json::from_str(&row[1]).expect("order json"),
+        );
     }
     let mut fills = HashMap::new();
-    let mut statement = connection
-        .prepare("SELECT execution_id, order_id, username, qty, price, commission, side FROM fills")
-        .expect("fills");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, String>(6)?,
-            ))
-        })
-        .expect("query");
-    for row in rows {
-        let (execution_id, order_id, user, qty, price, commission, side) = row.expect("row");
+    for row in store
+        .rows("SELECT execution_id, order_id, username, qty, price, commission, side FROM fills")
+    {
         fills.insert(
-            execution_id,
+            row[0].clone(),
             (
-                order_id,
-                user,
-                Decimal::from_str(&qty).expect("qty"),
-                Decimal::from_str(&price).expect("price"),
-                Decimal::from_str(&commission).expect("commission"),
-                side,
+                row[1].clone(),
+                row[2].clone(),
+                Decimal::from_str(&row[3]).expect("qty"),
+                Decimal::from_str(&row[4]).expect("price"),
+                Decimal::from_str(&row[5]).expect("commission"),
+                row[6].clone(),
             ),
         );
     }
     let mut cash = HashMap::new();
-    let mut statement = connection
-        .prepare("SELECT username, initial_cash, cash FROM accounts")
-        .expect("accounts");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })
-        .expect("query");
-    for row in rows {
-        let (user, initial, now) = row.expect("row");
+    for row in store.rows("SELECT username, initial_cash, cash FROM accounts") {
         cash.insert(
-            user,
+            row[0].clone(),
             (
-                Decimal::from_str(&initial).expect("initial"),
-                Decimal::from_str(&now).expect("cash"),
+                Decimal::from_str(&row[1]).expect("initial"),
+                Decimal::from_str(&row[2]).expect("cash"),
             ),
         );
     }
     let mut positions = BTreeMap::new();
-    let mut statement = connection
-        .prepare("SELECT username, symbol, qty FROM positions")
-        .expect("positions");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })
-        .expect("query");
-    for row in rows {
-        let (user, symbol, qty) = row.expect("row");
-        positions.insert((user, symbol), Decimal::from_str(&qty).expect("qty"));
+    for row in store.rows("SELECT username, symbol, qty FROM positions") {
+        positions.insert(
+            (row[0].clone(), row[1].clone()),
+            Decimal::from_str(&row[2]).expect("qty"),
+        );
     }
     let mut updates: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
-    let mut statement = connection
-        .prepare("SELECT username, seq, body FROM trade_updates")
-        .expect("trade updates");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })
-        .expect("query");
-    for row in rows {
-        let (user, seq, body) = row.expect("row");
-        updates.entry(user).or_default().insert(
-            u64::try_from(seq).expect("seq"),
-            serde_json::from_str(&body).expect("update json"),
+    for row in store.rows("SELECT username, seq, body FROM trade_updates") {
+        updates.entry(row[0].clone()).or_default().insert(
+            row[1].parse().expect("seq"),
+            serde_json::from_str(&row[2]).expect("update json"),
         );
     }
     Stored {
@@ -504,13 +514,20 @@ async fn verify_rebuilt(port: u16, stored: &Stored) {
     }
 }
 
-fn write_config(dir: &Path) -> PathBuf {
+fn write_config(dir: &Path, store: &StoreAt) -> PathBuf {
     let config = dir.join("crash.toml");
+    let backend = match store {
+        StoreAt::Sqlite(_) => String::new(),
+        StoreAt::Postgres(database) => format!(
+            "backend = \"postgres\"\npostgres_url = \"{}\"\n",
+            database.url()
+        ),
+    };
     std::fs::write(
         &config,
         format!(
             "[auth]\nhs256_secret = \"{SECRET}\"\n{users}\
-             [store]\ndata_dir = \"{}\"\n\
+             [store]\ndata_dir = \"{}\"\n{backend}\
              [simulator]\nenabled = false\n\
              [ws]\nactions_per_second = 10000.0\naction_burst = 10000\n",
             dir.join("data").display(),
@@ -528,15 +545,26 @@ fn write_config(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_orders_and_fills_survive_sigkill_and_the_books_balance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StoreAt::Sqlite(dir.path().join("data").join("tickgate.db"));
+    survive_sigkill(dir, store).await;
+}
+
+/// The same on PostgreSQL: the database server keeps running while the gateway is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_orders_and_fills_survive_sigkill_and_the_books_balance_on_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    survive_sigkill(dir, StoreAt::Postgres(TestDatabase::create())).await;
+}
+
+async fn survive_sigkill(dir: tempfile::TempDir, db: StoreAt) {
     let seed: u64 = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("crash test seed: {seed} (set CRASH_SEED to replay)");
     let mut rng = SmallRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path());
-    let db = dir.path().join("data").join("tickgate.db");
+    let config = write_config(dir.path(), &db);
     let mut observed: HashMap<&str, Observed> =
         USERS.iter().map(|u| (*u, Observed::default())).collect();
     let mut acknowledged = 0usize;
@@ -655,20 +683,10 @@ async fn catch_up(port: u16, user: &str, since: u64) -> Vec<(u64, Value)> {
 }
 
 /// Adds each order's owner (the `username` column) to its body as `_owner`.
-fn with_owners(db: &Path, mut stored: Stored) -> Stored {
-    let connection = rusqlite::Connection::open(db).expect("open");
-    let mut statement = connection
-        .prepare("SELECT id, username FROM orders")
-        .expect("owners");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })
-        .expect("query");
-    for row in rows {
-        let (id, owner) = row.expect("row");
-        if let Some(Value::Object(body)) = stored.orders.get_mut(&id) {
-            body.insert("_owner".into(), Value::String(owner));
+fn with_owners(store: &StoreAt, mut stored: Stored) -> Stored {
+    for row in store.rows("SELECT id, username FROM orders") {
+        if let Some(Value::Object(body)) = stored.orders.get_mut(&row[0]) {
+            body.insert("_owner".into(), Value::String(row[1].clone()));
         }
     }
     stored

@@ -1,8 +1,8 @@
 //! The exchange with a store: rebuilt after a restart with the same cash, positions and open
 //! orders, matching resumes, and a step that cannot be stored is never announced.
 use crate::common;
+use crate::store_support::{Backend, StoreFixture};
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn store_settings(dir: &Path) -> Settings {
-    let mut settings = common::test_settings();
-    settings.store.enabled = true;
-    settings.store.data_dir = dir.to_path_buf();
-    settings
+fn store_settings(fixture: &StoreFixture) -> Settings {
+    fixture.settings()
 }
 
 fn order(qty: &str, side: &str, order_type: &str, limit: Option<&str>) -> OrderRequest {
@@ -59,10 +56,11 @@ fn publish_trade(state: &AppState, price: f64) {
         .expect("trade published");
 }
 
-#[tokio::test]
-async fn cash_positions_and_resting_orders_survive_a_restart_and_matching_resumes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+async fn cash_positions_and_resting_orders_survive_a_restart_and_matching_resumes(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let trading = app.state.trading.clone();
     let bought = trading
         .submit("alice", order("10", "buy", "market", None))
@@ -77,7 +75,7 @@ async fn cash_positions_and_resting_orders_survive_a_restart_and_matching_resume
     assert_eq!(before.positions[0].qty, dec!(10), "the market order filled");
     app.stop().await.expect("clean stop");
 
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let trading = app.state.trading.clone();
     let after = trading.portfolio("alice").await.expect("portfolio");
     assert_eq!(after.cash, before.cash);
@@ -118,7 +116,7 @@ async fn cash_positions_and_resting_orders_survive_a_restart_and_matching_resume
     app.stop().await.expect("clean stop");
 
     // And that fill was stored before it was announced.
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let portfolio = app
         .state
         .trading
@@ -183,6 +181,19 @@ impl TradingStore for FailingStore {
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
         Box::pin(async { Ok(0) })
     }
+    fn fence_token(&self, _name: &str) -> BoxFuture<'static, Result<Option<u64>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn command_reply(&self, _id: &str) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn prune_commands(
+        &self,
+        _before: chrono::DateTime<chrono::Utc>,
+        _max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 #[tokio::test]
@@ -225,3 +236,5 @@ async fn a_step_that_cannot_be_stored_is_refused_never_announced_and_halts_tradi
         "no order was accepted after the halt: {open:?}"
     );
 }
+
+on_both_backends!(cash_positions_and_resting_orders_survive_a_restart_and_matching_resumes,);

@@ -1,8 +1,8 @@
 //! Bar history in the store: kept across restarts, served in pages by `GET /v1/bars`, pruned
 //! by retention.
 use crate::common;
+use crate::store_support::{Backend, StoreFixture};
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -11,10 +11,8 @@ use serde_json::{Value, json};
 use tickgate::settings::Settings;
 use tickgate::store::BarQuery;
 
-fn store_settings(dir: &Path) -> Settings {
-    let mut settings = test_settings();
-    settings.store.enabled = true;
-    settings.store.data_dir = dir.to_path_buf();
+fn store_settings(fixture: &StoreFixture) -> Settings {
+    let mut settings = fixture.settings();
     settings.store.bar_flush_interval = Duration::from_millis(50);
     settings.store.bar_retention = Duration::from_secs(100 * 365 * 24 * 3600);
     settings
@@ -97,15 +95,14 @@ async fn wait_for_stored(app: &TestApp, symbol: &str, count: usize) {
     }
 }
 
-#[tokio::test]
-async fn bar_history_is_continuous_across_a_restart_and_served_in_pages() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+async fn bar_history_is_continuous_across_a_restart_and_served_in_pages(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let app = spawn_app_with(store_settings(&fixture)).await;
     publish_bars(&app, "AAPL", 0..30).await;
     publish_bars(&app, "MSFT", 0..5).await;
     app.stop().await.expect("clean stop");
 
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_app_with(store_settings(&fixture)).await;
     publish_bars(&app, "AAPL", 30..60).await;
     let (bars, pages) = all_pages(&app, "symbol=AAPL&timeframe=1Min&limit=25").await;
     assert_eq!(pages, 3, "60 bars in pages of 25");
@@ -151,26 +148,24 @@ async fn bar_history_is_continuous_across_a_restart_and_served_in_pages() {
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn a_bar_updated_within_its_minute_is_stored_once_with_its_latest_values() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+async fn a_bar_updated_within_its_minute_is_stored_once_with_its_latest_values(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let app = spawn_app_with(store_settings(&fixture)).await;
     let (status, _) = publish(&app, json!([bar("AAPL", minute(0), 100.0)])).await;
     assert_eq!(status, 200);
     wait_for_stored(&app, "AAPL", 1).await;
     let (status, _) = publish(&app, json!([bar("AAPL", minute(0), 105.0)])).await;
     assert_eq!(status, 200);
     app.stop().await.expect("clean stop");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_app_with(store_settings(&fixture)).await;
     let (bars, _) = all_pages(&app, "symbol=AAPL").await;
     assert_eq!(bars, vec![(minute(0), 105.0)]);
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn bars_older_than_the_retention_are_pruned() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = store_settings(dir.path());
+async fn bars_older_than_the_retention_are_pruned(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let mut settings = store_settings(&fixture);
     settings.store.bar_retention = Duration::from_secs(24 * 3600);
     settings.store.prune_interval = Duration::from_millis(200);
     let app = spawn_app_with(settings).await;
@@ -230,3 +225,9 @@ async fn bars_page_from_memory_when_the_store_is_disabled_and_bad_tokens_are_ref
     );
     app.stop().await.expect("clean stop");
 }
+
+on_both_backends!(
+    bar_history_is_continuous_across_a_restart_and_served_in_pages,
+    a_bar_updated_within_its_minute_is_stored_once_with_its_latest_values,
+    bars_older_than_the_retention_are_pruned,
+);

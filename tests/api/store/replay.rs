@@ -2,21 +2,18 @@
 //! above the old high-water mark, so a client that saw everything resumes with no reset and
 //! no gap, and any other client gets an explicit reset; after a crash the epoch changes.
 use crate::common;
+use crate::store_support::{Backend, StoreFixture};
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{SseClient, TestApp, publish, spawn_app_with, test_settings};
+use common::{SseClient, TestApp, publish, spawn_app_with};
 use serde_json::json;
 use tickgate::hub::{Cursor, Feed};
 use tickgate::settings::Settings;
 use tickgate::store::Store;
 
-fn store_settings(dir: &Path) -> Settings {
-    let mut settings = test_settings();
-    settings.store.enabled = true;
-    settings.store.data_dir = dir.to_path_buf();
-    settings
+fn store_settings(fixture: &StoreFixture) -> Settings {
+    fixture.settings()
 }
 
 async fn publish_trades(app: &TestApp, ids: std::ops::Range<u64>) {
@@ -32,10 +29,11 @@ async fn publish_trades(app: &TestApp, ids: std::ops::Range<u64>) {
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn a_client_that_saw_everything_resumes_across_a_clean_restart_without_gap_or_reset() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+async fn a_client_that_saw_everything_resumes_across_a_clean_restart_without_gap_or_reset(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let app = spawn_app_with(store_settings(&fixture)).await;
     publish_trades(&app, 1..4).await;
     // The client reads the live stream up to the last event before the restart.
     let mut client = SseClient::connect(
@@ -52,7 +50,7 @@ async fn a_client_that_saw_everything_resumes_across_a_clean_restart_without_gap
     let before = last_seen;
     app.stop().await.expect("clean stop");
 
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_app_with(store_settings(&fixture)).await;
     assert_eq!(
         app.state.hub.cursor(Feed::Market),
         before,
@@ -78,15 +76,16 @@ async fn a_client_that_saw_everything_resumes_across_a_clean_restart_without_gap
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn a_client_that_missed_events_before_a_clean_restart_gets_an_explicit_reset() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+async fn a_client_that_missed_events_before_a_clean_restart_gets_an_explicit_reset(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let app = spawn_app_with(store_settings(&fixture)).await;
     publish_trades(&app, 1..4).await;
     let newest = app.state.hub.cursor(Feed::Market);
     app.stop().await.expect("clean stop");
 
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_app_with(store_settings(&fixture)).await;
     publish_trades(&app, 4..5).await;
     let behind = Cursor {
         epoch: newest.epoch,
@@ -110,20 +109,21 @@ async fn a_client_that_missed_events_before_a_clean_restart_gets_an_explicit_res
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn after_a_crash_the_epoch_changes_and_an_old_cursor_gets_an_explicit_reset() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+async fn after_a_crash_the_epoch_changes_and_an_old_cursor_gets_an_explicit_reset(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let app = spawn_app_with(store_settings(&fixture)).await;
     publish_trades(&app, 1..4).await;
     let before = app.state.hub.cursor(Feed::Market);
     app.stop().await.expect("clean stop");
 
     // A run that never records a clean shutdown, like a process killed with SIGKILL.
-    let crashed = Store::open(&store_settings(dir.path()).store).expect("open");
+    let crashed = Store::open(&store_settings(&fixture).store).expect("open");
     assert_eq!(crashed.feed_start.epoch, before.epoch);
     drop(crashed);
 
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_app_with(store_settings(&fixture)).await;
     let after = app.state.hub.cursor(Feed::Market);
     assert!(after.epoch > before.epoch, "{after} after {before}");
     assert_eq!(after.seq, 0, "history starts afresh");
@@ -140,3 +140,9 @@ async fn after_a_crash_the_epoch_changes_and_an_old_cursor_gets_an_explicit_rese
     assert_eq!(snapshot.json()["reset"], true);
     app.stop().await.expect("clean stop");
 }
+
+on_both_backends!(
+    a_client_that_saw_everything_resumes_across_a_clean_restart_without_gap_or_reset,
+    a_client_that_missed_events_before_a_clean_restart_gets_an_explicit_reset,
+    after_a_crash_the_epoch_changes_and_an_old_cursor_gets_an_explicit_reset,
+);

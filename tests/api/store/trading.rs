@@ -1,24 +1,18 @@
-//! The trading store on its own: batches are atomic, commit in call order, round-trip exact
-//! decimals, and the state loaded after a reopen is what was committed.
-use std::path::Path;
+//! The trading store on its own, on both backends: batches are atomic, commit in call order,
+//! round-trip exact decimals, are refused whole when fenced, and the state loaded after a
+//! reopen is what was committed.
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
-use tickgate::settings::StoreSettings;
 use tickgate::store::{
-    AccountRecord, FillRecord, PositionRecord, Store, StoreError, StoredOrder, TradingBatch,
-    UserRecord,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder,
+    TradingBatch, UserRecord,
 };
-use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
 
-fn settings(dir: &Path) -> StoreSettings {
-    StoreSettings {
-        data_dir: dir.to_path_buf(),
-        ..StoreSettings::default()
-    }
-}
+use crate::store_support::{Backend, StoreFixture};
+use tickgate::trading::api::{Order, OrderStatus, OrderType, Side, TimeInForce};
 
 fn at(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 2, 14, 30, second)
@@ -77,14 +71,9 @@ fn account(cash: Decimal) -> AccountRecord {
     }
 }
 
-fn open(dir: &Path) -> Store {
-    Store::open(&settings(dir)).expect("open store").store
-}
-
-#[tokio::test]
-async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let mut partially = order("o1", OrderStatus::PartiallyFilled, 1);
     partially.filled_qty = dec!(4);
     partially.filled_avg_price = Some(dec!(126.5));
@@ -108,12 +97,12 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
             qty: dec!(4),
             cost_basis: dec!(506),
         }],
-        updates: Vec::new(),
+        ..TradingBatch::default()
     };
     store.trading.commit(batch).await.expect("commit");
     drop(store);
 
-    let store = open(dir.path());
+    let store = fixture.open();
     let state = store.trading.load(10).await.expect("load");
     assert_eq!(state.events, vec![r#"{"e":"first"}"#, r#"{"e":"second"}"#]);
     assert_eq!(
@@ -135,10 +124,9 @@ async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen
     assert_eq!(dec!(100000) + implied, state.accounts[0].cash);
 }
 
-#[tokio::test]
-async fn batches_commit_in_call_order_even_when_awaited_out_of_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn batches_commit_in_call_order_even_when_awaited_out_of_order(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let mut pending = Vec::new();
     for step in 0..200u32 {
         let mut o = order("o1", OrderStatus::New, 1);
@@ -159,10 +147,9 @@ async fn batches_commit_in_call_order_even_when_awaited_out_of_order() {
     assert_eq!(state.open_orders[0].order.filled_qty, dec!(199));
 }
 
-#[tokio::test]
-async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     store
         .trading
         .commit(TradingBatch {
@@ -201,10 +188,11 @@ async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept
     assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 1);
 }
 
-#[tokio::test]
-async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let position = |qty| PositionRecord {
         username: "alice".into(),
         symbol: "AAPL".into(),
@@ -240,10 +228,9 @@ async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_u
     assert_eq!(ids, vec!["f3", "f4"], "the two most recent, oldest first");
 }
 
-#[tokio::test]
-async fn users_from_config_are_synced_and_removed_users_are_kept_inactive() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
+async fn users_from_config_are_synced_and_removed_users_are_kept_inactive(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
     let user = |name: &str| UserRecord {
         username: name.into(),
         password_hash: format!("$argon2id$hash-of-{name}"),
@@ -269,21 +256,13 @@ async fn users_from_config_are_synced_and_removed_users_are_kept_inactive() {
     let state = store.trading.load(0).await.expect("load");
     assert_eq!(state.users, vec!["bob".to_owned()]);
     assert_eq!(state.accounts.len(), 1, "alice's account is kept");
-    let hash: String = rusqlite::Connection::open(dir.path().join("tickgate.db"))
-        .expect("open")
-        .query_row(
-            "SELECT password_hash FROM users WHERE username = 'bob'",
-            [],
-            |row| row.get(0),
-        )
-        .expect("bob");
+    let hash = fixture.query_text("SELECT password_hash FROM users WHERE username = 'bob'");
     assert_eq!(hash, "$argon2id$hash-of-bob");
 }
 
-#[tokio::test]
-async fn concurrent_committers_all_get_durable_replies() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(open(dir.path()));
+async fn concurrent_committers_all_get_durable_replies(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = Arc::new(fixture.open());
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let store = Arc::clone(&store);
@@ -309,3 +288,224 @@ async fn concurrent_committers_all_get_durable_replies() {
     let state = store.trading.load(0).await.expect("load");
     assert_eq!(state.open_orders.len(), 400);
 }
+
+fn fenced(token: u64, order_id: &str, command_id: &str) -> TradingBatch {
+    TradingBatch {
+        orders: vec![StoredOrder {
+            username: "alice".into(),
+            order: order(order_id, OrderStatus::New, 1),
+        }],
+        fills: vec![fill(&format!("x-{order_id}"), order_id, dec!(1), dec!(10))],
+        commands: vec![CommandRecord {
+            id: command_id.into(),
+            reply: format!(r#"{{"ack":"{order_id}"}}"#),
+        }],
+        fence: Some(Fence {
+            name: "exchange".into(),
+            token,
+        }),
+        ..TradingBatch::default()
+    }
+}
+
+async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        None
+    );
+    store
+        .trading
+        .commit(fenced(7, "o1", "cmd-1"))
+        .await
+        .expect("first holder");
+    store
+        .trading
+        .commit(fenced(8, "o2", "cmd-2"))
+        .await
+        .expect("the new holder");
+    let refused = store.trading.commit(fenced(7, "o3", "cmd-3")).await;
+    assert_eq!(
+        refused,
+        Err(StoreError::Fenced {
+            name: "exchange".into(),
+            token: 7,
+            current: 8
+        })
+    );
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        Some(8)
+    );
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["o1", "o2"],
+        "nothing of the fenced batch: {ids:?}"
+    );
+    assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 2);
+    assert_eq!(
+        store.trading.command_reply("cmd-3").await.expect("read"),
+        None
+    );
+    // The same token again is the same holder: it keeps writing.
+    store
+        .trading
+        .commit(fenced(8, "o4", "cmd-4"))
+        .await
+        .expect("same token");
+    // A fence on another name is independent.
+    let mut other = fenced(1, "o5", "cmd-5");
+    other.fence = Some(Fence {
+        name: "other".into(),
+        token: 1,
+    });
+    store.trading.commit(other).await.expect("other fence");
+}
+
+async fn a_fenced_batch_queued_with_good_ones_is_refused_alone(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    store
+        .trading
+        .commit(fenced(5, "o1", "cmd-1"))
+        .await
+        .expect("first");
+    // Queued together, so they share one group transaction where the writer groups them.
+    let stale = store.trading.commit(fenced(4, "o2", "cmd-2"));
+    let fresh = store.trading.commit(fenced(6, "o3", "cmd-3"));
+    let (stale, fresh) = tokio::join!(stale, fresh);
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    fresh.expect("the newer token");
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["o1", "o3"]);
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        Some(6)
+    );
+}
+
+async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    store
+        .trading
+        .commit(TradingBatch {
+            commands: vec![
+                CommandRecord {
+                    id: "1733400000000-0".into(),
+                    reply: r#"{"ok":true,"order":"o1"}"#.into(),
+                },
+                CommandRecord {
+                    id: "1733400000000-1".into(),
+                    reply: r#"{"error":"insufficient_buying_power"}"#.into(),
+                },
+            ],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("commit");
+    assert_eq!(
+        store
+            .trading
+            .command_reply("1733400000000-0")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(r#"{"ok":true,"order":"o1"}"#)
+    );
+    assert_eq!(
+        store
+            .trading
+            .command_reply("1733400000000-1")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(r#"{"error":"insufficient_buying_power"}"#)
+    );
+    assert_eq!(
+        store.trading.command_reply("nope").await.expect("read"),
+        None
+    );
+    // Recording the same command again means it ran twice: the batch is refused whole.
+    let again = store
+        .trading
+        .commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: order("o2", OrderStatus::New, 2),
+            }],
+            commands: vec![CommandRecord {
+                id: "1733400000000-0".into(),
+                reply: "second".into(),
+            }],
+            ..TradingBatch::default()
+        })
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Database { .. })),
+        "{again:?}"
+    );
+    assert!(
+        store
+            .trading
+            .load(0)
+            .await
+            .expect("load")
+            .open_orders
+            .is_empty()
+    );
+    // Replies stored before the cut-off are pruned, in bounded chunks.
+    let before = store
+        .trading
+        .prune_commands(Utc::now() - chrono::Duration::hours(1), 10)
+        .await
+        .expect("prune nothing");
+    assert_eq!(before, 0);
+    let later = Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(
+        store.trading.prune_commands(later, 1).await.expect("prune"),
+        1
+    );
+    assert_eq!(
+        store
+            .trading
+            .prune_commands(later, 10)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        store
+            .trading
+            .command_reply("1733400000000-0")
+            .await
+            .expect("read"),
+        None
+    );
+}
+
+on_both_backends!(
+    committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen,
+    batches_commit_in_call_order_even_when_awaited_out_of_order,
+    a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept,
+    a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user,
+    users_from_config_are_synced_and_removed_users_are_kept_inactive,
+    concurrent_committers_all_get_durable_replies,
+    a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing,
+    a_fenced_batch_queued_with_good_ones_is_refused_alone,
+    command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age,
+);

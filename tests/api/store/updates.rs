@@ -3,8 +3,8 @@
 //! cannot), and a `client_order_id` names one order per user, across concurrent submits and
 //! restarts.
 use crate::common;
+use crate::store_support::{Backend, StoreFixture};
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +18,8 @@ use tickgate::trading::api::{
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn store_settings(dir: &Path) -> Settings {
-    let mut settings = common::test_settings();
-    settings.store.enabled = true;
-    settings.store.data_dir = dir.to_path_buf();
-    settings
+fn store_settings(fixture: &StoreFixture) -> Settings {
+    fixture.settings()
 }
 
 fn order(qty: &str, side: &str, order_type: &str, limit: Option<&str>) -> OrderRequest {
@@ -80,10 +77,11 @@ async fn replay(trading: &Arc<dyn TradingApi>, user: &str, since: u64) -> (u64, 
     }
 }
 
-#[tokio::test]
-async fn every_update_is_stored_under_its_seq_and_the_sequence_continues_after_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+async fn every_update_is_stored_under_its_seq_and_the_sequence_continues_after_a_restart(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let trading = app.state.trading.clone();
     let mut alice = trading.user_events("alice");
     let mut bob = trading.user_events("bob");
@@ -110,7 +108,7 @@ async fn every_update_is_stored_under_its_seq_and_the_sequence_continues_after_a
     assert_eq!(stored, sent_to_alice);
     app.stop().await.expect("clean stop");
 
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let trading = app.state.trading.clone();
     let (seq, replayed) = replay(&trading, "alice", 0).await;
     assert_eq!(seq, count);
@@ -129,10 +127,11 @@ async fn every_update_is_stored_under_its_seq_and_the_sequence_continues_after_a
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn a_resume_replays_exactly_what_was_missed_or_resets_with_the_state_at_the_current_seq() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = store_settings(dir.path());
+async fn a_resume_replays_exactly_what_was_missed_or_resets_with_the_state_at_the_current_seq(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let mut settings = store_settings(&fixture);
     settings.trading.max_resume_updates = 4;
     let app = common::spawn_app_with(settings).await;
     let trading = app.state.trading.clone();
@@ -195,7 +194,7 @@ async fn a_resume_replays_exactly_what_was_missed_or_resets_with_the_state_at_th
     app.stop().await.expect("clean stop");
 
     // The rebuilt exchange agrees with a store whose updates were all pruned.
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let (seq, _) = replay(&app.state.trading, "alice", head).await;
     assert_eq!(seq, head);
     app.stop().await.expect("clean stop");
@@ -230,10 +229,11 @@ fn assert_names(error: &OrderError, order: &Order) {
     );
 }
 
-#[tokio::test]
-async fn one_client_order_id_makes_one_order_under_concurrent_retries_and_after_restarts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+async fn one_client_order_id_makes_one_order_under_concurrent_retries_and_after_restarts(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let trading = app.state.trading.clone();
     let request = with_client_id(order("5", "buy", "limit", Some("60.00")), "retry-me");
     let attempts = (0..8).map(|_| {
@@ -272,7 +272,7 @@ async fn one_client_order_id_makes_one_order_under_concurrent_retries_and_after_
     app.stop().await.expect("clean stop");
 
     // After a restart, with the exchange keeping almost no finished orders in memory.
-    let mut settings = store_settings(dir.path());
+    let mut settings = store_settings(&fixture);
     settings.trading.closed_orders_kept = 1;
     let app = common::spawn_app_with(settings.clone()).await;
     let trading = app.state.trading.clone();
@@ -310,10 +310,9 @@ async fn one_client_order_id_makes_one_order_under_concurrent_retries_and_after_
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn the_store_itself_refuses_a_second_order_with_the_same_client_order_id() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = common::spawn_app_with(store_settings(dir.path())).await;
+async fn the_store_itself_refuses_a_second_order_with_the_same_client_order_id(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let app = common::spawn_app_with(store_settings(&fixture)).await;
     let trading = app.state.trading.clone();
     let first = trading
         .submit(
@@ -337,7 +336,9 @@ async fn the_store_itself_refuses_a_second_order_with_the_same_client_order_id()
         })
         .await;
     assert!(
-        matches!(result, Err(StoreError::Database { ref detail, .. }) if detail.contains("UNIQUE")),
+        // SQLite says "UNIQUE constraint failed", PostgreSQL "violates unique constraint".
+        matches!(result, Err(StoreError::Database { ref detail, .. })
+            if detail.to_lowercase().contains("unique")),
         "{result:?}"
     );
     let stored = store
@@ -348,3 +349,96 @@ async fn the_store_itself_refuses_a_second_order_with_the_same_client_order_id()
     assert_eq!(stored.map(|o| o.id), Some(first.id));
     let _ = tokio::time::timeout(DEADLINE, app.stop()).await;
 }
+
+#[tokio::test]
+async fn pruning_deletes_the_oldest_updates_first_and_never_leaves_a_hole_in_a_users_sequence() {
+    // SQLite only: the test ages rows straight in the file.
+    let fixture = StoreFixture::new(Backend::Sqlite);
+    let settings = store_settings(&fixture);
+    let database = settings.store.database_path();
+    let app = common::spawn_app_with(settings).await;
+    let trading = app.state.trading.clone();
+    // One resting order each, taken in turns: alice 1, bob 1, alice 2, bob 2, alice 3, bob 3.
+    for _ in 0..3 {
+        for user in ["alice", "bob"] {
+            trading
+                .submit(user, order("1", "buy", "limit", Some("50.00")))
+                .await
+                .expect("resting limit");
+        }
+    }
+    // Stored more than an hour ago, except bob 2 and bob 3: as if the clock had stepped back
+    // before alice 3 was stored.
+    let connection = rusqlite::Connection::open(&database).expect("open the store");
+    connection.busy_timeout(DEADLINE).expect("busy timeout");
+    let two_hours_ago = (Utc::now() - chrono::Duration::hours(2)).timestamp_micros();
+    connection
+        .execute(
+            "UPDATE trade_updates SET stored_at = ?1
+             WHERE NOT (username = 'bob' AND seq >= 2)",
+            [two_hours_ago],
+        )
+        .expect("age the rows");
+    let stored = |connection: &rusqlite::Connection| -> Vec<(String, u64)> {
+        connection
+            .prepare("SELECT username, seq FROM trade_updates ORDER BY rowid")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .and_then(|rows| rows.collect())
+            })
+            .expect("rows")
+    };
+    let names = |rows: &[(&str, u64)]| -> Vec<(String, u64)> {
+        rows.iter().map(|(u, s)| ((*u).to_owned(), *s)).collect()
+    };
+    assert_eq!(
+        stored(&connection),
+        names(&[
+            ("alice", 1),
+            ("bob", 1),
+            ("alice", 2),
+            ("bob", 2),
+            ("alice", 3),
+            ("bob", 3)
+        ]),
+        "stored in commit order"
+    );
+
+    let store = app.state.store.clone().expect("store");
+    let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
+    let mut removed = Vec::new();
+    for _ in 0..3 {
+        removed.push(
+            store
+                .trading
+                .prune_updates(an_hour_ago, 2)
+                .await
+                .expect("prune"),
+        );
+    }
+    // A full chunk, then the old rows before bob 2, then nothing: alice 3 is old but stored
+    // after bob 2, so it waits for its turn rather than leaving alice a gap later on.
+    assert_eq!(removed, vec![2, 1, 0]);
+    assert_eq!(
+        stored(&connection),
+        names(&[("bob", 2), ("alice", 3), ("bob", 3)])
+    );
+
+    let (seq, updates) = replay(&trading, "bob", 1).await;
+    assert_eq!((seq, seqs(&updates)), (3, vec![2, 3]));
+    let (seq, updates) = replay(&trading, "alice", 2).await;
+    assert_eq!((seq, seqs(&updates)), (3, vec![3]));
+    match trading.updates_since("alice", 1).await.expect("resume") {
+        Resume::Reset(snapshot) => assert_eq!(snapshot.reason, ResetReason::TooOld),
+        Resume::Replay { .. } => panic!("alice 2 is pruned: a replay from 1 would have a hole"),
+    }
+    let _ = tokio::time::timeout(DEADLINE, app.stop()).await;
+}
+
+on_both_backends!(
+    every_update_is_stored_under_its_seq_and_the_sequence_continues_after_a_restart,
+    a_resume_replays_exactly_what_was_missed_or_resets_with_the_state_at_the_current_seq,
+    one_client_order_id_makes_one_order_under_concurrent_retries_and_after_restarts,
+    the_store_itself_refuses_a_second_order_with_the_same_client_order_id,
+);

@@ -580,3 +580,46 @@ async fn book_seq_is_contiguous_and_the_deltas_reproduce_the_servers_book() {
     assert!(trader.book.same_levels(&server_book));
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_throttled_book_gets_fewer_merged_deltas_that_still_rebuild_the_servers_book() {
+    let (app, mut trader) = market().await;
+    let mut client = connect_as(&app, "carol").await;
+    let reply = client
+        .subscribe(json!({"orderbooks":["AAPL"],"max_rate":1}))
+        .await;
+    assert_eq!(reply["max_rate"]["orderbooks"], 1, "{reply}");
+    let mut throttled = Trader {
+        client,
+        book: LocalBook::default(),
+        updates: Vec::new(),
+        portfolios: Vec::new(),
+    };
+    throttled.until(|t| t.book.seq == 1).await;
+    let unthrottled_from = trader.book.seq;
+    // Several book changes within a second: regenerations and a taker.
+    for step in 0..6 {
+        let bid = 100.0 + f64::from(step) * 0.03;
+        publish_quote(&app, "AAPL", bid, bid + 0.02).await;
+    }
+    trader
+        .order(
+            json!({"symbol":"AAPL","qty":"130","side":"buy","type":"market","time_in_force":"day"}),
+        )
+        .await;
+    let mut observer = connect_as(&app, "bob").await;
+    observer.subscribe(json!({"orderbooks":["AAPL"]})).await;
+    let snapshot = observer.expect("o").await;
+    let mut server_book = LocalBook::default();
+    server_book.apply(&snapshot);
+    // Both converge on the server's book; `apply` checks that `seq` has no gap.
+    trader.until(|t| t.book.same_levels(&server_book)).await;
+    throttled.until(|t| t.book.same_levels(&server_book)).await;
+    let unthrottled_deltas = trader.book.seq - unthrottled_from;
+    let throttled_deltas = throttled.book.seq - 1;
+    assert!(
+        throttled_deltas < unthrottled_deltas,
+        "merged: {throttled_deltas} deltas against {unthrottled_deltas}"
+    );
+    app.stop().await.expect("stop");
+}

@@ -8,8 +8,14 @@
 //!   mixes deltas from before its snapshot into what follows.
 //! - An idle market-data connection carries no book channel: it is created with the first
 //!   order-book subscription.
+//! - With a `max_rate` each book sends at most one delta per window: the deltas of the window
+//!   merged ([`MergedDelta`], each level at its latest size, zero for removed), which applied
+//!   to the book the client holds gives exactly the book after the newest of them. A quiet
+//!   book's first delta goes out at once; snapshots are never held, and a new snapshot drops
+//!   the merged deltas it already contains.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
@@ -17,7 +23,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::error::ErrorCode;
-use crate::trading::api::{BookUpdate, TradingApi};
+use crate::hub::MaxRate;
+use crate::trading::api::{BookLevels, BookUpdate, TradingApi};
 
 use super::WsSession;
 use super::frames::{Output, array, error_frame};
@@ -51,6 +58,53 @@ pub(super) struct Books {
     seq: HashMap<String, u64>,
     next_generation: u64,
     channel: Option<BookChannel>,
+    /// Throttled books (`max_rate`); boxed, so a session without one carries a pointer.
+    pacing: Option<Box<BookPacing>>,
+}
+
+/// The order-book `max_rate` (`None` once removed, until what it held went out) and each
+/// throttled book's window and merged deltas.
+#[derive(Debug, Default)]
+struct BookPacing {
+    rate: Option<MaxRate>,
+    paced: HashMap<String, BookPace>,
+}
+
+/// The deltas of one book over a window, merged: each level at its latest size (zero when
+/// removed). Deltas carry absolute sizes, so applying the merge equals applying them in turn.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct MergedDelta {
+    bids: BTreeMap<rust_decimal::Decimal, rust_decimal::Decimal>,
+    asks: BTreeMap<rust_decimal::Decimal, rust_decimal::Decimal>,
+    t: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl MergedDelta {
+    pub(super) fn add(&mut self, update: &BookUpdate) {
+        self.bids.extend(update.bids.iter().copied());
+        self.asks.extend(update.asks.iter().copied());
+        self.t = Some(update.t);
+    }
+
+    /// The merged delta of `symbol`, each side best first as the exchange sends them.
+    pub(super) fn into_update(self, symbol: &str) -> BookUpdate {
+        let bids: BookLevels = self.bids.into_iter().rev().collect();
+        let asks: BookLevels = self.asks.into_iter().collect();
+        BookUpdate {
+            symbol: symbol.to_owned(),
+            snapshot: false,
+            bids,
+            asks,
+            t: self.t.unwrap_or_default(),
+        }
+    }
+}
+
+/// One throttled book: when its window ends, and what waits for it.
+#[derive(Debug)]
+struct BookPace {
+    open_at: tokio::time::Instant,
+    pending: Option<MergedDelta>,
 }
 
 impl Books {
@@ -80,6 +134,101 @@ impl Books {
             map.insert("snapshot".into(), Value::Bool(true));
         }
         object.to_string()
+    }
+}
+
+impl Books {
+    /// Sets or removes the order-book `max_rate`; removing it sends what waits at the next
+    /// release.
+    pub(super) fn set_rate(&mut self, rate: Option<MaxRate>) {
+        match (rate, self.pacing.as_mut()) {
+            (Some(_), _) => self.pacing.get_or_insert_with(Box::default).rate = rate,
+            (None, Some(pacing)) => {
+                pacing.rate = None;
+                let now = tokio::time::Instant::now();
+                for pace in pacing.paced.values_mut() {
+                    pace.open_at = now;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn throttled(&self) -> bool {
+        self.pacing
+            .as_ref()
+            .is_some_and(|pacing| pacing.rate.is_some())
+    }
+
+    /// Forgets the merged deltas waiting for `symbol` (a snapshot holds them already).
+    fn drop_pending(&mut self, symbol: &str) {
+        if let Some(pace) = self
+            .pacing
+            .as_mut()
+            .and_then(|pacing| pacing.paced.get_mut(symbol))
+        {
+            pace.pending = None;
+        }
+    }
+
+    /// When the next throttled book's window ends with a merged delta waiting.
+    pub(super) fn next_release(&self) -> Option<tokio::time::Instant> {
+        self.pacing
+            .as_ref()?
+            .paced
+            .values()
+            .filter(|pace| pace.pending.is_some())
+            .map(|pace| pace.open_at)
+            .min()
+    }
+
+    /// Takes a delta of a current book stream: returns it to send now, or merges it into the
+    /// book's window and returns `None`.
+    fn pace(&mut self, update: BookUpdate, now: tokio::time::Instant) -> Option<BookUpdate> {
+        let Some(pacing) = self.pacing.as_mut() else {
+            return Some(update);
+        };
+        let Some(rate) = pacing.rate else {
+            return Some(update);
+        };
+        let pace = pacing
+            .paced
+            .entry(update.symbol.clone())
+            .or_insert_with(|| BookPace {
+                open_at: now,
+                pending: None,
+            });
+        if pace.open_at <= now && pace.pending.is_none() {
+            pace.open_at = now + rate.interval();
+            return Some(update);
+        }
+        pace.pending
+            .get_or_insert_with(MergedDelta::default)
+            .add(&update);
+        None
+    }
+
+    /// The merged deltas whose window has ended, each starting a new window.
+    fn release_due(&mut self, now: tokio::time::Instant) -> Vec<BookUpdate> {
+        let Some(pacing) = self.pacing.as_mut() else {
+            return Vec::new();
+        };
+        let interval = pacing.rate.map_or(Duration::ZERO, MaxRate::interval);
+        let mut out = Vec::new();
+        for (symbol, pace) in &mut pacing.paced {
+            if pace.open_at <= now
+                && let Some(merged) = pace.pending.take()
+            {
+                pace.open_at = now + interval;
+                out.push(merged.into_update(symbol));
+            }
+        }
+        if pacing.rate.is_none() && pacing.paced.values().all(|pace| pace.pending.is_none()) {
+            // The rate was removed and what it held is out.
+            self.pacing = None;
+        }
+        out.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        out
     }
 }
 
@@ -114,6 +263,9 @@ impl WsSession {
             if let Some(stream) = self.books.streams.remove(&symbol) {
                 stream.forwarder.abort();
             }
+            if let Some(pacing) = self.books.pacing.as_mut() {
+                pacing.paced.remove(&symbol);
+            }
         }
         let added: Vec<String> = self
             .subs
@@ -140,6 +292,8 @@ impl WsSession {
                 return;
             }
         };
+        // The snapshot already holds whatever merged deltas were waiting.
+        self.books.drop_pending(symbol);
         self.books.next_generation += 1;
         let generation = self.books.next_generation;
         let sender = self
@@ -235,6 +389,7 @@ impl WsSession {
     /// Frames `first` and whatever else is already forwarded (up to [`MAX_BATCH`]); a book
     /// whose deltas were lost is reopened with a snapshot.
     pub(super) fn on_book_messages(&mut self, first: BookMessage, out: &mut Vec<Output>) {
+        let now = tokio::time::Instant::now();
         let mut objects = Vec::new();
         let mut lagged = Vec::new();
         let mut next = Some(first);
@@ -245,8 +400,16 @@ impl WsSession {
                 .get(&message.symbol)
                 .is_some_and(|b| b.generation == message.generation);
             if current {
-                match &message.update {
-                    Some(update) => objects.push(self.books.object(update)),
+                match message.update {
+                    Some(update) => {
+                        if !self.books.throttled() || update.snapshot {
+                            // A snapshot replaces whatever merged deltas were waiting.
+                            self.books.drop_pending(&update.symbol);
+                            objects.push(self.books.object(&update));
+                        } else if let Some(update) = self.books.pace(update, now) {
+                            objects.push(self.books.object(&update));
+                        }
+                    }
                     None => lagged.push(message.symbol.clone()),
                 }
             }
@@ -261,6 +424,7 @@ impl WsSession {
         if !objects.is_empty() {
             out.push(Output::frame(array(&objects)));
         }
+        self.on_books_due(out);
         let trading = std::sync::Arc::clone(&self.deps.trading);
         for symbol in lagged {
             // Deltas were lost: a fresh snapshot replaces the gap.
@@ -268,3 +432,19 @@ impl WsSession {
         }
     }
 }
+
+impl WsSession {
+    /// Sends the merged deltas of throttled books whose window has ended.
+    pub(super) fn on_books_due(&mut self, out: &mut Vec<Output>) {
+        let due = self.books.release_due(tokio::time::Instant::now());
+        if due.is_empty() {
+            return;
+        }
+        let objects: Vec<String> = due.iter().map(|update| self.books.object(update)).collect();
+        out.push(Output::frame(array(&objects)));
+    }
+}
+
+#[cfg(test)]
+#[path = "books_tests.rs"]
+mod tests;

@@ -10,16 +10,20 @@
 //! - A close queued by the hub (slow client, shutdown) ends the session after its last frame.
 //! - A MessagePack session (the Alpaca stream) gets the same events as binary frames: the
 //!   hub's prebuilt `Entry.msgpack` for one event, an array of their maps for several.
+//! - With a `max_rate` the wanted events pass through a [`Throttle`] (hub entries, so still no
+//!   encoding per client); removing the rate sends whatever it held at once.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::hub::{
-    CloseReason, Delivery, Entry, Feed, Filter, MsgpackClientGuard, SubscriberQueue, SymbolFilter,
+    CloseReason, Delivery, Entry, Feed, Filter, MaxRate, MsgpackClientGuard, Pacer,
+    SubscriberQueue, SymbolFilter, Throttle,
 };
 use crate::market::EventKind;
 use crate::metrics::{Metrics, Transport};
@@ -102,6 +106,16 @@ pub struct MarketState {
     metrics: Arc<Metrics>,
     /// A keep-alive tick was drained since [`MarketState::deliver_into`] last said so.
     heartbeat: bool,
+    /// The throttle of a `max_rate` subscription; boxed, so an unthrottled session carries
+    /// one pointer for it.
+    throttle: Option<Box<MarketThrottle>>,
+}
+
+/// A session's `max_rate` state: the throttle with its timer (`None` once the rate was
+/// removed) and what it released, or held when its rate was removed, to frame next.
+struct MarketThrottle {
+    pacer: Option<Pacer>,
+    released: Vec<Arc<Entry>>,
 }
 
 pub type SharedMarket = Rc<RefCell<MarketState>>;
@@ -122,11 +136,55 @@ impl MarketState {
             wanted: MarketSubs::default(),
             metrics,
             heartbeat: false,
+            throttle: None,
         }
     }
 
     pub fn queue(&self) -> &Arc<SubscriberQueue> {
         &self.queue
+    }
+
+    /// Whether a throttle window ended (with its waker registered if not): the transport's
+    /// fast path polls this beside the queue's wake-up (through its coalescer), so a
+    /// throttled session's held updates go out when their window ends.
+    pub fn poll_throttle_due(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.throttle
+            .as_mut()
+            .and_then(|throttle| throttle.pacer.as_mut())
+            .is_some_and(|pacer| pacer.poll_due(cx).is_ready())
+    }
+
+    /// When the throttle's next window ends, if it holds anything (for the session's own
+    /// loop, when the transport does not serve market data).
+    pub(super) fn next_release(&self) -> Option<tokio::time::Instant> {
+        self.throttle
+            .as_ref()
+            .and_then(|throttle| throttle.pacer.as_ref())
+            .and_then(Pacer::deadline)
+    }
+
+    /// Sets or removes the market-data `max_rate`. Removing it hands what the throttle held
+    /// to the next delivery.
+    pub(super) fn set_max_rate(&mut self, rate: Option<MaxRate>) {
+        let new_pacer = |rate| Pacer::new(Throttle::new(rate, tokio::time::Instant::now(), 0));
+        match (rate, self.throttle.as_mut()) {
+            (Some(rate), Some(throttle)) => match throttle.pacer.as_mut() {
+                Some(pacer) => pacer.throttle.set_rate(rate),
+                None => throttle.pacer = Some(new_pacer(rate)),
+            },
+            (Some(rate), None) => {
+                self.throttle = Some(Box::new(MarketThrottle {
+                    pacer: Some(new_pacer(rate)),
+                    released: Vec::new(),
+                }));
+            }
+            (None, Some(throttle)) => {
+                if let Some(mut pacer) = throttle.pacer.take() {
+                    pacer.throttle.release_all(&mut throttle.released);
+                }
+            }
+            (None, None) => {}
+        }
     }
 
     /// Turns queued hub deliveries (plus any `extra`) into at most one data frame, pushed on
@@ -175,9 +233,14 @@ impl MarketState {
                 _ => (usize::MAX, 0),
             });
         }
-        let mut pending: Option<Pending> = None;
-        let mut packed: Vec<Arc<Entry>> = Vec::new();
-        let mut delivered = 0u64;
+        let mut batch = Batch::default();
+        let encoding = self.encoding;
+        // What a throttle held when its rate was removed: older than anything drained now.
+        if let Some(throttle) = self.throttle.as_mut() {
+            for entry in throttle.released.drain(..) {
+                batch.add(entry, encoding);
+            }
+        }
         for item in items.drain(..) {
             let entry = match item {
                 Delivery::Event(entry) => entry,
@@ -203,42 +266,89 @@ impl MarketState {
             if !self.wanted.wants(&entry) {
                 continue;
             }
-            delivered += 1;
-            if self.encoding == MarketEncoding::MsgPack {
-                packed.push(entry);
-                continue;
+            match self.throttle.as_mut().and_then(|t| t.pacer.as_mut()) {
+                Some(pacer) => pacer.throttle.take(entry),
+                None => batch.add(entry, encoding),
             }
-            pending = Some(match pending {
-                None => Pending::One(entry),
-                Some(Pending::One(first)) => {
-                    // `first.ws` is `[json]`: its opening starts the batch.
-                    let mut buffer =
-                        BytesMut::with_capacity(2 * (first.ws.len() + entry.json.len()));
-                    buffer.put_slice(&first.ws[..first.ws.len() - 1]);
-                    buffer.put_u8(b',');
-                    buffer.put_slice(&entry.json);
-                    Pending::Many(buffer)
-                }
-                Some(Pending::Many(mut buffer)) => {
-                    buffer.put_u8(b',');
-                    buffer.put_slice(&entry.json);
-                    Pending::Many(buffer)
-                }
-                // Only MessagePack sessions pack, and they never reach this match.
-                Some(packed @ Pending::Packed(_)) => packed,
-            });
         }
         self.spare = items;
-        if let Some(Pending::Many(buffer)) = pending.as_mut() {
-            buffer.put_u8(b']');
+        if let Some(throttle) = self.throttle.as_mut() {
+            let MarketThrottle { pacer, released } = &mut **throttle;
+            if let Some(pacer) = pacer.as_mut() {
+                if close.is_some() {
+                    // The session ends: what the throttle held goes out before the close.
+                    pacer.throttle.release_all(released);
+                } else {
+                    pacer
+                        .throttle
+                        .release(tokio::time::Instant::now(), released);
+                    pacer.rearm();
+                }
+                self.metrics
+                    .throttled
+                    .fetch_add(pacer.throttle.take_replaced(), Ordering::Relaxed);
+            }
+            for entry in released.drain(..) {
+                batch.add(entry, encoding);
+            }
+            if pacer.is_none() {
+                // The rate was removed and what it held is framed: back to one pointer.
+                self.throttle = None;
+            }
         }
-        if !packed.is_empty() {
-            pending = Some(Pending::Packed(msgpack_frame(&packed)));
-        }
+        let (pending, delivered) = batch.finish();
         if pending.is_some() {
             self.metrics.delivered(Transport::WebSocket, delivered);
         }
         (pending, close)
+    }
+}
+
+/// The data frame being built from one drain's events.
+#[derive(Default)]
+struct Batch {
+    pending: Option<Pending>,
+    packed: Vec<Arc<Entry>>,
+    delivered: u64,
+}
+
+impl Batch {
+    fn add(&mut self, entry: Arc<Entry>, encoding: MarketEncoding) {
+        self.delivered += 1;
+        if encoding == MarketEncoding::MsgPack {
+            self.packed.push(entry);
+            return;
+        }
+        self.pending = Some(match self.pending.take() {
+            None => Pending::One(entry),
+            Some(Pending::One(first)) => {
+                // `first.ws` is `[json]`: its opening starts the batch.
+                let mut buffer = BytesMut::with_capacity(2 * (first.ws.len() + entry.json.len()));
+                buffer.put_slice(&first.ws[..first.ws.len() - 1]);
+                buffer.put_u8(b',');
+                buffer.put_slice(&entry.json);
+                Pending::Many(buffer)
+            }
+            Some(Pending::Many(mut buffer)) => {
+                buffer.put_u8(b',');
+                buffer.put_slice(&entry.json);
+                Pending::Many(buffer)
+            }
+            // Only MessagePack sessions pack, and they never reach this match.
+            Some(packed @ Pending::Packed(_)) => packed,
+        });
+    }
+
+    /// The frame, and how many events it carries.
+    fn finish(self) -> (Option<Pending>, u64) {
+        let mut pending = self.pending;
+        if let Some(Pending::Many(buffer)) = pending.as_mut() {
+            buffer.put_u8(b']');
+        }
+        if !self.packed.is_empty() {
+            pending = Some(Pending::Packed(msgpack_frame(&self.packed)));
+        }
+        (pending, self.delivered)
     }
 }
 
@@ -333,7 +443,13 @@ impl WsSession {
         previous: &Subscriptions,
         out: &mut Vec<Output>,
     ) {
-        self.market.shared.borrow_mut().wanted = MarketSubs::of(&self.subs);
+        {
+            let mut shared = self.market.shared.borrow_mut();
+            shared.wanted = MarketSubs::of(&self.subs);
+            if previous.market_rate != self.subs.market_rate {
+                shared.set_max_rate(self.subs.market_rate);
+            }
+        }
         let market_changed = previous.trades != self.subs.trades
             || previous.quotes != self.subs.quotes
             || previous.bars != self.subs.bars

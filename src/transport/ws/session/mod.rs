@@ -108,6 +108,8 @@ pub enum Wake {
     PortfolioChanged(bool),
     PortfolioDue,
     Book(BookMessage),
+    /// A throttled order book's window ended with merged deltas waiting.
+    BooksDue,
     AuthDeadline,
     TokenExpired,
 }
@@ -395,15 +397,21 @@ impl WsSession {
         let auth_deadline = self.auth.pending_deadline();
         let token_deadline = self.auth.token_deadline();
         let portfolio_due = self.portfolio.due();
+        let books_due = self.books.next_release();
+        let market_due = (!self.market.in_transport)
+            .then(|| self.market.shared.borrow().next_release())
+            .flatten();
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
             biased;
             _ = self.market.queue.notified(), if !self.market.in_transport => Wake::Hub,
+            _ = sleep_until_opt(market_due), if market_due.is_some() => Wake::Hub,
             event = self.trade_updates.recv() => Wake::UserEvent(event),
             ok = self.portfolio.changed() => Wake::PortfolioChanged(ok),
             Some(message) = self.books.recv() => Wake::Book(message),
             _ = sleep_until_opt(portfolio_due) => Wake::PortfolioDue,
+            _ = sleep_until_opt(books_due), if books_due.is_some() => Wake::BooksDue,
             _ = sleep_until_opt(auth_deadline) => Wake::AuthDeadline,
             _ = sleep_until_opt(token_deadline) => Wake::TokenExpired,
         }
@@ -427,6 +435,7 @@ impl WsSession {
             Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
             Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
             Wake::Book(first) => self.on_book_messages(first, &mut out),
+            Wake::BooksDue => self.on_books_due(&mut out),
         }
         out
     }

@@ -5,7 +5,8 @@
 //! `market.max_symbols_per_subscription` distinct explicit symbols over all streams (error
 //! 405 beyond); in an unsubscribe, `true` stops a stream and `false` changes nothing. The
 //! streams a change starts or stops are handed to their owners (`market`, `orders`,
-//! `portfolio`, `books`).
+//! `portfolio`, `books`). A `max_rate` in a subscribe throttles the kinds of channel the message
+//! names (market data, order books, or both when it names neither); `null` removes it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::ErrorCode;
-use crate::hub::Hub;
+use crate::hub::{Hub, InvalidMaxRate, MaxRate};
 use crate::market::SymbolId;
 
 use super::WsSession;
@@ -65,6 +66,9 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
         bars: SymbolNames<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
+        /// Shown once a rate was set, so replies to clients that never throttle are unchanged.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_rate: Option<Rates>,
         news: SymbolNames<'a>,
         orderbooks: &'a BTreeSet<String>,
         portfolio: bool,
@@ -73,11 +77,20 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
         trade_updates: bool,
         trades: SymbolNames<'a>,
     }
+    #[derive(Serialize)]
+    struct Rates {
+        market: Option<u16>,
+        orderbooks: Option<u16>,
+    }
     let names = |set| SymbolNames { set, hub };
     json_frame(&Reply {
         tag: "subscription",
         bars: names(&subs.bars),
         id,
+        max_rate: (subs.market_rate.is_some() || subs.book_rate.is_some()).then(|| Rates {
+            market: subs.market_rate.map(MaxRate::per_second),
+            orderbooks: subs.book_rate.map(MaxRate::per_second),
+        }),
         news: names(&subs.news),
         orderbooks: &subs.orderbooks,
         portfolio: subs.portfolio,
@@ -105,6 +118,30 @@ pub(super) struct Subscriptions {
     pub(super) resume_since: Option<u64>,
     /// The message asked for the portfolio (sent at once even if already subscribed).
     pub(super) portfolio_requested: bool,
+    /// `max_rate` of market data (trades, quotes, bars, statuses, news): `None` unthrottled.
+    pub(super) market_rate: Option<MaxRate>,
+    /// `max_rate` of order books: merged deltas at most this often per book.
+    pub(super) book_rate: Option<MaxRate>,
+}
+
+/// The market-data channels a `max_rate` applies to when a subscribe names one of them.
+const MARKET_CHANNELS: [&str; 5] = ["trades", "quotes", "bars", "statuses", "news"];
+
+/// Reads a subscribe's `max_rate`: a whole number from 1 to 1000, or `null` to remove it.
+fn max_rate(value: &Value) -> Result<Option<MaxRate>, Refusal> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(number) => number
+            .as_u64()
+            .ok_or(InvalidMaxRate)
+            .and_then(MaxRate::new)
+            .map(Some)
+            .map_err(|invalid| refuse(ErrorCode::InvalidSyntax, invalid.to_string())),
+        _ => Err(refuse(
+            ErrorCode::InvalidSyntax,
+            format!("{InvalidMaxRate}, or null to remove it"),
+        )),
+    }
 }
 
 impl WsSession {
@@ -116,7 +153,8 @@ impl WsSession {
         map: &Map<String, Value>,
         add: bool,
     ) -> Result<(Subscriptions, Vec<String>), Refusal> {
-        const KEYS: [&str; 8] = [
+        const KEYS: [&str; 9] = [
+            "max_rate",
             "trades",
             "quotes",
             "bars",
@@ -132,7 +170,26 @@ impl WsSession {
             .cloned()
             .collect();
         let mut next = self.subs.clone();
-        for key in ["trades", "quotes", "bars", "statuses", "news"] {
+        if let Some(value) = map.get("max_rate") {
+            if !add {
+                return Err(refuse(
+                    ErrorCode::InvalidSyntax,
+                    "max_rate belongs in a subscribe; send {\"action\":\"subscribe\",\"max_rate\":null} to remove it",
+                ));
+            }
+            let rate = max_rate(value)?;
+            // The rate applies to the kinds of channel the message names, or to both when it
+            // names none.
+            let market = MARKET_CHANNELS.iter().any(|key| map.contains_key(*key));
+            let books = map.contains_key("orderbooks");
+            if market || !books {
+                next.market_rate = rate;
+            }
+            if books || !market {
+                next.book_rate = rate;
+            }
+        }
+        for key in MARKET_CHANNELS {
             let Some(value) = map.get(key) else { continue };
             let change = symbol_list(self.deps.hub.universe(), value, key, true)?;
             let target = match key {
@@ -285,7 +342,11 @@ impl WsSession {
             &mut followups,
         )
         .await;
+        if previous.book_rate != self.subs.book_rate {
+            self.books.set_rate(self.subs.book_rate);
+        }
         self.update_books(trading.as_ref(), &mut followups);
+        self.on_books_due(&mut followups);
         out.push(subscription_frame(id, &self.subs, &self.deps.hub));
         out.extend(followups);
     }

@@ -714,3 +714,38 @@ async fn a_flood_of_any_kind_of_message_is_answered_once_then_closed_with_430() 
     );
     assert!(session.is_closed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn max_rate_delivers_the_newest_trade_at_most_n_times_a_second_on_the_paused_clock() {
+    let (mut session, hub) = authenticated(FakeTrading::new());
+    session
+        .on_text(r#"{"action":"subscribe","trades":["AAPL"],"max_rate":4}"#)
+        .await;
+    let start = tokio::time::Instant::now();
+    let mut delivered: Vec<(Duration, u64)> = Vec::new();
+    // A trade every 10 ms for three seconds: 300 published, a quarter-second window.
+    for id in 1..=300u64 {
+        hub.publish_event(trade(id)).expect("valid");
+        while let Ok(wake) = tokio::time::timeout(Duration::ZERO, session.wait()).await {
+            for object in objects(&session.on_wake(wake).await) {
+                let traded = object["i"].as_u64().expect("a trade");
+                delivered.push((start.elapsed(), traded));
+                assert_eq!(traded, id, "the newest trade wins");
+            }
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        delivered.first(),
+        Some(&(Duration::ZERO, 1)),
+        "the first is immediate"
+    );
+    for pair in delivered.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(250),
+            "{pair:?}"
+        );
+    }
+    // Three seconds at 4 a second, plus the immediate first one.
+    assert!((12..=13).contains(&delivered.len()), "{delivered:?}");
+}

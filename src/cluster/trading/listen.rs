@@ -1,0 +1,228 @@
+//! A node's subscription to the exchange: announcements and heartbeats on the events
+//! channel, replies on the node's own channel, both on one connection (so a command's updates
+//! come before its reply). Delivers to the node's mirror ([`super::remote`]), repairs trade
+//! updates from the store by `seq`, and tells clients when trading becomes unavailable and
+//! when it is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::node::{ClusterError, timed};
+use super::relay::{EventsMessage, ReplyMessage};
+use super::remote::Shared;
+use super::stream;
+use crate::trading::api::UserEvent;
+use crate::trading::command::TradingReply;
+use crate::trading::engine::Announcement;
+
+/// Called with `false` and a reason when trading became unavailable, `true` when it is back.
+pub type TradingStatus = Arc<dyn Fn(bool, &str) + Send + Sync>;
+
+/// What the listener knows of the exchange.
+struct Watch {
+    /// The newest lease token heard from: messages of an older one are a former exchange's.
+    token: u64,
+    last_heard: Option<Instant>,
+    /// What clients were last told (`None`: nothing yet).
+    available: Option<bool>,
+}
+
+/// Keeps the subscription up until `shutdown`, reconnecting with backoff.
+pub(super) async fn run_listener(
+    shared: Arc<Shared>,
+    status: TradingStatus,
+    shutdown: CancellationToken,
+) {
+    // The wait for a first heartbeat counts from start-up.
+    let mut watch = Watch {
+        token: 0,
+        last_heard: Some(Instant::now()),
+        available: None,
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        match subscription(&shared, &status, &mut watch, first, &shutdown).await {
+            Ok(()) => return,
+            Err(error) => tracing::debug!(%error, "exchange subscription lost; reconnecting"),
+        }
+        first = false;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn subscription(
+    shared: &Shared,
+    status: &TradingStatus,
+    watch: &mut Watch,
+    first: bool,
+    shutdown: &CancellationToken,
+) -> Result<(), ClusterError> {
+    let config = shared.node.config();
+    let limit = config.response_timeout();
+    let pubsub = timed(limit, shared.node.client().get_async_pubsub()).await?;
+    let (mut control, mut messages) = pubsub.split();
+    let channels = vec![
+        stream::events_channel(),
+        stream::reply_channel(shared.node.node_id()),
+    ];
+    timed(limit, control.subscribe(&channels)).await?;
+    if !first {
+        // Whatever was published while this node was not subscribed is in the store.
+        let users: Vec<(String, u64)> = shared
+            .users
+            .lock()
+            .iter()
+            .filter_map(|(user, mirror)| Some((user.clone(), mirror.last_seq?)))
+            .collect();
+        for (user, last) in users {
+            repair(shared, &user, last, u64::MAX).await;
+        }
+    }
+    // Unavailable once no heartbeat came for a lease's life plus one renewal: the time a
+    // failover takes at most before a new exchange speaks.
+    let silence = config.lease_ttl + config.renew_interval();
+    let mut tick = tokio::time::interval(config.renew_interval().min(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = messages.next() => {
+                let Some(message) = message else {
+                    return Err(ClusterError::Reply("the exchange subscription closed".into()));
+                };
+                let payload = message.get_payload_bytes();
+                if message.get_channel_name() == stream::events_channel() {
+                    match serde_json::from_slice::<EventsMessage>(payload) {
+                        Ok(events) => on_events(shared, status, watch, events).await,
+                        Err(error) => tracing::warn!(%error, "undecodable exchange message ignored"),
+                    }
+                } else {
+                    match serde_json::from_slice::<ReplyMessage>(payload) {
+                        Ok(reply) => on_reply(shared, reply),
+                        Err(error) => tracing::warn!(%error, "undecodable exchange reply ignored"),
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let quiet = watch.last_heard.is_none_or(|heard| heard.elapsed() > silence);
+                if quiet && watch.available != Some(false) {
+                    watch.available = Some(false);
+                    status(false, "no exchange is answering (it is failing over to another node); orders are answered 50310002 until it is back");
+                }
+                timed(limit, control.ping::<redis::Value>()).await?;
+            }
+        }
+    }
+}
+
+fn on_reply(shared: &Shared, message: ReplyMessage) {
+    let Some(sender) = shared.pending.lock().remove(&message.id) else {
+        return;
+    };
+    let reply = TradingReply::decode(&message.reply).unwrap_or_else(|e| TradingReply::error(&e));
+    let _ = sender.send(reply);
+}
+
+async fn on_events(
+    shared: &Shared,
+    status: &TradingStatus,
+    watch: &mut Watch,
+    message: EventsMessage,
+) {
+    if message.token < watch.token {
+        // A former exchange that has not learnt it lost the lease: never delivered.
+        return;
+    }
+    watch.token = message.token;
+    watch.last_heard = Some(Instant::now());
+    if watch.available != Some(true) {
+        if watch.available.is_some() {
+            status(true, "the exchange answers again; trading continues");
+        }
+        watch.available = Some(true);
+    }
+    let mut bumped = Vec::new();
+    for item in message.items {
+        match item {
+            Announcement::User { user, event } => deliver(shared, &user, event).await,
+            Announcement::Portfolio { user } => bumped.push(user),
+            Announcement::Book { snapshot, delta } => {
+                if let Some(slot) = shared.books.get(&snapshot.symbol) {
+                    let mut slot = slot.lock();
+                    slot.snapshot = snapshot;
+                    let _ = slot.updates.send(delta);
+                }
+            }
+        }
+    }
+    let users = shared.users.lock();
+    for user in bumped {
+        if let Some(mirror) = users.get(&user) {
+            mirror.portfolio.send_modify(|count| *count += 1);
+        }
+    }
+}
+
+/// Delivers one trade update in `seq` order: an update already delivered is dropped, and one
+/// after a gap first has the missing ones read from the store.
+async fn deliver(shared: &Shared, user: &str, event: UserEvent) {
+    let UserEvent::TradeUpdate(update) = &event;
+    let seq = update.seq;
+    let last = {
+        let users = shared.users.lock();
+        match users.get(user) {
+            // Nobody on this node watches the user: nothing to deliver or keep in order.
+            None => return,
+            Some(mirror) => mirror.last_seq,
+        }
+    };
+    match last {
+        Some(last) if seq <= last => return,
+        Some(last) if seq > last + 1 => repair(shared, user, last, seq - 1).await,
+        _ => {}
+    }
+    shared.with_user(user, |mirror| {
+        if mirror.last_seq.is_none_or(|last| seq > last) {
+            mirror.last_seq = Some(seq);
+            let _ = mirror.events.send(event);
+        }
+    });
+}
+
+/// Reads `user`'s updates after `after` (up to `up_to`) from the store and delivers them.
+async fn repair(shared: &Shared, user: &str, after: u64, up_to: u64) {
+    match shared.store.updates_between(user, after, up_to).await {
+        Ok(updates) => {
+            shared.node.metrics().add_counter(
+                "tickgate_cluster_trade_update_repairs_total",
+                "Trade updates a node read from the store because pub/sub lost them.",
+                "",
+                updates.len() as f64,
+            );
+            shared.with_user(user, |mirror| {
+                for update in updates {
+                    if mirror.last_seq.is_none_or(|last| update.seq > last) {
+                        mirror.last_seq = Some(update.seq);
+                        let _ = mirror.events.send(UserEvent::TradeUpdate(Box::new(update)));
+                    }
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, user, "could not repair trade updates from the store");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "listen_tests.rs"]
+mod tests;

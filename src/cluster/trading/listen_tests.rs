@@ -1,0 +1,178 @@
+//! The node side of cluster trading without Redis: delivery of trade updates in `seq` order
+//! with repair from the store, and which exchange's messages count.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::cluster::node::{ClusterConfig, ClusterNode};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreSettings};
+use crate::trading::api::{OrderRequest, TradeUpdate, TradingApi};
+use crate::trading::engine::Engine;
+use crate::trading::exchange::engine_settings;
+use crate::trading::persist::Persistence;
+use crate::trading::{ExchangeHandle, config::TradingSettings};
+
+/// A store holding `count` real trade updates of alice (seq 1..=count), made by an exchange.
+async fn store_with_updates(dir: &std::path::Path, count: usize) -> Store {
+    let settings = StoreSettings {
+        enabled: true,
+        data_dir: dir.to_path_buf(),
+        ..StoreSettings::default()
+    };
+    let store = Store::open(&settings).expect("store").store;
+    let trading = TradingSettings::default();
+    let engine = Engine::new(
+        engine_settings(&trading, &Default::default()),
+        crate::market::SymbolUniverse::new(["AAPL"]),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (exchange, tasks) = ExchangeHandle::new(engine, None, 16, 16, 16, stop.clone());
+    tasks
+        .with_persistence(Arc::new(Persistence::new(Arc::clone(&store.trading))))
+        .spawn();
+    for number in 0..count {
+        let request = OrderRequest {
+            symbol: Some("AAPL".into()),
+            qty: Some("1".into()),
+            side: Some("buy".into()),
+            order_type: Some("limit".into()),
+            time_in_force: Some("gtc".into()),
+            limit_price: Some("1.00".into()),
+            client_order_id: Some(format!("o{number}")),
+            ..OrderRequest::default()
+        };
+        exchange.submit("alice", request).await.expect("stored");
+    }
+    stop.cancel();
+    store
+}
+
+fn shared(store: &Store) -> Shared {
+    let config = ClusterConfig {
+        // Never connected: these tests call the listener's functions directly.
+        redis_url: "redis://127.0.0.1:1/".into(),
+        node_id: "n1".into(),
+        lease_ttl: Duration::from_secs(1),
+        replay_window: 10,
+    };
+    Shared {
+        node: ClusterNode::new(config, Arc::new(Metrics::default())).expect("node"),
+        store: Arc::clone(&store.trading),
+        pending: Mutex::new(HashMap::new()),
+        users: Mutex::new(HashMap::new()),
+        books: HashMap::new(),
+        user_channel_capacity: 64,
+        timeout: Duration::from_secs(1),
+        started_ms: 0,
+        counter: AtomicU64::new(0),
+    }
+}
+
+async fn stored(store: &Store) -> Vec<TradeUpdate> {
+    store
+        .trading
+        .updates_between("alice", 0, u64::MAX)
+        .await
+        .expect("read")
+}
+
+fn event(update: &TradeUpdate) -> UserEvent {
+    UserEvent::TradeUpdate(Box::new(update.clone()))
+}
+
+fn received(receiver: &mut broadcast::Receiver<UserEvent>) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Ok(UserEvent::TradeUpdate(update)) = receiver.try_recv() {
+        seqs.push(update.seq);
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn a_gap_in_live_updates_is_filled_from_the_store_and_a_repeat_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 4).await;
+    let updates = stored(&store).await;
+    assert_eq!(updates.len(), 4);
+    let shared = shared(&store);
+    let mut receiver = shared.with_user("alice", |mirror| mirror.events.subscribe());
+
+    deliver(&shared, "alice", event(&updates[0])).await;
+    deliver(&shared, "alice", event(&updates[0])).await;
+    // 2 and 3 were lost on the way: 4 brings them back from the store first.
+    deliver(&shared, "alice", event(&updates[3])).await;
+    deliver(&shared, "alice", event(&updates[2])).await;
+    assert_eq!(received(&mut receiver), vec![1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn updates_of_a_user_nobody_on_the_node_watches_are_not_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 1).await;
+    let updates = stored(&store).await;
+    let shared = shared(&store);
+    deliver(&shared, "alice", event(&updates[0])).await;
+    assert!(shared.users.lock().is_empty());
+}
+
+#[tokio::test]
+async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbeat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 2).await;
+    let updates = stored(&store).await;
+    let shared = shared(&store);
+    let mut receiver = shared.with_user("alice", |mirror| mirror.events.subscribe());
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&told);
+    let status: TradingStatus = Arc::new(move |up, _| seen.lock().push(up));
+    let mut watch = Watch {
+        token: 0,
+        last_heard: None,
+        available: None,
+    };
+    let user_item = |update: &TradeUpdate| Announcement::User {
+        user: "alice".into(),
+        event: event(update),
+    };
+    let message = |token, items| EventsMessage {
+        token,
+        items,
+        alive: false,
+    };
+    on_events(
+        &shared,
+        &status,
+        &mut watch,
+        message(9, vec![user_item(&updates[0])]),
+    )
+    .await;
+    // Token 8 is a former exchange that has not noticed yet: nothing of it is delivered.
+    on_events(
+        &shared,
+        &status,
+        &mut watch,
+        message(8, vec![user_item(&updates[1])]),
+    )
+    .await;
+    assert_eq!(received(&mut receiver), vec![1]);
+    assert_eq!(watch.token, 9);
+    // The first heartbeat says nothing to clients; after an outage the next one says "back".
+    assert!(told.lock().is_empty());
+    watch.available = Some(false);
+    on_events(
+        &shared,
+        &status,
+        &mut watch,
+        message(10, vec![user_item(&updates[1])]),
+    )
+    .await;
+    assert_eq!(*told.lock(), vec![true]);
+    assert_eq!(received(&mut receiver), vec![2]);
+}

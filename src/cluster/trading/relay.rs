@@ -1,0 +1,153 @@
+//! The exchange node's voice: announcements (trade updates, portfolio bumps, book deltas),
+//! replies to commands and a heartbeat, published to Redis in the order they were handed over
+//! by one task, and only while the exchange's lease is held.
+//!
+//! Announcements and replies share one queue and one connection, and every node listens to
+//! both channels on one subscription, so a node sees the trade updates a command caused
+//! before the command's reply (what lets a session send `order_ack` before the `new` update).
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::super::lease::LeaseTicket;
+use super::super::node::ClusterNode;
+use super::stream;
+use crate::trading::AnnouncementOutlet;
+use crate::trading::command::{TradingCommand, TradingReply};
+use crate::trading::engine::Announcement;
+
+/// On the events channel: announcements of the exchange holding lease token `token`, or its
+/// heartbeat (`alive`, no items).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct EventsMessage {
+    pub(super) token: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) items: Vec<Announcement>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) alive: bool,
+}
+
+/// On a node's reply channel: the reply (JSON of a `TradingReply`) to its command `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct ReplyMessage {
+    pub(super) id: String,
+    pub(super) reply: String,
+}
+
+struct Outgoing {
+    channel: String,
+    payload: String,
+}
+
+/// Messages published per pipelined round trip at most.
+const PUBLISH_BATCH: usize = 256;
+
+/// The exchange node's publisher for one lease term. Cheap to share.
+pub(super) struct Relay {
+    sender: mpsc::UnboundedSender<Outgoing>,
+    token: u64,
+}
+
+impl Relay {
+    /// Starts the publishing task; it ends when the ticket is lost.
+    pub(super) fn start(node: ClusterNode, ticket: LeaseTicket) -> Relay {
+        // Unbounded: the exchange's actor hands announcements over without waiting. The task
+        // drains it continuously, and it ends (dropping the rest) when the lease is lost.
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let token = ticket.token();
+        tokio::spawn(run(node, ticket, receiver));
+        Relay { sender, token }
+    }
+
+    /// Sends `reply` to the node that sent `command`.
+    pub(super) fn reply(&self, command: &TradingCommand, reply: &TradingReply) {
+        let message = ReplyMessage {
+            id: command.id.clone(),
+            reply: reply.encode(),
+        };
+        if let Ok(payload) = serde_json::to_string(&message) {
+            let _ = self.sender.send(Outgoing {
+                channel: stream::reply_channel(&command.node),
+                payload,
+            });
+        }
+    }
+}
+
+impl AnnouncementOutlet for Relay {
+    fn announce(&self, announcements: &[Announcement]) {
+        if announcements.is_empty() {
+            return;
+        }
+        let message = EventsMessage {
+            token: self.token,
+            items: announcements.to_vec(),
+            alive: false,
+        };
+        match serde_json::to_string(&message) {
+            Ok(payload) => {
+                let _ = self.sender.send(Outgoing {
+                    channel: stream::events_channel(),
+                    payload,
+                });
+            }
+            Err(error) => tracing::error!(%error, "announcement not encodable; not relayed"),
+        }
+    }
+}
+
+async fn run(
+    node: ClusterNode,
+    ticket: LeaseTicket,
+    mut receiver: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let heartbeat_every = node
+        .config()
+        .renew_interval()
+        .min(std::time::Duration::from_secs(1));
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let alive = serde_json::to_string(&EventsMessage {
+        token: ticket.token(),
+        items: Vec::new(),
+        alive: true,
+    })
+    .unwrap_or_default();
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = ticket.lost().cancelled() => return,
+            _ = heartbeat.tick() => batch.push(Outgoing {
+                channel: stream::events_channel(),
+                payload: alive.clone(),
+            }),
+            first = receiver.recv() => {
+                let Some(first) = first else { return };
+                batch.push(first);
+                while batch.len() < PUBLISH_BATCH
+                    && let Ok(next) = receiver.try_recv()
+                {
+                    batch.push(next);
+                }
+            }
+        }
+        // Checked before every publish: a former exchange says nothing once its lease is gone.
+        if ticket.is_lost() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for outgoing in batch.drain(..) {
+            pipe.cmd("PUBLISH")
+                .arg(outgoing.channel)
+                .arg(outgoing.payload)
+                .ignore();
+        }
+        let mut connection = node.commands();
+        let result: Result<(), _> = node.timed(pipe.query_async(&mut connection)).await;
+        if let Err(error) = result {
+            // Lost messages are repaired by the nodes: trade updates from the store by `seq`,
+            // replies by the requester reading the stored reply when its wait ends.
+            tracing::warn!(%error, "exchange messages not published");
+        }
+    }
+}

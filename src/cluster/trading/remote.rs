@@ -1,0 +1,296 @@
+//! [`RemoteExchange`]: the exchange as every node of a cluster sees it. Requests become
+//! commands in the shared stream and wait for the exchange's reply; trade updates, portfolio
+//! bumps and book deltas arrive from the exchange over pub/sub and are handed to this node's
+//! sessions through the same channels a local exchange would use.
+//!
+//! Pub/sub is lossy, so the node repairs: a user's trade updates are numbered, and a gap (or a
+//! re-subscription) is filled from the store by `seq` before anything newer is delivered; a
+//! reply that never came is looked up in the store (for state changes) when the wait ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::super::node::ClusterNode;
+use super::stream;
+use crate::store::TradingStore;
+use crate::trading::api::{
+    BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio, ReplaceRequest,
+    Resume, TradingApi, UserEvent,
+};
+use crate::trading::command::{self, TradingCommand, TradingReply, TradingRequest};
+
+pub(super) struct UserMirror {
+    pub(super) events: broadcast::Sender<UserEvent>,
+    pub(super) portfolio: watch::Sender<u64>,
+    /// The newest `seq` delivered to this node's sessions (`None`: none yet).
+    pub(super) last_seq: Option<u64>,
+}
+
+pub(super) struct BookMirror {
+    pub(super) snapshot: BookUpdate,
+    pub(super) updates: broadcast::Sender<BookUpdate>,
+}
+
+/// The node's state shared by the API and the listener.
+pub(super) struct Shared {
+    pub(super) node: ClusterNode,
+    pub(super) store: Arc<dyn TradingStore>,
+    pub(super) pending: Mutex<HashMap<String, oneshot::Sender<TradingReply>>>,
+    pub(super) users: Mutex<HashMap<String, UserMirror>>,
+    pub(super) books: HashMap<String, Mutex<BookMirror>>,
+    pub(super) user_channel_capacity: usize,
+    /// How long a requester waits for a reply.
+    pub(super) timeout: Duration,
+    /// Makes command ids unique across restarts of a node with the same name.
+    pub(super) started_ms: i64,
+    pub(super) counter: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn with_user<T>(&self, user: &str, f: impl FnOnce(&mut UserMirror) -> T) -> T {
+        let mut users = self.users.lock();
+        let mirror = users.entry(user.to_owned()).or_insert_with(|| UserMirror {
+            events: broadcast::channel(self.user_channel_capacity).0,
+            portfolio: watch::channel(0).0,
+            last_seq: None,
+        });
+        f(mirror)
+    }
+}
+
+/// Every node's [`TradingApi`] in cluster trading. Cheap to clone.
+#[derive(Clone)]
+pub struct RemoteExchange {
+    pub(super) shared: Arc<Shared>,
+}
+
+/// Removes a pending reply when its requester stops waiting (answered, timed out, dropped).
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().remove(&self.id);
+    }
+}
+
+impl RemoteExchange {
+    /// Sends `request` for `user` and waits for the exchange's reply, or answers 50310002
+    /// when none came within the timeout (for a state change, after looking for a stored
+    /// reply: the reply message may have been lost while the command ran).
+    pub(super) fn call(
+        &self,
+        user: &str,
+        request: TradingRequest,
+    ) -> BoxFuture<'static, Result<TradingReply, OrderError>> {
+        let shared = Arc::clone(&self.shared);
+        let user = user.to_owned();
+        Box::pin(async move {
+            let number = shared.counter.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{}-{}-{number}", shared.node.node_id(), shared.started_ms);
+            let timeout_ms = i64::try_from(shared.timeout.as_millis()).unwrap_or(i64::MAX);
+            let command = TradingCommand {
+                id: id.clone(),
+                user,
+                node: shared.node.node_id().to_owned(),
+                deadline_ms: chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_add(timeout_ms),
+                request,
+            };
+            let is_change = command.request.is_change();
+            let (sender, answer) = oneshot::channel();
+            shared.pending.lock().insert(id.clone(), sender);
+            let _guard = PendingGuard {
+                shared: &shared,
+                id: id.clone(),
+            };
+            let added = match stream::add(&command) {
+                Ok(add) => {
+                    let mut connection = shared.node.commands();
+                    shared
+                        .node
+                        .timed(add.query_async::<String>(&mut connection))
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = &added {
+                // It may have been added all the same (a timeout): the wait below decides.
+                tracing::debug!(%error, "command not confirmed by redis");
+            }
+            if let Ok(Ok(reply)) = tokio::time::timeout(shared.timeout, answer).await {
+                return Ok(reply);
+            }
+            if is_change
+                && added.is_ok()
+                && let Ok(Some(stored)) = shared.store.command_reply(&id).await
+            {
+                return TradingReply::decode(&stored);
+            }
+            Err(command::exchange_unavailable())
+        })
+    }
+}
+
+impl TradingApi for RemoteExchange {
+    fn submit(
+        &self,
+        user: &str,
+        request: OrderRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let reply = self.call(user, TradingRequest::Submit { request });
+        Box::pin(async move { reply.await?.into_order() })
+    }
+
+    fn cancel(
+        &self,
+        user: &str,
+        target: OrderRef,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let reply = self.call(user, TradingRequest::Cancel { target });
+        Box::pin(async move { reply.await?.into_order() })
+    }
+
+    fn replace(
+        &self,
+        user: &str,
+        target: OrderRef,
+        patch: ReplaceRequest,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let reply = self.call(user, TradingRequest::Replace { target, patch });
+        Box::pin(async move { reply.await?.into_order() })
+    }
+
+    fn portfolio(&self, user: &str) -> BoxFuture<'static, Result<Portfolio, OrderError>> {
+        let reply = self.call(user, TradingRequest::Portfolio);
+        Box::pin(async move { reply.await?.into_portfolio() })
+    }
+
+    fn orders(
+        &self,
+        user: &str,
+        query: OrderQuery,
+    ) -> BoxFuture<'static, Result<Vec<Order>, OrderError>> {
+        let reply = self.call(user, TradingRequest::Orders { query });
+        Box::pin(async move { reply.await?.into_orders() })
+    }
+
+    fn user_events(&self, user: &str) -> broadcast::Receiver<UserEvent> {
+        self.shared
+            .with_user(user, |mirror| mirror.events.subscribe())
+    }
+
+    fn updates_since(
+        &self,
+        user: &str,
+        since: u64,
+    ) -> BoxFuture<'static, Result<Resume, OrderError>> {
+        let store = Arc::clone(&self.shared.store);
+        let shared = Arc::clone(&self.shared);
+        let reply = self.call(user, TradingRequest::UpdatesSince { since });
+        let user = user.to_owned();
+        Box::pin(async move {
+            match reply.await {
+                Ok(reply) => {
+                    let resume = reply.into_resume()?;
+                    // The mirror now knows where the user stands, so a live update lost after
+                    // this point shows as a gap and is repaired from the store.
+                    let seq = match &resume {
+                        Resume::Replay { seq, .. } => *seq,
+                        Resume::Reset(snapshot) => snapshot.seq,
+                    };
+                    shared.with_user(&user, |mirror| {
+                        if mirror.last_seq.is_none() {
+                            mirror.last_seq = Some(seq);
+                        }
+                    });
+                    Ok(resume)
+                }
+                // Without an exchange the stored updates still answer a resume (they are the
+                // truth; anything newer arrives live once the exchange is back). A reset needs
+                // the exchange's state, so that case waits for it.
+                Err(error) if error.code == OrderError::EXCHANGE_UNAVAILABLE => {
+                    stored_resume(&*store, &user, since).await.ok_or(error)
+                }
+                Err(error) => Err(error),
+            }
+        })
+    }
+
+    fn order_by_client_id(
+        &self,
+        user: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Order, OrderError>> {
+        let store = Arc::clone(&self.shared.store);
+        let reply = self.call(
+            user,
+            TradingRequest::OrderByClientId {
+                client_order_id: client_order_id.to_owned(),
+            },
+        );
+        let user = user.to_owned();
+        let client_order_id = client_order_id.to_owned();
+        Box::pin(async move {
+            match reply.await {
+                Ok(reply) => reply.into_order(),
+                // Without an exchange the shared store still knows every stored order.
+                Err(error) if error.code == OrderError::EXCHANGE_UNAVAILABLE => {
+                    match store.order_by_client_id(&user, &client_order_id).await {
+                        Ok(Some(order)) => Ok(order),
+                        _ => Err(error),
+                    }
+                }
+                Err(error) => Err(error),
+            }
+        })
+    }
+
+    fn portfolio_changes(&self, user: &str) -> watch::Receiver<u64> {
+        self.shared
+            .with_user(user, |mirror| mirror.portfolio.subscribe())
+    }
+
+    fn book(
+        &self,
+        symbol: &str,
+    ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
+        let symbol = symbol.trim().to_ascii_uppercase();
+        let slot =
+            self.shared.books.get(&symbol).ok_or_else(|| {
+                OrderError::invalid(format!("symbol: {symbol:?} is not traded here"))
+            })?;
+        let slot = slot.lock();
+        Ok((slot.snapshot.clone(), slot.updates.subscribe()))
+    }
+}
+
+/// Updates most replayed from the store alone (without the exchange).
+const STORED_RESUME_LIMIT: usize = 10_000;
+
+/// A replay of `user`'s stored updates after `since`, when they continue `since` without a
+/// gap; `None` when only the exchange can answer (a gap, too many, or the store failed).
+async fn stored_resume(store: &dyn TradingStore, user: &str, since: u64) -> Option<Resume> {
+    let updates = store.updates_between(user, since, u64::MAX).await.ok()?;
+    if updates.len() > STORED_RESUME_LIMIT {
+        return None;
+    }
+    let contiguous = updates
+        .iter()
+        .enumerate()
+        .all(|(index, update)| update.seq == since + 1 + index as u64);
+    if !contiguous {
+        return None;
+    }
+    let seq = updates.last().map_or(since, |update| update.seq);
+    Some(Resume::Replay { seq, updates })
+}

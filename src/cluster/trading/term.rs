@@ -1,0 +1,294 @@
+//! One lease term of the exchange on this node: claim the fence in the store, rebuild the
+//! exchange from the store, take over the commands a dead predecessor left pending, then read
+//! and run commands until the lease is lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::super::lease::LeaseTicket;
+use super::super::node::{ClusterError, ClusterNode};
+use super::relay::Relay;
+use super::stream::{self, Entry};
+use crate::hub::Hub;
+use crate::store::{Fence, StoreError, TradingBatch, TradingStore};
+use crate::trading::ExchangeHandle;
+use crate::trading::command::{self, Disposition, TradingReply};
+use crate::trading::config::TradingSettings;
+use crate::trading::engine::Engine;
+use crate::trading::exchange::engine_settings;
+use crate::trading::persist::{self, LeaseFence, UpdateLogSettings};
+
+/// The name of the exchange's lease, and of its fence in the store.
+pub const EXCHANGE_LEASE: &str = "exchange";
+
+/// Commands read from the stream per round at most (run together, stored in one batch).
+const READ_COUNT: usize = 128;
+
+/// What every term of the exchange on this node is built from.
+pub(super) struct ExchangeContext {
+    pub(super) node: ClusterNode,
+    pub(super) trading: TradingSettings,
+    pub(super) prices: BTreeMap<String, f64>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) store: Arc<dyn TradingStore>,
+    /// How long before a command's deadline the exchange stops starting it.
+    pub(super) guard: Duration,
+}
+
+/// Runs the exchange for as long as `ticket` holds.
+pub(super) async fn run_term(context: Arc<ExchangeContext>, ticket: LeaseTicket) {
+    let token = ticket.token();
+    match start_exchange(&context, &ticket).await {
+        Ok((exchange, relay)) => {
+            tracing::info!(
+                token,
+                node = context.node.node_id(),
+                "this node runs the exchange"
+            );
+            context.node.metrics().add_counter(
+                "tickgate_cluster_exchange_takeovers_total",
+                "Times this node took the exchange's lease and rebuilt the exchange.",
+                "",
+                1.0,
+            );
+            // A failed Redis call (a timeout, a dropped connection) does not end the term:
+            // the lease decides that. Reading starts again with a take-over, so commands read
+            // but not acknowledged before the failure are answered from their stored replies.
+            let pause = context.node.config().renew_interval();
+            while !ticket.is_lost() {
+                match consume(&context, &exchange, &relay, &ticket).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "the exchange's command stream failed; reading again");
+                        tokio::select! {
+                            _ = ticket.lost().cancelled() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, token, "could not start the exchange; lease given up");
+        }
+    }
+    ticket.mark_lost();
+}
+
+async fn start_exchange(
+    context: &ExchangeContext,
+    ticket: &LeaseTicket,
+) -> Result<(ExchangeHandle, Arc<Relay>), StoreError> {
+    let fence = Fence {
+        name: EXCHANGE_LEASE.into(),
+        token: ticket.token(),
+    };
+    // The fence is claimed before the state is read: from this commit on the store refuses
+    // every batch of a former exchange, so what the rebuild reads is final.
+    context
+        .store
+        .commit(TradingBatch {
+            fence: Some(fence.clone()),
+            ..TradingBatch::default()
+        })
+        .await?;
+    let trading = &context.trading;
+    let mut engine = Engine::new(
+        engine_settings(trading, &context.prices),
+        context.hub.universe().clone(),
+    );
+    let update_log = UpdateLogSettings {
+        retention: trading.updates_retention,
+        prune_interval: Duration::from_secs(3600).min(trading.updates_retention),
+        max_resume_updates: trading.max_resume_updates,
+    };
+    let persistence = persist::rebuild_async(
+        &mut engine,
+        Arc::clone(&context.store),
+        trading.closed_orders_kept,
+    )
+    .await?
+    .with_update_log(update_log)
+    .with_lease(LeaseFence {
+        fence,
+        stop: ticket.lost().clone(),
+    });
+    let (exchange, tasks) = ExchangeHandle::new(
+        engine,
+        Some(Arc::clone(&context.hub)),
+        trading.command_queue,
+        trading.book_channel_capacity,
+        trading.user_channel_capacity,
+        ticket.lost().clone(),
+    );
+    let relay = Arc::new(Relay::start(context.node.clone(), ticket.clone()));
+    tasks
+        .with_persistence(Arc::new(persistence))
+        .with_outlet(relay.clone())
+        .spawn();
+    Ok((exchange, relay))
+}
+
+/// Takes over the pending commands of every consumer, then reads new ones, until the lease
+/// is lost. Blocking reads get a connection of their own: on the shared one they would hold
+/// up lease renewals and publishing.
+async fn consume(
+    context: &ExchangeContext,
+    exchange: &ExchangeHandle,
+    relay: &Relay,
+    ticket: &LeaseTicket,
+) -> Result<(), ClusterError> {
+    let node = &context.node;
+    let limit = node.config().response_timeout();
+    let mut connection = node
+        .timed(node.client().get_multiplexed_async_connection())
+        .await?;
+    let created: Result<(), ClusterError> = node
+        .timed(stream::create_group().query_async(&mut connection))
+        .await;
+    if let Err(error) = created
+        && !error.to_string().contains("BUSYGROUP")
+    {
+        return Err(error);
+    }
+    let consumer = node.node_id().to_owned();
+    take_over(context, exchange, relay, ticket, &mut connection, 0).await?;
+    // Commands another consumer read but never acknowledged (a former exchange that woke up
+    // after this one's take-over and was then fenced) are taken over again now and then.
+    let reclaim_every = node.config().lease_ttl;
+    let mut last_reclaim = tokio::time::Instant::now();
+    let block = (limit / 2).max(Duration::from_millis(20));
+    loop {
+        let read = stream::read_new(&consumer, READ_COUNT, block.as_millis() as u64);
+        let value: Value = tokio::select! {
+            _ = ticket.lost().cancelled() => return Ok(()),
+            value = super::super::node::timed(block + limit, read.query_async(&mut connection)) => value?,
+        };
+        let entries = stream::read_reply(&value)?;
+        if last_reclaim.elapsed() >= reclaim_every {
+            last_reclaim = tokio::time::Instant::now();
+            let min_idle = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
+            take_over(context, exchange, relay, ticket, &mut connection, min_idle).await?;
+        }
+        run_entries(
+            context,
+            exchange,
+            relay,
+            ticket,
+            &mut connection,
+            entries,
+            false,
+        )
+        .await?;
+    }
+}
+
+/// Claims every command pending (idle for `min_idle_ms` at least) for any consumer and runs
+/// it as a re-delivery: its stored reply, if any, answers it.
+async fn take_over(
+    context: &ExchangeContext,
+    exchange: &ExchangeHandle,
+    relay: &Relay,
+    ticket: &LeaseTicket,
+    connection: &mut redis::aio::MultiplexedConnection,
+    min_idle_ms: u64,
+) -> Result<(), ClusterError> {
+    let consumer = context.node.node_id().to_owned();
+    let mut cursor = "0-0".to_owned();
+    loop {
+        if ticket.is_lost() {
+            return Ok(());
+        }
+        let value: Value = context
+            .node
+            .timed(
+                stream::claim(&consumer, min_idle_ms, &cursor, READ_COUNT).query_async(connection),
+            )
+            .await?;
+        let (next, entries) = stream::claim_reply(&value)?;
+        if !entries.is_empty() {
+            tracing::info!(
+                commands = entries.len(),
+                "took over commands another consumer left pending"
+            );
+        }
+        run_entries(context, exchange, relay, ticket, connection, entries, true).await?;
+        if next == "0-0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Runs one read's commands together (their steps share one store batch), sends each reply,
+/// then acknowledges them all, unless the lease was lost meanwhile: then they stay pending
+/// for the next exchange, which answers the ones that ran from the store.
+async fn run_entries(
+    context: &ExchangeContext,
+    exchange: &ExchangeHandle,
+    relay: &Relay,
+    ticket: &LeaseTicket,
+    connection: &mut redis::aio::MultiplexedConnection,
+    entries: Vec<Entry>,
+    redelivered: bool,
+) -> Result<(), ClusterError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let guard_ms = i64::try_from(context.guard.as_millis()).unwrap_or(i64::MAX);
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut work = Vec::new();
+    for entry in entries {
+        ids.push(entry.id.clone());
+        let command = match entry.command {
+            Ok(command) => command,
+            Err(reason) => {
+                tracing::warn!(id = %entry.id, %reason, "unreadable command dropped");
+                continue;
+            }
+        };
+        // Only a command delivered before can have run: look its reply up then.
+        let stored = if redelivered && command.request.is_change() {
+            match context.store.command_reply(&command.id).await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    // Not known whether it ran: leave it pending for a later term.
+                    tracing::warn!(%error, "could not read a command's stored reply");
+                    ids.pop();
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        match command::disposition(&command, stored.as_deref(), now_ms, guard_ms) {
+            Disposition::Execute => work.push(command),
+            Disposition::Answer(reply) => relay.reply(&command, &reply),
+            Disposition::Expired => {
+                tracing::debug!(id = %command.id, "command expired before it could run");
+                relay.reply(
+                    &command,
+                    &TradingReply::error(&command::exchange_unavailable()),
+                );
+            }
+        }
+    }
+    // Polled in order, so the commands reach the actor in stream order.
+    futures::future::join_all(work.into_iter().map(|command| async move {
+        let reply = command::execute(exchange, command.clone()).await;
+        relay.reply(&command, &reply);
+    }))
+    .await;
+    if ticket.is_lost() || ids.is_empty() {
+        return Ok(());
+    }
+    context
+        .node
+        .timed(stream::ack(&ids).query_async::<i64>(connection))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! Throttled subscriptions (`max_rate`): at most N releases per second per symbol, the newest
+//! trade and the newest quote of each symbol winning, everything else delivered whole. The
+//! throttle holds the hub's own entries (`Arc<Entry>`), so a throttled subscriber sends the
+//! bytes encoded once at publish, like everyone else; it never encodes.
+//!
+//! Rules kept here (docs/protocol.md, "Throttled streams"):
+//! - A symbol is *released* at most once per window of `1/N` s: its newest trade and newest
+//!   quote, and any bar or status that waited behind them, go out together. So trades and
+//!   quotes each reach the client at most N times a second per symbol.
+//! - The first update of a quiet symbol (one not released within the last window) is released
+//!   at once; later ones wait for the window to end.
+//! - Bars and statuses are never dropped or merged. One that arrives while its symbol has a
+//!   trade or quote waiting is held behind it, so the order of what a symbol sends is the
+//!   publish order; otherwise it goes out at once and does not use up the window. Market-wide
+//!   statuses, news and notices are never held.
+//! - The throttle holds at most one trade and one quote per symbol.
+//! - Windows end on a grid of a quarter window, so symbols that stay busy are released
+//!   together and a busy subscription costs about 4N writes a second however many symbols it
+//!   follows.
+//! - [`Throttle::cursor`] is the resume point: every event at or below it was either
+//!   delivered or replaced by a newer one of its symbol and kind that was.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::Feed;
+use super::entry::Entry;
+use crate::market::{EventKind, SymbolId};
+
+/// The largest `max_rate` accepted: a thousand releases a second per symbol is a millisecond
+/// window, the resolution of the timers that end windows.
+pub const MAX_RATE_LIMIT: u16 = 1000;
+
+/// How often a throttle drops the slots of symbols whose window has ended.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A valid `max_rate`: updates per second per symbol, 1 to [`MAX_RATE_LIMIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxRate(u16);
+
+/// Why a `max_rate` was refused; the message is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("max_rate must be a whole number of updates per second per symbol from 1 to 1000")]
+pub struct InvalidMaxRate;
+
+impl MaxRate {
+    pub fn new(per_second: u64) -> Result<MaxRate, InvalidMaxRate> {
+        match u16::try_from(per_second) {
+            Ok(rate) if (1..=MAX_RATE_LIMIT).contains(&rate) => Ok(MaxRate(rate)),
+            _ => Err(InvalidMaxRate),
+        }
+    }
+
+    /// Reads a query value such as `max_rate=5` (digits only: no sign, no fraction).
+    pub fn parse(text: &str) -> Result<MaxRate, InvalidMaxRate> {
+        let text = text.trim();
+        if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidMaxRate);
+        }
+        text.parse()
+            .map_err(|_| InvalidMaxRate)
+            .and_then(MaxRate::new)
+    }
+
+    pub fn per_second(self) -> u16 {
+        self.0
+    }
+
+    /// The shortest time between two releases of one symbol.
+    pub fn interval(self) -> Duration {
+        Duration::from_secs(1) / u32::from(self.0)
+    }
+}
+
+/// What the throttle holds for one symbol.
+#[derive(Debug)]
+struct SymbolSlot {
+    /// The end of the symbol's current window: it may be released again from then on.
+    open_at: Instant,
+    trade: Option<Arc<Entry>>,
+    quote: Option<Arc<Entry>>,
+    /// Bars and statuses waiting behind `trade` or `quote`, in publish order.
+    held: Vec<Arc<Entry>>,
+    /// Listed in [`Throttle::waiting`].
+    waiting: bool,
+}
+
+impl SymbolSlot {
+    fn lowest_seq(&self) -> Option<u64> {
+        [self.trade.as_ref(), self.quote.as_ref(), self.held.first()]
+            .into_iter()
+            .flatten()
+            .map(|entry| entry.seq)
+            .min()
+    }
+}
+
+/// One subscription's throttle. It reads no clock: every call takes `now`, so the connection
+/// that owns it decides which clock (tokio's, paused in tests) and when.
+#[derive(Debug)]
+pub struct Throttle {
+    rate: MaxRate,
+    interval: Duration,
+    /// Windows end on multiples of this after `origin` (a quarter window).
+    step: Duration,
+    origin: Instant,
+    slots: HashMap<SymbolId, SymbolSlot>,
+    /// Symbols holding something, to release when their window ends.
+    waiting: Vec<SymbolId>,
+    /// The earliest window end among `waiting`, so a drain between window ends (the usual
+    /// case for a busy subscription) releases without visiting every held symbol.
+    earliest: Option<Instant>,
+    /// When slots of symbols gone quiet are next dropped (a quiet symbol needs no slot: a
+    /// missing one is an ended window), so a `*` subscription does not keep one per symbol
+    /// it ever heard of.
+    next_sweep: Instant,
+    /// Entries that go out with the next release whatever the windows say.
+    ready: Vec<Arc<Entry>>,
+    /// The highest sequence of the market feed taken in.
+    seen: u64,
+    /// Trades and quotes replaced by a newer one before they went out.
+    replaced: u64,
+}
+
+impl Throttle {
+    /// A throttle whose resume point starts at `cursor` (the sequence the client is known to
+    /// have: its resume cursor, or the cursor of the snapshot it was sent).
+    pub fn new(rate: MaxRate, now: Instant, cursor: u64) -> Throttle {
+        let interval = rate.interval();
+        Throttle {
+            rate,
+            interval,
+            step: interval / 4,
+            origin: now,
+            slots: HashMap::new(),
+            waiting: Vec::new(),
+            earliest: None,
+            next_sweep: now + SWEEP_EVERY,
+            ready: Vec::new(),
+            seen: cursor,
+            replaced: 0,
+        }
+    }
+
+    pub fn rate(&self) -> MaxRate {
+        self.rate
+    }
+
+    /// Changes the rate from the next window on; windows already running keep their end.
+    pub fn set_rate(&mut self, rate: MaxRate) {
+        self.rate = rate;
+        self.interval = rate.interval();
+        self.step = self.interval / 4;
+    }
+
+    /// How many trades and quotes were replaced by a newer one of their symbol before they
+    /// were released, since the last call.
+    pub fn take_replaced(&mut self) -> u64 {
+        std::mem::take(&mut self.replaced)
+    }
+
+    /// Takes in one event the subscription wants. Nothing goes out until
+    /// [`Throttle::release`]: events taken in together (one drain of the queue) are one
+    /// moment, so a quiet symbol's newest trade among them is its first update.
+    pub fn take(&mut self, entry: Arc<Entry>) {
+        if entry.feed == Feed::Market {
+            self.seen = self.seen.max(entry.seq);
+        }
+        let Some(symbol) = entry.symbol else {
+            self.ready.push(entry);
+            return;
+        };
+        match entry.kind {
+            EventKind::Trade | EventKind::Quote => {
+                let origin = self.origin;
+                let slot = self.slots.entry(symbol).or_insert_with(|| SymbolSlot {
+                    open_at: origin,
+                    trade: None,
+                    quote: None,
+                    held: Vec::new(),
+                    waiting: false,
+                });
+                let place = if entry.kind == EventKind::Trade {
+                    &mut slot.trade
+                } else {
+                    &mut slot.quote
+                };
+                if place.replace(entry).is_some() {
+                    self.replaced += 1;
+                }
+                if !slot.waiting {
+                    slot.waiting = true;
+                    self.waiting.push(symbol);
+                    let open_at = slot.open_at;
+                    self.earliest = Some(self.earliest.map_or(open_at, |e| e.min(open_at)));
+                }
+            }
+            // Bars and statuses wait only behind a trade or quote of their own symbol.
+            _ => match self.slots.get_mut(&symbol) {
+                Some(slot) if slot.waiting => slot.held.push(entry),
+                _ => self.ready.push(entry),
+            },
+        }
+    }
+
+    /// Moves into `out` everything whose time has come, in feed and sequence order, and starts
+    /// a new window for each symbol that sent a trade or quote.
+    pub fn release(&mut self, now: Instant, out: &mut Vec<Arc<Entry>>) {
+        let start = out.len();
+        out.append(&mut self.ready);
+        if self.earliest.is_none_or(|earliest| earliest > now) {
+            out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+            return;
+        }
+        let mut earliest: Option<Instant> = None;
+        let mut index = 0;
+        while index < self.waiting.len() {
+            let symbol = self.waiting[index];
+            let due = self
+                .slots
+                .get(&symbol)
+                .is_none_or(|slot| slot.open_at <= now);
+            if !due {
+                if let Some(slot) = self.slots.get(&symbol) {
+                    earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
+                }
+                index += 1;
+                continue;
+            }
+            self.waiting.swap_remove(index);
+            let next_window = self.window_end(now);
+            if let Some(slot) = self.slots.get_mut(&symbol) {
+                slot.waiting = false;
+                let mut sent = false;
+                for entry in [slot.trade.take(), slot.quote.take()].into_iter().flatten() {
+                    out.push(entry);
+                    sent = true;
+                }
+                out.append(&mut slot.held);
+                if sent {
+                    slot.open_at = next_window;
+                }
+            }
+        }
+        self.earliest = earliest;
+        if now >= self.next_sweep {
+            self.slots
+                .retain(|_, slot| slot.waiting || slot.open_at > now);
+            self.next_sweep = now + SWEEP_EVERY;
+        }
+        out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+    }
+
+    /// Moves everything held into `out` at once (the stream is ending, or its throttle is
+    /// being removed), in feed and sequence order.
+    pub fn release_all(&mut self, out: &mut Vec<Arc<Entry>>) {
+        let start = out.len();
+        out.append(&mut self.ready);
+        self.earliest = None;
+        for symbol in self.waiting.drain(..) {
+            if let Some(slot) = self.slots.get_mut(&symbol) {
+                slot.waiting = false;
+                out.extend(slot.trade.take());
+                out.extend(slot.quote.take());
+                out.append(&mut slot.held);
+            }
+        }
+        out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+    }
+
+    /// When the next held symbol may be released; `None` when nothing is held.
+    pub fn next_release(&self) -> Option<Instant> {
+        if !self.ready.is_empty() {
+            return Some(self.origin);
+        }
+        self.earliest
+    }
+
+    /// The market-feed sequence a client may resume after: everything at or below it was
+    /// delivered, or replaced by a newer event of its symbol and kind that was. Never
+    /// decreases.
+    pub fn cursor(&self) -> u64 {
+        let lowest_held = self
+            .waiting
+            .iter()
+            .filter_map(|symbol| self.slots.get(symbol))
+            .filter_map(SymbolSlot::lowest_seq)
+            .chain(
+                self.ready
+                    .iter()
+                    .filter(|entry| entry.feed == Feed::Market && entry.seq != 0)
+                    .map(|entry| entry.seq),
+            )
+            .min();
+        match lowest_held {
+            Some(seq) => self.seen.min(seq.saturating_sub(1)),
+            None => self.seen,
+        }
+    }
+
+    /// The end of a window that starts now: at least one interval away, on the grid.
+    fn window_end(&self, now: Instant) -> Instant {
+        let earliest = now + self.interval;
+        let step = self.step.as_nanos().max(1);
+        let offset = earliest.saturating_duration_since(self.origin).as_nanos();
+        let steps = offset.div_ceil(step);
+        let nanos = u64::try_from(steps * step).unwrap_or(u64::MAX);
+        self.origin + Duration::from_nanos(nanos)
+    }
+}
+
+/// A [`Throttle`] with the timer that ends its windows, for a connection that polls: the
+/// connection drains its queue into [`Pacer::throttle`], releases, calls [`Pacer::rearm`], and
+/// polls [`Pacer::poll_due`] beside its queue. Only throttled connections carry one.
+#[derive(Debug)]
+pub struct Pacer {
+    pub throttle: Throttle,
+    /// Boxed once and reset after, so a release costs no allocation.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Pacer {
+    pub fn new(throttle: Throttle) -> Pacer {
+        Pacer {
+            throttle,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Ready once when the next window end armed by [`Pacer::rearm`] has come; pending (with
+    /// the waker registered) before, and pending with nothing registered when nothing is held.
+    pub fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            return Poll::Pending;
+        }
+        let Some(timer) = self.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            self.armed = false;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Points the timer at the throttle's next window end (or disarms it when nothing is
+    /// held). Call after every release; poll [`Pacer::poll_due`] after it to register.
+    pub fn rearm(&mut self) {
+        match self.throttle.next_release() {
+            Some(due) => {
+                match self.timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(due),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                }
+                self.armed = true;
+            }
+            None => self.armed = false,
+        }
+    }
+
+    /// When the timer will fire, if armed.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.armed {
+            self.timer.as_ref().map(|timer| timer.deadline())
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "throttle_tests.rs"]
+mod tests;

@@ -1,0 +1,644 @@
+//! [`TradingStore`] on PostgreSQL: a batch of exchange steps (fence, command replies, events,
+//! orders, fills, accounts, positions, trade updates) in one savepoint of the writer's group
+//! transaction, the start-up load in one repeatable-read snapshot, and the reads and prunes.
+//! Decimals go in and out as text through `NUMERIC` casts, never through a float.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::ClientWrapper;
+use futures::future::BoxFuture;
+use tokio_postgres::Row;
+
+use crate::store::{
+    AccountRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate,
+    TradingBatch, TradingState, TradingStore, UserRecord,
+};
+use crate::trading::api::{Order, Side, TradeUpdate};
+
+use super::{PostgresStore, classify, decode_error, parse_decimal, parse_time, to_bigint, work};
+
+/// The serde name of a simple enum (`"buy"`, `"partially_filled"`).
+fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => String::new(),
+    }
+}
+
+/// Records the batch's fencing token unless a larger one is stored, first in the batch's
+/// savepoint. The row lock taken by the upsert is held to the end of the transaction, so
+/// concurrent holders of one fence (two nodes around a lease change) serialize here.
+async fn check_fence(
+    client: &ClientWrapper,
+    target: &str,
+    fence: &Fence,
+) -> Result<(), StoreError> {
+    let sql = |e| classify(target, e);
+    let token = to_bigint(target, "fencing token", fence.token)?;
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO fences (name, token) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token
+             WHERE fences.token <= EXCLUDED.token",
+        )
+        .await
+        .map_err(sql)?;
+    let changed = client
+        .execute(&statement, &[&fence.name, &token])
+        .await
+        .map_err(sql)?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let current: i64 = client
+        .query_one("SELECT token FROM fences WHERE name = $1", &[&fence.name])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sql)?;
+    Err(StoreError::Fenced {
+        name: fence.name.clone(),
+        token: fence.token,
+        current: u64::try_from(current).unwrap_or(0),
+    })
+}
+
+async fn store_batch(
+    client: &ClientWrapper,
+    target: &str,
+    batch: &TradingBatch,
+) -> Result<(), StoreError> {
+    let sql = |e| classify(target, e);
+    if let Some(fence) = &batch.fence {
+        check_fence(client, target, fence).await?;
+    }
+    let stored_at = Utc::now().timestamp_micros();
+    if !batch.commands.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO command_replies (id, reply, stored_at) VALUES ($1, $2, $3)",
+            )
+            .await
+            .map_err(sql)?;
+        for command in &batch.commands {
+            client
+                .execute(&statement, &[&command.id, &command.reply, &stored_at])
+                .await
+                .map_err(sql)?;
+        }
+    }
+    if !batch.events.is_empty() {
+        let statement = client
+            .prepare_cached("INSERT INTO exchange_events (body) VALUES ($1)")
+            .await
+            .map_err(sql)?;
+        for event in &batch.events {
+            client.execute(&statement, &[event]).await.map_err(sql)?;
+        }
+    }
+    if !batch.orders.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO orders (id, username, client_order_id, symbol, status, is_open,
+                                     created_at, updated_at, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (id) DO UPDATE SET
+                     client_order_id = EXCLUDED.client_order_id,
+                     status = EXCLUDED.status,
+                     is_open = EXCLUDED.is_open,
+                     updated_at = EXCLUDED.updated_at,
+                     body = EXCLUDED.body",
+            )
+            .await
+            .map_err(sql)?;
+        for StoredOrder { username, order } in &batch.orders {
+            let body = serde_json::to_string(order).map_err(|e| decode_error(target, e))?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &order.id,
+                        username,
+                        &order.client_order_id,
+                        &order.symbol,
+                        &enum_text(&order.status),
+                        &order.status.is_open(),
+                        &order.created_at.to_rfc3339(),
+                        &order.updated_at.to_rfc3339(),
+                        &body,
+                    ],
+                )
+                .await
+                .map_err(sql)?;
+        }
+    }
+    if !batch.updates.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await
+            .map_err(sql)?;
+        for StoredUpdate { username, update } in &batch.updates {
+            let body = serde_json::to_string(update).map_err(|e| decode_error(target, e))?;
+            let seq = to_bigint(target, "trade update seq", update.seq)?;
+            client
+                .execute(
+                    &statement,
+                    &[username, &seq, &update.order.id, &stored_at, &body],
+                )
+                .await
+                .map_err(sql)?;
+        }
+    }
+    if !batch.fills.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO fills (execution_id, order_id, username, symbol, side, qty, price,
+                                    commission, t)
+                 VALUES ($1, $2, $3, $4, $5, $6::text::numeric, $7::text::numeric,
+                         $8::text::numeric, $9)",
+            )
+            .await
+            .map_err(sql)?;
+        for fill in &batch.fills {
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &fill.execution_id,
+                        &fill.order_id,
+                        &fill.username,
+                        &fill.symbol,
+                        &enum_text(&fill.side),
+                        &fill.qty.to_string(),
+                        &fill.price.to_string(),
+                        &fill.commission.to_string(),
+                        &fill.timestamp.to_rfc3339(),
+                    ],
+                )
+                .await
+                .map_err(sql)?;
+        }
+    }
+    if !batch.accounts.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO accounts (username, initial_cash, cash, realized_pl, commissions,
+                                       updated_at)
+                 VALUES ($1, $2::text::numeric, $3::text::numeric, $4::text::numeric,
+                         $5::text::numeric, $6)
+                 ON CONFLICT (username) DO UPDATE SET
+                     cash = EXCLUDED.cash,
+                     realized_pl = EXCLUDED.realized_pl,
+                     commissions = EXCLUDED.commissions,
+                     updated_at = EXCLUDED.updated_at",
+            )
+            .await
+            .map_err(sql)?;
+        for account in &batch.accounts {
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &account.username,
+                        &account.initial_cash.to_string(),
+                        &account.cash.to_string(),
+                        &account.realized_pl.to_string(),
+                        &account.commissions.to_string(),
+                        &account.updated_at.to_rfc3339(),
+                    ],
+                )
+                .await
+                .map_err(sql)?;
+        }
+    }
+    for position in &batch.positions {
+        if position.qty.is_zero() {
+            let statement = client
+                .prepare_cached("DELETE FROM positions WHERE username = $1 AND symbol = $2")
+                .await
+                .map_err(sql)?;
+            client
+                .execute(&statement, &[&position.username, &position.symbol])
+                .await
+                .map_err(sql)?;
+        } else {
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO positions (username, symbol, qty, cost_basis)
+                     VALUES ($1, $2, $3::text::numeric, $4::text::numeric)
+                     ON CONFLICT (username, symbol) DO UPDATE SET
+                         qty = EXCLUDED.qty,
+                         cost_basis = EXCLUDED.cost_basis",
+                )
+                .await
+                .map_err(sql)?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &position.username,
+                        &position.symbol,
+                        &position.qty.to_string(),
+                        &position.cost_basis.to_string(),
+                    ],
+                )
+                .await
+                .map_err(sql)?;
+        }
+    }
+    Ok(())
+}
+
+fn text(target: &str, row: &Row, index: usize) -> Result<String, StoreError> {
+    row.try_get::<_, String>(index)
+        .map_err(|e| decode_error(target, e))
+}
+
+fn stored_orders(target: &str, rows: &[Row]) -> Result<Vec<StoredOrder>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let username = text(target, row, 0)?;
+            let body = text(target, row, 1)?;
+            let order: Order = serde_json::from_str(&body).map_err(|e| decode_error(target, e))?;
+            Ok(StoredOrder { username, order })
+        })
+        .collect()
+}
+
+async fn load_state(
+    client: &ClientWrapper,
+    target: &str,
+    closed_per_user: usize,
+) -> Result<TradingState, StoreError> {
+    let sql = |e| classify(target, e);
+    // One snapshot, so the parts are consistent with each other.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(sql)?;
+    let result = async {
+        let users = client
+            .query(
+                "SELECT username FROM users WHERE active ORDER BY username",
+                &[],
+            )
+            .await
+            .map_err(sql)?
+            .iter()
+            .map(|row| text(target, row, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut accounts = Vec::new();
+        for row in client
+            .query(
+                "SELECT username, initial_cash::text, cash::text, realized_pl::text,
+                        commissions::text, updated_at
+                 FROM accounts ORDER BY username",
+                &[],
+            )
+            .await
+            .map_err(sql)?
+        {
+            accounts.push(AccountRecord {
+                username: text(target, &row, 0)?,
+                initial_cash: parse_decimal(target, &text(target, &row, 1)?)?,
+                cash: parse_decimal(target, &text(target, &row, 2)?)?,
+                realized_pl: parse_decimal(target, &text(target, &row, 3)?)?,
+                commissions: parse_decimal(target, &text(target, &row, 4)?)?,
+                updated_at: parse_time(target, &text(target, &row, 5)?)?,
+            });
+        }
+        let mut positions = Vec::new();
+        for row in client
+            .query(
+                "SELECT username, symbol, qty::text, cost_basis::text FROM positions
+                 ORDER BY username, symbol",
+                &[],
+            )
+            .await
+            .map_err(sql)?
+        {
+            positions.push(PositionRecord {
+                username: text(target, &row, 0)?,
+                symbol: text(target, &row, 1)?,
+                qty: parse_decimal(target, &text(target, &row, 2)?)?,
+                cost_basis: parse_decimal(target, &text(target, &row, 3)?)?,
+            });
+        }
+        let events = client
+            .query("SELECT body FROM exchange_events ORDER BY seq", &[])
+            .await
+            .map_err(sql)?
+            .iter()
+            .map(|row| text(target, row, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let open_orders = stored_orders(
+            target,
+            &client
+                .query(
+                    "SELECT username, body FROM orders WHERE is_open
+                     ORDER BY created_at, position",
+                    &[],
+                )
+                .await
+                .map_err(sql)?,
+        )?;
+        let closed_limit = i64::try_from(closed_per_user).unwrap_or(i64::MAX);
+        let closed_orders = stored_orders(
+            target,
+            &client
+                .query(
+                    "SELECT username, body FROM (
+                         SELECT username, body, created_at, position,
+                                ROW_NUMBER() OVER (PARTITION BY username
+                                                   ORDER BY created_at DESC, position DESC) AS k
+                         FROM orders WHERE NOT is_open) ranked
+                     WHERE k <= $1 ORDER BY created_at, position",
+                    &[&closed_limit],
+                )
+                .await
+                .map_err(sql)?,
+        )?;
+        let mut update_seqs = BTreeMap::new();
+        for row in client
+            .query(
+                "SELECT username, MAX(seq) FROM trade_updates GROUP BY username",
+                &[],
+            )
+            .await
+            .map_err(sql)?
+        {
+            let seq: i64 = row.try_get(1).map_err(|e| decode_error(target, e))?;
+            update_seqs.insert(text(target, &row, 0)?, u64::try_from(seq).unwrap_or(0));
+        }
+        Ok(TradingState {
+            events,
+            users,
+            accounts,
+            positions,
+            open_orders,
+            closed_orders,
+            update_seqs,
+        })
+    }
+    .await;
+    let _ = client.batch_execute("COMMIT").await;
+    result
+}
+
+async fn load_fills(
+    client: &ClientWrapper,
+    target: &str,
+    username: &str,
+) -> Result<Vec<FillRecord>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT execution_id, order_id, username, symbol, side, qty::text, price::text,
+                    commission::text, t
+             FROM fills WHERE username = $1 ORDER BY position",
+            &[&username],
+        )
+        .await
+        .map_err(|e| classify(target, e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let side = match text(target, &row, 4)?.as_str() {
+            "buy" => Side::Buy,
+            "sell" => Side::Sell,
+            other => return Err(decode_error(target, format!("fill side {other:?}"))),
+        };
+        out.push(FillRecord {
+            execution_id: text(target, &row, 0)?,
+            order_id: text(target, &row, 1)?,
+            username: text(target, &row, 2)?,
+            symbol: text(target, &row, 3)?,
+            side,
+            qty: parse_decimal(target, &text(target, &row, 5)?)?,
+            price: parse_decimal(target, &text(target, &row, 6)?)?,
+            commission: parse_decimal(target, &text(target, &row, 7)?)?,
+            timestamp: parse_time(target, &text(target, &row, 8)?)?,
+        });
+    }
+    Ok(out)
+}
+
+impl TradingStore for PostgresStore {
+    fn commit(&self, batch: TradingBatch) -> BoxFuture<'static, Result<(), StoreError>> {
+        if batch.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        let target = self.target.clone();
+        self.write_future(work(move |client| {
+            Box::pin(async move { store_batch(client, &target, &batch).await })
+        }))
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let target = self.target.clone();
+        self.write_future(work(move |client| {
+            Box::pin(async move {
+                // A fresh value each time, so the write really reaches the log and its flush.
+                client
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('write_probe', $1)
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        &[&Utc::now().to_rfc3339()],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(&target, e))
+            })
+        }))
+    }
+
+    fn sync_users(&self, users: Vec<UserRecord>) -> BoxFuture<'static, Result<(), StoreError>> {
+        let target = self.target.clone();
+        self.write_future(work(move |client| {
+            Box::pin(async move {
+                let sql = |e| classify(&target, e);
+                let now = Utc::now().to_rfc3339();
+                client
+                    .execute("UPDATE users SET active = FALSE", &[])
+                    .await
+                    .map_err(sql)?;
+                let statement = client
+                    .prepare_cached(
+                        "INSERT INTO users (username, password_hash, active, updated_at)
+                         VALUES ($1, $2, TRUE, $3)
+                         ON CONFLICT (username) DO UPDATE SET
+                             password_hash = EXCLUDED.password_hash,
+                             active = TRUE,
+                             updated_at = EXCLUDED.updated_at",
+                    )
+                    .await
+                    .map_err(sql)?;
+                for user in &users {
+                    client
+                        .execute(&statement, &[&user.username, &user.password_hash, &now])
+                        .await
+                        .map_err(sql)?;
+                }
+                Ok(())
+            })
+        }))
+    }
+
+    fn load(
+        &self,
+        closed_orders_per_user: usize,
+    ) -> BoxFuture<'static, Result<TradingState, StoreError>> {
+        let target = self.target.clone();
+        self.read_future(work(move |client| {
+            Box::pin(async move { load_state(client, &target, closed_orders_per_user).await })
+        }))
+    }
+
+    fn fills(&self, username: &str) -> BoxFuture<'static, Result<Vec<FillRecord>, StoreError>> {
+        let target = self.target.clone();
+        let username = username.to_owned();
+        self.read_future(work(move |client| {
+            Box::pin(async move { load_fills(client, &target, &username).await })
+        }))
+    }
+
+    fn updates_between(
+        &self,
+        username: &str,
+        after: u64,
+        up_to: u64,
+    ) -> BoxFuture<'static, Result<Vec<TradeUpdate>, StoreError>> {
+        let target = self.target.clone();
+        let username = username.to_owned();
+        self.read_future(work(move |client| {
+            Box::pin(async move {
+                let after = i64::try_from(after).unwrap_or(i64::MAX);
+                let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+                let statement = client
+                    .prepare_cached(
+                        "SELECT body FROM trade_updates
+                         WHERE username = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+                    )
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                let rows = client
+                    .query(&statement, &[&username, &after, &up_to])
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                rows.iter()
+                    .map(|row| {
+                        serde_json::from_str(&text(&target, row, 0)?)
+                            .map_err(|e| decode_error(&target, e))
+                    })
+                    .collect()
+            })
+        }))
+    }
+
+    fn order_by_client_id(
+        &self,
+        username: &str,
+        client_order_id: &str,
+    ) -> BoxFuture<'static, Result<Option<Order>, StoreError>> {
+        let target = self.target.clone();
+        let username = username.to_owned();
+        let client_order_id = client_order_id.to_owned();
+        self.read_future(work(move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        "SELECT body FROM orders WHERE username = $1 AND client_order_id = $2",
+                        &[&username, &client_order_id],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                row.map(|row| {
+                    serde_json::from_str(&text(&target, &row, 0)?)
+                        .map_err(|e| decode_error(&target, e))
+                })
+                .transpose()
+            })
+        }))
+    }
+
+    fn prune_updates(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let target = self.target.clone();
+        self.write_future(work(move |client| {
+            Box::pin(async move {
+                client
+                    .execute(
+                        "DELETE FROM trade_updates WHERE (username, seq) IN
+                             (SELECT username, seq FROM trade_updates WHERE stored_at < $1
+                              LIMIT $2)",
+                        &[
+                            &before.timestamp_micros(),
+                            &i64::try_from(max_rows).unwrap_or(i64::MAX),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, e))
+            })
+        }))
+    }
+
+    fn fence_token(&self, name: &str) -> BoxFuture<'static, Result<Option<u64>, StoreError>> {
+        let target = self.target.clone();
+        let name = name.to_owned();
+        self.read_future(work(move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt("SELECT token FROM fences WHERE name = $1", &[&name])
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                row.map(|row| {
+                    row.try_get::<_, i64>(0)
+                        .map(|token| u64::try_from(token).unwrap_or(0))
+                        .map_err(|e| decode_error(&target, e))
+                })
+                .transpose()
+            })
+        }))
+    }
+
+    fn command_reply(&self, id: &str) -> BoxFuture<'static, Result<Option<String>, StoreError>> {
+        let target = self.target.clone();
+        let id = id.to_owned();
+        self.read_future(work(move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt("SELECT reply FROM command_replies WHERE id = $1", &[&id])
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                row.map(|row| text(&target, &row, 0)).transpose()
+            })
+        }))
+    }
+
+    fn prune_commands(
+        &self,
+        before: DateTime<Utc>,
+        max_rows: usize,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let target = self.target.clone();
+        self.write_future(work(move |client| {
+            Box::pin(async move {
+                client
+                    .execute(
+                        "DELETE FROM command_replies WHERE id IN
+                             (SELECT id FROM command_replies WHERE stored_at < $1 LIMIT $2)",
+                        &[
+                            &before.timestamp_micros(),
+                            &i64::try_from(max_rows).unwrap_or(i64::MAX),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, e))
+            })
+        }))
+    }
+}

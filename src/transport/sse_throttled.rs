@@ -1,0 +1,330 @@
+//! The body of a throttled SSE market stream (`/v1/stream/market?max_rate=N`, docs/protocol.md
+//! "Throttled streams"): the connection's queue drains into a [`hub::Throttle`], and what it
+//! releases goes out as the hub's own frames, so nothing is encoded per client.
+//!
+//! Events leave a throttle out of sequence order across symbols, so their own `id:` lines
+//! would move a client's `Last-Event-ID` past events still held. Each frame is therefore sent
+//! without its `id:` line (a slice of the shared frame, no copy), and a write whose releases
+//! moved the resume point ends with it: `id: <cursor>` alone, a block that sets the client's
+//! last event id without dispatching an event. When the last event of a write is itself the
+//! resume point its frame goes out whole instead. A resume after that id continues after it
+//! (the events still held were above it); events sent while an older one was held may come
+//! again after a resume, which for trades and quotes (the newest value wins) changes nothing.
+//!
+//! [`hub::Throttle`]: crate::hub::Throttle
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+
+use crate::hub::entry::{SSE_HEARTBEAT, sse_close};
+use crate::hub::{
+    CloseReason, Delivery, Entry, Feed, Hub, MaxRate, Pacer, SubscriberQueue, Throttle,
+};
+use crate::metrics::{Metrics, Transport};
+
+/// A throttled SSE connection: the queue, the throttle with its timer, and the id the client
+/// holds.
+pub(super) struct ThrottledSse {
+    queue: Arc<SubscriberQueue>,
+    spare: VecDeque<Delivery>,
+    released: Vec<Arc<Entry>>,
+    pacer: Pacer,
+    initial: Option<Bytes>,
+    finished: bool,
+    /// The sequence of the last `id:` the client was sent.
+    written: u64,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    feed: Feed,
+}
+
+impl ThrottledSse {
+    /// `opening` is the `retry:` line and the snapshot, if any; `replay` the events after the
+    /// client's cursor, which go through the throttle like live ones; `cursor` the sequence
+    /// the client holds once `opening` is written.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        queue: Arc<SubscriberQueue>,
+        rate: MaxRate,
+        opening: Bytes,
+        replay: Vec<Arc<Entry>>,
+        cursor: u64,
+        metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
+        feed: Feed,
+    ) -> ThrottledSse {
+        let now = Instant::now();
+        let mut connection = ThrottledSse {
+            queue,
+            spare: VecDeque::new(),
+            released: Vec::new(),
+            pacer: Pacer::new(Throttle::new(rate, now, cursor)),
+            initial: None,
+            finished: false,
+            written: cursor,
+            metrics,
+            hub,
+            feed,
+        };
+        for entry in replay {
+            connection.pacer.throttle.take(entry);
+        }
+        connection
+            .pacer
+            .throttle
+            .release(now, &mut connection.released);
+        connection.pacer.rearm();
+        let mut out = BytesMut::from(opening.as_ref());
+        connection.render_into(&mut out, false, None);
+        connection.initial = Some(out.freeze());
+        connection
+    }
+
+    /// Appends what was released (frames without their `id:` line), the new resume point if
+    /// it moved, a heartbeat and the close, in that order.
+    fn render_into(&mut self, out: &mut BytesMut, heartbeat: bool, close: Option<CloseReason>) {
+        let cursor = self.pacer.throttle.cursor();
+        let moved = cursor > self.written;
+        let count = self.released.len();
+        let last_is_cursor = moved
+            && self
+                .released
+                .last()
+                .is_some_and(|entry| entry.feed == Feed::Market && entry.seq == cursor);
+        for (index, entry) in self.released.iter().enumerate() {
+            if index + 1 == count && last_is_cursor {
+                out.put_slice(&entry.sse);
+            } else {
+                out.put_slice(without_id(&entry.sse));
+            }
+        }
+        if moved && !last_is_cursor {
+            out.put_slice(b"id: ");
+            out.put_slice(itoa::Buffer::new().format(self.hub.epoch()).as_bytes());
+            out.put_u8(b'-');
+            out.put_slice(itoa::Buffer::new().format(cursor).as_bytes());
+            out.put_slice(b"\n\n");
+        }
+        if moved {
+            self.written = cursor;
+        }
+        if heartbeat {
+            out.put_slice(SSE_HEARTBEAT);
+        }
+        if let Some(reason) = close {
+            self.finished = true;
+            out.put_slice(&sse_close(reason, self.hub.cursor(self.feed)));
+        }
+        self.metrics.delivered(Transport::Sse, count as u64);
+        self.metrics.throttled.fetch_add(
+            self.pacer.throttle.take_replaced(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.released.clear();
+    }
+
+    /// Drains the queue into the throttle and releases what is due; the next chunk, if any.
+    fn step(&mut self) -> Option<Bytes> {
+        self.queue.drain_into(&mut self.spare);
+        let mut heartbeat = false;
+        let mut close = None;
+        for item in self.spare.drain(..) {
+            match item {
+                Delivery::Event(entry) => self.pacer.throttle.take(entry),
+                Delivery::Heartbeat => heartbeat = true,
+                Delivery::Close(reason) => {
+                    close = Some(reason);
+                    break;
+                }
+            }
+        }
+        self.spare.clear();
+        if close.is_some() {
+            // The stream ends: everything held goes out first, so the close's id (the feed's
+            // head, for a shutdown) claims nothing that was not sent.
+            self.pacer.throttle.release_all(&mut self.released);
+        } else {
+            self.pacer
+                .throttle
+                .release(Instant::now(), &mut self.released);
+            self.pacer.rearm();
+        }
+        // A lone event that is itself the resume point is the hub's frame as it is.
+        if !heartbeat
+            && close.is_none()
+            && let [entry] = self.released.as_slice()
+            && entry.feed == Feed::Market
+            && entry.seq == self.pacer.throttle.cursor()
+            && entry.seq > self.written
+        {
+            let frame = entry.sse.clone();
+            self.written = entry.seq;
+            self.metrics.delivered(Transport::Sse, 1);
+            self.released.clear();
+            return Some(frame);
+        }
+        if self.released.is_empty() && !heartbeat && close.is_none() {
+            return None;
+        }
+        let size: usize = self.released.iter().map(|entry| entry.sse.len()).sum();
+        let mut out = BytesMut::with_capacity(size + 64);
+        self.render_into(&mut out, heartbeat, close);
+        Some(out.freeze())
+    }
+}
+
+/// An SSE frame without its leading `id:` line (a slice, no copy). Notices have none.
+fn without_id(frame: &Bytes) -> &[u8] {
+    if frame.starts_with(b"id: ")
+        && let Some(end) = frame.iter().position(|byte| *byte == b'\n')
+    {
+        return &frame[end + 1..];
+    }
+    frame
+}
+
+impl MessageBody for ThrottledSse {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(initial) = this.initial.take() {
+            return Poll::Ready(Some(Ok(initial)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        // Both wake-ups are polled each round, so whichever returns `Pending` has its waker
+        // registered; a round that produced nothing goes again (see docs/ARCHITECTURE.md on
+        // `poll_notified`).
+        loop {
+            let due = this.pacer.poll_due(cx).is_ready();
+            let pushed = this.queue.poll_notified(cx).is_ready();
+            if !due && !pushed {
+                return Poll::Pending;
+            }
+            if let Some(chunk) = this.step() {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+        }
+    }
+}
+
+impl Drop for ThrottledSse {
+    fn drop(&mut self) {
+        self.queue.mark_gone();
+        self.metrics.connection_closed(Transport::Sse);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Filter, HubSettings};
+    use crate::market::{MarketEvent, SymbolUniverse, Trade};
+    use std::task::Waker;
+    use std::time::Duration;
+
+    fn trade(symbol: &str, id: u64) -> MarketEvent {
+        MarketEvent::Trade(Trade {
+            symbol: symbol.into(),
+            id,
+            venue: "V".into(),
+            price: 10.0,
+            size: 1.0,
+            time: chrono::DateTime::from_timestamp(1_700_000_000 + id as i64, 0)
+                .unwrap_or_default(),
+            conditions: vec![],
+        })
+    }
+
+    fn poll(body: &mut ThrottledSse) -> Option<String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(body).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Poll::Ready(_) => Some("<end>".into()),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_lose_their_id_until_the_resume_point_moves_and_a_close_flushes_what_is_held() {
+        let hub = Arc::new(Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT"]),
+            HubSettings::default(),
+            Arc::new(Metrics::default()),
+            7,
+        ));
+        let queue = hub.new_queue();
+        hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
+        let rate = MaxRate::new(2).expect("valid");
+        let mut body = ThrottledSse::new(
+            Arc::clone(&queue),
+            rate,
+            Bytes::from_static(b"retry: 1\n\n"),
+            Vec::new(),
+            0,
+            Arc::clone(hub.metrics()),
+            Arc::clone(&hub),
+            Feed::Market,
+        );
+        assert_eq!(poll(&mut body).as_deref(), Some("retry: 1\n\n"));
+        assert_eq!(poll(&mut body), None);
+        hub.publish_event(trade("AAPL", 1)).expect("valid");
+        let first = poll(&mut body).expect("the first trade at once");
+        assert!(first.starts_with("id: 7-1\nevent: trade\n"), "{first}");
+        // AAPL's window runs for half a second; MSFT is quiet.
+        hub.publish_event(trade("AAPL", 2)).expect("valid");
+        hub.publish_event(trade("AAPL", 3)).expect("valid");
+        hub.publish_event(trade("MSFT", 4)).expect("valid");
+        let msft = poll(&mut body).expect("MSFT at once");
+        assert!(
+            msft.starts_with("event: trade\n") && msft.contains("\"MSFT\""),
+            "{msft}"
+        );
+        // Trade 2 was replaced by the held trade 3, so the resume point may pass 2 but not 3.
+        assert!(msft.ends_with("\n\nid: 7-2\n\n"), "{msft}");
+        assert_eq!(poll(&mut body), None);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert_eq!(poll(&mut body), None, "the window has not ended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let released = poll(&mut body).expect("the window ended");
+        assert!(
+            released.starts_with("event: trade\n") && released.contains("\"i\":3"),
+            "{released}"
+        );
+        assert!(!released.contains("\"i\":2"), "trade 2 was replaced");
+        assert!(released.ends_with("\nid: 7-4\n\n"), "{released}");
+        // A close sends what is held first, then the shutdown status with the head as its id.
+        hub.publish_event(trade("AAPL", 5)).expect("valid");
+        assert_eq!(poll(&mut body), None, "held: AAPL's window runs again");
+        hub.shut_down();
+        let last = poll(&mut body).expect("the close");
+        let trade_at = last.find("\"i\":5").expect("trade 5 flushed");
+        let status_at = last
+            .find("id: 7-5\nevent: status")
+            .expect("shutdown status");
+        assert!(trade_at < status_at, "{last}");
+        assert_eq!(poll(&mut body).as_deref(), Some("<end>"));
+        assert_eq!(
+            hub.metrics()
+                .throttled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! Cluster trading in one process: two cluster nodes on a real `redis-server`, sharing one
+//! trading store (SQLite here; the store interface is the same for PostgreSQL). Orders sent
+//! through either node reach the one exchange, updates reach the other node, a command left
+//! pending by a dead exchange is answered from its stored reply instead of running twice, and
+//! a fenced exchange stores and announces nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tickgate::cluster::trading::{RemoteExchange, TradingStatus};
+use tickgate::cluster::{ClusterConfig, ClusterNode, HubSink};
+use tickgate::hub::{Hub, HubSettings};
+use tickgate::market::SymbolUniverse;
+use tickgate::metrics::Metrics;
+use tickgate::settings::Settings;
+use tickgate::store::{CommandRecord, Fence, Store, StoreError, TradingBatch, TradingStore};
+use tickgate::trading::ExchangeHandle;
+use tickgate::trading::api::{
+    OrderError, OrderQuery, OrderRequest, OrderStatus, TradingApi, UserEvent,
+};
+use tickgate::trading::command::{TradingCommand, TradingReply, TradingRequest};
+use tickgate::trading::engine::Engine;
+use tickgate::trading::exchange::engine_settings;
+use tickgate::trading::persist::{LeaseFence, Persistence};
+use tokio_util::sync::CancellationToken;
+
+use crate::common;
+use crate::redis_support::RedisServer;
+
+const LEASE_TTL: Duration = Duration::from_millis(600);
+
+fn limit_buy(client_order_id: &str) -> OrderRequest {
+    OrderRequest {
+        symbol: Some("AAPL".into()),
+        qty: Some("1".into()),
+        side: Some("buy".into()),
+        order_type: Some("limit".into()),
+        time_in_force: Some("gtc".into()),
+        limit_price: Some("1.00".into()),
+        client_order_id: Some(client_order_id.into()),
+        ..OrderRequest::default()
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> Store {
+    let mut settings = common::test_settings();
+    settings.store.enabled = true;
+    settings.store.data_dir = dir.to_path_buf();
+    Store::open(&settings.store).expect("store opens").store
+}
+
+/// One node of the cluster in this process: its hub, its Redis link, its `TradingApi`.
+struct InProcessNode {
+    trading: RemoteExchange,
+    statuses: Arc<parking_lot::Mutex<Vec<bool>>>,
+    shutdown: CancellationToken,
+}
+
+fn node(redis: &RedisServer, id: &str, store: Arc<dyn TradingStore>) -> InProcessNode {
+    let settings = Settings::default();
+    let metrics = Arc::new(Metrics::default());
+    let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
+    let hub = Arc::new(Hub::new(
+        universe,
+        HubSettings::from(&settings.hub),
+        Arc::clone(&metrics),
+        1,
+    ));
+    let config = ClusterConfig {
+        redis_url: redis.url(),
+        node_id: id.into(),
+        lease_ttl: LEASE_TTL,
+        replay_window: 1000,
+    };
+    let cluster = ClusterNode::new(config, metrics).expect("node");
+    let shutdown = CancellationToken::new();
+    cluster.start(Arc::new(HubSink::new(Arc::clone(&hub))), shutdown.clone());
+    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&statuses);
+    let status: TradingStatus = Arc::new(move |available, _| seen.lock().push(available));
+    let trading = tickgate::cluster::trading::start(
+        &cluster,
+        &settings.trading,
+        &settings.simulator.initial_prices,
+        hub,
+        store,
+        status,
+        shutdown.clone(),
+    );
+    InProcessNode {
+        trading,
+        statuses,
+        shutdown,
+    }
+}
+
+/// Retries while the exchange is not there yet (start-up, failover): 50310002 says retry.
+async fn submit_retrying(
+    api: &RemoteExchange,
+    user: &str,
+    request: OrderRequest,
+) -> Result<tickgate::trading::api::Order, OrderError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.submit(user, request.clone()).await {
+            Err(error)
+                if error.code == OrderError::EXCHANGE_UNAVAILABLE && Instant::now() < deadline =>
+            {
+                continue;
+            }
+            Err(error) if error.code == OrderError::DUPLICATE_CLIENT_ORDER_ID => {
+                // An earlier attempt ran: the retry learns its order.
+                return match error.order {
+                    Some(order) => Ok(*order),
+                    None => Err(error),
+                };
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn next_update(events: &mut tokio::sync::broadcast::Receiver<UserEvent>) -> u64 {
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an update in time")
+        .expect("channel open");
+    let UserEvent::TradeUpdate(update) = event;
+    update.seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_from_either_node_reach_one_exchange_and_survive_its_death_with_contiguous_updates()
+{
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let first = node(&redis, "node-a", Arc::clone(&store.trading));
+    let second = node(&redis, "node-b", Arc::clone(&store.trading));
+    let mut watched_a = first.trading.user_events("alice");
+    let mut watched_b = second.trading.user_events("alice");
+
+    let a1 = submit_retrying(&first.trading, "alice", limit_buy("a1"))
+        .await
+        .expect("an order through node a");
+    assert_eq!(a1.status, OrderStatus::New);
+    let b1 = submit_retrying(&second.trading, "alice", limit_buy("b1"))
+        .await
+        .expect("an order through node b");
+    assert_ne!(a1.id, b1.id);
+    // Both nodes' sessions see both orders' updates, whichever node placed them.
+    for watched in [&mut watched_a, &mut watched_b] {
+        assert_eq!(next_update(watched).await, 1);
+        assert_eq!(next_update(watched).await, 2);
+    }
+
+    // The exchange's node stops: the other takes the lease, rebuilds, and goes on.
+    let holder = redis
+        .cli(&["GET", "tickgate:lease:exchange"])
+        .unwrap_or_default();
+    let (survivor, dead, mut watched) = if holder.starts_with("node-a:") {
+        (second, first, watched_b)
+    } else {
+        (first, second, watched_a)
+    };
+    dead.shutdown.cancel();
+    let after = submit_retrying(&survivor.trading, "alice", limit_buy("after-death"))
+        .await
+        .expect("an order after the failover");
+    assert_eq!(after.status, OrderStatus::New);
+    assert_eq!(next_update(&mut watched).await, 3, "one sequence, no gap");
+
+    let open = survivor
+        .trading
+        .orders("alice", OrderQuery::Open)
+        .await
+        .expect("orders");
+    let mut ids: Vec<&str> = open.iter().map(|o| o.client_order_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a1", "after-death", "b1"], "each order once");
+    let statuses = survivor.statuses.lock().clone();
+    assert!(
+        !statuses.contains(&false) || statuses.last() == Some(&true),
+        "an unavailable status is followed by an available one: {statuses:?}"
+    );
+    survivor.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_left_pending_by_a_dead_exchange_is_answered_from_its_stored_reply_not_run_again()
+{
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    // A former exchange ran "ran-1" (its reply is stored) and read "waiting-1", then died
+    // before acknowledging either: both are pending for the dead consumer.
+    let deadline_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+    let command = |id: &str, client_order_id: &str| TradingCommand {
+        id: id.into(),
+        user: "bob".into(),
+        node: "nobody".into(),
+        deadline_ms,
+        request: TradingRequest::Submit {
+            request: limit_buy(client_order_id),
+        },
+    };
+    let stored_reply = TradingReply::error(&OrderError::new(
+        OrderError::INSUFFICIENT,
+        "the reply the former exchange stored",
+    ));
+    store
+        .trading
+        .commit(TradingBatch {
+            commands: vec![CommandRecord {
+                id: "ran-1".into(),
+                reply: stored_reply.encode(),
+            }],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("stored");
+    redis
+        .cli(&[
+            "XGROUP",
+            "CREATE",
+            "tickgate:trading:commands",
+            "exchange",
+            "0",
+            "MKSTREAM",
+        ])
+        .expect("group");
+    for (id, coid) in [("ran-1", "ran"), ("waiting-1", "waiting")] {
+        let json = serde_json::to_string(&command(id, coid)).expect("json");
+        redis
+            .cli(&["XADD", "tickgate:trading:commands", "*", "c", &json])
+            .expect("added");
+    }
+    let read = redis
+        .cli(&[
+            "XREADGROUP",
+            "GROUP",
+            "exchange",
+            "dead-node",
+            "COUNT",
+            "10",
+            "STREAMS",
+            "tickgate:trading:commands",
+            ">",
+        ])
+        .expect("read by the dead consumer");
+    assert!(read.contains("waiting-1"));
+
+    let survivor = node(&redis, "node-c", Arc::clone(&store.trading));
+    // The survivor takes the lease, claims both, answers "ran-1" from the store and runs
+    // "waiting-1" once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending = redis
+            .cli(&["XPENDING", "tickgate:trading:commands", "exchange"])
+            .unwrap_or_default();
+        if pending.lines().next().map(str::trim) == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pending commands not taken over: {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let orders = survivor
+        .trading
+        .orders("bob", OrderQuery::All)
+        .await
+        .expect("orders");
+    let names: Vec<&str> = orders.iter().map(|o| o.client_order_id.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["waiting"],
+        "the stored command did not run again"
+    );
+    let stored = store
+        .trading
+        .command_reply("waiting-1")
+        .await
+        .expect("read")
+        .expect("the executed command's reply is stored");
+    let order = TradingReply::decode(&stored)
+        .and_then(TradingReply::into_order)
+        .expect("its reply is the order");
+    assert_eq!(order.client_order_id, "waiting");
+    survivor.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_fenced_exchange_stores_nothing_announces_nothing_and_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let settings = common::test_settings();
+    let engine = Engine::new(
+        engine_settings(&settings.trading, &BTreeMap::new()),
+        SymbolUniverse::new(["AAPL"]),
+    );
+    let stop = CancellationToken::new();
+    let persistence = Persistence::new(Arc::clone(&store.trading)).with_lease(LeaseFence {
+        fence: Fence {
+            name: "exchange".into(),
+            token: 7,
+        },
+        stop: stop.clone(),
+    });
+    let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 16, 16, stop.clone());
+    tasks.with_persistence(Arc::new(persistence)).spawn();
+    let mut events = handle.user_events("carol");
+
+    let first = handle
+        .submit_with(Some("cmd-1".into()), "carol", limit_buy("c1"))
+        .await
+        .expect("stored under token 7");
+    let stored = store
+        .trading
+        .command_reply("cmd-1")
+        .await
+        .expect("read")
+        .expect("the reply is stored with the order");
+    assert_eq!(
+        TradingReply::decode(&stored).and_then(TradingReply::into_order),
+        Ok(first.clone())
+    );
+    assert!(events.try_recv().is_ok(), "the stored order was announced");
+
+    // A newer exchange claims the fence.
+    store
+        .trading
+        .commit(TradingBatch {
+            fence: Some(Fence {
+                name: "exchange".into(),
+                token: 8,
+            }),
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("the newer holder's claim");
+    let refused = handle
+        .submit_with(Some("cmd-2".into()), "carol", limit_buy("c2"))
+        .await
+        .expect_err("fenced");
+    assert_eq!(refused.code, OrderError::EXCHANGE_UNAVAILABLE);
+    assert!(stop.is_cancelled(), "the fenced exchange stopped");
+    assert!(
+        events.try_recv().is_err(),
+        "nothing announced after the fence"
+    );
+    assert_eq!(store.trading.command_reply("cmd-2").await, Ok(None));
+    let stale = store
+        .trading
+        .commit(TradingBatch {
+            fence: Some(Fence {
+                name: "exchange".into(),
+                token: 7,
+            }),
+            events: vec!["{}".into()],
+            ..TradingBatch::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    let state = store.trading.load(10).await.expect("load");
+    assert_eq!(
+        state.open_orders.len(),
+        1,
+        "only the order stored before the fence"
+    );
+}

@@ -1,0 +1,454 @@
+//! Cluster trading across real processes: three gateway nodes on one `redis-server` and one
+//! PostgreSQL database, four users trading over WebSockets on different nodes while the
+//! exchange's node is killed (`kill -9`) three times, and an exchange node paused (`SIGSTOP`)
+//! past its lease. Every process is stopped by its PID.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::cluster_support::{LEASE_TTL, Node};
+use crate::postgres_support::TestDatabase;
+use crate::redis_support::RedisServer;
+use crate::ws_support::{SECRET, token_for};
+
+const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+
+/// The demo user's argon2id hash (its password is irrelevant here: tokens are minted).
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$G4k6ZCByHTmXkS9hTHTvNg$FTa5teUHJ36P4XIvkeH8VzON6zzO2UqiZ2xbb0E4Uts";
+
+fn node_config() -> String {
+    let mut toml = format!("[auth]\nhs256_secret = \"{SECRET}\"\n");
+    for user in USERS {
+        toml.push_str(&format!(
+            "[[auth.users]]\nusername = \"{user}\"\npassword_hash = \"{HASH}\"\n"
+        ));
+    }
+    toml
+}
+
+fn trading_node(redis: &RedisServer, database: &TestDatabase, id: &str) -> Node {
+    let url = database.url();
+    let data_dir = std::env::temp_dir().join(format!("tickgate-ct-{id}-{}", std::process::id()));
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    Node::spawn_with_config(
+        redis,
+        id,
+        &[
+            ("TICKGATE__STORE__ENABLED", "true"),
+            ("TICKGATE__STORE__BACKEND", "postgres"),
+            ("TICKGATE__STORE__POSTGRES_URL", &url),
+            ("TICKGATE__STORE__DATA_DIR", &data_dir),
+        ],
+        &node_config(),
+    )
+}
+
+/// The id of the node holding the exchange's lease, from Redis.
+fn exchange_holder(redis: &RedisServer) -> Option<String> {
+    let value = redis.cli(&["GET", "tickgate:lease:exchange"])?;
+    let (node, _) = value.trim().rsplit_once(':')?;
+    (!node.is_empty()).then(|| node.to_owned())
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What one trader saw and had acknowledged.
+#[derive(Default, Debug)]
+struct Ledger {
+    /// Every `seq` received, in arrival order (replays included).
+    seen: Vec<u64>,
+    /// Acknowledged orders: client_order_id → order id.
+    acked: BTreeMap<String, String>,
+    /// Fills the trader saw.
+    executions: BTreeSet<String>,
+    reconnects: u32,
+}
+
+struct Trader {
+    user: &'static str,
+    ports: Arc<Mutex<Vec<u16>>>,
+    slot: usize,
+    socket: Option<Socket>,
+    last_seq: u64,
+    ledger: Ledger,
+}
+
+enum Outcome {
+    Acked(String),
+    Retry,
+}
+
+impl Trader {
+    async fn connect(&mut self) -> bool {
+        let port = self.ports.lock()[self.slot % 3];
+        let url = format!("ws://127.0.0.1:{port}/v1/stream");
+        let Ok(mut request) = url.into_client_request() else {
+            return false;
+        };
+        let bearer = format!("Bearer {}", token_for(self.user));
+        let Ok(header) = bearer.parse() else {
+            return false;
+        };
+        request.headers_mut().insert("authorization", header);
+        let Ok(Ok((socket, _))) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        else {
+            return false;
+        };
+        self.socket = Some(socket);
+        let subscribe = json!({"action": "subscribe", "trade_updates": {"since": self.last_seq}});
+        if !self.send(subscribe).await {
+            return false;
+        }
+        // Replayed updates, then `trade_updates_live`.
+        loop {
+            match self.next(Duration::from_secs(15)).await {
+                Some(object) if object["T"] == "trade_updates_live" => return true,
+                Some(object) if object["T"] == "trade_updates_reset" => {
+                    panic!("{}: no resume may reset here: {object}", self.user)
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+
+    async fn send(&mut self, value: Value) -> bool {
+        match &mut self.socket {
+            Some(socket) => socket.send(Message::text(value.to_string())).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The next object (trade updates are recorded on the way), or `None` when the
+    /// connection is gone or silent for `within`.
+    async fn next(&mut self, within: Duration) -> Option<Value> {
+        loop {
+            let socket = self.socket.as_mut()?;
+            let frame = tokio::time::timeout(within, socket.next()).await;
+            let text = match frame {
+                Ok(Some(Ok(Message::Text(text)))) => text,
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
+                    self.socket = None;
+                    return None;
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&text) else {
+                panic!("not a JSON array: {text}");
+            };
+            // Only the last object is returned; the others are recorded (updates) or skipped.
+            let mut last = None;
+            for item in items {
+                if item["T"] == "trade_update" {
+                    let seq = item["seq"].as_u64().expect("seq");
+                    self.ledger.seen.push(seq);
+                    self.last_seq = self.last_seq.max(seq);
+                    if let Some(execution) = item["execution_id"].as_str() {
+                        self.ledger.executions.insert(execution.to_owned());
+                    }
+                }
+                last = Some(item);
+            }
+            if let Some(item) = last {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Sends the order once and waits for its answer.
+    async fn attempt(&mut self, request_id: u64, client_order_id: &str, side: &str) -> Outcome {
+        let order = json!({"action": "order", "id": request_id, "data": {
+            "symbol": "AAPL", "qty": "1", "side": side, "type": "market",
+            "time_in_force": "day", "client_order_id": client_order_id}});
+        if !self.send(order).await {
+            return Outcome::Retry;
+        }
+        loop {
+            let Some(object) = self.next(Duration::from_secs(20)).await else {
+                return Outcome::Retry;
+            };
+            if object["id"].as_u64() != Some(request_id) {
+                continue;
+            }
+            match object["T"].as_str() {
+                Some("order_ack") => {
+                    return Outcome::Acked(object["order"]["id"].as_str().expect("id").into());
+                }
+                Some("error") if object["code"] == 42210002 => {
+                    // An earlier attempt ran: the error names that order.
+                    let id = object["order"]["id"].as_str().expect("the existing order");
+                    return Outcome::Acked(id.into());
+                }
+                Some("error") if object["code"] == 50310002 => return Outcome::Retry,
+                // Over the action rate limit: the same order again, a little later.
+                Some("error") if object["code"] == 408 => return Outcome::Retry,
+                _ => panic!("{}: unexpected answer {object}", self.user),
+            }
+        }
+    }
+
+    async fn run(mut self, stop: Arc<AtomicBool>) -> (&'static str, Ledger) {
+        let mut number = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            number += 1;
+            let client_order_id = format!("{}-{number}", self.user);
+            let side = if number % 2 == 1 { "buy" } else { "sell" };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "{client_order_id} never answered"
+                );
+                if self.socket.is_none() {
+                    self.ledger.reconnects += 1;
+                    if !self.connect().await {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+                match self.attempt(number, &client_order_id, side).await {
+                    Outcome::Acked(id) => {
+                        self.ledger.acked.insert(client_order_id.clone(), id);
+                        // A trader's pace, well under the session's action rate limit.
+                        tokio::time::sleep(Duration::from_millis(60)).await;
+                        break;
+                    }
+                    Outcome::Retry => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        (self.user, self.ledger)
+    }
+}
+
+/// The stored sequences of `user`, in order.
+fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
+    database
+        .psql(&format!(
+            "SELECT seq FROM trade_updates WHERE username = '{user}' ORDER BY seq"
+        ))
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_lost_or_doubled() {
+    let redis = RedisServer::start();
+    let database = TestDatabase::create();
+    let mut nodes = vec![
+        trading_node(&redis, &database, "node-a"),
+        trading_node(&redis, &database, "node-b"),
+        trading_node(&redis, &database, "node-c"),
+    ];
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+    let ports = Arc::new(Mutex::new(nodes.iter().map(|n| n.port).collect::<Vec<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traders: Vec<_> = USERS
+        .iter()
+        .enumerate()
+        .map(|(slot, user)| {
+            let trader = Trader {
+                user,
+                ports: Arc::clone(&ports),
+                slot,
+                socket: None,
+                last_seq: 0,
+                ledger: Ledger::default(),
+            };
+            tokio::spawn(trader.run(Arc::clone(&stop)))
+        })
+        .collect();
+
+    let mut spawned = 0;
+    for _ in 0..3 {
+        // Let trading run, then kill whichever node runs the exchange now.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let holder = loop {
+            if let Some(holder) = exchange_holder(&redis)
+                && let Some(index) = nodes.iter().position(|n| n.id == holder)
+            {
+                break index;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node holds the exchange's lease"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        nodes[holder].kill9();
+        spawned += 1;
+        let replacement = trading_node(&redis, &database, &format!("node-r{spawned}"));
+        replacement.wait_ready().await;
+        ports.lock()[holder] = replacement.port;
+        nodes[holder] = replacement;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ledgers = BTreeMap::new();
+    for trader in traders {
+        let (user, ledger) = trader.await.expect("trader finished");
+        ledgers.insert(user, ledger);
+    }
+
+    let duplicates = database
+        .psql("SELECT username, client_order_id FROM orders GROUP BY 1, 2 HAVING count(*) > 1");
+    assert!(
+        duplicates.trim().is_empty(),
+        "a client_order_id twice: {duplicates}"
+    );
+    for (user, ledger) in &ledgers {
+        assert!(ledger.acked.len() >= 3, "{user} traded: {ledger:?}");
+        // Every acknowledged order is stored, under its client_order_id.
+        for (client_order_id, id) in &ledger.acked {
+            let stored = database.psql(&format!(
+                "SELECT client_order_id FROM orders WHERE id = '{id}' AND username = '{user}'"
+            ));
+            assert_eq!(
+                stored.trim(),
+                client_order_id,
+                "{user}'s acknowledged order {id}"
+            );
+        }
+        // Every fill a client saw is stored.
+        for execution in &ledger.executions {
+            let stored = database.psql(&format!(
+                "SELECT count(*) FROM fills WHERE execution_id = '{execution}'"
+            ));
+            assert_eq!(stored.trim(), "1", "{user}'s fill {execution}");
+        }
+        // The stored sequence is contiguous.
+        let seqs = stored_seqs(&database, user);
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "{user}'s stored seq is 1..=n");
+        // The client saw each update it was told of exactly once, in order, with no gap
+        // (it may stop before the last updates of its last order: those are stored).
+        let seen = &ledger.seen;
+        let expected_seen: Vec<u64> = (1..=seen.len() as u64).collect();
+        assert_eq!(
+            seen, &expected_seen,
+            "{user} saw every update once, in order"
+        );
+        assert!(seen.len() <= seqs.len());
+    }
+    // Cash and positions are what the fills imply.
+    let cash_off = database.psql(
+        "SELECT a.username FROM accounts a LEFT JOIN fills f ON f.username = a.username
+         GROUP BY a.username, a.cash, a.initial_cash
+         HAVING a.cash <> a.initial_cash + COALESCE(SUM(CASE WHEN f.side = 'buy'
+             THEN -f.qty * f.price ELSE f.qty * f.price END - f.commission), 0)",
+    );
+    assert!(
+        cash_off.trim().is_empty(),
+        "cash differs from the fills: {cash_off}"
+    );
+    let positions_off = database.psql(
+        "SELECT COALESCE(f.username, p.username) FROM
+           (SELECT username, symbol, SUM(CASE WHEN side = 'buy' THEN qty ELSE -qty END) AS qty
+              FROM fills GROUP BY 1, 2) f
+           FULL JOIN positions p ON p.username = f.username AND p.symbol = f.symbol
+         WHERE COALESCE(f.qty, 0) <> COALESCE(p.qty, 0)",
+    );
+    assert!(
+        positions_off.trim().is_empty(),
+        "positions differ from the fills: {positions_off}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_paused_past_its_lease_writes_nothing_after_it_wakes() {
+    let redis = RedisServer::start();
+    let database = TestDatabase::create();
+    let nodes = [
+        trading_node(&redis, &database, "node-p"),
+        trading_node(&redis, &database, "node-q"),
+    ];
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let paused = loop {
+        if let Some(holder) = exchange_holder(&redis)
+            && let Some(index) = nodes.iter().position(|n| n.id == holder)
+        {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no exchange");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let other = &nodes[1 - paused];
+    let ports = Arc::new(Mutex::new(vec![other.port; 3]));
+    let trader = |user: &'static str| Trader {
+        user,
+        ports: Arc::clone(&ports),
+        slot: 0,
+        socket: None,
+        last_seq: 0,
+        ledger: Ledger::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    // Orders keep coming while the exchange is paused mid-way.
+    let running = tokio::spawn(trader("alice").run(Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[paused].signal("STOP");
+    // The other node takes the lease (after lease_ttl + a renewal) and runs the exchange.
+    let deadline = Instant::now() + LEASE_TTL * 10;
+    while exchange_holder(&redis).as_deref() != Some(other.id.as_str()) {
+        assert!(Instant::now() < deadline, "no takeover while paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (_, ledger) = running.await.expect("trader");
+    assert!(
+        ledger.acked.len() >= 2,
+        "orders went on after the takeover: {ledger:?}"
+    );
+    // Quiet: market orders leave nothing resting, so the new exchange writes nothing now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = database.psql("SELECT count(*), max(seq) FROM exchange_events");
+    let fence_before = database.psql("SELECT token FROM fences WHERE name = 'exchange'");
+    nodes[paused].signal("CONT");
+    tokio::time::sleep(LEASE_TTL * 3).await;
+    assert_eq!(
+        database.psql("SELECT count(*), max(seq) FROM exchange_events"),
+        before,
+        "the woken former exchange wrote nothing"
+    );
+    assert_eq!(
+        database.psql("SELECT token FROM fences WHERE name = 'exchange'"),
+        fence_before,
+        "the fence is still the new holder's"
+    );
+    assert_eq!(exchange_holder(&redis).as_deref(), Some(other.id.as_str()));
+    assert!(
+        !nodes[paused].holds("exchange").await,
+        "the woken node knows it no longer runs the exchange"
+    );
+    let woken = nodes[paused].log_text();
+    eprintln!(
+        "paused exchange: a write refused by the fence after waking: {}",
+        woken.contains("(fenced)")
+    );
+    let duplicates = database
+        .psql("SELECT username, client_order_id FROM orders GROUP BY 1, 2 HAVING count(*) > 1");
+    assert!(duplicates.trim().is_empty(), "{duplicates}");
+    let seqs = stored_seqs(&database, "alice");
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}

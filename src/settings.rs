@@ -451,6 +451,11 @@ impl Settings {
         if self.hub.subscriber_queue_capacity < 2 {
             problems.push("hub.subscriber_queue_capacity: must be at least 2".into());
         }
+        if self.hub.coalesce_window > Duration::from_secs(1) {
+            // A window is a latency added to every busy stream: beyond a second it is a
+            // misconfiguration, not a trade-off.
+            problems.push("hub.coalesce_window: at most 1s (\"0s\" turns it off)".into());
+        }
         if self.hub.heartbeat_interval.is_zero() {
             problems.push("hub.heartbeat_interval: must be greater than zero".into());
         }

@@ -187,3 +187,23 @@ fn configured_usernames_follow_the_subject_rule() {
     assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(problems[1].contains("control character"), "{problems:?}");
 }
+
+#[test]
+fn a_coalescing_window_over_a_second_is_refused_and_zero_turns_it_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "default.toml", "");
+    let too_long = vec![(
+        "TICKGATE__HUB__COALESCE_WINDOW".to_string(),
+        "5s".to_string(),
+    )];
+    let text = Settings::load_from(dir.path(), None, &too_long)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("hub.coalesce_window: at most 1s"), "{text}");
+    let off = vec![(
+        "TICKGATE__HUB__COALESCE_WINDOW".to_string(),
+        "0s".to_string(),
+    )];
+    let settings = Settings::load_from(dir.path(), None, &off).expect("valid");
+    assert!(settings.hub.coalesce_window.is_zero());
+}

@@ -16,12 +16,14 @@
 //!
 //! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
 //! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
-//! queues and the slow-client policy), [`filter`] (what a subscription wants), [`sweep`] (the
+//! queues and the slow-client policy), [`coalesce`] (the coalescing window: a busy connection's
+//! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps), [`throttle`] (conflation for `max_rate`
 //! subscribers), [`sequenced`] (what a cluster node does to the
 //! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
 //! and the latest values.
 
+pub mod coalesce;
 pub mod entry;
 pub mod filter;
 pub mod msgpack;
@@ -45,6 +47,7 @@ use crate::market::{
 };
 use crate::metrics::Metrics;
 
+pub use coalesce::Coalescer;
 pub use entry::Entry;
 use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
@@ -181,6 +184,8 @@ pub struct HubSettings {
     pub subscriber_queue_capacity: usize,
     pub heartbeat_interval: Duration,
     pub bar_history: usize,
+    /// The coalescing window each connection's [`Coalescer`] gets (zero: none).
+    pub coalesce_window: Duration,
 }
 
 impl From<&HubConfig> for HubSettings {
@@ -191,6 +196,7 @@ impl From<&HubConfig> for HubSettings {
             subscriber_queue_capacity: config.subscriber_queue_capacity,
             heartbeat_interval: config.heartbeat_interval,
             bar_history: config.bar_history,
+            coalesce_window: config.coalesce_window,
         }
     }
 }
@@ -385,6 +391,11 @@ impl Hub {
     /// A queue for one more subscriber, holding `hub.subscriber_queue_capacity` items.
     pub fn new_queue(&self) -> Arc<SubscriberQueue> {
         SubscriberQueue::with_capacity(self.settings.subscriber_queue_capacity)
+    }
+
+    /// The coalescing state for one more connection (`hub.coalesce_window`).
+    pub fn new_coalescer(&self) -> Coalescer {
+        Coalescer::new(self.settings.coalesce_window)
     }
 
     /// The cursor of the newest event of a feed (seq 0 when nothing was published yet).

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -52,9 +52,13 @@ struct QueueState {
 #[derive(Debug)]
 pub struct SubscriberQueue {
     state: Mutex<QueueState>,
-    /// Set by every push, cleared when `notified` returns: a wake-up that arrives while the
-    /// connection is busy is kept, like a `Notify` permit.
-    pending: AtomicBool,
+    /// [`IDLE`], [`PENDING`] or [`HOLDING`]. Set to `PENDING` by every push, back to `IDLE`
+    /// when `notified` returns: a wake-up that arrives while the connection is busy is kept,
+    /// like a `Notify` permit. Only a push that finds `IDLE` wakes the connection, so a
+    /// connection holding its next write (see [`super::coalesce`]) is not woken by data.
+    signal: AtomicU8,
+    /// Items the last drain took, for the coalescing window's hot/quiet decision.
+    last_drained: AtomicU32,
     /// The one connection task draining this queue. Cheaper than `Notify` per delivery: no
     /// waiter list and no lock, only an atomic swap of the registered waker.
     waker: AtomicWaker,
@@ -64,6 +68,14 @@ pub struct SubscriberQueue {
     /// Which tick of the shared sweeps visits this queue (see [`SWEEP_SLICES`]).
     slice: u8,
 }
+
+/// Nothing pushed since the last drain; the next push wakes the connection.
+const IDLE: u8 = 0;
+/// Something was pushed since the last drain (and the connection was woken, or is holding).
+const PENDING: u8 = 1;
+/// The connection holds its next write until its coalescing timer fires: pushes record
+/// themselves (`PENDING`) without waking it.
+const HOLDING: u8 = 2;
 
 /// The shared heartbeat and keep-alive sweeps visit every connection once per interval, but
 /// in this many ticks, each taking the queues of one slice: a large population is not all
@@ -84,7 +96,8 @@ impl SubscriberQueue {
     pub fn with_capacity(capacity: usize) -> Arc<SubscriberQueue> {
         Arc::new(SubscriberQueue {
             state: Mutex::new(QueueState::default()),
-            pending: AtomicBool::new(false),
+            signal: AtomicU8::new(IDLE),
+            last_drained: AtomicU32::new(0),
             waker: AtomicWaker::new(),
             capacity: capacity.max(2),
             gone: AtomicBool::new(false),
@@ -106,23 +119,71 @@ impl SubscriberQueue {
     /// The poll form of [`SubscriberQueue::notified`], for connections that are themselves a
     /// hand-written stream.
     pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.pending.swap(false, Ordering::AcqRel) {
+        if self.take_signal() {
             return std::task::Poll::Ready(());
         }
         self.waker.register(cx.waker());
         // A push between the check above and the registration must not be lost.
-        if self.pending.swap(false, Ordering::AcqRel) {
+        if self.take_signal() {
             return std::task::Poll::Ready(());
         }
         std::task::Poll::Pending
     }
 
-    /// Wakes the draining task, once per batch: while a wake-up is pending, further pushes
-    /// need none (the task drains everything queued when it runs).
+    /// Clears the signal; `true` when something was pushed since the last time.
+    fn take_signal(&self) -> bool {
+        self.signal.swap(IDLE, Ordering::AcqRel) == PENDING
+    }
+
+    /// Wakes the draining task, once per batch: while a wake-up is pending (or the
+    /// connection holds its write for a coalescing window), further pushes need none (the
+    /// task drains everything queued when it runs).
     fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if self.signal.swap(PENDING, Ordering::AcqRel) == IDLE {
             self.waker.wake();
         }
+    }
+
+    /// Wakes the draining task whatever it is doing: a close must not wait out a
+    /// coalescing window.
+    fn wake_now(&self) {
+        self.signal.store(PENDING, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Registers the draining task's waker (for a close during a hold).
+    pub(super) fn register(&self, cx: &mut std::task::Context<'_>) {
+        self.waker.register(cx.waker());
+    }
+
+    /// The connection starts holding its next write: pushes from now on do not wake it.
+    /// Something already pushed stays pending (the hold's end drains it).
+    pub(super) fn hold(&self) {
+        let _ = self
+            .signal
+            .compare_exchange(IDLE, HOLDING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The connection holds again with data it knows is queued (it was woken but chose to
+    /// wait): the data stays pending and pushes do not wake it.
+    pub(super) fn hold_pending(&self, cx: &mut std::task::Context<'_>) {
+        self.waker.register(cx.waker());
+        self.signal.store(PENDING, Ordering::Release);
+    }
+
+    /// The end of a hold: `true` when something was pushed during it (or before it).
+    pub(super) fn end_hold(&self) -> bool {
+        self.take_signal()
+    }
+
+    /// Whether the hub closed this queue (a close is never held back).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// How many items the last [`SubscriberQueue::drain_into`] took.
+    pub fn last_drained(&self) -> u32 {
+        self.last_drained.load(Ordering::Relaxed)
     }
 
     /// Moves every queued item into `out` (which the caller reuses, so steady-state draining
@@ -130,6 +191,11 @@ impl SubscriberQueue {
     pub fn drain_into(&self, out: &mut VecDeque<Delivery>) {
         let mut state = self.state.lock();
         std::mem::swap(&mut state.items, out);
+        drop(state);
+        self.last_drained.store(
+            u32::try_from(out.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -173,7 +239,7 @@ impl SubscriberQueue {
                     .slow_client_disconnects
                     .fetch_add(1, Ordering::Relaxed);
                 self.mark_gone();
-                self.wake();
+                self.wake_now();
                 return;
             }
         }
@@ -200,14 +266,21 @@ impl SubscriberQueue {
         if state.closed {
             return;
         }
-        match delivery {
+        let close = match delivery {
             Delivery::Heartbeat if !state.items.is_empty() => return,
-            Delivery::Close(_) => state.closed = true,
-            _ => {}
-        }
+            Delivery::Close(_) => {
+                state.closed = true;
+                true
+            }
+            _ => false,
+        };
         state.items.push_back(delivery);
         drop(state);
-        self.wake();
+        if close {
+            self.wake_now();
+        } else {
+            self.wake();
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `[hub]`: replay window (events and bytes), subscriber queue capacity, heartbeat and SSE
-//! retry intervals, bars kept in memory. Owned here, beside the hub that applies every one of
-//! them; `crate::settings` re-exports it into the configuration tree.
+//! retry intervals, bars kept in memory, the coalescing window. Owned here, beside the hub
+//! that applies every one of them; `crate::settings` re-exports it into the configuration
+//! tree.
 
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub struct HubConfig {
     pub sse_retry: Duration,
     /// One-minute bars kept in memory per symbol.
     pub bar_history: usize,
+    /// How long a connection that receives events quickly holds its next write so that one
+    /// write carries several events (see `hub::coalesce`); zero writes every wake-up at once.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
 }
 
 impl Default for HubConfig {
@@ -34,6 +39,7 @@ impl Default for HubConfig {
             heartbeat_interval: Duration::from_secs(15),
             sse_retry: Duration::from_secs(2),
             bar_history: 1440,
+            coalesce_window: Duration::from_millis(20),
         }
     }
 }

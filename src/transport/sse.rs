@@ -3,7 +3,8 @@
 //!
 //! A connection is a [`SubscriberQueue`] plus a stream that drains it. Everything queued since
 //! the last write goes out as one chunk; a lone event is written as the shared frame itself
-//! (no copy). The connection owns no timer: heartbeats come from the hub's shared sweep.
+//! (no copy). Heartbeats come from the hub's shared sweep; the only timer a connection may
+//! own is its coalescing window's ([`Coalescer`]), once it receives events quickly.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -20,7 +21,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::sse_throttled::ThrottledSse;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::entry::{SSE_HEARTBEAT, sse_close, sse_opening};
-use crate::hub::{Cursor, Delivery, Feed, Filter, Hub, MaxRate, SubscriberQueue, SymbolFilter};
+use crate::hub::{
+    Coalescer, Cursor, Delivery, Feed, Filter, Hub, MaxRate, SubscriberQueue, SymbolFilter,
+};
 use crate::market::EventKind;
 use crate::metrics::{Metrics, Transport};
 use crate::state::AppState;
@@ -193,6 +196,7 @@ fn open_stream(
         ));
     }
     let connection = SseConnection {
+        coalescer: state.hub.new_coalescer(),
         queue,
         spare: VecDeque::new(),
         initial: Some(initial),
@@ -206,6 +210,8 @@ fn open_stream(
 
 struct SseConnection {
     queue: Arc<SubscriberQueue>,
+    /// Decides when to drain: at once, or at the end of a coalescing window.
+    coalescer: Coalescer,
     spare: VecDeque<Delivery>,
     initial: Option<Bytes>,
     finished: bool,
@@ -236,14 +242,17 @@ impl MessageBody for SseConnection {
             return Poll::Ready(None);
         }
         // Wait first, then drain: every push leaves a wake-up pending, so this never sleeps
-        // on a non-empty queue, and the poll right after a write costs no lock.
+        // on a non-empty queue, and the poll right after a write costs no lock. A connection
+        // receiving events quickly waits out its coalescing window before draining.
         loop {
-            if this.queue.poll_notified(cx).is_pending() {
+            if this.coalescer.poll_ready(&this.queue, cx).is_pending() {
                 return Poll::Pending;
             }
             this.queue.drain_into(&mut this.spare);
             if !this.spare.is_empty() {
-                return Poll::Ready(Some(Ok(this.render())));
+                let chunk = this.render();
+                this.coalescer.wrote(&this.queue);
+                return Poll::Ready(Some(Ok(chunk)));
             }
         }
     }
@@ -301,5 +310,132 @@ impl Drop for SseConnection {
     fn drop(&mut self) {
         self.queue.mark_gone();
         self.metrics.connection_closed(Transport::Sse);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The SSE body with its coalescing window, polled directly on tokio's paused clock: each
+    //! chunk it returns is one write to the socket.
+    use super::*;
+    use crate::hub::HubSettings;
+    use crate::market::{MarketEvent, SymbolUniverse, Trade};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn hub(capacity: usize, window: Duration) -> Arc<Hub> {
+        Arc::new(Hub::new(
+            SymbolUniverse::new(["AAPL"]),
+            HubSettings {
+                subscriber_queue_capacity: capacity,
+                coalesce_window: window,
+                ..HubSettings::default()
+            },
+            Arc::new(Metrics::default()),
+            7,
+        ))
+    }
+
+    fn publish(hub: &Hub, id: u64) {
+        let trade = MarketEvent::Trade(Trade {
+            symbol: "AAPL".into(),
+            id,
+            venue: String::new(),
+            price: 100.0,
+            size: 1.0,
+            time: chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0)
+                .unwrap_or_default(),
+            conditions: vec![],
+        });
+        hub.publish_event(trade).expect("a valid trade");
+    }
+
+    /// A connection following AAPL trades, its opening chunk already taken.
+    async fn connection(hub: &Arc<Hub>) -> SseConnection {
+        let queue = hub.new_queue();
+        let filter = Filter {
+            symbols: SymbolFilter::All,
+            kinds: EventKind::Trade.bit(),
+        };
+        hub.subscribe(Feed::Market, filter, None, false, &queue);
+        let mut connection = SseConnection {
+            coalescer: hub.new_coalescer(),
+            queue,
+            spare: VecDeque::new(),
+            initial: Some(Bytes::from_static(b"retry: 1000\n\n")),
+            finished: false,
+            metrics: Arc::clone(hub.metrics()),
+            hub: Arc::clone(hub),
+            feed: Feed::Market,
+        };
+        next_chunk(&mut connection).await;
+        connection
+    }
+
+    async fn next_chunk(connection: &mut SseConnection) -> String {
+        let chunk = std::future::poll_fn(|cx| Pin::new(&mut *connection).poll_next(cx)).await;
+        match chunk {
+            Some(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => String::new(),
+        }
+    }
+
+    /// The trade ids of the `trade` events in one chunk, in order.
+    fn ids(chunk: &str) -> Vec<u64> {
+        chunk
+            .split("\n\n")
+            .filter_map(|frame| frame.split("data: ").nth(1))
+            .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+            .filter_map(|data| data["i"].as_u64())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_writes_the_events_of_one_window_in_one_chunk_in_order() {
+        let window = Duration::from_millis(20);
+        let hub = hub(1024, window);
+        let mut connection = connection(&hub).await;
+
+        let start = Instant::now();
+        publish(&hub, 1);
+        assert_eq!(ids(&next_chunk(&mut connection).await), vec![1]);
+        assert_eq!(
+            Instant::now(),
+            start,
+            "the first event after a quiet spell waits for nothing"
+        );
+        for id in 2..=5 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            publish(&hub, id);
+        }
+        assert_eq!(ids(&next_chunk(&mut connection).await), vec![2, 3, 4, 5]);
+        assert!(Instant::now() - start <= window + Duration::from_millis(1));
+        assert_eq!(
+            hub.metrics()
+                .delivered_sse
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_during_a_hold_writes_the_held_events_and_the_status_at_once() {
+        let hub = hub(1024, Duration::from_secs(10));
+        let mut connection = connection(&hub).await;
+        publish(&hub, 1);
+        assert_eq!(ids(&next_chunk(&mut connection).await), vec![1]);
+        publish(&hub, 2);
+        // The connection now holds its write for ten seconds.
+        let held = futures::poll!(std::future::poll_fn(|cx| {
+            Pin::new(&mut connection).poll_next(cx)
+        }));
+        assert!(held.is_pending());
+        hub.shut_down();
+        let chunk = tokio::time::timeout(Duration::from_secs(1), next_chunk(&mut connection))
+            .await
+            .expect("the close did not wait for the window");
+        assert_eq!(ids(&chunk), vec![2], "{chunk}");
+        assert!(chunk.contains("\"sc\":\"shutdown\""), "{chunk}");
+        assert_eq!(next_chunk(&mut connection).await, "", "the stream ends");
     }
 }

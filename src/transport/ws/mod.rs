@@ -285,6 +285,7 @@ fn serve(
         ws.ping_interval.mul_f64(0.75),
         ws.idle_timeout,
         market_encoding == MarketEncoding::MsgPack,
+        state.hub.new_coalescer(),
     );
     state.hub.keep_alive(session.queue());
     state.metrics.connection_opened(Transport::WebSocket);

@@ -34,6 +34,7 @@ use futures::Stream;
 use futures::task::AtomicWaker;
 
 use super::session::{Output, SharedMarket, close_codes, closing};
+use crate::hub::Coalescer;
 
 /// RFC 6455 §5.5: control frames carry at most 125 bytes, so a close reason at most 123.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -449,6 +450,8 @@ pub struct FastPath {
     last_ping: Instant,
     /// Market data goes out in binary frames (MessagePack), not text.
     binary: bool,
+    /// Decides when to drain: at once, or at the end of a coalescing window.
+    coalescer: Coalescer,
 }
 
 impl FastPath {
@@ -457,6 +460,7 @@ impl FastPath {
         ping_every: Duration,
         idle_timeout: Duration,
         binary: bool,
+        coalescer: Coalescer,
     ) -> FastPath {
         FastPath {
             market,
@@ -464,6 +468,7 @@ impl FastPath {
             idle_timeout,
             last_ping: Instant::now(),
             binary,
+            coalescer,
         }
     }
 
@@ -478,7 +483,10 @@ impl FastPath {
     fn poll(&mut self, cx: &mut Context<'_>, wire: &Wire) -> bool {
         let mut market = self.market.borrow_mut();
         loop {
-            if market.poll_ready(cx).is_pending() {
+            // The throttle's window is polled beside the coalescer (both register their
+            // wakers); a throttled release goes out when due, held window or not.
+            let throttle_due = market.poll_throttle_due(cx);
+            if self.coalescer.poll_ready(market.queue(), cx).is_pending() && !throttle_due {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();
@@ -512,6 +520,7 @@ impl FastPath {
                 return true;
             }
             if !outbox.is_empty() {
+                self.coalescer.wrote(market.queue());
                 return false;
             }
         }

@@ -474,3 +474,33 @@ async fn a_restart_ends_websocket_sessions_with_a_shutdown_status_and_close_1012
     assert_eq!(u16::from(close.code), 1012, "{close:?}");
     app.task.await.expect("server task").expect("clean stop");
 }
+
+/// The coalescing window over a real socket: with a window far longer than the publishes
+/// take, the first trade (the session was quiet) comes alone and at once, and the next four,
+/// published right after it, come together in one frame, in order.
+#[tokio::test]
+async fn a_busy_session_gets_the_events_of_one_window_in_one_frame_in_order() {
+    let mut settings = ws_settings();
+    settings.hub.coalesce_window = Duration::from_secs(3);
+    let app = spawn_app_with(settings).await;
+    let mut client = connect_as(&app, "alice").await;
+    client.subscribe(json!({"trades":["AAPL"]})).await;
+
+    let (status, body) = publish(&app, json!([trade("AAPL", 1, 100.0, 1)])).await;
+    assert_eq!(status, 200, "{body}");
+    let Received::Objects(first) = client.receive(Duration::from_secs(2)).await else {
+        panic!("closed");
+    };
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["i"], 1);
+    for id in 2..=5u64 {
+        let (status, body) = publish(&app, json!([trade("AAPL", id, 100.0, id as u32)])).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let Received::Objects(held) = client.receive(DEADLINE).await else {
+        panic!("closed");
+    };
+    let ids: Vec<_> = held.iter().map(|object| object["i"].clone()).collect();
+    assert_eq!(ids, vec![json!(2), json!(3), json!(4), json!(5)]);
+    app.stop().await.expect("stop");
+}

@@ -144,19 +144,14 @@ impl MarketState {
         &self.queue
     }
 
-    /// Ready when the hub pushed something or a throttle window ended: the transport's fast
-    /// path polls this where an unthrottled session would poll only the queue. Both are
-    /// polled, so the one still pending has its waker registered.
-    pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let due = self
-            .throttle
+    /// Whether a throttle window ended (with its waker registered if not): the transport's
+    /// fast path polls this beside the queue's wake-up (through its coalescer), so a
+    /// throttled session's held updates go out when their window ends.
+    pub fn poll_throttle_due(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.throttle
             .as_mut()
             .and_then(|throttle| throttle.pacer.as_mut())
-            .is_some_and(|pacer| pacer.poll_due(cx).is_ready());
-        if self.queue.poll_notified(cx).is_ready() || due {
-            return std::task::Poll::Ready(());
-        }
-        std::task::Poll::Pending
+            .is_some_and(|pacer| pacer.poll_due(cx).is_ready())
     }
 
     /// When the throttle's next window ends, if it holds anything (for the session's own

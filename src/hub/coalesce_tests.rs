@@ -1,0 +1,260 @@
+//! The coalescing window against a recording sink: one "write" per `Ready`, on tokio's paused
+//! clock, so the assertions are about which events share a write and how long each waited,
+//! never about the machine's speed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::*;
+use crate::hub::entry::{Entry, encode_notice};
+use crate::hub::queue::{CloseReason, Delivery};
+use crate::metrics::Metrics;
+
+const WINDOW: Duration = Duration::from_millis(20);
+/// Tokio's timer wheel fires on whole milliseconds.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+fn event(n: usize) -> Arc<Entry> {
+    Arc::new(encode_notice(format!("{{\"n\":{n}}}").as_bytes()))
+}
+
+fn number(entry: &Entry) -> usize {
+    let json = std::str::from_utf8(&entry.json).unwrap_or_default();
+    json.trim_start_matches("{\"n\":")
+        .trim_end_matches('}')
+        .parse()
+        .unwrap_or(usize::MAX)
+}
+
+/// One write as the sink saw it: when, and which events (by number) it carried.
+#[derive(Debug, Clone)]
+struct Write {
+    at: Instant,
+    events: Vec<usize>,
+    closed: bool,
+}
+
+/// A connection that writes to a recording sink: waits for `poll_ready`, drains everything,
+/// records it as one write, tells the coalescer. Ends after writing a close.
+fn spawn_sink(
+    queue: Arc<SubscriberQueue>,
+    window: Duration,
+) -> (Arc<Mutex<Vec<Write>>>, tokio::task::JoinHandle<()>) {
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&writes);
+    let task = tokio::spawn(async move {
+        let mut coalescer = Coalescer::new(window);
+        let mut drained = VecDeque::new();
+        loop {
+            std::future::poll_fn(|cx| coalescer.poll_ready(&queue, cx)).await;
+            queue.drain_into(&mut drained);
+            if drained.is_empty() {
+                continue;
+            }
+            let mut write = Write {
+                at: Instant::now(),
+                events: Vec::new(),
+                closed: false,
+            };
+            for item in drained.drain(..) {
+                match item {
+                    Delivery::Event(entry) => write.events.push(number(&entry)),
+                    Delivery::Close(_) => write.closed = true,
+                    Delivery::Heartbeat => {}
+                }
+            }
+            let closed = write.closed;
+            recorded.lock().push(write);
+            coalescer.wrote(&queue);
+            if closed {
+                return;
+            }
+        }
+    });
+    (writes, task)
+}
+
+/// Pushes `count` events `gap` apart, starting now; returns each one's push time.
+async fn publish(
+    queue: &SubscriberQueue,
+    metrics: &Metrics,
+    first: usize,
+    count: usize,
+    gap: Duration,
+) -> Vec<Instant> {
+    let mut pushed = Vec::new();
+    for n in first..first + count {
+        pushed.push(Instant::now());
+        queue.push_event(&event(n), metrics);
+        tokio::time::sleep(gap).await;
+    }
+    pushed
+}
+
+fn all_events(writes: &[Write]) -> Vec<usize> {
+    writes.iter().flat_map(|w| w.events.clone()).collect()
+}
+
+/// When each event was written, by number.
+fn written_at(writes: &[Write], count: usize) -> Vec<Option<Instant>> {
+    let mut at = vec![None; count];
+    for write in writes {
+        for &n in &write.events {
+            if let Some(slot) = at.get_mut(n) {
+                *slot = Some(write.at);
+            }
+        }
+    }
+    at
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_connection_writes_several_pending_events_in_one_write_in_order() {
+    let queue = SubscriberQueue::with_capacity(1024);
+    let metrics = Metrics::default();
+    let (writes, _task) = spawn_sink(Arc::clone(&queue), WINDOW);
+    // 200 events a second: ten per window.
+    let pushed = publish(&queue, &metrics, 0, 200, Duration::from_millis(5)).await;
+    tokio::time::sleep(WINDOW * 2).await;
+
+    let writes = writes.lock().clone();
+    assert_eq!(
+        all_events(&writes),
+        (0..200).collect::<Vec<_>>(),
+        "every event, in order"
+    );
+    assert!(
+        writes.len() <= 200 / 3,
+        "{} writes for 200 events: the window did not coalesce",
+        writes.len()
+    );
+    let biggest = writes.iter().map(|w| w.events.len()).max().unwrap_or(0);
+    assert!(biggest >= 3, "no write carried several events: {writes:?}");
+    for (n, (pushed, written)) in pushed.iter().zip(written_at(&writes, 200)).enumerate() {
+        let written = written.unwrap_or_else(|| panic!("event {n} was never written"));
+        assert!(
+            written - *pushed <= WINDOW + TIMER_SLACK,
+            "event {n} waited {:?}, more than the window",
+            written - *pushed
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connections_first_event_is_written_at_once() {
+    let queue = SubscriberQueue::with_capacity(1024);
+    let metrics = Metrics::default();
+    let (writes, _task) = spawn_sink(Arc::clone(&queue), WINDOW);
+    // Quiet events, a burst that makes the connection hot, then quiet again.
+    let mut pushed = publish(&queue, &metrics, 0, 3, Duration::from_millis(100)).await;
+    pushed.extend(publish(&queue, &metrics, 3, 40, Duration::from_millis(2)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pushed.extend(publish(&queue, &metrics, 43, 3, Duration::from_millis(100)).await);
+
+    let writes = writes.lock().clone();
+    assert_eq!(all_events(&writes), (0..46).collect::<Vec<_>>());
+    let at = written_at(&writes, 46);
+    for n in [0, 1, 2, 3, 43, 44, 45] {
+        assert_eq!(
+            at[n],
+            Some(pushed[n]),
+            "event {n} after a quiet spell was held"
+        );
+    }
+    for n in 4..43 {
+        let written = at[n].unwrap_or_else(|| panic!("event {n} was never written"));
+        assert!(written - pushed[n] <= WINDOW + TIMER_SLACK);
+    }
+    let burst_writes = writes
+        .iter()
+        .filter(|w| w.events.iter().any(|n| (4..43).contains(n)))
+        .count();
+    assert!(
+        burst_writes <= 8,
+        "the burst took {burst_writes} writes for 39 events"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_client_close_is_written_at_once_even_during_a_hold() {
+    // Room for 8 items: conflation frees none (notices carry no symbol), so the ninth
+    // push closes the queue.
+    let queue = SubscriberQueue::with_capacity(8);
+    let metrics = Metrics::default();
+    let (writes, task) = spawn_sink(Arc::clone(&queue), Duration::from_secs(10));
+    // Hot: the second event comes right after the first write; the connection now holds
+    // for ten seconds.
+    publish(&queue, &metrics, 0, 2, Duration::from_millis(1)).await;
+    let holding_from = Instant::now();
+    for n in 2..20 {
+        queue.push_event(&event(n), &metrics);
+    }
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the close ended the hold")
+        .expect("the sink task");
+
+    let writes = writes.lock().clone();
+    let last = writes.last().expect("writes");
+    assert!(last.closed, "the queue's close was written: {writes:?}");
+    assert!(last.at - holding_from < Duration::from_secs(1));
+    assert_eq!(
+        metrics
+            .slow_client_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(queue.is_gone());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_close_ends_a_hold_at_once() {
+    let queue = SubscriberQueue::with_capacity(1024);
+    let metrics = Metrics::default();
+    let (writes, task) = spawn_sink(Arc::clone(&queue), Duration::from_secs(10));
+    publish(&queue, &metrics, 0, 2, Duration::from_millis(1)).await;
+    queue.push_event(&event(2), &metrics);
+    queue.push_control(Delivery::Close(CloseReason::Shutdown));
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the close ended the hold")
+        .expect("the sink task");
+    let writes = writes.lock().clone();
+    assert_eq!(
+        all_events(&writes),
+        vec![0, 1, 2],
+        "held events go out before the close"
+    );
+    assert!(writes.last().is_some_and(|w| w.closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_window_writes_every_event_when_it_arrives() {
+    let queue = SubscriberQueue::with_capacity(1024);
+    let metrics = Metrics::default();
+    let (writes, _task) = spawn_sink(Arc::clone(&queue), Duration::ZERO);
+    let pushed = publish(&queue, &metrics, 0, 50, Duration::from_millis(1)).await;
+    let writes = writes.lock().clone();
+    assert_eq!(writes.len(), 50, "one write per event");
+    for (write, pushed) in writes.iter().zip(&pushed) {
+        assert_eq!(write.at, *pushed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_below_three_events_per_window_is_never_held() {
+    let queue = SubscriberQueue::with_capacity(1024);
+    let metrics = Metrics::default();
+    let (writes, _task) = spawn_sink(Arc::clone(&queue), WINDOW);
+    // 100 events a second against a 20 ms window: two per window.
+    let pushed = publish(&queue, &metrics, 0, 100, Duration::from_millis(10)).await;
+    let writes = writes.lock().clone();
+    assert_eq!(writes.len(), 100);
+    for (write, pushed) in writes.iter().zip(&pushed) {
+        assert_eq!(write.at, *pushed, "{write:?}");
+    }
+}

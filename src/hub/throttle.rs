@@ -361,6 +361,15 @@ impl Throttle {
         )
     }
 
+    /// Tells `queue` the symbols whose window runs, if they changed since it was last told,
+    /// so their trades and quotes are queued without waking the connection.
+    pub fn share_windows(&mut self, queue: &SubscriberQueue) {
+        let (windowed, changed) = self.windowed_symbols();
+        if changed {
+            queue.set_deferred_symbols(windowed);
+        }
+    }
+
     /// The market-feed sequence a client may resume after: everything at or below it was
     /// delivered, or replaced by a newer event of its symbol and kind that was. Never
     /// decreases.
@@ -450,10 +459,7 @@ impl Pacer {
     /// the connection. Call after every release; poll [`Pacer::poll_due`] after it to
     /// register.
     pub fn rearm(&mut self, queue: &SubscriberQueue) {
-        let (windowed, changed) = self.throttle.windowed_symbols();
-        if changed {
-            queue.set_deferred_symbols(windowed);
-        }
+        self.throttle.share_windows(queue);
         match self.throttle.next_wake() {
             Some(due) => {
                 match self.timer.as_mut() {

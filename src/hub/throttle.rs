@@ -285,8 +285,10 @@ impl Throttle {
                     set_bit(&mut self.windowed_bits, symbol, true);
                     self.windowed_changed = true;
                 }
-                self.window_earliest =
-                    Some(self.window_earliest.map_or(next_window, |e| e.min(next_window)));
+                self.window_earliest = Some(
+                    self.window_earliest
+                        .map_or(next_window, |e| e.min(next_window)),
+                );
             }
         }
         self.earliest = earliest;

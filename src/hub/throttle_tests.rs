@@ -481,10 +481,13 @@ fn a_busy_throttled_subscription_is_woken_per_window_end_not_per_publish() {
         for released in &out {
             last_sent.insert(released.symbol.unwrap_or_default(), released.seq);
         }
-        let next = [Some(next_publish).filter(|at| *at < end), sleeper.throttle.next_wake()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            Some(next_publish).filter(|at| *at < end),
+            sleeper.throttle.next_wake(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match next {
             Some(next) => now = next.max(now + Duration::from_micros(1)),
             None => break,
@@ -492,9 +495,15 @@ fn a_busy_throttled_subscription_is_woken_per_window_end_not_per_publish() {
     }
     // The newest trade of every symbol went out.
     for symbol in 0..20 {
-        assert_eq!(last_sent.get(&symbol), Some(&(seq - 19 + u64::from(symbol))));
+        assert_eq!(
+            last_sent.get(&symbol),
+            Some(&(seq - 19 + u64::from(symbol)))
+        );
     }
-    eprintln!("busy subscription: {} wake-ups for 200 publishes", sleeper.wakes);
+    eprintln!(
+        "busy subscription: {} wake-ups for 200 publishes",
+        sleeper.wakes
+    );
     assert!(
         sleeper.wakes <= 25,
         "{} wake-ups for 200 publishes",
@@ -510,7 +519,10 @@ fn a_deferred_push_wakes_the_connection_once_the_queue_is_half_full() {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for seq in 1..=4 {
         queue.push_event(&entry(seq, EventKind::Trade, Some(0)), &metrics);
-        assert!(queue.poll_notified(&mut cx).is_pending(), "push {seq} is deferred");
+        assert!(
+            queue.poll_notified(&mut cx).is_pending(),
+            "push {seq} is deferred"
+        );
     }
     queue.push_event(&entry(5, EventKind::Trade, Some(0)), &metrics);
     assert!(queue.poll_notified(&mut cx).is_ready(), "half full: woken");

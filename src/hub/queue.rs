@@ -4,6 +4,10 @@
 //! Invariants this module keeps:
 //! - A push never waits on the connection: it takes the queue's short lock and wakes the
 //!   one draining task at most once per batch.
+//! - A throttled connection may name *deferred* symbols (those whose `max_rate` window is
+//!   running): a trade or quote of one is queued without a wake-up, since the connection
+//!   could not send it before its timer fires anyway. Everything else wakes as usual, and so
+//!   does any push once the queue is half full, so deferring never brings a slow-client close.
 //! - The policy for a full queue is explicit: conflate price data (only the newest trade and
 //!   quote per symbol are kept; bars, statuses and news never are), and if that frees no room,
 //!   close the queue with [`CloseReason::SlowClient`] (code 407) and count the drop.
@@ -46,6 +50,9 @@ pub enum Delivery {
 struct QueueState {
     items: VecDeque<Delivery>,
     closed: bool,
+    /// Symbols whose trades and quotes need no wake-up: a bit set indexed by symbol id, empty
+    /// (no allocation) unless the connection is throttled.
+    deferred: Box<[u64]>,
 }
 
 /// A bounded queue owned by one client connection; the hub pushes, the connection drains.
@@ -186,6 +193,25 @@ impl SubscriberQueue {
         self.last_drained.load(Ordering::Relaxed)
     }
 
+    /// Sets the symbols whose trades and quotes are queued without waking the connection (see
+    /// [`Throttle::windowed_symbols`](super::Throttle::windowed_symbols) for the layout; an
+    /// empty set wakes for everything). The connection must look at the queue no later than
+    /// the window end of each of them. If something was pushed since the connection's last
+    /// drain, it is woken, so nothing that arrived under the previous set is left asleep.
+    pub fn set_deferred_symbols(&self, symbols: &[u64]) {
+        let mut state = self.state.lock();
+        if state.deferred.len() == symbols.len() {
+            state.deferred.copy_from_slice(symbols);
+        } else {
+            state.deferred = symbols.into();
+        }
+        let queued = !state.items.is_empty();
+        drop(state);
+        if queued {
+            self.wake();
+        }
+    }
+
     /// Moves every queued item into `out` (which the caller reuses, so steady-state draining
     /// does not allocate).
     pub fn drain_into(&self, out: &mut VecDeque<Delivery>) {
@@ -243,9 +269,17 @@ impl SubscriberQueue {
                 return;
             }
         }
+        let deferred = matches!(entry.kind, EventKind::Trade | EventKind::Quote)
+            && entry.symbol.is_some_and(|symbol| {
+                let word = state.deferred.get(usize::from(symbol) / 64).copied();
+                word.is_some_and(|word| word & (1u64 << (symbol % 64)) != 0)
+            })
+            && state.items.len() < self.capacity / 2;
         state.items.push_back(Delivery::Event(Arc::clone(entry)));
         drop(state);
-        self.wake();
+        if !deferred {
+            self.wake();
+        }
     }
 
     /// A keep-alive tick: pushed even behind queued data, since the connection reads its

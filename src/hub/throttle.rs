@@ -17,11 +17,19 @@
 //! - Windows end on a grid of a quarter window, so symbols that stay busy are released
 //!   together and a busy subscription costs about 4N writes a second however many symbols it
 //!   follows.
+//! - A symbol whose window is running is *windowed*: a trade or quote of it cannot go out
+//!   before the window ends, so the connection need not wake for one. The throttle keeps
+//!   those symbols as a bit set ([`Throttle::windowed_symbols`]) that the connection hands
+//!   to its queue ([`SubscriberQueue::set_deferred_symbols`]), and its timer
+//!   ([`Throttle::next_wake`]) fires at the earliest window end among them, when it drains
+//!   what waited in the queue. A busy throttled subscription is then woken about once per
+//!   window end instead of once per publish.
 //! - [`Throttle::cursor`] is the resume point: every event at or below it was either
 //!   delivered or replaced by a newer one of its symbol and kind that was.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,8 +37,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::Feed;
 use super::entry::Entry;
+use super::{Feed, SubscriberQueue};
 use crate::market::{EventKind, SymbolId};
 
 /// The largest `max_rate` accepted: a thousand releases a second per symbol is a millisecond
@@ -89,6 +97,8 @@ struct SymbolSlot {
     held: Vec<Arc<Entry>>,
     /// Listed in [`Throttle::waiting`].
     waiting: bool,
+    /// Listed in [`Throttle::windowed`].
+    windowed: bool,
 }
 
 impl SymbolSlot {
@@ -110,7 +120,7 @@ pub struct Throttle {
     /// Windows end on multiples of this after `origin` (a quarter window).
     step: Duration,
     origin: Instant,
-    slots: HashMap<SymbolId, SymbolSlot>,
+    slots: HashMap<SymbolId, SymbolSlot, BuildHasherDefault<SymbolHasher>>,
     /// Symbols holding something, to release when their window ends.
     waiting: Vec<SymbolId>,
     /// The earliest window end among `waiting`, so a drain between window ends (the usual
@@ -126,6 +136,15 @@ pub struct Throttle {
     seen: u64,
     /// Trades and quotes replaced by a newer one before they went out.
     replaced: u64,
+    /// Symbols released with a trade or quote whose window may still run (some may have
+    /// ended since: they leave at the next release at or after `window_earliest`).
+    windowed: Vec<SymbolId>,
+    /// `windowed` as a bit set indexed by symbol id, for the queue.
+    windowed_bits: Vec<u64>,
+    /// The earliest window end among `windowed`.
+    window_earliest: Option<Instant>,
+    /// `windowed_bits` changed since the queue was last told.
+    windowed_changed: bool,
 }
 
 impl Throttle {
@@ -138,13 +157,17 @@ impl Throttle {
             interval,
             step: interval / 4,
             origin: now,
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             waiting: Vec::new(),
             earliest: None,
             next_sweep: now + SWEEP_EVERY,
             ready: Vec::new(),
             seen: cursor,
             replaced: 0,
+            windowed: Vec::new(),
+            windowed_bits: Vec::new(),
+            window_earliest: None,
+            windowed_changed: false,
         }
     }
 
@@ -185,6 +208,7 @@ impl Throttle {
                     quote: None,
                     held: Vec::new(),
                     waiting: false,
+                    windowed: false,
                 });
                 let place = if entry.kind == EventKind::Trade {
                     &mut slot.trade
@@ -214,47 +238,86 @@ impl Throttle {
     pub fn release(&mut self, now: Instant, out: &mut Vec<Arc<Entry>>) {
         let start = out.len();
         out.append(&mut self.ready);
-        if self.earliest.is_none_or(|earliest| earliest > now) {
-            out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
-            return;
+        if self.earliest.is_some_and(|earliest| earliest <= now) {
+            self.release_due(now, out);
         }
-        let mut earliest: Option<Instant> = None;
-        let mut index = 0;
-        while index < self.waiting.len() {
-            let symbol = self.waiting[index];
-            let due = self
-                .slots
-                .get(&symbol)
-                .is_none_or(|slot| slot.open_at <= now);
-            if !due {
-                if let Some(slot) = self.slots.get(&symbol) {
-                    earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
-                }
-                index += 1;
-                continue;
-            }
-            self.waiting.swap_remove(index);
-            let next_window = self.window_end(now);
-            if let Some(slot) = self.slots.get_mut(&symbol) {
-                slot.waiting = false;
-                let mut sent = false;
-                for entry in [slot.trade.take(), slot.quote.take()].into_iter().flatten() {
-                    out.push(entry);
-                    sent = true;
-                }
-                out.append(&mut slot.held);
-                if sent {
-                    slot.open_at = next_window;
-                }
-            }
+        if self.window_earliest.is_some_and(|earliest| earliest <= now) {
+            self.end_windows(now);
         }
-        self.earliest = earliest;
         if now >= self.next_sweep {
             self.slots
                 .retain(|_, slot| slot.waiting || slot.open_at > now);
             self.next_sweep = now + SWEEP_EVERY;
         }
-        out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+        if out.len() - start > 1 {
+            out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+        }
+    }
+
+    /// Releases the waiting symbols whose window has ended.
+    fn release_due(&mut self, now: Instant, out: &mut Vec<Arc<Entry>>) {
+        let mut earliest: Option<Instant> = None;
+        let next_window = self.window_end(now);
+        let mut index = 0;
+        while index < self.waiting.len() {
+            let symbol = self.waiting[index];
+            let Some(slot) = self.slots.get_mut(&symbol) else {
+                self.waiting.swap_remove(index);
+                continue;
+            };
+            if slot.open_at > now {
+                earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
+                index += 1;
+                continue;
+            }
+            self.waiting.swap_remove(index);
+            slot.waiting = false;
+            let mut sent = false;
+            for entry in [slot.trade.take(), slot.quote.take()].into_iter().flatten() {
+                out.push(entry);
+                sent = true;
+            }
+            out.append(&mut slot.held);
+            if sent {
+                slot.open_at = next_window;
+                if !slot.windowed {
+                    slot.windowed = true;
+                    self.windowed.push(symbol);
+                    set_bit(&mut self.windowed_bits, symbol, true);
+                    self.windowed_changed = true;
+                }
+                self.window_earliest = Some(
+                    self.window_earliest
+                        .map_or(next_window, |e| e.min(next_window)),
+                );
+            }
+        }
+        self.earliest = earliest;
+    }
+
+    /// Forgets the windowed symbols whose window has ended: their next trade or quote is a
+    /// quiet symbol's first update again, which must wake the connection.
+    fn end_windows(&mut self, now: Instant) {
+        let mut earliest: Option<Instant> = None;
+        let mut index = 0;
+        while index < self.windowed.len() {
+            let symbol = self.windowed[index];
+            match self.slots.get_mut(&symbol) {
+                Some(slot) if slot.open_at > now => {
+                    earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
+                    index += 1;
+                }
+                slot => {
+                    if let Some(slot) = slot {
+                        slot.windowed = false;
+                    }
+                    self.windowed.swap_remove(index);
+                    set_bit(&mut self.windowed_bits, symbol, false);
+                    self.windowed_changed = true;
+                }
+            }
+        }
+        self.window_earliest = earliest;
     }
 
     /// Moves everything held into `out` at once (the stream is ending, or its throttle is
@@ -280,6 +343,34 @@ impl Throttle {
             return Some(self.origin);
         }
         self.earliest
+    }
+
+    /// When the connection must next look at its queue and release: the next held symbol's
+    /// window end, or the earliest end of a window during which the queue did not wake the
+    /// connection for trades and quotes of its symbol ([`Throttle::windowed_symbols`]).
+    pub fn next_wake(&self) -> Option<Instant> {
+        match (self.next_release(), self.window_earliest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The symbols whose window is running, as a bit set indexed by symbol id (bit
+    /// `id % 64` of word `id / 64`), and whether it changed since the last call.
+    pub fn windowed_symbols(&mut self) -> (&[u64], bool) {
+        (
+            &self.windowed_bits,
+            std::mem::take(&mut self.windowed_changed),
+        )
+    }
+
+    /// Tells `queue` the symbols whose window runs, if they changed since it was last told,
+    /// so their trades and quotes are queued without waking the connection.
+    pub fn share_windows(&mut self, queue: &SubscriberQueue) {
+        let (windowed, changed) = self.windowed_symbols();
+        if changed {
+            queue.set_deferred_symbols(windowed);
+        }
     }
 
     /// The market-feed sequence a client may resume after: everything at or below it was
@@ -312,6 +403,43 @@ impl Throttle {
         let steps = offset.div_ceil(step);
         let nanos = u64::try_from(steps * step).unwrap_or(u64::MAX);
         self.origin + Duration::from_nanos(nanos)
+    }
+}
+
+/// Hashes a symbol id with one multiplication: the throttle looks a slot up per event, and
+/// ids are small dense integers the server assigns (no client picks them), so the default
+/// hasher's protection against chosen keys buys nothing here and showed in profiles.
+#[derive(Debug, Default)]
+struct SymbolHasher(u64);
+
+impl Hasher for SymbolHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.0 = (u64::from(value) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+fn set_bit(bits: &mut Vec<u64>, symbol: SymbolId, on: bool) {
+    let (word, bit) = (usize::from(symbol) / 64, 1u64 << (symbol % 64));
+    if bits.len() <= word {
+        if !on {
+            return;
+        }
+        bits.resize(word + 1, 0);
+    }
+    if on {
+        bits[word] |= bit;
+    } else {
+        bits[word] &= !bit;
     }
 }
 
@@ -351,10 +479,13 @@ impl Pacer {
         Poll::Pending
     }
 
-    /// Points the timer at the throttle's next window end (or disarms it when nothing is
-    /// held). Call after every release; poll [`Pacer::poll_due`] after it to register.
-    pub fn rearm(&mut self) {
-        match self.throttle.next_release() {
+    /// Points the timer at the throttle's next wake-up (or disarms it when nothing is held
+    /// and no window runs), and tells `queue` which symbols' trades and quotes need not wake
+    /// the connection. Call after every release; poll [`Pacer::poll_due`] after it to
+    /// register.
+    pub fn rearm(&mut self, queue: &SubscriberQueue) {
+        self.throttle.share_windows(queue);
+        match self.throttle.next_wake() {
             Some(due) => {
                 match self.timer.as_mut() {
                     Some(timer) => timer.as_mut().reset(due),

@@ -352,3 +352,193 @@ fn slots_of_symbols_gone_quiet_are_dropped_and_a_dropped_slot_counts_as_quiet() 
     throttle.release(later, &mut out);
     assert_eq!(seqs(&out), [101], "a dropped slot is a quiet symbol");
 }
+
+/// A connection over a real queue that drains only when the queue wakes it or its throttle's
+/// [`Throttle::next_wake`] has come, as the transports' connections do.
+struct Sleeper {
+    queue: Arc<SubscriberQueue>,
+    throttle: Throttle,
+    metrics: crate::metrics::Metrics,
+    spare: std::collections::VecDeque<super::super::Delivery>,
+    /// How many times it drained and released.
+    wakes: u64,
+}
+
+impl Sleeper {
+    fn new(rate: MaxRate, start: Instant) -> Sleeper {
+        Sleeper {
+            queue: SubscriberQueue::with_capacity(1024),
+            throttle: Throttle::new(rate, start, 0),
+            metrics: crate::metrics::Metrics::default(),
+            spare: std::collections::VecDeque::new(),
+            wakes: 0,
+        }
+    }
+
+    fn push(&self, entry: &Arc<Entry>) {
+        self.queue.push_event(entry, &self.metrics);
+    }
+
+    /// Runs the connection at `now` if it would be woken, appending what it releases.
+    fn run(&mut self, now: Instant, out: &mut Vec<Arc<Entry>>) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let pushed = self.queue.poll_notified(&mut cx).is_ready();
+        let due = self.throttle.next_wake().is_some_and(|due| due <= now);
+        if !pushed && !due {
+            return;
+        }
+        self.wakes += 1;
+        self.queue.drain_into(&mut self.spare);
+        for item in self.spare.drain(..) {
+            if let super::super::Delivery::Event(entry) = item {
+                self.throttle.take(entry);
+            }
+        }
+        self.throttle.release(now, out);
+        self.throttle.share_windows(&self.queue);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The deferred wake-ups change nothing a client sees: a connection that sleeps through
+    /// trades and quotes of windowed symbols until its timer sends exactly what one woken by
+    /// every publish sends, at the same moments.
+    #[test]
+    fn a_connection_not_woken_for_windowed_symbols_sends_what_one_woken_by_every_publish_sends(
+        (per_second, events) in market()
+    ) {
+        let start = Instant::now();
+        let rate = rate(per_second);
+        let mut eager = Throttle::new(rate, start, 0);
+        let mut sleeper = Sleeper::new(rate, start);
+        let mut eager_sent: Vec<(Instant, u64)> = Vec::new();
+        let mut sleeper_sent: Vec<(Instant, u64)> = Vec::new();
+        let mut out = Vec::new();
+        let mut index = 0;
+        let mut now = start;
+        loop {
+            let mut any = false;
+            while index < events.len() && start + Duration::from_millis(events[index].at_ms) <= now {
+                let event = &events[index];
+                let published = entry(index as u64 + 1, event.kind, Some(event.symbol));
+                sleeper.push(&published);
+                eager.take(published);
+                index += 1;
+                any = true;
+            }
+            if any || eager.next_release().is_some_and(|due| due <= now) {
+                out.clear();
+                eager.release(now, &mut out);
+                eager_sent.extend(out.iter().map(|entry| (now, entry.seq)));
+            }
+            out.clear();
+            sleeper.run(now, &mut out);
+            sleeper_sent.extend(out.iter().map(|entry| (now, entry.seq)));
+            let next = [
+                events.get(index).map(|e| start + Duration::from_millis(e.at_ms)),
+                eager.next_release(),
+                sleeper.throttle.next_wake(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(next) => now = next.max(now + Duration::from_micros(1)),
+                None => break,
+            }
+        }
+        prop_assert_eq!(&eager_sent, &sleeper_sent);
+        prop_assert!(sleeper.queue.is_empty(), "nothing is left asleep in the queue");
+    }
+}
+
+#[test]
+fn a_busy_throttled_subscription_is_woken_per_window_end_not_per_publish() {
+    // 20 symbols each trading in every publish, 100 publishes a second for 2 s, at
+    // max_rate=10: an eager connection wakes 200 times; a sleeping one once per window end
+    // (its timer drains the trades that waited in the queue, releases them and starts the
+    // next window), 20 windows in 2 s.
+    let start = Instant::now();
+    let mut sleeper = Sleeper::new(rate(10), start);
+    let mut out = Vec::new();
+    let mut seq = 0;
+    let mut last_sent: HashMap<SymbolId, u64> = HashMap::new();
+    let mut now = start;
+    let end = start + Duration::from_secs(2);
+    let mut next_publish = start;
+    while now <= end + Duration::from_secs(1) {
+        if now == next_publish && now < end {
+            for symbol in 0..20 {
+                seq += 1;
+                sleeper.push(&entry(seq, EventKind::Trade, Some(symbol)));
+            }
+            next_publish += Duration::from_millis(10);
+        }
+        out.clear();
+        sleeper.run(now, &mut out);
+        for released in &out {
+            last_sent.insert(released.symbol.unwrap_or_default(), released.seq);
+        }
+        let next = [
+            Some(next_publish).filter(|at| *at < end),
+            sleeper.throttle.next_wake(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match next {
+            Some(next) => now = next.max(now + Duration::from_micros(1)),
+            None => break,
+        }
+    }
+    // The newest trade of every symbol went out.
+    for symbol in 0..20 {
+        assert_eq!(
+            last_sent.get(&symbol),
+            Some(&(seq - 19 + u64::from(symbol)))
+        );
+    }
+    eprintln!(
+        "busy subscription: {} wake-ups for 200 publishes",
+        sleeper.wakes
+    );
+    assert!(
+        sleeper.wakes <= 25,
+        "{} wake-ups for 200 publishes",
+        sleeper.wakes
+    );
+}
+
+#[test]
+fn a_deferred_push_wakes_the_connection_once_the_queue_is_half_full() {
+    let queue = SubscriberQueue::with_capacity(8);
+    let metrics = crate::metrics::Metrics::default();
+    queue.set_deferred_symbols(&[1]);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for seq in 1..=4 {
+        queue.push_event(&entry(seq, EventKind::Trade, Some(0)), &metrics);
+        assert!(
+            queue.poll_notified(&mut cx).is_pending(),
+            "push {seq} is deferred"
+        );
+    }
+    queue.push_event(&entry(5, EventKind::Trade, Some(0)), &metrics);
+    assert!(queue.poll_notified(&mut cx).is_ready(), "half full: woken");
+    // Other symbols, and bars of a deferred one, always wake.
+    let mut items = std::collections::VecDeque::new();
+    queue.drain_into(&mut items);
+    items.clear();
+    queue.push_event(&entry(6, EventKind::Trade, Some(1)), &metrics);
+    assert!(queue.poll_notified(&mut cx).is_ready());
+    queue.push_event(&entry(7, EventKind::Bar, Some(0)), &metrics);
+    assert!(queue.poll_notified(&mut cx).is_ready());
+    // Setting the symbols while something waits wakes the connection.
+    queue.drain_into(&mut items);
+    items.clear();
+    queue.push_event(&entry(8, EventKind::Quote, Some(0)), &metrics);
+    assert!(queue.poll_notified(&mut cx).is_pending());
+    queue.set_deferred_symbols(&[]);
+    assert!(queue.poll_notified(&mut cx).is_ready());
+}

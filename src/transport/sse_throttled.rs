@@ -80,7 +80,7 @@ impl ThrottledSse {
             .pacer
             .throttle
             .release(now, &mut connection.released);
-        connection.pacer.rearm();
+        connection.pacer.rearm(&connection.queue);
         let mut out = BytesMut::from(opening.as_ref());
         connection.render_into(&mut out, false, None);
         connection.initial = Some(out.freeze());
@@ -154,7 +154,7 @@ impl ThrottledSse {
             self.pacer
                 .throttle
                 .release(Instant::now(), &mut self.released);
-            self.pacer.rearm();
+            self.pacer.rearm(&self.queue);
         }
         // A lone event that is itself the resume point is the hub's frame as it is.
         if !heartbeat

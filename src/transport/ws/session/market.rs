@@ -181,6 +181,8 @@ impl MarketState {
             (None, Some(throttle)) => {
                 if let Some(mut pacer) = throttle.pacer.take() {
                     pacer.throttle.release_all(&mut throttle.released);
+                    // Unthrottled again: every push wakes the connection.
+                    self.queue.set_deferred_symbols(&[]);
                 }
             }
             (None, None) => {}
@@ -282,7 +284,7 @@ impl MarketState {
                     pacer
                         .throttle
                         .release(tokio::time::Instant::now(), released);
-                    pacer.rearm();
+                    pacer.rearm(&self.queue);
                 }
                 self.metrics
                     .throttled

@@ -117,6 +117,24 @@ pub async fn spawn_app_on(backend: Backend, mut settings: Settings) -> TestApp {
         "the app runs as a cluster node"
     );
     app.backing = Some(Box::new((redis, database, data)));
+    // As a load balancer would: clients arrive once the node is ready, that is connected to
+    // Redis and caught up with the shared log (before that, a client's stream may be reset
+    // when the node's log first synchronises).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(app.url("/readyz"))
+            .await
+            .map(|response| response.status().as_u16() == 200)
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster node is not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app
 }
 

@@ -541,12 +541,7 @@ impl Hub {
         let metrics = &self.metrics;
         // A trading status also reaches sessions that trade without following market data;
         // those that got it here are not told twice.
-        let trading_status = match &event {
-            MarketEvent::Status(status) if symbol.is_none() => {
-                trading_status::is_trading_status(&status.code)
-            }
-            _ => false,
-        };
+        let trading_status = trading_status::is_trading_event(&event, symbol);
         let mut told = std::collections::HashSet::new();
         state.subscribers.retain(|registration| {
             if registration.queue.is_gone() {
@@ -562,8 +557,7 @@ impl Hub {
         });
         drop(state);
         if trading_status {
-            let notice = Arc::new(entry::encode_notice(json, true));
-            self.tell_trading_listeners(&notice, &mut told);
+            self.tell_trading_listeners(&Arc::new(entry::encode_notice(json, true)), &mut told);
         }
         let counter = match feed {
             Feed::Market => &metrics.published_market,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::Hub;
 use super::entry::Entry;
 use super::queue::SubscriberQueue;
+use crate::market::{MarketEvent, SymbolId};
 
 /// The status codes that say whether trading works.
 const TRADING_STATUS_CODES: [&str; 4] = [
@@ -21,6 +22,14 @@ const TRADING_STATUS_CODES: [&str; 4] = [
 /// Whether a `*` status with this code concerns trading.
 pub(super) fn is_trading_status(code: &str) -> bool {
     TRADING_STATUS_CODES.contains(&code)
+}
+
+/// Whether a published event is a trading status (`S` = `*`, so no symbol id).
+pub(super) fn is_trading_event(event: &MarketEvent, symbol: Option<SymbolId>) -> bool {
+    match event {
+        MarketEvent::Status(status) if symbol.is_none() => is_trading_status(&status.code),
+        _ => false,
+    }
 }
 
 impl Hub {

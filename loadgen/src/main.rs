@@ -37,8 +37,10 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
                               market.symbols must be the universe, see --print-universe);
                               idle: hold connections and measure memory per connection;
                               orders: --users users, one WebSocket session each (at
-                              --subscribe-url, e.g. http://HOST/v1/stream), each sending one
-                              order at a time for --duration; measures send -> order_ack;
+                              --subscribe-url, e.g. http://HOST/v1/stream; several URLs,
+                              comma-separated, spread the users over them in turn), each
+                              sending one order at a time for --duration; measures
+                              send -> order_ack;
                               floor: write a frame to each of --subscribers connections to a
                               sink per message and report this process's CPU per write (the
                               kernel's floor under any server); sink: accept --subscribers
@@ -866,11 +868,15 @@ struct OrdersReport {
 }
 
 async fn run_orders(options: Options) -> Result<bool, String> {
-    let stream_url = Url::parse(&options.subscribe_url)?;
-    let address = resolve(&stream_url)?;
+    // Several comma-separated URLs (cluster nodes) spread the users over them in turn.
+    let mut targets = Vec::new();
+    for text in options.subscribe_url.split(',') {
+        let url = Url::parse(text.trim())?;
+        let address = resolve(&url)?;
+        targets.push((url, address));
+    }
     let plan = Arc::new(orders::OrderPlan {
-        stream_url,
-        address,
+        targets,
         user_prefix: options.user_prefix.clone(),
         password: options.password.clone(),
         symbol: options.symbols[0].clone(),

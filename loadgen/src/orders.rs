@@ -25,13 +25,22 @@ pub(crate) enum OrderType {
 /// What every user connects to and how it orders.
 #[derive(Debug, Clone)]
 pub(crate) struct OrderPlan {
-    pub(crate) stream_url: Url,
-    pub(crate) address: SocketAddr,
+    /// The gateways' stream URLs with their addresses: user `i` logs in to and trades on
+    /// `targets[i % len]` (several cluster nodes, or one gateway).
+    pub(crate) targets: Vec<(Url, SocketAddr)>,
     pub(crate) user_prefix: String,
     pub(crate) password: String,
     pub(crate) symbol: String,
     pub(crate) order_type: OrderType,
     pub(crate) duration: Duration,
+}
+
+impl OrderPlan {
+    /// The gateway user `index` uses.
+    fn target(&self, index: usize) -> (&Url, SocketAddr) {
+        let (url, address) = &self.targets[index % self.targets.len()];
+        (url, *address)
+    }
 }
 
 /// What one user did.
@@ -100,9 +109,10 @@ pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
 
 /// Logs user `index` in (`<prefix><index>`) and returns its access token.
 pub(crate) async fn login(plan: &OrderPlan, index: usize) -> Result<String, String> {
+    let (stream_url, address) = plan.target(index);
     let url = Url {
-        host: plan.stream_url.host.clone(),
-        port: plan.stream_url.port,
+        host: stream_url.host.clone(),
+        port: stream_url.port,
         path: "/v1/auth/token".into(),
     };
     let body = serde_json::json!({
@@ -110,7 +120,7 @@ pub(crate) async fn login(plan: &OrderPlan, index: usize) -> Result<String, Stri
         "password": plan.password,
     })
     .to_string();
-    let mut stream = TcpStream::connect(plan.address)
+    let mut stream = TcpStream::connect(address)
         .await
         .map_err(|e| format!("login connect failed: {e}"))?;
     let raw = request(
@@ -225,7 +235,8 @@ struct Session {
 
 impl Session {
     async fn open(plan: &OrderPlan, index: usize, token: &str) -> Result<Session, String> {
-        let mut stream = TcpStream::connect(plan.address)
+        let (stream_url, address) = plan.target(index);
+        let mut stream = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect failed: {e}"))?;
         stream
@@ -233,7 +244,7 @@ impl Session {
             .map_err(|e| format!("set_nodelay: {e}"))?;
         let authorization = format!("Bearer {token}");
         let upgrade = crate::ws::upgrade_request(
-            &plan.stream_url,
+            stream_url,
             &[("Authorization", authorization.as_str())],
             index as u64,
         );

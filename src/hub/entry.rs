@@ -36,6 +36,9 @@ pub struct Entry {
     /// event's map; the map alone is `msgpack[1..]`, see [`super::msgpack`]). Encoded only
     /// while some MessagePack client is connected ([`super::Hub::msgpack_client`]).
     pub msgpack: Option<Bytes>,
+    /// A trading status notice (see [`super::trading_status`]): sessions that trade take it
+    /// even when they follow no market data.
+    pub trading: bool,
 }
 
 pub(super) fn encode_entry(
@@ -76,6 +79,7 @@ pub(super) fn encode_entry(
         json,
         ws,
         msgpack,
+        trading: false,
     }
 }
 
@@ -218,8 +222,8 @@ pub fn reset_status(message: &str) -> serde_json::Value {
 }
 
 /// An event outside every feed's log (a `status` notice): its SSE frame has no `id:` line and
-/// its sequence number is 0, which no feed ever issues.
-pub(super) fn encode_notice(json: &[u8]) -> Entry {
+/// its sequence number is 0, which no feed ever issues. `trading` marks a trading status.
+pub(super) fn encode_notice(json: &[u8], trading: bool) -> Entry {
     let mut frame = BytesMut::with_capacity(2 * json.len() + 32);
     frame.put_slice(b"event: status\ndata: ");
     let json_start = frame.len();
@@ -241,6 +245,7 @@ pub(super) fn encode_notice(json: &[u8]) -> Entry {
         json: all.slice(json_start..json_end),
         ws: all.slice(sse_end..),
         msgpack: None,
+        trading,
     }
 }
 

@@ -20,7 +20,8 @@
 //! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps), [`throttle`] (conflation for `max_rate`
 //! subscribers), [`sequenced`] (what a cluster node does to the
-//! hub: events sequenced elsewhere, resets, notices); this file holds the feeds, their logs
+//! hub: events sequenced elsewhere, resets, notices), [`trading_status`] (trading statuses for
+//! WebSocket sessions that trade, market data or not); this file holds the feeds, their logs
 //! and the latest values.
 
 pub mod coalesce;
@@ -32,6 +33,7 @@ mod sequenced;
 mod settings;
 pub mod sweep;
 pub mod throttle;
+mod trading_status;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -308,6 +310,8 @@ pub struct Hub {
     msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
     /// Cluster mode: the shared log sequences every feed (see [`Hub::follow_shared_log`]).
     clustered: std::sync::atomic::AtomicBool,
+    /// Queues of WebSocket sessions with a trading subscription (see [`trading_status`]).
+    trading_listeners: Mutex<Vec<Arc<SubscriberQueue>>>,
 }
 
 /// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
@@ -361,6 +365,7 @@ impl Hub {
             keepalive: Mutex::new(Vec::new()),
             msgpack_clients: Arc::default(),
             clustered: std::sync::atomic::AtomicBool::new(false),
+            trading_listeners: Mutex::new(Vec::new()),
         }
     }
 
@@ -545,16 +550,26 @@ impl Hub {
             latest.statuses.push((key, Arc::clone(&entry)));
         }
         let metrics = &self.metrics;
+        // A trading status also reaches sessions that trade without following market data;
+        // those that got it here are not told twice.
+        let trading_status = trading_status::is_trading_event(&event, symbol);
+        let mut told = std::collections::HashSet::new();
         state.subscribers.retain(|registration| {
             if registration.queue.is_gone() {
                 return false;
             }
             if registration.filter.matches(&entry) {
                 registration.queue.push_event(&entry, metrics);
+                if trading_status {
+                    told.insert(Arc::as_ptr(&registration.queue));
+                }
             }
             true
         });
         drop(state);
+        if trading_status {
+            self.tell_trading_listeners(&Arc::new(entry::encode_notice(json, true)), &mut told);
+        }
         let counter = match feed {
             Feed::Market => &metrics.published_market,
             Feed::News => &metrics.published_news,

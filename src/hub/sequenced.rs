@@ -97,7 +97,8 @@ impl Hub {
         let Ok(json) = serde_json::to_vec(&status) else {
             return;
         };
-        let entry = Arc::new(encode_notice(&json));
+        let trading = super::trading_status::is_trading_status(code);
+        let entry = Arc::new(encode_notice(&json, trading));
         // A WebSocket session's one queue is registered on each feed it follows: once each.
         let mut told = HashSet::new();
         for feed in Feed::ALL {
@@ -111,6 +112,10 @@ impl Hub {
                     registration.queue.push_event(&entry, &self.metrics);
                 }
             }
+        }
+        if trading && !self.is_shut_down() {
+            // Sessions that trade without following market data hear it too, still once.
+            self.tell_trading_listeners(&entry, &mut told);
         }
     }
 }

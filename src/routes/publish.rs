@@ -17,7 +17,8 @@ use crate::state::AppState;
 pub const SOURCE_NAME: &str = "publish_api";
 
 /// Status codes only the server sends: clients act on them (reconnect, expect a reset), so a
-/// producer must not be able to send them to everyone.
+/// producer must not be able to send them to everyone. The trading ones also reach every
+/// session that trades (see `hub::trading_status`).
 const RESERVED_STATUS_CODES: &[&str] = &[
     "shutdown",
     "reset",
@@ -25,6 +26,8 @@ const RESERVED_STATUS_CODES: &[&str] = &[
     "cluster_ok",
     "trading_unavailable",
     "trading_available",
+    "trading_halted",
+    "trading_resumed",
 ];
 
 /// How far ahead of the server clock a producer's trade, quote or bar may be dated. The hub

@@ -95,4 +95,5 @@ mod ws {
     mod resume;
     mod throttled;
     mod trading;
+    mod trading_status;
 }

@@ -19,6 +19,9 @@ pub struct TestApp {
     pub state: AppState,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// What a cluster app runs on (its redis-server, its database, its data directory),
+    /// kept until the app is dropped; `None` for a single node.
+    pub backing: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl TestApp {
@@ -79,7 +82,81 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         state,
         shutdown,
         task,
+        backing: None,
     }
+}
+
+/// Where a test's gateway keeps trading: see [`spawn_app_on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One node, the exchange in process (as `settings` say; tests leave the store off).
+    SingleNode,
+    /// One node of a cluster (issue 16): a fresh `redis-server`, a fresh database on the
+    /// shared PostgreSQL test server, `store.backend = "postgres"`; the exchange runs under
+    /// its lease and every order crosses Redis as a command.
+    ClusterPostgres,
+}
+
+/// Starts the gateway with `settings` on `backend`.
+pub async fn spawn_app_on(backend: Backend, mut settings: Settings) -> TestApp {
+    if backend == Backend::SingleNode {
+        return spawn_app_with(settings).await;
+    }
+    let redis = crate::redis_support::RedisServer::start();
+    let database = crate::postgres_support::PostgresServer::shared().database();
+    let data = tempfile::tempdir().expect("temporary directory");
+    settings.cluster.redis_url = redis.url();
+    settings.cluster.node_id = "test-node".into();
+    settings.store.enabled = true;
+    settings.store.backend = tickgate::store::StoreBackend::Postgres;
+    settings.store.postgres_url = database.url();
+    settings.store.data_dir = data.path().to_path_buf();
+    let mut app = spawn_app_with(settings).await;
+    assert!(
+        app.state.hub.follows_shared_log(),
+        "the app runs as a cluster node"
+    );
+    app.backing = Some(Box::new((redis, database, data)));
+    // As a load balancer would: clients arrive once the node is ready, that is connected to
+    // Redis and caught up with the shared log (before that, a client's stream may be reset
+    // when the node's log first synchronises).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(app.url("/readyz"))
+            .await
+            .map(|response| response.status().as_u16() == 200)
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster node is not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+/// Runs each named test body (`async fn name(backend: Backend)`) twice: as a module `name`
+/// with the tests `single_node` and `cluster_postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn single_node() {
+                    super::$name($crate::common::Backend::SingleNode).await
+                }
+
+                #[tokio::test]
+                async fn cluster_postgres() {
+                    super::$name($crate::common::Backend::ClusterPostgres).await
+                }
+            }
+        )*
+    };
 }
 
 pub async fn spawn_app() -> TestApp {

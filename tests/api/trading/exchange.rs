@@ -1,7 +1,7 @@
 //! The exchange as the running application wires it: `AppState::trading` follows the hub's
 //! market feed, announces trade updates and book deltas, and expires day orders at the close.
 
-use crate::common;
+use crate::common::{self, Backend, TestApp};
 
 use std::time::Duration;
 
@@ -9,17 +9,28 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::market::{MarketEvent, Quote, Status, Trade};
-use tickgate::state::AppState;
 use tickgate::trading::api::{OrderQuery, OrderRequest, OrderStatus, TradeEvent, UserEvent};
 use tickgate::trading::book::SyntheticBook;
 use tokio::sync::broadcast;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn publish_quote(state: &AppState, symbol: &str, bid: f64, ask: f64) {
-    state
-        .hub
-        .publish_event(MarketEvent::Quote(Quote {
+/// Publishes as the backend's producers do: into the hub on a single node, through the
+/// publish API (and so the shared log) on a cluster node, whose hub only Redis may feed.
+async fn publish_event(app: &TestApp, event: MarketEvent) {
+    if app.backing.is_none() {
+        app.state.hub.publish_event(event).expect("published");
+        return;
+    }
+    let body = serde_json::to_value(&event).expect("event encodes");
+    let (status, reply) = common::publish(app, body).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+async fn publish_quote(app: &TestApp, symbol: &str, bid: f64, ask: f64) {
+    publish_event(
+        app,
+        MarketEvent::Quote(Quote {
             symbol: symbol.into(),
             bid_price: bid,
             bid_size: 300.0,
@@ -28,14 +39,15 @@ fn publish_quote(state: &AppState, symbol: &str, bid: f64, ask: f64) {
             ask_size: 200.0,
             ask_venue: "T".into(),
             time: Utc::now(),
-        }))
-        .expect("quote published");
+        }),
+    )
+    .await;
 }
 
-fn publish_trade(state: &AppState, symbol: &str, price: f64, size: f64) {
-    state
-        .hub
-        .publish_event(MarketEvent::Trade(Trade {
+async fn publish_trade(app: &TestApp, symbol: &str, price: f64, size: f64) {
+    publish_event(
+        app,
+        MarketEvent::Trade(Trade {
             symbol: symbol.into(),
             id: 1,
             venue: "T".into(),
@@ -43,8 +55,9 @@ fn publish_trade(state: &AppState, symbol: &str, price: f64, size: f64) {
             size,
             time: Utc::now(),
             conditions: vec![],
-        }))
-        .expect("trade published");
+        }),
+    )
+    .await;
 }
 
 fn limit_buy(qty: &str, price: &str, tif: &str) -> OrderRequest {
@@ -58,6 +71,13 @@ fn limit_buy(qty: &str, price: &str, tif: &str) -> OrderRequest {
         ..OrderRequest::default()
     }
 }
+
+// These tests run on a single node and on one node of a cluster with PostgreSQL.
+crate::on_both_backends!(
+    an_order_through_app_state_is_acknowledged_then_announced_with_fills,
+    a_resting_limit_fills_when_the_published_market_crosses_it,
+    a_market_closed_status_expires_day_orders_but_not_gtc_orders,
+);
 
 /// Waits for the next trade update, with a generous deadline.
 async fn next_update(
@@ -78,9 +98,8 @@ async fn eventually<F: FnMut() -> bool>(mut check: F, what: &str) {
     }
 }
 
-#[tokio::test]
-async fn an_order_through_app_state_is_acknowledged_then_announced_with_fills() {
-    let app = common::spawn_app().await;
+async fn an_order_through_app_state_is_acknowledged_then_announced_with_fills(backend: Backend) {
+    let app = common::spawn_app_on(backend, common::test_settings()).await;
     let trading = app.state.trading.clone();
     let mut events = trading.user_events("alice");
     let mut changes = trading.portfolio_changes("alice");
@@ -117,9 +136,13 @@ async fn an_order_through_app_state_is_acknowledged_then_announced_with_fills() 
     app.stop().await.expect("clean stop");
 }
 
+// Single node only, for now: on a cluster node a book taken before the exchange's first term
+// (or during a failover) misses the changes the new exchange rebuilt from the market while no
+// exchange ran; the node's mirror forwards deltas only, never a fresh snapshot (known gap,
+// docs/deployment.md "Cluster trading").
 #[tokio::test]
 async fn published_quotes_move_the_book_and_deltas_reproduce_it() {
-    let app = common::spawn_app().await;
+    let app = common::spawn_app_on(Backend::SingleNode, common::test_settings()).await;
     let trading = app.state.trading.clone();
     let (snapshot, mut updates) = trading.book("AAPL").expect("book");
     assert!(snapshot.snapshot);
@@ -127,7 +150,7 @@ async fn published_quotes_move_the_book_and_deltas_reproduce_it() {
         bids: snapshot.bids,
         asks: snapshot.asks,
     };
-    publish_quote(&app.state, "AAPL", 150.10, 150.12);
+    publish_quote(&app, "AAPL", 150.10, 150.12).await;
     loop {
         let delta = tokio::time::timeout(DEADLINE, updates.recv())
             .await
@@ -147,13 +170,12 @@ async fn published_quotes_move_the_book_and_deltas_reproduce_it() {
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn a_resting_limit_fills_when_the_published_market_crosses_it() {
-    let app = common::spawn_app().await;
+async fn a_resting_limit_fills_when_the_published_market_crosses_it(backend: Backend) {
+    let app = common::spawn_app_on(backend, common::test_settings()).await;
     let trading = app.state.trading.clone();
     let mut events = trading.user_events("alice");
-    publish_trade(&app.state, "AAPL", 200.00, 100.0);
-    publish_quote(&app.state, "AAPL", 199.99, 200.01);
+    publish_trade(&app, "AAPL", 200.00, 100.0).await;
+    publish_quote(&app, "AAPL", 199.99, 200.01).await;
     eventually(
         || {
             trading
@@ -169,8 +191,8 @@ async fn a_resting_limit_fills_when_the_published_market_crosses_it() {
         .await
         .expect("accepted");
     assert_eq!(next_update(&mut events).await.event, TradeEvent::New);
-    publish_trade(&app.state, "AAPL", 199.40, 500.0);
-    publish_quote(&app.state, "AAPL", 199.38, 199.42);
+    publish_trade(&app, "AAPL", 199.40, 500.0).await;
+    publish_quote(&app, "AAPL", 199.38, 199.42).await;
     let mut filled = Decimal::ZERO;
     while filled < dec!(100) {
         let update = next_update(&mut events).await;
@@ -182,9 +204,8 @@ async fn a_resting_limit_fills_when_the_published_market_crosses_it() {
     app.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
-async fn a_market_closed_status_expires_day_orders_but_not_gtc_orders() {
-    let app = common::spawn_app().await;
+async fn a_market_closed_status_expires_day_orders_but_not_gtc_orders(backend: Backend) {
+    let app = common::spawn_app_on(backend, common::test_settings()).await;
     let trading = app.state.trading.clone();
     let mut events = trading.user_events("alice");
     let day = trading
@@ -197,15 +218,16 @@ async fn a_market_closed_status_expires_day_orders_but_not_gtc_orders() {
         .expect("accepted");
     next_update(&mut events).await;
     next_update(&mut events).await;
-    app.state
-        .hub
-        .publish_event(MarketEvent::Status(Status {
+    publish_event(
+        &app,
+        MarketEvent::Status(Status {
             symbol: "*".into(),
             code: "market_closed".into(),
             message: "the session closed".into(),
             time: Utc::now(),
-        }))
-        .expect("status published");
+        }),
+    )
+    .await;
     let expired = next_update(&mut events).await;
     assert_eq!(expired.event, TradeEvent::Expired);
     assert_eq!(expired.order.id, day.id);

@@ -5,13 +5,20 @@
 use crate::common;
 use crate::ws_support;
 
-use common::{spawn_app_with, test_settings};
+use common::{Backend, spawn_app_on, spawn_app_with, test_settings};
 use serde_json::{Value, json};
 use ws_support::{connect, connect_as, token_for, ws_settings};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+// These tests run on a single node and on one node of a cluster with PostgreSQL.
+crate::on_both_backends!(
+    orders_placed_over_rest_are_announced_on_the_websocket_and_can_be_replaced_and_canceled,
+    an_issued_key_pair_trades_over_rest_and_the_websocket_until_revoked,
+    unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribed_alone,
+);
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("request");
@@ -29,9 +36,10 @@ fn bearer(user: &str) -> String {
     format!("Bearer {}", token_for(user))
 }
 
-#[tokio::test]
-async fn orders_placed_over_rest_are_announced_on_the_websocket_and_can_be_replaced_and_canceled() {
-    let app = spawn_app_with(ws_settings()).await;
+async fn orders_placed_over_rest_are_announced_on_the_websocket_and_can_be_replaced_and_canceled(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, ws_settings()).await;
     let mut ws = connect_as(&app, "rita").await;
     ws.subscribe(json!({"trade_updates": true})).await;
     ws.expect("trade_updates_live").await;
@@ -128,9 +136,8 @@ async fn orders_placed_over_rest_are_announced_on_the_websocket_and_can_be_repla
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn an_issued_key_pair_trades_over_rest_and_the_websocket_until_revoked() {
-    let app = spawn_app_with(ws_settings()).await;
+async fn an_issued_key_pair_trades_over_rest_and_the_websocket_until_revoked(backend: Backend) {
+    let app = spawn_app_on(backend, ws_settings()).await;
     let auth = bearer("sam");
     let (status, issued) = send(
         client()
@@ -241,9 +248,10 @@ async fn issued_key_pairs_survive_a_restart_and_their_secrets_are_not_stored() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribed_alone() {
-    let app = spawn_app_with(ws_settings()).await;
+async fn unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribed_alone(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, ws_settings()).await;
     let mut ws = connect_as(&app, "vic").await;
     ws.send_json(json!({"action": "subscribe", "trades": ["AAPL"], "lulds": ["AAPL"]}))
         .await;

@@ -9,10 +9,21 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{TestApp, publish, spawn_app_with};
+use common::{Backend, TestApp, publish, spawn_app_on};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use ws_support::{WsClient, connect_as, token_for, ws_settings};
+
+// Every test runs on a single node and on one node of a cluster with PostgreSQL.
+crate::on_both_backends!(
+    a_market_buy_walks_several_levels_with_partial_fills_then_a_fill_at_the_average_price,
+    a_resting_limit_fills_when_the_market_crosses_it_and_the_portfolio_follows_the_price,
+    cancel_and_replace_answer_with_acks_and_trade_updates_and_refuse_finished_orders,
+    ioc_takes_what_is_there_and_cancels_the_rest_while_fok_fills_all_or_nothing,
+    day_orders_expire_at_the_close_and_gtc_orders_stay_open,
+    book_seq_is_contiguous_and_the_deltas_reproduce_the_servers_book,
+    a_throttled_book_gets_fewer_merged_deltas_that_still_rebuild_the_servers_book,
+);
 
 fn dec(value: &Value) -> Decimal {
     let text = match value {
@@ -230,8 +241,8 @@ fn check_portfolio_arithmetic(portfolio: &Value) {
 
 /// Starts the app, opens a trader, and puts a known top of book on AAPL: bid 100.00, ask
 /// 100.02, last trade 100.01.
-async fn market() -> (TestApp, Trader) {
-    let app = spawn_app_with(ws_settings()).await;
+async fn market(backend: Backend) -> (TestApp, Trader) {
+    let app = spawn_app_on(backend, ws_settings()).await;
     let mut trader = Trader::new(&app, "alice").await;
     publish_quote(&app, "AAPL", 100.00, 100.02).await;
     publish_trade(&app, "AAPL", 100.01).await;
@@ -245,9 +256,10 @@ async fn market() -> (TestApp, Trader) {
     (app, trader)
 }
 
-#[tokio::test]
-async fn a_market_buy_walks_several_levels_with_partial_fills_then_a_fill_at_the_average_price() {
-    let (app, mut trader) = market().await;
+async fn a_market_buy_walks_several_levels_with_partial_fills_then_a_fill_at_the_average_price(
+    backend: Backend,
+) {
+    let (app, mut trader) = market(backend).await;
     let levels = trader.book.ask_levels();
     let (first, second, third) = (levels[0], levels[1], levels[2]);
     let from_third = (third.1 / Decimal::TWO).trunc().max(Decimal::ONE);
@@ -358,9 +370,10 @@ async fn a_market_buy_walks_several_levels_with_partial_fills_then_a_fill_at_the
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_resting_limit_fills_when_the_market_crosses_it_and_the_portfolio_follows_the_price() {
-    let (app, mut trader) = market().await;
+async fn a_resting_limit_fills_when_the_market_crosses_it_and_the_portfolio_follows_the_price(
+    backend: Backend,
+) {
+    let (app, mut trader) = market(backend).await;
     let ack = trader
         .order(json!({"symbol":"AAPL","qty":"10","side":"buy","type":"limit","time_in_force":"gtc","limit_price":"99.50"}))
         .await;
@@ -401,9 +414,10 @@ async fn a_resting_limit_fills_when_the_market_crosses_it_and_the_portfolio_foll
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn cancel_and_replace_answer_with_acks_and_trade_updates_and_refuse_finished_orders() {
-    let (app, mut trader) = market().await;
+async fn cancel_and_replace_answer_with_acks_and_trade_updates_and_refuse_finished_orders(
+    backend: Backend,
+) {
+    let (app, mut trader) = market(backend).await;
     let ack = trader
         .order(json!({"symbol":"AAPL","qty":"10","side":"buy","type":"limit","time_in_force":"gtc","limit_price":"90","client_order_id":"mine-1"}))
         .await;
@@ -449,9 +463,10 @@ async fn cancel_and_replace_answer_with_acks_and_trade_updates_and_refuse_finish
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn ioc_takes_what_is_there_and_cancels_the_rest_while_fok_fills_all_or_nothing() {
-    let (app, mut trader) = market().await;
+async fn ioc_takes_what_is_there_and_cancels_the_rest_while_fok_fills_all_or_nothing(
+    backend: Backend,
+) {
+    let (app, mut trader) = market(backend).await;
     let levels = trader.book.ask_levels();
     let top = levels[0];
 
@@ -494,9 +509,8 @@ async fn ioc_takes_what_is_there_and_cancels_the_rest_while_fok_fills_all_or_not
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn day_orders_expire_at_the_close_and_gtc_orders_stay_open() {
-    let (app, mut trader) = market().await;
+async fn day_orders_expire_at_the_close_and_gtc_orders_stay_open(backend: Backend) {
+    let (app, mut trader) = market(backend).await;
     let day = trader
         .order(json!({"symbol":"AAPL","qty":"3","side":"buy","type":"limit","time_in_force":"day","limit_price":"95"}))
         .await;
@@ -534,9 +548,8 @@ async fn day_orders_expire_at_the_close_and_gtc_orders_stay_open() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn book_seq_is_contiguous_and_the_deltas_reproduce_the_servers_book() {
-    let (app, mut trader) = market().await;
+async fn book_seq_is_contiguous_and_the_deltas_reproduce_the_servers_book(backend: Backend) {
+    let (app, mut trader) = market(backend).await;
     // Move the market and take liquidity so the book changes in several ways.
     publish_quote(&app, "AAPL", 100.10, 100.12).await;
     trader
@@ -581,9 +594,10 @@ async fn book_seq_is_contiguous_and_the_deltas_reproduce_the_servers_book() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_throttled_book_gets_fewer_merged_deltas_that_still_rebuild_the_servers_book() {
-    let (app, mut trader) = market().await;
+async fn a_throttled_book_gets_fewer_merged_deltas_that_still_rebuild_the_servers_book(
+    backend: Backend,
+) {
+    let (app, mut trader) = market(backend).await;
     let mut client = connect_as(&app, "carol").await;
     let reply = client
         .subscribe(json!({"orderbooks":["AAPL"],"max_rate":1}))

@@ -49,6 +49,9 @@ pub(super) struct MarketSubs {
     bars: SymbolSet,
     statuses: SymbolSet,
     news: SymbolSet,
+    /// The session trades (see [`Subscriptions::trades_anything`]): it takes trading
+    /// statuses even without market data.
+    trading: bool,
 }
 
 impl MarketSubs {
@@ -59,6 +62,7 @@ impl MarketSubs {
             bars: subs.bars.clone(),
             statuses: subs.statuses.clone(),
             news: subs.news.clone(),
+            trading: subs.trades_anything(),
         }
     }
 
@@ -75,10 +79,11 @@ impl MarketSubs {
                     || self.statuses.contains(id)
             }
             (EventKind::Status, None) => {
-                !(self.trades.is_empty()
-                    && self.quotes.is_empty()
-                    && self.bars.is_empty()
-                    && self.statuses.is_empty())
+                (entry.trading && self.trading)
+                    || !(self.trades.is_empty()
+                        && self.quotes.is_empty()
+                        && self.bars.is_empty()
+                        && self.statuses.is_empty())
             }
             (EventKind::News, _) => {
                 self.news.all
@@ -451,6 +456,11 @@ impl WsSession {
             if previous.market_rate != self.subs.market_rate {
                 shared.set_max_rate(self.subs.market_rate);
             }
+        }
+        match (previous.trades_anything(), self.subs.trades_anything()) {
+            (false, true) => self.deps.hub.listen_trading(&self.market.queue),
+            (true, false) => self.deps.hub.unlisten_trading(&self.market.queue),
+            _ => {}
         }
         let market_changed = previous.trades != self.subs.trades
             || previous.quotes != self.subs.quotes

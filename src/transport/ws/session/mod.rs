@@ -523,6 +523,9 @@ impl Drop for WsSession {
         for feed in self.market.registered_feeds() {
             self.deps.hub.unsubscribe(feed, &self.market.queue);
         }
+        if self.subs.trades_anything() {
+            self.deps.hub.unlisten_trading(&self.market.queue);
+        }
         // The book forwarders stop when `books` drops.
     }
 }

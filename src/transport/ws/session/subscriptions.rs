@@ -124,6 +124,14 @@ pub(super) struct Subscriptions {
     pub(super) book_rate: Option<MaxRate>,
 }
 
+impl Subscriptions {
+    /// Whether the session follows anything of the exchange (trade updates, portfolio or
+    /// order books): then it hears every trading status, market data or not.
+    pub(super) fn trades_anything(&self) -> bool {
+        self.trade_updates || self.portfolio || !self.orderbooks.is_empty()
+    }
+}
+
 /// The market-data channels a `max_rate` applies to when a subscribe names one of them.
 const MARKET_CHANNELS: [&str; 5] = ["trades", "quotes", "bars", "statuses", "news"];
 

@@ -19,7 +19,7 @@ const WINDOW: Duration = Duration::from_millis(20);
 const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 fn event(n: usize) -> Arc<Entry> {
-    Arc::new(encode_notice(format!("{{\"n\":{n}}}").as_bytes()))
+    Arc::new(encode_notice(format!("{{\"n\":{n}}}").as_bytes(), false))
 }
 
 fn number(entry: &Entry) -> usize {

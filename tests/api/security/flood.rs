@@ -199,8 +199,10 @@ async fn a_flooding_session_is_closed_and_a_bystanders_p99_stays_low() {
     for outcome in &outcomes {
         assert_eq!(outcome.close_code, Some(1008), "{outcome:?}");
         assert_eq!(outcome.abuse_errors, 1, "{outcome:?}");
-        // Answered once per run of drops, not once per dropped message.
-        assert!(outcome.rate_limit_errors <= 2, "{outcome:?}");
+        // Answered once per run of drops, not once per dropped message (hundreds). A loaded
+        // machine can pause the flooder long enough for the bucket to refill and start a new
+        // run, hence a few rather than exactly one or two.
+        assert!(outcome.rate_limit_errors <= 5, "{outcome:?}");
         assert!(outcome.lasted < Duration::from_secs(2), "{outcome:?}");
     }
     let latencies = latencies.lock().expect("latencies").clone();

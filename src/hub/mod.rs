@@ -25,6 +25,7 @@
 //! and the latest values.
 
 pub mod coalesce;
+mod cursor;
 pub mod entry;
 pub mod filter;
 pub mod msgpack;
@@ -50,6 +51,7 @@ use crate::market::{
 use crate::metrics::Metrics;
 
 pub use coalesce::Coalescer;
+pub use cursor::Cursor;
 pub use entry::Entry;
 use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
@@ -100,31 +102,6 @@ impl Feed {
 /// when Alpaca clients are connected.
 fn entry_bytes(entry: &Entry) -> usize {
     entry.sse.len() + entry.ws.len() + entry.msgpack.as_ref().map_or(0, |m| m.len())
-}
-
-/// A position in a feed's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub epoch: u64,
-    pub seq: u64,
-}
-
-impl fmt::Display for Cursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.epoch, self.seq)
-    }
-}
-
-impl std::str::FromStr for Cursor {
-    type Err = ();
-
-    fn from_str(text: &str) -> Result<Cursor, ()> {
-        let (epoch, seq) = text.trim().split_once('-').ok_or(())?;
-        Ok(Cursor {
-            epoch: epoch.parse().map_err(|_| ())?,
-            seq: seq.parse().map_err(|_| ())?,
-        })
-    }
 }
 
 struct Registration {

@@ -45,9 +45,25 @@ struct UserChannels {
 /// store, resumes read the stored updates).
 const RECENT_UPDATES_WITHOUT_STORE: usize = 256;
 
-struct BookSlot {
-    snapshot: BookUpdate,
-    updates: broadcast::Sender<BookUpdate>,
+/// One symbol's current book and the channel its deltas go out on. The cluster's per-node
+/// mirror keeps the same pair, so both answer [`TradingApi::book`] with [`subscribe_book`].
+pub struct BookSlot {
+    pub snapshot: BookUpdate,
+    pub updates: broadcast::Sender<BookUpdate>,
+}
+
+/// The book of `symbol` (as a snapshot) and a receiver of the deltas after it, with no gap:
+/// both are taken under the slot's lock, which is also held while a delta is sent.
+pub fn subscribe_book(
+    books: &HashMap<String, Mutex<BookSlot>>,
+    symbol: &str,
+) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
+    let symbol = symbol.trim().to_ascii_uppercase();
+    let slot = books
+        .get(&symbol)
+        .ok_or_else(|| OrderError::invalid(format!("symbol: {symbol:?} is not traded here")))?;
+    let slot = slot.lock();
+    Ok((slot.snapshot.clone(), slot.updates.subscribe()))
 }
 
 /// State the handle reads without a round trip to the actor.
@@ -580,13 +596,7 @@ impl TradingApi for ExchangeHandle {
         &self,
         symbol: &str,
     ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
-        let symbol = symbol.trim().to_ascii_uppercase();
-        let slot =
-            self.shared.books.get(&symbol).ok_or_else(|| {
-                OrderError::invalid(format!("symbol: {symbol:?} is not traded here"))
-            })?;
-        let slot = slot.lock();
-        Ok((slot.snapshot.clone(), slot.updates.subscribe()))
+        subscribe_book(&self.shared.books, symbol)
     }
 }
 

@@ -32,10 +32,8 @@ pub(super) struct UserMirror {
     pub(super) last_seq: Option<u64>,
 }
 
-pub(super) struct BookMirror {
-    pub(super) snapshot: BookUpdate,
-    pub(super) updates: broadcast::Sender<BookUpdate>,
-}
+/// The node's copy of one book: the exchange's own slot type, kept from its deltas.
+pub(super) type BookMirror = crate::trading::exchange::BookSlot;
 
 /// The node's state shared by the API and the listener.
 pub(super) struct Shared {
@@ -264,13 +262,7 @@ impl TradingApi for RemoteExchange {
         &self,
         symbol: &str,
     ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
-        let symbol = symbol.trim().to_ascii_uppercase();
-        let slot =
-            self.shared.books.get(&symbol).ok_or_else(|| {
-                OrderError::invalid(format!("symbol: {symbol:?} is not traded here"))
-            })?;
-        let slot = slot.lock();
-        Ok((slot.snapshot.clone(), slot.updates.subscribe()))
+        crate::trading::exchange::subscribe_book(&self.shared.books, symbol)
     }
 }
 

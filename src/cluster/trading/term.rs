@@ -14,12 +14,12 @@ use super::relay::Relay;
 use super::stream::{self, Entry};
 use crate::hub::Hub;
 use crate::store::{Fence, StoreError, TradingBatch, TradingStore};
-use crate::trading::ExchangeHandle;
 use crate::trading::command::{self, Disposition, TradingReply};
 use crate::trading::config::TradingSettings;
 use crate::trading::engine::Engine;
 use crate::trading::exchange::engine_settings;
 use crate::trading::persist::{self, LeaseFence, UpdateLogSettings};
+use crate::trading::{AnnouncementOutlet, ExchangeHandle};
 
 /// The name of the exchange's lease, and of its fence in the store.
 pub const EXCHANGE_LEASE: &str = "exchange";
@@ -116,6 +116,11 @@ async fn start_exchange(
         fence,
         stop: ticket.lost().clone(),
     });
+    // Every book as this term holds it, announced before anything the actor announces: the
+    // nodes' copies followed the former exchange's deltas (or none), and this one's books
+    // start from its rebuild.
+    let relay = Arc::new(Relay::start(context.node.clone(), ticket.clone()));
+    relay.announce(&engine.book_snapshots(chrono::Utc::now()));
     let (exchange, tasks) = ExchangeHandle::new(
         engine,
         Some(Arc::clone(&context.hub)),
@@ -124,7 +129,6 @@ async fn start_exchange(
         trading.user_channel_capacity,
         ticket.lost().clone(),
     );
-    let relay = Arc::new(Relay::start(context.node.clone(), ticket.clone()));
     tasks
         .with_persistence(Arc::new(persistence))
         .with_outlet(relay.clone())

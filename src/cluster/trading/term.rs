@@ -177,16 +177,7 @@ async fn consume(
             let min_idle = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
             take_over(context, exchange, relay, ticket, &mut connection, min_idle).await?;
         }
-        run_entries(
-            context,
-            exchange,
-            relay,
-            ticket,
-            &mut connection,
-            entries,
-            false,
-        )
-        .await?;
+        run_entries(context, exchange, relay, ticket, entries, false).await?;
     }
 }
 
@@ -219,7 +210,7 @@ async fn take_over(
                 "took over commands another consumer left pending"
             );
         }
-        run_entries(context, exchange, relay, ticket, connection, entries, true).await?;
+        run_entries(context, exchange, relay, ticket, entries, true).await?;
         if next == "0-0" {
             return Ok(());
         }
@@ -235,7 +226,6 @@ async fn run_entries(
     exchange: &ExchangeHandle,
     relay: &Relay,
     ticket: &LeaseTicket,
-    connection: &mut redis::aio::MultiplexedConnection,
     entries: Vec<Entry>,
     redelivered: bool,
 ) -> Result<(), ClusterError> {
@@ -287,12 +277,13 @@ async fn run_entries(
         relay.reply(&command, &reply);
     }))
     .await;
-    if ticket.is_lost() || ids.is_empty() {
+    if ticket.is_lost() {
         return Ok(());
     }
-    context
-        .node
-        .timed(stream::ack(&ids).query_async::<i64>(connection))
-        .await?;
+    // Through the relay, after the replies: acknowledged here directly, the XACK could reach
+    // Redis before the relay published a reply, and a kill in between lost that reply for
+    // good (the command no longer pending, nobody answers it; its requester waited its whole
+    // timeout and found the reply in the store).
+    relay.acknowledge(ids);
     Ok(())
 }

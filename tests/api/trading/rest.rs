@@ -18,6 +18,7 @@ crate::on_both_backends!(
     orders_placed_over_rest_are_announced_on_the_websocket_and_can_be_replaced_and_canceled,
     an_issued_key_pair_trades_over_rest_and_the_websocket_until_revoked,
     unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribed_alone,
+    the_demo_key_pair_is_refused_without_its_configuration,
 );
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -277,11 +278,10 @@ async fn unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribe
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn the_demo_key_pair_is_refused_without_its_configuration() {
+async fn the_demo_key_pair_is_refused_without_its_configuration(backend: Backend) {
     let mut settings = test_settings();
     settings.auth.api_keys.clear();
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_on(backend, settings).await;
     let (status, _) = send(
         client()
             .get(app.url("/v2/account"))

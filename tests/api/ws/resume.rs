@@ -10,7 +10,7 @@ use crate::ws_support;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestApp, spawn_app_with};
+use common::{Backend, TestApp, spawn_app_with};
 use serde_json::{Value, json};
 use tickgate::settings::Settings;
 use ws_support::{SECRET, WsClient, connect, connect_as, now, sign, ws_settings};
@@ -101,10 +101,35 @@ async fn trade_meanwhile(client: &mut WsClient) -> usize {
     4
 }
 
-#[tokio::test]
-async fn a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones() {
+// These run on a single node with SQLite and on a cluster node with PostgreSQL (where a
+// resume is answered by the exchange through the command stream). The restart tests below
+// stay single-node: `spawn_app_on` gives each app a fresh Redis and database, so a restart
+// would not find the state it checks.
+crate::on_both_backends!(
+    a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones,
+    a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account,
+);
+
+/// A trading app with a store on `backend`: SQLite in `dir` on a single node, PostgreSQL on
+/// a cluster node.
+async fn spawn_with_store(
+    backend: Backend,
+    dir: &Path,
+    tune: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = match backend {
+        Backend::SingleNode => store_settings(dir),
+        Backend::ClusterPostgres => ws_settings(),
+    };
+    tune(&mut settings);
+    common::spawn_app_on(backend, settings).await
+}
+
+async fn a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_with_store(backend, dir.path(), |_| {}).await;
     let mut first = connect_as(&app, "alice").await;
     first.subscribe(json!({"trade_updates": true})).await;
     let live = first.expect("trade_updates_live").await;
@@ -142,12 +167,14 @@ async fn a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_one
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account() {
+async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = store_settings(dir.path());
-    settings.trading.max_resume_updates = 2;
-    let app = spawn_app_with(settings).await;
+    let app = spawn_with_store(backend, dir.path(), |settings| {
+        settings.trading.max_resume_updates = 2;
+    })
+    .await;
     let mut client = connect_as(&app, "alice").await;
     trade_meanwhile(&mut client).await;
     let resting = order(

@@ -102,12 +102,14 @@ async fn trade_meanwhile(client: &mut WsClient) -> usize {
 }
 
 // These run on a single node with SQLite and on a cluster node with PostgreSQL (where a
-// resume is answered by the exchange through the command stream). The restart tests below
-// stay single-node: `spawn_app_on` gives each app a fresh Redis and database, so a restart
-// would not find the state it checks.
+// resume is answered by the exchange through the command stream; a restart keeps the node's
+// Redis and database). The token-expiry test stays single-node: it involves no exchange, and
+// a session's token handling is the same code on both.
 crate::on_both_backends!(
     a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones,
     a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account,
+    a_resume_after_a_clean_restart_replays_from_the_store,
+    one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even_after_a_restart,
 );
 
 /// A trading app with a store on `backend`: SQLite in `dir` on a single node, PostgreSQL on
@@ -236,10 +238,9 @@ async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_resume_after_a_clean_restart_replays_from_the_store() {
+async fn a_resume_after_a_clean_restart_replays_from_the_store(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_with_store(backend, dir.path(), |_| {}).await;
     let mut client = connect_as(&app, "alice").await;
     client.subscribe(json!({"trade_updates": true})).await;
     let mut seen = Vec::new();
@@ -247,9 +248,7 @@ async fn a_resume_after_a_clean_restart_replays_from_the_store() {
     read_updates(&mut client, 2 - seen.len(), &mut seen).await;
     let missed = trade_meanwhile(&mut client).await;
     drop(client);
-    app.stop().await.expect("stop");
-
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = app.restart().await;
     let mut client = connect_as(&app, "alice").await;
     let (replayed, live) = resume(&mut client, 2).await;
     assert_eq!(seqs(&replayed), (3..3 + missed as u64).collect::<Vec<_>>());
@@ -274,10 +273,11 @@ async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even_after_a_restart() {
+async fn one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even_after_a_restart(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_with_store(backend, dir.path(), |_| {}).await;
     let mut first = connect_as(&app, "alice").await;
     let mut second = connect_as(&app, "alice").await;
     let request = json!({"action":"order","id":"same","data":market("1", Some("lost-ack-1"))});
@@ -326,10 +326,9 @@ async fn one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even
         "exactly one order: {all}"
     );
     drop((first, second));
-    app.stop().await.expect("stop");
 
     // After a restart the retry is still recognised, with the order as it stands.
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = app.restart().await;
     let mut again = connect_as(&app, "alice").await;
     again.send_json(request).await;
     let refusal = reply_to(&mut again, "same").await;

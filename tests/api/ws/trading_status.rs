@@ -88,10 +88,13 @@ async fn a_single_node_trading_halt_reaches_every_trading_session_once() {
 
 // On a single node and on a cluster node. The two tests above stay single-node: the first
 // injects `trading_unavailable`/`trading_available` by hand, which a cluster node's own
-// listener also sends (when the exchange is quiet at start-up), so the order it checks would
-// not be the test's to decide; the second publishes `trading_halted` into the hub directly,
-// which a cluster node's hub (fed only by the shared log) does not accept, and a cluster's
-// exchange does not halt that way (a failed write ends its term instead).
+// listener also sends (when no exchange heartbeat came for a lease's life, as on a slow
+// start), so the order it checks would not be the test's to decide (the real statuses of a
+// failover are the cluster tests' business); the second publishes `trading_halted` into the
+// hub's market feed as a single node's exchange does, while a cluster node's hub takes events
+// only from the shared log and its exchange sends the halt as a notice (`Hub::notify_status`,
+// `trading::recovery`), the path the first test drives; making the shared test database fail
+// for one test is not possible.
 crate::on_both_backends!(
     a_session_that_stopped_trading_hears_no_trading_status,
     a_producer_cannot_publish_a_trading_status,

@@ -152,10 +152,36 @@ pub async fn spawn_app_on(backend: Backend, mut settings: Settings) -> TestApp {
     app
 }
 
+/// Readiness does not wait for the exchange (a node serves market data without it), but a
+/// test that publishes market data at once wants the exchange already following the market:
+/// one read through the command stream is answered only by a running exchange.
+async fn wait_for_exchange(app: &TestApp) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = app
+            .state
+            .trading
+            .orders("exchange-probe", tickgate::trading::api::OrderQuery::Open)
+            .await;
+        match probe {
+            Ok(_) => return,
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "no exchange answered: {error:?}"
+            ),
+        }
+    }
+}
+
 /// As a load balancer would: clients arrive once the node is ready, that is connected to
 /// Redis and caught up with the shared log (before that, a client's stream may be reset when
-/// the node's log first synchronises).
+/// the node's log first synchronises); then once its exchange answers.
 async fn wait_until_ready(app: &TestApp) {
+    wait_until_serving(app).await;
+    wait_for_exchange(app).await;
+}
+
+async fn wait_until_serving(app: &TestApp) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ready = reqwest::get(app.url("/readyz"))

@@ -1,6 +1,7 @@
-//! The exchange node's voice: announcements (trade updates, portfolio bumps, book deltas),
-//! replies to commands and a heartbeat, published to Redis in the order they were handed over
-//! by one task, and only while the exchange's lease is held.
+//! The exchange node's voice: announcements (trade updates, portfolio bumps, book deltas and
+//! snapshots), replies to commands and a heartbeat, published to Redis in the order they were
+//! handed over by one task, and only while the exchange's lease is held; the commands'
+//! acknowledgements (`XACK`) go the same way, after their replies.
 //!
 //! Announcements and replies share one queue and one connection, and every node listens to
 //! both channels on one subscription, so a node sees the trade updates a command caused

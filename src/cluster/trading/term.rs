@@ -219,8 +219,9 @@ async fn take_over(
 }
 
 /// Runs one read's commands together (their steps share one store batch), sends each reply,
-/// then acknowledges them all, unless the lease was lost meanwhile: then they stay pending
-/// for the next exchange, which answers the ones that ran from the store.
+/// then has the relay acknowledge them all after those replies, unless the lease was lost
+/// meanwhile: then they stay pending for the next exchange, which answers the ones that ran
+/// from the store.
 async fn run_entries(
     context: &ExchangeContext,
     exchange: &ExchangeHandle,

@@ -356,8 +356,16 @@ fn slots_of_symbols_gone_quiet_are_dropped_and_a_dropped_slot_counts_as_quiet() 
     throttle.take(entry(102, EventKind::Trade, Some(7)));
     throttle.take(entry(103, EventKind::Trade, Some(49)));
     throttle.release(later, &mut out);
-    assert_eq!(seqs(&out), [103], "7 is held behind its window, 49 is quiet");
-    assert_eq!(throttle.slot_of.len(), 50, "the index reaches the highest id held");
+    assert_eq!(
+        seqs(&out),
+        [103],
+        "7 is held behind its window, 49 is quiet"
+    );
+    assert_eq!(
+        throttle.slot_of.len(),
+        50,
+        "the index reaches the highest id held"
+    );
 }
 
 /// A connection over a real queue that drains only when the queue wakes it or its throttle's

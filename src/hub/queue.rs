@@ -58,15 +58,22 @@ pub enum Delivery {
 struct QueueState {
     items: VecDeque<Delivery>,
     closed: bool,
-    /// Symbols whose trades and quotes need no wake-up: a bit set indexed by symbol id, empty
-    /// (no allocation) unless the connection is throttled.
-    deferred: Box<[u64]>,
-    /// For a throttled queue (`deferred` not empty): where the last trade and the last quote
-    /// of each symbol were queued, as position + 1 in `items` (0: none), indexed by
-    /// `symbol * 2 + (kind is quote)` and grown to the highest symbol seen. A position may be
-    /// stale (from before a drain); it is used only when the item there is still a trade or
-    /// quote of that symbol, kind and feed with a lower sequence, which is then the last one
-    /// queued of them (every append of a trade or quote records itself).
+    /// What a throttled connection's queue keeps besides its items; `None` (one pointer, no
+    /// allocation) unless the connection is throttled, so other queues pay nothing for it.
+    throttled: Option<Box<Deferral>>,
+}
+
+/// The deferred symbols of a throttled queue and where their pending trades and quotes are.
+#[derive(Debug, Default)]
+struct Deferral {
+    /// Symbols whose trades and quotes need no wake-up: a bit set indexed by symbol id.
+    deferred: Vec<u64>,
+    /// Where the last trade and the last quote of each symbol were queued, as position + 1 in
+    /// the items (0: none), indexed by `symbol * 2 + (kind is quote)` and grown to the highest
+    /// symbol seen. A position may be stale (from before a drain); it is used only when the
+    /// item there is still a trade or quote of that symbol, kind and feed with a lower
+    /// sequence, which is then the last one queued of them (every append of a trade or quote
+    /// records itself).
     latest: Vec<u32>,
     /// Trades and quotes replaced in place since the last drain.
     replaced: u64,
@@ -221,14 +228,18 @@ impl SubscriberQueue {
     /// drain, it is woken, so nothing that arrived under the previous set is left asleep.
     pub fn set_deferred_symbols(&self, symbols: &[u64]) {
         let mut state = self.state.lock();
-        if state.deferred.len() == symbols.len() {
-            state.deferred.copy_from_slice(symbols);
-        } else {
-            state.deferred = symbols.into();
-        }
         if symbols.is_empty() {
-            // Unthrottled: nothing is replaced any more, so the positions go too.
-            state.latest = Vec::new();
+            // Unthrottled: nothing is deferred or replaced any more.
+            if let Some(deferral) = state.throttled.take()
+                && deferral.replaced != 0
+            {
+                self.replaced
+                    .fetch_add(deferral.replaced, Ordering::Relaxed);
+            }
+        } else {
+            let deferral = state.throttled.get_or_insert_with(Box::default);
+            deferral.deferred.clear();
+            deferral.deferred.extend_from_slice(symbols);
         }
         let queued = !state.items.is_empty();
         drop(state);
@@ -242,7 +253,10 @@ impl SubscriberQueue {
     pub fn drain_into(&self, out: &mut VecDeque<Delivery>) {
         let mut state = self.state.lock();
         std::mem::swap(&mut state.items, out);
-        let replaced = std::mem::take(&mut state.replaced);
+        let replaced = state
+            .throttled
+            .as_mut()
+            .map_or(0, |deferral| std::mem::take(&mut deferral.replaced));
         drop(state);
         if replaced != 0 {
             self.replaced.fetch_add(replaced, Ordering::Relaxed);
@@ -283,10 +297,9 @@ impl SubscriberQueue {
         if state.closed {
             return;
         }
-        let tracked = if state.deferred.is_empty() {
-            Tracked::Wakes
-        } else {
-            state.replace_or_track(entry)
+        let tracked = match state.throttled.as_deref_mut() {
+            None => Tracked::Wakes,
+            Some(deferral) => deferral.replace_or_track(&mut state.items, entry),
         };
         let deferred = match tracked {
             Tracked::Replaced => return,
@@ -297,7 +310,9 @@ impl SubscriberQueue {
             let removed = conflate(&mut state.items);
             // Positions moved: forget them (the next trade or quote of each symbol records
             // itself again).
-            state.latest.fill(0);
+            if let Some(deferral) = state.throttled.as_deref_mut() {
+                deferral.latest.fill(0);
+            }
             metrics
                 .conflated
                 .fetch_add(removed as u64, Ordering::Relaxed);
@@ -320,8 +335,8 @@ impl SubscriberQueue {
         }
         let deferred = deferred && state.items.len() < self.capacity / 2;
         state.items.push_back(Delivery::Event(Arc::clone(entry)));
-        if !state.deferred.is_empty() {
-            state.record_position(entry);
+        if let Some(deferral) = state.throttled.as_deref_mut() {
+            deferral.record_position(state.items.len(), entry);
         }
         drop(guard);
         if !deferred {
@@ -365,7 +380,7 @@ impl SubscriberQueue {
     }
 }
 
-/// What [`QueueState::replace_or_track`] did with a push to a throttled queue.
+/// What [`Deferral::replace_or_track`] did with a push to a throttled queue.
 enum Tracked {
     /// It replaced a queued trade or quote of its symbol and kind: nothing to append.
     Replaced,
@@ -375,7 +390,7 @@ enum Tracked {
     Wakes,
 }
 
-impl QueueState {
+impl Deferral {
     fn is_deferred(&self, symbol: SymbolId) -> bool {
         self.deferred
             .get(usize::from(symbol) / 64)
@@ -385,7 +400,7 @@ impl QueueState {
     /// For a throttled queue: replaces in place the queued trade or quote of a deferred
     /// symbol that `entry` supersedes, or says whether `entry` is deferred. A bar or status
     /// forgets its symbol's positions, so a later trade is not moved in front of it.
-    fn replace_or_track(&mut self, entry: &Arc<Entry>) -> Tracked {
+    fn replace_or_track(&mut self, items: &mut VecDeque<Delivery>, entry: &Arc<Entry>) -> Tracked {
         let Some(symbol) = entry.symbol else {
             return Tracked::Wakes;
         };
@@ -393,9 +408,8 @@ impl QueueState {
             EventKind::Trade | EventKind::Quote if self.is_deferred(symbol) => {
                 let key = latest_key(symbol, entry.kind);
                 let position = self.latest.get(key).copied().unwrap_or(0) as usize;
-                if let Some(Delivery::Event(queued)) = position
-                    .checked_sub(1)
-                    .and_then(|at| self.items.get_mut(at))
+                if let Some(Delivery::Event(queued)) =
+                    position.checked_sub(1).and_then(|at| items.get_mut(at))
                     && queued.symbol == entry.symbol
                     && queued.kind == entry.kind
                     && queued.feed == entry.feed
@@ -418,8 +432,8 @@ impl QueueState {
         }
     }
 
-    /// Records where a trade or quote was just appended.
-    fn record_position(&mut self, entry: &Arc<Entry>) {
+    /// Records where a trade or quote was just appended (`queued`: the items' new length).
+    fn record_position(&mut self, queued: usize, entry: &Arc<Entry>) {
         let Some(symbol) = entry.symbol else {
             return;
         };
@@ -430,12 +444,12 @@ impl QueueState {
         if self.latest.len() <= key {
             self.latest.resize((usize::from(symbol) + 1) * 2, 0);
         }
-        self.latest[key] = u32::try_from(self.items.len()).unwrap_or(0);
+        self.latest[key] = u32::try_from(queued).unwrap_or(0);
     }
 }
 
 /// The index of a symbol's trade or quote (`kind` other than a trade) in
-/// [`QueueState::latest`].
+/// [`Deferral::latest`].
 fn latest_key(symbol: SymbolId, kind: EventKind) -> usize {
     usize::from(symbol) * 2 + usize::from(kind != EventKind::Trade)
 }

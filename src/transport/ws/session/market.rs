@@ -291,9 +291,11 @@ impl MarketState {
                         .release(tokio::time::Instant::now(), released);
                     pacer.rearm(&self.queue);
                 }
-                self.metrics
-                    .throttled
-                    .fetch_add(pacer.throttle.take_replaced(), Ordering::Relaxed);
+                // Replaced in the throttle, or in the queue before it (see `SubscriberQueue`).
+                self.metrics.throttled.fetch_add(
+                    pacer.throttle.take_replaced() + self.queue.take_replaced(),
+                    Ordering::Relaxed,
+                );
             }
             for entry in released.drain(..) {
                 batch.add(entry, encoding);

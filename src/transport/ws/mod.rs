@@ -583,6 +583,7 @@ mod tests {
             Duration::from_secs(15),
             Duration::from_secs(60),
             false,
+            crate::hub::Coalescer::new(Duration::from_millis(1)),
         );
         let body = WsBody::new(wire, Some(fast), run);
         let body_bytes = size_of_val(&body);

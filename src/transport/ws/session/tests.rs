@@ -754,3 +754,24 @@ async fn max_rate_delivers_the_newest_trade_at_most_n_times_a_second_on_the_paus
     // Three seconds at 4 a second, plus the immediate first one.
     assert!((12..=13).contains(&delivered.len()), "{delivered:?}");
 }
+
+#[test]
+fn zz_print_session_part_sizes() {
+    use std::mem::size_of;
+    eprintln!(
+        "deps {} limits {} auth {} rate {} subs {} market {} trade_updates {} portfolio {} books {} market_state {} inbound {} wire {} fast {}",
+        size_of::<SessionDeps>(),
+        size_of::<SessionLimits>(),
+        size_of::<AuthState>(),
+        size_of::<TokenBucket>(),
+        size_of::<Subscriptions>(),
+        size_of::<MarketFeeds>(),
+        size_of::<TradeUpdates>(),
+        size_of::<PortfolioStream>(),
+        size_of::<Books>(),
+        size_of::<MarketState>(),
+        size_of::<crate::transport::ws::wire::Inbound>(),
+        size_of::<crate::transport::ws::wire::Wire>(),
+        size_of::<crate::transport::ws::wire::FastPath>(),
+    );
+}

@@ -35,7 +35,7 @@ use crate::metrics::Transport;
 use crate::routes::params::{Bearer, RawQuery, bearer, query_params};
 use crate::state::AppState;
 use crate::transport::alpaca::stream::{DataDialect, Encoding, TradingDialect, WireFrame};
-use session::{MarketEncoding, Output, SessionDeps, SessionLimits, WsSession, close_codes};
+use session::{MarketEncoding, Output, SessionDeps, WsSession, close_codes};
 use wire::{
     FastPath, Inbound, InboundLimits, Incoming, Wire, WsBody, put_binary, put_close, put_pong,
     put_text,
@@ -266,17 +266,7 @@ fn serve(
         market_encoding,
         trading: Arc::clone(&state.trading),
         metrics: Arc::clone(&state.metrics),
-        limits: SessionLimits {
-            auth_timeout: ws.auth_timeout,
-            max_message_bytes: ws.max_message_bytes,
-            actions_per_second: ws.actions_per_second,
-            action_burst: ws.action_burst,
-            max_dropped_actions: ws.max_dropped_actions,
-            portfolio_interval: std::time::Duration::from_secs_f64(
-                1.0 / ws.portfolio_max_per_second,
-            ),
-            max_symbols: state.settings.market.max_symbols_per_subscription,
-        },
+        limits: Arc::clone(&state.ws_session_limits),
     };
     let mut session = WsSession::new(deps);
     let fast = FastPath::new(
@@ -551,7 +541,11 @@ mod tests {
     ///
     /// Budgets, in the test profile: before issue 17 the loop was about 3,000 bytes (a
     /// 720-byte `wait` with three sleeps and three receivers' futures, and the connection
-    /// held twice by the `async fn`); now 1,520 with a 728-byte session and a 240-byte wait.
+    /// held twice by the `async fn`); then 1,520 with a 728-byte session and a 240-byte
+    /// wait; now 1,136 with a 344-byte session (trading and book streams boxed on first use,
+    /// limits shared, the market-data symbol sets shared with the 96-byte market state
+    /// instead of copied into it). The body is the loop's box pointer, the fast path (with
+    /// its coalescer) and the loop's waker.
     #[tokio::test]
     async fn an_idle_connection_holds_no_more_state_than_its_budget() {
         let (mut session, _hub) = session::tests::authenticated_session();
@@ -595,19 +589,19 @@ mod tests {
             size_of::<Inbound>(),
         );
         assert!(
-            session_bytes <= 736,
-            "session {session_bytes} B, budget 736"
+            session_bytes <= 344,
+            "session {session_bytes} B, budget 344"
         );
-        assert!(wait_bytes <= 256, "wait {wait_bytes} B, budget 256");
+        assert!(wait_bytes <= 240, "wait {wait_bytes} B, budget 240");
         assert!(
-            run_bytes <= 1_536,
-            "connection loop {run_bytes} B, budget 1,536 (the session plus {} B)",
+            run_bytes <= 1_136,
+            "connection loop {run_bytes} B, budget 1,136 (the session plus {} B)",
             run_bytes.saturating_sub(session_bytes)
         );
-        assert!(body_bytes <= 128, "body {body_bytes} B, budget 128");
+        assert!(body_bytes <= 184, "body {body_bytes} B, budget 184");
         assert!(
-            size_of::<session::MarketState>() <= 256,
-            "market state {} B, budget 256",
+            size_of::<session::MarketState>() <= 96,
+            "market state {} B, budget 96",
             size_of::<session::MarketState>()
         );
     }

@@ -69,7 +69,7 @@ use portfolio::PortfolioStream;
 use rate::{TokenBucket, Verdict};
 use subscriptions::Subscriptions;
 
-/// Limits of one session, from `[ws]` and `[market]` settings.
+/// Limits of every session, from `[ws]` and `[market]` settings.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub auth_timeout: Duration,
@@ -95,7 +95,9 @@ pub struct SessionDeps {
     pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
-    pub limits: SessionLimits,
+    /// Shared by every session of the server (built once from the settings), not copied
+    /// into each: a connection carries a pointer.
+    pub limits: Arc<SessionLimits>,
     /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
     pub market_encoding: MarketEncoding,
 }
@@ -192,6 +194,21 @@ async fn boxed_or_pending<F: std::future::Future>(
     match future {
         Some(future) => future.await,
         None => std::future::pending().await,
+    }
+}
+
+impl SessionLimits {
+    pub fn from_settings(settings: &crate::settings::Settings) -> SessionLimits {
+        let ws = &settings.ws;
+        SessionLimits {
+            auth_timeout: ws.auth_timeout,
+            max_message_bytes: ws.max_message_bytes,
+            actions_per_second: ws.actions_per_second,
+            action_burst: ws.action_burst,
+            max_dropped_actions: ws.max_dropped_actions,
+            portfolio_interval: Duration::from_secs_f64(1.0 / ws.portfolio_max_per_second),
+            max_symbols: settings.market.max_symbols_per_subscription,
+        }
     }
 }
 

@@ -239,7 +239,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
         market_encoding: super::MarketEncoding::Json,
         trading,
         metrics,
-        limits: SessionLimits {
+        limits: Arc::new(SessionLimits {
             auth_timeout: Duration::from_secs(5),
             max_message_bytes: 4096,
             actions_per_second: 100.0,
@@ -247,7 +247,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
             max_dropped_actions: 50,
             portfolio_interval: Duration::from_secs(1),
             max_symbols: 10,
-        },
+        }),
     };
     (WsSession::new(deps), hub)
 }
@@ -756,25 +756,4 @@ async fn max_rate_delivers_the_newest_trade_at_most_n_times_a_second_on_the_paus
     }
     // Three seconds at 4 a second, plus the immediate first one.
     assert!((12..=13).contains(&delivered.len()), "{delivered:?}");
-}
-
-#[test]
-fn zz_print_session_part_sizes() {
-    use std::mem::size_of;
-    eprintln!(
-        "deps {} limits {} auth {} rate {} subs {} market {} trade_updates {} portfolio {} books {} market_state {} inbound {} wire {} fast {}",
-        size_of::<SessionDeps>(),
-        size_of::<SessionLimits>(),
-        size_of::<AuthState>(),
-        size_of::<TokenBucket>(),
-        size_of::<Subscriptions>(),
-        size_of::<MarketFeeds>(),
-        size_of::<TradeUpdates>(),
-        size_of::<PortfolioStream>(),
-        size_of::<Books>(),
-        size_of::<MarketState>(),
-        size_of::<crate::transport::ws::wire::Inbound>(),
-        size_of::<crate::transport::ws::wire::Wire>(),
-        size_of::<crate::transport::ws::wire::FastPath>(),
-    );
 }

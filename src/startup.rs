@@ -217,7 +217,11 @@ impl Application {
         if let Some(node) = &cluster {
             publisher = publisher.with_cluster(node.clone(), hub.universe().clone());
         }
+        let ws_session_limits = Arc::new(
+            crate::transport::ws::session::SessionLimits::from_settings(&settings),
+        );
         let state = AppState {
+            ws_session_limits,
             auth,
             api_keys,
             settings: Arc::new(settings),

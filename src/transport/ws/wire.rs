@@ -618,7 +618,11 @@ impl MessageBody for WsBody {
         }
         let mut outbox = this.wire.outbox.borrow_mut();
         if !outbox.is_empty() {
-            return Poll::Ready(Some(Ok(outbox.split().freeze())));
+            // The whole buffer goes, not a `split()` of it: a split would leave the outbox
+            // holding the buffer's allocation (and its shared header) for as long as the
+            // connection lives, which for an idle connection is all the time. The next write
+            // allocates a buffer sized to what it carries.
+            return Poll::Ready(Some(Ok(std::mem::take(&mut *outbox).freeze())));
         }
         if this.done {
             Poll::Ready(None)

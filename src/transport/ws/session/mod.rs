@@ -69,7 +69,7 @@ use portfolio::PortfolioStream;
 use rate::{TokenBucket, Verdict};
 use subscriptions::Subscriptions;
 
-/// Limits of one session, from `[ws]` and `[market]` settings.
+/// Limits of every session, from `[ws]` and `[market]` settings.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub auth_timeout: Duration,
@@ -95,7 +95,9 @@ pub struct SessionDeps {
     pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
-    pub limits: SessionLimits,
+    /// Shared by every session of the server (built once from the settings), not copied
+    /// into each: a connection carries a pointer.
+    pub limits: Arc<SessionLimits>,
     /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
     pub market_encoding: MarketEncoding,
 }
@@ -121,10 +123,18 @@ pub struct WsSession {
     rate: TokenBucket,
     subs: Subscriptions,
     market: MarketFeeds,
+    /// Trade updates, the portfolio stream and order books: created on the first action
+    /// that needs one of them, so a market-data session (most idle connections) carries a
+    /// null pointer instead of their ~180 bytes (issue 17: idle WebSocket memory).
+    streams: Option<Box<Streams>>,
+    closed: bool,
+}
+
+/// The parts of a session that only trading and order-book clients use.
+struct Streams {
     trade_updates: TradeUpdates,
     portfolio: PortfolioStream,
     books: Books,
-    closed: bool,
 }
 
 /// The session's timers, all served by one sleep (see [`WsSession::wait`]).
@@ -187,6 +197,21 @@ async fn boxed_or_pending<F: std::future::Future>(
     }
 }
 
+impl SessionLimits {
+    pub fn from_settings(settings: &crate::settings::Settings) -> SessionLimits {
+        let ws = &settings.ws;
+        SessionLimits {
+            auth_timeout: ws.auth_timeout,
+            max_message_bytes: ws.max_message_bytes,
+            actions_per_second: ws.actions_per_second,
+            action_burst: ws.action_burst,
+            max_dropped_actions: ws.max_dropped_actions,
+            portfolio_interval: Duration::from_secs_f64(1.0 / ws.portfolio_max_per_second),
+            max_symbols: settings.market.max_symbols_per_subscription,
+        }
+    }
+}
+
 impl WsSession {
     pub fn new(deps: SessionDeps) -> WsSession {
         let limits = &deps.limits;
@@ -205,12 +230,22 @@ impl WsSession {
                 (deps.market_encoding == MarketEncoding::MsgPack)
                     .then(|| deps.hub.msgpack_client()),
             ),
-            trade_updates: TradeUpdates::default(),
-            portfolio: PortfolioStream::new(limits.portfolio_interval),
-            books: Books::default(),
+            streams: None,
             closed: false,
             deps,
         }
+    }
+
+    /// The trading and order-book streams, created on first use.
+    fn streams(&mut self) -> &mut Streams {
+        let interval = self.deps.limits.portfolio_interval;
+        self.streams.get_or_insert_with(|| {
+            Box::new(Streams {
+                trade_updates: TradeUpdates::default(),
+                portfolio: PortfolioStream::new(interval),
+                books: Books::default(),
+            })
+        })
     }
 
     /// The queue the hub (and its keep-alive sweep) pushes into; wake-ups surface as
@@ -455,8 +490,14 @@ impl WsSession {
             .flatten();
         [
             (market_due, Timer::MarketDue),
-            (self.portfolio.due(), Timer::PortfolioDue),
-            (self.books.next_release(), Timer::BooksDue),
+            (
+                self.streams.as_ref().and_then(|s| s.portfolio.due()),
+                Timer::PortfolioDue,
+            ),
+            (
+                self.streams.as_ref().and_then(|s| s.books.next_release()),
+                Timer::BooksDue,
+            ),
             (self.auth.pending_deadline(), Timer::AuthDeadline),
             (self.auth.token_deadline(), Timer::TokenExpired),
         ]
@@ -474,15 +515,17 @@ impl WsSession {
     /// boxed future while one is open (`size_of` pinned in the tests).
     pub async fn wait(&mut self) -> Wake {
         let timer = self.next_timer();
-        let trading =
-            (self.trade_updates.is_open() || self.portfolio.is_open() || self.books.is_open())
-                .then(|| {
-                    Box::pin(trading_wake(
-                        &mut self.trade_updates,
-                        &mut self.portfolio,
-                        &mut self.books,
-                    ))
-                });
+        let trading = self
+            .streams
+            .as_deref_mut()
+            .filter(|s| s.trade_updates.is_open() || s.portfolio.is_open() || s.books.is_open())
+            .map(|s| {
+                Box::pin(trading_wake(
+                    &mut s.trade_updates,
+                    &mut s.portfolio,
+                    &mut s.books,
+                ))
+            });
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
@@ -508,7 +551,7 @@ impl WsSession {
                 }
             }
             Wake::UserEvent(first) => self.on_user_events(first, &mut out).await,
-            Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
+            Wake::PortfolioChanged(ok) => self.streams().portfolio.on_changed(ok),
             Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
             Wake::Book(first) => self.on_book_messages(first, &mut out),
             Wake::BooksDue => self.on_books_due(&mut out),

@@ -239,7 +239,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
         market_encoding: super::MarketEncoding::Json,
         trading,
         metrics,
-        limits: SessionLimits {
+        limits: Arc::new(SessionLimits {
             auth_timeout: Duration::from_secs(5),
             max_message_bytes: 4096,
             actions_per_second: 100.0,
@@ -247,7 +247,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
             max_dropped_actions: 50,
             portfolio_interval: Duration::from_secs(1),
             max_symbols: 10,
-        },
+        }),
     };
     (WsSession::new(deps), hub)
 }
@@ -636,13 +636,16 @@ fn replies_match_their_json_object_encoding() {
     let msft = hub.universe().id("MSFT").expect("MSFT");
     let mut subs = Subscriptions::default();
     let mut states = vec![subs.clone()];
-    subs.trades.ids.insert(aapl);
+    Rc::make_mut(&mut subs.market).trades.ids.insert(aapl);
     states.push(subs.clone());
-    subs.quotes.ids.extend([aapl, msft]);
-    subs.news.all = true;
-    subs.bars.all = true;
-    subs.bars.ids.insert(msft);
-    subs.statuses.ids.insert(aapl);
+    Rc::make_mut(&mut subs.market)
+        .quotes
+        .ids
+        .extend([aapl, msft]);
+    Rc::make_mut(&mut subs.market).news.all = true;
+    Rc::make_mut(&mut subs.market).bars.all = true;
+    Rc::make_mut(&mut subs.market).bars.ids.insert(msft);
+    Rc::make_mut(&mut subs.market).statuses.ids.insert(aapl);
     subs.orderbooks
         .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
     subs.trade_updates = true;
@@ -671,11 +674,11 @@ fn replies_match_their_json_object_encoding() {
         for subs in &states {
             let mut old = json!({
                 "T": "subscription",
-                "trades": old_names(&subs.trades),
-                "quotes": old_names(&subs.quotes),
-                "bars": old_names(&subs.bars),
-                "statuses": old_names(&subs.statuses),
-                "news": old_names(&subs.news),
+                "trades": old_names(&subs.market.trades),
+                "quotes": old_names(&subs.market.quotes),
+                "bars": old_names(&subs.market.bars),
+                "statuses": old_names(&subs.market.statuses),
+                "news": old_names(&subs.market.news),
                 "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
                 "trade_updates": subs.trade_updates,
                 "portfolio": subs.portfolio,

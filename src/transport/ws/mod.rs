@@ -23,6 +23,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -251,7 +252,7 @@ fn serve(
         hard: ws.max_frame_bytes,
         fragment_timeout: ws.fragment_timeout,
     };
-    let mut inbound = Inbound::new(body.into_inner(), preauth);
+    let inbound = Inbound::new(body.into_inner(), preauth);
     let wire = Wire::new();
     let market_encoding = match dialect {
         Dialect::AlpacaData(DataDialect {
@@ -280,18 +281,17 @@ fn serve(
     );
     state.hub.keep_alive(session.queue());
     state.metrics.connection_opened(Transport::WebSocket);
-    let mut connection = Connection {
+    let mut connection = Connection::new(
         session,
+        inbound,
         dialect,
-        wire: Rc::clone(&wire),
-        authenticated_limits: authenticated,
-        shutdown: state.shutdown.clone(),
-        _closed: ClosedGuard(Arc::clone(&state.metrics)),
-    };
-    let close = connection.start(&mut inbound, credential);
-    // The loop's future itself, not wrapped in an `async move` block: a wrapper would keep
-    // its own copy of everything it moves into the loop (about 1 KB per connection).
-    let body = WsBody::new(wire, Some(fast), connection.run(inbound, close));
+        Rc::clone(&wire),
+        authenticated,
+        state.shutdown.clone(),
+        ClosedGuard(Arc::clone(&state.metrics)),
+    );
+    connection.start(credential);
+    let body = WsBody::new(wire, Some(fast), connection);
     let mut response = response;
     let response = response
         .message_body(body)
@@ -312,20 +312,96 @@ impl Drop for ClosedGuard {
     }
 }
 
+/// What a handling or a wait that runs as a future of its own takes along and gives back:
+/// the session, and the decoder (a wait on the trading streams reads the socket too).
+struct Core {
+    session: WsSession,
+    inbound: Inbound,
+}
+
+/// Boxed work the connection is in the middle of. The future owns the [`Core`] while it
+/// runs and hands it back with its result, so nothing borrows the connection across a poll.
+enum Pending {
+    /// A session action, or the handling of a wake-up; market data waits meanwhile
+    /// (`Wire::busy`), so a reply precedes the data it starts.
+    Step(Pin<Box<dyn Future<Output = (Core, Vec<Output>)>>>, StepKind),
+    /// A wait on the trading streams (their receivers have no poll form), the socket and
+    /// shutdown, as one `select`.
+    Wait(Pin<Box<dyn Future<Output = (Core, Event)>>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepKind {
+    Wake,
+    /// A client message: the inbound limits may rise after it (authentication).
+    Message,
+}
+
 /// Everything but market data: client frames, trading events, timers, shutdown. Market data
 /// and the pings that ride on hub wake-ups are served by the body (`wire::FastPath`).
+///
+/// The connection's loop, written as a `Future` by hand and held inline in the response
+/// body ([`WsBody`]), so an idle connection's whole loop state is this struct (its size is
+/// pinned in the tests): no `async` state machine keeping the session, the select's
+/// futures and the await slots of every branch side by side. While idle it polls the
+/// session ([`WsSession::poll_wait`]), the decoder and the shutdown waiter in place; what
+/// takes time (an action, a wake-up's handling, a wait on the trading streams) runs as one
+/// boxed future that owns the session while it runs ([`Pending`]).
 struct Connection {
-    session: WsSession,
+    /// `None` only while a [`Pending`] future owns it.
+    core: Option<Core>,
+    pending: Option<Pending>,
     dialect: Dialect,
     /// Shared with the body: the outbox, when the client was last heard, the busy flag.
     wire: Rc<Wire>,
     /// The inbound limits once the session has authenticated.
     authenticated_limits: InboundLimits,
     shutdown: tokio_util::sync::CancellationToken,
+    /// The shutdown waiter, registered once for the connection's life (boxed: it cannot
+    /// move once polled).
+    shutdown_waiter: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// The close to send once the loop ends; the loop ends when this is set.
+    close: Option<(u16, String)>,
+    /// The loop has ended (the close, if any, is in the outbox).
+    ended: bool,
+    /// Client messages handled since the loop last gave the worker back.
+    handled: u32,
     _closed: ClosedGuard,
 }
 
+/// What the connection's loop woke up for.
+enum Event {
+    Wake(session::Wake),
+    /// A client message, or `None` once the peer has gone.
+    Message(Option<Incoming>),
+    Shutdown,
+}
+
 impl Connection {
+    fn new(
+        session: WsSession,
+        inbound: Inbound,
+        dialect: Dialect,
+        wire: Rc<Wire>,
+        authenticated_limits: InboundLimits,
+        shutdown: tokio_util::sync::CancellationToken,
+        closed: ClosedGuard,
+    ) -> Connection {
+        Connection {
+            core: Some(Core { session, inbound }),
+            pending: None,
+            dialect,
+            wire,
+            authenticated_limits,
+            shutdown_waiter: Box::pin(shutdown.clone().cancelled_owned()),
+            shutdown,
+            close: None,
+            ended: false,
+            handled: 0,
+            _closed: closed,
+        }
+    }
+
     /// Frames the outputs; returns the close to send if the session ended. No await: the
     /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
     /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
@@ -381,181 +457,225 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, message: bytes::Bytes, binary: bool) -> Vec<Output> {
+    /// Greets the client and applies the upgrade's credential, before the loop first runs,
+    /// so the credential is not kept for the connection's life. Sets the close to send if
+    /// the session ended already.
+    fn start(&mut self, credential: Option<Result<Identity, AuthError>>) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let start = core.session.start(credential);
+        if core.session.user().is_some() {
+            core.inbound.set_limits(self.authenticated_limits);
+        }
+        self.close = self.write(start);
+    }
+
+    /// Runs `step` as the pending work, owning the core until it is done.
+    fn run_step<F>(&mut self, mut core: Core, kind: StepKind, step: F)
+    where
+        F: for<'s> FnOnce(&'s mut WsSession) -> Pin<Box<dyn Future<Output = Vec<Output>> + 's>>
+            + 'static,
+    {
+        self.wire.busy.set(true);
+        let future = async move {
+            let outputs = step(&mut core.session).await;
+            (core, outputs)
+        };
+        self.pending = Some(Pending::Step(Box::pin(future), kind));
+    }
+
+    /// Acts on an event; the core is back in place (nothing is pending).
+    fn handle(&mut self, event: Event) {
+        let Some(mut core) = self.core.take() else {
+            return;
+        };
+        let outputs = match event {
+            Event::Wake(wake) => {
+                return self.run_step(core, StepKind::Wake, move |session| {
+                    Box::pin(session.on_wake(wake))
+                });
+            }
+            Event::Message(None) => {
+                // The peer has gone: no close frame.
+                self.core = Some(core);
+                self.ended = true;
+                return;
+            }
+            Event::Message(Some(message)) => {
+                self.handled += 1;
+                // std's clock: tokio's (built with test-util) costs a runtime lookup.
+                self.wire.last_heard.set(Instant::now());
+                match message {
+                    Incoming::Text(text) => {
+                        return self.on_message(core, text.into_bytes(), false);
+                    }
+                    Incoming::Binary(bytes) => return self.on_message(core, bytes, true),
+                    Incoming::Ping(payload) => {
+                        put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
+                        Vec::new()
+                    }
+                    Incoming::Pong => Vec::new(),
+                    Incoming::Close => {
+                        self.close = Some((close_codes::NORMAL, "bye".to_owned()));
+                        Vec::new()
+                    }
+                    Incoming::TooLarge(len) => core.session.on_oversize(len),
+                    Incoming::Overflow(limit) => core.session.on_frame_overflow(limit),
+                    Incoming::FragmentTimeout => core.session.on_fragment_timeout(),
+                    Incoming::Invalid(error) => {
+                        tracing::debug!(%error, "websocket protocol error");
+                        self.close = Some((close_codes::PROTOCOL, error));
+                        Vec::new()
+                    }
+                }
+            }
+            Event::Shutdown => core.session.on_shutdown(),
+        };
+        self.core = Some(core);
+        if let Some(close) = self.write(outputs) {
+            self.close = Some(close);
+        }
+    }
+
+    /// A client text or binary message: synchronous answers at once, an action as a step.
+    fn on_message(&mut self, mut core: Core, message: bytes::Bytes, binary: bool) {
         if binary && matches!(self.dialect, Dialect::Native) {
-            return self.session.on_binary();
+            let outputs = core.session.on_binary();
+            self.core = Some(core);
+            self.close = self.write(outputs);
+            return;
         }
         match self.inbound(&message, binary) {
             Ok(text) => {
-                self.wire.busy.set(true);
-                let outputs = Box::pin(self.session.on_text(&text)).await;
-                self.wire.busy.set(false);
-                outputs
+                // Owned by the step; a client message is small and its handling (a parse, an
+                // order) costs far more than this copy.
+                let text = text.into_owned();
+                self.run_step(core, StepKind::Message, move |session| {
+                    Box::pin(async move { session.on_text(&text).await })
+                });
             }
             // A message the dialect refused still draws from the action budget, so a flood
             // of them gets no reply per message either.
-            Err(reply) => self.session.over_rate(None).unwrap_or(reply),
-        }
-    }
-
-    /// Once the session has authenticated, the inbound limits become the full ones.
-    fn raise_limits(&self, inbound: &mut Inbound) {
-        if self.session.user().is_some() && inbound.limits() != self.authenticated_limits {
-            inbound.set_limits(self.authenticated_limits);
-        }
-    }
-
-    /// Greets the client and applies the upgrade's credential. Synchronous, and called
-    /// before the loop's future is built, so the credential is not kept in that future for
-    /// the connection's life. Returns the close to send if the session ended already.
-    fn start(
-        &mut self,
-        inbound: &mut Inbound,
-        credential: Option<Result<Identity, AuthError>>,
-    ) -> Option<(u16, String)> {
-        let start = self.session.start(credential);
-        let close = self.write(start);
-        if self.session.user().is_some() {
-            inbound.set_limits(self.authenticated_limits);
-        }
-        close
-    }
-
-    /// The connection's loop. Its future is what every connection holds while idle (boxed
-    /// in the response body), so its state is kept small (the size is pinned in the tests):
-    /// - an `async move` block in a plain function, not an `async fn`: an `async fn` moves
-    ///   its arguments from the future's captured state into locals of its own, and both
-    ///   stay in the state, so the connection and its inbound decoder would be held twice
-    ///   (rust-lang/rust#62958; 900 bytes per connection here);
-    /// - the select only says what happened and is over before anything is handled, so the
-    ///   waiting futures and the handling's own await state share bytes instead of adding up.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep its arguments twice in the future (see above)"
-    )]
-    fn run(
-        mut self,
-        mut inbound: Inbound,
-        mut close: Option<(u16, String)>,
-    ) -> impl Future<Output = ()> + 'static {
-        async move {
-            // Client messages handled since the loop last gave the worker back.
-            let mut handled = 0u32;
-            // One shutdown waiter for the connection's life, not one registered and dropped per
-            // wake-up.
-            let shutdown = self.shutdown.clone().cancelled_owned();
-            tokio::pin!(shutdown);
-            while close.is_none() {
-                // Fairness: a client that keeps its socket full (a flood of small messages) would
-                // otherwise keep this loop, and the worker thread it shares with other
-                // connections, busy for as long as bytes keep arriving.
-                if handled >= MESSAGES_PER_TURN {
-                    handled = 0;
-                    tokio::task::yield_now().await;
-                }
-                let event = tokio::select! {
-                    biased;
-                    wake = self.session.wait() => Event::Wake(wake),
-                    message = inbound.recv() => Event::Message(message),
-                    _ = &mut shutdown => Event::Shutdown,
-                };
-                // The event is consumed here, before anything is awaited: a value matched on
-                // stays in the future's state across every await inside its match arms, and
-                // would so sit in every idle connection's loop too. What takes time runs as
-                // one boxed future, awaited after the match.
-                let step = match event {
-                    Event::Wake(wake) => {
-                        self.wire.busy.set(true);
-                        Step::Wake(Box::pin(self.session.on_wake(wake)))
-                    }
-                    Event::Message(None) => break,
-                    Event::Message(Some(message)) => {
-                        handled += 1;
-                        // std's clock: tokio's (built with test-util) costs a runtime lookup.
-                        self.wire.last_heard.set(Instant::now());
-                        match message {
-                            // Boxed, like `on_wake` above: the order path's await state is large
-                            // and would otherwise sit in every idle connection's loop. Market data
-                            // waits meanwhile (`busy`), so replies precede the data they start.
-                            Incoming::Text(text) => {
-                                Step::Message(Box::pin(self.on_message(text.into_bytes(), false)))
-                            }
-                            Incoming::Binary(bytes) => {
-                                Step::Message(Box::pin(self.on_message(bytes, true)))
-                            }
-                            Incoming::Ping(payload) => {
-                                put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
-                                continue;
-                            }
-                            Incoming::Pong => continue,
-                            Incoming::Close => {
-                                close = Some((close_codes::NORMAL, "bye".to_owned()));
-                                break;
-                            }
-                            Incoming::TooLarge(len) => Step::Done(self.session.on_oversize(len)),
-                            Incoming::Overflow(limit) => {
-                                Step::Done(self.session.on_frame_overflow(limit))
-                            }
-                            Incoming::FragmentTimeout => {
-                                Step::Done(self.session.on_fragment_timeout())
-                            }
-                            Incoming::Invalid(error) => {
-                                tracing::debug!(%error, "websocket protocol error");
-                                close = Some((close_codes::PROTOCOL, error));
-                                break;
-                            }
-                        }
-                    }
-                    Event::Shutdown => Step::Done(self.session.on_shutdown()),
-                };
-                let (woken, message) = (
-                    matches!(step, Step::Wake(_)),
-                    matches!(step, Step::Message(_)),
-                );
-                // Consumed by the call, so the session's borrow ends with the await.
-                let outputs = step.outputs().await;
-                if woken {
-                    self.wire.busy.set(false);
-                }
-                if message {
-                    self.raise_limits(&mut inbound);
-                }
-                close = self.write(outputs);
-            }
-            // The session leaves the hub before the close goes out.
-            let Connection { session, wire, .. } = self;
-            drop(session);
-            if let Some((code, reason)) = close {
-                put_close(&mut wire.outbox.borrow_mut(), code, &reason);
+            Err(reply) => {
+                let outputs = core.session.over_rate(None).unwrap_or(reply);
+                self.core = Some(core);
+                self.close = self.write(outputs);
             }
         }
     }
-}
 
-/// What the loop does with an event: outputs ready at once, or a boxed handling to await.
-enum Step<'a> {
-    Done(Vec<Output>),
-    /// A session wake-up (market data waits meanwhile: `Wire::busy`).
-    Wake(Pin<Box<dyn Future<Output = Vec<Output>> + 'a>>),
-    /// A client message; the inbound limits may rise after it (authentication).
-    Message(Pin<Box<dyn Future<Output = Vec<Output>> + 'a>>),
-}
+    /// A step has finished: its outputs go out, and after a client message the inbound
+    /// limits become the full ones once the session has authenticated.
+    fn finish_step(&mut self, mut core: Core, kind: StepKind, outputs: Vec<Output>) {
+        self.wire.busy.set(false);
+        if kind == StepKind::Message
+            && core.session.user().is_some()
+            && core.inbound.limits() != self.authenticated_limits
+        {
+            core.inbound.set_limits(self.authenticated_limits);
+        }
+        self.core = Some(core);
+        self.close = self.write(outputs);
+    }
 
-impl Step<'_> {
-    async fn outputs(self) -> Vec<Output> {
-        match self {
-            Step::Done(outputs) => outputs,
-            Step::Wake(handling) | Step::Message(handling) => handling.await,
+    /// The next event of an idle connection, polled in place: the session first (the hub's
+    /// queue when the loop serves it, then its deadlines), then the socket, then shutdown,
+    /// the order the loop always checked them in.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let Some(core) = self.core.as_mut() else {
+            return Poll::Pending;
+        };
+        if let Poll::Ready(wake) = core.session.poll_wait(cx) {
+            return Poll::Ready(Event::Wake(wake));
+        }
+        if let Poll::Ready(message) = core.inbound.poll_recv(cx) {
+            return Poll::Ready(Event::Message(message));
+        }
+        if self.shutdown_waiter.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
+        }
+        Poll::Pending
+    }
+
+    /// A wait that needs futures of its own (a trading stream is open): one boxed `select`
+    /// over the session, the socket and shutdown, owning the core until one of them fires.
+    fn wait_on_streams(&mut self, mut core: Core) {
+        let shutdown = self.shutdown.clone();
+        let wait = async move {
+            let event = tokio::select! {
+                biased;
+                wake = core.session.wait() => Event::Wake(wake),
+                message = core.inbound.recv() => Event::Message(message),
+                () = shutdown.cancelled() => Event::Shutdown,
+            };
+            (core, event)
+        };
+        self.pending = Some(Pending::Wait(Box::pin(wait)));
+    }
+
+    /// The loop has ended: the session leaves the hub before the close goes out.
+    fn end(&mut self) {
+        self.ended = true;
+        self.pending = None;
+        self.core = None;
+        if let Some((code, reason)) = self.close.take() {
+            put_close(&mut self.wire.outbox.borrow_mut(), code, &reason);
         }
     }
 }
 
-/// What the connection's loop woke up for.
-enum Event {
-    Wake(session::Wake),
-    /// A client message, or `None` once the peer has gone.
-    Message(Option<Incoming>),
-    Shutdown,
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if this.ended || (this.close.is_some() && this.pending.is_none()) {
+                if this.core.is_some() || this.close.is_some() {
+                    this.end();
+                }
+                return Poll::Ready(());
+            }
+            match this.pending.as_mut() {
+                Some(Pending::Step(step, kind)) => {
+                    let kind = *kind;
+                    let Poll::Ready((core, outputs)) = step.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    this.pending = None;
+                    this.finish_step(core, kind, outputs);
+                    continue;
+                }
+                Some(Pending::Wait(wait)) => {
+                    let Poll::Ready((core, event)) = wait.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    this.pending = None;
+                    this.core = Some(core);
+                    this.handle(event);
+                    continue;
+                }
+                None => {}
+            }
+            // Fairness: a client that keeps its socket full (a flood of small messages) would
+            // otherwise keep this loop, and the worker thread it shares with other
+            // connections, busy for as long as bytes keep arriving.
+            if this.handled >= MESSAGES_PER_TURN {
+                this.handled = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if let Some(core) = this.core.take_if(|core| core.session.waits_on_streams()) {
+                this.wait_on_streams(core);
+                continue;
+            }
+            let Poll::Ready(event) = this.poll_event(cx) else {
+                return Poll::Pending;
+            };
+            this.handle(event);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -567,18 +687,17 @@ mod tests {
     use crate::metrics::Metrics;
 
     /// What every idle WebSocket holds besides actix-http's own connection state, pinned so
-    /// it does not creep back (issue 17: idle WebSocket memory at or below SSE's). The loop's
-    /// future is boxed once in the response body, so its size is heap per connection (the
-    /// session is part of it); the market state is shared with the body through an `Rc`.
+    /// it does not creep back (issue 17: idle WebSocket memory at or below SSE's). The
+    /// response body holds the connection's loop inline and actix boxes the body once, so
+    /// the body's size is heap per connection (the session is part of it); the market state
+    /// is shared with the body through an `Rc`.
     ///
-    /// Budgets, in the test profile: before issue 17 the loop was about 3,000 bytes (a
-    /// 720-byte `wait` with three sleeps and three receivers' futures, and the connection
-    /// held twice by the `async fn`); then 1,520 with a 728-byte session and a 240-byte
-    /// wait; now 1,096 with a 344-byte session (trading and book streams boxed on first use,
-    /// limits shared, the market-data symbol sets shared with the 96-byte market state
-    /// instead of copied into it, and the loop's event consumed before its handling is
-    /// awaited). The body is the loop's box pointer, the fast path (with
-    /// its coalescer) and the loop's waker.
+    /// Budgets, in the test profile: before issue 17 the loop was an `async` future of about
+    /// 3,000 bytes; then 1,520 with a 728-byte session; then 1,096 with a 344-byte session,
+    /// boxed on its own beside a 184-byte body. Since the loop is a hand-written future
+    /// (`Connection`), the session, the decoder and the loop's few fields are all an idle
+    /// connection holds, and the body (fast path, waker and the loop inline) is one
+    /// allocation. The session's `wait` future is built only while a trading stream is open.
     #[tokio::test]
     async fn an_idle_connection_holds_no_more_state_than_its_budget() {
         let (mut session, _hub) = session::tests::authenticated_session();
@@ -595,16 +714,16 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         metrics.connection_opened(Transport::WebSocket);
         let wire = Wire::new();
-        let connection = Connection {
+        let connection = Connection::new(
             session,
-            dialect: Dialect::Native,
-            wire: Rc::clone(&wire),
-            authenticated_limits: limits,
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            _closed: ClosedGuard(metrics),
-        };
-        let run = connection.run(Inbound::new(actix_web::dev::Payload::None, limits), None);
-        let run_bytes = size_of_val(&run);
+            Inbound::new(actix_web::dev::Payload::None, limits),
+            Dialect::Native,
+            Rc::clone(&wire),
+            limits,
+            tokio_util::sync::CancellationToken::new(),
+            ClosedGuard(metrics),
+        );
+        let connection_bytes = size_of_val(&connection);
         let fast = FastPath::new(
             market,
             Duration::from_secs(15),
@@ -612,31 +731,38 @@ mod tests {
             false,
             crate::hub::coalesce::Coalescer::new(Duration::from_millis(20)),
         );
-        let body = WsBody::new(wire, Some(fast), run);
+        let body = WsBody::new(wire, Some(fast), connection);
         let body_bytes = size_of_val(&body);
         eprintln!(
-            "session {session_bytes} B, its wait {wait_bytes} B, connection loop {run_bytes} B, \
-             body {body_bytes} B, market state {} B, wire {} B, inbound {} B",
+            "session {session_bytes} B, its wait (trading streams only) {wait_bytes} B, \
+             connection loop {connection_bytes} B, body with the loop {body_bytes} B, \
+             market state {} B, wire {} B, inbound {} B",
             size_of::<session::MarketState>(),
             size_of::<Wire>(),
             size_of::<Inbound>(),
         );
         assert!(
-            session_bytes <= 344,
-            "session {session_bytes} B, budget 344"
+            session_bytes <= 352,
+            "session {session_bytes} B, budget 352"
         );
-        assert!(wait_bytes <= 240, "wait {wait_bytes} B, budget 240");
+        assert!(wait_bytes <= 248, "wait {wait_bytes} B, budget 248");
         assert!(
-            run_bytes <= 1_096,
-            "connection loop {run_bytes} B, budget 1,096 (the session plus {} B)",
-            run_bytes.saturating_sub(session_bytes)
+            connection_bytes <= CONNECTION_BUDGET,
+            "connection loop {connection_bytes} B, budget {CONNECTION_BUDGET} (the session \
+             plus {} B)",
+            connection_bytes.saturating_sub(session_bytes)
         );
-        // 128 B before the coalescing window; its state (`Coalescer`) lives in the fast path.
-        assert!(body_bytes <= 184, "body {body_bytes} B, budget 184");
+        assert!(
+            body_bytes <= BODY_BUDGET,
+            "body {body_bytes} B, budget {BODY_BUDGET}"
+        );
         assert!(
             size_of::<session::MarketState>() <= 96,
             "market state {} B, budget 96",
             size_of::<session::MarketState>()
         );
     }
+
+    const CONNECTION_BUDGET: usize = 624;
+    const BODY_BUDGET: usize = 792;
 }

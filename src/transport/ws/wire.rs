@@ -532,8 +532,12 @@ impl FastPath {
 /// market data itself ([`FastPath`]), and ends after the loop has returned (or the fast path
 /// closed the connection) and the last frames are out. If the peer goes away, the dispatcher
 /// drops the body, and with it the loop.
-pub struct WsBody {
-    run: Pin<Box<dyn Future<Output = ()>>>,
+///
+/// The loop is held inline (`F`, a hand-written future in the glue), so the body and the
+/// loop are one allocation: the one actix makes when it boxes the response body.
+pub struct WsBody<F> {
+    /// `None` once the loop has ended or was dropped (the fast path closed the connection).
+    run: Option<F>,
     wire: Rc<Wire>,
     fast: Option<FastPath>,
     done: bool,
@@ -560,17 +564,13 @@ impl Wake for LoopWaker {
     }
 }
 
-impl WsBody {
-    pub fn new(
-        wire: Rc<Wire>,
-        fast: Option<FastPath>,
-        run: impl Future<Output = ()> + 'static,
-    ) -> WsBody {
+impl<F: Future<Output = ()> + Unpin> WsBody<F> {
+    pub fn new(wire: Rc<Wire>, fast: Option<FastPath>, run: F) -> WsBody<F> {
         let wake = Arc::new(LoopWaker::default());
         // Runs once before anything can have woken it.
         wake.woken.store(true, Ordering::Relaxed);
         WsBody {
-            run: Box::pin(run),
+            run: Some(run),
             wire,
             fast,
             done: false,
@@ -580,7 +580,7 @@ impl WsBody {
     }
 }
 
-impl MessageBody for WsBody {
+impl<F: Future<Output = ()> + Unpin> MessageBody for WsBody<F> {
     type Error = Infallible;
 
     fn size(&self) -> BodySize {
@@ -598,13 +598,13 @@ impl MessageBody for WsBody {
         if !this.done && this.wire.outbox.borrow().is_empty() {
             this.wake.task.register(cx.waker());
             if this.wake.woken.swap(false, Ordering::AcqRel)
-                && this
-                    .run
-                    .as_mut()
+                && let Some(run) = this.run.as_mut()
+                && Pin::new(run)
                     .poll(&mut Context::from_waker(&this.waker))
                     .is_ready()
             {
                 this.done = true;
+                this.run = None;
             }
             if !this.done
                 && !this.wire.busy.get()
@@ -613,7 +613,7 @@ impl MessageBody for WsBody {
             {
                 // Dropping the loop drops the session: it leaves the hub.
                 this.done = true;
-                this.run = Box::pin(std::future::ready(()));
+                this.run = None;
             }
         }
         let mut outbox = this.wire.outbox.borrow_mut();

@@ -127,6 +127,10 @@ pub struct WsSession {
     /// that needs one of them, so a market-data session (most idle connections) carries a
     /// null pointer instead of their ~180 bytes (issue 17: idle WebSocket memory).
     streams: Option<Box<Streams>>,
+    /// The sleep for the nearest of the session's deadlines (see [`WsSession::poll_wait`]);
+    /// boxed, and only while a deadline exists, so a session without one carries a null
+    /// pointer. Kept and reset between deadlines rather than allocated per wait.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     closed: bool,
 }
 
@@ -231,6 +235,7 @@ impl WsSession {
                     .then(|| deps.hub.msgpack_client()),
             ),
             streams: None,
+            timer: None,
             closed: false,
             deps,
         }
@@ -514,6 +519,10 @@ impl WsSession {
     /// deadline rather than one per timer, and the trading streams' receivers only as a
     /// boxed future while one is open (`size_of` pinned in the tests).
     pub async fn wait(&mut self) -> Wake {
+        if !self.waits_on_streams() {
+            return std::future::poll_fn(|cx| self.poll_wait(cx)).await;
+        }
+        self.timer = None;
         let timer = self.next_timer();
         let trading = self
             .streams
@@ -533,6 +542,45 @@ impl WsSession {
             _ = self.market.queue.notified(), if !self.market.in_transport => Wake::Hub,
             wake = boxed_or_pending(trading) => wake,
             wake = sleep_until_timer(timer) => wake,
+        }
+    }
+
+    /// Whether a trading stream (trade updates, portfolio, order books) is open: then only
+    /// [`WsSession::wait`] can wait for everything, since those streams' receivers have no
+    /// poll form and need a future of their own; otherwise [`WsSession::poll_wait`] does.
+    pub fn waits_on_streams(&self) -> bool {
+        self.streams
+            .as_deref()
+            .is_some_and(|s| s.trade_updates.is_open() || s.portfolio.is_open() || s.books.is_open())
+    }
+
+    /// The poll form of [`WsSession::wait`] for a session with no trading stream open (see
+    /// [`WsSession::waits_on_streams`]; such streams are not watched here): the hub queue
+    /// when the loop serves it, and the nearest deadline. The connection's loop polls this in
+    /// place, so an idle connection holds no waiting future at all, only the session's boxed
+    /// sleep while it has a deadline. Cancel-safe: nothing is lost between polls.
+    pub fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Wake> {
+        use std::task::Poll;
+        if !self.market.in_transport && self.market.queue.poll_notified(cx).is_ready() {
+            return Poll::Ready(Wake::Hub);
+        }
+        let Some((deadline, timer)) = self.next_timer() else {
+            // No deadline: the sleep's allocation goes too.
+            self.timer = None;
+            return Poll::Pending;
+        };
+        let sleep = match &mut self.timer {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            empty => empty.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match std::future::Future::poll(sleep.as_mut(), cx) {
+            Poll::Ready(()) => Poll::Ready(timer.wake()),
+            Poll::Pending => Poll::Pending,
         }
     }
 

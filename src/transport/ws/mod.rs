@@ -23,9 +23,9 @@ pub mod wire;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use actix_web::http::header;
@@ -761,6 +761,48 @@ mod tests {
             "market state {} B, budget 96",
             size_of::<session::MarketState>()
         );
+    }
+
+    /// A deadline beyond the session's timer horizon is not armed (no timer while idle); the
+    /// keep-alive tick the fast path drains makes the body poll the loop once, which is when
+    /// the session arms a deadline that has come within reach.
+    #[tokio::test]
+    async fn a_keep_alive_tick_polls_the_loop_once_and_nothing_else_does() {
+        use actix_web::body::MessageBody;
+        use std::cell::Cell;
+
+        let (mut session, _hub) = session::tests::authenticated_session();
+        let market = session.market();
+        let queue = Arc::clone(session.queue());
+        let polls = Rc::new(Cell::new(0u32));
+        let counted = Rc::clone(&polls);
+        let run = std::future::poll_fn(move |_| {
+            counted.set(counted.get() + 1);
+            Poll::<()>::Pending
+        });
+        let fast = FastPath::new(
+            market,
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            false,
+            crate::hub::coalesce::Coalescer::new(Duration::from_millis(20)),
+        );
+        let mut body = WsBody::new(Wire::new(), Some(fast), run);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert_eq!(polls.get(), 1, "the loop runs once at the start");
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert_eq!(polls.get(), 1, "nothing woke the loop");
+        queue.push_keepalive();
+        // The first poll drains the tick (no ping due yet) and asks for another; that one
+        // runs the loop.
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert_eq!(polls.get(), 2, "the tick polled the loop");
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert_eq!(polls.get(), 2, "once");
+        drop(session);
     }
 
     const CONNECTION_BUDGET: usize = 624;

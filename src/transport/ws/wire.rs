@@ -452,6 +452,9 @@ pub struct FastPath {
     binary: bool,
     /// Decides when to drain: at once, or at the end of a coalescing window.
     coalescer: Coalescer,
+    /// A keep-alive tick was drained: the body polls the loop once, so the session arms a
+    /// deadline that has come within reach (`SessionLimits::timer_horizon`).
+    loop_tick: bool,
 }
 
 impl FastPath {
@@ -469,6 +472,7 @@ impl FastPath {
             last_ping: Instant::now(),
             binary,
             coalescer,
+            loop_tick: false,
         }
     }
 
@@ -501,6 +505,7 @@ impl FastPath {
             // The clock is read on keep-alive ticks only (one per ping interval, busy or
             // not), not on every delivery.
             if heartbeat && close.is_none() {
+                self.loop_tick = true;
                 let now = Instant::now();
                 if now.duration_since(self.last_ping) >= self.ping_every {
                     if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
@@ -609,11 +614,15 @@ impl<F: Future<Output = ()> + Unpin> MessageBody for WsBody<F> {
             if !this.done
                 && !this.wire.busy.get()
                 && let Some(fast) = this.fast.as_mut()
-                && fast.poll(cx, &this.wire)
             {
-                // Dropping the loop drops the session: it leaves the hub.
-                this.done = true;
-                this.run = None;
+                if fast.poll(cx, &this.wire) {
+                    // Dropping the loop drops the session: it leaves the hub.
+                    this.done = true;
+                    this.run = None;
+                } else if std::mem::take(&mut fast.loop_tick) {
+                    // The loop runs on the next poll, which this asks for.
+                    this.wake.wake_by_ref();
+                }
             }
         }
         let mut outbox = this.wire.outbox.borrow_mut();

@@ -82,6 +82,12 @@ pub struct SessionLimits {
     pub portfolio_interval: Duration,
     /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
     pub max_symbols: usize,
+    /// A deadline further away than this is not armed as a timer yet (see
+    /// [`WsSession::poll_wait`]): the transport polls the session at least this often anyway
+    /// (on the keep-alive sweep's tick), and arms the timer once the deadline comes within
+    /// reach. An idle authenticated connection then holds no timer for most of its token's
+    /// life. `None`: every deadline is armed at once.
+    pub timer_horizon: Option<Duration>,
 }
 
 /// What a session needs from the rest of the gateway.
@@ -212,6 +218,9 @@ impl SessionLimits {
             max_dropped_actions: ws.max_dropped_actions,
             portfolio_interval: Duration::from_secs_f64(1.0 / ws.portfolio_max_per_second),
             max_symbols: settings.market.max_symbols_per_subscription,
+            // The keep-alive sweep reaches every connection once per ping interval; twice
+            // that leaves room for a late tick.
+            timer_horizon: Some(ws.ping_interval.saturating_mul(2)),
         }
     }
 }
@@ -549,16 +558,18 @@ impl WsSession {
     /// [`WsSession::wait`] can wait for everything, since those streams' receivers have no
     /// poll form and need a future of their own; otherwise [`WsSession::poll_wait`] does.
     pub fn waits_on_streams(&self) -> bool {
-        self.streams
-            .as_deref()
-            .is_some_and(|s| s.trade_updates.is_open() || s.portfolio.is_open() || s.books.is_open())
+        self.streams.as_deref().is_some_and(|s| {
+            s.trade_updates.is_open() || s.portfolio.is_open() || s.books.is_open()
+        })
     }
 
     /// The poll form of [`WsSession::wait`] for a session with no trading stream open (see
     /// [`WsSession::waits_on_streams`]; such streams are not watched here): the hub queue
     /// when the loop serves it, and the nearest deadline. The connection's loop polls this in
     /// place, so an idle connection holds no waiting future at all, only the session's boxed
-    /// sleep while it has a deadline. Cancel-safe: nothing is lost between polls.
+    /// sleep while a deadline is within [`SessionLimits::timer_horizon`] (the caller must
+    /// poll again within that horizon, which the WebSocket transport does on every
+    /// keep-alive tick). Cancel-safe: nothing is lost between polls.
     pub fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Wake> {
         use std::task::Poll;
         if !self.market.in_transport && self.market.queue.poll_notified(cx).is_ready() {
@@ -569,6 +580,13 @@ impl WsSession {
             self.timer = None;
             return Poll::Pending;
         };
+        if let Some(horizon) = self.deps.limits.timer_horizon
+            && deadline > Instant::now() + horizon
+        {
+            // Out of reach: the transport polls again before it comes within reach.
+            self.timer = None;
+            return Poll::Pending;
+        }
         let sleep = match &mut self.timer {
             Some(sleep) => {
                 if sleep.deadline() != deadline {

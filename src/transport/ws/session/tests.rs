@@ -247,6 +247,7 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
             max_dropped_actions: 50,
             portfolio_interval: Duration::from_secs(1),
             max_symbols: 10,
+            timer_horizon: None,
         }),
     };
     (WsSession::new(deps), hub)
@@ -421,6 +422,46 @@ async fn the_expiry_timer_closes_an_idle_session_by_itself() {
         .await
         .expect("the expiry wakes the session");
     assert!(matches!(wake, Wake::TokenExpired));
+    let out = session.on_wake(wake).await;
+    assert_eq!(objects(&out)[0]["code"], 409);
+    assert!(session.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_beyond_the_timer_horizon_is_armed_once_a_poll_finds_it_within_reach() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = session_with(Arc::clone(&trading));
+    let mut limits = (*session.deps.limits).clone();
+    limits.timer_horizon = Some(Duration::from_secs(2));
+    session.deps.limits = Arc::new(limits);
+    let now = chrono::Utc::now().timestamp() as u64;
+    session.start(Some(Ok(Identity {
+        user: "alice".into(),
+        valid_until: now + 10,
+    })));
+    // Ten seconds away, beyond the two-second horizon: no timer is held, so the session
+    // does not wake by itself (the transport polls it again on its keep-alive tick).
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(session.poll_wait(&mut cx).is_pending());
+    assert!(
+        session.timer.is_none(),
+        "no timer for a deadline out of reach"
+    );
+    let early = tokio::time::timeout(Duration::from_secs(3), session.wait()).await;
+    assert!(
+        early.is_err(),
+        "woke {early:?} with the deadline still out of reach"
+    );
+    assert!(session.timer.is_none());
+    // Within reach: the next poll arms the timer, which wakes the session at expiry.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let started = tokio::time::Instant::now();
+    let wake = tokio::time::timeout(Duration::from_secs(5), session.wait())
+        .await
+        .expect("the expiry wakes the session once within reach");
+    assert!(matches!(wake, Wake::TokenExpired));
+    assert!(started.elapsed() <= Duration::from_secs(2));
     let out = session.on_wake(wake).await;
     assert_eq!(objects(&out)[0]["code"], 409);
     assert!(session.is_closed());

@@ -38,8 +38,8 @@ pub struct AppState {
     pub cluster: Option<ClusterNode>,
     /// API key pairs (Alpaca's key id and secret; docs/alpaca.md).
     pub api_keys: Arc<ApiKeys>,
-    /// Every WebSocket session's limits, built once from `settings` and shared.
-    pub ws_session_limits: Arc<crate::transport::ws::session::SessionLimits>,
+    /// What every WebSocket session shares (services and limits), built once and shared.
+    pub ws_sessions: Arc<crate::transport::ws::session::SessionShared>,
 }
 
 impl AppState {

@@ -247,11 +247,6 @@ fn serve(
         hard: ws.max_preauth_message_bytes,
         fragment_timeout: ws.fragment_timeout,
     };
-    let authenticated = InboundLimits {
-        keep: ws.max_message_bytes,
-        hard: ws.max_frame_bytes,
-        fragment_timeout: ws.fragment_timeout,
-    };
     let inbound = Inbound::new(body.into_inner(), preauth);
     let wire = Wire::new();
     let market_encoding = match dialect {
@@ -261,14 +256,9 @@ fn serve(
         _ => MarketEncoding::Json,
     };
     let deps = SessionDeps {
-        hub: Arc::clone(&state.hub),
-        auth: Arc::clone(&state.auth),
-        api_keys: Arc::clone(&state.api_keys),
+        shared: Arc::clone(&state.ws_sessions),
         peer: request.peer_addr().map(|address| address.ip()),
         market_encoding,
-        trading: Arc::clone(&state.trading),
-        metrics: Arc::clone(&state.metrics),
-        limits: Arc::clone(&state.ws_session_limits),
     };
     let mut session = WsSession::new(deps);
     let fast = FastPath::new(
@@ -286,7 +276,7 @@ fn serve(
         inbound,
         dialect,
         Rc::clone(&wire),
-        authenticated,
+        Arc::clone(&state.settings),
         state.shutdown.clone(),
         ClosedGuard(Arc::clone(&state.metrics)),
     );
@@ -297,6 +287,16 @@ fn serve(
         .message_body(body)
         .map_err(|error| ApiError::internal(&error))?;
     Ok(HttpResponse::from(response.map_into_boxed_body()))
+}
+
+/// The inbound limits once a session has authenticated: messages over
+/// `ws.max_message_bytes` are dropped as they stream in, up to the frame limit.
+fn authenticated_limits(settings: &crate::settings::Settings) -> InboundLimits {
+    InboundLimits {
+        keep: settings.ws.max_message_bytes,
+        hard: settings.ws.max_frame_bytes,
+        fragment_timeout: settings.ws.fragment_timeout,
+    }
 }
 
 /// Client messages one connection handles before it lets the worker serve others.
@@ -354,14 +354,16 @@ struct Connection {
     dialect: Dialect,
     /// Shared with the body: the outbox, when the client was last heard, the busy flag.
     wire: Rc<Wire>,
-    /// The inbound limits once the session has authenticated.
-    authenticated_limits: InboundLimits,
+    /// The settings, for the inbound limits once the session has authenticated (a pointer
+    /// rather than the limits themselves).
+    settings: Arc<crate::settings::Settings>,
     shutdown: tokio_util::sync::CancellationToken,
     /// The shutdown waiter, registered once for the connection's life (boxed: it cannot
     /// move once polled).
     shutdown_waiter: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// The close to send once the loop ends; the loop ends when this is set.
-    close: Option<(u16, String)>,
+    /// Boxed: set once, at the end.
+    close: Option<Box<(u16, String)>>,
     /// The loop has ended (the close, if any, is in the outbox).
     ended: bool,
     /// Client messages handled since the loop last gave the worker back.
@@ -383,7 +385,7 @@ impl Connection {
         inbound: Inbound,
         dialect: Dialect,
         wire: Rc<Wire>,
-        authenticated_limits: InboundLimits,
+        settings: Arc<crate::settings::Settings>,
         shutdown: tokio_util::sync::CancellationToken,
         closed: ClosedGuard,
     ) -> Connection {
@@ -392,7 +394,7 @@ impl Connection {
             pending: None,
             dialect,
             wire,
-            authenticated_limits,
+            settings,
             shutdown_waiter: Box::pin(shutdown.clone().cancelled_owned()),
             shutdown,
             close: None,
@@ -466,9 +468,10 @@ impl Connection {
         };
         let start = core.session.start(credential);
         if core.session.user().is_some() {
-            core.inbound.set_limits(self.authenticated_limits);
+            core.inbound
+                .set_limits(authenticated_limits(&self.settings));
         }
-        self.close = self.write(start);
+        self.close = self.write(start).map(Box::new);
     }
 
     /// Runs `step` as the pending work, owning the core until it is done.
@@ -517,7 +520,7 @@ impl Connection {
                     }
                     Incoming::Pong => Vec::new(),
                     Incoming::Close => {
-                        self.close = Some((close_codes::NORMAL, "bye".to_owned()));
+                        self.close = Some(Box::new((close_codes::NORMAL, "bye".to_owned())));
                         Vec::new()
                     }
                     Incoming::TooLarge(len) => core.session.on_oversize(len),
@@ -525,7 +528,7 @@ impl Connection {
                     Incoming::FragmentTimeout => core.session.on_fragment_timeout(),
                     Incoming::Invalid(error) => {
                         tracing::debug!(%error, "websocket protocol error");
-                        self.close = Some((close_codes::PROTOCOL, error));
+                        self.close = Some(Box::new((close_codes::PROTOCOL, error)));
                         Vec::new()
                     }
                 }
@@ -534,7 +537,7 @@ impl Connection {
         };
         self.core = Some(core);
         if let Some(close) = self.write(outputs) {
-            self.close = Some(close);
+            self.close = Some(Box::new(close));
         }
     }
 
@@ -543,7 +546,7 @@ impl Connection {
         if binary && matches!(self.dialect, Dialect::Native) {
             let outputs = core.session.on_binary();
             self.core = Some(core);
-            self.close = self.write(outputs);
+            self.close = self.write(outputs).map(Box::new);
             return;
         }
         match self.inbound(&message, binary) {
@@ -560,7 +563,7 @@ impl Connection {
             Err(reply) => {
                 let outputs = core.session.over_rate(None).unwrap_or(reply);
                 self.core = Some(core);
-                self.close = self.write(outputs);
+                self.close = self.write(outputs).map(Box::new);
             }
         }
     }
@@ -571,12 +574,13 @@ impl Connection {
         self.wire.busy.set(false);
         if kind == StepKind::Message
             && core.session.user().is_some()
-            && core.inbound.limits() != self.authenticated_limits
+            && core.inbound.limits() != authenticated_limits(&self.settings)
         {
-            core.inbound.set_limits(self.authenticated_limits);
+            core.inbound
+                .set_limits(authenticated_limits(&self.settings));
         }
         self.core = Some(core);
-        self.close = self.write(outputs);
+        self.close = self.write(outputs).map(Box::new);
     }
 
     /// The next event of an idle connection, polled in place: the session first (the hub's
@@ -619,7 +623,8 @@ impl Connection {
         self.ended = true;
         self.pending = None;
         self.core = None;
-        if let Some((code, reason)) = self.close.take() {
+        if let Some(close) = self.close.take() {
+            let (code, reason) = *close;
             put_close(&mut self.wire.outbox.borrow_mut(), code, &reason);
         }
     }
@@ -719,7 +724,7 @@ mod tests {
             Inbound::new(actix_web::dev::Payload::None, limits),
             Dialect::Native,
             Rc::clone(&wire),
-            limits,
+            Arc::new(crate::settings::Settings::default()),
             tokio_util::sync::CancellationToken::new(),
             ClosedGuard(metrics),
         );
@@ -742,8 +747,8 @@ mod tests {
             size_of::<Inbound>(),
         );
         assert!(
-            session_bytes <= 352,
-            "session {session_bytes} B, budget 352"
+            session_bytes <= 304,
+            "session {session_bytes} B, budget 304"
         );
         assert!(wait_bytes <= 248, "wait {wait_bytes} B, budget 248");
         assert!(
@@ -805,6 +810,6 @@ mod tests {
         drop(session);
     }
 
-    const CONNECTION_BUDGET: usize = 624;
-    const BODY_BUDGET: usize = 792;
+    const CONNECTION_BUDGET: usize = 528;
+    const BODY_BUDGET: usize = 696;
 }

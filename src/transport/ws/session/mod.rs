@@ -90,22 +90,36 @@ pub struct SessionLimits {
     pub timer_horizon: Option<Duration>,
 }
 
-/// What a session needs from the rest of the gateway.
+/// What every session of the server shares: the gateway's services and the limits, built
+/// once (`AppState::ws_sessions`) so a connection carries one pointer instead of six.
 #[derive(Clone)]
-pub struct SessionDeps {
+pub struct SessionShared {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
     /// API key pairs, accepted by `auth` as `key` and `secret`.
     pub api_keys: Arc<ApiKeys>,
-    /// The client's address (loopback-only key pairs check it).
-    pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
-    /// Shared by every session of the server (built once from the settings), not copied
-    /// into each: a connection carries a pointer.
-    pub limits: Arc<SessionLimits>,
+    pub limits: SessionLimits,
+}
+
+/// What a session needs from the rest of the gateway: the shared part (reached through
+/// `Deref`, so `deps.hub` reads as before) and what is the connection's own.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub shared: Arc<SessionShared>,
+    /// The client's address (loopback-only key pairs check it).
+    pub peer: Option<std::net::IpAddr>,
     /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
     pub market_encoding: MarketEncoding,
+}
+
+impl std::ops::Deref for SessionDeps {
+    type Target = SessionShared;
+
+    fn deref(&self) -> &SessionShared {
+        &self.shared
+    }
 }
 
 /// Something the session was woken for; pass it back to [`WsSession::on_wake`].

@@ -232,23 +232,25 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
         ..AuthSettings::default()
     };
     let deps = SessionDeps {
-        hub: Arc::clone(&hub),
-        auth: Arc::new(auth),
-        api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+        shared: Arc::new(SessionShared {
+            hub: Arc::clone(&hub),
+            auth: Arc::new(auth),
+            api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+            trading,
+            metrics,
+            limits: SessionLimits {
+                auth_timeout: Duration::from_secs(5),
+                max_message_bytes: 4096,
+                actions_per_second: 100.0,
+                action_burst: 100,
+                max_dropped_actions: 50,
+                portfolio_interval: Duration::from_secs(1),
+                max_symbols: 10,
+                timer_horizon: None,
+            },
+        }),
         peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
         market_encoding: super::MarketEncoding::Json,
-        trading,
-        metrics,
-        limits: Arc::new(SessionLimits {
-            auth_timeout: Duration::from_secs(5),
-            max_message_bytes: 4096,
-            actions_per_second: 100.0,
-            action_burst: 100,
-            max_dropped_actions: 50,
-            portfolio_interval: Duration::from_secs(1),
-            max_symbols: 10,
-            timer_horizon: None,
-        }),
     };
     (WsSession::new(deps), hub)
 }
@@ -431,9 +433,9 @@ async fn the_expiry_timer_closes_an_idle_session_by_itself() {
 async fn a_deadline_beyond_the_timer_horizon_is_armed_once_a_poll_finds_it_within_reach() {
     let trading = FakeTrading::new();
     let (mut session, _hub) = session_with(Arc::clone(&trading));
-    let mut limits = (*session.deps.limits).clone();
-    limits.timer_horizon = Some(Duration::from_secs(2));
-    session.deps.limits = Arc::new(limits);
+    let mut shared = (*session.deps.shared).clone();
+    shared.limits.timer_horizon = Some(Duration::from_secs(2));
+    session.deps.shared = Arc::new(shared);
     let now = chrono::Utc::now().timestamp() as u64;
     session.start(Some(Ok(Identity {
         user: "alice".into(),

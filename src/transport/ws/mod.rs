@@ -237,7 +237,7 @@ fn serve(
     let ws = &state.settings.ws;
     // Until the session authenticates, a message over the small pre-authentication limit
     // ends the connection; afterwards larger ones are dropped as they stream in, up to the
-    // frame limit (see `Connection::run`).
+    // frame limit (see `connection::authenticated_limits`).
     let preauth = InboundLimits {
         keep: ws.max_preauth_message_bytes,
         hard: ws.max_preauth_message_bytes,

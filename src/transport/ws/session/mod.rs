@@ -537,10 +537,11 @@ impl WsSession {
     /// Waits for the next thing the session must react to besides client messages.
     /// Cancel-safe: the glue selects on it together with the socket.
     ///
-    /// This future is what an idle connection holds while it waits (inside the connection's
-    /// loop, boxed in its response body), so it is kept small: one sleep for the nearest
-    /// deadline rather than one per timer, and the trading streams' receivers only as a
-    /// boxed future while one is open (`size_of` pinned in the tests).
+    /// The WebSocket transport uses this only while a trading stream is open (inside one
+    /// boxed wait); otherwise it polls [`WsSession::poll_wait`] in place, which this also
+    /// does then. It is kept small all the same: one sleep for the nearest deadline rather
+    /// than one per timer, and the trading streams' receivers only as a boxed future while
+    /// one is open (`size_of` pinned in the tests).
     pub async fn wait(&mut self) -> Wake {
         if !self.waits_on_streams() {
             return std::future::poll_fn(|cx| self.poll_wait(cx)).await;

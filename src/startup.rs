@@ -217,7 +217,16 @@ impl Application {
         if let Some(node) = &cluster {
             publisher = publisher.with_cluster(node.clone(), hub.universe().clone());
         }
+        let ws_sessions = Arc::new(crate::transport::ws::session::SessionShared {
+            hub: Arc::clone(&hub),
+            auth: Arc::clone(&auth),
+            api_keys: Arc::clone(&api_keys),
+            trading: Arc::clone(&trading),
+            metrics: Arc::clone(&metrics),
+            limits: crate::transport::ws::session::SessionLimits::from_settings(&settings),
+        });
         let state = AppState {
+            ws_sessions,
             auth,
             api_keys,
             settings: Arc::new(settings),

@@ -183,8 +183,7 @@ async fn orders_from_either_node_reach_one_exchange_and_survive_its_death_with_c
     assert_eq!(ids, vec!["a1", "after-death", "b1"], "each order once");
     let statuses = survivor.statuses.lock().clone();
     assert!(
-        !statuses.contains(&"trading_unavailable")
-            || statuses.last() == Some(&"trading_available"),
+        !statuses.contains(&"trading_unavailable") || statuses.last() == Some(&"trading_available"),
         "an unavailable status is followed by an available one: {statuses:?}"
     );
     survivor.shutdown.cancel();

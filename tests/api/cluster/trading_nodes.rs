@@ -53,6 +53,11 @@ pub(super) fn trading_node_with(
         ("TICKGATE__STORE__BACKEND", "postgres"),
         ("TICKGATE__STORE__POSTGRES_URL", url.as_str()),
         ("TICKGATE__STORE__DATA_DIR", data_dir.as_str()),
+        // Nodes sharing a database must share the API key hash key (else the second exits 2).
+        (
+            "TICKGATE__AUTH__API_KEY_HASH_KEY",
+            "cluster-test-api-key-hash-key-0123456789",
+        ),
     ];
     settings.extend_from_slice(extra);
     Node::spawn_with_config(redis, id, &settings, &node_config())

@@ -192,8 +192,6 @@ async fn on_events(
                     slot.lock().apply(snapshot, delta);
                 }
             }
-            // The exchange's whole book (a new term, or a node asked): the node's copy is
-            // replaced and its subscribers get it as a fresh snapshot if it differs.
             // The exchange halted trading on a store failure, or resumed it: told once per
             // change (a repeated message changes nothing).
             Announcement::Trading { halted, message } => {
@@ -207,6 +205,8 @@ async fn on_events(
                     status(code, &message);
                 }
             }
+            // The exchange's whole book (a new term, or a node asked): the node's copy is
+            // replaced and its subscribers get it as a fresh snapshot if it differs.
             Announcement::BookSnapshot { snapshot } => {
                 if let Some(slot) = shared.books.get(&snapshot.symbol)
                     && slot.lock().reset(snapshot)

@@ -183,12 +183,7 @@ impl Application {
             (Some(node), Some(opened)) => {
                 let status_hub = Arc::clone(&hub);
                 let status: crate::cluster::trading::TradingStatus =
-                    Arc::new(move |available: bool, message: &str| {
-                        let code = if available {
-                            "trading_available"
-                        } else {
-                            "trading_unavailable"
-                        };
+                    Arc::new(move |code: &'static str, message: &str| {
                         status_hub.notify_status(code, message);
                     });
                 Arc::new(crate::cluster::trading::start(

@@ -70,6 +70,12 @@ impl Coalescer {
         self.hot
     }
 
+    /// Whether a hold is running: the connection writes nothing before its window ends (a
+    /// throttled connection's due releases wait for it too, see `transport::sse_throttled`).
+    pub fn is_holding(&self) -> bool {
+        self.holding
+    }
+
     /// `Ready` when the connection should drain its queue and write now; `Pending` with the
     /// queue's waker (and, while holding, the window's timer) registered otherwise. Takes
     /// the place of [`SubscriberQueue::poll_notified`] for a connection that coalesces.

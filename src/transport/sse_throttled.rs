@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::hub::entry::{SSE_HEARTBEAT, sse_close};
 use crate::hub::{
-    CloseReason, Delivery, Entry, Feed, Hub, MaxRate, Pacer, SubscriberQueue, Throttle,
+    CloseReason, Coalescer, Delivery, Entry, Feed, Hub, MaxRate, Pacer, SubscriberQueue, Throttle,
 };
 use crate::metrics::{Metrics, Transport};
 
@@ -36,6 +36,9 @@ pub(super) struct ThrottledSse {
     spare: VecDeque<Delivery>,
     released: Vec<Arc<Entry>>,
     pacer: Pacer,
+    /// The coalescing window: a connection receiving quickly writes its releases once per
+    /// window, as an unthrottled one does.
+    coalescer: Coalescer,
     initial: Option<Bytes>,
     finished: bool,
     /// The sequence of the last `id:` the client was sent.
@@ -66,6 +69,7 @@ impl ThrottledSse {
             spare: VecDeque::new(),
             released: Vec::new(),
             pacer: Pacer::new(Throttle::new(rate, now, cursor)),
+            coalescer: hub.new_coalescer(),
             initial: None,
             finished: false,
             written: cursor,
@@ -123,12 +127,17 @@ impl ThrottledSse {
             out.put_slice(&sse_close(reason, self.hub.cursor(self.feed)));
         }
         self.metrics.delivered(Transport::Sse, count as u64);
-        // Replaced in the throttle, or in the queue before it (see `SubscriberQueue`).
+        self.count_replaced();
+        self.released.clear();
+    }
+
+    /// Counts what was replaced in the throttle, or in the queue before it (see
+    /// `SubscriberQueue`), since the last write.
+    fn count_replaced(&mut self) {
         self.metrics.throttled.fetch_add(
             self.pacer.throttle.take_replaced() + self.queue.take_replaced(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        self.released.clear();
     }
 
     /// Drains the queue into the throttle and releases what is due; the next chunk, if any.
@@ -168,6 +177,7 @@ impl ThrottledSse {
             let frame = entry.sse.clone();
             self.written = entry.seq;
             self.metrics.delivered(Transport::Sse, 1);
+            self.count_replaced();
             self.released.clear();
             return Some(frame);
         }
@@ -209,16 +219,19 @@ impl MessageBody for ThrottledSse {
         if this.finished {
             return Poll::Ready(None);
         }
-        // Both wake-ups are polled each round, so whichever returns `Pending` has its waker
-        // registered; a round that produced nothing goes again (see docs/ARCHITECTURE.md on
+        // The queue goes through the coalescing window; the throttle's timer is polled
+        // beside it unless a hold runs (what is due then waits for the hold's end, whose
+        // timer wakes the body). Whichever returns `Pending` has its waker registered; a
+        // round that produced nothing goes again (see docs/ARCHITECTURE.md on
         // `poll_notified`).
         loop {
-            let due = this.pacer.poll_due(cx).is_ready();
-            let pushed = this.queue.poll_notified(cx).is_ready();
-            if !due && !pushed {
+            if this.coalescer.poll_ready(&this.queue, cx).is_pending()
+                && (this.coalescer.is_holding() || this.pacer.poll_due(cx).is_pending())
+            {
                 return Poll::Pending;
             }
             if let Some(chunk) = this.step() {
+                this.coalescer.wrote(&this.queue);
                 return Poll::Ready(Some(Ok(chunk)));
             }
         }
@@ -262,19 +275,22 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn frames_lose_their_id_until_the_resume_point_moves_and_a_close_flushes_what_is_held() {
+    /// A hub of AAPL and MSFT with the given coalescing window, and a `max_rate=2` body on it.
+    fn throttled(window: Duration) -> (Arc<Hub>, ThrottledSse) {
         let hub = Arc::new(Hub::new(
             SymbolUniverse::new(["AAPL", "MSFT"]),
-            HubSettings::default(),
+            HubSettings {
+                coalesce_window: window,
+                ..HubSettings::default()
+            },
             Arc::new(Metrics::default()),
             7,
         ));
         let queue = hub.new_queue();
         hub.subscribe(Feed::Market, Filter::everything(), None, false, &queue);
         let rate = MaxRate::new(2).expect("valid");
-        let mut body = ThrottledSse::new(
-            Arc::clone(&queue),
+        let body = ThrottledSse::new(
+            queue,
             rate,
             Bytes::from_static(b"retry: 1\n\n"),
             Vec::new(),
@@ -283,6 +299,13 @@ mod tests {
             Arc::clone(&hub),
             Feed::Market,
         );
+        (hub, body)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_lose_their_id_until_the_resume_point_moves_and_a_close_flushes_what_is_held() {
+        // No coalescing window: the throttle's own rules, write by write.
+        let (hub, mut body) = throttled(Duration::ZERO);
         assert_eq!(poll(&mut body).as_deref(), Some("retry: 1\n\n"));
         assert_eq!(poll(&mut body), None);
         hub.publish_event(trade("AAPL", 1)).expect("valid");
@@ -327,5 +350,50 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_throttled_stream_writes_its_releases_once_per_coalescing_window() {
+        let window = Duration::from_millis(20);
+        let (hub, mut body) = throttled(window);
+        assert_eq!(poll(&mut body).as_deref(), Some("retry: 1\n\n"));
+        hub.publish_event(trade("AAPL", 1)).expect("valid");
+        let first = poll(&mut body).expect("a quiet connection writes at once");
+        assert!(first.contains("\"i\":1"), "{first}");
+        // Three more at once: the connection is receiving quickly, so it holds its next
+        // write for one window; the quiet MSFT's first trade goes out with that write.
+        hub.publish_event(trade("AAPL", 2)).expect("valid");
+        hub.publish_event(trade("AAPL", 3)).expect("valid");
+        hub.publish_event(trade("MSFT", 4)).expect("valid");
+        assert_eq!(poll(&mut body), None, "held by the coalescing window");
+        tokio::time::advance(window - Duration::from_millis(1)).await;
+        assert_eq!(poll(&mut body), None, "the hold has not ended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let msft = poll(&mut body).expect("the hold ended");
+        assert!(msft.contains("\"MSFT\""), "{msft}");
+        assert!(
+            !msft.contains("\"AAPL\""),
+            "AAPL's rate window still runs: {msft}"
+        );
+        // That write carried three events, so the next hold runs to 40 ms. AAPL's window ends
+        // at 500 ms; a hold running then would keep the release until its own end.
+        hub.publish_event(trade("AAPL", 5)).expect("valid");
+        hub.publish_event(trade("AAPL", 6)).expect("valid");
+        hub.publish_event(trade("AAPL", 7)).expect("valid");
+        tokio::time::advance(window).await;
+        assert_eq!(poll(&mut body), None, "AAPL is still in its rate window");
+        tokio::time::advance(Duration::from_millis(459)).await;
+        assert_eq!(poll(&mut body), None, "AAPL's window has not ended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let released = poll(&mut body).expect("AAPL's window ended");
+        assert!(
+            released.contains("\"i\":7") && !released.contains("\"i\":3"),
+            "the newest AAPL trade wins: {released}"
+        );
+        let sent = hub
+            .metrics()
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sent, 4, "trades 2, 3, 5 and 6 were replaced");
     }
 }

@@ -487,10 +487,14 @@ impl FastPath {
     fn poll(&mut self, cx: &mut Context<'_>, wire: &Wire) -> bool {
         let mut market = self.market.borrow_mut();
         loop {
-            // The throttle's window is polled beside the coalescer (both register their
-            // wakers); a throttled release goes out when due, held window or not.
-            let throttle_due = market.poll_throttle_due(cx);
-            if self.coalescer.poll_ready(market.queue(), cx).is_pending() && !throttle_due {
+            // A throttled session's releases go through the coalescing window like any
+            // other write: while a hold runs, what the throttle has due waits for the hold's
+            // end (the hold's timer wakes the loop then); otherwise the throttle's timer is
+            // polled beside the queue, both registering their wakers. So a busy throttled
+            // session writes no more often than an unthrottled one.
+            if self.coalescer.poll_ready(market.queue(), cx).is_pending()
+                && (self.coalescer.is_holding() || !market.poll_throttle_due(cx))
+            {
                 return false;
             }
             let mut outbox = wire.outbox.borrow_mut();

@@ -15,6 +15,7 @@ use super::super::node::{ClusterError, timed};
 use super::relay::{EventsMessage, ReplyMessage};
 use super::remote::Shared;
 use super::stream;
+use super::trace;
 use crate::trading::api::UserEvent;
 use crate::trading::command::TradingReply;
 use crate::trading::engine::Announcement;
@@ -113,6 +114,7 @@ async fn subscription(
                 }
             }
             _ = tick.tick() => {
+                trace::flush();
                 let quiet = watch.last_heard.is_none_or(|heard| heard.elapsed() > silence);
                 if quiet && watch.available != Some(false) {
                     watch.available = Some(false);
@@ -125,11 +127,12 @@ async fn subscription(
 }
 
 fn on_reply(shared: &Shared, message: ReplyMessage) {
+    let received = message.trace.map(|stamps| (stamps, trace::now_us()));
     let Some(sender) = shared.pending.lock().remove(&message.id) else {
         return;
     };
     let reply = TradingReply::decode(&message.reply).unwrap_or_else(|e| TradingReply::error(&e));
-    let _ = sender.send(reply);
+    let _ = sender.send((reply, received));
 }
 
 async fn on_events(

@@ -12,6 +12,7 @@ use super::super::lease::LeaseTicket;
 use super::super::node::{ClusterError, ClusterNode};
 use super::relay::Relay;
 use super::stream::{self, Entry};
+use super::trace::{self, ExchangeStamps};
 use crate::hub::Hub;
 use crate::store::{Fence, StoreError, TradingBatch, TradingStore};
 use crate::trading::ExchangeHandle;
@@ -238,6 +239,9 @@ async fn run_entries(
     if entries.is_empty() {
         return Ok(());
     }
+    let traced = trace::enabled();
+    let read_us = trace::now_us();
+    let batch = entries.len();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let guard_ms = i64::try_from(context.guard.as_millis()).unwrap_or(i64::MAX);
     let mut ids = Vec::with_capacity(entries.len());
@@ -279,8 +283,15 @@ async fn run_entries(
     }
     // Polled in order, so the commands reach the actor in stream order.
     futures::future::join_all(work.into_iter().map(|command| async move {
+        let start = traced.then(trace::now_us);
         let reply = command::execute(exchange, command.clone()).await;
-        relay.reply(&command, &reply);
+        let stamps = start.map(|start| ExchangeStamps {
+            read: read_us,
+            start,
+            done: trace::now_us(),
+            batch,
+        });
+        relay.reply_traced(&command, &reply, stamps);
     }))
     .await;
     if ticket.is_lost() || ids.is_empty() {

@@ -245,9 +245,9 @@ async fn read_loop<'a>(
                 values = &mut read => break values?,
             }
         };
-        let value = values.first().ok_or_else(|| {
-            ClusterError::Reply("command stream: no XREADGROUP reply".into())
-        })?;
+        let value = values
+            .first()
+            .ok_or_else(|| ClusterError::Reply("command stream: no XREADGROUP reply".into()))?;
         let entries = stream::read_reply(value)?;
         if entries.is_empty() {
             continue;

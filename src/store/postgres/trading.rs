@@ -51,7 +51,9 @@ fn fence_outcome(target: &str, fence: &Fence, row: &Row) -> Result<(), StoreErro
     Err(StoreError::Fenced {
         name: fence.name.clone(),
         token: fence.token,
-        current: current.and_then(|token| u64::try_from(token).ok()).unwrap_or(0),
+        current: current
+            .and_then(|token| u64::try_from(token).ok())
+            .unwrap_or(0),
     })
 }
 
@@ -272,7 +274,12 @@ async fn batch_statements(
                         .map(|p| p.username.clone())
                         .collect::<Vec<String>>(),
                 ),
-                Box::new(closed.iter().map(|p| p.symbol.clone()).collect::<Vec<String>>()),
+                Box::new(
+                    closed
+                        .iter()
+                        .map(|p| p.symbol.clone())
+                        .collect::<Vec<String>>(),
+                ),
             ],
         ));
     }

@@ -67,6 +67,12 @@ pub(super) async fn run_term(context: Arc<ExchangeContext>, ticket: LeaseTicket)
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!(%error, "the exchange's command stream failed; reading again");
+                        context.node.metrics().add_counter(
+                            "tickgate_cluster_exchange_read_failures_total",
+                            "Times the exchange's reading of the command stream failed and paused for a renewal interval.",
+                            "",
+                            1.0,
+                        );
                         tokio::select! {
                             _ = ticket.lost().cancelled() => break,
                             _ = tokio::time::sleep(pause) => {}

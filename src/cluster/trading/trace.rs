@@ -8,7 +8,7 @@
 //! steps and the store's commit), when the requester's listener received the reply and when
 //! the waiting call resumed. All are wall-clock microseconds, so stages that cross processes
 //! are exact only between processes on one machine (or with closely synchronised clocks).
-//! `scripts/order-trace` turns a file of such lines into per-stage percentiles.
+//! `scripts/order-trace` turns such files into per-stage percentiles.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -110,5 +110,39 @@ pub(super) fn record(node: &str, op: &str, requester: RequesterStamps, exchange:
 pub(super) fn flush() {
     if let Some(sink) = sink() {
         let _ = sink.lock().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::relay::ReplyMessage;
+    use super::*;
+
+    #[test]
+    fn a_reply_carries_the_stamps_only_when_given_and_decodes_without_them() {
+        let stamps = ExchangeStamps {
+            read: 1,
+            start: 2,
+            done: 3,
+            batch: 4,
+        };
+        let traced = ReplyMessage {
+            id: "n1-0-1".into(),
+            reply: "{}".into(),
+            trace: Some(stamps),
+        };
+        let text = serde_json::to_string(&traced).expect("encodes");
+        let back: ReplyMessage = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back.trace, Some(stamps));
+        // A node without stage timing (or an older one) sends no `trace` at all.
+        let plain = ReplyMessage {
+            trace: None,
+            ..traced
+        };
+        let text = serde_json::to_string(&plain).expect("encodes");
+        assert!(!text.contains("trace"), "{text}");
+        let old: ReplyMessage =
+            serde_json::from_str(r#"{"id":"n1-0-2","reply":"{}"}"#).expect("decodes");
+        assert_eq!(old.trace, None);
     }
 }

@@ -258,6 +258,12 @@ fn handle_command(
                 let _ = reply.send(());
             }));
         }
+        Command::AnnounceBooks { reply } => {
+            out.announcements.extend(engine.book_snapshots(now));
+            steps.push(Pending::new(out, move |_| {
+                let _ = reply.send(());
+            }));
+        }
         Command::Sync { reply } => {
             steps.push(Pending::new(out, move |_| {
                 let _ = reply.send(());

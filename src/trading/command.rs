@@ -48,6 +48,9 @@ pub enum TradingRequest {
     OrderByClientId {
         client_order_id: String,
     },
+    /// Announce every book as a snapshot on the events channel (a node that joined late or
+    /// whose subscription had a gap asks for it; the user is the node's id, unused).
+    AnnounceBooks,
 }
 
 impl TradingRequest {
@@ -61,6 +64,7 @@ impl TradingRequest {
             TradingRequest::Orders { .. } => "orders",
             TradingRequest::UpdatesSince { .. } => "updates_since",
             TradingRequest::OrderByClientId { .. } => "order_by_client_id",
+            TradingRequest::AnnounceBooks => "announce_books",
         }
     }
 
@@ -126,6 +130,8 @@ pub enum TradingReply {
     Portfolio(Box<Portfolio>),
     Orders(Vec<Order>),
     Resume(Box<Resume>),
+    /// The books were announced (the answer to `AnnounceBooks`; they travel as events).
+    Announced,
     Error(WireError),
 }
 
@@ -187,6 +193,13 @@ impl TradingReply {
         match self {
             TradingReply::Resume(resume) => Ok(*resume),
             other => Err(other.mismatch("a resume")),
+        }
+    }
+
+    pub fn into_announced(self) -> Result<(), OrderError> {
+        match self {
+            TradingReply::Announced => Ok(()),
+            other => Err(other.mismatch("an announcement")),
         }
     }
 
@@ -276,6 +289,10 @@ pub async fn execute(exchange: &ExchangeHandle, command: TradingCommand) -> Trad
                 Err(error) => TradingReply::error(&error),
             }
         }
+        TradingRequest::AnnounceBooks => match exchange.announce_books().await {
+            Ok(()) => TradingReply::Announced,
+            Err(error) => TradingReply::error(&error),
+        },
     }
 }
 

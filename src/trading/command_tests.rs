@@ -92,3 +92,12 @@ fn exchange_unavailable_is_its_own_code_and_says_retry() {
     assert_eq!(error.code.number(), 50310002);
     assert!(error.message.contains("retry"));
 }
+
+#[test]
+fn a_request_to_announce_the_books_changes_nothing_and_its_answer_survives_encoding() {
+    assert!(!TradingRequest::AnnounceBooks.is_change());
+    let text = TradingReply::Announced.encode();
+    let back = TradingReply::decode(&text).expect("decodes");
+    assert_eq!(back.clone().into_announced(), Ok(()));
+    assert!(TradingReply::Orders(Vec::new()).into_announced().is_err());
+}

@@ -111,6 +111,12 @@ pub enum Announcement {
         snapshot: BookUpdate,
         delta: BookUpdate,
     },
+    /// The whole book as the exchange holds it, replacing any copy (a cluster's exchange
+    /// announces every book when it takes over and when a node asks, see
+    /// [`Engine::book_snapshots`]); the deltas after it apply to it.
+    BookSnapshot {
+        snapshot: BookUpdate,
+    },
 }
 
 /// The events a command committed and the announcements they produced.
@@ -1222,6 +1228,27 @@ impl Engine {
     /// The current book of a symbol.
     pub fn book(&self, symbol: &str) -> Option<&SyntheticBook> {
         self.markets.get(symbol).map(|m| &m.book)
+    }
+
+    /// A [`Announcement::BookSnapshot`] of every symbol's book (in the universe's order), as
+    /// of `at`: what a copy of the books kept from this engine's deltas must be replaced with.
+    pub fn book_snapshots(&self, at: DateTime<Utc>) -> Vec<Announcement> {
+        self.universe
+            .names()
+            .iter()
+            .map(|symbol| {
+                let book = self.book(symbol).cloned().unwrap_or_default();
+                Announcement::BookSnapshot {
+                    snapshot: BookUpdate {
+                        symbol: symbol.clone(),
+                        snapshot: true,
+                        bids: book.bids,
+                        asks: book.asks,
+                        t: at,
+                    },
+                }
+            })
+            .collect()
     }
 
     pub fn account(&self, user: &str) -> Option<&Account> {

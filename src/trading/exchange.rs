@@ -52,6 +52,27 @@ pub struct BookSlot {
     pub updates: broadcast::Sender<BookUpdate>,
 }
 
+impl BookSlot {
+    /// A change: the book after it becomes the snapshot, and `delta` goes to subscribers.
+    pub fn apply(&mut self, snapshot: BookUpdate, delta: BookUpdate) {
+        self.snapshot = snapshot;
+        let _ = self.updates.send(delta);
+    }
+
+    /// Replaces the book with `snapshot` (a [`Announcement::BookSnapshot`]) and sends it to
+    /// subscribers as a snapshot, which their sessions forward as a fresh `snapshot: true`
+    /// frame. Returns whether the levels changed; a snapshot equal to the book held is kept
+    /// (for its time) but not sent, since every subscriber's book already equals it.
+    pub fn reset(&mut self, snapshot: BookUpdate) -> bool {
+        let changed = self.snapshot.bids != snapshot.bids || self.snapshot.asks != snapshot.asks;
+        self.snapshot = snapshot;
+        if changed {
+            let _ = self.updates.send(self.snapshot.clone());
+        }
+        changed
+    }
+}
+
 /// The book of `symbol` (as a snapshot) and a receiver of the deltas after it, with no gap:
 /// both are taken under the slot's lock, which is also held while a delta is sent.
 pub fn subscribe_book(
@@ -125,9 +146,12 @@ impl Shared {
                 }
                 Announcement::Book { snapshot, delta } => {
                     if let Some(slot) = self.books.get(&snapshot.symbol) {
-                        let mut slot = slot.lock();
-                        slot.snapshot = snapshot;
-                        let _ = slot.updates.send(delta);
+                        slot.lock().apply(snapshot, delta);
+                    }
+                }
+                Announcement::BookSnapshot { snapshot } => {
+                    if let Some(slot) = self.books.get(&snapshot.symbol) {
+                        slot.lock().reset(snapshot);
                     }
                 }
             }
@@ -199,6 +223,10 @@ pub(super) enum Command {
     },
     /// Runs after every command sent and market input pushed before it.
     Sync {
+        reply: oneshot::Sender<()>,
+    },
+    /// Announces every book as a snapshot, in order with the deltas around it.
+    AnnounceBooks {
         reply: oneshot::Sender<()>,
     },
 }
@@ -408,6 +436,12 @@ impl ExchangeHandle {
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())
+    }
+
+    /// Announces every book's current state (`Announcement::BookSnapshot`), in order with
+    /// the deltas before and after it: a cluster node that may hold stale copies asks for it.
+    pub async fn announce_books(&self) -> Result<(), OrderError> {
+        self.request(|reply| Command::AnnounceBooks { reply }).await
     }
 
     fn request<T: Send + 'static>(

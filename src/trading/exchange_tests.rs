@@ -63,3 +63,65 @@ async fn pushed_market_data_is_applied_before_a_later_sync_returns() {
     shutdown.cancel();
     tokio::task::yield_now().await;
 }
+
+/// Keeps what the exchange hands a cluster's relay, in order.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<Announcement>>);
+
+impl AnnouncementOutlet for Recorded {
+    fn announce(&self, announcements: &[Announcement]) {
+        self.0.lock().extend_from_slice(announcements);
+    }
+}
+
+#[tokio::test]
+async fn announced_books_come_in_order_with_the_deltas_and_equal_the_books_then() {
+    let engine = Engine::new(
+        crate::trading::engine_tests::settings(),
+        crate::market::SymbolUniverse::new(["AAPL", "MSFT"]),
+    );
+    let shutdown = CancellationToken::new();
+    let (handle, tasks) = ExchangeHandle::new(engine, None, 16, 64, 64, shutdown.clone());
+    let recorded = Arc::new(Recorded::default());
+    tasks.with_outlet(recorded.clone()).spawn();
+    let quote = |bid| MarketInput::Quote {
+        symbol: "AAPL".into(),
+        bid,
+        ask: bid + dec!(0.02),
+        bid_size: dec!(300),
+        ask_size: dec!(200),
+    };
+    handle.push_market(quote(dec!(42.00)));
+    handle.announce_books().await.expect("announced");
+    handle.push_market(quote(dec!(43.00)));
+    handle.sync().await.expect("running");
+    let items = recorded.0.lock().clone();
+    let kinds: Vec<&str> = items
+        .iter()
+        .map(|item| match item {
+            Announcement::Book { .. } => "delta",
+            Announcement::BookSnapshot { .. } => "snapshot",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["delta", "snapshot", "snapshot", "delta"]);
+    // The AAPL snapshot is the book after the first quote: the second delta applies to it.
+    let Announcement::BookSnapshot { snapshot } = &items[1] else {
+        unreachable!("checked above")
+    };
+    assert_eq!(snapshot.symbol, "AAPL");
+    assert!(snapshot.snapshot);
+    assert_eq!(snapshot.bids[0], (dec!(42), dec!(300)));
+    let Announcement::Book { delta, .. } = &items[3] else {
+        unreachable!("checked above")
+    };
+    let mut book = super::super::book::SyntheticBook {
+        bids: snapshot.bids.clone(),
+        asks: snapshot.asks.clone(),
+    };
+    book.apply_delta(&delta.bids, &delta.asks);
+    let (now, _) = handle.book("AAPL").expect("book");
+    assert_eq!((book.bids, book.asks), (now.bids, now.asks));
+    shutdown.cancel();
+    tokio::task::yield_now().await;
+}

@@ -35,6 +35,7 @@ mod cluster {
     mod engine;
     mod nodes;
     mod trading;
+    mod trading_books;
     mod trading_nodes;
     mod ws_notices;
 }

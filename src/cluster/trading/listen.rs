@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::node::{ClusterError, timed};
 use super::relay::{EventsMessage, ReplyMessage};
-use super::remote::Shared;
+use super::remote::{RemoteExchange, Shared};
 use super::stream;
 use super::trace;
 use crate::trading::api::UserEvent;
-use crate::trading::command::TradingReply;
+use crate::trading::command::{TradingReply, TradingRequest};
 use crate::trading::engine::Announcement;
 
 /// Called with `false` and a reason when trading became unavailable, `true` when it is back.
@@ -61,7 +61,7 @@ pub(super) async fn run_listener(
 }
 
 async fn subscription(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     status: &TradingStatus,
     watch: &mut Watch,
     first: bool,
@@ -76,6 +76,11 @@ async fn subscription(
         stream::reply_channel(shared.node.node_id()),
     ];
     timed(limit, control.subscribe(&channels)).await?;
+    // The node's copy of the books may be stale: it started from the opening books, or
+    // deltas were published while it was not subscribed. The exchange announces every book
+    // on the events channel (now subscribed, so in order with the deltas after it); without
+    // an exchange the next one announces them when it takes over.
+    tokio::spawn(request_books(Arc::clone(shared)));
     if !first {
         // Whatever was published while this node was not subscribed is in the store.
         let users: Vec<(String, u64)> = shared
@@ -126,6 +131,16 @@ async fn subscription(
     }
 }
 
+/// Asks the exchange to announce every book (`TradingRequest::AnnounceBooks`).
+async fn request_books(shared: Arc<Shared>) {
+    let remote = RemoteExchange { shared };
+    let node = remote.shared.node.node_id().to_owned();
+    let answer = remote.call(&node, TradingRequest::AnnounceBooks).await;
+    if let Err(error) = answer.and_then(TradingReply::into_announced) {
+        tracing::debug!(%error, "the exchange did not announce its books; the next exchange will");
+    }
+}
+
 fn on_reply(shared: &Shared, message: ReplyMessage) {
     let received = message.trace.map(|stamps| (stamps, trace::now_us()));
     let Some(sender) = shared.pending.lock().remove(&message.id) else {
@@ -160,9 +175,21 @@ async fn on_events(
             Announcement::Portfolio { user } => bumped.push(user),
             Announcement::Book { snapshot, delta } => {
                 if let Some(slot) = shared.books.get(&snapshot.symbol) {
-                    let mut slot = slot.lock();
-                    slot.snapshot = snapshot;
-                    let _ = slot.updates.send(delta);
+                    slot.lock().apply(snapshot, delta);
+                }
+            }
+            // The exchange's whole book (a new term, or a node asked): the node's copy is
+            // replaced and its subscribers get it as a fresh snapshot if it differs.
+            Announcement::BookSnapshot { snapshot } => {
+                if let Some(slot) = shared.books.get(&snapshot.symbol)
+                    && slot.lock().reset(snapshot)
+                {
+                    shared.node.metrics().add_counter(
+                        "tickgate_cluster_book_resets_total",
+                        "Order books a node replaced with the exchange's snapshot because its copy differed.",
+                        "",
+                        1.0,
+                    );
                 }
             }
         }

@@ -176,3 +176,69 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
     assert_eq!(*told.lock(), vec![true]);
     assert_eq!(received(&mut receiver), vec![2]);
 }
+
+#[tokio::test]
+async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_when_it_differs() {
+    use crate::trading::api::BookUpdate;
+    use crate::trading::exchange::BookSlot;
+    use rust_decimal_macros::dec;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 0).await;
+    let mut shared = shared(&store);
+    let book = |bid, ask, snapshot| BookUpdate {
+        symbol: "AAPL".into(),
+        snapshot,
+        bids: vec![(bid, dec!(100))],
+        asks: vec![(ask, dec!(100))],
+        t: chrono::Utc::now(),
+    };
+    // The node's copy follows a former exchange's book.
+    shared.books.insert(
+        "AAPL".into(),
+        Mutex::new(BookSlot {
+            snapshot: book(dec!(400.00), dec!(400.02), true),
+            updates: broadcast::channel(16).0,
+        }),
+    );
+    let (_, mut updates) =
+        crate::trading::exchange::subscribe_book(&shared.books, "AAPL").expect("book");
+    let status: TradingStatus = Arc::new(|_, _| {});
+    let mut watch = Watch {
+        token: 0,
+        last_heard: None,
+        available: None,
+    };
+    let announced = book(dec!(150.10), dec!(150.12), true);
+    let message = |token| EventsMessage {
+        token,
+        items: vec![Announcement::BookSnapshot {
+            snapshot: announced.clone(),
+        }],
+        alive: false,
+    };
+    on_events(&shared, &status, &mut watch, message(3)).await;
+    let sent = updates
+        .try_recv()
+        .expect("the new book goes to subscribers");
+    assert!(sent.snapshot);
+    assert_eq!(
+        (sent.bids, sent.asks),
+        (announced.bids.clone(), announced.asks.clone())
+    );
+    let (copy, _) = crate::trading::exchange::subscribe_book(&shared.books, "AAPL").expect("book");
+    assert_eq!(
+        (copy.bids, copy.asks),
+        (announced.bids.clone(), announced.asks.clone())
+    );
+    // The same book announced again (another node asked for it) sends nothing.
+    on_events(&shared, &status, &mut watch, message(3)).await;
+    assert!(updates.try_recv().is_err());
+    // A former exchange's snapshot is ignored like the rest of its messages.
+    let mut stale = message(2);
+    stale.items = vec![Announcement::BookSnapshot {
+        snapshot: book(dec!(1.00), dec!(1.02), true),
+    }];
+    on_events(&shared, &status, &mut watch, stale).await;
+    assert!(updates.try_recv().is_err());
+}

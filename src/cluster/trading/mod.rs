@@ -6,7 +6,8 @@
 //! - `stream`: the command stream and its consumer group in Redis.
 //! - `term`: one lease term of the exchange: claim the fence, rebuild, take over pending
 //!   commands, run commands until the lease is lost.
-//! - `relay`: the exchange's announcements, replies and heartbeat, published in order.
+//! - `relay`: the exchange's announcements, replies and heartbeat, published in order, and
+//!   the commands' acknowledgements after their replies.
 //! - `remote`: [`RemoteExchange`], requests as commands and the node's mirror of the private
 //!   channels and books.
 //! - `listen`: the node's subscription: delivery, repair from the store, trading status.

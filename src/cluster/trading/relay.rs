@@ -1,6 +1,7 @@
-//! The exchange node's voice: announcements (trade updates, portfolio bumps, book deltas),
-//! replies to commands and a heartbeat, published to Redis in the order they were handed over
-//! by one task, and only while the exchange's lease is held.
+//! The exchange node's voice: announcements (trade updates, portfolio bumps, book deltas and
+//! snapshots), replies to commands and a heartbeat, published to Redis in the order they were
+//! handed over by one task, and only while the exchange's lease is held; the commands'
+//! acknowledgements (`XACK`) go the same way, after their replies.
 //!
 //! Announcements and replies share one queue and one connection, and every node listens to
 //! both channels on one subscription, so a node sees the trade updates a command caused
@@ -38,9 +39,20 @@ pub(super) struct ReplyMessage {
     pub(super) trace: Option<ExchangeStamps>,
 }
 
-struct Outgoing {
-    channel: String,
-    payload: String,
+/// What the relay sends, in the order it was handed over.
+enum Outgoing {
+    Publish {
+        channel: String,
+        payload: String,
+    },
+    /// `XACK` of commands whose replies were handed over before it: sent after their
+    /// `PUBLISH`es (same connection, same pipeline or a later one), so a command is never
+    /// acknowledged while its reply may still be unsent. Acknowledged first, a command whose
+    /// exchange died before publishing would leave the stream's pending list, no successor
+    /// would answer it, and its requester would wait its whole timeout.
+    Acknowledge {
+        ids: Vec<String>,
+    },
 }
 
 /// Messages published per pipelined round trip at most.
@@ -81,10 +93,19 @@ impl Relay {
             trace,
         };
         if let Ok(payload) = serde_json::to_string(&message) {
-            let _ = self.sender.send(Outgoing {
+            let _ = self.sender.send(Outgoing::Publish {
                 channel: stream::reply_channel(&command.node),
                 payload,
             });
+        }
+    }
+
+    /// Acknowledges the commands `ids` in the stream once everything handed over before
+    /// (their replies) is published; not at all if the lease is lost first (they stay
+    /// pending, and the next exchange answers them from their stored replies).
+    pub(super) fn acknowledge(&self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            let _ = self.sender.send(Outgoing::Acknowledge { ids });
         }
     }
 }
@@ -101,7 +122,7 @@ impl AnnouncementOutlet for Relay {
         };
         match serde_json::to_string(&message) {
             Ok(payload) => {
-                let _ = self.sender.send(Outgoing {
+                let _ = self.sender.send(Outgoing::Publish {
                     channel: stream::events_channel(),
                     payload,
                 });
@@ -132,7 +153,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = ticket.lost().cancelled() => return,
-            _ = heartbeat.tick() => batch.push(Outgoing {
+            _ = heartbeat.tick() => batch.push(Outgoing::Publish {
                 channel: stream::events_channel(),
                 payload: alive.clone(),
             }),
@@ -150,13 +171,7 @@ async fn run(
         if ticket.is_lost() {
             return;
         }
-        let mut pipe = redis::pipe();
-        for outgoing in batch.drain(..) {
-            pipe.cmd("PUBLISH")
-                .arg(outgoing.channel)
-                .arg(outgoing.payload)
-                .ignore();
-        }
+        let pipe = pipeline(batch.drain(..));
         let mut connection = node.commands();
         let result: Result<(), _> = node.timed(pipe.query_async(&mut connection)).await;
         if let Err(error) = result {
@@ -164,5 +179,45 @@ async fn run(
             // replies by the requester reading the stored reply when its wait ends.
             tracing::warn!(%error, "exchange messages not published");
         }
+    }
+}
+
+/// One pipeline of `batch`, in order.
+fn pipeline(batch: impl Iterator<Item = Outgoing>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for outgoing in batch {
+        match outgoing {
+            Outgoing::Publish { channel, payload } => {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            }
+            Outgoing::Acknowledge { ids } => {
+                pipe.add_command(stream::ack(&ids)).ignore();
+            }
+        }
+    }
+    pipe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commands_acknowledgement_goes_out_after_its_reply_in_handover_order() {
+        let batch = vec![
+            Outgoing::Publish {
+                channel: stream::reply_channel("n1"),
+                payload: "reply-1".into(),
+            },
+            Outgoing::Acknowledge {
+                ids: vec!["1-0".into()],
+            },
+        ];
+        let packed = pipeline(batch.into_iter()).get_packed_pipeline();
+        let text = String::from_utf8_lossy(&packed);
+        let publish = text.find("PUBLISH").expect("the reply is published");
+        let ack = text.find("XACK").expect("the command is acknowledged");
+        assert!(publish < ack, "{text}");
+        assert!(text.contains("reply-1") && text.contains("1-0"));
     }
 }

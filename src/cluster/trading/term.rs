@@ -18,12 +18,12 @@ use super::stream::{self, Entry};
 use super::trace::{self, ExchangeStamps};
 use crate::hub::Hub;
 use crate::store::{Fence, StoreError, TradingBatch, TradingStore};
-use crate::trading::ExchangeHandle;
 use crate::trading::command::{self, Disposition, TradingCommand, TradingReply};
 use crate::trading::config::TradingSettings;
 use crate::trading::engine::Engine;
 use crate::trading::exchange::engine_settings;
 use crate::trading::persist::{self, LeaseFence, UpdateLogSettings};
+use crate::trading::{AnnouncementOutlet, ExchangeHandle};
 
 /// The name of the exchange's lease, and of its fence in the store.
 pub const EXCHANGE_LEASE: &str = "exchange";
@@ -126,6 +126,11 @@ async fn start_exchange(
         fence,
         stop: ticket.lost().clone(),
     });
+    // Every book as this term holds it, announced before anything the actor announces: the
+    // nodes' copies followed the former exchange's deltas (or none), and this one's books
+    // start from its rebuild.
+    let relay = Arc::new(Relay::start(context.node.clone(), ticket.clone()));
+    relay.announce(&engine.book_snapshots(chrono::Utc::now()));
     let (exchange, tasks) = ExchangeHandle::new(
         engine,
         Some(Arc::clone(&context.hub)),
@@ -134,7 +139,6 @@ async fn start_exchange(
         trading.user_channel_capacity,
         ticket.lost().clone(),
     );
-    let relay = Arc::new(Relay::start(context.node.clone(), ticket.clone()));
     tasks
         .with_persistence(Arc::new(persistence))
         .with_outlet(relay.clone())
@@ -193,17 +197,17 @@ async fn consume(
     result
 }
 
-/// Reads new commands and runs them, one read while the previous read's commands are still
-/// with the actor: what arrives during a store commit is read and queued behind it, so the
-/// actor stores it in its next batch without waiting for a Redis round trip, and each read's
-/// `XACK` (of the commands that have run) travels in the same pipeline as the next read.
+/// Reads new commands and runs them, reading again while the previous reads' commands are
+/// still with the actor: what arrives during a store commit is read and queued behind it, so
+/// the actor stores it in its next group commit without waiting for a Redis round trip. Each
+/// read's commands are acknowledged through the relay once they ran and were answered.
 async fn read_loop<'a>(
     context: &'a ExchangeContext,
     exchange: &'a ExchangeHandle,
     relay: &'a Relay,
     ticket: &'a LeaseTicket,
     connection: &mut redis::aio::MultiplexedConnection,
-    running: &mut FuturesOrdered<BoxFuture<'a, Vec<String>>>,
+    running: &mut FuturesOrdered<BoxFuture<'a, ()>>,
 ) -> Result<(), ClusterError> {
     let node = &context.node;
     let limit = node.config().response_timeout();
@@ -213,48 +217,31 @@ async fn read_loop<'a>(
     let reclaim_every = node.config().lease_ttl;
     let mut last_reclaim = tokio::time::Instant::now();
     let block = (limit / 2).max(Duration::from_millis(20));
-    // Commands that have run and were answered, to acknowledge with the next read.
-    let mut done: Vec<String> = Vec::new();
     loop {
         if last_reclaim.elapsed() >= reclaim_every {
             // Only once nothing of this consumer is running, so nothing running is claimed.
-            while let Some(ids) = running.next().await {
-                done.extend(ids);
-            }
-            acknowledge(context, ticket, connection, std::mem::take(&mut done)).await?;
+            while running.next().await.is_some() {}
             last_reclaim = tokio::time::Instant::now();
             let min_idle = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
             take_over(context, exchange, relay, ticket, connection, min_idle).await?;
         }
-        let mut pipe = redis::pipe();
-        if !done.is_empty() && !ticket.is_lost() {
-            pipe.add_command(stream::ack(&done)).ignore();
-        }
-        done.clear();
-        pipe.add_command(stream::read_new(
-            &consumer,
-            READ_COUNT,
-            block.as_millis() as u64,
-        ));
+        let command = stream::read_new(&consumer, READ_COUNT, block.as_millis() as u64);
         let read = super::super::node::timed(
             block + limit,
-            pipe.query_async::<Vec<Value>>(&mut *connection),
+            command.query_async::<Value>(&mut *connection),
         );
         tokio::pin!(read);
-        let values = loop {
+        let value = loop {
             tokio::select! {
                 // In this order: a read's commands reach the actor (the first poll of their
                 // future) before the next read can return, so they run in stream order.
                 biased;
                 _ = ticket.lost().cancelled() => return Ok(()),
-                Some(ids) = running.next(), if !running.is_empty() => done.extend(ids),
-                values = &mut read => break values?,
+                Some(()) = running.next(), if !running.is_empty() => {}
+                value = &mut read => break value?,
             }
         };
-        let value = values
-            .first()
-            .ok_or_else(|| ClusterError::Reply("command stream: no XREADGROUP reply".into()))?;
-        let entries = stream::read_reply(value)?;
+        let entries = stream::read_reply(&value)?;
         if entries.is_empty() {
             continue;
         }
@@ -263,28 +250,21 @@ async fn read_loop<'a>(
         let (ids, work) = sort_entries(context, relay, entries, false).await;
         running.push_back(Box::pin(async move {
             execute(exchange, relay, work, read_us, batch).await;
-            // A lost lease leaves them pending for the next exchange, which answers the ones
-            // that ran from the store.
-            if ticket.is_lost() { Vec::new() } else { ids }
+            acknowledge(relay, ticket, ids);
         }));
     }
 }
 
-/// `XACK` of `ids` (nothing when the lease is lost: they stay pending for the next exchange).
-async fn acknowledge(
-    context: &ExchangeContext,
-    ticket: &LeaseTicket,
-    connection: &mut redis::aio::MultiplexedConnection,
-    ids: Vec<String>,
-) -> Result<(), ClusterError> {
-    if ticket.is_lost() || ids.is_empty() {
-        return Ok(());
+/// Has the relay acknowledge `ids` after the replies handed to it before (acknowledged
+/// directly, the `XACK` could reach Redis before the relay published a reply, and a kill in
+/// between lost that reply for good: the command no longer pending, nobody answers it, its
+/// requester waits its whole timeout and finds the reply in the store). Nothing when the
+/// lease is lost: they stay pending for the next exchange, which answers the ones that ran
+/// from the store.
+fn acknowledge(relay: &Relay, ticket: &LeaseTicket, ids: Vec<String>) {
+    if !ticket.is_lost() {
+        relay.acknowledge(ids);
     }
-    context
-        .node
-        .timed(stream::ack(&ids).query_async::<i64>(connection))
-        .await?;
-    Ok(())
 }
 
 /// Claims every command pending (idle for `min_idle_ms` at least) for any consumer and runs
@@ -316,7 +296,7 @@ async fn take_over(
                 "took over commands another consumer left pending"
             );
         }
-        run_entries(context, exchange, relay, ticket, connection, entries, true).await?;
+        run_entries(context, exchange, relay, ticket, entries, true).await?;
         if next == "0-0" {
             return Ok(());
         }
@@ -325,14 +305,14 @@ async fn take_over(
 }
 
 /// Runs one read's commands together (their steps share one store batch), sends each reply,
-/// then acknowledges them all, unless the lease was lost meanwhile: then they stay pending
-/// for the next exchange, which answers the ones that ran from the store.
+/// then has the relay acknowledge them all after those replies, unless the lease was lost
+/// meanwhile: then they stay pending for the next exchange, which answers the ones that ran
+/// from the store.
 async fn run_entries(
     context: &ExchangeContext,
     exchange: &ExchangeHandle,
     relay: &Relay,
     ticket: &LeaseTicket,
-    connection: &mut redis::aio::MultiplexedConnection,
     entries: Vec<Entry>,
     redelivered: bool,
 ) -> Result<(), ClusterError> {
@@ -343,7 +323,8 @@ async fn run_entries(
     let batch = entries.len();
     let (ids, work) = sort_entries(context, relay, entries, redelivered).await;
     execute(exchange, relay, work, read_us, batch).await;
-    acknowledge(context, ticket, connection, ids).await
+    acknowledge(relay, ticket, ids);
+    Ok(())
 }
 
 /// Sorts one read's entries: an unreadable one is dropped, one with a stored reply or too

@@ -431,3 +431,86 @@ async fn a_fenced_exchange_stores_nothing_announces_nothing_and_stops() {
         "only the order stored before the fence"
     );
 }
+
+/// Redis's log of every command it runs (`MONITOR`, through `redis-cli`), read on a thread;
+/// the child is stopped by its PID when dropped.
+struct CommandLog {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CommandLog {
+    fn start(redis: &RedisServer) -> CommandLog {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-cli starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // MONITOR answers OK once it is on.
+        let first = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("MONITOR starts");
+        assert_eq!(first.trim(), "OK");
+        CommandLog { child, lines }
+    }
+
+    fn so_far(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for CommandLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exchange_acknowledges_a_command_only_after_publishing_its_reply() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let log = CommandLog::start(&redis);
+    let exchange = node(&redis, "node-a", Arc::clone(&store.trading));
+    for number in 0..20 {
+        submit_retrying(&exchange.trading, "alice", limit_buy(&format!("o{number}")))
+            .await
+            .expect("accepted");
+    }
+    // The last acknowledgement follows the last reply.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    exchange.shutdown.cancel();
+    let lines = log.so_far();
+    // At every point of Redis's log, no more commands are acknowledged than replies were
+    // published: an XACK ahead of its reply is what lost a reply when the exchange died
+    // between the two (the 12 s wait of the failover benchmark).
+    let (mut replies, mut acknowledged) = (0usize, 0usize);
+    for line in &lines {
+        if line.contains("\"PUBLISH\" \"tickgate:trading:reply:") {
+            replies += 1;
+        } else if let Some(at) = line.find("\"XACK\" \"tickgate:trading:commands\" \"exchange\"") {
+            acknowledged += line[at..].matches('"').count() / 2 - 3;
+            assert!(
+                acknowledged <= replies,
+                "{acknowledged} commands acknowledged after {replies} replies: {line}"
+            );
+        }
+    }
+    assert!(
+        acknowledged >= 20,
+        "the orders were acknowledged: {lines:?}"
+    );
+}

@@ -24,7 +24,7 @@ const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 /// The demo user's argon2id hash (its password is irrelevant here: tokens are minted).
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$G4k6ZCByHTmXkS9hTHTvNg$FTa5teUHJ36P4XIvkeH8VzON6zzO2UqiZ2xbb0E4Uts";
 
-fn node_config() -> String {
+pub(super) fn node_config() -> String {
     let mut toml = format!("[auth]\nhs256_secret = \"{SECRET}\"\n");
     for user in USERS {
         toml.push_str(&format!(
@@ -35,24 +35,31 @@ fn node_config() -> String {
 }
 
 fn trading_node(redis: &RedisServer, database: &TestDatabase, id: &str) -> Node {
+    trading_node_with(redis, database, id, &[])
+}
+
+/// A trading node on `database` with `extra` settings as `TICKGATE__…` variables.
+pub(super) fn trading_node_with(
+    redis: &RedisServer,
+    database: &TestDatabase,
+    id: &str,
+    extra: &[(&str, &str)],
+) -> Node {
     let url = database.url();
     let data_dir = std::env::temp_dir().join(format!("tickgate-ct-{id}-{}", std::process::id()));
     let data_dir = data_dir.to_string_lossy().into_owned();
-    Node::spawn_with_config(
-        redis,
-        id,
-        &[
-            ("TICKGATE__STORE__ENABLED", "true"),
-            ("TICKGATE__STORE__BACKEND", "postgres"),
-            ("TICKGATE__STORE__POSTGRES_URL", &url),
-            ("TICKGATE__STORE__DATA_DIR", &data_dir),
-        ],
-        &node_config(),
-    )
+    let mut settings = vec![
+        ("TICKGATE__STORE__ENABLED", "true"),
+        ("TICKGATE__STORE__BACKEND", "postgres"),
+        ("TICKGATE__STORE__POSTGRES_URL", url.as_str()),
+        ("TICKGATE__STORE__DATA_DIR", data_dir.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    Node::spawn_with_config(redis, id, &settings, &node_config())
 }
 
 /// The id of the node holding the exchange's lease, from Redis.
-fn exchange_holder(redis: &RedisServer) -> Option<String> {
+pub(super) fn exchange_holder(redis: &RedisServer) -> Option<String> {
     let value = redis.cli(&["GET", "tickgate:lease:exchange"])?;
     let (node, _) = value.trim().rsplit_once(':')?;
     (!node.is_empty()).then(|| node.to_owned())

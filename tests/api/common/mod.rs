@@ -34,6 +34,37 @@ impl TestApp {
         self.shutdown.cancel();
         self.task.await?
     }
+
+    /// A clean restart: stops the server and starts it again with the same settings (so the
+    /// same store) and, on a cluster node, the same `redis-server` and database.
+    pub async fn restart(mut self) -> TestApp {
+        let backing = self.backing.take();
+        let settings = (*self.state.settings).clone();
+        self.stop().await.expect("clean stop");
+        let mut app = spawn_app_with(settings).await;
+        if backing.is_some() {
+            app.backing = backing;
+            wait_until_ready(&app).await;
+        }
+        app
+    }
+
+    /// On a cluster node, every row of every table of its database as text (`None` on a
+    /// single node): for checks that something is not stored.
+    pub fn database_text(&self) -> Option<String> {
+        let (_, database, _) = self.backing.as_ref()?.downcast_ref::<(
+            crate::redis_support::RedisServer,
+            crate::postgres_support::TestDatabase,
+            tempfile::TempDir,
+        )>()?;
+        let tables = database
+            .psql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'");
+        let mut text = String::new();
+        for table in tables.lines().map(str::trim).filter(|t| !t.is_empty()) {
+            text.push_str(&database.psql(&format!("SELECT t::text FROM \"{table}\" t")));
+        }
+        Some(text)
+    }
 }
 
 /// Settings for tests: the repository's defaults, port 0, the simulator off unless a test
@@ -117,9 +148,40 @@ pub async fn spawn_app_on(backend: Backend, mut settings: Settings) -> TestApp {
         "the app runs as a cluster node"
     );
     app.backing = Some(Box::new((redis, database, data)));
-    // As a load balancer would: clients arrive once the node is ready, that is connected to
-    // Redis and caught up with the shared log (before that, a client's stream may be reset
-    // when the node's log first synchronises).
+    wait_until_ready(&app).await;
+    app
+}
+
+/// Readiness does not wait for the exchange (a node serves market data without it), but a
+/// test that publishes market data at once wants the exchange already following the market:
+/// one read through the command stream is answered only by a running exchange.
+async fn wait_for_exchange(app: &TestApp) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = app
+            .state
+            .trading
+            .orders("exchange-probe", tickgate::trading::api::OrderQuery::Open)
+            .await;
+        match probe {
+            Ok(_) => return,
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "no exchange answered: {error:?}"
+            ),
+        }
+    }
+}
+
+/// As a load balancer would: clients arrive once the node is ready, that is connected to
+/// Redis and caught up with the shared log (before that, a client's stream may be reset when
+/// the node's log first synchronises); then once its exchange answers.
+async fn wait_until_ready(app: &TestApp) {
+    wait_until_serving(app).await;
+    wait_for_exchange(app).await;
+}
+
+async fn wait_until_serving(app: &TestApp) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ready = reqwest::get(app.url("/readyz"))
@@ -135,7 +197,6 @@ pub async fn spawn_app_on(backend: Backend, mut settings: Settings) -> TestApp {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    app
 }
 
 /// Runs each named test body (`async fn name(backend: Backend)`) twice: as a module `name`

@@ -77,6 +77,7 @@ crate::on_both_backends!(
     an_order_through_app_state_is_acknowledged_then_announced_with_fills,
     a_resting_limit_fills_when_the_published_market_crosses_it,
     a_market_closed_status_expires_day_orders_but_not_gtc_orders,
+    published_quotes_move_the_book_and_deltas_reproduce_it,
 );
 
 /// Waits for the next trade update, with a generous deadline.
@@ -136,13 +137,8 @@ async fn an_order_through_app_state_is_acknowledged_then_announced_with_fills(ba
     app.stop().await.expect("clean stop");
 }
 
-// Single node only, for now: on a cluster node a book taken before the exchange's first term
-// (or during a failover) misses the changes the new exchange rebuilt from the market while no
-// exchange ran; the node's mirror forwards deltas only, never a fresh snapshot (known gap,
-// docs/deployment.md "Cluster trading").
-#[tokio::test]
-async fn published_quotes_move_the_book_and_deltas_reproduce_it() {
-    let app = common::spawn_app_on(Backend::SingleNode, common::test_settings()).await;
+async fn published_quotes_move_the_book_and_deltas_reproduce_it(backend: Backend) {
+    let app = common::spawn_app_on(backend, common::test_settings()).await;
     let trading = app.state.trading.clone();
     let (snapshot, mut updates) = trading.book("AAPL").expect("book");
     assert!(snapshot.snapshot);

@@ -5,7 +5,7 @@
 use crate::common;
 use crate::ws_support;
 
-use common::{Backend, spawn_app_on, spawn_app_with, test_settings};
+use common::{Backend, spawn_app_on, test_settings};
 use serde_json::{Value, json};
 use ws_support::{connect, connect_as, token_for, ws_settings};
 
@@ -18,6 +18,8 @@ crate::on_both_backends!(
     orders_placed_over_rest_are_announced_on_the_websocket_and_can_be_replaced_and_canceled,
     an_issued_key_pair_trades_over_rest_and_the_websocket_until_revoked,
     unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribed_alone,
+    the_demo_key_pair_is_refused_without_its_configuration,
+    issued_key_pairs_survive_a_restart_and_their_secrets_are_not_stored,
 );
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -206,13 +208,15 @@ async fn an_issued_key_pair_trades_over_rest_and_the_websocket_until_revoked(bac
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn issued_key_pairs_survive_a_restart_and_their_secrets_are_not_stored() {
+async fn issued_key_pairs_survive_a_restart_and_their_secrets_are_not_stored(backend: Backend) {
     let data = tempfile::tempdir().expect("temp dir");
     let mut settings = ws_settings();
-    settings.store.enabled = true;
-    settings.store.data_dir = data.path().to_path_buf();
-    let app = spawn_app_with(settings.clone()).await;
+    if backend == Backend::SingleNode {
+        // A cluster node gets its PostgreSQL store from `spawn_app_on`.
+        settings.store.enabled = true;
+        settings.store.data_dir = data.path().to_path_buf();
+    }
+    let app = spawn_app_on(backend, settings.clone()).await;
     let (_, issued) = send(
         client()
             .post(app.url("/v1/api-keys"))
@@ -221,22 +225,33 @@ async fn issued_key_pairs_survive_a_restart_and_their_secrets_are_not_stored() {
     .await;
     let key = issued["key_id"].as_str().expect("key").to_owned();
     let secret = issued["secret"].as_str().expect("secret").to_owned();
-    app.stop().await.expect("stop");
+    let app = app.restart().await;
 
-    let database = std::fs::read(data.path().join(&settings.store.file_name)).unwrap_or_default();
-    let wal = std::fs::read(
-        data.path()
-            .join(format!("{}-wal", settings.store.file_name)),
-    )
-    .unwrap_or_default();
-    for bytes in [&database, &wal] {
+    // What the store holds: the SQLite file and its WAL, or every row of the PostgreSQL
+    // database.
+    let stored = match app.database_text() {
+        Some(rows) => {
+            assert!(rows.contains(&key), "the key id is stored: {rows}");
+            vec![rows.into_bytes()]
+        }
+        None => {
+            let file = data.path().join(&settings.store.file_name);
+            let wal = data
+                .path()
+                .join(format!("{}-wal", settings.store.file_name));
+            vec![
+                std::fs::read(file).unwrap_or_default(),
+                std::fs::read(wal).unwrap_or_default(),
+            ]
+        }
+    };
+    for bytes in &stored {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the secret is not in the store"
         );
     }
 
-    let app = spawn_app_with(settings).await;
     let (status, account) = send(
         client()
             .get(app.url("/v2/account"))
@@ -277,11 +292,10 @@ async fn unknown_channels_are_reported_and_skipped_and_statuses_can_be_subscribe
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn the_demo_key_pair_is_refused_without_its_configuration() {
+async fn the_demo_key_pair_is_refused_without_its_configuration(backend: Backend) {
     let mut settings = test_settings();
     settings.auth.api_keys.clear();
-    let app = spawn_app_with(settings).await;
+    let app = spawn_app_on(backend, settings).await;
     let (status, _) = send(
         client()
             .get(app.url("/v2/account"))

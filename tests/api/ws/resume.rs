@@ -10,7 +10,7 @@ use crate::ws_support;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestApp, spawn_app_with};
+use common::{Backend, TestApp, spawn_app_with};
 use serde_json::{Value, json};
 use tickgate::settings::Settings;
 use ws_support::{SECRET, WsClient, connect, connect_as, now, sign, ws_settings};
@@ -101,10 +101,37 @@ async fn trade_meanwhile(client: &mut WsClient) -> usize {
     4
 }
 
-#[tokio::test]
-async fn a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones() {
+// These run on a single node with SQLite and on a cluster node with PostgreSQL (where a
+// resume is answered by the exchange through the command stream; a restart keeps the node's
+// Redis and database). The token-expiry test stays single-node: it involves no exchange, and
+// a session's token handling is the same code on both.
+crate::on_both_backends!(
+    a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones,
+    a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account,
+    a_resume_after_a_clean_restart_replays_from_the_store,
+    one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even_after_a_restart,
+);
+
+/// A trading app with a store on `backend`: SQLite in `dir` on a single node, PostgreSQL on
+/// a cluster node.
+async fn spawn_with_store(
+    backend: Backend,
+    dir: &Path,
+    tune: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = match backend {
+        Backend::SingleNode => store_settings(dir),
+        Backend::ClusterPostgres => ws_settings(),
+    };
+    tune(&mut settings);
+    common::spawn_app_on(backend, settings).await
+}
+
+async fn a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_ones(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_with_store(backend, dir.path(), |_| {}).await;
     let mut first = connect_as(&app, "alice").await;
     first.subscribe(json!({"trade_updates": true})).await;
     let live = first.expect("trade_updates_live").await;
@@ -142,12 +169,14 @@ async fn a_resumed_client_gets_exactly_the_missed_updates_in_order_then_live_one
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account() {
+async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and_account(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = store_settings(dir.path());
-    settings.trading.max_resume_updates = 2;
-    let app = spawn_app_with(settings).await;
+    let app = spawn_with_store(backend, dir.path(), |settings| {
+        settings.trading.max_resume_updates = 2;
+    })
+    .await;
     let mut client = connect_as(&app, "alice").await;
     trade_meanwhile(&mut client).await;
     let resting = order(
@@ -209,10 +238,9 @@ async fn a_since_that_is_too_old_or_ahead_gets_a_reset_with_orders_positions_and
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_resume_after_a_clean_restart_replays_from_the_store() {
+async fn a_resume_after_a_clean_restart_replays_from_the_store(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_with_store(backend, dir.path(), |_| {}).await;
     let mut client = connect_as(&app, "alice").await;
     client.subscribe(json!({"trade_updates": true})).await;
     let mut seen = Vec::new();
@@ -220,9 +248,7 @@ async fn a_resume_after_a_clean_restart_replays_from_the_store() {
     read_updates(&mut client, 2 - seen.len(), &mut seen).await;
     let missed = trade_meanwhile(&mut client).await;
     drop(client);
-    app.stop().await.expect("stop");
-
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = app.restart().await;
     let mut client = connect_as(&app, "alice").await;
     let (replayed, live) = resume(&mut client, 2).await;
     assert_eq!(seqs(&replayed), (3..3 + missed as u64).collect::<Vec<_>>());
@@ -247,10 +273,11 @@ async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even_after_a_restart() {
+async fn one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even_after_a_restart(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = spawn_with_store(backend, dir.path(), |_| {}).await;
     let mut first = connect_as(&app, "alice").await;
     let mut second = connect_as(&app, "alice").await;
     let request = json!({"action":"order","id":"same","data":market("1", Some("lost-ack-1"))});
@@ -299,10 +326,9 @@ async fn one_client_order_id_sent_at_once_from_two_sessions_makes_one_order_even
         "exactly one order: {all}"
     );
     drop((first, second));
-    app.stop().await.expect("stop");
 
     // After a restart the retry is still recognised, with the order as it stands.
-    let app = spawn_app_with(store_settings(dir.path())).await;
+    let app = app.restart().await;
     let mut again = connect_as(&app, "alice").await;
     again.send_json(request).await;
     let refusal = reply_to(&mut again, "same").await;

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use tickgate::market::{MarketEvent, Status};
 
-use crate::common::{TestApp, spawn_app_with};
+use crate::common::{Backend, TestApp, spawn_app_on, spawn_app_with};
 use crate::ws_support::{WsClient, connect_as, ws_settings};
 
 /// The `sc` of the session's next status, skipping anything else (portfolio, books).
@@ -86,9 +86,22 @@ async fn a_single_node_trading_halt_reaches_every_trading_session_once() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_session_that_stopped_trading_hears_no_trading_status() {
-    let app = spawn_app_with(ws_settings()).await;
+// On a single node and on a cluster node. The two tests above stay single-node: the first
+// injects `trading_unavailable`/`trading_available` by hand, which a cluster node's own
+// listener also sends (when no exchange heartbeat came for a lease's life, as on a slow
+// start), so the order it checks would not be the test's to decide (the real statuses of a
+// failover are the cluster tests' business); the second publishes `trading_halted` into the
+// hub's market feed as a single node's exchange does, while a cluster node's hub takes events
+// only from the shared log and its exchange sends the halt as a notice (`Hub::notify_status`,
+// `trading::recovery`), the path the first test drives; making the shared test database fail
+// for one test is not possible.
+crate::on_both_backends!(
+    a_session_that_stopped_trading_hears_no_trading_status,
+    a_producer_cannot_publish_a_trading_status,
+);
+
+async fn a_session_that_stopped_trading_hears_no_trading_status(backend: Backend) {
+    let app = spawn_app_on(backend, ws_settings()).await;
     let mut quiet = connect_as(&app, "alice").await;
     quiet.subscribe(json!({"trade_updates": true})).await;
     quiet
@@ -109,9 +122,8 @@ async fn a_session_that_stopped_trading_hears_no_trading_status() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_producer_cannot_publish_a_trading_status() {
-    let app = spawn_app_with(ws_settings()).await;
+async fn a_producer_cannot_publish_a_trading_status(backend: Backend) {
+    let app = spawn_app_on(backend, ws_settings()).await;
     for code in [
         "trading_halted",
         "trading_resumed",

@@ -5,7 +5,13 @@
 //! wakes it or its timer comes due. Prints deterministic counts (wake-ups, writes and
 //! deliveries per subscriber and second) for three connections: unthrottled, throttled and
 //! woken by every publish (as before the deferred wake-ups), and throttled with deferred
-//! wake-ups (as now); then times one simulated second of each.
+//! wake-ups, whose queue keeps only the newest trade per windowed symbol (as now); then times
+//! one simulated second of each.
+//!
+//! `THROTTLE_BENCH_ONLY=<mode>` (`Unthrottled`, `ThrottledEager`, `ThrottledDeferred`, or
+//! `Setup` for building the market without publishing) runs that one simulation of 2 s and
+//! exits, without the timings: run it under `perf stat -e instructions` or callgrind for an
+//! instruction count per mode that a noisy machine does not move.
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -61,6 +67,8 @@ struct Subscriber {
 #[derive(Default, Debug, Clone, Copy)]
 struct Counts {
     wakes: u64,
+    /// Queue items the connections drained (what their throttles took in).
+    drained: u64,
     writes: u64,
     deliveries: u64,
 }
@@ -79,6 +87,7 @@ impl Subscriber {
     fn run(&mut self, now: Instant, mode: Mode, counts: &mut Counts) {
         counts.wakes += 1;
         self.queue.drain_into(&mut self.spare);
+        counts.drained += self.spare.len() as u64;
         for item in self.spare.drain(..) {
             if let Delivery::Event(entry) = item {
                 match self.throttle.as_mut() {
@@ -108,6 +117,9 @@ struct Market {
     /// Each publish's symbols, drawn once.
     batches: Vec<Vec<SymbolId>>,
     names: Vec<String>,
+    /// The throttles' origin and the first publish: one instant, so the windows' grid lies
+    /// the same way against the publishes on every run (however long the set-up took).
+    start: Instant,
 }
 
 fn market(mode: Mode, seconds: u32) -> Market {
@@ -170,6 +182,7 @@ fn market(mode: Mode, seconds: u32) -> Market {
         subscribers,
         batches,
         names,
+        start,
     }
 }
 
@@ -178,7 +191,7 @@ fn market(mode: Mode, seconds: u32) -> Market {
 fn simulate(market: &mut Market, mode: Mode) -> Counts {
     let mut counts = Counts::default();
     let mut cx = Context::from_waker(Waker::noop());
-    let start = Instant::now();
+    let start = market.start;
     let gap = Duration::from_secs(1) / PUBLISHES_PER_SECOND;
     let mut id = 0u64;
     let rounds = market.batches.len() + PUBLISHES_PER_SECOND as usize;
@@ -222,6 +235,24 @@ fn throttle(c: &mut Criterion) {
         Mode::ThrottledDeferred,
     ];
     let seconds = 2;
+    if let Ok(only) = std::env::var("THROTTLE_BENCH_ONLY") {
+        let mut market = market(
+            modes
+                .into_iter()
+                .find(|mode| format!("{mode:?}") == only)
+                .unwrap_or(Mode::Unthrottled),
+            seconds,
+        );
+        match modes.into_iter().find(|mode| format!("{mode:?}") == only) {
+            Some(mode) => {
+                let counts = simulate(&mut market, mode);
+                eprintln!("{mode:?}: {counts:?}");
+            }
+            None => eprintln!("setup only"),
+        }
+        black_box(&market.subscribers);
+        std::process::exit(0);
+    }
     eprintln!(
         "per subscriber and second ({SUBSCRIBERS} subscribers, {seconds} s of {PUBLISHES_PER_SECOND} \
          publishes of {BATCH} trades, max_rate=10):"
@@ -231,8 +262,9 @@ fn throttle(c: &mut Criterion) {
         let counts = simulate(&mut market, mode);
         let per = (SUBSCRIBERS as u64 * u64::from(seconds)) as f64;
         eprintln!(
-            "  {mode:?}: {:.1} wake-ups, {:.1} writes, {:.1} deliveries",
+            "  {mode:?}: {:.1} wake-ups, {:.1} items drained, {:.1} writes, {:.1} deliveries",
             counts.wakes as f64 / per,
+            counts.drained as f64 / per,
             counts.writes as f64 / per,
             counts.deliveries as f64 / per,
         );

@@ -66,6 +66,16 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error)
+            if error
+                .chain()
+                .any(|cause| cause.is::<tickgate::auth::api_keys::HashKeyMismatch>()) =>
+        {
+            // A configuration error found only once the store is open: exit 2 like the
+            // configuration errors found before.
+            eprintln!("{error:#}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             tracing::error!(
                 error = format!("{error:#}"),

@@ -183,12 +183,7 @@ impl Application {
             (Some(node), Some(opened)) => {
                 let status_hub = Arc::clone(&hub);
                 let status: crate::cluster::trading::TradingStatus =
-                    Arc::new(move |available: bool, message: &str| {
-                        let code = if available {
-                            "trading_available"
-                        } else {
-                            "trading_unavailable"
-                        };
+                    Arc::new(move |code: &'static str, message: &str| {
                         status_hub.notify_status(code, message);
                     });
                 Arc::new(crate::cluster::trading::start(
@@ -217,7 +212,16 @@ impl Application {
         if let Some(node) = &cluster {
             publisher = publisher.with_cluster(node.clone(), hub.universe().clone());
         }
+        let ws_sessions = Arc::new(crate::transport::ws::session::SessionShared {
+            hub: Arc::clone(&hub),
+            auth: Arc::clone(&auth),
+            api_keys: Arc::clone(&api_keys),
+            trading: Arc::clone(&trading),
+            metrics: Arc::clone(&metrics),
+            limits: crate::transport::ws::session::SessionLimits::from_settings(&settings),
+        });
         let state = AppState {
+            ws_sessions,
             auth,
             api_keys,
             settings: Arc::new(settings),

@@ -38,6 +38,8 @@ pub struct AppState {
     pub cluster: Option<ClusterNode>,
     /// API key pairs (Alpaca's key id and secret; docs/alpaca.md).
     pub api_keys: Arc<ApiKeys>,
+    /// What every WebSocket session shares (services and limits), built once and shared.
+    pub ws_sessions: Arc<crate::transport::ws::session::SessionShared>,
 }
 
 impl AppState {

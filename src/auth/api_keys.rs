@@ -27,6 +27,21 @@ use crate::store::{ApiKeyRecord, ApiKeyStore, StoreError};
 /// The file, in the store's data directory, that keeps the generated server key.
 const HASH_KEY_FILE: &str = "api_key_hash.key";
 
+/// What the server key's fingerprint is a keyed hash of: a fixed label, so the stored
+/// fingerprint says whether two keys are the same without revealing either.
+const FINGERPRINT_LABEL: &[u8] = b"tickgate api_key_hash_key fingerprint v1";
+
+/// The store was first used with another server key: this node would reject every API key
+/// issued there (and issue keys the other nodes reject). Start-up refuses (exit 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "auth.api_key_hash_key does not match the key this store was first used with (its \
+     fingerprint is stored in the store's store_settings table): every node sharing a store \
+     needs the same auth.api_key_hash_key (or, without it, the same api_key_hash.key in its data \
+     directory); set this node's to the others' (docs/deployment.md, \"Nodes sharing a database\")"
+)]
+pub struct HashKeyMismatch;
+
 /// Why a pair was refused or could not be changed. Messages are safe to show to clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiKeyError {
@@ -242,8 +257,17 @@ impl ApiKeys {
         store: Option<Arc<dyn ApiKeyStore>>,
     ) -> anyhow::Result<ApiKeys> {
         let key = load_hash_key(auth, store_settings.filter(|_| store.is_some()))?;
+        let hash_key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+        if let Some(store) = &store {
+            let fingerprint = hex(hmac::sign(&hash_key, FINGERPRINT_LABEL).as_ref());
+            let stored =
+                futures::executor::block_on(store.claim_hash_key_fingerprint(fingerprint.clone()))?;
+            if stored != fingerprint {
+                return Err(HashKeyMismatch.into());
+            }
+        }
         let keys = ApiKeys {
-            hash_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            hash_key,
             keys: RwLock::new(HashMap::new()),
             store,
             max_per_user: auth.max_api_keys_per_user.max(1),

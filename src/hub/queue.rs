@@ -8,19 +8,27 @@
 //!   running): a trade or quote of one is queued without a wake-up, since the connection
 //!   could not send it before its timer fires anyway. Everything else wakes as usual, and so
 //!   does any push once the queue is half full, so deferring never brings a slow-client close.
+//! - A trade or quote of a deferred symbol *replaces in place* the one of its symbol and kind
+//!   already queued since the last drain (conflation at push time), so a throttled queue holds
+//!   at most one pending trade and one pending quote per windowed symbol, however busy it is.
+//!   This is exactly what the connection's throttle would do with both when it drains (the
+//!   newest of a symbol and kind wins within a drain), so the client sees no difference. A bar
+//!   or status of the symbol ends the replacing until the next trade or quote is queued: the
+//!   trade it may wait behind stays before it. Bars, statuses, news and controls are never
+//!   replaced, and keep their order.
 //! - The policy for a full queue is explicit: conflate price data (only the newest trade and
 //!   quote per symbol are kept; bars, statuses and news never are), and if that frees no room,
 //!   close the queue with [`CloseReason::SlowClient`] (code 407) and count the drop.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use super::entry::Entry;
-use crate::market::EventKind;
+use crate::market::{EventKind, SymbolId};
 use crate::metrics::Metrics;
 
 /// Why a subscriber's queue was closed by the hub.
@@ -50,9 +58,25 @@ pub enum Delivery {
 struct QueueState {
     items: VecDeque<Delivery>,
     closed: bool,
-    /// Symbols whose trades and quotes need no wake-up: a bit set indexed by symbol id, empty
-    /// (no allocation) unless the connection is throttled.
-    deferred: Box<[u64]>,
+    /// What a throttled connection's queue keeps besides its items; `None` (one pointer, no
+    /// allocation) unless the connection is throttled, so other queues pay nothing for it.
+    throttled: Option<Box<Deferral>>,
+}
+
+/// The deferred symbols of a throttled queue and where their pending trades and quotes are.
+#[derive(Debug, Default)]
+struct Deferral {
+    /// Symbols whose trades and quotes need no wake-up: a bit set indexed by symbol id.
+    deferred: Vec<u64>,
+    /// Where the last trade and the last quote of each symbol were queued, as position + 1 in
+    /// the items (0: none), indexed by `symbol * 2 + (kind is quote)` and grown to the highest
+    /// symbol seen. A position may be stale (from before a drain); it is used only when the
+    /// item there is still a trade or quote of that symbol, kind and feed with a lower
+    /// sequence, which is then the last one queued of them (every append of a trade or quote
+    /// records itself).
+    latest: Vec<u32>,
+    /// Trades and quotes replaced in place since the last drain.
+    replaced: u64,
 }
 
 /// A bounded queue owned by one client connection; the hub pushes, the connection drains.
@@ -70,6 +94,9 @@ pub struct SubscriberQueue {
     /// waiter list and no lock, only an atomic swap of the registered waker.
     waker: AtomicWaker,
     capacity: usize,
+    /// Trades and quotes replaced in place, handed over at each drain, until
+    /// [`SubscriberQueue::take_replaced`].
+    replaced: AtomicU64,
     /// Set when the connection is gone, so the hub drops the registration lazily.
     gone: AtomicBool,
     /// Which tick of the shared sweeps visits this queue (see [`SWEEP_SLICES`]).
@@ -107,6 +134,7 @@ impl SubscriberQueue {
             last_drained: AtomicU32::new(0),
             waker: AtomicWaker::new(),
             capacity: capacity.max(2),
+            replaced: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             slice: (NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % usize::from(SWEEP_SLICES)) as u8,
         })
@@ -200,10 +228,18 @@ impl SubscriberQueue {
     /// drain, it is woken, so nothing that arrived under the previous set is left asleep.
     pub fn set_deferred_symbols(&self, symbols: &[u64]) {
         let mut state = self.state.lock();
-        if state.deferred.len() == symbols.len() {
-            state.deferred.copy_from_slice(symbols);
+        if symbols.is_empty() {
+            // Unthrottled: nothing is deferred or replaced any more.
+            if let Some(deferral) = state.throttled.take()
+                && deferral.replaced != 0
+            {
+                self.replaced
+                    .fetch_add(deferral.replaced, Ordering::Relaxed);
+            }
         } else {
-            state.deferred = symbols.into();
+            let deferral = state.throttled.get_or_insert_with(Box::default);
+            deferral.deferred.clear();
+            deferral.deferred.extend_from_slice(symbols);
         }
         let queued = !state.items.is_empty();
         drop(state);
@@ -217,11 +253,24 @@ impl SubscriberQueue {
     pub fn drain_into(&self, out: &mut VecDeque<Delivery>) {
         let mut state = self.state.lock();
         std::mem::swap(&mut state.items, out);
+        let replaced = state
+            .throttled
+            .as_mut()
+            .map_or(0, |deferral| std::mem::take(&mut deferral.replaced));
         drop(state);
+        if replaced != 0 {
+            self.replaced.fetch_add(replaced, Ordering::Relaxed);
+        }
         self.last_drained.store(
             u32::try_from(out.len()).unwrap_or(u32::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// How many trades and quotes of deferred symbols were replaced in place by a newer one
+    /// (and so never reached the connection), up to the last drain, since the last call.
+    pub fn take_replaced(&self) -> u64 {
+        self.replaced.swap(0, Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -243,12 +292,27 @@ impl SubscriberQueue {
 
     /// Pushes an event, conflating or closing when full. Never blocks beyond a short lock.
     pub(super) fn push_event(&self, entry: &Arc<Entry>, metrics: &Metrics) {
-        let mut state = self.state.lock();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         if state.closed {
             return;
         }
+        let tracked = match state.throttled.as_deref_mut() {
+            None => Tracked::Wakes,
+            Some(deferral) => deferral.replace_or_track(&mut state.items, entry),
+        };
+        let deferred = match tracked {
+            Tracked::Replaced => return,
+            Tracked::Deferred => true,
+            Tracked::Wakes => false,
+        };
         if state.items.len() >= self.capacity {
             let removed = conflate(&mut state.items);
+            // Positions moved: forget them (the next trade or quote of each symbol records
+            // itself again).
+            if let Some(deferral) = state.throttled.as_deref_mut() {
+                deferral.latest.fill(0);
+            }
             metrics
                 .conflated
                 .fetch_add(removed as u64, Ordering::Relaxed);
@@ -259,7 +323,7 @@ impl SubscriberQueue {
                     .items
                     .push_back(Delivery::Close(CloseReason::SlowClient));
                 state.closed = true;
-                drop(state);
+                drop(guard);
                 metrics.dropped.fetch_add(dropped, Ordering::Relaxed);
                 metrics
                     .slow_client_disconnects
@@ -269,14 +333,12 @@ impl SubscriberQueue {
                 return;
             }
         }
-        let deferred = matches!(entry.kind, EventKind::Trade | EventKind::Quote)
-            && entry.symbol.is_some_and(|symbol| {
-                let word = state.deferred.get(usize::from(symbol) / 64).copied();
-                word.is_some_and(|word| word & (1u64 << (symbol % 64)) != 0)
-            })
-            && state.items.len() < self.capacity / 2;
+        let deferred = deferred && state.items.len() < self.capacity / 2;
         state.items.push_back(Delivery::Event(Arc::clone(entry)));
-        drop(state);
+        if let Some(deferral) = state.throttled.as_deref_mut() {
+            deferral.record_position(state.items.len(), entry);
+        }
+        drop(guard);
         if !deferred {
             self.wake();
         }
@@ -316,6 +378,80 @@ impl SubscriberQueue {
             self.wake();
         }
     }
+}
+
+/// What [`Deferral::replace_or_track`] did with a push to a throttled queue.
+enum Tracked {
+    /// It replaced a queued trade or quote of its symbol and kind: nothing to append.
+    Replaced,
+    /// A trade or quote of a deferred symbol, to append without a wake-up.
+    Deferred,
+    /// Anything else: append and wake.
+    Wakes,
+}
+
+impl Deferral {
+    fn is_deferred(&self, symbol: SymbolId) -> bool {
+        self.deferred
+            .get(usize::from(symbol) / 64)
+            .is_some_and(|word| word & (1u64 << (symbol % 64)) != 0)
+    }
+
+    /// For a throttled queue: replaces in place the queued trade or quote of a deferred
+    /// symbol that `entry` supersedes, or says whether `entry` is deferred. A bar or status
+    /// forgets its symbol's positions, so a later trade is not moved in front of it.
+    fn replace_or_track(&mut self, items: &mut VecDeque<Delivery>, entry: &Arc<Entry>) -> Tracked {
+        let Some(symbol) = entry.symbol else {
+            return Tracked::Wakes;
+        };
+        match entry.kind {
+            EventKind::Trade | EventKind::Quote if self.is_deferred(symbol) => {
+                let key = latest_key(symbol, entry.kind);
+                let position = self.latest.get(key).copied().unwrap_or(0) as usize;
+                if let Some(Delivery::Event(queued)) =
+                    position.checked_sub(1).and_then(|at| items.get_mut(at))
+                    && queued.symbol == entry.symbol
+                    && queued.kind == entry.kind
+                    && queued.feed == entry.feed
+                    && queued.seq < entry.seq
+                {
+                    *queued = Arc::clone(entry);
+                    self.replaced += 1;
+                    return Tracked::Replaced;
+                }
+                Tracked::Deferred
+            }
+            EventKind::Trade | EventKind::Quote => Tracked::Wakes,
+            _ => {
+                let trade = latest_key(symbol, EventKind::Trade);
+                if let Some(pair) = self.latest.get_mut(trade..trade + 2) {
+                    pair.fill(0);
+                }
+                Tracked::Wakes
+            }
+        }
+    }
+
+    /// Records where a trade or quote was just appended (`queued`: the items' new length).
+    fn record_position(&mut self, queued: usize, entry: &Arc<Entry>) {
+        let Some(symbol) = entry.symbol else {
+            return;
+        };
+        if !matches!(entry.kind, EventKind::Trade | EventKind::Quote) {
+            return;
+        }
+        let key = latest_key(symbol, entry.kind);
+        if self.latest.len() <= key {
+            self.latest.resize((usize::from(symbol) + 1) * 2, 0);
+        }
+        self.latest[key] = u32::try_from(queued).unwrap_or(0);
+    }
+}
+
+/// The index of a symbol's trade or quote (`kind` other than a trade) in
+/// [`Deferral::latest`].
+fn latest_key(symbol: SymbolId, kind: EventKind) -> usize {
+    usize::from(symbol) * 2 + usize::from(kind != EventKind::Trade)
 }
 
 /// Keeps only the newest trade and the newest quote per symbol; everything else stays in order.

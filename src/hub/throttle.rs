@@ -27,9 +27,7 @@
 //! - [`Throttle::cursor`] is the resume point: every event at or below it was either
 //!   delivered or replaced by a newer one of its symbol and kind that was.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -89,6 +87,7 @@ impl MaxRate {
 /// What the throttle holds for one symbol.
 #[derive(Debug)]
 struct SymbolSlot {
+    symbol: SymbolId,
     /// The end of the symbol's current window: it may be released again from then on.
     open_at: Instant,
     trade: Option<Arc<Entry>>,
@@ -120,7 +119,12 @@ pub struct Throttle {
     /// Windows end on multiples of this after `origin` (a quarter window).
     step: Duration,
     origin: Instant,
-    slots: HashMap<SymbolId, SymbolSlot, BuildHasherDefault<SymbolHasher>>,
+    /// One slot per symbol heard of since the last sweep, found through `slot_of`.
+    slots: Vec<SymbolSlot>,
+    /// Symbol id → index in `slots` + 1 (0: no slot), grown to the highest id seen: ids are
+    /// small dense integers the server assigns, so a lookup per event is one load, with no
+    /// hashing (2 bytes a symbol: 1 KB for a 500-symbol universe).
+    slot_of: Vec<u16>,
     /// Symbols holding something, to release when their window ends.
     waiting: Vec<SymbolId>,
     /// The earliest window end among `waiting`, so a drain between window ends (the usual
@@ -157,7 +161,8 @@ impl Throttle {
             interval,
             step: interval / 4,
             origin: now,
-            slots: HashMap::default(),
+            slots: Vec::new(),
+            slot_of: Vec::new(),
             waiting: Vec::new(),
             earliest: None,
             next_sweep: now + SWEEP_EVERY,
@@ -201,15 +206,8 @@ impl Throttle {
         };
         match entry.kind {
             EventKind::Trade | EventKind::Quote => {
-                let origin = self.origin;
-                let slot = self.slots.entry(symbol).or_insert_with(|| SymbolSlot {
-                    open_at: origin,
-                    trade: None,
-                    quote: None,
-                    held: Vec::new(),
-                    waiting: false,
-                    windowed: false,
-                });
+                let index = self.slot_index_or_insert(symbol);
+                let slot = &mut self.slots[index];
                 let place = if entry.kind == EventKind::Trade {
                     &mut slot.trade
                 } else {
@@ -226,7 +224,7 @@ impl Throttle {
                 }
             }
             // Bars and statuses wait only behind a trade or quote of their own symbol.
-            _ => match self.slots.get_mut(&symbol) {
+            _ => match self.slot_mut(symbol) {
                 Some(slot) if slot.waiting => slot.held.push(entry),
                 _ => self.ready.push(entry),
             },
@@ -245,8 +243,7 @@ impl Throttle {
             self.end_windows(now);
         }
         if now >= self.next_sweep {
-            self.slots
-                .retain(|_, slot| slot.waiting || slot.open_at > now);
+            self.sweep(now);
             self.next_sweep = now + SWEEP_EVERY;
         }
         if out.len() - start > 1 {
@@ -261,10 +258,11 @@ impl Throttle {
         let mut index = 0;
         while index < self.waiting.len() {
             let symbol = self.waiting[index];
-            let Some(slot) = self.slots.get_mut(&symbol) else {
+            let Some(at) = slot_index(&self.slot_of, symbol) else {
                 self.waiting.swap_remove(index);
                 continue;
             };
+            let slot = &mut self.slots[at];
             if slot.open_at > now {
                 earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
                 index += 1;
@@ -302,7 +300,7 @@ impl Throttle {
         let mut index = 0;
         while index < self.windowed.len() {
             let symbol = self.windowed[index];
-            match self.slots.get_mut(&symbol) {
+            match slot_index(&self.slot_of, symbol).map(|at| &mut self.slots[at]) {
                 Some(slot) if slot.open_at > now => {
                     earliest = Some(earliest.map_or(slot.open_at, |e| e.min(slot.open_at)));
                     index += 1;
@@ -327,7 +325,8 @@ impl Throttle {
         out.append(&mut self.ready);
         self.earliest = None;
         for symbol in self.waiting.drain(..) {
-            if let Some(slot) = self.slots.get_mut(&symbol) {
+            if let Some(at) = slot_index(&self.slot_of, symbol) {
+                let slot = &mut self.slots[at];
                 slot.waiting = false;
                 out.extend(slot.trade.take());
                 out.extend(slot.quote.take());
@@ -380,7 +379,7 @@ impl Throttle {
         let lowest_held = self
             .waiting
             .iter()
-            .filter_map(|symbol| self.slots.get(symbol))
+            .filter_map(|symbol| slot_index(&self.slot_of, *symbol).map(|at| &self.slots[at]))
             .filter_map(SymbolSlot::lowest_seq)
             .chain(
                 self.ready
@@ -395,6 +394,47 @@ impl Throttle {
         }
     }
 
+    fn slot_mut(&mut self, symbol: SymbolId) -> Option<&mut SymbolSlot> {
+        slot_index(&self.slot_of, symbol).map(|at| &mut self.slots[at])
+    }
+
+    /// The index of `symbol`'s slot, made (an ended window) if it has none.
+    fn slot_index_or_insert(&mut self, symbol: SymbolId) -> usize {
+        if let Some(at) = slot_index(&self.slot_of, symbol) {
+            return at;
+        }
+        let at = self.slots.len();
+        self.slots.push(SymbolSlot {
+            symbol,
+            open_at: self.origin,
+            trade: None,
+            quote: None,
+            held: Vec::new(),
+            waiting: false,
+            windowed: false,
+        });
+        let id = usize::from(symbol);
+        if self.slot_of.len() <= id {
+            self.slot_of.resize(id + 1, 0);
+        }
+        // At most one slot per symbol id, and ids are below `MAX_SYMBOLS` (4,096).
+        self.slot_of[id] = u16::try_from(at + 1).unwrap_or(0);
+        at
+    }
+
+    /// Drops the slots of symbols that hold nothing and whose window has ended (a missing
+    /// slot is an ended window), keeping the others' order of arrival.
+    fn sweep(&mut self, now: Instant) {
+        self.slots
+            .retain(|slot| slot.waiting || slot.windowed || slot.open_at > now);
+        self.slot_of.fill(0);
+        let highest = self.slots.iter().map(|slot| usize::from(slot.symbol)).max();
+        self.slot_of.truncate(highest.map_or(0, |id| id + 1));
+        for (at, slot) in self.slots.iter().enumerate() {
+            self.slot_of[usize::from(slot.symbol)] = u16::try_from(at + 1).unwrap_or(0);
+        }
+    }
+
     /// The end of a window that starts now: at least one interval away, on the grid.
     fn window_end(&self, now: Instant) -> Instant {
         let earliest = now + self.interval;
@@ -406,25 +446,11 @@ impl Throttle {
     }
 }
 
-/// Hashes a symbol id with one multiplication: the throttle looks a slot up per event, and
-/// ids are small dense integers the server assigns (no client picks them), so the default
-/// hasher's protection against chosen keys buys nothing here and showed in profiles.
-#[derive(Debug, Default)]
-struct SymbolHasher(u64);
-
-impl Hasher for SymbolHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u16(&mut self, value: u16) {
-        self.0 = (u64::from(value) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+/// The index in `slots` of `symbol`'s slot, if it has one.
+fn slot_index(slot_of: &[u16], symbol: SymbolId) -> Option<usize> {
+    match slot_of.get(usize::from(symbol)).copied() {
+        Some(0) | None => None,
+        Some(index) => Some(usize::from(index) - 1),
     }
 }
 

@@ -351,6 +351,21 @@ fn slots_of_symbols_gone_quiet_are_dropped_and_a_dropped_slot_counts_as_quiet() 
     throttle.take(entry(101, EventKind::Trade, Some(8)));
     throttle.release(later, &mut out);
     assert_eq!(seqs(&out), [101], "a dropped slot is a quiet symbol");
+    // Symbol 7's slot moved to the front of the table; its window still runs.
+    out.clear();
+    throttle.take(entry(102, EventKind::Trade, Some(7)));
+    throttle.take(entry(103, EventKind::Trade, Some(49)));
+    throttle.release(later, &mut out);
+    assert_eq!(
+        seqs(&out),
+        [103],
+        "7 is held behind its window, 49 is quiet"
+    );
+    assert_eq!(
+        throttle.slot_of.len(),
+        50,
+        "the index reaches the highest id held"
+    );
 }
 
 /// A connection over a real queue that drains only when the queue wakes it or its throttle's
@@ -360,8 +375,13 @@ struct Sleeper {
     throttle: Throttle,
     metrics: crate::metrics::Metrics,
     spare: std::collections::VecDeque<super::super::Delivery>,
+    /// Sort each drain by sequence before the throttle takes it, as the WebSocket session
+    /// does (the SSE stream takes the queue's order).
+    sorted: bool,
     /// How many times it drained and released.
     wakes: u64,
+    /// The most items one drain took.
+    most_drained: usize,
 }
 
 impl Sleeper {
@@ -371,7 +391,16 @@ impl Sleeper {
             throttle: Throttle::new(rate, start, 0),
             metrics: crate::metrics::Metrics::default(),
             spare: std::collections::VecDeque::new(),
+            sorted: false,
             wakes: 0,
+            most_drained: 0,
+        }
+    }
+
+    fn sorted(rate: MaxRate, start: Instant) -> Sleeper {
+        Sleeper {
+            sorted: true,
+            ..Sleeper::new(rate, start)
         }
     }
 
@@ -389,6 +418,13 @@ impl Sleeper {
         }
         self.wakes += 1;
         self.queue.drain_into(&mut self.spare);
+        self.most_drained = self.most_drained.max(self.spare.len());
+        if self.sorted {
+            self.spare.make_contiguous().sort_by_key(|item| match item {
+                super::super::Delivery::Event(entry) => entry.seq,
+                _ => u64::MAX,
+            });
+        }
         for item in self.spare.drain(..) {
             if let super::super::Delivery::Event(entry) = item {
                 self.throttle.take(entry);
@@ -402,9 +438,11 @@ impl Sleeper {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// The deferred wake-ups change nothing a client sees: a connection that sleeps through
-    /// trades and quotes of windowed symbols until its timer sends exactly what one woken by
-    /// every publish sends, at the same moments.
+    /// The deferred wake-ups and the replacing in the queue change nothing a client sees: a
+    /// connection that sleeps through trades and quotes of windowed symbols until its timer,
+    /// while its queue keeps only the newest of each, sends exactly what one woken by every
+    /// publish sends, at the same moments, whether it takes a drain in queue order (SSE) or
+    /// sorted by sequence (WebSocket).
     #[test]
     fn a_connection_not_woken_for_windowed_symbols_sends_what_one_woken_by_every_publish_sends(
         (per_second, events) in market()
@@ -413,8 +451,10 @@ proptest! {
         let rate = rate(per_second);
         let mut eager = Throttle::new(rate, start, 0);
         let mut sleeper = Sleeper::new(rate, start);
+        let mut sorting = Sleeper::sorted(rate, start);
         let mut eager_sent: Vec<(Instant, u64)> = Vec::new();
         let mut sleeper_sent: Vec<(Instant, u64)> = Vec::new();
+        let mut sorting_sent: Vec<(Instant, u64)> = Vec::new();
         let mut out = Vec::new();
         let mut index = 0;
         let mut now = start;
@@ -424,6 +464,7 @@ proptest! {
                 let event = &events[index];
                 let published = entry(index as u64 + 1, event.kind, Some(event.symbol));
                 sleeper.push(&published);
+                sorting.push(&published);
                 eager.take(published);
                 index += 1;
                 any = true;
@@ -436,10 +477,14 @@ proptest! {
             out.clear();
             sleeper.run(now, &mut out);
             sleeper_sent.extend(out.iter().map(|entry| (now, entry.seq)));
+            out.clear();
+            sorting.run(now, &mut out);
+            sorting_sent.extend(out.iter().map(|entry| (now, entry.seq)));
             let next = [
                 events.get(index).map(|e| start + Duration::from_millis(e.at_ms)),
                 eager.next_release(),
                 sleeper.throttle.next_wake(),
+                sorting.throttle.next_wake(),
             ]
             .into_iter()
             .flatten()
@@ -450,7 +495,9 @@ proptest! {
             }
         }
         prop_assert_eq!(&eager_sent, &sleeper_sent);
+        prop_assert_eq!(&eager_sent, &sorting_sent);
         prop_assert!(sleeper.queue.is_empty(), "nothing is left asleep in the queue");
+        prop_assert!(sorting.queue.is_empty(), "nothing is left asleep in the queue");
     }
 }
 
@@ -509,36 +556,138 @@ fn a_busy_throttled_subscription_is_woken_per_window_end_not_per_publish() {
         "{} wake-ups for 200 publishes",
         sleeper.wakes
     );
+    // The queue kept only the newest trade of each symbol: a drain after a window of ten
+    // publishes (200 trades) took at most one per symbol.
+    assert_eq!(sleeper.most_drained, 20);
+    assert!(
+        sleeper.queue.take_replaced() >= 3_000,
+        "most of the 4,000 trades were replaced in the queue"
+    );
 }
 
 #[test]
 fn a_deferred_push_wakes_the_connection_once_the_queue_is_half_full() {
     let queue = SubscriberQueue::with_capacity(8);
     let metrics = crate::metrics::Metrics::default();
-    queue.set_deferred_symbols(&[1]);
+    // Symbols 0 to 4 are deferred.
+    queue.set_deferred_symbols(&[0b1_1111]);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for seq in 1..=4 {
-        queue.push_event(&entry(seq, EventKind::Trade, Some(0)), &metrics);
+        queue.push_event(
+            &entry(seq, EventKind::Trade, Some(seq as SymbolId - 1)),
+            &metrics,
+        );
         assert!(
             queue.poll_notified(&mut cx).is_pending(),
             "push {seq} is deferred"
         );
     }
+    // A newer trade of a symbol already queued replaces it: the queue does not grow.
     queue.push_event(&entry(5, EventKind::Trade, Some(0)), &metrics);
+    assert!(
+        queue.poll_notified(&mut cx).is_pending(),
+        "replaced, not woken"
+    );
+    assert_eq!(queue.len(), 4);
+    queue.push_event(&entry(6, EventKind::Trade, Some(4)), &metrics);
     assert!(queue.poll_notified(&mut cx).is_ready(), "half full: woken");
     // Other symbols, and bars of a deferred one, always wake.
     let mut items = std::collections::VecDeque::new();
     queue.drain_into(&mut items);
     items.clear();
-    queue.push_event(&entry(6, EventKind::Trade, Some(1)), &metrics);
+    queue.push_event(&entry(7, EventKind::Trade, Some(5)), &metrics);
     assert!(queue.poll_notified(&mut cx).is_ready());
-    queue.push_event(&entry(7, EventKind::Bar, Some(0)), &metrics);
+    queue.push_event(&entry(8, EventKind::Bar, Some(0)), &metrics);
     assert!(queue.poll_notified(&mut cx).is_ready());
     // Setting the symbols while something waits wakes the connection.
     queue.drain_into(&mut items);
     items.clear();
-    queue.push_event(&entry(8, EventKind::Quote, Some(0)), &metrics);
+    queue.push_event(&entry(9, EventKind::Quote, Some(0)), &metrics);
     assert!(queue.poll_notified(&mut cx).is_pending());
     queue.set_deferred_symbols(&[]);
     assert!(queue.poll_notified(&mut cx).is_ready());
+}
+
+fn drained(queue: &SubscriberQueue) -> Vec<u64> {
+    let mut items = std::collections::VecDeque::new();
+    queue.drain_into(&mut items);
+    items
+        .iter()
+        .map(|item| match item {
+            super::super::Delivery::Event(entry) => entry.seq,
+            _ => 0,
+        })
+        .collect()
+}
+
+#[test]
+fn a_throttled_queue_keeps_one_pending_trade_and_one_quote_per_deferred_symbol_in_place() {
+    let queue = SubscriberQueue::with_capacity(64);
+    let metrics = crate::metrics::Metrics::default();
+    // Symbol 0 is deferred, symbol 1 is not.
+    queue.set_deferred_symbols(&[0b01]);
+    let pushes = [
+        (1, EventKind::Trade, 0),
+        (2, EventKind::Quote, 0),
+        (3, EventKind::Trade, 1),
+        (4, EventKind::Trade, 0),
+        (5, EventKind::Trade, 1),
+        (6, EventKind::Quote, 0),
+        (7, EventKind::Trade, 0),
+    ];
+    for (seq, kind, symbol) in pushes {
+        queue.push_event(&entry(seq, kind, Some(symbol)), &metrics);
+    }
+    // Symbol 0's newest trade and quote took the places of its first ones; symbol 1's
+    // trades are all kept.
+    assert_eq!(drained(&queue), [7, 6, 3, 5]);
+    assert_eq!(queue.take_replaced(), 3);
+    assert_eq!(queue.take_replaced(), 0, "taken once");
+    // After a drain, a position from before it is not used: the next trade is appended
+    // (behind symbol 1's), and only then replaced.
+    queue.push_event(&entry(8, EventKind::Trade, Some(1)), &metrics);
+    queue.push_event(&entry(9, EventKind::Trade, Some(0)), &metrics);
+    queue.push_event(&entry(10, EventKind::Trade, Some(0)), &metrics);
+    assert_eq!(drained(&queue), [8, 10]);
+    assert_eq!(queue.take_replaced(), 1);
+}
+
+#[test]
+fn a_bar_or_status_of_a_deferred_symbol_keeps_the_trade_before_it_in_front_of_it() {
+    let queue = SubscriberQueue::with_capacity(64);
+    let metrics = crate::metrics::Metrics::default();
+    queue.set_deferred_symbols(&[0b1]);
+    for (seq, kind) in [
+        (1, EventKind::Trade),
+        (2, EventKind::Bar),
+        (3, EventKind::Trade),
+        (4, EventKind::Trade),
+        (5, EventKind::Status),
+        (6, EventKind::Bar),
+        (7, EventKind::Trade),
+    ] {
+        queue.push_event(&entry(seq, kind, Some(0)), &metrics);
+    }
+    // Bars and statuses are never replaced, and a trade after one replaces only trades
+    // queued after it.
+    assert_eq!(drained(&queue), [1, 2, 4, 5, 6, 7]);
+    assert_eq!(queue.take_replaced(), 1);
+}
+
+#[test]
+fn an_unthrottled_queue_replaces_nothing_until_its_queue_is_full() {
+    let queue = SubscriberQueue::with_capacity(64);
+    let metrics = crate::metrics::Metrics::default();
+    for seq in 1..=5 {
+        queue.push_event(&entry(seq, EventKind::Trade, Some(0)), &metrics);
+    }
+    assert_eq!(drained(&queue), [1, 2, 3, 4, 5]);
+    // A throttle whose rate was removed empties its deferred set: the same again.
+    queue.set_deferred_symbols(&[0b1]);
+    queue.set_deferred_symbols(&[]);
+    for seq in 6..=8 {
+        queue.push_event(&entry(seq, EventKind::Trade, Some(0)), &metrics);
+    }
+    assert_eq!(drained(&queue), [6, 7, 8]);
+    assert_eq!(queue.take_replaced(), 0);
 }

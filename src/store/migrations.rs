@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fences_commands",
         sql: include_str!("../../migrations/0005_fences_commands.sql"),
     },
+    Migration {
+        version: 6,
+        name: "store_settings",
+        sql: include_str!("../../migrations/0006_store_settings.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -457,6 +457,9 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// The `store_settings` row of the API key server key's fingerprint.
+pub const HASH_KEY_SETTING: &str = "api_key_hash_key";
+
 /// Durable API key pairs issued through the API.
 pub trait ApiKeyStore: Send + Sync + 'static {
     /// Stores a new pair; resolves once it is durable.
@@ -469,6 +472,12 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<bool, StoreError>>;
     /// Every pair that is not revoked.
     fn active_api_keys(&self) -> BoxFuture<'static, Result<Vec<ApiKeyRecord>, StoreError>>;
+    /// Stores `fingerprint` as the server key's fingerprint unless one is stored already,
+    /// and returns the one stored (the first start's), so the caller can compare.
+    fn claim_hash_key_fingerprint(
+        &self,
+        fingerprint: String,
+    ) -> BoxFuture<'static, Result<String, StoreError>>;
 }
 
 /// The store as the application holds it: one backend behind all four interfaces.

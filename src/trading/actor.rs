@@ -29,7 +29,8 @@ pub(super) async fn run_actor(
     hub: Option<Arc<Hub>>,
     shutdown: CancellationToken,
 ) {
-    let mut recovery = super::recovery::Recovery::new(hub);
+    let outlet = shared.outlet.get().cloned();
+    let mut recovery = super::recovery::Recovery::new(hub, outlet);
     loop {
         // A failed write halts trading (see `persist`); from then on the store is probed with
         // backoff, and trading resumes by itself once a probe succeeds.

@@ -117,6 +117,13 @@ pub enum Announcement {
     BookSnapshot {
         snapshot: BookUpdate,
     },
+    /// Trading halted by a failed store write (`halted`) or resumed after it, with the
+    /// message clients get. Only a cluster's exchange sends it (to its outlet, see
+    /// `recovery`), so that every node tells its own sessions; a single node tells its hub.
+    Trading {
+        halted: bool,
+        message: String,
+    },
 }
 
 /// The events a command committed and the announcements they produced.

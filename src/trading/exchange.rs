@@ -96,7 +96,7 @@ pub(super) struct Shared {
     /// Set when the exchange has a store: every step is stored before it is announced.
     pub(super) persistence: std::sync::OnceLock<Arc<super::persist::Persistence>>,
     /// Set on a cluster's exchange node: every announcement also goes to the other nodes.
-    outlet: std::sync::OnceLock<Arc<dyn AnnouncementOutlet>>,
+    pub(super) outlet: std::sync::OnceLock<Arc<dyn AnnouncementOutlet>>,
 }
 
 /// Where a cluster's exchange hands its announcements (after they are stored, in order) so
@@ -154,6 +154,9 @@ impl Shared {
                         slot.lock().reset(snapshot);
                     }
                 }
+                // Statuses reach sessions through the hub (or the nodes' listeners), not
+                // through the exchange's channels.
+                Announcement::Trading { .. } => {}
             }
         }
         if !bumped.is_empty() {

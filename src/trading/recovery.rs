@@ -3,6 +3,10 @@
 //! small write after 0.5 s and then with doubling waits up to 30 s, and once a probe succeeds
 //! the exchange is rebuilt from the store and trading resumes, announced as
 //! `trading_resumed`. No restart is needed.
+//!
+//! On a cluster the exchange runs on one node but traders are on every node: the halt and the
+//! resume go to the exchange's outlet (its ordered events channel) as
+//! [`Announcement::Trading`], and each node's listener tells its own sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +14,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::engine::Engine;
+use super::AnnouncementOutlet;
+use super::engine::{Announcement, Engine};
 use super::persist::Persistence;
 use crate::hub::Hub;
 use crate::market::{MarketEvent, Status};
@@ -23,13 +28,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The exchange actor's view of a halt: when to probe next, and whom to tell.
 pub(super) struct Recovery {
     hub: Option<Arc<Hub>>,
+    /// A cluster's exchange: the statuses go to every node through it instead of the hub.
+    outlet: Option<Arc<dyn AnnouncementOutlet>>,
     /// Set while trading is halted: when the next probe is due and the wait after it.
     probe: Option<(Instant, Duration)>,
 }
 
 impl Recovery {
-    pub(super) fn new(hub: Option<Arc<Hub>>) -> Recovery {
-        Recovery { hub, probe: None }
+    pub(super) fn new(
+        hub: Option<Arc<Hub>>,
+        outlet: Option<Arc<dyn AnnouncementOutlet>>,
+    ) -> Recovery {
+        Recovery {
+            hub,
+            outlet,
+            probe: None,
+        }
     }
 
     /// Notes whether trading is halted now; the first time it is, announces the halt and
@@ -82,7 +96,17 @@ impl Recovery {
     /// shut down nobody is listening, which is fine.
     /// On a cluster node the shared log numbers every feed, so the node's own halt goes out
     /// as a notice without an id (and is not in snapshots).
+    /// A cluster's exchange hands it to its outlet instead: announced in order on the events
+    /// channel (while its lease holds, which a halt does not end), every node's listener tells
+    /// its own sessions, this node's included, once each.
     fn announce(&self, code: &str, message: &str) {
+        if let Some(outlet) = &self.outlet {
+            outlet.announce(&[Announcement::Trading {
+                halted: code == "trading_halted",
+                message: message.into(),
+            }]);
+            return;
+        }
         let Some(hub) = &self.hub else { return };
         if hub.follows_shared_log() {
             hub.notify_status(code, message);

@@ -123,8 +123,9 @@ impl ThrottledSse {
             out.put_slice(&sse_close(reason, self.hub.cursor(self.feed)));
         }
         self.metrics.delivered(Transport::Sse, count as u64);
+        // Replaced in the throttle, or in the queue before it (see `SubscriberQueue`).
         self.metrics.throttled.fetch_add(
-            self.pacer.throttle.take_replaced(),
+            self.pacer.throttle.take_replaced() + self.queue.take_replaced(),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.released.clear();

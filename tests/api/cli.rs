@@ -269,3 +269,111 @@ fn hash_api_secret_prints_the_sha256_that_api_keys_in_the_configuration_take() {
         "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25bf"
     );
 }
+
+/// Starts the binary on a store (`env` picks it) with `key` as `auth.api_key_hash_key` and
+/// waits up to a minute for it to exit; its exit code and stderr. One still running by then
+/// is stopped by its PID and fails the test.
+fn start_with_hash_key(
+    dir: &std::path::Path,
+    key: &str,
+    env: &[(&str, String)],
+) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickgate"));
+    command
+        .current_dir(dir)
+        .env("TICKGATE__SERVER__BIND", "127.0.0.1:0")
+        .env("TICKGATE__AUTH__API_KEY_HASH_KEY", key)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("run tickgate");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut running = Running(child);
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = running.0.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node with another key kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code(), reader.join().expect("stderr read"))
+}
+
+/// Starts the binary with `key` and returns once it listens; it is stopped (by its PID) when
+/// the returned guard drops.
+fn running_with_hash_key(dir: &std::path::Path, key: &str, env: &[(&str, String)]) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickgate"));
+    command
+        .current_dir(dir)
+        .env("TICKGATE__SERVER__BIND", "127.0.0.1:0")
+        .env("TICKGATE__AUTH__API_KEY_HASH_KEY", key)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("run tickgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let running = Running(child);
+    crate::common::url_from_start_line(stderr, Duration::from_secs(60));
+    running
+}
+
+/// The second start, with another key, on the store the first one used: exit 2 naming the
+/// setting, and neither key printed.
+fn a_second_key_is_refused(
+    first_dir: &std::path::Path,
+    second_dir: &std::path::Path,
+    env: &[(&str, String)],
+) {
+    let first_key = "first-node-key-0123456789abcdefghijklmnop";
+    let second_key = "second-node-key-0123456789abcdefghijklmno";
+    let first = running_with_hash_key(first_dir, first_key, env);
+    drop(first);
+    let (code, stderr) = start_with_hash_key(second_dir, second_key, env);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("auth.api_key_hash_key"), "{stderr}");
+    assert!(stderr.contains("does not match"), "{stderr}");
+    assert!(
+        !stderr.contains(first_key) && !stderr.contains(second_key),
+        "no key printed: {stderr}"
+    );
+    // The first key still starts (the refusal changed nothing).
+    drop(running_with_hash_key(first_dir, first_key, env));
+}
+
+#[test]
+fn a_start_with_another_api_key_hash_key_than_the_sqlite_store_was_first_used_with_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    a_second_key_is_refused(dir.path(), dir.path(), &[]);
+}
+
+#[test]
+fn a_node_with_another_api_key_hash_key_than_the_shared_postgres_store_exits_2() {
+    let database = crate::postgres_support::TestDatabase::create();
+    let env = [
+        ("TICKGATE__STORE__BACKEND", "postgres".to_owned()),
+        ("TICKGATE__STORE__POSTGRES_URL", database.url()),
+    ];
+    // Two nodes, each with its own data directory, sharing the database.
+    let (node_a, node_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    a_second_key_is_refused(node_a.path(), node_b.path(), &env);
+    let stored = database.psql("SELECT value FROM store_settings WHERE name = 'api_key_hash_key'");
+    assert_eq!(stored.trim().len(), 64, "a hex fingerprint: {stored}");
+}

@@ -2,7 +2,7 @@
 //! channel, replies on the node's own channel, both on one connection (so a command's updates
 //! come before its reply). Delivers to the node's mirror ([`super::remote`]), repairs trade
 //! updates from the store by `seq`, and tells clients when trading becomes unavailable and
-//! when it is back.
+//! when it is back, and when the exchange halted trading on a store failure and resumed it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +20,9 @@ use crate::trading::api::UserEvent;
 use crate::trading::command::{TradingReply, TradingRequest};
 use crate::trading::engine::Announcement;
 
-/// Called with `false` and a reason when trading became unavailable, `true` when it is back.
-pub type TradingStatus = Arc<dyn Fn(bool, &str) + Send + Sync>;
+/// Called with a trading status code (`trading_unavailable`, `trading_available`,
+/// `trading_halted`, `trading_resumed`) and its message, for the node's sessions.
+pub type TradingStatus = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 
 /// What the listener knows of the exchange.
 struct Watch {
@@ -30,6 +31,8 @@ struct Watch {
     last_heard: Option<Instant>,
     /// What clients were last told (`None`: nothing yet).
     available: Option<bool>,
+    /// Whether clients were told the exchange halted trading (and not yet that it resumed).
+    halted: bool,
 }
 
 /// Keeps the subscription up until `shutdown`, reconnecting with backoff.
@@ -43,6 +46,7 @@ pub(super) async fn run_listener(
         token: 0,
         last_heard: Some(Instant::now()),
         available: None,
+        halted: false,
     };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -123,7 +127,7 @@ async fn subscription(
                 let quiet = watch.last_heard.is_none_or(|heard| heard.elapsed() > silence);
                 if quiet && watch.available != Some(false) {
                     watch.available = Some(false);
-                    status(false, "no exchange is answering (it is failing over to another node); orders are answered 50310002 until it is back");
+                    status("trading_unavailable", "no exchange is answering (it is failing over to another node); orders are answered 50310002 until it is back");
                 }
                 timed(limit, control.ping::<redis::Value>()).await?;
             }
@@ -160,13 +164,26 @@ async fn on_events(
         // A former exchange that has not learnt it lost the lease: never delivered.
         return;
     }
+    let new_term = message.token > watch.token;
     watch.token = message.token;
     watch.last_heard = Some(Instant::now());
     if watch.available != Some(true) {
         if watch.available.is_some() {
-            status(true, "the exchange answers again; trading continues");
+            status(
+                "trading_available",
+                "the exchange answers again; trading continues",
+            );
         }
         watch.available = Some(true);
+    }
+    if new_term && watch.halted {
+        // The halted exchange lost its lease; the next one could claim it in the store, so
+        // the store takes writes again and its predecessor will never say so.
+        watch.halted = false;
+        status(
+            "trading_resumed",
+            "trading resumed: another node runs the exchange and the store accepts writes",
+        );
     }
     let mut bumped = Vec::new();
     for item in message.items {
@@ -176,6 +193,19 @@ async fn on_events(
             Announcement::Book { snapshot, delta } => {
                 if let Some(slot) = shared.books.get(&snapshot.symbol) {
                     slot.lock().apply(snapshot, delta);
+                }
+            }
+            // The exchange halted trading on a store failure, or resumed it: told once per
+            // change (a repeated message changes nothing).
+            Announcement::Trading { halted, message } => {
+                if halted != watch.halted {
+                    watch.halted = halted;
+                    let code = if halted {
+                        "trading_halted"
+                    } else {
+                        "trading_resumed"
+                    };
+                    status(code, &message);
                 }
             }
             // The exchange's whole book (a new term, or a node asked): the node's copy is

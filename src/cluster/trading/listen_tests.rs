@@ -131,11 +131,12 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
     let mut receiver = shared.with_user("alice", |mirror| mirror.events.subscribe());
     let told = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&told);
-    let status: TradingStatus = Arc::new(move |up, _| seen.lock().push(up));
+    let status: TradingStatus = Arc::new(move |code, _| seen.lock().push(code));
     let mut watch = Watch {
         token: 0,
         last_heard: None,
         available: None,
+        halted: false,
     };
     let user_item = |update: &TradeUpdate| Announcement::User {
         user: "alice".into(),
@@ -173,7 +174,7 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
         message(10, vec![user_item(&updates[1])]),
     )
     .await;
-    assert_eq!(*told.lock(), vec![true]);
+    assert_eq!(*told.lock(), vec!["trading_available"]);
     assert_eq!(received(&mut receiver), vec![2]);
 }
 
@@ -208,6 +209,7 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
         token: 0,
         last_heard: None,
         available: None,
+        halted: false,
     };
     let announced = book(dec!(150.10), dec!(150.12), true);
     let message = |token| EventsMessage {
@@ -241,4 +243,59 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
     }];
     on_events(&shared, &status, &mut watch, stale).await;
     assert!(updates.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_halt_and_its_resume_are_told_once_each_and_a_new_term_ends_a_halt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 0).await;
+    let shared = shared(&store);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&told);
+    let status: TradingStatus = Arc::new(move |code, message: &str| {
+        seen.lock().push((code, message.to_owned()));
+    });
+    let mut watch = Watch {
+        token: 0,
+        last_heard: None,
+        available: None,
+        halted: false,
+    };
+    let trading = |token, halted: bool| EventsMessage {
+        token,
+        items: vec![Announcement::Trading {
+            halted,
+            message: format!("halted={halted}"),
+        }],
+        alive: false,
+    };
+    on_events(&shared, &status, &mut watch, trading(5, true)).await;
+    // Said twice (a probe's repeat, a duplicate): told once.
+    on_events(&shared, &status, &mut watch, trading(5, true)).await;
+    on_events(&shared, &status, &mut watch, trading(5, false)).await;
+    on_events(&shared, &status, &mut watch, trading(5, false)).await;
+    assert_eq!(
+        *told.lock(),
+        vec![
+            ("trading_halted", "halted=true".to_owned()),
+            ("trading_resumed", "halted=false".to_owned()),
+        ]
+    );
+    told.lock().clear();
+    // Halted again, then the halted exchange loses its lease: the next term's first message
+    // (a heartbeat) ends the halt, since the new exchange could write its fence.
+    on_events(&shared, &status, &mut watch, trading(5, true)).await;
+    let heartbeat = EventsMessage {
+        token: 6,
+        items: Vec::new(),
+        alive: true,
+    };
+    on_events(&shared, &status, &mut watch, heartbeat.clone()).await;
+    on_events(&shared, &status, &mut watch, heartbeat).await;
+    let codes: Vec<&str> = told.lock().iter().map(|(code, _)| *code).collect();
+    assert_eq!(codes, vec!["trading_halted", "trading_resumed"]);
+    // A former exchange's halt is not believed.
+    on_events(&shared, &status, &mut watch, trading(5, true)).await;
+    assert!(!watch.halted);
+    assert_eq!(told.lock().len(), 2);
 }

@@ -1,12 +1,42 @@
-//! [`ApiKeyStore`] on PostgreSQL: the `api_keys` table.
+//! [`ApiKeyStore`] on PostgreSQL: the `api_keys` table and the server key's fingerprint in
+//! `store_settings`.
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use super::{PostgresStore, classify, decode_error, parse_time, work};
-use crate::store::{ApiKeyRecord, ApiKeyStore, StoreError};
+use crate::store::{ApiKeyRecord, ApiKeyStore, HASH_KEY_SETTING, StoreError};
 
 impl ApiKeyStore for PostgresStore {
+    fn claim_hash_key_fingerprint(
+        &self,
+        fingerprint: String,
+    ) -> BoxFuture<'static, Result<String, StoreError>> {
+        let target = self.target.clone();
+        self.write_future(work(move |client| {
+            Box::pin(async move {
+                // Nodes starting together: the conflict leaves the first one's row, and the
+                // read after the insert sees it (its commit came first).
+                client
+                    .execute(
+                        "INSERT INTO store_settings (name, value) VALUES ($1, $2)
+                         ON CONFLICT (name) DO NOTHING",
+                        &[&HASH_KEY_SETTING, &fingerprint],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                let row = client
+                    .query_one(
+                        "SELECT value FROM store_settings WHERE name = $1",
+                        &[&HASH_KEY_SETTING],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, e))?;
+                row.try_get(0).map_err(|e| decode_error(&target, e))
+            })
+        }))
+    }
+
     fn insert_api_key(&self, record: ApiKeyRecord) -> BoxFuture<'static, Result<(), StoreError>> {
         let target = self.target.clone();
         self.write_future(work(move |client| {

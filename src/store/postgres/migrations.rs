@@ -10,11 +10,18 @@ use crate::store::StoreError;
 use crate::store::migrations::Migration;
 
 /// Every PostgreSQL migration this build knows, in order. A released one is never edited.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "store_settings",
+        sql: include_str!("../../../migrations/postgres/0002_store_settings.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> u32 {

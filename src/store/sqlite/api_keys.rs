@@ -1,13 +1,38 @@
-//! [`ApiKeyStore`] on SQLite: the `api_keys` table (migration 2).
+//! [`ApiKeyStore`] on SQLite: the `api_keys` table (migration 2) and the server key's
+//! fingerprint in `store_settings` (migration 6).
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rusqlite::params;
 
 use super::{SqliteStore, classify, parse_time};
-use crate::store::{ApiKeyRecord, ApiKeyStore, StoreError};
+use crate::store::{ApiKeyRecord, ApiKeyStore, HASH_KEY_SETTING, StoreError};
 
 impl ApiKeyStore for SqliteStore {
+    fn claim_hash_key_fingerprint(
+        &self,
+        fingerprint: String,
+    ) -> BoxFuture<'static, Result<String, StoreError>> {
+        let path = self.path_text.clone();
+        self.write_future(move |connection| {
+            let sql = |e| classify(&path, e);
+            connection
+                .execute(
+                    "INSERT INTO store_settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![HASH_KEY_SETTING, fingerprint],
+                )
+                .map_err(sql)?;
+            connection
+                .query_row(
+                    "SELECT value FROM store_settings WHERE name = ?1",
+                    params![HASH_KEY_SETTING],
+                    |row| row.get(0),
+                )
+                .map_err(sql)
+        })
+    }
+
     fn insert_api_key(&self, record: ApiKeyRecord) -> BoxFuture<'static, Result<(), StoreError>> {
         let path = self.path_text.clone();
         self.write_future(move |connection| {

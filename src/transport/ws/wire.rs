@@ -452,6 +452,9 @@ pub struct FastPath {
     binary: bool,
     /// Decides when to drain: at once, or at the end of a coalescing window.
     coalescer: Coalescer,
+    /// A keep-alive tick was drained: the body polls the loop once, so the session arms a
+    /// deadline that has come within reach (`SessionLimits::timer_horizon`).
+    loop_tick: bool,
 }
 
 impl FastPath {
@@ -469,6 +472,7 @@ impl FastPath {
             last_ping: Instant::now(),
             binary,
             coalescer,
+            loop_tick: false,
         }
     }
 
@@ -501,6 +505,7 @@ impl FastPath {
             // The clock is read on keep-alive ticks only (one per ping interval, busy or
             // not), not on every delivery.
             if heartbeat && close.is_none() {
+                self.loop_tick = true;
                 let now = Instant::now();
                 if now.duration_since(self.last_ping) >= self.ping_every {
                     if now.duration_since(wire.last_heard.get()) > self.idle_timeout {
@@ -532,8 +537,12 @@ impl FastPath {
 /// market data itself ([`FastPath`]), and ends after the loop has returned (or the fast path
 /// closed the connection) and the last frames are out. If the peer goes away, the dispatcher
 /// drops the body, and with it the loop.
-pub struct WsBody {
-    run: Pin<Box<dyn Future<Output = ()>>>,
+///
+/// The loop is held inline (`F`, a hand-written future in the glue), so the body and the
+/// loop are one allocation: the one actix makes when it boxes the response body.
+pub struct WsBody<F> {
+    /// `None` once the loop has ended or was dropped (the fast path closed the connection).
+    run: Option<F>,
     wire: Rc<Wire>,
     fast: Option<FastPath>,
     done: bool,
@@ -560,17 +569,13 @@ impl Wake for LoopWaker {
     }
 }
 
-impl WsBody {
-    pub fn new(
-        wire: Rc<Wire>,
-        fast: Option<FastPath>,
-        run: impl Future<Output = ()> + 'static,
-    ) -> WsBody {
+impl<F: Future<Output = ()> + Unpin> WsBody<F> {
+    pub fn new(wire: Rc<Wire>, fast: Option<FastPath>, run: F) -> WsBody<F> {
         let wake = Arc::new(LoopWaker::default());
         // Runs once before anything can have woken it.
         wake.woken.store(true, Ordering::Relaxed);
         WsBody {
-            run: Box::pin(run),
+            run: Some(run),
             wire,
             fast,
             done: false,
@@ -580,7 +585,7 @@ impl WsBody {
     }
 }
 
-impl MessageBody for WsBody {
+impl<F: Future<Output = ()> + Unpin> MessageBody for WsBody<F> {
     type Error = Infallible;
 
     fn size(&self) -> BodySize {
@@ -598,27 +603,35 @@ impl MessageBody for WsBody {
         if !this.done && this.wire.outbox.borrow().is_empty() {
             this.wake.task.register(cx.waker());
             if this.wake.woken.swap(false, Ordering::AcqRel)
-                && this
-                    .run
-                    .as_mut()
+                && let Some(run) = this.run.as_mut()
+                && Pin::new(run)
                     .poll(&mut Context::from_waker(&this.waker))
                     .is_ready()
             {
                 this.done = true;
+                this.run = None;
             }
             if !this.done
                 && !this.wire.busy.get()
                 && let Some(fast) = this.fast.as_mut()
-                && fast.poll(cx, &this.wire)
             {
-                // Dropping the loop drops the session: it leaves the hub.
-                this.done = true;
-                this.run = Box::pin(std::future::ready(()));
+                if fast.poll(cx, &this.wire) {
+                    // Dropping the loop drops the session: it leaves the hub.
+                    this.done = true;
+                    this.run = None;
+                } else if std::mem::take(&mut fast.loop_tick) {
+                    // The loop runs on the next poll, which this asks for.
+                    this.wake.wake_by_ref();
+                }
             }
         }
         let mut outbox = this.wire.outbox.borrow_mut();
         if !outbox.is_empty() {
-            return Poll::Ready(Some(Ok(outbox.split().freeze())));
+            // The whole buffer goes, not a `split()` of it: a split would leave the outbox
+            // holding the buffer's allocation (and its shared header) for as long as the
+            // connection lives, which for an idle connection is all the time. The next write
+            // allocates a buffer sized to what it carries.
+            return Poll::Ready(Some(Ok(std::mem::take(&mut *outbox).freeze())));
         }
         if this.done {
             Poll::Ready(None)

@@ -2,7 +2,8 @@
 //! trading store (SQLite here; the store interface is the same for PostgreSQL). Orders sent
 //! through either node reach the one exchange, updates reach the other node, a command left
 //! pending by a dead exchange is answered from its stored reply instead of running twice, and
-//! a fenced exchange stores and announces nothing.
+//! a fenced exchange stores and announces nothing, and a halt of the exchange (its store
+//! refusing writes) and its resume reach both nodes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,7 +55,8 @@ fn open_store(dir: &std::path::Path) -> Store {
 struct InProcessNode {
     trading: RemoteExchange,
     metrics: Arc<Metrics>,
-    statuses: Arc<parking_lot::Mutex<Vec<bool>>>,
+    /// The trading status codes the node told its sessions, in order.
+    statuses: Arc<parking_lot::Mutex<Vec<&'static str>>>,
     shutdown: CancellationToken,
 }
 
@@ -88,7 +90,7 @@ fn node_with_lease(
     cluster.start(Arc::new(HubSink::new(Arc::clone(&hub))), shutdown.clone());
     let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let seen = Arc::clone(&statuses);
-    let status: TradingStatus = Arc::new(move |available, _| seen.lock().push(available));
+    let status: TradingStatus = Arc::new(move |code, _| seen.lock().push(code));
     let trading = tickgate::cluster::trading::start(
         &cluster,
         &settings.trading,
@@ -241,7 +243,7 @@ async fn orders_from_either_node_reach_one_exchange_and_survive_its_death_with_c
     assert_eq!(ids, vec!["a1", "after-death", "b1"], "each order once");
     let statuses = survivor.statuses.lock().clone();
     assert!(
-        !statuses.contains(&false) || statuses.last() == Some(&true),
+        !statuses.contains(&"trading_unavailable") || statuses.last() == Some(&"trading_available"),
         "an unavailable status is followed by an available one: {statuses:?}"
     );
     survivor.shutdown.cancel();
@@ -430,6 +432,91 @@ async fn a_fenced_exchange_stores_nothing_announces_nothing_and_stops() {
         1,
         "only the order stored before the fence"
     );
+}
+
+/// Waits until `node` has told its sessions `code`.
+async fn wait_for_status(node: &InProcessNode, code: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.statuses.lock().contains(&code) {
+        assert!(
+            Instant::now() < deadline,
+            "no {code} on a node: {:?}",
+            node.statuses.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_of_the_exchange_and_its_resume_reach_every_node_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let first = node(&redis, "node-a", Arc::clone(&store.trading));
+    let second = node(&redis, "node-b", Arc::clone(&store.trading));
+    submit_retrying(&first.trading, "alice", limit_buy("before"))
+        .await
+        .expect("the exchange runs");
+    // The store refuses the exchange's writes (and its probes): triggers that raise, on the
+    // event log every step is stored in and on the table the probe writes.
+    let db = rusqlite::Connection::open(dir.path().join("tickgate.db")).expect("the store file");
+    db.busy_timeout(Duration::from_secs(10)).expect("timeout");
+    let refuse = |table: &str, what: &str| {
+        format!(
+            "CREATE TRIGGER refuse_{table}_{what} BEFORE {what} ON {table} \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+        )
+    };
+    db.execute_batch(&format!(
+        "{}{}{}",
+        refuse("exchange_events", "INSERT"),
+        refuse("meta", "INSERT"),
+        refuse("meta", "UPDATE")
+    ))
+    .expect("triggers");
+    let refused = second
+        .trading
+        .submit("alice", limit_buy("during"))
+        .await
+        .expect_err("the store refuses the order's step");
+    assert_eq!(refused.code, OrderError::INTERNAL, "{refused:?}");
+    assert!(refused.message.contains("halted"), "{refused:?}");
+    // The exchange runs on one of the two nodes; both tell their sessions.
+    wait_for_status(&first, "trading_halted").await;
+    wait_for_status(&second, "trading_halted").await;
+    // A second order while halted is refused at once and announces nothing new.
+    let again = first
+        .trading
+        .submit("alice", limit_buy("during-2"))
+        .await
+        .expect_err("still halted");
+    assert!(again.message.contains("halted"), "{again:?}");
+
+    db.execute_batch(
+        "DROP TRIGGER refuse_exchange_events_INSERT; DROP TRIGGER refuse_meta_INSERT; \
+         DROP TRIGGER refuse_meta_UPDATE;",
+    )
+    .expect("triggers dropped");
+    wait_for_status(&first, "trading_resumed").await;
+    wait_for_status(&second, "trading_resumed").await;
+    let after = submit_retrying(&second.trading, "alice", limit_buy("after"))
+        .await
+        .expect("trading resumed");
+    assert_eq!(after.status, OrderStatus::New);
+    // Once each, in order, on each node.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in [&first, &second] {
+        let told: Vec<&str> = node
+            .statuses
+            .lock()
+            .iter()
+            .copied()
+            .filter(|code| *code == "trading_halted" || *code == "trading_resumed")
+            .collect();
+        assert_eq!(told, vec!["trading_halted", "trading_resumed"]);
+    }
+    first.shutdown.cancel();
+    second.shutdown.cancel();
 }
 
 /// Redis's log of every command it runs (`MONITOR`, through `redis-cli`), read on a thread;

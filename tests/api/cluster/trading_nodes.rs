@@ -1,7 +1,8 @@
 //! Cluster trading across real processes: three gateway nodes on one `redis-server` and one
 //! PostgreSQL database, four users trading over WebSockets on different nodes while the
 //! exchange's node is killed (`kill -9`) three times, and an exchange node paused (`SIGSTOP`)
-//! past its lease. Every process is stopped by its PID.
+//! past its lease, and a halt of the exchange (the database refusing its writes) reaching the
+//! sessions of every node. Every process is stopped by its PID.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -53,6 +54,11 @@ pub(super) fn trading_node_with(
         ("TICKGATE__STORE__BACKEND", "postgres"),
         ("TICKGATE__STORE__POSTGRES_URL", url.as_str()),
         ("TICKGATE__STORE__DATA_DIR", data_dir.as_str()),
+        // Nodes sharing a database must share the API key hash key (else the second exits 2).
+        (
+            "TICKGATE__AUTH__API_KEY_HASH_KEY",
+            "cluster-test-api-key-hash-key-0123456789",
+        ),
     ];
     settings.extend_from_slice(extra);
     Node::spawn_with_config(redis, id, &settings, &node_config())
@@ -78,6 +84,8 @@ struct Ledger {
     /// Fills the trader saw.
     executions: BTreeSet<String>,
     reconnects: u32,
+    /// The `sc` of every status frame received, in order.
+    statuses: Vec<String>,
 }
 
 struct Trader {
@@ -159,6 +167,11 @@ impl Trader {
             // Only the last object is returned; the others are recorded (updates) or skipped.
             let mut last = None;
             for item in items {
+                if item["T"] == "s"
+                    && let Some(code) = item["sc"].as_str()
+                {
+                    self.ledger.statuses.push(code.to_owned());
+                }
                 if item["T"] == "trade_update" {
                     let seq = item["seq"].as_u64().expect("seq");
                     self.ledger.seen.push(seq);
@@ -458,4 +471,147 @@ async fn an_exchange_paused_past_its_lease_writes_nothing_after_it_wakes() {
     assert!(duplicates.trim().is_empty(), "{duplicates}");
     let seqs = stored_seqs(&database, "alice");
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+impl Trader {
+    /// Sends an order and returns the answer to it (whatever it is).
+    async fn answer(&mut self, request_id: u64, client_order_id: &str) -> Value {
+        let order = json!({"action": "order", "id": request_id, "data": {
+            "symbol": "AAPL", "qty": "1", "side": "buy", "type": "market",
+            "time_in_force": "day", "client_order_id": client_order_id}});
+        assert!(self.send(order).await, "{}: order sent", self.user);
+        loop {
+            let object = self
+                .next(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("{}: no answer to {client_order_id}", self.user));
+            if object["id"].as_u64() == Some(request_id) {
+                return object;
+            }
+        }
+    }
+
+    /// Reads until a status frame with `code` arrived; fails after `within`.
+    async fn until_status(&mut self, code: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.ledger.statuses.iter().any(|seen| seen == code) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // `None`: silent until the deadline, or the connection closed.
+            if left.is_zero() || self.next(left).await.is_none() {
+                panic!(
+                    "{}: no {code}; statuses {:?}",
+                    self.user, self.ledger.statuses
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_of_the_exchange_on_a_database_failure_and_its_resume_reach_every_nodes_sessions_once()
+ {
+    let redis = RedisServer::start();
+    let database = TestDatabase::create();
+    let nodes = [
+        trading_node(&redis, &database, "node-h"),
+        trading_node(&redis, &database, "node-i"),
+    ];
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exchange = loop {
+        if let Some(holder) = exchange_holder(&redis)
+            && let Some(index) = nodes.iter().position(|n| n.id == holder)
+        {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no exchange");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // One trading session on each node: alice on the exchange's, bob on the other.
+    let trader = |user: &'static str, port: u16| Trader {
+        user,
+        ports: Arc::new(Mutex::new(vec![port; 3])),
+        slot: 0,
+        socket: None,
+        last_seq: 0,
+        ledger: Ledger::default(),
+    };
+    let mut on_exchange = trader("alice", nodes[exchange].port);
+    let mut elsewhere = trader("bob", nodes[1 - exchange].port);
+    assert!(on_exchange.connect().await && elsewhere.connect().await);
+    // The exchange runs and has stored an order.
+    let first = loop {
+        match elsewhere.attempt(1, "bob-1", "buy").await {
+            Outcome::Acked(id) => break id,
+            Outcome::Retry => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert!(!first.is_empty());
+
+    // The database refuses the exchange's writes: its event log and the probe's row raise.
+    database.psql(
+        "CREATE FUNCTION refuse_write() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+         CREATE TRIGGER refuse_events BEFORE INSERT ON exchange_events \
+         FOR EACH ROW EXECUTE FUNCTION refuse_write(); \
+         CREATE TRIGGER refuse_probe BEFORE INSERT OR UPDATE ON meta \
+         FOR EACH ROW EXECUTE FUNCTION refuse_write();",
+    );
+    let refused = elsewhere.answer(2, "bob-2").await;
+    assert_eq!(refused["T"], "error", "{refused}");
+    assert!(
+        refused["msg"].as_str().unwrap_or("").contains("halted"),
+        "{refused}"
+    );
+    on_exchange
+        .until_status("trading_halted", Duration::from_secs(15))
+        .await;
+    elsewhere
+        .until_status("trading_halted", Duration::from_secs(15))
+        .await;
+
+    database.psql(
+        "DROP TRIGGER refuse_events ON exchange_events; DROP TRIGGER refuse_probe ON meta; \
+         DROP FUNCTION refuse_write();",
+    );
+    // Probes back off (0.5 s, 1 s, 2 s, ...): the resume comes within a few seconds.
+    on_exchange
+        .until_status("trading_resumed", Duration::from_secs(40))
+        .await;
+    elsewhere
+        .until_status("trading_resumed", Duration::from_secs(40))
+        .await;
+    let after = loop {
+        match elsewhere.attempt(3, "bob-3", "buy").await {
+            Outcome::Acked(id) => break id,
+            Outcome::Retry => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert!(!after.is_empty());
+    // Nothing repeated: each session got each status once, the halt before the resume.
+    for trader in [&mut on_exchange, &mut elsewhere] {
+        while trader.next(Duration::from_millis(700)).await.is_some() {}
+        let told: Vec<&str> = trader
+            .ledger
+            .statuses
+            .iter()
+            .map(String::as_str)
+            .filter(|code| *code == "trading_halted" || *code == "trading_resumed")
+            .collect();
+        assert_eq!(
+            told,
+            vec!["trading_halted", "trading_resumed"],
+            "{}",
+            trader.user
+        );
+    }
+    let refused_order =
+        database.psql("SELECT count(*) FROM orders WHERE client_order_id = 'bob-2'");
+    assert_eq!(
+        refused_order.trim(),
+        "0",
+        "the refused order was not stored"
+    );
 }

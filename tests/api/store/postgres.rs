@@ -43,6 +43,12 @@ impl Gateway {
             .env("TICKGATE__STORE__BACKEND", "postgres")
             .env("TICKGATE__STORE__POSTGRES_URL", database.url())
             .env("TICKGATE__STORE__DATA_DIR", dir.path().join("data"))
+            // Each start has a data directory of its own: the database's API key hash key
+            // comes from the configuration, as on nodes sharing a database.
+            .env(
+                "TICKGATE__AUTH__API_KEY_HASH_KEY",
+                "postgres-test-api-key-hash-key-0123456789",
+            )
             .env("TICKGATE__SIMULATOR__TRADES_PER_SECOND", "50")
             .env("TICKGATE__LOG__FILTER", "info,tickgate::http=warn")
             .stdin(Stdio::null())

@@ -400,3 +400,42 @@ async fn a_session_ends_when_its_token_expires_unless_a_fresh_token_arrives_firs
     assert_eq!(reply["trades"], json!(["AAPL"]));
     app.stop().await.expect("stop");
 }
+
+/// A token whose expiry lies beyond the connection's timer horizon (twice the ping interval)
+/// holds no timer at first; a later poll of the session (a keep-alive tick, or the pong the
+/// client answers its ping with) arms it once within reach, so the session still ends at its
+/// token's expiry, not a tick late. (That a tick alone polls the loop is the unit test
+/// `transport::ws::tests::a_keep_alive_tick_polls_the_loop_once_and_nothing_else_does`.)
+#[tokio::test]
+async fn a_far_token_expiry_is_armed_by_the_keep_alive_ticks_and_ends_the_session_on_time() {
+    let mut settings = ws_settings();
+    settings.auth.leeway = Duration::ZERO;
+    settings.ws.ping_interval = Duration::from_millis(500);
+    let app = spawn_app_with(settings).await;
+    let token = sign(
+        &json!({"sub": "alice", "iss": "tickgate", "aud": "tickgate", "iat": now(), "exp": now() + 4}),
+        SECRET,
+    );
+    let started = tokio::time::Instant::now();
+    let bearer = format!("Bearer {token}");
+    let mut client = connect(&app, "", &[("authorization", &bearer)]).await;
+    client.expect_success("connected").await;
+    client.expect_success("authenticated").await;
+    let error = client.expect_error(409).await;
+    assert!(
+        error["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("token expired"),
+        "{error}"
+    );
+    let close = client.expect_closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4001);
+    let lifetime = started.elapsed();
+    // `exp` has whole seconds: the token expires 3 to 4 s after it was signed.
+    assert!(
+        lifetime >= Duration::from_millis(2500) && lifetime < Duration::from_millis(4800),
+        "closed at expiry, not before or a tick late: {lifetime:?}"
+    );
+    app.stop().await.expect("stop");
+}

@@ -257,18 +257,28 @@ fn decimal_levels(levels: &[(Decimal, Decimal)]) -> Value {
 impl WsSession {
     /// Opens the books that were added to the subscriptions and closes the removed ones.
     pub(super) fn update_books(&mut self, trading: &dyn TradingApi, out: &mut Vec<Output>) {
+        if self.streams.is_none() && self.subs.orderbooks.is_empty() {
+            // No book was ever opened and none is asked for: nothing to create.
+            return;
+        }
+        let subs = &self.subs;
         let removed: Vec<String> = self
-            .books
             .streams
-            .keys()
-            .filter(|s| !self.subs.orderbooks.contains(*s))
-            .cloned()
-            .collect();
+            .as_ref()
+            .map(|s| {
+                s.books
+                    .streams
+                    .keys()
+                    .filter(|symbol| !subs.orderbooks.contains(*symbol))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         for symbol in removed {
-            if let Some(stream) = self.books.streams.remove(&symbol) {
+            if let Some(stream) = self.streams().books.streams.remove(&symbol) {
                 stream.forwarder.abort();
             }
-            if let Some(pacing) = self.books.pacing.as_mut() {
+            if let Some(pacing) = self.streams().books.pacing.as_mut() {
                 pacing.paced.remove(&symbol);
             }
         }
@@ -276,7 +286,12 @@ impl WsSession {
             .subs
             .orderbooks
             .iter()
-            .filter(|s| !self.books.streams.contains_key(*s))
+            .filter(|s| {
+                !self
+                    .streams
+                    .as_ref()
+                    .is_some_and(|streams| streams.books.streams.contains_key(*s))
+            })
             .cloned()
             .collect();
         for symbol in added {
@@ -286,7 +301,7 @@ impl WsSession {
 
     /// (Re)opens the book of `symbol`: a snapshot now, then its deltas through a forwarder.
     fn open_book(&mut self, trading: &dyn TradingApi, symbol: &str, out: &mut Vec<Output>) {
-        if let Some(old) = self.books.streams.remove(symbol) {
+        if let Some(old) = self.streams().books.streams.remove(symbol) {
             old.forwarder.abort();
         }
         let (snapshot, mut receiver) = match trading.book(symbol) {
@@ -298,10 +313,11 @@ impl WsSession {
             }
         };
         // The snapshot already holds whatever merged deltas were waiting.
-        self.books.drop_pending(symbol);
-        self.books.next_generation += 1;
-        let generation = self.books.next_generation;
+        self.streams().books.drop_pending(symbol);
+        self.streams().books.next_generation += 1;
+        let generation = self.streams().books.next_generation;
         let sender = self
+            .streams()
             .books
             .channel
             .get_or_insert_with(|| mpsc::channel(CHANNEL_CAPACITY))
@@ -326,14 +342,17 @@ impl WsSession {
                 }
             }
         });
-        self.books.streams.insert(
+        self.streams().books.streams.insert(
             symbol.to_owned(),
             BookStream {
                 generation,
                 forwarder,
             },
         );
-        out.push(Output::frame(format!("[{}]", self.books.object(&snapshot))));
+        out.push(Output::frame(format!(
+            "[{}]",
+            self.streams().books.object(&snapshot)
+        )));
     }
 
     /// `resync`: a fresh snapshot of each named (subscribed) book.
@@ -377,7 +396,11 @@ impl WsSession {
             ));
             return;
         }
-        if let Some(missing) = names.iter().find(|n| !self.books.streams.contains_key(*n)) {
+        let open = self.streams.as_ref().map(|s| &s.books.streams);
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !open.is_some_and(|open| open.contains_key(*n)))
+        {
             out.push(error_frame(
                 id,
                 ErrorCode::InvalidSyntax,
@@ -400,6 +423,7 @@ impl WsSession {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             let current = self
+                .streams()
                 .books
                 .streams
                 .get(&message.symbol)
@@ -407,12 +431,12 @@ impl WsSession {
             if current {
                 match message.update {
                     Some(update) => {
-                        if !self.books.throttled() || update.snapshot {
+                        if !self.streams().books.throttled() || update.snapshot {
                             // A snapshot replaces whatever merged deltas were waiting.
-                            self.books.drop_pending(&update.symbol);
-                            objects.push(self.books.object(&update));
-                        } else if let Some(update) = self.books.pace(update, now) {
-                            objects.push(self.books.object(&update));
+                            self.streams().books.drop_pending(&update.symbol);
+                            objects.push(self.streams().books.object(&update));
+                        } else if let Some(update) = self.streams().books.pace(update, now) {
+                            objects.push(self.streams().books.object(&update));
                         }
                     }
                     None => lagged.push(message.symbol.clone()),
@@ -420,6 +444,7 @@ impl WsSession {
             }
             if objects.len() < MAX_BATCH {
                 next = self
+                    .streams()
                     .books
                     .channel
                     .as_mut()
@@ -441,11 +466,17 @@ impl WsSession {
 impl WsSession {
     /// Sends the merged deltas of throttled books whose window has ended.
     pub(super) fn on_books_due(&mut self, out: &mut Vec<Output>) {
-        let due = self.books.release_due(tokio::time::Instant::now());
+        let Some(streams) = self.streams.as_deref_mut() else {
+            return;
+        };
+        let due = streams.books.release_due(tokio::time::Instant::now());
         if due.is_empty() {
             return;
         }
-        let objects: Vec<String> = due.iter().map(|update| self.books.object(update)).collect();
+        let objects: Vec<String> = due
+            .iter()
+            .map(|update| streams.books.object(update))
+            .collect();
         out.push(Output::frame(array(&objects)));
     }
 }

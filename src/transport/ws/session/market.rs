@@ -44,28 +44,19 @@ pub enum MarketEncoding {
 /// The market-data part of the subscriptions: what [`MarketState::deliver`] filters by.
 #[derive(Debug, Clone, Default)]
 pub(super) struct MarketSubs {
-    trades: SymbolSet,
-    quotes: SymbolSet,
-    bars: SymbolSet,
-    statuses: SymbolSet,
-    news: SymbolSet,
+    pub(super) trades: SymbolSet,
+    pub(super) quotes: SymbolSet,
+    pub(super) bars: SymbolSet,
+    /// Statuses of these symbols, besides those of symbols in `trades`, `quotes` or `bars`.
+    pub(super) statuses: SymbolSet,
+    pub(super) news: SymbolSet,
     /// The session trades (see [`Subscriptions::trades_anything`]): it takes trading
-    /// statuses even without market data.
-    trading: bool,
+    /// statuses even without market data. Kept in step by
+    /// [`WsSession::update_market_registrations`].
+    pub(super) trading: bool,
 }
 
 impl MarketSubs {
-    pub(super) fn of(subs: &Subscriptions) -> MarketSubs {
-        MarketSubs {
-            trades: subs.trades.clone(),
-            quotes: subs.quotes.clone(),
-            bars: subs.bars.clone(),
-            statuses: subs.statuses.clone(),
-            news: subs.news.clone(),
-            trading: subs.trades_anything(),
-        }
-    }
-
     /// Whether an entry matches (the hub's filter is a superset).
     fn wants(&self, entry: &Entry) -> bool {
         match (entry.kind, entry.symbol) {
@@ -107,7 +98,7 @@ pub struct MarketState {
     queue: Arc<SubscriberQueue>,
     spare: VecDeque<Delivery>,
     last_seq: [u64; 2],
-    pub(super) wanted: MarketSubs,
+    pub(super) wanted: Rc<MarketSubs>,
     metrics: Arc<Metrics>,
     /// A keep-alive tick was drained since [`MarketState::deliver_into`] last said so.
     heartbeat: bool,
@@ -138,7 +129,7 @@ impl MarketState {
             queue,
             spare: VecDeque::new(),
             last_seq: [0; 2],
-            wanted: MarketSubs::default(),
+            wanted: Rc::default(),
             metrics,
             heartbeat: false,
             throttle: None,
@@ -291,9 +282,11 @@ impl MarketState {
                         .release(tokio::time::Instant::now(), released);
                     pacer.rearm(&self.queue);
                 }
-                self.metrics
-                    .throttled
-                    .fetch_add(pacer.throttle.take_replaced(), Ordering::Relaxed);
+                // Replaced in the throttle, or in the queue before it (see `SubscriberQueue`).
+                self.metrics.throttled.fetch_add(
+                    pacer.throttle.take_replaced() + self.queue.take_replaced(),
+                    Ordering::Relaxed,
+                );
             }
             for entry in released.drain(..) {
                 batch.add(entry, encoding);
@@ -450,9 +443,13 @@ impl WsSession {
         previous: &Subscriptions,
         out: &mut Vec<Output>,
     ) {
+        let trading = self.subs.trades_anything();
+        if self.subs.market.trading != trading {
+            Rc::make_mut(&mut self.subs.market).trading = trading;
+        }
         {
             let mut shared = self.market.shared.borrow_mut();
-            shared.wanted = MarketSubs::of(&self.subs);
+            shared.wanted = Rc::clone(&self.subs.market);
             if previous.market_rate != self.subs.market_rate {
                 shared.set_max_rate(self.subs.market_rate);
             }
@@ -462,17 +459,17 @@ impl WsSession {
             (true, false) => self.deps.hub.unlisten_trading(&self.market.queue),
             _ => {}
         }
-        let market_changed = previous.trades != self.subs.trades
-            || previous.quotes != self.subs.quotes
-            || previous.bars != self.subs.bars
-            || previous.statuses != self.subs.statuses;
+        let market_changed = previous.market.trades != self.subs.market.trades
+            || previous.market.quotes != self.subs.market.quotes
+            || previous.market.bars != self.subs.market.bars
+            || previous.market.statuses != self.subs.market.statuses;
         if market_changed {
             let filter = self.market_filter();
             self.reregister(Feed::Market, filter, out);
         }
-        if previous.news != self.subs.news {
-            let filter = (!self.subs.news.is_empty()).then(|| Filter {
-                symbols: symbol_filter(&self.subs.news),
+        if previous.market.news != self.subs.market.news {
+            let filter = (!self.subs.market.news.is_empty()).then(|| Filter {
+                symbols: symbol_filter(&self.subs.market.news),
                 kinds: EventKind::News.bit(),
             });
             self.reregister(Feed::News, filter, out);
@@ -481,10 +478,10 @@ impl WsSession {
 
     fn market_filter(&self) -> Option<Filter> {
         let sets = [
-            (&self.subs.trades, EventKind::Trade),
-            (&self.subs.quotes, EventKind::Quote),
-            (&self.subs.bars, EventKind::Bar),
-            (&self.subs.statuses, EventKind::Status),
+            (&self.subs.market.trades, EventKind::Trade),
+            (&self.subs.market.quotes, EventKind::Quote),
+            (&self.subs.market.bars, EventKind::Bar),
+            (&self.subs.market.statuses, EventKind::Status),
         ];
         let mut kinds = 0u8;
         let mut union = SymbolSet::default();

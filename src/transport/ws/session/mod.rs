@@ -69,7 +69,7 @@ use portfolio::PortfolioStream;
 use rate::{TokenBucket, Verdict};
 use subscriptions::Subscriptions;
 
-/// Limits of one session, from `[ws]` and `[market]` settings.
+/// Limits of every session, from `[ws]` and `[market]` settings.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub auth_timeout: Duration,
@@ -82,22 +82,44 @@ pub struct SessionLimits {
     pub portfolio_interval: Duration,
     /// Most distinct explicit symbols over all subscriptions (error 405 beyond).
     pub max_symbols: usize,
+    /// A deadline further away than this is not armed as a timer yet (see
+    /// [`WsSession::poll_wait`]): the transport polls the session at least this often anyway
+    /// (on the keep-alive sweep's tick), and arms the timer once the deadline comes within
+    /// reach. An idle authenticated connection then holds no timer for most of its token's
+    /// life. `None`: every deadline is armed at once.
+    pub timer_horizon: Option<Duration>,
 }
 
-/// What a session needs from the rest of the gateway.
+/// What every session of the server shares: the gateway's services and the limits, built
+/// once (`AppState::ws_sessions`) so a connection carries one pointer instead of six.
 #[derive(Clone)]
-pub struct SessionDeps {
+pub struct SessionShared {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
     /// API key pairs, accepted by `auth` as `key` and `secret`.
     pub api_keys: Arc<ApiKeys>,
-    /// The client's address (loopback-only key pairs check it).
-    pub peer: Option<std::net::IpAddr>,
     pub trading: Arc<dyn TradingApi>,
     pub metrics: Arc<Metrics>,
     pub limits: SessionLimits,
+}
+
+/// What a session needs from the rest of the gateway: the shared part (reached through
+/// `Deref`, so `deps.hub` reads as before) and what is the connection's own.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub shared: Arc<SessionShared>,
+    /// The client's address (loopback-only key pairs check it).
+    pub peer: Option<std::net::IpAddr>,
     /// How market data is framed: tickgate's JSON, or the Alpaca stream's MessagePack.
     pub market_encoding: MarketEncoding,
+}
+
+impl std::ops::Deref for SessionDeps {
+    type Target = SessionShared;
+
+    fn deref(&self) -> &SessionShared {
+        &self.shared
+    }
 }
 
 /// Something the session was woken for; pass it back to [`WsSession::on_wake`].
@@ -121,10 +143,22 @@ pub struct WsSession {
     rate: TokenBucket,
     subs: Subscriptions,
     market: MarketFeeds,
+    /// Trade updates, the portfolio stream and order books: created on the first action
+    /// that needs one of them, so a market-data session (most idle connections) carries a
+    /// null pointer instead of their ~180 bytes (issue 17: idle WebSocket memory).
+    streams: Option<Box<Streams>>,
+    /// The sleep for the nearest of the session's deadlines (see [`WsSession::poll_wait`]);
+    /// boxed, and only while a deadline exists, so a session without one carries a null
+    /// pointer. Kept and reset between deadlines rather than allocated per wait.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    closed: bool,
+}
+
+/// The parts of a session that only trading and order-book clients use.
+struct Streams {
     trade_updates: TradeUpdates,
     portfolio: PortfolioStream,
     books: Books,
-    closed: bool,
 }
 
 /// The session's timers, all served by one sleep (see [`WsSession::wait`]).
@@ -187,6 +221,24 @@ async fn boxed_or_pending<F: std::future::Future>(
     }
 }
 
+impl SessionLimits {
+    pub fn from_settings(settings: &crate::settings::Settings) -> SessionLimits {
+        let ws = &settings.ws;
+        SessionLimits {
+            auth_timeout: ws.auth_timeout,
+            max_message_bytes: ws.max_message_bytes,
+            actions_per_second: ws.actions_per_second,
+            action_burst: ws.action_burst,
+            max_dropped_actions: ws.max_dropped_actions,
+            portfolio_interval: Duration::from_secs_f64(1.0 / ws.portfolio_max_per_second),
+            max_symbols: settings.market.max_symbols_per_subscription,
+            // The keep-alive sweep reaches every connection once per ping interval; twice
+            // that leaves room for a late tick.
+            timer_horizon: Some(ws.ping_interval.saturating_mul(2)),
+        }
+    }
+}
+
 impl WsSession {
     pub fn new(deps: SessionDeps) -> WsSession {
         let limits = &deps.limits;
@@ -205,12 +257,23 @@ impl WsSession {
                 (deps.market_encoding == MarketEncoding::MsgPack)
                     .then(|| deps.hub.msgpack_client()),
             ),
-            trade_updates: TradeUpdates::default(),
-            portfolio: PortfolioStream::new(limits.portfolio_interval),
-            books: Books::default(),
+            streams: None,
+            timer: None,
             closed: false,
             deps,
         }
+    }
+
+    /// The trading and order-book streams, created on first use.
+    fn streams(&mut self) -> &mut Streams {
+        let interval = self.deps.limits.portfolio_interval;
+        self.streams.get_or_insert_with(|| {
+            Box::new(Streams {
+                trade_updates: TradeUpdates::default(),
+                portfolio: PortfolioStream::new(interval),
+                books: Books::default(),
+            })
+        })
     }
 
     /// The queue the hub (and its keep-alive sweep) pushes into; wake-ups surface as
@@ -455,8 +518,14 @@ impl WsSession {
             .flatten();
         [
             (market_due, Timer::MarketDue),
-            (self.portfolio.due(), Timer::PortfolioDue),
-            (self.books.next_release(), Timer::BooksDue),
+            (
+                self.streams.as_ref().and_then(|s| s.portfolio.due()),
+                Timer::PortfolioDue,
+            ),
+            (
+                self.streams.as_ref().and_then(|s| s.books.next_release()),
+                Timer::BooksDue,
+            ),
             (self.auth.pending_deadline(), Timer::AuthDeadline),
             (self.auth.token_deadline(), Timer::TokenExpired),
         ]
@@ -468,21 +537,28 @@ impl WsSession {
     /// Waits for the next thing the session must react to besides client messages.
     /// Cancel-safe: the glue selects on it together with the socket.
     ///
-    /// This future is what an idle connection holds while it waits (inside the connection's
-    /// loop, boxed in its response body), so it is kept small: one sleep for the nearest
-    /// deadline rather than one per timer, and the trading streams' receivers only as a
-    /// boxed future while one is open (`size_of` pinned in the tests).
+    /// The WebSocket transport uses this only while a trading stream is open (inside one
+    /// boxed wait); otherwise it polls [`WsSession::poll_wait`] in place, which this also
+    /// does then. It is kept small all the same: one sleep for the nearest deadline rather
+    /// than one per timer, and the trading streams' receivers only as a boxed future while
+    /// one is open (`size_of` pinned in the tests).
     pub async fn wait(&mut self) -> Wake {
+        if !self.waits_on_streams() {
+            return std::future::poll_fn(|cx| self.poll_wait(cx)).await;
+        }
+        self.timer = None;
         let timer = self.next_timer();
-        let trading =
-            (self.trade_updates.is_open() || self.portfolio.is_open() || self.books.is_open())
-                .then(|| {
-                    Box::pin(trading_wake(
-                        &mut self.trade_updates,
-                        &mut self.portfolio,
-                        &mut self.books,
-                    ))
-                });
+        let trading = self
+            .streams
+            .as_deref_mut()
+            .filter(|s| s.trade_updates.is_open() || s.portfolio.is_open() || s.books.is_open())
+            .map(|s| {
+                Box::pin(trading_wake(
+                    &mut s.trade_updates,
+                    &mut s.portfolio,
+                    &mut s.books,
+                ))
+            });
         // Biased: the hub's queue (market data, the hot path) is checked first, without the
         // random start that costs a thread-local RNG draw per wake-up.
         tokio::select! {
@@ -490,6 +566,54 @@ impl WsSession {
             _ = self.market.queue.notified(), if !self.market.in_transport => Wake::Hub,
             wake = boxed_or_pending(trading) => wake,
             wake = sleep_until_timer(timer) => wake,
+        }
+    }
+
+    /// Whether a trading stream (trade updates, portfolio, order books) is open: then only
+    /// [`WsSession::wait`] can wait for everything, since those streams' receivers have no
+    /// poll form and need a future of their own; otherwise [`WsSession::poll_wait`] does.
+    pub fn waits_on_streams(&self) -> bool {
+        self.streams.as_deref().is_some_and(|s| {
+            s.trade_updates.is_open() || s.portfolio.is_open() || s.books.is_open()
+        })
+    }
+
+    /// The poll form of [`WsSession::wait`] for a session with no trading stream open (see
+    /// [`WsSession::waits_on_streams`]; such streams are not watched here): the hub queue
+    /// when the loop serves it, and the nearest deadline. The connection's loop polls this in
+    /// place, so an idle connection holds no waiting future at all, only the session's boxed
+    /// sleep while a deadline is within [`SessionLimits::timer_horizon`] (the caller must
+    /// poll again within that horizon, which the WebSocket transport does on every
+    /// keep-alive tick). Cancel-safe: nothing is lost between polls.
+    pub fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Wake> {
+        use std::task::Poll;
+        if !self.market.in_transport && self.market.queue.poll_notified(cx).is_ready() {
+            return Poll::Ready(Wake::Hub);
+        }
+        let Some((deadline, timer)) = self.next_timer() else {
+            // No deadline: the sleep's allocation goes too.
+            self.timer = None;
+            return Poll::Pending;
+        };
+        if let Some(horizon) = self.deps.limits.timer_horizon
+            && deadline > Instant::now() + horizon
+        {
+            // Out of reach: the transport polls again before it comes within reach.
+            self.timer = None;
+            return Poll::Pending;
+        }
+        let sleep = match &mut self.timer {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            empty => empty.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match std::future::Future::poll(sleep.as_mut(), cx) {
+            Poll::Ready(()) => Poll::Ready(timer.wake()),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -508,7 +632,7 @@ impl WsSession {
                 }
             }
             Wake::UserEvent(first) => self.on_user_events(first, &mut out).await,
-            Wake::PortfolioChanged(ok) => self.portfolio.on_changed(ok),
+            Wake::PortfolioChanged(ok) => self.streams().portfolio.on_changed(ok),
             Wake::PortfolioDue => self.on_portfolio_due(&mut out).await,
             Wake::Book(first) => self.on_book_messages(first, &mut out),
             Wake::BooksDue => self.on_books_due(&mut out),

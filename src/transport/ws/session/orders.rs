@@ -124,12 +124,14 @@ impl WsSession {
     ) {
         if self.subs.trade_updates && (!previous.trade_updates || since.is_some()) {
             // Live first, then the store: every update is in one or the other.
-            if self.trade_updates.receiver.is_none() {
-                self.trade_updates.receiver = Some(trading.user_events(user));
+            if self.streams().trade_updates.receiver.is_none() {
+                self.streams().trade_updates.receiver = Some(trading.user_events(user));
             }
             self.start_trade_updates(trading, user, since, out).await;
-        } else if !self.subs.trade_updates {
-            self.trade_updates.receiver = None;
+        } else if !self.subs.trade_updates
+            && let Some(streams) = self.streams.as_deref_mut()
+        {
+            streams.trade_updates.receiver = None;
         }
     }
 
@@ -150,7 +152,7 @@ impl WsSession {
                 let replayed = updates.len();
                 count_replayed(&self.deps.metrics, "resume", replayed);
                 push_updates(&updates, out);
-                self.trade_updates.last_seq = seq;
+                self.streams().trade_updates.last_seq = seq;
                 out.push(Output::frame(format!(
                     "[{}]",
                     live_object(since, seq, replayed)
@@ -162,7 +164,7 @@ impl WsSession {
                     count_reset(&self.deps.metrics, &snapshot);
                     out.push(Output::frame(format!("[{}]", reset_object(&snapshot))));
                 }
-                self.trade_updates.last_seq = seq;
+                self.streams().trade_updates.last_seq = seq;
                 out.push(Output::frame(format!("[{}]", live_object(since, seq, 0))));
             }
             Err(error) => {
@@ -235,8 +237,8 @@ impl WsSession {
             match result {
                 Ok(UserEvent::TradeUpdate(update)) => {
                     // At or below the mark: already sent in a replay or covered by a reset.
-                    if update.seq > self.trade_updates.last_seq {
-                        self.trade_updates.last_seq = update.seq;
+                    if update.seq > self.streams().trade_updates.last_seq {
+                        self.streams().trade_updates.last_seq = update.seq;
                         objects.push(tagged("trade_update", update.as_ref()));
                     }
                 }
@@ -245,12 +247,12 @@ impl WsSession {
                     break;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    self.trade_updates.receiver = None;
+                    self.streams().trade_updates.receiver = None;
                     break;
                 }
             }
             if objects.len() < MAX_BATCH
-                && let Some(receiver) = &mut self.trade_updates.receiver
+                && let Some(receiver) = &mut self.streams().trade_updates.receiver
             {
                 next = match receiver.try_recv() {
                     Ok(event) => Some(Ok(event)),
@@ -275,16 +277,16 @@ impl WsSession {
     async fn repair_lag(&mut self, out: &mut Vec<Output>) {
         let trading = Arc::clone(&self.deps.trading);
         let user = self.auth.user().unwrap_or_default().to_owned();
-        let since = self.trade_updates.last_seq;
+        let since = self.streams().trade_updates.last_seq;
         match trading.updates_since(&user, since).await {
             Ok(Resume::Replay { seq, updates }) => {
                 count_replayed(&self.deps.metrics, "lag", updates.len());
                 push_updates(&updates, out);
-                self.trade_updates.last_seq = seq;
+                self.streams().trade_updates.last_seq = seq;
             }
             Ok(Resume::Reset(snapshot)) => {
                 count_reset(&self.deps.metrics, &snapshot);
-                self.trade_updates.last_seq = snapshot.seq;
+                self.streams().trade_updates.last_seq = snapshot.seq;
                 out.push(Output::frame(format!("[{}]", reset_object(&snapshot))));
             }
             Err(error) => {

@@ -85,23 +85,25 @@ impl WsSession {
         out: &mut Vec<Output>,
     ) {
         if self.subs.portfolio && previous.portfolio && requested {
-            self.portfolio.dirty = false;
+            self.streams().portfolio.dirty = false;
             self.push_portfolio(trading, user, out).await;
         } else if self.subs.portfolio && !previous.portfolio {
             let mut changes = trading.portfolio_changes(user);
             changes.borrow_and_update();
-            self.portfolio.changes = Some(changes);
-            self.portfolio.dirty = false;
+            self.streams().portfolio.changes = Some(changes);
+            self.streams().portfolio.dirty = false;
             self.push_portfolio(trading, user, out).await;
-        } else if !self.subs.portfolio {
-            self.portfolio.changes = None;
-            self.portfolio.dirty = false;
+        } else if !self.subs.portfolio
+            && let Some(streams) = self.streams.as_deref_mut()
+        {
+            streams.portfolio.changes = None;
+            streams.portfolio.dirty = false;
         }
     }
 
     /// The throttle interval has passed with a change pending.
     pub(super) async fn on_portfolio_due(&mut self, out: &mut Vec<Output>) {
-        self.portfolio.dirty = false;
+        self.streams().portfolio.dirty = false;
         if self.subs.portfolio {
             let trading = Arc::clone(&self.deps.trading);
             let user = self.auth.user().unwrap_or_default().to_owned();
@@ -115,7 +117,7 @@ impl WsSession {
         user: &str,
         out: &mut Vec<Output>,
     ) {
-        self.portfolio.last_sent = Some(Instant::now());
+        self.streams().portfolio.last_sent = Some(Instant::now());
         match trading.portfolio(user).await {
             Ok(portfolio) => out.push(Output::frame(format!(
                 "[{}]",

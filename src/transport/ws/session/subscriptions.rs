@@ -9,6 +9,7 @@
 //! names (market data, order books, or both when it names neither); `null` removes it.
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -20,6 +21,7 @@ use crate::market::SymbolId;
 
 use super::WsSession;
 use super::frames::{Output, error_frame, json_frame};
+use super::market::MarketSubs;
 use super::parse::{COMMON_KEYS, Refusal, refuse, symbol_list};
 
 /// A set of symbols, or all of them (`"*"`).
@@ -85,31 +87,29 @@ pub(super) fn subscription_frame(id: Option<&Value>, subs: &Subscriptions, hub: 
     let names = |set| SymbolNames { set, hub };
     json_frame(&Reply {
         tag: "subscription",
-        bars: names(&subs.bars),
+        bars: names(&subs.market.bars),
         id,
         max_rate: (subs.market_rate.is_some() || subs.book_rate.is_some()).then(|| Rates {
             market: subs.market_rate.map(MaxRate::per_second),
             orderbooks: subs.book_rate.map(MaxRate::per_second),
         }),
-        news: names(&subs.news),
+        news: names(&subs.market.news),
         orderbooks: &subs.orderbooks,
         portfolio: subs.portfolio,
-        quotes: names(&subs.quotes),
-        statuses: names(&subs.statuses),
+        quotes: names(&subs.market.quotes),
+        statuses: names(&subs.market.statuses),
         trade_updates: subs.trade_updates,
-        trades: names(&subs.trades),
+        trades: names(&subs.market.trades),
     })
 }
 
 /// What a session is subscribed to, as the `subscription` reply shows it.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Subscriptions {
-    pub(super) trades: SymbolSet,
-    pub(super) quotes: SymbolSet,
-    pub(super) bars: SymbolSet,
-    /// Statuses of these symbols, besides those of symbols in `trades`, `quotes` or `bars`.
-    pub(super) statuses: SymbolSet,
-    pub(super) news: SymbolSet,
+    /// The market-data sets, shared with the hub-facing [`super::MarketState`] (which filters
+    /// deliveries by them) rather than copied into it: one copy per connection, not two. A
+    /// subscribe that changes them writes a fresh copy (`Rc::make_mut`) and hands it over.
+    pub(super) market: Rc<MarketSubs>,
     pub(super) orderbooks: BTreeSet<String>,
     pub(super) trade_updates: bool,
     pub(super) portfolio: bool,
@@ -200,12 +200,13 @@ impl WsSession {
         for key in MARKET_CHANNELS {
             let Some(value) = map.get(key) else { continue };
             let change = symbol_list(self.deps.hub.universe(), value, key, true)?;
+            let market = Rc::make_mut(&mut next.market);
             let target = match key {
-                "trades" => &mut next.trades,
-                "quotes" => &mut next.quotes,
-                "bars" => &mut next.bars,
-                "statuses" => &mut next.statuses,
-                _ => &mut next.news,
+                "trades" => &mut market.trades,
+                "quotes" => &mut market.quotes,
+                "bars" => &mut market.bars,
+                "statuses" => &mut market.statuses,
+                _ => &mut market.news,
             };
             if add {
                 target.all |= change.all;
@@ -276,11 +277,11 @@ impl WsSession {
         }
         let mut explicit: BTreeSet<SymbolId> = BTreeSet::new();
         for set in [
-            &next.trades,
-            &next.quotes,
-            &next.bars,
-            &next.statuses,
-            &next.news,
+            &next.market.trades,
+            &next.market.quotes,
+            &next.market.bars,
+            &next.market.statuses,
+            &next.market.news,
         ] {
             explicit.extend(set.ids.iter().copied());
         }
@@ -351,7 +352,8 @@ impl WsSession {
         )
         .await;
         if previous.book_rate != self.subs.book_rate {
-            self.books.set_rate(self.subs.book_rate);
+            let rate = self.subs.book_rate;
+            self.streams().books.set_rate(rate);
         }
         self.update_books(trading.as_ref(), &mut followups);
         self.on_books_due(&mut followups);

@@ -232,22 +232,25 @@ fn session_with(trading: Arc<FakeTrading>) -> (WsSession, Arc<Hub>) {
         ..AuthSettings::default()
     };
     let deps = SessionDeps {
-        hub: Arc::clone(&hub),
-        auth: Arc::new(auth),
-        api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+        shared: Arc::new(SessionShared {
+            hub: Arc::clone(&hub),
+            auth: Arc::new(auth),
+            api_keys: Arc::new(crate::auth::api_keys::ApiKeys::in_memory(&keys).expect("keys")),
+            trading,
+            metrics,
+            limits: SessionLimits {
+                auth_timeout: Duration::from_secs(5),
+                max_message_bytes: 4096,
+                actions_per_second: 100.0,
+                action_burst: 100,
+                max_dropped_actions: 50,
+                portfolio_interval: Duration::from_secs(1),
+                max_symbols: 10,
+                timer_horizon: None,
+            },
+        }),
         peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
         market_encoding: super::MarketEncoding::Json,
-        trading,
-        metrics,
-        limits: SessionLimits {
-            auth_timeout: Duration::from_secs(5),
-            max_message_bytes: 4096,
-            actions_per_second: 100.0,
-            action_burst: 100,
-            max_dropped_actions: 50,
-            portfolio_interval: Duration::from_secs(1),
-            max_symbols: 10,
-        },
     };
     (WsSession::new(deps), hub)
 }
@@ -421,6 +424,41 @@ async fn the_expiry_timer_closes_an_idle_session_by_itself() {
         .await
         .expect("the expiry wakes the session");
     assert!(matches!(wake, Wake::TokenExpired));
+    let out = session.on_wake(wake).await;
+    assert_eq!(objects(&out)[0]["code"], 409);
+    assert!(session.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_beyond_the_timer_horizon_is_armed_once_a_poll_finds_it_within_reach() {
+    let trading = FakeTrading::new();
+    let (mut session, _hub) = session_with(Arc::clone(&trading));
+    let mut shared = (*session.deps.shared).clone();
+    shared.limits.timer_horizon = Some(Duration::from_secs(2));
+    session.deps.shared = Arc::new(shared);
+    let now = chrono::Utc::now().timestamp() as u64;
+    session.start(Some(Ok(Identity {
+        user: "alice".into(),
+        valid_until: now + 10,
+    })));
+    // Beyond the horizon: no timer, no wake by itself (the transport polls again).
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(session.poll_wait(&mut cx).is_pending());
+    assert!(
+        session.timer.is_none(),
+        "no timer for a deadline out of reach"
+    );
+    let early = tokio::time::timeout(Duration::from_secs(3), session.wait()).await;
+    assert!(early.is_err() && session.timer.is_none(), "woke {early:?}");
+    // Within reach: the next poll arms the timer, which wakes the session at expiry.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let started = tokio::time::Instant::now();
+    let wake = tokio::time::timeout(Duration::from_secs(5), session.wait())
+        .await
+        .expect("the expiry wakes the session once within reach");
+    assert!(matches!(wake, Wake::TokenExpired));
+    assert!(started.elapsed() <= Duration::from_secs(2));
     let out = session.on_wake(wake).await;
     assert_eq!(objects(&out)[0]["code"], 409);
     assert!(session.is_closed());
@@ -636,13 +674,16 @@ fn replies_match_their_json_object_encoding() {
     let msft = hub.universe().id("MSFT").expect("MSFT");
     let mut subs = Subscriptions::default();
     let mut states = vec![subs.clone()];
-    subs.trades.ids.insert(aapl);
+    Rc::make_mut(&mut subs.market).trades.ids.insert(aapl);
     states.push(subs.clone());
-    subs.quotes.ids.extend([aapl, msft]);
-    subs.news.all = true;
-    subs.bars.all = true;
-    subs.bars.ids.insert(msft);
-    subs.statuses.ids.insert(aapl);
+    Rc::make_mut(&mut subs.market)
+        .quotes
+        .ids
+        .extend([aapl, msft]);
+    Rc::make_mut(&mut subs.market).news.all = true;
+    Rc::make_mut(&mut subs.market).bars.all = true;
+    Rc::make_mut(&mut subs.market).bars.ids.insert(msft);
+    Rc::make_mut(&mut subs.market).statuses.ids.insert(aapl);
     subs.orderbooks
         .extend(["MSFT".to_owned(), "AAPL".to_owned()]);
     subs.trade_updates = true;
@@ -671,11 +712,11 @@ fn replies_match_their_json_object_encoding() {
         for subs in &states {
             let mut old = json!({
                 "T": "subscription",
-                "trades": old_names(&subs.trades),
-                "quotes": old_names(&subs.quotes),
-                "bars": old_names(&subs.bars),
-                "statuses": old_names(&subs.statuses),
-                "news": old_names(&subs.news),
+                "trades": old_names(&subs.market.trades),
+                "quotes": old_names(&subs.market.quotes),
+                "bars": old_names(&subs.market.bars),
+                "statuses": old_names(&subs.market.statuses),
+                "news": old_names(&subs.market.news),
                 "orderbooks": subs.orderbooks.iter().collect::<Vec<_>>(),
                 "trade_updates": subs.trade_updates,
                 "portfolio": subs.portfolio,

@@ -1,0 +1,9 @@
+-- tickgate schema, version 6: settings every process using this store must agree on.
+
+-- One row per setting. `api_key_hash_key` holds a fingerprint of the server key that hashes
+-- API key secrets (hex HMAC-SHA256, under that key, of a fixed label; never the key), set by
+-- the first start and checked by every later one.
+CREATE TABLE store_settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -185,7 +185,12 @@ impl ClusterNode {
     /// Prepares the node; nothing is sent to Redis until [`ClusterNode::start`]. Needs a
     /// tokio runtime.
     pub fn new(config: ClusterConfig, metrics: Arc<Metrics>) -> Result<ClusterNode, ClusterError> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
+        // Small requests and replies on multiplexed connections: without `TCP_NODELAY` (the
+        // client library's default is off) a write can wait behind Nagle's algorithm for the
+        // peer's delayed acknowledgement.
+        let info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let timeout = config.response_timeout();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))

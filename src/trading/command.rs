@@ -54,6 +54,20 @@ pub enum TradingRequest {
 }
 
 impl TradingRequest {
+    /// The request's `op` on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TradingRequest::Submit { .. } => "submit",
+            TradingRequest::Cancel { .. } => "cancel",
+            TradingRequest::Replace { .. } => "replace",
+            TradingRequest::Portfolio => "portfolio",
+            TradingRequest::Orders { .. } => "orders",
+            TradingRequest::UpdatesSince { .. } => "updates_since",
+            TradingRequest::OrderByClientId { .. } => "order_by_client_id",
+            TradingRequest::AnnounceBooks => "announce_books",
+        }
+    }
+
     /// Whether the request changes state (and so has its reply stored with its effects).
     pub fn is_change(&self) -> bool {
         matches!(

@@ -15,6 +15,7 @@ use super::super::node::{ClusterError, timed};
 use super::relay::{EventsMessage, ReplyMessage};
 use super::remote::{RemoteExchange, Shared};
 use super::stream;
+use super::trace;
 use crate::trading::api::UserEvent;
 use crate::trading::command::{TradingReply, TradingRequest};
 use crate::trading::engine::Announcement;
@@ -122,6 +123,7 @@ async fn subscription(
                 }
             }
             _ = tick.tick() => {
+                trace::flush();
                 let quiet = watch.last_heard.is_none_or(|heard| heard.elapsed() > silence);
                 if quiet && watch.available != Some(false) {
                     watch.available = Some(false);
@@ -144,11 +146,12 @@ async fn request_books(shared: Arc<Shared>) {
 }
 
 fn on_reply(shared: &Shared, message: ReplyMessage) {
+    let received = message.trace.map(|stamps| (stamps, trace::now_us()));
     let Some(sender) = shared.pending.lock().remove(&message.id) else {
         return;
     };
     let reply = TradingReply::decode(&message.reply).unwrap_or_else(|e| TradingReply::error(&e));
-    let _ = sender.send(reply);
+    let _ = sender.send((reply, received));
 }
 
 async fn on_events(

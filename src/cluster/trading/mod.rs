@@ -11,6 +11,7 @@
 //! - `remote`: [`RemoteExchange`], requests as commands and the node's mirror of the private
 //!   channels and books.
 //! - `listen`: the node's subscription: delivery, repair from the store, trading status.
+//! - `trace`: opt-in stage timing of commands (`TICKGATE_ORDER_TRACE`).
 //!
 //! Invariants:
 //! - *One writer.* Only the lease holder's batches reach the store: the fence is claimed in
@@ -28,6 +29,7 @@ mod relay;
 mod remote;
 mod stream;
 mod term;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

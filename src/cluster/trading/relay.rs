@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::super::lease::LeaseTicket;
 use super::super::node::ClusterNode;
 use super::stream;
+use super::trace::ExchangeStamps;
 use crate::trading::AnnouncementOutlet;
 use crate::trading::command::{TradingCommand, TradingReply};
 use crate::trading::engine::Announcement;
@@ -33,6 +34,9 @@ pub(super) struct EventsMessage {
 pub(super) struct ReplyMessage {
     pub(super) id: String,
     pub(super) reply: String,
+    /// The exchange's stage timestamps, when its stage timing is on (`super::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace: Option<ExchangeStamps>,
 }
 
 /// What the relay sends, in the order it was handed over.
@@ -73,9 +77,20 @@ impl Relay {
 
     /// Sends `reply` to the node that sent `command`.
     pub(super) fn reply(&self, command: &TradingCommand, reply: &TradingReply) {
+        self.reply_traced(command, reply, None);
+    }
+
+    /// [`Relay::reply`] with the exchange's stage timestamps.
+    pub(super) fn reply_traced(
+        &self,
+        command: &TradingCommand,
+        reply: &TradingReply,
+        trace: Option<ExchangeStamps>,
+    ) {
         let message = ReplyMessage {
             id: command.id.clone(),
             reply: reply.encode(),
+            trace,
         };
         if let Ok(payload) = serde_json::to_string(&message) {
             let _ = self.sender.send(Outgoing::Publish {

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use super::super::node::ClusterNode;
 use super::stream;
+use super::trace::{self, ExchangeStamps, RequesterStamps};
 use crate::store::TradingStore;
 use crate::trading::api::{
     BookUpdate, Order, OrderError, OrderQuery, OrderRef, OrderRequest, Portfolio, ReplaceRequest,
@@ -35,11 +36,16 @@ pub(super) struct UserMirror {
 /// The node's copy of one book: the exchange's own slot type, kept from its deltas.
 pub(super) type BookMirror = crate::trading::exchange::BookSlot;
 
+/// A reply as the listener hands it to the waiting requester.
+pub(super) type Delivered = (TradingReply, Option<(ExchangeStamps, i64)>);
+
 /// The node's state shared by the API and the listener.
 pub(super) struct Shared {
     pub(super) node: ClusterNode,
     pub(super) store: Arc<dyn TradingStore>,
-    pub(super) pending: Mutex<HashMap<String, oneshot::Sender<TradingReply>>>,
+    /// Waiting requesters by command id; a reply comes with the exchange's stage timestamps
+    /// and the time it was received when stage timing is on (`super::trace`).
+    pub(super) pending: Mutex<HashMap<String, oneshot::Sender<Delivered>>>,
     pub(super) users: Mutex<HashMap<String, UserMirror>>,
     pub(super) books: HashMap<String, Mutex<BookMirror>>,
     pub(super) user_channel_capacity: usize,
@@ -92,6 +98,7 @@ impl RemoteExchange {
         let shared = Arc::clone(&self.shared);
         let user = user.to_owned();
         Box::pin(async move {
+            let call_us = trace::now_us();
             let number = shared.counter.fetch_add(1, Ordering::Relaxed);
             let id = format!("{}-{}-{number}", shared.node.node_id(), shared.started_ms);
             let timeout_ms = i64::try_from(shared.timeout.as_millis()).unwrap_or(i64::MAX);
@@ -105,6 +112,7 @@ impl RemoteExchange {
                 request,
             };
             let is_change = command.request.is_change();
+            let op = command.request.name();
             let (sender, answer) = oneshot::channel();
             shared.pending.lock().insert(id.clone(), sender);
             let _guard = PendingGuard {
@@ -125,7 +133,17 @@ impl RemoteExchange {
                 // It may have been added all the same (a timeout): the wait below decides.
                 tracing::debug!(%error, "command not confirmed by redis");
             }
-            if let Ok(Ok(reply)) = tokio::time::timeout(shared.timeout, answer).await {
+            let added_us = trace::now_us();
+            if let Ok(Ok((reply, stamps))) = tokio::time::timeout(shared.timeout, answer).await {
+                if let Some((exchange, received)) = stamps {
+                    let requester = RequesterStamps {
+                        call: call_us,
+                        added: added_us,
+                        received,
+                        woken: trace::now_us(),
+                    };
+                    trace::record(shared.node.node_id(), op, requester, exchange);
+                }
                 return Ok(reply);
             }
             if is_change

@@ -6,15 +6,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use redis::Value;
 
 use super::super::lease::LeaseTicket;
 use super::super::node::{ClusterError, ClusterNode};
 use super::relay::Relay;
 use super::stream::{self, Entry};
+use super::trace::{self, ExchangeStamps};
 use crate::hub::Hub;
 use crate::store::{Fence, StoreError, TradingBatch, TradingStore};
-use crate::trading::command::{self, Disposition, TradingReply};
+use crate::trading::command::{self, Disposition, TradingCommand, TradingReply};
 use crate::trading::config::TradingSettings;
 use crate::trading::engine::Engine;
 use crate::trading::exchange::engine_settings;
@@ -63,6 +67,12 @@ pub(super) async fn run_term(context: Arc<ExchangeContext>, ticket: LeaseTicket)
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!(%error, "the exchange's command stream failed; reading again");
+                        context.node.metrics().add_counter(
+                            "tickgate_cluster_exchange_read_failures_total",
+                            "Times the exchange's reading of the command stream failed and paused for a renewal interval.",
+                            "",
+                            1.0,
+                        );
                         tokio::select! {
                             _ = ticket.lost().cancelled() => break,
                             _ = tokio::time::sleep(pause) => {}
@@ -139,6 +149,13 @@ async fn start_exchange(
 /// Takes over the pending commands of every consumer, then reads new ones, until the lease
 /// is lost. Blocking reads get a connection of their own: on the shared one they would hold
 /// up lease renewals and publishing.
+///
+/// That connection has no response timeout of the client library's own (500 ms by default,
+/// which a read blocking as long as there is nothing to read reached whenever the stream was
+/// idle: the read failed, and the exchange stopped reading for a renewal interval before it
+/// reconnected, so the first commands after a quiet half second waited up to two seconds).
+/// Every call on it is bounded by `timed` instead, the blocking read by its block time plus
+/// the response timeout.
 async fn consume(
     context: &ExchangeContext,
     exchange: &ExchangeHandle,
@@ -146,9 +163,14 @@ async fn consume(
     ticket: &LeaseTicket,
 ) -> Result<(), ClusterError> {
     let node = &context.node;
-    let limit = node.config().response_timeout();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(node.config().response_timeout()))
+        .set_response_timeout(None);
     let mut connection = node
-        .timed(node.client().get_multiplexed_async_connection())
+        .timed(
+            node.client()
+                .get_multiplexed_async_connection_with_config(&config),
+        )
         .await?;
     let created: Result<(), ClusterError> = node
         .timed(stream::create_group().query_async(&mut connection))
@@ -158,26 +180,90 @@ async fn consume(
     {
         return Err(error);
     }
-    let consumer = node.node_id().to_owned();
     take_over(context, exchange, relay, ticket, &mut connection, 0).await?;
+    let mut running = FuturesOrdered::new();
+    let result = read_loop(
+        context,
+        exchange,
+        relay,
+        ticket,
+        &mut connection,
+        &mut running,
+    )
+    .await;
+    // Whatever was handed to the actor finishes and is answered before this returns: a
+    // command still running must not be taken over (and run again) by the next read.
+    while running.next().await.is_some() {}
+    result
+}
+
+/// Reads new commands and runs them, reading again while the previous reads' commands are
+/// still with the actor: what arrives during a store commit is read and queued behind it, so
+/// the actor stores it in its next group commit without waiting for a Redis round trip. Each
+/// read's commands are acknowledged through the relay once they ran and were answered.
+async fn read_loop<'a>(
+    context: &'a ExchangeContext,
+    exchange: &'a ExchangeHandle,
+    relay: &'a Relay,
+    ticket: &'a LeaseTicket,
+    connection: &mut redis::aio::MultiplexedConnection,
+    running: &mut FuturesOrdered<BoxFuture<'a, ()>>,
+) -> Result<(), ClusterError> {
+    let node = &context.node;
+    let limit = node.config().response_timeout();
+    let consumer = node.node_id().to_owned();
     // Commands another consumer read but never acknowledged (a former exchange that woke up
     // after this one's take-over and was then fenced) are taken over again now and then.
     let reclaim_every = node.config().lease_ttl;
     let mut last_reclaim = tokio::time::Instant::now();
     let block = (limit / 2).max(Duration::from_millis(20));
     loop {
-        let read = stream::read_new(&consumer, READ_COUNT, block.as_millis() as u64);
-        let value: Value = tokio::select! {
-            _ = ticket.lost().cancelled() => return Ok(()),
-            value = super::super::node::timed(block + limit, read.query_async(&mut connection)) => value?,
-        };
-        let entries = stream::read_reply(&value)?;
         if last_reclaim.elapsed() >= reclaim_every {
+            // Only once nothing of this consumer is running, so nothing running is claimed.
+            while running.next().await.is_some() {}
             last_reclaim = tokio::time::Instant::now();
             let min_idle = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
-            take_over(context, exchange, relay, ticket, &mut connection, min_idle).await?;
+            take_over(context, exchange, relay, ticket, connection, min_idle).await?;
         }
-        run_entries(context, exchange, relay, ticket, entries, false).await?;
+        let command = stream::read_new(&consumer, READ_COUNT, block.as_millis() as u64);
+        let read = super::super::node::timed(
+            block + limit,
+            command.query_async::<Value>(&mut *connection),
+        );
+        tokio::pin!(read);
+        let value = loop {
+            tokio::select! {
+                // In this order: a read's commands reach the actor (the first poll of their
+                // future) before the next read can return, so they run in stream order.
+                biased;
+                _ = ticket.lost().cancelled() => return Ok(()),
+                Some(()) = running.next(), if !running.is_empty() => {}
+                value = &mut read => break value?,
+            }
+        };
+        let entries = stream::read_reply(&value)?;
+        if entries.is_empty() {
+            continue;
+        }
+        let read_us = trace::now_us();
+        let batch = entries.len();
+        let (ids, work) = sort_entries(context, relay, entries, false).await;
+        running.push_back(Box::pin(async move {
+            execute(exchange, relay, work, read_us, batch).await;
+            acknowledge(relay, ticket, ids);
+        }));
+    }
+}
+
+/// Has the relay acknowledge `ids` after the replies handed to it before (acknowledged
+/// directly, the `XACK` could reach Redis before the relay published a reply, and a kill in
+/// between lost that reply for good: the command no longer pending, nobody answers it, its
+/// requester waits its whole timeout and finds the reply in the store). Nothing when the
+/// lease is lost: they stay pending for the next exchange, which answers the ones that ran
+/// from the store.
+fn acknowledge(relay: &Relay, ticket: &LeaseTicket, ids: Vec<String>) {
+    if !ticket.is_lost() {
+        relay.acknowledge(ids);
     }
 }
 
@@ -233,6 +319,23 @@ async fn run_entries(
     if entries.is_empty() {
         return Ok(());
     }
+    let read_us = trace::now_us();
+    let batch = entries.len();
+    let (ids, work) = sort_entries(context, relay, entries, redelivered).await;
+    execute(exchange, relay, work, read_us, batch).await;
+    acknowledge(relay, ticket, ids);
+    Ok(())
+}
+
+/// Sorts one read's entries: an unreadable one is dropped, one with a stored reply or too
+/// close to its deadline is answered at once. Returns the ids to acknowledge once the rest,
+/// the commands to execute, have run.
+async fn sort_entries(
+    context: &ExchangeContext,
+    relay: &Relay,
+    entries: Vec<Entry>,
+    redelivered: bool,
+) -> (Vec<String>, Vec<TradingCommand>) {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let guard_ms = i64::try_from(context.guard.as_millis()).unwrap_or(i64::MAX);
     let mut ids = Vec::with_capacity(entries.len());
@@ -272,19 +375,29 @@ async fn run_entries(
             }
         }
     }
-    // Polled in order, so the commands reach the actor in stream order.
+    (ids, work)
+}
+
+/// Executes `work` (their steps share the actor's store batches) and sends each reply. The
+/// commands reach the actor in order, on this future's first poll.
+async fn execute(
+    exchange: &ExchangeHandle,
+    relay: &Relay,
+    work: Vec<TradingCommand>,
+    read_us: i64,
+    batch: usize,
+) {
+    let traced = trace::enabled();
     futures::future::join_all(work.into_iter().map(|command| async move {
+        let start = traced.then(trace::now_us);
         let reply = command::execute(exchange, command.clone()).await;
-        relay.reply(&command, &reply);
+        let stamps = start.map(|start| ExchangeStamps {
+            read: read_us,
+            start,
+            done: trace::now_us(),
+            batch,
+        });
+        relay.reply_traced(&command, &reply, stamps);
     }))
     .await;
-    if ticket.is_lost() {
-        return Ok(());
-    }
-    // Through the relay, after the replies: acknowledged here directly, the XACK could reach
-    // Redis before the relay published a reply, and a kill in between lost that reply for
-    // good (the command no longer pending, nobody answers it; its requester waited its whole
-    // timeout and found the reply in the store).
-    relay.acknowledge(ids);
-    Ok(())
 }

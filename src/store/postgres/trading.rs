@@ -1,6 +1,7 @@
 //! [`TradingStore`] on PostgreSQL: a batch of exchange steps (fence, command replies, events,
 //! orders, fills, accounts, positions, trade updates) in one savepoint of the writer's group
-//! transaction, the start-up load in one repeatable-read snapshot, and the reads and prunes.
+//! transaction (its statements pipelined), the start-up load in one repeatable-read snapshot,
+//! and the reads and prunes.
 //! Decimals go in and out as text through `NUMERIC` casts, never through a float.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper;
 use futures::future::BoxFuture;
-use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use crate::store::{
     AccountRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate,
@@ -27,81 +29,86 @@ fn enum_text<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Records the batch's fencing token unless a larger one is stored, first in the batch's
-/// savepoint. The row lock taken by the upsert is held to the end of the transaction, so
+/// savepoint, and reads the token stored before (one statement, so it travels in the batch's
+/// pipeline). The row lock taken by the upsert is held to the end of the transaction, so
 /// concurrent holders of one fence (two nodes around a lease change) serialize here.
-async fn check_fence(
-    client: &ClientWrapper,
-    target: &str,
-    fence: &Fence,
-) -> Result<(), StoreError> {
-    let sql = |e| classify(target, e);
-    let token = to_bigint(target, "fencing token", fence.token)?;
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO fences (name, token) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token
-             WHERE fences.token <= EXCLUDED.token",
-        )
-        .await
-        .map_err(sql)?;
-    let changed = client
-        .execute(&statement, &[&fence.name, &token])
-        .await
-        .map_err(sql)?;
-    if changed == 1 {
+const FENCE_SQL: &str = "WITH claimed AS (
+        INSERT INTO fences (name, token) VALUES ($1, $2)
+        ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token
+        WHERE fences.token <= EXCLUDED.token
+        RETURNING token)
+    SELECT (SELECT count(*) FROM claimed),
+           (SELECT token FROM fences WHERE name = $1)";
+
+/// What the fence statement answered: `Ok` when the token was recorded, `Fenced` (with the
+/// newer token) when the store holds a larger one.
+fn fence_outcome(target: &str, fence: &Fence, row: &Row) -> Result<(), StoreError> {
+    let claimed: i64 = row.try_get(0).map_err(|e| decode_error(target, e))?;
+    if claimed == 1 {
         return Ok(());
     }
-    let current: i64 = client
-        .query_one("SELECT token FROM fences WHERE name = $1", &[&fence.name])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(sql)?;
+    let current: Option<i64> = row.try_get(1).map_err(|e| decode_error(target, e))?;
     Err(StoreError::Fenced {
         name: fence.name.clone(),
         token: fence.token,
-        current: u64::try_from(current).unwrap_or(0),
+        current: current
+            .and_then(|token| u64::try_from(token).ok())
+            .unwrap_or(0),
     })
 }
 
-async fn store_batch(
+/// One statement of a batch with its (owned) parameters.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// The batch's statements, in order: command replies, events, orders, trade updates, fills,
+/// accounts, positions. One statement per table, its rows as arrays (`UNNEST`), so a batch of
+/// many commands costs the server a handful of statements rather than one per row; rows that
+/// take a generated position are inserted in the batch's order (`WITH ORDINALITY`).
+async fn batch_statements(
     client: &ClientWrapper,
     target: &str,
     batch: &TradingBatch,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(Statement, Vec<Param>)>, StoreError> {
     let sql = |e| classify(target, e);
-    if let Some(fence) = &batch.fence {
-        check_fence(client, target, fence).await?;
-    }
+    let mut out: Vec<(Statement, Vec<Param>)> = Vec::new();
     let stored_at = Utc::now().timestamp_micros();
     if !batch.commands.is_empty() {
         let statement = client
             .prepare_cached(
-                "INSERT INTO command_replies (id, reply, stored_at) VALUES ($1, $2, $3)",
+                "INSERT INTO command_replies (id, reply, stored_at)
+                 SELECT id, reply, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, reply)",
             )
             .await
             .map_err(sql)?;
-        for command in &batch.commands {
-            client
-                .execute(&statement, &[&command.id, &command.reply, &stored_at])
-                .await
-                .map_err(sql)?;
-        }
+        let ids: Vec<String> = batch.commands.iter().map(|c| c.id.clone()).collect();
+        let replies: Vec<String> = batch.commands.iter().map(|c| c.reply.clone()).collect();
+        out.push((
+            statement,
+            vec![Box::new(ids), Box::new(replies), Box::new(stored_at)],
+        ));
     }
     if !batch.events.is_empty() {
         let statement = client
-            .prepare_cached("INSERT INTO exchange_events (body) VALUES ($1)")
+            .prepare_cached(
+                "INSERT INTO exchange_events (body)
+                 SELECT body FROM UNNEST($1::text[]) WITH ORDINALITY AS e(body, n) ORDER BY n",
+            )
             .await
             .map_err(sql)?;
-        for event in &batch.events {
-            client.execute(&statement, &[event]).await.map_err(sql)?;
-        }
+        out.push((statement, vec![Box::new(batch.events.clone())]));
     }
     if !batch.orders.is_empty() {
         let statement = client
             .prepare_cached(
                 "INSERT INTO orders (id, username, client_order_id, symbol, status, is_open,
                                      created_at, updated_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 SELECT id, username, client_order_id, symbol, status, is_open, created_at,
+                        updated_at, body
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::bool[], $7::text[], $8::text[], $9::text[])
+                      WITH ORDINALITY AS o(id, username, client_order_id, symbol, status,
+                                           is_open, created_at, updated_at, body, n)
+                 ORDER BY n
                  ON CONFLICT (id) DO UPDATE SET
                      client_order_id = EXCLUDED.client_order_id,
                      status = EXCLUDED.status,
@@ -111,84 +118,116 @@ async fn store_batch(
             )
             .await
             .map_err(sql)?;
-        for StoredOrder { username, order } in &batch.orders {
-            let body = serde_json::to_string(order).map_err(|e| decode_error(target, e))?;
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &order.id,
-                        username,
-                        &order.client_order_id,
-                        &order.symbol,
-                        &enum_text(&order.status),
-                        &order.status.is_open(),
-                        &order.created_at.to_rfc3339(),
-                        &order.updated_at.to_rfc3339(),
-                        &body,
-                    ],
-                )
-                .await
-                .map_err(sql)?;
+        let orders = &batch.orders;
+        let mut bodies = Vec::with_capacity(orders.len());
+        for StoredOrder { order, .. } in orders {
+            bodies.push(serde_json::to_string(order).map_err(|e| decode_error(target, e))?);
         }
+        let column = |f: &dyn Fn(&StoredOrder) -> String| -> Param {
+            Box::new(orders.iter().map(f).collect::<Vec<String>>())
+        };
+        out.push((
+            statement,
+            vec![
+                column(&|o| o.order.id.clone()),
+                column(&|o| o.username.clone()),
+                column(&|o| o.order.client_order_id.clone()),
+                column(&|o| o.order.symbol.clone()),
+                column(&|o| enum_text(&o.order.status)),
+                Box::new(
+                    orders
+                        .iter()
+                        .map(|o| o.order.status.is_open())
+                        .collect::<Vec<bool>>(),
+                ),
+                column(&|o| o.order.created_at.to_rfc3339()),
+                column(&|o| o.order.updated_at.to_rfc3339()),
+                Box::new(bodies),
+            ],
+        ));
     }
     if !batch.updates.is_empty() {
         let statement = client
             .prepare_cached(
                 "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
-                 VALUES ($1, $2, $3, $4, $5)",
+                 SELECT username, seq, order_id, $4, body
+                 FROM UNNEST($1::text[], $2::int8[], $3::text[], $5::text[])
+                      AS u(username, seq, order_id, body)",
             )
             .await
             .map_err(sql)?;
-        for StoredUpdate { username, update } in &batch.updates {
-            let body = serde_json::to_string(update).map_err(|e| decode_error(target, e))?;
-            let seq = to_bigint(target, "trade update seq", update.seq)?;
-            client
-                .execute(
-                    &statement,
-                    &[username, &seq, &update.order.id, &stored_at, &body],
-                )
-                .await
-                .map_err(sql)?;
+        let updates = &batch.updates;
+        let mut seqs = Vec::with_capacity(updates.len());
+        let mut bodies = Vec::with_capacity(updates.len());
+        for StoredUpdate { update, .. } in updates {
+            seqs.push(to_bigint(target, "trade update seq", update.seq)?);
+            bodies.push(serde_json::to_string(update).map_err(|e| decode_error(target, e))?);
         }
+        out.push((
+            statement,
+            vec![
+                Box::new(
+                    updates
+                        .iter()
+                        .map(|u| u.username.clone())
+                        .collect::<Vec<String>>(),
+                ),
+                Box::new(seqs),
+                Box::new(
+                    updates
+                        .iter()
+                        .map(|u| u.update.order.id.clone())
+                        .collect::<Vec<String>>(),
+                ),
+                Box::new(stored_at),
+                Box::new(bodies),
+            ],
+        ));
     }
     if !batch.fills.is_empty() {
         let statement = client
             .prepare_cached(
                 "INSERT INTO fills (execution_id, order_id, username, symbol, side, qty, price,
                                     commission, t)
-                 VALUES ($1, $2, $3, $4, $5, $6::text::numeric, $7::text::numeric,
-                         $8::text::numeric, $9)",
+                 SELECT execution_id, order_id, username, symbol, side, qty::numeric,
+                        price::numeric, commission::numeric, t
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::text[])
+                      WITH ORDINALITY AS f(execution_id, order_id, username, symbol, side, qty,
+                                           price, commission, t, n)
+                 ORDER BY n",
             )
             .await
             .map_err(sql)?;
-        for fill in &batch.fills {
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &fill.execution_id,
-                        &fill.order_id,
-                        &fill.username,
-                        &fill.symbol,
-                        &enum_text(&fill.side),
-                        &fill.qty.to_string(),
-                        &fill.price.to_string(),
-                        &fill.commission.to_string(),
-                        &fill.timestamp.to_rfc3339(),
-                    ],
-                )
-                .await
-                .map_err(sql)?;
-        }
+        let fills = &batch.fills;
+        let column = |f: &dyn Fn(&FillRecord) -> String| -> Param {
+            Box::new(fills.iter().map(f).collect::<Vec<String>>())
+        };
+        out.push((
+            statement,
+            vec![
+                column(&|f| f.execution_id.clone()),
+                column(&|f| f.order_id.clone()),
+                column(&|f| f.username.clone()),
+                column(&|f| f.symbol.clone()),
+                column(&|f| enum_text(&f.side)),
+                column(&|f| f.qty.to_string()),
+                column(&|f| f.price.to_string()),
+                column(&|f| f.commission.to_string()),
+                column(&|f| f.timestamp.to_rfc3339()),
+            ],
+        ));
     }
     if !batch.accounts.is_empty() {
         let statement = client
             .prepare_cached(
                 "INSERT INTO accounts (username, initial_cash, cash, realized_pl, commissions,
                                        updated_at)
-                 VALUES ($1, $2::text::numeric, $3::text::numeric, $4::text::numeric,
-                         $5::text::numeric, $6)
+                 SELECT username, initial_cash::numeric, cash::numeric, realized_pl::numeric,
+                        commissions::numeric, updated_at
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[])
+                      AS a(username, initial_cash, cash, realized_pl, commissions, updated_at)
                  ON CONFLICT (username) DO UPDATE SET
                      cash = EXCLUDED.cash,
                      realized_pl = EXCLUDED.realized_pl,
@@ -197,57 +236,137 @@ async fn store_batch(
             )
             .await
             .map_err(sql)?;
-        for account in &batch.accounts {
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &account.username,
-                        &account.initial_cash.to_string(),
-                        &account.cash.to_string(),
-                        &account.realized_pl.to_string(),
-                        &account.commissions.to_string(),
-                        &account.updated_at.to_rfc3339(),
-                    ],
-                )
-                .await
-                .map_err(sql)?;
-        }
+        let accounts = &batch.accounts;
+        let column = |f: &dyn Fn(&AccountRecord) -> String| -> Param {
+            Box::new(accounts.iter().map(f).collect::<Vec<String>>())
+        };
+        out.push((
+            statement,
+            vec![
+                column(&|a| a.username.clone()),
+                column(&|a| a.initial_cash.to_string()),
+                column(&|a| a.cash.to_string()),
+                column(&|a| a.realized_pl.to_string()),
+                column(&|a| a.commissions.to_string()),
+                column(&|a| a.updated_at.to_rfc3339()),
+            ],
+        ));
     }
-    for position in &batch.positions {
-        if position.qty.is_zero() {
-            let statement = client
-                .prepare_cached("DELETE FROM positions WHERE username = $1 AND symbol = $2")
-                .await
-                .map_err(sql)?;
-            client
-                .execute(&statement, &[&position.username, &position.symbol])
-                .await
-                .map_err(sql)?;
-        } else {
-            let statement = client
-                .prepare_cached(
-                    "INSERT INTO positions (username, symbol, qty, cost_basis)
-                     VALUES ($1, $2, $3::text::numeric, $4::text::numeric)
-                     ON CONFLICT (username, symbol) DO UPDATE SET
-                         qty = EXCLUDED.qty,
-                         cost_basis = EXCLUDED.cost_basis",
-                )
-                .await
-                .map_err(sql)?;
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &position.username,
-                        &position.symbol,
-                        &position.qty.to_string(),
-                        &position.cost_basis.to_string(),
-                    ],
-                )
-                .await
-                .map_err(sql)?;
+    let (closed, open): (Vec<&PositionRecord>, Vec<&PositionRecord>) = batch
+        .positions
+        .iter()
+        .partition(|position| position.qty.is_zero());
+    if !closed.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "DELETE FROM positions p
+                 USING UNNEST($1::text[], $2::text[]) AS c(username, symbol)
+                 WHERE p.username = c.username AND p.symbol = c.symbol",
+            )
+            .await
+            .map_err(sql)?;
+        out.push((
+            statement,
+            vec![
+                Box::new(
+                    closed
+                        .iter()
+                        .map(|p| p.username.clone())
+                        .collect::<Vec<String>>(),
+                ),
+                Box::new(
+                    closed
+                        .iter()
+                        .map(|p| p.symbol.clone())
+                        .collect::<Vec<String>>(),
+                ),
+            ],
+        ));
+    }
+    if !open.is_empty() {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO positions (username, symbol, qty, cost_basis)
+                 SELECT username, symbol, qty::numeric, cost_basis::numeric
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+                      AS p(username, symbol, qty, cost_basis)
+                 ON CONFLICT (username, symbol) DO UPDATE SET
+                     qty = EXCLUDED.qty,
+                     cost_basis = EXCLUDED.cost_basis",
+            )
+            .await
+            .map_err(sql)?;
+        let column = |f: &dyn Fn(&&PositionRecord) -> String| -> Param {
+            Box::new(open.iter().map(f).collect::<Vec<String>>())
+        };
+        out.push((
+            statement,
+            vec![
+                column(&|p| p.username.clone()),
+                column(&|p| p.symbol.clone()),
+                column(&|p| p.qty.to_string()),
+                column(&|p| p.cost_basis.to_string()),
+            ],
+        ));
+    }
+    Ok(out)
+}
+
+/// Stores one batch: the fence statement, then the tables' statements, all pipelined on the
+/// connection (sent without waiting for the previous answer; the server runs them in order),
+/// so a batch costs one round trip rather than one per statement. A refused fence is the
+/// batch's error even though the statements after it ran: the writer rolls the batch's
+/// savepoint back, so nothing of a fenced batch is committed. Otherwise the first error in
+/// statement order is the batch's error (the later statements fail with it as "transaction
+/// aborted").
+async fn store_batch(
+    client: &ClientWrapper,
+    target: &str,
+    batch: &TradingBatch,
+) -> Result<(), StoreError> {
+    let sql = |e| classify(target, e);
+    let fence = match &batch.fence {
+        Some(fence) => Some((
+            fence,
+            client.prepare_cached(FENCE_SQL).await.map_err(sql)?,
+            to_bigint(target, "fencing token", fence.token)?,
+        )),
+        None => None,
+    };
+    let statements = batch_statements(client, target, batch).await?;
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = statements
+        .iter()
+        .map(|(_, values)| {
+            values
+                .iter()
+                .map(|value| value.as_ref() as &(dyn ToSql + Sync))
+                .collect()
+        })
+        .collect();
+    // `join!` and `join_all` poll their futures in order on the first pass, and each sends
+    // its request on its first poll: the requests reach the server in statement order.
+    let fenced = async {
+        match &fence {
+            Some((fence, statement, token)) => {
+                let row = client
+                    .query_one(statement, &[&fence.name, token])
+                    .await
+                    .map_err(sql)?;
+                fence_outcome(target, fence, &row)
+            }
+            None => Ok(()),
         }
+    };
+    let rows = futures::future::join_all(
+        statements
+            .iter()
+            .zip(&params)
+            .map(|((statement, _), values)| client.execute(statement, values)),
+    );
+    let (fenced, results) = futures::join!(fenced, rows);
+    fenced?;
+    for result in results {
+        result.map_err(sql)?;
     }
     Ok(())
 }

@@ -54,12 +54,22 @@ fn open_store(dir: &std::path::Path) -> Store {
 /// One node of the cluster in this process: its hub, its Redis link, its `TradingApi`.
 struct InProcessNode {
     trading: RemoteExchange,
+    metrics: Arc<Metrics>,
     /// The trading status codes the node told its sessions, in order.
     statuses: Arc<parking_lot::Mutex<Vec<&'static str>>>,
     shutdown: CancellationToken,
 }
 
 fn node(redis: &RedisServer, id: &str, store: Arc<dyn TradingStore>) -> InProcessNode {
+    node_with_lease(redis, id, store, LEASE_TTL)
+}
+
+fn node_with_lease(
+    redis: &RedisServer,
+    id: &str,
+    store: Arc<dyn TradingStore>,
+    lease_ttl: Duration,
+) -> InProcessNode {
     let settings = Settings::default();
     let metrics = Arc::new(Metrics::default());
     let universe = SymbolUniverse::new(settings.market.symbols.iter().cloned());
@@ -72,10 +82,10 @@ fn node(redis: &RedisServer, id: &str, store: Arc<dyn TradingStore>) -> InProces
     let config = ClusterConfig {
         redis_url: redis.url(),
         node_id: id.into(),
-        lease_ttl: LEASE_TTL,
+        lease_ttl,
         replay_window: 1000,
     };
-    let cluster = ClusterNode::new(config, metrics).expect("node");
+    let cluster = ClusterNode::new(config, Arc::clone(&metrics)).expect("node");
     let shutdown = CancellationToken::new();
     cluster.start(Arc::new(HubSink::new(Arc::clone(&hub))), shutdown.clone());
     let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -92,6 +102,7 @@ fn node(redis: &RedisServer, id: &str, store: Arc<dyn TradingStore>) -> InProces
     );
     InProcessNode {
         trading,
+        metrics,
         statuses,
         shutdown,
     }
@@ -130,6 +141,55 @@ async fn next_update(events: &mut tokio::sync::broadcast::Receiver<UserEvent>) -
         .expect("channel open");
     let UserEvent::TradeUpdate(update) = event;
     update.seq
+}
+
+/// The value of a counter without labels in `metrics` (0 when it was never incremented).
+fn counter(metrics: &Metrics, name: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// With the default 5 s lease the exchange's read of the command stream blocks for 500 ms,
+/// as long as the Redis client's own default response timeout: the read must not fail while
+/// the stream is idle (it did, and the exchange then stopped reading for a renewal interval,
+/// so the first order after a quiet half second waited up to two seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_command_stream_keeps_the_exchange_reading_and_the_next_order_answered_at_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let only = node_with_lease(
+        &redis,
+        "node-idle",
+        Arc::clone(&store.trading),
+        Duration::from_secs(5),
+    );
+    submit_retrying(&only.trading, "alice", limit_buy("before-idle"))
+        .await
+        .expect("the exchange answers");
+    for round in 0..2 {
+        // Three of the exchange's blocking reads with nothing to read.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let started = Instant::now();
+        only.trading
+            .submit("alice", limit_buy(&format!("after-idle-{round}")))
+            .await
+            .expect("answered");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+    }
+    assert_eq!(
+        counter(
+            &only.metrics,
+            "tickgate_cluster_exchange_read_failures_total"
+        ),
+        0.0,
+        "the command stream's read failed while idle"
+    );
+    only.shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,13 @@
 //! autocorking.
 //!
 //! The rule, per connection (see `docs/websocket.md` and `docs/protocol.md`):
-//! - A connection is *quiet* until an event arrives less than a third of the window after
-//!   its previous write (it receives more than [`HOT_EVENTS`] events per window). Then it
-//!   becomes *hot*: it holds until one window after its previous write, and writes
-//!   everything queued in one go.
+//! - A connection is *quiet* while it receives at most [`HOT_EVENTS`] events per window: it
+//!   writes each at once and counts its writes in the current window (which starts at the
+//!   first write after the previous one ended). An event that would be the fourth write
+//!   within one window makes it *hot*: it holds that event for one window, and then writes
+//!   everything queued in one go. Counting a whole window, not the gap to the previous
+//!   write, keeps a steady stream just below the threshold (100 events a second with the
+//!   timing jitter any publisher has) from being held now and then.
 //! - After each write a hot connection holds for one more window; pushes meanwhile wake
 //!   nothing (the queue records them silently), the window's timer does.
 //! - A hot connection turns quiet again when a hold ends with fewer than [`HOT_EVENTS`]
@@ -41,8 +44,11 @@ pub const HOT_EVENTS: u32 = 3;
 #[derive(Debug)]
 pub struct Coalescer {
     window: Duration,
-    /// When this connection last wrote (`None` before its first write).
-    last_write: Option<Instant>,
+    /// When the window its recent writes are counted in started (`None` before its first
+    /// write); a hot connection's is its last write.
+    window_start: Option<Instant>,
+    /// Writes since `window_start` (saturating).
+    writes_in_window: u8,
     /// When the write now being made was decided (set when `poll_ready` says go).
     ready_at: Option<Instant>,
     /// The hold's timer, allocated the first time the connection turns hot (a connection
@@ -57,7 +63,8 @@ impl Coalescer {
     pub fn new(window: Duration) -> Coalescer {
         Coalescer {
             window,
-            last_write: None,
+            window_start: None,
+            writes_in_window: 0,
             ready_at: None,
             timer: None,
             holding: false,
@@ -101,8 +108,10 @@ impl Coalescer {
                     };
                     return Poll::Ready(());
                 }
-                // Nothing came during the hold: quiet again.
+                // Nothing came during the hold: quiet again, the last write (which started
+                // `window_start`) the first of its window.
                 self.hot = false;
+                self.writes_in_window = 1;
                 continue;
             }
             if queue.poll_notified(cx).is_pending() {
@@ -112,13 +121,14 @@ impl Coalescer {
                 return Poll::Ready(());
             }
             let now = Instant::now();
-            if let Some(last) = self.last_write
-                && now < last + self.window / HOT_EVENTS
+            if let Some(start) = self.window_start
+                && u32::from(self.writes_in_window) >= HOT_EVENTS
+                && now < start + self.window
             {
-                // The second event within a third of the window: hold until one window after
-                // the previous write, with the data left pending so pushes wake nothing.
+                // More than `HOT_EVENTS` events within one window: hold for one window, with
+                // the data left pending so pushes wake nothing.
                 self.hot = true;
-                self.start_hold(last + self.window);
+                self.start_hold(now + self.window);
                 queue.hold_pending(cx);
                 continue;
             }
@@ -135,16 +145,28 @@ impl Coalescer {
             return;
         }
         let now = self.ready_at.take().unwrap_or_else(Instant::now);
-        self.last_write = Some(now);
-        if !self.hot {
-            return;
-        }
-        if queue.last_drained() < HOT_EVENTS {
+        if self.hot {
+            if queue.last_drained() >= HOT_EVENTS {
+                self.window_start = Some(now);
+                self.start_hold(now + self.window);
+                queue.hold();
+                return;
+            }
+            // The stream slowed down: quiet again, this write the first of a new window.
             self.hot = false;
+            self.window_start = Some(now);
+            self.writes_in_window = 1;
             return;
         }
-        self.start_hold(now + self.window);
-        queue.hold();
+        match self.window_start {
+            Some(start) if now < start + self.window => {
+                self.writes_in_window = self.writes_in_window.saturating_add(1);
+            }
+            _ => {
+                self.window_start = Some(now);
+                self.writes_in_window = 1;
+            }
+        }
     }
 
     fn start_hold(&mut self, deadline: Instant) {

@@ -186,11 +186,10 @@ async fn a_slow_client_close_is_written_at_once_even_during_a_hold() {
     let queue = SubscriberQueue::with_capacity(8);
     let metrics = Metrics::default();
     let (writes, task) = spawn_sink(Arc::clone(&queue), Duration::from_secs(10));
-    // Hot: the second event comes right after the first write; the connection now holds
-    // for ten seconds.
-    publish(&queue, &metrics, 0, 2, Duration::from_millis(1)).await;
+    // Hot: the fourth event within a window; the connection now holds for ten seconds.
+    publish(&queue, &metrics, 0, 4, Duration::from_millis(1)).await;
     let holding_from = Instant::now();
-    for n in 2..20 {
+    for n in 4..22 {
         queue.push_event(&event(n), &metrics);
     }
     tokio::time::timeout(Duration::from_secs(1), task)
@@ -216,8 +215,8 @@ async fn a_shutdown_close_ends_a_hold_at_once() {
     let queue = SubscriberQueue::with_capacity(1024);
     let metrics = Metrics::default();
     let (writes, task) = spawn_sink(Arc::clone(&queue), Duration::from_secs(10));
-    publish(&queue, &metrics, 0, 2, Duration::from_millis(1)).await;
-    queue.push_event(&event(2), &metrics);
+    publish(&queue, &metrics, 0, 4, Duration::from_millis(1)).await;
+    queue.push_event(&event(4), &metrics);
     queue.push_control(Delivery::Close(CloseReason::Shutdown));
     tokio::time::timeout(Duration::from_secs(1), task)
         .await
@@ -226,7 +225,7 @@ async fn a_shutdown_close_ends_a_hold_at_once() {
     let writes = writes.lock().clone();
     assert_eq!(
         all_events(&writes),
-        vec![0, 1, 2],
+        vec![0, 1, 2, 3, 4],
         "held events go out before the close"
     );
     assert!(writes.last().is_some_and(|w| w.closed));
@@ -256,5 +255,25 @@ async fn a_stream_below_three_events_per_window_is_never_held() {
     assert_eq!(writes.len(), 100);
     for (write, pushed) in writes.iter().zip(&pushed) {
         assert_eq!(write.at, *pushed, "{write:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jittery_stream_of_a_hundred_events_a_second_is_never_held() {
+    let queue = SubscriberQueue::with_capacity(1024);
+    let metrics = Metrics::default();
+    let (writes, _task) = spawn_sink(Arc::clone(&queue), WINDOW);
+    // 100 events a second on average, as a real publisher sends them: gaps of 4 and 16 ms
+    // in turn. A rule that looked only at the gap to the previous write held every other
+    // event for up to a window; counting the window's writes sees at most three.
+    let mut pushed = Vec::new();
+    for pair in 0..50 {
+        pushed.extend(publish(&queue, &metrics, pair * 2, 1, Duration::from_millis(4)).await);
+        pushed.extend(publish(&queue, &metrics, pair * 2 + 1, 1, Duration::from_millis(16)).await);
+    }
+    let writes = writes.lock().clone();
+    assert_eq!(all_events(&writes), (0..100).collect::<Vec<_>>());
+    for (n, (written, pushed)) in written_at(&writes, 100).iter().zip(&pushed).enumerate() {
+        assert_eq!(*written, Some(*pushed), "event {n} was held");
     }
 }

@@ -422,10 +422,12 @@ mod tests {
     async fn a_shutdown_during_a_hold_writes_the_held_events_and_the_status_at_once() {
         let hub = hub(1024, Duration::from_secs(10));
         let mut connection = connection(&hub).await;
-        publish(&hub, 1);
-        assert_eq!(ids(&next_chunk(&mut connection).await), vec![1]);
-        publish(&hub, 2);
-        // The connection now holds its write for ten seconds.
+        for id in 1..=3 {
+            publish(&hub, id);
+            assert_eq!(ids(&next_chunk(&mut connection).await), vec![id]);
+        }
+        publish(&hub, 4);
+        // The fourth event within the window: the connection now holds it for ten seconds.
         let held = futures::poll!(std::future::poll_fn(|cx| {
             Pin::new(&mut connection).poll_next(cx)
         }));
@@ -434,7 +436,7 @@ mod tests {
         let chunk = tokio::time::timeout(Duration::from_secs(1), next_chunk(&mut connection))
             .await
             .expect("the close did not wait for the window");
-        assert_eq!(ids(&chunk), vec![2], "{chunk}");
+        assert_eq!(ids(&chunk), vec![4], "{chunk}");
         assert!(chunk.contains("\"sc\":\"shutdown\""), "{chunk}");
         assert_eq!(next_chunk(&mut connection).await, "", "the stream ends");
     }

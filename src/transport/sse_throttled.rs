@@ -275,10 +275,10 @@ mod tests {
         }
     }
 
-    /// A hub of AAPL and MSFT with the given coalescing window, and a `max_rate=2` body on it.
+    /// A hub of four symbols with the given coalescing window, and a `max_rate=2` body on it.
     fn throttled(window: Duration) -> (Arc<Hub>, ThrottledSse) {
         let hub = Arc::new(Hub::new(
-            SymbolUniverse::new(["AAPL", "MSFT"]),
+            SymbolUniverse::new(["AAPL", "MSFT", "GOOG", "AMZN"]),
             HubSettings {
                 coalesce_window: window,
                 ..HubSettings::default()
@@ -357,11 +357,14 @@ mod tests {
         let window = Duration::from_millis(20);
         let (hub, mut body) = throttled(window);
         assert_eq!(poll(&mut body).as_deref(), Some("retry: 1\n\n"));
-        hub.publish_event(trade("AAPL", 1)).expect("valid");
-        let first = poll(&mut body).expect("a quiet connection writes at once");
-        assert!(first.contains("\"i\":1"), "{first}");
-        // Three more at once: the connection is receiving quickly, so it holds its next
-        // write for one window; the quiet MSFT's first trade goes out with that write.
+        // Three writes within a window (quiet: each at once)...
+        for (n, symbol) in [(1, "AAPL"), (10, "GOOG"), (11, "AMZN")] {
+            hub.publish_event(trade(symbol, n)).expect("valid");
+            let first = poll(&mut body).expect("a quiet connection writes at once");
+            assert!(first.contains(&format!("\"i\":{n}")), "{first}");
+        }
+        // ...so the connection is receiving quickly: it holds the next write for one
+        // window, and the quiet MSFT's first trade goes out with it.
         hub.publish_event(trade("AAPL", 2)).expect("valid");
         hub.publish_event(trade("AAPL", 3)).expect("valid");
         hub.publish_event(trade("MSFT", 4)).expect("valid");

@@ -270,14 +270,9 @@ fn hash_api_secret_prints_the_sha256_that_api_keys_in_the_configuration_take() {
     );
 }
 
-/// Starts the binary on a store (`env` picks it) with `key` as `auth.api_key_hash_key` and
-/// waits up to a minute for it to exit; its exit code and stderr. One still running by then
-/// is stopped by its PID and fails the test.
-fn start_with_hash_key(
-    dir: &std::path::Path,
-    key: &str,
-    env: &[(&str, String)],
-) -> (Option<i32>, String) {
+/// The binary in `dir` with the API key hash key `key` (and `env`), on a free port, its
+/// stderr piped.
+fn hash_key_command(dir: &std::path::Path, key: &str, env: &[(&str, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tickgate"));
     command
         .current_dir(dir)
@@ -289,7 +284,20 @@ fn start_with_hash_key(
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command.spawn().expect("run tickgate");
+    command
+}
+
+/// Starts the binary on a store (`env` picks it) with `key` as `auth.api_key_hash_key` and
+/// waits up to a minute for it to exit; its exit code and stderr. One still running by then
+/// is stopped by its PID and fails the test.
+fn start_with_hash_key(
+    dir: &std::path::Path,
+    key: &str,
+    env: &[(&str, String)],
+) -> (Option<i32>, String) {
+    let mut child = hash_key_command(dir, key, env)
+        .spawn()
+        .expect("run tickgate");
     let mut stderr = child.stderr.take().expect("stderr");
     let mut running = Running(child);
     let reader = std::thread::spawn(move || {
@@ -314,18 +322,9 @@ fn start_with_hash_key(
 /// Starts the binary with `key` and returns once it listens; it is stopped (by its PID) when
 /// the returned guard drops.
 fn running_with_hash_key(dir: &std::path::Path, key: &str, env: &[(&str, String)]) -> Running {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickgate"));
-    command
-        .current_dir(dir)
-        .env("TICKGATE__SERVER__BIND", "127.0.0.1:0")
-        .env("TICKGATE__AUTH__API_KEY_HASH_KEY", key)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().expect("run tickgate");
+    let mut child = hash_key_command(dir, key, env)
+        .spawn()
+        .expect("run tickgate");
     let stderr = child.stderr.take().expect("stderr");
     let running = Running(child);
     crate::common::url_from_start_line(stderr, Duration::from_secs(60));

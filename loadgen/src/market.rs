@@ -13,12 +13,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
 use crate::client::now_ns;
-use crate::http::{Url, request};
-use crate::publish::read_response;
+use crate::http::Url;
+use crate::publish::PostConnection;
 use crate::stats::SubscriberResult;
 
 /// Low bits of a trade id that carry the symbol's index.
@@ -217,13 +214,10 @@ impl MarketPublished {
 /// connection. A POST that comes back late is followed at once by the ones it held up, so the
 /// average rate holds while the server keeps up and the shortfall shows when it does not.
 pub(crate) struct BatchPublisher {
-    url: Url,
-    address: SocketAddr,
-    token: Option<String>,
+    connection: PostConnection,
     plan: MarketPlan,
     mix: SymbolMix,
     rng: Rng,
-    stream: Option<TcpStream>,
     /// The last id used per symbol: ids of one symbol strictly rise.
     last_id: Vec<u64>,
     sequence: u64,
@@ -237,14 +231,11 @@ impl BatchPublisher {
         plan: MarketPlan,
     ) -> BatchPublisher {
         BatchPublisher {
-            url,
-            address,
-            token,
+            connection: PostConnection::new(url, address, token),
             mix: SymbolMix::new(plan.symbols, plan.skew),
             rng: Rng::new(plan.seed.wrapping_add(1)),
             last_id: vec![0; plan.symbols],
             plan,
-            stream: None,
             sequence: 0,
         }
     }
@@ -322,7 +313,7 @@ impl BatchPublisher {
                 Err(error) => {
                     report.failed += batch as u64;
                     report.first_error.get_or_insert(error);
-                    self.stream = None;
+                    self.connection.reset();
                 }
             }
         }
@@ -333,34 +324,7 @@ impl BatchPublisher {
     /// POSTs one batch; the indexes of refused trades, ascending, and the first refusal's
     /// message.
     async fn post(&mut self, body: &str) -> Result<(Vec<usize>, String), String> {
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => {
-                let stream = TcpStream::connect(self.address)
-                    .await
-                    .map_err(|e| format!("publish connect failed: {e}"))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| format!("set_nodelay: {e}"))?;
-                self.stream.insert(stream)
-            }
-        };
-        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = Vec::new();
-        if let Some(value) = &authorization {
-            headers.push(("Authorization", value.as_str()));
-        }
-        let raw = request(
-            "POST",
-            &self.url,
-            &headers,
-            Some(("application/json", body.as_bytes())),
-        );
-        stream
-            .write_all(&raw)
-            .await
-            .map_err(|e| format!("publish write failed: {e}"))?;
-        let (status, reply) = read_response(stream).await?;
+        let (status, reply) = self.connection.post(body).await?;
         refused_indexes(status, &reply)
     }
 }

@@ -20,12 +20,66 @@ pub(crate) struct PublishReport {
     pub(crate) elapsed: Duration,
 }
 
-pub(crate) struct Publisher {
+/// One keep-alive HTTP/1.1 connection that POSTs JSON bodies to one URL, with the bearer
+/// token if there is one; it connects on first use and again after [`PostConnection::reset`].
+pub(crate) struct PostConnection {
     url: Url,
     address: SocketAddr,
     token: Option<String>,
-    symbols: Vec<String>,
     stream: Option<TcpStream>,
+}
+
+impl PostConnection {
+    pub(crate) fn new(url: Url, address: SocketAddr, token: Option<String>) -> PostConnection {
+        PostConnection {
+            url,
+            address,
+            token,
+            stream: None,
+        }
+    }
+
+    /// POSTs `body`; the response's status and body.
+    pub(crate) async fn post(&mut self, body: &str) -> Result<(u16, Vec<u8>), String> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(self.address)
+                    .await
+                    .map_err(|e| format!("publish connect failed: {e}"))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| format!("set_nodelay: {e}"))?;
+                self.stream.insert(stream)
+            }
+        };
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(value) = &authorization {
+            headers.push(("Authorization", value.as_str()));
+        }
+        let raw = request(
+            "POST",
+            &self.url,
+            &headers,
+            Some(("application/json", body.as_bytes())),
+        );
+        stream
+            .write_all(&raw)
+            .await
+            .map_err(|e| format!("publish write failed: {e}"))?;
+        read_response(stream).await
+    }
+
+    /// Drops the connection after a failure: the next post connects again.
+    pub(crate) fn reset(&mut self) {
+        self.stream = None;
+    }
+}
+
+pub(crate) struct Publisher {
+    connection: PostConnection,
+    symbols: Vec<String>,
     sequence: u64,
 }
 
@@ -37,11 +91,8 @@ impl Publisher {
         symbols: Vec<String>,
     ) -> Publisher {
         Publisher {
-            url,
-            address,
-            token,
+            connection: PostConnection::new(url, address, token),
             symbols,
-            stream: None,
             sequence: 0,
         }
     }
@@ -62,7 +113,7 @@ impl Publisher {
                 Err(error) => {
                     report.failed += 1;
                     report.first_error.get_or_insert(error);
-                    self.stream = None;
+                    self.connection.reset();
                 }
             }
         }
@@ -82,37 +133,10 @@ impl Publisher {
     }
 
     async fn publish_one(&mut self) -> Result<(), String> {
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => {
-                let stream = TcpStream::connect(self.address)
-                    .await
-                    .map_err(|e| format!("publish connect failed: {e}"))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| format!("set_nodelay: {e}"))?;
-                self.stream.insert(stream)
-            }
-        };
         self.sequence += 1;
         let symbol = &self.symbols[(self.sequence as usize) % self.symbols.len().max(1)];
         let body = Publisher::body(symbol, self.sequence, now_ns());
-        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = Vec::new();
-        if let Some(value) = &authorization {
-            headers.push(("Authorization", value.as_str()));
-        }
-        let raw = request(
-            "POST",
-            &self.url,
-            &headers,
-            Some(("application/json", body.as_bytes())),
-        );
-        stream
-            .write_all(&raw)
-            .await
-            .map_err(|e| format!("publish write failed: {e}"))?;
-        let (status, body) = read_response(stream).await?;
+        let (status, body) = self.connection.post(&body).await?;
         if (200..300).contains(&status) {
             Ok(())
         } else {

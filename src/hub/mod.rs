@@ -744,6 +744,12 @@ impl Hub {
     /// status. The feed's head is final from here on: the status carries it as its id
     /// (see [`entry::sse_close`]), so every client, filtered or not, resumes from it after
     /// a clean restart (which continues the sequence after the same head).
+    ///
+    /// It then wakes every keep-alive queue (every WebSocket's, subscribed or not) with a
+    /// tick: a WebSocket connection hears of the shutdown from its queue rather than from a
+    /// waiter of its own on the shutdown token, which the server cancels before calling this
+    /// (so a connection woken here finds it cancelled and closes with 1012, after the
+    /// `shutdown` status when it has market data).
     pub fn shut_down(&self) {
         for feed in Feed::ALL {
             let mut state = self.feeds[feed.index()].lock();
@@ -754,6 +760,7 @@ impl Hub {
                     .push_control(Delivery::Close(CloseReason::Shutdown));
             }
         }
+        self.keepalive_sweep();
     }
 
     /// Whether [`Hub::shut_down`] ran: publishing is refused from then on.

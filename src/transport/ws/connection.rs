@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -14,7 +13,8 @@ use crate::metrics::Transport;
 
 use super::session::{Output, WsSession, close_codes};
 use super::wire::{
-    Inbound, InboundLimits, Incoming, Wire, put_binary, put_close, put_pong, put_text,
+    ConnectionLoop, Inbound, InboundLimits, Incoming, Wire, put_binary, put_close, put_pong,
+    put_text,
 };
 use super::{Dialect, put_wire_frame};
 
@@ -81,15 +81,13 @@ pub(super) struct Connection {
     core: Option<Core>,
     pending: Option<Pending>,
     dialect: Dialect,
-    /// Shared with the body: the outbox, when the client was last heard, the busy flag.
-    wire: Rc<Wire>,
     /// The settings, for the inbound limits once the session has authenticated (a pointer
     /// rather than the limits themselves).
     settings: Arc<crate::settings::Settings>,
+    /// Read when the loop is polled, not waited on: the hub wakes every WebSocket's queue
+    /// when the server stops (`Hub::shut_down`), which polls the loop, so an idle connection
+    /// holds no waiter of its own (issue 17: idle WebSocket memory).
     shutdown: tokio_util::sync::CancellationToken,
-    /// The shutdown waiter, registered once for the connection's life (boxed: it cannot
-    /// move once polled).
-    shutdown_waiter: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// The close to send once the loop ends; the loop ends when this is set.
     /// Boxed: set once, at the end.
     close: Option<Box<(u16, String)>>,
@@ -113,7 +111,6 @@ impl Connection {
         session: WsSession,
         inbound: Inbound,
         dialect: Dialect,
-        wire: Rc<Wire>,
         settings: Arc<crate::settings::Settings>,
         shutdown: tokio_util::sync::CancellationToken,
         closed: ClosedGuard,
@@ -122,9 +119,7 @@ impl Connection {
             core: Some(Core { session, inbound }),
             pending: None,
             dialect,
-            wire,
             settings,
-            shutdown_waiter: Box::pin(shutdown.clone().cancelled_owned()),
             shutdown,
             close: None,
             ended: false,
@@ -136,8 +131,12 @@ impl Connection {
     /// Frames the outputs; returns the close to send if the session ended. No await: the
     /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
     /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
-    fn write(&self, outputs: impl IntoIterator<Item = Output>) -> Option<(u16, String)> {
-        let mut outbox = self.wire.outbox.borrow_mut();
+    fn write(
+        &self,
+        wire: &Wire,
+        outputs: impl IntoIterator<Item = Output>,
+    ) -> Option<(u16, String)> {
+        let mut outbox = wire.outbox.borrow_mut();
         for output in outputs {
             match (output, self.dialect) {
                 (Output::Frame(text), Dialect::Native) => put_text(&mut outbox, &text),
@@ -160,6 +159,7 @@ impl Connection {
     /// message the dialect refused.
     fn inbound<'a>(
         &self,
+        wire: &Wire,
         message: &'a [u8],
         binary: bool,
     ) -> Result<std::borrow::Cow<'a, str>, Vec<Output>> {
@@ -181,7 +181,7 @@ impl Connection {
                 .inbound(message)
                 .map(std::borrow::Cow::Owned)
                 .map_err(|r| {
-                    let mut outbox = self.wire.outbox.borrow_mut();
+                    let mut outbox = wire.outbox.borrow_mut();
                     put_wire_frame(&mut outbox, dialect.refused(&r));
                     Vec::new()
                 }),
@@ -191,7 +191,7 @@ impl Connection {
     /// Greets the client and applies the upgrade's credential, before the loop first runs,
     /// so the credential is not kept for the connection's life. Sets the close to send if
     /// the session ended already.
-    pub(super) fn start(&mut self, credential: Option<Result<Identity, AuthError>>) {
+    pub(super) fn start(&mut self, wire: &Wire, credential: Option<Result<Identity, AuthError>>) {
         let Some(core) = self.core.as_mut() else {
             return;
         };
@@ -200,16 +200,16 @@ impl Connection {
             core.inbound
                 .set_limits(authenticated_limits(&self.settings));
         }
-        self.close = self.write(start).map(Box::new);
+        self.close = self.write(wire, start).map(Box::new);
     }
 
     /// Runs `step` as the pending work, owning the core until it is done.
-    fn run_step<F>(&mut self, mut core: Core, kind: StepKind, step: F)
+    fn run_step<F>(&mut self, wire: &Wire, mut core: Core, kind: StepKind, step: F)
     where
         F: for<'s> FnOnce(&'s mut WsSession) -> Pin<Box<dyn Future<Output = Vec<Output>> + 's>>
             + 'static,
     {
-        self.wire.busy.set(true);
+        wire.busy.set(true);
         let future = async move {
             let outputs = step(&mut core.session).await;
             (core, outputs)
@@ -218,13 +218,13 @@ impl Connection {
     }
 
     /// Acts on an event; the core is back in place (nothing is pending).
-    fn handle(&mut self, event: Event) {
+    fn handle(&mut self, wire: &Wire, event: Event) {
         let Some(mut core) = self.core.take() else {
             return;
         };
         let outputs = match event {
             Event::Wake(wake) => {
-                return self.run_step(core, StepKind::Wake, move |session| {
+                return self.run_step(wire, core, StepKind::Wake, move |session| {
                     Box::pin(session.on_wake(wake))
                 });
             }
@@ -237,14 +237,14 @@ impl Connection {
             Event::Message(Some(message)) => {
                 self.handled += 1;
                 // std's clock: tokio's (built with test-util) costs a runtime lookup.
-                self.wire.last_heard.set(Instant::now());
+                wire.last_heard.set(Instant::now());
                 match message {
                     Incoming::Text(text) => {
-                        return self.on_message(core, text.into_bytes(), false);
+                        return self.on_message(wire, core, text.into_bytes(), false);
                     }
-                    Incoming::Binary(bytes) => return self.on_message(core, bytes, true),
+                    Incoming::Binary(bytes) => return self.on_message(wire, core, bytes, true),
                     Incoming::Ping(payload) => {
-                        put_pong(&mut self.wire.outbox.borrow_mut(), &payload);
+                        put_pong(&mut wire.outbox.borrow_mut(), &payload);
                         Vec::new()
                     }
                     Incoming::Pong => Vec::new(),
@@ -265,25 +265,25 @@ impl Connection {
             Event::Shutdown => core.session.on_shutdown(),
         };
         self.core = Some(core);
-        if let Some(close) = self.write(outputs) {
+        if let Some(close) = self.write(wire, outputs) {
             self.close = Some(Box::new(close));
         }
     }
 
     /// A client text or binary message: synchronous answers at once, an action as a step.
-    fn on_message(&mut self, mut core: Core, message: bytes::Bytes, binary: bool) {
+    fn on_message(&mut self, wire: &Wire, mut core: Core, message: bytes::Bytes, binary: bool) {
         if binary && matches!(self.dialect, Dialect::Native) {
             let outputs = core.session.on_binary();
             self.core = Some(core);
-            self.close = self.write(outputs).map(Box::new);
+            self.close = self.write(wire, outputs).map(Box::new);
             return;
         }
-        match self.inbound(&message, binary) {
+        match self.inbound(wire, &message, binary) {
             Ok(text) => {
                 // Owned by the step; a client message is small and its handling (a parse, an
                 // order) costs far more than this copy.
                 let text = text.into_owned();
-                self.run_step(core, StepKind::Message, move |session| {
+                self.run_step(wire, core, StepKind::Message, move |session| {
                     Box::pin(async move { session.on_text(&text).await })
                 });
             }
@@ -292,15 +292,15 @@ impl Connection {
             Err(reply) => {
                 let outputs = core.session.over_rate(None).unwrap_or(reply);
                 self.core = Some(core);
-                self.close = self.write(outputs).map(Box::new);
+                self.close = self.write(wire, outputs).map(Box::new);
             }
         }
     }
 
     /// A step has finished: its outputs go out, and after a client message the inbound
     /// limits become the full ones once the session has authenticated.
-    fn finish_step(&mut self, mut core: Core, kind: StepKind, outputs: Vec<Output>) {
-        self.wire.busy.set(false);
+    fn finish_step(&mut self, wire: &Wire, mut core: Core, kind: StepKind, outputs: Vec<Output>) {
+        wire.busy.set(false);
         if kind == StepKind::Message
             && core.session.user().is_some()
             && core.inbound.limits() != authenticated_limits(&self.settings)
@@ -309,12 +309,14 @@ impl Connection {
                 .set_limits(authenticated_limits(&self.settings));
         }
         self.core = Some(core);
-        self.close = self.write(outputs).map(Box::new);
+        self.close = self.write(wire, outputs).map(Box::new);
     }
 
     /// The next event of an idle connection, polled in place: the session first (the hub's
     /// queue when the loop serves it, then its deadlines), then the socket, then shutdown,
-    /// the order the loop always checked them in.
+    /// the order the loop always checked them in. Shutdown registers no waker: the token is
+    /// cancelled before `Hub::shut_down` pushes a keep-alive tick into every WebSocket's
+    /// queue, and the fast path polls the loop for that tick.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         let Some(core) = self.core.as_mut() else {
             return Poll::Pending;
@@ -325,7 +327,7 @@ impl Connection {
         if let Poll::Ready(message) = core.inbound.poll_recv(cx) {
             return Poll::Ready(Event::Message(message));
         }
-        if self.shutdown_waiter.as_mut().poll(cx).is_ready() {
+        if self.shutdown.is_cancelled() {
             return Poll::Ready(Event::Shutdown);
         }
         Poll::Pending
@@ -348,26 +350,24 @@ impl Connection {
     }
 
     /// The loop has ended: the session leaves the hub before the close goes out.
-    fn end(&mut self) {
+    fn end(&mut self, wire: &Wire) {
         self.ended = true;
         self.pending = None;
         self.core = None;
         if let Some(close) = self.close.take() {
             let (code, reason) = *close;
-            put_close(&mut self.wire.outbox.borrow_mut(), code, &reason);
+            put_close(&mut wire.outbox.borrow_mut(), code, &reason);
         }
     }
 }
 
-impl Future for Connection {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+impl ConnectionLoop for Connection {
+    fn poll_loop(&mut self, cx: &mut Context<'_>, wire: &Wire) -> Poll<()> {
+        let this = self;
         loop {
             if this.ended || (this.close.is_some() && this.pending.is_none()) {
                 if this.core.is_some() || this.close.is_some() {
-                    this.end();
+                    this.end(wire);
                 }
                 return Poll::Ready(());
             }
@@ -378,7 +378,7 @@ impl Future for Connection {
                         return Poll::Pending;
                     };
                     this.pending = None;
-                    this.finish_step(core, kind, outputs);
+                    this.finish_step(wire, core, kind, outputs);
                     continue;
                 }
                 Some(Pending::Wait(wait)) => {
@@ -387,7 +387,7 @@ impl Future for Connection {
                     };
                     this.pending = None;
                     this.core = Some(core);
-                    this.handle(event);
+                    this.handle(wire, event);
                     continue;
                 }
                 None => {}
@@ -407,7 +407,7 @@ impl Future for Connection {
             let Poll::Ready(event) = this.poll_event(cx) else {
                 return Poll::Pending;
             };
-            this.handle(event);
+            this.handle(wire, event);
         }
     }
 }

@@ -18,7 +18,6 @@ use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -100,16 +99,24 @@ pub struct Inbound {
     payload: Payload,
     buf: BytesMut,
     limits: InboundLimits,
-    reading: Reading,
-    parts: Vec<Bytes>,
-    /// Payload bytes of the open fragmented message so far, kept or dropped.
-    message_len: u64,
     /// Payload bytes of the current (dropped) frame still to arrive and be thrown away.
     discard: u64,
-    /// When the open fragmented message must be finished; boxed, and only while one is open,
-    /// so an idle connection carries no timer.
-    fragment_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The open fragmented message; boxed, and only while one is open, so an idle connection
+    /// carries a null pointer instead of its parts, length and timer (issue 17: idle
+    /// WebSocket memory).
+    fragment: Option<Box<Fragment>>,
     ended: bool,
+}
+
+/// A fragmented message between its first and last frame.
+struct Fragment {
+    /// `Keeping` or `Dropping`, never `Idle`.
+    reading: Reading,
+    parts: Vec<Bytes>,
+    /// Payload bytes of the message so far, kept or dropped.
+    message_len: u64,
+    /// When the message must be finished.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Inbound {
@@ -118,11 +125,8 @@ impl Inbound {
             payload,
             buf: BytesMut::new(),
             limits,
-            reading: Reading::Idle,
-            parts: Vec::new(),
-            message_len: 0,
             discard: 0,
-            fragment_deadline: None,
+            fragment: None,
             ended: false,
         }
     }
@@ -150,8 +154,8 @@ impl Inbound {
             if self.ended {
                 return Poll::Ready(None);
             }
-            if let Some(deadline) = self.fragment_deadline.as_mut()
-                && deadline.as_mut().poll(cx).is_ready()
+            if let Some(fragment) = self.fragment.as_mut()
+                && fragment.deadline.as_mut().poll(cx).is_ready()
             {
                 return Poll::Ready(Some(self.end(Incoming::FragmentTimeout)));
             }
@@ -173,24 +177,36 @@ impl Inbound {
     fn end(&mut self, message: Incoming) -> Incoming {
         self.ended = true;
         self.buf = BytesMut::new();
-        self.parts = Vec::new();
-        self.fragment_deadline = None;
+        self.fragment = None;
         message
     }
 
     /// A fragmented message ends (finished or dropped); its timer goes with it.
     fn close_message(&mut self) {
-        self.reading = Reading::Idle;
-        self.message_len = 0;
-        self.fragment_deadline = None;
+        self.fragment = None;
     }
 
-    fn open_message(&mut self, reading: Reading) {
-        self.reading = reading;
-        if self.fragment_deadline.is_none() {
-            self.fragment_deadline =
-                Some(Box::pin(tokio::time::sleep(self.limits.fragment_timeout)));
-        }
+    /// Opens a fragmented message, or moves the open one to `reading` (its parts, length
+    /// and timer stay).
+    fn open_message(&mut self, reading: Reading) -> &mut Fragment {
+        let timeout = self.limits.fragment_timeout;
+        let fragment = self.fragment.get_or_insert_with(|| {
+            Box::new(Fragment {
+                reading,
+                parts: Vec::new(),
+                message_len: 0,
+                deadline: Box::pin(tokio::time::sleep(timeout)),
+            })
+        });
+        fragment.reading = reading;
+        fragment
+    }
+
+    /// Where the decoder is between messages.
+    fn reading(&self) -> Reading {
+        self.fragment
+            .as_ref()
+            .map_or(Reading::Idle, |fragment| fragment.reading)
     }
 
     /// One message from what is buffered, if a whole one is there.
@@ -256,7 +272,8 @@ impl Inbound {
             }
             return None;
         }
-        match (header.opcode, self.reading) {
+        let reading = self.reading();
+        match (header.opcode, reading) {
             (0x0, Reading::Idle) => {
                 return Some(self.end(Incoming::Invalid(
                     "continuation frame without a message to continue".into(),
@@ -270,11 +287,12 @@ impl Inbound {
             // Reserved opcodes, RSV bits and masking: Parser reports them from the header.
             _ => {}
         }
-        let total = self.message_len.saturating_add(header.payload_len);
+        let message_len = self.fragment.as_ref().map_or(0, |f| f.message_len);
+        let total = message_len.saturating_add(header.payload_len);
         if total > self.limits.hard as u64 {
             return Some(self.end(Incoming::Overflow(self.limits.hard)));
         }
-        if total <= self.limits.keep as u64 && self.reading != Reading::Dropping {
+        if total <= self.limits.keep as u64 && reading != Reading::Dropping {
             return None;
         }
         // Over `keep`: drop this frame's payload as it arrives, and the rest of its message.
@@ -284,13 +302,13 @@ impl Inbound {
         }
         self.buf.advance(header.len);
         self.discard = header.payload_len;
-        let newly = self.reading != Reading::Dropping;
-        self.parts.clear();
+        let newly = reading != Reading::Dropping;
         if header.fin {
             self.close_message();
         } else {
-            self.message_len = total;
-            self.open_message(Reading::Dropping);
+            let fragment = self.open_message(Reading::Dropping);
+            fragment.parts.clear();
+            fragment.message_len = total;
         }
         newly.then_some(Incoming::TooLarge(total))
     }
@@ -307,24 +325,30 @@ impl Inbound {
             OpCode::Text if fin => Some(text(payload)),
             OpCode::Binary if fin => Some(Incoming::Binary(payload)),
             OpCode::Text | OpCode::Binary => {
-                self.message_len = payload.len() as u64;
-                self.parts.push(payload);
-                self.open_message(Reading::Keeping {
+                let fragment = self.open_message(Reading::Keeping {
                     text: opcode == OpCode::Text,
                 });
+                fragment.message_len = payload.len() as u64;
+                fragment.parts.push(payload);
                 None
             }
             OpCode::Continue => {
-                self.message_len += payload.len() as u64;
+                // `check` let a continuation through only inside a kept message.
+                let Some(fragment) = self.fragment.as_mut() else {
+                    return Some(self.end(Incoming::Invalid(
+                        "continuation frame without a message to continue".into(),
+                    )));
+                };
+                fragment.message_len += payload.len() as u64;
                 if !payload.is_empty() {
-                    self.parts.push(payload);
+                    fragment.parts.push(payload);
                 }
                 if !fin {
                     return None;
                 }
-                let is_text = matches!(self.reading, Reading::Keeping { text: true });
+                let is_text = matches!(fragment.reading, Reading::Keeping { text: true });
+                let parts = std::mem::take(&mut fragment.parts);
                 self.close_message();
-                let parts = std::mem::take(&mut self.parts);
                 let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
                 for part in parts {
                     joined.extend_from_slice(&part);
@@ -416,7 +440,9 @@ pub fn put_close(buf: &mut BytesMut, code: u16, reason: &str) {
     Parser::write_message(buf, payload, OpCode::Close, true, false);
 }
 
-/// What a connection's loop and its response body share (one thread, so `Cell`s).
+/// What a connection's loop and its response body share (one thread, so `Cell`s). Held
+/// inline in the body, which lends it to the loop on each poll ([`ConnectionLoop`]): no
+/// allocation of its own (issue 17: idle WebSocket memory).
 pub struct Wire {
     /// Finished frames the body has not handed to the dispatcher yet.
     pub outbox: RefCell<BytesMut>,
@@ -428,13 +454,26 @@ pub struct Wire {
 }
 
 impl Wire {
-    pub fn new() -> Rc<Wire> {
-        Rc::new(Wire {
+    pub fn new() -> Wire {
+        Wire {
             outbox: RefCell::new(BytesMut::new()),
             last_heard: Cell::new(Instant::now()),
             busy: Cell::new(false),
-        })
+        }
     }
+}
+
+impl Default for Wire {
+    fn default() -> Wire {
+        Wire::new()
+    }
+}
+
+/// The connection's loop as the body runs it: a future that writes into the [`Wire`] the
+/// body lends it on each poll (so the wire needs no shared pointer).
+pub trait ConnectionLoop: Unpin {
+    /// Runs the loop until it waits; `Ready` once it has ended.
+    fn poll_loop(&mut self, cx: &mut Context<'_>, wire: &Wire) -> Poll<()>;
 }
 
 /// Market data served from the body itself: on a hub wake-up the body drains the session's
@@ -547,7 +586,7 @@ impl FastPath {
 pub struct WsBody<F> {
     /// `None` once the loop has ended or was dropped (the fast path closed the connection).
     run: Option<F>,
-    wire: Rc<Wire>,
+    wire: Wire,
     fast: Option<FastPath>,
     done: bool,
     /// The waker the loop runs with: it records that something the loop waits on happened,
@@ -573,8 +612,8 @@ impl Wake for LoopWaker {
     }
 }
 
-impl<F: Future<Output = ()> + Unpin> WsBody<F> {
-    pub fn new(wire: Rc<Wire>, fast: Option<FastPath>, run: F) -> WsBody<F> {
+impl<F: ConnectionLoop> WsBody<F> {
+    pub fn new(wire: Wire, fast: Option<FastPath>, run: F) -> WsBody<F> {
         let wake = Arc::new(LoopWaker::default());
         // Runs once before anything can have woken it.
         wake.woken.store(true, Ordering::Relaxed);
@@ -589,7 +628,7 @@ impl<F: Future<Output = ()> + Unpin> WsBody<F> {
     }
 }
 
-impl<F: Future<Output = ()> + Unpin> MessageBody for WsBody<F> {
+impl<F: ConnectionLoop> MessageBody for WsBody<F> {
     type Error = Infallible;
 
     fn size(&self) -> BodySize {
@@ -608,8 +647,8 @@ impl<F: Future<Output = ()> + Unpin> MessageBody for WsBody<F> {
             this.wake.task.register(cx.waker());
             if this.wake.woken.swap(false, Ordering::AcqRel)
                 && let Some(run) = this.run.as_mut()
-                && Pin::new(run)
-                    .poll(&mut Context::from_waker(&this.waker))
+                && run
+                    .poll_loop(&mut Context::from_waker(&this.waker), &this.wire)
                     .is_ready()
             {
                 this.done = true;

@@ -66,7 +66,7 @@ use market::MarketFeeds;
 use orders::TradeUpdates;
 use parse::{Action, request_id};
 use portfolio::PortfolioStream;
-use rate::{TokenBucket, Verdict};
+use rate::{BucketLimits, TokenBucket, Verdict};
 use subscriptions::Subscriptions;
 
 /// Limits of every session, from `[ws]` and `[market]` settings.
@@ -239,16 +239,23 @@ impl SessionLimits {
     }
 }
 
+impl SessionLimits {
+    /// The action bucket's shape, which every session shares.
+    fn bucket(&self) -> BucketLimits {
+        BucketLimits::new(
+            self.actions_per_second,
+            self.action_burst,
+            self.max_dropped_actions,
+        )
+    }
+}
+
 impl WsSession {
     pub fn new(deps: SessionDeps) -> WsSession {
         let limits = &deps.limits;
         WsSession {
             auth: AuthState::new(Instant::now() + limits.auth_timeout),
-            rate: TokenBucket::new(
-                limits.actions_per_second,
-                limits.action_burst,
-                limits.max_dropped_actions,
-            ),
+            rate: TokenBucket::new(limits.bucket()),
             subs: Subscriptions::default(),
             market: MarketFeeds::new(
                 deps.hub.new_queue(),
@@ -396,7 +403,7 @@ impl WsSession {
     /// the flood is sustained). Every client message counts, text or not, so no kind of
     /// message gets a reply per dropped message.
     pub fn over_rate(&mut self, text: Option<&str>) -> Option<Vec<Output>> {
-        match self.rate.check() {
+        match self.rate.check(self.deps.limits.bucket()) {
             Verdict::Allow => None,
             Verdict::DropSilently => Some(Vec::new()),
             Verdict::DropAndAnswer => Some(vec![error_frame(

@@ -136,6 +136,7 @@ pub(super) fn symbol_list(
         ));
     };
     let mut set = SymbolSet::default();
+    let mut ids = Vec::new();
     let mut unknown = Vec::new();
     for item in items {
         let Value::String(name) = item else {
@@ -156,9 +157,7 @@ pub(super) fn symbol_list(
             continue;
         }
         match universe.id(&name) {
-            Some(id) => {
-                set.ids.insert(id);
-            }
+            Some(id) => ids.push(id),
             None => unknown.push(name),
         }
     }
@@ -168,6 +167,7 @@ pub(super) fn symbol_list(
             format!("unknown symbol(s) in {key}: {}", unknown.join(", ")),
         ));
     }
+    set.ids.extend(ids);
     Ok(set)
 }
 

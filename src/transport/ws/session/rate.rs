@@ -7,19 +7,37 @@
 
 use tokio::time::Instant;
 
-/// A token bucket over client actions.
+/// A token bucket over client actions. Only what changes per connection is kept here; the
+/// bucket's size, refill rate and flood allowance are the same for every session and come
+/// from [`BucketLimits`] on each check (issue 17: idle WebSocket memory).
 #[derive(Debug)]
 pub(super) struct TokenBucket {
-    capacity: f64,
     tokens: f64,
-    refill_per_second: f64,
     last: Instant,
-    /// Messages dropped, less `refill_per_second` per second: how far the client is past
-    /// what it could have sent.
+    /// Messages dropped, less the refill per second: how far the client is past what it
+    /// could have sent.
     dropped: f64,
-    max_dropped: f64,
     /// Whether the current run of drops has been answered already.
     answered: bool,
+}
+
+/// The bucket's shape, the same for every session (from `ws.action_burst`,
+/// `ws.actions_per_second` and `ws.max_dropped_actions`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BucketLimits {
+    capacity: f64,
+    refill_per_second: f64,
+    max_dropped: f64,
+}
+
+impl BucketLimits {
+    pub(super) fn new(per_second: f64, burst: u32, max_dropped: u32) -> BucketLimits {
+        BucketLimits {
+            capacity: f64::from(burst.max(1)),
+            refill_per_second: per_second.max(0.001),
+            max_dropped: f64::from(max_dropped.max(1)),
+        }
+    }
 }
 
 /// What to do with one client message.
@@ -36,25 +54,23 @@ pub(super) enum Verdict {
 }
 
 impl TokenBucket {
-    pub(super) fn new(per_second: f64, burst: u32, max_dropped: u32) -> TokenBucket {
+    /// A full bucket.
+    pub(super) fn new(limits: BucketLimits) -> TokenBucket {
         TokenBucket {
-            capacity: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            refill_per_second: per_second.max(0.001),
+            tokens: limits.capacity,
             last: Instant::now(),
             dropped: 0.0,
-            max_dropped: f64::from(max_dropped.max(1)),
             answered: false,
         }
     }
 
     /// Takes one token if there is one, and says what to do with the message.
-    pub(super) fn check(&mut self) -> Verdict {
+    pub(super) fn check(&mut self, limits: BucketLimits) -> Verdict {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        let regained = elapsed * self.refill_per_second;
-        self.tokens = (self.tokens + regained).min(self.capacity);
+        let regained = elapsed * limits.refill_per_second;
+        self.tokens = (self.tokens + regained).min(limits.capacity);
         self.dropped = (self.dropped - regained).max(0.0);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -62,7 +78,7 @@ impl TokenBucket {
             return Verdict::Allow;
         }
         self.dropped += 1.0;
-        if self.dropped > self.max_dropped {
+        if self.dropped > limits.max_dropped {
             Verdict::Close
         } else if self.answered {
             Verdict::DropSilently
@@ -80,25 +96,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_run_of_drops_is_answered_once_and_a_sustained_flood_is_closed() {
-        let mut bucket = TokenBucket::new(10.0, 5, 20);
+        let limits = BucketLimits::new(10.0, 5, 20);
+        let mut bucket = TokenBucket::new(limits);
         for _ in 0..5 {
-            assert_eq!(bucket.check(), Verdict::Allow);
+            assert_eq!(bucket.check(limits), Verdict::Allow);
         }
-        assert_eq!(bucket.check(), Verdict::DropAndAnswer);
+        assert_eq!(bucket.check(limits), Verdict::DropAndAnswer);
         for _ in 0..19 {
-            assert_eq!(bucket.check(), Verdict::DropSilently);
+            assert_eq!(bucket.check(limits), Verdict::DropSilently);
         }
-        assert_eq!(bucket.check(), Verdict::Close);
+        assert_eq!(bucket.check(limits), Verdict::Close);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_slows_down_is_answered_again_and_never_closed() {
-        let mut bucket = TokenBucket::new(10.0, 1, 20);
+        let limits = BucketLimits::new(10.0, 1, 20);
+        let mut bucket = TokenBucket::new(limits);
         for _ in 0..200 {
             // Twice the allowed rate: every other message is dropped, but the drops never
             // outrun the refill, so the session lives on; each run of drops is answered.
-            assert_eq!(bucket.check(), Verdict::Allow);
-            assert_eq!(bucket.check(), Verdict::DropAndAnswer);
+            assert_eq!(bucket.check(limits), Verdict::Allow);
+            assert_eq!(bucket.check(limits), Verdict::DropAndAnswer);
             tokio::time::advance(Duration::from_millis(100)).await;
         }
     }

@@ -28,7 +28,63 @@ use super::parse::{COMMON_KEYS, Refusal, refuse, symbol_list};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct SymbolSet {
     pub(super) all: bool,
-    pub(super) ids: BTreeSet<SymbolId>,
+    pub(super) ids: SymbolIds,
+}
+
+/// Symbol ids, sorted and without repeats, in one exact-size allocation (none while empty).
+/// Every idle subscriber holds its sets for its whole life and most name a few symbols, so
+/// a boxed slice (16 bytes, and 2 bytes a symbol) replaces a `BTreeSet` (24 bytes, and a
+/// 40-byte node for the first symbol); a change rebuilds it, which only a subscribe does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct SymbolIds(Box<[SymbolId]>);
+
+impl SymbolIds {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(super) fn contains(&self, id: &SymbolId) -> bool {
+        self.0.binary_search(id).is_ok()
+    }
+
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, SymbolId> {
+        self.0.iter()
+    }
+
+    #[cfg(test)]
+    pub(super) fn insert(&mut self, id: SymbolId) {
+        self.extend([id]);
+    }
+
+    pub(super) fn retain(&mut self, keep: impl FnMut(&SymbolId) -> bool) {
+        let mut ids = std::mem::take(&mut self.0).into_vec();
+        ids.retain(keep);
+        self.0 = ids.into_boxed_slice();
+    }
+}
+
+impl Extend<SymbolId> for SymbolIds {
+    fn extend<I: IntoIterator<Item = SymbolId>>(&mut self, more: I) {
+        let mut ids = std::mem::take(&mut self.0).into_vec();
+        let before = ids.len();
+        ids.extend(more);
+        if ids.len() == before {
+            self.0 = ids.into_boxed_slice();
+            return;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        self.0 = ids.into_boxed_slice();
+    }
+}
+
+impl IntoIterator for SymbolIds {
+    type Item = SymbolId;
+    type IntoIter = std::vec::IntoIter<SymbolId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_vec().into_iter()
+    }
 }
 
 impl SymbolSet {

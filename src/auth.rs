@@ -583,6 +583,13 @@ pub struct ConnectionGuard {
     user: String,
 }
 
+impl ConnectionGuard {
+    /// The user whose slot this is.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut connections = self.connections.lock();

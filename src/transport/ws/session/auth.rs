@@ -22,7 +22,8 @@ use super::parse::check_keys;
 
 /// Who the session is, once authenticated.
 pub(super) struct AuthState {
-    identity: Option<Identity>,
+    /// The connection slot of the authenticated user, which also names the user (one copy
+    /// of the name per session, not two: issue 17, idle WebSocket memory).
     guard: Option<ConnectionGuard>,
     /// When an unauthenticated session is closed.
     deadline: Instant,
@@ -46,7 +47,6 @@ fn deadline_of(valid_until: u64) -> Option<Instant> {
 impl AuthState {
     pub(super) fn new(deadline: Instant) -> AuthState {
         AuthState {
-            identity: None,
             guard: None,
             deadline,
             token_deadline: None,
@@ -63,16 +63,16 @@ impl AuthState {
     }
 
     pub(super) fn user(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| i.user.as_str())
+        self.guard.as_ref().map(ConnectionGuard::user)
     }
 
     pub(super) fn is_authenticated(&self) -> bool {
-        self.identity.is_some()
+        self.guard.is_some()
     }
 
     /// The deadline to wait for, while not authenticated.
     pub(super) fn pending_deadline(&self) -> Option<Instant> {
-        self.identity.is_none().then_some(self.deadline)
+        self.guard.is_none().then_some(self.deadline)
     }
 }
 
@@ -89,7 +89,6 @@ impl WsSession {
                     tracing::debug!(user = %identity.user, "websocket authenticated");
                     self.auth.guard = Some(guard);
                     self.auth.token_deadline = deadline_of(identity.valid_until);
-                    self.auth.identity = Some(identity);
                     out.push(success_frame_with_id(id, "authenticated"));
                 }
                 Err(error) => {
@@ -191,7 +190,6 @@ impl WsSession {
             Ok(identity) if identity.user == current_user => {
                 self.auth.token_deadline = deadline_of(identity.valid_until);
                 let valid_until = identity.valid_until;
-                self.auth.identity = Some(identity);
                 let mut reply = json!({
                     "T": "success", "msg": "token refreshed", "valid_until": valid_until,
                 });

@@ -127,6 +127,24 @@ fn the_keepalive_sweep_wakes_unsubscribed_queues_and_forgets_gone_ones() {
     assert_eq!(hub.keepalive.lock().len(), 1, "the gone queue is forgotten");
 }
 
+/// A WebSocket hears of a shutdown through its keep-alive queue (it holds no waiter on the
+/// shutdown token), so `shut_down` must wake queues that follow no feed too.
+#[test]
+fn shutting_down_wakes_every_keepalive_queue_even_without_a_subscription() {
+    let hub = hub(10, 10);
+    let unsubscribed = SubscriberQueue::with_capacity(10);
+    hub.keep_alive(&unsubscribed);
+    assert!(unsubscribed.is_empty());
+    hub.shut_down();
+    let mut items = VecDeque::new();
+    unsubscribed.drain_into(&mut items);
+    assert!(
+        matches!(items.pop_front(), Some(Delivery::Heartbeat)),
+        "{items:?}"
+    );
+    assert!(hub.is_shut_down());
+}
+
 fn heartbeats(queue: &SubscriberQueue) -> usize {
     drain(queue)
         .iter()

@@ -111,7 +111,7 @@ async fn publish_grouped(
     for n in first..first + count {
         pushed.push(Instant::now());
         queue.push_event(&event(n), metrics);
-        if (n - first + 1) % group == 0 {
+        if (n - first + 1).is_multiple_of(group) {
             tokio::time::sleep(gap).await;
         }
     }

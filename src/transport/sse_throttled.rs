@@ -36,7 +36,7 @@ pub(super) struct ThrottledSse {
     spare: VecDeque<Delivery>,
     released: Vec<Arc<Entry>>,
     pacer: Pacer,
-    /// The coalescing window: a connection receiving quickly writes its releases once per
+    /// The coalescing window: a connection the server fell behind on writes its releases once per
     /// window, as an unthrottled one does.
     coalescer: Coalescer,
     initial: Option<Bytes>,

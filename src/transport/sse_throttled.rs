@@ -36,8 +36,8 @@ pub(super) struct ThrottledSse {
     spare: VecDeque<Delivery>,
     released: Vec<Arc<Entry>>,
     pacer: Pacer,
-    /// The coalescing window: a connection the server fell behind on writes its releases once per
-    /// window, as an unthrottled one does.
+    /// The coalescing window: a connection the server fell behind on writes its releases
+    /// once per window, as an unthrottled one does.
     coalescer: Coalescer,
     initial: Option<Bytes>,
     finished: bool,

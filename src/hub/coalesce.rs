@@ -21,6 +21,14 @@
 //!   leaves two events for one wake-up now and then, and the connection is not behind for
 //!   it; its next wake-up is on time again. Pushes that wake nothing (a throttled
 //!   connection's deferred trades and quotes) do not make a wake-up late.
+//! - A connection whose writes come, smoothed over about eight of them, faster than
+//!   [`HOT_EVENTS`] events per window (150 a second at 20 ms) is behind too, though each
+//!   wake-up is on time: a process serving its requests in turn gets to a publish only after
+//!   every connection woken by the previous one, so its connections never see two events
+//!   pile up however loaded it is (the publisher's requests wait instead). The average is of
+//!   the gap per event of each write, so a burst the connection finds in one wake-up is one
+//!   short sample, not several: a stream of 100 events a second with a publisher's late
+//!   ticks stays far from the threshold.
 //! - After each write a behind connection holds for one more window; pushes meanwhile wake
 //!   nothing (the queue records them silently), the window's timer does.
 //! - A behind connection keeps up again when a hold ends with fewer than [`HOT_EVENTS`]
@@ -32,8 +40,7 @@
 //! event and nothing is held, whatever the stream's rate or jitter; where it does not,
 //! connections find several and start coalescing, which frees the core. The first event
 //! after a quiet spell is never delayed, and no event waits longer than one window beyond
-//! the moment it would otherwise have been written. A connection that keeps up reads no
-//! clock. The queue bound and its slow-client policy are untouched: held events sit in the
+//! the moment it would otherwise have been written. The queue bound and its slow-client policy are untouched: held events sit in the
 //! same bounded queue. Ordering and encode-once are untouched too: the connection still
 //! drains its queue in order and writes the shared frames (concatenated once per write).
 
@@ -52,6 +59,12 @@ pub const HOT_EVENTS: u32 = 3;
 /// Late wake-ups in a row from which a connection is behind and starts holding its writes.
 pub const BEHIND_WRITES: u8 = 2;
 
+/// The smoothed gap per event moves by `1 / GAP_SMOOTHING` of each write's sample.
+const GAP_SMOOTHING: u32 = 8;
+
+/// Longest gap one write's sample counts (a quiet spell is not a rate).
+const GAP_CAP_MICROS: u32 = 1_000_000;
+
 /// One connection's coalescing state, kept beside its queue by the transport that writes.
 #[derive(Debug)]
 pub struct Coalescer {
@@ -60,6 +73,10 @@ pub struct Coalescer {
     late_writes: u8,
     /// Whether the wake-up that made the write now being made was late.
     woke_late: bool,
+    /// The smoothed gap per event between its writes, in microseconds.
+    gap_micros: u32,
+    /// When it last wrote while keeping up (`None` before its first write).
+    last_write: Option<Instant>,
     /// When a hold ended at its window's end: the timer's deadline, which stands for the
     /// clock when the next hold starts right after the write.
     hold_ended_at: Option<Instant>,
@@ -77,6 +94,8 @@ impl Coalescer {
             window,
             late_writes: 0,
             woke_late: false,
+            gap_micros: micros(window),
+            last_write: None,
             hold_ended_at: None,
             timer: None,
             holding: false,
@@ -130,8 +149,9 @@ impl Coalescer {
     /// Called after the write that followed `Ready` (not when the drain left nothing to
     /// write), with the queue it drained. A behind connection holds its next write for one
     /// window, or keeps up again if this write carried fewer than [`HOT_EVENTS`] items; one
-    /// that keeps up counts its late wake-ups and holds from the [`BEHIND_WRITES`]th in a row.
-    /// A write no wake-up made (a throttled connection's due release) counts as on time.
+    /// that keeps up counts its late wake-ups and holds from the [`BEHIND_WRITES`]th in a row,
+    /// or once its smoothed gap per event is below a window's [`HOT_EVENTS`]th. A write no
+    /// wake-up made (a throttled connection's due release) counts as on time.
     pub fn wrote(&mut self, queue: &SubscriberQueue) {
         if self.window.is_zero() {
             return;
@@ -146,20 +166,31 @@ impl Coalescer {
                 queue.hold();
                 return;
             }
-            // The stream slowed down: the connection keeps up again.
+            // The stream slowed down: the connection keeps up again, its rate measured
+            // afresh from this write (a window's gap per event: not fast).
             self.hot = false;
             self.late_writes = 0;
+            self.gap_micros = micros(self.window);
+            self.last_write = ended_at.or_else(|| Some(Instant::now()));
             return;
         }
-        if !late {
-            self.late_writes = 0;
-            return;
+        let now = Instant::now();
+        let items = queue.last_drained().max(1);
+        if let Some(last) = self.last_write {
+            let gap = micros(now - last).min(GAP_CAP_MICROS) / items;
+            self.gap_micros =
+                self.gap_micros - self.gap_micros / GAP_SMOOTHING + gap / GAP_SMOOTHING;
         }
-        self.late_writes = self.late_writes.saturating_add(1);
-        if self.late_writes >= BEHIND_WRITES {
+        self.last_write = Some(now);
+        self.late_writes = if late {
+            self.late_writes.saturating_add(1)
+        } else {
+            0
+        };
+        if self.late_writes >= BEHIND_WRITES || self.gap_micros < micros(self.window) / HOT_EVENTS {
             self.hot = true;
             self.late_writes = 0;
-            self.start_hold(Instant::now() + self.window);
+            self.start_hold(now + self.window);
             queue.hold();
         }
     }
@@ -171,6 +202,11 @@ impl Coalescer {
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
+}
+
+/// A duration in whole microseconds, saturating at `u32::MAX` (71 minutes).
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The coalescing window (`hub.coalesce_window`): a connection that has fallen behind its
-//! stream holds its next write for a short, bounded time, so that one write carries every
-//! event that arrived meanwhile, while a connection that keeps up writes at once.
+//! stream, or whose stream is fast, holds its next write for a short, bounded time, so that
+//! one write carries every event that arrived meanwhile, while any other connection writes
+//! at once.
 //!
 //! Why: a delivery's cost is mostly per write (the connection's wake-up, the dispatcher's
 //! poll, the system call), not per byte. Without a window, a connection drains its queue as
@@ -22,10 +23,11 @@
 //!   it; its next wake-up is on time again. Pushes that wake nothing (a throttled
 //!   connection's deferred trades and quotes) do not make a wake-up late.
 //! - A connection whose writes come, smoothed over about eight of them, faster than
-//!   [`HOT_EVENTS`] events per window (150 a second at 20 ms) is behind too, though each
-//!   wake-up is on time: a process serving its requests in turn gets to a publish only after
-//!   every connection woken by the previous one, so its connections never see two events
-//!   pile up however loaded it is (the publisher's requests wait instead). The average is of
+//!   [`HOT_EVENTS`] events per window (150 a second at 20 ms) is treated as behind too,
+//!   though each wake-up is on time: a process serving its work in turn gets to a publish
+//!   request only after every connection woken by the previous one, so on one core its
+//!   connections may never see two events pile up however loaded it is (the publisher's
+//!   requests wait instead). The average is of
 //!   the gap per event of each write, so a burst the connection finds in one wake-up is one
 //!   short sample, not several: a stream of 100 events a second with a publisher's late
 //!   ticks stays far from the threshold.
@@ -36,11 +38,11 @@
 //!   is written at once.
 //! - A close (slow client, shutdown, reset) ends a hold at once.
 //!
-//! So the rule is self-regulating: where the core keeps up, a woken connection finds one
-//! event and nothing is held, whatever the stream's rate or jitter; where it does not,
-//! connections find several and start coalescing, which frees the core. The first event
-//! after a quiet spell is never delayed, and no event waits longer than one window beyond
-//! the moment it would otherwise have been written. The queue bound and its slow-client policy are untouched: held events sit in the
+//! So below three events a window nothing is held where the core keeps up, however bursty
+//! the stream; where the core does not keep up, connections find several events and start
+//! coalescing, which frees the core. The first event after a quiet spell is never delayed,
+//! and no event waits longer than one window beyond the moment it would otherwise have been
+//! written. The queue bound and its slow-client policy are untouched: held events sit in the
 //! same bounded queue. Ordering and encode-once are untouched too: the connection still
 //! drains its queue in order and writes the shared frames (concatenated once per write).
 

@@ -518,15 +518,24 @@ async fn a_session_behind_its_stream_gets_the_events_of_one_window_in_one_frame_
         let ids: Vec<_> = both.iter().map(|object| object["i"].clone()).collect();
         assert_eq!(ids, vec![json!(pair[0]), json!(pair[1])]);
     }
-    // Behind: what comes within the next window shares one frame.
+    // Behind: what comes within the next window shares one frame (on a loaded machine the
+    // three requests may outlast the window: then the rest comes in the next one, in order).
     for id in 8..=10u64 {
         let (status, body) = publish(&app, trades(&[id])).await;
         assert_eq!(status, 200, "{body}");
     }
-    let Received::Objects(held) = client.receive(DEADLINE).await else {
-        panic!("closed");
-    };
-    let ids: Vec<_> = held.iter().map(|object| object["i"].clone()).collect();
-    assert_eq!(ids, vec![json!(8), json!(9), json!(10)]);
+    let mut frames = Vec::new();
+    while frames.iter().map(Vec::len).sum::<usize>() < 3 {
+        let Received::Objects(held) = client.receive(DEADLINE).await else {
+            panic!("closed");
+        };
+        frames.push(
+            held.iter()
+                .map(|object| object["i"].clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(frames[0].len() >= 2, "the first held frame: {frames:?}");
+    assert_eq!(frames.concat(), vec![json!(8), json!(9), json!(10)]);
     app.stop().await.expect("stop");
 }

@@ -1,32 +1,50 @@
-//! The coalescing window (`hub.coalesce_window`): a connection that is receiving events
-//! quickly holds its next write for a short, bounded time, so that one write carries every
-//! event that arrived meanwhile, while a quiet connection writes at once.
+//! The coalescing window (`hub.coalesce_window`): a connection that has fallen behind its
+//! stream, or whose stream is fast, holds its next write for a short, bounded time, so that
+//! one write carries every event that arrived meanwhile, while any other connection writes
+//! at once.
 //!
 //! Why: a delivery's cost is mostly per write (the connection's wake-up, the dispatcher's
 //! poll, the system call), not per byte. Without a window, a connection drains its queue as
 //! soon as it is woken, which under a steady stream is right after each publish, so even an
 //! overloaded server pays one write per event. This is the userspace counterpart of TCP
-//! autocorking.
+//! autocorking, which corks a socket only while its previous write is still in flight: here
+//! the sign that the previous writes are not done is events piling up before the
+//! connection gets to them.
 //!
 //! The rule, per connection (see `docs/websocket.md` and `docs/protocol.md`):
-//! - A connection is *quiet* while it receives at most [`HOT_EVENTS`] events per window: it
-//!   writes each at once and counts its writes in the current window (which starts at the
-//!   first write after the previous one ended). An event that would be the fourth write
-//!   within one window makes it *hot*: it holds that event for one window, and then writes
-//!   everything queued in one go. Counting a whole window, not the gap to the previous
-//!   write, keeps a steady stream just below the threshold (100 events a second with the
-//!   timing jitter any publisher has) from being held now and then.
-//! - After each write a hot connection holds for one more window; pushes meanwhile wake
+//! - A connection *keeps up* while each wake-up finds the one push that woke it: it writes
+//!   at once. A wake-up is *late* when a second push came before the connection got to the
+//!   first (the process is loaded, or the client reads slowly); what it finds still goes out
+//!   at once, in one write, since it is already waiting. [`BEHIND_WRITES`] late wake-ups in
+//!   a row make the connection *behind*: it holds its next write for one window, and then
+//!   writes everything queued in one go. One late wake-up is not enough: a publisher's late
+//!   tick followed at once by the next (any real publisher's jitter, market data's bursts)
+//!   leaves two events for one wake-up now and then, and the connection is not behind for
+//!   it; its next wake-up is on time again. Pushes that wake nothing (a throttled
+//!   connection's deferred trades and quotes) do not make a wake-up late.
+//! - A connection whose writes come, smoothed over about eight of them, faster than
+//!   [`HOT_EVENTS`] events per window (150 a second at 20 ms) is treated as behind too,
+//!   though each wake-up is on time: a process serving its work in turn gets to a publish
+//!   request only after every connection woken by the previous one, so on one core its
+//!   connections may never see two events pile up however loaded it is (the publisher's
+//!   requests wait instead). The average is of
+//!   the gap per event of each write, so a burst the connection finds in one wake-up is one
+//!   short sample, not several: a stream of 100 events a second with a publisher's late
+//!   ticks stays far from the threshold.
+//! - After each write a behind connection holds for one more window; pushes meanwhile wake
 //!   nothing (the queue records them silently), the window's timer does.
-//! - A hot connection turns quiet again when a hold ends with fewer than [`HOT_EVENTS`]
-//!   items to write (the stream slowed down); its next event is written at once.
+//! - A behind connection keeps up again when a hold ends with fewer than [`HOT_EVENTS`]
+//!   items to write (the stream slowed down below three events a window); its next event
+//!   is written at once.
 //! - A close (slow client, shutdown, reset) ends a hold at once.
 //!
-//! So the first event after a quiet spell is never delayed, and no event waits longer than
-//! one window beyond the moment it would otherwise have been written. The queue bound and its
-//! slow-client policy are untouched: held events sit in the same bounded queue. Ordering and
-//! encode-once are untouched too: the connection still drains its queue in order and writes
-//! the shared frames (concatenated once per write).
+//! So below three events a window nothing is held where the core keeps up, however bursty
+//! the stream; where the core does not keep up, connections find several events and start
+//! coalescing, which frees the core. The first event after a quiet spell is never delayed,
+//! and no event waits longer than one window beyond the moment it would otherwise have been
+//! written. The queue bound and its slow-client policy are untouched: held events sit in the
+//! same bounded queue. Ordering and encode-once are untouched too: the connection still
+//! drains its queue in order and writes the shared frames (concatenated once per write).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,22 +54,35 @@ use tokio::time::{Instant, Sleep};
 
 use super::queue::SubscriberQueue;
 
-/// Events per window from which a connection holds its writes: below this rate a hold
+/// Items per hold from which a behind connection keeps holding: below this rate a hold
 /// would save little and only add latency.
 pub const HOT_EVENTS: u32 = 3;
+
+/// Late wake-ups in a row from which a connection is behind and starts holding its writes.
+pub const BEHIND_WRITES: u8 = 2;
+
+/// The smoothed gap per event moves by `1 / GAP_SMOOTHING` of each write's sample.
+const GAP_SMOOTHING: u32 = 8;
+
+/// Longest gap one write's sample counts (a quiet spell is not a rate).
+const GAP_CAP_MICROS: u32 = 1_000_000;
 
 /// One connection's coalescing state, kept beside its queue by the transport that writes.
 #[derive(Debug)]
 pub struct Coalescer {
     window: Duration,
-    /// When the window its recent writes are counted in started (`None` before its first
-    /// write); a hot connection's is its last write.
-    window_start: Option<Instant>,
-    /// Writes since `window_start` (saturating).
-    writes_in_window: u8,
-    /// When the write now being made was decided (set when `poll_ready` says go).
-    ready_at: Option<Instant>,
-    /// The hold's timer, allocated the first time the connection turns hot (a connection
+    /// Late wake-ups in a row (saturating).
+    late_writes: u8,
+    /// Whether the wake-up that made the write now being made was late.
+    woke_late: bool,
+    /// The smoothed gap per event between its writes, in microseconds.
+    gap_micros: u32,
+    /// When it last wrote while keeping up (`None` before its first write).
+    last_write: Option<Instant>,
+    /// When a hold ended at its window's end: the timer's deadline, which stands for the
+    /// clock when the next hold starts right after the write.
+    hold_ended_at: Option<Instant>,
+    /// The hold's timer, allocated the first time the connection falls behind (a connection
     /// that never does carries none), then reset for every hold.
     timer: Option<Pin<Box<Sleep>>>,
     holding: bool,
@@ -63,16 +94,18 @@ impl Coalescer {
     pub fn new(window: Duration) -> Coalescer {
         Coalescer {
             window,
-            window_start: None,
-            writes_in_window: 0,
-            ready_at: None,
+            late_writes: 0,
+            woke_late: false,
+            gap_micros: micros(window),
+            last_write: None,
+            hold_ended_at: None,
             timer: None,
             holding: false,
             hot: false,
         }
     }
 
-    /// Whether the connection currently holds its writes (it receives events quickly).
+    /// Whether the connection currently holds its writes (it has fallen behind its stream).
     pub fn is_hot(&self) -> bool {
         self.hot
     }
@@ -87,85 +120,80 @@ impl Coalescer {
     /// queue's waker (and, while holding, the window's timer) registered otherwise. Takes
     /// the place of [`SubscriberQueue::poll_notified`] for a connection that coalesces.
     pub fn poll_ready(&mut self, queue: &SubscriberQueue, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.holding {
-                let due = match self.timer.as_mut() {
-                    Some(timer) => timer.as_mut().poll(cx).is_ready(),
-                    None => true,
-                };
-                // A close wakes the connection during a hold (the only push that does): it
-                // goes out now, not at the end of the window.
-                if !due && !queue.is_closed() {
-                    queue.register(cx);
-                    return Poll::Pending;
-                }
-                self.holding = false;
-                if queue.end_hold() {
-                    // At the window's end its deadline stands for the clock: no clock read.
-                    self.ready_at = match self.timer.as_ref() {
-                        Some(timer) if due => Some(timer.deadline()),
-                        _ => Some(Instant::now()),
-                    };
-                    return Poll::Ready(());
-                }
-                // Nothing came during the hold: quiet again, the last write (which started
-                // `window_start`) the first of its window.
-                self.hot = false;
-                self.writes_in_window = 1;
-                continue;
-            }
-            if queue.poll_notified(cx).is_pending() {
+        if self.holding {
+            let due = match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().poll(cx).is_ready(),
+                None => true,
+            };
+            // A close wakes the connection during a hold (the only push that does): it
+            // goes out now, not at the end of the window.
+            if !due && !queue.is_closed() {
+                queue.register(cx);
                 return Poll::Pending;
             }
-            if self.window.is_zero() {
+            self.holding = false;
+            self.hold_ended_at = match self.timer.as_ref() {
+                Some(timer) if due => Some(timer.deadline()),
+                _ => None,
+            };
+            if queue.end_hold() {
                 return Poll::Ready(());
             }
-            let now = Instant::now();
-            if let Some(start) = self.window_start
-                && u32::from(self.writes_in_window) >= HOT_EVENTS
-                && now < start + self.window
-            {
-                // More than `HOT_EVENTS` events within one window: hold for one window, with
-                // the data left pending so pushes wake nothing.
-                self.hot = true;
-                self.start_hold(now + self.window);
-                queue.hold_pending(cx);
-                continue;
-            }
-            self.ready_at = Some(now);
-            return Poll::Ready(());
+            // Nothing came during the hold: the connection keeps up again.
+            self.hot = false;
+            self.hold_ended_at = None;
         }
+        let late = std::task::ready!(queue.poll_woken(cx));
+        self.woke_late = late;
+        Poll::Ready(())
     }
 
     /// Called after the write that followed `Ready` (not when the drain left nothing to
-    /// write). A hot connection holds its next write for one window, or turns quiet if this
-    /// write carried fewer than [`HOT_EVENTS`] items.
+    /// write), with the queue it drained. A behind connection holds its next write for one
+    /// window, or keeps up again if this write carried fewer than [`HOT_EVENTS`] items; one
+    /// that keeps up counts its late wake-ups and holds from the [`BEHIND_WRITES`]th in a row,
+    /// or once its smoothed gap per event is below a window's [`HOT_EVENTS`]th. A write no
+    /// wake-up made (a throttled connection's due release) counts as on time.
     pub fn wrote(&mut self, queue: &SubscriberQueue) {
         if self.window.is_zero() {
             return;
         }
-        let now = self.ready_at.take().unwrap_or_else(Instant::now);
+        let late = std::mem::take(&mut self.woke_late);
+        let ended_at = self.hold_ended_at.take();
         if self.hot {
             if queue.last_drained() >= HOT_EVENTS {
-                self.window_start = Some(now);
+                // At a window's end its deadline stands for the clock: no clock read.
+                let now = ended_at.unwrap_or_else(Instant::now);
                 self.start_hold(now + self.window);
                 queue.hold();
                 return;
             }
-            // The stream slowed down: quiet again, this write the first of a new window.
+            // The stream slowed down: the connection keeps up again, its rate measured
+            // afresh from this write (a window's gap per event: not fast).
             self.hot = false;
-            self.window_start = Some(now);
-            self.writes_in_window = 1;
+            self.late_writes = 0;
+            self.gap_micros = micros(self.window);
+            self.last_write = ended_at.or_else(|| Some(Instant::now()));
             return;
         }
-        match self.window_start {
-            Some(start) if now < start + self.window => {
-                self.writes_in_window = self.writes_in_window.saturating_add(1);
-            }
-            _ => {
-                self.window_start = Some(now);
-                self.writes_in_window = 1;
-            }
+        let now = Instant::now();
+        let items = queue.last_drained().max(1);
+        if let Some(last) = self.last_write {
+            let gap = micros(now - last).min(GAP_CAP_MICROS) / items;
+            self.gap_micros =
+                self.gap_micros - self.gap_micros / GAP_SMOOTHING + gap / GAP_SMOOTHING;
+        }
+        self.last_write = Some(now);
+        self.late_writes = if late {
+            self.late_writes.saturating_add(1)
+        } else {
+            0
+        };
+        if self.late_writes >= BEHIND_WRITES || self.gap_micros < micros(self.window) / HOT_EVENTS {
+            self.hot = true;
+            self.late_writes = 0;
+            self.start_hold(now + self.window);
+            queue.hold();
         }
     }
 
@@ -176,6 +204,11 @@ impl Coalescer {
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
+}
+
+/// A duration in whole microseconds, saturating at `u32::MAX` (71 minutes).
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -83,10 +83,11 @@ struct Deferral {
 #[derive(Debug)]
 pub struct SubscriberQueue {
     state: Mutex<QueueState>,
-    /// [`IDLE`], [`PENDING`] or [`HOLDING`]. Set to `PENDING` by every push, back to `IDLE`
-    /// when `notified` returns: a wake-up that arrives while the connection is busy is kept,
-    /// like a `Notify` permit. Only a push that finds `IDLE` wakes the connection, so a
-    /// connection holding its next write (see [`super::coalesce`]) is not woken by data.
+    /// [`IDLE`], [`PENDING`], [`LATE`] or [`HOLDING`]. Set to `PENDING` by every push (to
+    /// `LATE` by a second one), back to `IDLE` when `notified` returns: a wake-up that arrives
+    /// while the connection is busy is kept, like a `Notify` permit. Only a push that finds
+    /// `IDLE` wakes the connection, so a connection holding its next write (see
+    /// [`super::coalesce`]) is not woken by data.
     signal: AtomicU8,
     /// Items the last drain took, for the coalescing window's hot/quiet decision.
     last_drained: AtomicU32,
@@ -110,6 +111,9 @@ const PENDING: u8 = 1;
 /// The connection holds its next write until its coalescing timer fires: pushes record
 /// themselves (`PENDING`) without waking it.
 const HOLDING: u8 = 2;
+/// Like `PENDING`, and a second push came before the connection got to the first: its
+/// wake-up is late (the coalescing window counts these, see [`super::coalesce`]).
+const LATE: u8 = 3;
 
 /// The shared heartbeat and keep-alive sweeps visit every connection once per interval, but
 /// in this many ticks, each taking the queues of one slice: a large population is not all
@@ -154,28 +158,50 @@ impl SubscriberQueue {
     /// The poll form of [`SubscriberQueue::notified`], for connections that are themselves a
     /// hand-written stream.
     pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.take_signal() {
-            return std::task::Poll::Ready(());
+        self.poll_woken(cx).map(|_| ())
+    }
+
+    /// [`SubscriberQueue::poll_notified`], telling whether the wake-up was late: `Ready(true)`
+    /// when two or more waking pushes came since the last time.
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        if let Some(late) = self.take_signal() {
+            return std::task::Poll::Ready(late);
         }
         self.waker.register(cx.waker());
         // A push between the check above and the registration must not be lost.
-        if self.take_signal() {
-            return std::task::Poll::Ready(());
+        if let Some(late) = self.take_signal() {
+            return std::task::Poll::Ready(late);
         }
         std::task::Poll::Pending
     }
 
-    /// Clears the signal; `true` when something was pushed since the last time.
-    fn take_signal(&self) -> bool {
-        self.signal.swap(IDLE, Ordering::AcqRel) == PENDING
+    /// Clears the signal; `Some` when something was pushed since the last time, `Some(true)`
+    /// when more than one waking push was.
+    fn take_signal(&self) -> Option<bool> {
+        match self.signal.swap(IDLE, Ordering::AcqRel) {
+            PENDING => Some(false),
+            LATE => Some(true),
+            _ => None,
+        }
     }
 
     /// Wakes the draining task, once per batch: while a wake-up is pending (or the
     /// connection holds its write for a coalescing window), further pushes need none (the
     /// task drains everything queued when it runs).
     fn wake(&self) {
-        if self.signal.swap(PENDING, Ordering::AcqRel) == IDLE {
-            self.waker.wake();
+        match self.signal.swap(PENDING, Ordering::AcqRel) {
+            IDLE => self.waker.wake(),
+            // A wake-up was already pending: the connection is late. Only if it has not
+            // drained meanwhile (then this push is part of the next wake-up's batch).
+            PENDING | LATE => {
+                let _ = self.signal.compare_exchange(
+                    PENDING,
+                    LATE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            _ => {}
         }
     }
 
@@ -199,16 +225,9 @@ impl SubscriberQueue {
             .compare_exchange(IDLE, HOLDING, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// The connection holds again with data it knows is queued (it was woken but chose to
-    /// wait): the data stays pending and pushes do not wake it.
-    pub(super) fn hold_pending(&self, cx: &mut std::task::Context<'_>) {
-        self.waker.register(cx.waker());
-        self.signal.store(PENDING, Ordering::Release);
-    }
-
     /// The end of a hold: `true` when something was pushed during it (or before it).
     pub(super) fn end_hold(&self) -> bool {
-        self.take_signal()
+        self.take_signal().is_some()
     }
 
     /// Whether the hub closed this queue (a close is never held back).

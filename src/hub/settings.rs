@@ -24,8 +24,8 @@ pub struct HubConfig {
     pub sse_retry: Duration,
     /// One-minute bars kept in memory per symbol.
     pub bar_history: usize,
-    /// How long a connection that receives events quickly holds its next write so that one
-    /// write carries several events (see `hub::coalesce`); zero writes every wake-up at once.
+    /// How long a connection that has fallen behind its stream (or receives more than three
+    /// events per window) holds its next write so that one write carries several events (see `hub::coalesce`); zero writes every wake-up at once.
     #[serde(with = "humantime_serde")]
     pub coalesce_window: Duration,
 }

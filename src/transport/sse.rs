@@ -4,7 +4,7 @@
 //! A connection is a [`SubscriberQueue`] plus a stream that drains it. Everything queued since
 //! the last write goes out as one chunk; a lone event is written as the shared frame itself
 //! (no copy). Heartbeats come from the hub's shared sweep; the only timer a connection may
-//! own is its coalescing window's ([`Coalescer`]), once it receives events quickly.
+//! own is its coalescing window's ([`Coalescer`]), once it falls behind its stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -243,7 +243,7 @@ impl MessageBody for SseConnection {
         }
         // Wait first, then drain: every push leaves a wake-up pending, so this never sleeps
         // on a non-empty queue, and the poll right after a write costs no lock. A connection
-        // receiving events quickly waits out its coalescing window before draining.
+        // behind its stream waits out its coalescing window before draining.
         loop {
             if this.coalescer.poll_ready(&this.queue, cx).is_pending() {
                 return Poll::Pending;
@@ -390,8 +390,17 @@ mod tests {
             .collect()
     }
 
+    /// Publishes `ids` at once (the connection finds them all at its next wake-up, as one
+    /// that fell behind does) and returns the chunk it writes.
+    async fn late_chunk(hub: &Hub, connection: &mut SseConnection, ids: &[u64]) -> String {
+        for &id in ids {
+            publish(hub, id);
+        }
+        next_chunk(connection).await
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_busy_stream_writes_the_events_of_one_window_in_one_chunk_in_order() {
+    async fn a_stream_the_connection_falls_behind_of_is_written_one_chunk_per_window_in_order() {
         let window = Duration::from_millis(20);
         let hub = hub(1024, window);
         let mut connection = connection(&hub).await;
@@ -399,35 +408,70 @@ mod tests {
         let start = Instant::now();
         publish(&hub, 1);
         assert_eq!(ids(&next_chunk(&mut connection).await), vec![1]);
+        // Two late wake-ups in a row: each finds two events and writes them at once...
+        assert_eq!(
+            ids(&late_chunk(&hub, &mut connection, &[2, 3]).await),
+            vec![2, 3]
+        );
+        assert_eq!(
+            ids(&late_chunk(&hub, &mut connection, &[4, 5]).await),
+            vec![4, 5]
+        );
         assert_eq!(
             Instant::now(),
             start,
-            "the first event after a quiet spell waits for nothing"
+            "what a late wake-up finds waits for nothing"
         );
-        for id in 2..=5 {
-            tokio::time::advance(Duration::from_millis(1)).await;
+        // ...and the connection is now behind: what follows within the window shares one
+        // chunk, written at the window's end.
+        for id in 6..=9 {
             publish(&hub, id);
+            let held = futures::poll!(std::future::poll_fn(|cx| {
+                Pin::new(&mut connection).poll_next(cx)
+            }));
+            assert!(held.is_pending(), "event {id} was not held");
+            tokio::time::advance(Duration::from_millis(1)).await;
         }
-        assert_eq!(ids(&next_chunk(&mut connection).await), vec![2, 3, 4, 5]);
+        assert_eq!(ids(&next_chunk(&mut connection).await), vec![6, 7, 8, 9]);
         assert!(Instant::now() - start <= window + Duration::from_millis(1));
         assert_eq!(
             hub.metrics()
                 .delivered_sse
                 .load(std::sync::atomic::Ordering::Relaxed),
-            5
+            9
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_of_a_hundred_events_a_second_the_connection_keeps_up_with_is_never_held() {
+        let hub = hub(1024, Duration::from_millis(20));
+        let mut connection = connection(&hub).await;
+        let start = Instant::now();
+        // Gaps of 2 and 18 ms in turn, each event written before the next comes.
+        for id in 1..=40u64 {
+            publish(&hub, id);
+            assert_eq!(ids(&next_chunk(&mut connection).await), vec![id]);
+            let expected = (id - 1) / 2 * 20 + (id - 1) % 2 * 2;
+            assert_eq!(Instant::now() - start, Duration::from_millis(expected));
+            let gap = if id % 2 == 1 { 2 } else { 18 };
+            tokio::time::advance(Duration::from_millis(gap)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_during_a_hold_writes_the_held_events_and_the_status_at_once() {
         let hub = hub(1024, Duration::from_secs(10));
         let mut connection = connection(&hub).await;
-        for id in 1..=3 {
-            publish(&hub, id);
-            assert_eq!(ids(&next_chunk(&mut connection).await), vec![id]);
-        }
-        publish(&hub, 4);
-        // The fourth event within the window: the connection now holds it for ten seconds.
+        assert_eq!(
+            ids(&late_chunk(&hub, &mut connection, &[1, 2]).await),
+            vec![1, 2]
+        );
+        assert_eq!(
+            ids(&late_chunk(&hub, &mut connection, &[3, 4]).await),
+            vec![3, 4]
+        );
+        // Two late wake-ups in a row: the connection now holds for ten seconds.
+        publish(&hub, 5);
         let held = futures::poll!(std::future::poll_fn(|cx| {
             Pin::new(&mut connection).poll_next(cx)
         }));
@@ -436,7 +480,7 @@ mod tests {
         let chunk = tokio::time::timeout(Duration::from_secs(1), next_chunk(&mut connection))
             .await
             .expect("the close did not wait for the window");
-        assert_eq!(ids(&chunk), vec![4], "{chunk}");
+        assert_eq!(ids(&chunk), vec![5], "{chunk}");
         assert!(chunk.contains("\"sc\":\"shutdown\""), "{chunk}");
         assert_eq!(next_chunk(&mut connection).await, "", "the stream ends");
     }

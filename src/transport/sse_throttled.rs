@@ -36,8 +36,8 @@ pub(super) struct ThrottledSse {
     spare: VecDeque<Delivery>,
     released: Vec<Arc<Entry>>,
     pacer: Pacer,
-    /// The coalescing window: a connection receiving quickly writes its releases once per
-    /// window, as an unthrottled one does.
+    /// The coalescing window: a connection the server fell behind on writes its releases
+    /// once per window, as an unthrottled one does.
     coalescer: Coalescer,
     initial: Option<Bytes>,
     finished: bool,
@@ -275,10 +275,10 @@ mod tests {
         }
     }
 
-    /// A hub of four symbols with the given coalescing window, and a `max_rate=2` body on it.
+    /// A hub of five symbols with the given coalescing window, and a `max_rate=2` body on it.
     fn throttled(window: Duration) -> (Arc<Hub>, ThrottledSse) {
         let hub = Arc::new(Hub::new(
-            SymbolUniverse::new(["AAPL", "MSFT", "GOOG", "AMZN"]),
+            SymbolUniverse::new(["AAPL", "MSFT", "GOOG", "AMZN", "TSLA"]),
             HubSettings {
                 coalesce_window: window,
                 ..HubSettings::default()
@@ -357,14 +357,19 @@ mod tests {
         let window = Duration::from_millis(20);
         let (hub, mut body) = throttled(window);
         assert_eq!(poll(&mut body).as_deref(), Some("retry: 1\n\n"));
-        // Three writes within a window (quiet: each at once)...
-        for (n, symbol) in [(1, "AAPL"), (10, "GOOG"), (11, "AMZN")] {
-            hub.publish_event(trade(symbol, n)).expect("valid");
-            let first = poll(&mut body).expect("a quiet connection writes at once");
-            assert!(first.contains(&format!("\"i\":{n}")), "{first}");
+        // Two late wake-ups in a row (each finds two trades of quiet symbols, written at
+        // once)...
+        for pair in [[(1, "AAPL"), (10, "GOOG")], [(11, "AMZN"), (12, "TSLA")]] {
+            for (n, symbol) in pair {
+                hub.publish_event(trade(symbol, n)).expect("valid");
+            }
+            let both = poll(&mut body).expect("what a late wake-up finds goes out at once");
+            for (n, _) in pair {
+                assert!(both.contains(&format!("\"i\":{n}")), "{both}");
+            }
         }
-        // ...so the connection is receiving quickly: it holds the next write for one
-        // window, and the quiet MSFT's first trade goes out with it.
+        // ...so the connection is behind: it holds the next write for one window, and the
+        // quiet MSFT's first trade goes out with it.
         hub.publish_event(trade("AAPL", 2)).expect("valid");
         hub.publish_event(trade("AAPL", 3)).expect("valid");
         hub.publish_event(trade("MSFT", 4)).expect("valid");
@@ -378,8 +383,9 @@ mod tests {
             !msft.contains("\"AAPL\""),
             "AAPL's rate window still runs: {msft}"
         );
-        // That write carried three events, so the next hold runs to 40 ms. AAPL's window ends
-        // at 500 ms; a hold running then would keep the release until its own end.
+        // That write carried two items (trade 3 replaced 2 in the queue), so the connection
+        // keeps up again. AAPL's window ends at 500 ms; a hold running then would keep the
+        // release until its own end.
         hub.publish_event(trade("AAPL", 5)).expect("valid");
         hub.publish_event(trade("AAPL", 6)).expect("valid");
         hub.publish_event(trade("AAPL", 7)).expect("valid");

@@ -198,7 +198,9 @@ pub(crate) async fn run_user(
     start.wait().await;
     let started = Instant::now();
     let end = started + plan.duration;
-    let schedule = plan.rate_per_user.map(|rate| Schedule::new(rate, index, plan.users));
+    let schedule = plan
+        .rate_per_user
+        .map(|rate| Schedule::new(rate, index, plan.users));
     let mut request_id: u64 = 0;
     let mut sent_orders: u64 = 0;
     loop {
@@ -486,7 +488,10 @@ mod tests {
         let early = started + Duration::from_millis(120);
         assert_eq!(first.due_before(started, early), 2);
         assert_eq!(third.due_before(started, early), 1);
-        assert_eq!(third.due_before(started, started + Duration::from_millis(10)), 0);
+        assert_eq!(
+            third.due_before(started, started + Duration::from_millis(10)),
+            0
+        );
     }
 
     #[test]

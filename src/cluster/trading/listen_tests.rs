@@ -10,8 +10,8 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::*;
-use crate::cluster::trading::remote::BookMirror;
 use crate::cluster::node::{ClusterConfig, ClusterNode};
+use crate::cluster::trading::remote::BookMirror;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreSettings};
 use crate::trading::api::{OrderRequest, TradeUpdate, TradingApi};
@@ -350,24 +350,45 @@ async fn a_book_change_waits_undecoded_until_someone_subscribes_and_then_deltas_
     };
     // Nobody subscribes on this node: two changes are kept, the newest undecoded.
     for bid in [dec!(101.00), dec!(102.00)] {
-        on_events(shared, &status, &mut watch, &payload(1, &[change(bid)], false)).await;
+        on_events(
+            shared,
+            &status,
+            &mut watch,
+            &payload(1, &[change(bid)], false),
+        )
+        .await;
     }
     let held = |shared: &Shared| shared.books["AAPL"].lock().undecoded.is_some();
     assert!(held(shared));
-    assert_eq!(shared.books["AAPL"].lock().slot.snapshot.bids[0].0, dec!(100.00));
+    assert_eq!(
+        shared.books["AAPL"].lock().slot.snapshot.bids[0].0,
+        dec!(100.00)
+    );
     // A subscriber gets the newest book, then every delta after it.
     let (first, mut deltas) = remote.book("aapl").expect("book");
     assert_eq!(first.bids[0].0, dec!(102.00));
     assert!(!held(shared));
     assert!(deltas.try_recv().is_err());
-    on_events(shared, &status, &mut watch, &payload(1, &[change(dec!(103.00))], false)).await;
+    on_events(
+        shared,
+        &status,
+        &mut watch,
+        &payload(1, &[change(dec!(103.00))], false),
+    )
+    .await;
     let delta = deltas.try_recv().expect("the delta reaches the subscriber");
     assert!(!delta.snapshot);
     assert_eq!(delta.bids[0].0, dec!(103.00));
     assert!(!held(shared));
     // The subscriber gone, changes wait undecoded again; a whole book replaces them.
     drop(deltas);
-    on_events(shared, &status, &mut watch, &payload(1, &[change(dec!(104.00))], false)).await;
+    on_events(
+        shared,
+        &status,
+        &mut watch,
+        &payload(1, &[change(dec!(104.00))], false),
+    )
+    .await;
     assert!(held(shared));
     let whole = Announcement::BookSnapshot {
         snapshot: book(dec!(105.00), true),

@@ -339,7 +339,10 @@ impl TradingApi for RemoteExchange {
     ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
         let mut mirror = crate::trading::exchange::book_slot(&self.shared.books, symbol)?.lock();
         mirror.settle();
-        Ok((mirror.slot.snapshot.clone(), mirror.slot.updates.subscribe()))
+        Ok((
+            mirror.slot.snapshot.clone(),
+            mirror.slot.updates.subscribe(),
+        ))
     }
 }
 

@@ -228,7 +228,7 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
             false,
         )
     };
-    on_events(&shared, &status, &mut watch, &message(3)).await;
+    on_events(shared, &status, &mut watch, &message(3)).await;
     let sent = updates
         .try_recv()
         .expect("the new book goes to subscribers");
@@ -243,7 +243,7 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
         (announced.bids.clone(), announced.asks.clone())
     );
     // The same book announced again (another node asked for it) sends nothing.
-    on_events(&shared, &status, &mut watch, &message(3)).await;
+    on_events(shared, &status, &mut watch, &message(3)).await;
     assert!(updates.try_recv().is_err());
     // A former exchange's snapshot is ignored like the rest of its messages.
     let stale = payload(
@@ -253,7 +253,7 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
         }],
         false,
     );
-    on_events(&shared, &status, &mut watch, &stale).await;
+    on_events(shared, &status, &mut watch, &stale).await;
     assert!(updates.try_recv().is_err());
 }
 

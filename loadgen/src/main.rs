@@ -40,7 +40,8 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
                               --subscribe-url, e.g. http://HOST/v1/stream; several URLs,
                               comma-separated, spread the users over them in turn), each
                               sending one order at a time for --duration; measures
-                              send -> order_ack;
+                              send -> order_ack (closed loop: the next order as soon as
+                              the ack arrives; with --order-rate, on a fixed schedule);
                               floor: write a frame to each of --subscribers connections to a
                               sink per message and report this process's CPU per write (the
                               kernel's floor under any server); sink: accept --subscribers
@@ -63,6 +64,9 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
   --order-type market|limit   orders mode: market orders alternate buy and sell and fill;
                               limit orders rest far below the market and are then cancelled
                               (the cancel is not timed) (default market)
+  --order-rate R              orders mode: paced, R orders/s per user (total users x R),
+                              each order timed from its scheduled send time (a late ack
+                              delays the next send but not its clock); default: closed loop
   --subscribe-url URL         default http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades
   --publish-url URL           default http://127.0.0.1:8080/v1/publish (Nchan: http://HOST/pub?id=CHAN)
   --token TOKEN               publish with Authorization: Bearer TOKEN
@@ -124,6 +128,7 @@ struct Options {
     user_prefix: String,
     password: String,
     order_type: orders::OrderType,
+    order_rate: Option<f64>,
     universe: usize,
     follow: usize,
     all_fraction: f64,
@@ -165,6 +170,7 @@ impl Default for Options {
             user_prefix: "bench".into(),
             password: "demo-password".into(),
             order_type: orders::OrderType::Market,
+            order_rate: None,
             universe: 500,
             follow: 20,
             all_fraction: 0.05,
@@ -303,6 +309,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                     "limit" => orders::OrderType::Limit,
                     _ => return Err(format!("--order-type is market or limit, got {value:?}")),
                 }
+            }
+            "--order-rate" => {
+                let rate: f64 = number(&value, &flag)?;
+                if !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0) {
+                    return Err("--order-rate must be above 0 and at most 100000".into());
+                }
+                options.order_rate = Some(rate);
             }
             "--universe" => {
                 options.universe = number(&value, &flag)?;
@@ -854,6 +867,16 @@ struct OrdersReport {
     first_error: Option<String>,
     orders: u64,
     refused: u64,
+    /// Paced mode: the schedule, orders per second per user (absent: closed loop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_rate_per_user: Option<f64>,
+    /// Paced mode: users × rate, what the schedule asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offered_per_second: Option<f64>,
+    /// Paced mode: orders sent more than 1 ms after their scheduled time.
+    late: u64,
+    /// Paced mode: orders due within the run that were never sent.
+    unsent: u64,
     /// Acknowledged orders by the status their `order_ack` gave.
     statuses: std::collections::BTreeMap<String, u64>,
     seconds: f64,
@@ -882,6 +905,8 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         symbol: options.symbols[0].clone(),
         order_type: options.order_type,
         duration: options.duration,
+        rate_per_user: options.order_rate,
+        users: options.users,
     });
     let mut tokens = Vec::with_capacity(options.users);
     for index in 0..options.users {
@@ -933,6 +958,10 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         first_error: summary.first_error.clone(),
         orders: summary.acked,
         refused: summary.refused,
+        order_rate_per_user: options.order_rate,
+        offered_per_second: options.order_rate.map(|rate| rate * options.users as f64),
+        late: summary.late,
+        unsent: summary.unsent,
         statuses: summary.statuses.clone(),
         seconds,
         orders_per_second: summary.acked as f64 / seconds.max(1e-9),
@@ -950,7 +979,14 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         loadgen_cpu_us_per_order: per_order(own_start, own_end),
     };
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-    println!("== {} (orders {}) ==", report.label, report.order_type);
+    let pacing = match report.order_rate_per_user {
+        Some(rate) => format!("paced, {rate}/s per user"),
+        None => "closed loop".into(),
+    };
+    println!(
+        "== {} (orders {}, {pacing}) ==",
+        report.label, report.order_type
+    );
     println!(
         "users            {} ({} failed{})",
         report.users,
@@ -965,6 +1001,12 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         "orders           {} acked, {} refused, {:.0}/s over {:.1} s",
         report.orders, report.refused, report.orders_per_second, report.seconds
     );
+    if let Some(offered) = report.offered_per_second {
+        println!(
+            "paced            offered {offered:.0}/s, achieved {:.0}/s; {} sent late (> 1 ms), {} unsent",
+            report.orders_per_second, report.late, report.unsent
+        );
+    }
     println!("ack statuses     {:?}", report.statuses);
     println!(
         "order -> ack ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
@@ -1109,6 +1151,9 @@ mod tests {
         assert_eq!(order_options.user_prefix, "u");
         assert_eq!(order_options.password, "pw");
         assert_eq!(order_options.order_type, orders::OrderType::Limit);
+        assert_eq!(order_options.order_rate, None);
+        let paced = parse_args(args("--mode orders --order-rate 25")).expect("a paced rate");
+        assert_eq!(paced.order_rate, Some(25.0));
     }
 
     #[test]
@@ -1124,6 +1169,8 @@ mod tests {
             ("--duration", "--duration"),
             ("--order-type stop", "--order-type"),
             ("--users x", "--users"),
+            ("--order-rate 0", "--order-rate"),
+            ("--order-rate -3", "--order-rate"),
         ] {
             let error = parse_args(args(line)).expect_err(line);
             assert!(error.contains(needle), "{line}: {error}");

@@ -1,7 +1,18 @@
 //! The order mode: N users, each on its own WebSocket session, each sending one order at a
-//! time (closed loop) and timing send → `order_ack`. Market orders alternate buy and sell so
-//! positions stay flat; limit orders rest far below the market and are cancelled after their
+//! time and timing it to its `order_ack`. Market orders alternate buy and sell so positions
+//! stay flat; limit orders rest far below the market and are cancelled after their
 //! acknowledgement (the cancel is not timed), so no user reaches the open-order limit.
+//!
+//! Two ways to send:
+//! - *Closed loop* (the default): each user sends its next order the moment the previous ack
+//!   arrives. With N users that is the server's saturation: it measures sustained orders/s,
+//!   and its latency is the queue N orders make (Little's law: N / orders per second).
+//! - *Paced* (`rate_per_user`): each user sends on a fixed schedule, order k at
+//!   `start + phase + k / rate` (the users' phases spread over one interval), and each order
+//!   is timed from its **scheduled** time, not from when it went out: when an ack comes late,
+//!   the next order (sent as soon as that ack is in, still one at a time per session) carries
+//!   the wait in its latency (no coordinated omission). Orders whose time came but that could
+//!   not be sent before the run ended are counted as `unsent`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +44,10 @@ pub(crate) struct OrderPlan {
     pub(crate) symbol: String,
     pub(crate) order_type: OrderType,
     pub(crate) duration: Duration,
+    /// Paced mode: orders per second per user (`None`: closed loop).
+    pub(crate) rate_per_user: Option<f64>,
+    /// How many users run the plan (their paced schedules are spread over one interval).
+    pub(crate) users: usize,
 }
 
 impl OrderPlan {
@@ -50,6 +65,12 @@ pub(crate) struct UserResult {
     /// Orders answered with an error instead of an `order_ack`.
     pub(crate) refused: u64,
     pub(crate) latencies_us: Vec<u32>,
+    /// Paced mode: orders sent more than a millisecond after their scheduled time (the
+    /// previous order's ack came after this one was due).
+    pub(crate) late: u64,
+    /// Paced mode: orders whose scheduled time fell within the run but that were never sent
+    /// (the previous ack had not come when the run ended).
+    pub(crate) unsent: u64,
     pub(crate) error: Option<String>,
     /// How many acknowledged orders had each status (`filled`, `new`, ...).
     pub(crate) statuses: BTreeMap<String, u64>,
@@ -60,6 +81,8 @@ pub(crate) struct UserResult {
 pub(crate) struct OrderSummary {
     pub(crate) acked: u64,
     pub(crate) refused: u64,
+    pub(crate) late: u64,
+    pub(crate) unsent: u64,
     pub(crate) failed_users: usize,
     pub(crate) first_error: Option<String>,
     pub(crate) p50_ms: f64,
@@ -75,6 +98,8 @@ pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
     let mut summary = OrderSummary {
         acked: 0,
         refused: 0,
+        late: 0,
+        unsent: 0,
         failed_users: 0,
         first_error: None,
         p50_ms: 0.0,
@@ -89,6 +114,8 @@ pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
             *summary.statuses.entry(status.clone()).or_default() += count;
         }
         summary.refused += result.refused;
+        summary.late += result.late;
+        summary.unsent += result.unsent;
         if let Some(error) = &result.error {
             summary.failed_users += 1;
             summary.first_error.get_or_insert_with(|| error.clone());
@@ -170,8 +197,41 @@ pub(crate) async fn run_user(
     };
     start.wait().await;
     let started = Instant::now();
+    let end = started + plan.duration;
+    let schedule = plan
+        .rate_per_user
+        .map(|rate| Schedule::new(rate, index, plan.users));
     let mut request_id: u64 = 0;
-    while started.elapsed() < plan.duration {
+    let mut sent_orders: u64 = 0;
+    loop {
+        // The time this order counts from: its slot in the schedule, or now (closed loop).
+        let due = match &schedule {
+            Some(schedule) => {
+                let due = schedule.due(started, sent_orders);
+                if due >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= end {
+                    // Due within the run, but the previous ack came too late to send it.
+                    result.unsent += schedule.due_before(started, end) - sent_orders;
+                    break;
+                }
+                if due > now {
+                    tokio::time::sleep_until(due.into()).await;
+                } else if now - due > Duration::from_millis(1) {
+                    result.late += 1;
+                }
+                due
+            }
+            None => {
+                if started.elapsed() >= plan.duration {
+                    break;
+                }
+                Instant::now()
+            }
+        };
+        sent_orders += 1;
         request_id += 1;
         let buy = request_id % 2 == 1;
         let data = match plan.order_type {
@@ -185,14 +245,13 @@ pub(crate) async fn run_user(
             }),
         };
         let message = serde_json::json!({"action": "order", "id": request_id, "data": data});
-        let sent = Instant::now();
         match session.call(&message.to_string(), request_id).await {
             Ok(Reply::Ack(order_id, status)) => {
                 result.acked += 1;
                 *result.statuses.entry(status).or_default() += 1;
                 result
                     .latencies_us
-                    .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    .push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 if plan.order_type == OrderType::Limit {
                     request_id += 1;
                     let cancel = serde_json::json!({
@@ -217,6 +276,36 @@ pub(crate) async fn run_user(
         }
     }
     result
+}
+
+/// A paced user's send times: one order every `interval`, the users' first orders spread
+/// evenly over the first interval so that they do not all arrive at once.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    interval: Duration,
+    phase: Duration,
+}
+
+impl Schedule {
+    fn new(rate_per_user: f64, index: usize, users: usize) -> Schedule {
+        let interval = Duration::from_secs_f64(1.0 / rate_per_user);
+        let phase = interval.mul_f64((index % users.max(1)) as f64 / users.max(1) as f64);
+        Schedule { interval, phase }
+    }
+
+    /// When order `k` (from 0) is due.
+    fn due(&self, started: Instant, k: u64) -> Instant {
+        started + self.phase + self.interval.mul_f64(k as f64)
+    }
+
+    /// How many orders are due before `end`.
+    fn due_before(&self, started: Instant, end: Instant) -> u64 {
+        let first = started + self.phase;
+        if end <= first {
+            return 0;
+        }
+        ((end - first).as_secs_f64() / self.interval.as_secs_f64()).ceil() as u64
+    }
 }
 
 enum Reply {
@@ -384,6 +473,28 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_schedule_spreads_users_and_counts_due_orders() {
+        let started = Instant::now();
+        // 10/s per user, 4 users: a 100 ms interval, phases 0, 25, 50, 75 ms.
+        let first = Schedule::new(10.0, 0, 4);
+        let third = Schedule::new(10.0, 2, 4);
+        assert_eq!(first.due(started, 0), started);
+        assert_eq!(first.due(started, 3), started + Duration::from_millis(300));
+        assert_eq!(third.due(started, 1), started + Duration::from_millis(150));
+        // Due before 1 s: user 0 at 0, 100, ..., 900 ms (10); user 2 at 50, ..., 950 ms (10).
+        let end = started + Duration::from_secs(1);
+        assert_eq!(first.due_before(started, end), 10);
+        assert_eq!(third.due_before(started, end), 10);
+        let early = started + Duration::from_millis(120);
+        assert_eq!(first.due_before(started, early), 2);
+        assert_eq!(third.due_before(started, early), 1);
+        assert_eq!(
+            third.due_before(started, started + Duration::from_millis(10)),
+            0
+        );
+    }
+
+    #[test]
     fn the_summary_counts_every_user() {
         let results = [
             UserResult {
@@ -393,6 +504,8 @@ mod tests {
                 ..UserResult::default()
             },
             UserResult {
+                late: 3,
+                unsent: 1,
                 error: Some("read failed".into()),
                 ..UserResult::default()
             },
@@ -400,6 +513,7 @@ mod tests {
         let summary = summarize(&results);
         assert_eq!(summary.acked, 2);
         assert_eq!(summary.failed_users, 1);
+        assert_eq!((summary.late, summary.unsent), (3, 1));
         assert_eq!(summary.statuses.get("filled"), Some(&2));
         assert_eq!(summary.first_error.as_deref(), Some("read failed"));
         assert!(summary.p50_ms >= 0.999 && summary.max_ms <= 3.01);

@@ -79,12 +79,20 @@ pub fn subscribe_book(
     books: &HashMap<String, Mutex<BookSlot>>,
     symbol: &str,
 ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
-    let symbol = symbol.trim().to_ascii_uppercase();
-    let slot = books
-        .get(&symbol)
-        .ok_or_else(|| OrderError::invalid(format!("symbol: {symbol:?} is not traded here")))?;
-    let slot = slot.lock();
+    let slot = book_slot(books, symbol)?.lock();
     Ok((slot.snapshot.clone(), slot.updates.subscribe()))
+}
+
+/// The slot of `symbol` (any case, spaces around) in `books`, or the error for a symbol not
+/// traded (a cluster node's mirrors use it too).
+pub fn book_slot<'a, T>(
+    books: &'a HashMap<String, Mutex<T>>,
+    symbol: &str,
+) -> Result<&'a Mutex<T>, OrderError> {
+    let symbol = symbol.trim().to_ascii_uppercase();
+    books
+        .get(&symbol)
+        .ok_or_else(|| OrderError::invalid(format!("symbol: {symbol:?} is not traded here")))
 }
 
 /// State the handle reads without a round trip to the actor.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::super::node::{ClusterError, timed};
-use super::relay::{EventsMessage, ReplyMessage};
+use super::relay::{About, EventsMessage, ReplyMessage};
 use super::remote::{RemoteExchange, Shared};
 use super::stream;
 use super::trace;
@@ -111,10 +111,7 @@ async fn subscription(
                 };
                 let payload = message.get_payload_bytes();
                 if message.get_channel_name() == stream::events_channel() {
-                    match serde_json::from_slice::<EventsMessage>(payload) {
-                        Ok(events) => on_events(shared, status, watch, events).await,
-                        Err(error) => tracing::warn!(%error, "undecodable exchange message ignored"),
-                    }
+                    on_events(shared, status, watch, payload).await;
                 } else {
                     match serde_json::from_slice::<ReplyMessage>(payload) {
                         Ok(reply) => on_reply(shared, reply),
@@ -154,12 +151,16 @@ fn on_reply(shared: &Shared, message: ReplyMessage) {
     let _ = sender.send((reply, received));
 }
 
-async fn on_events(
-    shared: &Shared,
-    status: &TradingStatus,
-    watch: &mut Watch,
-    message: EventsMessage,
-) {
+/// One message of the events channel: the headers are read first, and a body is decoded
+/// only when this node needs it (see [`About`]).
+async fn on_events(shared: &Shared, status: &TradingStatus, watch: &mut Watch, payload: &[u8]) {
+    let message = match serde_json::from_slice::<EventsMessage>(payload) {
+        Ok(message) => message,
+        Err(error) => {
+            tracing::warn!(%error, "undecodable exchange message ignored");
+            return;
+        }
+    };
     if message.token < watch.token {
         // A former exchange that has not learnt it lost the lease: never delivered.
         return;
@@ -187,12 +188,36 @@ async fn on_events(
     }
     let mut bumped = Vec::new();
     for item in message.items {
-        match item {
+        let body = item.body.get();
+        match &item.about {
+            // Nobody on this node watches the user: its updates and bumps concern no one here
+            // (a mirror made later starts from the store, by `seq`).
+            About::User(user) if !shared.users.lock().contains_key(user.as_ref()) => continue,
+            // Every node keeps every book, but decodes a change only for its subscribers.
+            About::Book(symbol) => {
+                if let Some(mirror) = shared.books.get(symbol.as_ref()) {
+                    mirror.lock().change(body);
+                }
+                continue;
+            }
+            About::User(_) | About::All => {}
+        }
+        let announcement = match serde_json::from_str::<Announcement>(body) {
+            Ok(announcement) => announcement,
+            Err(error) => {
+                tracing::warn!(%error, "undecodable announcement ignored");
+                continue;
+            }
+        };
+        match announcement {
             Announcement::User { user, event } => deliver(shared, &user, event).await,
             Announcement::Portfolio { user } => bumped.push(user),
             Announcement::Book { snapshot, delta } => {
-                if let Some(slot) = shared.books.get(&snapshot.symbol) {
-                    slot.lock().apply(snapshot, delta);
+                // Sent under `About::Book`; decoded here only from a sender that did not say so.
+                if let Some(mirror) = shared.books.get(&snapshot.symbol) {
+                    let mut mirror = mirror.lock();
+                    mirror.undecoded = None;
+                    mirror.slot.apply(snapshot, delta);
                 }
             }
             // The exchange halted trading on a store failure, or resumed it: told once per
@@ -211,15 +236,18 @@ async fn on_events(
             // The exchange's whole book (a new term, or a node asked): the node's copy is
             // replaced and its subscribers get it as a fresh snapshot if it differs.
             Announcement::BookSnapshot { snapshot } => {
-                if let Some(slot) = shared.books.get(&snapshot.symbol)
-                    && slot.lock().reset(snapshot)
-                {
-                    shared.node.metrics().add_counter(
-                        "tickgate_cluster_book_resets_total",
-                        "Order books a node replaced with the exchange's snapshot because its copy differed.",
-                        "",
-                        1.0,
-                    );
+                if let Some(mirror) = shared.books.get(&snapshot.symbol) {
+                    let mut mirror = mirror.lock();
+                    // Compared with the newest change, not an older decoded one.
+                    mirror.settle();
+                    if mirror.slot.reset(snapshot) {
+                        shared.node.metrics().add_counter(
+                            "tickgate_cluster_book_resets_total",
+                            "Order books a node replaced with the exchange's snapshot because its copy differed.",
+                            "",
+                            1.0,
+                        );
+                    }
                 }
             }
         }

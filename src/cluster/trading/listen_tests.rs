@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 
 use super::*;
 use crate::cluster::node::{ClusterConfig, ClusterNode};
+use crate::cluster::trading::remote::BookMirror;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreSettings};
 use crate::trading::api::{OrderRequest, TradeUpdate, TradingApi};
@@ -18,6 +19,13 @@ use crate::trading::engine::Engine;
 use crate::trading::exchange::engine_settings;
 use crate::trading::persist::Persistence;
 use crate::trading::{ExchangeHandle, config::TradingSettings};
+
+/// The events channel's message (as bytes) for `items`.
+fn payload(token: u64, items: &[Announcement], alive: bool) -> Vec<u8> {
+    super::super::relay::events_payload(token, items, alive)
+        .expect("encodable")
+        .into_bytes()
+}
 
 /// A store holding `count` real trade updates of alice (seq 1..=count), made by an exchange.
 async fn store_with_updates(dir: &std::path::Path, count: usize) -> Store {
@@ -142,16 +150,12 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
         user: "alice".into(),
         event: event(update),
     };
-    let message = |token, items| EventsMessage {
-        token,
-        items,
-        alive: false,
-    };
+    let message = |token, items: Vec<Announcement>| payload(token, &items, false);
     on_events(
         &shared,
         &status,
         &mut watch,
-        message(9, vec![user_item(&updates[0])]),
+        &message(9, vec![user_item(&updates[0])]),
     )
     .await;
     // Token 8 is a former exchange that has not noticed yet: nothing of it is delivered.
@@ -159,7 +163,7 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
         &shared,
         &status,
         &mut watch,
-        message(8, vec![user_item(&updates[1])]),
+        &message(8, vec![user_item(&updates[1])]),
     )
     .await;
     assert_eq!(received(&mut receiver), vec![1]);
@@ -171,7 +175,7 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
         &shared,
         &status,
         &mut watch,
-        message(10, vec![user_item(&updates[1])]),
+        &message(10, vec![user_item(&updates[1])]),
     )
     .await;
     assert_eq!(*told.lock(), vec!["trading_available"]);
@@ -197,13 +201,16 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
     // The node's copy follows a former exchange's book.
     shared.books.insert(
         "AAPL".into(),
-        Mutex::new(BookSlot {
+        Mutex::new(BookMirror::new(BookSlot {
             snapshot: book(dec!(400.00), dec!(400.02), true),
             updates: broadcast::channel(16).0,
-        }),
+        })),
     );
-    let (_, mut updates) =
-        crate::trading::exchange::subscribe_book(&shared.books, "AAPL").expect("book");
+    let remote = RemoteExchange {
+        shared: Arc::new(shared),
+    };
+    let shared = &remote.shared;
+    let (_, mut updates) = remote.book("AAPL").expect("book");
     let status: TradingStatus = Arc::new(|_, _| {});
     let mut watch = Watch {
         token: 0,
@@ -212,14 +219,16 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
         halted: false,
     };
     let announced = book(dec!(150.10), dec!(150.12), true);
-    let message = |token| EventsMessage {
-        token,
-        items: vec![Announcement::BookSnapshot {
-            snapshot: announced.clone(),
-        }],
-        alive: false,
+    let message = |token| {
+        payload(
+            token,
+            &[Announcement::BookSnapshot {
+                snapshot: announced.clone(),
+            }],
+            false,
+        )
     };
-    on_events(&shared, &status, &mut watch, message(3)).await;
+    on_events(shared, &status, &mut watch, &message(3)).await;
     let sent = updates
         .try_recv()
         .expect("the new book goes to subscribers");
@@ -228,20 +237,23 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
         (sent.bids, sent.asks),
         (announced.bids.clone(), announced.asks.clone())
     );
-    let (copy, _) = crate::trading::exchange::subscribe_book(&shared.books, "AAPL").expect("book");
+    let (copy, _) = remote.book("AAPL").expect("book");
     assert_eq!(
         (copy.bids, copy.asks),
         (announced.bids.clone(), announced.asks.clone())
     );
     // The same book announced again (another node asked for it) sends nothing.
-    on_events(&shared, &status, &mut watch, message(3)).await;
+    on_events(shared, &status, &mut watch, &message(3)).await;
     assert!(updates.try_recv().is_err());
     // A former exchange's snapshot is ignored like the rest of its messages.
-    let mut stale = message(2);
-    stale.items = vec![Announcement::BookSnapshot {
-        snapshot: book(dec!(1.00), dec!(1.02), true),
-    }];
-    on_events(&shared, &status, &mut watch, stale).await;
+    let stale = payload(
+        2,
+        &[Announcement::BookSnapshot {
+            snapshot: book(dec!(1.00), dec!(1.02), true),
+        }],
+        false,
+    );
+    on_events(shared, &status, &mut watch, &stale).await;
     assert!(updates.try_recv().is_err());
 }
 
@@ -261,19 +273,21 @@ async fn a_halt_and_its_resume_are_told_once_each_and_a_new_term_ends_a_halt() {
         available: None,
         halted: false,
     };
-    let trading = |token, halted: bool| EventsMessage {
-        token,
-        items: vec![Announcement::Trading {
-            halted,
-            message: format!("halted={halted}"),
-        }],
-        alive: false,
+    let trading = |token, halted: bool| {
+        payload(
+            token,
+            &[Announcement::Trading {
+                halted,
+                message: format!("halted={halted}"),
+            }],
+            false,
+        )
     };
-    on_events(&shared, &status, &mut watch, trading(5, true)).await;
+    on_events(&shared, &status, &mut watch, &trading(5, true)).await;
     // Said twice (a probe's repeat, a duplicate): told once.
-    on_events(&shared, &status, &mut watch, trading(5, true)).await;
-    on_events(&shared, &status, &mut watch, trading(5, false)).await;
-    on_events(&shared, &status, &mut watch, trading(5, false)).await;
+    on_events(&shared, &status, &mut watch, &trading(5, true)).await;
+    on_events(&shared, &status, &mut watch, &trading(5, false)).await;
+    on_events(&shared, &status, &mut watch, &trading(5, false)).await;
     assert_eq!(
         *told.lock(),
         vec![
@@ -284,18 +298,148 @@ async fn a_halt_and_its_resume_are_told_once_each_and_a_new_term_ends_a_halt() {
     told.lock().clear();
     // Halted again, then the halted exchange loses its lease: the next term's first message
     // (a heartbeat) ends the halt, since the new exchange could write its fence.
-    on_events(&shared, &status, &mut watch, trading(5, true)).await;
-    let heartbeat = EventsMessage {
-        token: 6,
-        items: Vec::new(),
-        alive: true,
-    };
-    on_events(&shared, &status, &mut watch, heartbeat.clone()).await;
-    on_events(&shared, &status, &mut watch, heartbeat).await;
+    on_events(&shared, &status, &mut watch, &trading(5, true)).await;
+    let heartbeat = payload(6, &[], true);
+    on_events(&shared, &status, &mut watch, &heartbeat).await;
+    on_events(&shared, &status, &mut watch, &heartbeat).await;
     let codes: Vec<&str> = told.lock().iter().map(|(code, _)| *code).collect();
     assert_eq!(codes, vec!["trading_halted", "trading_resumed"]);
     // A former exchange's halt is not believed.
-    on_events(&shared, &status, &mut watch, trading(5, true)).await;
+    on_events(&shared, &status, &mut watch, &trading(5, true)).await;
     assert!(!watch.halted);
     assert_eq!(told.lock().len(), 2);
+}
+
+#[tokio::test]
+async fn a_book_change_waits_undecoded_until_someone_subscribes_and_then_deltas_flow() {
+    use crate::trading::api::BookUpdate;
+    use crate::trading::exchange::BookSlot;
+    use rust_decimal_macros::dec;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 0).await;
+    let mut shared = shared(&store);
+    let book = |bid, snapshot| BookUpdate {
+        symbol: "AAPL".into(),
+        snapshot,
+        bids: vec![(bid, dec!(100))],
+        asks: vec![(dec!(500.00), dec!(100))],
+        t: chrono::Utc::now(),
+    };
+    shared.books.insert(
+        "AAPL".into(),
+        Mutex::new(BookMirror::new(BookSlot {
+            snapshot: book(dec!(100.00), true),
+            updates: broadcast::channel(16).0,
+        })),
+    );
+    let remote = RemoteExchange {
+        shared: Arc::new(shared),
+    };
+    let shared = &remote.shared;
+    let status: TradingStatus = Arc::new(|_, _| {});
+    let mut watch = Watch {
+        token: 0,
+        last_heard: None,
+        available: None,
+        halted: false,
+    };
+    let change = |bid| Announcement::Book {
+        snapshot: book(bid, true),
+        delta: book(bid, false),
+    };
+    // Nobody subscribes on this node: two changes are kept, the newest undecoded.
+    for bid in [dec!(101.00), dec!(102.00)] {
+        on_events(
+            shared,
+            &status,
+            &mut watch,
+            &payload(1, &[change(bid)], false),
+        )
+        .await;
+    }
+    let held = |shared: &Shared| shared.books["AAPL"].lock().undecoded.is_some();
+    assert!(held(shared));
+    assert_eq!(
+        shared.books["AAPL"].lock().slot.snapshot.bids[0].0,
+        dec!(100.00)
+    );
+    // A subscriber gets the newest book, then every delta after it.
+    let (first, mut deltas) = remote.book("aapl").expect("book");
+    assert_eq!(first.bids[0].0, dec!(102.00));
+    assert!(!held(shared));
+    assert!(deltas.try_recv().is_err());
+    on_events(
+        shared,
+        &status,
+        &mut watch,
+        &payload(1, &[change(dec!(103.00))], false),
+    )
+    .await;
+    let delta = deltas.try_recv().expect("the delta reaches the subscriber");
+    assert!(!delta.snapshot);
+    assert_eq!(delta.bids[0].0, dec!(103.00));
+    assert!(!held(shared));
+    // The subscriber gone, changes wait undecoded again; a whole book replaces them.
+    drop(deltas);
+    on_events(
+        shared,
+        &status,
+        &mut watch,
+        &payload(1, &[change(dec!(104.00))], false),
+    )
+    .await;
+    assert!(held(shared));
+    let whole = Announcement::BookSnapshot {
+        snapshot: book(dec!(105.00), true),
+    };
+    on_events(shared, &status, &mut watch, &payload(1, &[whole], false)).await;
+    assert!(!held(shared));
+    let (now, _) = remote.book("AAPL").expect("book");
+    assert_eq!(now.bids[0].0, dec!(105.00));
+}
+
+#[tokio::test]
+async fn a_users_announcements_are_decoded_only_on_a_node_that_watches_the_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 1).await;
+    let updates = stored(&store).await;
+    let shared = shared(&store);
+    let status: TradingStatus = Arc::new(|_, _| {});
+    let mut watch = Watch {
+        token: 0,
+        last_heard: None,
+        available: None,
+        halted: false,
+    };
+    let mut receiver = shared.with_user("alice", |mirror| mirror.events.subscribe());
+    let bumps = shared.with_user("alice", |mirror| mirror.portfolio.subscribe());
+    let items = [
+        Announcement::User {
+            user: "alice".into(),
+            event: event(&updates[0]),
+        },
+        Announcement::Portfolio {
+            user: "alice".into(),
+        },
+    ];
+    // Headed as bob's, whom nobody here watches: the bodies are not even decoded, so alice
+    // (whose they really are) gets nothing, and nothing of bob is kept.
+    let bodies: Vec<String> = items
+        .iter()
+        .map(|item| serde_json::to_string(item).expect("encodable"))
+        .collect();
+    let misheaded = format!(
+        r#"{{"token":1,"items":[{{"about":{{"user":"bob"}},"body":{}}},{{"about":{{"user":"bob"}},"body":{}}}]}}"#,
+        bodies[0], bodies[1]
+    );
+    on_events(&shared, &status, &mut watch, misheaded.as_bytes()).await;
+    assert_eq!(watch.token, 1);
+    assert!(received(&mut receiver).is_empty());
+    assert!(!bumps.has_changed().expect("open"));
+    assert!(!shared.users.lock().contains_key("bob"));
+    // Headed as alice's, they are decoded and delivered.
+    on_events(&shared, &status, &mut watch, &payload(1, &items, false)).await;
+    assert_eq!(received(&mut receiver), vec![1]);
+    assert!(bumps.has_changed().expect("open"));
 }

@@ -51,7 +51,7 @@ use crate::store::TradingStore;
 use crate::trading::api::BookUpdate;
 use crate::trading::config::TradingSettings;
 use crate::trading::engine::Engine;
-use crate::trading::exchange::engine_settings;
+use crate::trading::exchange::{BookSlot, engine_settings};
 
 /// How long a requesting node waits for the exchange: two leases' lives and two seconds, so a
 /// command sent as the exchange dies is still run by its successor (the lease expires, the
@@ -88,7 +88,7 @@ pub fn start(
         .iter()
         .map(|symbol| {
             let book = engine.book(symbol).cloned().unwrap_or_default();
-            let mirror = remote::BookMirror {
+            let mirror = remote::BookMirror::new(BookSlot {
                 snapshot: BookUpdate {
                     symbol: symbol.clone(),
                     snapshot: true,
@@ -97,7 +97,7 @@ pub fn start(
                     t: now,
                 },
                 updates: broadcast::channel(trading.book_channel_capacity.max(1)).0,
-            };
+            });
             (symbol.clone(), Mutex::new(mirror))
         })
         .collect();

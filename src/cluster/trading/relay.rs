@@ -7,7 +7,10 @@
 //! both channels on one subscription, so a node sees the trade updates a command caused
 //! before the command's reply (what lets a session send `order_ack` before the `new` update).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::super::lease::LeaseTicket;
@@ -19,14 +22,75 @@ use crate::trading::command::{TradingCommand, TradingReply};
 use crate::trading::engine::Announcement;
 
 /// On the events channel: announcements of the exchange holding lease token `token`, or its
-/// heartbeat (`alive`, no items).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct EventsMessage {
+/// heartbeat (`alive`, no items). Each announcement travels behind a header saying whom it
+/// concerns ([`About`]), its body left as raw JSON, so a node reads the headers and decodes
+/// only the bodies it needs (a user with a session on it, a book with a subscriber on it).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct EventsMessage<'a> {
     pub(super) token: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(super) items: Vec<Announcement>,
+    #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
+    pub(super) items: Vec<Headed<'a>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) alive: bool,
+}
+
+/// One announcement: its header, then its body (an [`Announcement`]'s JSON), undecoded.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Headed<'a> {
+    #[serde(borrow)]
+    pub(super) about: About<'a>,
+    #[serde(borrow)]
+    pub(super) body: &'a RawValue,
+}
+
+/// Whom an announcement concerns: what a node checks before decoding its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum About<'a> {
+    /// A user's trade update or portfolio bump: for the nodes with that user's mirror.
+    User(#[serde(borrow)] Cow<'a, str>),
+    /// A book's change (snapshot and delta): every node keeps the book, but a node with no
+    /// subscriber of it keeps the body undecoded until one subscribes.
+    Book(#[serde(borrow)] Cow<'a, str>),
+    /// Everything else (whole books, trading halts): decoded by every node.
+    All,
+}
+
+impl<'a> About<'a> {
+    pub(super) fn of(announcement: &'a Announcement) -> About<'a> {
+        match announcement {
+            Announcement::User { user, .. } | Announcement::Portfolio { user } => {
+                About::User(Cow::Borrowed(user))
+            }
+            Announcement::Book { snapshot, .. } => About::Book(Cow::Borrowed(&snapshot.symbol)),
+            Announcement::BookSnapshot { .. } | Announcement::Trading { .. } => About::All,
+        }
+    }
+}
+
+/// The events channel's message for `items` (a heartbeat when `alive`).
+pub(super) fn events_payload(
+    token: u64,
+    items: &[Announcement],
+    alive: bool,
+) -> Result<String, serde_json::Error> {
+    let bodies = items
+        .iter()
+        .map(serde_json::value::to_raw_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    let message = EventsMessage {
+        token,
+        items: items
+            .iter()
+            .zip(&bodies)
+            .map(|(announcement, body)| Headed {
+                about: About::of(announcement),
+                body,
+            })
+            .collect(),
+        alive,
+    };
+    serde_json::to_string(&message)
 }
 
 /// On a node's reply channel: the reply (JSON of a `TradingReply`) to its command `id`.
@@ -115,12 +179,7 @@ impl AnnouncementOutlet for Relay {
         if announcements.is_empty() {
             return;
         }
-        let message = EventsMessage {
-            token: self.token,
-            items: announcements.to_vec(),
-            alive: false,
-        };
-        match serde_json::to_string(&message) {
+        match events_payload(self.token, announcements, false) {
             Ok(payload) => {
                 let _ = self.sender.send(Outgoing::Publish {
                     channel: stream::events_channel(),
@@ -143,12 +202,7 @@ async fn run(
         .min(std::time::Duration::from_secs(1));
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let alive = serde_json::to_string(&EventsMessage {
-        token: ticket.token(),
-        items: Vec::new(),
-        alive: true,
-    })
-    .unwrap_or_default();
+    let alive = events_payload(ticket.token(), &[], true).unwrap_or_default();
     let mut batch = Vec::new();
     loop {
         tokio::select! {

@@ -25,6 +25,8 @@ use crate::trading::api::{
     Resume, TradingApi, UserEvent,
 };
 use crate::trading::command::{self, TradingCommand, TradingReply, TradingRequest};
+use crate::trading::engine::Announcement;
+use crate::trading::exchange::BookSlot;
 
 pub(super) struct UserMirror {
     pub(super) events: broadcast::Sender<UserEvent>,
@@ -33,8 +35,63 @@ pub(super) struct UserMirror {
     pub(super) last_seq: Option<u64>,
 }
 
-/// The node's copy of one book: the exchange's own slot type, kept from its deltas.
-pub(super) type BookMirror = crate::trading::exchange::BookSlot;
+/// The node's copy of one book: the exchange's own slot type, kept from its deltas, and the
+/// newest change not decoded yet.
+pub(super) struct BookMirror {
+    pub(super) slot: BookSlot,
+    /// The body (an [`Announcement::Book`]'s JSON) of the newest change that came while
+    /// nobody on this node subscribed to the book: its delta concerned no one, and its
+    /// snapshot is decoded only when someone subscribes ([`BookMirror::settle`], under the
+    /// same lock as the delivery of deltas, so no delta falls between a subscriber's
+    /// snapshot and its receiver).
+    pub(super) undecoded: Option<Box<str>>,
+}
+
+impl BookMirror {
+    pub(super) fn new(slot: BookSlot) -> BookMirror {
+        BookMirror {
+            slot,
+            undecoded: None,
+        }
+    }
+
+    /// A change announced by the exchange (`body`: the announcement's JSON): decoded and
+    /// applied when the book has subscribers on this node, kept undecoded otherwise.
+    pub(super) fn change(&mut self, body: &str) {
+        if self.slot.updates.receiver_count() == 0 {
+            self.undecoded = Some(body.into());
+            return;
+        }
+        self.undecoded = None;
+        if let Some((snapshot, delta)) = decode_book_change(body) {
+            self.slot.apply(snapshot, delta);
+        }
+    }
+
+    /// Decodes the change kept undecoded, if any: the snapshot becomes the book; its delta
+    /// is not sent (it came before any current subscriber).
+    pub(super) fn settle(&mut self) {
+        if let Some(body) = self.undecoded.take()
+            && let Some((snapshot, _)) = decode_book_change(&body)
+        {
+            self.slot.snapshot = snapshot;
+        }
+    }
+}
+
+fn decode_book_change(body: &str) -> Option<(BookUpdate, BookUpdate)> {
+    match serde_json::from_str::<Announcement>(body) {
+        Ok(Announcement::Book { snapshot, delta }) => Some((snapshot, delta)),
+        Ok(_) => {
+            tracing::warn!("a book's change that is not one ignored");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "undecodable book change ignored");
+            None
+        }
+    }
+}
 
 /// A reply as the listener hands it to the waiting requester.
 pub(super) type Delivered = (TradingReply, Option<(ExchangeStamps, i64)>);
@@ -280,7 +337,12 @@ impl TradingApi for RemoteExchange {
         &self,
         symbol: &str,
     ) -> Result<(BookUpdate, broadcast::Receiver<BookUpdate>), OrderError> {
-        crate::trading::exchange::subscribe_book(&self.shared.books, symbol)
+        let mut mirror = crate::trading::exchange::book_slot(&self.shared.books, symbol)?.lock();
+        mirror.settle();
+        Ok((
+            mirror.slot.snapshot.clone(),
+            mirror.slot.updates.subscribe(),
+        ))
     }
 }
 

@@ -6,6 +6,11 @@
 //! Announcements and replies share one queue and one connection, and every node listens to
 //! both channels on one subscription, so a node sees the trade updates a command caused
 //! before the command's reply (what lets a session send `order_ack` before the `new` update).
+//!
+//! Every heartbeat carries the exchange's trading state (`Announcement::Trading`: halted after
+//! a store failure, or running), as it stands after everything published before it. A node
+//! that subscribed during a halt, or missed the halt's or the resume's announcement (pub/sub
+//! is lossy), learns it within one heartbeat; a node already told ignores the repetition.
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -19,7 +24,7 @@ use crate::trading::command::{TradingCommand, TradingReply};
 use crate::trading::engine::Announcement;
 
 /// On the events channel: announcements of the exchange holding lease token `token`, or its
-/// heartbeat (`alive`, no items).
+/// heartbeat (`alive`, with one item: the trading state, `Announcement::Trading`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct EventsMessage {
     pub(super) token: u64,
@@ -53,6 +58,9 @@ enum Outgoing {
     Acknowledge {
         ids: Vec<String>,
     },
+    /// The trading state the heartbeats carry from now on (after the announcement of the
+    /// change, handed over just before).
+    State(Announcement),
 }
 
 /// Messages published per pipelined round trip at most.
@@ -129,7 +137,24 @@ impl AnnouncementOutlet for Relay {
             }
             Err(error) => tracing::error!(%error, "announcement not encodable; not relayed"),
         }
+        let state = announcements
+            .iter()
+            .rev()
+            .find(|item| matches!(item, Announcement::Trading { .. }));
+        if let Some(state) = state {
+            let _ = self.sender.send(Outgoing::State(state.clone()));
+        }
     }
+}
+
+/// A heartbeat of the exchange holding `token`, with its trading state.
+fn heartbeat_payload(token: u64, state: &Announcement) -> String {
+    serde_json::to_string(&EventsMessage {
+        token,
+        items: vec![state.clone()],
+        alive: true,
+    })
+    .unwrap_or_default()
 }
 
 async fn run(
@@ -143,12 +168,14 @@ async fn run(
         .min(std::time::Duration::from_secs(1));
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let alive = serde_json::to_string(&EventsMessage {
-        token: ticket.token(),
-        items: Vec::new(),
-        alive: true,
-    })
-    .unwrap_or_default();
+    // A term starts with trading running: it claimed its fence, so the store takes writes.
+    let mut alive = heartbeat_payload(
+        ticket.token(),
+        &Announcement::Trading {
+            halted: false,
+            message: "trading resumed: the exchange runs and the store accepts writes".into(),
+        },
+    );
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -170,6 +197,11 @@ async fn run(
         // Checked before every publish: a former exchange says nothing once its lease is gone.
         if ticket.is_lost() {
             return;
+        }
+        for outgoing in &batch {
+            if let Outgoing::State(state) = outgoing {
+                alive = heartbeat_payload(ticket.token(), state);
+            }
         }
         let pipe = pipeline(batch.drain(..));
         let mut connection = node.commands();
@@ -193,6 +225,7 @@ fn pipeline(batch: impl Iterator<Item = Outgoing>) -> redis::Pipeline {
             Outgoing::Acknowledge { ids } => {
                 pipe.add_command(stream::ack(&ids)).ignore();
             }
+            Outgoing::State(_) => {}
         }
     }
     pipe

@@ -65,6 +65,11 @@ pub fn latest_field(event: &MarketEvent) -> Option<String> {
     event.symbol().map(|symbol| format!("{tag}:{symbol}"))
 }
 
+/// The latest-values field of `symbol`'s latest quote (see [`latest_field`]).
+pub fn latest_quote_field(symbol: &str) -> String {
+    format!("q:{symbol}")
+}
+
 /// Splits a pub/sub payload into epoch, sequence and JSON.
 pub fn decode_message(payload: &[u8]) -> Option<(u64, u64, Bytes)> {
     let (epoch, rest) = split_number(payload)?;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::OrderError;
 use super::command::TradingReply;
-use super::engine::{Engine, Outcome};
+use super::engine::{Announcement, Engine, Outcome};
 use super::exchange::{Command, Shared};
 use super::intake::MarketInput;
 use super::resume::{self, ResumePoint};
@@ -27,8 +27,12 @@ pub(super) async fn run_actor(
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     hub: Option<Arc<Hub>>,
+    opening: Option<Vec<MarketInput>>,
     shutdown: CancellationToken,
 ) {
+    if let Some(quotes) = opening {
+        open_term(&mut engine, &shared, quotes).await;
+    }
     let outlet = shared.outlet.get().cloned();
     let mut recovery = super::recovery::Recovery::new(hub, outlet);
     loop {
@@ -144,35 +148,67 @@ async fn settle(engine: &Engine, shared: &Shared, steps: Vec<Pending>) {
     }
 }
 
+/// The first step of a cluster exchange's term. The rebuilt books start from the opening
+/// prices (market-following events are not stored), so the market's latest quotes move them
+/// first, filling what they cross like any quote (stored before it is announced); then every
+/// book goes out as a snapshot, before anything else this exchange announces. The quotes' own
+/// book deltas are left out: they would reach the nodes' copies of the former exchange's
+/// books, and the snapshots hold their result.
+async fn open_term(engine: &mut Engine, shared: &Shared, quotes: Vec<MarketInput>) {
+    let mut out = Outcome::default();
+    apply_market(engine, quotes, &mut out);
+    out.announcements
+        .retain(|announcement| !matches!(announcement, Announcement::Book { .. }));
+    settle(engine, shared, vec![Pending::new(out, |_| {})]).await;
+    // Even if that step could not be stored (trading is halted then): the books are this
+    // exchange's either way, and the nodes must not keep following the former one's.
+    let announce = shared
+        .persistence
+        .get()
+        .is_none_or(|persistence| persistence.may_announce());
+    if announce {
+        shared.publish(engine.book_snapshots(Utc::now()));
+    }
+}
+
 async fn drain_market(engine: &mut Engine, shared: &Shared) {
     let pending = shared.mailbox.take();
     if pending.is_empty() || halted(shared).is_some() {
         return;
     }
     let mut out = Outcome::default();
-    for input in pending {
+    apply_market(engine, pending, &mut out);
+    settle(engine, shared, vec![Pending::new(out, |_| {})]).await;
+}
+
+/// Applies market inputs to the engine in order.
+fn apply_market(
+    engine: &mut Engine,
+    inputs: impl IntoIterator<Item = MarketInput>,
+    out: &mut Outcome,
+) {
+    for input in inputs {
         let now = Utc::now();
         match input {
             MarketInput::Trade {
                 symbol,
                 price,
                 size,
-            } => engine.on_trade(&symbol, price, size, now, &mut out),
+            } => engine.on_trade(&symbol, price, size, now, out),
             MarketInput::Quote {
                 symbol,
                 bid,
                 ask,
                 bid_size,
                 ask_size,
-            } => engine.on_quote(&symbol, bid, ask, (bid_size, ask_size), now, &mut out),
+            } => engine.on_quote(&symbol, bid, ask, (bid_size, ask_size), now, out),
             MarketInput::Status { code } => {
                 if code == MarketSession::Closed.status_code() {
-                    engine.close_session(now, &mut out);
+                    engine.close_session(now, out);
                 }
             }
         }
     }
-    settle(engine, shared, vec![Pending::new(out, |_| {})]).await;
 }
 
 /// Applies one command to the engine; its reply waits in `steps` until the step is stored.

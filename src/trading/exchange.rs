@@ -257,6 +257,8 @@ pub struct ExchangeTasks {
     shared: Arc<Shared>,
     /// The hub and the queue already registered on its market feed.
     feed: Option<(Arc<Hub>, Arc<SubscriberQueue>)>,
+    /// A cluster term's opening: the market's latest quotes, applied before anything else.
+    opening: Option<Vec<MarketInput>>,
     shutdown: CancellationToken,
 }
 
@@ -419,6 +421,7 @@ impl ExchangeHandle {
                 commands: receiver,
                 shared,
                 feed,
+                opening: None,
                 shutdown,
             },
         )
@@ -658,6 +661,14 @@ impl ExchangeTasks {
         self
     }
 
+    /// Opens a cluster term: before any command or market event, the actor applies `quotes`
+    /// (the market's latest, which this exchange did not see arrive), stores what they caused,
+    /// and announces every book as a snapshot (see `actor::open_term`).
+    pub fn with_term_opening(mut self, quotes: Vec<MarketInput>) -> Self {
+        self.opening = Some(quotes);
+        self
+    }
+
     /// Spawns the actor and, with a hub, the ingest task. Needs a Tokio runtime.
     pub fn spawn(self) {
         let ExchangeTasks {
@@ -665,6 +676,7 @@ impl ExchangeTasks {
             commands,
             shared,
             feed,
+            opening,
             shutdown,
         } = self;
         let hub = feed.as_ref().map(|(hub, _)| Arc::clone(hub));
@@ -680,7 +692,7 @@ impl ExchangeTasks {
             ));
         }
         tokio::spawn(super::actor::run_actor(
-            engine, commands, shared, hub, shutdown,
+            engine, commands, shared, hub, opening, shutdown,
         ));
     }
 }

@@ -6,6 +6,11 @@
 //! Announcements and replies share one queue and one connection, and every node listens to
 //! both channels on one subscription, so a node sees the trade updates a command caused
 //! before the command's reply (what lets a session send `order_ack` before the `new` update).
+//!
+//! Every heartbeat carries the exchange's trading state (`Announcement::Trading`: halted after
+//! a store failure, or running), as it stands after everything published before it. A node
+//! that subscribed during a halt, or missed the halt's or the resume's announcement (pub/sub
+//! is lossy), learns it within one heartbeat; a node already told ignores the repetition.
 
 use std::borrow::Cow;
 
@@ -22,7 +27,7 @@ use crate::trading::command::{TradingCommand, TradingReply};
 use crate::trading::engine::Announcement;
 
 /// On the events channel: announcements of the exchange holding lease token `token`, or its
-/// heartbeat (`alive`, no items). Each announcement travels behind a header saying whom it
+/// heartbeat (`alive`, with one item: the trading state, `Announcement::Trading`). Each announcement travels behind a header saying whom it
 /// concerns ([`About`]), its body left as raw JSON, so a node reads the headers and decodes
 /// only the bodies it needs (a user with a session on it, a book with a subscriber on it).
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +122,9 @@ enum Outgoing {
     Acknowledge {
         ids: Vec<String>,
     },
+    /// The trading state the heartbeats carry from now on (after the announcement of the
+    /// change, handed over just before).
+    State(Announcement),
 }
 
 /// Messages published per pipelined round trip at most.
@@ -188,7 +196,19 @@ impl AnnouncementOutlet for Relay {
             }
             Err(error) => tracing::error!(%error, "announcement not encodable; not relayed"),
         }
+        let state = announcements
+            .iter()
+            .rev()
+            .find(|item| matches!(item, Announcement::Trading { .. }));
+        if let Some(state) = state {
+            let _ = self.sender.send(Outgoing::State(state.clone()));
+        }
     }
+}
+
+/// A heartbeat of the exchange holding `token`, with its trading state.
+fn heartbeat_payload(token: u64, state: &Announcement) -> String {
+    events_payload(token, std::slice::from_ref(state), true).unwrap_or_default()
 }
 
 async fn run(
@@ -202,7 +222,14 @@ async fn run(
         .min(std::time::Duration::from_secs(1));
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let alive = events_payload(ticket.token(), &[], true).unwrap_or_default();
+    // A term starts with trading running: it claimed its fence, so the store takes writes.
+    let mut alive = heartbeat_payload(
+        ticket.token(),
+        &Announcement::Trading {
+            halted: false,
+            message: "trading resumed: the exchange runs and the store accepts writes".into(),
+        },
+    );
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -224,6 +251,11 @@ async fn run(
         // Checked before every publish: a former exchange says nothing once its lease is gone.
         if ticket.is_lost() {
             return;
+        }
+        for outgoing in &batch {
+            if let Outgoing::State(state) = outgoing {
+                alive = heartbeat_payload(ticket.token(), state);
+            }
         }
         let pipe = pipeline(batch.drain(..));
         let mut connection = node.commands();
@@ -247,6 +279,7 @@ fn pipeline(batch: impl Iterator<Item = Outgoing>) -> redis::Pipeline {
             Outgoing::Acknowledge { ids } => {
                 pipe.add_command(stream::ack(&ids)).ignore();
             }
+            Outgoing::State(_) => {}
         }
     }
     pipe

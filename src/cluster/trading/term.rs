@@ -1,6 +1,7 @@
 //! One lease term of the exchange on this node: claim the fence in the store, rebuild the
-//! exchange from the store, take over the commands a dead predecessor left pending, then read
-//! and run commands until the lease is lost.
+//! exchange from the store, move its books to the market's latest quotes, take over the
+//! commands a dead predecessor left pending, then read and run commands until the lease is
+//! lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,17 +14,19 @@ use redis::Value;
 
 use super::super::lease::LeaseTicket;
 use super::super::node::{ClusterError, ClusterNode};
+use super::super::wire;
 use super::relay::Relay;
 use super::stream::{self, Entry};
 use super::trace::{self, ExchangeStamps};
 use crate::hub::Hub;
+use crate::market::MarketEvent;
 use crate::store::{Fence, StoreError, TradingBatch, TradingStore};
 use crate::trading::command::{self, Disposition, TradingCommand, TradingReply};
 use crate::trading::config::TradingSettings;
 use crate::trading::engine::Engine;
 use crate::trading::exchange::engine_settings;
 use crate::trading::persist::{self, LeaseFence, UpdateLogSettings};
-use crate::trading::{AnnouncementOutlet, ExchangeHandle};
+use crate::trading::{ExchangeHandle, MarketInput};
 
 /// The name of the exchange's lease, and of its fence in the store.
 pub const EXCHANGE_LEASE: &str = "exchange";
@@ -126,11 +129,9 @@ async fn start_exchange(
         fence,
         stop: ticket.lost().clone(),
     });
-    // Every book as this term holds it, announced before anything the actor announces: the
-    // nodes' copies followed the former exchange's deltas (or none), and this one's books
-    // start from its rebuild.
     let relay = Arc::new(Relay::start(context.node.clone(), ticket.clone()));
-    relay.announce(&engine.book_snapshots(chrono::Utc::now()));
+    // The exchange follows the node's hub from here on (the queue is registered now), so a
+    // quote that arrives after the read below reaches the engine after the one read.
     let (exchange, tasks) = ExchangeHandle::new(
         engine,
         Some(Arc::clone(&context.hub)),
@@ -139,11 +140,59 @@ async fn start_exchange(
         trading.user_channel_capacity,
         ticket.lost().clone(),
     );
+    // The rebuilt books stand at the opening prices; the actor's first step moves them to the
+    // market's latest quotes and announces every book as a snapshot, before anything else:
+    // the nodes' copies followed the former exchange's deltas (or none).
+    let quotes = latest_quotes(&context.node, context.hub.universe().names()).await;
     tasks
         .with_persistence(Arc::new(persistence))
         .with_outlet(relay.clone())
+        .with_term_opening(quotes)
         .spawn();
     Ok((exchange, relay))
+}
+
+/// The latest quote of each of `symbols` that the feeds keep in Redis (the `q:<symbol>`
+/// fields of the latest-values hash, which every published quote updates), in one command
+/// bounded by the response timeout. Nothing (the books stay at the opening prices until each
+/// symbol's next quote, with a warning) when Redis does not answer in time or holds none.
+async fn latest_quotes(node: &ClusterNode, symbols: &[String]) -> Vec<MarketInput> {
+    if symbols.is_empty() {
+        return Vec::new();
+    }
+    let mut command = redis::cmd("HMGET");
+    command.arg(wire::latest_key());
+    for symbol in symbols {
+        command.arg(wire::latest_quote_field(symbol));
+    }
+    let mut connection = node.commands();
+    let values: Vec<Option<Vec<u8>>> = match node.timed(command.query_async(&mut connection)).await
+    {
+        Ok(values) => values,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the latest quotes; the books start from the opening prices");
+            return Vec::new();
+        }
+    };
+    let quotes: Vec<MarketInput> = values
+        .iter()
+        .filter_map(|value| {
+            let (_, json) = wire::decode_latest(value.as_deref()?)?;
+            let event: MarketEvent = serde_json::from_slice(&json).ok()?;
+            MarketInput::from_event(&event)
+                .filter(|input| matches!(input, MarketInput::Quote { .. }))
+        })
+        .collect();
+    if quotes.is_empty() {
+        tracing::warn!("no latest quote in Redis; the books start from the opening prices");
+    } else if quotes.len() < symbols.len() {
+        tracing::info!(
+            quoted = quotes.len(),
+            symbols = symbols.len(),
+            "some symbols have no latest quote; their books start from the opening prices"
+        );
+    }
+    quotes
 }
 
 /// Takes over the pending commands of every consumer, then reads new ones, until the lease

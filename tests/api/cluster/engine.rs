@@ -353,6 +353,39 @@ async fn a_held_lease_is_renewed_past_its_ttl_and_released_on_shutdown() {
 }
 
 #[tokio::test]
+async fn a_waiting_node_takes_a_dead_holders_lease_just_after_it_expires() {
+    let redis = RedisServer::start();
+    let a = start_node(&redis, "a", 100);
+    let b = start_node(&redis, "b", 100);
+    let ttl = config(&redis, "a", 100).lease_ttl;
+    let quiet = CancellationToken::new();
+    // A takes the lease and dies at once (nobody renews it): it expires `ttl` after this.
+    let taken_by_a = tokio::time::Instant::now();
+    let dead = try_acquire(&a.node, "poller", &quiet)
+        .await
+        .expect("redis answers")
+        .expect("a free lease is taken");
+    // B starts waiting out of phase with the expiry: trying every renewal interval (300 ms)
+    // from here, it would come 250 ms after the expiry.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let waiting = CancellationToken::new();
+    let taken = tokio::time::timeout(
+        Duration::from_secs(3),
+        hold_lease(&b.node, "poller", &waiting),
+    )
+    .await
+    .expect("taken in time")
+    .expect("taken");
+    let late = taken_by_a.elapsed().saturating_sub(ttl);
+    assert!(
+        late < Duration::from_millis(120),
+        "taken {late:?} after the expiry"
+    );
+    assert!(taken.token() > dead.token());
+    waiting.cancel();
+}
+
+#[tokio::test]
 async fn a_killed_subscription_is_repaired_from_the_stream_without_a_hole() {
     let redis = RedisServer::start();
     let a = start_node(&redis, "a", 1000);

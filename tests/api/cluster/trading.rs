@@ -3,7 +3,7 @@
 //! through either node reach the one exchange, updates reach the other node, a command left
 //! pending by a dead exchange is answered from its stored reply instead of running twice, and
 //! a fenced exchange stores and announces nothing, and a halt of the exchange (its store
-//! refusing writes) and its resume reach both nodes.
+//! refusing writes) and its resume reach both nodes, and a node that joins during the halt.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -517,6 +517,63 @@ async fn a_halt_of_the_exchange_and_its_resume_reach_every_node_once() {
     }
     first.shutdown.cancel();
     second.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_during_a_halt_learns_of_it_and_then_of_the_resume() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let first = node(&redis, "node-a", Arc::clone(&store.trading));
+    submit_retrying(&first.trading, "alice", limit_buy("before"))
+        .await
+        .expect("the exchange runs");
+    let db = rusqlite::Connection::open(dir.path().join("tickgate.db")).expect("the store file");
+    db.busy_timeout(Duration::from_secs(10)).expect("timeout");
+    db.execute_batch(
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON exchange_events \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END; \
+         CREATE TRIGGER refuse_meta_insert BEFORE INSERT ON meta \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END; \
+         CREATE TRIGGER refuse_meta_update BEFORE UPDATE ON meta \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .expect("triggers");
+    first
+        .trading
+        .submit("alice", limit_buy("during"))
+        .await
+        .expect_err("the store refuses the order's step");
+    wait_for_status(&first, "trading_halted").await;
+
+    // The halt was announced before this node subscribed: pub/sub does not replay it, the
+    // exchange's heartbeat carries it.
+    let late = node(&redis, "node-late", Arc::clone(&store.trading));
+    wait_for_status(&late, "trading_halted").await;
+
+    db.execute_batch(
+        "DROP TRIGGER refuse_events; DROP TRIGGER refuse_meta_insert; \
+         DROP TRIGGER refuse_meta_update;",
+    )
+    .expect("triggers dropped");
+    wait_for_status(&late, "trading_resumed").await;
+    submit_retrying(&late.trading, "alice", limit_buy("after"))
+        .await
+        .expect("trading resumed");
+    // Heartbeats repeat the state; a node told once is told nothing again.
+    tokio::time::sleep(LEASE_TTL).await;
+    for node in [&first, &late] {
+        let told: Vec<&str> = node
+            .statuses
+            .lock()
+            .iter()
+            .copied()
+            .filter(|code| *code == "trading_halted" || *code == "trading_resumed")
+            .collect();
+        assert_eq!(told, vec!["trading_halted", "trading_resumed"]);
+    }
+    first.shutdown.cancel();
+    late.shutdown.cancel();
 }
 
 /// Redis's log of every command it runs (`MONITOR`, through `redis-cli`), read on a thread;

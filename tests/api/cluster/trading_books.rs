@@ -1,7 +1,8 @@
 //! Order books across a failover of the exchange, with real processes: a book subscriber on
-//! a cluster node keeps the exchange's book through a `kill -9` of the exchange's node (with
-//! quotes published while no exchange runs), and a node that joins late serves the
-//! exchange's book, not the opening one.
+//! a cluster node keeps the exchange's book through a `kill -9` of the exchange's node, the
+//! new exchange's snapshot stands at the market's last quote (published while no exchange
+//! ran) without waiting for another, and a node that joins late serves the exchange's book,
+//! not the opening one.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ struct BookClient {
     asks: Side,
     seq: u64,
     snapshots: u32,
+    /// The book as the last snapshot left it (before any delta after it).
+    last_snapshot: (Side, Side),
 }
 
 impl BookClient {
@@ -88,6 +91,7 @@ impl BookClient {
             asks: Side::new(),
             seq: 0,
             snapshots: 0,
+            last_snapshot: (Side::new(), Side::new()),
         };
         let subscribe = json!({"action": "subscribe", "orderbooks": ["AAPL"]});
         client
@@ -140,6 +144,9 @@ impl BookClient {
                 }
             }
         }
+        if object["snapshot"] == true {
+            self.last_snapshot = self.levels();
+        }
     }
 
     /// Reads frames until `done` holds; panics with the book after `within`.
@@ -168,24 +175,30 @@ impl BookClient {
     /// The book as a generated one around the quote (`bid`, `ask`, sizes 300 and 200 on
     /// top): `BOOK_LEVELS` levels a tick apart on each side, nothing else.
     fn is_around(&self, bid: Decimal, ask: Decimal) -> bool {
-        let tick = dec!(0.01);
-        let bids: Vec<Decimal> = self.bids.keys().rev().copied().collect();
-        let asks: Vec<Decimal> = self.asks.keys().copied().collect();
-        let expected_bids: Vec<Decimal> = (0..BOOK_LEVELS)
-            .map(|depth| bid - tick * Decimal::from(depth))
-            .collect();
-        let expected_asks: Vec<Decimal> = (0..BOOK_LEVELS)
-            .map(|depth| ask + tick * Decimal::from(depth))
-            .collect();
-        bids == expected_bids
-            && asks == expected_asks
-            && self.bids.get(&bid) == Some(&dec!(300))
-            && self.asks.get(&ask) == Some(&dec!(200))
+        is_around((&self.bids, &self.asks), bid, ask)
     }
 
     fn levels(&self) -> (Side, Side) {
         (self.bids.clone(), self.asks.clone())
     }
+}
+
+/// Whether the book (bids, asks) is a generated one around the quote (`bid`, `ask`, sizes 300
+/// and 200 on top): `BOOK_LEVELS` levels a tick apart on each side, nothing else.
+fn is_around((book_bids, book_asks): (&Side, &Side), bid: Decimal, ask: Decimal) -> bool {
+    let tick = dec!(0.01);
+    let bids: Vec<Decimal> = book_bids.keys().rev().copied().collect();
+    let asks: Vec<Decimal> = book_asks.keys().copied().collect();
+    let expected_bids: Vec<Decimal> = (0..BOOK_LEVELS)
+        .map(|depth| bid - tick * Decimal::from(depth))
+        .collect();
+    let expected_asks: Vec<Decimal> = (0..BOOK_LEVELS)
+        .map(|depth| ask + tick * Decimal::from(depth))
+        .collect();
+    bids == expected_bids
+        && asks == expected_asks
+        && book_bids.get(&bid) == Some(&dec!(300))
+        && book_asks.get(&ask) == Some(&dec!(200))
 }
 
 /// The index of the node whose exchange runs: it holds the lease and has finished taking over
@@ -237,6 +250,22 @@ async fn a_book_subscriber_keeps_the_exchanges_book_through_a_failover_and_a_lat
     publish_quote(&nodes[survivor], 250.00, 250.02).await;
     // Each node takes the lease once here, so the survivor's first takeover is this one.
     assert_eq!(running_exchange(&redis, &[&nodes[survivor]]).await, 0);
+    // Without another quote, the new exchange's snapshot is the book of the market's last
+    // quote (which it read from the feeds' latest values in Redis), not the opening book.
+    watcher
+        .until(
+            |client| {
+                client.snapshots >= 2
+                    && is_around(
+                        (&client.last_snapshot.0, &client.last_snapshot.1),
+                        dec!(250.00),
+                        dec!(250.02),
+                    )
+            },
+            Duration::from_secs(20),
+            "the new exchange's snapshot around the quote published before it ran",
+        )
+        .await;
     // The new exchange's deltas: the watcher's book must be exactly the book around this
     // quote, with nothing left of the former exchange's levels.
     publish_quote(&nodes[survivor], 150.10, 150.12).await;

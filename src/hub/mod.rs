@@ -32,6 +32,7 @@ pub mod msgpack;
 pub mod queue;
 mod sequenced;
 mod settings;
+pub mod shared_throttle;
 pub mod sweep;
 pub mod throttle;
 mod trading_status;
@@ -57,6 +58,7 @@ use entry::encode_entry;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
 pub use settings::HubConfig;
+pub use shared_throttle::{MAX_SHARED_THROTTLES, SharedThrottle, StageKey};
 pub use throttle::{InvalidMaxRate, MaxRate, Pacer, Throttle};
 
 /// The public feeds, each with its own sequence and replay window.
@@ -118,6 +120,9 @@ struct FeedState {
     /// Bytes the window's entries hold (their shared SSE and WebSocket buffers).
     window_bytes: usize,
     subscribers: Vec<Registration>,
+    /// The market feed's shared throttles (see [`shared_throttle`]): one per `max_rate` key
+    /// in use, each fed every market event and holding its own subscribers.
+    stages: Vec<Arc<SharedThrottle>>,
     /// Set by [`Hub::shut_down`]: the feed's head is final and every publish is refused.
     sealed: bool,
 }
@@ -322,6 +327,7 @@ impl Hub {
                 window: VecDeque::new(),
                 window_bytes: 0,
                 subscribers: Vec::new(),
+                stages: Vec::new(),
                 sealed: false,
             })
         };
@@ -543,6 +549,17 @@ impl Hub {
             }
             true
         });
+        if feed == Feed::Market && !state.stages.is_empty() {
+            // Each stage takes the event once and pushes what its rate lets out; a stage
+            // whose last subscriber left is dropped.
+            state.stages.retain(|stage| {
+                let live = stage.publish(&entry, metrics);
+                if !live {
+                    stage.retire();
+                }
+                live
+            });
+        }
         drop(state);
         if trading_status {
             self.tell_trading_listeners(&Arc::new(entry::encode_notice(json, true)), &mut told);
@@ -588,6 +605,42 @@ impl Hub {
         want_snapshot: bool,
         queue: &Arc<SubscriberQueue>,
     ) -> Subscribed {
+        self.subscribe_inner(feed, filter, resume, want_snapshot, queue, None)
+            .0
+    }
+
+    /// [`Hub::subscribe`] on the market feed at `rate`, through the shared throttle of its
+    /// [`StageKey`] (made if none runs): the queue is then pushed only what the stage lets
+    /// out. Returns the stage, or `None` when the filter wants neither trades nor quotes or
+    /// [`MAX_SHARED_THROTTLES`] other stages run; the queue is then registered on the raw
+    /// feed, as by [`Hub::subscribe`], and the caller throttles it itself.
+    pub fn subscribe_throttled(
+        &self,
+        filter: Filter,
+        rate: MaxRate,
+        resume: Option<Cursor>,
+        want_snapshot: bool,
+        queue: &Arc<SubscriberQueue>,
+    ) -> (Subscribed, Option<Arc<SharedThrottle>>) {
+        self.subscribe_inner(
+            Feed::Market,
+            filter,
+            resume,
+            want_snapshot,
+            queue,
+            Some(rate),
+        )
+    }
+
+    fn subscribe_inner(
+        &self,
+        feed: Feed,
+        filter: Filter,
+        resume: Option<Cursor>,
+        want_snapshot: bool,
+        queue: &Arc<SubscriberQueue>,
+        rate: Option<MaxRate>,
+    ) -> (Subscribed, Option<Arc<SharedThrottle>>) {
         let mut state = self.feeds[feed.index()].lock();
         let epoch = self.epoch();
         let newest = state.next_seq - 1;
@@ -618,11 +671,19 @@ impl Hub {
         } else {
             None
         };
-        state.subscribers.push(Registration {
+        let registration = Registration {
             queue: Arc::clone(queue),
             filter,
             slice: queue.slice(),
-        });
+        };
+        let stage = rate
+            .filter(|_| feed == Feed::Market)
+            .and_then(|rate| StageKey::for_kinds(rate, registration.filter.kinds))
+            .and_then(|key| self.stage_locked(&mut state, key, newest));
+        match &stage {
+            Some(stage) => stage.add(registration),
+            None => state.subscribers.push(registration),
+        }
         if state.sealed {
             // A client that connects during shutdown gets its replay and then, like everyone
             // else, the final status with the head, instead of a stream that never ends.
@@ -635,20 +696,78 @@ impl Hub {
         self.metrics
             .replayed
             .fetch_add(replay.len() as u64, Ordering::Relaxed);
-        Subscribed {
+        let subscribed = Subscribed {
             replay,
             reset,
             snapshot,
             cursor: Cursor { epoch, seq: newest },
+        };
+        (subscribed, stage)
+    }
+
+    /// The running stage of `key`, or a new one (cursor at the feed's head `newest`) if
+    /// fewer than [`MAX_SHARED_THROTTLES`] run; `None` past the cap.
+    fn stage_locked(
+        &self,
+        state: &mut FeedState,
+        key: StageKey,
+        newest: u64,
+    ) -> Option<Arc<SharedThrottle>> {
+        if let Some(stage) = state.stages.iter().find(|stage| stage.key() == key) {
+            return Some(Arc::clone(stage));
         }
+        if state.sealed || state.stages.len() >= MAX_SHARED_THROTTLES {
+            return None;
+        }
+        let stage = SharedThrottle::start(key, newest, Arc::clone(&self.metrics));
+        state.stages.push(Arc::clone(&stage));
+        Some(stage)
+    }
+
+    /// Moves a market-feed queue registered through [`Hub::subscribe_throttled`] to another
+    /// filter or rate (`None`: the raw feed) in one step under the feed lock, so no event is
+    /// lost or repeated: what its old stage held that the queue wants is pushed to it first
+    /// (at once, whatever the rate), then the new registration takes every later event.
+    /// Returns the new stage (as [`Hub::subscribe_throttled`]).
+    pub fn move_market_registration(
+        &self,
+        queue: &Arc<SubscriberQueue>,
+        filter: Filter,
+        rate: Option<MaxRate>,
+    ) -> Option<Arc<SharedThrottle>> {
+        let mut state = self.feeds[Feed::Market.index()].lock();
+        let newest = state.next_seq - 1;
+        state.subscribers.retain(|r| !Arc::ptr_eq(&r.queue, queue));
+        for stage in &state.stages {
+            stage.remove(queue, &self.metrics);
+        }
+        let registration = Registration {
+            queue: Arc::clone(queue),
+            filter,
+            slice: queue.slice(),
+        };
+        let stage = rate
+            .and_then(|rate| StageKey::for_kinds(rate, registration.filter.kinds))
+            .and_then(|key| self.stage_locked(&mut state, key, newest));
+        match &stage {
+            Some(stage) => stage.add(registration),
+            None => state.subscribers.push(registration),
+        }
+        stage
+    }
+
+    /// How many shared throttles run (for tests and metrics).
+    pub fn shared_throttle_count(&self) -> usize {
+        self.feeds[Feed::Market.index()].lock().stages.len()
     }
 
     /// Removes a queue's registrations from `feed` now (e.g. a WebSocket unsubscribe).
     pub fn unsubscribe(&self, feed: Feed, queue: &Arc<SubscriberQueue>) {
-        self.feeds[feed.index()]
-            .lock()
-            .subscribers
-            .retain(|r| !Arc::ptr_eq(&r.queue, queue));
+        let mut state = self.feeds[feed.index()].lock();
+        state.subscribers.retain(|r| !Arc::ptr_eq(&r.queue, queue));
+        for stage in &state.stages {
+            stage.remove(queue, &self.metrics);
+        }
     }
 
     fn snapshot_locked(&self, feed: Feed, filter: &Filter, state: &FeedState) -> Vec<Arc<Entry>> {
@@ -731,12 +850,17 @@ impl Hub {
 
     /// Number of live registrations on a feed (for tests and readiness).
     pub fn subscriber_count(&self, feed: Feed) -> usize {
-        self.feeds[feed.index()]
-            .lock()
+        let state = self.feeds[feed.index()].lock();
+        let raw = state
             .subscribers
             .iter()
             .filter(|r| !r.queue.is_gone())
-            .count()
+            .count();
+        raw + state
+            .stages
+            .iter()
+            .map(|stage| stage.subscriber_count())
+            .sum::<usize>()
     }
 
     /// Shutdown: seals every feed and tells every subscriber to finish, under the feed's
@@ -752,6 +876,13 @@ impl Hub {
                 registration
                     .queue
                     .push_control(Delivery::Close(CloseReason::Shutdown));
+            }
+            // What the shared throttles hold goes out before the close, so the close's id
+            // (the feed's head) claims nothing a throttled subscriber was not sent.
+            for stage in state.stages.drain(..) {
+                stage.flush(&self.metrics);
+                stage.push_control(&Delivery::Close(CloseReason::Shutdown));
+                stage.retire();
             }
         }
     }

@@ -270,3 +270,7 @@ async fn run_timer(stage: Arc<SharedThrottle>, metrics: Arc<Metrics>) {
         stage.release_locked(&mut state, Instant::now(), &metrics);
     }
 }
+
+#[cfg(test)]
+#[path = "shared_throttle_tests.rs"]
+mod tests;

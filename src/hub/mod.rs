@@ -716,7 +716,12 @@ impl Hub {
         if let Some(stage) = state.stages.iter().find(|stage| stage.key() == key) {
             return Some(Arc::clone(stage));
         }
-        if state.sealed || state.stages.len() >= MAX_SHARED_THROTTLES {
+        // A stage's timer is a task: without a runtime to run it (or once shut down, or
+        // past the cap) the caller throttles on its own.
+        if state.sealed
+            || state.stages.len() >= MAX_SHARED_THROTTLES
+            || tokio::runtime::Handle::try_current().is_err()
+        {
             return None;
         }
         let stage = SharedThrottle::start(key, newest, Arc::clone(&self.metrics));

@@ -472,9 +472,19 @@ impl WsSession {
         if (market_changed || rate_changed) && (staged || self.subs.market_rate.is_some()) {
             let filter = self.market_filter();
             self.move_market(filter);
-        } else if market_changed {
-            let filter = self.market_filter();
-            self.reregister(Feed::Market, filter, out);
+        } else {
+            if rate_changed {
+                // The rate was removed from a session throttling on its own (the hub's cap
+                // of stages was reached when it was set): what it held goes out next.
+                self.market
+                    .shared
+                    .borrow_mut()
+                    .set_max_rate(self.subs.market_rate);
+            }
+            if market_changed {
+                let filter = self.market_filter();
+                self.reregister(Feed::Market, filter, out);
+            }
         }
         if previous.market.news != self.subs.market.news {
             let filter = (!self.subs.market.news.is_empty()).then(|| Filter {

@@ -27,6 +27,7 @@
 pub mod coalesce;
 mod cursor;
 pub mod entry;
+mod feed;
 pub mod filter;
 pub mod msgpack;
 pub mod queue;
@@ -55,49 +56,12 @@ pub use coalesce::Coalescer;
 pub use cursor::Cursor;
 pub use entry::Entry;
 use entry::encode_entry;
+pub use feed::Feed;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
 pub use settings::HubConfig;
 pub use shared_throttle::{MAX_SHARED_THROTTLES, SharedThrottle, StageKey};
 pub use throttle::{InvalidMaxRate, MaxRate, Pacer, Throttle};
-
-/// The public feeds, each with its own sequence and replay window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Feed {
-    Market,
-    News,
-    Alerts,
-}
-
-impl Feed {
-    pub const ALL: [Feed; 3] = [Feed::Market, Feed::News, Feed::Alerts];
-
-    fn index(self) -> usize {
-        match self {
-            Feed::Market => 0,
-            Feed::News => 1,
-            Feed::Alerts => 2,
-        }
-    }
-
-    pub fn of(kind: EventKind) -> Feed {
-        match kind {
-            EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status => {
-                Feed::Market
-            }
-            EventKind::News => Feed::News,
-            EventKind::Alert => Feed::Alerts,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Feed::Market => "market",
-            Feed::News => "news",
-            Feed::Alerts => "alerts",
-        }
-    }
-}
 
 /// What one entry costs a replay window: the SSE frame and the WebSocket frame (one
 /// allocation holds both; `json` is a slice of the SSE frame), and the MessagePack frame
@@ -609,29 +573,6 @@ impl Hub {
             .0
     }
 
-    /// [`Hub::subscribe`] on the market feed at `rate`, through the shared throttle of its
-    /// [`StageKey`] (made if none runs): the queue is then pushed only what the stage lets
-    /// out. Returns the stage, or `None` when the filter wants neither trades nor quotes or
-    /// [`MAX_SHARED_THROTTLES`] other stages run; the queue is then registered on the raw
-    /// feed, as by [`Hub::subscribe`], and the caller throttles it itself.
-    pub fn subscribe_throttled(
-        &self,
-        filter: Filter,
-        rate: MaxRate,
-        resume: Option<Cursor>,
-        want_snapshot: bool,
-        queue: &Arc<SubscriberQueue>,
-    ) -> (Subscribed, Option<Arc<SharedThrottle>>) {
-        self.subscribe_inner(
-            Feed::Market,
-            filter,
-            resume,
-            want_snapshot,
-            queue,
-            Some(rate),
-        )
-    }
-
     fn subscribe_inner(
         &self,
         feed: Feed,
@@ -703,67 +644,6 @@ impl Hub {
             cursor: Cursor { epoch, seq: newest },
         };
         (subscribed, stage)
-    }
-
-    /// The running stage of `key`, or a new one (cursor at the feed's head `newest`) if
-    /// fewer than [`MAX_SHARED_THROTTLES`] run; `None` past the cap.
-    fn stage_locked(
-        &self,
-        state: &mut FeedState,
-        key: StageKey,
-        newest: u64,
-    ) -> Option<Arc<SharedThrottle>> {
-        if let Some(stage) = state.stages.iter().find(|stage| stage.key() == key) {
-            return Some(Arc::clone(stage));
-        }
-        // A stage's timer is a task: without a runtime to run it (or once shut down, or
-        // past the cap) the caller throttles on its own.
-        if state.sealed
-            || state.stages.len() >= MAX_SHARED_THROTTLES
-            || tokio::runtime::Handle::try_current().is_err()
-        {
-            return None;
-        }
-        let stage = SharedThrottle::start(key, newest, Arc::clone(&self.metrics));
-        state.stages.push(Arc::clone(&stage));
-        Some(stage)
-    }
-
-    /// Moves a market-feed queue registered through [`Hub::subscribe_throttled`] to another
-    /// filter or rate (`None`: the raw feed) in one step under the feed lock, so no event is
-    /// lost or repeated: what its old stage held that the queue wants is pushed to it first
-    /// (at once, whatever the rate), then the new registration takes every later event.
-    /// Returns the new stage (as [`Hub::subscribe_throttled`]).
-    pub fn move_market_registration(
-        &self,
-        queue: &Arc<SubscriberQueue>,
-        filter: Filter,
-        rate: Option<MaxRate>,
-    ) -> Option<Arc<SharedThrottle>> {
-        let mut state = self.feeds[Feed::Market.index()].lock();
-        let newest = state.next_seq - 1;
-        state.subscribers.retain(|r| !Arc::ptr_eq(&r.queue, queue));
-        for stage in &state.stages {
-            stage.remove(queue, &self.metrics);
-        }
-        let registration = Registration {
-            queue: Arc::clone(queue),
-            filter,
-            slice: queue.slice(),
-        };
-        let stage = rate
-            .and_then(|rate| StageKey::for_kinds(rate, registration.filter.kinds))
-            .and_then(|key| self.stage_locked(&mut state, key, newest));
-        match &stage {
-            Some(stage) => stage.add(registration),
-            None => state.subscribers.push(registration),
-        }
-        stage
-    }
-
-    /// How many shared throttles run (for tests and metrics).
-    pub fn shared_throttle_count(&self) -> usize {
-        self.feeds[Feed::Market.index()].lock().stages.len()
     }
 
     /// Removes a queue's registrations from `feed` now (e.g. a WebSocket unsubscribe).

@@ -14,12 +14,12 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! Files: [`feed`] (the feeds), [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
 //! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`coalesce`] (the coalescing window: a busy connection's
 //! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps), [`throttle`] (conflation for `max_rate`
-//! subscribers), [`sequenced`] (what a cluster node does to the
+//! subscribers), [`shared_throttle`] (one conflation per rate in use), [`sequenced`] (what a cluster node does to the
 //! hub: events sequenced elsewhere, resets, notices), [`trading_status`] (trading statuses for
 //! WebSocket sessions that trade, market data or not); this file holds the feeds, their logs
 //! and the latest values.

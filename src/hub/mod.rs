@@ -14,7 +14,7 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`feed`] (the feeds), [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! Files: `feed` (the feeds), [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
 //! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`coalesce`] (the coalescing window: a busy connection's
 //! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the

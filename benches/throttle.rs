@@ -6,9 +6,13 @@
 //! deliveries per subscriber and second) for three connections: unthrottled, throttled and
 //! woken by every publish (as before the deferred wake-ups), and throttled with deferred
 //! wake-ups, whose queue keeps only the newest trade per windowed symbol (as now); then times
-//! one simulated second of each.
+//! one simulated second of each. A fourth connection, `ThrottledShared`, is registered at the
+//! hub's shared throttle for its rate (`Hub::subscribe_throttled`): it has no throttle of its
+//! own and is pushed only what the stage releases. The stage's timer is a tokio task, so that
+//! mode runs on a paused tokio clock stepped a millisecond at a time (the timer's resolution).
 //!
-//! `THROTTLE_BENCH_ONLY=<mode>` (`Unthrottled`, `ThrottledEager`, `ThrottledDeferred`, or
+//! `THROTTLE_BENCH_ONLY=<mode>` (`Unthrottled`, `ThrottledEager`, `ThrottledDeferred`,
+//! `ThrottledShared`, or
 //! `Setup` for building the market without publishing) runs that one simulation of 2 s and
 //! exits, without the timings: run it under `perf stat -e instructions` or callgrind for an
 //! instruction count per mode that a noisy machine does not move.
@@ -39,6 +43,7 @@ enum Mode {
     Unthrottled,
     ThrottledEager,
     ThrottledDeferred,
+    ThrottledShared,
 }
 
 /// A deterministic xorshift generator, so every run publishes the same market.
@@ -149,10 +154,16 @@ fn market(mode: Mode, seconds: u32) -> Market {
                 symbols,
                 kinds: u8::MAX,
             };
-            hub.subscribe(Feed::Market, filter, None, false, &queue);
+            if mode == Mode::ThrottledShared {
+                let (_, stage) = hub.subscribe_throttled(filter, rate, None, false, &queue);
+                assert!(stage.is_some(), "one stage for the rate");
+            } else {
+                hub.subscribe(Feed::Market, filter, None, false, &queue);
+            }
             Subscriber {
                 queue,
-                throttle: (mode != Mode::Unthrottled).then(|| Throttle::new(rate, start, 0)),
+                throttle: (!matches!(mode, Mode::Unthrottled | Mode::ThrottledShared))
+                    .then(|| Throttle::new(rate, start, 0)),
                 spare: VecDeque::new(),
                 released: Vec::new(),
             }
@@ -186,9 +197,64 @@ fn market(mode: Mode, seconds: u32) -> Market {
     }
 }
 
+/// [`simulate`] for [`Mode::ThrottledShared`]: on a paused tokio clock (the stage's timer
+/// task needs one), stepped by a millisecond; each subscriber runs when its queue wakes it.
+fn simulate_shared(market: &mut Market, runtime: &tokio::runtime::Runtime) -> Counts {
+    let mut counts = Counts::default();
+    let mut cx = Context::from_waker(Waker::noop());
+    let start = market.start;
+    let gap = Duration::from_secs(1) / PUBLISHES_PER_SECOND;
+    let step = Duration::from_millis(1);
+    let steps_per_gap = (gap.as_millis() as usize).max(1);
+    let rounds = market.batches.len() + PUBLISHES_PER_SECOND as usize;
+    let mut id = 0u64;
+    for tick in 0..rounds * steps_per_gap {
+        let now = start + step * tick as u32;
+        runtime.block_on(async {
+            tokio::time::advance(now.saturating_duration_since(Instant::now())).await;
+            // The stage's timer task releases what is due.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        });
+        if tick % steps_per_gap == 0
+            && let Some(batch) = market.batches.get(tick / steps_per_gap)
+        {
+            for symbol in batch {
+                id += 1;
+                market
+                    .hub
+                    .publish_event(trade(&market.names, *symbol, id))
+                    .expect("a valid trade");
+            }
+        }
+        for subscriber in &mut market.subscribers {
+            if subscriber.queue.poll_notified(&mut cx).is_ready() {
+                subscriber.run(now, Mode::ThrottledShared, &mut counts);
+            }
+        }
+    }
+    counts
+}
+
+fn trade(names: &[String], symbol: SymbolId, id: u64) -> MarketEvent {
+    MarketEvent::Trade(Trade {
+        symbol: names[usize::from(symbol)].as_str().into(),
+        id,
+        venue: "LG".into(),
+        price: 227.25,
+        size: 100.0,
+        time: DateTime::from_timestamp_nanos(1_763_900_000_123_456_789),
+        conditions: vec![],
+    })
+}
+
 /// Publishes every batch, running each subscriber when its queue wakes it or its timer is
 /// due, and returns the counts summed over subscribers.
-fn simulate(market: &mut Market, mode: Mode) -> Counts {
+fn simulate(market: &mut Market, mode: Mode, runtime: &tokio::runtime::Runtime) -> Counts {
+    if mode == Mode::ThrottledShared {
+        return simulate_shared(market, runtime);
+    }
     let mut counts = Counts::default();
     let mut cx = Context::from_waker(Waker::noop());
     let start = market.start;
@@ -200,16 +266,10 @@ fn simulate(market: &mut Market, mode: Mode) -> Counts {
         if let Some(batch) = market.batches.get(round) {
             for symbol in batch {
                 id += 1;
-                let trade = MarketEvent::Trade(Trade {
-                    symbol: market.names[usize::from(*symbol)].as_str().into(),
-                    id,
-                    venue: "LG".into(),
-                    price: 227.25,
-                    size: 100.0,
-                    time: DateTime::from_timestamp_nanos(1_763_900_000_123_456_789),
-                    conditions: vec![],
-                });
-                market.hub.publish_event(trade).expect("a valid trade");
+                market
+                    .hub
+                    .publish_event(trade(&market.names, *symbol, id))
+                    .expect("a valid trade");
             }
         }
         let next = now + gap;
@@ -228,13 +288,26 @@ fn simulate(market: &mut Market, mode: Mode) -> Counts {
     counts
 }
 
+/// A runtime on a paused clock, for the shared stage's timer task (entered while the market
+/// is built, so the stage can spawn it).
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+}
+
 fn throttle(c: &mut Criterion) {
     let modes = [
         Mode::Unthrottled,
         Mode::ThrottledEager,
         Mode::ThrottledDeferred,
+        Mode::ThrottledShared,
     ];
     let seconds = 2;
+    let runtime = paused_runtime();
+    let _entered = runtime.enter();
     if let Ok(only) = std::env::var("THROTTLE_BENCH_ONLY") {
         let mut market = market(
             modes
@@ -245,7 +318,7 @@ fn throttle(c: &mut Criterion) {
         );
         match modes.into_iter().find(|mode| format!("{mode:?}") == only) {
             Some(mode) => {
-                let counts = simulate(&mut market, mode);
+                let counts = simulate(&mut market, mode, &runtime);
                 eprintln!("{mode:?}: {counts:?}");
             }
             None => eprintln!("setup only"),
@@ -259,7 +332,7 @@ fn throttle(c: &mut Criterion) {
     );
     for mode in modes {
         let mut market = market(mode, seconds);
-        let counts = simulate(&mut market, mode);
+        let counts = simulate(&mut market, mode, &runtime);
         let per = (SUBSCRIBERS as u64 * u64::from(seconds)) as f64;
         eprintln!(
             "  {mode:?}: {:.1} wake-ups, {:.1} items drained, {:.1} writes, {:.1} deliveries",
@@ -275,7 +348,7 @@ fn throttle(c: &mut Criterion) {
         group.bench_function(format!("{mode:?}_one_simulated_second"), |b| {
             b.iter_batched(
                 || market(mode, 1),
-                |mut market| black_box(simulate(&mut market, mode)),
+                |mut market| black_box(simulate(&mut market, mode, &runtime)),
                 criterion::BatchSize::LargeInput,
             )
         });

@@ -14,12 +14,12 @@
 //! - The hub knows no transport: it encodes the SSE frame and the WebSocket array once (see
 //!   [`entry`]) and hands out shared bytes; how a connection writes them is the transport's.
 //!
-//! Files: [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
+//! Files: `feed` (the feeds), [`entry`] (encoding, every SSE frame, the shutdown status), [`msgpack`] (the
 //! MessagePack frame of the Alpaca stream, encoded only while it has clients), [`queue`] (subscriber
 //! queues and the slow-client policy), [`coalesce`] (the coalescing window: a busy connection's
 //! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps), [`throttle`] (conflation for `max_rate`
-//! subscribers), [`sequenced`] (what a cluster node does to the
+//! subscribers), [`shared_throttle`] (one conflation per rate in use), [`sequenced`] (what a cluster node does to the
 //! hub: events sequenced elsewhere, resets, notices), [`trading_status`] (trading statuses for
 //! WebSocket sessions that trade, market data or not); this file holds the feeds, their logs
 //! and the latest values.
@@ -27,11 +27,13 @@
 pub mod coalesce;
 mod cursor;
 pub mod entry;
+mod feed;
 pub mod filter;
 pub mod msgpack;
 pub mod queue;
 mod sequenced;
 mod settings;
+pub mod shared_throttle;
 pub mod sweep;
 pub mod throttle;
 mod trading_status;
@@ -54,48 +56,12 @@ pub use coalesce::Coalescer;
 pub use cursor::Cursor;
 pub use entry::Entry;
 use entry::encode_entry;
+pub use feed::Feed;
 pub use filter::{Filter, SymbolFilter};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
 pub use settings::HubConfig;
+pub use shared_throttle::{MAX_SHARED_THROTTLES, SharedThrottle, StageKey};
 pub use throttle::{InvalidMaxRate, MaxRate, Pacer, Throttle};
-
-/// The public feeds, each with its own sequence and replay window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Feed {
-    Market,
-    News,
-    Alerts,
-}
-
-impl Feed {
-    pub const ALL: [Feed; 3] = [Feed::Market, Feed::News, Feed::Alerts];
-
-    fn index(self) -> usize {
-        match self {
-            Feed::Market => 0,
-            Feed::News => 1,
-            Feed::Alerts => 2,
-        }
-    }
-
-    pub fn of(kind: EventKind) -> Feed {
-        match kind {
-            EventKind::Trade | EventKind::Quote | EventKind::Bar | EventKind::Status => {
-                Feed::Market
-            }
-            EventKind::News => Feed::News,
-            EventKind::Alert => Feed::Alerts,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Feed::Market => "market",
-            Feed::News => "news",
-            Feed::Alerts => "alerts",
-        }
-    }
-}
 
 /// What one entry costs a replay window: the SSE frame and the WebSocket frame (one
 /// allocation holds both; `json` is a slice of the SSE frame), and the MessagePack frame
@@ -118,6 +84,9 @@ struct FeedState {
     /// Bytes the window's entries hold (their shared SSE and WebSocket buffers).
     window_bytes: usize,
     subscribers: Vec<Registration>,
+    /// The market feed's shared throttles (see [`shared_throttle`]): one per `max_rate` key
+    /// in use, each fed every market event and holding its own subscribers.
+    stages: Vec<Arc<SharedThrottle>>,
     /// Set by [`Hub::shut_down`]: the feed's head is final and every publish is refused.
     sealed: bool,
 }
@@ -322,6 +291,7 @@ impl Hub {
                 window: VecDeque::new(),
                 window_bytes: 0,
                 subscribers: Vec::new(),
+                stages: Vec::new(),
                 sealed: false,
             })
         };
@@ -543,6 +513,17 @@ impl Hub {
             }
             true
         });
+        if feed == Feed::Market && !state.stages.is_empty() {
+            // Each stage takes the event once and pushes what its rate lets out; a stage
+            // whose last subscriber left is dropped.
+            state.stages.retain(|stage| {
+                let live = stage.publish(&entry, metrics);
+                if !live {
+                    stage.retire();
+                }
+                live
+            });
+        }
         drop(state);
         if trading_status {
             self.tell_trading_listeners(&Arc::new(entry::encode_notice(json, true)), &mut told);
@@ -588,6 +569,19 @@ impl Hub {
         want_snapshot: bool,
         queue: &Arc<SubscriberQueue>,
     ) -> Subscribed {
+        self.subscribe_inner(feed, filter, resume, want_snapshot, queue, None)
+            .0
+    }
+
+    fn subscribe_inner(
+        &self,
+        feed: Feed,
+        filter: Filter,
+        resume: Option<Cursor>,
+        want_snapshot: bool,
+        queue: &Arc<SubscriberQueue>,
+        rate: Option<MaxRate>,
+    ) -> (Subscribed, Option<Arc<SharedThrottle>>) {
         let mut state = self.feeds[feed.index()].lock();
         let epoch = self.epoch();
         let newest = state.next_seq - 1;
@@ -618,11 +612,19 @@ impl Hub {
         } else {
             None
         };
-        state.subscribers.push(Registration {
+        let registration = Registration {
             queue: Arc::clone(queue),
             filter,
             slice: queue.slice(),
-        });
+        };
+        let stage = rate
+            .filter(|_| feed == Feed::Market)
+            .and_then(|rate| StageKey::for_kinds(rate, registration.filter.kinds))
+            .and_then(|key| self.stage_locked(&mut state, key, newest));
+        match &stage {
+            Some(stage) => stage.add(registration),
+            None => state.subscribers.push(registration),
+        }
         if state.sealed {
             // A client that connects during shutdown gets its replay and then, like everyone
             // else, the final status with the head, instead of a stream that never ends.
@@ -635,20 +637,22 @@ impl Hub {
         self.metrics
             .replayed
             .fetch_add(replay.len() as u64, Ordering::Relaxed);
-        Subscribed {
+        let subscribed = Subscribed {
             replay,
             reset,
             snapshot,
             cursor: Cursor { epoch, seq: newest },
-        }
+        };
+        (subscribed, stage)
     }
 
     /// Removes a queue's registrations from `feed` now (e.g. a WebSocket unsubscribe).
     pub fn unsubscribe(&self, feed: Feed, queue: &Arc<SubscriberQueue>) {
-        self.feeds[feed.index()]
-            .lock()
-            .subscribers
-            .retain(|r| !Arc::ptr_eq(&r.queue, queue));
+        let mut state = self.feeds[feed.index()].lock();
+        state.subscribers.retain(|r| !Arc::ptr_eq(&r.queue, queue));
+        for stage in &state.stages {
+            stage.remove(queue, &self.metrics);
+        }
     }
 
     fn snapshot_locked(&self, feed: Feed, filter: &Filter, state: &FeedState) -> Vec<Arc<Entry>> {
@@ -731,12 +735,17 @@ impl Hub {
 
     /// Number of live registrations on a feed (for tests and readiness).
     pub fn subscriber_count(&self, feed: Feed) -> usize {
-        self.feeds[feed.index()]
-            .lock()
+        let state = self.feeds[feed.index()].lock();
+        let raw = state
             .subscribers
             .iter()
             .filter(|r| !r.queue.is_gone())
-            .count()
+            .count();
+        raw + state
+            .stages
+            .iter()
+            .map(|stage| stage.subscriber_count())
+            .sum::<usize>()
     }
 
     /// Shutdown: seals every feed and tells every subscriber to finish, under the feed's
@@ -758,6 +767,13 @@ impl Hub {
                 registration
                     .queue
                     .push_control(Delivery::Close(CloseReason::Shutdown));
+            }
+            // What the shared throttles hold goes out before the close, so the close's id
+            // (the feed's head) claims nothing a throttled subscriber was not sent.
+            for stage in state.stages.drain(..) {
+                stage.flush(&self.metrics);
+                stage.push_control(&Delivery::Close(CloseReason::Shutdown));
+                stage.retire();
             }
         }
         self.keepalive_sweep();

@@ -231,6 +231,29 @@ impl Throttle {
         }
     }
 
+    /// Notes an event of the feed the throttle does not carry (a shared stage's kind it
+    /// does not conflate), so the resume point may pass it.
+    pub fn pass_over(&mut self, entry: &Entry) {
+        if entry.feed == Feed::Market {
+            self.seen = self.seen.max(entry.seq);
+        }
+    }
+
+    /// Copies into `out` everything held (it stays held), in feed and sequence order.
+    pub fn held_into(&self, out: &mut Vec<Arc<Entry>>) {
+        let start = out.len();
+        out.extend(self.ready.iter().cloned());
+        for symbol in &self.waiting {
+            if let Some(at) = slot_index(&self.slot_of, *symbol) {
+                let slot = &self.slots[at];
+                out.extend(slot.trade.iter().cloned());
+                out.extend(slot.quote.iter().cloned());
+                out.extend(slot.held.iter().cloned());
+            }
+        }
+        out[start..].sort_by_key(|entry| (entry.feed == Feed::News, entry.seq));
+    }
+
     /// Moves into `out` everything whose time has come, in feed and sequence order, and starts
     /// a new window for each symbol that sent a trade or quote.
     pub fn release(&mut self, now: Instant, out: &mut Vec<Arc<Entry>>) {

@@ -147,9 +147,17 @@ fn open_stream(
 ) -> HttpResponse {
     let resume = resume_cursor(request, query);
     let queue = state.hub.new_queue();
-    let mut subscribed = state
-        .hub
-        .subscribe(feed, filter, resume, feed == Feed::Market, &queue);
+    let (mut subscribed, stage) = match max_rate {
+        Some(rate) if feed == Feed::Market => state
+            .hub
+            .subscribe_throttled(filter, rate, resume, true, &queue),
+        _ => (
+            state
+                .hub
+                .subscribe(feed, filter, resume, feed == Feed::Market, &queue),
+            None,
+        ),
+    };
     // A throttled stream sends its replay through the throttle, not in the opening.
     let replay = match max_rate {
         Some(_) => std::mem::take(&mut subscribed.replay),
@@ -186,6 +194,7 @@ fn open_stream(
         };
         return response().body(ThrottledSse::new(
             queue,
+            stage,
             rate,
             initial,
             replay,

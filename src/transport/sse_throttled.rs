@@ -11,7 +11,13 @@
 //! (the events still held were above it); events sent while an older one was held may come
 //! again after a resume, which for trades and quotes (the newest value wins) changes nothing.
 //!
+//! Usually the conflation is not the connection's own: the hub's shared throttle for the
+//! stream's rate ([`hub::SharedThrottle`]) pushes the queue only what it lets out, and the
+//! resume point is the stage's, read before each drain. Only when the hub runs its maximum of
+//! shared throttles does the connection drain the raw feed into a throttle of its own.
+//!
 //! [`hub::Throttle`]: crate::hub::Throttle
+//! [`hub::SharedThrottle`]: crate::hub::SharedThrottle
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,7 +31,8 @@ use tokio::time::Instant;
 
 use crate::hub::entry::{SSE_HEARTBEAT, sse_close};
 use crate::hub::{
-    CloseReason, Coalescer, Delivery, Entry, Feed, Hub, MaxRate, Pacer, SubscriberQueue, Throttle,
+    CloseReason, Coalescer, Delivery, Entry, Feed, Hub, MaxRate, Pacer, SharedThrottle,
+    SubscriberQueue, Throttle,
 };
 use crate::metrics::{Metrics, Transport};
 
@@ -35,7 +42,11 @@ pub(super) struct ThrottledSse {
     queue: Arc<SubscriberQueue>,
     spare: VecDeque<Delivery>,
     released: Vec<Arc<Entry>>,
+    /// The connection's own throttle: it conflates the replay, and, without a shared stage,
+    /// everything (its timer then ends the windows).
     pacer: Pacer,
+    /// The hub's shared throttle that feeds the queue, if any.
+    stage: Option<Arc<SharedThrottle>>,
     /// The coalescing window: a connection the server fell behind on writes its releases
     /// once per window, as an unthrottled one does.
     coalescer: Coalescer,
@@ -51,10 +62,12 @@ pub(super) struct ThrottledSse {
 impl ThrottledSse {
     /// `opening` is the `retry:` line and the snapshot, if any; `replay` the events after the
     /// client's cursor, which go through the throttle like live ones; `cursor` the sequence
-    /// the client holds once `opening` is written.
+    /// the client holds once `opening` is written; `stage` the shared throttle the queue is
+    /// registered with (`None`: the queue has the raw feed).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         queue: Arc<SubscriberQueue>,
+        stage: Option<Arc<SharedThrottle>>,
         rate: MaxRate,
         opening: Bytes,
         replay: Vec<Arc<Entry>>,
@@ -69,6 +82,7 @@ impl ThrottledSse {
             spare: VecDeque::new(),
             released: Vec::new(),
             pacer: Pacer::new(Throttle::new(rate, now, cursor)),
+            stage,
             coalescer: hub.new_coalescer(),
             initial: None,
             finished: false,
@@ -80,21 +94,36 @@ impl ThrottledSse {
         for entry in replay {
             connection.pacer.throttle.take(entry);
         }
-        connection
-            .pacer
-            .throttle
-            .release(now, &mut connection.released);
-        connection.pacer.rearm(&connection.queue);
+        if connection.stage.is_some() {
+            // The replay is conflated once (the newest trade and quote per symbol) and sent
+            // at once; live events come from the stage.
+            connection
+                .pacer
+                .throttle
+                .release_all(&mut connection.released);
+        } else {
+            connection
+                .pacer
+                .throttle
+                .release(now, &mut connection.released);
+            connection.pacer.rearm(&connection.queue);
+        }
+        let cursor = connection.pacer.throttle.cursor();
         let mut out = BytesMut::from(opening.as_ref());
-        connection.render_into(&mut out, false, None);
+        connection.render_into(&mut out, cursor, false, None);
         connection.initial = Some(out.freeze());
         connection
     }
 
     /// Appends what was released (frames without their `id:` line), the new resume point if
     /// it moved, a heartbeat and the close, in that order.
-    fn render_into(&mut self, out: &mut BytesMut, heartbeat: bool, close: Option<CloseReason>) {
-        let cursor = self.pacer.throttle.cursor();
+    fn render_into(
+        &mut self,
+        out: &mut BytesMut,
+        cursor: u64,
+        heartbeat: bool,
+        close: Option<CloseReason>,
+    ) {
         let moved = cursor > self.written;
         let count = self.released.len();
         let last_is_cursor = moved
@@ -142,11 +171,15 @@ impl ThrottledSse {
 
     /// Drains the queue into the throttle and releases what is due; the next chunk, if any.
     fn step(&mut self) -> Option<Bytes> {
+        // The stage's resume point covers only what was pushed before it was stored: read it
+        // before draining.
+        let stage_cursor = self.stage.as_ref().map(|stage| stage.cursor());
         self.queue.drain_into(&mut self.spare);
         let mut heartbeat = false;
         let mut close = None;
         for item in self.spare.drain(..) {
             match item {
+                Delivery::Event(entry) if stage_cursor.is_some() => self.released.push(entry),
                 Delivery::Event(entry) => self.pacer.throttle.take(entry),
                 Delivery::Heartbeat => heartbeat = true,
                 Delivery::Close(reason) => {
@@ -156,7 +189,9 @@ impl ThrottledSse {
             }
         }
         self.spare.clear();
-        if close.is_some() {
+        if stage_cursor.is_some() {
+            // The stage released these; nothing of the connection's own is held.
+        } else if close.is_some() {
             // The stream ends: everything held goes out first, so the close's id (the feed's
             // head, for a shutdown) claims nothing that was not sent.
             self.pacer.throttle.release_all(&mut self.released);
@@ -166,12 +201,13 @@ impl ThrottledSse {
                 .release(Instant::now(), &mut self.released);
             self.pacer.rearm(&self.queue);
         }
+        let cursor = stage_cursor.unwrap_or_else(|| self.pacer.throttle.cursor());
         // A lone event that is itself the resume point is the hub's frame as it is.
         if !heartbeat
             && close.is_none()
             && let [entry] = self.released.as_slice()
             && entry.feed == Feed::Market
-            && entry.seq == self.pacer.throttle.cursor()
+            && entry.seq == cursor
             && entry.seq > self.written
         {
             let frame = entry.sse.clone();
@@ -186,7 +222,7 @@ impl ThrottledSse {
         }
         let size: usize = self.released.iter().map(|entry| entry.sse.len()).sum();
         let mut out = BytesMut::with_capacity(size + 64);
-        self.render_into(&mut out, heartbeat, close);
+        self.render_into(&mut out, cursor, heartbeat, close);
         Some(out.freeze())
     }
 }
@@ -291,6 +327,7 @@ mod tests {
         let rate = MaxRate::new(2).expect("valid");
         let body = ThrottledSse::new(
             queue,
+            None,
             rate,
             Bytes::from_static(b"retry: 1\n\n"),
             Vec::new(),
@@ -404,5 +441,111 @@ mod tests {
             .throttled
             .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(sent, 4, "trades 2, 3, 5 and 6 were replaced");
+    }
+
+    /// A hub of four symbols without a coalescing window, and a `max_rate=2` body fed by the
+    /// hub's shared throttle.
+    fn shared(hub: &Arc<Hub>, filter: Filter) -> ThrottledSse {
+        let queue = hub.new_queue();
+        let rate = MaxRate::new(2).expect("valid");
+        let (subscribed, stage) = hub.subscribe_throttled(filter, rate, None, false, &queue);
+        assert!(stage.is_some(), "a stage runs for the rate");
+        ThrottledSse::new(
+            queue,
+            stage,
+            rate,
+            Bytes::from_static(b"retry: 1\n\n"),
+            Vec::new(),
+            subscribed.cursor.seq,
+            Arc::clone(hub.metrics()),
+            Arc::clone(hub),
+            Feed::Market,
+        )
+    }
+
+    /// Lets the stages' timer tasks run after the clock moved.
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_of_one_rate_share_a_stage_that_pushes_only_what_the_rate_lets_out() {
+        let hub = Arc::new(Hub::new(
+            SymbolUniverse::new(["AAPL", "MSFT", "GOOG", "AMZN"]),
+            HubSettings {
+                coalesce_window: Duration::ZERO,
+                ..HubSettings::default()
+            },
+            Arc::new(Metrics::default()),
+            7,
+        ));
+        let mut everything = shared(&hub, Filter::everything());
+        let aapl_only = Filter {
+            symbols: crate::hub::SymbolFilter::from_ids([hub
+                .universe()
+                .id("AAPL")
+                .expect("known")]),
+            kinds: u8::MAX,
+        };
+        let mut aapl = shared(&hub, aapl_only);
+        assert_eq!(hub.shared_throttle_count(), 1, "one stage for both");
+        assert_eq!(poll(&mut everything).as_deref(), Some("retry: 1\n\n"));
+        assert_eq!(poll(&mut aapl).as_deref(), Some("retry: 1\n\n"));
+        hub.publish_event(trade("AAPL", 1)).expect("valid");
+        for body in [&mut everything, &mut aapl] {
+            let first = poll(body).expect("a quiet symbol's first trade at once");
+            assert!(first.starts_with("id: 7-1\nevent: trade\n"), "{first}");
+        }
+        // AAPL's window runs: its next trades are conflated in the stage, and no queue holds
+        // them; MSFT is quiet and goes only to the stream that follows it.
+        for n in 2..=6 {
+            hub.publish_event(trade("AAPL", n)).expect("valid");
+        }
+        assert!(
+            aapl.queue.is_empty(),
+            "nothing pushed while the window runs"
+        );
+        hub.publish_event(trade("MSFT", 7)).expect("valid");
+        assert_eq!(poll(&mut aapl), None);
+        let msft = poll(&mut everything).expect("MSFT at once");
+        assert!(msft.contains("\"MSFT\""), "{msft}");
+        // Trade 6 is held, so the resume point stops below it.
+        assert!(msft.ends_with("\n\nid: 7-5\n\n"), "{msft}");
+        tokio::time::advance(Duration::from_millis(499)).await;
+        settle().await;
+        assert_eq!(poll(&mut aapl), None, "the window has not ended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        for body in [&mut everything, &mut aapl] {
+            let released = poll(body).expect("the stage released AAPL at the window end");
+            assert!(
+                released.contains("\"i\":6") && !released.contains("\"i\":5"),
+                "the newest trade wins: {released}"
+            );
+            assert_eq!(poll(body), None, "one release, one write");
+        }
+        assert_eq!(
+            hub.metrics()
+                .throttled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            4,
+            "trades 2 to 5 were replaced once, in the stage, not once per subscriber"
+        );
+        // A close flushes what the stage holds before the shutdown status.
+        hub.publish_event(trade("AAPL", 8)).expect("valid");
+        assert_eq!(poll(&mut aapl), None, "held: AAPL's window runs again");
+        hub.shut_down();
+        let last = poll(&mut aapl).expect("the close");
+        let trade_at = last.find("\"i\":8").expect("trade 8 flushed");
+        let status_at = last
+            .find("id: 7-8\nevent: status")
+            .expect("shutdown status");
+        assert!(trade_at < status_at, "{last}");
+        // The stage ends with its last subscriber.
+        drop(everything);
+        drop(aapl);
+        assert_eq!(hub.shared_throttle_count(), 0, "shutdown retired the stage");
     }
 }

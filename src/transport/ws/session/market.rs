@@ -10,8 +10,14 @@
 //! - A close queued by the hub (slow client, shutdown) ends the session after its last frame.
 //! - A MessagePack session (the Alpaca stream) gets the same events as binary frames: the
 //!   hub's prebuilt `Entry.msgpack` for one event, an array of their maps for several.
-//! - With a `max_rate` the wanted events pass through a [`Throttle`] (hub entries, so still no
-//!   encoding per client); removing the rate sends whatever it held at once.
+//! - With a `max_rate` the market registration is at the hub's shared throttle for the rate
+//!   (`hub::SharedThrottle`), which pushes the queue only what the rate lets out, out of
+//!   sequence order across symbols: such entries are not checked against the last sequence
+//!   sent. Changing the symbols or the rate moves the registration in one step under the feed
+//!   lock (no replay, so nothing to deduplicate); what the old stage held goes out at once.
+//!   Only when the hub runs its maximum of stages does the session put the raw feed through a
+//!   [`Throttle`] of its own (hub entries, so still no encoding per client); removing the rate
+//!   sends whatever it held at once.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -102,6 +108,9 @@ pub struct MarketState {
     metrics: Arc<Metrics>,
     /// A keep-alive tick was drained since [`MarketState::deliver_into`] last said so.
     heartbeat: bool,
+    /// The market registration is at a shared throttle: its entries come out of sequence
+    /// order and are not deduplicated by `last_seq`.
+    staged: bool,
     /// The throttle of a `max_rate` subscription; boxed, so an unthrottled session carries
     /// one pointer for it.
     throttle: Option<Box<MarketThrottle>>,
@@ -132,6 +141,7 @@ impl MarketState {
             wanted: Rc::default(),
             metrics,
             heartbeat: false,
+            staged: false,
             throttle: None,
         }
     }
@@ -255,7 +265,7 @@ impl MarketState {
             };
             let slot = feed_slot(entry.feed);
             // Sequence 0 is a notice outside every log (a cluster status): never a duplicate.
-            if entry.seq != 0 {
+            if entry.seq != 0 && !(self.staged && slot == 0) {
                 if entry.seq <= self.last_seq[slot] {
                     continue;
                 }
@@ -447,13 +457,8 @@ impl WsSession {
         if self.subs.market.trading != trading {
             Rc::make_mut(&mut self.subs.market).trading = trading;
         }
-        {
-            let mut shared = self.market.shared.borrow_mut();
-            shared.wanted = Rc::clone(&self.subs.market);
-            if previous.market_rate != self.subs.market_rate {
-                shared.set_max_rate(self.subs.market_rate);
-            }
-        }
+        self.market.shared.borrow_mut().wanted = Rc::clone(&self.subs.market);
+        let rate_changed = previous.market_rate != self.subs.market_rate;
         match (previous.trades_anything(), self.subs.trades_anything()) {
             (false, true) => self.deps.hub.listen_trading(&self.market.queue),
             (true, false) => self.deps.hub.unlisten_trading(&self.market.queue),
@@ -463,9 +468,23 @@ impl WsSession {
             || previous.market.quotes != self.subs.market.quotes
             || previous.market.bars != self.subs.market.bars
             || previous.market.statuses != self.subs.market.statuses;
-        if market_changed {
+        let staged = self.market.shared.borrow().staged;
+        if (market_changed || rate_changed) && (staged || self.subs.market_rate.is_some()) {
             let filter = self.market_filter();
-            self.reregister(Feed::Market, filter, out);
+            self.move_market(filter);
+        } else {
+            if rate_changed {
+                // The rate was removed from a session throttling on its own (the hub's cap
+                // of stages was reached when it was set): what it held goes out next.
+                self.market
+                    .shared
+                    .borrow_mut()
+                    .set_max_rate(self.subs.market_rate);
+            }
+            if market_changed {
+                let filter = self.market_filter();
+                self.reregister(Feed::Market, filter, out);
+            }
         }
         if previous.market.news != self.subs.market.news {
             let filter = (!self.subs.market.news.is_empty()).then(|| Filter {
@@ -496,6 +515,43 @@ impl WsSession {
             symbols: symbol_filter(&union),
             kinds,
         })
+    }
+
+    /// Moves the market registration to `filter` at the session's rate, through the hub's
+    /// shared throttle for it (see [`Hub::move_market_registration`]), or leaves the feed.
+    /// Past the hub's cap of stages the raw feed goes through the session's own throttle.
+    ///
+    /// [`Hub::move_market_registration`]: crate::hub::Hub::move_market_registration
+    fn move_market(&mut self, filter: Option<Filter>) {
+        let slot = feed_slot(Feed::Market);
+        let hub = &self.deps.hub;
+        let rate = self.subs.market_rate;
+        let mut shared = self.market.shared.borrow_mut();
+        let Some(filter) = filter else {
+            if self.market.registered[slot] {
+                hub.unsubscribe(Feed::Market, &self.market.queue);
+                self.market.registered[slot] = false;
+            }
+            shared.set_max_rate(None);
+            shared.staged = false;
+            return;
+        };
+        let head = hub.cursor(Feed::Market).seq;
+        let was_registered = self.market.registered[slot];
+        let was_staged = shared.staged;
+        let stage = hub.move_market_registration(&self.market.queue, filter, rate);
+        self.market.registered[slot] = true;
+        shared.staged = stage.is_some();
+        // The session's own throttle only without a stage (the hub's cap was reached).
+        shared.set_max_rate(if stage.is_some() { None } else { rate });
+        if !was_registered {
+            // A fresh registration: only events after now.
+            shared.last_seq[slot] = head;
+        } else if was_staged && stage.is_none() {
+            // Back on the raw feed: what the stage pushed (and handed over) came in no
+            // sequence order, and the move repeats nothing, so the check starts afresh.
+            shared.last_seq[slot] = 0;
+        }
     }
 
     /// Replaces this session's registration on `feed` without a gap or a duplicate: the new

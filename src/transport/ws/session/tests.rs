@@ -795,3 +795,6 @@ async fn max_rate_delivers_the_newest_trade_at_most_n_times_a_second_on_the_paus
     // Three seconds at 4 a second, plus the immediate first one.
     assert!((12..=13).contains(&delivered.len()), "{delivered:?}");
 }
+
+#[path = "tests_throttled.rs"]
+mod throttled;

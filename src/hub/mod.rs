@@ -19,7 +19,8 @@
 //! queues and the slow-client policy), [`coalesce`] (the coalescing window: a busy connection's
 //! writes carry several events), [`filter`] (what a subscription wants), [`sweep`] (the
 //! shared heartbeat and keep-alive sweeps), [`throttle`] (conflation for `max_rate`
-//! subscribers), [`shared_throttle`] (one conflation per rate in use), [`sequenced`] (what a cluster node does to the
+//! subscribers), [`shared_throttle`] (one conflation per rate in use), `outcome` (what publishing and
+//! subscribing return), [`sequenced`] (what a cluster node does to the
 //! hub: events sequenced elsewhere, resets, notices), [`trading_status`] (trading statuses for
 //! WebSocket sessions that trade, market data or not); this file holds the feeds, their logs
 //! and the latest values.
@@ -30,6 +31,7 @@ pub mod entry;
 mod feed;
 pub mod filter;
 pub mod msgpack;
+mod outcome;
 pub mod queue;
 mod sequenced;
 mod settings;
@@ -58,6 +60,7 @@ pub use entry::Entry;
 use entry::encode_entry;
 pub use feed::Feed;
 pub use filter::{Filter, SymbolFilter};
+pub use outcome::{PublishError, Published, ResetReason, Subscribed};
 pub use queue::{CloseReason, Delivery, SWEEP_SLICES, SubscriberQueue};
 pub use settings::HubConfig;
 pub use shared_throttle::{MAX_SHARED_THROTTLES, SharedThrottle, StageKey};
@@ -153,77 +156,6 @@ impl From<&HubConfig> for HubSettings {
 impl Default for HubSettings {
     fn default() -> Self {
         HubSettings::from(&HubConfig::default())
-    }
-}
-
-/// Why a resume could not continue from the client's cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    /// The cursor is from an earlier (or another node's) log.
-    EpochChanged,
-    /// The cursor is older than the retained window.
-    CursorTooOld,
-    /// The cursor is ahead of the log (it was never issued by this log).
-    CursorAhead,
-}
-
-impl ResetReason {
-    pub fn message(self) -> &'static str {
-        match self {
-            ResetReason::EpochChanged => "cursor is from another epoch; fresh snapshot follows",
-            ResetReason::CursorTooOld => {
-                "cursor is older than the replay window; fresh snapshot follows"
-            }
-            ResetReason::CursorAhead => "cursor is ahead of the feed; fresh snapshot follows",
-        }
-    }
-}
-
-/// Current state handed to a new subscriber: what to send before live events.
-#[derive(Debug)]
-pub struct Subscribed {
-    /// Events after the client's cursor, in order (empty on a fresh connect or a reset).
-    pub replay: Vec<Arc<Entry>>,
-    /// Set when the client's cursor could not be honoured.
-    pub reset: Option<ResetReason>,
-    /// Latest values (market feed) or recent items (news, alerts) matching the filter; filled
-    /// on a fresh connect with `want_snapshot` and on every reset.
-    pub snapshot: Option<Vec<Arc<Entry>>>,
-    /// The cursor of the newest event in the feed when the subscription was made.
-    pub cursor: Cursor,
-}
-
-/// Accepted event, with its position.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub entry: Arc<Entry>,
-}
-
-/// Why the hub refused an event.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PublishError {
-    #[error(transparent)]
-    Invalid(#[from] InvalidEvent),
-    #[error("could not encode event: {0}")]
-    Encode(String),
-    /// The hub is shutting down: its feeds are sealed at the head every stream was told
-    /// to resume from, so nothing more is accepted (see [`Hub::shut_down`]).
-    #[error("the server is shutting down; publish again once it is back")]
-    ShuttingDown,
-    /// Cluster mode: the shared log did not take the event.
-    #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterPublishError),
-}
-
-impl PublishError {
-    /// The metric label of a refusal.
-    pub fn reason_label(&self) -> &'static str {
-        match self {
-            PublishError::Invalid(invalid) => invalid.reason_label(),
-            PublishError::Encode(_) => "encode",
-            PublishError::ShuttingDown => "shutting_down",
-            PublishError::Cluster(error) => error.reason_label(),
-        }
     }
 }
 

@@ -434,6 +434,47 @@ async fn a_fenced_exchange_stores_nothing_announces_nothing_and_stops() {
     );
 }
 
+/// Makes the store refuse the exchange's writes (and its probes): triggers that raise, on the
+/// event log every step is stored in and on the table the probe writes. Returns the
+/// connection that [`allow_store_writes`] drops them through.
+fn refuse_store_writes(dir: &std::path::Path) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(dir.join("tickgate.db")).expect("the store file");
+    db.busy_timeout(Duration::from_secs(10)).expect("timeout");
+    let refuse = |table: &str, what: &str| {
+        format!(
+            "CREATE TRIGGER refuse_{table}_{what} BEFORE {what} ON {table} \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+        )
+    };
+    db.execute_batch(&format!(
+        "{}{}{}",
+        refuse("exchange_events", "INSERT"),
+        refuse("meta", "INSERT"),
+        refuse("meta", "UPDATE")
+    ))
+    .expect("triggers");
+    db
+}
+
+/// Drops the triggers of [`refuse_store_writes`].
+fn allow_store_writes(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP TRIGGER refuse_exchange_events_INSERT; DROP TRIGGER refuse_meta_INSERT; \
+         DROP TRIGGER refuse_meta_UPDATE;",
+    )
+    .expect("triggers dropped");
+}
+
+/// The halt and resume statuses a node told its sessions, in order.
+fn halts_told(node: &InProcessNode) -> Vec<&'static str> {
+    node.statuses
+        .lock()
+        .iter()
+        .copied()
+        .filter(|code| *code == "trading_halted" || *code == "trading_resumed")
+        .collect()
+}
+
 /// Waits until `node` has told its sessions `code`.
 async fn wait_for_status(node: &InProcessNode, code: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -459,21 +500,7 @@ async fn a_halt_of_the_exchange_and_its_resume_reach_every_node_once() {
         .expect("the exchange runs");
     // The store refuses the exchange's writes (and its probes): triggers that raise, on the
     // event log every step is stored in and on the table the probe writes.
-    let db = rusqlite::Connection::open(dir.path().join("tickgate.db")).expect("the store file");
-    db.busy_timeout(Duration::from_secs(10)).expect("timeout");
-    let refuse = |table: &str, what: &str| {
-        format!(
-            "CREATE TRIGGER refuse_{table}_{what} BEFORE {what} ON {table} \
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
-        )
-    };
-    db.execute_batch(&format!(
-        "{}{}{}",
-        refuse("exchange_events", "INSERT"),
-        refuse("meta", "INSERT"),
-        refuse("meta", "UPDATE")
-    ))
-    .expect("triggers");
+    let db = refuse_store_writes(dir.path());
     let refused = second
         .trading
         .submit("alice", limit_buy("during"))
@@ -492,11 +519,7 @@ async fn a_halt_of_the_exchange_and_its_resume_reach_every_node_once() {
         .expect_err("still halted");
     assert!(again.message.contains("halted"), "{again:?}");
 
-    db.execute_batch(
-        "DROP TRIGGER refuse_exchange_events_INSERT; DROP TRIGGER refuse_meta_INSERT; \
-         DROP TRIGGER refuse_meta_UPDATE;",
-    )
-    .expect("triggers dropped");
+    allow_store_writes(&db);
     wait_for_status(&first, "trading_resumed").await;
     wait_for_status(&second, "trading_resumed").await;
     let after = submit_retrying(&second.trading, "alice", limit_buy("after"))
@@ -506,14 +529,7 @@ async fn a_halt_of_the_exchange_and_its_resume_reach_every_node_once() {
     // Once each, in order, on each node.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for node in [&first, &second] {
-        let told: Vec<&str> = node
-            .statuses
-            .lock()
-            .iter()
-            .copied()
-            .filter(|code| *code == "trading_halted" || *code == "trading_resumed")
-            .collect();
-        assert_eq!(told, vec!["trading_halted", "trading_resumed"]);
+        assert_eq!(halts_told(node), vec!["trading_halted", "trading_resumed"]);
     }
     first.shutdown.cancel();
     second.shutdown.cancel();
@@ -528,17 +544,7 @@ async fn a_node_that_joins_during_a_halt_learns_of_it_and_then_of_the_resume() {
     submit_retrying(&first.trading, "alice", limit_buy("before"))
         .await
         .expect("the exchange runs");
-    let db = rusqlite::Connection::open(dir.path().join("tickgate.db")).expect("the store file");
-    db.busy_timeout(Duration::from_secs(10)).expect("timeout");
-    db.execute_batch(
-        "CREATE TRIGGER refuse_events BEFORE INSERT ON exchange_events \
-         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END; \
-         CREATE TRIGGER refuse_meta_insert BEFORE INSERT ON meta \
-         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END; \
-         CREATE TRIGGER refuse_meta_update BEFORE UPDATE ON meta \
-         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
-    )
-    .expect("triggers");
+    let db = refuse_store_writes(dir.path());
     first
         .trading
         .submit("alice", limit_buy("during"))
@@ -551,11 +557,7 @@ async fn a_node_that_joins_during_a_halt_learns_of_it_and_then_of_the_resume() {
     let late = node(&redis, "node-late", Arc::clone(&store.trading));
     wait_for_status(&late, "trading_halted").await;
 
-    db.execute_batch(
-        "DROP TRIGGER refuse_events; DROP TRIGGER refuse_meta_insert; \
-         DROP TRIGGER refuse_meta_update;",
-    )
-    .expect("triggers dropped");
+    allow_store_writes(&db);
     wait_for_status(&late, "trading_resumed").await;
     submit_retrying(&late.trading, "alice", limit_buy("after"))
         .await
@@ -563,14 +565,7 @@ async fn a_node_that_joins_during_a_halt_learns_of_it_and_then_of_the_resume() {
     // Heartbeats repeat the state; a node told once is told nothing again.
     tokio::time::sleep(LEASE_TTL).await;
     for node in [&first, &late] {
-        let told: Vec<&str> = node
-            .statuses
-            .lock()
-            .iter()
-            .copied()
-            .filter(|code| *code == "trading_halted" || *code == "trading_resumed")
-            .collect();
-        assert_eq!(told, vec!["trading_halted", "trading_resumed"]);
+        assert_eq!(halts_told(node), vec!["trading_halted", "trading_resumed"]);
     }
     first.shutdown.cancel();
     late.shutdown.cancel();

@@ -191,6 +191,20 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP tickgate_coalesce_holds_total Connections that fell behind and started holding their writes for the coalescing window, by the rule that made them (late: wake-ups that found a second event; rate: a fast stream).\n# TYPE tickgate_coalesce_holds_total counter"
+        );
+        for (rule, counter) in [
+            ("late", &crate::hub::coalesce::HOLDS_LATE),
+            ("rate", &crate::hub::coalesce::HOLDS_RATE),
+        ] {
+            let _ = writeln!(
+                out,
+                "tickgate_coalesce_holds_total{{rule=\"{rule}\"}} {}",
+                load(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP tickgate_messages_delivered_total Events written to clients by transport.\n# TYPE tickgate_messages_delivered_total counter"
         );
         let _ = writeln!(

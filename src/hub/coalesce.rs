@@ -22,15 +22,19 @@
 //!   leaves two events for one wake-up now and then, and the connection is not behind for
 //!   it; its next wake-up is on time again. Pushes that wake nothing (a throttled
 //!   connection's deferred trades and quotes) do not make a wake-up late.
-//! - A connection whose writes come, smoothed over about eight of them, faster than
-//!   [`HOT_EVENTS`] events per window (150 a second at 20 ms) is treated as behind too,
-//!   though each wake-up is on time: a process serving its work in turn gets to a publish
-//!   request only after every connection woken by the previous one, so on one core its
-//!   connections may never see two events pile up however loaded it is (the publisher's
-//!   requests wait instead). The average is of
-//!   the gap per event of each write, so a burst the connection finds in one wake-up is one
-//!   short sample, not several: a stream of 100 events a second with a publisher's late
-//!   ticks stays far from the threshold.
+//! - A connection whose stream runs faster than [`HOT_EVENTS`] events per window (150 a
+//!   second at 20 ms), averaged over the last [`HORIZON_WINDOWS`] windows of time, is
+//!   treated as behind too, though each wake-up is on time: a process serving its work in
+//!   turn gets to a publish request only after every connection woken by the previous one,
+//!   so on one core its connections may never see two events pile up however loaded it is
+//!   (the publisher's requests wait instead). The average is over time, not over writes: a
+//!   leaky count of the events written, which loses what it holds in proportion to the time
+//!   that passed. A publisher catching up after a stall sends its late events back to back,
+//!   each woken on time; averaged per write, those short gaps outweighed the long one before
+//!   them and held a stream of 100 events a second a few times per connection and 10 s
+//!   (`tickgate_coalesce_holds_total{rule="rate"}`, fanout1k). Over time they only restore
+//!   the stream's own rate: a stream of 100 events a second is held only after a stall of
+//!   about 180 ms, whose events are late anyway.
 //! - After each write a behind connection holds for one more window; pushes meanwhile wake
 //!   nothing (the queue records them silently), the window's timer does.
 //! - A behind connection keeps up again when a hold ends with fewer than [`HOT_EVENTS`]
@@ -47,6 +51,7 @@
 //! drains its queue in order and writes the shared frames (concatenated once per write).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,11 +66,18 @@ pub const HOT_EVENTS: u32 = 3;
 /// Late wake-ups in a row from which a connection is behind and starts holding its writes.
 pub const BEHIND_WRITES: u8 = 2;
 
-/// The smoothed gap per event moves by `1 / GAP_SMOOTHING` of each write's sample.
-const GAP_SMOOTHING: u32 = 8;
+/// Connections that started holding, process-wide, by the rule that made them: late
+/// wake-ups in a row, and a fast rate over time (`tickgate_coalesce_holds_total`). A counter
+/// per process rather than per hub: a connection's coalescer carries no pointer for it.
+pub static HOLDS_LATE: AtomicU64 = AtomicU64::new(0);
+/// See [`HOLDS_LATE`].
+pub static HOLDS_RATE: AtomicU64 = AtomicU64::new(0);
 
-/// Longest gap one write's sample counts (a quiet spell is not a rate).
-const GAP_CAP_MICROS: u32 = 1_000_000;
+/// How many windows of time the rate rule averages over.
+pub const HORIZON_WINDOWS: u32 = 6;
+
+/// Fixed-point scale of [`Coalescer::load`] (events × `LOAD_ONE`).
+const LOAD_ONE: u64 = 256;
 
 /// One connection's coalescing state, kept beside its queue by the transport that writes.
 #[derive(Debug)]
@@ -75,8 +87,10 @@ pub struct Coalescer {
     late_writes: u8,
     /// Whether the wake-up that made the write now being made was late.
     woke_late: bool,
-    /// The smoothed gap per event between its writes, in microseconds.
-    gap_micros: u32,
+    /// Events written within about the last [`HORIZON_WINDOWS`] windows, a leaky count
+    /// (times `LOAD_ONE`): each write adds its events after the count has lost the share of
+    /// itself that the time since the previous write is of the horizon.
+    load: u32,
     /// When it last wrote while keeping up (`None` before its first write).
     last_write: Option<Instant>,
     /// When a hold ended at its window's end: the timer's deadline, which stands for the
@@ -96,7 +110,7 @@ impl Coalescer {
             window,
             late_writes: 0,
             woke_late: false,
-            gap_micros: micros(window),
+            load: 0,
             last_write: None,
             hold_ended_at: None,
             timer: None,
@@ -152,7 +166,8 @@ impl Coalescer {
     /// write), with the queue it drained. A behind connection holds its next write for one
     /// window, or keeps up again if this write carried fewer than [`HOT_EVENTS`] items; one
     /// that keeps up counts its late wake-ups and holds from the [`BEHIND_WRITES`]th in a row,
-    /// or once its smoothed gap per event is below a window's [`HOT_EVENTS`]th. A write no
+    /// or once its events over the last [`HORIZON_WINDOWS`] windows pass [`HOT_EVENTS`] a
+    /// window. A write no
     /// wake-up made (a throttled connection's due release) counts as on time.
     pub fn wrote(&mut self, queue: &SubscriberQueue) {
         if self.window.is_zero() {
@@ -169,27 +184,35 @@ impl Coalescer {
                 return;
             }
             // The stream slowed down: the connection keeps up again, its rate measured
-            // afresh from this write (a window's gap per event: not fast).
+            // afresh from this write.
             self.hot = false;
             self.late_writes = 0;
-            self.gap_micros = micros(self.window);
+            self.load = 0;
             self.last_write = ended_at.or_else(|| Some(Instant::now()));
             return;
         }
         let now = Instant::now();
-        let items = queue.last_drained().max(1);
-        if let Some(last) = self.last_write {
-            let gap = micros(now - last).min(GAP_CAP_MICROS) / items;
-            self.gap_micros =
-                self.gap_micros - self.gap_micros / GAP_SMOOTHING + gap / GAP_SMOOTHING;
-        }
+        let items = u64::from(queue.last_drained().max(1));
+        let horizon = u64::from(micros(self.window)) * u64::from(HORIZON_WINDOWS);
+        let kept = match self.last_write {
+            Some(last) => {
+                let elapsed = u64::from(micros(now - last)).min(horizon);
+                u64::from(self.load) * (horizon - elapsed) / horizon.max(1)
+            }
+            None => 0,
+        };
+        self.load = u32::try_from(kept + items * LOAD_ONE).unwrap_or(u32::MAX);
         self.last_write = Some(now);
+        let fast = u64::from(self.load) > u64::from(HOT_EVENTS * HORIZON_WINDOWS) * LOAD_ONE;
         self.late_writes = if late {
             self.late_writes.saturating_add(1)
         } else {
             0
         };
-        if self.late_writes >= BEHIND_WRITES || self.gap_micros < micros(self.window) / HOT_EVENTS {
+        let behind = self.late_writes >= BEHIND_WRITES;
+        if behind || fast {
+            let rule = if behind { &HOLDS_LATE } else { &HOLDS_RATE };
+            rule.fetch_add(1, Ordering::Relaxed);
             self.hot = true;
             self.late_writes = 0;
             self.start_hold(now + self.window);

@@ -159,8 +159,11 @@ impl SharedThrottle {
     /// lets out at once. Returns whether the stage still has a subscriber.
     pub(super) fn publish(&self, entry: &Arc<Entry>, metrics: &Metrics) -> bool {
         let mut state = self.state.lock();
-        state.subscribers.retain(|r| !r.queue.is_gone());
-        if state.subscribers.is_empty() {
+        // Whether anyone is left: the first live subscriber answers it, so this is no
+        // per-subscriber work on a market event that may be conflated away. Gone
+        // subscribers are removed by the next release's fan-out.
+        if !state.subscribers.iter().any(|r| !r.queue.is_gone()) {
+            state.subscribers.clear();
             return false;
         }
         let conflated = matches!(entry.kind, EventKind::Trade | EventKind::Quote);
@@ -231,18 +234,20 @@ impl SharedThrottle {
     }
 }
 
-/// Pushes `released` (in order) to every subscriber whose filter wants it, and empties it.
-fn fan_out(subscribers: &[Registration], released: &mut Vec<Arc<Entry>>, metrics: &Metrics) {
-    for registration in subscribers {
+/// Pushes `released` (in order) to every subscriber whose filter wants it, and empties it;
+/// subscribers whose connection is gone are removed on the way.
+fn fan_out(subscribers: &mut Vec<Registration>, released: &mut Vec<Arc<Entry>>, metrics: &Metrics) {
+    subscribers.retain(|registration| {
         if registration.queue.is_gone() {
-            continue;
+            return false;
         }
         for entry in released.iter() {
             if registration.filter.matches(entry) {
                 registration.queue.push_event(entry, metrics);
             }
         }
-    }
+        true
+    });
     released.clear();
 }
 

@@ -18,6 +18,11 @@ pub struct ClusterSettings {
     /// sources stay silent before another node takes them over. Renewed every third of it.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// How long a node hears nothing from the exchange before it tells its trading sessions
+    /// `trading_unavailable`; unset: `min(1s, lease_ttl / 2)` (see
+    /// [`ClusterSettings::exchange_silence`]).
+    #[serde(with = "humantime_serde")]
+    pub exchange_silence: Option<Duration>,
 }
 
 impl Default for ClusterSettings {
@@ -26,6 +31,7 @@ impl Default for ClusterSettings {
             redis_url: String::new(),
             node_id: String::new(),
             lease_ttl: Duration::from_secs(5),
+            exchange_silence: None,
         }
     }
 }
@@ -43,6 +49,7 @@ impl std::fmt::Debug for ClusterSettings {
             )
             .field("node_id", &self.node_id)
             .field("lease_ttl", &self.lease_ttl)
+            .field("exchange_silence", &self.exchange_silence)
             .finish()
     }
 }
@@ -51,6 +58,15 @@ impl ClusterSettings {
     /// Whether this gateway runs as one node of a cluster.
     pub fn enabled(&self) -> bool {
         !self.redis_url.is_empty()
+    }
+
+    /// How long a node hears nothing from the exchange before telling its trading sessions
+    /// that trading is unavailable: as set, or `min(1s, lease_ttl / 2)`, which is four
+    /// heartbeats and always shorter than a failover after a crash (the dead exchange's lease
+    /// runs out at least two thirds of `lease_ttl` after its last renewal).
+    pub fn exchange_silence(&self) -> Duration {
+        self.exchange_silence
+            .unwrap_or_else(|| (self.lease_ttl / 2).min(Duration::from_secs(1)))
     }
 
     /// Semantic checks of `[cluster]` (only when it is enabled).
@@ -80,9 +96,33 @@ impl ClusterSettings {
         if self.lease_ttl < Duration::from_millis(300) || self.lease_ttl > Duration::from_secs(3600)
         {
             problems.push("cluster.lease_ttl: must be between 300ms and 1h".into());
+        } else if let Some(silence) = self.exchange_silence {
+            let shortest = exchange_heartbeat(self.lease_ttl) * 3;
+            let longest = self.lease_ttl + renew_interval(self.lease_ttl);
+            if silence < shortest || silence > longest {
+                problems.push(format!(
+                    "cluster.exchange_silence: must be between three exchange heartbeats ({}ms) and lease_ttl plus one renewal ({}ms) with lease_ttl = {}ms",
+                    shortest.as_millis(),
+                    longest.as_millis(),
+                    self.lease_ttl.as_millis(),
+                ));
+            }
         }
         problems
     }
+}
+
+/// How often leases live `lease_ttl` long are renewed: a third of their life, so one lost
+/// renewal still leaves time for another.
+pub(crate) fn renew_interval(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 3).max(Duration::from_millis(50))
+}
+
+/// How often the exchange says it is alive when leases live `lease_ttl`: every 250 ms, or
+/// every eighth of the lease when it is shorter than 2 s. Every node derives it from the same
+/// `lease_ttl`, so it never needs to be sent.
+pub(crate) fn exchange_heartbeat(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 8).min(Duration::from_millis(250))
 }
 
 #[cfg(test)]

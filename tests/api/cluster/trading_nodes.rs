@@ -86,6 +86,11 @@ struct Ledger {
     reconnects: u32,
     /// The `sc` of every status frame received, in order.
     statuses: Vec<String>,
+    /// When each connection was made, and to which port.
+    connections: Vec<(Instant, u16)>,
+    /// Every trading availability status received: when, on which connection (an index
+    /// into `connections`), and its `sc`.
+    availability: Vec<(Instant, usize, String)>,
 }
 
 struct Trader {
@@ -123,6 +128,7 @@ impl Trader {
             return false;
         };
         self.socket = Some(socket);
+        self.ledger.connections.push((Instant::now(), port));
         let subscribe = json!({"action": "subscribe", "trade_updates": {"since": self.last_seq}});
         if !self.send(subscribe).await {
             return false;
@@ -171,6 +177,12 @@ impl Trader {
                     && let Some(code) = item["sc"].as_str()
                 {
                     self.ledger.statuses.push(code.to_owned());
+                    if code == "trading_unavailable" || code == "trading_available" {
+                        let connection = self.ledger.connections.len().saturating_sub(1);
+                        self.ledger
+                            .availability
+                            .push((Instant::now(), connection, code.to_owned()));
+                    }
                 }
                 if item["T"] == "trade_update" {
                     let seq = item["seq"].as_u64().expect("seq");
@@ -265,14 +277,81 @@ fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The failover test's lease: long enough that a crashed exchange's lease outlives the
+/// nodes' default silence limit (1 s) with room to spare (it expires 2 to 3 s after the kill),
+/// so every surviving session is told of each outage.
+const FAILOVER_LEASE: [(&str, &str); 1] = [("TICKGATE__CLUSTER__LEASE_TTL", "3s")];
+
+/// Checks that every trader connected to a surviving node across a kill (from the kill to the
+/// next one) was told `trading_unavailable` then `trading_available` in that span, once each,
+/// and that no connection was ever told the same availability twice in a row.
+fn check_outages_told(ledgers: &BTreeMap<&str, Ledger>, kills: &[(Instant, u16)], end: Instant) {
+    // Traders checked around each kill: those on the two surviving nodes' slots.
+    let mut checked = vec![0; kills.len()];
+    for (user, ledger) in ledgers {
+        for (index, (killed_at, killed_port)) in kills.iter().enumerate() {
+            let until = kills.get(index + 1).map_or(end, |(next, _)| *next);
+            // The connection open at the kill, if it was to a surviving node and lasted.
+            let Some(connection) = ledger
+                .connections
+                .iter()
+                .rposition(|(at, _)| at < killed_at)
+            else {
+                continue;
+            };
+            let port = ledger.connections[connection].1;
+            let replaced = ledger
+                .connections
+                .get(connection + 1)
+                .is_some_and(|(at, _)| *at < until);
+            if port == *killed_port || replaced {
+                continue;
+            }
+            let told: Vec<&str> = ledger
+                .availability
+                .iter()
+                .filter(|(at, on, _)| *on == connection && at >= killed_at && *at < until)
+                .map(|(_, _, code)| code.as_str())
+                .collect();
+            assert_eq!(
+                told,
+                vec!["trading_unavailable", "trading_available"],
+                "{user} on port {port} around kill {index}: {:?}",
+                ledger.availability
+            );
+            checked[index] += 1;
+        }
+        for connection in 0..ledger.connections.len() {
+            let told: Vec<&str> = ledger
+                .availability
+                .iter()
+                .filter(|(_, on, _)| *on == connection)
+                .map(|(_, _, code)| code.as_str())
+                .collect();
+            for (position, code) in told.iter().enumerate() {
+                let expected = if position % 2 == 0 {
+                    "trading_unavailable"
+                } else {
+                    "trading_available"
+                };
+                assert_eq!(*code, expected, "{user}'s connection {connection}: {told:?}");
+            }
+        }
+    }
+    assert!(
+        checked.iter().all(|count| *count >= 2),
+        "traders on surviving nodes around each kill: {checked:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_lost_or_doubled() {
     let redis = RedisServer::start();
     let database = TestDatabase::create();
     let mut nodes = vec![
-        trading_node(&redis, &database, "node-a"),
-        trading_node(&redis, &database, "node-b"),
-        trading_node(&redis, &database, "node-c"),
+        trading_node_with(&redis, &database, "node-a", &FAILOVER_LEASE),
+        trading_node_with(&redis, &database, "node-b", &FAILOVER_LEASE),
+        trading_node_with(&redis, &database, "node-c", &FAILOVER_LEASE),
     ];
     for node in &nodes {
         node.wait_ready().await;
@@ -296,6 +375,7 @@ async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_los
         .collect();
 
     let mut spawned = 0;
+    let mut kills = Vec::new();
     for _ in 0..3 {
         // Let trading run, then kill whichever node runs the exchange now.
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -313,13 +393,26 @@ async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_los
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         nodes[holder].kill9();
+        kills.push((Instant::now(), nodes[holder].port));
         spawned += 1;
-        let replacement = trading_node(&redis, &database, &format!("node-r{spawned}"));
+        let replacement = trading_node_with(
+            &redis,
+            &database,
+            &format!("node-r{spawned}"),
+            &FAILOVER_LEASE,
+        );
         replacement.wait_ready().await;
         ports.lock()[holder] = replacement.port;
-        nodes[holder] = replacement;
+        let killed = std::mem::replace(&mut nodes[holder], replacement);
+        // The next kill comes a while after this takeover, not in the middle of it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while exchange_holder(&redis).is_none_or(|holder| holder == killed.id) {
+            assert!(Instant::now() < deadline, "no takeover after the kill");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let end = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let mut ledgers = BTreeMap::new();
     for trader in traders {
@@ -327,6 +420,7 @@ async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_los
         ledgers.insert(user, ledger);
     }
 
+    check_outages_told(&ledgers, &kills, end);
     let duplicates = database
         .psql("SELECT username, client_order_id FROM orders GROUP BY 1, 2 HAVING count(*) > 1");
     assert!(

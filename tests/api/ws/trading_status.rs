@@ -86,6 +86,43 @@ async fn a_single_node_trading_halt_reaches_every_trading_session_once() {
     app.stop().await.expect("stop");
 }
 
+#[tokio::test]
+async fn a_session_that_starts_trading_during_a_halt_or_an_outage_is_told_at_once() {
+    let app = spawn_app_with(ws_settings()).await;
+    publish_trading_status(&app, "trading_halted");
+    let hub = &app.state.hub;
+    hub.notify_status("trading_unavailable", "no exchange answers");
+    // Opened during both: told of both at once, after its subscription's reply, then of
+    // their ends like everyone.
+    let mut late = connect_as(&app, "alice").await;
+    late.subscribe(json!({"portfolio": true})).await;
+    assert_eq!(next_status(&mut late).await, "trading_halted");
+    assert_eq!(next_status(&mut late).await, "trading_unavailable");
+    hub.notify_status("trading_available", "an exchange answers again");
+    assert_eq!(next_status(&mut late).await, "trading_available");
+    // Opened while only the halt lasts: told of it alone, once.
+    let mut later = connect_as(&app, "bob").await;
+    later.subscribe(json!({"trade_updates": true})).await;
+    assert_eq!(next_status(&mut later).await, "trading_halted");
+    publish_trading_status(&app, "trading_resumed");
+    assert_eq!(next_status(&mut later).await, "trading_resumed");
+    assert_eq!(next_status(&mut late).await, "trading_resumed");
+    // Opened after both ended: nothing to tell (the next thing it hears is a later reply).
+    let mut after = connect_as(&app, "carol").await;
+    after.subscribe(json!({"orderbooks": ["AAPL"]})).await;
+    after
+        .send_json(json!({"action": "subscribe", "id": 7, "statuses": ["AAPL"]}))
+        .await;
+    loop {
+        let next = after.next_object(std::time::Duration::from_secs(5)).await;
+        assert_ne!(next["T"], "s", "no status after the halt and the outage ended: {next}");
+        if next["T"] == "subscription" && next["id"] == 7 {
+            break;
+        }
+    }
+    app.stop().await.expect("stop");
+}
+
 // On a single node and on a cluster node. The two tests above stay single-node: the first
 // injects `trading_unavailable`/`trading_available` by hand, which a cluster node's own
 // listener also sends (when no exchange heartbeat came for a lease's life, as on a slow

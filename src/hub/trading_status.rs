@@ -66,7 +66,11 @@ impl Hub {
     /// follows market data). Registering twice is harmless.
     pub fn listen_trading(&self, queue: &Arc<SubscriberQueue>) {
         let mut listeners = self.trading_listeners.lock();
-        if listeners.queues.iter().any(|known| Arc::ptr_eq(known, queue)) {
+        if listeners
+            .queues
+            .iter()
+            .any(|known| Arc::ptr_eq(known, queue))
+        {
             return;
         }
         for notice in [&listeners.halted, &listeners.unavailable]

@@ -76,39 +76,73 @@ type Socket =
 
 /// What one trader saw and had acknowledged.
 #[derive(Default, Debug)]
-struct Ledger {
+pub(super) struct Ledger {
     /// Every `seq` received, in arrival order (replays included).
-    seen: Vec<u64>,
+    pub(super) seen: Vec<u64>,
     /// Acknowledged orders: client_order_id → order id.
-    acked: BTreeMap<String, String>,
+    pub(super) acked: BTreeMap<String, String>,
     /// Fills the trader saw.
-    executions: BTreeSet<String>,
-    reconnects: u32,
+    pub(super) executions: BTreeSet<String>,
+    pub(super) reconnects: u32,
+    /// Orders answered 50310002 or 408 and sent again.
+    pub(super) retries: u32,
     /// The `sc` of every status frame received, in order.
-    statuses: Vec<String>,
+    pub(super) statuses: Vec<String>,
     /// When each connection was made, and to which port.
-    connections: Vec<(Instant, u16)>,
+    pub(super) connections: Vec<(Instant, u16)>,
     /// Every trading availability status received: when, on which connection (an index
     /// into `connections`), and its `sc`.
-    availability: Vec<(Instant, usize, String)>,
+    pub(super) availability: Vec<(Instant, usize, String)>,
 }
 
-struct Trader {
-    user: &'static str,
-    ports: Arc<Mutex<Vec<u16>>>,
-    slot: usize,
-    socket: Option<Socket>,
-    last_seq: u64,
-    ledger: Ledger,
+pub(super) struct Trader {
+    pub(super) user: &'static str,
+    pub(super) ports: Arc<Mutex<Vec<u16>>>,
+    pub(super) slot: usize,
+    pub(super) socket: Option<Socket>,
+    pub(super) last_seq: u64,
+    pub(super) ledger: Ledger,
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Acked(String),
     Retry,
 }
 
 impl Trader {
-    async fn connect(&mut self) -> bool {
+    /// A trader whose sessions go to `port`.
+    pub(super) fn on(user: &'static str, port: u16) -> Trader {
+        Trader {
+            user,
+            ports: Arc::new(Mutex::new(vec![port; 3])),
+            slot: 0,
+            socket: None,
+            last_seq: 0,
+            ledger: Ledger::default(),
+        }
+    }
+
+    /// Connects and resumes the trade updates after the last `seq` seen (an exchange call).
+    pub(super) async fn connect(&mut self) -> bool {
+        let subscribe = json!({"action": "subscribe", "trade_updates": {"since": self.last_seq}});
+        if !self.dial().await || !self.send(subscribe).await {
+            return false;
+        }
+        // Replayed updates, then `trade_updates_live`.
+        loop {
+            match self.next(Duration::from_secs(15)).await {
+                Some(object) if object["T"] == "trade_updates_live" => return true,
+                Some(object) if object["T"] == "trade_updates_reset" => {
+                    panic!("{}: no resume may reset here: {object}", self.user)
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+
+    /// Opens the WebSocket connection, authenticated.
+    pub(super) async fn dial(&mut self) -> bool {
         let port = self.ports.lock()[self.slot % 3];
         let url = format!("ws://127.0.0.1:{port}/v1/stream");
         let Ok(mut request) = url.into_client_request() else {
@@ -129,24 +163,10 @@ impl Trader {
         };
         self.socket = Some(socket);
         self.ledger.connections.push((Instant::now(), port));
-        let subscribe = json!({"action": "subscribe", "trade_updates": {"since": self.last_seq}});
-        if !self.send(subscribe).await {
-            return false;
-        }
-        // Replayed updates, then `trade_updates_live`.
-        loop {
-            match self.next(Duration::from_secs(15)).await {
-                Some(object) if object["T"] == "trade_updates_live" => return true,
-                Some(object) if object["T"] == "trade_updates_reset" => {
-                    panic!("{}: no resume may reset here: {object}", self.user)
-                }
-                Some(_) => {}
-                None => return false,
-            }
-        }
+        true
     }
 
-    async fn send(&mut self, value: Value) -> bool {
+    pub(super) async fn send(&mut self, value: Value) -> bool {
         match &mut self.socket {
             Some(socket) => socket.send(Message::text(value.to_string())).await.is_ok(),
             None => false,
@@ -155,7 +175,7 @@ impl Trader {
 
     /// The next object (trade updates are recorded on the way), or `None` when the
     /// connection is gone or silent for `within`.
-    async fn next(&mut self, within: Duration) -> Option<Value> {
+    pub(super) async fn next(&mut self, within: Duration) -> Option<Value> {
         loop {
             let socket = self.socket.as_mut()?;
             let frame = tokio::time::timeout(within, socket.next()).await;
@@ -179,9 +199,11 @@ impl Trader {
                     self.ledger.statuses.push(code.to_owned());
                     if code == "trading_unavailable" || code == "trading_available" {
                         let connection = self.ledger.connections.len().saturating_sub(1);
-                        self.ledger
-                            .availability
-                            .push((Instant::now(), connection, code.to_owned()));
+                        self.ledger.availability.push((
+                            Instant::now(),
+                            connection,
+                            code.to_owned(),
+                        ));
                     }
                 }
                 if item["T"] == "trade_update" {
@@ -201,7 +223,12 @@ impl Trader {
     }
 
     /// Sends the order once and waits for its answer.
-    async fn attempt(&mut self, request_id: u64, client_order_id: &str, side: &str) -> Outcome {
+    pub(super) async fn attempt(
+        &mut self,
+        request_id: u64,
+        client_order_id: &str,
+        side: &str,
+    ) -> Outcome {
         let order = json!({"action": "order", "id": request_id, "data": {
             "symbol": "AAPL", "qty": "1", "side": side, "type": "market",
             "time_in_force": "day", "client_order_id": client_order_id}});
@@ -232,7 +259,7 @@ impl Trader {
         }
     }
 
-    async fn run(mut self, stop: Arc<AtomicBool>) -> (&'static str, Ledger) {
+    pub(super) async fn run(mut self, stop: Arc<AtomicBool>) -> (&'static str, Ledger) {
         let mut number = 0u64;
         while !stop.load(Ordering::Relaxed) {
             number += 1;
@@ -258,7 +285,10 @@ impl Trader {
                         tokio::time::sleep(Duration::from_millis(60)).await;
                         break;
                     }
-                    Outcome::Retry => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Outcome::Retry => {
+                        self.ledger.retries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }
@@ -267,7 +297,7 @@ impl Trader {
 }
 
 /// The stored sequences of `user`, in order.
-fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
+pub(super) fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
     database
         .psql(&format!(
             "SELECT seq FROM trade_updates WHERE username = '{user}' ORDER BY seq"
@@ -320,6 +350,13 @@ fn check_outages_told(ledgers: &BTreeMap<&str, Ledger>, kills: &[(Instant, u16)]
                 ledger.availability
             );
             checked[index] += 1;
+            let after_kill: Vec<_> = ledger
+                .availability
+                .iter()
+                .filter(|(at, on, _)| *on == connection && at >= killed_at && *at < until)
+                .map(|(at, _, code)| format!("{code} +{:?}", at.duration_since(*killed_at)))
+                .collect();
+            eprintln!("kill {index}, {user}: {after_kill:?}");
         }
         for connection in 0..ledger.connections.len() {
             let told: Vec<&str> = ledger
@@ -334,7 +371,10 @@ fn check_outages_told(ledgers: &BTreeMap<&str, Ledger>, kills: &[(Instant, u16)]
                 } else {
                     "trading_available"
                 };
-                assert_eq!(*code, expected, "{user}'s connection {connection}: {told:?}");
+                assert_eq!(
+                    *code, expected,
+                    "{user}'s connection {connection}: {told:?}"
+                );
             }
         }
     }
@@ -569,7 +609,7 @@ async fn an_exchange_paused_past_its_lease_writes_nothing_after_it_wakes() {
 
 impl Trader {
     /// Sends an order and returns the answer to it (whatever it is).
-    async fn answer(&mut self, request_id: u64, client_order_id: &str) -> Value {
+    pub(super) async fn answer(&mut self, request_id: u64, client_order_id: &str) -> Value {
         let order = json!({"action": "order", "id": request_id, "data": {
             "symbol": "AAPL", "qty": "1", "side": "buy", "type": "market",
             "time_in_force": "day", "client_order_id": client_order_id}});
@@ -586,7 +626,7 @@ impl Trader {
     }
 
     /// Reads until a status frame with `code` arrived; fails after `within`.
-    async fn until_status(&mut self, code: &str, within: Duration) {
+    pub(super) async fn until_status(&mut self, code: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.ledger.statuses.iter().any(|seen| seen == code) {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -115,7 +115,10 @@ async fn a_session_that_starts_trading_during_a_halt_or_an_outage_is_told_at_onc
         .await;
     loop {
         let next = after.next_object(std::time::Duration::from_secs(5)).await;
-        assert_ne!(next["T"], "s", "no status after the halt and the outage ended: {next}");
+        assert_ne!(
+            next["T"], "s",
+            "no status after the halt and the outage ended: {next}"
+        );
         if next["T"] == "subscription" && next["id"] == 7 {
             break;
         }

@@ -185,6 +185,44 @@ mod tests {
     }
 
     #[test]
+    fn the_exchange_silence_defaults_to_four_heartbeats_and_must_fit_the_lease() {
+        let default = load(&[]).expect("valid");
+        assert_eq!(default.cluster.exchange_silence(), Duration::from_secs(1));
+        assert_eq!(
+            exchange_heartbeat(default.cluster.lease_ttl),
+            Duration::from_millis(250)
+        );
+        let short = load(&[
+            ("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/"),
+            ("TICKGATE__STORE__ENABLED", "false"),
+            ("TICKGATE__CLUSTER__LEASE_TTL", "1s"),
+        ])
+        .expect("valid");
+        assert_eq!(short.cluster.exchange_silence(), Duration::from_millis(500));
+        assert_eq!(
+            exchange_heartbeat(short.cluster.lease_ttl),
+            Duration::from_millis(125)
+        );
+        let node = |silence: &str| {
+            load(&[
+                ("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/"),
+                ("TICKGATE__STORE__ENABLED", "false"),
+                ("TICKGATE__CLUSTER__EXCHANGE_SILENCE", silence),
+            ])
+        };
+        let set = node("2s").expect("valid");
+        assert_eq!(set.cluster.exchange_silence(), Duration::from_secs(2));
+        // Three heartbeats (750 ms) at least: fewer would flap on a busy machine.
+        let error = node("700ms").expect_err("too short").to_string();
+        assert!(error.contains("cluster.exchange_silence"), "{error}");
+        assert!(error.contains("750ms"), "{error}");
+        // At most the lease's life and a renewal (5 s + 1.666 s).
+        node("6600ms").expect("valid");
+        let error = node("7s").expect_err("too long").to_string();
+        assert!(error.contains("cluster.exchange_silence"), "{error}");
+    }
+
+    #[test]
     fn cluster_mode_with_a_sqlite_store_is_refused_naming_the_backend_setting() {
         let error = load(&[("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/")])
             .expect_err("a SQLite file cannot be shared by the nodes");

@@ -419,3 +419,29 @@ async fn a_users_announcements_are_decoded_only_on_a_node_that_watches_the_user(
     assert_eq!(received(&mut receiver), vec![1]);
     assert!(bumps.has_changed().expect("open"));
 }
+
+#[test]
+fn a_silence_is_the_exchanges_only_when_the_node_was_listening_on_time() {
+    let rule = SilenceRule {
+        limit: Duration::from_millis(1000),
+        heartbeat: Duration::from_millis(250),
+    };
+    let heard = tokio::time::Instant::now();
+    let due = heard + rule.limit;
+    // Heard again since the alarm was set: nothing to say.
+    assert_eq!(
+        rule.verdict(heard + Duration::from_millis(500), due, due),
+        Verdict::Heard
+    );
+    // The alarm went off on time (a little late is normal): the exchange is silent.
+    let now = due + Duration::from_millis(100);
+    assert_eq!(rule.verdict(heard, due, now), Verdict::Silent);
+    // A heartbeat late or more: this node was stalled; two more heartbeats from now.
+    let now = due + Duration::from_millis(400);
+    assert_eq!(
+        rule.verdict(heard, due, now),
+        Verdict::Stalled {
+            last_heard: now + Duration::from_millis(500) - rule.limit
+        }
+    );
+}

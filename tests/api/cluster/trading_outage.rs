@@ -5,20 +5,136 @@
 //! heard nothing because it was paused too) are told nothing; and the orders sent meanwhile
 //! wait and run once when the exchange is back.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::trading_nodes::{Trader, exchange_holder, stored_seqs, trading_node_with};
+use super::trading_nodes::{Ledger, Trader, exchange_holder, stored_seqs, trading_node_with};
 use crate::postgres_support::TestDatabase;
 use crate::redis_support::RedisServer;
+
+/// Checks that every trader connected to a surviving node across a kill (from the kill to the
+/// next one) was told `trading_unavailable` then `trading_available` in that span, once each,
+/// at least `gap` apart, and that no connection was ever told the same availability twice in
+/// a row.
+pub(super) fn check_outages_told(
+    ledgers: &BTreeMap<&str, Ledger>,
+    kills: &[(Instant, u16)],
+    end: Instant,
+    gap: Duration,
+) {
+    // Traders checked around each kill: those on the two surviving nodes' slots.
+    let mut checked = vec![0; kills.len()];
+    for (user, ledger) in ledgers {
+        for (index, (killed_at, killed_port)) in kills.iter().enumerate() {
+            let until = kills.get(index + 1).map_or(end, |(next, _)| *next);
+            // The connection open at the kill, if it was to a surviving node and lasted.
+            let Some(connection) = ledger
+                .connections
+                .iter()
+                .rposition(|(at, _)| at < killed_at)
+            else {
+                continue;
+            };
+            let port = ledger.connections[connection].1;
+            let replaced = ledger
+                .connections
+                .get(connection + 1)
+                .is_some_and(|(at, _)| *at < until);
+            if port == *killed_port || replaced {
+                continue;
+            }
+            let told: Vec<&str> = ledger
+                .availability
+                .iter()
+                .filter(|(at, on, _)| *on == connection && at >= killed_at && *at < until)
+                .map(|(_, _, code)| code.as_str())
+                .collect();
+            assert_eq!(
+                told,
+                vec!["trading_unavailable", "trading_available"],
+                "{user} on port {port} around kill {index}: {:?}",
+                ledger.availability
+            );
+            let times: Vec<Instant> = ledger
+                .availability
+                .iter()
+                .filter(|(at, on, _)| *on == connection && at >= killed_at && *at < until)
+                .map(|(at, _, _)| *at)
+                .collect();
+            assert!(
+                times[1].duration_since(times[0]) >= gap,
+                "{user}: told unavailable and available within {gap:?} around kill {index}"
+            );
+            checked[index] += 1;
+            let after_kill: Vec<_> = ledger
+                .availability
+                .iter()
+                .filter(|(at, on, _)| *on == connection && at >= killed_at && *at < until)
+                .map(|(at, _, code)| format!("{code} +{:?}", at.duration_since(*killed_at)))
+                .collect();
+            eprintln!("kill {index}, {user}: {after_kill:?}");
+        }
+        for connection in 0..ledger.connections.len() {
+            let told: Vec<&str> = ledger
+                .availability
+                .iter()
+                .filter(|(_, on, _)| *on == connection)
+                .map(|(_, _, code)| code.as_str())
+                .collect();
+            for (position, code) in told.iter().enumerate() {
+                let expected = if position % 2 == 0 {
+                    "trading_unavailable"
+                } else {
+                    "trading_available"
+                };
+                assert_eq!(
+                    *code, expected,
+                    "{user}'s connection {connection}: {told:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        checked.iter().all(|count| *count >= 2),
+        "traders on surviving nodes around each kill: {checked:?}"
+    );
+}
 
 /// A lease far longer than the pause: the paused exchange keeps it (a renewal every 2 s, the
 /// key lives 6 s), so this is an outage without a takeover. Heartbeats every 250 ms; the nodes'
 /// silence limit is its default, 1 s.
 const LONG_LEASE: [(&str, &str); 1] = [("TICKGATE__CLUSTER__LEASE_TTL", "6s")];
+
+impl Trader {
+    /// Follows a book and reads everything until `stop`, reconnecting (to its slot's port)
+    /// when its node dies; returns `label` and what it saw.
+    pub(super) async fn watch(
+        mut self,
+        label: &'static str,
+        stop: Arc<AtomicBool>,
+    ) -> (&'static str, Ledger) {
+        while !stop.load(Ordering::Relaxed) {
+            if self.socket.is_none() {
+                let subscribe = json!({"action": "subscribe", "orderbooks": ["AAPL"]});
+                if !self.dial().await || !self.send(subscribe).await {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+            // A quiet book is no reason to reconnect: only a closed connection is.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                self.next(Duration::from_secs(60)),
+            )
+            .await;
+        }
+        (label, self.ledger)
+    }
+}
 
 /// The trading availability statuses `trader` was told, in order.
 fn availability(trader: &Trader) -> Vec<&str> {

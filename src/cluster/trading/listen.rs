@@ -125,7 +125,7 @@ pub(super) async fn run_listener(
 /// The `trading_unavailable` message: what happens to the orders sent meanwhile.
 fn unavailable_message(shared: &Shared) -> String {
     format!(
-        "no exchange heard for {} ms (it may be failing over to another node); orders sent meanwhile wait and run once when it is back, or are answered 50310002 if it is not back within {} s",
+        "no exchange heard for {} ms (it may be failing over to another node); orders sent meanwhile wait and run once when it is back, or are answered 50310002 if none answers within {} s of their sending (retry with the same client_order_id)",
         shared.node.config().exchange_silence.as_millis(),
         shared.timeout.as_secs(),
     )

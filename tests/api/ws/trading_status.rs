@@ -50,9 +50,18 @@ async fn trading_sessions(app: &TestApp) -> Vec<(&'static str, WsClient)> {
     sessions
 }
 
-#[tokio::test]
-async fn cluster_trading_notices_reach_every_trading_session_once_with_or_without_market_data() {
-    let app = spawn_app_with(ws_settings()).await;
+async fn cluster_trading_notices_reach_every_trading_session_once_with_or_without_market_data(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, ws_settings()).await;
+    // On a cluster node the exchange has answered (so its heartbeats are heard) before the
+    // sessions open: the node's own statuses come only after a second of silence, which a
+    // running exchange's heartbeat every 250 ms never leaves, so the order is the test's.
+    app.state
+        .trading
+        .portfolio("alice")
+        .await
+        .expect("the exchange answers");
     let mut sessions = trading_sessions(&app).await;
     let hub = &app.state.hub;
     hub.notify_status("trading_unavailable", "no exchange answers");
@@ -126,16 +135,17 @@ async fn a_session_that_starts_trading_during_a_halt_or_an_outage_is_told_at_onc
     app.stop().await.expect("stop");
 }
 
-// On a single node and on a cluster node. The two tests above stay single-node: the first
-// injects `trading_unavailable`/`trading_available` by hand, which a cluster node's own
-// listener also sends (when no exchange heartbeat came for a lease's life, as on a slow
-// start), so the order it checks would not be the test's to decide (the real statuses of a
-// failover are the cluster tests' business); the second publishes `trading_halted` into the
-// hub's market feed as a single node's exchange does, while a cluster node's hub takes events
-// only from the shared log and its exchange sends the halt as a notice (`Hub::notify_status`,
-// `trading::recovery`), the path the first test drives; making the shared test database fail
-// for one test is not possible.
+// On a single node and on a cluster node. The single node's halt test stays single-node: it
+// publishes `trading_halted` into the hub's market feed as a single node's exchange does,
+// while a cluster node's hub takes events only from the shared log and its exchange sends the
+// halt as a notice (`Hub::notify_status`, `trading::recovery`), the path the notices test
+// drives; making the shared test database fail for one test is not possible (the cluster's
+// halts are tested across processes in `tests/api/cluster/`). The hand-made
+// `trading_unavailable`/`trading_available` of the notices test can run on a cluster node
+// since a node says it only after `cluster.exchange_silence` (1 s) without the exchange's
+// heartbeat (every 250 ms), not after a lease's life as before.
 crate::on_both_backends!(
+    cluster_trading_notices_reach_every_trading_session_once_with_or_without_market_data,
     a_session_that_stopped_trading_hears_no_trading_status,
     a_producer_cannot_publish_a_trading_status,
 );

@@ -32,6 +32,9 @@ pub struct ClusterConfig {
     /// This node's name (never empty: derived when the settings leave it empty).
     pub node_id: String,
     pub lease_ttl: Duration,
+    /// How long a node hears nothing from the exchange before telling its trading sessions
+    /// `trading_unavailable` (`ClusterSettings::exchange_silence`).
+    pub exchange_silence: Duration,
     /// Length of each feed's stream in Redis: the shared replay window.
     pub replay_window: usize,
 }
@@ -41,6 +44,7 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("node_id", &self.node_id)
             .field("lease_ttl", &self.lease_ttl)
+            .field("exchange_silence", &self.exchange_silence)
             .field("replay_window", &self.replay_window)
             .finish()
     }
@@ -57,6 +61,7 @@ impl ClusterConfig {
             redis_url: settings.redis_url.clone(),
             node_id,
             lease_ttl: settings.lease_ttl,
+            exchange_silence: settings.exchange_silence(),
             replay_window,
         }
     }
@@ -64,7 +69,13 @@ impl ClusterConfig {
     /// How often leases are renewed and free leases are tried: a third of their life, so one
     /// lost renewal still leaves time for another.
     pub fn renew_interval(&self) -> Duration {
-        (self.lease_ttl / 3).max(Duration::from_millis(50))
+        crate::cluster::settings::renew_interval(self.lease_ttl)
+    }
+
+    /// How often the exchange publishes its heartbeat (a fraction of the lease, at most
+    /// 250 ms), so a node notices a silent exchange after a few missed ones.
+    pub fn exchange_heartbeat(&self) -> Duration {
+        crate::cluster::settings::exchange_heartbeat(self.lease_ttl)
     }
 
     /// How long one Redis round trip may take before the node counts Redis as unreachable.

@@ -18,6 +18,11 @@ pub struct ClusterSettings {
     /// sources stay silent before another node takes them over. Renewed every third of it.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// How long a node hears nothing from the exchange before it tells its trading sessions
+    /// `trading_unavailable`; unset: `min(1s, lease_ttl / 2)` (see
+    /// [`ClusterSettings::exchange_silence`]).
+    #[serde(with = "humantime_serde")]
+    pub exchange_silence: Option<Duration>,
 }
 
 impl Default for ClusterSettings {
@@ -26,6 +31,7 @@ impl Default for ClusterSettings {
             redis_url: String::new(),
             node_id: String::new(),
             lease_ttl: Duration::from_secs(5),
+            exchange_silence: None,
         }
     }
 }
@@ -43,6 +49,7 @@ impl std::fmt::Debug for ClusterSettings {
             )
             .field("node_id", &self.node_id)
             .field("lease_ttl", &self.lease_ttl)
+            .field("exchange_silence", &self.exchange_silence)
             .finish()
     }
 }
@@ -51,6 +58,15 @@ impl ClusterSettings {
     /// Whether this gateway runs as one node of a cluster.
     pub fn enabled(&self) -> bool {
         !self.redis_url.is_empty()
+    }
+
+    /// How long a node hears nothing from the exchange before telling its trading sessions
+    /// that trading is unavailable: as set, or `min(1s, lease_ttl / 2)`, which is four
+    /// heartbeats and always shorter than a failover after a crash (the dead exchange's lease
+    /// runs out at least two thirds of `lease_ttl` after its last renewal).
+    pub fn exchange_silence(&self) -> Duration {
+        self.exchange_silence
+            .unwrap_or_else(|| (self.lease_ttl / 2).min(Duration::from_secs(1)))
     }
 
     /// Semantic checks of `[cluster]` (only when it is enabled).
@@ -80,9 +96,33 @@ impl ClusterSettings {
         if self.lease_ttl < Duration::from_millis(300) || self.lease_ttl > Duration::from_secs(3600)
         {
             problems.push("cluster.lease_ttl: must be between 300ms and 1h".into());
+        } else if let Some(silence) = self.exchange_silence {
+            let shortest = exchange_heartbeat(self.lease_ttl) * 3;
+            let longest = self.lease_ttl + renew_interval(self.lease_ttl);
+            if silence < shortest || silence > longest {
+                problems.push(format!(
+                    "cluster.exchange_silence: must be between three exchange heartbeats ({}ms) and lease_ttl plus one renewal ({}ms) with lease_ttl = {}ms",
+                    shortest.as_millis(),
+                    longest.as_millis(),
+                    self.lease_ttl.as_millis(),
+                ));
+            }
         }
         problems
     }
+}
+
+/// How often leases live `lease_ttl` long are renewed: a third of their life, so one lost
+/// renewal still leaves time for another.
+pub(crate) fn renew_interval(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 3).max(Duration::from_millis(50))
+}
+
+/// How often the exchange says it is alive when leases live `lease_ttl`: every 250 ms, or
+/// every eighth of the lease when it is shorter than 2 s. Every node derives it from the same
+/// `lease_ttl`, so it never needs to be sent.
+pub(crate) fn exchange_heartbeat(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 8).min(Duration::from_millis(250))
 }
 
 #[cfg(test)]
@@ -142,6 +182,44 @@ mod tests {
         assert!(text.contains("cluster.node_id"), "{text}");
         assert!(text.contains("cluster.lease_ttl"), "{text}");
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn the_exchange_silence_defaults_to_four_heartbeats_and_must_fit_the_lease() {
+        let default = load(&[]).expect("valid");
+        assert_eq!(default.cluster.exchange_silence(), Duration::from_secs(1));
+        assert_eq!(
+            exchange_heartbeat(default.cluster.lease_ttl),
+            Duration::from_millis(250)
+        );
+        let short = load(&[
+            ("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/"),
+            ("TICKGATE__STORE__ENABLED", "false"),
+            ("TICKGATE__CLUSTER__LEASE_TTL", "1s"),
+        ])
+        .expect("valid");
+        assert_eq!(short.cluster.exchange_silence(), Duration::from_millis(500));
+        assert_eq!(
+            exchange_heartbeat(short.cluster.lease_ttl),
+            Duration::from_millis(125)
+        );
+        let node = |silence: &str| {
+            load(&[
+                ("TICKGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:6390/"),
+                ("TICKGATE__STORE__ENABLED", "false"),
+                ("TICKGATE__CLUSTER__EXCHANGE_SILENCE", silence),
+            ])
+        };
+        let set = node("2s").expect("valid");
+        assert_eq!(set.cluster.exchange_silence(), Duration::from_secs(2));
+        // Three heartbeats (750 ms) at least: fewer would flap on a busy machine.
+        let error = node("700ms").expect_err("too short").to_string();
+        assert!(error.contains("cluster.exchange_silence"), "{error}");
+        assert!(error.contains("750ms"), "{error}");
+        // At most the lease's life and a renewal (5 s + 1.666 s).
+        node("6600ms").expect("valid");
+        let error = node("7s").expect_err("too long").to_string();
+        assert!(error.contains("cluster.exchange_silence"), "{error}");
     }
 
     #[test]

@@ -188,8 +188,9 @@ pub struct Hub {
     msgpack_clients: Arc<std::sync::atomic::AtomicUsize>,
     /// Cluster mode: the shared log sequences every feed (see [`Hub::follow_shared_log`]).
     clustered: std::sync::atomic::AtomicBool,
-    /// Queues of WebSocket sessions with a trading subscription (see [`trading_status`]).
-    trading_listeners: Mutex<Vec<Arc<SubscriberQueue>>>,
+    /// Queues of WebSocket sessions with a trading subscription, and the trading statuses
+    /// in force (see [`trading_status`]).
+    trading_listeners: Mutex<trading_status::TradingListeners>,
 }
 
 /// Held by a connection that wants MessagePack frames; while any exists, publishing encodes
@@ -244,7 +245,7 @@ impl Hub {
             keepalive: Mutex::new(Vec::new()),
             msgpack_clients: Arc::default(),
             clustered: std::sync::atomic::AtomicBool::new(false),
-            trading_listeners: Mutex::new(Vec::new()),
+            trading_listeners: Mutex::new(Default::default()),
         }
     }
 
@@ -457,8 +458,9 @@ impl Hub {
             });
         }
         drop(state);
-        if trading_status {
-            self.tell_trading_listeners(&Arc::new(entry::encode_notice(json, true)), &mut told);
+        if trading_status && let MarketEvent::Status(status) = &event {
+            let notice = Arc::new(entry::encode_notice(json, true));
+            self.tell_trading_listeners(&status.code, &notice, &mut told);
         }
         let counter = match feed {
             Feed::Market => &metrics.published_market,

@@ -115,7 +115,7 @@ impl Hub {
         }
         if trading && !self.is_shut_down() {
             // Sessions that trade without following market data hear it too, still once.
-            self.tell_trading_listeners(&entry, &mut told);
+            self.tell_trading_listeners(code, &entry, &mut told);
         }
     }
 }

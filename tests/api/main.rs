@@ -37,6 +37,7 @@ mod cluster {
     mod trading;
     mod trading_books;
     mod trading_nodes;
+    mod trading_outage;
     mod ws_notices;
 }
 

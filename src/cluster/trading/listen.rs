@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,11 +28,70 @@ pub type TradingStatus = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 struct Watch {
     /// The newest lease token heard from: messages of an older one are a former exchange's.
     token: u64,
-    last_heard: Option<Instant>,
+    /// When the exchange was last heard (start-up counts: the wait for a first heartbeat
+    /// starts there).
+    last_heard: Instant,
     /// What clients were last told (`None`: nothing yet).
     available: Option<bool>,
     /// Whether clients were told the exchange halted trading (and not yet that it resumed).
     halted: bool,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            token: 0,
+            last_heard: Instant::now(),
+            available: None,
+            halted: false,
+        }
+    }
+
+    /// Tells the sessions that trading is unavailable, once per outage.
+    fn unavailable(&mut self, status: &TradingStatus, message: &str) {
+        if self.available != Some(false) {
+            self.available = Some(false);
+            status("trading_unavailable", message);
+        }
+    }
+}
+
+/// When a node says trading is unavailable: after `limit` without a message of the exchange
+/// (which sends a heartbeat every `heartbeat`), counted only while the node itself was
+/// listening.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SilenceRule {
+    pub(super) limit: Duration,
+    pub(super) heartbeat: Duration,
+}
+
+/// What a silence alarm means once everything already received has been read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// The exchange was heard within the limit: nothing to say.
+    Heard,
+    /// The alarm went off at least a heartbeat late: this node was stalled itself (a busy
+    /// machine, a paused process), so the silence is not the exchange's alone. It gets two
+    /// more heartbeats' time, counted from now.
+    Stalled { last_heard: Instant },
+    /// The exchange has been silent for the limit: trading is unavailable.
+    Silent,
+}
+
+impl SilenceRule {
+    pub(super) fn verdict(&self, last_heard: Instant, due: Instant, now: Instant) -> Verdict {
+        if now < last_heard + self.limit {
+            Verdict::Heard
+        } else if now.saturating_duration_since(due) >= self.heartbeat {
+            Verdict::Stalled {
+                last_heard: (now + self.heartbeat * 2)
+                    .checked_sub(self.limit)
+                    .unwrap_or(last_heard),
+            }
+        } else {
+            Verdict::Silent
+        }
+    }
 }
 
 /// Keeps the subscription up until `shutdown`, reconnecting with backoff.
@@ -41,19 +100,18 @@ pub(super) async fn run_listener(
     status: TradingStatus,
     shutdown: CancellationToken,
 ) {
-    // The wait for a first heartbeat counts from start-up.
-    let mut watch = Watch {
-        token: 0,
-        last_heard: Some(Instant::now()),
-        available: None,
-        halted: false,
-    };
+    let mut watch = Watch::new();
+    let silence = shared.node.config().exchange_silence;
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
         match subscription(&shared, &status, &mut watch, first, &shutdown).await {
             Ok(()) => return,
             Err(error) => tracing::debug!(%error, "exchange subscription lost; reconnecting"),
+        }
+        // Without a subscription nothing of the exchange can be heard.
+        if watch.last_heard.elapsed() >= silence {
+            watch.unavailable(&status, &unavailable_message(&shared));
         }
         first = false;
         tokio::select! {
@@ -62,6 +120,15 @@ pub(super) async fn run_listener(
         }
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// The `trading_unavailable` message: what happens to the orders sent meanwhile.
+fn unavailable_message(shared: &Shared) -> String {
+    format!(
+        "no exchange heard for {} ms (it may be failing over to another node); orders sent meanwhile wait and run once when it is back, or are answered 50310002 if none answers within {} s of their sending (retry with the same client_order_id)",
+        shared.node.config().exchange_silence.as_millis(),
+        shared.timeout.as_secs(),
+    )
 }
 
 async fn subscription(
@@ -97,39 +164,73 @@ async fn subscription(
             repair(shared, &user, last, u64::MAX).await;
         }
     }
-    // Unavailable once no heartbeat came for a lease's life plus one renewal: the time a
-    // failover takes at most before a new exchange speaks.
-    let silence = config.lease_ttl + config.renew_interval();
+    let rule = SilenceRule {
+        limit: config.exchange_silence,
+        heartbeat: config.exchange_heartbeat(),
+    };
+    // Goes off when the exchange may have been silent for the limit (it is moved on lazily:
+    // at most once per limit while the exchange speaks).
+    let alarm = tokio::time::sleep_until(watch.last_heard + rule.limit);
+    tokio::pin!(alarm);
     let mut tick = tokio::time::interval(config.renew_interval().min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            message = messages.next() => {
-                let Some(message) = message else {
-                    return Err(ClusterError::Reply("the exchange subscription closed".into()));
-                };
-                let payload = message.get_payload_bytes();
-                if message.get_channel_name() == stream::events_channel() {
-                    on_events(shared, status, watch, payload).await;
-                } else {
-                    match serde_json::from_slice::<ReplyMessage>(payload) {
-                        Ok(reply) => on_reply(shared, reply),
-                        Err(error) => tracing::warn!(%error, "undecodable exchange reply ignored"),
-                    }
+            message = messages.next() => on_message(shared, status, watch, message).await?,
+            _ = &mut alarm, if watch.available != Some(false) => {
+                let due = alarm.deadline();
+                if Instant::now() < watch.last_heard + rule.limit {
+                    alarm.as_mut().reset(watch.last_heard + rule.limit);
+                    continue;
                 }
+                // What the exchange published before this PING reached Redis comes ahead of
+                // its answer on this connection: read it all before judging the silence.
+                let pinged = timed(limit, control.ping::<redis::Value>()).await;
+                while let Some(message) = messages.next().now_or_never() {
+                    on_message(shared, status, watch, message).await?;
+                }
+                pinged?;
+                match rule.verdict(watch.last_heard, due, Instant::now()) {
+                    Verdict::Heard => {}
+                    Verdict::Stalled { last_heard } => {
+                        tracing::debug!("exchange silence alarm late: this node was stalled; waiting two more heartbeats");
+                        watch.last_heard = last_heard;
+                    }
+                    Verdict::Silent => watch.unavailable(status, &unavailable_message(shared)),
+                }
+                alarm.as_mut().reset(watch.last_heard + rule.limit);
             }
             _ = tick.tick() => {
                 trace::flush();
-                let quiet = watch.last_heard.is_none_or(|heard| heard.elapsed() > silence);
-                if quiet && watch.available != Some(false) {
-                    watch.available = Some(false);
-                    status("trading_unavailable", "no exchange is answering (it is failing over to another node); orders are answered 50310002 until it is back");
-                }
                 timed(limit, control.ping::<redis::Value>()).await?;
             }
         }
     }
+}
+
+/// One message of the subscription (`None`: it closed).
+async fn on_message(
+    shared: &Shared,
+    status: &TradingStatus,
+    watch: &mut Watch,
+    message: Option<redis::Msg>,
+) -> Result<(), ClusterError> {
+    let Some(message) = message else {
+        return Err(ClusterError::Reply(
+            "the exchange subscription closed".into(),
+        ));
+    };
+    let payload = message.get_payload_bytes();
+    if message.get_channel_name() == stream::events_channel() {
+        on_events(shared, status, watch, payload).await;
+    } else {
+        match serde_json::from_slice::<ReplyMessage>(payload) {
+            Ok(reply) => on_reply(shared, reply),
+            Err(error) => tracing::warn!(%error, "undecodable exchange reply ignored"),
+        }
+    }
+    Ok(())
 }
 
 /// Asks the exchange to announce every book (`TradingRequest::AnnounceBooks`).
@@ -167,12 +268,12 @@ async fn on_events(shared: &Shared, status: &TradingStatus, watch: &mut Watch, p
     }
     let new_term = message.token > watch.token;
     watch.token = message.token;
-    watch.last_heard = Some(Instant::now());
+    watch.last_heard = Instant::now();
     if watch.available != Some(true) {
         if watch.available.is_some() {
             status(
                 "trading_available",
-                "the exchange answers again; trading continues",
+                "the exchange answers again; orders sent while it was unavailable are being answered",
             );
         }
         watch.available = Some(true);

@@ -68,6 +68,7 @@ fn shared(store: &Store) -> Shared {
         redis_url: "redis://127.0.0.1:1/".into(),
         node_id: "n1".into(),
         lease_ttl: Duration::from_secs(1),
+        exchange_silence: Duration::from_millis(500),
         replay_window: 10,
     };
     Shared {
@@ -140,12 +141,7 @@ async fn a_former_exchanges_messages_are_ignored_and_status_follows_the_heartbea
     let told = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&told);
     let status: TradingStatus = Arc::new(move |code, _| seen.lock().push(code));
-    let mut watch = Watch {
-        token: 0,
-        last_heard: None,
-        available: None,
-        halted: false,
-    };
+    let mut watch = Watch::new();
     let user_item = |update: &TradeUpdate| Announcement::User {
         user: "alice".into(),
         event: event(update),
@@ -212,12 +208,7 @@ async fn a_book_snapshot_replaces_the_nodes_copy_and_reaches_subscribers_only_wh
     let shared = &remote.shared;
     let (_, mut updates) = remote.book("AAPL").expect("book");
     let status: TradingStatus = Arc::new(|_, _| {});
-    let mut watch = Watch {
-        token: 0,
-        last_heard: None,
-        available: None,
-        halted: false,
-    };
+    let mut watch = Watch::new();
     let announced = book(dec!(150.10), dec!(150.12), true);
     let message = |token| {
         payload(
@@ -267,12 +258,7 @@ async fn a_halt_and_its_resume_are_told_once_each_and_a_new_term_ends_a_halt() {
     let status: TradingStatus = Arc::new(move |code, message: &str| {
         seen.lock().push((code, message.to_owned()));
     });
-    let mut watch = Watch {
-        token: 0,
-        last_heard: None,
-        available: None,
-        halted: false,
-    };
+    let mut watch = Watch::new();
     let trading = |token, halted: bool| {
         payload(
             token,
@@ -338,12 +324,7 @@ async fn a_book_change_waits_undecoded_until_someone_subscribes_and_then_deltas_
     };
     let shared = &remote.shared;
     let status: TradingStatus = Arc::new(|_, _| {});
-    let mut watch = Watch {
-        token: 0,
-        last_heard: None,
-        available: None,
-        halted: false,
-    };
+    let mut watch = Watch::new();
     let change = |bid| Announcement::Book {
         snapshot: book(bid, true),
         delta: book(bid, false),
@@ -406,12 +387,7 @@ async fn a_users_announcements_are_decoded_only_on_a_node_that_watches_the_user(
     let updates = stored(&store).await;
     let shared = shared(&store);
     let status: TradingStatus = Arc::new(|_, _| {});
-    let mut watch = Watch {
-        token: 0,
-        last_heard: None,
-        available: None,
-        halted: false,
-    };
+    let mut watch = Watch::new();
     let mut receiver = shared.with_user("alice", |mirror| mirror.events.subscribe());
     let bumps = shared.with_user("alice", |mirror| mirror.portfolio.subscribe());
     let items = [
@@ -442,4 +418,30 @@ async fn a_users_announcements_are_decoded_only_on_a_node_that_watches_the_user(
     on_events(&shared, &status, &mut watch, &payload(1, &items, false)).await;
     assert_eq!(received(&mut receiver), vec![1]);
     assert!(bumps.has_changed().expect("open"));
+}
+
+#[test]
+fn a_silence_is_the_exchanges_only_when_the_node_was_listening_on_time() {
+    let rule = SilenceRule {
+        limit: Duration::from_millis(1000),
+        heartbeat: Duration::from_millis(250),
+    };
+    let heard = tokio::time::Instant::now();
+    let due = heard + rule.limit;
+    // Heard again since the alarm was set: nothing to say.
+    assert_eq!(
+        rule.verdict(heard + Duration::from_millis(500), due, due),
+        Verdict::Heard
+    );
+    // The alarm went off on time (a little late is normal): the exchange is silent.
+    let now = due + Duration::from_millis(100);
+    assert_eq!(rule.verdict(heard, due, now), Verdict::Silent);
+    // A heartbeat late or more: this node was stalled; two more heartbeats from now.
+    let now = due + Duration::from_millis(400);
+    assert_eq!(
+        rule.verdict(heard, due, now),
+        Verdict::Stalled {
+            last_heard: now + Duration::from_millis(500) - rule.limit
+        }
+    );
 }

@@ -7,6 +7,10 @@
 //! both channels on one subscription, so a node sees the trade updates a command caused
 //! before the command's reply (what lets a session send `order_ack` before the `new` update).
 //!
+//! The heartbeat goes out every `ClusterConfig::exchange_heartbeat` (250 ms, less with a
+//! lease under 2 s): one small message that every node already reads, so a node notices a
+//! silent exchange after a few missed ones (`super::listen`).
+//!
 //! Every heartbeat carries the exchange's trading state (`Announcement::Trading`: halted after
 //! a store failure, or running), as it stands after everything published before it. A node
 //! that subscribed during a halt, or missed the halt's or the resume's announcement (pub/sub
@@ -216,11 +220,9 @@ async fn run(
     ticket: LeaseTicket,
     mut receiver: mpsc::UnboundedReceiver<Outgoing>,
 ) {
-    let heartbeat_every = node
-        .config()
-        .renew_interval()
-        .min(std::time::Duration::from_secs(1));
-    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    // Often enough that a node tells its sessions about a silent exchange after a few missed
+    // heartbeats (`cluster.exchange_silence`), long before the lease expires.
+    let mut heartbeat = tokio::time::interval(node.config().exchange_heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A term starts with trading running: it claimed its fence, so the store takes writes.
     let mut alive = heartbeat_payload(

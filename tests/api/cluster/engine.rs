@@ -123,6 +123,7 @@ fn config(redis: &RedisServer, node_id: &str, window: usize) -> ClusterConfig {
         redis_url: redis.url(),
         node_id: node_id.into(),
         lease_ttl: Duration::from_millis(900),
+        exchange_silence: Duration::from_millis(450),
         replay_window: window,
     }
 }

@@ -83,6 +83,7 @@ fn node_with_lease(
         redis_url: redis.url(),
         node_id: id.into(),
         lease_ttl,
+        exchange_silence: lease_ttl / 2,
         replay_window: 1000,
     };
     let cluster = ClusterNode::new(config, Arc::clone(&metrics)).expect("node");

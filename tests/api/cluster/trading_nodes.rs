@@ -15,12 +15,15 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::trading_outage::check_outages_told;
 use crate::cluster_support::{LEASE_TTL, Node};
 use crate::postgres_support::TestDatabase;
 use crate::redis_support::RedisServer;
 use crate::ws_support::{SECRET, token_for};
 
 const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+
+const WATCHERS: [&str; 3] = ["watcher-0", "watcher-1", "watcher-2"];
 
 /// The demo user's argon2id hash (its password is irrelevant here: tokens are minted).
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$G4k6ZCByHTmXkS9hTHTvNg$FTa5teUHJ36P4XIvkeH8VzON6zzO2UqiZ2xbb0E4Uts";
@@ -76,34 +79,73 @@ type Socket =
 
 /// What one trader saw and had acknowledged.
 #[derive(Default, Debug)]
-struct Ledger {
+pub(super) struct Ledger {
     /// Every `seq` received, in arrival order (replays included).
-    seen: Vec<u64>,
+    pub(super) seen: Vec<u64>,
     /// Acknowledged orders: client_order_id → order id.
-    acked: BTreeMap<String, String>,
+    pub(super) acked: BTreeMap<String, String>,
     /// Fills the trader saw.
-    executions: BTreeSet<String>,
-    reconnects: u32,
+    pub(super) executions: BTreeSet<String>,
+    pub(super) reconnects: u32,
+    /// Orders answered 50310002 or 408 and sent again.
+    pub(super) retries: u32,
     /// The `sc` of every status frame received, in order.
-    statuses: Vec<String>,
+    pub(super) statuses: Vec<String>,
+    /// When each connection was made, and to which port.
+    pub(super) connections: Vec<(Instant, u16)>,
+    /// Every trading availability status received: when, on which connection (an index
+    /// into `connections`), and its `sc`.
+    pub(super) availability: Vec<(Instant, usize, String)>,
 }
 
-struct Trader {
-    user: &'static str,
-    ports: Arc<Mutex<Vec<u16>>>,
-    slot: usize,
-    socket: Option<Socket>,
-    last_seq: u64,
-    ledger: Ledger,
+pub(super) struct Trader {
+    pub(super) user: &'static str,
+    pub(super) ports: Arc<Mutex<Vec<u16>>>,
+    pub(super) slot: usize,
+    pub(super) socket: Option<Socket>,
+    pub(super) last_seq: u64,
+    pub(super) ledger: Ledger,
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Acked(String),
     Retry,
 }
 
 impl Trader {
-    async fn connect(&mut self) -> bool {
+    /// A trader whose sessions go to `port`.
+    pub(super) fn on(user: &'static str, port: u16) -> Trader {
+        Trader {
+            user,
+            ports: Arc::new(Mutex::new(vec![port; 3])),
+            slot: 0,
+            socket: None,
+            last_seq: 0,
+            ledger: Ledger::default(),
+        }
+    }
+
+    /// Connects and resumes the trade updates after the last `seq` seen (an exchange call).
+    pub(super) async fn connect(&mut self) -> bool {
+        let subscribe = json!({"action": "subscribe", "trade_updates": {"since": self.last_seq}});
+        if !self.dial().await || !self.send(subscribe).await {
+            return false;
+        }
+        // Replayed updates, then `trade_updates_live`.
+        loop {
+            match self.next(Duration::from_secs(15)).await {
+                Some(object) if object["T"] == "trade_updates_live" => return true,
+                Some(object) if object["T"] == "trade_updates_reset" => {
+                    panic!("{}: no resume may reset here: {object}", self.user)
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+
+    /// Opens the WebSocket connection, authenticated.
+    pub(super) async fn dial(&mut self) -> bool {
         let port = self.ports.lock()[self.slot % 3];
         let url = format!("ws://127.0.0.1:{port}/v1/stream");
         let Ok(mut request) = url.into_client_request() else {
@@ -123,24 +165,11 @@ impl Trader {
             return false;
         };
         self.socket = Some(socket);
-        let subscribe = json!({"action": "subscribe", "trade_updates": {"since": self.last_seq}});
-        if !self.send(subscribe).await {
-            return false;
-        }
-        // Replayed updates, then `trade_updates_live`.
-        loop {
-            match self.next(Duration::from_secs(15)).await {
-                Some(object) if object["T"] == "trade_updates_live" => return true,
-                Some(object) if object["T"] == "trade_updates_reset" => {
-                    panic!("{}: no resume may reset here: {object}", self.user)
-                }
-                Some(_) => {}
-                None => return false,
-            }
-        }
+        self.ledger.connections.push((Instant::now(), port));
+        true
     }
 
-    async fn send(&mut self, value: Value) -> bool {
+    pub(super) async fn send(&mut self, value: Value) -> bool {
         match &mut self.socket {
             Some(socket) => socket.send(Message::text(value.to_string())).await.is_ok(),
             None => false,
@@ -149,7 +178,7 @@ impl Trader {
 
     /// The next object (trade updates are recorded on the way), or `None` when the
     /// connection is gone or silent for `within`.
-    async fn next(&mut self, within: Duration) -> Option<Value> {
+    pub(super) async fn next(&mut self, within: Duration) -> Option<Value> {
         loop {
             let socket = self.socket.as_mut()?;
             let frame = tokio::time::timeout(within, socket.next()).await;
@@ -171,6 +200,14 @@ impl Trader {
                     && let Some(code) = item["sc"].as_str()
                 {
                     self.ledger.statuses.push(code.to_owned());
+                    if code == "trading_unavailable" || code == "trading_available" {
+                        let connection = self.ledger.connections.len().saturating_sub(1);
+                        self.ledger.availability.push((
+                            Instant::now(),
+                            connection,
+                            code.to_owned(),
+                        ));
+                    }
                 }
                 if item["T"] == "trade_update" {
                     let seq = item["seq"].as_u64().expect("seq");
@@ -189,7 +226,12 @@ impl Trader {
     }
 
     /// Sends the order once and waits for its answer.
-    async fn attempt(&mut self, request_id: u64, client_order_id: &str, side: &str) -> Outcome {
+    pub(super) async fn attempt(
+        &mut self,
+        request_id: u64,
+        client_order_id: &str,
+        side: &str,
+    ) -> Outcome {
         let order = json!({"action": "order", "id": request_id, "data": {
             "symbol": "AAPL", "qty": "1", "side": side, "type": "market",
             "time_in_force": "day", "client_order_id": client_order_id}});
@@ -220,7 +262,7 @@ impl Trader {
         }
     }
 
-    async fn run(mut self, stop: Arc<AtomicBool>) -> (&'static str, Ledger) {
+    pub(super) async fn run(mut self, stop: Arc<AtomicBool>) -> (&'static str, Ledger) {
         let mut number = 0u64;
         while !stop.load(Ordering::Relaxed) {
             number += 1;
@@ -246,7 +288,10 @@ impl Trader {
                         tokio::time::sleep(Duration::from_millis(60)).await;
                         break;
                     }
-                    Outcome::Retry => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Outcome::Retry => {
+                        self.ledger.retries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }
@@ -255,7 +300,7 @@ impl Trader {
 }
 
 /// The stored sequences of `user`, in order.
-fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
+pub(super) fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
     database
         .psql(&format!(
             "SELECT seq FROM trade_updates WHERE username = '{user}' ORDER BY seq"
@@ -265,14 +310,19 @@ fn stored_seqs(database: &TestDatabase, user: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The failover test's lease: long enough that a crashed exchange's lease outlives the
+/// nodes' default silence limit (1 s) with room to spare (it expires 2 to 3 s after the kill),
+/// so every surviving session is told of each outage.
+const FAILOVER_LEASE: [(&str, &str); 1] = [("TICKGATE__CLUSTER__LEASE_TTL", "3s")];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_lost_or_doubled() {
     let redis = RedisServer::start();
     let database = TestDatabase::create();
     let mut nodes = vec![
-        trading_node(&redis, &database, "node-a"),
-        trading_node(&redis, &database, "node-b"),
-        trading_node(&redis, &database, "node-c"),
+        trading_node_with(&redis, &database, "node-a", &FAILOVER_LEASE),
+        trading_node_with(&redis, &database, "node-b", &FAILOVER_LEASE),
+        trading_node_with(&redis, &database, "node-c", &FAILOVER_LEASE),
     ];
     for node in &nodes {
         node.wait_ready().await;
@@ -295,7 +345,18 @@ async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_los
         })
         .collect();
 
+    // A watcher on each node's slot follows a book and places no order, so nothing it waits
+    // for holds its statuses back (a session's frames wait while an order of its own does).
+    let watchers: Vec<_> = (0..3)
+        .map(|slot| {
+            let mut watcher = Trader::on(USERS[slot], 0);
+            watcher.ports = Arc::clone(&ports);
+            watcher.slot = slot;
+            tokio::spawn(watcher.watch(WATCHERS[slot], Arc::clone(&stop)))
+        })
+        .collect();
     let mut spawned = 0;
+    let mut kills = Vec::new();
     for _ in 0..3 {
         // Let trading run, then kill whichever node runs the exchange now.
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -313,13 +374,26 @@ async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_los
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         nodes[holder].kill9();
+        kills.push((Instant::now(), nodes[holder].port));
         spawned += 1;
-        let replacement = trading_node(&redis, &database, &format!("node-r{spawned}"));
+        let replacement = trading_node_with(
+            &redis,
+            &database,
+            &format!("node-r{spawned}"),
+            &FAILOVER_LEASE,
+        );
         replacement.wait_ready().await;
         ports.lock()[holder] = replacement.port;
-        nodes[holder] = replacement;
+        let killed = std::mem::replace(&mut nodes[holder], replacement);
+        // The next kill comes a while after this takeover, not in the middle of it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while exchange_holder(&redis).is_none_or(|holder| holder == killed.id) {
+            assert!(Instant::now() < deadline, "no takeover after the kill");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let end = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let mut ledgers = BTreeMap::new();
     for trader in traders {
@@ -327,6 +401,14 @@ async fn four_users_trade_through_three_kills_of_the_exchange_and_nothing_is_los
         ledgers.insert(user, ledger);
     }
 
+    let mut watched = BTreeMap::new();
+    for watcher in watchers {
+        let (label, ledger) = watcher.await.expect("watcher finished");
+        watched.insert(label, ledger);
+    }
+    check_outages_told(&ledgers, &kills, end, Duration::ZERO);
+    // Told while trading was unavailable, not together with the return.
+    check_outages_told(&watched, &kills, end, Duration::from_millis(200));
     let duplicates = database
         .psql("SELECT username, client_order_id FROM orders GROUP BY 1, 2 HAVING count(*) > 1");
     assert!(
@@ -475,7 +557,7 @@ async fn an_exchange_paused_past_its_lease_writes_nothing_after_it_wakes() {
 
 impl Trader {
     /// Sends an order and returns the answer to it (whatever it is).
-    async fn answer(&mut self, request_id: u64, client_order_id: &str) -> Value {
+    pub(super) async fn answer(&mut self, request_id: u64, client_order_id: &str) -> Value {
         let order = json!({"action": "order", "id": request_id, "data": {
             "symbol": "AAPL", "qty": "1", "side": "buy", "type": "market",
             "time_in_force": "day", "client_order_id": client_order_id}});
@@ -492,7 +574,7 @@ impl Trader {
     }
 
     /// Reads until a status frame with `code` arrived; fails after `within`.
-    async fn until_status(&mut self, code: &str, within: Duration) {
+    pub(super) async fn until_status(&mut self, code: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.ledger.statuses.iter().any(|seen| seen == code) {
             let left = deadline.saturating_duration_since(Instant::now());

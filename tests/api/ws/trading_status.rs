@@ -50,9 +50,18 @@ async fn trading_sessions(app: &TestApp) -> Vec<(&'static str, WsClient)> {
     sessions
 }
 
-#[tokio::test]
-async fn cluster_trading_notices_reach_every_trading_session_once_with_or_without_market_data() {
-    let app = spawn_app_with(ws_settings()).await;
+async fn cluster_trading_notices_reach_every_trading_session_once_with_or_without_market_data(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, ws_settings()).await;
+    // On a cluster node the exchange has answered (so its heartbeats are heard) before the
+    // sessions open: the node's own statuses come only after a second of silence, which a
+    // running exchange's heartbeat every 250 ms never leaves, so the order is the test's.
+    app.state
+        .trading
+        .portfolio("alice")
+        .await
+        .expect("the exchange answers");
     let mut sessions = trading_sessions(&app).await;
     let hub = &app.state.hub;
     hub.notify_status("trading_unavailable", "no exchange answers");
@@ -86,16 +95,57 @@ async fn a_single_node_trading_halt_reaches_every_trading_session_once() {
     app.stop().await.expect("stop");
 }
 
-// On a single node and on a cluster node. The two tests above stay single-node: the first
-// injects `trading_unavailable`/`trading_available` by hand, which a cluster node's own
-// listener also sends (when no exchange heartbeat came for a lease's life, as on a slow
-// start), so the order it checks would not be the test's to decide (the real statuses of a
-// failover are the cluster tests' business); the second publishes `trading_halted` into the
-// hub's market feed as a single node's exchange does, while a cluster node's hub takes events
-// only from the shared log and its exchange sends the halt as a notice (`Hub::notify_status`,
-// `trading::recovery`), the path the first test drives; making the shared test database fail
-// for one test is not possible.
+#[tokio::test]
+async fn a_session_that_starts_trading_during_a_halt_or_an_outage_is_told_at_once() {
+    let app = spawn_app_with(ws_settings()).await;
+    publish_trading_status(&app, "trading_halted");
+    let hub = &app.state.hub;
+    hub.notify_status("trading_unavailable", "no exchange answers");
+    // Opened during both: told of both at once, after its subscription's reply, then of
+    // their ends like everyone.
+    let mut late = connect_as(&app, "alice").await;
+    late.subscribe(json!({"portfolio": true})).await;
+    assert_eq!(next_status(&mut late).await, "trading_halted");
+    assert_eq!(next_status(&mut late).await, "trading_unavailable");
+    hub.notify_status("trading_available", "an exchange answers again");
+    assert_eq!(next_status(&mut late).await, "trading_available");
+    // Opened while only the halt lasts: told of it alone, once.
+    let mut later = connect_as(&app, "bob").await;
+    later.subscribe(json!({"trade_updates": true})).await;
+    assert_eq!(next_status(&mut later).await, "trading_halted");
+    publish_trading_status(&app, "trading_resumed");
+    assert_eq!(next_status(&mut later).await, "trading_resumed");
+    assert_eq!(next_status(&mut late).await, "trading_resumed");
+    // Opened after both ended: nothing to tell (the next thing it hears is a later reply).
+    let mut after = connect_as(&app, "carol").await;
+    after.subscribe(json!({"orderbooks": ["AAPL"]})).await;
+    after
+        .send_json(json!({"action": "subscribe", "id": 7, "statuses": ["AAPL"]}))
+        .await;
+    loop {
+        let next = after.next_object(std::time::Duration::from_secs(5)).await;
+        assert_ne!(
+            next["T"], "s",
+            "no status after the halt and the outage ended: {next}"
+        );
+        if next["T"] == "subscription" && next["id"] == 7 {
+            break;
+        }
+    }
+    app.stop().await.expect("stop");
+}
+
+// On a single node and on a cluster node. The single node's halt test stays single-node: it
+// publishes `trading_halted` into the hub's market feed as a single node's exchange does,
+// while a cluster node's hub takes events only from the shared log and its exchange sends the
+// halt as a notice (`Hub::notify_status`, `trading::recovery`), the path the notices test
+// drives; making the shared test database fail for one test is not possible (the cluster's
+// halts are tested across processes in `tests/api/cluster/`). The hand-made
+// `trading_unavailable`/`trading_available` of the notices test can run on a cluster node
+// since a node says it only after `cluster.exchange_silence` (1 s) without the exchange's
+// heartbeat (every 250 ms), not after a lease's life as before.
 crate::on_both_backends!(
+    cluster_trading_notices_reach_every_trading_session_once_with_or_without_market_data,
     a_session_that_stopped_trading_hears_no_trading_status,
     a_producer_cannot_publish_a_trading_status,
 );

@@ -81,6 +81,7 @@ fn shared(store: &Store) -> Shared {
         timeout: Duration::from_secs(1),
         started_ms: 0,
         counter: AtomicU64::new(0),
+        local: Default::default(),
     }
 }
 

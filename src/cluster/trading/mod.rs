@@ -10,6 +10,8 @@
 //!   the commands' acknowledgements after their replies.
 //! - `remote`: [`RemoteExchange`], requests as commands and the node's mirror of the private
 //!   channels and books.
+//! - `local`: the exchange's own node hands its sessions' commands to the exchange
+//!   in-process (no stream, no reply channel), with the same exactly-once rules.
 //! - `listen`: the node's subscription: delivery, repair from the store, trading status.
 //! - `trace`: opt-in stage timing of commands (`TICKGATE_ORDER_TRACE`).
 //!
@@ -25,6 +27,7 @@
 //!   user; a gap is filled from the store before anything newer.
 
 mod listen;
+mod local;
 mod relay;
 mod remote;
 mod stream;
@@ -79,6 +82,7 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> RemoteExchange {
     let timeout = command_timeout(node.config().lease_ttl);
+    let local = Arc::new(local::LocalSlot::default());
     // The books start as the exchange's would, until its first delta arrives.
     let engine = Engine::new(engine_settings(trading, prices), hub.universe().clone());
     let now = chrono::Utc::now();
@@ -111,6 +115,7 @@ pub fn start(
         timeout,
         started_ms: chrono::Utc::now().timestamp_millis(),
         counter: AtomicU64::new(0),
+        local: Arc::clone(&local),
     });
     tokio::spawn(listen::run_listener(
         Arc::clone(&shared),
@@ -124,6 +129,7 @@ pub fn start(
         hub,
         store,
         guard: command_guard(timeout),
+        local,
     });
     tokio::spawn(run_leased(
         node.clone(),

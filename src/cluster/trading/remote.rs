@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::super::node::ClusterNode;
+use super::local::{self, LocalSlot};
 use super::stream;
 use super::trace::{self, ExchangeStamps, RequesterStamps};
 use crate::store::TradingStore;
@@ -111,6 +112,8 @@ pub(super) struct Shared {
     /// Makes command ids unique across restarts of a node with the same name.
     pub(super) started_ms: i64,
     pub(super) counter: AtomicU64,
+    /// The exchange, while this node runs it: commands go to it in-process ([`local`]).
+    pub(super) local: Arc<LocalSlot>,
 }
 
 impl Shared {
@@ -170,6 +173,13 @@ impl RemoteExchange {
             };
             let is_change = command.request.is_change();
             let op = command.request.name();
+            if let Some(exchange) = shared.local.current() {
+                let reply = local::call(exchange, command, shared.timeout, &shared.store).await;
+                if trace::enabled() {
+                    trace::record_local(shared.node.node_id(), op, call_us, trace::now_us());
+                }
+                return reply;
+            }
             let (sender, answer) = oneshot::channel();
             shared.pending.lock().insert(id.clone(), sender);
             let _guard = PendingGuard {

@@ -15,6 +15,7 @@ use redis::Value;
 use super::super::lease::LeaseTicket;
 use super::super::node::{ClusterError, ClusterNode};
 use super::super::wire;
+use super::local::{LocalExchange, LocalSlot};
 use super::relay::Relay;
 use super::stream::{self, Entry};
 use super::trace::{self, ExchangeStamps};
@@ -43,6 +44,8 @@ pub(super) struct ExchangeContext {
     pub(super) store: Arc<dyn TradingStore>,
     /// How long before a command's deadline the exchange stops starting it.
     pub(super) guard: Duration,
+    /// Where this node's sessions find the exchange while a term runs it.
+    pub(super) local: Arc<LocalSlot>,
 }
 
 /// Runs the exchange for as long as `ticket` holds.
@@ -61,6 +64,11 @@ pub(super) async fn run_term(context: Arc<ExchangeContext>, ticket: LeaseTicket)
                 "",
                 1.0,
             );
+            // From now on this node's own sessions reach the exchange in-process.
+            context.local.install(LocalExchange {
+                handle: exchange.clone(),
+                ticket: ticket.clone(),
+            });
             // A failed Redis call (a timeout, a dropped connection) does not end the term:
             // the lease decides that. Reading starts again with a take-over, so commands read
             // but not acknowledged before the failure are answered from their stored replies.
@@ -89,6 +97,7 @@ pub(super) async fn run_term(context: Arc<ExchangeContext>, ticket: LeaseTicket)
         }
     }
     ticket.mark_lost();
+    context.local.remove(token);
 }
 
 async fn start_exchange(

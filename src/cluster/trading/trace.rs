@@ -54,6 +54,10 @@ struct Line<'a> {
     received: i64,
     woken: i64,
     batch: usize,
+    /// Run in-process on the exchange's own node: no stream, no reply channel (`call` to
+    /// `woken` is the whole command; the other stamps equal `call` or `woken`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    local: bool,
 }
 
 fn sink() -> Option<&'static Mutex<BufWriter<File>>> {
@@ -87,7 +91,9 @@ pub(super) fn now_us() -> i64 {
 /// Appends one command's stages to the trace file (buffered; flushed every 64 KiB and by
 /// [`flush`]).
 pub(super) fn record(node: &str, op: &str, requester: RequesterStamps, exchange: ExchangeStamps) {
-    let Some(sink) = sink() else { return };
+    if sink().is_none() {
+        return;
+    }
     let line = Line {
         node,
         op,
@@ -99,8 +105,32 @@ pub(super) fn record(node: &str, op: &str, requester: RequesterStamps, exchange:
         received: requester.received,
         woken: requester.woken,
         batch: exchange.batch,
+        local: false,
     };
-    if let Ok(text) = serde_json::to_string(&line) {
+    write(&line);
+}
+
+/// Appends one command run in-process on the exchange's node ([`super::local`]): called at
+/// `call`, answered at `woken`.
+pub(super) fn record_local(node: &str, op: &str, call: i64, woken: i64) {
+    write(&Line {
+        node,
+        op,
+        call,
+        added: call,
+        read: call,
+        start: call,
+        done: woken,
+        received: woken,
+        woken,
+        batch: 1,
+        local: true,
+    });
+}
+
+fn write(line: &Line<'_>) {
+    let Some(sink) = sink() else { return };
+    if let Ok(text) = serde_json::to_string(line) {
         let mut writer = sink.lock();
         let _ = writeln!(writer, "{text}");
     }

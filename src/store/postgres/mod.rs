@@ -3,7 +3,8 @@
 //! versioned schema in `migrations/postgres/`), [`trading`], [`history`], [`feeds`] and
 //! [`api_keys`] (one store interface each); this file connects and holds the pool.
 //!
-//! The connections run on a small tokio runtime of the store's own (two threads), so the
+//! The connections run on a small tokio runtime of the store's own (two threads, one when the
+//! process may use only one CPU), so the
 //! store works from any executor, and start-up can wait for it synchronously like it waits
 //! for the SQLite writer thread. Writes go through one writer task in call order (group
 //! commit: queued writes share one transaction, a savepoint each); reads take pooled
@@ -192,8 +193,13 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("tickgate");
         }
+        // Two threads at most, and no more than the CPUs this process may run on: on one CPU
+        // a second worker only adds wake-ups (the connection task and the writer hand every
+        // request and answer across threads, and requests meant to travel together are
+        // flushed apart), about two context switches per commit in the cluster benchmark.
+        let workers = std::thread::available_parallelism().map_or(2, |cpus| cpus.get().min(2));
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .thread_name("tickgate-postgres")
             .enable_all()
             .build()

@@ -107,20 +107,22 @@ async fn run_group(
     };
     // The statements that close one job and open the next travel together (`BEGIN` with the
     // first savepoint, a job's release with the next one's savepoint, the last release with
-    // `COMMIT`, which ends every savepoint): one round trip between jobs rather than two or
-    // three. A failure anywhere in such a string skips its rest and leaves the transaction
-    // aborted, so it is rolled back whole.
+    // `COMMIT`, which ends every savepoint), and they are pipelined with the job's own
+    // statements (sent before them, without waiting for their answer): one round trip per job
+    // and one for the commit. A failure anywhere in such a string skips its rest and leaves
+    // the transaction aborted (so the job's statements fail too), and the group is rolled
+    // back whole.
     let mut opening = "BEGIN";
     let mut job_failure = None;
     for job in group.iter_mut() {
-        if let Err(error) = client
-            .batch_execute(&format!("{opening}; SAVEPOINT job"))
-            .await
-        {
+        let opened = format!("{opening}; SAVEPOINT job");
+        // `join!` polls in order: the opening is sent first, then the job's statements.
+        let (opened, ran) = futures::join!(client.batch_execute(&opened), job.run(&client));
+        if let Err(error) = opened {
             let _ = client.batch_execute("ROLLBACK").await;
             return (Err(classify(target, error)), job_failure);
         }
-        opening = match job.run(&client).await {
+        opening = match ran {
             Ok(()) => "RELEASE SAVEPOINT job",
             Err(error) => {
                 if matches!(

@@ -4,6 +4,8 @@
 //! pending by a dead exchange is answered from its stored reply instead of running twice, and
 //! a fenced exchange stores and announces nothing, and a halt of the exchange (its store
 //! refusing writes) and its resume reach both nodes, and a node that joins during the halt.
+//! The exchange's own node answers its sessions in-process (no stream), so the tests of the
+//! stream send through the other node.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -153,6 +155,32 @@ fn counter(metrics: &Metrics, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The id of the node holding the exchange's lease, once one does.
+async fn exchange_holder(redis: &RedisServer) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let holder = redis
+            .cli(&["GET", "tickgate:lease:exchange"])
+            .unwrap_or_default();
+        if let Some((id, _token)) = holder.trim().split_once(':') {
+            return id.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node took the exchange's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Commands in the command stream so far.
+fn stream_length(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["XLEN", "tickgate:trading:commands"])
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// With the default 5 s lease the exchange's read of the command stream blocks for 500 ms,
 /// as long as the Redis client's own default response timeout: the read must not fail while
 /// the stream is idle (it did, and the exchange then stopped reading for a renewal interval,
@@ -162,20 +190,37 @@ async fn an_idle_command_stream_keeps_the_exchange_reading_and_the_next_order_an
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_store(dir.path());
-    let only = node_with_lease(
+    let first = node_with_lease(
         &redis,
         "node-idle",
         Arc::clone(&store.trading),
         Duration::from_secs(5),
     );
-    submit_retrying(&only.trading, "alice", limit_buy("before-idle"))
+    let second = node_with_lease(
+        &redis,
+        "node-other",
+        Arc::clone(&store.trading),
+        Duration::from_secs(5),
+    );
+    submit_retrying(&first.trading, "alice", limit_buy("before-idle"))
         .await
         .expect("the exchange answers");
+    // The orders go through the node without the exchange: the exchange's own node would
+    // answer its sessions in-process, without the stream.
+    let (only, requester) = if exchange_holder(&redis).await == "node-idle" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    submit_retrying(&requester.trading, "alice", limit_buy("through-the-stream"))
+        .await
+        .expect("the exchange answers through the stream");
     for round in 0..2 {
         // Three of the exchange's blocking reads with nothing to read.
         tokio::time::sleep(Duration::from_millis(1600)).await;
         let started = Instant::now();
-        only.trading
+        requester
+            .trading
             .submit("alice", limit_buy(&format!("after-idle-{round}")))
             .await
             .expect("answered");
@@ -191,6 +236,85 @@ async fn an_idle_command_stream_keeps_the_exchange_reading_and_the_next_order_an
         "the command stream's read failed while idle"
     );
     only.shutdown.cancel();
+    requester.shutdown.cancel();
+}
+
+/// A session on the exchange's own node is answered in-process: its orders never enter the
+/// command stream, their updates reach every node's sessions in the one `seq` of the user,
+/// and a retry with the same `client_order_id` is refused with the existing order, as for an
+/// order through the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_on_the_exchanges_own_node_skip_the_command_stream_and_keep_one_sequence() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let first = node(&redis, "node-a", Arc::clone(&store.trading));
+    let second = node(&redis, "node-b", Arc::clone(&store.trading));
+    let mut watched_a = first.trading.user_events("alice");
+    let mut watched_b = second.trading.user_events("alice");
+    submit_retrying(&first.trading, "alice", limit_buy("opening"))
+        .await
+        .expect("the exchange runs");
+    let (exchange, other) = if exchange_holder(&redis).await == "node-a" {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+
+    let before = stream_length(&redis);
+    for number in 0..3 {
+        let order = exchange
+            .trading
+            .submit("alice", limit_buy(&format!("local-{number}")))
+            .await
+            .expect("answered in-process");
+        assert_eq!(order.status, OrderStatus::New);
+    }
+    assert_eq!(
+        stream_length(&redis),
+        before,
+        "nothing went through the stream"
+    );
+    let duplicate = exchange
+        .trading
+        .submit("alice", limit_buy("local-1"))
+        .await
+        .expect_err("a client_order_id runs once");
+    assert_eq!(duplicate.code, OrderError::DUPLICATE_CLIENT_ORDER_ID);
+    assert_eq!(
+        duplicate.order.map(|order| order.client_order_id),
+        Some("local-1".to_owned())
+    );
+    other
+        .trading
+        .submit("alice", limit_buy("remote"))
+        .await
+        .expect("answered through the stream");
+    assert_eq!(
+        stream_length(&redis),
+        before + 1,
+        "the other node's order did"
+    );
+
+    // One sequence on both nodes: the opening order, three in-process, one through the stream.
+    for watched in [&mut watched_a, &mut watched_b] {
+        for seq in 1..=5 {
+            assert_eq!(next_update(watched).await, seq);
+        }
+    }
+    let open = other
+        .trading
+        .orders("alice", OrderQuery::Open)
+        .await
+        .expect("orders");
+    let mut ids: Vec<&str> = open.iter().map(|o| o.client_order_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["local-0", "local-1", "local-2", "opening", "remote"]
+    );
+    first.shutdown.cancel();
+    second.shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,15 +748,30 @@ async fn the_exchange_acknowledges_a_command_only_after_publishing_its_reply() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_store(dir.path());
     let log = CommandLog::start(&redis);
-    let exchange = node(&redis, "node-a", Arc::clone(&store.trading));
+    let first = node(&redis, "node-a", Arc::clone(&store.trading));
+    let second = node(&redis, "node-b", Arc::clone(&store.trading));
+    submit_retrying(&first.trading, "alice", limit_buy("opening"))
+        .await
+        .expect("the exchange runs");
+    // Through the node without the exchange (its own node's commands skip the stream).
+    let requester = if exchange_holder(&redis).await == "node-a" {
+        &second
+    } else {
+        &first
+    };
     for number in 0..20 {
-        submit_retrying(&exchange.trading, "alice", limit_buy(&format!("o{number}")))
-            .await
-            .expect("accepted");
+        submit_retrying(
+            &requester.trading,
+            "alice",
+            limit_buy(&format!("o{number}")),
+        )
+        .await
+        .expect("accepted");
     }
     // The last acknowledgement follows the last reply.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    exchange.shutdown.cancel();
+    first.shutdown.cancel();
+    second.shutdown.cancel();
     let lines = log.so_far();
     // At every point of Redis's log, no more commands are acknowledged than replies were
     // published: an XACK ahead of its reply is what lost a reply when the exchange died

@@ -3,6 +3,7 @@
 
 use super::*;
 use actix_http::h1;
+use actix_web::dev::Payload;
 
 fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
@@ -43,7 +44,7 @@ fn inbound_with(chunks: Vec<Vec<u8>>, limits: InboundLimits) -> Inbound {
         sender.feed_data(Bytes::from(chunk));
     }
     sender.feed_eof();
-    Inbound::new(Payload::from(payload), limits)
+    Inbound::new(Source::Chunks(Payload::from(payload)), limits)
 }
 
 async fn all(mut inbound: Inbound) -> Vec<Incoming> {
@@ -97,7 +98,7 @@ async fn fragments_over_the_limit_overflow() {
 #[actix_web::test]
 async fn a_message_over_keep_is_dropped_as_it_streams_and_the_next_one_is_read() {
     let (mut sender, payload) = h1::Payload::create(false);
-    let mut inbound = Inbound::new(Payload::from(payload), limits(100, 100_000));
+    let mut inbound = Inbound::new(Source::Chunks(Payload::from(payload)), limits(100, 100_000));
     let big = masked(0x1, true, &vec![b'x'; 50_000]);
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -148,7 +149,7 @@ async fn a_dropped_fragmented_message_still_counts_toward_the_hard_limit() {
 #[tokio::test(start_paused = true)]
 async fn an_unfinished_fragmented_message_times_out() {
     let (mut sender, payload) = h1::Payload::create(false);
-    let mut inbound = Inbound::new(Payload::from(payload), limits(1000, 1000));
+    let mut inbound = Inbound::new(Source::Chunks(Payload::from(payload)), limits(1000, 1000));
     sender.feed_data(Bytes::from(masked(0x1, false, b"never finished")));
     let started = tokio::time::Instant::now();
     // Pings keep the connection alive but do not extend the message's time.
@@ -212,7 +213,7 @@ proptest::proptest! {
             .expect("runtime");
         runtime.block_on(async {
             let (mut sender, payload) = h1::Payload::create(false);
-            let mut inbound = Inbound::new(Payload::from(payload), limits(256, 1024));
+            let mut inbound = Inbound::new(Source::Chunks(Payload::from(payload)), limits(256, 1024));
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             let mut held = 0usize;

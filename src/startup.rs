@@ -15,6 +15,7 @@ use crate::ingest::SourceRegistry;
 use crate::ingest::source::Publisher;
 use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
+use crate::routes::ACCESS_LOG_TARGET;
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -32,9 +33,6 @@ fn widen_backlog(listener: TcpListener) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
-
-/// Target of the access log lines.
-pub(crate) const ACCESS_LOG_TARGET: &str = "tickgate::http";
 
 /// Request logging through `tracing` (one line per request at info level, target
 /// `tickgate::http`). When the log filter drops those lines (e.g. `warn`) the logger is left

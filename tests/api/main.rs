@@ -97,4 +97,5 @@ mod ws {
     mod throttled;
     mod trading;
     mod trading_status;
+    mod upgrade;
 }

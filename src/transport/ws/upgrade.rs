@@ -173,7 +173,7 @@ where
             ),
         );
         tracing::info!(
-            target: crate::startup::ACCESS_LOG_TARGET,
+            target: crate::routes::ACCESS_LOG_TARGET,
             "{} {} {:?} {} (an upgrade to a path without a WebSocket)",
             request.method(),
             path,

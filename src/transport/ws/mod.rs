@@ -368,8 +368,8 @@ mod tests {
         );
         // Unit tests feed the decoder through a test-only source (`Source::Chunks`), which
         // makes it larger than in the server, where the source is one pointer.
-        let test_only = size_of::<wire::Source>()
-            - size_of::<Option<std::rc::Rc<tokio::net::TcpStream>>>();
+        let test_only =
+            size_of::<wire::Source>() - size_of::<Option<std::rc::Rc<tokio::net::TcpStream>>>();
         let connection_bytes = size_of_val(&connection) - test_only;
         let fast = FastPath::new(
             market,

@@ -132,8 +132,15 @@ impl Source {
                     buf.reserve(READ_CHUNK_BYTES);
                 }
                 match socket.try_read_buf(buf) {
-                    // The readiness was stale (tokio clears it): wait for the next.
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    // The readiness was stale (tokio clears it): wait for the next, without
+                    // keeping the buffer just reserved if it holds nothing. (tokio reports a
+                    // socket readable until a read finds it empty, so this is the common way
+                    // a drained connection goes idle: it would otherwise keep 2 KiB.)
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
                     done => return Poll::Ready(done),
                 }
             },

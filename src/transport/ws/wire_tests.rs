@@ -295,3 +295,51 @@ fn server_frames_are_unmasked_and_close_reasons_are_cut_on_a_char_boundary() {
     assert_eq!(&buf[2..4], &1008u16.to_be_bytes());
     assert!(std::str::from_utf8(&buf[4..]).is_ok());
 }
+
+/// The decoder reads the socket itself; once a message is out and the socket drained, it
+/// holds no buffer (issue 17: an idle connection kept the 2 KiB it reserved for the read
+/// that found the socket empty).
+#[tokio::test]
+async fn a_drained_socket_leaves_the_decoder_without_a_buffer() {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let mut client = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    let mut inbound = Inbound::new(Source::Detached, limits(1024, 1024));
+    inbound.attach(Rc::new(server), BytesMut::new());
+    client
+        .write_all(&masked(0x1, true, b"{\"action\":\"ping\"}"))
+        .await
+        .expect("write");
+    let message = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+        .await
+        .expect("a message in time");
+    assert_eq!(
+        message,
+        Some(Incoming::Text("{\"action\":\"ping\"}".into()))
+    );
+    // The next poll finds the socket empty (tokio still reports it readable until a read
+    // says otherwise) and waits.
+    let waker = futures::task::noop_waker();
+    assert!(
+        inbound
+            .poll_recv(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    assert_eq!(inbound.buf.capacity(), 0, "an idle decoder holds no buffer");
+    // And it still reads what comes next.
+    client
+        .write_all(&masked(0x9, true, b"p"))
+        .await
+        .expect("write");
+    let message = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+        .await
+        .expect("a message in time");
+    assert_eq!(message, Some(Incoming::Ping(Bytes::from_static(b"p"))));
+}

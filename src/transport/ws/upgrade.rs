@@ -215,7 +215,7 @@ where
     } else {
         BytesMut::from(&parts.read_buf[..])
     };
-    Driver::new(parts.io, upgraded.0, buffered, out.freeze())
+    Some(Driver::new(parts.io, upgraded.0, buffered, out.freeze()))
 }
 
 /// Writes a whole response (head and body) and closes the connection: an upgrade request
@@ -259,7 +259,7 @@ impl Driver {
         mut body: Box<WsBody<Connection>>,
         buffered: BytesMut,
         response: Bytes,
-    ) -> Option<Driver> {
+    ) -> Driver {
         let socket = Rc::new(socket);
         let attached = body
             .run_mut()
@@ -269,12 +269,12 @@ impl Driver {
             // at once): its closing frames are in the body, which still runs to write them.
             tracing::debug!("websocket connection ended before its socket was attached");
         }
-        Some(Driver {
+        Driver {
             socket,
             body: Some(body),
             unsent: response,
             linger: None,
-        })
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {

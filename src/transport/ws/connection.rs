@@ -32,7 +32,7 @@ pub(super) fn authenticated_limits(settings: &crate::settings::Settings) -> Inbo
 const MESSAGES_PER_TURN: u32 = 16;
 
 /// Counts the connection as closed however it ends: a returned loop, or a body dropped by
-/// the dispatcher because the peer went away.
+/// the driver because the peer went away.
 pub(super) struct ClosedGuard(pub(super) Arc<crate::metrics::Metrics>);
 
 impl Drop for ClosedGuard {
@@ -129,7 +129,7 @@ impl Connection {
     }
 
     /// Frames the outputs; returns the close to send if the session ended. No await: the
-    /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
+    /// frames wait in the outbox until the driver takes them, and a peer that stops
     /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
     fn write(
         &self,

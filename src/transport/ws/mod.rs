@@ -318,11 +318,10 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    /// What every idle WebSocket holds besides actix-http's own connection state, pinned so
-    /// it does not creep back (issue 17: idle WebSocket memory at or below SSE's). The
-    /// response body holds the connection's loop inline and actix boxes the body once, so
-    /// the body's size is heap per connection (the session is part of it); the market state
-    /// is shared with the body through an `Rc`.
+    /// What every idle WebSocket holds besides its task and socket, pinned so it does not
+    /// creep back (issue 17: idle WebSocket memory at or below SSE's). The body holds the
+    /// connection's loop inline and is boxed once, so the body's size is heap per connection
+    /// (the session is part of it); the market state is shared with the body through an `Rc`.
     ///
     /// Budgets, in the test profile: before issue 17 the loop was an `async` future of about
     /// 3,000 bytes; then 1,520 with a 728-byte session; then 1,096 with a 344-byte session,

@@ -1,5 +1,5 @@
 //! The WebSocket wire under the session: reading client frames from the upgraded socket and
-//! writing server frames from the response body itself. Invariants kept here: sizes are
+//! writing server frames from the connection's body itself. Invariants kept here: sizes are
 //! judged from a frame's header, so at most one message within [`InboundLimits::keep`] (plus
 //! one read chunk) is ever held; a larger message is dropped as it streams in, or ends the
 //! connection beyond `hard`; a fragmented message is bounded in time too; server frames are
@@ -509,11 +509,11 @@ pub fn put_close(buf: &mut BytesMut, code: u16, reason: &str) {
     Parser::write_message(buf, payload, OpCode::Close, true, false);
 }
 
-/// What a connection's loop and its response body share (one thread, so `Cell`s). Held
+/// What a connection's loop and its body share (one thread, so `Cell`s). Held
 /// inline in the body, which lends it to the loop on each poll ([`ConnectionLoop`]): no
 /// allocation of its own (issue 17: idle WebSocket memory).
 pub struct Wire {
-    /// Finished frames the body has not handed to the dispatcher yet.
+    /// Finished frames the body has not handed to the driver yet.
     pub outbox: RefCell<BytesMut>,
     /// When the client was last heard from (any frame), for the idle timeout.
     pub last_heard: Cell<Instant>,
@@ -587,7 +587,7 @@ impl FastPath {
     /// Serves pending hub wake-ups into the outbox; `true` when the connection must end (the
     /// closing frames are in the outbox).
     ///
-    /// Returns only with something in the outbox (the dispatcher takes it and polls again)
+    /// Returns only with something in the outbox (the driver takes it and polls again)
     /// or with the queue's waker registered: a wake-up that leaves nothing to send (a
     /// keep-alive tick with no ping due, a feed heartbeat, events this session skips) goes
     /// round again, since a `Ready` from `poll_notified` registers nothing and returning then
@@ -644,14 +644,15 @@ impl FastPath {
     }
 }
 
-/// The response body of an upgraded connection. It owns the connection's loop (`run`), polls
-/// it whenever something the loop waits on has happened and nothing is buffered, serves
-/// market data itself ([`FastPath`]), and ends after the loop has returned (or the fast path
-/// closed the connection) and the last frames are out. If the peer goes away, the dispatcher
-/// drops the body, and with it the loop.
+/// The body of an upgraded connection, a `MessageBody` polled by the connection's driver
+/// (`upgrade::Driver`), which writes each chunk it returns to the socket. It owns the
+/// connection's loop (`run`), polls it whenever something the loop waits on has happened and
+/// nothing is buffered, serves market data itself ([`FastPath`]), and ends after the loop has
+/// returned (or the fast path closed the connection) and the last frames are out. If the
+/// peer goes away, the driver drops the body, and with it the loop.
 ///
 /// The loop is held inline (`F`, a hand-written future in the glue), so the body and the
-/// loop are one allocation: the one actix makes when it boxes the response body.
+/// loop are one allocation: the one the route makes when it boxes the body.
 pub struct WsBody<F> {
     /// `None` once the loop has ended or was dropped (the fast path closed the connection).
     run: Option<F>,
@@ -659,7 +660,7 @@ pub struct WsBody<F> {
     fast: Option<FastPath>,
     done: bool,
     /// The waker the loop runs with: it records that something the loop waits on happened,
-    /// so the dispatcher's other polls (after each chunk, on socket readiness) skip the loop.
+    /// so the driver's other polls (after each chunk, on write readiness) skip the loop.
     wake: Arc<LoopWaker>,
     waker: Waker,
 }
@@ -715,7 +716,7 @@ impl<F: ConnectionLoop> MessageBody for WsBody<F> {
     ) -> Poll<Option<Result<Bytes, Infallible>>> {
         let this = self.get_mut();
         // Nothing runs while frames wait to be taken, so a peer that stops reading (the
-        // dispatcher stops asking) stops the connection too, and what waits meanwhile is
+        // driver stops asking) stops the connection too, and what waits meanwhile is
         // bounded by the hub's subscriber queue.
         if !this.done && this.wire.outbox.borrow().is_empty() {
             this.wake.task.register(cx.waker());

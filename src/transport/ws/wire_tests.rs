@@ -32,7 +32,7 @@ fn limits(keep: usize, hard: usize) -> InboundLimits {
     }
 }
 
-/// An inbound decoder fed `chunks`, as the dispatcher would, then the peer's end; messages
+/// An inbound decoder fed `chunks`, as socket reads would, then the peer's end; messages
 /// over `max` end the connection (the pre-authentication behaviour).
 fn inbound(chunks: Vec<Vec<u8>>, max: usize) -> Inbound {
     inbound_with(chunks, limits(max, max))
@@ -235,7 +235,7 @@ proptest::proptest! {
         })?;
     }
 
-    /// However the dispatcher happens to cut the byte stream, the same messages come out:
+    /// However the reads happen to cut the byte stream, the same messages come out:
     /// text messages whole (fragmented or not), control frames between fragments.
     #[test]
     fn any_split_of_the_stream_decodes_to_the_same_messages(

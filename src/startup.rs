@@ -6,7 +6,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_service::{ServiceFactoryExt, map_config};
+use actix_web::{App, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, HubSettings};
@@ -14,6 +15,7 @@ use crate::ingest::SourceRegistry;
 use crate::ingest::source::Publisher;
 use crate::market::SymbolUniverse;
 use crate::metrics::Metrics;
+use crate::routes::ACCESS_LOG_TARGET;
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -31,9 +33,6 @@ fn widen_backlog(listener: TcpListener) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
-
-/// Target of the access log lines.
-const ACCESS_LOG_TARGET: &str = "tickgate::http";
 
 /// Request logging through `tracing` (one line per request at info level, target
 /// `tickgate::http`). When the log filter drops those lines (e.g. `warn`) the logger is left
@@ -304,47 +303,76 @@ impl Application {
     }
 
     /// Builds and starts the HTTP server (synchronously, so the returned future is `Send`).
+    ///
+    /// Built from actix-server and actix-http rather than actix-web's `HttpServer`, with the
+    /// same settings `HttpServer` would apply, for one thing it does not expose: actix-http's
+    /// upgrade hook, through which WebSocket upgrades reach `transport::ws::UpgradeFactory`
+    /// with their socket instead of running as a response body over the HTTP/1 dispatcher
+    /// (docs/ARCHITECTURE.md, "The server boundary").
     fn start_http(self) -> anyhow::Result<actix_web::dev::Server> {
         let state = self.state;
         let settings = Arc::clone(&state.settings);
-        let data = state.clone();
-        let mut server = HttpServer::new(move || {
-            App::new()
+        let listener = widen_backlog(self.listener)?;
+        let address = listener.local_addr()?;
+        let stalled = settings.server.stalled_peer_timeout;
+        // The application, once for ordinary requests and once for upgrades in each worker.
+        // tickgate reads neither the configured host nor the local address from the
+        // application's config (no `connection_info`, no `url_for`), so the default will do.
+        let application = move || {
+            let data = state.clone();
+            let app = App::new()
                 .wrap(crate::routes::json_errors())
                 .wrap(crate::routes::cors(&data))
                 .wrap(tracing_actix())
                 .app_data(web::Data::new(data.clone()))
-                .configure(|cfg| crate::routes::configure(cfg, &data, crate::transport::configure))
-        })
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
-        .client_request_timeout(Duration::from_secs(10))
-        // Every write is a complete message that should leave at once: with Nagle's algorithm
-        // a small write waits while an earlier one is unacknowledged, and a client that
-        // delays its ACKs turns that into tens of milliseconds.
-        .tcp_nodelay(true)
-        // Streams are long-lived, so actix's default of 25,600 connections per worker would cap
-        // a one-core gateway far below what it can hold; the file-descriptor limit is the
-        // real bound.
-        .max_connections(MAX_CONNECTIONS_PER_WORKER);
-        let stalled = settings.server.stalled_peer_timeout;
-        if !stalled.is_zero() {
-            // A stream's response body is not polled while its socket is full, so nothing in
-            // the process notices a peer that stopped reading; the kernel does, and this bounds
-            // how long such a connection (its descriptor and buffers) lives.
-            server = server.on_connect(move |connection, _| {
-                if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-                    && let Err(error) =
-                        socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stalled))
-                {
-                    tracing::debug!(%error, "TCP_USER_TIMEOUT not set");
-                }
-            });
-        }
+                .configure(|cfg| crate::routes::configure(cfg, &data, crate::transport::configure));
+            map_config(app, |()| actix_web::dev::AppConfig::default())
+        };
+        let mut server = actix_server::Server::build()
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
+            // Streams are long-lived, so actix's default of 25,600 connections per worker
+            // would cap a one-core gateway far below what it can hold; the file-descriptor
+            // limit is the real bound.
+            .max_concurrent_connections(MAX_CONNECTIONS_PER_WORKER);
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        let listener = widen_backlog(self.listener)?;
-        Ok(server.listen(listener)?.run())
+        // Tells each connection's dispatcher that a graceful stop began, so idle keep-alive
+        // connections close at once (what `HttpServer` wires up).
+        let graceful = server.graceful_shutdown_signal();
+        let server = server.listen("tickgate-http", listener, move || {
+            let graceful = graceful.clone();
+            let mut http = actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let graceful = graceful.clone();
+                    async move { graceful.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(Duration::from_secs(10))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(address)
+                // Every write is a complete message that should leave at once: with Nagle's
+                // algorithm a small write waits while an earlier one is unacknowledged, and a
+                // client that delays its ACKs turns that into tens of milliseconds.
+                .tcp_nodelay(true);
+            if !stalled.is_zero() {
+                // A stream's body is not polled while its socket is full, so nothing in the
+                // process notices a peer that stopped reading; the kernel does, and this
+                // bounds how long such a connection (its descriptor and buffers) lives.
+                http = http.on_connect_ext(move |stream: &actix_web::rt::net::TcpStream, _| {
+                    if let Err(error) =
+                        socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stalled))
+                    {
+                        tracing::debug!(%error, "TCP_USER_TIMEOUT not set");
+                    }
+                });
+            }
+            let upgrades = crate::transport::ws::UpgradeFactory::new(application());
+            let requests = application().map_err(|error: actix_web::Error| error.error_response());
+            http.upgrade(upgrades).finish(requests).tcp()
+        })?;
+        Ok(server.run())
     }
 }

@@ -29,6 +29,10 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Target of the access log lines (the request logger in `startup`, and the upgrade
+/// service's line for an upgrade it refuses before any route, `transport::ws`).
+pub const ACCESS_LOG_TARGET: &str = "tickgate::http";
+
 /// Registers every route. `transports` registers the streaming endpoints (SSE, WebSocket;
 /// `startup` passes `transport::configure`), so this module imports no transport and the
 /// static files, registered last, never shadow them.

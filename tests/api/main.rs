@@ -98,4 +98,5 @@ mod ws {
     mod throttled;
     mod trading;
     mod trading_status;
+    mod upgrade;
 }

@@ -18,7 +18,15 @@ const LAYERS: &[(&str, &[&str])] = &[
 const UPPER_LAYERS: &[&str] = &["state", "startup", "routes", "transport"];
 
 /// Crates that are a transport; the hub encodes for the wire but never touches one.
-const TRANSPORT_CRATES: &[&str] = &["actix_web", "actix_ws", "actix_http", "actix_files"];
+const TRANSPORT_CRATES: &[&str] = &[
+    "actix_web",
+    "actix_ws",
+    "actix_http",
+    "actix_files",
+    "actix_server",
+    "actix_service",
+    "actix_codec",
+];
 
 const MAX_LINES: usize = 800;
 

@@ -1,5 +1,5 @@
 //! The connection's loop (everything but market data: client frames, trading events,
-//! timers, shutdown), as a hand-written future held inline in the response body. Market data
+//! timers, shutdown), as a hand-written future held inline in the connection's body. Market data
 //! and the pings that ride on hub wake-ups are served by the body itself (`wire::FastPath`).
 
 use std::future::Future;
@@ -32,7 +32,7 @@ pub(super) fn authenticated_limits(settings: &crate::settings::Settings) -> Inbo
 const MESSAGES_PER_TURN: u32 = 16;
 
 /// Counts the connection as closed however it ends: a returned loop, or a body dropped by
-/// the dispatcher because the peer went away.
+/// the driver because the peer went away.
 pub(super) struct ClosedGuard(pub(super) Arc<crate::metrics::Metrics>);
 
 impl Drop for ClosedGuard {
@@ -129,7 +129,7 @@ impl Connection {
     }
 
     /// Frames the outputs; returns the close to send if the session ended. No await: the
-    /// frames wait in the outbox until the dispatcher takes them, and a peer that stops
+    /// frames wait in the outbox until the driver takes them, and a peer that stops
     /// reading stops this loop too (see `WsBody`), leaving the hub's bounded queue to decide.
     fn write(
         &self,
@@ -201,6 +201,22 @@ impl Connection {
                 .set_limits(authenticated_limits(&self.settings));
         }
         self.close = self.write(wire, start).map(Box::new);
+    }
+
+    /// Gives the decoder the upgraded socket (see `upgrade::Driver`); `false` if the loop
+    /// has already ended or is inside an action (never, before its first poll).
+    pub(super) fn attach(
+        &mut self,
+        socket: std::rc::Rc<tokio::net::TcpStream>,
+        buffered: bytes::BytesMut,
+    ) -> bool {
+        match self.core.as_mut() {
+            Some(core) if self.pending.is_none() => {
+                core.inbound.attach(socket, buffered);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Runs `step` as the pending work, owning the core until it is done.

@@ -4,9 +4,16 @@
 //! `Origin` and reads an upgrade credential (`Authorization: Bearer` or `?ticket=`), then runs
 //! one loop per connection that feeds socket frames and session wake-ups into [`WsSession`]
 //! (`session`, socket-free and clock-free) and writes what the session returns. The loop
-//! (`connection`, a hand-written future) runs inside the response body ([`wire::WsBody`]),
-//! not in a task of its own, and the body serves market data itself ([`wire::FastPath`]).
-//! Only this module and `wire` know about actix.
+//! (`connection`, a hand-written future) runs inside the connection's body
+//! ([`wire::WsBody`]), not in a task of its own, and the body serves market data itself
+//! ([`wire::FastPath`]).
+//!
+//! Upgrades do not run as actix-web responses: actix-http hands every request asking for
+//! `Upgrade: websocket` to [`upgrade::UpgradeFactory`]'s service with the socket, which runs
+//! the request through the application (these routes, so every check and error response is
+//! the same) and, when a route here answers 101, takes the socket over (`upgrade::Driver`):
+//! no request payload channel, no HTTP/1 dispatcher buffers for the life of the connection.
+//! Only this module, `upgrade` and `wire` know about actix.
 //!
 //! Pings and the idle timeout need no timer of their own: the hub's keep-alive sweep pushes a
 //! tick into every WebSocket queue once per `ws.ping_interval`, busy or not, and when the
@@ -20,13 +27,16 @@
 
 mod connection;
 pub mod session;
+mod upgrade;
 pub mod wire;
+
+pub use upgrade::UpgradeFactory;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
 use crate::auth::{AuthError, Identity};
 use crate::error::{ApiError, ErrorCode};
@@ -45,13 +55,24 @@ fn put_wire_frame(outbox: &mut bytes::BytesMut, frame: WireFrame) {
     }
 }
 
+/// tickgate's own stream.
+const NATIVE_PATH: &str = "/v1/stream";
+/// Alpaca's trading stream.
+const ALPACA_TRADING_PATH: &str = "/stream";
+/// Every stock feed name Alpaca has: all serve the same tickgate market.
+const ALPACA_DATA_PATHS: [&str; 3] = ["/v2/iex", "/v2/sip", "/v2/test"];
+
+/// Whether `path` is one of the WebSocket routes (the only paths an upgrade is served at).
+fn is_stream_path(path: &str) -> bool {
+    path == NATIVE_PATH || path == ALPACA_TRADING_PATH || ALPACA_DATA_PATHS.contains(&path)
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/stream", web::get().to(stream))
-        .route("/stream", web::get().to(alpaca_trading_stream))
-        // Every stock feed name Alpaca has serves the same tickgate market.
-        .route("/v2/iex", web::get().to(alpaca_data_stream))
-        .route("/v2/sip", web::get().to(alpaca_data_stream))
-        .route("/v2/test", web::get().to(alpaca_data_stream));
+    cfg.route(NATIVE_PATH, web::get().to(stream))
+        .route(ALPACA_TRADING_PATH, web::get().to(alpaca_trading_stream));
+    for path in ALPACA_DATA_PATHS {
+        cfg.route(path, web::get().to(alpaca_data_stream));
+    }
 }
 
 /// What a connection speaks: tickgate's protocol, or an Alpaca dialect of it
@@ -124,7 +145,6 @@ fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError>
 
 async fn stream(
     request: HttpRequest,
-    body: web::Payload,
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -135,18 +155,24 @@ async fn stream(
     // refused while the ticket is still good.
     let response = handshake(&request)?;
     let credential = upgrade_credential(&request, &query, &state)?;
-    serve(request, body, &state, response, credential, Dialect::Native)
+    serve(&request, &state, response, credential, Dialect::Native)
 }
 
-/// The upgrade response, if `request` is a WebSocket upgrade at all.
+/// The upgrade response, if `request` is a WebSocket upgrade at all. A request that did not
+/// come through the upgrade hook (a plain GET, or one actix-http read as a request with a
+/// body, e.g. a chunked one) has no socket to take over and is refused the same way.
 fn handshake(request: &HttpRequest) -> Result<actix_http::ResponseBuilder, ApiError> {
-    actix_http::ws::handshake(request.head()).map_err(|_| {
+    let refused = || {
         ApiError::new(
             ErrorCode::BadRequest,
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, \
              Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
         )
-    })
+    };
+    if !request.extensions().contains::<upgrade::ThroughHook>() {
+        return Err(refused());
+    }
+    actix_http::ws::handshake(request.head()).map_err(|_| refused())
 }
 
 /// An API key pair on the upgrade request (`APCA-API-KEY-ID`/`APCA-API-SECRET-KEY`), which
@@ -175,7 +201,6 @@ fn upgrade_api_key(request: &HttpRequest, state: &AppState) -> Option<Result<Ide
 /// `Content-Type: application/json`.
 async fn alpaca_data_stream(
     request: HttpRequest,
-    body: web::Payload,
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -194,8 +219,7 @@ async fn alpaca_data_stream(
     let response = handshake(&request)?;
     let credential = upgrade_api_key(&request, &state);
     serve(
-        request,
-        body,
+        &request,
         &state,
         response,
         credential,
@@ -206,7 +230,6 @@ async fn alpaca_data_stream(
 /// `GET /stream`: Alpaca's trading stream (trade updates), JSON.
 async fn alpaca_trading_stream(
     request: HttpRequest,
-    body: web::Payload,
     query: RawQuery,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -215,8 +238,7 @@ async fn alpaca_trading_stream(
     let response = handshake(&request)?;
     let credential = upgrade_api_key(&request, &state);
     serve(
-        request,
-        body,
+        &request,
         &state,
         response,
         credential,
@@ -224,10 +246,11 @@ async fn alpaca_trading_stream(
     )
 }
 
-/// Upgrades and runs one connection in `dialect`.
+/// Prepares one connection in `dialect`: the 101 response carries it (a response extension,
+/// [`upgrade::Upgraded`]) to the upgrade service, which writes the response and runs it on
+/// the socket.
 fn serve(
-    request: HttpRequest,
-    body: web::Payload,
+    request: &HttpRequest,
     state: &AppState,
     response: actix_http::ResponseBuilder,
     credential: Option<Result<Identity, AuthError>>,
@@ -242,7 +265,7 @@ fn serve(
         hard: ws.max_preauth_message_bytes,
         fragment_timeout: ws.fragment_timeout,
     };
-    let inbound = Inbound::new(body.into_inner(), preauth);
+    let inbound = Inbound::new(wire::Source::Detached, preauth);
     let wire = Wire::new();
     let market_encoding = match dialect {
         Dialect::AlpacaData(DataDialect {
@@ -277,10 +300,11 @@ fn serve(
     connection.start(&wire, credential);
     let body = WsBody::new(wire, Some(fast), connection);
     let mut response = response;
-    let response = response
-        .message_body(body)
-        .map_err(|error| ApiError::internal(&error))?;
-    Ok(HttpResponse::from(response.map_into_boxed_body()))
+    let mut response = HttpResponse::from(response.finish().map_into_boxed_body());
+    response
+        .extensions_mut()
+        .insert(upgrade::Upgraded(Box::new(body)));
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -294,11 +318,10 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    /// What every idle WebSocket holds besides actix-http's own connection state, pinned so
-    /// it does not creep back (issue 17: idle WebSocket memory at or below SSE's). The
-    /// response body holds the connection's loop inline and actix boxes the body once, so
-    /// the body's size is heap per connection (the session is part of it); the market state
-    /// is shared with the body through an `Rc`.
+    /// What every idle WebSocket holds besides its task and socket, pinned so it does not
+    /// creep back (issue 17: idle WebSocket memory at or below SSE's). The body holds the
+    /// connection's loop inline and is boxed once, so the body's size is heap per connection
+    /// (the session is part of it); the market state is shared with the body through an `Rc`.
     ///
     /// Budgets, in the test profile: before issue 17 the loop was an `async` future of about
     /// 3,000 bytes; then 1,520 with a 728-byte session; then 1,096 with a 344-byte session,
@@ -311,6 +334,13 @@ mod tests {
     /// 528 → 424 (the decoder's fragment state boxed while a fragmented message is open, no
     /// shutdown waiter, no wire pointer), body 696 → 648 with the wire (64 B) inline instead
     /// of behind its own `Rc`.
+    /// Fifth pass: the connection owns its socket (actix-http's upgrade hook, `upgrade.rs`).
+    /// The decoder reads the socket itself, so the request payload channel actix-http kept
+    /// per connection (248 B in two blocks) is gone; the decoder's source is one pointer
+    /// (112 → 96 B), the loop 424 → 408 B, the body 648 → 632 B. The body is boxed once,
+    /// by the route, and moved into the driver, which the dispatcher holds inline in place
+    /// of its own state: so the driver must stay small (it sizes every connection's task,
+    /// SSE's too).
     #[tokio::test]
     async fn an_idle_connection_holds_no_more_state_than_its_budget() {
         let (mut session, _hub) = session::tests::authenticated_session();
@@ -329,13 +359,17 @@ mod tests {
         let wire = Wire::new();
         let connection = Connection::new(
             session,
-            Inbound::new(actix_web::dev::Payload::None, limits),
+            Inbound::new(wire::Source::Detached, limits),
             Dialect::Native,
             Arc::new(crate::settings::Settings::default()),
             tokio_util::sync::CancellationToken::new(),
             ClosedGuard(metrics),
         );
-        let connection_bytes = size_of_val(&connection);
+        // Unit tests feed the decoder through a test-only source (`Source::Chunks`), which
+        // makes it larger than in the server, where the source is one pointer.
+        let test_only =
+            size_of::<wire::Source>() - size_of::<Option<std::rc::Rc<tokio::net::TcpStream>>>();
+        let connection_bytes = size_of_val(&connection) - test_only;
         let fast = FastPath::new(
             market,
             Duration::from_secs(15),
@@ -344,14 +378,16 @@ mod tests {
             crate::hub::coalesce::Coalescer::new(Duration::from_millis(20)),
         );
         let body = WsBody::new(wire, Some(fast), connection);
-        let body_bytes = size_of_val(&body);
+        let body_bytes = size_of_val(&body) - test_only;
+        let upgrade_bytes = size_of::<upgrade::UpgradeFuture>();
         eprintln!(
             "session {session_bytes} B, its wait (trading streams only) {wait_bytes} B, \
              connection loop {connection_bytes} B, body with the loop {body_bytes} B, \
-             market state {} B, wire {} B, inbound {} B",
+             market state {} B, wire {} B, inbound {} B, the upgrade as the dispatcher \
+             holds it {upgrade_bytes} B",
             size_of::<session::MarketState>(),
             size_of::<Wire>(),
-            size_of::<Inbound>(),
+            size_of::<Inbound>() - test_only,
         );
         assert!(
             session_bytes <= 248,
@@ -367,6 +403,10 @@ mod tests {
         assert!(
             body_bytes <= BODY_BUDGET,
             "body {body_bytes} B, budget {BODY_BUDGET}"
+        );
+        assert!(
+            upgrade_bytes <= UPGRADE_BUDGET,
+            "upgrade future {upgrade_bytes} B, budget {UPGRADE_BUDGET}"
         );
         assert!(
             size_of::<session::MarketState>() <= 96,
@@ -421,6 +461,10 @@ mod tests {
         drop(session);
     }
 
-    const CONNECTION_BUDGET: usize = 424;
-    const BODY_BUDGET: usize = 648;
+    const CONNECTION_BUDGET: usize = 408;
+    const BODY_BUDGET: usize = 632;
+    /// What the dispatcher holds inline for an upgraded connection: the driver (socket
+    /// handle, boxed body, unsent chunk, linger timer). Its own state is 560 bytes (debug
+    /// build, 2026-12-06), so this adds nothing to a connection's task while it stays below.
+    const UPGRADE_BUDGET: usize = 64;
 }

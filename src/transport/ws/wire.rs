@@ -1,23 +1,27 @@
-//! The WebSocket wire under the session: reading client frames from the upgraded request's
-//! payload and writing server frames from the response body itself. Invariants kept here:
-//! sizes are judged from a frame's header, so at most one message within
-//! [`InboundLimits::keep`] (plus one read chunk) is ever held; a larger message is dropped as
-//! it streams in, or ends the connection beyond `hard`; a fragmented message is bounded in
-//! time too; server frames are never masked and close reasons are cut on a character
-//! boundary; a peer that stops reading stops its connection's loop, leaving the hub's
-//! bounded queue to decide.
+//! The WebSocket wire under the session: reading client frames from the upgraded socket and
+//! writing server frames from the connection's body itself. Invariants kept here: sizes are
+//! judged from a frame's header, so at most one message within [`InboundLimits::keep`] (plus
+//! one read chunk) is ever held; a larger message is dropped as it streams in, or ends the
+//! connection beyond `hard`; a fragmented message is bounded in time too; server frames are
+//! never masked and close reasons are cut on a character boundary; a peer that stops reading
+//! stops its connection's loop, leaving the hub's bounded queue to decide.
 //!
 //! actix-ws, which this replaces, hands every outgoing frame through a channel to the HTTP
 //! dispatcher, a second task: two task wake-ups and a channel slot per delivery, plus the
 //! channel's blocks in every idle connection. Here the connection's loop lives inside the
-//! response body ([`WsBody`]): the dispatcher polls the body, the body polls the loop, and
-//! the loop writes finished frames into a buffer the body hands back as one chunk. A market
-//! event therefore costs one wake-up of the connection's own task and one write.
+//! body ([`WsBody`]): the driver (`upgrade::Driver`, which owns the upgraded socket) polls
+//! the body, the body polls the loop, and the loop writes finished frames into a buffer the
+//! body hands back as one chunk. A market event therefore costs one wake-up of the
+//! connection's own task and one write. Client bytes are read by the decoder ([`Inbound`])
+//! straight from the socket into a small buffer that exists only while part of a frame is
+//! held, not through actix-http's request payload channel and 8 KiB read buffer.
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -26,11 +30,10 @@ use std::time::{Duration, Instant};
 // actix-ws's protocol types are actix-http's; the codec and frame writer come from there too.
 use actix_http::ws::{OpCode, Parser};
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::Payload;
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
-use futures::Stream;
 use futures::task::AtomicWaker;
+use tokio::net::TcpStream;
 
 use super::session::{Output, SharedMarket, close_codes, closing};
 use crate::hub::Coalescer;
@@ -93,10 +96,74 @@ struct Header {
     payload_len: u64,
 }
 
-/// Decodes client frames from the request payload and joins fragmented messages, holding at
-/// most `limits.keep` bytes of message plus one read chunk however the client behaves.
+/// Bytes asked of the socket per read. Client messages are small (an action is tens to
+/// hundreds of bytes); a larger frame takes several reads, each appending to the buffer.
+const READ_CHUNK_BYTES: usize = 2048;
+
+/// Where an [`Inbound`] reads client bytes from.
+pub enum Source {
+    /// Nothing to read yet: the upgrade's response is still being prepared, and the driver
+    /// attaches the socket when it takes the connection over ([`Inbound::attach`]).
+    Detached,
+    /// The upgraded socket, shared with the driver that writes to it (`upgrade::Driver`).
+    /// Reads and writes register separate wakers with tokio, so the two do not interfere.
+    Socket(Rc<TcpStream>),
+    /// Chunks fed by a unit test, split wherever the test likes: how the decoder is checked
+    /// against every way a stream can arrive (the integration tests read real sockets).
+    #[cfg(test)]
+    Chunks(actix_web::dev::Payload),
+}
+
+impl Source {
+    /// Reads what the peer sent into `buf`; `Ok(0)` once it has gone.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Source::Detached => Poll::Pending,
+            Source::Socket(socket) => loop {
+                if let Err(error) = std::task::ready!(socket.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(error));
+                }
+                // Only now, with bytes waiting, does an idle connection hold a buffer.
+                if buf.capacity() - buf.len() < READ_CHUNK_BYTES {
+                    buf.reserve(READ_CHUNK_BYTES);
+                }
+                match socket.try_read_buf(buf) {
+                    // The readiness was stale (tokio clears it): wait for the next, without
+                    // keeping the buffer just reserved if it holds nothing. (tokio reports a
+                    // socket readable until a read finds it empty, so this is the common way
+                    // a drained connection goes idle: it would otherwise keep 2 KiB.)
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
+                    done => return Poll::Ready(done),
+                }
+            },
+            #[cfg(test)]
+            Source::Chunks(payload) => {
+                use futures::Stream;
+                match Pin::new(payload).poll_next(cx) {
+                    Poll::Ready(Some(Ok(bytes))) => {
+                        buf.extend_from_slice(&bytes);
+                        Poll::Ready(Ok(bytes.len()))
+                    }
+                    Poll::Ready(Some(Err(_)) | None) => Poll::Ready(Ok(0)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+/// Decodes client frames from the socket and joins fragmented messages, holding at most
+/// `limits.keep` bytes of message plus one read chunk however the client behaves.
 pub struct Inbound {
-    payload: Payload,
+    source: Source,
     buf: BytesMut,
     limits: InboundLimits,
     /// Payload bytes of the current (dropped) frame still to arrive and be thrown away.
@@ -120,15 +187,23 @@ struct Fragment {
 }
 
 impl Inbound {
-    pub fn new(payload: Payload, limits: InboundLimits) -> Inbound {
+    pub fn new(source: Source, limits: InboundLimits) -> Inbound {
         Inbound {
-            payload,
+            source,
             buf: BytesMut::new(),
             limits,
             discard: 0,
             fragment: None,
             ended: false,
         }
+    }
+
+    /// Reads from `socket` from now on, after what the HTTP/1 dispatcher had read past the
+    /// upgrade request already (`buffered`: a client may send its first message without
+    /// waiting for the handshake's answer).
+    pub fn attach(&mut self, socket: Rc<TcpStream>, buffered: BytesMut) {
+        self.source = Source::Socket(socket);
+        self.buf = buffered;
     }
 
     /// Changes the limits from the next frame on (a session that authenticates trades the
@@ -159,15 +234,9 @@ impl Inbound {
             {
                 return Poll::Ready(Some(self.end(Incoming::FragmentTimeout)));
             }
-            match Pin::new(&mut self.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => {
-                    if self.buf.is_empty() {
-                        self.buf = BytesMut::from(bytes);
-                    } else {
-                        self.buf.extend_from_slice(&bytes);
-                    }
-                }
-                Poll::Ready(Some(Err(_)) | None) => self.ended = true,
+            match self.source.poll_read_into(cx, &mut self.buf) {
+                Poll::Ready(Ok(0) | Err(_)) => self.ended = true,
+                Poll::Ready(Ok(_)) => {}
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -224,8 +293,8 @@ impl Inbound {
             }
             let Some(header) = parse_header(&self.buf) else {
                 if self.buf.is_empty() {
-                    // Release the read chunk: it may share the dispatcher's read buffer,
-                    // which would otherwise have to allocate a new one.
+                    // Release the read chunk: an idle connection holds no buffer (a message
+                    // decoded from it may still share the allocation, until it is handled).
                     self.buf = BytesMut::new();
                 }
                 return None;
@@ -440,11 +509,11 @@ pub fn put_close(buf: &mut BytesMut, code: u16, reason: &str) {
     Parser::write_message(buf, payload, OpCode::Close, true, false);
 }
 
-/// What a connection's loop and its response body share (one thread, so `Cell`s). Held
+/// What a connection's loop and its body share (one thread, so `Cell`s). Held
 /// inline in the body, which lends it to the loop on each poll ([`ConnectionLoop`]): no
 /// allocation of its own (issue 17: idle WebSocket memory).
 pub struct Wire {
-    /// Finished frames the body has not handed to the dispatcher yet.
+    /// Finished frames the body has not handed to the driver yet.
     pub outbox: RefCell<BytesMut>,
     /// When the client was last heard from (any frame), for the idle timeout.
     pub last_heard: Cell<Instant>,
@@ -518,7 +587,7 @@ impl FastPath {
     /// Serves pending hub wake-ups into the outbox; `true` when the connection must end (the
     /// closing frames are in the outbox).
     ///
-    /// Returns only with something in the outbox (the dispatcher takes it and polls again)
+    /// Returns only with something in the outbox (the driver takes it and polls again)
     /// or with the queue's waker registered: a wake-up that leaves nothing to send (a
     /// keep-alive tick with no ping due, a feed heartbeat, events this session skips) goes
     /// round again, since a `Ready` from `poll_notified` registers nothing and returning then
@@ -575,14 +644,15 @@ impl FastPath {
     }
 }
 
-/// The response body of an upgraded connection. It owns the connection's loop (`run`), polls
-/// it whenever something the loop waits on has happened and nothing is buffered, serves
-/// market data itself ([`FastPath`]), and ends after the loop has returned (or the fast path
-/// closed the connection) and the last frames are out. If the peer goes away, the dispatcher
-/// drops the body, and with it the loop.
+/// The body of an upgraded connection, a `MessageBody` polled by the connection's driver
+/// (`upgrade::Driver`), which writes each chunk it returns to the socket. It owns the
+/// connection's loop (`run`), polls it whenever something the loop waits on has happened and
+/// nothing is buffered, serves market data itself ([`FastPath`]), and ends after the loop has
+/// returned (or the fast path closed the connection) and the last frames are out. If the
+/// peer goes away, the driver drops the body, and with it the loop.
 ///
 /// The loop is held inline (`F`, a hand-written future in the glue), so the body and the
-/// loop are one allocation: the one actix makes when it boxes the response body.
+/// loop are one allocation: the one the route makes when it boxes the body.
 pub struct WsBody<F> {
     /// `None` once the loop has ended or was dropped (the fast path closed the connection).
     run: Option<F>,
@@ -590,7 +660,7 @@ pub struct WsBody<F> {
     fast: Option<FastPath>,
     done: bool,
     /// The waker the loop runs with: it records that something the loop waits on happened,
-    /// so the dispatcher's other polls (after each chunk, on socket readiness) skip the loop.
+    /// so the driver's other polls (after each chunk, on write readiness) skip the loop.
     wake: Arc<LoopWaker>,
     waker: Waker,
 }
@@ -626,6 +696,11 @@ impl<F: ConnectionLoop> WsBody<F> {
             wake,
         }
     }
+
+    /// The connection's loop, while it runs.
+    pub fn run_mut(&mut self) -> Option<&mut F> {
+        self.run.as_mut()
+    }
 }
 
 impl<F: ConnectionLoop> MessageBody for WsBody<F> {
@@ -641,7 +716,7 @@ impl<F: ConnectionLoop> MessageBody for WsBody<F> {
     ) -> Poll<Option<Result<Bytes, Infallible>>> {
         let this = self.get_mut();
         // Nothing runs while frames wait to be taken, so a peer that stops reading (the
-        // dispatcher stops asking) stops the connection too, and what waits meanwhile is
+        // driver stops asking) stops the connection too, and what waits meanwhile is
         // bounded by the hub's subscriber queue.
         if !this.done && this.wire.outbox.borrow().is_empty() {
             this.wake.task.register(cx.waker());

@@ -3,6 +3,7 @@
 
 use super::*;
 use actix_http::h1;
+use actix_web::dev::Payload;
 
 fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
@@ -31,7 +32,7 @@ fn limits(keep: usize, hard: usize) -> InboundLimits {
     }
 }
 
-/// An inbound decoder fed `chunks`, as the dispatcher would, then the peer's end; messages
+/// An inbound decoder fed `chunks`, as socket reads would, then the peer's end; messages
 /// over `max` end the connection (the pre-authentication behaviour).
 fn inbound(chunks: Vec<Vec<u8>>, max: usize) -> Inbound {
     inbound_with(chunks, limits(max, max))
@@ -43,7 +44,7 @@ fn inbound_with(chunks: Vec<Vec<u8>>, limits: InboundLimits) -> Inbound {
         sender.feed_data(Bytes::from(chunk));
     }
     sender.feed_eof();
-    Inbound::new(Payload::from(payload), limits)
+    Inbound::new(Source::Chunks(Payload::from(payload)), limits)
 }
 
 async fn all(mut inbound: Inbound) -> Vec<Incoming> {
@@ -97,7 +98,7 @@ async fn fragments_over_the_limit_overflow() {
 #[actix_web::test]
 async fn a_message_over_keep_is_dropped_as_it_streams_and_the_next_one_is_read() {
     let (mut sender, payload) = h1::Payload::create(false);
-    let mut inbound = Inbound::new(Payload::from(payload), limits(100, 100_000));
+    let mut inbound = Inbound::new(Source::Chunks(Payload::from(payload)), limits(100, 100_000));
     let big = masked(0x1, true, &vec![b'x'; 50_000]);
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -148,7 +149,7 @@ async fn a_dropped_fragmented_message_still_counts_toward_the_hard_limit() {
 #[tokio::test(start_paused = true)]
 async fn an_unfinished_fragmented_message_times_out() {
     let (mut sender, payload) = h1::Payload::create(false);
-    let mut inbound = Inbound::new(Payload::from(payload), limits(1000, 1000));
+    let mut inbound = Inbound::new(Source::Chunks(Payload::from(payload)), limits(1000, 1000));
     sender.feed_data(Bytes::from(masked(0x1, false, b"never finished")));
     let started = tokio::time::Instant::now();
     // Pings keep the connection alive but do not extend the message's time.
@@ -212,7 +213,7 @@ proptest::proptest! {
             .expect("runtime");
         runtime.block_on(async {
             let (mut sender, payload) = h1::Payload::create(false);
-            let mut inbound = Inbound::new(Payload::from(payload), limits(256, 1024));
+            let mut inbound = Inbound::new(Source::Chunks(Payload::from(payload)), limits(256, 1024));
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             let mut held = 0usize;
@@ -234,7 +235,7 @@ proptest::proptest! {
         })?;
     }
 
-    /// However the dispatcher happens to cut the byte stream, the same messages come out:
+    /// However the reads happen to cut the byte stream, the same messages come out:
     /// text messages whole (fragmented or not), control frames between fragments.
     #[test]
     fn any_split_of_the_stream_decodes_to_the_same_messages(
@@ -293,4 +294,52 @@ fn server_frames_are_unmasked_and_close_reasons_are_cut_on_a_char_boundary() {
     assert!(len <= 125);
     assert_eq!(&buf[2..4], &1008u16.to_be_bytes());
     assert!(std::str::from_utf8(&buf[4..]).is_ok());
+}
+
+/// The decoder reads the socket itself; once a message is out and the socket drained, it
+/// holds no buffer (issue 17: an idle connection kept the 2 KiB it reserved for the read
+/// that found the socket empty).
+#[tokio::test]
+async fn a_drained_socket_leaves_the_decoder_without_a_buffer() {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let mut client = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    let mut inbound = Inbound::new(Source::Detached, limits(1024, 1024));
+    inbound.attach(Rc::new(server), BytesMut::new());
+    client
+        .write_all(&masked(0x1, true, b"{\"action\":\"ping\"}"))
+        .await
+        .expect("write");
+    let message = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+        .await
+        .expect("a message in time");
+    assert_eq!(
+        message,
+        Some(Incoming::Text("{\"action\":\"ping\"}".into()))
+    );
+    // The next poll finds the socket empty (tokio still reports it readable until a read
+    // says otherwise) and waits.
+    let waker = futures::task::noop_waker();
+    assert!(
+        inbound
+            .poll_recv(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    assert_eq!(inbound.buf.capacity(), 0, "an idle decoder holds no buffer");
+    // And it still reads what comes next.
+    client
+        .write_all(&masked(0x9, true, b"p"))
+        .await
+        .expect("write");
+    let message = tokio::time::timeout(Duration::from_secs(5), inbound.recv())
+        .await
+        .expect("a message in time");
+    assert_eq!(message, Some(Incoming::Ping(Bytes::from_static(b"p"))));
 }

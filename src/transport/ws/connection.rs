@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::auth::{AuthError, Identity};
 use crate::metrics::Transport;
 
-use super::session::{Output, WsSession, close_codes};
+use super::session::{Output, WsSession, close_codes, is_order_action};
 use super::wire::{
     ConnectionLoop, Inbound, InboundLimits, Incoming, Wire, put_binary, put_close, put_pong,
     put_text,
@@ -52,7 +52,8 @@ struct Core {
 /// runs and hands it back with its result, so nothing borrows the connection across a poll.
 enum Pending {
     /// A session action, or the handling of a wake-up; market data waits meanwhile
-    /// (`Wire::busy`), so a reply precedes the data it starts.
+    /// (`Wire::busy`), so a reply precedes the data it starts (not during an order action:
+    /// see `on_message`).
     Step(Pin<Box<dyn Future<Output = (Core, Vec<Output>)>>>, StepKind),
     /// A wait on the trading streams (their receivers have no poll form), the socket and
     /// shutdown, as one `select`.
@@ -219,13 +220,20 @@ impl Connection {
         }
     }
 
-    /// Runs `step` as the pending work, owning the core until it is done.
-    fn run_step<F>(&mut self, wire: &Wire, mut core: Core, kind: StepKind, step: F)
-    where
+    /// Runs `step` as the pending work, owning the core until it is done. With
+    /// `hold_market`, the session's market data waits meanwhile (`Wire::busy`).
+    fn run_step<F>(
+        &mut self,
+        wire: &Wire,
+        mut core: Core,
+        kind: StepKind,
+        hold_market: bool,
+        step: F,
+    ) where
         F: for<'s> FnOnce(&'s mut WsSession) -> Pin<Box<dyn Future<Output = Vec<Output>> + 's>>
             + 'static,
     {
-        wire.busy.set(true);
+        wire.busy.set(hold_market);
         let future = async move {
             let outputs = step(&mut core.session).await;
             (core, outputs)
@@ -240,7 +248,7 @@ impl Connection {
         };
         let outputs = match event {
             Event::Wake(wake) => {
-                return self.run_step(wire, core, StepKind::Wake, move |session| {
+                return self.run_step(wire, core, StepKind::Wake, true, move |session| {
                     Box::pin(session.on_wake(wake))
                 });
             }
@@ -296,10 +304,18 @@ impl Connection {
         }
         match self.inbound(wire, &message, binary) {
             Ok(text) => {
+                // An order, a cancel or a replace waits for the exchange, which takes a
+                // failover's seconds when one is under way: market data and the trading
+                // statuses in the same queue go on meanwhile. Its trade updates still follow
+                // its `order_ack` (they come through the loop, which this step occupies),
+                // and no next client message is read before it is answered. Any other
+                // action holds market data: its reply precedes the data it starts or stops.
+                let hold_market =
+                    !(matches!(self.dialect, Dialect::Native) && is_order_action(text.as_bytes()));
                 // Owned by the step; a client message is small and its handling (a parse, an
                 // order) costs far more than this copy.
                 let text = text.into_owned();
-                self.run_step(wire, core, StepKind::Message, move |session| {
+                self.run_step(wire, core, StepKind::Message, hold_market, move |session| {
                     Box::pin(async move { session.on_text(&text).await })
                 });
             }

@@ -22,7 +22,9 @@
 //!
 //! Invariants kept here: a browser origin not in `server.allowed_origins` (nor the gateway's
 //! own) is refused before the upgrade; while the loop is inside an action, market data waits
-//! (`Wire::busy`), so a reply precedes the data it starts; the session leaves the hub before
+//! (`Wire::busy`), so a reply precedes the data it starts, except during an order, cancel or
+//! replace, which starts no market data and may wait a failover's seconds for the exchange
+//! (its trade updates still follow its `order_ack`); the session leaves the hub before
 //! the close frame goes out; the connection gauge falls however the connection ends.
 
 mod connection;

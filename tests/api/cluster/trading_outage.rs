@@ -201,6 +201,7 @@ async fn an_exchange_paused_within_its_lease_is_told_unavailable_then_available_
         paused_for < Duration::from_secs(3),
         "paused {paused_for:?}: the test needs the exchange back well within its lease"
     );
+    let continued = Instant::now();
     nodes[paused].signal("CONT");
     for trader in [&mut watcher, &mut late] {
         trader
@@ -229,6 +230,20 @@ async fn an_exchange_paused_within_its_lease_is_told_unavailable_then_available_
         .map(|(_, _, code)| code.as_str())
         .collect();
     assert_eq!(alice, told, "alice, trading on the other node");
+    // Alice had an order waiting for the paused exchange through the pause (she sends one
+    // every 60 ms): she is told while it waits, not after its answer.
+    let alice_told = ledger
+        .availability
+        .iter()
+        .find(|(_, _, code)| code == "trading_unavailable")
+        .map(|(at, _, _)| *at);
+    assert!(
+        alice_told.is_some_and(|at| at < continued),
+        "alice, whose order waited for the paused exchange, was told unavailable only after it \
+         continued ({:?} after the pause began, continued after {:?})",
+        alice_told.map(|at| at.duration_since(stopped)),
+        continued.duration_since(stopped)
+    );
     assert!(
         availability(&on_paused).is_empty(),
         "carol's node was paused with the exchange: nothing to tell her"

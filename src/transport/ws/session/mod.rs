@@ -58,6 +58,7 @@ use crate::trading::api::{TradingApi, UserEvent};
 pub use books::BookMessage;
 pub use frames::{Output, close_codes, closing};
 pub use market::{MarketEncoding, MarketState, SharedMarket};
+pub use parse::is_order_action;
 
 use auth::AuthState;
 use books::Books;

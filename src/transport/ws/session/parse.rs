@@ -72,6 +72,22 @@ impl Action {
     }
 }
 
+/// Whether a client message asks for an order, a cancel or a replace: an action that
+/// touches only the session's trading streams, so the session's market data (and the
+/// trading statuses that come with it) need not wait for the exchange's answer. A message
+/// this cannot read says no: it is handled like any other action.
+pub fn is_order_action(text: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        action: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Peek<'_>>(text)
+        .ok()
+        .and_then(|peek| peek.action)
+        .is_some_and(|action| matches!(&*action, "order" | "cancel" | "replace"))
+}
+
 /// A client message that could not be acted on: its reply code and message.
 pub(super) struct Refusal {
     pub(super) code: ErrorCode,

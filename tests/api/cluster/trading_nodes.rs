@@ -74,6 +74,23 @@ pub(super) fn exchange_holder(redis: &RedisServer) -> Option<String> {
     (!node.is_empty()).then(|| node.to_owned())
 }
 
+/// Waits until `nodes` are ready and one of them holds the exchange's lease; its index.
+pub(super) async fn exchange_index(redis: &RedisServer, nodes: &[Node]) -> usize {
+    for node in nodes {
+        node.wait_ready().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(holder) = exchange_holder(redis)
+            && let Some(index) = nodes.iter().position(|n| n.id == holder)
+        {
+            return index;
+        }
+        assert!(Instant::now() < deadline, "no exchange");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -481,19 +498,7 @@ async fn an_exchange_paused_past_its_lease_writes_nothing_after_it_wakes() {
         trading_node(&redis, &database, "node-p"),
         trading_node(&redis, &database, "node-q"),
     ];
-    for node in &nodes {
-        node.wait_ready().await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let paused = loop {
-        if let Some(holder) = exchange_holder(&redis)
-            && let Some(index) = nodes.iter().position(|n| n.id == holder)
-        {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "no exchange");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let paused = exchange_index(&redis, &nodes).await;
     let other = &nodes[1 - paused];
     let ports = Arc::new(Mutex::new(vec![other.port; 3]));
     let trader = |user: &'static str| Trader {
@@ -598,30 +603,10 @@ async fn a_halt_of_the_exchange_on_a_database_failure_and_its_resume_reach_every
         trading_node(&redis, &database, "node-h"),
         trading_node(&redis, &database, "node-i"),
     ];
-    for node in &nodes {
-        node.wait_ready().await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exchange = loop {
-        if let Some(holder) = exchange_holder(&redis)
-            && let Some(index) = nodes.iter().position(|n| n.id == holder)
-        {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "no exchange");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exchange = exchange_index(&redis, &nodes).await;
     // One trading session on each node: alice on the exchange's, bob on the other.
-    let trader = |user: &'static str, port: u16| Trader {
-        user,
-        ports: Arc::new(Mutex::new(vec![port; 3])),
-        slot: 0,
-        socket: None,
-        last_seq: 0,
-        ledger: Ledger::default(),
-    };
-    let mut on_exchange = trader("alice", nodes[exchange].port);
-    let mut elsewhere = trader("bob", nodes[1 - exchange].port);
+    let mut on_exchange = Trader::on("alice", nodes[exchange].port);
+    let mut elsewhere = Trader::on("bob", nodes[1 - exchange].port);
     assert!(on_exchange.connect().await && elsewhere.connect().await);
     // The exchange runs and has stored an order.
     let first = loop {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::trading_nodes::{Ledger, Trader, exchange_holder, stored_seqs, trading_node_with};
+use super::trading_nodes::{
+    Ledger, Trader, exchange_holder, exchange_index, stored_seqs, trading_node_with,
+};
 use crate::postgres_support::TestDatabase;
 use crate::redis_support::RedisServer;
 
@@ -155,19 +157,7 @@ async fn an_exchange_paused_within_its_lease_is_told_unavailable_then_available_
         trading_node_with(&redis, &database, "node-s", &LONG_LEASE),
         trading_node_with(&redis, &database, "node-t", &LONG_LEASE),
     ];
-    for node in &nodes {
-        node.wait_ready().await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let paused = loop {
-        if let Some(holder) = exchange_holder(&redis)
-            && let Some(index) = nodes.iter().position(|n| n.id == holder)
-        {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "no exchange");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let paused = exchange_index(&redis, &nodes).await;
     let other = &nodes[1 - paused];
     // Alice trades on the other node all along; bob watches there, carol on the paused node.
     let stop = Arc::new(AtomicBool::new(false));

@@ -167,8 +167,8 @@ impl Coalescer {
     /// window, or keeps up again if this write carried fewer than [`HOT_EVENTS`] items; one
     /// that keeps up counts its late wake-ups and holds from the [`BEHIND_WRITES`]th in a row,
     /// or once its events over the last [`HORIZON_WINDOWS`] windows pass [`HOT_EVENTS`] a
-    /// window. A write no
-    /// wake-up made (a throttled connection's due release) counts as on time.
+    /// window. A write no wake-up made (a throttled connection's due release) counts as on
+    /// time.
     pub fn wrote(&mut self, queue: &SubscriberQueue) {
         if self.window.is_zero() {
             return;

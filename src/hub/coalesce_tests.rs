@@ -130,6 +130,18 @@ fn all_events(writes: &[Write]) -> Vec<usize> {
     writes.iter().flat_map(|w| w.events.clone()).collect()
 }
 
+/// Checks that every event was written, in order, at the instant it was pushed.
+fn assert_none_held(writes: &[Write], pushed: &[Instant]) {
+    assert_eq!(all_events(writes), (0..pushed.len()).collect::<Vec<_>>());
+    for (n, (written, pushed)) in written_at(writes, pushed.len())
+        .iter()
+        .zip(pushed)
+        .enumerate()
+    {
+        assert_eq!(*written, Some(*pushed), "event {n} was held");
+    }
+}
+
 /// When each event was written, by number.
 fn written_at(writes: &[Write], count: usize) -> Vec<Option<Instant>> {
     let mut at = vec![None; count];
@@ -309,10 +321,7 @@ async fn a_jittery_stream_of_a_hundred_events_a_second_is_never_held() {
         pushed.extend(publish(&queue, &metrics, pair * 2 + 1, 1, Duration::from_millis(16)).await);
     }
     let writes = writes.lock().clone();
-    assert_eq!(all_events(&writes), (0..100).collect::<Vec<_>>());
-    for (n, (written, pushed)) in written_at(&writes, 100).iter().zip(&pushed).enumerate() {
-        assert_eq!(*written, Some(*pushed), "event {n} was held");
-    }
+    assert_none_held(&writes, &pushed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -334,10 +343,7 @@ async fn a_steady_stream_with_bursty_gaps_is_never_held() {
         pushed.extend(publish(&queue, &metrics, first + 4, 1, Duration::from_millis(41)).await);
     }
     let writes = writes.lock().clone();
-    assert_eq!(all_events(&writes), (0..100).collect::<Vec<_>>());
-    for (n, (written, pushed)) in written_at(&writes, 100).iter().zip(&pushed).enumerate() {
-        assert_eq!(*written, Some(*pushed), "event {n} was held");
-    }
+    assert_none_held(&writes, &pushed);
     assert_eq!(writes.len(), 80, "the pairs share a write: {writes:?}");
 }
 
@@ -360,12 +366,8 @@ async fn a_publisher_catching_up_after_a_stall_is_not_held() {
         next += 15;
     }
     pushed.extend(publish(&queue, &metrics, next, 20, Duration::from_millis(10)).await);
-    next += 20;
     let writes = writes.lock().clone();
-    assert_eq!(all_events(&writes), (0..next).collect::<Vec<_>>());
-    for (n, (written, pushed)) in written_at(&writes, next).iter().zip(&pushed).enumerate() {
-        assert_eq!(*written, Some(*pushed), "event {n} was held");
-    }
+    assert_none_held(&writes, &pushed);
 }
 
 #[tokio::test(start_paused = true)]

@@ -65,8 +65,9 @@ const USAGE: &str = "usage: tickgate-loadgen [options]
                               limit orders rest far below the market and are then cancelled
                               (the cancel is not timed) (default market)
   --order-rate R              orders mode: paced, R orders/s per user (total users x R),
-                              each order timed from its scheduled send time (a late ack
-                              delays the next send but not its clock); default: closed loop
+                              an order sent late (its previous ack came after its slot) timed
+                              from its slot, one that waited for its slot from its send;
+                              default: closed loop
   --subscribe-url URL         default http://127.0.0.1:8080/v1/stream/market?symbols=*&types=trades
   --publish-url URL           default http://127.0.0.1:8080/v1/publish (Nchan: http://HOST/pub?id=CHAN)
   --token TOKEN               publish with Authorization: Bearer TOKEN
@@ -885,6 +886,17 @@ struct OrdersReport {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
+    /// Paced mode: p50 / p99 with every order timed from its slot (the rule before
+    /// 2026-12-06, which also counts the load generator's own timer lag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule_p99_ms: Option<f64>,
+    /// Paced mode: how late tokio's timer woke users that waited for their slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timer_lag_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timer_lag_p99_ms: Option<f64>,
     server_cpu_seconds: Option<f64>,
     server_cpu_us_per_order: Option<f64>,
     loadgen_cpu_us_per_order: Option<f64>,
@@ -969,6 +981,10 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         p99_ms: summary.p99_ms,
         p999_ms: summary.p999_ms,
         max_ms: summary.max_ms,
+        schedule_p50_ms: options.order_rate.map(|_| summary.schedule_p50_ms),
+        schedule_p99_ms: options.order_rate.map(|_| summary.schedule_p99_ms),
+        timer_lag_p50_ms: options.order_rate.map(|_| summary.timer_lag_p50_ms),
+        timer_lag_p99_ms: options.order_rate.map(|_| summary.timer_lag_p99_ms),
         server_cpu_seconds: match (server_start, server_end) {
             (Some(a), Some(b)) => {
                 Some(b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / USER_HZ as f64)
@@ -1012,6 +1028,16 @@ async fn run_orders(options: Options) -> Result<bool, String> {
         "order -> ack ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
         report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms
     );
+    if let (Some(p50), Some(p99), Some(lag50), Some(lag99)) = (
+        report.schedule_p50_ms,
+        report.schedule_p99_ms,
+        report.timer_lag_p50_ms,
+        report.timer_lag_p99_ms,
+    ) {
+        println!(
+            "from slot ms     p50 {p50:.3}  p99 {p99:.3}  (timer lag p50 {lag50:.3}  p99 {lag99:.3})"
+        );
+    }
     println!(
         "cpu per order    server {} us, loadgen {} us",
         opt(report.server_cpu_us_per_order),

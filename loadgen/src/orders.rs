@@ -8,11 +8,16 @@
 //!   arrives. With N users that is the server's saturation: it measures sustained orders/s,
 //!   and its latency is the queue N orders make (Little's law: N / orders per second).
 //! - *Paced* (`rate_per_user`): each user sends on a fixed schedule, order k at
-//!   `start + phase + k / rate` (the users' phases spread over one interval), and each order
-//!   is timed from its **scheduled** time, not from when it went out: when an ack comes late,
-//!   the next order (sent as soon as that ack is in, still one at a time per session) carries
-//!   the wait in its latency (no coordinated omission). Orders whose time came but that could
-//!   not be sent before the run ended are counted as `unsent`.
+//!   `start + phase + k / rate` (the users' phases spread over one interval). When an ack
+//!   comes late, the next order (sent as soon as that ack is in, still one at a time per
+//!   session) is timed from its **scheduled** time, so it carries the wait the server caused
+//!   (no coordinated omission). An order whose time had not come yet is timed from when it
+//!   went out: the user sleeps until its slot, and tokio's timer wakes it up to a millisecond
+//!   after the slot (its wheel has millisecond ticks), a delay of the load generator's own
+//!   that timing from the slot would add to every such order. Both figures are kept: the
+//!   summary's `schedule_*` percentiles time every order from its slot (the rule before
+//!   2026-12-06), and `timer_lag_*` is how late the timer woke the users. Orders whose time
+//!   came but that could not be sent before the run ended are counted as `unsent`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -64,7 +69,14 @@ pub(crate) struct UserResult {
     pub(crate) acked: u64,
     /// Orders answered with an error instead of an `order_ack`.
     pub(crate) refused: u64,
+    /// Each acknowledged order's order -> ack time: from its slot when it went out late,
+    /// from its send when it waited for its slot (closed loop: from its send).
     pub(crate) latencies_us: Vec<u32>,
+    /// Paced mode: each acknowledged order timed from its slot, whatever delayed the send.
+    pub(crate) from_schedule_us: Vec<u32>,
+    /// Paced mode: for each order that waited for its slot, how long after the slot the
+    /// timer woke the user (the load generator's own delay).
+    pub(crate) timer_lag_us: Vec<u32>,
     /// Paced mode: orders sent more than a millisecond after their scheduled time (the
     /// previous order's ack came after this one was due).
     pub(crate) late: u64,
@@ -89,12 +101,36 @@ pub(crate) struct OrderSummary {
     pub(crate) p99_ms: f64,
     pub(crate) p999_ms: f64,
     pub(crate) max_ms: f64,
+    /// Paced mode: the percentiles with every order timed from its slot.
+    pub(crate) schedule_p50_ms: f64,
+    pub(crate) schedule_p99_ms: f64,
+    /// Paced mode: how late the timer woke users that waited for their slot.
+    pub(crate) timer_lag_p50_ms: f64,
+    pub(crate) timer_lag_p99_ms: f64,
     pub(crate) statuses: BTreeMap<String, u64>,
 }
 
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("constant histogram bounds are valid")
+}
+
+/// The `q` quantile of `histogram` in milliseconds (0 when it is empty).
+fn quantile_ms(histogram: &Histogram<u64>, q: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    histogram.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn micros(elapsed: Duration) -> u32 {
+    elapsed.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
 pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .expect("constant histogram bounds are valid");
+    let mut histogram = histogram();
+    let mut from_schedule = self::histogram();
+    let mut timer_lag = self::histogram();
     let mut summary = OrderSummary {
         acked: 0,
         refused: 0,
@@ -106,6 +142,10 @@ pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
         p99_ms: 0.0,
         p999_ms: 0.0,
         max_ms: 0.0,
+        schedule_p50_ms: 0.0,
+        schedule_p99_ms: 0.0,
+        timer_lag_p50_ms: 0.0,
+        timer_lag_p99_ms: 0.0,
         statuses: BTreeMap::new(),
     };
     for result in results {
@@ -120,17 +160,24 @@ pub(crate) fn summarize(results: &[UserResult]) -> OrderSummary {
             summary.failed_users += 1;
             summary.first_error.get_or_insert_with(|| error.clone());
         }
-        for &latency in &result.latencies_us {
-            histogram.saturating_record(u64::from(latency.max(1)));
+        for (values, into) in [
+            (&result.latencies_us, &mut histogram),
+            (&result.from_schedule_us, &mut from_schedule),
+            (&result.timer_lag_us, &mut timer_lag),
+        ] {
+            for &value in values {
+                into.saturating_record(u64::from(value.max(1)));
+            }
         }
     }
-    if !histogram.is_empty() {
-        let ms = |us: u64| us as f64 / 1000.0;
-        summary.p50_ms = ms(histogram.value_at_quantile(0.50));
-        summary.p99_ms = ms(histogram.value_at_quantile(0.99));
-        summary.p999_ms = ms(histogram.value_at_quantile(0.999));
-        summary.max_ms = ms(histogram.max());
-    }
+    summary.p50_ms = quantile_ms(&histogram, 0.50);
+    summary.p99_ms = quantile_ms(&histogram, 0.99);
+    summary.p999_ms = quantile_ms(&histogram, 0.999);
+    summary.max_ms = quantile_ms(&histogram, 1.0);
+    summary.schedule_p50_ms = quantile_ms(&from_schedule, 0.50);
+    summary.schedule_p99_ms = quantile_ms(&from_schedule, 0.99);
+    summary.timer_lag_p50_ms = quantile_ms(&timer_lag, 0.50);
+    summary.timer_lag_p99_ms = quantile_ms(&timer_lag, 0.99);
     summary
 }
 
@@ -204,8 +251,9 @@ pub(crate) async fn run_user(
     let mut request_id: u64 = 0;
     let mut sent_orders: u64 = 0;
     loop {
-        // The time this order counts from: its slot in the schedule, or now (closed loop).
-        let due = match &schedule {
+        // The order's slot (paced) and the time it counts from: the slot when it goes out
+        // late, the send when it waited for the slot or runs in a closed loop.
+        let (slot, counted_from) = match &schedule {
             Some(schedule) => {
                 let due = schedule.due(started, sent_orders);
                 if due >= end {
@@ -219,16 +267,23 @@ pub(crate) async fn run_user(
                 }
                 if due > now {
                     tokio::time::sleep_until(due.into()).await;
-                } else if now - due > Duration::from_millis(1) {
-                    result.late += 1;
+                    let woke = Instant::now();
+                    result
+                        .timer_lag_us
+                        .push(micros(woke.saturating_duration_since(due)));
+                    (Some(due), woke)
+                } else {
+                    if now - due > Duration::from_millis(1) {
+                        result.late += 1;
+                    }
+                    (Some(due), due)
                 }
-                due
             }
             None => {
                 if started.elapsed() >= plan.duration {
                     break;
                 }
-                Instant::now()
+                (None, Instant::now())
             }
         };
         sent_orders += 1;
@@ -249,9 +304,15 @@ pub(crate) async fn run_user(
             Ok(Reply::Ack(order_id, status)) => {
                 result.acked += 1;
                 *result.statuses.entry(status).or_default() += 1;
+                let acked_at = Instant::now();
                 result
                     .latencies_us
-                    .push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    .push(micros(acked_at.saturating_duration_since(counted_from)));
+                if let Some(slot) = slot {
+                    result
+                        .from_schedule_us
+                        .push(micros(acked_at.saturating_duration_since(slot)));
+                }
                 if plan.order_type == OrderType::Limit {
                     request_id += 1;
                     let cancel = serde_json::json!({
@@ -491,6 +552,116 @@ mod tests {
         assert_eq!(
             third.due_before(started, started + Duration::from_millis(10)),
             0
+        );
+    }
+
+    /// Reads one masked client frame's payload (the test's own short messages only).
+    async fn read_client_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut extended = [0u8; 2];
+                stream.read_exact(&mut extended).await.ok()?;
+                usize::from(u16::from_be_bytes(extended))
+            }
+            len => usize::from(len),
+        };
+        let mut mask = [0u8; 4];
+        stream.read_exact(&mut mask).await.ok()?;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.ok()?;
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i % 4];
+        }
+        Some(payload)
+    }
+
+    /// A gateway stand-in: accepts the upgrade, then answers each order with an
+    /// `order_ack`, the first one after `first_delay` and the rest at once.
+    async fn fake_gateway(listener: tokio::net::TcpListener, first_delay: Duration) {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut request = Vec::new();
+        while find_head_end(&request).is_none() {
+            let mut chunk = [0u8; 512];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        if stream.write_all(switched).await.is_err() {
+            return;
+        }
+        let mut answered = 0;
+        while let Some(payload) = read_client_frame(&mut stream).await {
+            let Ok(message) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+                return;
+            };
+            if answered == 0 {
+                tokio::time::sleep(first_delay).await;
+            }
+            answered += 1;
+            let ack = serde_json::json!([{"T": "order_ack", "id": message["id"],
+                "order": {"id": format!("o-{answered}"), "status": "filled"}}])
+            .to_string();
+            let mut frame = vec![0x81, 126];
+            frame.extend_from_slice(&(ack.len() as u16).to_be_bytes());
+            frame.extend_from_slice(ack.as_bytes());
+            if stream.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn find_head_end(buf: &[u8]) -> Option<usize> {
+        buf.windows(4).position(|w| w == b"\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn a_late_order_counts_from_its_slot_and_an_early_one_from_its_send() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // 50 orders/s: slots 20 ms apart. The first ack takes 70 ms, so the orders of the
+        // 20, 40 and 60 ms slots go out late, at about 70 ms; the later ones wait for theirs.
+        let server = tokio::spawn(fake_gateway(listener, Duration::from_millis(70)));
+        let url = Url::parse(&format!("http://{address}/v1/ws")).unwrap();
+        let plan = std::sync::Arc::new(OrderPlan {
+            targets: vec![(url, address)],
+            user_prefix: "bench".into(),
+            password: String::new(),
+            symbol: "AAPL".into(),
+            order_type: OrderType::Market,
+            duration: Duration::from_millis(400),
+            rate_per_user: Some(50.0),
+            users: 1,
+        });
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(1));
+        let result = run_user(plan, 0, "token".into(), start).await;
+        server.abort();
+        assert_eq!(result.error, None);
+        assert!(result.acked >= 15, "{result:?}");
+        assert_eq!(result.latencies_us.len(), result.from_schedule_us.len());
+        // The order of the 20 ms slot went out after the first ack (70 ms): its time counts
+        // from its slot, so it carries the 50 ms its sender waited.
+        assert!(
+            result.latencies_us[1] >= 45_000,
+            "{:?}",
+            result.latencies_us
+        );
+        assert!(result.latencies_us[1].abs_diff(result.from_schedule_us[1]) <= 1);
+        // The orders that waited for their slot count from when the timer woke their user:
+        // an order's two timings differ by its timer lag, and not at all when it went late.
+        assert!(result.timer_lag_us.len() >= 10, "{result:?}");
+        let sum = |values: &[u32]| values.iter().map(|&v| u64::from(v)).sum::<u64>();
+        let difference = sum(&result.from_schedule_us) - sum(&result.latencies_us);
+        let lags = sum(&result.timer_lag_us);
+        let rounding = 2 * result.latencies_us.len() as u64;
+        assert!(
+            difference.abs_diff(lags) <= rounding,
+            "{difference} against {lags} µs"
         );
     }
 

@@ -82,6 +82,7 @@ fn shared(store: &Store) -> Shared {
         started_ms: 0,
         counter: AtomicU64::new(0),
         local: Default::default(),
+        runtime: tokio::runtime::Handle::current(),
     }
 }
 

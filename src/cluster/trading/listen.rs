@@ -12,11 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::super::node::{ClusterError, timed};
-use super::relay::{About, EventsMessage, ReplyMessage};
+use super::relay::{About, EventsMessage, LegacyReplyMessage, ReplyBatch};
 use super::remote::{RemoteExchange, Shared};
 use super::stream;
 use super::trace;
-use crate::trading::api::UserEvent;
+use crate::trading::api::{OrderError, UserEvent};
 use crate::trading::command::{TradingReply, TradingRequest};
 use crate::trading::engine::Announcement;
 
@@ -225,10 +225,7 @@ async fn on_message(
     if message.get_channel_name() == stream::events_channel() {
         on_events(shared, status, watch, payload).await;
     } else {
-        match serde_json::from_slice::<ReplyMessage>(payload) {
-            Ok(reply) => on_reply(shared, reply),
-            Err(error) => tracing::warn!(%error, "undecodable exchange reply ignored"),
-        }
+        on_replies(shared, payload);
     }
     Ok(())
 }
@@ -243,13 +240,52 @@ async fn request_books(shared: Arc<Shared>) {
     }
 }
 
-fn on_reply(shared: &Shared, message: ReplyMessage) {
-    let received = message.trace.map(|stamps| (stamps, trace::now_us()));
-    let Some(sender) = shared.pending.lock().remove(&message.id) else {
+/// One message of the node's reply channel: a batch of replies, or one reply in the format
+/// of the previous release (an exchange not yet upgraded). Each waiting requester gets its
+/// reply; a reply nobody waits for any more is dropped.
+pub(super) fn on_replies(shared: &Shared, payload: &[u8]) {
+    let received_us = trace::now_us();
+    match serde_json::from_slice::<ReplyBatch>(payload) {
+        Ok(batch) => {
+            for item in batch.replies {
+                let reply = || {
+                    serde_json::from_str::<TradingReply>(item.reply.get())
+                        .unwrap_or_else(|error| TradingReply::error(&undecodable_reply(&error)))
+                };
+                answer(shared, &item.id, reply, item.trace, received_us);
+            }
+        }
+        Err(batch_error) => match serde_json::from_slice::<LegacyReplyMessage>(payload) {
+            Ok(message) => {
+                let reply = || {
+                    TradingReply::decode(&message.reply).unwrap_or_else(|e| TradingReply::error(&e))
+                };
+                answer(shared, &message.id, reply, message.trace, received_us);
+            }
+            Err(_) => tracing::warn!(error = %batch_error, "undecodable exchange reply ignored"),
+        },
+    }
+}
+
+fn undecodable_reply(error: &serde_json::Error) -> OrderError {
+    OrderError::new(
+        OrderError::INTERNAL,
+        format!("the exchange's reply could not be read: {error}"),
+    )
+}
+
+/// Hands the reply (decoded only if someone still waits) to the requester of command `id`.
+fn answer(
+    shared: &Shared,
+    id: &str,
+    reply: impl FnOnce() -> TradingReply,
+    stamps: Option<trace::ExchangeStamps>,
+    received_us: i64,
+) {
+    let Some(sender) = shared.pending.lock().remove(id) else {
         return;
     };
-    let reply = TradingReply::decode(&message.reply).unwrap_or_else(|e| TradingReply::error(&e));
-    let _ = sender.send((reply, received));
+    let _ = sender.send((reply(), stamps.map(|stamps| (stamps, received_us))));
 }
 
 /// One message of the events channel: the headers are read first, and a body is decoded

@@ -82,6 +82,7 @@ fn shared(store: &Store) -> Shared {
         started_ms: 0,
         counter: AtomicU64::new(0),
         local: Default::default(),
+        runtime: tokio::runtime::Handle::current(),
     }
 }
 
@@ -445,4 +446,59 @@ fn a_silence_is_the_exchanges_only_when_the_node_was_listening_on_time() {
             last_heard: now + Duration::from_millis(500) - rule.limit
         }
     );
+}
+
+/// A requester of command `id` waiting on `shared`, as `RemoteExchange::call` registers one.
+fn waiting(
+    shared: &Shared,
+    id: &str,
+) -> tokio::sync::oneshot::Receiver<crate::cluster::trading::remote::Delivered> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    shared.pending.lock().insert(id.to_owned(), sender);
+    receiver
+}
+
+fn answered(
+    receiver: &mut tokio::sync::oneshot::Receiver<crate::cluster::trading::remote::Delivered>,
+) -> Option<TradingReply> {
+    receiver.try_recv().ok().map(|(reply, _)| reply)
+}
+
+#[tokio::test]
+async fn a_batch_of_replies_answers_each_waiting_requester_once_and_drops_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 0).await;
+    let shared = shared(&store);
+    let mut first = waiting(&shared, "n1-0-1");
+    let mut second = waiting(&shared, "n1-0-2");
+    // The second reply does not decode: its requester is told so, the others are not hurt;
+    // nobody waits for the third any more (it timed out).
+    let payload = br#"{"replies":[
+        {"id":"n1-0-1","reply":{"kind":"announced"}},
+        {"id":"n1-0-2","reply":{"kind":"no such kind"}},
+        {"id":"n1-0-3","reply":{"kind":"announced"}}]}"#;
+    on_replies(&shared, payload);
+    assert_eq!(answered(&mut first), Some(TradingReply::Announced));
+    let Some(TradingReply::Error(error)) = answered(&mut second) else {
+        panic!("the undecodable reply is an error");
+    };
+    assert!(error.message.contains("could not be read"), "{error:?}");
+    assert!(shared.pending.lock().is_empty());
+    // The same batch again (a duplicate) answers nobody twice.
+    on_replies(&shared, payload);
+    assert!(shared.pending.lock().is_empty());
+}
+
+#[tokio::test]
+async fn a_reply_of_the_previous_release_still_answers_its_requester() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_updates(dir.path(), 0).await;
+    let shared = shared(&store);
+    let mut requester = waiting(&shared, "n1-0-1");
+    // What an exchange of the release before reply batches publishes: the reply as a string.
+    on_replies(
+        &shared,
+        br#"{"id":"n1-0-1","reply":"{\"kind\":\"announced\"}"}"#,
+    );
+    assert_eq!(answered(&mut requester), Some(TradingReply::Announced));
 }

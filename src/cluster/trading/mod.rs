@@ -116,6 +116,7 @@ pub fn start(
         started_ms: chrono::Utc::now().timestamp_millis(),
         counter: AtomicU64::new(0),
         local: Arc::clone(&local),
+        runtime: tokio::runtime::Handle::current(),
     });
     tokio::spawn(listen::run_listener(
         Arc::clone(&shared),

@@ -7,6 +7,12 @@
 //! both channels on one subscription, so a node sees the trade updates a command caused
 //! before the command's reply (what lets a session send `order_ack` before the `new` update).
 //!
+//! What is handed over together goes out together ([`pipeline`]): a run of announcements
+//! (one per engine step) becomes one events message, and a run of replies one message per
+//! requesting node ([`ReplyBatch`]), each reply's JSON inline (not a string inside the
+//! message). A run ends where something of another kind was handed over in between, so the
+//! order between announcements, replies and acknowledgements is the order of the handover.
+//!
 //! The heartbeat goes out every `ClusterConfig::exchange_heartbeat` (250 ms, less with a
 //! lease under 2 s): one small message that every node already reads, so a node notices a
 //! silent exchange after a few missed ones (`super::listen`).
@@ -75,6 +81,15 @@ impl<'a> About<'a> {
             Announcement::BookSnapshot { .. } | Announcement::Trading { .. } => About::All,
         }
     }
+
+    /// The same header, owning its name (to wait in the relay's queue).
+    fn into_owned(self) -> About<'static> {
+        match self {
+            About::User(user) => About::User(Cow::Owned(user.into_owned())),
+            About::Book(symbol) => About::Book(Cow::Owned(symbol.into_owned())),
+            About::All => About::All,
+        }
+    }
 }
 
 /// The events channel's message for `items` (a heartbeat when `alive`).
@@ -102,30 +117,68 @@ pub(super) fn events_payload(
     serde_json::to_string(&message)
 }
 
-/// On a node's reply channel: the reply (JSON of a `TradingReply`) to its command `id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct ReplyMessage {
-    pub(super) id: String,
-    pub(super) reply: String,
+/// On a node's reply channel: the replies to commands it sent, in the order the exchange
+/// handed them over (one message per batch of the exchange and requesting node).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ReplyBatch<'a> {
+    #[serde(borrow)]
+    pub(super) replies: Vec<ReplyItem<'a>>,
+}
+
+/// One reply in a [`ReplyBatch`]: the command's id and its `TradingReply`'s JSON, decoded by
+/// the requester on its own (one reply that does not decode fails only its own command).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ReplyItem<'a> {
+    #[serde(borrow)]
+    pub(super) id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(super) reply: &'a RawValue,
     /// The exchange's stage timestamps, when its stage timing is on (`super::trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) trace: Option<ExchangeStamps>,
 }
 
+/// The reply message of releases before [`ReplyBatch`]: one reply, its JSON as a string.
+/// Still read by the listener for one release, so a node can be upgraded while an older one
+/// runs the exchange (docs/deployment.md, "Upgrading a cluster").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct LegacyReplyMessage {
+    pub(super) id: String,
+    pub(super) reply: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace: Option<ExchangeStamps>,
+}
+
+/// One reply waiting in the relay's queue, its JSON already made.
+#[derive(Debug)]
+struct QueuedReply {
+    id: String,
+    reply: Box<RawValue>,
+    trace: Option<ExchangeStamps>,
+}
+
+/// One announcement waiting in the relay's queue: its header and its body's JSON.
+#[derive(Debug)]
+struct QueuedAnnouncement {
+    about: About<'static>,
+    body: Box<RawValue>,
+}
+
 /// What the relay sends, in the order it was handed over.
+#[derive(Debug)]
 enum Outgoing {
-    Publish {
-        channel: String,
-        payload: String,
-    },
+    /// One engine step's announcements (consecutive ones share a message).
+    Events(Vec<QueuedAnnouncement>),
+    /// The heartbeat, with the trading state as it stands at this point of the queue.
+    Heartbeat,
+    /// A reply for the node `node` (consecutive ones share a message per node).
+    Reply { node: String, reply: QueuedReply },
     /// `XACK` of commands whose replies were handed over before it: sent after their
     /// `PUBLISH`es (same connection, same pipeline or a later one), so a command is never
     /// acknowledged while its reply may still be unsent. Acknowledged first, a command whose
     /// exchange died before publishing would leave the stream's pending list, no successor
     /// would answer it, and its requester would wait its whole timeout.
-    Acknowledge {
-        ids: Vec<String>,
-    },
+    Acknowledge { ids: Vec<String> },
     /// The trading state the heartbeats carry from now on (after the announcement of the
     /// change, handed over just before).
     State(Announcement),
@@ -137,7 +190,6 @@ const PUBLISH_BATCH: usize = 256;
 /// The exchange node's publisher for one lease term. Cheap to share.
 pub(super) struct Relay {
     sender: mpsc::UnboundedSender<Outgoing>,
-    token: u64,
 }
 
 impl Relay {
@@ -146,9 +198,8 @@ impl Relay {
         // Unbounded: the exchange's actor hands announcements over without waiting. The task
         // drains it continuously, and it ends (dropping the rest) when the lease is lost.
         let (sender, receiver) = mpsc::unbounded_channel();
-        let token = ticket.token();
         tokio::spawn(run(node, ticket, receiver));
-        Relay { sender, token }
+        Relay { sender }
     }
 
     /// Sends `reply` to the node that sent `command`.
@@ -156,24 +207,22 @@ impl Relay {
         self.reply_traced(command, reply, None);
     }
 
-    /// [`Relay::reply`] with the exchange's stage timestamps.
+    /// [`Relay::reply`] with the exchange's stage timestamps. The reply's JSON is made here,
+    /// once; it travels inline in its node's [`ReplyBatch`].
     pub(super) fn reply_traced(
         &self,
         command: &TradingCommand,
         reply: &TradingReply,
         trace: Option<ExchangeStamps>,
     ) {
-        let message = ReplyMessage {
-            id: command.id.clone(),
-            reply: reply.encode(),
-            trace,
-        };
-        if let Ok(payload) = serde_json::to_string(&message) {
-            let _ = self.sender.send(Outgoing::Publish {
-                channel: stream::reply_channel(&command.node),
-                payload,
-            });
-        }
+        let _ = self.sender.send(Outgoing::Reply {
+            node: command.node.clone(),
+            reply: QueuedReply {
+                id: command.id.clone(),
+                reply: reply_json(reply),
+                trace,
+            },
+        });
     }
 
     /// Acknowledges the commands `ids` in the stream once everything handed over before
@@ -191,12 +240,9 @@ impl AnnouncementOutlet for Relay {
         if announcements.is_empty() {
             return;
         }
-        match events_payload(self.token, announcements, false) {
-            Ok(payload) => {
-                let _ = self.sender.send(Outgoing::Publish {
-                    channel: stream::events_channel(),
-                    payload,
-                });
+        match queued_announcements(announcements) {
+            Ok(items) => {
+                let _ = self.sender.send(Outgoing::Events(items));
             }
             Err(error) => tracing::error!(%error, "announcement not encodable; not relayed"),
         }
@@ -208,6 +254,32 @@ impl AnnouncementOutlet for Relay {
             let _ = self.sender.send(Outgoing::State(state.clone()));
         }
     }
+}
+
+/// `reply`'s JSON; an internal error's if it does not encode (as [`TradingReply::encode`]).
+fn reply_json(reply: &TradingReply) -> Box<RawValue> {
+    match serde_json::value::to_raw_value(reply) {
+        Ok(json) => json,
+        // Every field serializes; this only guards against a future change that breaks it.
+        Err(_) => {
+            RawValue::from_string(reply.encode()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+        }
+    }
+}
+
+/// Each announcement's header and body JSON, for the queue.
+fn queued_announcements(
+    announcements: &[Announcement],
+) -> Result<Vec<QueuedAnnouncement>, serde_json::Error> {
+    announcements
+        .iter()
+        .map(|announcement| {
+            Ok(QueuedAnnouncement {
+                about: About::of(announcement).into_owned(),
+                body: serde_json::value::to_raw_value(announcement)?,
+            })
+        })
+        .collect()
 }
 
 /// A heartbeat of the exchange holding `token`, with its trading state.
@@ -236,10 +308,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = ticket.lost().cancelled() => return,
-            _ = heartbeat.tick() => batch.push(Outgoing::Publish {
-                channel: stream::events_channel(),
-                payload: alive.clone(),
-            }),
+            _ = heartbeat.tick() => batch.push(Outgoing::Heartbeat),
             first = receiver.recv() => {
                 let Some(first) = first else { return };
                 batch.push(first);
@@ -254,12 +323,7 @@ async fn run(
         if ticket.is_lost() {
             return;
         }
-        for outgoing in &batch {
-            if let Outgoing::State(state) = outgoing {
-                alive = heartbeat_payload(ticket.token(), state);
-            }
-        }
-        let pipe = pipeline(batch.drain(..));
+        let pipe = pipeline(ticket.token(), &mut alive, batch.drain(..));
         let mut connection = node.commands();
         let result: Result<(), _> = node.timed(pipe.query_async(&mut connection)).await;
         if let Err(error) = result {
@@ -270,43 +334,132 @@ async fn run(
     }
 }
 
-/// One pipeline of `batch`, in order.
-fn pipeline(batch: impl Iterator<Item = Outgoing>) -> redis::Pipeline {
+/// What the relay sends to Redis, in order.
+#[derive(Debug, PartialEq)]
+enum Sent {
+    Publish { channel: String, payload: String },
+    Acknowledge(Vec<String>),
+}
+
+/// One pipeline of `batch` (see [`messages`]).
+fn pipeline(
+    token: u64,
+    alive: &mut String,
+    batch: impl Iterator<Item = Outgoing>,
+) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for outgoing in batch {
-        match outgoing {
-            Outgoing::Publish { channel, payload } => {
+    for sent in messages(token, alive, batch) {
+        match sent {
+            Sent::Publish { channel, payload } => {
                 pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             }
-            Outgoing::Acknowledge { ids } => {
+            Sent::Acknowledge(ids) => {
                 pipe.add_command(stream::ack(&ids)).ignore();
             }
-            Outgoing::State(_) => {}
         }
     }
     pipe
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The messages of `batch`, in order, for the exchange holding `token`; `alive` is the
+/// heartbeat as of the queue's start, and is moved on by the batch's state changes.
+///
+/// Runs of one kind share a message: consecutive announcements one events message, and
+/// consecutive replies one message per requesting node (placed where the run ends, so each
+/// reply still follows every announcement handed over before it). An acknowledgement, a
+/// heartbeat or a state change ends a run.
+fn messages(token: u64, alive: &mut String, batch: impl Iterator<Item = Outgoing>) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    let mut events: Vec<QueuedAnnouncement> = Vec::new();
+    // Requesting nodes in the order of their first reply in the run, each with its replies.
+    let mut replies: Vec<(String, Vec<QueuedReply>)> = Vec::new();
+    for outgoing in batch {
+        match outgoing {
+            Outgoing::Events(items) => {
+                flush_replies(&mut sent, &mut replies);
+                events.extend(items);
+            }
+            Outgoing::Reply { node, reply } => {
+                flush_events(&mut sent, token, &mut events);
+                match replies.iter_mut().find(|(to, _)| *to == node) {
+                    Some((_, queued)) => queued.push(reply),
+                    None => replies.push((node, vec![reply])),
+                }
+            }
+            Outgoing::Heartbeat => {
+                flush_events(&mut sent, token, &mut events);
+                flush_replies(&mut sent, &mut replies);
+                sent.push(Sent::Publish {
+                    channel: stream::events_channel(),
+                    payload: alive.clone(),
+                });
+            }
+            Outgoing::Acknowledge { ids } => {
+                flush_events(&mut sent, token, &mut events);
+                flush_replies(&mut sent, &mut replies);
+                sent.push(Sent::Acknowledge(ids));
+            }
+            Outgoing::State(state) => {
+                flush_events(&mut sent, token, &mut events);
+                flush_replies(&mut sent, &mut replies);
+                *alive = heartbeat_payload(token, &state);
+            }
+        }
+    }
+    flush_events(&mut sent, token, &mut events);
+    flush_replies(&mut sent, &mut replies);
+    sent
+}
 
-    #[test]
-    fn a_commands_acknowledgement_goes_out_after_its_reply_in_handover_order() {
-        let batch = vec![
-            Outgoing::Publish {
-                channel: stream::reply_channel("n1"),
-                payload: "reply-1".into(),
-            },
-            Outgoing::Acknowledge {
-                ids: vec!["1-0".into()],
-            },
-        ];
-        let packed = pipeline(batch.into_iter()).get_packed_pipeline();
-        let text = String::from_utf8_lossy(&packed);
-        let publish = text.find("PUBLISH").expect("the reply is published");
-        let ack = text.find("XACK").expect("the command is acknowledged");
-        assert!(publish < ack, "{text}");
-        assert!(text.contains("reply-1") && text.contains("1-0"));
+/// The announcements of a run, as one events message.
+fn flush_events(sent: &mut Vec<Sent>, token: u64, events: &mut Vec<QueuedAnnouncement>) {
+    if events.is_empty() {
+        return;
+    }
+    let message = EventsMessage {
+        token,
+        items: events
+            .iter()
+            .map(|item| Headed {
+                about: item.about.clone(),
+                body: &item.body,
+            })
+            .collect(),
+        alive: false,
+    };
+    match serde_json::to_string(&message) {
+        Ok(payload) => sent.push(Sent::Publish {
+            channel: stream::events_channel(),
+            payload,
+        }),
+        Err(error) => tracing::error!(%error, "announcements not encodable; not relayed"),
+    }
+    events.clear();
+}
+
+/// The replies of a run, one message per requesting node.
+fn flush_replies(sent: &mut Vec<Sent>, replies: &mut Vec<(String, Vec<QueuedReply>)>) {
+    for (node, queued) in replies.drain(..) {
+        let message = ReplyBatch {
+            replies: queued
+                .iter()
+                .map(|item| ReplyItem {
+                    id: Cow::Borrowed(&item.id),
+                    reply: &item.reply,
+                    trace: item.trace,
+                })
+                .collect(),
+        };
+        match serde_json::to_string(&message) {
+            Ok(payload) => sent.push(Sent::Publish {
+                channel: stream::reply_channel(&node),
+                payload,
+            }),
+            Err(error) => tracing::error!(%error, "replies not encodable; not relayed"),
+        }
     }
 }
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;

@@ -114,6 +114,10 @@ pub(super) struct Shared {
     pub(super) counter: AtomicU64,
     /// The exchange, while this node runs it: commands go to it in-process ([`local`]).
     pub(super) local: Arc<LocalSlot>,
+    /// The runtime of the node's Redis connections and listener: a command's `XADD` runs
+    /// there, so its answer does not wake the requesting session's thread (only the reply
+    /// does).
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -186,23 +190,34 @@ impl RemoteExchange {
                 shared: &shared,
                 id: id.clone(),
             };
+            // On the connections' runtime, not awaited here: the session's thread (an actix
+            // worker) is woken once per remote command, by its reply, instead of twice. The
+            // outcome of the `XADD` matters only if no reply comes (or to stage timing).
             let added = match stream::add(&command) {
                 Ok(add) => {
-                    let mut connection = shared.node.commands();
-                    shared
-                        .node
-                        .timed(add.query_async::<String>(&mut connection))
-                        .await
+                    let node = shared.node.clone();
+                    Ok(shared.runtime.spawn(async move {
+                        let mut connection = node.commands();
+                        let added = node.timed(add.query_async::<String>(&mut connection)).await;
+                        if let Err(error) = &added {
+                            // It may have been added all the same (a timeout): the wait decides.
+                            tracing::debug!(%error, "command not confirmed by redis");
+                        }
+                        (added.is_ok(), trace::now_us())
+                    }))
                 }
                 Err(error) => Err(error),
             };
-            if let Err(error) = &added {
-                // It may have been added all the same (a timeout): the wait below decides.
-                tracing::debug!(%error, "command not confirmed by redis");
-            }
-            let added_us = trace::now_us();
+            let added = match added {
+                Ok(added) => added,
+                Err(error) => {
+                    tracing::warn!(%error, "command not sent");
+                    return Err(command::exchange_unavailable());
+                }
+            };
             if let Ok(Ok((reply, stamps))) = tokio::time::timeout(shared.timeout, answer).await {
                 if let Some((exchange, received)) = stamps {
+                    let added_us = added.await.map_or(received, |(_, at)| at);
                     let requester = RequesterStamps {
                         call: call_us,
                         added: added_us,
@@ -213,8 +228,9 @@ impl RemoteExchange {
                 }
                 return Ok(reply);
             }
+            let added = added.await.is_ok_and(|(added, _)| added);
             if is_change
-                && added.is_ok()
+                && added
                 && let Ok(Some(stored)) = shared.store.command_reply(&id).await
             {
                 return TradingReply::decode(&stored);

@@ -111,6 +111,14 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
+fn bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
 /// The entries of `[[id, [field, value, …]], …]`. An entry whose fields were deleted (trimmed
 /// while pending) has no command.
 pub(super) fn entries(value: &Value) -> Result<Vec<Entry>, ClusterError> {
@@ -131,13 +139,14 @@ pub(super) fn entries(value: &Value) -> Result<Vec<Entry>, ClusterError> {
             Some(Value::Array(fields)) => fields.as_slice(),
             _ => &[],
         };
+        // Decoded from the reply's own bytes (not a copy of them).
         let json = fields
             .chunks(2)
-            .find(|chunk| chunk.first().and_then(text).as_deref() == Some(FIELD))
+            .find(|chunk| chunk.first().and_then(bytes) == Some(FIELD.as_bytes()))
             .and_then(|chunk| chunk.get(1))
-            .and_then(text);
+            .and_then(bytes);
         let command = match json {
-            Some(json) => serde_json::from_str(&json).map_err(|error| error.to_string()),
+            Some(json) => serde_json::from_slice(json).map_err(|error| error.to_string()),
             None => Err("the entry has no command".into()),
         };
         entries.push(Entry { id, command });

@@ -145,7 +145,7 @@ pub(super) fn flush() {
 
 #[cfg(test)]
 mod tests {
-    use super::super::relay::ReplyMessage;
+    use super::super::relay::ReplyItem;
     use super::*;
 
     #[test]
@@ -156,23 +156,24 @@ mod tests {
             done: 3,
             batch: 4,
         };
-        let traced = ReplyMessage {
+        let body = serde_json::value::RawValue::from_string("{}".into()).expect("json");
+        let traced = ReplyItem {
             id: "n1-0-1".into(),
-            reply: "{}".into(),
+            reply: &body,
             trace: Some(stamps),
         };
         let text = serde_json::to_string(&traced).expect("encodes");
-        let back: ReplyMessage = serde_json::from_str(&text).expect("decodes");
+        let back: ReplyItem = serde_json::from_str(&text).expect("decodes");
         assert_eq!(back.trace, Some(stamps));
         // A node without stage timing (or an older one) sends no `trace` at all.
-        let plain = ReplyMessage {
+        let plain = ReplyItem {
             trace: None,
             ..traced
         };
         let text = serde_json::to_string(&plain).expect("encodes");
         assert!(!text.contains("trace"), "{text}");
-        let old: ReplyMessage =
-            serde_json::from_str(r#"{"id":"n1-0-2","reply":"{}"}"#).expect("decodes");
+        let old: ReplyItem =
+            serde_json::from_str(r#"{"id":"n1-0-2","reply":{}}"#).expect("decodes");
         assert_eq!(old.trace, None);
     }
 }

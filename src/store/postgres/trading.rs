@@ -1,7 +1,8 @@
 //! [`TradingStore`] on PostgreSQL: a batch of exchange steps (fence, command replies, events,
-//! orders, fills, accounts, positions, trade updates) in one savepoint of the writer's group
-//! transaction (its statements pipelined), the start-up load in one repeatable-read snapshot,
-//! and the reads and prunes.
+//! orders, fills, accounts, positions, trade updates) with its statements pipelined, alone in
+//! a transaction (with `BEGIN` and `COMMIT` in the same pipeline) or in one savepoint of the
+//! writer's group transaction; the start-up load in one repeatable-read snapshot, and the
+//! reads and prunes.
 //! Decimals go in and out as text through `NUMERIC` casts, never through a float.
 
 use std::collections::BTreeMap;
@@ -28,33 +29,24 @@ fn enum_text<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-/// Records the batch's fencing token unless a larger one is stored, first in the batch's
-/// savepoint, and reads the token stored before (one statement, so it travels in the batch's
-/// pipeline). The row lock taken by the upsert is held to the end of the transaction, so
-/// concurrent holders of one fence (two nodes around a lease change) serialize here.
-const FENCE_SQL: &str = "WITH claimed AS (
-        INSERT INTO fences (name, token) VALUES ($1, $2)
-        ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token
-        WHERE fences.token <= EXCLUDED.token
-        RETURNING token)
-    SELECT (SELECT count(*) FROM claimed),
-           (SELECT token FROM fences WHERE name = $1)";
+/// Claims the batch's fence first in the batch: `claim_fence` (migration 3) records the token
+/// unless a larger one is stored, and raises (SQLSTATE `TGF01`, the stored token as the
+/// detail) when one is, which aborts the transaction like any failing statement. The row lock
+/// it takes is held to the end of the transaction, so concurrent holders of one fence (two
+/// nodes around a lease change) serialize here; the function's comment has the argument.
+const CLAIM_FENCE_SQL: &str = "SELECT claim_fence($1, $2)";
 
-/// What the fence statement answered: `Ok` when the token was recorded, `Fenced` (with the
-/// newer token) when the store holds a larger one.
-fn fence_outcome(target: &str, fence: &Fence, row: &Row) -> Result<(), StoreError> {
-    let claimed: i64 = row.try_get(0).map_err(|e| decode_error(target, e))?;
-    if claimed == 1 {
-        return Ok(());
+/// A store error for one of the batch's statements: a refused fence names the batch's fence
+/// and token (the database's error only carries the stored token).
+fn batch_error(target: &str, fence: Option<&Fence>, error: tokio_postgres::Error) -> StoreError {
+    match (classify(target, error), fence) {
+        (StoreError::Fenced { current, .. }, Some(fence)) => StoreError::Fenced {
+            name: fence.name.clone(),
+            token: fence.token,
+            current,
+        },
+        (other, _) => other,
     }
-    let current: Option<i64> = row.try_get(1).map_err(|e| decode_error(target, e))?;
-    Err(StoreError::Fenced {
-        name: fence.name.clone(),
-        token: fence.token,
-        current: current
-            .and_then(|token| u64::try_from(token).ok())
-            .unwrap_or(0),
-    })
 }
 
 /// One statement of a batch with its (owned) parameters.
@@ -312,28 +304,45 @@ async fn batch_statements(
     Ok(out)
 }
 
-/// Stores one batch: the fence statement, then the tables' statements, all pipelined on the
+/// Stores one batch: the fence claim, then the tables' statements, all pipelined on the
 /// connection (sent without waiting for the previous answer; the server runs them in order),
-/// so a batch costs one round trip rather than one per statement. A refused fence is the
-/// batch's error even though the statements after it ran: the writer rolls the batch's
-/// savepoint back, so nothing of a fenced batch is committed. Otherwise the first error in
-/// statement order is the batch's error (the later statements fail with it as "transaction
-/// aborted").
+/// so a batch costs one round trip rather than one per statement. With `closing` (the
+/// writer's `COMMIT` when the batch is alone in its transaction) that statement follows them
+/// in the same pipeline, and its result is returned too.
+///
+/// The first error in statement order is the batch's error: a refused fence raises, and a
+/// failing statement aborts the transaction, so the statements after it fail as "transaction
+/// aborted" and nothing of the batch commits (a `COMMIT` then answers `ROLLBACK`). A failure in
+/// the client before anything is sent (a value too large for its column) returns without
+/// sending, `closing` included. If a statement failed without the server having aborted the
+/// transaction (the connection broke, or a parameter could not be encoded, so the others may
+/// have committed), a closing statement that answered is reported as an error: the outcome
+/// is unknown.
 async fn store_batch(
     client: &ClientWrapper,
     target: &str,
     batch: &TradingBatch,
-) -> Result<(), StoreError> {
-    let sql = |e| classify(target, e);
-    let fence = match &batch.fence {
-        Some(fence) => Some((
-            fence,
-            client.prepare_cached(FENCE_SQL).await.map_err(sql)?,
-            to_bigint(target, "fencing token", fence.token)?,
-        )),
-        None => None,
+    closing: Option<&'static str>,
+) -> (Result<(), StoreError>, Option<Result<(), StoreError>>) {
+    let fence = batch.fence.as_ref();
+    let prepared = async {
+        let claim = match fence {
+            Some(fence) => Some((
+                client
+                    .prepare_cached(CLAIM_FENCE_SQL)
+                    .await
+                    .map_err(|e| classify(target, e))?,
+                to_bigint(target, "fencing token", fence.token)?,
+            )),
+            None => None,
+        };
+        let statements = batch_statements(client, target, batch).await?;
+        Ok::<_, StoreError>((claim, statements))
     };
-    let statements = batch_statements(client, target, batch).await?;
+    let (claim, statements) = match prepared.await {
+        Ok(prepared) => prepared,
+        Err(error) => return (Err(error), None),
+    };
     let params: Vec<Vec<&(dyn ToSql + Sync)>> = statements
         .iter()
         .map(|(_, values)| {
@@ -344,17 +353,15 @@ async fn store_batch(
         })
         .collect();
     // `join!` and `join_all` poll their futures in order on the first pass, and each sends
-    // its request on its first poll: the requests reach the server in statement order.
-    let fenced = async {
-        match &fence {
-            Some((fence, statement, token)) => {
-                let row = client
-                    .query_one(statement, &[&fence.name, token])
-                    .await
-                    .map_err(sql)?;
-                fence_outcome(target, fence, &row)
-            }
-            None => Ok(()),
+    // its request on its first poll: the requests reach the server in statement order, and
+    // the closing statement after them.
+    let claimed = async {
+        match (&claim, fence) {
+            (Some((statement, token)), Some(fence)) => client
+                .execute(statement, &[&fence.name, token])
+                .await
+                .map(|_| ()),
+            _ => Ok(()),
         }
     };
     let rows = futures::future::join_all(
@@ -363,12 +370,32 @@ async fn store_batch(
             .zip(&params)
             .map(|((statement, _), values)| client.execute(statement, values)),
     );
-    let (fenced, results) = futures::join!(fenced, rows);
-    fenced?;
-    for result in results {
-        result.map_err(sql)?;
+    let closed = async {
+        match closing {
+            Some(sql) => Some(client.batch_execute(sql).await),
+            None => None,
+        }
+    };
+    let (claimed, rows, closed) = futures::join!(claimed, rows, closed);
+    let mut first_error = None;
+    let mut aborted = false;
+    for result in std::iter::once(claimed).chain(rows.into_iter().map(|r| r.map(|_| ()))) {
+        if let Err(error) = result {
+            aborted |= error.as_db_error().is_some();
+            first_error.get_or_insert_with(|| batch_error(target, fence, error));
+        }
     }
-    Ok(())
+    let closed = closed.map(|closed| match closed {
+        Err(error) => Err(classify(target, error)),
+        Ok(()) if first_error.is_some() && !aborted => Err(StoreError::Database {
+            path: target.into(),
+            detail: "a statement of the batch failed outside the server after others were \
+                     sent; whether they committed is unknown"
+                .into(),
+        }),
+        Ok(()) => Ok(()),
+    });
+    (first_error.map_or(Ok(()), Err), closed)
 }
 
 fn text(target: &str, row: &Row, index: usize) -> Result<String, StoreError> {
@@ -549,8 +576,8 @@ impl TradingStore for PostgresStore {
             return Box::pin(async { Ok(()) });
         }
         let target = self.target.clone();
-        self.write_future(work(move |client| {
-            Box::pin(async move { store_batch(client, &target, &batch).await })
+        self.write_pipelined(Box::new(move |client, closing| {
+            Box::pin(async move { store_batch(client, &target, &batch, closing).await })
         }))
     }
 

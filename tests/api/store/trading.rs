@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::store::{
-    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder,
-    TradingBatch, UserRecord,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoreStatus,
+    StoredOrder, TradingBatch, UserRecord,
 };
 
 use crate::store_support::{Backend, StoreFixture};
@@ -498,7 +498,131 @@ async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age
     );
 }
 
+async fn a_lone_fenced_batch_leaves_no_row_and_the_store_stays_healthy(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    store
+        .trading
+        .commit(fenced(9, "o1", "cmd-1"))
+        .await
+        .expect("the holder");
+    // Awaited alone, so the writer runs it as a group of one.
+    let refused = store.trading.commit(fenced(3, "o2", "cmd-2")).await;
+    assert_eq!(
+        refused,
+        Err(StoreError::Fenced {
+            name: "exchange".into(),
+            token: 3,
+            current: 9
+        })
+    );
+    assert_eq!(
+        store.health.status(),
+        StoreStatus::Ok,
+        "a refused fence is not a sick store"
+    );
+    assert_eq!(
+        fixture.query_text("SELECT count(*) || '' FROM orders WHERE id = 'o2'"),
+        "0"
+    );
+    assert_eq!(
+        fixture.query_text("SELECT count(*) || '' FROM fills WHERE order_id = 'o2'"),
+        "0"
+    );
+    assert_eq!(
+        store.trading.command_reply("cmd-2").await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        Some(9)
+    );
+    // The holder keeps writing on the same connection afterwards.
+    store
+        .trading
+        .commit(fenced(9, "o3", "cmd-3"))
+        .await
+        .expect("the holder again");
+    assert_eq!(store.health.status(), StoreStatus::Ok);
+}
+
+async fn a_lone_batch_failing_on_a_constraint_leaves_nothing_and_the_next_batch_commits(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    store
+        .trading
+        .commit(TradingBatch {
+            fills: vec![fill("x1", "o1", dec!(1), dec!(10))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("first fill");
+    // The order, the account and the reply come before the fills in the batch; the duplicate
+    // execution id fails the fills' statement after they ran.
+    let refused = store
+        .trading
+        .commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: order("o2", OrderStatus::New, 2),
+            }],
+            fills: vec![fill("x1", "o2", dec!(1), dec!(10))],
+            accounts: vec![account(dec!(5))],
+            commands: vec![CommandRecord {
+                id: "cmd-2".into(),
+                reply: "{}".into(),
+            }],
+            fence: Some(Fence {
+                name: "exchange".into(),
+                token: 4,
+            }),
+            ..TradingBatch::default()
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Database { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.health.status(), StoreStatus::Ok, "{refused:?}");
+    let state = store.trading.load(0).await.expect("load");
+    assert!(state.open_orders.is_empty(), "{:?}", state.open_orders);
+    assert!(state.accounts.is_empty(), "{:?}", state.accounts);
+    assert_eq!(
+        store.trading.command_reply("cmd-2").await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        None,
+        "the fence claimed in the refused batch is rolled back with it"
+    );
+    store
+        .trading
+        .commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: order("o3", OrderStatus::New, 3),
+            }],
+            fills: vec![fill("x3", "o3", dec!(1), dec!(10))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("the next batch");
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["o3"]);
+    assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 2);
+}
+
 on_both_backends!(
+    a_lone_fenced_batch_leaves_no_row_and_the_store_stays_healthy,
+    a_lone_batch_failing_on_a_constraint_leaves_nothing_and_the_next_batch_commits,
     committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen,
     batches_commit_in_call_order_even_when_awaited_out_of_order,
     a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept,

@@ -228,6 +228,48 @@ async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_u
     assert_eq!(ids, vec!["f3", "f4"], "the two most recent, oldest first");
 }
 
+async fn a_position_given_twice_in_one_batch_ends_as_the_last_one_says(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    let position = |symbol: &str, qty| PositionRecord {
+        username: "alice".into(),
+        symbol: symbol.into(),
+        qty,
+        cost_basis: dec!(50),
+    };
+    store
+        .trading
+        .commit(TradingBatch {
+            positions: vec![position("AAPL", dec!(5)), position("MSFT", dec!(2))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("open both");
+    // AAPL: changed, then closed; MSFT: closed, then opened again; TSLA: new, twice.
+    store
+        .trading
+        .commit(TradingBatch {
+            positions: vec![
+                position("AAPL", dec!(7)),
+                position("MSFT", Decimal::ZERO),
+                position("TSLA", dec!(1)),
+                position("AAPL", Decimal::ZERO),
+                position("MSFT", dec!(3)),
+                position("TSLA", dec!(4)),
+            ],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("one batch");
+    let state = store.trading.load(0).await.expect("load");
+    let held: Vec<(&str, Decimal)> = state
+        .positions
+        .iter()
+        .map(|p| (p.symbol.as_str(), p.qty))
+        .collect();
+    assert_eq!(held, vec![("MSFT", dec!(3)), ("TSLA", dec!(4))]);
+}
+
 async fn users_from_config_are_synced_and_removed_users_are_kept_inactive(backend: Backend) {
     let fixture = StoreFixture::new(backend);
     let store = fixture.open();
@@ -627,6 +669,7 @@ on_both_backends!(
     batches_commit_in_call_order_even_when_awaited_out_of_order,
     a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept,
     a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user,
+    a_position_given_twice_in_one_batch_ends_as_the_last_one_says,
     users_from_config_are_synced_and_removed_users_are_kept_inactive,
     concurrent_committers_all_get_durable_replies,
     a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing,

@@ -228,14 +228,18 @@ pub struct TradingBatch {
 
 impl TradingBatch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        !self.has_rows() && self.fence.is_none()
+    }
+
+    /// Whether the batch writes anything besides its fence.
+    pub fn has_rows(&self) -> bool {
+        !(self.events.is_empty()
             && self.orders.is_empty()
             && self.fills.is_empty()
             && self.accounts.is_empty()
             && self.positions.is_empty()
             && self.updates.is_empty()
-            && self.fence.is_none()
-            && self.commands.is_empty()
+            && self.commands.is_empty())
     }
 }
 

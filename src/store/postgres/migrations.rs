@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "store_settings",
         sql: include_str!("../../../migrations/postgres/0002_store_settings.sql"),
     },
+    Migration {
+        version: 3,
+        name: "claim_fence",
+        sql: include_str!("../../../migrations/postgres/0003_claim_fence.sql"),
+    },
 ];
 
 /// The schema version this build writes.

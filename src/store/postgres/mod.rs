@@ -35,7 +35,7 @@ mod writer;
 
 use super::{StoreError, StoreHealth, StoreSettings};
 use crate::metrics::Metrics;
-use writer::{Job, WriteJob, run_writer};
+use writer::{Job, JobWork, WriteJob, run_writer};
 
 /// How long connecting, or waiting for a pooled connection, may take before the store
 /// reports an error instead of hanging.
@@ -44,6 +44,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Work for one connection: a closure that borrows the connection for the future it returns.
 pub(super) type Work<T> =
     Box<dyn for<'c> FnOnce(&'c ClientWrapper) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
+
+/// Work whose every failure leaves nothing of it in the transaction (it fails before sending
+/// a statement, or a statement fails in the server): given a closing statement (`COMMIT`),
+/// it sends it right after its own statements, without waiting for their answers, and returns
+/// that statement's result too (`None` when it did not send it).
+pub(super) type PipelinedWork<T> = Box<
+    dyn for<'c> FnOnce(
+            &'c ClientWrapper,
+            Option<&'static str>,
+        )
+            -> BoxFuture<'c, (Result<T, StoreError>, Option<Result<(), StoreError>>)>
+        + Send,
+>;
 
 /// Boxes a closure as [`Work`]; the bound lets the compiler infer the borrow.
 fn work<T, F>(function: F) -> Work<T>
@@ -100,9 +113,36 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("postgresql://{host}:{port}/{database}")
 }
 
+/// The SQLSTATE `claim_fence` (migration 3) raises when the stored fencing token is larger
+/// than the batch's; the error's DETAIL is the stored token.
+pub(super) const FENCED_SQLSTATE: &str = "TGF01";
+
 /// Maps a driver error to the store's error, naming the database.
+///
+/// A refused fence becomes [`StoreError::Fenced`] with the stored token (`current`); the
+/// error does not carry the fence's name or the batch's token, so they are left empty here
+/// and the caller that claimed the fence fills them in ([`trading`] does).
 pub(super) fn classify(target: &str, error: tokio_postgres::Error) -> StoreError {
     match error.as_db_error() {
+        Some(db) if db.code().code() == FENCED_SQLSTATE => {
+            match db
+                .detail()
+                .and_then(|detail| detail.trim().parse::<u64>().ok())
+            {
+                Some(current) => StoreError::Fenced {
+                    name: String::new(),
+                    token: 0,
+                    current,
+                },
+                None => StoreError::Database {
+                    path: target.into(),
+                    detail: format!(
+                        "{} ({FENCED_SQLSTATE}, without the stored token as its detail)",
+                        db.message()
+                    ),
+                },
+            }
+        }
         Some(db) if *db.code() == SqlState::DISK_FULL => StoreError::DiskFull {
             path: target.into(),
         },
@@ -280,6 +320,22 @@ impl PostgresStore {
     fn write_future<T: Send + 'static>(
         &self,
         work: Work<T>,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        self.queue_write(JobWork::Plain(work))
+    }
+
+    /// [`PostgresStore::write_future`] for work that aborts the transaction on every failure:
+    /// alone in its group, it runs in one round trip (see `writer`).
+    fn write_pipelined<T: Send + 'static>(
+        &self,
+        work: PipelinedWork<T>,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        self.queue_write(JobWork::Pipelined(work))
+    }
+
+    fn queue_write<T: Send + 'static>(
+        &self,
+        work: JobWork<T>,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (reply, receiver) = oneshot::channel();
         let job = Box::new(Job {

@@ -1,7 +1,8 @@
 //! [`TradingStore`] on PostgreSQL: a batch of exchange steps (fence, command replies, events,
-//! orders, fills, accounts, positions, trade updates) in one savepoint of the writer's group
-//! transaction (its statements pipelined), the start-up load in one repeatable-read snapshot,
-//! and the reads and prunes.
+//! orders, fills, accounts, positions, trade updates) with its statements pipelined, alone in
+//! a transaction (with `BEGIN` and `COMMIT` in the same pipeline) or in one savepoint of the
+//! writer's group transaction; the start-up load in one repeatable-read snapshot, and the
+//! reads and prunes.
 //! Decimals go in and out as text through `NUMERIC` casts, never through a float.
 
 use std::collections::BTreeMap;
@@ -9,8 +10,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper;
 use futures::future::BoxFuture;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement};
 
 use crate::store::{
     AccountRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder, StoredUpdate,
@@ -28,347 +29,286 @@ fn enum_text<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-/// Records the batch's fencing token unless a larger one is stored, first in the batch's
-/// savepoint, and reads the token stored before (one statement, so it travels in the batch's
-/// pipeline). The row lock taken by the upsert is held to the end of the transaction, so
-/// concurrent holders of one fence (two nodes around a lease change) serialize here.
-const FENCE_SQL: &str = "WITH claimed AS (
-        INSERT INTO fences (name, token) VALUES ($1, $2)
-        ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token
-        WHERE fences.token <= EXCLUDED.token
-        RETURNING token)
-    SELECT (SELECT count(*) FROM claimed),
-           (SELECT token FROM fences WHERE name = $1)";
+/// Claims the batch's fence first in the batch: `claim_fence` (migration 3) records the token
+/// unless a larger one is stored, and raises (SQLSTATE `TGF01`, the stored token as the
+/// detail) when one is, which aborts the transaction like any failing statement. The row lock
+/// it takes is held to the end of the transaction, so concurrent holders of one fence (two
+/// nodes around a lease change) serialize here; the function's comment has the argument.
+const CLAIM_FENCE_SQL: &str = "SELECT claim_fence($1, $2)";
 
-/// What the fence statement answered: `Ok` when the token was recorded, `Fenced` (with the
-/// newer token) when the store holds a larger one.
-fn fence_outcome(target: &str, fence: &Fence, row: &Row) -> Result<(), StoreError> {
-    let claimed: i64 = row.try_get(0).map_err(|e| decode_error(target, e))?;
-    if claimed == 1 {
-        return Ok(());
+/// A store error for one of the batch's statements: a refused fence names the batch's fence
+/// and token (the database's error only carries the stored token).
+fn batch_error(target: &str, fence: Option<&Fence>, error: tokio_postgres::Error) -> StoreError {
+    match (classify(target, error), fence) {
+        (StoreError::Fenced { current, .. }, Some(fence)) => StoreError::Fenced {
+            name: fence.name.clone(),
+            token: fence.token,
+            current,
+        },
+        (other, _) => other,
     }
-    let current: Option<i64> = row.try_get(1).map_err(|e| decode_error(target, e))?;
-    Err(StoreError::Fenced {
-        name: fence.name.clone(),
-        token: fence.token,
-        current: current
-            .and_then(|token| u64::try_from(token).ok())
-            .unwrap_or(0),
-    })
 }
 
 /// One statement of a batch with its (owned) parameters.
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// The batch's statements, in order: command replies, events, orders, trade updates, fills,
-/// accounts, positions. One statement per table, its rows as arrays (`UNNEST`), so a batch of
-/// many commands costs the server a handful of statements rather than one per row; rows that
-/// take a generated position are inserted in the batch's order (`WITH ORDINALITY`).
-async fn batch_statements(
-    client: &ClientWrapper,
-    target: &str,
-    batch: &TradingBatch,
-) -> Result<Vec<(Statement, Vec<Param>)>, StoreError> {
-    let sql = |e| classify(target, e);
-    let mut out: Vec<(Statement, Vec<Param>)> = Vec::new();
-    let stored_at = Utc::now().timestamp_micros();
-    if !batch.commands.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO command_replies (id, reply, stored_at)
-                 SELECT id, reply, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, reply)",
-            )
-            .await
-            .map_err(sql)?;
-        let ids: Vec<String> = batch.commands.iter().map(|c| c.id.clone()).collect();
-        let replies: Vec<String> = batch.commands.iter().map(|c| c.reply.clone()).collect();
-        out.push((
-            statement,
-            vec![Box::new(ids), Box::new(replies), Box::new(stored_at)],
-        ));
+/// Every table of a batch in one statement: a data-modifying CTE per table, its rows as arrays
+/// (`UNNEST`; an absent part is an empty array and writes nothing). One statement costs the
+/// server one Bind/Execute/Sync and one answer, where a statement per table cost one each.
+///
+/// The CTEs run on one snapshot, so no two of them may touch one row: the batch holds each
+/// order, account and position once (the exchange builds it so, and [`positions_by_key`]
+/// keeps the last of a repeated position, so a position is either deleted or upserted).
+/// Rows that take a generated position (events, orders, fills) are inserted in the batch's
+/// order (`WITH ORDINALITY ... ORDER BY n`).
+const BATCH_SQL: &str = "WITH
+    command_rows AS (
+        INSERT INTO command_replies (id, reply, stored_at)
+        SELECT id, reply, $1 FROM UNNEST($2::text[], $3::text[]) AS r(id, reply)),
+    event_rows AS (
+        INSERT INTO exchange_events (body)
+        SELECT body FROM UNNEST($4::text[]) WITH ORDINALITY AS e(body, n) ORDER BY n),
+    order_rows AS (
+        INSERT INTO orders (id, username, client_order_id, symbol, status, is_open, created_at,
+                            updated_at, body)
+        SELECT id, username, client_order_id, symbol, status, is_open, created_at, updated_at,
+               body
+        FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[],
+                    $11::text[], $12::text[], $13::text[])
+             WITH ORDINALITY AS o(id, username, client_order_id, symbol, status, is_open,
+                                  created_at, updated_at, body, n)
+        ORDER BY n
+        ON CONFLICT (id) DO UPDATE SET
+            client_order_id = EXCLUDED.client_order_id,
+            status = EXCLUDED.status,
+            is_open = EXCLUDED.is_open,
+            updated_at = EXCLUDED.updated_at,
+            body = EXCLUDED.body),
+    update_rows AS (
+        INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
+        SELECT username, seq, order_id, $1, body
+        FROM UNNEST($14::text[], $15::int8[], $16::text[], $17::text[])
+             AS u(username, seq, order_id, body)),
+    fill_rows AS (
+        INSERT INTO fills (execution_id, order_id, username, symbol, side, qty, price,
+                           commission, t)
+        SELECT execution_id, order_id, username, symbol, side, qty::numeric, price::numeric,
+               commission::numeric, t
+        FROM UNNEST($18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
+                    $23::text[], $24::text[], $25::text[], $26::text[])
+             WITH ORDINALITY AS f(execution_id, order_id, username, symbol, side, qty, price,
+                                  commission, t, n)
+        ORDER BY n),
+    account_rows AS (
+        INSERT INTO accounts (username, initial_cash, cash, realized_pl, commissions,
+                              updated_at)
+        SELECT username, initial_cash::numeric, cash::numeric, realized_pl::numeric,
+               commissions::numeric, updated_at
+        FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[],
+                    $32::text[])
+             AS a(username, initial_cash, cash, realized_pl, commissions, updated_at)
+        ON CONFLICT (username) DO UPDATE SET
+            cash = EXCLUDED.cash,
+            realized_pl = EXCLUDED.realized_pl,
+            commissions = EXCLUDED.commissions,
+            updated_at = EXCLUDED.updated_at),
+    closed_positions AS (
+        DELETE FROM positions p
+        USING UNNEST($33::text[], $34::text[]) AS c(username, symbol)
+        WHERE p.username = c.username AND p.symbol = c.symbol),
+    open_positions AS (
+        INSERT INTO positions (username, symbol, qty, cost_basis)
+        SELECT username, symbol, qty::numeric, cost_basis::numeric
+        FROM UNNEST($35::text[], $36::text[], $37::text[], $38::text[])
+             AS p(username, symbol, qty, cost_basis)
+        ON CONFLICT (username, symbol) DO UPDATE SET
+            qty = EXCLUDED.qty,
+            cost_basis = EXCLUDED.cost_basis)
+    SELECT 1";
+
+/// The batch's positions, one per (user, symbol): the last one given wins, as it would if
+/// they were written one after another.
+fn positions_by_key(positions: &[PositionRecord]) -> Vec<&PositionRecord> {
+    let mut by_key: BTreeMap<(&str, &str), &PositionRecord> = BTreeMap::new();
+    for position in positions {
+        by_key.insert((&position.username, &position.symbol), position);
     }
-    if !batch.events.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO exchange_events (body)
-                 SELECT body FROM UNNEST($1::text[]) WITH ORDINALITY AS e(body, n) ORDER BY n",
-            )
-            .await
-            .map_err(sql)?;
-        out.push((statement, vec![Box::new(batch.events.clone())]));
-    }
-    if !batch.orders.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO orders (id, username, client_order_id, symbol, status, is_open,
-                                     created_at, updated_at, body)
-                 SELECT id, username, client_order_id, symbol, status, is_open, created_at,
-                        updated_at, body
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::bool[], $7::text[], $8::text[], $9::text[])
-                      WITH ORDINALITY AS o(id, username, client_order_id, symbol, status,
-                                           is_open, created_at, updated_at, body, n)
-                 ORDER BY n
-                 ON CONFLICT (id) DO UPDATE SET
-                     client_order_id = EXCLUDED.client_order_id,
-                     status = EXCLUDED.status,
-                     is_open = EXCLUDED.is_open,
-                     updated_at = EXCLUDED.updated_at,
-                     body = EXCLUDED.body",
-            )
-            .await
-            .map_err(sql)?;
-        let orders = &batch.orders;
-        let mut bodies = Vec::with_capacity(orders.len());
-        for StoredOrder { order, .. } in orders {
-            bodies.push(serde_json::to_string(order).map_err(|e| decode_error(target, e))?);
-        }
-        let column = |f: &dyn Fn(&StoredOrder) -> String| -> Param {
-            Box::new(orders.iter().map(f).collect::<Vec<String>>())
-        };
-        out.push((
-            statement,
-            vec![
-                column(&|o| o.order.id.clone()),
-                column(&|o| o.username.clone()),
-                column(&|o| o.order.client_order_id.clone()),
-                column(&|o| o.order.symbol.clone()),
-                column(&|o| enum_text(&o.order.status)),
-                Box::new(
-                    orders
-                        .iter()
-                        .map(|o| o.order.status.is_open())
-                        .collect::<Vec<bool>>(),
-                ),
-                column(&|o| o.order.created_at.to_rfc3339()),
-                column(&|o| o.order.updated_at.to_rfc3339()),
-                Box::new(bodies),
-            ],
-        ));
-    }
-    if !batch.updates.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO trade_updates (username, seq, order_id, stored_at, body)
-                 SELECT username, seq, order_id, $4, body
-                 FROM UNNEST($1::text[], $2::int8[], $3::text[], $5::text[])
-                      AS u(username, seq, order_id, body)",
-            )
-            .await
-            .map_err(sql)?;
-        let updates = &batch.updates;
-        let mut seqs = Vec::with_capacity(updates.len());
-        let mut bodies = Vec::with_capacity(updates.len());
-        for StoredUpdate { update, .. } in updates {
-            seqs.push(to_bigint(target, "trade update seq", update.seq)?);
-            bodies.push(serde_json::to_string(update).map_err(|e| decode_error(target, e))?);
-        }
-        out.push((
-            statement,
-            vec![
-                Box::new(
-                    updates
-                        .iter()
-                        .map(|u| u.username.clone())
-                        .collect::<Vec<String>>(),
-                ),
-                Box::new(seqs),
-                Box::new(
-                    updates
-                        .iter()
-                        .map(|u| u.update.order.id.clone())
-                        .collect::<Vec<String>>(),
-                ),
-                Box::new(stored_at),
-                Box::new(bodies),
-            ],
-        ));
-    }
-    if !batch.fills.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO fills (execution_id, order_id, username, symbol, side, qty, price,
-                                    commission, t)
-                 SELECT execution_id, order_id, username, symbol, side, qty::numeric,
-                        price::numeric, commission::numeric, t
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::text[])
-                      WITH ORDINALITY AS f(execution_id, order_id, username, symbol, side, qty,
-                                           price, commission, t, n)
-                 ORDER BY n",
-            )
-            .await
-            .map_err(sql)?;
-        let fills = &batch.fills;
-        let column = |f: &dyn Fn(&FillRecord) -> String| -> Param {
-            Box::new(fills.iter().map(f).collect::<Vec<String>>())
-        };
-        out.push((
-            statement,
-            vec![
-                column(&|f| f.execution_id.clone()),
-                column(&|f| f.order_id.clone()),
-                column(&|f| f.username.clone()),
-                column(&|f| f.symbol.clone()),
-                column(&|f| enum_text(&f.side)),
-                column(&|f| f.qty.to_string()),
-                column(&|f| f.price.to_string()),
-                column(&|f| f.commission.to_string()),
-                column(&|f| f.timestamp.to_rfc3339()),
-            ],
-        ));
-    }
-    if !batch.accounts.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO accounts (username, initial_cash, cash, realized_pl, commissions,
-                                       updated_at)
-                 SELECT username, initial_cash::numeric, cash::numeric, realized_pl::numeric,
-                        commissions::numeric, updated_at
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::text[])
-                      AS a(username, initial_cash, cash, realized_pl, commissions, updated_at)
-                 ON CONFLICT (username) DO UPDATE SET
-                     cash = EXCLUDED.cash,
-                     realized_pl = EXCLUDED.realized_pl,
-                     commissions = EXCLUDED.commissions,
-                     updated_at = EXCLUDED.updated_at",
-            )
-            .await
-            .map_err(sql)?;
-        let accounts = &batch.accounts;
-        let column = |f: &dyn Fn(&AccountRecord) -> String| -> Param {
-            Box::new(accounts.iter().map(f).collect::<Vec<String>>())
-        };
-        out.push((
-            statement,
-            vec![
-                column(&|a| a.username.clone()),
-                column(&|a| a.initial_cash.to_string()),
-                column(&|a| a.cash.to_string()),
-                column(&|a| a.realized_pl.to_string()),
-                column(&|a| a.commissions.to_string()),
-                column(&|a| a.updated_at.to_rfc3339()),
-            ],
-        ));
-    }
-    let (closed, open): (Vec<&PositionRecord>, Vec<&PositionRecord>) = batch
-        .positions
-        .iter()
-        .partition(|position| position.qty.is_zero());
-    if !closed.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "DELETE FROM positions p
-                 USING UNNEST($1::text[], $2::text[]) AS c(username, symbol)
-                 WHERE p.username = c.username AND p.symbol = c.symbol",
-            )
-            .await
-            .map_err(sql)?;
-        out.push((
-            statement,
-            vec![
-                Box::new(
-                    closed
-                        .iter()
-                        .map(|p| p.username.clone())
-                        .collect::<Vec<String>>(),
-                ),
-                Box::new(
-                    closed
-                        .iter()
-                        .map(|p| p.symbol.clone())
-                        .collect::<Vec<String>>(),
-                ),
-            ],
-        ));
-    }
-    if !open.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO positions (username, symbol, qty, cost_basis)
-                 SELECT username, symbol, qty::numeric, cost_basis::numeric
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
-                      AS p(username, symbol, qty, cost_basis)
-                 ON CONFLICT (username, symbol) DO UPDATE SET
-                     qty = EXCLUDED.qty,
-                     cost_basis = EXCLUDED.cost_basis",
-            )
-            .await
-            .map_err(sql)?;
-        let column = |f: &dyn Fn(&&PositionRecord) -> String| -> Param {
-            Box::new(open.iter().map(f).collect::<Vec<String>>())
-        };
-        out.push((
-            statement,
-            vec![
-                column(&|p| p.username.clone()),
-                column(&|p| p.symbol.clone()),
-                column(&|p| p.qty.to_string()),
-                column(&|p| p.cost_basis.to_string()),
-            ],
-        ));
-    }
-    Ok(out)
+    by_key.into_values().collect()
 }
 
-/// Stores one batch: the fence statement, then the tables' statements, all pipelined on the
+/// A text column of `rows`.
+fn column<R>(rows: &[R], value: impl Fn(&R) -> String) -> Param {
+    Box::new(rows.iter().map(value).collect::<Vec<String>>())
+}
+
+/// The parameters of [`BATCH_SQL`] for `batch`, in its order.
+fn batch_params(target: &str, batch: &TradingBatch) -> Result<Vec<Param>, StoreError> {
+    let stored_at = Utc::now().timestamp_micros();
+    let mut params: Vec<Param> = vec![Box::new(stored_at)];
+    let commands = &batch.commands;
+    params.push(column(commands, |c| c.id.clone()));
+    params.push(column(commands, |c| c.reply.clone()));
+    params.push(Box::new(batch.events.clone()));
+    let orders = &batch.orders;
+    let mut bodies = Vec::with_capacity(orders.len());
+    for StoredOrder { order, .. } in orders {
+        bodies.push(serde_json::to_string(order).map_err(|e| decode_error(target, e))?);
+    }
+    params.push(column(orders, |o| o.order.id.clone()));
+    params.push(column(orders, |o| o.username.clone()));
+    params.push(column(orders, |o| o.order.client_order_id.clone()));
+    params.push(column(orders, |o| o.order.symbol.clone()));
+    params.push(column(orders, |o| enum_text(&o.order.status)));
+    params.push(Box::new(
+        orders
+            .iter()
+            .map(|o| o.order.status.is_open())
+            .collect::<Vec<bool>>(),
+    ));
+    params.push(column(orders, |o| o.order.created_at.to_rfc3339()));
+    params.push(column(orders, |o| o.order.updated_at.to_rfc3339()));
+    params.push(Box::new(bodies));
+    let updates = &batch.updates;
+    let mut seqs = Vec::with_capacity(updates.len());
+    let mut bodies = Vec::with_capacity(updates.len());
+    for StoredUpdate { update, .. } in updates {
+        seqs.push(to_bigint(target, "trade update seq", update.seq)?);
+        bodies.push(serde_json::to_string(update).map_err(|e| decode_error(target, e))?);
+    }
+    params.push(column(updates, |u| u.username.clone()));
+    params.push(Box::new(seqs));
+    params.push(column(updates, |u| u.update.order.id.clone()));
+    params.push(Box::new(bodies));
+    let fills = &batch.fills;
+    params.push(column(fills, |f| f.execution_id.clone()));
+    params.push(column(fills, |f| f.order_id.clone()));
+    params.push(column(fills, |f| f.username.clone()));
+    params.push(column(fills, |f| f.symbol.clone()));
+    params.push(column(fills, |f| enum_text(&f.side)));
+    params.push(column(fills, |f| f.qty.to_string()));
+    params.push(column(fills, |f| f.price.to_string()));
+    params.push(column(fills, |f| f.commission.to_string()));
+    params.push(column(fills, |f| f.timestamp.to_rfc3339()));
+    let accounts = &batch.accounts;
+    params.push(column(accounts, |a| a.username.clone()));
+    params.push(column(accounts, |a| a.initial_cash.to_string()));
+    params.push(column(accounts, |a| a.cash.to_string()));
+    params.push(column(accounts, |a| a.realized_pl.to_string()));
+    params.push(column(accounts, |a| a.commissions.to_string()));
+    params.push(column(accounts, |a| a.updated_at.to_rfc3339()));
+    let (closed, open): (Vec<&PositionRecord>, Vec<&PositionRecord>) =
+        positions_by_key(&batch.positions)
+            .into_iter()
+            .partition(|position| position.qty.is_zero());
+    params.push(column(&closed, |p| p.username.clone()));
+    params.push(column(&closed, |p| p.symbol.clone()));
+    params.push(column(&open, |p| p.username.clone()));
+    params.push(column(&open, |p| p.symbol.clone()));
+    params.push(column(&open, |p| p.qty.to_string()));
+    params.push(column(&open, |p| p.cost_basis.to_string()));
+    Ok(params)
+}
+
+/// Stores one batch: the fence claim, then the batch's statement (none for a batch of only
+/// the fence), pipelined on the
 /// connection (sent without waiting for the previous answer; the server runs them in order),
-/// so a batch costs one round trip rather than one per statement. A refused fence is the
-/// batch's error even though the statements after it ran: the writer rolls the batch's
-/// savepoint back, so nothing of a fenced batch is committed. Otherwise the first error in
-/// statement order is the batch's error (the later statements fail with it as "transaction
-/// aborted").
+/// so a batch costs one round trip. With `closing` (the writer's `COMMIT` when the batch is
+/// alone in its transaction) that statement follows them in the same pipeline, and its
+/// result is returned too.
+///
+/// The first error in statement order is the batch's error: a refused fence raises, and a
+/// failing statement aborts the transaction, so the statement after it fails as "transaction
+/// aborted" and nothing of the batch commits (a `COMMIT` then answers `ROLLBACK`). A failure in
+/// the client before anything is sent (a value too large for its column) returns without
+/// sending, `closing` included. If a statement failed without the server having aborted the
+/// transaction (the connection broke, or a parameter could not be encoded, so the other may
+/// have committed), a closing statement that answered is reported as an error: the outcome
+/// is unknown.
 async fn store_batch(
     client: &ClientWrapper,
     target: &str,
     batch: &TradingBatch,
-) -> Result<(), StoreError> {
-    let sql = |e| classify(target, e);
-    let fence = match &batch.fence {
-        Some(fence) => Some((
-            fence,
-            client.prepare_cached(FENCE_SQL).await.map_err(sql)?,
-            to_bigint(target, "fencing token", fence.token)?,
-        )),
-        None => None,
-    };
-    let statements = batch_statements(client, target, batch).await?;
-    let params: Vec<Vec<&(dyn ToSql + Sync)>> = statements
-        .iter()
-        .map(|(_, values)| {
-            values
-                .iter()
-                .map(|value| value.as_ref() as &(dyn ToSql + Sync))
-                .collect()
-        })
-        .collect();
-    // `join!` and `join_all` poll their futures in order on the first pass, and each sends
-    // its request on its first poll: the requests reach the server in statement order.
-    let fenced = async {
-        match &fence {
-            Some((fence, statement, token)) => {
-                let row = client
-                    .query_one(statement, &[&fence.name, token])
+    closing: Option<&'static str>,
+) -> (Result<(), StoreError>, Option<Result<(), StoreError>>) {
+    let fence = batch.fence.as_ref();
+    let prepared = async {
+        let claim = match fence {
+            Some(fence) => Some((
+                client
+                    .prepare_cached(CLAIM_FENCE_SQL)
                     .await
-                    .map_err(sql)?;
-                fence_outcome(target, fence, &row)
-            }
+                    .map_err(|e| classify(target, e))?,
+                to_bigint(target, "fencing token", fence.token)?,
+            )),
+            None => None,
+        };
+        // A batch of only the fence (a new exchange's first write) has no rows to write.
+        let write = if !batch.has_rows() {
+            None
+        } else {
+            let params = batch_params(target, batch)?;
+            let statement = client
+                .prepare_cached(BATCH_SQL)
+                .await
+                .map_err(|e| classify(target, e))?;
+            Some((statement, params))
+        };
+        Ok::<_, StoreError>((claim, write))
+    };
+    let (claim, write) = match prepared.await {
+        Ok(prepared) => prepared,
+        Err(error) => return (Err(error), None),
+    };
+    let write = write.as_ref().map(|(statement, params)| {
+        let values: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|value| value.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        (statement, values)
+    });
+    // `join!` polls its futures in order on the first pass, and each sends its request on its
+    // first poll: the requests reach the server in this order, the closing statement last.
+    let claimed = async {
+        match (&claim, fence) {
+            (Some((statement, token)), Some(fence)) => client
+                .execute(statement, &[&fence.name, token])
+                .await
+                .map(|_| ()),
+            _ => Ok(()),
+        }
+    };
+    let written = async {
+        match &write {
+            Some((statement, values)) => client.execute(*statement, values).await.map(|_| ()),
             None => Ok(()),
         }
     };
-    let rows = futures::future::join_all(
-        statements
-            .iter()
-            .zip(&params)
-            .map(|((statement, _), values)| client.execute(statement, values)),
-    );
-    let (fenced, results) = futures::join!(fenced, rows);
-    fenced?;
-    for result in results {
-        result.map_err(sql)?;
+    let closed = async {
+        match closing {
+            Some(sql) => Some(client.batch_execute(sql).await),
+            None => None,
+        }
+    };
+    let (claimed, written, closed) = futures::join!(claimed, written, closed);
+    let mut first_error = None;
+    let mut aborted = false;
+    for result in [claimed, written] {
+        if let Err(error) = result {
+            aborted |= error.as_db_error().is_some();
+            first_error.get_or_insert_with(|| batch_error(target, fence, error));
+        }
     }
-    Ok(())
+    let closed = closed.map(|closed| match closed {
+        Err(error) => Err(classify(target, error)),
+        Ok(()) if first_error.is_some() && !aborted => Err(StoreError::Database {
+            path: target.into(),
+            detail: "a statement of the batch failed outside the server after another was \
+                     sent; whether it committed is unknown"
+                .into(),
+        }),
+        Ok(()) => Ok(()),
+    });
+    (first_error.map_or(Ok(()), Err), closed)
 }
 
 fn text(target: &str, row: &Row, index: usize) -> Result<String, StoreError> {
@@ -549,8 +489,8 @@ impl TradingStore for PostgresStore {
             return Box::pin(async { Ok(()) });
         }
         let target = self.target.clone();
-        self.write_future(work(move |client| {
-            Box::pin(async move { store_batch(client, &target, &batch).await })
+        self.write_pipelined(Box::new(move |client, closing| {
+            Box::pin(async move { store_batch(client, &target, &batch, closing).await })
         }))
     }
 

@@ -1,6 +1,9 @@
 //! The writer task: every write of this process goes through it in call order, and queued
 //! writes are group-committed: one transaction with a savepoint per write, so one failing
 //! write (a fenced batch, a duplicate key) is rolled back alone and the rest commit together.
+//! A write that is alone in its group and whose every failure aborts the transaction (a
+//! trading batch) needs no savepoint: `BEGIN`, its statements and `COMMIT` go out pipelined,
+//! one round trip.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,32 +15,73 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::store::{StoreError, StoreHealth};
 
-use super::{Work, classify, pool_error};
+use super::{PipelinedWork, Work, classify, pool_error};
+
+/// What running a job reports.
+pub(super) struct Ran {
+    /// The work's own result.
+    pub(super) work: Result<(), StoreError>,
+    /// The closing statement's result, when the writer asked for one and the job sent it.
+    /// `Err` also when the closing answered but the job cannot say that nothing of it
+    /// committed (see [`WriteJob::aborts_on_failure`]).
+    pub(super) closing: Option<Result<(), StoreError>>,
+}
 
 /// A unit of work for the writer task, run inside the current group transaction.
 pub(super) trait WriteJob: Send {
-    /// Runs the work (inside its savepoint); the result is kept until the group commits.
-    fn run<'a>(&'a mut self, client: &'a ClientWrapper) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// True when every failure of the work leaves nothing of it in the transaction: it fails
+    /// before sending a statement, or one of its statements fails in the server (which aborts
+    /// the transaction, so a later `COMMIT` answers `ROLLBACK`). Such a job, alone in its
+    /// group, runs without a savepoint, with `COMMIT` sent right after its statements.
+    fn aborts_on_failure(&self) -> bool;
+    /// Runs the work (inside its savepoint, or alone in the transaction); the result is kept
+    /// until the group commits. With `closing`, a job that
+    /// [aborts on failure](WriteJob::aborts_on_failure) sends that statement right after its
+    /// own, without waiting for their answers, unless it fails before sending anything; any
+    /// other job ignores it. The writer ends the transaction itself when the job did not.
+    fn run<'a>(
+        &'a mut self,
+        client: &'a ClientWrapper,
+        closing: Option<&'static str>,
+    ) -> BoxFuture<'a, Ran>;
     /// Sends the result: the work's own error, the group's commit error, or the value.
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
+/// The work of a [`Job`]: plain, or pipelined with the transaction's end.
+pub(super) enum JobWork<T> {
+    Plain(Work<T>),
+    Pipelined(PipelinedWork<T>),
+}
+
 pub(super) struct Job<T> {
-    pub(super) work: Option<Work<T>>,
+    pub(super) work: Option<JobWork<T>>,
     pub(super) output: Option<Result<T, StoreError>>,
     pub(super) reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<T: Send> WriteJob for Job<T> {
-    fn run<'a>(&'a mut self, client: &'a ClientWrapper) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn aborts_on_failure(&self) -> bool {
+        matches!(self.work, Some(JobWork::Pipelined(_)))
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        client: &'a ClientWrapper,
+        closing: Option<&'static str>,
+    ) -> BoxFuture<'a, Ran> {
         Box::pin(async move {
-            let result = match self.work.take() {
-                Some(work) => work(client).await,
-                None => Err(StoreError::Closed),
+            let (result, closed) = match self.work.take() {
+                Some(JobWork::Pipelined(work)) => work(client, closing).await,
+                Some(JobWork::Plain(work)) => (work(client).await, None),
+                None => (Err(StoreError::Closed), None),
             };
             let status = result.as_ref().map(|_| ()).map_err(Clone::clone);
             self.output = Some(result);
-            status
+            Ran {
+                work: status,
+                closing: closed,
+            }
         })
     }
 
@@ -105,6 +149,11 @@ async fn run_group(
         Ok(client) => client,
         Err(error) => return (Err(pool_error(target, error)), None),
     };
+    if let [job] = group
+        && job.aborts_on_failure()
+    {
+        return run_alone(&client, job.as_mut(), target).await;
+    }
     // The statements that close one job and open the next travel together (`BEGIN` with the
     // first savepoint, a job's release with the next one's savepoint, the last release with
     // `COMMIT`, which ends every savepoint), and they are pipelined with the job's own
@@ -117,12 +166,12 @@ async fn run_group(
     for job in group.iter_mut() {
         let opened = format!("{opening}; SAVEPOINT job");
         // `join!` polls in order: the opening is sent first, then the job's statements.
-        let (opened, ran) = futures::join!(client.batch_execute(&opened), job.run(&client));
+        let (opened, ran) = futures::join!(client.batch_execute(&opened), job.run(&client, None));
         if let Err(error) = opened {
             let _ = client.batch_execute("ROLLBACK").await;
             return (Err(classify(target, error)), job_failure);
         }
-        opening = match ran {
+        opening = match ran.work {
             Ok(()) => "RELEASE SAVEPOINT job",
             Err(error) => {
                 if matches!(
@@ -141,4 +190,58 @@ async fn run_group(
         return (Err(classify(target, error)), job_failure);
     }
     (Ok(()), job_failure)
+}
+
+/// Runs a job that is alone in its group and [aborts on failure](WriteJob::aborts_on_failure):
+/// `BEGIN`, the job's statements and `COMMIT` are sent together, one round trip, and no
+/// savepoint is needed, because nothing but the job is in the transaction.
+///
+/// PostgreSQL's rules decide the reading: after a failed statement the rest of the
+/// transaction block fails too, and `COMMIT` in an aborted transaction answers `ROLLBACK`
+/// without an error. So the job's own error, not `COMMIT`'s answer, says that nothing of it
+/// committed; the group's result is then `Ok` (the database is fine: a fenced batch or a
+/// broken constraint is the job's failure, reported to it alone, and the store stays
+/// healthy). When the outcome is unknown (the connection broke after the statements were
+/// sent, or the job failed in the client after sending some of them) the commit result is
+/// `Err`, as in the savepoint path: the job is reported failed and the exchange halts and
+/// rebuilds from what is stored.
+async fn run_alone(
+    client: &ClientWrapper,
+    job: &mut dyn WriteJob,
+    target: &str,
+) -> (Result<(), StoreError>, Option<StoreError>) {
+    // `join!` polls in order: `BEGIN` is sent first, then the job's statements and `COMMIT`.
+    let (begun, ran) = futures::join!(
+        client.batch_execute("BEGIN"),
+        job.run(client, Some("COMMIT"))
+    );
+    let job_failure = match &ran.work {
+        Err(error @ (StoreError::DiskFull { .. } | StoreError::Corrupt { .. })) => {
+            Some(error.clone())
+        }
+        _ => None,
+    };
+    let committed = match (begun, ran.closing) {
+        // Without `BEGIN` the statements ran each on its own: what committed is unknown.
+        (Err(error), _) => Err(classify(target, error)),
+        (Ok(()), Some(closed)) => closed,
+        // The job stopped before sending its statements (or is not pipelined): end the
+        // transaction here, committing only what succeeded.
+        (Ok(()), None) => {
+            let end = if ran.work.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            client
+                .batch_execute(end)
+                .await
+                .map_err(|e| classify(target, e))
+        }
+    };
+    if committed.is_err() {
+        // Leaves the connection outside a transaction if it still works.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    (committed, job_failure)
 }

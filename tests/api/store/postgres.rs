@@ -345,6 +345,90 @@ async fn a_former_lease_holder_writing_through_its_own_connection_is_fenced() {
     assert_eq!(old_node.trading.fence_token("exchange").await, Ok(Some(2)));
 }
 
+/// A connection of its own to the fixture's database (not through the store).
+async fn connect(fixture: &StoreFixture) -> tokio_postgres::Client {
+    let url = fixture.database.as_ref().expect("postgres fixture").url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// The SQLSTATE and DETAIL of a server error.
+fn code_and_detail(error: &tokio_postgres::Error) -> (String, Option<String>) {
+    let db = error.as_db_error().expect("a server error");
+    (db.code().code().to_owned(), db.detail().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn the_fence_raises_its_own_sqlstate_with_the_stored_token_and_first_claims_race_safely() {
+    let fixture = StoreFixture::new(Backend::Postgres);
+    // Opening the store applies the migrations.
+    let store = fixture.open();
+    let first = connect(&fixture).await;
+    let second = connect(&fixture).await;
+    // Two first claims of one name: the second waits for the first transaction's row.
+    first
+        .batch_execute("BEGIN; SELECT claim_fence('exchange', 5)")
+        .await
+        .expect("first claim");
+    let racing = tokio::spawn(async move {
+        let result = second
+            .batch_execute("BEGIN; SELECT claim_fence('exchange', 4)")
+            .await;
+        let _ = second.batch_execute("ROLLBACK").await;
+        (result, second)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !racing.is_finished(),
+        "the second claim waits for the first"
+    );
+    first.batch_execute("COMMIT").await.expect("commit");
+    let (result, second) = racing.await.expect("task");
+    let error = result.expect_err("an older token after the first committed");
+    assert_eq!(code_and_detail(&error), ("TGF01".into(), Some("5".into())));
+    // Equal is accepted without a write, larger raises the stored token.
+    second
+        .batch_execute("SELECT claim_fence('exchange', 5)")
+        .await
+        .expect("the same token");
+    second
+        .batch_execute("SELECT claim_fence('exchange', 12)")
+        .await
+        .expect("a newer token");
+    let error = second
+        .batch_execute("SELECT claim_fence('exchange', 11)")
+        .await
+        .expect_err("older than the stored one");
+    assert_eq!(code_and_detail(&error), ("TGF01".into(), Some("12".into())));
+    assert_eq!(store.trading.fence_token("exchange").await, Ok(Some(12)));
+    // Through the store, the raised error is the fenced error with the stored token.
+    let late = store
+        .trading
+        .commit(TradingBatch {
+            fence: Some(Fence {
+                name: "exchange".into(),
+                token: 11,
+            }),
+            commands: vec![tickgate::store::CommandRecord {
+                id: "cmd-late".into(),
+                reply: "{}".into(),
+            }],
+            ..TradingBatch::default()
+        })
+        .await;
+    assert_eq!(
+        late,
+        Err(StoreError::Fenced {
+            name: "exchange".into(),
+            token: 11,
+            current: 12
+        })
+    );
+}
+
 #[test]
 fn an_unreachable_database_fails_at_start_naming_it_but_never_the_password() {
     let port = free_port();

@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::store::{
-    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoredOrder,
-    TradingBatch, UserRecord,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoreStatus,
+    StoredOrder, TradingBatch, UserRecord,
 };
 
 use crate::store_support::{Backend, StoreFixture};
@@ -226,6 +226,48 @@ async fn a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_u
         .map(|o| o.order.id.as_str())
         .collect();
     assert_eq!(ids, vec!["f3", "f4"], "the two most recent, oldest first");
+}
+
+async fn a_position_given_twice_in_one_batch_ends_as_the_last_one_says(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    let position = |symbol: &str, qty| PositionRecord {
+        username: "alice".into(),
+        symbol: symbol.into(),
+        qty,
+        cost_basis: dec!(50),
+    };
+    store
+        .trading
+        .commit(TradingBatch {
+            positions: vec![position("AAPL", dec!(5)), position("MSFT", dec!(2))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("open both");
+    // AAPL: changed, then closed; MSFT: closed, then opened again; TSLA: new, twice.
+    store
+        .trading
+        .commit(TradingBatch {
+            positions: vec![
+                position("AAPL", dec!(7)),
+                position("MSFT", Decimal::ZERO),
+                position("TSLA", dec!(1)),
+                position("AAPL", Decimal::ZERO),
+                position("MSFT", dec!(3)),
+                position("TSLA", dec!(4)),
+            ],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("one batch");
+    let state = store.trading.load(0).await.expect("load");
+    let held: Vec<(&str, Decimal)> = state
+        .positions
+        .iter()
+        .map(|p| (p.symbol.as_str(), p.qty))
+        .collect();
+    assert_eq!(held, vec![("MSFT", dec!(3)), ("TSLA", dec!(4))]);
 }
 
 async fn users_from_config_are_synced_and_removed_users_are_kept_inactive(backend: Backend) {
@@ -498,11 +540,136 @@ async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age
     );
 }
 
+async fn a_lone_fenced_batch_leaves_no_row_and_the_store_stays_healthy(backend: Backend) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    store
+        .trading
+        .commit(fenced(9, "o1", "cmd-1"))
+        .await
+        .expect("the holder");
+    // Awaited alone, so the writer runs it as a group of one.
+    let refused = store.trading.commit(fenced(3, "o2", "cmd-2")).await;
+    assert_eq!(
+        refused,
+        Err(StoreError::Fenced {
+            name: "exchange".into(),
+            token: 3,
+            current: 9
+        })
+    );
+    assert_eq!(
+        store.health.status(),
+        StoreStatus::Ok,
+        "a refused fence is not a sick store"
+    );
+    assert_eq!(
+        fixture.query_text("SELECT count(*) || '' FROM orders WHERE id = 'o2'"),
+        "0"
+    );
+    assert_eq!(
+        fixture.query_text("SELECT count(*) || '' FROM fills WHERE order_id = 'o2'"),
+        "0"
+    );
+    assert_eq!(
+        store.trading.command_reply("cmd-2").await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        Some(9)
+    );
+    // The holder keeps writing on the same connection afterwards.
+    store
+        .trading
+        .commit(fenced(9, "o3", "cmd-3"))
+        .await
+        .expect("the holder again");
+    assert_eq!(store.health.status(), StoreStatus::Ok);
+}
+
+async fn a_lone_batch_failing_on_a_constraint_leaves_nothing_and_the_next_batch_commits(
+    backend: Backend,
+) {
+    let fixture = StoreFixture::new(backend);
+    let store = fixture.open();
+    store
+        .trading
+        .commit(TradingBatch {
+            fills: vec![fill("x1", "o1", dec!(1), dec!(10))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("first fill");
+    // The order, the account and the reply come before the fills in the batch; the duplicate
+    // execution id fails the fills' statement after they ran.
+    let refused = store
+        .trading
+        .commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: order("o2", OrderStatus::New, 2),
+            }],
+            fills: vec![fill("x1", "o2", dec!(1), dec!(10))],
+            accounts: vec![account(dec!(5))],
+            commands: vec![CommandRecord {
+                id: "cmd-2".into(),
+                reply: "{}".into(),
+            }],
+            fence: Some(Fence {
+                name: "exchange".into(),
+                token: 4,
+            }),
+            ..TradingBatch::default()
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Database { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.health.status(), StoreStatus::Ok, "{refused:?}");
+    let state = store.trading.load(0).await.expect("load");
+    assert!(state.open_orders.is_empty(), "{:?}", state.open_orders);
+    assert!(state.accounts.is_empty(), "{:?}", state.accounts);
+    assert_eq!(
+        store.trading.command_reply("cmd-2").await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.trading.fence_token("exchange").await.expect("read"),
+        None,
+        "the fence claimed in the refused batch is rolled back with it"
+    );
+    store
+        .trading
+        .commit(TradingBatch {
+            orders: vec![StoredOrder {
+                username: "alice".into(),
+                order: order("o3", OrderStatus::New, 3),
+            }],
+            fills: vec![fill("x3", "o3", dec!(1), dec!(10))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("the next batch");
+    let state = store.trading.load(0).await.expect("load");
+    let ids: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["o3"]);
+    assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 2);
+}
+
 on_both_backends!(
+    a_lone_fenced_batch_leaves_no_row_and_the_store_stays_healthy,
+    a_lone_batch_failing_on_a_constraint_leaves_nothing_and_the_next_batch_commits,
     committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen,
     batches_commit_in_call_order_even_when_awaited_out_of_order,
     a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept,
     a_position_closed_to_zero_is_removed_and_closed_orders_are_capped_per_user,
+    a_position_given_twice_in_one_batch_ends_as_the_last_one_says,
     users_from_config_are_synced_and_removed_users_are_kept_inactive,
     concurrent_committers_all_get_durable_replies,
     a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing,

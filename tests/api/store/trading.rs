@@ -350,6 +350,15 @@ fn fenced(token: u64, order_id: &str, command_id: &str) -> TradingBatch {
     }
 }
 
+/// The error a batch carrying `token` gets when the store already holds `current`.
+fn refused_fence(token: u64, current: u64) -> StoreError {
+    StoreError::Fenced {
+        name: "exchange".into(),
+        token,
+        current,
+    }
+}
+
 async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_nothing(
     backend: Backend,
 ) {
@@ -370,14 +379,7 @@ async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_noth
         .await
         .expect("the new holder");
     let refused = store.trading.commit(fenced(7, "o3", "cmd-3")).await;
-    assert_eq!(
-        refused,
-        Err(StoreError::Fenced {
-            name: "exchange".into(),
-            token: 7,
-            current: 8
-        })
-    );
+    assert_eq!(refused, Err(refused_fence(7, 8)));
     assert_eq!(
         store.trading.fence_token("exchange").await.expect("read"),
         Some(8)
@@ -550,14 +552,7 @@ async fn a_lone_fenced_batch_leaves_no_row_and_the_store_stays_healthy(backend: 
         .expect("the holder");
     // Awaited alone, so the writer runs it as a group of one.
     let refused = store.trading.commit(fenced(3, "o2", "cmd-2")).await;
-    assert_eq!(
-        refused,
-        Err(StoreError::Fenced {
-            name: "exchange".into(),
-            token: 3,
-            current: 9
-        })
-    );
+    assert_eq!(refused, Err(refused_fence(3, 9)));
     assert_eq!(
         store.health.status(),
         StoreStatus::Ok,

@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tickgate::store::{
-    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, StoreError, StoreStatus,
-    StoredOrder, TradingBatch, UserRecord,
+    AccountRecord, CommandRecord, Fence, FillRecord, PositionRecord, Store, StoreError,
+    StoreStatus, StoredOrder, TradingBatch, UserRecord,
 };
 
 use crate::store_support::{Backend, StoreFixture};
@@ -69,6 +69,32 @@ fn account(cash: Decimal) -> AccountRecord {
         commissions: Decimal::ZERO,
         updated_at: at(5),
     }
+}
+
+/// Alice's order `id`, new and unfilled, created at `second`.
+fn alices_new_order(id: &str, second: u32) -> StoredOrder {
+    StoredOrder {
+        username: "alice".into(),
+        order: order(id, OrderStatus::New, second),
+    }
+}
+
+/// Commits Alice's fill `x1` (of order `o1`), which later batches collide with.
+async fn commit_a_first_fill(store: &Store) {
+    store
+        .trading
+        .commit(TradingBatch {
+            fills: vec![fill("x1", "o1", dec!(1), dec!(10))],
+            ..TradingBatch::default()
+        })
+        .await
+        .expect("first fill");
+}
+
+/// The ids of the open orders the store loads, in its order.
+async fn open_order_ids(store: &Store) -> Vec<String> {
+    let state = store.trading.load(0).await.expect("load");
+    state.open_orders.into_iter().map(|o| o.order.id).collect()
 }
 
 async fn committed_orders_fills_and_balances_are_reloaded_exactly_after_a_reopen(backend: Backend) {
@@ -150,27 +176,14 @@ async fn batches_commit_in_call_order_even_when_awaited_out_of_order(backend: Ba
 async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept(backend: Backend) {
     let fixture = StoreFixture::new(backend);
     let store = fixture.open();
-    store
-        .trading
-        .commit(TradingBatch {
-            fills: vec![fill("x1", "o1", dec!(1), dec!(10))],
-            ..TradingBatch::default()
-        })
-        .await
-        .expect("first fill");
+    commit_a_first_fill(&store).await;
     // Queued together, so they share one group transaction.
     let good = store.trading.commit(TradingBatch {
-        orders: vec![StoredOrder {
-            username: "alice".into(),
-            order: order("o9", OrderStatus::New, 9),
-        }],
+        orders: vec![alices_new_order("o9", 9)],
         ..TradingBatch::default()
     });
     let bad = store.trading.commit(TradingBatch {
-        orders: vec![StoredOrder {
-            username: "alice".into(),
-            order: order("o3", OrderStatus::New, 3),
-        }],
+        orders: vec![alices_new_order("o3", 3)],
         // A duplicate execution id violates the fills key: the whole batch is refused.
         fills: vec![fill("x1", "o3", dec!(1), dec!(10))],
         ..TradingBatch::default()
@@ -178,12 +191,7 @@ async fn a_failing_batch_stores_nothing_while_batches_committed_with_it_are_kept
     let (good, bad) = tokio::join!(good, bad);
     good.expect("good batch");
     assert!(matches!(bad, Err(StoreError::Database { .. })), "{bad:?}");
-    let state = store.trading.load(0).await.expect("load");
-    let ids: Vec<&str> = state
-        .open_orders
-        .iter()
-        .map(|o| o.order.id.as_str())
-        .collect();
+    let ids = open_order_ids(&store).await;
     assert_eq!(ids, vec!["o9"], "o3 was not stored");
     assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 1);
 }
@@ -384,12 +392,7 @@ async fn a_batch_with_an_older_fencing_token_than_one_already_stored_stores_noth
         store.trading.fence_token("exchange").await.expect("read"),
         Some(8)
     );
-    let state = store.trading.load(0).await.expect("load");
-    let ids: Vec<&str> = state
-        .open_orders
-        .iter()
-        .map(|o| o.order.id.as_str())
-        .collect();
+    let ids = open_order_ids(&store).await;
     assert_eq!(
         ids,
         vec!["o1", "o2"],
@@ -429,12 +432,7 @@ async fn a_fenced_batch_queued_with_good_ones_is_refused_alone(backend: Backend)
     let (stale, fresh) = tokio::join!(stale, fresh);
     assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
     fresh.expect("the newer token");
-    let state = store.trading.load(0).await.expect("load");
-    let ids: Vec<&str> = state
-        .open_orders
-        .iter()
-        .map(|o| o.order.id.as_str())
-        .collect();
+    let ids = open_order_ids(&store).await;
     assert_eq!(ids, vec!["o1", "o3"]);
     assert_eq!(
         store.trading.fence_token("exchange").await.expect("read"),
@@ -488,10 +486,7 @@ async fn command_replies_round_trip_are_never_stored_twice_and_are_pruned_by_age
     let again = store
         .trading
         .commit(TradingBatch {
-            orders: vec![StoredOrder {
-                username: "alice".into(),
-                order: order("o2", OrderStatus::New, 2),
-            }],
+            orders: vec![alices_new_order("o2", 2)],
             commands: vec![CommandRecord {
                 id: "1733400000000-0".into(),
                 reply: "second".into(),
@@ -588,23 +583,13 @@ async fn a_lone_batch_failing_on_a_constraint_leaves_nothing_and_the_next_batch_
 ) {
     let fixture = StoreFixture::new(backend);
     let store = fixture.open();
-    store
-        .trading
-        .commit(TradingBatch {
-            fills: vec![fill("x1", "o1", dec!(1), dec!(10))],
-            ..TradingBatch::default()
-        })
-        .await
-        .expect("first fill");
+    commit_a_first_fill(&store).await;
     // The order, the account and the reply come before the fills in the batch; the duplicate
     // execution id fails the fills' statement after they ran.
     let refused = store
         .trading
         .commit(TradingBatch {
-            orders: vec![StoredOrder {
-                username: "alice".into(),
-                order: order("o2", OrderStatus::New, 2),
-            }],
+            orders: vec![alices_new_order("o2", 2)],
             fills: vec![fill("x1", "o2", dec!(1), dec!(10))],
             accounts: vec![account(dec!(5))],
             commands: vec![CommandRecord {
@@ -638,21 +623,13 @@ async fn a_lone_batch_failing_on_a_constraint_leaves_nothing_and_the_next_batch_
     store
         .trading
         .commit(TradingBatch {
-            orders: vec![StoredOrder {
-                username: "alice".into(),
-                order: order("o3", OrderStatus::New, 3),
-            }],
+            orders: vec![alices_new_order("o3", 3)],
             fills: vec![fill("x3", "o3", dec!(1), dec!(10))],
             ..TradingBatch::default()
         })
         .await
         .expect("the next batch");
-    let state = store.trading.load(0).await.expect("load");
-    let ids: Vec<&str> = state
-        .open_orders
-        .iter()
-        .map(|o| o.order.id.as_str())
-        .collect();
+    let ids = open_order_ids(&store).await;
     assert_eq!(ids, vec!["o3"]);
     assert_eq!(store.trading.fills("alice").await.expect("fills").len(), 2);
 }

@@ -101,6 +101,18 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether a write's error says the database itself is in trouble (a full disk,
+    /// corruption), not just that this write was refused: the writers mark the store degraded
+    /// for it even when the rest of the group commits.
+    pub fn troubles_the_database(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DiskFull { .. } | StoreError::Corrupt { .. }
+        )
+    }
+}
+
 /// A user from configuration, with the password already hashed (never the password itself).
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserRecord {

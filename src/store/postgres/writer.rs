@@ -174,11 +174,7 @@ async fn run_group(
         opening = match ran.work {
             Ok(()) => "RELEASE SAVEPOINT job",
             Err(error) => {
-                if matches!(
-                    error,
-                    StoreError::DiskFull { .. } | StoreError::Corrupt { .. }
-                ) && job_failure.is_none()
-                {
+                if error.troubles_the_database() && job_failure.is_none() {
                     job_failure = Some(error);
                 }
                 "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
@@ -215,12 +211,12 @@ async fn run_alone(
         client.batch_execute("BEGIN"),
         job.run(client, Some("COMMIT"))
     );
-    let job_failure = match &ran.work {
-        Err(error @ (StoreError::DiskFull { .. } | StoreError::Corrupt { .. })) => {
-            Some(error.clone())
-        }
-        _ => None,
-    };
+    let job_failure = ran
+        .work
+        .as_ref()
+        .err()
+        .filter(|error| error.troubles_the_database())
+        .cloned();
     let committed = match (begun, ran.closing) {
         // Without `BEGIN` the statements ran each on its own: what committed is unknown.
         (Err(error), _) => Err(classify(target, error)),

@@ -209,11 +209,7 @@ fn run_group(
         let outcome = match job.run(connection) {
             Ok(()) => connection.execute_batch("RELEASE job"),
             Err(error) => {
-                if matches!(
-                    error,
-                    StoreError::DiskFull { .. } | StoreError::Corrupt { .. }
-                ) && job_failure.is_none()
-                {
+                if error.troubles_the_database() && job_failure.is_none() {
                     job_failure = Some(error);
                 }
                 connection.execute_batch("ROLLBACK TO job; RELEASE job")

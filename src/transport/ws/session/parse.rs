@@ -58,6 +58,16 @@ impl Action {
         }
     }
 
+    /// Whether the action only sends a command to the exchange and touches nothing but the
+    /// session's trading streams (an order, a cancel, a replace): it starts or stops no market
+    /// data, and may wait a failover's seconds for its answer.
+    fn waits_only_for_the_exchange(self) -> bool {
+        match self {
+            Action::Order | Action::Cancel | Action::Replace => true,
+            Action::Auth | Action::Subscribe | Action::Unsubscribe | Action::Resync => false,
+        }
+    }
+
     /// Whether the action needs an authenticated session.
     pub(super) fn needs_identity(self) -> bool {
         match self {
@@ -85,7 +95,8 @@ pub fn is_order_action(text: &[u8]) -> bool {
     serde_json::from_slice::<Peek<'_>>(text)
         .ok()
         .and_then(|peek| peek.action)
-        .is_some_and(|action| matches!(&*action, "order" | "cancel" | "replace"))
+        .and_then(|action| Action::parse(&action).ok())
+        .is_some_and(Action::waits_only_for_the_exchange)
 }
 
 /// A client message that could not be acted on: its reply code and message.

@@ -387,28 +387,36 @@ fn messages(token: u64, alive: &mut String, batch: impl Iterator<Item = Outgoing
                 }
             }
             Outgoing::Heartbeat => {
-                flush_events(&mut sent, token, &mut events);
-                flush_replies(&mut sent, &mut replies);
+                flush_runs(&mut sent, token, &mut events, &mut replies);
                 sent.push(Sent::Publish {
                     channel: stream::events_channel(),
                     payload: alive.clone(),
                 });
             }
             Outgoing::Acknowledge { ids } => {
-                flush_events(&mut sent, token, &mut events);
-                flush_replies(&mut sent, &mut replies);
+                flush_runs(&mut sent, token, &mut events, &mut replies);
                 sent.push(Sent::Acknowledge(ids));
             }
             Outgoing::State(state) => {
-                flush_events(&mut sent, token, &mut events);
-                flush_replies(&mut sent, &mut replies);
+                flush_runs(&mut sent, token, &mut events, &mut replies);
                 *alive = heartbeat_payload(token, &state);
             }
         }
     }
-    flush_events(&mut sent, token, &mut events);
-    flush_replies(&mut sent, &mut replies);
+    flush_runs(&mut sent, token, &mut events, &mut replies);
     sent
+}
+
+/// Ends both runs: whichever is open goes out (at most one is, since each flushes the
+/// other when it starts).
+fn flush_runs(
+    sent: &mut Vec<Sent>,
+    token: u64,
+    events: &mut Vec<QueuedAnnouncement>,
+    replies: &mut Vec<(String, Vec<QueuedReply>)>,
+) {
+    flush_events(sent, token, events);
+    flush_replies(sent, replies);
 }
 
 /// The announcements of a run, as one events message.

@@ -193,28 +193,23 @@ impl RemoteExchange {
             // On the connections' runtime, not awaited here: the session's thread (an actix
             // worker) is woken once per remote command, by its reply, instead of twice. The
             // outcome of the `XADD` matters only if no reply comes (or to stage timing).
-            let added = match stream::add(&command) {
-                Ok(add) => {
-                    let node = shared.node.clone();
-                    Ok(shared.runtime.spawn(async move {
-                        let mut connection = node.commands();
-                        let added = node.timed(add.query_async::<String>(&mut connection)).await;
-                        if let Err(error) = &added {
-                            // It may have been added all the same (a timeout): the wait decides.
-                            tracing::debug!(%error, "command not confirmed by redis");
-                        }
-                        (added.is_ok(), trace::now_us())
-                    }))
-                }
-                Err(error) => Err(error),
-            };
-            let added = match added {
-                Ok(added) => added,
+            let add = match stream::add(&command) {
+                Ok(add) => add,
                 Err(error) => {
                     tracing::warn!(%error, "command not sent");
                     return Err(command::exchange_unavailable());
                 }
             };
+            let node = shared.node.clone();
+            let added = shared.runtime.spawn(async move {
+                let mut connection = node.commands();
+                let added = node.timed(add.query_async::<String>(&mut connection)).await;
+                if let Err(error) = &added {
+                    // It may have been added all the same (a timeout): the wait decides.
+                    tracing::debug!(%error, "command not confirmed by redis");
+                }
+                (added.is_ok(), trace::now_us())
+            });
             if let Ok(Ok((reply, stamps))) = tokio::time::timeout(shared.timeout, answer).await {
                 if let Some((exchange, received)) = stamps {
                     let added_us = added.await.map_or(received, |(_, at)| at);

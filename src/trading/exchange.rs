@@ -427,13 +427,13 @@ impl ExchangeHandle {
         )
     }
 
-    /// Feeds market data directly (tests, replays); the hub feed uses the same mailbox.
     /// Whether the exchange's actor still takes commands (it stops at shutdown, or when a
     /// cluster exchange's lease is lost).
     pub fn is_running(&self) -> bool {
         !self.commands.is_closed()
     }
 
+    /// Feeds market data directly (tests, replays); the hub feed uses the same mailbox.
     pub fn push_market(&self, input: MarketInput) {
         self.shared.mailbox.push(input);
     }

@@ -215,3 +215,31 @@ pub(super) fn target(map: &Map<String, Value>) -> Result<OrderRef, OrderError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_orders_cancels_and_replaces_let_market_data_flow_while_they_wait() {
+        for text in [
+            r#"{"action":"order","data":{}}"#,
+            r#"{"action":"cancel","data":{}}"#,
+            r#"{"action":"replace","data":{}}"#,
+        ] {
+            assert!(is_order_action(text.as_bytes()), "{text}");
+        }
+        for text in [
+            r#"{"action":"subscribe","trades":["AAPL"]}"#,
+            r#"{"action":"unsubscribe"}"#,
+            r#"{"action":"auth","token":"x"}"#,
+            r#"{"action":"resync"}"#,
+            r#"{"action":"Order"}"#,
+            r#"{"action":"nonsense"}"#,
+            r#"{"data":{}}"#,
+            "not json",
+        ] {
+            assert!(!is_order_action(text.as_bytes()), "{text}");
+        }
+    }
+}

@@ -798,26 +798,3 @@ async fn max_rate_delivers_the_newest_trade_at_most_n_times_a_second_on_the_paus
 
 #[path = "tests_throttled.rs"]
 mod throttled;
-
-#[test]
-fn only_orders_cancels_and_replaces_let_market_data_flow_while_they_wait() {
-    for text in [
-        r#"{"action":"order","data":{}}"#,
-        r#"{"action":"cancel","data":{}}"#,
-        r#"{"action":"replace","data":{}}"#,
-    ] {
-        assert!(is_order_action(text.as_bytes()), "{text}");
-    }
-    for text in [
-        r#"{"action":"subscribe","trades":["AAPL"]}"#,
-        r#"{"action":"unsubscribe"}"#,
-        r#"{"action":"auth","token":"x"}"#,
-        r#"{"action":"resync"}"#,
-        r#"{"action":"Order"}"#,
-        r#"{"action":"nonsense"}"#,
-        r#"{"data":{}}"#,
-        "not json",
-    ] {
-        assert!(!is_order_action(text.as_bytes()), "{text}");
-    }
-}
